@@ -1,0 +1,28 @@
+use thiserror::Error;
+
+/// Everything the domain can refuse. Each message is a sentence a user can act
+/// on: it says what was wrong and, where it can, what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DomainError {
+    /// Input that breaks a rule known without asking a token or a database.
+    #[error("{0}")]
+    Invalid(String),
+    /// A state machine was asked for a move it does not allow.
+    #[error("{machine} cannot go from {from} on {event}")]
+    IllegalTransition {
+        machine: &'static str,
+        from: String,
+        event: String,
+    },
+    /// The target is busy with an operation or job that has not ended.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl DomainError {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        DomainError::Invalid(message.into())
+    }
+}
+
+pub type Result<T, E = DomainError> = std::result::Result<T, E>;

@@ -1,0 +1,246 @@
+//! Refresh and ha_synchronize jobs: request rules and life.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{DomainError, Result};
+use crate::key::parse_id;
+use crate::wire::wire_enum;
+
+wire_enum! {
+    pub enum JobType ("job_type") {
+        Refresh => "refresh",
+        HaSynchronize => "ha_synchronize",
+    }
+}
+
+wire_enum! {
+    pub enum JobStatus ("overall_status") {
+        InProgress => "in_progress",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+/// Which partitions a job covers, as the request said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobScope {
+    All,
+    Partitions(Vec<Uuid>),
+}
+
+/// A job request as it arrives.
+#[derive(Debug, Clone, Default)]
+pub struct JobRequest {
+    pub partitions: Option<Vec<String>>,
+    pub synchronize_all: Option<bool>,
+}
+
+/// Bounds one job's fan-out; far above any real deployment's partition count.
+pub const MAX_JOB_PARTITIONS: usize = 1000;
+
+impl JobRequest {
+    /// `partitions` and `synchronize_all` are mutually exclusive, and one is needed.
+    pub fn validate(&self) -> Result<JobScope> {
+        let listed = self.partitions.as_ref().filter(|p| !p.is_empty());
+        match (listed, self.synchronize_all.unwrap_or(false)) {
+            (Some(_), true) => Err(DomainError::invalid(
+                "partitions and synchronize_all are mutually exclusive; give one of them",
+            )),
+            (None, false) => Err(DomainError::invalid(
+                "give either partitions (a list of partition ids) or synchronize_all: true",
+            )),
+            (None, true) => Ok(JobScope::All),
+            (Some(ids), false) => {
+                if ids.len() > MAX_JOB_PARTITIONS {
+                    return Err(DomainError::invalid(format!(
+                        "partitions lists {} ids; at most {MAX_JOB_PARTITIONS} are allowed",
+                        ids.len()
+                    )));
+                }
+                let mut parsed: Vec<Uuid> = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let id = parse_id("partition id", id)?;
+                    if !parsed.contains(&id) {
+                        parsed.push(id);
+                    }
+                }
+                Ok(JobScope::Partitions(parsed))
+            }
+        }
+    }
+}
+
+/// What a job's life can be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    /// A user asked to cancel; the job sees it at its next batch.
+    RequestCancel,
+    /// Every partition finished.
+    Complete,
+    /// At least one partition failed (the reasons are in `detailed_status`).
+    Fail,
+    /// The job saw the abort flag and stopped.
+    StopCancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLifecycle {
+    pub status: JobStatus,
+    pub abort: bool,
+}
+
+impl JobLifecycle {
+    pub fn started() -> Self {
+        JobLifecycle {
+            status: JobStatus::InProgress,
+            abort: false,
+        }
+    }
+
+    pub fn next(self, event: JobEvent) -> Result<JobLifecycle> {
+        use JobStatus::*;
+        match (self.status, event) {
+            (InProgress, JobEvent::RequestCancel) => Ok(JobLifecycle { abort: true, ..self }),
+            (InProgress, JobEvent::Complete) => Ok(JobLifecycle {
+                status: Completed,
+                ..self
+            }),
+            (InProgress, JobEvent::Fail) => Ok(JobLifecycle {
+                status: Failed,
+                ..self
+            }),
+            (InProgress, JobEvent::StopCancelled) if self.abort => Ok(JobLifecycle {
+                status: Cancelled,
+                ..self
+            }),
+            (status, JobEvent::RequestCancel) => Err(DomainError::Conflict(format!(
+                "the job has already ended ({status}); only a job in_progress can be cancelled"
+            ))),
+            (status, event) => Err(DomainError::IllegalTransition {
+                machine: "job",
+                from: format!("{status} (abort {})", self.abort),
+                event: format!("{event:?}"),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: Uuid,
+    pub job_type: JobType,
+    pub partitions: Vec<Uuid>,
+    pub lifecycle: JobLifecycle,
+    /// Partition id → `in_progress`, `completed`, `cancelled` or a failure sentence.
+    pub detailed_status: BTreeMap<Uuid, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    pub fn new(id: Uuid, job_type: JobType, partitions: Vec<Uuid>, now: DateTime<Utc>) -> Job {
+        let detailed_status = partitions
+            .iter()
+            .map(|p| (*p, JobStatus::InProgress.as_str().to_owned()))
+            .collect();
+        Job {
+            id,
+            job_type,
+            partitions,
+            lifecycle: JobLifecycle::started(),
+            detailed_status,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        }
+    }
+
+    pub fn apply(&mut self, event: JobEvent, now: DateTime<Utc>) -> Result<()> {
+        self.lifecycle = self.lifecycle.next(event)?;
+        self.updated_at = now;
+        if self.lifecycle.status != JobStatus::InProgress {
+            self.completed_at = Some(now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_requests_need_exactly_one_scope() {
+        let id = "fe192148-82eb-403f-96b2-125bf28d3824";
+        let req = |p: Option<Vec<&str>>, all: Option<bool>| JobRequest {
+            partitions: p.map(|v| v.into_iter().map(String::from).collect()),
+            synchronize_all: all,
+        };
+        assert_eq!(req(None, Some(true)).validate().unwrap(), JobScope::All);
+        let one = JobScope::Partitions(vec![Uuid::parse_str(id).unwrap()]);
+        assert_eq!(req(Some(vec![id, id]), Some(false)).validate().unwrap(), one);
+        assert_eq!(req(Some(vec![id]), None).validate().unwrap(), one);
+        for (bad, needle) in [
+            (req(Some(vec![id]), Some(true)), "mutually exclusive"),
+            (req(None, None), "give either"),
+            (req(Some(vec![]), Some(false)), "give either"),
+            (
+                req(Some(vec!["nope"]), None),
+                "partition id \"nope\" is not a UUID",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn job_lifecycle_transition_table() {
+        use JobEvent as E;
+        use JobStatus as S;
+        let l = |status, abort| JobLifecycle { status, abort };
+        // (from, event, expected next or None)
+        let table: Vec<(JobLifecycle, E, Option<JobLifecycle>)> = S::ALL
+            .iter()
+            .flat_map(|&s| [false, true].map(|abort| l(s, abort)))
+            .flat_map(|from| {
+                [E::RequestCancel, E::Complete, E::Fail, E::StopCancelled].map(|event| {
+                    let expected = match (from.status, event, from.abort) {
+                        (S::InProgress, E::RequestCancel, _) => Some(l(S::InProgress, true)),
+                        (S::InProgress, E::Complete, a) => Some(l(S::Completed, a)),
+                        (S::InProgress, E::Fail, a) => Some(l(S::Failed, a)),
+                        (S::InProgress, E::StopCancelled, true) => Some(l(S::Cancelled, true)),
+                        _ => None,
+                    };
+                    (from, event, expected)
+                })
+            })
+            .collect();
+        assert_eq!(table.len(), 4 * 2 * 4);
+        for (from, event, expected) in table {
+            assert_eq!(from.next(event).ok(), expected, "{from:?} on {event:?}");
+        }
+        let err = l(S::Completed, false).next(E::RequestCancel).unwrap_err();
+        assert!(
+            matches!(err, DomainError::Conflict(_)),
+            "cancelling an ended job is a conflict"
+        );
+    }
+
+    #[test]
+    fn ending_a_job_stamps_completed_at() {
+        let t0 = Utc::now();
+        let mut job = Job::new(Uuid::new_v4(), JobType::Refresh, vec![Uuid::new_v4()], t0);
+        assert!(job.completed_at.is_none());
+        job.apply(JobEvent::RequestCancel, t0).unwrap();
+        assert!(job.completed_at.is_none());
+        job.apply(JobEvent::StopCancelled, t0).unwrap();
+        assert_eq!(job.completed_at, Some(t0));
+        assert_eq!(job.lifecycle.status, JobStatus::Cancelled);
+    }
+}

@@ -1,0 +1,200 @@
+//! Durable operations: the queue entries that carry accepted work across crashes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::attribute::Attribute;
+use crate::error::{DomainError, Result};
+use crate::wire::wire_enum;
+
+wire_enum! {
+    pub enum OperationState ("operation state") {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+    }
+}
+
+/// After this many claims an operation that never finished (say, one that
+/// crashes the process each time) ends `failed` instead of running again.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// What an operation does. Stored with the operation, so a worker that takes
+/// it up after a crash needs nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OperationPayload {
+    /// `key_id` is the secret or private record; `public_key_id` the public half of a pair.
+    CreateKey {
+        key_id: Uuid,
+        public_key_id: Option<Uuid>,
+    },
+    UpdateKey {
+        key_id: Uuid,
+        changes: Vec<(Attribute, bool)>,
+    },
+    ReplicateKey {
+        key_id: Uuid,
+    },
+    DeleteKey {
+        key_id: Uuid,
+    },
+    RunJob {
+        job_id: Uuid,
+    },
+}
+
+impl OperationPayload {
+    /// The key or job the operation acts on.
+    pub fn target(&self) -> Uuid {
+        match self {
+            OperationPayload::CreateKey { key_id, .. }
+            | OperationPayload::UpdateKey { key_id, .. }
+            | OperationPayload::ReplicateKey { key_id }
+            | OperationPayload::DeleteKey { key_id } => *key_id,
+            OperationPayload::RunJob { job_id } => *job_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub id: Uuid,
+    pub payload: OperationPayload,
+    pub state: OperationState,
+    pub attempts: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Operation {
+    pub fn queued(id: Uuid, payload: OperationPayload, now: DateTime<Utc>) -> Operation {
+        Operation {
+            id,
+            payload,
+            state: OperationState::Queued,
+            attempts: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Whether a worker may take this operation at `now`: it is queued, or its
+    /// worker's lease ran out (the worker died).
+    pub fn is_claimable(&self, now: DateTime<Utc>) -> bool {
+        match self.state {
+            OperationState::Queued => true,
+            OperationState::Running => self.lease_expires_at.is_none_or(|t| t <= now),
+            OperationState::Succeeded | OperationState::Failed => false,
+        }
+    }
+
+    pub fn claim(&mut self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<()> {
+        if !self.is_claimable(now) {
+            return Err(self.illegal("claim"));
+        }
+        self.state = OperationState::Running;
+        self.attempts += 1;
+        self.lease_owner = Some(owner.to_owned());
+        self.lease_expires_at = Some(lease_until);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    pub fn finish(&mut self, outcome: std::result::Result<(), String>, now: DateTime<Utc>) -> Result<()> {
+        if self.state != OperationState::Running {
+            return Err(self.illegal("finish"));
+        }
+        match outcome {
+            Ok(()) => self.state = OperationState::Succeeded,
+            Err(reason) => {
+                self.state = OperationState::Failed;
+                self.last_error = Some(reason);
+            }
+        }
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    fn illegal(&self, event: &str) -> DomainError {
+        DomainError::IllegalTransition {
+            machine: "operation",
+            from: self.state.to_string(),
+            event: event.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn operation_transition_table() {
+        let now = Utc::now();
+        let expired = Some(now - Duration::seconds(1));
+        let live = Some(now + Duration::seconds(30));
+        // (state, lease, claim allowed, finish allowed)
+        let table = [
+            (OperationState::Queued, None, true, false),
+            (OperationState::Running, live, false, true),
+            (OperationState::Running, expired, true, true),
+            (OperationState::Succeeded, None, false, false),
+            (OperationState::Failed, None, false, false),
+        ];
+        for (state, lease, can_claim, can_finish) in table {
+            let mut op = Operation::queued(
+                Uuid::new_v4(),
+                OperationPayload::DeleteKey {
+                    key_id: Uuid::new_v4(),
+                },
+                now,
+            );
+            op.state = state;
+            op.lease_expires_at = lease;
+            let mut claimed = op.clone();
+            assert_eq!(
+                claimed.claim("w1", now, now + Duration::seconds(30)).is_ok(),
+                can_claim,
+                "{state} claim"
+            );
+            if can_claim {
+                assert_eq!((claimed.state, claimed.attempts), (OperationState::Running, 1));
+            }
+            assert_eq!(
+                op.clone().finish(Ok(()), now).is_ok(),
+                can_finish,
+                "{state} finish"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_keep_their_reason() {
+        let now = Utc::now();
+        let payload = OperationPayload::UpdateKey {
+            key_id: Uuid::new_v4(),
+            changes: vec![(Attribute::Sign, true)],
+        };
+        let mut op = Operation::queued(Uuid::new_v4(), payload.clone(), now);
+        op.claim("w1", now, now).unwrap();
+        op.finish(Err("C_SetAttributeValue: CKR_ATTRIBUTE_READ_ONLY".into()), now)
+            .unwrap();
+        assert_eq!(op.state, OperationState::Failed);
+        assert_eq!(
+            op.last_error.as_deref(),
+            Some("C_SetAttributeValue: CKR_ATTRIBUTE_READ_ONLY")
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Connections (how to reach tokens) and partitions (where keys live).
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::error::{DomainError, Result};
+use crate::key::check_label;
+
+/// One token of a connection: a Luna partition, or a SoftHSM2 token in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub hostname: String,
+    pub partition_label: String,
+    /// The token's serial number; when absent at registration the token found by
+    /// label supplies it, so a stored member always has one.
+    pub serial_number: String,
+}
+
+/// A registered set of tokens sharing one crypto-officer PIN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub is_ha_enabled: bool,
+    /// Generate with `CKM_RSA_PKCS_KEY_PAIR_GEN` when a token lacks a Luna RSA mechanism.
+    pub remap_rsa_mechanisms: bool,
+    pub members: Vec<Member>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A connection's token set registered as one CCKM partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub id: Uuid,
+    pub connection_id: Uuid,
+    /// The first member's label and serial, as the reference reports them.
+    pub partition_label: String,
+    pub serial_number: String,
+    pub ha_enabled: bool,
+    pub members: Vec<Member>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A member as it arrives in a connection request.
+#[derive(Debug, Clone, Default)]
+pub struct MemberRequest {
+    pub hostname: Option<String>,
+    pub partition_label: Option<String>,
+    pub serial_number: Option<String>,
+}
+
+/// A connection request as it arrives. The PINs are secrets from the start.
+#[derive(Debug, Default)]
+pub struct ConnectionRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub password: Option<SecretString>,
+    pub so_password: Option<SecretString>,
+    pub is_ha_enabled: bool,
+    pub remap_rsa_mechanisms: Option<bool>,
+    pub partitions: Vec<MemberRequest>,
+}
+
+/// A member whose serial may still be unknown until the token is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpec {
+    pub hostname: String,
+    pub partition_label: String,
+    pub serial_number: Option<String>,
+}
+
+/// A connection request that passed every rule known before asking the tokens.
+#[derive(Debug)]
+pub struct ConnectionSpec {
+    pub name: String,
+    pub description: String,
+    pub password: SecretString,
+    pub so_password: Option<SecretString>,
+    pub is_ha_enabled: bool,
+    pub remap_rsa_mechanisms: bool,
+    pub members: Vec<MemberSpec>,
+}
+
+/// PKCS#11 tokens hold labels and serials in fixed fields of 32 and 16 characters.
+const TOKEN_LABEL_CHARS: usize = 32;
+const TOKEN_SERIAL_CHARS: usize = 16;
+/// Bounds the cost of one registration; a Luna HA group has at most a handful.
+pub const MAX_MEMBERS: usize = 16;
+
+impl ConnectionRequest {
+    pub fn validate(self) -> Result<ConnectionSpec> {
+        let name = check_label("name", self.name.as_deref().unwrap_or(""))?;
+        let password = self
+            .password
+            .filter(|p| !p.expose_secret().is_empty())
+            .ok_or_else(|| DomainError::invalid("password (the crypto officer PIN) is required"))?;
+        if self.so_password.is_some() && !self.is_ha_enabled {
+            return Err(DomainError::invalid(
+                "so_password is only used to set up the cloning domain of an HA connection; set is_ha_enabled or leave it out",
+            ));
+        }
+        match (self.is_ha_enabled, self.partitions.len()) {
+            (_, 0) => return Err(DomainError::invalid("partitions must list at least one token")),
+            (false, 1) => {}
+            (false, n) => {
+                return Err(DomainError::invalid(format!(
+                    "a connection without is_ha_enabled has exactly one partition; {n} were given"
+                )))
+            }
+            (true, n) if n > MAX_MEMBERS => {
+                return Err(DomainError::invalid(format!(
+                    "an HA connection has at most {MAX_MEMBERS} partitions; {n} were given"
+                )))
+            }
+            (true, _) => {}
+        }
+        let mut members: Vec<MemberSpec> = Vec::with_capacity(self.partitions.len());
+        for (index, member) in self.partitions.into_iter().enumerate() {
+            let field = |name: &str| format!("partitions[{index}].{name}");
+            let partition_label = check_label(
+                &field("partition_label"),
+                member.partition_label.as_deref().unwrap_or(""),
+            )?;
+            if partition_label.chars().count() > TOKEN_LABEL_CHARS {
+                return Err(DomainError::invalid(format!(
+                    "{} is longer than a token label ({TOKEN_LABEL_CHARS} characters)",
+                    field("partition_label")
+                )));
+            }
+            let serial_number = match member.serial_number.filter(|s| !s.is_empty()) {
+                Some(serial)
+                    if serial.chars().count() > TOKEN_SERIAL_CHARS
+                        || serial.chars().any(|c| !c.is_ascii_graphic()) =>
+                {
+                    return Err(DomainError::invalid(format!(
+                        "{} must be up to {TOKEN_SERIAL_CHARS} printable characters",
+                        field("serial_number")
+                    )))
+                }
+                other => other,
+            };
+            let hostname = match member.hostname.filter(|h| !h.is_empty()) {
+                Some(h) => check_label(&field("hostname"), &h)?,
+                None => String::new(),
+            };
+            let spec = MemberSpec {
+                hostname,
+                partition_label,
+                serial_number,
+            };
+            if members
+                .iter()
+                .any(|m| m.partition_label == spec.partition_label && m.serial_number == spec.serial_number)
+            {
+                return Err(DomainError::invalid(format!(
+                    "{} names the same token twice",
+                    field("partition_label")
+                )));
+            }
+            members.push(spec);
+        }
+        Ok(ConnectionSpec {
+            name,
+            description: self.description.unwrap_or_default(),
+            password,
+            so_password: self.so_password,
+            is_ha_enabled: self.is_ha_enabled,
+            remap_rsa_mechanisms: self.remap_rsa_mechanisms.unwrap_or(true),
+            members,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(label: &str, serial: Option<&str>) -> MemberRequest {
+        MemberRequest {
+            hostname: Some("hsm1".into()),
+            partition_label: Some(label.into()),
+            serial_number: serial.map(str::to_owned),
+        }
+    }
+
+    fn request(ha: bool, members: Vec<MemberRequest>) -> ConnectionRequest {
+        ConnectionRequest {
+            name: Some("hsm-a".into()),
+            password: Some(SecretString::from("1234")),
+            is_ha_enabled: ha,
+            partitions: members,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn single_and_ha_connections_validate() {
+        let spec = request(false, vec![member("p1", Some("123"))])
+            .validate()
+            .unwrap();
+        assert!(spec.remap_rsa_mechanisms);
+        assert_eq!(spec.members[0].serial_number.as_deref(), Some("123"));
+        let spec = request(true, vec![member("p1", None), member("p2", None)])
+            .validate()
+            .unwrap();
+        assert_eq!(spec.members.len(), 2);
+    }
+
+    #[test]
+    fn bad_connections_say_what_is_wrong() {
+        let cases = vec![
+            (
+                request(false, vec![member("p1", None), member("p2", None)]),
+                "exactly one partition; 2 were given",
+            ),
+            (request(true, vec![]), "at least one token"),
+            (
+                request(true, vec![member("p1", None), member("p1", None)]),
+                "same token twice",
+            ),
+            (
+                request(false, vec![member(&"x".repeat(33), None)]),
+                "longer than a token label",
+            ),
+            (
+                request(false, vec![member("p1", Some("12 3"))]),
+                "printable characters",
+            ),
+            (
+                ConnectionRequest {
+                    password: None,
+                    ..request(false, vec![member("p1", None)])
+                },
+                "password",
+            ),
+            (
+                ConnectionRequest {
+                    name: None,
+                    ..request(false, vec![member("p1", None)])
+                },
+                "name must not be empty",
+            ),
+            (
+                ConnectionRequest {
+                    so_password: Some(SecretString::from("so")),
+                    ..request(false, vec![member("p1", None)])
+                },
+                "so_password",
+            ),
+        ];
+        for (req, needle) in cases {
+            let err = req.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        }
+    }
+
+    #[test]
+    fn a_pin_never_shows_in_debug_output() {
+        let spec = request(false, vec![member("p1", None)]).validate().unwrap();
+        assert!(!format!("{spec:?}").contains("1234"));
+    }
+}

@@ -1,0 +1,362 @@
+//! List queries: filters, sort and paging, parsed from query-string pairs.
+//!
+//! The edge hands over the raw `(name, value)` pairs; everything about which
+//! names exist and what values mean is decided here, so every list behaves the
+//! same and every refusal says what is allowed.
+
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::error::{DomainError, Result};
+use crate::job::JobStatus;
+use crate::key::{parse_id, Algorithm, KeyStatus, Mechanism, ObjectType, Origin};
+use crate::wire::wire_enum;
+
+pub const DEFAULT_LIMIT: i64 = 10;
+pub const MAX_LIMIT: i64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ascending,
+    Descending,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey<F> {
+    pub field: F,
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub skip: i64,
+    pub limit: i64,
+}
+
+/// One resource's filters. `accept` takes one query parameter and returns
+/// `Ok(false)` for a name it does not know.
+pub trait Filters: Default {
+    type SortField: FromStr<Err = DomainError> + Copy;
+    /// The filter names, for the sentence that refuses an unknown one.
+    const NAMES: &'static [&'static str];
+    fn accept(&mut self, name: &str, value: &str) -> Result<bool>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery<F: Filters> {
+    pub filters: F,
+    /// Empty means the default order: newest first.
+    pub sort: Vec<SortKey<F::SortField>>,
+    pub page: Page,
+}
+
+/// Parses a list query. Unknown and repeated parameters are refused, so a typo
+/// never silently returns everything.
+pub fn parse_list_query<F: Filters>(pairs: &[(String, String)]) -> Result<ListQuery<F>> {
+    let mut filters = F::default();
+    let mut sort = Vec::new();
+    let mut page = Page {
+        skip: 0,
+        limit: DEFAULT_LIMIT,
+    };
+    for (index, (name, value)) in pairs.iter().enumerate() {
+        if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+            return Err(DomainError::invalid(format!(
+                "query parameter {name} is given more than once"
+            )));
+        }
+        match name.as_str() {
+            "skip" => page.skip = parse_int("skip", value, 0, i64::from(i32::MAX))?,
+            "limit" => page.limit = parse_int("limit", value, 1, MAX_LIMIT)?,
+            "sort" => sort = parse_sort(value)?,
+            _ => {
+                if !filters.accept(name, value)? {
+                    return Err(DomainError::invalid(format!(
+                        "unknown query parameter {name:?}; allowed: skip, limit, sort, {}",
+                        F::NAMES.join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    Ok(ListQuery { filters, sort, page })
+}
+
+fn parse_sort<S: FromStr<Err = DomainError>>(text: &str) -> Result<Vec<SortKey<S>>> {
+    let mut keys = Vec::new();
+    for part in text.split(',') {
+        let (direction, name) = match part.strip_prefix('-') {
+            Some(rest) => (Direction::Descending, rest),
+            None => (Direction::Ascending, part),
+        };
+        if name.is_empty() {
+            return Err(DomainError::invalid(
+                "sort has an empty field name; use a comma list such as label,-createdAt",
+            ));
+        }
+        keys.push(SortKey {
+            field: name.parse()?,
+            direction,
+        });
+    }
+    Ok(keys)
+}
+
+fn parse_int(name: &str, value: &str, min: i64, max: i64) -> Result<i64> {
+    match value.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(DomainError::invalid(format!(
+            "{name} must be a whole number from {min} to {max}; got {value:?}"
+        ))),
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(DomainError::invalid(format!(
+            "{name} must be true or false; got {value:?}"
+        ))),
+    }
+}
+
+fn parse_wire<T: FromStr<Err = DomainError>>(value: &str) -> Result<T> {
+    value.parse()
+}
+
+/// Declares a filter struct whose fields are parsed by the given functions.
+macro_rules! filters {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident sorted by $sort:ty {
+            $( $field:ident : $ty:ty = $parse:expr ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct $name {
+            $( pub $field: Option<$ty> ),+
+        }
+
+        impl Filters for $name {
+            type SortField = $sort;
+            const NAMES: &'static [&'static str] = &[$(stringify!($field)),+];
+
+            fn accept(&mut self, name: &str, value: &str) -> Result<bool> {
+                match name {
+                    $( stringify!($field) => {
+                        let parse: fn(&str, &str) -> Result<$ty> = $parse;
+                        self.$field = Some(parse(name, value)?);
+                    } )+
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            }
+        }
+    };
+}
+
+fn text(_: &str, value: &str) -> Result<String> {
+    Ok(value.to_owned())
+}
+
+fn id(name: &str, value: &str) -> Result<Uuid> {
+    parse_id(name, value)
+}
+
+fn size(name: &str, value: &str) -> Result<u32> {
+    Ok(parse_int(name, value, 0, i64::from(u32::MAX))? as u32)
+}
+
+fn wire<T: FromStr<Err = DomainError>>(_: &str, value: &str) -> Result<T> {
+    parse_wire(value)
+}
+
+wire_enum! {
+    /// Fields a key list can be sorted by (JSON names).
+    pub enum KeySortField ("sort field") {
+        CreatedAt => "createdAt",
+        UpdatedAt => "updatedAt",
+        Id => "id",
+        Label => "label",
+        Size => "size",
+        Status => "status",
+        Algorithm => "algorithm",
+        Mechanism => "mechanism",
+        ObjectType => "object_type",
+        PartitionId => "partition_id",
+        PartitionLabel => "partition_label",
+        Origin => "origin",
+    }
+}
+
+filters! {
+    /// Every filter of the reference's key list; each is an exact match.
+    pub struct KeyFilters sorted by KeySortField {
+        id: Uuid = id,
+        label: String = text,
+        algorithm: Algorithm = wire,
+        mechanism: Mechanism = wire,
+        size: u32 = size,
+        byok_key: bool = parse_bool,
+        partition_id: Uuid = id,
+        partition_label: String = text,
+        status: KeyStatus = wire,
+        object_type: ObjectType = wire,
+        origin: Origin = wire,
+        sha_256_fingerprint: String = text,
+        modulus: String = text,
+        link_id: Uuid = id,
+        replicated: bool = parse_bool,
+    }
+}
+
+wire_enum! {
+    pub enum JobSortField ("sort field") {
+        CreatedAt => "createdAt",
+        UpdatedAt => "updatedAt",
+        OverallStatus => "overall_status",
+    }
+}
+
+filters! {
+    pub struct JobFilters sorted by JobSortField {
+        id: Uuid = id,
+        overall_status: JobStatus = wire,
+    }
+}
+
+wire_enum! {
+    pub enum PartitionSortField ("sort field") {
+        CreatedAt => "createdAt",
+        UpdatedAt => "updatedAt",
+        PartitionLabel => "partition_label",
+    }
+}
+
+filters! {
+    pub struct PartitionFilters sorted by PartitionSortField {
+        partition_label: String = text,
+        ha_enabled: bool = parse_bool,
+    }
+}
+
+wire_enum! {
+    pub enum ConnectionSortField ("sort field") {
+        CreatedAt => "createdAt",
+        UpdatedAt => "updatedAt",
+        Name => "name",
+    }
+}
+
+filters! {
+    pub struct ConnectionFilters sorted by ConnectionSortField {
+        name: String = text,
+        is_ha_enabled: bool = parse_bool,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &str) -> Vec<(String, String)> {
+        q.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_reference_list_query_parses() {
+        let q: ListQuery<KeyFilters> = parse_list_query(&pairs("skip=0&limit=10&sort=updatedAt")).unwrap();
+        assert_eq!(q.page, Page { skip: 0, limit: 10 });
+        assert_eq!(
+            q.sort,
+            vec![SortKey {
+                field: KeySortField::UpdatedAt,
+                direction: Direction::Ascending
+            }]
+        );
+        assert_eq!(q.filters, KeyFilters::default());
+    }
+
+    #[test]
+    fn every_key_filter_parses_and_combines() {
+        let id = "a79f373b-4f94-4bf0-8768-5b809cb43c46";
+        let query = format!(
+            "id={id}&label=hsm-key&algorithm=rsa&mechanism=CKM_RSA_X9_31_KEY_PAIR_GEN&size=2048&byok_key=true\
+             &partition_id={id}&partition_label=p&status=AVAILABLE&object_type=private key&origin=cckm\
+             &sha_256_fingerprint=ab&modulus=cd&link_id={id}&replicated=false&sort=label,-createdAt&skip=5&limit=1000"
+        );
+        let q: ListQuery<KeyFilters> = parse_list_query(&pairs(&query)).unwrap();
+        let f = &q.filters;
+        assert_eq!(f.size, Some(2048));
+        assert_eq!(f.status, Some(KeyStatus::Available));
+        assert_eq!(f.object_type, Some(ObjectType::PrivateKey));
+        assert_eq!(f.replicated, Some(false));
+        assert_eq!(f.link_id, Some(Uuid::parse_str(id).unwrap()));
+        assert_eq!(
+            q.sort[1],
+            SortKey {
+                field: KeySortField::CreatedAt,
+                direction: Direction::Descending
+            }
+        );
+        assert_eq!(q.page, Page { skip: 5, limit: 1000 });
+        assert_eq!(KeyFilters::NAMES.len(), 15);
+    }
+
+    #[test]
+    fn bad_list_queries_are_refused_with_what_is_allowed() {
+        for (query, needle) in [
+            (
+                "limit=0",
+                "limit must be a whole number from 1 to 1000; got \"0\"",
+            ),
+            ("limit=1001", "from 1 to 1000"),
+            ("skip=-1", "skip must be a whole number from 0"),
+            ("skip=abc", "skip must be a whole number"),
+            (
+                "sort=colour",
+                "sort field \"colour\" is not supported; allowed: createdAt",
+            ),
+            ("sort=label,", "empty field name"),
+            (
+                "status=gone",
+                "status \"gone\" is not supported; allowed: in_progress, AVAILABLE, DELETED, FAILED",
+            ),
+            ("size=big", "size must be a whole number"),
+            ("byok_key=yes", "byok_key must be true or false"),
+            ("id=42", "id \"42\" is not a UUID"),
+            (
+                "colour=red",
+                "unknown query parameter \"colour\"; allowed: skip, limit, sort, id, label",
+            ),
+            ("label=a&label=b", "given more than once"),
+        ] {
+            let err = parse_list_query::<KeyFilters>(&pairs(query))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{query}: {err}");
+        }
+    }
+
+    #[test]
+    fn job_partition_and_connection_filters_parse() {
+        let q: ListQuery<JobFilters> =
+            parse_list_query(&pairs("overall_status=cancelled&sort=-createdAt")).unwrap();
+        assert_eq!(q.filters.overall_status, Some(JobStatus::Cancelled));
+        assert!(parse_list_query::<JobFilters>(&pairs("overall_status=done")).is_err());
+        let q: ListQuery<PartitionFilters> = parse_list_query(&pairs("ha_enabled=true")).unwrap();
+        assert_eq!(q.filters.ha_enabled, Some(true));
+        let q: ListQuery<ConnectionFilters> =
+            parse_list_query(&pairs("name=hsm-a&is_ha_enabled=false")).unwrap();
+        assert_eq!(q.filters.name.as_deref(), Some("hsm-a"));
+    }
+}
