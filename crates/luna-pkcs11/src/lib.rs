@@ -1,1 +1,92 @@
-//! placeholder
+//! PKCS#11 partitions on the `cryptoki` crate.
+//!
+//! The rest of the service sees a token only through [`Partition`]. The
+//! implementation, [`TokenPartition`], keeps one context per module
+//! (initialised for OS locking), a pool of logged-in sessions per token, and
+//! PINs as secrets; every token error is typed and names the PKCS#11 function
+//! that failed.
+
+mod error;
+mod module;
+mod object;
+pub mod softhsm;
+mod token;
+
+use std::ops::ControlFlow;
+
+use luna_domain::{Attribute, AttributeSet, Mechanism};
+
+pub use cryptoki::error::RvError;
+pub use error::{Result, TokenError};
+pub use module::{Module, TokenSummary};
+pub use object::{fingerprint, ObjectDescription, ObjectRef};
+pub use token::TokenPartition;
+
+/// What a token says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub label: String,
+    pub serial_number: String,
+    pub manufacturer: String,
+    pub model: String,
+    /// Raw `CKM_*` values from `C_GetMechanismList`.
+    pub mechanisms: Vec<u64>,
+}
+
+impl TokenInfo {
+    pub fn supports(&self, mechanism: Mechanism) -> bool {
+        self.mechanisms.contains(&object::mechanism_code(mechanism))
+    }
+}
+
+/// A key to generate. `cka_id` is the key record's UUID, so that a retried
+/// create finds the object the first attempt made instead of making another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateRequest {
+    pub cka_id: Vec<u8>,
+    pub label: String,
+    pub mechanism: Mechanism,
+    pub size: u32,
+    pub attributes: AttributeSet,
+    /// Generate with `CKM_RSA_PKCS_KEY_PAIR_GEN` when the token lacks a Luna RSA mechanism.
+    pub remap: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// The mechanism that ran (after any remap).
+    pub mechanism_used: Mechanism,
+    /// The secret key, or the private key then the public key.
+    pub objects: Vec<ObjectDescription>,
+    /// False when the objects already existed (a retried create).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanOutcome {
+    pub seen: usize,
+    pub batches: usize,
+    /// True when the visitor asked to stop before the end.
+    pub stopped: bool,
+}
+
+/// A partition: one token the service keeps keys in.
+pub trait Partition: Send + Sync + std::fmt::Debug {
+    fn info(&self) -> &TokenInfo;
+    /// Generates the key, or finds it by `CKA_ID` if an earlier attempt made it.
+    fn generate(&self, request: &GenerateRequest) -> Result<Generated>;
+    /// Every token object whose `CKA_ID` is `cka_id`, described.
+    fn find_by_id(&self, cka_id: &[u8]) -> Result<Vec<ObjectDescription>>;
+    fn describe(&self, object: ObjectRef) -> Result<ObjectDescription>;
+    /// Describes several objects on one session.
+    fn describe_many(&self, objects: &[ObjectRef]) -> Result<Vec<ObjectDescription>>;
+    fn set_attributes(&self, object: ObjectRef, changes: &[(Attribute, bool)]) -> Result<()>;
+    fn destroy(&self, object: ObjectRef) -> Result<()>;
+    /// Enumerates every token object in batches of `batch_size`; `visit`
+    /// returns `Break` to stop between batches (refresh and cancel use this).
+    fn scan(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
+    ) -> Result<ScanOutcome>;
+}

@@ -1,0 +1,125 @@
+use std::path::PathBuf;
+
+use cryptoki::error::{Error as CryptokiError, RvError};
+use thiserror::Error;
+
+/// Everything a token can refuse, typed, with the PKCS#11 function that failed.
+#[derive(Debug, Error)]
+pub enum TokenError {
+    #[error("the PKCS#11 module {} could not be loaded", path.display())]
+    LoadModule {
+        path: PathBuf,
+        #[source]
+        source: CryptokiError,
+    },
+    /// A PKCS#11 call returned an error. `code` is the `CKR_…` name.
+    #[error("{function} returned {code}")]
+    Call {
+        function: String,
+        code: String,
+        #[source]
+        source: CryptokiError,
+    },
+    #[error("no token labelled {label:?}{} is present in the PKCS#11 module", serial.as_ref().map(|s| format!(" with serial number {s}")).unwrap_or_default())]
+    TokenNotFound { label: String, serial: Option<String> },
+    #[error("{count} tokens are labelled {label:?}; give the serial number to pick one")]
+    AmbiguousToken { label: String, count: usize },
+    /// The PIN differs from the one the token is logged in with.
+    #[error("the PIN for token {label:?} is incorrect")]
+    PinIncorrect { label: String },
+    #[error("the module has no free slot to initialise a new token in")]
+    NoFreeSlot,
+    #[error("token {token:?} does not support {mechanism}, and mechanism remapping is off")]
+    MechanismUnsupported { token: String, mechanism: String },
+    #[error("the token holds only part of the key pair with CKA_ID {cka_id}: {found}")]
+    PartialKeyPair { cka_id: String, found: String },
+    #[error("object {handle} holds a malformed {attribute}: {problem}")]
+    MalformedObject {
+        handle: u64,
+        attribute: &'static str,
+        problem: String,
+    },
+}
+
+impl TokenError {
+    /// The PKCS#11 return value behind this error, when a call produced one.
+    pub fn rv(&self) -> Option<RvError> {
+        match self {
+            TokenError::Call {
+                source: CryptokiError::Pkcs11(rv, _),
+                ..
+            } => Some(*rv),
+            TokenError::PinIncorrect { .. } => Some(RvError::PinIncorrect),
+            _ => None,
+        }
+    }
+
+    /// Whether the session that produced this error should be thrown away
+    /// instead of going back to the pool.
+    pub(crate) fn breaks_session(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::DeviceError
+                    | RvError::UserNotLoggedIn
+            )
+        )
+    }
+}
+
+/// Wraps a cryptoki error with the function it came from. Errors that carry
+/// their own function (`Pkcs11`) name it; others name the call we made.
+pub(crate) fn call(function: &'static str) -> impl FnOnce(CryptokiError) -> TokenError {
+    move |source| {
+        let (function, code) = match &source {
+            CryptokiError::Pkcs11(rv, f) => (format!("C_{f:?}"), ckr_name(*rv)),
+            other => (function.to_owned(), format!("{other}")),
+        };
+        TokenError::Call {
+            function,
+            code,
+            source,
+        }
+    }
+}
+
+/// `AttributeReadOnly` → `CKR_ATTRIBUTE_READ_ONLY`: the name PKCS#11 users know.
+fn ckr_name(rv: RvError) -> String {
+    let camel = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+pub type Result<T, E = TokenError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::context::Function;
+
+    #[test]
+    fn token_errors_name_the_function_and_the_ckr_code() {
+        let err = call("C_SetAttributeValue")(CryptokiError::Pkcs11(
+            RvError::AttributeReadOnly,
+            Function::SetAttributeValue,
+        ));
+        assert_eq!(
+            err.to_string(),
+            "C_SetAttributeValue returned CKR_ATTRIBUTE_READ_ONLY"
+        );
+        assert_eq!(err.rv(), Some(RvError::AttributeReadOnly));
+        assert!(!err.breaks_session());
+        let err = call("C_Login")(CryptokiError::Pkcs11(RvError::PinIncorrect, Function::Login));
+        assert_eq!(err.to_string(), "C_Login returned CKR_PIN_INCORRECT");
+    }
+}

@@ -1,0 +1,371 @@
+//! What the service knows about a token object, and how it is read and made.
+
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
+use cryptoki::object::{Attribute as CkAttribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use luna_domain::{Algorithm, Attribute, AttributeSet, Mechanism, ObjectType};
+use sha2::{Digest, Sha256};
+
+use crate::error::{call, Result, TokenError};
+
+/// A token object's handle. Valid for the life of the module's context, as
+/// PKCS#11 defines handles; after the object is destroyed the token answers
+/// `CKR_OBJECT_HANDLE_INVALID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef(pub u64);
+
+impl ObjectRef {
+    pub(crate) fn handle(self) -> ObjectHandle {
+        // SAFETY: an object handle is a plain number that the module validates on
+        // every call; a stale or foreign one gets CKR_OBJECT_HANDLE_INVALID, never
+        // undefined behaviour. cryptoki marks the constructor unsafe only so that
+        // callers think about where the number came from: ours came from this module.
+        #[allow(unsafe_code)]
+        unsafe {
+            ObjectHandle::new_from_raw(narrow(self.0))
+        }
+    }
+}
+
+impl From<ObjectHandle> for ObjectRef {
+    fn from(handle: ObjectHandle) -> Self {
+        ObjectRef(widen(handle.handle()))
+    }
+}
+
+/// Everything the service reads of an object. Never a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectDescription {
+    pub handle: ObjectRef,
+    /// `None` for objects that are not keys (certificates, data, …).
+    pub object_type: Option<ObjectType>,
+    /// `None` for key types other than RSA and AES.
+    pub algorithm: Option<Algorithm>,
+    pub label: String,
+    pub cka_id: Vec<u8>,
+    pub size_bits: u32,
+    /// Big-endian modulus of an RSA key; empty otherwise.
+    pub modulus: Vec<u8>,
+    pub public_exponent: u64,
+    /// The boolean attributes that are true.
+    pub attributes: AttributeSet,
+    pub fingerprint: [u8; 32],
+}
+
+impl ObjectDescription {
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint)
+    }
+
+    pub fn modulus_hex(&self) -> String {
+        hex::encode(&self.modulus)
+    }
+
+    /// A stable name for the object on its partition: its `CKA_ID` in hex
+    /// followed by its class as two hex digits (so the halves of a pair differ).
+    pub fn object_uid(&self) -> String {
+        let class: u8 = match self.object_type {
+            Some(ObjectType::PublicKey) => 0x02,
+            Some(ObjectType::PrivateKey) => 0x03,
+            Some(ObjectType::SecretKey) => 0x04,
+            None => 0xff,
+        };
+        format!("{}{class:02x}", hex::encode(&self.cka_id))
+    }
+}
+
+/// The token mechanism for each of the reference's mechanisms. The two FIPS
+/// 186-3 ones are Luna vendor mechanisms (`CKM_VENDOR_DEFINED` + 0x13C/0x13D).
+pub(crate) fn mechanism_code(mechanism: Mechanism) -> u64 {
+    const CKM_VENDOR_DEFINED: u64 = 0x8000_0000;
+    match mechanism {
+        Mechanism::RsaPkcsKeyPairGen => 0x0000,
+        Mechanism::RsaX931KeyPairGen => 0x000A,
+        Mechanism::AesKeyGen => 0x1080,
+        Mechanism::RsaFips1863AuxPrimeKeyPairGen => CKM_VENDOR_DEFINED + 0x13C,
+        Mechanism::RsaFips1863PrimeKeyPairGen => CKM_VENDOR_DEFINED + 0x13D,
+    }
+}
+
+pub(crate) fn ck_mechanism(mechanism: Mechanism) -> Result<CkMechanism<'static>> {
+    Ok(match mechanism {
+        Mechanism::AesKeyGen => CkMechanism::AesKeyGen,
+        Mechanism::RsaPkcsKeyPairGen => CkMechanism::RsaPkcsKeyPairGen,
+        other => {
+            let code = mechanism_code(other);
+            let raw = narrow(code);
+            let mechanism_type = MechanismType::try_from(raw)
+                .or_else(|_| MechanismType::new_vendor_defined(raw))
+                .map_err(call("mechanism"))?;
+            CkMechanism::VendorDefined(VendorDefinedMechanism::new::<()>(mechanism_type, None))
+        }
+    })
+}
+
+/// PKCS#11's `CK_ULONG`: C's `unsigned long`, 32 or 64 bits by platform.
+pub(crate) type CkUlong = std::os::raw::c_ulong;
+
+/// Widens a `CK_ULONG`; a plain cast, since on 64-bit Unix the two are one type.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn widen(value: CkUlong) -> u64 {
+    value as u64
+}
+
+/// Narrows to a `CK_ULONG`. Every value narrowed here came from the module as a
+/// `CK_ULONG`, or is a mechanism code below 2^32, so nothing is cut off.
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn narrow(value: u64) -> CkUlong {
+    value as CkUlong
+}
+
+fn boolean(attribute: Attribute, value: bool) -> CkAttribute {
+    match attribute {
+        Attribute::Token => CkAttribute::Token(value),
+        Attribute::Private => CkAttribute::Private(value),
+        Attribute::Modifiable => CkAttribute::Modifiable(value),
+        Attribute::Sensitive => CkAttribute::Sensitive(value),
+        Attribute::Extractable => CkAttribute::Extractable(value),
+        Attribute::Encrypt => CkAttribute::Encrypt(value),
+        Attribute::Decrypt => CkAttribute::Decrypt(value),
+        Attribute::Wrap => CkAttribute::Wrap(value),
+        Attribute::Unwrap => CkAttribute::Unwrap(value),
+        Attribute::Sign => CkAttribute::Sign(value),
+        Attribute::Verify => CkAttribute::Verify(value),
+        Attribute::Derive => CkAttribute::Derive(value),
+    }
+}
+
+fn boolean_type(attribute: Attribute) -> AttributeType {
+    match attribute {
+        Attribute::Token => AttributeType::Token,
+        Attribute::Private => AttributeType::Private,
+        Attribute::Modifiable => AttributeType::Modifiable,
+        Attribute::Sensitive => AttributeType::Sensitive,
+        Attribute::Extractable => AttributeType::Extractable,
+        Attribute::Encrypt => AttributeType::Encrypt,
+        Attribute::Decrypt => AttributeType::Decrypt,
+        Attribute::Wrap => AttributeType::Wrap,
+        Attribute::Unwrap => AttributeType::Unwrap,
+        Attribute::Sign => AttributeType::Sign,
+        Attribute::Verify => AttributeType::Verify,
+        Attribute::Derive => AttributeType::Derive,
+    }
+}
+
+pub(crate) fn attribute_changes(changes: &[(Attribute, bool)]) -> Vec<CkAttribute> {
+    changes.iter().map(|(a, v)| boolean(*a, *v)).collect()
+}
+
+/// The template for one object: identity, then every attribute that applies to
+/// its class set explicitly, so the token's defaults never decide for the user.
+pub(crate) fn template(
+    object_type: ObjectType,
+    cka_id: &[u8],
+    label: &str,
+    attributes: AttributeSet,
+) -> Vec<CkAttribute> {
+    let chosen = attributes.for_object(object_type);
+    let mut template = vec![
+        CkAttribute::Id(cka_id.to_vec()),
+        CkAttribute::Label(label.as_bytes().to_vec()),
+    ];
+    template.extend(
+        Attribute::ALL
+            .iter()
+            .filter(|a| a.applies_to(object_type))
+            .map(|a| boolean(*a, chosen.contains(*a))),
+    );
+    template
+}
+
+pub(crate) fn find_template(cka_id: &[u8]) -> Vec<CkAttribute> {
+    vec![CkAttribute::Token(true), CkAttribute::Id(cka_id.to_vec())]
+}
+
+pub(crate) fn secret_key_template(
+    cka_id: &[u8],
+    label: &str,
+    size_bits: u32,
+    attributes: AttributeSet,
+) -> Vec<CkAttribute> {
+    let mut t = vec![
+        CkAttribute::Class(ObjectClass::SECRET_KEY),
+        CkAttribute::KeyType(KeyType::AES),
+        CkAttribute::ValueLen(narrow(u64::from(size_bits / 8)).into()),
+    ];
+    t.extend(template(ObjectType::SecretKey, cka_id, label, attributes));
+    t
+}
+
+pub(crate) fn rsa_templates(
+    cka_id: &[u8],
+    label: &str,
+    size_bits: u32,
+    attributes: AttributeSet,
+) -> (Vec<CkAttribute>, Vec<CkAttribute>) {
+    let mut public = vec![
+        CkAttribute::Class(ObjectClass::PUBLIC_KEY),
+        CkAttribute::KeyType(KeyType::RSA),
+        CkAttribute::ModulusBits(narrow(u64::from(size_bits)).into()),
+        CkAttribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+    ];
+    public.extend(template(ObjectType::PublicKey, cka_id, label, attributes));
+    let mut private = vec![
+        CkAttribute::Class(ObjectClass::PRIVATE_KEY),
+        CkAttribute::KeyType(KeyType::RSA),
+    ];
+    private.extend(template(ObjectType::PrivateKey, cka_id, label, attributes));
+    (public, private)
+}
+
+const DESCRIBED: &[AttributeType] = &[
+    AttributeType::Class,
+    AttributeType::KeyType,
+    AttributeType::Label,
+    AttributeType::Id,
+    AttributeType::ValueLen,
+    AttributeType::Modulus,
+    AttributeType::PublicExponent,
+    AttributeType::CheckValue,
+    AttributeType::Token,
+    AttributeType::Private,
+    AttributeType::Modifiable,
+    AttributeType::Sensitive,
+    AttributeType::Extractable,
+    AttributeType::Encrypt,
+    AttributeType::Decrypt,
+    AttributeType::Wrap,
+    AttributeType::Unwrap,
+    AttributeType::Sign,
+    AttributeType::Verify,
+    AttributeType::Derive,
+];
+
+/// Reads an object's description in one `C_GetAttributeValue` round (two at most).
+pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDescription> {
+    let values = session
+        .get_attributes(handle.handle(), DESCRIBED)
+        .map_err(call("C_GetAttributeValue"))?;
+    let mut class = None;
+    let mut key_type = None;
+    let mut label = Vec::new();
+    let mut cka_id = Vec::new();
+    let mut value_len = 0u64;
+    let mut modulus = Vec::new();
+    let mut exponent = Vec::new();
+    let mut check_value = Vec::new();
+    let mut attributes = AttributeSet::empty();
+    for value in values {
+        match value {
+            CkAttribute::Class(c) => class = Some(c),
+            CkAttribute::KeyType(k) => key_type = Some(k),
+            CkAttribute::Label(l) => label = l,
+            CkAttribute::Id(i) => cka_id = i,
+            CkAttribute::ValueLen(n) => value_len = widen(CkUlong::from(n)),
+            CkAttribute::Modulus(m) => modulus = m,
+            CkAttribute::PublicExponent(e) => exponent = e,
+            CkAttribute::CheckValue(v) => check_value = v,
+            other => {
+                if let Some((attribute, true)) = as_boolean(&other) {
+                    attributes.insert(attribute);
+                }
+            }
+        }
+    }
+    let object_type = match class {
+        Some(ObjectClass::SECRET_KEY) => Some(ObjectType::SecretKey),
+        Some(ObjectClass::PRIVATE_KEY) => Some(ObjectType::PrivateKey),
+        Some(ObjectClass::PUBLIC_KEY) => Some(ObjectType::PublicKey),
+        _ => None,
+    };
+    let algorithm = match key_type {
+        Some(KeyType::RSA) => Some(Algorithm::Rsa),
+        Some(KeyType::AES) => Some(Algorithm::Aes),
+        _ => None,
+    };
+    // Leading zero bytes carry no value; some tokens pad the modulus.
+    let first = modulus.iter().position(|b| *b != 0).unwrap_or(modulus.len());
+    modulus.drain(..first);
+    let public_exponent = big_endian_u64(handle, &exponent)?;
+    let size_bits = match algorithm {
+        Some(Algorithm::Rsa) => u32::try_from(modulus.len() * 8).unwrap_or(u32::MAX),
+        _ => u32::try_from(value_len.saturating_mul(8)).unwrap_or(u32::MAX),
+    };
+    let fingerprint = fingerprint(
+        class.map(|c| widen(*c)),
+        key_type.map(|k| widen(*k)),
+        &cka_id,
+        &modulus,
+        &exponent,
+        &check_value,
+    );
+    Ok(ObjectDescription {
+        handle,
+        object_type,
+        algorithm,
+        label: String::from_utf8_lossy(&label).into_owned(),
+        cka_id,
+        size_bits,
+        modulus,
+        public_exponent,
+        attributes,
+        fingerprint,
+    })
+}
+
+fn as_boolean(value: &CkAttribute) -> Option<(Attribute, bool)> {
+    Attribute::ALL.iter().find_map(|a| {
+        let expected = boolean_type(*a);
+        (value.attribute_type() == expected).then_some(match value {
+            CkAttribute::Token(v)
+            | CkAttribute::Private(v)
+            | CkAttribute::Modifiable(v)
+            | CkAttribute::Sensitive(v)
+            | CkAttribute::Extractable(v)
+            | CkAttribute::Encrypt(v)
+            | CkAttribute::Decrypt(v)
+            | CkAttribute::Wrap(v)
+            | CkAttribute::Unwrap(v)
+            | CkAttribute::Sign(v)
+            | CkAttribute::Verify(v)
+            | CkAttribute::Derive(v) => (*a, *v),
+            _ => (*a, false),
+        })
+    })
+}
+
+fn big_endian_u64(handle: ObjectRef, bytes: &[u8]) -> Result<u64> {
+    let significant: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+    if significant.len() > 8 {
+        return Err(TokenError::MalformedObject {
+            handle: handle.0,
+            attribute: "CKA_PUBLIC_EXPONENT",
+            problem: format!("{} bytes long; at most 8 are supported", significant.len()),
+        });
+    }
+    Ok(significant.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+}
+
+/// The fingerprint: SHA-256 over a versioned, length-prefixed encoding of the
+/// object's public identity: class, key type, `CKA_ID`, modulus, public
+/// exponent and `CKA_CHECK_VALUE` (the token's public key check value of a
+/// secret key). No secret value enters it; the halves of a pair differ by class.
+pub fn fingerprint(
+    class: Option<u64>,
+    key_type: Option<u64>,
+    cka_id: &[u8],
+    modulus: &[u8],
+    exponent: &[u8],
+    check_value: &[u8],
+) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"luna-cckm/fingerprint/v1");
+    hash.update(class.unwrap_or(u64::MAX).to_be_bytes());
+    hash.update(key_type.unwrap_or(u64::MAX).to_be_bytes());
+    for part in [cka_id, modulus, exponent, check_value] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}

@@ -1,0 +1,323 @@
+//! A token opened as a partition: pooled, logged-in sessions and the object calls.
+
+use std::num::NonZeroUsize;
+use std::ops::{ControlFlow, Deref};
+use std::sync::{Arc, Mutex};
+
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::object::Attribute as CkAttribute;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use luna_domain::{Algorithm, Attribute, Mechanism, ObjectType};
+use secrecy::SecretString;
+
+use crate::error::{call, Result, TokenError};
+use crate::module::{Module, TokenSummary};
+use crate::object::{self, ObjectDescription, ObjectRef};
+use crate::{GenerateRequest, Generated, Partition, ScanOutcome, TokenInfo};
+
+/// Idle sessions kept per token; more are opened under load and closed after.
+const MAX_IDLE_SESSIONS: usize = 16;
+
+/// A token of a module, used as a partition. Each call takes one session from
+/// the pool, so a worker holds exactly one session at a time.
+#[derive(Debug)]
+pub struct TokenPartition {
+    module: Arc<Module>,
+    slot: Slot,
+    info: TokenInfo,
+    pin: SecretString,
+    idle: Mutex<Vec<Session>>,
+    /// Held around object writes on modules that need it (see `Module`).
+    object_writes: Mutex<()>,
+}
+
+/// A session on loan from the pool; it goes back on drop unless it broke.
+struct PooledSession<'a> {
+    partition: &'a TokenPartition,
+    session: Option<Session>,
+}
+
+impl Deref for PooledSession<'_> {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        // `session` is only taken in `discard` or `drop`, both of which consume the guard.
+        match &self.session {
+            Some(session) => session,
+            None => unreachable!("a pooled session is present until the guard is consumed"),
+        }
+    }
+}
+
+impl PooledSession<'_> {
+    fn discard(mut self) {
+        self.session.take();
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let mut idle = self.partition.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_SESSIONS {
+                idle.push(session);
+            }
+        }
+    }
+}
+
+impl TokenPartition {
+    pub(crate) fn open(
+        module: Arc<Module>,
+        slot: Slot,
+        summary: TokenSummary,
+        pin: SecretString,
+    ) -> Result<Self> {
+        let mechanisms = module
+            .context
+            .get_mechanism_list(slot)
+            .map_err(call("C_GetMechanismList"))?
+            .into_iter()
+            .map(|m| object::widen(*m))
+            .collect();
+        let partition = TokenPartition {
+            module,
+            slot,
+            info: TokenInfo {
+                label: summary.label,
+                serial_number: summary.serial_number,
+                manufacturer: summary.manufacturer,
+                model: summary.model,
+                mechanisms,
+            },
+            pin,
+            idle: Mutex::new(Vec::new()),
+            object_writes: Mutex::new(()),
+        };
+        // Proves the PIN now rather than at the first key operation.
+        let session = partition
+            .module
+            .context
+            .open_rw_session(slot)
+            .map_err(call("C_OpenSession"))?;
+        let summary = TokenSummary {
+            label: partition.info.label.clone(),
+            serial_number: partition.info.serial_number.clone(),
+            manufacturer: partition.info.manufacturer.clone(),
+            model: partition.info.model.clone(),
+        };
+        partition.module.login(&session, &summary, &partition.pin)?;
+        partition
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
+        Ok(partition)
+    }
+
+    fn session(&self) -> Result<PooledSession<'_>> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let session = match pooled {
+            Some(session) => session,
+            None => {
+                let session = self
+                    .module
+                    .context
+                    .open_rw_session(self.slot)
+                    .map_err(call("C_OpenSession"))?;
+                // Login is per application and token: every later session shares it.
+                match session.login(UserType::User, Some(&self.pin)) {
+                    Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+                    Err(other) => return Err(call("C_Login")(other)),
+                }
+                session
+            }
+        };
+        Ok(PooledSession {
+            partition: self,
+            session: Some(session),
+        })
+    }
+
+    /// Runs `work` on a pooled session, discarding the session if the error
+    /// says it is no longer usable.
+    fn with_session<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        let session = self.session()?;
+        match work(&session) {
+            Err(error) if error.breaks_session() => {
+                session.discard();
+                Err(error)
+            }
+            result => result,
+        }
+    }
+
+    /// `with_session` for calls that create, change or destroy objects.
+    fn writing<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        let _serialized = self
+            .module
+            .serialize_object_writes
+            .then(|| self.object_writes.lock().unwrap_or_else(|p| p.into_inner()));
+        self.with_session(work)
+    }
+
+    fn choose_mechanism(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
+        if self.info.supports(requested) {
+            return Ok(requested);
+        }
+        match requested.remap_target() {
+            Some(target) if remap && self.info.supports(target) => Ok(target),
+            _ => Err(TokenError::MechanismUnsupported {
+                token: self.info.label.clone(),
+                mechanism: requested.to_string(),
+            }),
+        }
+    }
+
+    fn find_in(session: &Session, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
+        let handles = session
+            .find_objects(&object::find_template(cka_id))
+            .map_err(call("C_FindObjects"))?;
+        handles
+            .into_iter()
+            .map(|h| object::describe(session, h.into()))
+            .collect()
+    }
+}
+
+impl Partition for TokenPartition {
+    fn info(&self) -> &TokenInfo {
+        &self.info
+    }
+
+    fn generate(&self, request: &GenerateRequest) -> Result<Generated> {
+        let mechanism_used = self.choose_mechanism(request.mechanism, request.remap)?;
+        let algorithm = request.mechanism.algorithm();
+        let expected: &[ObjectType] = match algorithm {
+            Algorithm::Aes => &[ObjectType::SecretKey],
+            Algorithm::Rsa => &[ObjectType::PrivateKey, ObjectType::PublicKey],
+        };
+        self.writing(|session| {
+            // A retried create finds what the first attempt made, by CKA_ID.
+            let mut existing: Vec<ObjectDescription> = Self::find_in(session, &request.cka_id)?
+                .into_iter()
+                .filter(|d| d.object_type.is_some_and(|t| expected.contains(&t)))
+                .collect();
+            existing.sort_by_key(|d| expected.iter().position(|t| Some(*t) == d.object_type));
+            existing.dedup_by_key(|d| d.object_type);
+            if existing.len() == expected.len() {
+                return Ok(Generated {
+                    mechanism_used,
+                    objects: existing,
+                    created: false,
+                });
+            }
+            if !existing.is_empty() {
+                return Err(TokenError::PartialKeyPair {
+                    cka_id: hex::encode(&request.cka_id),
+                    found: existing
+                        .iter()
+                        .filter_map(|d| d.object_type.map(|t| t.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            let mechanism = object::ck_mechanism(mechanism_used)?;
+            let objects = match algorithm {
+                Algorithm::Aes => {
+                    let template = object::secret_key_template(
+                        &request.cka_id,
+                        &request.label,
+                        request.size,
+                        request.attributes,
+                    );
+                    let handle = session
+                        .generate_key(&mechanism, &template)
+                        .map_err(call("C_GenerateKey"))?;
+                    vec![object::describe(session, handle.into())?]
+                }
+                Algorithm::Rsa => {
+                    let (public, private) = object::rsa_templates(
+                        &request.cka_id,
+                        &request.label,
+                        request.size,
+                        request.attributes,
+                    );
+                    let (public, private) = session
+                        .generate_key_pair(&mechanism, &public, &private)
+                        .map_err(call("C_GenerateKeyPair"))?;
+                    vec![
+                        object::describe(session, private.into())?,
+                        object::describe(session, public.into())?,
+                    ]
+                }
+            };
+            Ok(Generated {
+                mechanism_used,
+                objects,
+                created: true,
+            })
+        })
+    }
+
+    fn find_by_id(&self, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
+        self.with_session(|session| Self::find_in(session, cka_id))
+    }
+
+    fn describe(&self, object: ObjectRef) -> Result<ObjectDescription> {
+        self.with_session(|session| object::describe(session, object))
+    }
+
+    fn describe_many(&self, objects: &[ObjectRef]) -> Result<Vec<ObjectDescription>> {
+        self.with_session(|session| objects.iter().map(|o| object::describe(session, *o)).collect())
+    }
+
+    fn set_attributes(&self, object: ObjectRef, changes: &[(Attribute, bool)]) -> Result<()> {
+        let template = object::attribute_changes(changes);
+        self.writing(|session| {
+            session
+                .update_attributes(object.handle(), &template)
+                .map_err(call("C_SetAttributeValue"))
+        })
+    }
+
+    fn destroy(&self, object: ObjectRef) -> Result<()> {
+        self.writing(|session| {
+            session
+                .destroy_object(object.handle())
+                .map_err(call("C_DestroyObject"))
+        })
+    }
+
+    fn scan(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
+    ) -> Result<ScanOutcome> {
+        let batch_size = NonZeroUsize::new(batch_size).unwrap_or(NonZeroUsize::MIN);
+        self.with_session(|session| {
+            let mut outcome = ScanOutcome::default();
+            let template = [CkAttribute::Token(true)];
+            let objects = session
+                .iter_objects_with_cache_size(&template, batch_size)
+                .map_err(call("C_FindObjectsInit"))?;
+            let mut batch = Vec::with_capacity(batch_size.get());
+            let mut objects = objects.peekable();
+            while let Some(handle) = objects.next() {
+                batch.push(ObjectRef::from(handle.map_err(call("C_FindObjects"))?));
+                if batch.len() == batch_size.get() || objects.peek().is_none() {
+                    outcome.seen += batch.len();
+                    outcome.batches += 1;
+                    let flow = visit(&batch);
+                    batch.clear();
+                    if flow.is_break() {
+                        outcome.stopped = true;
+                        break;
+                    }
+                }
+            }
+            Ok(outcome)
+        })
+    }
+}
