@@ -1,1 +1,122 @@
-//! placeholder
+//! Storage for luna-cckm: Diesel on SQLite (embedded default) or PostgreSQL
+//! (deployments, several instances on one database), one codebase for both.
+//!
+//! Invariants: the backend is chosen from the URL alone; each backend has its
+//! own embedded migrations, run at open; repositories return
+//! `Result<Option<T>>` for lookups and do filtering, sorting and paging in
+//! SQL; every multi-row change is one transaction; a PIN is stored only
+//! sealed (see [`PinCipher`]).
+
+mod codec;
+mod db;
+mod error;
+mod models;
+mod pin;
+mod repo;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::sync::Arc;
+
+use diesel::r2d2::R2D2Connection;
+use std::ops::DerefMut as _;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+
+pub use codec::now;
+pub use db::{Backend, PoolOptions};
+pub use error::{Result, StoreError};
+pub use pin::PinCipher;
+pub use repo::users::{NewUser, StoredUser};
+
+use db::{DbConnection, Manager, SqliteWriteLock};
+
+/// A page of a list and the number of rows that match the filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed<T> {
+    pub total: i64,
+    pub items: Vec<T>,
+}
+
+/// The database: a connection pool and the PIN cipher.
+#[derive(Clone)]
+pub struct Store {
+    pool: r2d2::Pool<Manager>,
+    backend: Backend,
+    sqlite_writes: Arc<SqliteWriteLock>,
+    pins: Arc<PinCipher>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to the URL's backend and brings its schema up to date.
+    pub fn open(url: &str, pins: PinCipher, options: PoolOptions) -> Result<Store> {
+        let (backend, target) = db::parse_url(url)?;
+        let manager = Manager::new(backend, target);
+        // Migrate on one connection before the pool opens more.
+        db::run_migrations(&mut manager.connect()?)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(options.max_connections)
+            .connection_timeout(options.connect_timeout)
+            .build(manager)?;
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_writes: Arc::default(),
+            pins: Arc::new(pins),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers when the database does (for health checks).
+    pub fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.get()?;
+        conn.ping().map(drop).map_err(StoreError::Query)
+    }
+
+    fn read<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        work(&mut conn)
+    }
+
+    /// Runs `work` in one transaction. On SQLite the transaction takes the
+    /// write lock up front (`BEGIN IMMEDIATE`, waiting out the busy timeout):
+    /// a deferred one that later writes gets SQLITE_BUSY at once when another
+    /// connection, in this process or another, wrote meanwhile. Writers of
+    /// this process also queue on a mutex rather than on SQLite's busy polling.
+    fn write<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
+        type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
+        let _writer = (self.backend == Backend::Sqlite).then(|| self.sqlite_writes.hold());
+        let mut pooled = self.pool.get()?;
+        let conn = pooled.deref_mut();
+        match conn {
+            DbConnection::Sqlite(lite) => {
+                AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?
+            }
+            DbConnection::Postgres(_) => Transactions::begin_transaction(conn)?,
+        }
+        match work(conn) {
+            Ok(value) => {
+                Transactions::commit_transaction(conn)?;
+                Ok(value)
+            }
+            Err(error) => {
+                // The work's error is the one worth reporting; a failed rollback
+                // leaves the connection broken, and the pool discards it.
+                let _ = Transactions::rollback_transaction(conn);
+                Err(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! How domain values are written to columns both backends share.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use luna_domain::DomainError;
+use uuid::Uuid;
+
+use crate::error::{Result, StoreError};
+
+/// Timestamps are stored as microseconds since the epoch, UTC.
+pub fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub fn from_micros(what: &'static str, value: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| StoreError::corrupt(what, format!("timestamp {value}")))
+}
+
+/// `now`, cut to the precision the database keeps, so a record reads back equal.
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+pub fn uuid(what: &'static str, text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| StoreError::corrupt(what, e))
+}
+
+pub fn wire<T: FromStr<Err = DomainError>>(what: &'static str, text: &str) -> Result<T> {
+    text.parse().map_err(|e| StoreError::corrupt(what, e))
+}
+
+pub fn optional_wire<T: FromStr<Err = DomainError>>(
+    what: &'static str,
+    text: Option<&str>,
+) -> Result<Option<T>> {
+    text.map(|t| wire(what, t)).transpose()
+}
+
+pub fn json_map(map: &BTreeMap<String, String>) -> String {
+    // A map of strings always serialises.
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+pub fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(what, e))
+}
+
+pub fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::corrupt(what, e))
+}

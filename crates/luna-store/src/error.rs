@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+
+use luna_domain::DomainError;
+use thiserror::Error;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("the database URL names no supported backend; use sqlite://PATH or postgres://…")]
+    UnsupportedUrl,
+    #[error("no database connection could be had from the pool")]
+    Pool(#[from] r2d2::Error),
+    #[error("connecting to the database")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("running the database migrations")]
+    Migration(#[source] BoxError),
+    #[error("a database query failed")]
+    Query(#[from] diesel::result::Error),
+    /// A uniqueness or state rule held by the database: a taken name, a busy key, a running job.
+    #[error("{0}")]
+    Conflict(String),
+    /// A domain rule refused the change (an illegal transition, say).
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the stored {what} is corrupt: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("the PIN encryption key file {}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a stored PIN could not be decrypted: the data directory's key is not the one it was sealed with, or the row was altered")]
+    PinDecrypt,
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,345 @@
+//! Rows as Diesel reads and writes them, and their conversion to domain values.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use luna_domain::{
+    AttributeSet, Connection, Job, JobLifecycle, Key, KeyLifecycle, Member, Operation, OperationState,
+    Partition,
+};
+use uuid::Uuid;
+
+use crate::codec::{from_json, from_micros, json_map, micros, optional_wire, to_json, uuid, wire};
+use crate::error::Result;
+use crate::schema::{connection_members, connections, jobs, keys, operations, partitions, users};
+
+#[derive(Debug, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = keys)]
+pub struct KeyRow {
+    pub id: String,
+    pub partition_id: String,
+    pub partition_label: String,
+    pub label: String,
+    pub status: String,
+    pub operation: String,
+    pub operation_status: String,
+    pub operation_error: Option<String>,
+    pub algorithm: Option<String>,
+    pub object_type: Option<String>,
+    pub mechanism: Option<String>,
+    pub generated_with: Option<String>,
+    pub size: i32,
+    pub attributes: String,
+    pub cka_id: Vec<u8>,
+    pub object_uid: String,
+    pub sha_256_fingerprint: String,
+    pub replication_info: String,
+    pub replicated: bool,
+    pub byok_key: bool,
+    pub origin: String,
+    pub modulus: String,
+    pub exponent: i64,
+    pub link_id: Option<String>,
+    pub ha_enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl KeyRow {
+    pub fn from_domain(key: &Key) -> KeyRow {
+        KeyRow {
+            id: key.id.to_string(),
+            partition_id: key.partition_id.to_string(),
+            partition_label: key.partition_label.clone(),
+            label: key.label.clone(),
+            status: key.lifecycle.status.as_str().into(),
+            operation: key.lifecycle.operation.as_str().into(),
+            operation_status: key.lifecycle.operation_status.as_str().into(),
+            operation_error: key.lifecycle.operation_error.clone(),
+            algorithm: key.algorithm.map(|a| a.as_str().into()),
+            object_type: key.object_type.map(|t| t.as_str().into()),
+            mechanism: key.mechanism.map(|m| m.as_str().into()),
+            generated_with: key.generated_with.map(|m| m.as_str().into()),
+            // Sizes are validated to a handful of values far below i32::MAX.
+            size: i32::try_from(key.size).unwrap_or(i32::MAX),
+            attributes: key.attributes.names().join(","),
+            cka_id: key.cka_id.clone(),
+            object_uid: key.object_uid.clone(),
+            sha_256_fingerprint: key.sha_256_fingerprint.clone(),
+            replication_info: json_map(&key.replication_info),
+            replicated: key.replicated,
+            byok_key: key.byok_key,
+            origin: key.origin.as_str().into(),
+            modulus: key.modulus.clone(),
+            // RSA exponents fit in 63 bits in practice; a larger one is clamped.
+            exponent: i64::try_from(key.exponent).unwrap_or(i64::MAX),
+            link_id: key.link_id.map(|l| l.to_string()),
+            ha_enabled: key.ha_enabled,
+            created_at: micros(key.created_at),
+            updated_at: micros(key.updated_at),
+        }
+    }
+
+    pub fn into_domain(self) -> Result<Key> {
+        let names: Vec<&str> = self.attributes.split(',').filter(|n| !n.is_empty()).collect();
+        Ok(Key {
+            id: uuid("key id", &self.id)?,
+            partition_id: uuid("key partition_id", &self.partition_id)?,
+            partition_label: self.partition_label,
+            label: self.label,
+            lifecycle: KeyLifecycle {
+                status: wire("key status", &self.status)?,
+                operation: wire("key operation", &self.operation)?,
+                operation_status: wire("key operation_status", &self.operation_status)?,
+                operation_error: self.operation_error,
+            },
+            algorithm: optional_wire("key algorithm", self.algorithm.as_deref())?,
+            object_type: optional_wire("key object_type", self.object_type.as_deref())?,
+            mechanism: optional_wire("key mechanism", self.mechanism.as_deref())?,
+            generated_with: optional_wire("key generated_with", self.generated_with.as_deref())?,
+            size: u32::try_from(self.size).map_err(|e| crate::StoreError::corrupt("key size", e))?,
+            attributes: AttributeSet::parse_names(&names)
+                .map_err(|e| crate::StoreError::corrupt("key attributes", e))?,
+            cka_id: self.cka_id,
+            object_uid: self.object_uid,
+            sha_256_fingerprint: self.sha_256_fingerprint,
+            replication_info: from_json("key replication_info", &self.replication_info)?,
+            replicated: self.replicated,
+            byok_key: self.byok_key,
+            origin: wire("key origin", &self.origin)?,
+            modulus: self.modulus,
+            exponent: u64::try_from(self.exponent)
+                .map_err(|e| crate::StoreError::corrupt("key exponent", e))?,
+            link_id: self
+                .link_id
+                .as_deref()
+                .map(|l| uuid("key link_id", l))
+                .transpose()?,
+            ha_enabled: self.ha_enabled,
+            created_at: from_micros("key created_at", self.created_at)?,
+            updated_at: from_micros("key updated_at", self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = operations)]
+pub struct OperationRow {
+    pub id: String,
+    pub kind: String,
+    pub target_id: String,
+    pub payload: String,
+    pub state: String,
+    pub attempts: i32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl OperationRow {
+    pub fn from_domain(op: &Operation) -> Result<OperationRow> {
+        let payload = to_json("operation payload", &op.payload)?;
+        let kind = payload_kind(&op.payload);
+        Ok(OperationRow {
+            id: op.id.to_string(),
+            kind: kind.into(),
+            target_id: op.payload.target().to_string(),
+            payload,
+            state: op.state.as_str().into(),
+            attempts: i32::try_from(op.attempts).unwrap_or(i32::MAX),
+            lease_owner: op.lease_owner.clone(),
+            lease_expires_at: op.lease_expires_at.map(micros),
+            last_error: op.last_error.clone(),
+            created_at: micros(op.created_at),
+            updated_at: micros(op.updated_at),
+        })
+    }
+
+    pub fn into_domain(self) -> Result<Operation> {
+        Ok(Operation {
+            id: uuid("operation id", &self.id)?,
+            payload: from_json("operation payload", &self.payload)?,
+            state: wire::<OperationState>("operation state", &self.state)?,
+            attempts: u32::try_from(self.attempts)
+                .map_err(|e| crate::StoreError::corrupt("operation attempts", e))?,
+            lease_owner: self.lease_owner,
+            lease_expires_at: self
+                .lease_expires_at
+                .map(|t| from_micros("operation lease_expires_at", t))
+                .transpose()?,
+            last_error: self.last_error,
+            created_at: from_micros("operation created_at", self.created_at)?,
+            updated_at: from_micros("operation updated_at", self.updated_at)?,
+        })
+    }
+}
+
+/// A short name for the kind of work, kept in its own column for metrics and queries.
+pub fn payload_kind(payload: &luna_domain::OperationPayload) -> &'static str {
+    use luna_domain::OperationPayload::*;
+    match payload {
+        CreateKey { .. } => "keycreate",
+        UpdateKey { .. } => "keyupdate",
+        ReplicateKey { .. } => "keyreplicate",
+        DeleteKey { .. } => "keydelete",
+        RunJob { .. } => "job",
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = jobs)]
+pub struct JobRow {
+    pub id: String,
+    pub job_type: String,
+    pub partitions: String,
+    pub overall_status: String,
+    pub abort_requested: bool,
+    pub detailed_status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+impl JobRow {
+    pub fn from_domain(job: &Job) -> Result<JobRow> {
+        let detailed: BTreeMap<String, String> = job
+            .detailed_status
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        Ok(JobRow {
+            id: job.id.to_string(),
+            job_type: job.job_type.as_str().into(),
+            partitions: to_json("job partitions", &job.partitions)?,
+            overall_status: job.lifecycle.status.as_str().into(),
+            abort_requested: job.lifecycle.abort,
+            detailed_status: json_map(&detailed),
+            created_at: micros(job.created_at),
+            updated_at: micros(job.updated_at),
+            completed_at: job.completed_at.map(micros),
+        })
+    }
+
+    pub fn into_domain(self) -> Result<Job> {
+        let detailed: BTreeMap<String, String> = from_json("job detailed_status", &self.detailed_status)?;
+        Ok(Job {
+            id: uuid("job id", &self.id)?,
+            job_type: wire("job type", &self.job_type)?,
+            partitions: from_json::<Vec<Uuid>>("job partitions", &self.partitions)?,
+            lifecycle: JobLifecycle {
+                status: wire("job overall_status", &self.overall_status)?,
+                abort: self.abort_requested,
+            },
+            detailed_status: detailed
+                .into_iter()
+                .map(|(k, v)| Ok((uuid("job detailed_status", &k)?, v)))
+                .collect::<Result<_>>()?,
+            created_at: from_micros("job created_at", self.created_at)?,
+            updated_at: from_micros("job updated_at", self.updated_at)?,
+            completed_at: self
+                .completed_at
+                .map(|t| from_micros("job completed_at", t))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = connections)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub is_ha_enabled: bool,
+    pub remap_rsa_mechanisms: bool,
+    pub pin_ciphertext: Vec<u8>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = connection_members)]
+pub struct MemberRow {
+    pub connection_id: String,
+    pub position: i32,
+    pub hostname: String,
+    pub partition_label: String,
+    pub serial_number: String,
+}
+
+impl MemberRow {
+    pub fn into_domain(self) -> Member {
+        Member {
+            hostname: self.hostname,
+            partition_label: self.partition_label,
+            serial_number: self.serial_number,
+        }
+    }
+}
+
+impl ConnectionRow {
+    pub fn into_domain(self, members: Vec<Member>) -> Result<Connection> {
+        Ok(Connection {
+            id: uuid("connection id", &self.id)?,
+            name: self.name,
+            description: self.description,
+            is_ha_enabled: self.is_ha_enabled,
+            remap_rsa_mechanisms: self.remap_rsa_mechanisms,
+            members,
+            created_at: from_micros("connection created_at", self.created_at)?,
+            updated_at: from_micros("connection updated_at", self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = partitions)]
+pub struct PartitionRow {
+    pub id: String,
+    pub connection_id: String,
+    pub partition_label: String,
+    pub serial_number: String,
+    pub ha_enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl PartitionRow {
+    pub fn from_domain(p: &Partition) -> PartitionRow {
+        PartitionRow {
+            id: p.id.to_string(),
+            connection_id: p.connection_id.to_string(),
+            partition_label: p.partition_label.clone(),
+            serial_number: p.serial_number.clone(),
+            ha_enabled: p.ha_enabled,
+            created_at: micros(p.created_at),
+            updated_at: micros(p.updated_at),
+        }
+    }
+
+    pub fn into_domain(self, members: Vec<Member>) -> Result<Partition> {
+        Ok(Partition {
+            id: uuid("partition id", &self.id)?,
+            connection_id: uuid("partition connection_id", &self.connection_id)?,
+            partition_label: self.partition_label,
+            serial_number: self.serial_number,
+            ha_enabled: self.ha_enabled,
+            members,
+            created_at: from_micros("partition created_at", self.created_at)?,
+            updated_at: from_micros("partition updated_at", self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub user_groups: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -1,0 +1,248 @@
+use diesel::prelude::*;
+use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
+use luna_domain::{Key, KeyEvent, KeyLifecycle, Operation, OperationKind};
+use uuid::Uuid;
+
+use crate::db::{per_backend, MultiBackend};
+use crate::error::{Result, StoreError};
+use crate::models::{KeyRow, OperationRow};
+use crate::repo::order_by;
+use crate::schema::{keys, operations};
+use crate::{Listed, Store};
+
+fn filtered(f: &KeyFilters) -> keys::BoxedQuery<'static, MultiBackend> {
+    let mut q = keys::table.into_boxed();
+    if let Some(v) = f.id {
+        q = q.filter(keys::id.eq(v.to_string()));
+    }
+    if let Some(v) = &f.label {
+        q = q.filter(keys::label.eq(v.clone()));
+    }
+    if let Some(v) = f.algorithm {
+        q = q.filter(keys::algorithm.eq(v.as_str()));
+    }
+    if let Some(v) = f.mechanism {
+        q = q.filter(keys::mechanism.eq(v.as_str()));
+    }
+    if let Some(v) = f.size {
+        // No stored size exceeds i32::MAX, so a larger filter matches nothing.
+        q = q.filter(keys::size.eq(i32::try_from(v).unwrap_or(-1)));
+    }
+    if let Some(v) = f.byok_key {
+        q = q.filter(keys::byok_key.eq(v));
+    }
+    if let Some(v) = f.partition_id {
+        q = q.filter(keys::partition_id.eq(v.to_string()));
+    }
+    if let Some(v) = &f.partition_label {
+        q = q.filter(keys::partition_label.eq(v.clone()));
+    }
+    if let Some(v) = f.status {
+        q = q.filter(keys::status.eq(v.as_str()));
+    }
+    if let Some(v) = f.object_type {
+        q = q.filter(keys::object_type.eq(v.as_str()));
+    }
+    if let Some(v) = f.origin {
+        q = q.filter(keys::origin.eq(v.as_str()));
+    }
+    if let Some(v) = &f.sha_256_fingerprint {
+        q = q.filter(keys::sha_256_fingerprint.eq(v.clone()));
+    }
+    if let Some(v) = &f.modulus {
+        q = q.filter(keys::modulus.eq(v.clone()));
+    }
+    if let Some(v) = f.link_id {
+        q = q.filter(keys::link_id.eq(v.to_string()));
+    }
+    if let Some(v) = f.replicated {
+        q = q.filter(keys::replicated.eq(v));
+    }
+    q
+}
+
+fn sorted(
+    mut q: keys::BoxedQuery<'static, MultiBackend>,
+    query: &ListQuery<KeyFilters>,
+) -> keys::BoxedQuery<'static, MultiBackend> {
+    if query.sort.is_empty() {
+        return q.order_by((keys::created_at.desc(), keys::id.desc()));
+    }
+    for key in &query.sort {
+        q = match key.field {
+            KeySortField::CreatedAt => order_by!(q, key.direction, keys::created_at),
+            KeySortField::UpdatedAt => order_by!(q, key.direction, keys::updated_at),
+            KeySortField::Id => order_by!(q, key.direction, keys::id),
+            KeySortField::Label => order_by!(q, key.direction, keys::label),
+            KeySortField::Size => order_by!(q, key.direction, keys::size),
+            KeySortField::Status => order_by!(q, key.direction, keys::status),
+            KeySortField::Algorithm => order_by!(q, key.direction, keys::algorithm),
+            KeySortField::Mechanism => order_by!(q, key.direction, keys::mechanism),
+            KeySortField::ObjectType => order_by!(q, key.direction, keys::object_type),
+            KeySortField::PartitionId => order_by!(q, key.direction, keys::partition_id),
+            KeySortField::PartitionLabel => order_by!(q, key.direction, keys::partition_label),
+            KeySortField::Origin => order_by!(q, key.direction, keys::origin),
+        };
+    }
+    // Ties keep a stable order across pages.
+    order_by!(q, Direction::Ascending, keys::id)
+}
+
+fn load(conn: &mut crate::db::DbConnection, id: Uuid) -> Result<Option<Key>> {
+    keys::table
+        .find(id.to_string())
+        .select(KeyRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(KeyRow::into_domain)
+        .transpose()
+}
+
+/// Writes a key's new lifecycle only if nobody changed it since `before` was
+/// read: the atomic half of "a second mutation while busy is a 409".
+fn save_if_unchanged(conn: &mut crate::db::DbConnection, key: &Key, before: &KeyLifecycle) -> Result<bool> {
+    let row = KeyRow::from_domain(key);
+    let updated = diesel::update(keys::table.find(&row.id))
+        .filter(keys::status.eq(before.status.as_str()))
+        .filter(keys::operation.eq(before.operation.as_str()))
+        .filter(keys::operation_status.eq(before.operation_status.as_str()))
+        .set(&row)
+        .execute(conn)?;
+    Ok(updated == 1)
+}
+
+impl Store {
+    /// Records new keys and the operation that will make them, atomically:
+    /// once this returns, the request cannot be lost.
+    pub fn insert_keys_with_operation(&self, new_keys: &[Key], operation: &Operation) -> Result<()> {
+        let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
+        let op = OperationRow::from_domain(operation)?;
+        self.write(|conn| {
+            per_backend!(conn, |c| diesel::insert_into(keys::table)
+                .values(&rows)
+                .execute(c))?;
+            diesel::insert_into(operations::table).values(&op).execute(conn)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_key(&self, id: Uuid) -> Result<Option<Key>> {
+        self.read(|conn| load(conn, id))
+    }
+
+    /// Records on a partition whose object has this `CKA_ID` (both halves of a pair).
+    pub fn keys_by_cka_id(&self, partition_id: Uuid, cka_id: &[u8]) -> Result<Vec<Key>> {
+        self.read(|conn| {
+            keys::table
+                .filter(keys::partition_id.eq(partition_id.to_string()))
+                .filter(keys::cka_id.eq(cka_id.to_vec()))
+                .order(keys::id)
+                .select(KeyRow::as_select())
+                .load(conn)?
+                .into_iter()
+                .map(KeyRow::into_domain)
+                .collect()
+        })
+    }
+
+    /// Starts `kind` on a key and its linked half and queues `operation`, in one
+    /// transaction. A key that is busy, or not AVAILABLE, is a conflict.
+    pub fn begin_key_operation(
+        &self,
+        id: Uuid,
+        kind: OperationKind,
+        operation: &Operation,
+    ) -> Result<Vec<Key>> {
+        let op = OperationRow::from_domain(operation)?;
+        let now = operation.created_at;
+        self.write(|conn| {
+            let first =
+                load(conn, id)?.ok_or_else(|| StoreError::Conflict(format!("key {id} does not exist")))?;
+            let mut ids = vec![first.id];
+            ids.extend(first.link_id);
+            let mut changed = Vec::with_capacity(ids.len());
+            for key_id in ids {
+                // A dangling link (its half was forgotten here) is skipped, not fatal.
+                let Some(mut key) = load(conn, key_id)? else {
+                    continue;
+                };
+                let before = key.lifecycle.clone();
+                key.apply(&KeyEvent::Begin(kind), now).map_err(|e| match e {
+                    luna_domain::DomainError::Conflict(m) => StoreError::Conflict(m),
+                    other => StoreError::Domain(other),
+                })?;
+                if !save_if_unchanged(conn, &key, &before)? {
+                    return Err(StoreError::Conflict(format!(
+                        "key {key_id} changed while the request was handled; try again"
+                    )));
+                }
+                changed.push(key);
+            }
+            diesel::insert_into(operations::table).values(&op).execute(conn)?;
+            Ok(changed)
+        })
+    }
+
+    /// Writes a key record as it is (the operation runner and refresh use this).
+    pub fn save_key(&self, key: &Key) -> Result<bool> {
+        let row = KeyRow::from_domain(key);
+        self.write(|conn| {
+            Ok(diesel::update(keys::table.find(&row.id))
+                .set(&row)
+                .execute(conn)?
+                == 1)
+        })
+    }
+
+    /// Forgets a key record and its linked record here (the objects stay on the
+    /// token). Refused while an operation runs on it.
+    pub fn forget_key(&self, id: Uuid) -> Result<Option<Vec<Uuid>>> {
+        self.write(|conn| {
+            let Some(key) = load(conn, id)? else {
+                return Ok(None);
+            };
+            if key.lifecycle.is_busy() {
+                return Err(StoreError::Conflict(format!(
+                    "the key has a {} operation in progress; wait for it to end",
+                    key.lifecycle.operation
+                )));
+            }
+            let ids: Vec<String> = std::iter::once(key.id)
+                .chain(key.link_id)
+                .map(|i| i.to_string())
+                .collect();
+            diesel::delete(keys::table.filter(keys::id.eq_any(&ids))).execute(conn)?;
+            Ok(Some(std::iter::once(key.id).chain(key.link_id).collect()))
+        })
+    }
+
+    /// A filtered, sorted page of keys and the total that match.
+    pub fn list_keys(&self, query: &ListQuery<KeyFilters>) -> Result<Listed<Key>> {
+        self.read(|conn| {
+            let total: i64 = filtered(&query.filters).count().get_result(conn)?;
+            let items = sorted(filtered(&query.filters), query)
+                .offset(query.page.skip)
+                .limit(query.page.limit)
+                .select(KeyRow::as_select())
+                .load(conn)?
+                .into_iter()
+                .map(KeyRow::into_domain)
+                .collect::<Result<_>>()?;
+            Ok(Listed { total, items })
+        })
+    }
+
+    /// Inserts many key records in one transaction (benchmarks and refresh).
+    pub fn insert_keys(&self, new_keys: &[Key]) -> Result<()> {
+        let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
+        self.write(|conn| {
+            // Chunks keep each statement under SQLite's bound-parameter limit.
+            for chunk in rows.chunks(500) {
+                per_backend!(conn, |c| diesel::insert_into(keys::table)
+                    .values(chunk)
+                    .execute(c))?;
+            }
+            Ok(())
+        })
+    }
+}

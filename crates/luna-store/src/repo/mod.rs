@@ -1,0 +1,31 @@
+//! Repositories: one module per aggregate, each an `impl Store` block.
+
+pub mod jobs;
+pub mod keys;
+pub mod operations;
+pub mod partitions;
+pub mod users;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::error::StoreError;
+
+/// A unique-constraint violation becomes a conflict with the caller's sentence.
+pub(crate) fn conflict_on_unique(message: impl FnOnce() -> String) -> impl FnOnce(DieselError) -> StoreError {
+    move |err| match err {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::Conflict(message()),
+        other => StoreError::Query(other),
+    }
+}
+
+/// Appends `column` in `direction` to a boxed query's ORDER BY.
+macro_rules! order_by {
+    ($query:expr, $direction:expr, $column:expr) => {
+        match $direction {
+            luna_domain::query::Direction::Ascending => $query.then_order_by($column.asc()),
+            luna_domain::query::Direction::Descending => $query.then_order_by($column.desc()),
+        }
+    };
+}
+
+pub(crate) use order_by;

@@ -1,0 +1,187 @@
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use luna_domain::operation::MAX_ATTEMPTS;
+use luna_domain::{Key, Operation, OperationState};
+use uuid::Uuid;
+
+use crate::codec::micros;
+use crate::db::DbConnection;
+use crate::error::Result;
+use crate::models::{KeyRow, OperationRow};
+use crate::schema::{keys, operations};
+use crate::Store;
+
+/// The oldest operation a worker may take at `now`: queued, or running under
+/// a lease that ran out (its worker died), and not out of attempts.
+macro_rules! claimable {
+    ($now:expr) => {
+        operations::table
+            .select(operations::id)
+            .filter(operations::attempts.lt(MAX_ATTEMPTS as i32))
+            .filter(
+                operations::state
+                    .eq(OperationState::Queued.as_str())
+                    .or(operations::state
+                        .eq(OperationState::Running.as_str())
+                        .and(operations::lease_expires_at.le($now))),
+            )
+            .order((operations::created_at.asc(), operations::id.asc()))
+    };
+}
+
+fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
+    operations::table
+        .find(id)
+        .select(OperationRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(OperationRow::into_domain)
+        .transpose()
+}
+
+/// Writes a finished operation only while `owner` still holds its lease.
+fn finish_if_owner(conn: &mut DbConnection, op: &Operation, owner: &str) -> Result<bool> {
+    let updated = diesel::update(operations::table.find(op.id.to_string()))
+        .filter(operations::state.eq(OperationState::Running.as_str()))
+        .filter(operations::lease_owner.eq(owner))
+        .set((
+            operations::state.eq(op.state.as_str()),
+            operations::lease_owner.eq(None::<String>),
+            operations::lease_expires_at.eq(None::<i64>),
+            operations::last_error.eq(op.last_error.clone()),
+            operations::updated_at.eq(micros(op.updated_at)),
+        ))
+        .execute(conn)?;
+    Ok(updated == 1)
+}
+
+impl Store {
+    /// Queues an operation on its own (jobs and keys queue theirs with their records).
+    pub fn enqueue(&self, operation: &Operation) -> Result<()> {
+        let row = OperationRow::from_domain(operation)?;
+        self.write(|conn| {
+            diesel::insert_into(operations::table)
+                .values(&row)
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_operation(&self, id: Uuid) -> Result<Option<Operation>> {
+        self.read(|conn| load(conn, &id.to_string()))
+    }
+
+    /// Takes the next operation for `owner` until `now + lease`. Atomic: two
+    /// workers, in one process or in two servers on one PostgreSQL database,
+    /// never take the same operation (PostgreSQL skips rows another
+    /// transaction has locked; the compare-and-set update guards both backends).
+    pub fn claim_next_operation(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Operation>> {
+        let now_us = micros(now);
+        self.write(|conn| {
+            let candidate: Option<String> = match conn {
+                DbConnection::Postgres(pg) => claimable!(now_us)
+                    .for_update()
+                    .skip_locked()
+                    .first(pg)
+                    .optional()?,
+                // SQLite has no row locks; this process's writer lock and the
+                // compare-and-set below make the claim atomic.
+                DbConnection::Sqlite(lite) => claimable!(now_us).first(lite).optional()?,
+            };
+            let Some(id) = candidate else { return Ok(None) };
+            let Some(mut op) = load(conn, &id)? else {
+                return Ok(None);
+            };
+            let before = (op.state, op.attempts);
+            op.claim(owner, now, now + lease)?;
+            let updated = diesel::update(operations::table.find(&id))
+                .filter(operations::state.eq(before.0.as_str()))
+                .filter(operations::attempts.eq(before.1 as i32))
+                .set((
+                    operations::state.eq(op.state.as_str()),
+                    operations::attempts.eq(op.attempts as i32),
+                    operations::lease_owner.eq(op.lease_owner.clone()),
+                    operations::lease_expires_at.eq(op.lease_expires_at.map(micros)),
+                    operations::updated_at.eq(now_us),
+                ))
+                .execute(conn)?;
+            Ok((updated == 1).then_some(op))
+        })
+    }
+
+    /// Extends a running operation's lease; false if `owner` lost it.
+    pub fn renew_lease(&self, id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+        self.write(|conn| {
+            let updated = diesel::update(operations::table.find(id.to_string()))
+                .filter(operations::state.eq(OperationState::Running.as_str()))
+                .filter(operations::lease_owner.eq(owner))
+                .set(operations::lease_expires_at.eq(micros(until)))
+                .execute(conn)?;
+            Ok(updated == 1)
+        })
+    }
+
+    /// Ends an operation and writes the key records it produced, in one
+    /// transaction, only if `owner` still holds the lease. False means another
+    /// worker took the operation over and nothing was written.
+    pub fn finish_operation(&self, op: &Operation, owner: &str, changed_keys: &[Key]) -> Result<bool> {
+        let rows: Vec<KeyRow> = changed_keys.iter().map(KeyRow::from_domain).collect();
+        self.write(|conn| {
+            if !finish_if_owner(conn, op, owner)? {
+                return Ok(false);
+            }
+            for row in &rows {
+                diesel::update(keys::table.find(&row.id)).set(row).execute(conn)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Operations whose worker died too often: they end `failed` instead of
+    /// running again, and are returned so their keys and jobs can be ended too.
+    pub fn fail_exhausted_operations(&self, now: DateTime<Utc>) -> Result<Vec<Operation>> {
+        let now_us = micros(now);
+        self.write(|conn| {
+            let rows: Vec<OperationRow> = operations::table
+                .filter(operations::state.eq(OperationState::Running.as_str()))
+                .filter(operations::attempts.ge(MAX_ATTEMPTS as i32))
+                .filter(operations::lease_expires_at.le(now_us))
+                .select(OperationRow::as_select())
+                .load(conn)?;
+            let mut failed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut op = row.into_domain()?;
+                let owner = op.lease_owner.clone().unwrap_or_default();
+                op.finish(
+                    Err(format!(
+                        "the operation was interrupted {MAX_ATTEMPTS} times and was given up"
+                    )),
+                    now,
+                )?;
+                if finish_if_owner(conn, &op, &owner)? {
+                    failed.push(op);
+                }
+            }
+            Ok(failed)
+        })
+    }
+
+    /// How many operations wait or run, by state (for metrics and tests).
+    pub fn operation_counts(&self) -> Result<Vec<(OperationState, i64)>> {
+        self.read(|conn| {
+            let counts: Vec<(String, i64)> = operations::table
+                .group_by(operations::state)
+                .select((operations::state, diesel::dsl::count_star()))
+                .load(conn)?;
+            counts
+                .into_iter()
+                .map(|(state, n)| Ok((crate::codec::wire("operation state", &state)?, n)))
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,256 @@
+use diesel::prelude::*;
+use luna_domain::query::{
+    ConnectionFilters, ConnectionSortField, Direction, ListQuery, PartitionFilters, PartitionSortField,
+};
+use luna_domain::{Connection, Member, Partition};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use crate::codec::micros;
+use crate::db::{per_backend, DbConnection, MultiBackend};
+use crate::error::{Result, StoreError};
+use crate::models::{ConnectionRow, MemberRow, PartitionRow};
+use crate::repo::{conflict_on_unique, order_by};
+use crate::schema::{connection_members, connections, partitions};
+use crate::{Listed, Store};
+
+fn members_of(conn: &mut DbConnection, connection_id: &str) -> Result<Vec<Member>> {
+    Ok(connection_members::table
+        .filter(connection_members::connection_id.eq(connection_id))
+        .order(connection_members::position)
+        .select(MemberRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(MemberRow::into_domain)
+        .collect())
+}
+
+fn connection_from(conn: &mut DbConnection, row: ConnectionRow) -> Result<Connection> {
+    let members = members_of(conn, &row.id)?;
+    row.into_domain(members)
+}
+
+fn partition_from(conn: &mut DbConnection, row: PartitionRow) -> Result<Partition> {
+    let members = members_of(conn, &row.connection_id)?;
+    row.into_domain(members)
+}
+
+fn connections_filtered(f: &ConnectionFilters) -> connections::BoxedQuery<'static, MultiBackend> {
+    let mut q = connections::table.into_boxed();
+    if let Some(v) = &f.name {
+        q = q.filter(connections::name.eq(v.clone()));
+    }
+    if let Some(v) = f.is_ha_enabled {
+        q = q.filter(connections::is_ha_enabled.eq(v));
+    }
+    q
+}
+
+fn partitions_filtered(f: &PartitionFilters) -> partitions::BoxedQuery<'static, MultiBackend> {
+    let mut q = partitions::table.into_boxed();
+    if let Some(v) = &f.partition_label {
+        q = q.filter(partitions::partition_label.eq(v.clone()));
+    }
+    if let Some(v) = f.ha_enabled {
+        q = q.filter(partitions::ha_enabled.eq(v));
+    }
+    q
+}
+
+impl Store {
+    /// Stores a connection with its PIN sealed. A taken name is a conflict.
+    pub fn insert_connection(&self, connection: &Connection, pin: &SecretString) -> Result<()> {
+        let id = connection.id.to_string();
+        let row = ConnectionRow {
+            id: id.clone(),
+            name: connection.name.clone(),
+            description: connection.description.clone(),
+            is_ha_enabled: connection.is_ha_enabled,
+            remap_rsa_mechanisms: connection.remap_rsa_mechanisms,
+            pin_ciphertext: self.pins.seal(pin, &id)?,
+            created_at: micros(connection.created_at),
+            updated_at: micros(connection.updated_at),
+        };
+        let members: Vec<MemberRow> = connection
+            .members
+            .iter()
+            .enumerate()
+            .map(|(position, m)| MemberRow {
+                connection_id: id.clone(),
+                position: position as i32,
+                hostname: m.hostname.clone(),
+                partition_label: m.partition_label.clone(),
+                serial_number: m.serial_number.clone(),
+            })
+            .collect();
+        self.write(|conn| {
+            diesel::insert_into(connections::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(conflict_on_unique(|| {
+                    format!("a connection named {:?} already exists", row.name)
+                }))?;
+            per_backend!(conn, |c| diesel::insert_into(connection_members::table)
+                .values(&members)
+                .execute(c))?;
+            Ok(())
+        })
+    }
+
+    pub fn get_connection(&self, id: Uuid) -> Result<Option<Connection>> {
+        self.read(|conn| {
+            let row = connections::table
+                .find(id.to_string())
+                .select(ConnectionRow::as_select())
+                .first(conn)
+                .optional()?;
+            row.map(|r| connection_from(conn, r)).transpose()
+        })
+    }
+
+    pub fn connection_by_name(&self, name: &str) -> Result<Option<Connection>> {
+        self.read(|conn| {
+            let row = connections::table
+                .filter(connections::name.eq(name))
+                .select(ConnectionRow::as_select())
+                .first(conn)
+                .optional()?;
+            row.map(|r| connection_from(conn, r)).transpose()
+        })
+    }
+
+    /// The connection's crypto-officer PIN, unsealed.
+    pub fn connection_pin(&self, id: Uuid) -> Result<Option<SecretString>> {
+        let id = id.to_string();
+        let sealed: Option<Vec<u8>> = self.read(|conn| {
+            Ok(connections::table
+                .find(&id)
+                .select(connections::pin_ciphertext)
+                .first(conn)
+                .optional()?)
+        })?;
+        sealed.map(|blob| self.pins.open(&blob, &id)).transpose()
+    }
+
+    pub fn list_connections(&self, query: &ListQuery<ConnectionFilters>) -> Result<Listed<Connection>> {
+        self.read(|conn| {
+            let total: i64 = connections_filtered(&query.filters).count().get_result(conn)?;
+            let mut q = connections_filtered(&query.filters);
+            if query.sort.is_empty() {
+                q = q.order_by((connections::created_at.desc(), connections::id.desc()));
+            } else {
+                for key in &query.sort {
+                    q = match key.field {
+                        ConnectionSortField::CreatedAt => {
+                            order_by!(q, key.direction, connections::created_at)
+                        }
+                        ConnectionSortField::UpdatedAt => {
+                            order_by!(q, key.direction, connections::updated_at)
+                        }
+                        ConnectionSortField::Name => order_by!(q, key.direction, connections::name),
+                    };
+                }
+                q = order_by!(q, Direction::Ascending, connections::id);
+            }
+            let rows: Vec<ConnectionRow> = q
+                .offset(query.page.skip)
+                .limit(query.page.limit)
+                .select(ConnectionRow::as_select())
+                .load(conn)?;
+            let items = rows
+                .into_iter()
+                .map(|r| connection_from(conn, r))
+                .collect::<Result<_>>()?;
+            Ok(Listed { total, items })
+        })
+    }
+
+    /// Deletes a connection; a conflict while a partition uses it.
+    pub fn delete_connection(&self, id: Uuid) -> Result<bool> {
+        let id = id.to_string();
+        self.write(|conn| {
+            let used: i64 = partitions::table
+                .filter(partitions::connection_id.eq(&id))
+                .count()
+                .get_result(conn)?;
+            if used > 0 {
+                return Err(StoreError::Conflict(
+                    "the connection is used by a partition; delete the partition first".into(),
+                ));
+            }
+            Ok(diesel::delete(connections::table.find(&id)).execute(conn)? == 1)
+        })
+    }
+
+    /// Registers a connection's tokens as a partition; one partition per connection.
+    pub fn insert_partition(&self, partition: &Partition) -> Result<()> {
+        let row = PartitionRow::from_domain(partition);
+        self.write(|conn| {
+            diesel::insert_into(partitions::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(conflict_on_unique(|| {
+                    "the connection is already registered as a partition".into()
+                }))?;
+            Ok(())
+        })
+    }
+
+    pub fn get_partition(&self, id: Uuid) -> Result<Option<Partition>> {
+        self.read(|conn| {
+            let row = partitions::table
+                .find(id.to_string())
+                .select(PartitionRow::as_select())
+                .first(conn)
+                .optional()?;
+            row.map(|r| partition_from(conn, r)).transpose()
+        })
+    }
+
+    /// Every partition (for jobs with `synchronize_all`), oldest first.
+    pub fn all_partitions(&self) -> Result<Vec<Partition>> {
+        self.read(|conn| {
+            let rows: Vec<PartitionRow> = partitions::table
+                .order((partitions::created_at.asc(), partitions::id.asc()))
+                .select(PartitionRow::as_select())
+                .load(conn)?;
+            rows.into_iter().map(|r| partition_from(conn, r)).collect()
+        })
+    }
+
+    pub fn list_partitions(&self, query: &ListQuery<PartitionFilters>) -> Result<Listed<Partition>> {
+        self.read(|conn| {
+            let total: i64 = partitions_filtered(&query.filters).count().get_result(conn)?;
+            let mut q = partitions_filtered(&query.filters);
+            if query.sort.is_empty() {
+                q = q.order_by((partitions::created_at.desc(), partitions::id.desc()));
+            } else {
+                for key in &query.sort {
+                    q = match key.field {
+                        PartitionSortField::CreatedAt => order_by!(q, key.direction, partitions::created_at),
+                        PartitionSortField::UpdatedAt => order_by!(q, key.direction, partitions::updated_at),
+                        PartitionSortField::PartitionLabel => {
+                            order_by!(q, key.direction, partitions::partition_label)
+                        }
+                    };
+                }
+                q = order_by!(q, Direction::Ascending, partitions::id);
+            }
+            let rows: Vec<PartitionRow> = q
+                .offset(query.page.skip)
+                .limit(query.page.limit)
+                .select(PartitionRow::as_select())
+                .load(conn)?;
+            let items = rows
+                .into_iter()
+                .map(|r| partition_from(conn, r))
+                .collect::<Result<_>>()?;
+            Ok(Listed { total, items })
+        })
+    }
+
+    /// Removes a partition and its key records here; the tokens are not touched.
+    pub fn delete_partition(&self, id: Uuid) -> Result<bool> {
+        self.write(|conn| Ok(diesel::delete(partitions::table.find(id.to_string())).execute(conn)? == 1))
+    }
+}

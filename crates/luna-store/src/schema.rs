@@ -1,0 +1,145 @@
+//! Diesel's view of the tables in `migrations/{sqlite,postgres}`; the two
+//! backends share these column types exactly.
+
+diesel::table! {
+    connections (id) {
+        id -> Text,
+        name -> Text,
+        description -> Text,
+        is_ha_enabled -> Bool,
+        remap_rsa_mechanisms -> Bool,
+        pin_ciphertext -> Binary,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    connection_members (connection_id, position) {
+        connection_id -> Text,
+        position -> Integer,
+        hostname -> Text,
+        partition_label -> Text,
+        serial_number -> Text,
+    }
+}
+
+diesel::table! {
+    partitions (id) {
+        id -> Text,
+        connection_id -> Text,
+        partition_label -> Text,
+        serial_number -> Text,
+        ha_enabled -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    keys (id) {
+        id -> Text,
+        partition_id -> Text,
+        partition_label -> Text,
+        label -> Text,
+        status -> Text,
+        operation -> Text,
+        operation_status -> Text,
+        operation_error -> Nullable<Text>,
+        algorithm -> Nullable<Text>,
+        object_type -> Nullable<Text>,
+        mechanism -> Nullable<Text>,
+        generated_with -> Nullable<Text>,
+        size -> Integer,
+        attributes -> Text,
+        cka_id -> Binary,
+        object_uid -> Text,
+        sha_256_fingerprint -> Text,
+        replication_info -> Text,
+        replicated -> Bool,
+        byok_key -> Bool,
+        origin -> Text,
+        modulus -> Text,
+        exponent -> BigInt,
+        link_id -> Nullable<Text>,
+        ha_enabled -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    operations (id) {
+        id -> Text,
+        kind -> Text,
+        target_id -> Text,
+        payload -> Text,
+        state -> Text,
+        attempts -> Integer,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Text,
+        job_type -> Text,
+        partitions -> Text,
+        overall_status -> Text,
+        abort_requested -> Bool,
+        detailed_status -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    running_jobs (job_type, partition_id) {
+        job_type -> Text,
+        partition_id -> Text,
+        job_id -> Text,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Text,
+        password_hash -> Text,
+        user_groups -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Text,
+        user_id -> Text,
+        expires_at -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(connection_members -> connections (connection_id));
+diesel::joinable!(partitions -> connections (connection_id));
+diesel::joinable!(keys -> partitions (partition_id));
+diesel::joinable!(running_jobs -> jobs (job_id));
+diesel::joinable!(refresh_tokens -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    connections,
+    connection_members,
+    partitions,
+    keys,
+    operations,
+    jobs,
+    running_jobs,
+    users,
+    refresh_tokens,
+);

@@ -1,0 +1,496 @@
+//! The repository suite, run on SQLite and on the local PostgreSQL server;
+//! each test has a database of its own, so the tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use chrono::{Duration, Utc};
+use luna_domain::operation::MAX_ATTEMPTS;
+use luna_domain::query::{
+    parse_list_query, ConnectionFilters, JobFilters, KeyFilters, ListQuery, PartitionFilters,
+};
+use luna_domain::{
+    Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyEvent, KeyLifecycle,
+    KeyStatus, Mechanism, Member, ObjectType, Operation, OperationKind, OperationPayload, OperationState,
+    Origin, Partition,
+};
+use luna_store::testing::TestDatabase;
+use luna_store::{now, PinCipher, PoolOptions, Store, StoreError};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+/// Declares each test once and runs it on both backends.
+macro_rules! on_both_backends {
+    ($(fn $name:ident($store:ident: &Store, $db:ident: &TestDatabase) $body:block)+) => {
+        $(fn $name($store: &Store, $db: &TestDatabase) $body)+
+        mod sqlite {
+            $(#[test] fn $name() { let db = luna_store::testing::TestDatabase::sqlite().unwrap(); super::$name(&db.store, &db); })+
+        }
+        mod postgres {
+            $(#[test] fn $name() { let db = luna_store::testing::TestDatabase::postgres().unwrap(); super::$name(&db.store, &db); })+
+        }
+    };
+}
+
+fn pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn query<F: luna_domain::query::Filters>(q: &str) -> ListQuery<F> {
+    parse_list_query(&pairs(q)).unwrap()
+}
+
+fn connection(name: &str, ha: bool, members: usize) -> Connection {
+    let t = now();
+    Connection {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        description: "test".into(),
+        is_ha_enabled: ha,
+        remap_rsa_mechanisms: true,
+        members: (0..members)
+            .map(|i| Member {
+                hostname: format!("hsm{i}"),
+                partition_label: format!("p{i}"),
+                serial_number: format!("14299640545{i:02}"),
+            })
+            .collect(),
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+fn registered_partition(store: &Store, name: &str) -> Partition {
+    let conn = connection(name, true, 2);
+    store
+        .insert_connection(&conn, &SecretString::from("1234"))
+        .unwrap();
+    let t = now();
+    let partition = Partition {
+        id: Uuid::new_v4(),
+        connection_id: conn.id,
+        partition_label: conn.members[0].partition_label.clone(),
+        serial_number: conn.members[0].serial_number.clone(),
+        ha_enabled: true,
+        members: conn.members.clone(),
+        created_at: t,
+        updated_at: t,
+    };
+    store.insert_partition(&partition).unwrap();
+    partition
+}
+
+fn key(partition: &Partition, label: &str, object_type: ObjectType, size: u32) -> Key {
+    let t = now();
+    let algorithm = if object_type == ObjectType::SecretKey {
+        Algorithm::Aes
+    } else {
+        Algorithm::Rsa
+    };
+    Key {
+        id: Uuid::new_v4(),
+        partition_id: partition.id,
+        partition_label: partition.partition_label.clone(),
+        label: label.into(),
+        lifecycle: KeyLifecycle::creating(),
+        algorithm: Some(algorithm),
+        object_type: Some(object_type),
+        mechanism: Some(if algorithm == Algorithm::Aes {
+            Mechanism::AesKeyGen
+        } else {
+            Mechanism::RsaX931KeyPairGen
+        }),
+        generated_with: (algorithm == Algorithm::Rsa).then_some(Mechanism::RsaPkcsKeyPairGen),
+        size,
+        attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
+        cka_id: Uuid::new_v4().as_bytes().to_vec(),
+        object_uid: "00".into(),
+        sha_256_fingerprint: format!("{:064x}", rand_u64()),
+        replication_info: BTreeMap::from([("1429964054500".to_string(), "available".to_string())]),
+        replicated: false,
+        byok_key: size.is_multiple_of(3), // a mix: 192 and 3072 only
+        origin: Origin::Cckm,
+        modulus: String::new(),
+        exponent: if algorithm == Algorithm::Rsa { 65537 } else { 0 },
+        link_id: None,
+        ha_enabled: true,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+fn rand_u64() -> u64 {
+    u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().unwrap())
+}
+
+fn rsa_pair(partition: &Partition, label: &str) -> (Key, Key) {
+    let mut private = key(partition, label, ObjectType::PrivateKey, 2048);
+    let mut public = key(partition, label, ObjectType::PublicKey, 2048);
+    public.cka_id = private.cka_id.clone();
+    private.link_id = Some(public.id);
+    public.link_id = Some(private.id);
+    (private, public)
+}
+
+fn create_op(key: &Key) -> Operation {
+    Operation::queued(
+        Uuid::new_v4(),
+        OperationPayload::CreateKey {
+            key_id: key.id,
+            public_key_id: key.link_id,
+        },
+        now(),
+    )
+}
+
+fn job(job_type: JobType, partitions: Vec<Uuid>) -> (Job, Operation) {
+    let id = Uuid::new_v4();
+    (
+        Job::new(id, job_type, partitions, now()),
+        Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: id }, now()),
+    )
+}
+
+on_both_backends! {
+    fn opening_again_finds_the_schema_in_place(store: &Store, db: &TestDatabase) {
+        let partition = registered_partition(store, "again");
+        let reopened = Store::open(&db.url, PinCipher::from_key(&[0x42; 32]), PoolOptions::default()).unwrap();
+        assert_eq!(reopened.get_partition(partition.id).unwrap().unwrap(), partition);
+        store.ping().unwrap();
+    }
+
+    fn connections_keep_members_in_order_and_the_pin_sealed(store: &Store, db: &TestDatabase) {
+        let conn = connection("hsm-a", true, 3);
+        store.insert_connection(&conn, &SecretString::from("s3cret-pin")).unwrap();
+        assert_eq!(store.get_connection(conn.id).unwrap().unwrap(), conn);
+        assert_eq!(store.connection_by_name("hsm-a").unwrap().unwrap().id, conn.id);
+        assert_eq!(store.connection_pin(conn.id).unwrap().unwrap().expose_secret(), "s3cret-pin");
+        // A store opened with another data-dir key cannot unseal it.
+        let other = Store::open(&db.url, PinCipher::from_key(&[1; 32]), PoolOptions::default()).unwrap();
+        assert!(matches!(other.connection_pin(conn.id), Err(StoreError::PinDecrypt)));
+        let again = store.insert_connection(&connection("hsm-a", false, 1), &SecretString::from("x")).unwrap_err();
+        assert_eq!(again.to_string(), "a connection named \"hsm-a\" already exists");
+        assert!(store.get_connection(Uuid::new_v4()).unwrap().is_none());
+        assert!(store.connection_pin(Uuid::new_v4()).unwrap().is_none());
+    }
+
+    fn connection_lists_filter_sort_and_count(store: &Store, _db: &TestDatabase) {
+        for (name, ha) in [("c", true), ("a", false), ("b", true)] {
+            store.insert_connection(&connection(name, ha, 1), &SecretString::from("1")).unwrap();
+        }
+        let all = store.list_connections(&query::<ConnectionFilters>("sort=name")).unwrap();
+        assert_eq!(all.total, 3);
+        assert_eq!(all.items.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let ha = store.list_connections(&query::<ConnectionFilters>("is_ha_enabled=true&sort=-name&limit=1")).unwrap();
+        assert_eq!((ha.total, ha.items.len(), ha.items[0].name.as_str()), (2, 1, "c"));
+        // Default order: newest first.
+        let newest = store.list_connections(&query::<ConnectionFilters>("")).unwrap();
+        assert_eq!(newest.items[0].name, "b");
+    }
+
+    fn partitions_are_unique_per_connection_and_guard_their_connection(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-p");
+        let found = store.get_partition(partition.id).unwrap().unwrap();
+        assert_eq!(found.members.len(), 2);
+        assert_eq!(found, partition);
+        let twice = Partition { id: Uuid::new_v4(), ..partition.clone() };
+        assert!(matches!(store.insert_partition(&twice), Err(StoreError::Conflict(_))));
+        let err = store.delete_connection(partition.connection_id).unwrap_err();
+        assert!(err.to_string().contains("used by a partition"), "{err}");
+        let listed = store.list_partitions(&query::<PartitionFilters>("ha_enabled=true&partition_label=p0")).unwrap();
+        assert_eq!(listed.total, 1);
+        assert_eq!(store.list_partitions(&query::<PartitionFilters>("ha_enabled=false")).unwrap().total, 0);
+        // Deleting the partition forgets its keys here, then frees the connection.
+        let (private, public) = rsa_pair(&partition, "k");
+        store.insert_keys_with_operation(&[private.clone(), public], &create_op(&private)).unwrap();
+        assert!(store.delete_partition(partition.id).unwrap());
+        assert!(store.get_key(private.id).unwrap().is_none());
+        assert!(store.delete_connection(partition.connection_id).unwrap());
+        assert!(!store.delete_partition(partition.id).unwrap());
+    }
+
+    fn keys_round_trip_and_a_busy_key_refuses_a_second_operation(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-k");
+        let (private, public) = rsa_pair(&partition, "hsm-key");
+        store.insert_keys_with_operation(&[private.clone(), public.clone()], &create_op(&private)).unwrap();
+        assert_eq!(store.get_key(private.id).unwrap().unwrap(), private);
+        assert_eq!(store.keys_by_cka_id(partition.id, &private.cka_id).unwrap().len(), 2);
+        // The create is still running: no other operation may start.
+        let update = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: private.id }, now());
+        let err = store.begin_key_operation(private.id, OperationKind::KeyReplicate, &update).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert!(store.get_operation(update.id).unwrap().is_none(), "a refused request queues nothing");
+        assert!(store.forget_key(private.id).is_err());
+        // The create ends; now an update starts on both halves at once.
+        for mut k in [private.clone(), public.clone()] {
+            k.apply(&KeyEvent::Succeeded, now()).unwrap();
+            assert!(store.save_key(&k).unwrap());
+        }
+        let changed = store.begin_key_operation(private.id, OperationKind::KeyUpdate, &update).unwrap();
+        assert_eq!(changed.len(), 2);
+        assert!(changed.iter().all(|k| k.lifecycle.operation == OperationKind::KeyUpdate && k.lifecycle.is_busy()));
+        assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle.operation_status, luna_domain::OperationStatus::InProgress);
+        assert!(store.get_operation(update.id).unwrap().is_some());
+        // CCKM delete forgets both records, leaving nothing behind.
+        let mut done = changed;
+        for k in &mut done {
+            k.apply(&KeyEvent::Succeeded, now()).unwrap();
+            store.save_key(k).unwrap();
+        }
+        assert_eq!(store.forget_key(private.id).unwrap().unwrap().len(), 2);
+        assert!(store.get_key(public.id).unwrap().is_none());
+        assert!(store.forget_key(private.id).unwrap().is_none());
+    }
+
+    fn two_requests_racing_for_one_key_get_one_operation(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-race");
+        let mut k = key(&partition, "race", ObjectType::SecretKey, 256);
+        k.lifecycle = KeyLifecycle::discovered();
+        store.insert_keys(&[k.clone()]).unwrap();
+        let outcomes = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: k.id }, now());
+                    let result = store.begin_key_operation(k.id, OperationKind::KeyDelete, &op);
+                    outcomes.lock().unwrap().push(result.is_ok());
+                });
+            }
+        });
+        let outcomes = outcomes.into_inner().unwrap();
+        assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{outcomes:?}");
+    }
+
+    fn key_lists_apply_every_filter_sort_and_page_in_sql(store: &Store, _db: &TestDatabase) {
+        let a = registered_partition(store, "hsm-list-a");
+        let b = registered_partition(store, "hsm-list-b");
+        let mut all = Vec::new();
+        for i in 0..24u32 {
+            let partition = if i % 3 == 0 { &b } else { &a };
+            let mut k = if i % 4 == 0 {
+                key(partition, &format!("label-{}", i % 5), ObjectType::SecretKey, [128, 192, 256][(i % 3) as usize])
+            } else {
+                key(partition, &format!("label-{}", i % 5), ObjectType::PrivateKey, [2048, 3072, 4096][(i % 3) as usize])
+            };
+            k.created_at = now() + Duration::milliseconds(i64::from(i));
+            k.updated_at = now() - Duration::milliseconds(i64::from(i));
+            if i % 5 == 0 {
+                k.lifecycle = KeyLifecycle::discovered();
+                k.origin = Origin::External;
+                k.replicated = true;
+            }
+            if i % 7 == 0 {
+                k.link_id = Some(all.first().map(|f: &Key| f.id).unwrap_or_else(Uuid::new_v4));
+            }
+            all.push(k);
+        }
+        store.insert_keys(&all).unwrap();
+        let target = &all[6];
+        type Predicate<'a> = Box<dyn Fn(&Key) -> bool + 'a>;
+        let checks: Vec<(String, Predicate)> = vec![
+            (format!("id={}", target.id), Box::new(|k: &Key| k.id == all[6].id)),
+            ("label=label-2".into(), Box::new(|k: &Key| k.label == "label-2")),
+            ("algorithm=aes".into(), Box::new(|k: &Key| k.algorithm == Some(Algorithm::Aes))),
+            ("mechanism=CKM_RSA_X9_31_KEY_PAIR_GEN".into(), Box::new(|k: &Key| k.mechanism == Some(Mechanism::RsaX931KeyPairGen))),
+            ("size=3072".into(), Box::new(|k: &Key| k.size == 3072)),
+            ("byok_key=true".into(), Box::new(|k: &Key| k.byok_key)),
+            (format!("partition_id={}", b.id), Box::new(|k: &Key| k.partition_id == b.id)),
+            ("partition_label=p0".into(), Box::new(|_: &Key| true)),
+            ("status=AVAILABLE".into(), Box::new(|k: &Key| k.lifecycle.status == KeyStatus::Available)),
+            ("status=in_progress".into(), Box::new(|k: &Key| k.lifecycle.status == KeyStatus::InProgress)),
+            ("object_type=secret key".into(), Box::new(|k: &Key| k.object_type == Some(ObjectType::SecretKey))),
+            ("origin=external".into(), Box::new(|k: &Key| k.origin == Origin::External)),
+            (format!("sha_256_fingerprint={}", target.sha_256_fingerprint), Box::new(|k: &Key| k.id == all[6].id)),
+            ("modulus=".into(), Box::new(|_: &Key| true)),
+            (format!("link_id={}", all[0].id), Box::new(|k: &Key| k.link_id == Some(all[0].id))),
+            ("replicated=true".into(), Box::new(|k: &Key| k.replicated)),
+            ("algorithm=rsa&size=2048&status=in_progress".into(), Box::new(|k: &Key| {
+                k.algorithm == Some(Algorithm::Rsa) && k.size == 2048 && k.lifecycle.status == KeyStatus::InProgress
+            })),
+        ];
+        for (q, predicate) in &checks {
+            let expected: Vec<Uuid> = {
+                let mut v: Vec<&Key> = all.iter().filter(|k| predicate(k)).collect();
+                v.sort_by_key(|k| std::cmp::Reverse((k.created_at, k.id)));
+                v.into_iter().map(|k| k.id).collect()
+            };
+            let got = store.list_keys(&query::<KeyFilters>(&format!("{q}&limit=1000"))).unwrap();
+            assert_eq!(got.total as usize, expected.len(), "total for {q}");
+            assert_eq!(got.items.iter().map(|k| k.id).collect::<Vec<_>>(), expected, "rows for {q}");
+        }
+        // Sorting by several fields, with `-` for descending, then paging.
+        let mut by_label_newest: Vec<&Key> = all.iter().collect();
+        by_label_newest.sort_by(|x, y| x.label.cmp(&y.label).then(y.created_at.cmp(&x.created_at)));
+        let expected: Vec<Uuid> = by_label_newest.iter().map(|k| k.id).collect();
+        let mut paged = Vec::new();
+        for skip in (0..24).step_by(10) {
+            let page = store.list_keys(&query::<KeyFilters>(&format!("sort=label,-createdAt&skip={skip}&limit=10"))).unwrap();
+            assert_eq!(page.total, 24);
+            paged.extend(page.items.iter().map(|k| k.id));
+        }
+        assert_eq!(paged, expected);
+        let by_updated = store.list_keys(&query::<KeyFilters>("skip=0&limit=10&sort=updatedAt")).unwrap();
+        assert!(by_updated.items.windows(2).all(|w| w[0].updated_at <= w[1].updated_at));
+        assert_eq!(by_updated.items[0].id, all[23].id);
+        let beyond = store.list_keys(&query::<KeyFilters>("skip=1000")).unwrap();
+        assert_eq!((beyond.total, beyond.items.len()), (24, 0));
+    }
+
+    fn each_operation_is_claimed_by_exactly_one_worker(store: &Store, db: &TestDatabase) {
+        let total = 60;
+        for _ in 0..total {
+            let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+            store.enqueue(&op).unwrap();
+        }
+        // Two servers on one database: two stores, two pools, two workers each.
+        let second = Store::open(&db.url, PinCipher::from_key(&[0x42; 32]), PoolOptions::default()).unwrap();
+        let claimed = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for (worker, instance) in [(0, store), (1, store), (2, &second), (3, &second)] {
+                let claimed = &claimed;
+                s.spawn(move || {
+                    let owner = format!("worker-{worker}");
+                    while let Some(op) = instance.claim_next_operation(&owner, now(), Duration::seconds(60)).unwrap() {
+                        assert_eq!((op.state, op.attempts), (OperationState::Running, 1));
+                        let mut done = op.clone();
+                        done.finish(Ok(()), now()).unwrap();
+                        assert!(instance.finish_operation(&done, &owner, &[]).unwrap());
+                        claimed.lock().unwrap().push(op.id);
+                    }
+                });
+            }
+        });
+        let claimed = claimed.into_inner().unwrap();
+        assert_eq!(claimed.len(), total);
+        assert_eq!(claimed.iter().collect::<HashSet<_>>().len(), total, "no operation ran twice");
+        assert_eq!(store.operation_counts().unwrap(), vec![(OperationState::Succeeded, total as i64)]);
+    }
+
+    fn an_expired_lease_is_taken_over_and_the_old_worker_cannot_finish(store: &Store, _db: &TestDatabase) {
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+        store.enqueue(&op).unwrap();
+        let t0 = now();
+        let first = store.claim_next_operation("dead", t0, Duration::seconds(30)).unwrap().unwrap();
+        assert!(store.claim_next_operation("other", t0, Duration::seconds(30)).unwrap().is_none(), "leased");
+        assert!(store.renew_lease(op.id, "dead", t0 + Duration::seconds(40)).unwrap());
+        assert!(!store.renew_lease(op.id, "stranger", t0 + Duration::seconds(40)).unwrap());
+        // The worker died: after its lease, another takes the operation over.
+        let later = t0 + Duration::seconds(41);
+        let second = store.claim_next_operation("alive", later, Duration::seconds(30)).unwrap().unwrap();
+        assert_eq!((second.id, second.attempts), (first.id, 2));
+        let mut stale = first.clone();
+        stale.finish(Ok(()), later).unwrap();
+        assert!(!store.finish_operation(&stale, "dead", &[]).unwrap(), "the old worker lost its lease");
+        let mut done = second.clone();
+        done.finish(Err("C_DestroyObject returned CKR_DEVICE_ERROR".into()), later).unwrap();
+        assert!(store.finish_operation(&done, "alive", &[]).unwrap());
+        let stored = store.get_operation(op.id).unwrap().unwrap();
+        assert_eq!(stored.state, OperationState::Failed);
+        assert_eq!(stored.last_error.as_deref(), Some("C_DestroyObject returned CKR_DEVICE_ERROR"));
+        assert!(store.claim_next_operation("any", later + Duration::hours(1), Duration::seconds(30)).unwrap().is_none());
+    }
+
+    fn an_operation_interrupted_too_often_ends_failed(store: &Store, _db: &TestDatabase) {
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+        store.enqueue(&op).unwrap();
+        let mut t = now();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let claimed = store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().unwrap();
+            assert_eq!(claimed.attempts, attempt);
+            t += Duration::seconds(2);
+        }
+        assert!(store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().is_none());
+        let failed = store.fail_exhausted_operations(t).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].state, OperationState::Failed);
+        assert!(failed[0].last_error.as_deref().unwrap().contains("given up"));
+        assert!(store.fail_exhausted_operations(t).unwrap().is_empty());
+    }
+
+    fn finishing_an_operation_writes_its_keys_in_the_same_transaction(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-fin");
+        let k = key(&partition, "fin", ObjectType::SecretKey, 256);
+        let op = create_op(&k);
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
+        assert_eq!(claimed.id, op.id);
+        let mut made = k.clone();
+        made.apply(&KeyEvent::Succeeded, now()).unwrap();
+        made.modulus = "ab".into();
+        let mut done = claimed.clone();
+        done.finish(Ok(()), now()).unwrap();
+        // A worker that lost the lease writes neither the operation nor the key.
+        assert!(!store.finish_operation(&done, "not-w", &[made.clone()]).unwrap());
+        assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle.status, KeyStatus::InProgress);
+        assert!(store.finish_operation(&done, "w", &[made.clone()]).unwrap());
+        assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
+    }
+
+    fn a_second_job_on_a_busy_partition_is_a_conflict_until_the_first_ends(store: &Store, _db: &TestDatabase) {
+        let p1 = Uuid::new_v4();
+        let p2 = Uuid::new_v4();
+        let (refresh, op) = job(JobType::Refresh, vec![p1, p2]);
+        store.insert_job_with_operation(&refresh, &op).unwrap();
+        let (again, op2) = job(JobType::Refresh, vec![p2]);
+        let err = store.insert_job_with_operation(&again, &op2).unwrap_err();
+        assert_eq!(err.to_string(), format!("a refresh job is already in progress on partition {p2}"));
+        assert!(store.get_job(again.id).unwrap().is_none(), "the refused job left nothing");
+        let (sync, op3) = job(JobType::HaSynchronize, vec![p2]);
+        store.insert_job_with_operation(&sync, &op3).unwrap();
+        // Cancel: the abort flag is set at once; ending frees the partitions.
+        let cancelled = store.request_job_cancel(refresh.id, now()).unwrap().unwrap();
+        assert!(cancelled.lifecycle.abort);
+        let mut ended = cancelled;
+        ended.detailed_status.insert(p1, "cancelled".into());
+        ended.apply(JobEvent::StopCancelled, now()).unwrap();
+        assert!(store.save_job(&ended).unwrap());
+        assert_eq!(store.get_job(refresh.id).unwrap().unwrap(), ended);
+        let err = store.request_job_cancel(refresh.id, now()).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "cancelling an ended job: {err}");
+        assert!(store.request_job_cancel(Uuid::new_v4(), now()).unwrap().is_none());
+        let (next, op4) = job(JobType::Refresh, vec![p2]);
+        store.insert_job_with_operation(&next, &op4).unwrap();
+        // Lists: by type, status filter and order.
+        let refreshes = store.list_jobs(JobType::Refresh, &query::<JobFilters>("")).unwrap();
+        assert_eq!(refreshes.total, 2);
+        assert_eq!(refreshes.items[0].id, next.id, "newest first");
+        let done = store.list_jobs(JobType::Refresh, &query::<JobFilters>("overall_status=cancelled")).unwrap();
+        assert_eq!(done.items.iter().map(|j| j.id).collect::<Vec<_>>(), vec![refresh.id]);
+        assert_eq!(done.items[0].lifecycle.status, JobStatus::Cancelled);
+        assert!(done.items[0].completed_at.is_some());
+        let syncs = store.list_jobs(JobType::HaSynchronize, &query::<JobFilters>(&format!("id={}", sync.id))).unwrap();
+        assert_eq!(syncs.total, 1);
+    }
+
+    fn users_and_refresh_tokens(store: &Store, _db: &TestDatabase) {
+        let user = store
+            .insert_user(&luna_store::NewUser { username: "admin".into(), password_hash: "$argon2id$…".into(), groups: vec!["admin".into()] }, now())
+            .unwrap();
+        assert_eq!(store.user_by_name("admin").unwrap().unwrap(), user);
+        assert!(store.user_by_name("nobody").unwrap().is_none());
+        let dup = luna_store::NewUser { username: "admin".into(), password_hash: "x".into(), groups: vec![] };
+        assert!(matches!(store.insert_user(&dup, now()), Err(StoreError::Conflict(_))));
+        let t = now();
+        store.insert_refresh_token("hash-1", user.id, t + Duration::hours(1), t).unwrap();
+        assert_eq!(store.take_refresh_token("hash-1", t).unwrap().unwrap().id, user.id);
+        assert!(store.take_refresh_token("hash-1", t).unwrap().is_none(), "a refresh token works once");
+        store.insert_refresh_token("hash-2", user.id, t + Duration::seconds(1), t).unwrap();
+        assert!(store.take_refresh_token("hash-2", t + Duration::seconds(2)).unwrap().is_none(), "expired");
+    }
+}
+
+#[test]
+fn urls_pick_the_backend_and_bad_ones_are_refused() {
+    for bad in ["mysql://x", "sqlite://", "sqlite::memory:", "", "/tmp/x.db"] {
+        let err = Store::open(bad, PinCipher::from_key(&[0; 32]), PoolOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedUrl), "{bad}: {err}");
+    }
+    let _ = Utc::now();
+}

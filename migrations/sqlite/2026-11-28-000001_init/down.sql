@@ -1,0 +1,9 @@
+DROP TABLE refresh_tokens;
+DROP TABLE users;
+DROP TABLE running_jobs;
+DROP TABLE jobs;
+DROP TABLE operations;
+DROP TABLE keys;
+DROP TABLE partitions;
+DROP TABLE connection_members;
+DROP TABLE connections;
