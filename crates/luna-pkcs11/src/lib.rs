@@ -10,6 +10,8 @@ mod error;
 mod module;
 mod object;
 pub mod softhsm;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod token;
 
 use std::ops::ControlFlow;
@@ -29,7 +31,8 @@ pub struct TokenInfo {
     pub serial_number: String,
     pub manufacturer: String,
     pub model: String,
-    /// Raw `CKM_*` values from `C_GetMechanismList`.
+    /// Raw `CKM_*` codes of the mechanisms this service uses that the token
+    /// supports (probed with `C_GetMechanismInfo`).
     pub mechanisms: Vec<u64>,
 }
 

@@ -88,19 +88,32 @@ pub(crate) fn mechanism_code(mechanism: Mechanism) -> u64 {
     }
 }
 
-pub(crate) fn ck_mechanism(mechanism: Mechanism) -> Result<CkMechanism<'static>> {
-    Ok(match mechanism {
+/// The mechanisms whose support `TokenInfo` reports: the ones this service uses.
+pub(crate) const PROBED_MECHANISMS: &[Mechanism] = Mechanism::ALL;
+
+/// A mechanism type from its raw code. cryptoki 0.12 names only the codes it
+/// knows (not `CKM_RSA_X9_31_KEY_PAIR_GEN`, nor vendor codes below its range
+/// check), and its `get_mechanism_list` drops the rest, so a Luna token's
+/// mechanisms would look absent without this.
+pub(crate) fn mechanism_type(code: u64) -> MechanismType {
+    // SAFETY: `MechanismType` is `#[repr(transparent)]` over `CK_MECHANISM_TYPE`
+    // (cryptoki documents that layout), and every value is a valid
+    // `CK_MECHANISM_TYPE`: the module answers CKR_MECHANISM_INVALID to unknown ones.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::mem::transmute::<CkUlong, MechanismType>(narrow(code))
+    }
+}
+
+pub(crate) fn ck_mechanism(mechanism: Mechanism) -> CkMechanism<'static> {
+    match mechanism {
         Mechanism::AesKeyGen => CkMechanism::AesKeyGen,
         Mechanism::RsaPkcsKeyPairGen => CkMechanism::RsaPkcsKeyPairGen,
-        other => {
-            let code = mechanism_code(other);
-            let raw = narrow(code);
-            let mechanism_type = MechanismType::try_from(raw)
-                .or_else(|_| MechanismType::new_vendor_defined(raw))
-                .map_err(call("mechanism"))?;
-            CkMechanism::VendorDefined(VendorDefinedMechanism::new::<()>(mechanism_type, None))
-        }
-    })
+        other => CkMechanism::VendorDefined(VendorDefinedMechanism::new::<()>(
+            mechanism_type(mechanism_code(other)),
+            None,
+        )),
+    }
 }
 
 /// PKCS#11's `CK_ULONG`: C's `unsigned long`, 32 or 64 bits by platform.
@@ -368,4 +381,46 @@ pub fn fingerprint(
         hash.update(part);
     }
     hash.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mechanism_keeps_its_raw_code() {
+        for &mechanism in Mechanism::ALL {
+            let code = mechanism_code(mechanism);
+            assert_eq!(widen(*mechanism_type(code)), code, "{mechanism}");
+            assert_eq!(
+                widen(*ck_mechanism(mechanism).mechanism_type()),
+                code,
+                "{mechanism}"
+            );
+        }
+        assert_eq!(mechanism_code(Mechanism::RsaX931KeyPairGen), 0x0A);
+    }
+
+    #[test]
+    fn fingerprints_separate_classes_and_field_boundaries() {
+        let private = fingerprint(Some(3), Some(0), b"id", b"mod", b"\x01\x00\x01", b"");
+        let public = fingerprint(Some(2), Some(0), b"id", b"mod", b"\x01\x00\x01", b"");
+        assert_ne!(private, public);
+        // Length prefixes: moving a byte from one field to the next changes the hash.
+        assert_ne!(
+            fingerprint(None, None, b"ab", b"", b"", b""),
+            fingerprint(None, None, b"a", b"b", b"", b"")
+        );
+        assert_eq!(
+            private,
+            fingerprint(Some(3), Some(0), b"id", b"mod", b"\x01\x00\x01", b"")
+        );
+    }
+
+    #[test]
+    fn exponents_wider_than_64_bits_are_refused() {
+        assert_eq!(big_endian_u64(ObjectRef(1), &[0, 0, 1, 0, 1]).unwrap(), 65537);
+        let err = big_endian_u64(ObjectRef(9), &[1; 9]).unwrap_err();
+        assert!(err.to_string().contains("CKA_PUBLIC_EXPONENT"), "{err}");
+    }
 }

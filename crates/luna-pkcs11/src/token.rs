@@ -74,13 +74,18 @@ impl TokenPartition {
         summary: TokenSummary,
         pin: SecretString,
     ) -> Result<Self> {
-        let mechanisms = module
-            .context
-            .get_mechanism_list(slot)
-            .map_err(call("C_GetMechanismList"))?
-            .into_iter()
-            .map(|m| object::widen(*m))
-            .collect();
+        let mut mechanisms = Vec::new();
+        for mechanism in object::PROBED_MECHANISMS {
+            let code = object::mechanism_code(*mechanism);
+            match module
+                .context
+                .get_mechanism_info(slot, object::mechanism_type(code))
+            {
+                Ok(_) => mechanisms.push(code),
+                Err(CryptokiError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+                Err(other) => return Err(call("C_GetMechanismInfo")(other)),
+            }
+        }
         let partition = TokenPartition {
             module,
             slot,
@@ -223,7 +228,7 @@ impl Partition for TokenPartition {
                         .join(", "),
                 });
             }
-            let mechanism = object::ck_mechanism(mechanism_used)?;
+            let mechanism = object::ck_mechanism(mechanism_used);
             let objects = match algorithm {
                 Algorithm::Aes => {
                     let template = object::secret_key_template(

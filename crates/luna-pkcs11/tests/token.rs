@@ -1,14 +1,12 @@
 //! luna-pkcs11 against real SoftHSM2 tokens, each test on a token of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-mod common;
-
 use std::ops::ControlFlow;
 use std::process::Command;
 
-use common::{fresh_token, module, unique_label, USER_PIN};
 use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::{Algorithm, Attribute, AttributeSet, Mechanism, ObjectType};
+use luna_pkcs11::testing::{fresh_token, module, unique_label, SO_PIN, USER_PIN};
 use luna_pkcs11::{GenerateRequest, Partition, RvError, TokenError, TokenPartition};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -393,11 +391,7 @@ fn the_token_enforces_the_attribute_rules_the_domain_predicts() {
 fn a_wrong_pin_on_a_token_nobody_is_logged_in_to_fails_in_c_login() {
     let label = unique_label("firstpin");
     module()
-        .init_token(
-            &label,
-            &SecretString::from(common::SO_PIN),
-            &SecretString::from(USER_PIN),
-        )
+        .init_token(&label, &SecretString::from(SO_PIN), &SecretString::from(USER_PIN))
         .unwrap();
     let err = module()
         .open_partition(&label, None, SecretString::from("wrong"))

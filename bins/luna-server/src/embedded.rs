@@ -1,0 +1,103 @@
+//! The embedded default: SoftHSM2 tokens in the data directory, registered as
+//! an HA partition (two members) and a single partition, ready for keys.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use luna_api::registry::{add_partition, register_connection};
+use luna_domain::partition::MemberRequest;
+use luna_domain::query::parse_list_query;
+use luna_domain::{ConnectionRequest, Partition};
+use luna_pkcs11::softhsm::SoftHsmHome;
+use luna_pkcs11::Module;
+use luna_store::Store;
+use rand::distributions::{Alphanumeric, DistString};
+use secrecy::SecretString;
+
+/// The demo connections and the tokens each one lists.
+const DEMO: &[(&str, bool, &[&str])] = &[
+    ("demo-ha", true, &["demo-ha-1", "demo-ha-2"]),
+    ("demo-single", false, &["demo-single"]),
+];
+
+/// Opens the PKCS#11 module. Without an explicit module, or with a SoftHSM2
+/// one, the tokens live under `<data-dir>/softhsm`.
+pub fn open_module(data_dir: &Path, module: Option<&Path>) -> Result<(Arc<Module>, bool)> {
+    let is_softhsm = module.is_none_or(|m| m.to_string_lossy().contains("softhsm"));
+    if is_softhsm {
+        let home = SoftHsmHome::open(&data_dir.join("softhsm"), module)?;
+        return Ok((Arc::clone(home.module()), true));
+    }
+    let path = module.context("a PKCS#11 module path")?;
+    Ok((Module::open(path)?, false))
+}
+
+/// Creates and registers the demo tokens on a fresh data directory; leaves an
+/// already set-up one as it is.
+pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>) -> Result<()> {
+    let registered = store.list_connections(&parse_list_query(&[])?)?.total;
+    if registered > 0 {
+        return Ok(());
+    }
+    let present: Vec<String> = module.tokens()?.into_iter().map(|t| t.label).collect();
+    if DEMO
+        .iter()
+        .flat_map(|(_, _, labels)| labels.iter())
+        .any(|l| present.iter().any(|p| p == l))
+    {
+        bail!(
+            "the data directory holds demo tokens but no database records of them, so their PIN is unknown; \
+             remove the data directory to start over"
+        );
+    }
+    // The PINs live only sealed in the database: SO PIN is used here and dropped.
+    let pin = SecretString::from(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24));
+    let so_pin = SecretString::from(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24));
+    for (name, ha, labels) in DEMO {
+        for label in *labels {
+            module.init_token(label, &so_pin, &pin)?;
+        }
+        let request = ConnectionRequest {
+            name: Some((*name).into()),
+            description: Some("SoftHSM2 tokens set up by luna-server in its data directory".into()),
+            password: Some(pin.clone()),
+            is_ha_enabled: *ha,
+            partitions: labels
+                .iter()
+                .map(|l| MemberRequest {
+                    hostname: Some("localhost".into()),
+                    partition_label: Some((*l).into()),
+                    serial_number: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        register_connection(store, module, request.validate()?)?;
+        add_partition(store, name)?;
+    }
+    Ok(())
+}
+
+/// Creates the data directory readable by its owner only.
+pub fn create_data_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to its owner", dir.display()))?;
+    }
+    Ok(())
+}
+
+pub fn describe(partition: &Partition) -> String {
+    let members: Vec<String> = partition
+        .members
+        .iter()
+        .map(|m| format!("{} (serial {})", m.partition_label, m.serial_number))
+        .collect();
+    let kind = if partition.ha_enabled { "HA" } else { "single" };
+    format!("{}  {kind}: {}", partition.id, members.join(", "))
+}

@@ -1,0 +1,59 @@
+//! The server's settings: each flag has an environment variable of the same meaning.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "luna-server",
+    version,
+    about = "CipherTrust CCKM Luna HSM keys API over PKCS#11 tokens"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up the data directory (on first start) and serve the API.
+    Serve(Settings),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "LUNA_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Where the database, keys, certificates and SoftHSM2 tokens live.
+    #[arg(long, env = "LUNA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data-dir>/luna.db`.
+    #[arg(long, env = "LUNA_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The PKCS#11 module; default: SoftHSM2 from the usual library folders,
+    /// with demo tokens set up in the data directory.
+    #[arg(long, env = "LUNA_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Password of the bootstrap `admin` user; default: generated on first start.
+    #[arg(long, env = "LUNA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<SecretString>,
+    #[arg(long, env = "LUNA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "LUNA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long, env = "LUNA_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub insecure_http: bool,
+}
+
+impl Settings {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("luna.db").display()))
+    }
+}

@@ -1,0 +1,89 @@
+//! Connections and partitions: registering tokens with the service.
+
+use std::sync::Arc;
+
+use luna_domain::{Connection, ConnectionSpec, Member, Partition};
+use luna_pkcs11::{Module, Partition as _, TokenError};
+use luna_store::Store;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Registers a connection: every listed token must be present in the module
+/// and the PIN must log in to each, else the request names the token that
+/// failed. Serial numbers left out are filled in from the tokens.
+pub fn register_connection(
+    store: &Store,
+    module: &Arc<Module>,
+    spec: ConnectionSpec,
+) -> Result<Connection, ApiError> {
+    let mut members = Vec::with_capacity(spec.members.len());
+    for member in &spec.members {
+        let token = module
+            .open_partition(
+                &member.partition_label,
+                member.serial_number.as_deref(),
+                spec.password.clone(),
+            )
+            .map_err(|source| refused(&member.partition_label, source))?;
+        members.push(Member {
+            hostname: member.hostname.clone(),
+            partition_label: member.partition_label.clone(),
+            serial_number: token.info().serial_number.clone(),
+        });
+    }
+    let now = luna_store::now();
+    let connection = Connection {
+        id: Uuid::new_v4(),
+        name: spec.name,
+        description: spec.description,
+        is_ha_enabled: spec.is_ha_enabled,
+        remap_rsa_mechanisms: spec.remap_rsa_mechanisms,
+        members,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_connection(&connection, &spec.password)?;
+    tracing::info!(connection = %connection.id, name = %connection.name, members = connection.members.len(), "connection registered");
+    Ok(connection)
+}
+
+fn refused(label: &str, source: TokenError) -> ApiError {
+    let message = match &source {
+        TokenError::TokenNotFound { .. } | TokenError::AmbiguousToken { .. } => source.to_string(),
+        _ if source.rv() == Some(luna_pkcs11::RvError::PinIncorrect) => {
+            format!("the password does not log in to partition {label:?}")
+        }
+        _ => format!("partition {label:?} could not be opened: {source}"),
+    };
+    ApiError::TokenRefused { message, source }
+}
+
+/// Registers a connection's token set as one partition (an HA group when the
+/// connection is HA). `connection` is a name or an id.
+pub fn add_partition(store: &Store, connection: &str) -> Result<Partition, ApiError> {
+    let found = match Uuid::parse_str(connection) {
+        Ok(id) => store.get_connection(id)?,
+        Err(_) => store.connection_by_name(connection)?,
+    };
+    let connection = found
+        .ok_or_else(|| ApiError::NotFound(format!("no connection is named or numbered {connection:?}")))?;
+    let first = connection
+        .members
+        .first()
+        .ok_or_else(|| ApiError::BadRequest("the connection lists no partitions".into()))?;
+    let now = luna_store::now();
+    let partition = Partition {
+        id: Uuid::new_v4(),
+        connection_id: connection.id,
+        partition_label: first.partition_label.clone(),
+        serial_number: first.serial_number.clone(),
+        ha_enabled: connection.is_ha_enabled,
+        members: connection.members.clone(),
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_partition(&partition)?;
+    tracing::info!(partition = %partition.id, connection = %connection.id, "partition added");
+    Ok(partition)
+}

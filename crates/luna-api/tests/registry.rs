@@ -1,0 +1,92 @@
+//! Registering connections and partitions against real SoftHSM2 tokens, on
+//! SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use luna_api::registry::{add_partition, register_connection};
+use luna_api::ApiError;
+use luna_domain::partition::MemberRequest;
+use luna_domain::ConnectionRequest;
+use luna_pkcs11::testing::{fresh_token_label, module, unique_label, USER_PIN};
+use luna_pkcs11::Partition as _;
+use luna_store::testing::TestDatabase;
+use secrecy::SecretString;
+
+fn request(name: &str, ha: bool, labels: &[&str], pin: &str) -> ConnectionRequest {
+    ConnectionRequest {
+        name: Some(name.into()),
+        password: Some(SecretString::from(pin)),
+        is_ha_enabled: ha,
+        partitions: labels
+            .iter()
+            .map(|l| MemberRequest {
+                hostname: Some("softhsm".into()),
+                partition_label: Some((*l).into()),
+                serial_number: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
+    let store = &db.store;
+    let (a, b) = (fresh_token_label("reg-a"), fresh_token_label("reg-b"));
+    let spec = request("ha", true, &[&a, &b], USER_PIN).validate().unwrap();
+    let connection = register_connection(store, module(), spec).unwrap();
+    let serial_a = module()
+        .open_partition(&a, None, SecretString::from(USER_PIN))
+        .unwrap()
+        .info()
+        .serial_number
+        .clone();
+    assert_eq!(
+        connection.members[0].serial_number, serial_a,
+        "serials come from the tokens"
+    );
+    assert_eq!(store.connection_pin(connection.id).unwrap().map(|_| ()), Some(()));
+
+    let partition = add_partition(store, "ha").unwrap();
+    assert!(partition.ha_enabled);
+    assert_eq!(
+        (partition.partition_label.as_str(), partition.members.len()),
+        (a.as_str(), 2)
+    );
+    assert_eq!(store.get_partition(partition.id).unwrap().unwrap(), partition);
+    assert!(matches!(
+        add_partition(store, &connection.id.to_string()),
+        Err(ApiError::Conflict(_))
+    ));
+    assert!(matches!(add_partition(store, "nope"), Err(ApiError::NotFound(_))));
+
+    let wrong = request("wrong", false, &[&a], "not-the-pin").validate().unwrap();
+    let err = register_connection(store, module(), wrong).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("the password does not log in to partition {a:?}")
+    );
+    let absent = unique_label("absent");
+    let missing = request("missing", false, &[&absent], USER_PIN)
+        .validate()
+        .unwrap();
+    let err = register_connection(store, module(), missing).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("no token labelled {absent:?}")),
+        "{err}"
+    );
+    let taken = request("ha", false, &[&a], USER_PIN).validate().unwrap();
+    assert!(matches!(
+        register_connection(store, module(), taken),
+        Err(ApiError::Conflict(_))
+    ));
+}
+
+#[test]
+fn sqlite_registers_an_ha_pair_and_refuses_bad_tokens() {
+    registers_an_ha_pair_and_refuses_bad_tokens(TestDatabase::sqlite().unwrap());
+}
+
+#[test]
+fn postgres_registers_an_ha_pair_and_refuses_bad_tokens() {
+    registers_an_ha_pair_and_refuses_bad_tokens(TestDatabase::postgres().unwrap());
+}
