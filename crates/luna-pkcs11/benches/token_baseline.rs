@@ -1,1 +1,255 @@
-fn main() {}
+//! The raw token's rates through luna-pkcs11: the physical limits the API is
+//! held against. `just bench-token`, or
+//! `cargo bench -p luna-pkcs11 --bench token_baseline`.
+//!
+//! Sizes: LUNA_BENCH_AES (default 500), LUNA_BENCH_RSA (16), LUNA_BENCH_OBJECTS (10000).
+//! SoftHSM2 fills a token slowly (every call walks the token's objects), so the
+//! big token is built once and kept under `target/tmp/bench-softhsm/`; later
+//! runs copy it. Delete that folder to rebuild it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use luna_domain::{AttributeSet, Mechanism};
+use luna_pkcs11::softhsm::SoftHsmHome;
+use luna_pkcs11::{GenerateRequest, Module, ObjectRef, Partition, TokenPartition};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+const PIN: &str = "bench-user-pin";
+const SO_PIN: &str = "bench-so-pin";
+
+fn count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn request(mechanism: Mechanism, size: u32) -> GenerateRequest {
+    GenerateRequest {
+        cka_id: Uuid::new_v4().as_bytes().to_vec(),
+        label: "bench".into(),
+        mechanism,
+        size,
+        attributes: AttributeSet::parse_names(&["CKA_ENCRYPT", "CKA_DECRYPT", "CKA_SIGN"]).unwrap(),
+        remap: true,
+        retry: false,
+    }
+}
+
+fn open(module: &std::sync::Arc<Module>, label: &str) -> TokenPartition {
+    module
+        .open_partition(label, None, SecretString::from(PIN))
+        .unwrap()
+}
+
+fn fresh(module: &std::sync::Arc<Module>, label: &str) -> TokenPartition {
+    module
+        .init_token(label, &SecretString::from(SO_PIN), &SecretString::from(PIN))
+        .unwrap();
+    open(module, label)
+}
+
+/// Generates `n` keys over `threads` threads (tokens round robin); returns keys/s.
+fn generate(tokens: &[&TokenPartition], threads: usize, n: usize, mechanism: Mechanism, size: u32) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let token = tokens[t % tokens.len()];
+            let share = n / threads + usize::from(t < n % threads);
+            s.spawn(move || {
+                for _ in 0..share {
+                    token.generate(&request(mechanism, size)).unwrap();
+                }
+            });
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn line(what: &str, value: f64, unit: &str, note: &str) {
+    println!("{what:<52} {value:>10.1} {unit:<10}{note}");
+}
+
+fn ratio(rate: f64, base: f64) -> String {
+    format!(" ({:.2}x one thread)", rate / base)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "copying {} to {}", from.display(), to.display());
+}
+
+fn main() {
+    let aes = count("LUNA_BENCH_AES", 500);
+    let rsa = count("LUNA_BENCH_RSA", 16);
+    let objects = count("LUNA_BENCH_OBJECTS", 10_000);
+    let big_label = format!("bench-big-{objects}");
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("bench-softhsm")
+        .join(&big_label);
+
+    // A home of our own; the cached big token (if any) is copied in before the
+    // module starts, since SoftHSM2 reads its token directory at C_Initialize.
+    let home_dir = tempfile::Builder::new().prefix("luna-bench-").tempdir().unwrap();
+    std::fs::create_dir_all(home_dir.path().join("tokens")).unwrap();
+    let cached = cache.join("tokens").is_dir();
+    if cached {
+        for entry in std::fs::read_dir(cache.join("tokens")).unwrap() {
+            copy_dir(&entry.unwrap().path(), &home_dir.path().join("tokens"));
+        }
+    }
+    let home = SoftHsmHome::open(
+        home_dir.path(),
+        std::env::var_os("LUNA_PKCS11_MODULE")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+    .unwrap();
+    let module = home.module();
+    println!(
+        "luna-pkcs11 token baseline: {} ({} cores)",
+        module.path().display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let one = fresh(module, "bench-one");
+    let other = fresh(module, "bench-other");
+    generate(&[&one], 1, 10, Mechanism::AesKeyGen, 256); // warm-up: sessions and login
+
+    let aes1 = generate(&[&one], 1, aes, Mechanism::AesKeyGen, 256);
+    line(
+        &format!("AES-256 keys, 1 thread, 1 token (n={aes})"),
+        aes1,
+        "keys/s",
+        "",
+    );
+    let aes2 = generate(&[&one], 2, aes, Mechanism::AesKeyGen, 256);
+    line(
+        "AES-256 keys, 2 threads, 1 token",
+        aes2,
+        "keys/s",
+        &ratio(aes2, aes1),
+    );
+    let aes2t = generate(&[&one, &other], 2, aes, Mechanism::AesKeyGen, 256);
+    line(
+        "AES-256 keys, 2 threads, 2 tokens",
+        aes2t,
+        "keys/s",
+        &ratio(aes2t, aes1),
+    );
+
+    let rsa1 = generate(&[&one], 1, rsa, Mechanism::RsaPkcsKeyPairGen, 2048);
+    line(
+        &format!("RSA-2048 pairs, 1 thread, 1 token (n={rsa})"),
+        rsa1,
+        "pairs/s",
+        "",
+    );
+    let rsa2 = generate(&[&one], 2, rsa, Mechanism::RsaPkcsKeyPairGen, 2048);
+    line(
+        "RSA-2048 pairs, 2 threads, 1 token",
+        rsa2,
+        "pairs/s",
+        &ratio(rsa2, rsa1),
+    );
+    let rsa2t = generate(&[&one, &other], 2, rsa, Mechanism::RsaPkcsKeyPairGen, 2048);
+    line(
+        "RSA-2048 pairs, 2 threads, 2 tokens",
+        rsa2t,
+        "pairs/s",
+        &ratio(rsa2t, rsa1),
+    );
+
+    let big = if cached {
+        open(module, &big_label)
+    } else {
+        let big = fresh(module, &big_label);
+        let fill = generate(&[&big], 1, objects, Mechanism::AesKeyGen, 128);
+        line(
+            &format!("filling a token with {objects} AES-128 keys"),
+            fill,
+            "keys/s",
+            " (once; cached)",
+        );
+        std::fs::create_dir_all(cache.join("tokens")).unwrap();
+        let serial = big.info().serial_number.clone();
+        drop(big);
+        // SoftHSM2 names a token's folder after its serial number's UUID form; copy
+        // the one folder whose token.object holds this serial.
+        for entry in std::fs::read_dir(home_dir.path().join("tokens")).unwrap() {
+            let dir = entry.unwrap().path();
+            let object = std::fs::read(dir.join("token.object")).unwrap_or_default();
+            if object.windows(serial.len()).any(|w| w == serial.as_bytes()) {
+                copy_dir(&dir, &cache.join("tokens"));
+            }
+        }
+        open(module, &big_label)
+    };
+
+    let start = Instant::now();
+    let mut handles: Vec<ObjectRef> = Vec::with_capacity(objects);
+    big.scan(256, &mut |batch| {
+        handles.extend_from_slice(batch);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let enumerate = start.elapsed();
+    assert!(handles.len() >= objects, "{} objects", handles.len());
+    let n = handles.len();
+    line(
+        &format!("enumerate {n} objects (batches of 256)"),
+        per_second(n, enumerate),
+        "objects/s",
+        "",
+    );
+
+    let start = Instant::now();
+    let mut described = 0;
+    big.scan(256, &mut |batch| {
+        described += big.describe_many(batch).unwrap().len();
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let both = start.elapsed();
+    assert_eq!(described, n);
+    line(
+        &format!("enumerate + describe {n} objects"),
+        per_second(n, both),
+        "objects/s",
+        "",
+    );
+    println!(
+        "{:<52} {:>10.3} s",
+        "  enumerate + describe, in all",
+        both.as_secs_f64()
+    );
+
+    let probes = 100;
+    let start = Instant::now();
+    for _ in 0..probes {
+        assert!(big.find_by_id(Uuid::new_v4().as_bytes()).unwrap().is_empty());
+    }
+    let find = start.elapsed() / probes;
+    line(
+        &format!("find by CKA_ID on a token of {n} objects"),
+        find.as_secs_f64() * 1000.0,
+        "ms each",
+        "",
+    );
+    let on_big = generate(&[&big], 1, 50, Mechanism::AesKeyGen, 256);
+    line(
+        &format!("AES-256 keys on the token of {n} objects (n=50)"),
+        on_big,
+        "keys/s",
+        "",
+    );
+}
+
+fn per_second(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}

@@ -180,6 +180,33 @@ impl TokenPartition {
         }
     }
 
+    /// What an earlier attempt left under `cka_id`: the whole key (in `expected`
+    /// order), nothing, or an error for a pair with one half missing.
+    fn existing(
+        session: &Session,
+        cka_id: &[u8],
+        expected: &[ObjectType],
+    ) -> Result<Option<Vec<ObjectDescription>>> {
+        let mut found: Vec<ObjectDescription> = Self::find_in(session, cka_id)?
+            .into_iter()
+            .filter(|d| d.object_type.is_some_and(|t| expected.contains(&t)))
+            .collect();
+        found.sort_by_key(|d| expected.iter().position(|t| Some(*t) == d.object_type));
+        found.dedup_by_key(|d| d.object_type);
+        match found.len() {
+            0 => Ok(None),
+            n if n == expected.len() => Ok(Some(found)),
+            _ => Err(TokenError::PartialKeyPair {
+                cka_id: hex::encode(cka_id),
+                found: found
+                    .iter()
+                    .filter_map(|d| d.object_type.map(|t| t.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
     fn find_in(session: &Session, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
         let handles = session
             .find_objects(&object::find_template(cka_id))
@@ -204,29 +231,14 @@ impl Partition for TokenPartition {
             Algorithm::Rsa => &[ObjectType::PrivateKey, ObjectType::PublicKey],
         };
         self.writing(|session| {
-            // A retried create finds what the first attempt made, by CKA_ID.
-            let mut existing: Vec<ObjectDescription> = Self::find_in(session, &request.cka_id)?
-                .into_iter()
-                .filter(|d| d.object_type.is_some_and(|t| expected.contains(&t)))
-                .collect();
-            existing.sort_by_key(|d| expected.iter().position(|t| Some(*t) == d.object_type));
-            existing.dedup_by_key(|d| d.object_type);
-            if existing.len() == expected.len() {
-                return Ok(Generated {
-                    mechanism_used,
-                    objects: existing,
-                    created: false,
-                });
-            }
-            if !existing.is_empty() {
-                return Err(TokenError::PartialKeyPair {
-                    cka_id: hex::encode(&request.cka_id),
-                    found: existing
-                        .iter()
-                        .filter_map(|d| d.object_type.map(|t| t.to_string()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
+            if request.retry {
+                if let Some(existing) = Self::existing(session, &request.cka_id, expected)? {
+                    return Ok(Generated {
+                        mechanism_used,
+                        objects: existing,
+                        created: false,
+                    });
+                }
             }
             let mechanism = object::ck_mechanism(mechanism_used);
             let objects = match algorithm {

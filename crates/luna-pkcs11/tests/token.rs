@@ -23,6 +23,14 @@ fn request(mechanism: Mechanism, size: u32, attributes: AttributeSet) -> Generat
         size,
         attributes,
         remap: true,
+        retry: false,
+    }
+}
+
+fn retried(request: &GenerateRequest) -> GenerateRequest {
+    GenerateRequest {
+        retry: true,
+        ..request.clone()
     }
 }
 
@@ -164,13 +172,17 @@ fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped() {
 
 #[test]
 fn a_retried_create_finds_the_first_objects_instead_of_making_more() {
+    // A retry of a create that never reached the token makes the key.
+    let fresh = fresh_token("retry-new");
+    let first_try_lost = request(Mechanism::AesKeyGen, 128, attrs(&[]));
+    assert!(fresh.generate(&retried(&first_try_lost)).unwrap().created);
     let token = fresh_token("retry");
     for req in [
         request(Mechanism::AesKeyGen, 256, attrs(&["CKA_ENCRYPT"])),
         request(Mechanism::RsaPkcsKeyPairGen, 2048, attrs(&["CKA_SIGN"])),
     ] {
         let first = token.generate(&req).unwrap();
-        let again = token.generate(&req).unwrap();
+        let again = token.generate(&retried(&req)).unwrap();
         assert!(first.created && !again.created);
         assert_eq!(first.objects, again.objects);
         assert_eq!(token.find_by_id(&req.cka_id).unwrap().len(), first.objects.len());
@@ -184,7 +196,7 @@ fn a_half_pair_is_reported_not_completed() {
     let req = request(Mechanism::RsaPkcsKeyPairGen, 2048, attrs(&[]));
     let made = token.generate(&req).unwrap();
     token.destroy(made.objects[1].handle).unwrap();
-    let err = token.generate(&req).unwrap_err();
+    let err = token.generate(&retried(&req)).unwrap_err();
     assert!(err.to_string().contains("only part of the key pair"), "{err}");
     assert_eq!(count_objects(&token), 1);
 }

@@ -1,0 +1,24 @@
+# luna-cckm tasks; `just --list` shows them. Run `scripts/bootstrap` once first.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Start luna-server on the embedded default: SQLite and SoftHSM2 tokens in ./data.
+serve *ARGS:
+    cargo run --release -p luna-server -- serve --data-dir ./data {{ARGS}}
+
+# Every test: formatting, lints, and each crate's tests (real SoftHSM2 tokens, SQLite and PostgreSQL).
+test:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo test --workspace
+
+# One crate's tests on their own, e.g. `just test-crate luna-store`.
+test-crate CRATE:
+    cargo test -p {{CRATE}}
+
+# The raw token's rates through luna-pkcs11 (the baseline the API is held against).
+bench-token:
+    cargo bench -p luna-pkcs11 --bench token_baseline
+
+# Repeated code in the working tree's change.
+duplicates:
+    duplicates --change
