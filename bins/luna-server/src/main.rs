@@ -3,9 +3,16 @@
 mod embedded;
 mod settings;
 
+use std::net::TcpListener;
+
 use anyhow::{Context, Result};
 use clap::Parser;
+use luna_api::auth::Auth;
+use luna_api::runner::RunnerSettings;
+use luna_api::server::{bootstrap_admin, start, Config};
+use luna_api::view::Tenancy;
 use luna_store::{PinCipher, PoolOptions, Store};
+use secrecy::ExposeSecret;
 use settings::{Cli, Command, Settings};
 
 fn main() -> Result<()> {
@@ -22,35 +29,74 @@ fn main() -> Result<()> {
 
 #[allow(clippy::print_stdout)] // telling the operator what was set up is this command's output
 fn serve(settings: &Settings) -> Result<()> {
-    embedded::create_data_dir(&settings.data_dir)?;
+    let data = &settings.data_dir;
+    embedded::create_data_dir(data)?;
     // SoftHSM2 reads its configuration at C_Initialize: open the module first.
-    let (module, demo_tokens) = embedded::open_module(&settings.data_dir, settings.pkcs11_module.as_deref())?;
-    let pins = PinCipher::load_or_create(&settings.data_dir.join("pin.key"))?;
+    let (module, demo_tokens) = embedded::open_module(data, settings.pkcs11_module.as_deref())?;
+    let pins = PinCipher::load_or_create(&data.join("pin.key"))?;
     let url = settings.database_url();
     let store = Store::open(&url, pins, PoolOptions::default()).context("opening the database")?;
     if demo_tokens {
         embedded::ensure_demo_partitions(&store, &module).context("setting up the demo partitions")?;
     }
+    let generated = bootstrap_admin(
+        &store,
+        settings.admin_password.as_ref(),
+        &data.join("admin-password"),
+    )?;
+    let auth = Auth::from_key_file(&data.join("jwt.key"), i64::from(settings.token_duration))?;
+    let tls = if settings.insecure_http {
+        None
+    } else {
+        let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => {
+                let (cert, key) = (data.join("tls-cert.pem"), data.join("tls-key.pem"));
+                luna_api::tls::ensure_self_signed(&cert, &key)
+                    .context("generating a self-signed certificate")?;
+                (cert, key)
+            }
+        };
+        Some(
+            luna_api::tls::server_config(&cert, &key)
+                .with_context(|| format!("loading {}", cert.display()))?,
+        )
+    };
+    let listener =
+        TcpListener::bind(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
     println!("luna-server {}", env!("CARGO_PKG_VERSION"));
-    println!("data directory: {}", settings.data_dir.display());
-    println!(
-        "database:       {:?} ({url_kind})",
-        store.backend(),
-        url_kind = if url.starts_with("sqlite") {
-            "embedded"
-        } else {
-            "server"
-        }
-    );
+    println!("data directory: {}", data.display());
+    println!("database:       {:?}", store.backend());
     println!("PKCS#11 module: {}", module.path().display());
     println!("partitions:");
     for partition in store.all_partitions()? {
         println!("  {}", embedded::describe(&partition));
     }
-    println!(
-        "The HTTP API ({} on {}) is not built yet: this command sets up the data directory and exits.",
-        if settings.insecure_http { "HTTP" } else { "HTTPS" },
-        settings.listen
-    );
+    if let Some(password) = generated {
+        println!(
+            "admin password: {} (shown once; also in {})",
+            password.expose_secret(),
+            data.join("admin-password").display()
+        );
+    }
+    println!("listening on {scheme}://{}", listener.local_addr()?);
+
+    let config = Config {
+        store,
+        module,
+        auth,
+        tenancy: Tenancy::default(),
+        runner: RunnerSettings {
+            workers: settings.workers,
+            lease: chrono::Duration::seconds(i64::from(settings.operation_lease_secs)),
+            ..RunnerSettings::default()
+        },
+        tls,
+        http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    actix_web::rt::System::new().block_on(async move { start(config, listener)?.run().await })?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -48,6 +48,16 @@ pub struct Settings {
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long, env = "LUNA_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     pub insecure_http: bool,
+    /// Operation workers (token calls run on the blocking pool).
+    #[arg(long, env = "LUNA_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Seconds a worker holds an operation without renewing; after a crash,
+    /// operations are taken up again once their lease has run out.
+    #[arg(long, env = "LUNA_OPERATION_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600))]
+    pub operation_lease_secs: u32,
+    /// Lifetime of bearer tokens, in seconds.
+    #[arg(long, env = "LUNA_TOKEN_DURATION", default_value_t = 300, value_parser = clap::value_parser!(u32).range(30..=86400))]
+    pub token_duration: u32,
 }
 
 impl Settings {

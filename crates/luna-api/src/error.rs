@@ -1,15 +1,22 @@
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
 use luna_domain::DomainError;
 use luna_pkcs11::TokenError;
 use luna_store::StoreError;
+use serde::Serialize;
 use thiserror::Error;
 
-/// Everything a request can end in. The HTTP mapping (next issue) matches
-/// every variant, without a catch-all arm.
+/// Everything a request can end in. `status` and `error_response` match every
+/// variant, so a new one cannot slip through as a 500 by accident.
 #[derive(Debug, Error)]
 pub enum ApiError {
     /// Input broke a rule; the sentence says which and what is allowed.
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -25,6 +32,9 @@ pub enum ApiError {
     Store(#[source] StoreError),
     #[error("a token failed")]
     Token(#[source] TokenError),
+    /// A worker thread or task ended without an answer.
+    #[error("an internal task failed: {0}")]
+    Internal(String),
 }
 
 impl From<DomainError> for ApiError {
@@ -44,5 +54,105 @@ impl From<StoreError> for ApiError {
             StoreError::Domain(domain) => domain.into(),
             other => ApiError::Store(other),
         }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(error: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+/// The contract's error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    #[serde(rename = "codeDesc")]
+    pub code_desc: String,
+    pub message: String,
+}
+
+/// What a 5xx says: nothing about the cause, which goes to the log only.
+const INTERNAL_MESSAGE: &str = "the server could not complete the request; it has been logged";
+
+impl ApiError {
+    /// (HTTP status, contract code, NCERR name).
+    fn parts(&self) -> (StatusCode, u16, &'static str) {
+        match self {
+            ApiError::BadRequest(_) | ApiError::TokenRefused { .. } => {
+                (StatusCode::BAD_REQUEST, 15, "NCERRBadRequest")
+            }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, 1, "NCERRUnauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, 2, "NCERRForbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 16, "NCERRResourceNotFound"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, 13, "NCERRConflict"),
+            ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, 14, "NCERRInternalServerError")
+            }
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let (status, code, name) = self.parts();
+        let message = if status.is_server_error() {
+            INTERNAL_MESSAGE.to_owned()
+        } else {
+            self.to_string()
+        };
+        ErrorBody {
+            code,
+            code_desc: format!("{name}: {message}"),
+            message,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            // The chain of sources is for operators; the client gets a plain sentence.
+            let mut chain = self.to_string();
+            let mut source = std::error::Error::source(self);
+            while let Some(cause) = source {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(error = %chain, "request failed");
+        }
+        HttpResponse::build(status).json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_follow_the_contract_and_5xx_say_nothing_internal() {
+        let body = ApiError::BadRequest("size 1024 is not allowed".into()).body();
+        assert_eq!(
+            (body.code, body.code_desc.as_str()),
+            (15, "NCERRBadRequest: size 1024 is not allowed")
+        );
+        assert_eq!(body.message, "size 1024 is not allowed");
+        let cases = [
+            (ApiError::Unauthorized("x".into()), 401, 1),
+            (ApiError::Forbidden("x".into()), 403, 2),
+            (ApiError::NotFound("x".into()), 404, 16),
+            (ApiError::Conflict("x".into()), 409, 13),
+            (ApiError::Internal("secret detail".into()), 500, 14),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status_code().as_u16(), status);
+            assert_eq!(error.body().code, code);
+        }
+        let internal = ApiError::Internal("secret detail".into()).body();
+        assert!(!internal.message.contains("secret") && !internal.code_desc.contains("secret"));
     }
 }

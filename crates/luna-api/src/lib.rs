@@ -1,11 +1,21 @@
-//! The edge of luna-cckm: the service layer over the store and the tokens,
-//! and (next issue) the actix-web handlers, auth, the error→HTTP mapping and
-//! the durable operation runner.
+//! The edge of luna-cckm: HTTP handlers, auth, the error→HTTP mapping, the
+//! views (JSON), the token registry and the durable operation runner.
 //!
-//! Invariant: this is the only crate that will know HTTP and JSON; it reaches
-//! tokens only through `luna_pkcs11::Partition` and data only through `luna_store::Store`.
+//! Invariants: this is the only crate that knows HTTP and JSON; it reaches
+//! tokens only through `luna_pkcs11::Partition` and data only through
+//! `luna_store::Store`; database and token calls run on the blocking pool,
+//! never on an async worker; every mutating request records its work as a
+//! durable operation in the same transaction as its records, before it answers.
 
+pub mod auth;
 pub mod error;
+pub mod handlers;
 pub mod registry;
+pub mod runner;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod tokens;
+pub mod view;
 
 pub use error::ApiError;

@@ -27,7 +27,7 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 pub use codec::now;
 pub use db::{Backend, PoolOptions};
 pub use error::{Result, StoreError};
-pub use pin::PinCipher;
+pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::users::{NewUser, StoredUser};
 
 use db::{DbConnection, Manager, SqliteWriteLock};

@@ -14,6 +14,36 @@ use crate::error::{Result, StoreError};
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 
+/// Reads a secret key file of `len` bytes, or creates it with fresh random
+/// bytes, readable by its owner only. A file of another length is refused.
+pub fn load_or_create_key_file(path: &Path, len: usize) -> Result<Vec<u8>> {
+    let file_error = |source| StoreError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::read(path) {
+        Ok(bytes) if bytes.len() == len => Ok(bytes),
+        Ok(bytes) => Err(file_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("holds {} bytes; the key is {len}", bytes.len()),
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = vec![0u8; len];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(path).map_err(file_error)?;
+            file.write_all(&key)
+                .and_then(|()| file.sync_all())
+                .map_err(file_error)?;
+            Ok(key)
+        }
+        Err(e) => Err(file_error(e)),
+    }
+}
+
 /// Seals and opens PINs. Each sealed PIN is bound to its row (the connection
 /// id is the associated data), so a ciphertext copied to another row fails.
 pub struct PinCipher {
@@ -35,35 +65,10 @@ impl PinCipher {
 
     /// Reads the key file, or creates it (mode 0600) with a fresh random key.
     pub fn load_or_create(path: &Path) -> Result<Self> {
-        let file_error = |source| StoreError::KeyFile {
-            path: path.to_path_buf(),
-            source,
-        };
-        match fs::read(path) {
-            Ok(bytes) => {
-                let key: [u8; KEY_LEN] = bytes.try_into().map_err(|b: Vec<u8>| {
-                    file_error(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("holds {} bytes; a key is {KEY_LEN}", b.len()),
-                    ))
-                })?;
-                Ok(Self::from_key(&key))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; KEY_LEN];
-                rand::rngs::OsRng.fill_bytes(&mut key);
-                let mut options = fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path).map_err(file_error)?;
-                file.write_all(&key)
-                    .and_then(|()| file.sync_all())
-                    .map_err(file_error)?;
-                Ok(Self::from_key(&key))
-            }
-            Err(e) => Err(file_error(e)),
-        }
+        let key: [u8; KEY_LEN] = load_or_create_key_file(path, KEY_LEN)?
+            .try_into()
+            .map_err(|_| StoreError::corrupt("PIN key file", "wrong length"))?;
+        Ok(Self::from_key(&key))
     }
 
     pub fn seal(&self, pin: &SecretString, row: &str) -> Result<Vec<u8>> {

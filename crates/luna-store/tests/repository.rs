@@ -224,7 +224,7 @@ on_both_backends! {
         assert_eq!(store.keys_by_cka_id(partition.id, &private.cka_id).unwrap().len(), 2);
         // The create is still running: no other operation may start.
         let update = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: private.id }, now());
-        let err = store.begin_key_operation(private.id, OperationKind::KeyReplicate, &update).unwrap_err();
+        let err = store.begin_key_operation(private.id, OperationKind::KeyReplicate, true, &update).unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert!(store.get_operation(update.id).unwrap().is_none(), "a refused request queues nothing");
         assert!(store.forget_key(private.id).is_err());
@@ -233,9 +233,10 @@ on_both_backends! {
             k.apply(&KeyEvent::Succeeded, now()).unwrap();
             assert!(store.save_key(&k).unwrap());
         }
-        let changed = store.begin_key_operation(private.id, OperationKind::KeyUpdate, &update).unwrap();
-        assert_eq!(changed.len(), 2);
-        assert!(changed.iter().all(|k| k.lifecycle.operation == OperationKind::KeyUpdate && k.lifecycle.is_busy()));
+        assert!(store.begin_key_operation(Uuid::new_v4(), OperationKind::KeyUpdate, true, &update).unwrap().is_none());
+        let changed = store.begin_key_operation(private.id, OperationKind::KeyReplicate, true, &update).unwrap().unwrap();
+        assert_eq!(changed.len(), 2, "replicate takes both halves");
+        assert!(changed.iter().all(|k| k.lifecycle.operation == OperationKind::KeyReplicate && k.lifecycle.is_busy()));
         assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle.operation_status, luna_domain::OperationStatus::InProgress);
         assert!(store.get_operation(update.id).unwrap().is_some());
         // CCKM delete forgets both records, leaving nothing behind.
@@ -244,6 +245,14 @@ on_both_backends! {
             k.apply(&KeyEvent::Succeeded, now()).unwrap();
             store.save_key(k).unwrap();
         }
+        // An update takes only the key it names.
+        let patch = Operation::queued(Uuid::new_v4(), OperationPayload::UpdateKey { key_id: public.id, changes: vec![] }, now());
+        let one = store.begin_key_operation(public.id, OperationKind::KeyUpdate, false, &patch).unwrap().unwrap();
+        assert_eq!(one.iter().map(|k| k.id).collect::<Vec<_>>(), vec![public.id]);
+        assert!(!store.get_key(private.id).unwrap().unwrap().lifecycle.is_busy());
+        let mut updated = one[0].clone();
+        updated.apply(&KeyEvent::Succeeded, now()).unwrap();
+        store.save_key(&updated).unwrap();
         assert_eq!(store.forget_key(private.id).unwrap().unwrap().len(), 2);
         assert!(store.get_key(public.id).unwrap().is_none());
         assert!(store.forget_key(private.id).unwrap().is_none());
@@ -259,7 +268,7 @@ on_both_backends! {
             for _ in 0..4 {
                 s.spawn(|| {
                     let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: k.id }, now());
-                    let result = store.begin_key_operation(k.id, OperationKind::KeyDelete, &op);
+                    let result = store.begin_key_operation(k.id, OperationKind::KeyDelete, true, &op);
                     outcomes.lock().unwrap().push(result.is_ok());
                 });
             }

@@ -145,21 +145,26 @@ impl Store {
         })
     }
 
-    /// Starts `kind` on a key and its linked half and queues `operation`, in one
-    /// transaction. A key that is busy, or not AVAILABLE, is a conflict.
+    /// Starts `kind` on a key (and, with `with_link`, its linked half) and
+    /// queues `operation`, in one transaction. `None` if there is no such key;
+    /// a key that is busy, or not AVAILABLE, is a conflict.
     pub fn begin_key_operation(
         &self,
         id: Uuid,
         kind: OperationKind,
+        with_link: bool,
         operation: &Operation,
-    ) -> Result<Vec<Key>> {
+    ) -> Result<Option<Vec<Key>>> {
         let op = OperationRow::from_domain(operation)?;
         let now = operation.created_at;
         self.write(|conn| {
-            let first =
-                load(conn, id)?.ok_or_else(|| StoreError::Conflict(format!("key {id} does not exist")))?;
+            let Some(first) = load(conn, id)? else {
+                return Ok(None);
+            };
             let mut ids = vec![first.id];
-            ids.extend(first.link_id);
+            if with_link {
+                ids.extend(first.link_id);
+            }
             let mut changed = Vec::with_capacity(ids.len());
             for key_id in ids {
                 // A dangling link (its half was forgotten here) is skipped, not fatal.
@@ -179,7 +184,7 @@ impl Store {
                 changed.push(key);
             }
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
-            Ok(changed)
+            Ok(Some(changed))
         })
     }
 

@@ -1,0 +1,80 @@
+//! `POST /api/v1/auth/tokens`: the password and refresh_token grants.
+
+use actix_web::{web, HttpResponse};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::blocking;
+use crate::auth::{
+    new_refresh_token, refresh_token_hash, unknown_user_hash, verify_password, REFRESH_TOKEN_TTL,
+};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Unknown fields are ignored here: CipherTrust clients send more (domain, labels…).
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
+    grant_type: Option<String>,
+    username: Option<String>,
+    password: Option<SecretString>,
+    refresh_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TokenAnswer {
+    jwt: String,
+    duration: i64,
+    token_type: &'static str,
+    refresh_token: String,
+}
+
+pub async fn token(state: web::Data<AppState>, body: web::Json<TokenBody>) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let store = state.store.clone();
+    let user = match body.grant_type.as_deref() {
+        Some("password") => {
+            let username = body.username.unwrap_or_default();
+            let password = body.password.unwrap_or_else(|| SecretString::from(""));
+            blocking(move || {
+                let user = store.user_by_name(&username)?;
+                let hash = user.as_ref().map_or(unknown_user_hash(), |u| u.password_hash.as_str());
+                let matches = verify_password(hash, &password);
+                match user.filter(|_| matches) {
+                    Some(user) => Ok(user),
+                    None => {
+                        tracing::warn!(user = %username, "a login failed");
+                        Err(ApiError::Unauthorized("the user name or password is wrong".into()))
+                    }
+                }
+            })
+            .await?
+        }
+        Some("refresh_token") => {
+            let token = body.refresh_token.unwrap_or_default();
+            blocking(move || {
+                store
+                    .take_refresh_token(&refresh_token_hash(&token), luna_store::now())?
+                    .ok_or_else(|| ApiError::Unauthorized("the refresh token is not valid".into()))
+            })
+            .await?
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "grant_type must be \"password\" (with username and password) or \"refresh_token\" (with refresh_token)".into(),
+            ))
+        }
+    };
+    let now = luna_store::now();
+    let jwt = state
+        .auth
+        .issue(&user.id.to_string(), &user.username, &user.groups, now)?;
+    let (refresh_token, hash) = new_refresh_token();
+    let store = state.store.clone();
+    blocking(move || Ok(store.insert_refresh_token(&hash, user.id, now + REFRESH_TOKEN_TTL, now)?)).await?;
+    Ok(HttpResponse::Ok().json(TokenAnswer {
+        jwt,
+        duration: state.auth.duration,
+        token_type: "Bearer",
+        refresh_token,
+    }))
+}

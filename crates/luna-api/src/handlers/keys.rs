@@ -1,0 +1,254 @@
+//! The seven key endpoints of the reference.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use luna_domain::key::{check_update, AttributeChangeRequest};
+use luna_domain::query::KeyFilters;
+use luna_domain::{
+    CreateKeyRequest, Key, KeyLifecycle, NewKeySpec, Operation, OperationKind, OperationPayload, Origin,
+    Partition,
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{blocking, list_query, not_found, path_id};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::runner::object_types_for;
+use crate::state::AppState;
+use crate::view::{KeyView, ListView};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyBody {
+    label: Option<String>,
+    size: Option<i64>,
+    partition_id: Option<String>,
+    mechanism: Option<String>,
+    #[serde(default)]
+    attributes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeChange {
+    #[serde(rename = "type")]
+    attribute: String,
+    value: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyBody {
+    attributes: Vec<AttributeChange>,
+}
+
+/// The records of a new key (the secret key, or the private then the public
+/// key) and the operation that will make it. The private record's id is the
+/// objects' `CKA_ID`.
+fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
+    let now = luna_store::now();
+    let types = object_types_for(spec.mechanism);
+    let ids: Vec<Uuid> = types.iter().map(|_| Uuid::new_v4()).collect();
+    let keys: Vec<Key> = types
+        .iter()
+        .enumerate()
+        .map(|(i, object_type)| Key {
+            id: ids[i],
+            partition_id: partition.id,
+            partition_label: partition.partition_label.clone(),
+            label: spec.label.clone(),
+            lifecycle: KeyLifecycle::creating(),
+            algorithm: Some(spec.mechanism.algorithm()),
+            object_type: Some(*object_type),
+            mechanism: Some(spec.mechanism),
+            generated_with: None,
+            size: spec.size,
+            attributes: spec.attributes.for_object(*object_type),
+            cka_id: ids[0].as_bytes().to_vec(),
+            object_uid: String::new(),
+            sha_256_fingerprint: String::new(),
+            replication_info: Default::default(),
+            replicated: false,
+            byok_key: true,
+            origin: Origin::Cckm,
+            modulus: String::new(),
+            exponent: 0,
+            // The halves of a pair name each other.
+            link_id: (ids.len() == 2).then(|| ids[1 - i]),
+            ha_enabled: partition.ha_enabled,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    let op = Operation::queued(
+        Uuid::new_v4(),
+        OperationPayload::CreateKey {
+            key_id: ids[0],
+            public_key_id: ids.get(1).copied(),
+        },
+        now,
+    );
+    (keys, op)
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    body: web::Json<CreateKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let spec = CreateKeyRequest {
+        label: body.label,
+        size: body.size,
+        partition_id: body.partition_id,
+        mechanism: body.mechanism,
+        attributes: body.attributes,
+    }
+    .validate()?;
+    let store = state.store.clone();
+    let keys = blocking(move || {
+        let partition = store
+            .get_partition(spec.partition_id)?
+            .ok_or_else(|| not_found("partition", spec.partition_id))?;
+        let (keys, op) = new_key(&spec, &partition);
+        store.insert_keys_with_operation(&keys, &op)?;
+        Ok(keys)
+    })
+    .await?;
+    state.work.notify_one();
+    Ok(HttpResponse::Created().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = list_query::<KeyFilters>(req.query_string())?;
+    let store = state.store.clone();
+    let page = query.page;
+    let listed = blocking(move || Ok(store.list_keys(&query)?)).await?;
+    Ok(HttpResponse::Ok().json(ListView {
+        skip: page.skip,
+        limit: page.limit,
+        total: listed.total,
+        resources: listed
+            .items
+            .iter()
+            .map(|k| KeyView::new(k, &state.tenancy))
+            .collect(),
+    }))
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<Key, ApiError> {
+    let store = state.store.clone();
+    blocking(move || store.get_key(id)?.ok_or_else(|| not_found("key", id))).await
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = load(&state, path_id("key", &id)?).await?;
+    Ok(HttpResponse::Ok().json(KeyView::new(&key, &state.tenancy)))
+}
+
+/// Starts an operation on a key; 404 if it does not exist, 409 if it is busy.
+async fn begin(
+    state: &AppState,
+    id: Uuid,
+    kind: OperationKind,
+    with_link: bool,
+    payload: OperationPayload,
+) -> Result<Vec<Key>, ApiError> {
+    let store = state.store.clone();
+    let op = Operation::queued(Uuid::new_v4(), payload, luna_store::now());
+    let keys = blocking(move || {
+        store
+            .begin_key_operation(id, kind, with_link, &op)?
+            .ok_or_else(|| not_found("key", id))
+    })
+    .await?;
+    state.work.notify_one();
+    Ok(keys)
+}
+
+pub async fn update(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    id: web::Path<String>,
+    body: web::Json<UpdateKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("key", &id)?;
+    let key = load(&state, id).await?;
+    let requested: Vec<AttributeChangeRequest> = body
+        .into_inner()
+        .attributes
+        .into_iter()
+        .map(|c| AttributeChangeRequest {
+            attribute: c.attribute,
+            value: c.value,
+        })
+        .collect();
+    let object_type = key.object_type.ok_or_else(|| {
+        ApiError::Conflict("the key's object type is not known yet; wait for its creation to end".into())
+    })?;
+    let changes = check_update(object_type, key.attributes, &requested)?;
+    let keys = begin(
+        &state,
+        id,
+        OperationKind::KeyUpdate,
+        false,
+        OperationPayload::UpdateKey { key_id: id, changes },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
+}
+
+pub async fn replicate(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("key", &id)?;
+    let keys = begin(
+        &state,
+        id,
+        OperationKind::KeyReplicate,
+        true,
+        OperationPayload::ReplicateKey { key_id: id },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
+}
+
+/// `POST /api/v1/cckm/hsm/luna/{id}/delete`: destroys the objects on the tokens.
+pub async fn delete_from_hsm(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("key", &id)?;
+    let keys = begin(
+        &state,
+        id,
+        OperationKind::KeyDelete,
+        true,
+        OperationPayload::DeleteKey { key_id: id },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
+}
+
+/// `DELETE /api/v1/cckm/hsm/luna/keys/{id}`: forgets the records here only.
+pub async fn forget(
+    state: web::Data<AppState>,
+    _caller: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("key", &id)?;
+    let store = state.store.clone();
+    blocking(move || store.forget_key(id)?.ok_or_else(|| not_found("key", id))).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,430 @@
+//! The durable operation runner.
+//!
+//! Workers claim operations from the store, run the token calls on the
+//! blocking pool (never on an async worker thread), and write the outcome and
+//! the key records in one transaction, only while they hold the lease. A
+//! worker sleeps until a request queues work (`AppState::work`) or a slow poll
+//! finds work another instance queued or a dead worker left behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use luna_domain::{Key, KeyEvent, Member, ObjectType, Operation, OperationPayload, Partition};
+use luna_pkcs11::{GenerateRequest, ObjectDescription};
+use luna_store::Store;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::tokens::TokenRegistry;
+
+/// What an operation's work left: the key records to write, or why it failed.
+type Outcome = Result<Vec<Key>, String>;
+
+/// A member token and the key's object on it.
+type Found = (Arc<dyn luna_pkcs11::Partition>, ObjectDescription);
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub workers: usize,
+    /// A worker holds an operation this long without renewing; after a crash,
+    /// another worker takes it over once the lease has run out.
+    pub lease: Duration,
+    /// How often an idle worker looks for work it was not woken for.
+    pub poll: StdDuration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        RunnerSettings {
+            workers: 2,
+            lease: Duration::seconds(30),
+            poll: StdDuration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Runner {
+    store: Store,
+    tokens: Arc<TokenRegistry>,
+    work: Arc<Notify>,
+    settings: RunnerSettings,
+    /// This instance's name in leases.
+    owner: String,
+    stopping: AtomicBool,
+    stop: Notify,
+}
+
+impl Runner {
+    pub fn new(
+        store: Store,
+        tokens: Arc<TokenRegistry>,
+        work: Arc<Notify>,
+        settings: RunnerSettings,
+    ) -> Arc<Runner> {
+        Arc::new(Runner {
+            store,
+            tokens,
+            work,
+            settings,
+            owner: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+        })
+    }
+
+    /// Starts the workers on the current runtime.
+    pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.settings.workers.max(1))
+            .map(|_| tokio::spawn(Arc::clone(self).work_loop()))
+            .collect()
+    }
+
+    /// Stops claiming; each worker finishes the operation it holds, then ends.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    async fn work_loop(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            let me = Arc::clone(&self);
+            let claimed = tokio::task::spawn_blocking(move || {
+                me.store
+                    .claim_next_operation(&me.owner, luna_store::now(), me.settings.lease)
+            })
+            .await;
+            match claimed {
+                Ok(Ok(Some(op))) => Arc::clone(&self).run(op).await,
+                Ok(Ok(None)) => {
+                    tokio::select! {
+                        _ = self.work.notified() => {}
+                        _ = self.stop.notified() => {}
+                        _ = tokio::time::sleep(self.settings.poll) => self.settle_exhausted().await,
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "claiming an operation failed");
+                    tokio::time::sleep(self.settings.poll).await;
+                }
+                Err(error) => tracing::error!(%error, "the claiming task failed"),
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, op: Operation) {
+        let id = op.id;
+        let renewer = tokio::spawn(Arc::clone(&self).renew(id));
+        let me = Arc::clone(&self);
+        let finished = tokio::task::spawn_blocking(move || me.execute(op)).await;
+        renewer.abort();
+        match finished {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(operation = %id, "the lease was lost; another worker owns the operation")
+            }
+            Ok(Err(error)) => {
+                tracing::error!(operation = %id, %error, "recording an operation's outcome failed")
+            }
+            Err(error) => tracing::error!(operation = %id, %error, "an operation's task failed"),
+        }
+    }
+
+    /// Keeps the lease while the token works (an RSA-4096 pair takes seconds).
+    async fn renew(self: Arc<Self>, id: Uuid) {
+        let every = (self.settings.lease / 3)
+            .to_std()
+            .unwrap_or(StdDuration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            let me = Arc::clone(&self);
+            let renewed = tokio::task::spawn_blocking(move || {
+                me.store
+                    .renew_lease(id, &me.owner, luna_store::now() + me.settings.lease)
+            })
+            .await;
+            if !matches!(renewed, Ok(Ok(true))) {
+                tracing::warn!(operation = %id, "the lease could not be renewed");
+                return;
+            }
+        }
+    }
+
+    /// Ends operations that were interrupted too often, and their keys.
+    async fn settle_exhausted(&self) {
+        let store = self.store.clone();
+        let settled = tokio::task::spawn_blocking(move || -> luna_store::Result<()> {
+            for op in store.fail_exhausted_operations(luna_store::now())? {
+                let reason = op.last_error.clone().unwrap_or_default();
+                for key_id in keys_of(&op.payload) {
+                    if let Some(mut key) = store.get_key(key_id)? {
+                        if key
+                            .apply(&KeyEvent::Failed(reason.clone()), luna_store::now())
+                            .is_ok()
+                        {
+                            store.save_key(&key)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if !matches!(settled, Ok(Ok(()))) {
+            tracing::error!("settling exhausted operations failed");
+        }
+    }
+
+    /// Runs one operation on the blocking pool and records its outcome.
+    /// Returns false when the lease was lost and nothing was written.
+    fn execute(&self, op: Operation) -> luna_store::Result<bool> {
+        let span = tracing::info_span!("operation", id = %op.id, kind = ?std::mem::discriminant(&op.payload), attempt = op.attempts);
+        let _entered = span.enter();
+        let outcome = match &op.payload {
+            OperationPayload::CreateKey {
+                key_id,
+                public_key_id,
+            } => self.create(&op, *key_id, *public_key_id),
+            OperationPayload::UpdateKey { key_id, changes } => self.update(*key_id, changes),
+            OperationPayload::ReplicateKey { key_id } => self.replicate(*key_id),
+            OperationPayload::DeleteKey { key_id } => self.delete(*key_id),
+            OperationPayload::RunJob { .. } => {
+                Err("refresh and synchronize jobs are not available yet".into())
+            }
+        };
+        let now = luna_store::now();
+        let (result, keys) = match outcome {
+            Ok(mut keys) => {
+                for key in &mut keys {
+                    key.apply(&KeyEvent::Succeeded, now)?;
+                }
+                (Ok(()), keys)
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "operation failed");
+                let mut keys = Vec::new();
+                for key_id in keys_of(&op.payload) {
+                    if let Some(mut key) = self.store.get_key(key_id)? {
+                        if key.apply(&KeyEvent::Failed(reason.clone()), now).is_ok() {
+                            keys.push(key);
+                        }
+                    }
+                }
+                (Err(reason), keys)
+            }
+        };
+        let mut finished = op;
+        finished.finish(result, now)?;
+        self.store.finish_operation(&finished, &self.owner, &keys)
+    }
+
+    /// The key records an operation acts on, and their partition.
+    fn load(&self, ids: &[Uuid]) -> Result<(Vec<Key>, Partition), String> {
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = self
+                .store
+                .get_key(*id)
+                .map_err(|e| format!("the key record could not be read: {e}"))?
+                .ok_or_else(|| format!("key {id} no longer exists here"))?;
+            keys.push(key);
+        }
+        let partition_id = keys
+            .first()
+            .map(|k| k.partition_id)
+            .ok_or("the operation names no key")?;
+        let partition = self
+            .store
+            .get_partition(partition_id)
+            .map_err(|e| format!("the partition record could not be read: {e}"))?
+            .ok_or("the key's partition no longer exists here")?;
+        Ok((keys, partition))
+    }
+
+    fn create(&self, op: &Operation, key_id: Uuid, public_key_id: Option<Uuid>) -> Outcome {
+        let ids: Vec<Uuid> = std::iter::once(key_id).chain(public_key_id).collect();
+        let (mut keys, partition) = self.load(&ids)?;
+        let remap = self
+            .store
+            .get_connection(partition.connection_id)
+            .map_err(|e| format!("the connection record could not be read: {e}"))?
+            .is_none_or(|c| c.remap_rsa_mechanisms);
+        let first = partition.members.first().ok_or("the partition has no members")?;
+        let token = self.tokens.member(partition.connection_id, first)?;
+        let spec = &keys[0];
+        let mechanism = spec.mechanism.ok_or("the key record names no mechanism")?;
+        let request = GenerateRequest {
+            cka_id: spec.cka_id.clone(),
+            label: spec.label.clone(),
+            mechanism,
+            size: spec.size,
+            // The record holds what was requested until the token says what it made.
+            attributes: keys.iter().fold(luna_domain::AttributeSet::empty(), |all, k| {
+                k.attributes.iter().fold(all, |mut acc, a| {
+                    acc.insert(a);
+                    acc
+                })
+            }),
+            remap,
+            retry: op.attempts > 1,
+        };
+        let generated = token.generate(&request).map_err(|e| e.to_string())?;
+        for key in &mut keys {
+            let object = generated
+                .objects
+                .iter()
+                .find(|d| d.object_type == key.object_type)
+                .ok_or_else(|| {
+                    format!(
+                        "the token made no {} object",
+                        key.object_type.map_or("", |t| t.as_str())
+                    )
+                })?;
+            describe_into(key, object);
+            key.generated_with = Some(generated.mechanism_used);
+            key.replication_info = not_yet_replicated(&partition.members, first);
+            key.replicated = partition.members.len() == 1;
+        }
+        Ok(keys)
+    }
+
+    fn update(&self, key_id: Uuid, changes: &[(luna_domain::Attribute, bool)]) -> Outcome {
+        let (mut keys, partition) = self.load(&[key_id])?;
+        let key = &mut keys[0];
+        let mut described = None;
+        for member in &partition.members {
+            let Some((token, object)) = self.find_on(&partition, member, key)? else {
+                continue;
+            };
+            if !changes.is_empty() {
+                token
+                    .set_attributes(object.handle, changes)
+                    .map_err(|e| e.to_string())?;
+            }
+            described = Some(token.describe(object.handle).map_err(|e| e.to_string())?);
+        }
+        let object = described.ok_or("the key's object is on no partition member any more")?;
+        describe_into(key, &object);
+        Ok(keys)
+    }
+
+    fn replicate(&self, key_id: Uuid) -> Outcome {
+        let (keys, partition) = self.load(&linked(&self.store, key_id)?)?;
+        let mut missing = Vec::new();
+        for member in &partition.members {
+            if self.find_on(&partition, member, &keys[0])?.is_none() {
+                missing.push(format!(
+                    "{} (serial {})",
+                    member.partition_label, member.serial_number
+                ));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(keys);
+        }
+        Err(format!(
+            "partition member {} does not hold the key, and cloning between HA members is not available yet",
+            missing.join(", ")
+        ))
+    }
+
+    fn delete(&self, key_id: Uuid) -> Outcome {
+        let (keys, partition) = self.load(&linked(&self.store, key_id)?)?;
+        let mut failures = Vec::new();
+        for member in &partition.members {
+            let token = match self.tokens.member(partition.connection_id, member) {
+                Ok(token) => token,
+                Err(reason) => {
+                    failures.push(reason);
+                    continue;
+                }
+            };
+            // Both halves share the CKA_ID; every key object under it goes.
+            let found = token.find_by_id(&keys[0].cka_id).map_err(|e| e.to_string())?;
+            for object in found
+                .iter()
+                .filter(|d| keys.iter().any(|k| k.object_type == d.object_type))
+            {
+                if let Err(e) = token.destroy(object.handle) {
+                    failures.push(format!("{}: {e}", member.partition_label));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(keys)
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    /// The key's object on one member, or `None` if the member does not hold it.
+    fn find_on(&self, partition: &Partition, member: &Member, key: &Key) -> Result<Option<Found>, String> {
+        let token = self.tokens.member(partition.connection_id, member)?;
+        let found = token.find_by_id(&key.cka_id).map_err(|e| e.to_string())?;
+        Ok(found
+            .into_iter()
+            .find(|d| d.object_type == key.object_type)
+            .map(|d| (token, d)))
+    }
+}
+
+/// A key's id and its linked half's, for operations that act on both.
+fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, String> {
+    let key = store
+        .get_key(key_id)
+        .map_err(|e| format!("the key record could not be read: {e}"))?
+        .ok_or_else(|| format!("key {key_id} no longer exists here"))?;
+    Ok(std::iter::once(key.id).chain(key.link_id).collect())
+}
+
+/// The keys an operation changes (for ending them when it fails).
+fn keys_of(payload: &OperationPayload) -> Vec<Uuid> {
+    match payload {
+        OperationPayload::CreateKey {
+            key_id,
+            public_key_id,
+        } => std::iter::once(*key_id).chain(*public_key_id).collect(),
+        OperationPayload::UpdateKey { key_id, .. }
+        | OperationPayload::ReplicateKey { key_id }
+        | OperationPayload::DeleteKey { key_id } => vec![*key_id],
+        OperationPayload::RunJob { .. } => Vec::new(),
+    }
+}
+
+/// Copies what the token says of an object into its record.
+fn describe_into(key: &mut Key, object: &ObjectDescription) {
+    key.algorithm = object.algorithm.or(key.algorithm);
+    key.object_type = object.object_type.or(key.object_type);
+    key.size = object.size_bits;
+    key.label = object.label.clone();
+    key.attributes = object.attributes;
+    key.object_uid = object.object_uid();
+    key.sha_256_fingerprint = object.fingerprint_hex();
+    key.modulus = object.modulus_hex();
+    key.exponent = object.public_exponent;
+}
+
+/// After a create: the first member holds the key; the others do not yet.
+fn not_yet_replicated(members: &[Member], made_on: &Member) -> std::collections::BTreeMap<String, String> {
+    members
+        .iter()
+        .map(|m| {
+            let state = if m.serial_number == made_on.serial_number {
+                "available".to_owned()
+            } else {
+                "not on this member yet: cloning between HA members is not available yet".to_owned()
+            };
+            (m.serial_number.clone(), state)
+        })
+        .collect()
+}
+
+/// Keys made by this service on a partition record their object type up front.
+pub fn object_types_for(mechanism: luna_domain::Mechanism) -> &'static [ObjectType] {
+    match mechanism.algorithm() {
+        luna_domain::Algorithm::Aes => &[ObjectType::SecretKey],
+        luna_domain::Algorithm::Rsa => &[ObjectType::PrivateKey, ObjectType::PublicKey],
+    }
+}

@@ -1,0 +1,214 @@
+//! Routes, request limits and the HTTP(S) server, and the bootstrap of the
+//! `admin` user.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::error::JsonPayloadError;
+use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
+use luna_pkcs11::Module;
+use luna_store::{NewUser, Store};
+use rand::distributions::{Alphanumeric, DistString};
+use secrecy::SecretString;
+use tokio::sync::Notify;
+
+use crate::auth::{hash_password, Auth};
+use crate::error::ApiError;
+use crate::handlers::{auth, health, keys, partitions};
+use crate::runner::{Runner, RunnerSettings};
+use crate::state::AppState;
+use crate::tokens::TokenRegistry;
+use crate::view::Tenancy;
+
+/// Request bodies larger than this are refused; the largest real one is a
+/// connection with a handful of members.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .route("/healthz", web::get().to(health::healthz))
+            .route("/auth/tokens", web::post().to(auth::token))
+            .route("/auth/tokens/", web::post().to(auth::token))
+            .service(
+                web::scope("/connectionmgmt/services/luna-network/connections")
+                    .route("", web::post().to(partitions::create_connection))
+                    .route("", web::get().to(partitions::list_connections))
+                    .route("/{id}", web::get().to(partitions::get_connection))
+                    .route("/{id}", web::delete().to(partitions::delete_connection)),
+            )
+            .service(
+                web::scope("/cckm/hsm/luna")
+                    .route("/add-partition", web::post().to(partitions::add_partition))
+                    .route("/partitions", web::get().to(partitions::list_partitions))
+                    .route("/partitions/{id}", web::get().to(partitions::get_partition))
+                    .route("/partitions/{id}", web::delete().to(partitions::delete_partition))
+                    .route("/keys", web::post().to(keys::create))
+                    .route("/keys", web::get().to(keys::list))
+                    .route("/keys/{id}", web::get().to(keys::get))
+                    .route("/keys/{id}", web::patch().to(keys::update))
+                    .route("/keys/{id}", web::delete().to(keys::forget))
+                    .route("/keys/{id}/replicate", web::post().to(keys::replicate))
+                    .route("/{id}/delete", web::post().to(keys::delete_from_hsm)),
+            ),
+    );
+}
+
+/// Every malformed body becomes a 400 with a sentence.
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(BODY_LIMIT)
+        .error_handler(|error, _req| {
+            let message = match &error {
+                JsonPayloadError::ContentType => {
+                    "the request body must be JSON, sent with Content-Type: application/json".to_owned()
+                }
+                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                    format!("the request body is larger than {} KiB", BODY_LIMIT / 1024)
+                }
+                JsonPayloadError::Deserialize(e) => format!("the request body is not valid: {e}"),
+                other => format!("the request body could not be read: {other}"),
+            };
+            ApiError::BadRequest(message).into()
+        })
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|error, _req| ApiError::NotFound(format!("no such resource: {error}")).into())
+}
+
+async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "there is no {} {} in this API",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// What the server needs; built by `luna-server` or by a test.
+#[derive(Debug)]
+pub struct Config {
+    pub store: Store,
+    pub module: Arc<Module>,
+    pub auth: Auth,
+    pub tenancy: Tenancy,
+    pub runner: RunnerSettings,
+    pub tls: Option<rustls::ServerConfig>,
+    pub http_workers: usize,
+}
+
+/// A started server and its operation runner.
+pub struct Running {
+    pub server: Server,
+    pub runner: Arc<Runner>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Serves until the server stops (a signal, or its handle), then lets the
+    /// workers finish the token calls they are in.
+    pub async fn run(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        self.runner.stop();
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        served
+    }
+}
+
+/// Starts the runner and the server on `listener`. Call inside an actix system.
+pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
+    let work = Arc::new(Notify::new());
+    let tokens = Arc::new(TokenRegistry::new(config.module, config.store.clone()));
+    let runner = Runner::new(
+        config.store.clone(),
+        Arc::clone(&tokens),
+        Arc::clone(&work),
+        config.runner,
+    );
+    let state = web::Data::new(AppState {
+        store: config.store,
+        tokens,
+        auth: config.auth,
+        tenancy: config.tenancy,
+        work,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(json_config())
+            .app_data(path_config())
+            .wrap(middleware::Compress::default())
+            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+            .configure(routes)
+            .default_service(web::to(no_route))
+    })
+    .workers(config.http_workers.max(1))
+    // Lets requests in flight finish on shutdown.
+    .shutdown_timeout(30);
+    let server = match config.tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    }
+    .run();
+    let workers = runner.start();
+    Ok(Running {
+        server,
+        runner,
+        workers,
+    })
+}
+
+/// Creates the `admin` user on first start: with the given password, or a
+/// generated one that is written once to `password_file` (mode 0600) and
+/// returned for the caller to show once.
+pub fn bootstrap_admin(
+    store: &Store,
+    password: Option<&SecretString>,
+    password_file: &Path,
+) -> Result<Option<SecretString>, ApiError> {
+    if store.user_by_name("admin")?.is_some() {
+        return Ok(None);
+    }
+    let (password, generated) = match password {
+        Some(p) => (p.clone(), false),
+        None => (
+            SecretString::from(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24)),
+            true,
+        ),
+    };
+    let user = NewUser {
+        username: "admin".into(),
+        password_hash: hash_password(&password)?,
+        groups: vec!["admin".into()],
+    };
+    store.insert_user(&user, luna_store::now())?;
+    if !generated {
+        return Ok(None);
+    }
+    write_secret_file(password_file, &password)
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", password_file.display())))?;
+    Ok(Some(password))
+}
+
+fn write_secret_file(path: &Path, secret: &SecretString) -> std::io::Result<()> {
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{}", secret.expose_secret())?;
+    file.sync_all()
+}

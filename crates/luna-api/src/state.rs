@@ -1,0 +1,20 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use luna_store::Store;
+use tokio::sync::Notify;
+
+use crate::auth::Auth;
+use crate::tokens::TokenRegistry;
+use crate::view::Tenancy;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub tokens: Arc<TokenRegistry>,
+    pub auth: Auth,
+    pub tenancy: Tenancy,
+    /// Wakes an idle worker as soon as an operation is queued.
+    pub work: Arc<Notify>,
+}

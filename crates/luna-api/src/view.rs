@@ -1,0 +1,215 @@
+//! The JSON bodies, with the reference's field names and types. Only this
+//! module knows how a domain record looks on the wire.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use luna_domain::{Connection, Key, Member, Partition};
+use serde::Serialize;
+
+/// The CipherTrust identity fields every resource carries.
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    pub account: String,
+    pub application: String,
+    pub dev_account: String,
+}
+
+impl Default for Tenancy {
+    /// The reference's values.
+    fn default() -> Self {
+        Tenancy {
+            account: "kylo:kylo:admin:accounts:kylo".into(),
+            application: "ncryptify:gemalto:admin:apps:kylo".into(),
+            dev_account: "ncryptify:gemalto:admin:accounts:gemalto".into(),
+        }
+    }
+}
+
+/// RFC 3339, UTC, `Z`, with as many fractional digits as needed.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub uri: String,
+    pub account: String,
+    pub application: String,
+    #[serde(rename = "devAccount")]
+    pub dev_account: String,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+    pub partition_id: String,
+    pub partition_label: String,
+    pub status: &'static str,
+    pub operation: &'static str,
+    pub operation_status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation_error: Option<String>,
+    pub algorithm: &'static str,
+    pub object_type: &'static str,
+    pub mechanism: &'static str,
+    /// The mechanism the token ran, when a remap replaced the requested one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_mechanism: Option<&'static str>,
+    pub size: u32,
+    pub label: String,
+    pub attributes: Vec<&'static str>,
+    pub object_uid: String,
+    pub sha_256_fingerprint: String,
+    pub replication_info: BTreeMap<String, String>,
+    pub replicated: bool,
+    pub byok_key: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<Box<KeyView>>,
+    pub origin: &'static str,
+    pub modulus: String,
+    pub exponent: u64,
+    pub link_id: String,
+    pub ha_enabled: bool,
+}
+
+impl KeyView {
+    pub fn new(key: &Key, tenancy: &Tenancy) -> KeyView {
+        let life = &key.lifecycle;
+        // As the reference shows: algorithm and object type are blank until the object exists.
+        let made = life.status != luna_domain::KeyStatus::InProgress;
+        KeyView {
+            id: key.id.to_string(),
+            uri: format!("kylo:kylo:cckm:luna-keys:{}", key.id),
+            account: tenancy.account.clone(),
+            application: tenancy.application.clone(),
+            dev_account: tenancy.dev_account.clone(),
+            created_at: timestamp(key.created_at),
+            updated_at: timestamp(key.updated_at),
+            partition_id: key.partition_id.to_string(),
+            partition_label: key.partition_label.clone(),
+            status: life.status.as_str(),
+            operation: life.operation.as_str(),
+            operation_status: life.operation_status.wire(life.operation),
+            operation_error: life.operation_error.clone(),
+            algorithm: key.algorithm.filter(|_| made).map_or("", |a| a.as_str()),
+            object_type: key.object_type.filter(|_| made).map_or("", |t| t.as_str()),
+            mechanism: key.mechanism.map_or("", |m| m.as_str()),
+            generation_mechanism: key.generated_with.map(|m| m.as_str()),
+            size: key.size,
+            label: key.label.clone(),
+            attributes: key.attributes.names(),
+            object_uid: key.object_uid.clone(),
+            sha_256_fingerprint: key.sha_256_fingerprint.clone(),
+            replication_info: key.replication_info.clone(),
+            replicated: key.replicated,
+            byok_key: key.byok_key,
+            links: None,
+            origin: key.origin.as_str(),
+            modulus: key.modulus.clone(),
+            exponent: key.exponent,
+            link_id: key.link_id.map(|l| l.to_string()).unwrap_or_default(),
+            ha_enabled: key.ha_enabled,
+        }
+    }
+
+    /// A key with its linked half under `links`, as create and replicate answer.
+    pub fn with_link(key: &Key, linked: Option<&Key>, tenancy: &Tenancy) -> KeyView {
+        KeyView {
+            links: linked.map(|l| Box::new(KeyView::new(l, tenancy))),
+            ..KeyView::new(key, tenancy)
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub partition_label: String,
+    pub serial_number: String,
+    pub hostname: String,
+}
+
+impl From<&Member> for MemberView {
+    fn from(m: &Member) -> Self {
+        MemberView {
+            partition_label: m.partition_label.clone(),
+            serial_number: m.serial_number.clone(),
+            hostname: m.hostname.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionView {
+    pub id: String,
+    pub uri: String,
+    pub account: String,
+    pub partition_label: String,
+    pub serial_number: String,
+    pub connection_id: String,
+    pub ha_enabled: bool,
+    pub members: Vec<MemberView>,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+impl PartitionView {
+    pub fn new(p: &Partition, tenancy: &Tenancy) -> PartitionView {
+        PartitionView {
+            id: p.id.to_string(),
+            uri: format!("kylo:kylo:cckm:luna-partitions:{}", p.id),
+            account: tenancy.account.clone(),
+            partition_label: p.partition_label.clone(),
+            serial_number: p.serial_number.clone(),
+            connection_id: p.connection_id.to_string(),
+            ha_enabled: p.ha_enabled,
+            members: p.members.iter().map(MemberView::from).collect(),
+            created_at: timestamp(p.created_at),
+            updated_at: timestamp(p.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    pub id: String,
+    pub uri: String,
+    pub account: String,
+    pub name: String,
+    pub description: String,
+    pub is_ha_enabled: bool,
+    pub remap_rsa_mechanisms: bool,
+    pub partitions: Vec<MemberView>,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+impl ConnectionView {
+    pub fn new(c: &Connection, tenancy: &Tenancy) -> ConnectionView {
+        ConnectionView {
+            id: c.id.to_string(),
+            uri: format!("kylo:kylo:connectionmgmt:connections:{}", c.id),
+            account: tenancy.account.clone(),
+            name: c.name.clone(),
+            description: c.description.clone(),
+            is_ha_enabled: c.is_ha_enabled,
+            remap_rsa_mechanisms: c.remap_rsa_mechanisms,
+            partitions: c.members.iter().map(MemberView::from).collect(),
+            created_at: timestamp(c.created_at),
+            updated_at: timestamp(c.updated_at),
+        }
+    }
+}
+
+/// The contract's list envelope.
+#[derive(Debug, Serialize)]
+pub struct ListView<T> {
+    pub skip: i64,
+    pub limit: i64,
+    pub total: i64,
+    pub resources: Vec<T>,
+}
