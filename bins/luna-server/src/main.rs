@@ -89,7 +89,7 @@ fn serve(settings: &Settings) -> Result<()> {
         auth,
         tenancy: Tenancy::default(),
         runner: RunnerSettings {
-            workers: settings.workers,
+            workers: usize::from(settings.workers),
             lease: chrono::Duration::seconds(i64::from(settings.operation_lease_secs)),
             ..RunnerSettings::default()
         },

@@ -49,8 +49,8 @@ pub struct Settings {
     #[arg(long, env = "LUNA_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     pub insecure_http: bool,
     /// Operation workers (token calls run on the blocking pool).
-    #[arg(long, env = "LUNA_WORKERS", default_value_t = 2)]
-    pub workers: usize,
+    #[arg(long, env = "LUNA_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
     /// Seconds a worker holds an operation without renewing; after a crash,
     /// operations are taken up again once their lease has run out.
     #[arg(long, env = "LUNA_OPERATION_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600))]

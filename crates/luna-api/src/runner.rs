@@ -27,6 +27,7 @@ type Found = (Arc<dyn luna_pkcs11::Partition>, ObjectDescription);
 
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
+    /// Zero runs no operations (tests use it to hold operations in progress).
     pub workers: usize,
     /// A worker holds an operation this long without renewing; after a crash,
     /// another worker takes it over once the lease has run out.
@@ -77,7 +78,7 @@ impl Runner {
 
     /// Starts the workers on the current runtime.
     pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.settings.workers.max(1))
+        (0..self.settings.workers)
             .map(|_| tokio::spawn(Arc::clone(self).work_loop()))
             .collect()
     }

@@ -76,7 +76,7 @@ pub struct KeyView {
 impl KeyView {
     pub fn new(key: &Key, tenancy: &Tenancy) -> KeyView {
         let life = &key.lifecycle;
-        // As the reference shows: algorithm and object type are blank until the object exists.
+        // As the reference shows: algorithm, object type and link are blank until the objects exist.
         let made = life.status != luna_domain::KeyStatus::InProgress;
         KeyView {
             id: key.id.to_string(),
@@ -108,7 +108,11 @@ impl KeyView {
             origin: key.origin.as_str(),
             modulus: key.modulus.clone(),
             exponent: key.exponent,
-            link_id: key.link_id.map(|l| l.to_string()).unwrap_or_default(),
+            link_id: key
+                .link_id
+                .filter(|_| made)
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
             ha_enabled: key.ha_enabled,
         }
     }

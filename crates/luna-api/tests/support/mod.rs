@@ -1,0 +1,262 @@
+//! An in-process luna-cckm server on real SoftHSM2 tokens and a real database,
+//! spoken to over HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use luna_api::auth::Auth;
+use luna_api::runner::RunnerSettings;
+use luna_api::server::{bootstrap_admin, start, Config};
+use luna_api::view::Tenancy;
+use luna_pkcs11::testing::{fresh_token_label, module, USER_PIN};
+use luna_store::testing::TestDatabase;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+pub const SIGNING_KEY: [u8; 64] = [0x5a; 64];
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub db: TestDatabase,
+}
+
+impl Api {
+    pub fn start(db: TestDatabase) -> Api {
+        Api::start_with(db, 2)
+    }
+
+    /// `workers: 0` runs no operations: they stay in progress.
+    pub fn start_with(db: TestDatabase, workers: usize) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        bootstrap_admin(
+            &db.store,
+            Some(&SecretString::from(ADMIN_PASSWORD)),
+            &dir.path().join("pw"),
+        )
+        .unwrap();
+        let config = Config {
+            store: db.store.clone(),
+            module: module().clone(),
+            auth: Auth::new(&SIGNING_KEY, 300),
+            tenancy: Tenancy::default(),
+            runner: RunnerSettings {
+                workers,
+                lease: chrono::Duration::seconds(5),
+                poll: Duration::from_millis(200),
+            },
+            tls: None,
+            http_workers: 2,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let running = start(config, listener).unwrap();
+                tx.send(running.server.handle()).unwrap();
+                running.run().await.unwrap();
+            })
+        });
+        let handle = rx.recv().unwrap();
+        let mut api = Api {
+            base,
+            token: String::new(),
+            handle,
+            thread: Some(thread),
+            db,
+        };
+        let (status, body) = api.call(
+            "POST",
+            "/auth/tokens",
+            None,
+            Some(
+                &json!({"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD})
+                    .to_string(),
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        api.token = body["jwt"].as_str().unwrap().to_owned();
+        api
+    }
+
+    /// Any request; `token: None` sends no Authorization header.
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        self.raw(
+            method,
+            path,
+            token.map(|t| format!("Bearer {t}")).as_deref(),
+            body,
+            Some("application/json"),
+        )
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&str>,
+        content_type: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(a) = authorization {
+            request = request.set("Authorization", a);
+        }
+        if let Some(c) = content_type {
+            request = request.set("Content-Type", c);
+        }
+        let response = match body {
+            Some(b) => request.send_string(b),
+            None => request.call(),
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, Some(&self.token), None)
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        self.call(method, path, Some(&self.token), Some(&body.to_string()))
+    }
+
+    pub fn post_empty(&self, path: &str) -> (u16, Value) {
+        self.call("POST", path, Some(&self.token), None)
+    }
+
+    /// Registers fresh tokens as a connection and a partition; returns the partition.
+    pub fn partition(&self, name: &str, members: usize) -> Value {
+        let labels: Vec<String> = (0..members)
+            .map(|i| fresh_token_label(&format!("{name}-{i}")))
+            .collect();
+        let body = json!({
+            "name": format!("{name}-{}", uuid::Uuid::new_v4().simple()),
+            "password": USER_PIN,
+            "is_ha_enabled": members > 1,
+            "partitions": labels.iter().map(|l| json!({"hostname": "softhsm", "partition_label": l})).collect::<Vec<_>>(),
+            "description": "test",
+        });
+        let (status, connection) =
+            self.send("POST", "/connectionmgmt/services/luna-network/connections", &body);
+        assert_eq!(status, 201, "{connection}");
+        let (status, partition) = self.send(
+            "POST",
+            "/cckm/hsm/luna/add-partition",
+            &json!({"connection": connection["id"]}),
+        );
+        assert_eq!(status, 201, "{partition}");
+        partition
+    }
+
+    /// Polls a key until its operation is no longer in progress.
+    pub fn settled(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, key) = self.get(&format!("/cckm/hsm/luna/keys/{id}"));
+            assert_eq!(status, 200, "{key}");
+            let running = key["status"] == "in_progress" || key["operation_status"] == "in_progress";
+            if !running {
+                return key;
+            }
+            assert!(Instant::now() < deadline, "key {id} still in progress: {key}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        let _ = std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(true))).join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A reference example, from testdata/reference.
+pub fn reference(name: &str) -> Value {
+    let path = format!(
+        "{}/../../testdata/reference/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+const MAPS: &[&str] = &["replication_info", "detailed_status"];
+
+/// Every field of the reference example is in ours, with the same JSON type.
+pub fn assert_shaped_like(ours: &Value, reference: &Value, at: &str) {
+    match reference {
+        Value::Object(fields) => {
+            let ours_fields = ours
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: expected an object, got {ours}"));
+            for (name, expected) in fields {
+                let got = ours_fields
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{at}.{name} is missing from {ours}"));
+                if MAPS.contains(&name.as_str()) {
+                    // Keyed by member serial or partition id: a map of strings, not fixed fields.
+                    let map = got
+                        .as_object()
+                        .unwrap_or_else(|| panic!("{at}.{name}: expected an object, got {got}"));
+                    assert!(map.values().all(Value::is_string), "{at}.{name}: {got}");
+                    continue;
+                }
+                assert_shaped_like(got, expected, &format!("{at}.{name}"));
+            }
+        }
+        Value::Array(items) => {
+            let ours_items = ours
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: expected an array, got {ours}"));
+            if let (Some(expected), Some(got)) = (items.first(), ours_items.first()) {
+                assert_shaped_like(got, expected, &format!("{at}[0]"));
+            }
+        }
+        Value::String(_) => assert!(ours.is_string(), "{at}: expected a string, got {ours}"),
+        Value::Number(n) if n.is_u64() => {
+            assert!(ours.is_u64(), "{at}: expected an unsigned integer, got {ours}")
+        }
+        Value::Number(_) => assert!(ours.is_number(), "{at}: expected a number, got {ours}"),
+        Value::Bool(_) => assert!(ours.is_boolean(), "{at}: expected a boolean, got {ours}"),
+        Value::Null => {}
+    }
+}
+
+/// The fields whose values the reference's examples fix, compared as values.
+pub fn assert_same_values(ours: &Value, reference: &Value, fields: &[&str]) {
+    for field in fields {
+        assert_eq!(ours[field], reference[field], "field {field} of {ours}");
+    }
+}
+
+/// The contract's error body.
+pub fn assert_error(status: u16, body: &Value, expected_status: u16, code: u64) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{body}");
+    assert!(
+        body["codeDesc"].as_str().unwrap_or_default().ends_with(message),
+        "{body}"
+    );
+}
