@@ -93,7 +93,7 @@ on_both_backends! {
         assert_same_values(&deleted, &reference("key_delete_completed"), &["status", "operation", "operation_status"]);
         assert_eq!(api.settled(&public_id)["status"], "DELETED");
         let token = luna_pkcs11::testing::module()
-            .open_partition(&partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+            .open_partition(partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
             .unwrap();
         let cka_id = uuid::Uuid::parse_str(&id).unwrap();
         assert!(token.find_by_id(cka_id.as_bytes()).unwrap().is_empty(), "no object is left on the token");
@@ -147,7 +147,9 @@ on_both_backends! {
             b.to_string()
         };
         let big = format!("{{\"label\": \"{}\"}}", "x".repeat(100 * 1024));
-        let cases: Vec<(&str, String, Option<String>, Option<&str>, u16, &str)> = vec![
+        // (method, path, body, content type, expected status, what the message says)
+        type Case<'a> = (&'a str, String, Option<String>, Option<&'a str>, u16, &'a str);
+        let cases: Vec<Case> = vec![
             ("POST", KEYS.into(), Some("{not json".into()), Some("application/json"), 400, "not valid"),
             ("POST", KEYS.into(), Some(with("size", json!("big"))), Some("application/json"), 400, "invalid type"),
             ("POST", KEYS.into(), Some(with("size", json!(1024))), Some("application/json"), 400, "size 1024 is not allowed for CKM_AES_KEY_GEN; allowed: 128, 192, 256"),
