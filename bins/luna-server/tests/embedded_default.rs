@@ -1,67 +1,63 @@
-//! `luna-server serve` on a fresh data directory sets up the embedded default,
-//! and a second start finds it in place.
+//! `luna-server serve` on a fresh data directory sets up the embedded default
+//! and serves it; a second start finds it in place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn serve(data_dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_luna-server"))
-        .args(["serve", "--insecure-http", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("LUNA_DATABASE_URL")
-        .env_remove("LUNA_PKCS11_MODULE")
-        .output()
-        .expect("run luna-server")
-}
-
-fn partition_lines(output: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.contains(" HA: ") || l.contains(" single: "))
-        .map(str::to_owned)
-        .collect()
-}
+use support::{call, login, Server};
 
 #[test]
-fn a_fresh_data_dir_gets_demo_partitions_once() {
+fn a_fresh_data_dir_gets_demo_partitions_once_and_serves_them() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let first = serve(&data);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
+    let first = Server::start(&data, &["--insecure-http"]);
+    let password = first
+        .admin_password_shown()
+        .expect("a generated admin password is shown once");
+    assert_eq!(
+        std::fs::read_to_string(data.join("admin-password"))
+            .unwrap()
+            .trim(),
+        password
     );
-    let partitions = partition_lines(&first);
-    assert_eq!(partitions.len(), 2, "{partitions:?}");
-    assert!(partitions
+    let ha = first.partition_id("HA");
+    let single = first.partition_id("single");
+    assert!(first
+        .banner
         .iter()
         .any(|l| l.contains("HA: demo-ha-1 (serial ") && l.contains("demo-ha-2 (serial ")));
-    assert!(partitions
-        .iter()
-        .any(|l| l.contains("single: demo-single (serial ")));
-    let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(
-        !stderr.contains("ERROR"),
-        "a clean start logs no errors: {stderr}"
+    assert_eq!(call("GET", &format!("{}/healthz", first.base), None, None).0, 200);
+    let token = login(&first.base, &password);
+    let (status, partitions) = call(
+        "GET",
+        &format!("{}/cckm/hsm/luna/partitions", first.base),
+        Some(&token),
+        None,
     );
+    assert_eq!((status, partitions["total"].as_u64()), (200, Some(2)));
+    first.stop();
 
-    // The second start registers nothing new.
-    let second = serve(&data);
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
+    // The second start registers nothing new and shows no password.
+    let second = Server::start(&data, &["--insecure-http"]);
+    assert_eq!(
+        (second.partition_id("HA"), second.partition_id("single")),
+        (ha, single)
     );
-    assert_eq!(partition_lines(&second), partitions);
+    assert!(second.admin_password_shown().is_none());
+    login(&second.base, &password);
+    second.stop();
 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
-        assert_eq!(mode(&data.join("pin.key")), 0o600);
+        for secret in ["pin.key", "jwt.key", "admin-password"] {
+            assert_eq!(mode(&data.join(secret)), 0o600, "{secret}");
+        }
     }
 
     // An independent PKCS#11 client sees the three tokens in the data directory.
@@ -78,6 +74,36 @@ fn a_fresh_data_dir_gets_demo_partitions_once() {
     for label in ["demo-ha-1", "demo-ha-2", "demo-single"] {
         assert!(listing.contains(label), "{label} in {listing}");
     }
+}
+
+#[test]
+fn https_is_the_default_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let port = server
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let output = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(data.join("tls-cert.pem"))
+        .arg(format!("https://localhost:{port}/api/v1/healthz"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        r#"{"status":"ok"}"#,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop();
 }
 
 #[test]

@@ -1,0 +1,132 @@
+//! Runs the real `luna-server` binary and talks to it over HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT/api/v1` (or https)
+    pub base: String,
+    /// What the server printed before it started listening.
+    pub banner: Vec<String>,
+}
+
+impl Server {
+    /// Starts `luna-server serve --data-dir DATA ARGS…` and waits until it listens.
+    pub fn start(data: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_luna-server"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(args)
+            .env_remove("LUNA_DATABASE_URL")
+            .env_remove("LUNA_PKCS11_MODULE")
+            .env_remove("LUNA_ADMIN_PASSWORD")
+            .env("LUNA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start luna-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("luna-server did not start: {banner:?}"));
+            if let Some(url) = line.strip_prefix("listening on ") {
+                return Server {
+                    child,
+                    base: format!("{url}/api/v1"),
+                    banner,
+                };
+            }
+            banner.push(line);
+        }
+    }
+
+    pub fn admin_password_shown(&self) -> Option<String> {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix("admin password: "))
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+    }
+
+    pub fn partition_id(&self, kind: &str) -> String {
+        self.banner
+            .iter()
+            .find(|l| l.contains(&format!(" {kind}: ")))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {kind} partition in {:?}", self.banner))
+            .to_owned()
+    }
+
+    /// SIGTERM, then waits: a graceful stop must exit 0.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful stop exited with {exit}");
+    }
+
+    /// SIGKILL: the crash the operation queue must survive.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let mut request = ureq::request(method, url);
+    if let Some(t) = token {
+        request = request.set("Authorization", &format!("Bearer {t}"));
+    }
+    let response = match body {
+        Some(b) => request.send_json(b.clone()),
+        None => request.call(),
+    };
+    let response = match response {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+pub fn login(base: &str, password: &str) -> String {
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/auth/tokens"),
+        None,
+        Some(&json!({"grant_type": "password", "username": "admin", "password": password})),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["jwt"].as_str().unwrap().to_owned()
+}
+
+pub fn data_dir(root: &Path) -> PathBuf {
+    root.join("data")
+}
