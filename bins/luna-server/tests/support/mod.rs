@@ -43,9 +43,11 @@ impl Server {
         let mut banner = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("luna-server did not start: {banner:?}"));
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("luna-server did not start: {banner:?}");
+            };
             if let Some(url) = line.strip_prefix("listening on ") {
                 return Server {
                     child,
