@@ -119,3 +119,63 @@ fn a_bad_database_url_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("names no supported backend"), "{stderr}");
 }
+
+#[test]
+fn no_password_pin_or_token_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = Server::start_logging(&data, &["--insecure-http"], "trace", log.into());
+    let password = server.admin_password_shown().unwrap();
+    let (_, tokens) = call(
+        "POST",
+        &format!("{}/auth/tokens", server.base),
+        None,
+        Some(&serde_json::json!({"grant_type": "password", "username": "admin", "password": password})),
+    );
+    let jwt = tokens["jwt"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        "POST",
+        &format!("{}/auth/tokens", server.base),
+        None,
+        Some(
+            &serde_json::json!({"grant_type": "password", "username": "admin", "password": "wrong-password-not-to-log"}),
+        ),
+    );
+    assert_eq!(status, 401);
+    let pin = "pin-that-must-not-leak";
+    let (status, _) = call(
+        "POST",
+        &format!("{}/connectionmgmt/services/luna-network/connections", server.base),
+        Some(&jwt),
+        Some(
+            &serde_json::json!({"name": "leak", "password": pin, "partitions": [{"partition_label": "demo-single"}]}),
+        ),
+    );
+    assert_eq!(status, 400, "the wrong PIN is refused");
+    let (status, created) = call(
+        "POST",
+        &format!("{}/cckm/hsm/luna/keys", server.base),
+        Some(&jwt),
+        Some(
+            &serde_json::json!({"label": "k", "size": 256, "partition_id": server.partition_id("single"), "mechanism": "CKM_AES_KEY_GEN"}),
+        ),
+    );
+    assert_eq!(status, 201, "{created}");
+    server.stop();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.len() > 1000, "the trace log has content: {} bytes", log.len());
+    for secret in [
+        password.as_str(),
+        "wrong-password-not-to-log",
+        pin,
+        jwt.as_str(),
+        refresh.as_str(),
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+    // The JWT's signature alone must not appear either.
+    assert!(!log.contains(jwt.rsplit('.').next().unwrap()));
+}

@@ -19,6 +19,11 @@ pub struct Server {
 impl Server {
     /// Starts `luna-server serve --data-dir DATA ARGS…` and waits until it listens.
     pub fn start(data: &Path, args: &[&str]) -> Server {
+        Server::start_logging(data, args, "warn", Stdio::inherit())
+    }
+
+    /// The same, with the log at `level` going to `log`.
+    pub fn start_logging(data: &Path, args: &[&str], level: &str, log: Stdio) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_luna-server"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
@@ -26,9 +31,9 @@ impl Server {
             .env_remove("LUNA_DATABASE_URL")
             .env_remove("LUNA_PKCS11_MODULE")
             .env_remove("LUNA_ADMIN_PASSWORD")
-            .env("LUNA_LOG", "warn")
+            .env("LUNA_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start luna-server");
         let stdout = child.stdout.take().unwrap();
