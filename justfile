@@ -22,3 +22,7 @@ bench-token:
 # Repeated code in the working tree's change.
 duplicates:
     duplicates --change
+
+# The API against the raw token (creates) and against its healthz (reads over 100,000 records).
+bench-api:
+    cargo bench -p luna-api --bench api

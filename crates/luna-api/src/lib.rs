@@ -14,6 +14,8 @@ pub mod registry;
 pub mod runner;
 pub mod server;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod tokens;
 pub mod view;

@@ -3,13 +3,13 @@
 //! class of bad input, every auth failure, and every conflict.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use base64::Engine as _;
+use luna_api::testing::{
+    assert_error, assert_same_values, assert_shaped_like, reference, Api, ADMIN_PASSWORD, SIGNING_KEY,
+};
 use luna_pkcs11::Partition as _;
 use luna_store::testing::TestDatabase;
 use serde_json::{json, Value};
-use support::{assert_error, assert_same_values, assert_shaped_like, reference, Api, SIGNING_KEY};
 
 macro_rules! on_both_backends {
     ($(fn $name:ident($db:ident: TestDatabase) $body:block)+) => {
@@ -237,7 +237,7 @@ on_both_backends! {
         assert_error(status, &body, 400, 15);
 
         // A refresh token gives a new pair, once.
-        let (_, first) = login("admin", support::ADMIN_PASSWORD);
+        let (_, first) = login("admin", ADMIN_PASSWORD);
         assert_eq!((first["duration"].as_u64(), first["token_type"].as_str()), (Some(300), Some("Bearer")));
         let refresh = json!({"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}).to_string();
         let (status, second) = api.call("POST", "/auth/tokens", None, Some(&refresh));

@@ -69,6 +69,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Kept by triggers (migration 3); read-only here.
+    key_counts (partition_id, status) {
+        partition_id -> Text,
+        status -> Text,
+        n -> BigInt,
+    }
+}
+
+diesel::table! {
     operations (id) {
         id -> Text,
         kind -> Text,
@@ -137,6 +146,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     connection_members,
     partitions,
     keys,
+    key_counts,
     operations,
     jobs,
     running_jobs,

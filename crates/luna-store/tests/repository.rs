@@ -352,6 +352,51 @@ on_both_backends! {
         assert_eq!((beyond.total, beyond.items.len()), (24, 0));
     }
 
+    fn list_totals_stay_exact_through_every_change(store: &Store, _db: &TestDatabase) {
+        let a = registered_partition(store, "hsm-count-a");
+        let b = registered_partition(store, "hsm-count-b");
+        let mut keys: Vec<Key> = (0..12)
+            .map(|i| key(if i % 3 == 0 { &b } else { &a }, "c", ObjectType::SecretKey, 256))
+            .collect();
+        store.insert_keys(&keys).unwrap();
+        let check = |keys: &[Key], step: &str| {
+            for q in ["", "status=in_progress", "status=AVAILABLE", "status=DELETED"] {
+                for partition in [None, Some(a.id), Some(b.id)] {
+                    let text = match partition {
+                        Some(p) => format!("{q}&partition_id={p}"),
+                        None => q.to_owned(),
+                    };
+                    let status = q.strip_prefix("status=");
+                    let expected = keys
+                        .iter()
+                        .filter(|k| partition.is_none_or(|p| k.partition_id == p))
+                        .filter(|k| status.is_none_or(|s| k.lifecycle.status.as_str() == s))
+                        .count();
+                    let listed = store.list_keys(&query::<KeyFilters>(&text)).unwrap();
+                    assert_eq!(listed.total as usize, expected, "{step}: total for {text:?}");
+                }
+            }
+        };
+        check(&keys, "inserted");
+        for k in keys.iter_mut().take(8) {
+            k.apply(&KeyEvent::Succeeded, now()).unwrap();
+            store.save_key(k).unwrap();
+        }
+        check(&keys, "created");
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: keys[1].id }, now());
+        store.begin_key_operation(keys[1].id, OperationKind::KeyDelete, true, &op).unwrap().unwrap();
+        keys[1] = store.get_key(keys[1].id).unwrap().unwrap();
+        keys[1].apply(&KeyEvent::Succeeded, now()).unwrap();
+        store.save_key(&keys[1]).unwrap();
+        check(&keys, "one deleted from the HSM");
+        store.forget_key(keys[2].id).unwrap().unwrap();
+        keys.remove(2);
+        check(&keys, "one forgotten");
+        store.delete_partition(b.id).unwrap();
+        keys.retain(|k| k.partition_id != b.id);
+        check(&keys, "a partition deleted");
+    }
+
     fn each_operation_is_claimed_by_exactly_one_worker(store: &Store, db: &TestDatabase) {
         let total = 60;
         for _ in 0..total {

@@ -7,7 +7,7 @@ use crate::db::{per_backend, MultiBackend};
 use crate::error::{Result, StoreError};
 use crate::models::{KeyRow, OperationRow};
 use crate::repo::order_by;
-use crate::schema::{keys, operations};
+use crate::schema::{key_counts, keys, operations};
 use crate::{Listed, Store};
 
 fn filtered(f: &KeyFilters) -> keys::BoxedQuery<'static, MultiBackend> {
@@ -84,8 +84,33 @@ fn sorted(
             KeySortField::Origin => order_by!(q, key.direction, keys::origin),
         };
     }
-    // Ties keep a stable order across pages.
-    order_by!(q, Direction::Ascending, keys::id)
+    // Ties keep a stable order across pages; `id` runs the way the last key
+    // does, so an index on (…, sort column, id) serves the whole ORDER BY.
+    let last = query.sort.last().map_or(Direction::Ascending, |k| k.direction);
+    order_by!(q, last, keys::id)
+}
+
+/// The number of keys that match, from the trigger-kept counts when the
+/// filters are only partition and status (the lists clients page through
+/// most), else by counting.
+fn total(conn: &mut crate::db::DbConnection, f: &KeyFilters) -> Result<i64> {
+    let only_partition_and_status = KeyFilters {
+        partition_id: f.partition_id,
+        status: f.status,
+        ..KeyFilters::default()
+    } == *f;
+    if !only_partition_and_status {
+        return Ok(filtered(f).count().get_result(conn)?);
+    }
+    let mut q = key_counts::table.select(key_counts::n).into_boxed();
+    if let Some(v) = f.partition_id {
+        q = q.filter(key_counts::partition_id.eq(v.to_string()));
+    }
+    if let Some(v) = f.status {
+        q = q.filter(key_counts::status.eq(v.as_str()));
+    }
+    // At most (partitions × statuses) rows.
+    Ok(q.load::<i64>(conn)?.into_iter().sum())
 }
 
 fn load(conn: &mut crate::db::DbConnection, id: Uuid) -> Result<Option<Key>> {
@@ -224,7 +249,7 @@ impl Store {
     /// A filtered, sorted page of keys and the total that match.
     pub fn list_keys(&self, query: &ListQuery<KeyFilters>) -> Result<Listed<Key>> {
         self.read(|conn| {
-            let total: i64 = filtered(&query.filters).count().get_result(conn)?;
+            let total = total(conn, &query.filters)?;
             let items = sorted(filtered(&query.filters), query)
                 .offset(query.page.skip)
                 .limit(query.page.limit)

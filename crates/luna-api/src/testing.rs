@@ -1,14 +1,14 @@
 //! An in-process luna-cckm server on real SoftHSM2 tokens and a real database,
-//! spoken to over HTTP.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! spoken to over HTTP, for this crate's tests and benchmarks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a harness that cannot start should fail loudly
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use luna_api::auth::Auth;
-use luna_api::runner::RunnerSettings;
-use luna_api::server::{bootstrap_admin, start, Config};
-use luna_api::view::Tenancy;
+use crate::auth::Auth;
+use crate::runner::RunnerSettings;
+use crate::server::{bootstrap_admin, start, Config};
+use crate::view::Tenancy;
 use luna_pkcs11::testing::{fresh_token_label, module, USER_PIN};
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 pub const SIGNING_KEY: [u8; 64] = [0x5a; 64];
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
+#[derive(Debug)]
 pub struct Api {
     pub base: String,
     pub token: String,

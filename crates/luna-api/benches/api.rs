@@ -1,0 +1,252 @@
+//! The API held against the raw token and against its own healthz, in one run.
+//! `just bench-api`, or `cargo bench -p luna-api --bench api`.
+//!
+//! 1. Creates: N AES-256 keys through HTTP (concurrency 1 and 2, until all are
+//!    AVAILABLE) and the same N straight through luna-pkcs11 on an identical
+//!    fresh token; keys/s and the ratio API/raw (target ≥ 0.8).
+//! 2. Reads over 100,000 key records, on SQLite and PostgreSQL: GET by id and
+//!    a filtered, sorted list page at concurrency 8, beside healthz; req/s and
+//!    p50/p99 (targets: GET p99 < 10 ms, list p99 < 25 ms).
+//!
+//! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (100000), LUNA_BENCH_REQUESTS (4000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use luna_api::testing::Api;
+use luna_domain::{Algorithm, AttributeSet, Key, KeyLifecycle, KeyStatus, Mechanism, ObjectType, Origin};
+use luna_pkcs11::testing::fresh_token;
+use luna_pkcs11::{GenerateRequest, Partition as _};
+use luna_store::testing::TestDatabase;
+use rand::Rng;
+use serde_json::json;
+use uuid::Uuid;
+
+fn count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Raw luna-pkcs11 rate on a fresh token, `threads` at a time.
+fn raw_creates(n: usize, threads: usize) -> f64 {
+    let token = fresh_token("bench-raw");
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let token = &token;
+            s.spawn(move || {
+                for _ in 0..(n / threads + usize::from(t < n % threads)) {
+                    token
+                        .generate(&GenerateRequest {
+                            cka_id: Uuid::new_v4().as_bytes().to_vec(),
+                            label: "bench".into(),
+                            mechanism: Mechanism::AesKeyGen,
+                            size: 256,
+                            attributes: AttributeSet::parse_names(&["CKA_ENCRYPT", "CKA_DECRYPT"]).unwrap(),
+                            remap: true,
+                            retry: false,
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// API rate: POST n creates from `clients` threads, until every key is AVAILABLE.
+fn api_creates(api: &Api, n: usize, clients: usize) -> f64 {
+    let partition = api.partition("bench-api", 1);
+    let body = json!({"label": "bench", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_ENCRYPT", "CKA_DECRYPT"]});
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..clients {
+            let body = &body;
+            s.spawn(move || {
+                for _ in 0..(n / clients + usize::from(t < n % clients)) {
+                    let (status, answer) = api.send("POST", "/cckm/hsm/luna/keys", body);
+                    assert_eq!(status, 201, "{answer}");
+                }
+            });
+        }
+    });
+    let pending = format!(
+        "/cckm/hsm/luna/keys?partition_id={}&status=in_progress&limit=1",
+        partition["id"].as_str().unwrap()
+    );
+    while api.get(&pending).1["total"] != 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = start.elapsed();
+    let available = format!(
+        "/cckm/hsm/luna/keys?partition_id={}&status=AVAILABLE&limit=1",
+        partition["id"].as_str().unwrap()
+    );
+    assert_eq!(api.get(&available).1["total"], n, "every key ended AVAILABLE");
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn records(partition_id: Uuid, n: usize) -> Vec<Key> {
+    let now = luna_store::now();
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|i| {
+            let at = now - chrono::Duration::milliseconds(i as i64);
+            let mut lifecycle = KeyLifecycle::discovered();
+            if i % 10 == 0 {
+                lifecycle.status = KeyStatus::Deleted;
+            }
+            Key {
+                id: Uuid::new_v4(),
+                partition_id,
+                partition_label: "bench".into(),
+                label: format!("key-{}", rng.gen_range(0..5000)),
+                lifecycle,
+                algorithm: Some(Algorithm::Aes),
+                object_type: Some(ObjectType::SecretKey),
+                mechanism: Some(Mechanism::AesKeyGen),
+                generated_with: Some(Mechanism::AesKeyGen),
+                size: [128, 192, 256][i % 3],
+                attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_PRIVATE", "CKA_ENCRYPT"]).unwrap(),
+                cka_id: Uuid::new_v4().as_bytes().to_vec(),
+                object_uid: format!("{:032x}04", rng.gen::<u128>()),
+                sha_256_fingerprint: format!("{:064x}", rng.gen::<u128>()),
+                replication_info: Default::default(),
+                replicated: true,
+                byok_key: true,
+                origin: Origin::Cckm,
+                modulus: String::new(),
+                exponent: 0,
+                link_id: None,
+                ha_enabled: false,
+                created_at: at,
+                updated_at: at,
+            }
+        })
+        .collect()
+}
+
+struct Latencies {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `total` GETs from 8 keep-alive clients; `path` picks each request's path.
+fn load(api: &Api, total: usize, path: &(dyn Fn(&mut rand::rngs::ThreadRng) -> String + Sync)) -> Latencies {
+    let clients = 8;
+    let start = Instant::now();
+    let mut all: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let mut rng = rand::thread_rng();
+                    let auth = format!("Bearer {}", api.token);
+                    (0..total / clients)
+                        .map(|_| {
+                            let url = format!("{}{}", api.base, path(&mut rng));
+                            let began = Instant::now();
+                            let response = agent.get(&url).set("Authorization", &auth).call().unwrap();
+                            let _ = response.into_string().unwrap();
+                            began.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = start.elapsed();
+    all.sort();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Latencies {
+        per_second: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn row(what: &str, l: &Latencies) {
+    println!(
+        "  {what:<44} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
+        l.per_second,
+        l.p50.as_secs_f64() * 1000.0,
+        l.p99.as_secs_f64() * 1000.0
+    );
+}
+
+fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
+    let api = Api::start(db);
+    let partition = api.partition("bench-read", 1);
+    let partition_id = Uuid::parse_str(partition["id"].as_str().unwrap()).unwrap();
+    let start = Instant::now();
+    let keys = records(partition_id, n_records);
+    for chunk in keys.chunks(5000) {
+        api.db.store.insert_keys(chunk).unwrap();
+    }
+    println!(
+        "{name}: {n_records} key records inserted in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+    let list =
+        format!("/cckm/hsm/luna/keys?partition_id={partition_id}&status=AVAILABLE&sort=-updatedAt&limit=10");
+    // Warm-up: connections, caches.
+    load(&api, 400, &|_| "/healthz".into());
+    let health = load(&api, requests, &|_| "/healthz".into());
+    let get = load(&api, requests, &|rng| {
+        format!("/cckm/hsm/luna/keys/{}", ids[rng.gen_range(0..ids.len())])
+    });
+    let page = load(&api, requests, &|rng| {
+        format!("{list}&skip={}", rng.gen_range(0..1000) * 10)
+    });
+    row("GET /healthz (the server's floor)", &health);
+    row("GET /keys/{id}", &get);
+    row("GET /keys?partition_id&status&sort=-updatedAt", &page);
+    println!(
+        "  targets: GET p99 < 10 ms: {}; list p99 < 25 ms: {}",
+        if get.p99 < Duration::from_millis(10) {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if page.p99 < Duration::from_millis(25) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+fn main() {
+    let creates = count("LUNA_BENCH_CREATES", 300);
+    let n_records = count("LUNA_BENCH_RECORDS", 100_000);
+    let requests = count("LUNA_BENCH_REQUESTS", 4000);
+    println!(
+        "luna-api benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    println!("creates of {creates} AES-256 keys, SQLite, until AVAILABLE:");
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    for clients in [1, 2] {
+        let raw = raw_creates(creates, clients);
+        let through_api = api_creates(&api, creates, clients);
+        println!(
+            "  concurrency {clients}: API {through_api:>7.1} keys/s   raw token {raw:>7.1} keys/s   API/raw {:.2} (target >= 0.80)",
+            through_api / raw
+        );
+    }
+    drop(api);
+
+    reads("SQLite", TestDatabase::sqlite().unwrap(), n_records, requests);
+    reads(
+        "PostgreSQL",
+        TestDatabase::postgres().unwrap(),
+        n_records,
+        requests,
+    );
+}
