@@ -185,7 +185,7 @@ fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
     let start = Instant::now();
     let keys = records(partition_id, n_records);
     for chunk in keys.chunks(5000) {
-        api.db.store.insert_keys(chunk).unwrap();
+        api.store().insert_keys(chunk).unwrap();
     }
     println!(
         "{name}: {n_records} key records inserted in {:.1} s",

@@ -23,7 +23,8 @@ pub struct Api {
     pub token: String,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
-    pub db: TestDatabase,
+    /// Taken by `stop`; present for the server's whole life.
+    db: Option<TestDatabase>,
 }
 
 impl Api {
@@ -69,7 +70,7 @@ impl Api {
             token: String::new(),
             handle,
             thread: Some(thread),
-            db,
+            db: Some(db),
         };
         let (status, body) = api.call(
             "POST",
@@ -182,13 +183,31 @@ impl Api {
     }
 }
 
-impl Drop for Api {
-    fn drop(&mut self) {
+impl Api {
+    /// Stops gracefully (as SIGTERM does): requests in flight and the
+    /// operations the workers hold finish first.
+    fn shut_down(&mut self) {
         let handle = self.handle.clone();
         let _ = std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(true))).join();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+
+    /// Stops gracefully and hands back the database, to look at what was left.
+    pub fn stop(mut self) -> TestDatabase {
+        self.shut_down();
+        self.db.take().unwrap()
+    }
+
+    pub fn store(&self) -> &luna_store::Store {
+        &self.db.as_ref().unwrap().store
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 

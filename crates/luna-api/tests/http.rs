@@ -131,6 +131,44 @@ on_both_backends! {
         let (_, list) = api.get(&format!("{KEYS}?sort=-label&limit=2"));
         assert_eq!(list["resources"].as_array().unwrap().iter().map(|k| k["label"].as_str().unwrap()).collect::<Vec<_>>(), ["aes-256", "aes-192"]);
         assert_eq!(list["total"], 3);
+
+        // Removing the partition forgets its keys here, then frees its connection.
+        let pid = partition["id"].as_str().unwrap();
+        let cid = partition["connection_id"].as_str().unwrap();
+        assert_eq!(api.get(&format!("/cckm/hsm/luna/partitions?partition_label={}", partition["partition_label"].as_str().unwrap())).1["total"], 1);
+        assert_eq!(api.call("DELETE", &format!("/cckm/hsm/luna/partitions/{pid}"), Some(&api.token), None).0, 204);
+        assert_eq!(api.get(&format!("/cckm/hsm/luna/partitions/{pid}")).0, 404);
+        assert_eq!(api.get(KEYS).1["total"], 0);
+        assert_eq!(api.call("DELETE", &format!("/connectionmgmt/services/luna-network/connections/{cid}"), Some(&api.token), None).0, 204);
+        assert_eq!(api.get(&format!("/connectionmgmt/services/luna-network/connections/{cid}")).0, 404);
+    }
+
+    fn a_graceful_stop_finishes_the_token_call_in_flight(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("stop", 1);
+        let body = json!({"label": "slow", "size": 4096, "partition_id": partition["id"], "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"});
+        // Wait until a worker holds the operation (an RSA-4096 pair takes a while), then stop.
+        let mut id = None;
+        for _ in 0..5 {
+            let (_, created) = api.send("POST", KEYS, &body);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                let running = api.store().operation_counts().unwrap().iter().any(|(s, n)| *s == luna_domain::OperationState::Running && *n > 0);
+                if running {
+                    id = Some(created["id"].as_str().unwrap().to_owned());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if id.is_some() {
+                break;
+            }
+        }
+        let id = uuid::Uuid::parse_str(&id.expect("a worker was seen holding a create")).unwrap();
+        let db = api.stop();
+        let key = db.store.get_key(id).unwrap().unwrap();
+        assert_eq!(key.lifecycle.status, luna_domain::KeyStatus::Available, "the create in flight was finished before the stop");
+        assert!(db.store.operation_counts().unwrap().iter().all(|(s, _)| *s != luna_domain::OperationState::Running));
     }
 
     fn every_bad_input_gets_a_4xx_with_a_sentence(db: TestDatabase) {
