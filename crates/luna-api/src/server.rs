@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{auth, health, keys, partitions};
+use crate::handlers::{auth, health, jobs, keys, partitions};
 use crate::runner::{Runner, RunnerSettings};
 use crate::state::AppState;
 use crate::tokens::TokenRegistry;
@@ -51,7 +51,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route("/keys/{id}", web::patch().to(keys::update))
                     .route("/keys/{id}", web::delete().to(keys::forget))
                     .route("/keys/{id}/replicate", web::post().to(keys::replicate))
-                    .route("/{id}/delete", web::post().to(keys::delete_from_hsm)),
+                    .route("/{id}/delete", web::post().to(keys::delete_from_hsm))
+                    .route("/refresh", web::post().to(jobs::start_refresh))
+                    .route("/refresh", web::get().to(jobs::list_refresh))
+                    .route("/refresh/{id}", web::get().to(jobs::get_refresh))
+                    .route("/refresh/{id}/cancel", web::post().to(jobs::cancel_refresh))
+                    .route("/synchronize", web::post().to(jobs::start_synchronize))
+                    .route("/synchronize", web::get().to(jobs::list_synchronize))
+                    .route("/synchronize/{id}", web::get().to(jobs::get_synchronize))
+                    .route(
+                        "/synchronize/{id}/cancel",
+                        web::post().to(jobs::cancel_synchronize),
+                    ),
             ),
     );
 }

@@ -14,6 +14,17 @@ use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
+/// Declares each test once and runs it on SQLite and on PostgreSQL, each on a
+/// database of its own.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(fn $name:ident($db:ident: TestDatabase) $body:block)+) => {
+        $(fn $name($db: luna_store::testing::TestDatabase) $body)+
+        mod sqlite { $(#[test] fn $name() { super::$name(luna_store::testing::TestDatabase::sqlite().unwrap()) })+ }
+        mod postgres { $(#[test] fn $name() { super::$name(luna_store::testing::TestDatabase::postgres().unwrap()) })+ }
+    };
+}
+
 pub const SIGNING_KEY: [u8; 64] = [0x5a; 64];
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 

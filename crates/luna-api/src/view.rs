@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use luna_domain::{Connection, Key, Member, Partition};
 use serde::Serialize;
+use uuid::Uuid;
 
 /// The CipherTrust identity fields every resource carries.
 #[derive(Debug, Clone)]
@@ -216,4 +217,51 @@ pub struct ListView<T> {
     pub limit: i64,
     pub total: i64,
     pub resources: Vec<T>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub uri: String,
+    pub account: String,
+    pub application: String,
+    #[serde(rename = "devAccount")]
+    pub dev_account: String,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub overall_status: &'static str,
+    pub detailed_status: BTreeMap<String, String>,
+    pub cloud: &'static str,
+    pub partitions: Vec<String>,
+    pub abort: bool,
+    pub job_type: &'static str,
+}
+
+impl JobView {
+    pub fn new(job: &luna_domain::Job, tenancy: &Tenancy) -> JobView {
+        JobView {
+            id: job.id.to_string(),
+            uri: format!("kylo:kylo:cckm:synchronize:{}", job.id),
+            account: tenancy.account.clone(),
+            application: tenancy.application.clone(),
+            dev_account: tenancy.dev_account.clone(),
+            created_at: timestamp(job.created_at),
+            updated_at: timestamp(job.updated_at),
+            completed_at: job.completed_at.map(timestamp),
+            overall_status: job.lifecycle.status.as_str(),
+            detailed_status: job
+                .detailed_status
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            cloud: "hsm-luna",
+            partitions: job.partitions.iter().map(Uuid::to_string).collect(),
+            abort: job.lifecycle.abort,
+            job_type: job.job_type.as_str(),
+        }
+    }
 }

@@ -4,20 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine as _;
+use luna_api::on_both_backends;
 use luna_api::testing::{
     assert_error, assert_same_values, assert_shaped_like, reference, Api, ADMIN_PASSWORD, SIGNING_KEY,
 };
 use luna_pkcs11::Partition as _;
-use luna_store::testing::TestDatabase;
 use serde_json::{json, Value};
-
-macro_rules! on_both_backends {
-    ($(fn $name:ident($db:ident: TestDatabase) $body:block)+) => {
-        $(fn $name($db: TestDatabase) $body)+
-        mod sqlite { $(#[test] fn $name() { super::$name(luna_store::testing::TestDatabase::sqlite().unwrap()) })+ }
-        mod postgres { $(#[test] fn $name() { super::$name(luna_store::testing::TestDatabase::postgres().unwrap()) })+ }
-    };
-}
 
 const KEYS: &str = "/cckm/hsm/luna/keys";
 

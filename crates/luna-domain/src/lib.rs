@@ -14,6 +14,7 @@ pub mod key;
 pub mod operation;
 pub mod partition;
 pub mod query;
+pub mod refresh;
 
 pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};

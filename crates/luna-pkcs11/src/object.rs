@@ -63,8 +63,12 @@ impl ObjectDescription {
     }
 
     /// A stable name for the object on its partition: its `CKA_ID` in hex
-    /// followed by its class as two hex digits (so the halves of a pair differ).
+    /// followed by its class as two hex digits (so the halves of a pair
+    /// differ); without a `CKA_ID`, `fp-` and its fingerprint.
     pub fn object_uid(&self) -> String {
+        if self.cka_id.is_empty() {
+            return format!("fp-{}", self.fingerprint_hex());
+        }
         let class: u8 = match self.object_type {
             Some(ObjectType::PublicKey) => 0x02,
             Some(ObjectType::PrivateKey) => 0x03,

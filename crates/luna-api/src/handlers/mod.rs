@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod jobs;
 pub mod keys;
 pub mod partitions;
 

@@ -130,6 +130,18 @@ impl Store {
         })
     }
 
+    /// Whether a cancel was asked for (checked between batches).
+    pub fn job_abort_requested(&self, id: Uuid) -> Result<bool> {
+        self.read(|conn| {
+            Ok(jobs::table
+                .find(id.to_string())
+                .select(jobs::abort_requested)
+                .first::<bool>(conn)
+                .optional()?
+                .unwrap_or(true))
+        })
+    }
+
     /// Writes a job's progress or end (only over a job still in progress).
     /// Ending it frees its partitions for the next job of its type.
     pub fn save_job(&self, job: &Job) -> Result<bool> {

@@ -262,6 +262,40 @@ impl Store {
         })
     }
 
+    /// Every record of a partition (refresh compares them with the tokens).
+    pub fn keys_of_partition(&self, partition_id: Uuid) -> Result<Vec<Key>> {
+        self.read(|conn| {
+            keys::table
+                .filter(keys::partition_id.eq(partition_id.to_string()))
+                .select(KeyRow::as_select())
+                .load(conn)?
+                .into_iter()
+                .map(KeyRow::into_domain)
+                .collect()
+        })
+    }
+
+    /// Writes a refresh's result in one transaction: new records, and updates
+    /// of records whose lifecycle is still the one they were read with (an
+    /// operation that started meanwhile wins). Returns how many were skipped.
+    pub fn apply_refresh(&self, inserted: &[Key], updated: &[(Key, KeyLifecycle)]) -> Result<usize> {
+        let rows: Vec<KeyRow> = inserted.iter().map(KeyRow::from_domain).collect();
+        self.write(|conn| {
+            for chunk in rows.chunks(500) {
+                per_backend!(conn, |c| diesel::insert_into(keys::table)
+                    .values(chunk)
+                    .execute(c))?;
+            }
+            let mut skipped = 0;
+            for (key, before) in updated {
+                if !save_if_unchanged(conn, key, before)? {
+                    skipped += 1;
+                }
+            }
+            Ok(skipped)
+        })
+    }
+
     /// Inserts many key records in one transaction (benchmarks and refresh).
     pub fn insert_keys(&self, new_keys: &[Key]) -> Result<()> {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();

@@ -19,6 +19,8 @@ use uuid::Uuid;
 
 use crate::tokens::TokenRegistry;
 
+mod jobs;
+
 /// What an operation's work left: the key records to write, or why it failed.
 type Outcome = Result<Vec<Key>, String>;
 
@@ -154,11 +156,15 @@ impl Runner {
     }
 
     /// Ends operations that were interrupted too often, and their keys.
-    async fn settle_exhausted(&self) {
+    async fn settle_exhausted(self: &Arc<Self>) {
+        let me = Arc::clone(self);
         let store = self.store.clone();
         let settled = tokio::task::spawn_blocking(move || -> luna_store::Result<()> {
             for op in store.fail_exhausted_operations(luna_store::now())? {
                 let reason = op.last_error.clone().unwrap_or_default();
+                if let OperationPayload::RunJob { job_id } = &op.payload {
+                    me.fail_job(*job_id, &reason)?;
+                }
                 for key_id in keys_of(&op.payload) {
                     if let Some(mut key) = store.get_key(key_id)? {
                         if key
@@ -191,9 +197,7 @@ impl Runner {
             OperationPayload::UpdateKey { key_id, changes } => self.update(*key_id, changes),
             OperationPayload::ReplicateKey { key_id } => self.replicate(*key_id),
             OperationPayload::DeleteKey { key_id } => self.delete(*key_id),
-            OperationPayload::RunJob { .. } => {
-                Err("refresh and synchronize jobs are not available yet".into())
-            }
+            OperationPayload::RunJob { job_id } => self.run_job(*job_id).map(|()| Vec::new()),
         };
         let now = luna_store::now();
         let (result, keys) = match outcome {
@@ -205,6 +209,9 @@ impl Runner {
             }
             Err(reason) => {
                 tracing::warn!(%reason, "operation failed");
+                if let OperationPayload::RunJob { job_id } = &op.payload {
+                    self.fail_job(*job_id, &reason)?;
+                }
                 let mut keys = Vec::new();
                 for key_id in keys_of(&op.payload) {
                     if let Some(mut key) = self.store.get_key(key_id)? {

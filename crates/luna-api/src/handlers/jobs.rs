@@ -1,0 +1,170 @@
+//! Refresh (`/api/v1/cckm/hsm/luna/refresh`) and synchronize
+//! (`…/synchronize`) jobs: start, list, get, cancel.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use luna_domain::query::JobFilters;
+use luna_domain::{Job, JobRequest, JobScope, JobType, Operation, OperationPayload};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{blocking, list_query, not_found, path_id};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::view::{JobView, ListView};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBody {
+    partitions: Option<Vec<String>>,
+    synchronize_all: Option<bool>,
+}
+
+async fn start(
+    state: web::Data<AppState>,
+    job_type: JobType,
+    body: JobBody,
+) -> Result<HttpResponse, ApiError> {
+    let scope = JobRequest {
+        partitions: body.partitions,
+        synchronize_all: body.synchronize_all,
+    }
+    .validate()?;
+    let store = state.store.clone();
+    let job = blocking(move || {
+        let partitions: Vec<Uuid> = match scope {
+            JobScope::All => store.all_partitions()?.into_iter().map(|p| p.id).collect(),
+            JobScope::Partitions(ids) => {
+                for id in &ids {
+                    store
+                        .get_partition(*id)?
+                        .ok_or_else(|| not_found("partition", id))?;
+                }
+                ids
+            }
+        };
+        let now = luna_store::now();
+        let job = Job::new(Uuid::new_v4(), job_type, partitions, now);
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: job.id }, now);
+        store.insert_job_with_operation(&job, &op)?;
+        Ok(job)
+    })
+    .await?;
+    state.work.notify_one();
+    Ok(HttpResponse::Created().json(JobView::new(&job, &state.tenancy)))
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    job_type: JobType,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = list_query::<JobFilters>(req.query_string())?;
+    let page = query.page;
+    let store = state.store.clone();
+    let listed = blocking(move || Ok(store.list_jobs(job_type, &query)?)).await?;
+    Ok(HttpResponse::Ok().json(ListView {
+        skip: page.skip,
+        limit: page.limit,
+        total: listed.total,
+        resources: listed
+            .items
+            .iter()
+            .map(|j| JobView::new(j, &state.tenancy))
+            .collect(),
+    }))
+}
+
+fn what(job_type: JobType) -> &'static str {
+    match job_type {
+        JobType::Refresh => "refresh job",
+        JobType::HaSynchronize => "synchronize job",
+    }
+}
+
+async fn get(state: web::Data<AppState>, job_type: JobType, id: &str) -> Result<HttpResponse, ApiError> {
+    let id = path_id(what(job_type), id)?;
+    let store = state.store.clone();
+    let job = blocking(move || {
+        store
+            .get_job(id)?
+            .filter(|j| j.job_type == job_type)
+            .ok_or_else(|| not_found(what(job_type), id))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
+}
+
+/// Answers at once with `abort: true`; the job stops at its next batch.
+async fn cancel(state: web::Data<AppState>, job_type: JobType, id: &str) -> Result<HttpResponse, ApiError> {
+    let id = path_id(what(job_type), id)?;
+    let store = state.store.clone();
+    let job = blocking(move || {
+        store
+            .get_job(id)?
+            .filter(|j| j.job_type == job_type)
+            .ok_or_else(|| not_found(what(job_type), id))?;
+        store
+            .request_job_cancel(id, luna_store::now())?
+            .ok_or_else(|| not_found(what(job_type), id))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
+}
+
+pub async fn start_refresh(
+    state: web::Data<AppState>,
+    _c: Principal,
+    body: web::Json<JobBody>,
+) -> Result<HttpResponse, ApiError> {
+    start(state, JobType::Refresh, body.into_inner()).await
+}
+pub async fn list_refresh(
+    state: web::Data<AppState>,
+    _c: Principal,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    list(state, JobType::Refresh, req).await
+}
+pub async fn get_refresh(
+    state: web::Data<AppState>,
+    _c: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    get(state, JobType::Refresh, &id).await
+}
+pub async fn cancel_refresh(
+    state: web::Data<AppState>,
+    _c: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    cancel(state, JobType::Refresh, &id).await
+}
+pub async fn start_synchronize(
+    state: web::Data<AppState>,
+    _c: Principal,
+    body: web::Json<JobBody>,
+) -> Result<HttpResponse, ApiError> {
+    start(state, JobType::HaSynchronize, body.into_inner()).await
+}
+pub async fn list_synchronize(
+    state: web::Data<AppState>,
+    _c: Principal,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    list(state, JobType::HaSynchronize, req).await
+}
+pub async fn get_synchronize(
+    state: web::Data<AppState>,
+    _c: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    get(state, JobType::HaSynchronize, &id).await
+}
+pub async fn cancel_synchronize(
+    state: web::Data<AppState>,
+    _c: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    cancel(state, JobType::HaSynchronize, &id).await
+}

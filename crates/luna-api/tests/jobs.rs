@@ -1,0 +1,196 @@
+//! Refresh and synchronize jobs over HTTP, on real SoftHSM2 tokens, on SQLite
+//! and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use luna_api::on_both_backends;
+use luna_api::testing::{assert_error, assert_shaped_like, reference, Api};
+use luna_domain::{AttributeSet, Mechanism};
+use luna_pkcs11::testing::{module, USER_PIN};
+use luna_pkcs11::{GenerateRequest, Partition as _, TokenPartition};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+const KEYS: &str = "/cckm/hsm/luna/keys";
+
+fn token_of(partition: &Value, member: usize) -> TokenPartition {
+    let label = partition["members"][member]["partition_label"].as_str().unwrap();
+    module()
+        .open_partition(label, None, SecretString::from(USER_PIN))
+        .unwrap()
+}
+
+/// Makes a key straight on the token, behind the service's back.
+fn outside_key(token: &TokenPartition, mechanism: Mechanism, size: u32, cka_id: Vec<u8>) {
+    token
+        .generate(&GenerateRequest {
+            cka_id,
+            label: "made-outside".into(),
+            mechanism,
+            size,
+            attributes: AttributeSet::parse_names(&["CKA_MODIFIABLE", "CKA_ENCRYPT"]).unwrap(),
+            remap: true,
+            retry: false,
+        })
+        .unwrap();
+}
+
+/// Polls a job until it ends.
+fn ended(api: &Api, kind: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, job) = api.get(&format!("/cckm/hsm/luna/{kind}/{id}"));
+        assert_eq!(status, 200, "{job}");
+        if job["overall_status"] != "in_progress" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} still running: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(api: &Api, kind: &str, body: Value) -> Value {
+    let (status, job) = api.send("POST", &format!("/cckm/hsm/luna/{kind}"), &body);
+    assert_eq!(status, 201, "{job}");
+    job
+}
+
+on_both_backends! {
+    fn refresh_finds_outside_keys_picks_up_changes_and_ends_gone_ones_deleted(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("refresh", 1);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let token = token_of(&partition, 0);
+        outside_key(&token, Mechanism::AesKeyGen, 256, b"outside-aes".to_vec());
+        outside_key(&token, Mechanism::RsaPkcsKeyPairGen, 2048, b"outside-rsa".to_vec());
+        outside_key(&token, Mechanism::AesKeyGen, 128, Vec::new()); // no CKA_ID at all
+        let (_, made) = api.send("POST", KEYS, &json!({"label": "ours", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
+        let ours = made["id"].as_str().unwrap().to_owned();
+        api.settled(&ours);
+
+        let job = start(&api, "refresh", json!({"partitions": [pid]}));
+        assert_shaped_like(&job, &reference("refresh_create"), "refresh");
+        assert_eq!((job["overall_status"].as_str(), job["abort"].as_bool(), job["job_type"].as_str()), (Some("in_progress"), Some(false), Some("refresh")));
+        let done = ended(&api, "refresh", job["id"].as_str().unwrap());
+        assert_shaped_like(&done, &reference("refresh_get"), "refresh");
+        assert_eq!(done["overall_status"], "completed", "{done}");
+        assert_eq!(done["detailed_status"][&pid], "completed");
+        assert!(done["completed_at"].is_string());
+
+        let (_, external) = api.get(&format!("{KEYS}?origin=external&partition_id={pid}"));
+        assert_eq!(external["total"], 4, "an AES key, an RSA pair and a key without CKA_ID: {external}");
+        let resources = external["resources"].as_array().unwrap();
+        let private = resources.iter().find(|k| k["object_type"] == "private key").unwrap();
+        let public = resources.iter().find(|k| k["object_type"] == "public key").unwrap();
+        assert_eq!((private["link_id"].as_str(), public["link_id"].as_str()), (public["id"].as_str(), private["id"].as_str()));
+        assert!(resources.iter().any(|k| k["object_uid"].as_str().unwrap().starts_with("fp-")), "the key without CKA_ID is tracked by fingerprint");
+        assert!(resources.iter().all(|k| k["status"] == "AVAILABLE" && k["label"] == "made-outside"));
+        assert_eq!(api.get(&format!("{KEYS}?origin=cckm")).1["total"], 1, "our key is not duplicated");
+
+        // Behind the service's back: our key's object goes, an outside key changes.
+        let cka_id = uuid::Uuid::parse_str(&ours).unwrap();
+        for object in token.find_by_id(cka_id.as_bytes()).unwrap() {
+            token.destroy(object.handle).unwrap();
+        }
+        let aes = token.find_by_id(b"outside-aes").unwrap().remove(0);
+        token.set_attributes(aes.handle, &[(luna_domain::Attribute::Sign, true)]).unwrap();
+        let second = start(&api, "refresh", json!({"synchronize_all": true}));
+        assert_eq!(ended(&api, "refresh", second["id"].as_str().unwrap())["overall_status"], "completed");
+        assert_eq!(api.settled(&ours)["status"], "DELETED");
+        let (_, list) = api.get(&format!("{KEYS}?origin=external&size=256"));
+        assert!(list["resources"][0]["attributes"].as_array().unwrap().contains(&json!("CKA_SIGN")), "{list}");
+        assert_eq!(api.get(&format!("{KEYS}?origin=external")).1["total"], 4, "a second refresh adds nothing twice");
+
+        // Lists of jobs: both refreshes, newest first; filters.
+        let (_, jobs) = api.get("/cckm/hsm/luna/refresh?skip=0&limit=10");
+        assert_shaped_like(&jobs, &reference("refresh_list"), "list");
+        assert_eq!(jobs["total"], 2);
+        assert_eq!(jobs["resources"][0]["id"], second["id"]);
+        assert_eq!(api.get("/cckm/hsm/luna/refresh?overall_status=failed").1["total"], 0);
+        assert_eq!(api.get(&format!("/cckm/hsm/luna/refresh?id={}", job["id"].as_str().unwrap())).1["total"], 1);
+        assert_eq!(api.get("/cckm/hsm/luna/synchronize").1["total"], 0);
+    }
+
+    fn cancel_answers_at_once_and_the_job_ends_cancelled(db: TestDatabase) {
+        // No workers: the job waits while it is cancelled, then a server with
+        // workers takes it up and stops it at its first batch.
+        let api = Api::start_with(db, 0);
+        let partition = api.partition("cancel", 1);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let job = start(&api, "refresh", json!({"partitions": [pid]}));
+        let id = job["id"].as_str().unwrap().to_owned();
+        let (status, second) = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"partitions": [pid]}));
+        assert_error(status, &second, 409, 13);
+        let sync = start(&api, "synchronize", json!({"partitions": [pid]}));
+        let (status, cancelled) = api.post_empty(&format!("/cckm/hsm/luna/refresh/{id}/cancel"));
+        assert_eq!(status, 200, "{cancelled}");
+        assert_shaped_like(&cancelled, &reference("refresh_cancel"), "cancel");
+        assert_eq!((cancelled["abort"].as_bool(), cancelled["overall_status"].as_str()), (Some(true), Some("in_progress")));
+        let db = api.stop();
+
+        let api = Api::start(db);
+        let done = ended(&api, "refresh", &id);
+        assert_eq!(done["overall_status"], "cancelled", "{done}");
+        assert_eq!(done["detailed_status"][&pid], "cancelled");
+        assert!(done["completed_at"].is_string());
+        let (status, again) = api.post_empty(&format!("/cckm/hsm/luna/refresh/{id}/cancel"));
+        assert_error(status, &again, 409, 13);
+        // The synchronize on the single partition completes at once; a new refresh may start.
+        assert_eq!(ended(&api, "synchronize", sync["id"].as_str().unwrap())["overall_status"], "completed");
+        let next = start(&api, "refresh", json!({"partitions": [pid]}));
+        assert_eq!(ended(&api, "refresh", next["id"].as_str().unwrap())["overall_status"], "completed");
+    }
+
+    fn synchronize_reports_what_an_ha_member_lacks(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("sync", 2);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let (_, made) = api.send("POST", KEYS, &json!({"label": "on-first", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}));
+        api.settled(made["id"].as_str().unwrap());
+        let job = start(&api, "synchronize", json!({"partitions": [pid]}));
+        assert_shaped_like(&job, &reference("synchronize_create"), "synchronize");
+        assert_eq!(job["job_type"], "ha_synchronize");
+        let done = ended(&api, "synchronize", job["id"].as_str().unwrap());
+        assert_eq!(done["overall_status"], "failed", "{done}");
+        let reason = done["detailed_status"][&pid].as_str().unwrap();
+        assert!(reason.contains("lacks 1 key object") && reason.contains("cloning"), "{reason}");
+        // Identical members synchronize cleanly.
+        let twin = api.partition("sync-empty", 2);
+        let job = start(&api, "synchronize", json!({"partitions": [twin["id"]]}));
+        assert_eq!(ended(&api, "synchronize", job["id"].as_str().unwrap())["overall_status"], "completed");
+    }
+
+    fn every_bad_job_request_is_a_4xx(db: TestDatabase) {
+        let api = Api::start_with(db, 0);
+        let partition = api.partition("badjob", 1);
+        for kind in ["refresh", "synchronize"] {
+            let path = format!("/cckm/hsm/luna/{kind}");
+            for (body, expected, needle) in [
+                (json!({"partitions": [partition["id"]], "synchronize_all": true}), 400, "mutually exclusive"),
+                (json!({}), 400, "give either"),
+                (json!({"partitions": [], "synchronize_all": false}), 400, "give either"),
+                (json!({"partitions": ["nope"]}), 400, "is not a UUID"),
+                (json!({"partitions": [uuid::Uuid::new_v4()]}), 404, "does not exist"),
+                (json!({"synchronize_all": "yes"}), 400, "invalid type"),
+                (json!({"synchronize_all": true, "extra": 1}), 400, "unknown field"),
+            ] {
+                let (status, answer) = api.send("POST", &path, &body);
+                assert_error(status, &answer, expected, if expected == 400 { 15 } else { 16 });
+                assert!(answer["message"].as_str().unwrap().contains(needle), "{kind} {body}: {answer}");
+            }
+            for (query, needle) in [("overall_status=done", "allowed: in_progress, completed, failed, cancelled"), ("limit=0", "limit must be"), ("colour=red", "unknown query parameter")] {
+                let (status, answer) = api.get(&format!("{path}?{query}"));
+                assert_error(status, &answer, 400, 15);
+                assert!(answer["message"].as_str().unwrap().contains(needle), "{answer}");
+            }
+            for (method, p) in [("GET", format!("{path}/nope")), ("GET", format!("{path}/{}", uuid::Uuid::new_v4())), ("POST", format!("{path}/{}/cancel", uuid::Uuid::new_v4()))] {
+                let (status, answer) = api.call(method, &p, Some(&api.token), None);
+                assert_error(status, &answer, 404, 16);
+            }
+        }
+        // A refresh job is not found under synchronize, and the other way round.
+        let job = start(&api, "refresh", json!({"synchronize_all": true}));
+        assert_eq!(api.get(&format!("/cckm/hsm/luna/synchronize/{}", job["id"].as_str().unwrap())).0, 404);
+    }
+}

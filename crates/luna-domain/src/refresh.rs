@@ -1,0 +1,390 @@
+//! Refresh: bringing key records in line with what the members' tokens hold.
+//!
+//! Pure: the caller enumerates the tokens and stores the result.
+//!
+//! An object's identity on a partition is its `object_uid`: its `CKA_ID` in
+//! hex followed by its class, or, for an object without `CKA_ID`,
+//! `fp-` and its fingerprint (its public identity: class, key type, modulus,
+//! exponent, check value). Two objects without `CKA_ID` that no public
+//! attribute tells apart are tracked as one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::attribute::AttributeSet;
+use crate::key::{Algorithm, Key, KeyEvent, KeyLifecycle, KeyStatus, ObjectType, Origin};
+
+/// A key object one member holds, as its token describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedObject {
+    pub object_uid: String,
+    pub object_type: ObjectType,
+    pub algorithm: Option<Algorithm>,
+    pub label: String,
+    pub cka_id: Vec<u8>,
+    pub size: u32,
+    pub modulus: String,
+    pub exponent: u64,
+    pub attributes: AttributeSet,
+    pub fingerprint: String,
+}
+
+/// What one member said: the objects it holds, or why it could not be read.
+#[derive(Debug, Clone)]
+pub enum MemberView {
+    Read(Vec<ObservedObject>),
+    Unreachable(String),
+}
+
+/// The partition facts a refresh needs.
+#[derive(Debug, Clone)]
+pub struct RefreshScope {
+    pub partition_id: Uuid,
+    pub partition_label: String,
+    pub ha_enabled: bool,
+    /// Member serial numbers, in member order.
+    pub members: Vec<String>,
+}
+
+/// The records to insert (objects made outside the service) and to update.
+#[derive(Debug, Default, PartialEq)]
+pub struct RefreshPlan {
+    pub inserted: Vec<Key>,
+    /// Each record with the lifecycle it was read with, for a compare-and-set.
+    pub updated: Vec<(Key, KeyLifecycle)>,
+}
+
+/// The key records and what each member holds → what to write.
+///
+/// Records with an operation in progress are left alone (their operation will
+/// write them). A record whose object no member holds ends `DELETED`, unless a
+/// member could not be read (then nothing can be concluded).
+pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: DateTime<Utc>) -> RefreshPlan {
+    // object_uid → (member index → object)
+    let mut found: BTreeMap<&str, BTreeMap<usize, &ObservedObject>> = BTreeMap::new();
+    for (m, view) in seen.iter().enumerate() {
+        if let MemberView::Read(objects) = view {
+            for object in objects {
+                found
+                    .entry(object.object_uid.as_str())
+                    .or_default()
+                    .insert(m, object);
+            }
+        }
+    }
+    let any_unreachable = seen.iter().any(|v| matches!(v, MemberView::Unreachable(_)));
+    let replication =
+        |holders: Option<&BTreeMap<usize, &ObservedObject>>| -> (BTreeMap<String, String>, bool) {
+            let mut info = BTreeMap::new();
+            let mut everywhere = true;
+            for (m, serial) in scope.members.iter().enumerate() {
+                let state = match (&seen.get(m), holders.and_then(|h| h.get(&m))) {
+                    (_, Some(_)) => "available".to_owned(),
+                    (Some(MemberView::Unreachable(reason)), None) => reason.clone(),
+                    _ => "the key is not on this member".to_owned(),
+                };
+                everywhere &= state == "available";
+                info.insert(serial.clone(), state);
+            }
+            (info, everywhere)
+        };
+
+    let mut plan = RefreshPlan::default();
+    let mut known: BTreeSet<&str> = BTreeSet::new();
+    for record in records {
+        known.insert(record.object_uid.as_str());
+        if record.lifecycle.is_busy() || record.lifecycle.status != KeyStatus::Available {
+            continue;
+        }
+        let holders = found.get(record.object_uid.as_str());
+        let mut key = record.clone();
+        match holders.and_then(|h| h.values().next()) {
+            Some(object) => {
+                let (info, everywhere) = replication(holders);
+                key.label = object.label.clone();
+                key.size = object.size;
+                key.attributes = object.attributes;
+                key.modulus = object.modulus.clone();
+                key.exponent = object.exponent;
+                key.sha_256_fingerprint = object.fingerprint.clone();
+                key.replication_info = info;
+                key.replicated = everywhere;
+            }
+            None if any_unreachable => {
+                let (info, _) = replication(None);
+                key.replication_info = info;
+                key.replicated = false;
+            }
+            None => {
+                if key.apply(&KeyEvent::Vanished, now).is_err() {
+                    continue;
+                }
+                let (info, _) = replication(None);
+                key.replication_info = info;
+                key.replicated = false;
+            }
+        }
+        if key != *record {
+            key.updated_at = now;
+            plan.updated.push((key, record.lifecycle.clone()));
+        }
+    }
+
+    // Objects with no record: made outside the service.
+    let mut new: Vec<Key> = Vec::new();
+    for (uid, holders) in &found {
+        if known.contains(uid) {
+            continue;
+        }
+        let Some(object) = holders.values().next() else {
+            continue;
+        };
+        let (info, everywhere) = replication(Some(holders));
+        new.push(Key {
+            id: Uuid::new_v4(),
+            partition_id: scope.partition_id,
+            partition_label: scope.partition_label.clone(),
+            label: object.label.clone(),
+            lifecycle: KeyLifecycle::discovered(),
+            algorithm: object.algorithm,
+            object_type: Some(object.object_type),
+            mechanism: None,
+            generated_with: None,
+            size: object.size,
+            attributes: object.attributes,
+            cka_id: object.cka_id.clone(),
+            object_uid: object.object_uid.clone(),
+            sha_256_fingerprint: object.fingerprint.clone(),
+            replication_info: info,
+            replicated: everywhere,
+            byok_key: false,
+            origin: Origin::External,
+            modulus: object.modulus.clone(),
+            exponent: object.exponent,
+            link_id: None,
+            ha_enabled: scope.ha_enabled,
+            created_at: now,
+            updated_at: now,
+        });
+    }
+    // The halves of an RSA pair name each other: the same CKA_ID, or (without
+    // one) the same modulus. Existing records count as partners too.
+    let pair_key = |k: &Key| -> Option<String> {
+        if k.algorithm != Some(Algorithm::Rsa) {
+            return None;
+        }
+        Some(if k.cka_id.is_empty() {
+            format!("m:{}", k.modulus)
+        } else {
+            format!("i:{}", hex_of(&k.cka_id))
+        })
+    };
+    let mut partners: BTreeMap<(String, ObjectType), Uuid> = BTreeMap::new();
+    for k in records.iter().chain(new.iter()) {
+        if let (Some(p), Some(t)) = (pair_key(k), k.object_type) {
+            partners.entry((p, t)).or_insert(k.id);
+        }
+    }
+    for k in &mut new {
+        if let (Some(p), Some(t)) = (pair_key(k), k.object_type) {
+            let other = match t {
+                ObjectType::PrivateKey => ObjectType::PublicKey,
+                ObjectType::PublicKey => ObjectType::PrivateKey,
+                ObjectType::SecretKey => continue,
+            };
+            k.link_id = partners.get(&(p, other)).copied();
+        }
+    }
+    plan.inserted = new;
+    plan
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{Mechanism, OperationKind, OperationStatus};
+
+    fn object(uid: &str, object_type: ObjectType, cka_id: &[u8], label: &str) -> ObservedObject {
+        ObservedObject {
+            object_uid: uid.into(),
+            object_type,
+            algorithm: Some(if object_type == ObjectType::SecretKey {
+                Algorithm::Aes
+            } else {
+                Algorithm::Rsa
+            }),
+            label: label.into(),
+            cka_id: cka_id.to_vec(),
+            size: if object_type == ObjectType::SecretKey {
+                256
+            } else {
+                2048
+            },
+            modulus: if object_type == ObjectType::SecretKey {
+                String::new()
+            } else {
+                "abcd".into()
+            },
+            exponent: 0,
+            attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
+            fingerprint: format!("fp-{uid}"),
+        }
+    }
+
+    fn scope() -> RefreshScope {
+        RefreshScope {
+            partition_id: Uuid::new_v4(),
+            partition_label: "p".into(),
+            ha_enabled: true,
+            members: vec!["s1".into(), "s2".into()],
+        }
+    }
+
+    fn record(scope: &RefreshScope, o: &ObservedObject) -> Key {
+        let now = Utc::now();
+        Key {
+            id: Uuid::new_v4(),
+            partition_id: scope.partition_id,
+            partition_label: scope.partition_label.clone(),
+            label: o.label.clone(),
+            lifecycle: KeyLifecycle::discovered(),
+            algorithm: o.algorithm,
+            object_type: Some(o.object_type),
+            mechanism: Some(Mechanism::AesKeyGen),
+            generated_with: None,
+            size: o.size,
+            attributes: o.attributes,
+            cka_id: o.cka_id.clone(),
+            object_uid: o.object_uid.clone(),
+            sha_256_fingerprint: o.fingerprint.clone(),
+            replication_info: BTreeMap::from([
+                ("s1".into(), "available".into()),
+                ("s2".into(), "available".into()),
+            ]),
+            replicated: true,
+            byok_key: true,
+            origin: Origin::Cckm,
+            modulus: o.modulus.clone(),
+            exponent: o.exponent,
+            link_id: None,
+            ha_enabled: true,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn outside_objects_appear_changes_are_picked_up_and_gone_objects_end_deleted() {
+        let s = scope();
+        let kept = object("aa04", ObjectType::SecretKey, b"\xaa", "kept");
+        let renamed = object("bb04", ObjectType::SecretKey, b"\xbb", "old name");
+        let gone = object("cc04", ObjectType::SecretKey, b"\xcc", "gone");
+        let records = vec![record(&s, &kept), record(&s, &renamed), record(&s, &gone)];
+        let mut renamed_now = renamed.clone();
+        renamed_now.label = "new name".into();
+        let outside_private = object("dd03", ObjectType::PrivateKey, b"\xdd", "outside");
+        let outside_public = object("dd02", ObjectType::PublicKey, b"\xdd", "outside");
+        let seen = vec![
+            MemberView::Read(vec![
+                kept.clone(),
+                renamed_now.clone(),
+                outside_private.clone(),
+                outside_public.clone(),
+            ]),
+            MemberView::Read(vec![kept.clone(), renamed_now]),
+        ];
+        let plan = plan(&s, &records, &seen, Utc::now());
+        let updated: BTreeMap<&str, &Key> = plan
+            .updated
+            .iter()
+            .map(|(k, _)| (k.object_uid.as_str(), k))
+            .collect();
+        assert!(
+            !updated.contains_key("aa04"),
+            "an unchanged record is not written"
+        );
+        assert_eq!(updated["bb04"].label, "new name");
+        assert_eq!(updated["cc04"].lifecycle.status, KeyStatus::Deleted);
+        assert_eq!(plan.inserted.len(), 2);
+        let private = plan
+            .inserted
+            .iter()
+            .find(|k| k.object_type == Some(ObjectType::PrivateKey))
+            .unwrap();
+        let public = plan
+            .inserted
+            .iter()
+            .find(|k| k.object_type == Some(ObjectType::PublicKey))
+            .unwrap();
+        assert_eq!(
+            (private.link_id, public.link_id),
+            (Some(public.id), Some(private.id)),
+            "halves are paired"
+        );
+        assert_eq!(private.origin, Origin::External);
+        assert_eq!(private.replication_info["s1"], "available");
+        assert_eq!(private.replication_info["s2"], "the key is not on this member");
+        assert!(!private.replicated);
+    }
+
+    #[test]
+    fn an_unreachable_member_stops_deletion_and_says_why() {
+        let s = scope();
+        let a = object("aa04", ObjectType::SecretKey, b"\xaa", "a");
+        let records = vec![record(&s, &a)];
+        let seen = vec![
+            MemberView::Read(vec![]),
+            MemberView::Unreachable("member s2 is down".into()),
+        ];
+        let plan = plan(&s, &records, &seen, Utc::now());
+        let (key, _) = &plan.updated[0];
+        assert_eq!(
+            key.lifecycle.status,
+            KeyStatus::Available,
+            "nothing is concluded while a member is unreadable"
+        );
+        assert_eq!(key.replication_info["s2"], "member s2 is down");
+        assert!(!key.replicated);
+    }
+
+    #[test]
+    fn busy_records_are_left_to_their_operation() {
+        let s = scope();
+        let a = object("aa04", ObjectType::SecretKey, b"\xaa", "a");
+        let mut busy = record(&s, &a);
+        busy.lifecycle = KeyLifecycle {
+            status: KeyStatus::Available,
+            operation: OperationKind::KeyUpdate,
+            operation_status: OperationStatus::InProgress,
+            operation_error: None,
+        };
+        let plan = plan(
+            &s,
+            &[busy],
+            &[MemberView::Read(vec![]), MemberView::Read(vec![])],
+            Utc::now(),
+        );
+        assert!(plan.updated.is_empty() && plan.inserted.is_empty());
+    }
+
+    #[test]
+    fn objects_without_cka_id_pair_by_modulus() {
+        let s = scope();
+        let private = object("fp-1", ObjectType::PrivateKey, b"", "no id");
+        let public = object("fp-2", ObjectType::PublicKey, b"", "no id");
+        let plan = plan(
+            &s,
+            &[],
+            &[MemberView::Read(vec![private, public]), MemberView::Read(vec![])],
+            Utc::now(),
+        );
+        assert_eq!(plan.inserted.len(), 2);
+        assert!(plan.inserted.iter().all(|k| k.link_id.is_some()));
+    }
+}
