@@ -8,7 +8,11 @@
 //!    a filtered, sorted list page at concurrency 8, beside healthz; req/s and
 //!    p50/p99 (targets: GET p99 < 10 ms, list p99 < 25 ms).
 //!
-//! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (100000), LUNA_BENCH_REQUESTS (4000).
+//! 3. Refresh of a partition of 10,000 objects against the raw cost of
+//!    enumerating and describing the same objects (target ≤ 1.5 × raw).
+//!
+//! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (100000),
+//! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -221,6 +225,58 @@ fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
     );
 }
 
+/// A refresh job of a partition of `n` objects, against scanning and
+/// describing the same objects straight through luna-pkcs11.
+fn refresh(n: usize) {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let partition = api.partition("bench-refresh", 1);
+    let label = partition["partition_label"].as_str().unwrap();
+    let token = luna_pkcs11::testing::module()
+        .open_partition(label, None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+        .unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        token
+            .generate(&GenerateRequest {
+                cka_id: Uuid::new_v4().as_bytes().to_vec(),
+                label: "outside".into(),
+                mechanism: Mechanism::AesKeyGen,
+                size: 128,
+                attributes: AttributeSet::empty(),
+                remap: true,
+                retry: false,
+            })
+            .unwrap();
+    }
+    println!("refresh: {n} objects made on the token in {:.1} s", start.elapsed().as_secs_f64());
+    let start = Instant::now();
+    let mut described = 0;
+    token
+        .scan(256, &mut |batch| {
+            described += token.describe_many(batch).unwrap().len();
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    let raw = start.elapsed();
+    assert_eq!(described, n);
+    let start = Instant::now();
+    let (status, job) = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"partitions": [partition["id"]]}));
+    assert_eq!(status, 201, "{job}");
+    let path = format!("/cckm/hsm/luna/refresh/{}", job["id"].as_str().unwrap());
+    while api.get(&path).1["overall_status"] == "in_progress" {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let through_api = start.elapsed();
+    assert_eq!(api.get(&path).1["overall_status"], "completed");
+    assert_eq!(api.get(&format!("/cckm/hsm/luna/keys?origin=external&limit=1")).1["total"], n);
+    println!(
+        "  refresh job {:.2} s   raw enumerate + describe {:.2} s   ratio {:.2} (target <= 1.50)",
+        through_api.as_secs_f64(),
+        raw.as_secs_f64(),
+        through_api.as_secs_f64() / raw.as_secs_f64()
+    );
+}
+
 fn main() {
     let creates = count("LUNA_BENCH_CREATES", 300);
     let n_records = count("LUNA_BENCH_RECORDS", 100_000);
@@ -249,4 +305,5 @@ fn main() {
         n_records,
         requests,
     );
+    refresh(count("LUNA_BENCH_REFRESH_OBJECTS", 10_000));
 }
