@@ -51,6 +51,7 @@ fn raw_creates(n: usize, threads: usize) -> f64 {
                             attributes: AttributeSet::parse_names(&["CKA_ENCRYPT", "CKA_DECRYPT"]).unwrap(),
                             remap: true,
                             retry: false,
+                            wrap_with_trusted: false,
                         })
                         .unwrap();
                 }
@@ -232,7 +233,11 @@ fn refresh(n: usize) {
     let partition = api.partition("bench-refresh", 1);
     let label = partition["partition_label"].as_str().unwrap();
     let token = luna_pkcs11::testing::module()
-        .open_partition(label, None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+        .open_partition(
+            label,
+            None,
+            secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN),
+        )
         .unwrap();
     let start = Instant::now();
     for _ in 0..n {
@@ -245,10 +250,14 @@ fn refresh(n: usize) {
                 attributes: AttributeSet::empty(),
                 remap: true,
                 retry: false,
+                wrap_with_trusted: false,
             })
             .unwrap();
     }
-    println!("refresh: {n} objects made on the token in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "refresh: {n} objects made on the token in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     let start = Instant::now();
     let mut described = 0;
     token
@@ -260,7 +269,11 @@ fn refresh(n: usize) {
     let raw = start.elapsed();
     assert_eq!(described, n);
     let start = Instant::now();
-    let (status, job) = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"partitions": [partition["id"]]}));
+    let (status, job) = api.send(
+        "POST",
+        "/cckm/hsm/luna/refresh",
+        &json!({"partitions": [partition["id"]]}),
+    );
     assert_eq!(status, 201, "{job}");
     let path = format!("/cckm/hsm/luna/refresh/{}", job["id"].as_str().unwrap());
     while api.get(&path).1["overall_status"] == "in_progress" {
@@ -268,7 +281,10 @@ fn refresh(n: usize) {
     }
     let through_api = start.elapsed();
     assert_eq!(api.get(&path).1["overall_status"], "completed");
-    assert_eq!(api.get(&format!("/cckm/hsm/luna/keys?origin=external&limit=1")).1["total"], n);
+    assert_eq!(
+        api.get(&format!("/cckm/hsm/luna/keys?origin=external&limit=1")).1["total"],
+        n
+    );
     println!(
         "  refresh job {:.2} s   raw enumerate + describe {:.2} s   ratio {:.2} (target <= 1.50)",
         through_api.as_secs_f64(),

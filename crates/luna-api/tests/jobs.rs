@@ -32,6 +32,7 @@ fn outside_key(token: &TokenPartition, mechanism: Mechanism, size: u32, cka_id: 
             attributes: AttributeSet::parse_names(&["CKA_MODIFIABLE", "CKA_ENCRYPT"]).unwrap(),
             remap: true,
             retry: false,
+            wrap_with_trusted: false,
         })
         .unwrap();
 }

@@ -100,7 +100,7 @@ pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: Dat
         }
         let holders = found.get(record.object_uid.as_str());
         let mut key = record.clone();
-        match holders.and_then(|h| h.values().next()) {
+        match holders.and_then(best) {
             Some(object) => {
                 let (info, everywhere) = replication(holders);
                 key.label = object.label.clone();
@@ -199,6 +199,12 @@ pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: Dat
     }
     plan.inserted = new;
     plan
+}
+
+/// The member's description to record: one that knows the key's size (a
+/// token may not report the length of a key it unwrapped).
+fn best<'a>(holders: &BTreeMap<usize, &'a ObservedObject>) -> Option<&'a ObservedObject> {
+    holders.values().copied().max_by_key(|o| o.size)
 }
 
 fn hex_of(bytes: &[u8]) -> String {

@@ -38,6 +38,7 @@ fn request(mechanism: Mechanism, size: u32) -> GenerateRequest {
         attributes: AttributeSet::parse_names(&["CKA_ENCRYPT", "CKA_DECRYPT", "CKA_SIGN"]).unwrap(),
         remap: true,
         retry: false,
+        wrap_with_trusted: false,
     }
 }
 

@@ -27,6 +27,10 @@ pub enum TokenError {
     /// The PIN differs from the one the token is logged in with.
     #[error("the PIN for token {label:?} is incorrect")]
     PinIncorrect { label: String },
+    #[error("the user is logged in to token {label:?} in this process; the security officer's work needs it logged out")]
+    UserSessionOpen { label: String },
+    #[error("tokens {from:?} and {to:?} share no cloning domain key; register the connection with so_password to establish one")]
+    NoCloningDomain { from: String, to: String },
     #[error("the module has no free slot to initialise a new token in")]
     NoFreeSlot,
     #[error("token {token:?} does not support {mechanism}, and mechanism remapping is off")]

@@ -6,6 +6,7 @@
 //! PINs as secrets; every token error is typed and names the PKCS#11 function
 //! that failed.
 
+mod domain;
 mod error;
 mod module;
 mod object;
@@ -18,7 +19,9 @@ use std::ops::ControlFlow;
 
 use luna_domain::{Attribute, AttributeSet, Mechanism};
 
+pub use cryptoki;
 pub use cryptoki::error::RvError;
+pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
 pub use module::{Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};
@@ -53,6 +56,9 @@ pub struct GenerateRequest {
     pub attributes: AttributeSet,
     /// Generate with `CKM_RSA_PKCS_KEY_PAIR_GEN` when the token lacks a Luna RSA mechanism.
     pub remap: bool,
+    /// Mark secret and private keys `CKA_WRAP_WITH_TRUSTED`: only a cloning
+    /// domain key may wrap them (keys on HA partitions).
+    pub wrap_with_trusted: bool,
     /// An earlier attempt may have made the objects (the operation is being
     /// retried): look them up by `CKA_ID` first. A first attempt skips the
     /// lookup, whose cost grows with the token's object count (30 ms on a
@@ -78,6 +84,15 @@ pub struct ScanOutcome {
     pub stopped: bool,
 }
 
+/// A key on its way from one member to another: a secret or private key
+/// wrapped under the two members' domain key, or a public key as its public
+/// attributes (`object` carries them, and the identity and attributes of all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portable {
+    pub object: ObjectDescription,
+    pub wrapped: Option<Vec<u8>>,
+}
+
 /// A partition: one token the service keeps keys in.
 pub trait Partition: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &TokenInfo;
@@ -97,4 +112,8 @@ pub trait Partition: Send + Sync + std::fmt::Debug {
         batch_size: usize,
         visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
     ) -> Result<ScanOutcome>;
+    /// Prepares `object` to travel to the member with serial `target_serial`.
+    fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> Result<Portable>;
+    /// Makes the travelling key here, with its `CKA_ID`, label and attributes.
+    fn import_from(&self, portable: &Portable, source_serial: &str) -> Result<ObjectDescription>;
 }

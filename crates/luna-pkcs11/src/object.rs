@@ -8,6 +8,7 @@ use luna_domain::{Algorithm, Attribute, AttributeSet, Mechanism, ObjectType};
 use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
+use crate::GenerateRequest;
 
 /// A token object's handle. Valid for the life of the module's context, as
 /// PKCS#11 defines handles; after the object is destroyed the token answers
@@ -50,6 +51,8 @@ pub struct ObjectDescription {
     pub public_exponent: u64,
     /// The boolean attributes that are true.
     pub attributes: AttributeSet,
+    /// `CKA_WRAP_WITH_TRUSTED`: only a trusted (cloning domain) key may wrap it.
+    pub wrap_with_trusted: bool,
     pub fingerprint: [u8; 32],
 }
 
@@ -200,39 +203,107 @@ pub(crate) fn find_template(cka_id: &[u8]) -> Vec<CkAttribute> {
     vec![CkAttribute::Token(true), CkAttribute::Id(cka_id.to_vec())]
 }
 
-pub(crate) fn secret_key_template(
-    cka_id: &[u8],
-    label: &str,
-    size_bits: u32,
-    attributes: AttributeSet,
-) -> Vec<CkAttribute> {
+/// The template an imported key is made with: its class, type, identity and
+/// every attribute it had (`CKA_WRAP_WITH_TRUSTED` included).
+pub(crate) fn import_template(object: &ObjectDescription) -> Result<Vec<CkAttribute>> {
+    let object_type = object.object_type.ok_or(TokenError::MalformedObject {
+        handle: object.handle.0,
+        attribute: "CKA_CLASS",
+        problem: "only keys travel between members".into(),
+    })?;
+    let (class, key_type) = match (object_type, object.algorithm) {
+        (ObjectType::SecretKey, Some(Algorithm::Aes)) => (ObjectClass::SECRET_KEY, KeyType::AES),
+        (ObjectType::PrivateKey, Some(Algorithm::Rsa)) => (ObjectClass::PRIVATE_KEY, KeyType::RSA),
+        (ObjectType::PublicKey, Some(Algorithm::Rsa)) => (ObjectClass::PUBLIC_KEY, KeyType::RSA),
+        _ => {
+            return Err(TokenError::MalformedObject {
+                handle: object.handle.0,
+                attribute: "CKA_KEY_TYPE",
+                problem: "only AES and RSA keys travel between members".into(),
+            })
+        }
+    };
+    let mut t = vec![CkAttribute::Class(class), CkAttribute::KeyType(key_type)];
+    t.extend(template(
+        object_type,
+        &object.cka_id,
+        &object.label,
+        object.attributes,
+    ));
+    // CKA_MODIFIABLE goes last: SoftHSM2 refuses, as changes to an
+    // unmodifiable object, the attributes an unwrap template sets after it.
+    t.retain(|a| !matches!(a, CkAttribute::Modifiable(_)));
+    match object_type {
+        ObjectType::PublicKey => {
+            let exponent = object.public_exponent.to_be_bytes();
+            let first = exponent
+                .iter()
+                .position(|b| *b != 0)
+                .unwrap_or(exponent.len() - 1);
+            t.push(CkAttribute::Modulus(object.modulus.clone()));
+            t.push(CkAttribute::PublicExponent(exponent[first..].to_vec()));
+        }
+        ObjectType::SecretKey | ObjectType::PrivateKey => {
+            if object.wrap_with_trusted {
+                t.push(CkAttribute::WrapWithTrusted(true));
+            }
+        }
+    }
+    t.push(CkAttribute::Modifiable(
+        object.attributes.contains(Attribute::Modifiable),
+    ));
+    Ok(t)
+}
+
+/// A generation template's tail: `CKA_WRAP_WITH_TRUSTED` for secret and
+/// private keys of HA partitions.
+fn trusted_wrapping_only(template: &mut Vec<CkAttribute>, request: &GenerateRequest) {
+    if request.wrap_with_trusted {
+        template.push(CkAttribute::WrapWithTrusted(true));
+    }
+}
+
+pub(crate) fn secret_key_template(request: &GenerateRequest) -> Vec<CkAttribute> {
     let mut t = vec![
         CkAttribute::Class(ObjectClass::SECRET_KEY),
         CkAttribute::KeyType(KeyType::AES),
-        CkAttribute::ValueLen(narrow(u64::from(size_bits / 8)).into()),
+        CkAttribute::ValueLen(narrow(u64::from(request.size / 8)).into()),
     ];
-    t.extend(template(ObjectType::SecretKey, cka_id, label, attributes));
+    t.extend(template(
+        ObjectType::SecretKey,
+        &request.cka_id,
+        &request.label,
+        request.attributes,
+    ));
+    trusted_wrapping_only(&mut t, request);
     t
 }
 
-pub(crate) fn rsa_templates(
-    cka_id: &[u8],
-    label: &str,
-    size_bits: u32,
-    attributes: AttributeSet,
-) -> (Vec<CkAttribute>, Vec<CkAttribute>) {
+/// (public, private) templates of an RSA pair.
+pub(crate) fn rsa_templates(request: &GenerateRequest) -> (Vec<CkAttribute>, Vec<CkAttribute>) {
     let mut public = vec![
         CkAttribute::Class(ObjectClass::PUBLIC_KEY),
         CkAttribute::KeyType(KeyType::RSA),
-        CkAttribute::ModulusBits(narrow(u64::from(size_bits)).into()),
+        CkAttribute::ModulusBits(narrow(u64::from(request.size)).into()),
         CkAttribute::PublicExponent(vec![0x01, 0x00, 0x01]),
     ];
-    public.extend(template(ObjectType::PublicKey, cka_id, label, attributes));
+    public.extend(template(
+        ObjectType::PublicKey,
+        &request.cka_id,
+        &request.label,
+        request.attributes,
+    ));
     let mut private = vec![
         CkAttribute::Class(ObjectClass::PRIVATE_KEY),
         CkAttribute::KeyType(KeyType::RSA),
     ];
-    private.extend(template(ObjectType::PrivateKey, cka_id, label, attributes));
+    private.extend(template(
+        ObjectType::PrivateKey,
+        &request.cka_id,
+        &request.label,
+        request.attributes,
+    ));
+    trusted_wrapping_only(&mut private, request);
     (public, private)
 }
 
@@ -257,6 +328,7 @@ const DESCRIBED: &[AttributeType] = &[
     AttributeType::Sign,
     AttributeType::Verify,
     AttributeType::Derive,
+    AttributeType::WrapWithTrusted,
 ];
 
 /// Reads an object's description in one `C_GetAttributeValue` round (two at most).
@@ -273,6 +345,7 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
     let mut exponent = Vec::new();
     let mut check_value = Vec::new();
     let mut attributes = AttributeSet::empty();
+    let mut wrap_with_trusted = false;
     for value in values {
         match value {
             CkAttribute::Class(c) => class = Some(c),
@@ -283,6 +356,7 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
             CkAttribute::Modulus(m) => modulus = m,
             CkAttribute::PublicExponent(e) => exponent = e,
             CkAttribute::CheckValue(v) => check_value = v,
+            CkAttribute::WrapWithTrusted(v) => wrap_with_trusted = v,
             other => {
                 if let Some((attribute, true)) = as_boolean(&other) {
                     attributes.insert(attribute);
@@ -327,6 +401,7 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
         modulus,
         public_exponent,
         attributes,
+        wrap_with_trusted,
         fingerprint,
     })
 }

@@ -5,6 +5,7 @@ use std::ops::{ControlFlow, Deref};
 use std::sync::{Arc, Mutex};
 
 use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::Attribute as CkAttribute;
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -14,7 +15,7 @@ use secrecy::SecretString;
 use crate::error::{call, Result, TokenError};
 use crate::module::{Module, TokenSummary};
 use crate::object::{self, ObjectDescription, ObjectRef};
-use crate::{GenerateRequest, Generated, Partition, ScanOutcome, TokenInfo};
+use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo};
 
 /// Idle sessions kept per token; more are opened under load and closed after.
 const MAX_IDLE_SESSIONS: usize = 16;
@@ -243,24 +244,14 @@ impl Partition for TokenPartition {
             let mechanism = object::ck_mechanism(mechanism_used);
             let objects = match algorithm {
                 Algorithm::Aes => {
-                    let template = object::secret_key_template(
-                        &request.cka_id,
-                        &request.label,
-                        request.size,
-                        request.attributes,
-                    );
+                    let template = object::secret_key_template(request);
                     let handle = session
                         .generate_key(&mechanism, &template)
                         .map_err(call("C_GenerateKey"))?;
                     vec![object::describe(session, handle.into())?]
                 }
                 Algorithm::Rsa => {
-                    let (public, private) = object::rsa_templates(
-                        &request.cka_id,
-                        &request.label,
-                        request.size,
-                        request.attributes,
-                    );
+                    let (public, private) = object::rsa_templates(request);
                     let (public, private) = session
                         .generate_key_pair(&mechanism, &public, &private)
                         .map_err(call("C_GenerateKeyPair"))?;
@@ -304,6 +295,58 @@ impl Partition for TokenPartition {
             session
                 .destroy_object(object.handle())
                 .map_err(call("C_DestroyObject"))
+        })
+    }
+
+    fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> Result<Portable> {
+        if object.object_type == Some(ObjectType::PublicKey) {
+            return Ok(Portable {
+                object: object.clone(),
+                wrapped: None,
+            });
+        }
+        let id = crate::domain::domain_key_id(&self.info.serial_number, target_serial);
+        self.with_session(|session| {
+            let domain_key =
+                crate::domain::find_domain_key(session, &id)?.ok_or_else(|| TokenError::NoCloningDomain {
+                    from: self.info.label.clone(),
+                    to: target_serial.to_owned(),
+                })?;
+            let wrapped = session
+                .wrap_key(&CkMechanism::AesKeyWrapPad, domain_key, object.handle.handle())
+                .map_err(call("C_WrapKey"))?;
+            Ok(Portable {
+                object: object.clone(),
+                wrapped: Some(wrapped),
+            })
+        })
+    }
+
+    fn import_from(&self, portable: &Portable, source_serial: &str) -> Result<ObjectDescription> {
+        let template = object::import_template(&portable.object)?;
+        let id = crate::domain::domain_key_id(&self.info.serial_number, source_serial);
+        self.writing(|session| {
+            let handle = match &portable.wrapped {
+                None => session.create_object(&template).map_err(call("C_CreateObject"))?,
+                Some(wrapped) => {
+                    let domain_key = crate::domain::find_domain_key(session, &id)?.ok_or_else(|| {
+                        TokenError::NoCloningDomain {
+                            from: source_serial.to_owned(),
+                            to: self.info.label.clone(),
+                        }
+                    })?;
+                    session
+                        .unwrap_key(&CkMechanism::AesKeyWrapPad, domain_key, wrapped, &template)
+                        .map_err(call("C_UnwrapKey"))?
+                }
+            };
+            let mut made = object::describe(session, handle.into())?;
+            // SoftHSM2 neither takes CKA_VALUE_LEN in an unwrap template nor
+            // sets it; AES key wrap keeps the length, so the source's stands.
+            if made.size_bits == 0 {
+                made.size_bits = portable.object.size_bits;
+            }
+            Ok(made)
         })
     }
 

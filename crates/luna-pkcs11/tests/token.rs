@@ -24,6 +24,7 @@ fn request(mechanism: Mechanism, size: u32, attributes: AttributeSet) -> Generat
         attributes,
         remap: true,
         retry: false,
+        wrap_with_trusted: false,
     }
 }
 

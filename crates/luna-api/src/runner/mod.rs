@@ -277,6 +277,7 @@ impl Runner {
             }),
             remap,
             retry: op.attempts > 1,
+            wrap_with_trusted: false,
         };
         let generated = token.generate(&request).map_err(|e| e.to_string())?;
         for key in &mut keys {

@@ -1,0 +1,261 @@
+//! The cloning domain on real SoftHSM2 tokens: keys travel between members
+//! only wrapped under the trusted domain key, and SoftHSM2 itself enforces
+//! what the design relies on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::Mechanism as CkMechanism;
+use cryptoki::object::{Attribute as CkAttribute, KeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use luna_domain::{AttributeSet, Mechanism, ObjectType};
+use luna_pkcs11::cryptoki;
+use luna_pkcs11::testing::{fresh_token_label, module, SO_PIN, USER_PIN};
+use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition, TokenSummary};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+fn summary(label: &str) -> TokenSummary {
+    module()
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.label == label)
+        .unwrap()
+}
+
+fn open(label: &str) -> TokenPartition {
+    module()
+        .open_partition(label, None, SecretString::from(USER_PIN))
+        .unwrap()
+}
+
+/// Two fresh tokens sharing a cloning domain, opened as partitions.
+fn domain_pair(prefix: &str) -> (TokenPartition, TokenPartition) {
+    let (a, b) = (
+        fresh_token_label(&format!("{prefix}-a")),
+        fresh_token_label(&format!("{prefix}-b")),
+    );
+    let members = [summary(&a), summary(&b)];
+    module()
+        .establish_cloning_domain(&members, &SecretString::from(SO_PIN))
+        .unwrap();
+    // Establishing again keeps the domain.
+    module()
+        .establish_cloning_domain(&members, &SecretString::from(SO_PIN))
+        .unwrap();
+    (open(&a), open(&b))
+}
+
+fn request(mechanism: Mechanism, size: u32, attributes: &[&str]) -> GenerateRequest {
+    GenerateRequest {
+        cka_id: Uuid::new_v4().as_bytes().to_vec(),
+        label: "travelling".into(),
+        mechanism,
+        size,
+        attributes: AttributeSet::parse_names(attributes).unwrap(),
+        remap: true,
+        wrap_with_trusted: true,
+        retry: false,
+    }
+}
+
+/// A raw session on a token, for what the service never does itself.
+fn raw_session(label: &str) -> Session {
+    let context = Pkcs11::new(module().path()).unwrap();
+    match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let slot = context
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| context.get_token_info(*s).unwrap().label().trim_end() == label)
+        .unwrap();
+    let session = context.open_rw_session(slot).unwrap();
+    match session.login(UserType::User, Some(&SecretString::from(USER_PIN))) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    session
+}
+
+fn rv(result: Result<impl std::fmt::Debug, CryptokiError>) -> RvError {
+    match result {
+        Err(CryptokiError::Pkcs11(rv, _)) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_aes_key_clones_to_the_other_member_with_the_same_value_and_attributes() {
+    let (a, b) = domain_pair("clone-aes");
+    let made = a
+        .generate(&request(
+            Mechanism::AesKeyGen,
+            256,
+            &["CKA_ENCRYPT", "CKA_DECRYPT", "CKA_EXTRACTABLE", "CKA_SENSITIVE"],
+        ))
+        .unwrap();
+    let original = &made.objects[0];
+    assert!(original.wrap_with_trusted);
+    let portable = a.export_to(original, &b.info().serial_number).unwrap();
+    let wrapped = portable.wrapped.clone().unwrap();
+    assert!(
+        wrapped.len() >= 40,
+        "AES-256 wrapped with KWP: {} bytes",
+        wrapped.len()
+    );
+    let copy = b.import_from(&portable, &a.info().serial_number).unwrap();
+    assert_eq!(
+        (copy.object_type, copy.size_bits, copy.label.as_str()),
+        (original.object_type, 256, "travelling")
+    );
+    assert_eq!(
+        (&copy.cka_id, copy.attributes, copy.wrap_with_trusted),
+        (&original.cka_id, original.attributes, true)
+    );
+    // (The fingerprints may differ: SoftHSM2 does not compute CKA_CHECK_VALUE
+    // for an unwrapped key, and the fingerprint includes it.)
+
+    // Same value: what one member encrypts, the other decrypts.
+    let (ra, rb) = (raw_session(&a.info().label), raw_session(&b.info().label));
+    let find = |s: &Session| {
+        s.find_objects(&[
+            CkAttribute::Id(original.cka_id.clone()),
+            CkAttribute::Class(ObjectClass::SECRET_KEY),
+        ])
+        .unwrap()[0]
+    };
+    let plain = b"sixteen byte msg".to_vec();
+    let sealed = ra.encrypt(&CkMechanism::AesEcb, find(&ra), &plain).unwrap();
+    assert_ne!(sealed, plain);
+    assert_eq!(
+        rb.decrypt(&CkMechanism::AesEcb, find(&rb), &sealed).unwrap(),
+        plain
+    );
+}
+
+#[test]
+fn an_rsa_pair_clones_the_private_key_wrapped_and_the_public_key_by_its_attributes() {
+    let (a, b) = domain_pair("clone-rsa");
+    let made = a
+        .generate(&request(
+            Mechanism::RsaPkcsKeyPairGen,
+            2048,
+            &["CKA_SIGN", "CKA_VERIFY", "CKA_EXTRACTABLE"],
+        ))
+        .unwrap();
+    for object in &made.objects {
+        let portable = a.export_to(object, &b.info().serial_number).unwrap();
+        assert_eq!(
+            portable.wrapped.is_some(),
+            object.object_type == Some(ObjectType::PrivateKey)
+        );
+        let copy = b.import_from(&portable, &a.info().serial_number).unwrap();
+        assert_eq!(
+            (copy.object_type, &copy.modulus, copy.public_exponent),
+            (object.object_type, &object.modulus, 65537)
+        );
+        assert_eq!(
+            (copy.attributes, &copy.cka_id),
+            (object.attributes, &object.cka_id)
+        );
+    }
+    assert_eq!(b.find_by_id(&made.objects[0].cka_id).unwrap().len(), 2);
+}
+
+#[test]
+fn softhsm_enforces_the_domain_rules() {
+    let (a, _b) = domain_pair("enforce");
+    let made = a
+        .generate(&request(
+            Mechanism::AesKeyGen,
+            256,
+            &["CKA_EXTRACTABLE", "CKA_MODIFIABLE"],
+        ))
+        .unwrap();
+    let session = raw_session(&a.info().label);
+    let key = session
+        .find_objects(&[CkAttribute::Id(made.objects[0].cka_id.clone())])
+        .unwrap()[0];
+    // A wrapping key the user makes is not trusted, and cannot wrap the key.
+    let untrusted = session
+        .generate_key(
+            &CkMechanism::AesKeyGen,
+            &[
+                CkAttribute::Token(false),
+                CkAttribute::ValueLen(32.into()),
+                CkAttribute::Wrap(true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        rv(session.wrap_key(&CkMechanism::AesKeyWrapPad, untrusted, key)),
+        RvError::KeyNotWrappable
+    );
+    // The user can neither make a trusted key nor clear CKA_WRAP_WITH_TRUSTED.
+    let trusted_attempt = session.generate_key(
+        &CkMechanism::AesKeyGen,
+        &[
+            CkAttribute::Token(false),
+            CkAttribute::ValueLen(32.into()),
+            CkAttribute::Wrap(true),
+            CkAttribute::Trusted(true),
+        ],
+    );
+    assert!(trusted_attempt.is_err(), "a user made a trusted key");
+    assert!(
+        session
+            .update_attributes(untrusted, &[CkAttribute::Trusted(true)])
+            .is_err(),
+        "a user marked a key trusted"
+    );
+    assert!(
+        session
+            .update_attributes(key, &[CkAttribute::WrapWithTrusted(false)])
+            .is_err(),
+        "CKA_WRAP_WITH_TRUSTED was cleared"
+    );
+    // A key that is not extractable cannot be wrapped by anyone, domain or not.
+    let locked = a
+        .generate(&GenerateRequest {
+            ..request(Mechanism::AesKeyGen, 256, &["CKA_SENSITIVE"])
+        })
+        .unwrap();
+    let err = a
+        .export_to(&locked.objects[0], &_b.info().serial_number)
+        .unwrap_err();
+    assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+    let _ = KeyType::AES;
+}
+
+#[test]
+fn without_a_domain_nothing_travels_and_a_logged_in_user_blocks_the_so() {
+    let a = open(&fresh_token_label("nodomain-a"));
+    let b = open(&fresh_token_label("nodomain-b"));
+    let made = a
+        .generate(&request(Mechanism::AesKeyGen, 128, &["CKA_EXTRACTABLE"]))
+        .unwrap();
+    let err = a
+        .export_to(&made.objects[0], &b.info().serial_number)
+        .unwrap_err();
+    assert!(matches!(err, TokenError::NoCloningDomain { .. }), "{err}");
+    // The user is logged in to both: the SO cannot work on them now.
+    let members = [summary(&a.info().label), summary(&b.info().label)];
+    let err = module()
+        .establish_cloning_domain(&members, &SecretString::from(SO_PIN))
+        .unwrap_err();
+    assert!(matches!(err, TokenError::UserSessionOpen { .. }), "{err}");
+    let err = module()
+        .establish_cloning_domain(
+            &[
+                summary(&fresh_token_label("nodomain-c")),
+                summary(&fresh_token_label("nodomain-d")),
+            ],
+            &SecretString::from("wrong-so-pin"),
+        )
+        .unwrap_err();
+    assert_eq!(err.rv(), Some(RvError::PinIncorrect), "{err}");
+}
