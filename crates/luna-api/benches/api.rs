@@ -282,7 +282,7 @@ fn refresh(n: usize) {
     let through_api = start.elapsed();
     assert_eq!(api.get(&path).1["overall_status"], "completed");
     assert_eq!(
-        api.get(&format!("/cckm/hsm/luna/keys?origin=external&limit=1")).1["total"],
+        api.get("/cckm/hsm/luna/keys?origin=external&limit=1").1["total"],
         n
     );
     println!(
