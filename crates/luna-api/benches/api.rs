@@ -261,8 +261,8 @@ fn refresh(n: usize) {
     let start = Instant::now();
     let mut described = 0;
     token
-        .scan(256, &mut |batch| {
-            described += token.describe_many(batch).unwrap().len();
+        .scan_described(256, &mut |batch| {
+            described += batch.len();
             std::ops::ControlFlow::Continue(())
         })
         .unwrap();

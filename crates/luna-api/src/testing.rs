@@ -156,16 +156,28 @@ impl Api {
 
     /// Registers fresh tokens as a connection and a partition; returns the partition.
     pub fn partition(&self, name: &str, members: usize) -> Value {
+        self.partition_with(name, members, false)
+    }
+
+    /// The same, with `so_password`: an HA partition whose members share a cloning domain.
+    pub fn partition_with_domain(&self, name: &str, members: usize) -> Value {
+        self.partition_with(name, members, true)
+    }
+
+    fn partition_with(&self, name: &str, members: usize, cloning_domain: bool) -> Value {
         let labels: Vec<String> = (0..members)
             .map(|i| fresh_token_label(&format!("{name}-{i}")))
             .collect();
-        let body = json!({
+        let mut body = json!({
             "name": format!("{name}-{}", uuid::Uuid::new_v4().simple()),
             "password": USER_PIN,
             "is_ha_enabled": members > 1,
             "partitions": labels.iter().map(|l| json!({"hostname": "softhsm", "partition_label": l})).collect::<Vec<_>>(),
             "description": "test",
         });
+        if cloning_domain {
+            body["so_password"] = json!(luna_pkcs11::testing::SO_PIN);
+        }
         let (status, connection) =
             self.send("POST", "/connectionmgmt/services/luna-network/connections", &body);
         assert_eq!(status, 201, "{connection}");

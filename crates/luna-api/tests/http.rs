@@ -26,7 +26,7 @@ fn reference_create(partition_id: &Value) -> Value {
 on_both_backends! {
     fn the_reference_walk_through_answers_as_the_reference_does(db: TestDatabase) {
         let api = Api::start(db);
-        let partition = api.partition("walk", 2);
+        let partition = api.partition_with_domain("walk", 2);
         assert_eq!(partition["members"].as_array().unwrap().len(), 2);
 
         // Create: in_progress, the private record with the public one under links.
@@ -53,8 +53,8 @@ on_both_backends! {
         assert_eq!(key["link_id"], public_id);
         let serials: Vec<&str> = partition["members"].as_array().unwrap().iter().map(|m| m["serial_number"].as_str().unwrap()).collect();
         assert_eq!(key["replication_info"][serials[0]], "available");
-        assert!(key["replication_info"][serials[1]].as_str().unwrap().contains("not on this member yet"));
-        assert_eq!(key["replicated"], false);
+        assert_eq!(key["replication_info"][serials[1]], "available", "cloned to the second member");
+        assert_eq!(key["replicated"], true);
         let public = api.settled(&public_id);
         assert_eq!((public["object_type"].as_str(), public["modulus"].as_str()), (Some("public key"), key["modulus"].as_str()));
 
@@ -84,11 +84,13 @@ on_both_backends! {
         let deleted = api.settled(&id);
         assert_same_values(&deleted, &reference("key_delete_completed"), &["status", "operation", "operation_status"]);
         assert_eq!(api.settled(&public_id)["status"], "DELETED");
-        let token = luna_pkcs11::testing::module()
-            .open_partition(partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
-            .unwrap();
         let cka_id = uuid::Uuid::parse_str(&id).unwrap();
-        assert!(token.find_by_id(cka_id.as_bytes()).unwrap().is_empty(), "no object is left on the token");
+        for member in partition["members"].as_array().unwrap() {
+            let token = luna_pkcs11::testing::module()
+                .open_partition(member["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+                .unwrap();
+            assert!(token.find_by_id(cka_id.as_bytes()).unwrap().is_empty(), "no object is left on any member");
+        }
 
         // Delete from CCKM: 204, and both records are gone here.
         let (status, body) = api.call("DELETE", &format!("{KEYS}/{id}"), Some(&api.token), None);

@@ -143,23 +143,89 @@ on_both_backends! {
         assert_eq!(ended(&api, "refresh", next["id"].as_str().unwrap())["overall_status"], "completed");
     }
 
-    fn synchronize_reports_what_an_ha_member_lacks(db: TestDatabase) {
+    fn without_a_cloning_domain_synchronize_says_why(db: TestDatabase) {
         let api = Api::start(db);
-        let partition = api.partition("sync", 2);
+        let partition = api.partition("nodomain", 2);
         let pid = partition["id"].as_str().unwrap().to_owned();
         let (_, made) = api.send("POST", KEYS, &json!({"label": "on-first", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}));
-        api.settled(made["id"].as_str().unwrap());
+        let key = api.settled(made["id"].as_str().unwrap());
+        let second = partition["members"][1]["serial_number"].as_str().unwrap();
+        assert!(key["replication_info"][second].as_str().unwrap().contains("share no cloning domain"), "{key}");
+        assert_eq!(key["replicated"], false);
         let job = start(&api, "synchronize", json!({"partitions": [pid]}));
         assert_shaped_like(&job, &reference("synchronize_create"), "synchronize");
         assert_eq!(job["job_type"], "ha_synchronize");
         let done = ended(&api, "synchronize", job["id"].as_str().unwrap());
         assert_eq!(done["overall_status"], "failed", "{done}");
-        let reason = done["detailed_status"][&pid].as_str().unwrap();
-        assert!(reason.contains("lacks 1 key object") && reason.contains("cloning"), "{reason}");
-        // Identical members synchronize cleanly.
-        let twin = api.partition("sync-empty", 2);
-        let job = start(&api, "synchronize", json!({"partitions": [twin["id"]]}));
-        assert_eq!(ended(&api, "synchronize", job["id"].as_str().unwrap())["overall_status"], "completed");
+        assert!(done["detailed_status"][&pid].as_str().unwrap().contains("share no cloning domain"), "{done}");
+    }
+
+    fn within_a_cloning_domain_keys_replicate_and_synchronize(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition_with_domain("domain", 2);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let serials: Vec<String> = partition["members"].as_array().unwrap().iter().map(|m| m["serial_number"].as_str().unwrap().to_owned()).collect();
+        let (first, second) = (token_of(&partition, 0), token_of(&partition, 1));
+
+        // A key the user made not extractable still clones within the domain.
+        let (_, made) = api.send("POST", KEYS, &json!({"label": "locked", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_SENSITIVE", "CKA_ENCRYPT", "CKA_MODIFIABLE"]}));
+        let id = made["id"].as_str().unwrap().to_owned();
+        let key = api.settled(&id);
+        assert_eq!((key["replicated"].as_bool(), key["replication_info"][&serials[1]].as_str()), (Some(true), Some("available")), "{key}");
+        assert!(!key["attributes"].as_array().unwrap().contains(&json!("CKA_EXTRACTABLE")), "reported as the user set it: {key}");
+        let cka_id = uuid::Uuid::parse_str(&id).unwrap();
+        let copy = second.find_by_id(cka_id.as_bytes()).unwrap().remove(0);
+        assert!(copy.wrap_with_trusted, "only the domain may wrap it on the other member too");
+
+        // An object lost on one member: refresh says so, replicate brings it back.
+        second.destroy(copy.handle).unwrap();
+        let job = start(&api, "refresh", json!({"partitions": [pid]}));
+        assert_eq!(ended(&api, "refresh", job["id"].as_str().unwrap())["overall_status"], "completed");
+        let key = api.get(&format!("{KEYS}/{id}")).1;
+        assert_eq!(key["replication_info"][&serials[1]], "the key is not on this member", "{key}");
+        assert_eq!((key["replicated"].as_bool(), key["status"].as_str()), (Some(false), Some("AVAILABLE")));
+        let (status, _) = api.post_empty(&format!("{KEYS}/{id}/replicate"));
+        assert_eq!(status, 200);
+        let key = api.settled(&id);
+        assert_eq!((key["operation_status"].as_str(), key["replicated"].as_bool()), (Some("completed"), Some(true)), "{key}");
+        assert_eq!(second.find_by_id(cka_id.as_bytes()).unwrap().len(), 1);
+
+        // PATCH CKA_EXTRACTABLE true -> false: the record changes, the key still clones.
+        let (_, rsa) = api.send("POST", KEYS, &json!({"label": "pair", "size": 2048, "partition_id": pid, "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN", "attributes": ["CKA_EXTRACTABLE", "CKA_MODIFIABLE", "CKA_SIGN"]}));
+        let rsa_id = rsa["id"].as_str().unwrap().to_owned();
+        assert!(api.settled(&rsa_id)["attributes"].as_array().unwrap().contains(&json!("CKA_EXTRACTABLE")));
+        let (status, _) = api.send("PATCH", &format!("{KEYS}/{rsa_id}"), &json!({"attributes": [{"type": "CKA_EXTRACTABLE", "value": false}]}));
+        assert_eq!(status, 200);
+        let patched = api.settled(&rsa_id);
+        assert_eq!(patched["operation_status"], "completed", "{patched}");
+        assert!(!patched["attributes"].as_array().unwrap().contains(&json!("CKA_EXTRACTABLE")), "{patched}");
+        let rsa_cka = uuid::Uuid::parse_str(&rsa_id).unwrap();
+        for object in second.find_by_id(rsa_cka.as_bytes()).unwrap() {
+            second.destroy(object.handle).unwrap();
+        }
+
+        // Synchronize clones what a member lacks: the pair, and a key made outside on the first member only.
+        let mut outside = GenerateRequest {
+            cka_id: b"outside-only-on-first".to_vec(),
+            label: "outside".into(),
+            mechanism: Mechanism::AesKeyGen,
+            size: 128,
+            attributes: AttributeSet::parse_names(&["CKA_EXTRACTABLE", "CKA_ENCRYPT"]).unwrap(),
+            remap: true,
+            wrap_with_trusted: false,
+            retry: false,
+        };
+        outside.wrap_with_trusted = false;
+        first.generate(&outside).unwrap();
+        let job = start(&api, "synchronize", json!({"partitions": [pid]}));
+        let done = ended(&api, "synchronize", job["id"].as_str().unwrap());
+        assert_eq!(done["overall_status"], "completed", "{done}");
+        assert_eq!(second.find_by_id(rsa_cka.as_bytes()).unwrap().len(), 2, "both halves are back");
+        assert_eq!(second.find_by_id(b"outside-only-on-first").unwrap().len(), 1);
+        let (_, external) = api.get(&format!("{KEYS}?origin=external&partition_id={pid}"));
+        assert_eq!(external["total"], 1, "{external}");
+        assert_eq!(external["resources"][0]["replicated"], true);
+        assert_eq!(api.get(&format!("{KEYS}/{rsa_id}")).1["replicated"], true);
     }
 
     fn every_bad_job_request_is_a_4xx(db: TestDatabase) {

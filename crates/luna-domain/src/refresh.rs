@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::attribute::AttributeSet;
+use crate::attribute::{Attribute, AttributeSet};
 use crate::key::{Algorithm, Key, KeyEvent, KeyLifecycle, KeyStatus, ObjectType, Origin};
 
 /// A key object one member holds, as its token describes it.
@@ -28,6 +28,9 @@ pub struct ObservedObject {
     pub modulus: String,
     pub exponent: u64,
     pub attributes: AttributeSet,
+    /// Only a cloning-domain key may wrap it; the token reports it extractable
+    /// so the domain can copy it, and the record keeps the user's choice.
+    pub wrap_with_trusted: bool,
     pub fingerprint: String,
 }
 
@@ -106,6 +109,12 @@ pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: Dat
                 key.label = object.label.clone();
                 key.size = object.size;
                 key.attributes = object.attributes;
+                if object.wrap_with_trusted {
+                    key.attributes.set(
+                        Attribute::Extractable,
+                        record.attributes.contains(Attribute::Extractable),
+                    );
+                }
                 key.modulus = object.modulus.clone();
                 key.exponent = object.exponent;
                 key.sha_256_fingerprint = object.fingerprint.clone();
@@ -239,6 +248,7 @@ mod tests {
             },
             exponent: 0,
             attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
+            wrap_with_trusted: false,
             fingerprint: format!("fp-{uid}"),
         }
     }
@@ -357,6 +367,29 @@ mod tests {
         );
         assert_eq!(key.replication_info["s2"], "member s2 is down");
         assert!(!key.replicated);
+    }
+
+    #[test]
+    fn a_wrap_with_trusted_key_keeps_the_extractable_the_user_set() {
+        let s = scope();
+        let mut on_token = object("aa04", ObjectType::SecretKey, b"\xaa", "a");
+        on_token.attributes.insert(Attribute::Extractable);
+        on_token.wrap_with_trusted = true;
+        let mut recorded = record(&s, &on_token);
+        recorded.attributes.set(Attribute::Extractable, false);
+        recorded.label = "renamed since".into();
+        let plan = plan(
+            &s,
+            &[recorded],
+            &[
+                MemberView::Read(vec![on_token.clone()]),
+                MemberView::Read(vec![on_token]),
+            ],
+            Utc::now(),
+        );
+        let (key, _) = &plan.updated[0];
+        assert!(!key.attributes.contains(Attribute::Extractable));
+        assert!(key.attributes.contains(Attribute::Sign));
     }
 
     #[test]

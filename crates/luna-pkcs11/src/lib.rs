@@ -112,6 +112,14 @@ pub trait Partition: Send + Sync + std::fmt::Debug {
         batch_size: usize,
         visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
     ) -> Result<ScanOutcome>;
+    /// `scan`, with each batch described on the scan's own session. The
+    /// visitor must not call back into this partition (use this instead of
+    /// `describe_many` inside a `scan` visitor).
+    fn scan_described(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<ObjectDescription>) -> ControlFlow<()>,
+    ) -> Result<ScanOutcome>;
     /// Prepares `object` to travel to the member with serial `target_serial`.
     fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> Result<Portable>;
     /// Makes the travelling key here, with its `CKA_ID`, label and attributes.

@@ -31,9 +31,10 @@ pub struct Module {
     /// answers `CKR_USER_ALREADY_LOGGED_IN` whatever PIN it is given; this is
     /// what a later PIN is checked against then (a token has one user PIN).
     proven_pins: Mutex<HashMap<String, [u8; 32]>>,
-    /// SoftHSM2's file object store races when two sessions write objects to
-    /// one token at once (softhsm/SoftHSMv2#573: `CKR_GENERAL_ERROR` from
-    /// `C_GenerateKey`), so its object writes go one at a time per token.
+    /// SoftHSM2's file object store races when a session writes objects while
+    /// another writes or reads the same token (softhsm/SoftHSMv2#573:
+    /// `CKR_GENERAL_ERROR` from `C_GenerateKey`), so on it a write excludes
+    /// every other call on that token; reads still run together.
     pub(crate) serialize_object_writes: bool,
 }
 

@@ -53,6 +53,9 @@ pub struct ObjectDescription {
     pub attributes: AttributeSet,
     /// `CKA_WRAP_WITH_TRUSTED`: only a trusted (cloning domain) key may wrap it.
     pub wrap_with_trusted: bool,
+    /// `CKA_TRUSTED`: set only by a security officer; a cloning domain key,
+    /// which the service never lists, refreshes or clones.
+    pub trusted: bool,
     pub fingerprint: [u8; 32],
 }
 
@@ -329,6 +332,7 @@ const DESCRIBED: &[AttributeType] = &[
     AttributeType::Verify,
     AttributeType::Derive,
     AttributeType::WrapWithTrusted,
+    AttributeType::Trusted,
 ];
 
 /// Reads an object's description in one `C_GetAttributeValue` round (two at most).
@@ -346,6 +350,7 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
     let mut check_value = Vec::new();
     let mut attributes = AttributeSet::empty();
     let mut wrap_with_trusted = false;
+    let mut trusted = false;
     for value in values {
         match value {
             CkAttribute::Class(c) => class = Some(c),
@@ -357,6 +362,7 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
             CkAttribute::PublicExponent(e) => exponent = e,
             CkAttribute::CheckValue(v) => check_value = v,
             CkAttribute::WrapWithTrusted(v) => wrap_with_trusted = v,
+            CkAttribute::Trusted(v) => trusted = v,
             other => {
                 if let Some((attribute, true)) = as_boolean(&other) {
                     attributes.insert(attribute);
@@ -402,6 +408,7 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
         public_exponent,
         attributes,
         wrap_with_trusted,
+        trusted,
         fingerprint,
     })
 }

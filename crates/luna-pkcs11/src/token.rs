@@ -2,7 +2,7 @@
 
 use std::num::NonZeroUsize;
 use std::ops::{ControlFlow, Deref};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::Mechanism as CkMechanism;
@@ -17,6 +17,9 @@ use crate::module::{Module, TokenSummary};
 use crate::object::{self, ObjectDescription, ObjectRef};
 use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo};
 
+/// What `scan_with` calls for each batch, on the scan's own session.
+type BatchVisitor<'a> = dyn FnMut(&Session, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
+
 /// Idle sessions kept per token; more are opened under load and closed after.
 const MAX_IDLE_SESSIONS: usize = 16;
 
@@ -29,8 +32,9 @@ pub struct TokenPartition {
     info: TokenInfo,
     pin: SecretString,
     idle: Mutex<Vec<Session>>,
-    /// Held around object writes on modules that need it (see `Module`).
-    object_writes: Mutex<()>,
+    /// On modules that need it (see `Module`): object writes hold it
+    /// exclusively, everything else shared, so no call runs beside a write.
+    object_writes: RwLock<()>,
 }
 
 /// A session on loan from the pool; it goes back on drop unless it broke.
@@ -99,7 +103,7 @@ impl TokenPartition {
             },
             pin,
             idle: Mutex::new(Vec::new()),
-            object_writes: Mutex::new(()),
+            object_writes: RwLock::new(()),
         };
         // Proves the PIN now rather than at the first key operation.
         let session = partition
@@ -147,8 +151,28 @@ impl TokenPartition {
     }
 
     /// Runs `work` on a pooled session, discarding the session if the error
-    /// says it is no longer usable.
+    /// says it is no longer usable. Reads may run together; on SoftHSM2 none
+    /// runs beside a write (see `writing`).
     fn with_session<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        let _shared = self
+            .module
+            .serialize_object_writes
+            .then(|| self.object_writes.read().unwrap_or_else(|p| p.into_inner()));
+        self.on_session(work)
+    }
+
+    /// `with_session` for calls that create, change or destroy objects.
+    /// SoftHSM2's file store fails a write (CKR_GENERAL_ERROR) when another
+    /// session writes, or re-reads the token's objects, at the same time.
+    fn writing<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        let _exclusive = self
+            .module
+            .serialize_object_writes
+            .then(|| self.object_writes.write().unwrap_or_else(|p| p.into_inner()));
+        self.on_session(work)
+    }
+
+    fn on_session<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
         let session = self.session()?;
         match work(&session) {
             Err(error) if error.breaks_session() => {
@@ -159,13 +183,31 @@ impl TokenPartition {
         }
     }
 
-    /// `with_session` for calls that create, change or destroy objects.
-    fn writing<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let _serialized = self
-            .module
-            .serialize_object_writes
-            .then(|| self.object_writes.lock().unwrap_or_else(|p| p.into_inner()));
-        self.with_session(work)
+    fn scan_with(&self, batch_size: usize, visit: &mut BatchVisitor<'_>) -> Result<ScanOutcome> {
+        let batch_size = NonZeroUsize::new(batch_size).unwrap_or(NonZeroUsize::MIN);
+        self.with_session(|session| {
+            let mut outcome = ScanOutcome::default();
+            let template = [CkAttribute::Token(true)];
+            let objects = session
+                .iter_objects_with_cache_size(&template, batch_size)
+                .map_err(call("C_FindObjectsInit"))?;
+            let mut batch = Vec::with_capacity(batch_size.get());
+            let mut objects = objects.peekable();
+            while let Some(handle) = objects.next() {
+                batch.push(ObjectRef::from(handle.map_err(call("C_FindObjects"))?));
+                if batch.len() == batch_size.get() || objects.peek().is_none() {
+                    outcome.seen += batch.len();
+                    outcome.batches += 1;
+                    let flow = visit(session, &batch)?;
+                    batch.clear();
+                    if flow.is_break() {
+                        outcome.stopped = true;
+                        break;
+                    }
+                }
+            }
+            Ok(outcome)
+        })
     }
 
     fn choose_mechanism(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
@@ -298,6 +340,28 @@ impl Partition for TokenPartition {
         })
     }
 
+    fn scan(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
+    ) -> Result<ScanOutcome> {
+        self.scan_with(batch_size, &mut |_, batch| Ok(visit(batch)))
+    }
+
+    fn scan_described(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<ObjectDescription>) -> ControlFlow<()>,
+    ) -> Result<ScanOutcome> {
+        self.scan_with(batch_size, &mut |session, batch| {
+            let described = batch
+                .iter()
+                .map(|o| object::describe(session, *o))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(visit(described))
+        })
+    }
+
     fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> Result<Portable> {
         if object.object_type == Some(ObjectType::PublicKey) {
             return Ok(Portable {
@@ -347,37 +411,6 @@ impl Partition for TokenPartition {
                 made.size_bits = portable.object.size_bits;
             }
             Ok(made)
-        })
-    }
-
-    fn scan(
-        &self,
-        batch_size: usize,
-        visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
-    ) -> Result<ScanOutcome> {
-        let batch_size = NonZeroUsize::new(batch_size).unwrap_or(NonZeroUsize::MIN);
-        self.with_session(|session| {
-            let mut outcome = ScanOutcome::default();
-            let template = [CkAttribute::Token(true)];
-            let objects = session
-                .iter_objects_with_cache_size(&template, batch_size)
-                .map_err(call("C_FindObjectsInit"))?;
-            let mut batch = Vec::with_capacity(batch_size.get());
-            let mut objects = objects.peekable();
-            while let Some(handle) = objects.next() {
-                batch.push(ObjectRef::from(handle.map_err(call("C_FindObjects"))?));
-                if batch.len() == batch_size.get() || objects.peek().is_none() {
-                    outcome.seen += batch.len();
-                    outcome.batches += 1;
-                    let flow = visit(&batch);
-                    batch.clear();
-                    if flow.is_break() {
-                        outcome.stopped = true;
-                        break;
-                    }
-                }
-            }
-            Ok(outcome)
         })
     }
 }

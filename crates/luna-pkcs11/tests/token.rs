@@ -271,6 +271,51 @@ fn more_than_a_thousand_objects_enumerate_in_batches_that_can_stop() {
     assert_eq!((stopped.seen, stopped.batches, stopped.stopped), (300, 3, true));
 }
 
+/// A described scan (what refresh does) beside writes on the same token:
+/// no deadlock between the scan's shared lock and a writer, and no
+/// CKR_GENERAL_ERROR from SoftHSM2's store.
+#[test]
+fn describing_scans_and_writes_on_one_token_run_side_by_side() {
+    let token = fresh_token("scan-write");
+    for _ in 0..300 {
+        token
+            .generate(&request(Mechanism::AesKeyGen, 128, attrs(&[])))
+            .unwrap();
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let token = &token;
+        let scanner = done_tx.clone();
+        scope.spawn(move || {
+            for _ in 0..5 {
+                let mut described = 0;
+                token
+                    .scan_described(64, &mut |batch| {
+                        described += batch.len();
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                assert!(described >= 300);
+            }
+            scanner.send("scans").unwrap();
+        });
+        scope.spawn(move || {
+            for _ in 0..100 {
+                token
+                    .generate(&request(Mechanism::AesKeyGen, 256, attrs(&["CKA_ENCRYPT"])))
+                    .unwrap();
+            }
+            done_tx.send("writes").unwrap();
+        });
+        for _ in 0..2 {
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("a scan and writes on one token finish (no deadlock)");
+        }
+    });
+    assert_eq!(count_objects(&token), 400);
+}
+
 /// Every PATCH rule of the domain, tried on the token: what the domain refuses,
 /// the token refuses too, and what it allows, the token does.
 #[test]

@@ -32,6 +32,7 @@ fn observed(d: &ObjectDescription) -> Option<ObservedObject> {
         modulus: d.modulus_hex(),
         exponent: d.public_exponent,
         attributes: d.attributes,
+        wrap_with_trusted: d.wrap_with_trusted,
         fingerprint: d.fingerprint_hex(),
     })
 }
@@ -139,44 +140,118 @@ impl Runner {
             }
         };
         let stop = || self.store.job_abort_requested(job.id).unwrap_or(false);
-        let Some(views) = self.survey(&partition, &stop) else {
+        let Some(mut surveyed) = self.survey(&partition, &stop) else {
             return PartitionOutcome::Cancelled;
         };
-        let missing = match job.job_type {
-            JobType::Refresh => None,
-            JobType::HaSynchronize => missing_somewhere(&partition, &views),
-        };
-        match self.reconcile(&partition, &views) {
-            Err(reason) => PartitionOutcome::Failed(reason),
-            Ok(()) => match missing {
-                Some(reason) => PartitionOutcome::Failed(reason),
-                None => PartitionOutcome::Completed,
-            },
+        let mut failures = Vec::new();
+        if job.job_type == JobType::HaSynchronize && partition.members.len() > 1 {
+            match self.clone_missing(&partition, &surveyed, &stop) {
+                None => return PartitionOutcome::Cancelled,
+                Some(problems) => failures = problems,
+            }
+            // The records are refreshed from what the members hold now.
+            match self.survey(&partition, &stop) {
+                Some(again) => surveyed = again,
+                None => return PartitionOutcome::Cancelled,
+            }
+        }
+        let views: Vec<MemberView> = surveyed
+            .iter()
+            .map(|s| match s {
+                Ok(objects) => MemberView::Read(objects.iter().filter_map(observed).collect()),
+                Err(reason) => MemberView::Unreachable(reason.clone()),
+            })
+            .collect();
+        if let Err(reason) = self.reconcile(&partition, &views) {
+            failures.push(reason);
+        }
+        if failures.is_empty() {
+            PartitionOutcome::Completed
+        } else {
+            PartitionOutcome::Failed(failures.join("; "))
         }
     }
 
-    /// What every member holds; `None` if the job was cancelled meanwhile.
-    fn survey(&self, partition: &Partition, stop: &dyn Fn() -> bool) -> Option<Vec<MemberView>> {
+    /// Clones every key object some member holds to each member that lacks
+    /// it; returns what could not be cloned, or `None` if cancelled.
+    fn clone_missing(
+        &self,
+        partition: &Partition,
+        surveyed: &[Result<Vec<ObjectDescription>, String>],
+        stop: &dyn Fn() -> bool,
+    ) -> Option<Vec<String>> {
+        let mut problems = Vec::new();
+        for (m, member) in partition.members.iter().enumerate() {
+            let held: BTreeSet<String> = match &surveyed[m] {
+                Ok(objects) => objects.iter().map(ObjectDescription::object_uid).collect(),
+                Err(reason) => {
+                    problems.push(format!("{}: {reason}", member.partition_label));
+                    continue;
+                }
+            };
+            let mut cloned: BTreeSet<String> = BTreeSet::new();
+            for (h, holder) in partition.members.iter().enumerate() {
+                let Ok(objects) = &surveyed[h] else { continue };
+                for object in objects {
+                    let uid = object.object_uid();
+                    if h == m || held.contains(&uid) || cloned.contains(&uid) {
+                        continue;
+                    }
+                    if stop() {
+                        return None;
+                    }
+                    let copied = self
+                        .tokens
+                        .member(partition.connection_id, holder)
+                        .and_then(|source| {
+                            let portable = source
+                                .export_to(object, &member.serial_number)
+                                .map_err(|e| e.to_string())?;
+                            let target = self.tokens.member(partition.connection_id, member)?;
+                            target
+                                .import_from(&portable, &holder.serial_number)
+                                .map_err(|e| e.to_string())
+                        });
+                    match copied {
+                        Ok(_) => {
+                            cloned.insert(uid);
+                        }
+                        Err(reason) => problems.push(format!(
+                            "{} could not get {:?} ({uid}): {reason}",
+                            member.partition_label, object.label
+                        )),
+                    }
+                }
+            }
+        }
+        Some(problems)
+    }
+
+    /// What every member holds (its key objects, or why it could not be
+    /// read); `None` if the job was cancelled meanwhile.
+    fn survey(
+        &self,
+        partition: &Partition,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<Vec<Result<Vec<ObjectDescription>, String>>> {
         let mut views = Vec::with_capacity(partition.members.len());
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
                 Err(reason) => {
-                    views.push(MemberView::Unreachable(reason));
+                    views.push(Err(reason));
                     continue;
                 }
             };
             let mut objects = Vec::new();
-            let mut failure = None;
             let mut cancelled = false;
-            let scanned = token.scan(BATCH, &mut |batch| {
-                match token.describe_many(batch) {
-                    Ok(described) => objects.extend(described.iter().filter_map(observed)),
-                    Err(e) => {
-                        failure = Some(e.to_string());
-                        return ControlFlow::Break(());
-                    }
-                }
+            let scanned = token.scan_described(BATCH, &mut |described| {
+                // Keys only, and never a cloning domain key (CKA_TRUSTED).
+                objects.extend(
+                    described
+                        .into_iter()
+                        .filter(|d| d.object_type.is_some() && !d.trusted),
+                );
                 if stop() {
                     cancelled = true;
                     return ControlFlow::Break(());
@@ -186,15 +261,10 @@ impl Runner {
             if cancelled {
                 return None;
             }
-            match (scanned, failure) {
-                (Err(e), _) => views.push(MemberView::Unreachable(format!(
-                    "the member could not be read: {e}"
-                ))),
-                (Ok(_), Some(e)) => views.push(MemberView::Unreachable(format!(
-                    "the member could not be read: {e}"
-                ))),
-                (Ok(_), None) => views.push(MemberView::Read(objects)),
-            }
+            views.push(match scanned {
+                Err(e) => Err(format!("the member could not be read: {e}")),
+                Ok(_) => Ok(objects),
+            });
         }
         Some(views)
     }
@@ -220,35 +290,4 @@ impl Runner {
             .map_err(|e| format!("the key records could not be written: {e}"))?;
         Ok(())
     }
-}
-
-/// Synchronize makes every member hold every key; until members can clone
-/// (issue 4's cloning domain), it can only say which member lacks what.
-fn missing_somewhere(partition: &Partition, views: &[MemberView]) -> Option<String> {
-    let held: Vec<BTreeSet<&str>> = views
-        .iter()
-        .map(|v| match v {
-            MemberView::Read(objects) => objects.iter().map(|o| o.object_uid.as_str()).collect(),
-            MemberView::Unreachable(_) => BTreeSet::new(),
-        })
-        .collect();
-    let all: BTreeSet<&str> = held.iter().flatten().copied().collect();
-    let mut lacking = Vec::new();
-    for (member, (have, view)) in partition.members.iter().zip(held.iter().zip(views)) {
-        match view {
-            MemberView::Unreachable(reason) => lacking.push(format!("{}: {reason}", member.partition_label)),
-            MemberView::Read(_) if have.len() < all.len() => lacking.push(format!(
-                "{} lacks {} key object(s)",
-                member.partition_label,
-                all.len() - have.len()
-            )),
-            MemberView::Read(_) => {}
-        }
-    }
-    (!lacking.is_empty()).then(|| {
-        format!(
-            "{}; cloning keys between members is not available yet",
-            lacking.join("; ")
-        )
-    })
 }

@@ -277,8 +277,15 @@ impl Runner {
             }),
             remap,
             retry: op.attempts > 1,
-            wrap_with_trusted: false,
+            // On an HA partition only the cloning domain may wrap the key, so it
+            // can be made extractable on the token (to clone) whatever the user
+            // chose; the record reports CKA_EXTRACTABLE as the user set it.
+            wrap_with_trusted: partition.ha_enabled,
         };
+        let mut request = request;
+        if partition.ha_enabled {
+            request.attributes.insert(luna_domain::Attribute::Extractable);
+        }
         let generated = token.generate(&request).map_err(|e| e.to_string())?;
         for key in &mut keys {
             let object = generated
@@ -293,10 +300,73 @@ impl Runner {
                 })?;
             describe_into(key, object);
             key.generated_with = Some(generated.mechanism_used);
-            key.replication_info = not_yet_replicated(&partition.members, first);
-            key.replicated = partition.members.len() == 1;
+        }
+        let info = self.spread(
+            &partition,
+            first,
+            token.as_ref(),
+            &generated.objects,
+            op.attempts > 1,
+        );
+        for key in &mut keys {
+            key.replicated = info.values().all(|s| s == AVAILABLE);
+            key.replication_info = info.clone();
         }
         Ok(keys)
+    }
+
+    /// Clones `objects` from `source` (on member `from`) to every other
+    /// member; returns each member's state. A retry first looks for copies an
+    /// earlier attempt made.
+    fn spread(
+        &self,
+        partition: &Partition,
+        from: &Member,
+        source: &dyn luna_pkcs11::Partition,
+        objects: &[ObjectDescription],
+        retry: bool,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut info = std::collections::BTreeMap::new();
+        for member in &partition.members {
+            let state = if member.serial_number == from.serial_number {
+                AVAILABLE.to_owned()
+            } else {
+                match self.clone_to(partition, member, source, &from.serial_number, objects, retry) {
+                    Ok(()) => AVAILABLE.to_owned(),
+                    Err(reason) => reason,
+                }
+            };
+            info.insert(member.serial_number.clone(), state);
+        }
+        info
+    }
+
+    fn clone_to(
+        &self,
+        partition: &Partition,
+        member: &Member,
+        source: &dyn luna_pkcs11::Partition,
+        source_serial: &str,
+        objects: &[ObjectDescription],
+        retry: bool,
+    ) -> Result<(), String> {
+        let target = self.tokens.member(partition.connection_id, member)?;
+        let present: Vec<ObjectDescription> = match objects.first() {
+            Some(first) if retry => target.find_by_id(&first.cka_id).map_err(|e| e.to_string())?,
+            _ => Vec::new(),
+        };
+        for object in objects {
+            if present.iter().any(|p| p.object_type == object.object_type) {
+                continue;
+            }
+            let portable = source
+                .export_to(object, &member.serial_number)
+                .map_err(|e| e.to_string())?;
+            target
+                .import_from(&portable, source_serial)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn update(&self, key_id: Uuid, changes: &[(luna_domain::Attribute, bool)]) -> Outcome {
@@ -307,36 +377,88 @@ impl Runner {
             let Some((token, object)) = self.find_on(&partition, member, key)? else {
                 continue;
             };
-            if !changes.is_empty() {
+            // CKA_EXTRACTABLE of a CKA_WRAP_WITH_TRUSTED key stays true on the
+            // token (the cloning domain needs it); the record carries the change.
+            let on_token: Vec<(luna_domain::Attribute, bool)> = changes
+                .iter()
+                .copied()
+                .filter(|(a, _)| !(object.wrap_with_trusted && *a == luna_domain::Attribute::Extractable))
+                .collect();
+            if !on_token.is_empty() {
                 token
-                    .set_attributes(object.handle, changes)
+                    .set_attributes(object.handle, &on_token)
                     .map_err(|e| e.to_string())?;
             }
             described = Some(token.describe(object.handle).map_err(|e| e.to_string())?);
         }
         let object = described.ok_or("the key's object is on no partition member any more")?;
         describe_into(key, &object);
+        for (attribute, value) in changes {
+            if *attribute == luna_domain::Attribute::Extractable {
+                key.attributes.set(*attribute, *value);
+            }
+        }
         Ok(keys)
     }
 
     fn replicate(&self, key_id: Uuid) -> Outcome {
-        let (keys, partition) = self.load(&linked(&self.store, key_id)?)?;
-        let mut missing = Vec::new();
+        let (mut keys, partition) = self.load(&linked(&self.store, key_id)?)?;
+        // Find a member that holds every half, and what each member holds.
+        let mut holder: Option<(&Member, Arc<dyn luna_pkcs11::Partition>, Vec<ObjectDescription>)> = None;
+        let mut lacking = Vec::new();
+        let mut info = std::collections::BTreeMap::new();
         for member in &partition.members {
-            if self.find_on(&partition, member, &keys[0])?.is_none() {
-                missing.push(format!(
-                    "{} (serial {})",
-                    member.partition_label, member.serial_number
-                ));
+            let token = match self.tokens.member(partition.connection_id, member) {
+                Ok(token) => token,
+                Err(reason) => {
+                    info.insert(member.serial_number.clone(), reason);
+                    continue;
+                }
+            };
+            let found = token.find_by_id(&keys[0].cka_id).map_err(|e| e.to_string())?;
+            let halves: Vec<ObjectDescription> = keys
+                .iter()
+                .filter_map(|k| found.iter().find(|d| d.object_type == k.object_type).cloned())
+                .collect();
+            if halves.len() == keys.len() {
+                info.insert(member.serial_number.clone(), AVAILABLE.to_owned());
+                if holder.is_none() {
+                    holder = Some((member, token, halves));
+                }
+            } else {
+                lacking.push(member);
             }
         }
-        if missing.is_empty() {
-            return Ok(keys);
+        let (from, source, objects) = holder.ok_or("no partition member holds the whole key")?;
+        for member in lacking {
+            let state = match self.clone_to(
+                &partition,
+                member,
+                source.as_ref(),
+                &from.serial_number,
+                &objects,
+                true,
+            ) {
+                Ok(()) => AVAILABLE.to_owned(),
+                Err(reason) => reason,
+            };
+            info.insert(member.serial_number.clone(), state);
         }
-        Err(format!(
-            "partition member {} does not hold the key, and cloning between HA members is not available yet",
-            missing.join(", ")
-        ))
+        let everywhere = info.values().all(|s| s == AVAILABLE);
+        for key in &mut keys {
+            key.replication_info = info.clone();
+            key.replicated = everywhere;
+        }
+        if everywhere {
+            Ok(keys)
+        } else {
+            let reasons: Vec<String> = info
+                .iter()
+                .filter(|(_, s)| *s != AVAILABLE)
+                .map(|(m, s)| format!("{m}: {s}"))
+                .collect();
+            Err(reasons.join("; "))
+        }
     }
 
     fn delete(&self, key_id: Uuid) -> Outcome {
@@ -404,31 +526,26 @@ fn keys_of(payload: &OperationPayload) -> Vec<Uuid> {
 
 /// Copies what the token says of an object into its record.
 fn describe_into(key: &mut Key, object: &ObjectDescription) {
+    // On the token a CKA_WRAP_WITH_TRUSTED key is extractable so the cloning
+    // domain can copy it; the record keeps CKA_EXTRACTABLE as the user set it.
+    let extractable = key.attributes.contains(luna_domain::Attribute::Extractable);
     key.algorithm = object.algorithm.or(key.algorithm);
     key.object_type = object.object_type.or(key.object_type);
     key.size = object.size_bits;
     key.label = object.label.clone();
     key.attributes = object.attributes;
+    if object.wrap_with_trusted {
+        key.attributes
+            .set(luna_domain::Attribute::Extractable, extractable);
+    }
     key.object_uid = object.object_uid();
     key.sha_256_fingerprint = object.fingerprint_hex();
     key.modulus = object.modulus_hex();
     key.exponent = object.public_exponent;
 }
 
-/// After a create: the first member holds the key; the others do not yet.
-fn not_yet_replicated(members: &[Member], made_on: &Member) -> std::collections::BTreeMap<String, String> {
-    members
-        .iter()
-        .map(|m| {
-            let state = if m.serial_number == made_on.serial_number {
-                "available".to_owned()
-            } else {
-                "not on this member yet: cloning between HA members is not available yet".to_owned()
-            };
-            (m.serial_number.clone(), state)
-        })
-        .collect()
-}
+/// A member's state in `replication_info` when it holds the key.
+const AVAILABLE: &str = "available";
 
 /// Keys made by this service on a partition record their object type up front.
 pub fn object_types_for(mechanism: luna_domain::Mechanism) -> &'static [ObjectType] {
