@@ -77,6 +77,15 @@ fn survives_kill_9(database_url: Option<&str>) {
             created["links"]["id"].as_str().map(str::to_owned),
         ));
     }
+    // A refresh job queued behind the creates: certainly not finished at the kill.
+    let (status, job) = call(
+        "POST",
+        &format!("{}/cckm/hsm/luna/refresh", server.base),
+        Some(&token),
+        Some(&json!({"synchronize_all": true})),
+    );
+    assert_eq!(status, 201, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
     let (_, pending) = call(
         "GET",
         &format!("{}/cckm/hsm/luna/keys?status=in_progress&limit=1", server.base),
@@ -86,6 +95,7 @@ fn survives_kill_9(database_url: Option<&str>) {
     let pending = pending["total"].as_u64().unwrap();
     server.kill_9();
     assert!(pending > 0, "the kill must interrupt work: nothing was pending");
+    assert_eq!(job["overall_status"], "in_progress");
 
     // Restarted, the server takes the operations up again once their leases run out.
     let server = Server::start(&data, &args);
@@ -104,6 +114,23 @@ fn survives_kill_9(database_url: Option<&str>) {
         assert!(Instant::now() < deadline, "keys still in progress: {left}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The job resumed and ended; it never stays in progress.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (_, job) = call(
+            "GET",
+            &format!("{}/cckm/hsm/luna/refresh/{job_id}", server.base),
+            Some(&token),
+            None,
+        );
+        if job["overall_status"] != "in_progress" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job still in progress: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["overall_status"], "completed", "{job}");
+    assert!(job["completed_at"].is_string());
     let mut expected: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (id, public) in &accepted {
         let (_, key) = call(
