@@ -11,8 +11,12 @@
 //! 3. Refresh of a partition of 10,000 objects against the raw cost of
 //!    enumerating and describing the same objects (target ≤ 1.5 × raw).
 //!
+//! 4. Replication of 1,000 AES keys to a second member by a synchronize job,
+//!    beside raw export + import (wrap + unwrap) between two other members.
+//!
 //! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (100000),
-//! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000).
+//! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000),
+//! LUNA_BENCH_REPLICATED (1000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -293,6 +297,89 @@ fn refresh(n: usize) {
     );
 }
 
+/// Makes `n` AES-256 keys on `token` (not timed); returns their descriptions.
+fn fill(token: &luna_pkcs11::TokenPartition, n: usize) -> Vec<luna_pkcs11::ObjectDescription> {
+    (0..n)
+        .map(|_| {
+            token
+                .generate(&GenerateRequest {
+                    cka_id: Uuid::new_v4().as_bytes().to_vec(),
+                    label: "replicated".into(),
+                    mechanism: Mechanism::AesKeyGen,
+                    size: 256,
+                    attributes: AttributeSet::parse_names(&["CKA_EXTRACTABLE", "CKA_ENCRYPT"]).unwrap(),
+                    remap: true,
+                    retry: false,
+                    wrap_with_trusted: true,
+                })
+                .unwrap()
+                .objects
+                .remove(0)
+        })
+        .collect()
+}
+
+fn replication(n: usize) {
+    let pin = || secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN);
+    let module = luna_pkcs11::testing::module();
+    // Raw: two members sharing a domain, keys moved one by one.
+    let labels = [
+        luna_pkcs11::testing::fresh_token_label("bench-raw-a"),
+        luna_pkcs11::testing::fresh_token_label("bench-raw-b"),
+    ];
+    let members: Vec<luna_pkcs11::TokenSummary> = module
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .filter(|t| labels.contains(&t.label))
+        .collect();
+    module
+        .establish_cloning_domain(
+            &members,
+            &secrecy::SecretString::from(luna_pkcs11::testing::SO_PIN),
+        )
+        .unwrap();
+    let a = module.open_partition(&labels[0], None, pin()).unwrap();
+    let b = module.open_partition(&labels[1], None, pin()).unwrap();
+    let keys = fill(&a, n);
+    let start = Instant::now();
+    for key in &keys {
+        let portable = a.export_to(key, &b.info().serial_number).unwrap();
+        b.import_from(&portable, &a.info().serial_number).unwrap();
+    }
+    let raw = n as f64 / start.elapsed().as_secs_f64();
+
+    // API: the same number of keys on the first member only, cloned by synchronize.
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let partition = api.partition_with_domain("bench-sync", 2);
+    let first = module
+        .open_partition(
+            partition["members"][0]["partition_label"].as_str().unwrap(),
+            None,
+            pin(),
+        )
+        .unwrap();
+    fill(&first, n);
+    let start = Instant::now();
+    let (status, job) = api.send(
+        "POST",
+        "/cckm/hsm/luna/synchronize",
+        &json!({"partitions": [partition["id"]]}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let path = format!("/cckm/hsm/luna/synchronize/{}", job["id"].as_str().unwrap());
+    while api.get(&path).1["overall_status"] == "in_progress" {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let through_api = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(api.get(&path).1["overall_status"], "completed");
+    println!("replication of {n} AES-256 keys to a second member:");
+    println!(
+        "  synchronize job {through_api:>7.1} keys/s   raw wrap + unwrap {raw:>7.1} keys/s   job/raw {:.2}",
+        through_api / raw
+    );
+}
+
 fn main() {
     let creates = count("LUNA_BENCH_CREATES", 300);
     let n_records = count("LUNA_BENCH_RECORDS", 100_000);
@@ -322,4 +409,5 @@ fn main() {
         requests,
     );
     refresh(count("LUNA_BENCH_REFRESH_OBJECTS", 10_000));
+    replication(count("LUNA_BENCH_REPLICATED", 1000));
 }

@@ -32,6 +32,9 @@ pub struct TokenPartition {
     info: TokenInfo,
     pin: SecretString,
     idle: Mutex<Vec<Session>>,
+    /// Domain key handles by peer serial: a lookup walks every object on
+    /// SoftHSM2, and a replication moves many keys under the same one.
+    domain_keys: Mutex<std::collections::HashMap<String, ObjectRef>>,
     /// On modules that need it (see `Module`): object writes hold it
     /// exclusively, everything else shared, so no call runs beside a write.
     object_writes: RwLock<()>,
@@ -104,6 +107,7 @@ impl TokenPartition {
             pin,
             idle: Mutex::new(Vec::new()),
             object_writes: RwLock::new(()),
+            domain_keys: Mutex::new(std::collections::HashMap::new()),
         };
         // Proves the PIN now rather than at the first key operation.
         let session = partition
@@ -208,6 +212,61 @@ impl TokenPartition {
             }
             Ok(outcome)
         })
+    }
+
+    /// The domain key this token shares with `peer`, found once and kept.
+    fn domain_key(&self, session: &Session, peer: &str) -> Result<ObjectRef> {
+        if let Some(key) = self
+            .domain_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+        {
+            return Ok(*key);
+        }
+        let id = crate::domain::domain_key_id(&self.info.serial_number, peer);
+        let key: ObjectRef = crate::domain::find_domain_key(session, &id)?
+            .ok_or_else(|| TokenError::NoCloningDomain {
+                from: self.info.label.clone(),
+                to: peer.to_owned(),
+            })?
+            .into();
+        self.domain_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.to_owned(), key);
+        Ok(key)
+    }
+
+    /// Runs `work` with the domain key for `peer`; a kept handle that the
+    /// token no longer knows (the domain was made again) is looked up afresh.
+    fn with_domain_key<T>(
+        &self,
+        session: &Session,
+        peer: &str,
+        work: impl Fn(ObjectRef) -> Result<T>,
+    ) -> Result<T> {
+        let key = self.domain_key(session, peer)?;
+        match work(key) {
+            Err(e)
+                if matches!(
+                    e.rv(),
+                    Some(
+                        RvError::KeyHandleInvalid
+                            | RvError::ObjectHandleInvalid
+                            | RvError::WrappingKeyHandleInvalid
+                            | RvError::UnwrappingKeyHandleInvalid
+                    )
+                ) =>
+            {
+                self.domain_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(peer);
+                work(self.domain_key(session, peer)?)
+            }
+            other => other,
+        }
     }
 
     fn choose_mechanism(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
@@ -369,16 +428,16 @@ impl Partition for TokenPartition {
                 wrapped: None,
             });
         }
-        let id = crate::domain::domain_key_id(&self.info.serial_number, target_serial);
         self.with_session(|session| {
-            let domain_key =
-                crate::domain::find_domain_key(session, &id)?.ok_or_else(|| TokenError::NoCloningDomain {
-                    from: self.info.label.clone(),
-                    to: target_serial.to_owned(),
-                })?;
-            let wrapped = session
-                .wrap_key(&CkMechanism::AesKeyWrapPad, domain_key, object.handle.handle())
-                .map_err(call("C_WrapKey"))?;
+            let wrapped = self.with_domain_key(session, target_serial, |domain_key| {
+                session
+                    .wrap_key(
+                        &CkMechanism::AesKeyWrapPad,
+                        domain_key.handle(),
+                        object.handle.handle(),
+                    )
+                    .map_err(call("C_WrapKey"))
+            })?;
             Ok(Portable {
                 object: object.clone(),
                 wrapped: Some(wrapped),
@@ -388,21 +447,19 @@ impl Partition for TokenPartition {
 
     fn import_from(&self, portable: &Portable, source_serial: &str) -> Result<ObjectDescription> {
         let template = object::import_template(&portable.object)?;
-        let id = crate::domain::domain_key_id(&self.info.serial_number, source_serial);
         self.writing(|session| {
             let handle = match &portable.wrapped {
                 None => session.create_object(&template).map_err(call("C_CreateObject"))?,
-                Some(wrapped) => {
-                    let domain_key = crate::domain::find_domain_key(session, &id)?.ok_or_else(|| {
-                        TokenError::NoCloningDomain {
-                            from: source_serial.to_owned(),
-                            to: self.info.label.clone(),
-                        }
-                    })?;
+                Some(wrapped) => self.with_domain_key(session, source_serial, |domain_key| {
                     session
-                        .unwrap_key(&CkMechanism::AesKeyWrapPad, domain_key, wrapped, &template)
-                        .map_err(call("C_UnwrapKey"))?
-                }
+                        .unwrap_key(
+                            &CkMechanism::AesKeyWrapPad,
+                            domain_key.handle(),
+                            wrapped,
+                            &template,
+                        )
+                        .map_err(call("C_UnwrapKey"))
+                })?,
             };
             let mut made = object::describe(session, handle.into())?;
             // SoftHSM2 neither takes CKA_VALUE_LEN in an unwrap template nor
