@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
 use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
+use luna_domain::JobType;
 use luna_pkcs11::Module;
 use luna_store::{NewUser, Store};
 use rand::distributions::{Alphanumeric, DistString};
@@ -52,19 +53,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route("/keys/{id}", web::delete().to(keys::forget))
                     .route("/keys/{id}/replicate", web::post().to(keys::replicate))
                     .route("/{id}/delete", web::post().to(keys::delete_from_hsm))
-                    .route("/refresh", web::post().to(jobs::start_refresh))
-                    .route("/refresh", web::get().to(jobs::list_refresh))
-                    .route("/refresh/{id}", web::get().to(jobs::get_refresh))
-                    .route("/refresh/{id}/cancel", web::post().to(jobs::cancel_refresh))
-                    .route("/synchronize", web::post().to(jobs::start_synchronize))
-                    .route("/synchronize", web::get().to(jobs::list_synchronize))
-                    .route("/synchronize/{id}", web::get().to(jobs::get_synchronize))
-                    .route(
-                        "/synchronize/{id}/cancel",
-                        web::post().to(jobs::cancel_synchronize),
-                    ),
+                    .service(job_routes("/refresh", JobType::Refresh))
+                    .service(job_routes("/synchronize", JobType::HaSynchronize)),
             ),
     );
+}
+
+/// A job type's four routes; the scope tells the handlers which type.
+fn job_routes(path: &str, kind: JobType) -> actix_web::Scope {
+    web::scope(path)
+        .app_data(web::Data::new(kind))
+        .route("", web::post().to(jobs::start_job))
+        .route("", web::get().to(jobs::list_jobs))
+        .route("/{id}", web::get().to(jobs::get_job))
+        .route("/{id}/cancel", web::post().to(jobs::cancel_job))
 }
 
 /// Every malformed body becomes a 400 with a sentence.

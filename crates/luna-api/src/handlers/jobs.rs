@@ -7,11 +7,11 @@ use luna_domain::{Job, JobRequest, JobScope, JobType, Operation, OperationPayloa
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{blocking, list_query, not_found, path_id};
+use super::{blocking, list_query, listing, not_found, path_id};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::view::{JobView, ListView};
+use crate::view::JobView;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,16 +63,7 @@ async fn list(
     let page = query.page;
     let store = state.store.clone();
     let listed = blocking(move || Ok(store.list_jobs(job_type, &query)?)).await?;
-    Ok(HttpResponse::Ok().json(ListView {
-        skip: page.skip,
-        limit: page.limit,
-        total: listed.total,
-        resources: listed
-            .items
-            .iter()
-            .map(|j| JobView::new(j, &state.tenancy))
-            .collect(),
-    }))
+    Ok(listing(page, listed, |j| JobView::new(j, &state.tenancy)))
 }
 
 fn what(job_type: JobType) -> &'static str {
@@ -112,59 +103,40 @@ async fn cancel(state: web::Data<AppState>, job_type: JobType, id: &str) -> Resu
     Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
 }
 
-pub async fn start_refresh(
+// Each job route's scope carries its JobType (see `server::routes`).
+
+pub async fn start_job(
     state: web::Data<AppState>,
-    _c: Principal,
+    kind: web::Data<JobType>,
+    _caller: Principal,
     body: web::Json<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    start(state, JobType::Refresh, body.into_inner()).await
+    start(state, **kind, body.into_inner()).await
 }
-pub async fn list_refresh(
+
+pub async fn list_jobs(
     state: web::Data<AppState>,
-    _c: Principal,
+    kind: web::Data<JobType>,
+    _caller: Principal,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    list(state, JobType::Refresh, req).await
+    list(state, **kind, req).await
 }
-pub async fn get_refresh(
+
+pub async fn get_job(
     state: web::Data<AppState>,
-    _c: Principal,
+    kind: web::Data<JobType>,
+    _caller: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    get(state, JobType::Refresh, &id).await
+    get(state, **kind, &id).await
 }
-pub async fn cancel_refresh(
+
+pub async fn cancel_job(
     state: web::Data<AppState>,
-    _c: Principal,
+    kind: web::Data<JobType>,
+    _caller: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    cancel(state, JobType::Refresh, &id).await
-}
-pub async fn start_synchronize(
-    state: web::Data<AppState>,
-    _c: Principal,
-    body: web::Json<JobBody>,
-) -> Result<HttpResponse, ApiError> {
-    start(state, JobType::HaSynchronize, body.into_inner()).await
-}
-pub async fn list_synchronize(
-    state: web::Data<AppState>,
-    _c: Principal,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    list(state, JobType::HaSynchronize, req).await
-}
-pub async fn get_synchronize(
-    state: web::Data<AppState>,
-    _c: Principal,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    get(state, JobType::HaSynchronize, &id).await
-}
-pub async fn cancel_synchronize(
-    state: web::Data<AppState>,
-    _c: Principal,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    cancel(state, JobType::HaSynchronize, &id).await
+    cancel(state, **kind, &id).await
 }

@@ -10,12 +10,12 @@ use luna_domain::{
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{blocking, list_query, not_found, path_id};
+use super::{blocking, list_query, listing, not_found, path_id};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::runner::object_types_for;
 use crate::state::AppState;
-use crate::view::{KeyView, ListView};
+use crate::view::KeyView;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,16 +128,7 @@ pub async fn list(
     let store = state.store.clone();
     let page = query.page;
     let listed = blocking(move || Ok(store.list_keys(&query)?)).await?;
-    Ok(HttpResponse::Ok().json(ListView {
-        skip: page.skip,
-        limit: page.limit,
-        total: listed.total,
-        resources: listed
-            .items
-            .iter()
-            .map(|k| KeyView::new(k, &state.tenancy))
-            .collect(),
-    }))
+    Ok(listing(page, listed, |k| KeyView::new(k, &state.tenancy)))
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<Key, ApiError> {

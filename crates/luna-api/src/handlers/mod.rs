@@ -29,6 +29,20 @@ pub(crate) fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
     ApiError::NotFound(format!("{what} {id} does not exist"))
 }
 
+/// The contract's list answer: a page of views and the total.
+pub(crate) fn listing<T, V: serde::Serialize>(
+    page: luna_domain::query::Page,
+    listed: luna_store::Listed<T>,
+    view: impl Fn(&T) -> V,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(crate::view::ListView {
+        skip: page.skip,
+        limit: page.limit,
+        total: listed.total,
+        resources: listed.items.iter().map(view).collect::<Vec<_>>(),
+    })
+}
+
 /// Runs blocking work (database, token) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

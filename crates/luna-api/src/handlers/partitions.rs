@@ -8,12 +8,12 @@ use luna_domain::ConnectionRequest;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{blocking, list_query, not_found, path_id};
+use super::{blocking, list_query, listing, not_found, path_id};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::registry;
 use crate::state::AppState;
-use crate::view::{ConnectionView, ListView, PartitionView};
+use crate::view::{ConnectionView, PartitionView};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,16 +82,7 @@ pub async fn list_connections(
     let page = query.page;
     let store = state.store.clone();
     let listed = blocking(move || Ok(store.list_connections(&query)?)).await?;
-    Ok(HttpResponse::Ok().json(ListView {
-        skip: page.skip,
-        limit: page.limit,
-        total: listed.total,
-        resources: listed
-            .items
-            .iter()
-            .map(|c| ConnectionView::new(c, &state.tenancy))
-            .collect(),
-    }))
+    Ok(listing(page, listed, |c| ConnectionView::new(c, &state.tenancy)))
 }
 
 pub async fn get_connection(
@@ -144,16 +135,7 @@ pub async fn list_partitions(
     let page = query.page;
     let store = state.store.clone();
     let listed = blocking(move || Ok(store.list_partitions(&query)?)).await?;
-    Ok(HttpResponse::Ok().json(ListView {
-        skip: page.skip,
-        limit: page.limit,
-        total: listed.total,
-        resources: listed
-            .items
-            .iter()
-            .map(|p| PartitionView::new(p, &state.tenancy))
-            .collect(),
-    }))
+    Ok(listing(page, listed, |p| PartitionView::new(p, &state.tenancy)))
 }
 
 pub async fn get_partition(
