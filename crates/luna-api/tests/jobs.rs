@@ -228,6 +228,35 @@ on_both_backends! {
         assert_eq!(api.get(&format!("{KEYS}/{rsa_id}")).1["replicated"], true);
     }
 
+    fn a_member_that_is_down_fails_its_part_and_the_others_complete(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition_with_domain("down", 2);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let down_label = partition["members"][1]["partition_label"].as_str().unwrap().to_owned();
+        let down_serial = partition["members"][1]["serial_number"].as_str().unwrap().to_owned();
+        // Behind the service's back, the second member's PIN changes: the
+        // service can no longer log in to it.
+        let raw = luna_pkcs11::testing::raw_user_session(&down_label);
+        raw.set_pin(&SecretString::from(USER_PIN), &SecretString::from("changed-behind-its-back")).unwrap();
+        raw.logout().unwrap();
+        drop(raw);
+
+        let (_, made) = api.send("POST", KEYS, &json!({"label": "half-way", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}));
+        let key = api.settled(made["id"].as_str().unwrap());
+        assert_eq!((key["status"].as_str(), key["operation_status"].as_str()), (Some("AVAILABLE"), Some("created")), "{key}");
+        assert_eq!(key["replication_info"][partition["members"][0]["serial_number"].as_str().unwrap()], "available");
+        let reason = key["replication_info"][&down_serial].as_str().unwrap();
+        assert!(reason.contains("not reachable") && reason.contains("CKR_PIN_INCORRECT"), "{reason}");
+        assert_eq!(key["replicated"], false);
+
+        let job = start(&api, "refresh", json!({"partitions": [pid]}));
+        let done = ended(&api, "refresh", job["id"].as_str().unwrap());
+        assert_eq!(done["overall_status"], "completed", "a refresh reads the members it can: {done}");
+        let key = api.get(&format!("{KEYS}/{}", made["id"].as_str().unwrap())).1;
+        assert_eq!(key["status"], "AVAILABLE", "nothing is concluded from a member that cannot be read");
+        assert!(key["replication_info"][&down_serial].as_str().unwrap().contains("CKR_PIN_INCORRECT"));
+    }
+
     fn every_bad_job_request_is_a_4xx(db: TestDatabase) {
         let api = Api::start_with(db, 0);
         let partition = api.partition("badjob", 1);

@@ -55,3 +55,36 @@ pub fn fresh_token(prefix: &str) -> TokenPartition {
         .open_partition(&label, None, SecretString::from(USER_PIN))
         .expect("open the new token")
 }
+
+/// A session on a token through a second cryptoki context, as another
+/// program would open one, for what the service itself never does (changing a
+/// PIN, wrapping with an untrusted key). Logged in as the user.
+pub fn raw_user_session(label: &str) -> cryptoki::session::Session {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error, RvError};
+    let context = Pkcs11::new(module().path()).expect("load the module again");
+    match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("initialise: {e}"),
+    }
+    let slot = context
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            context
+                .get_token_info(*s)
+                .map(|t| t.label().trim_end() == label)
+                .unwrap_or(false)
+        })
+        .expect("the token is present");
+    let session = context.open_rw_session(slot).expect("a session");
+    match session.login(
+        cryptoki::session::UserType::User,
+        Some(&SecretString::from(USER_PIN)),
+    ) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("login: {e}"),
+    }
+    session
+}

@@ -3,14 +3,13 @@
 //! what the design relies on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::{Attribute as CkAttribute, KeyType, ObjectClass};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use luna_domain::{AttributeSet, Mechanism, ObjectType};
 use luna_pkcs11::cryptoki;
-use luna_pkcs11::testing::{fresh_token_label, module, SO_PIN, USER_PIN};
+use luna_pkcs11::testing::{fresh_token_label, module, raw_user_session, SO_PIN, USER_PIN};
 use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition, TokenSummary};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -60,27 +59,6 @@ fn request(mechanism: Mechanism, size: u32, attributes: &[&str]) -> GenerateRequ
     }
 }
 
-/// A raw session on a token, for what the service never does itself.
-fn raw_session(label: &str) -> Session {
-    let context = Pkcs11::new(module().path()).unwrap();
-    match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => panic!("{e}"),
-    }
-    let slot = context
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| context.get_token_info(*s).unwrap().label().trim_end() == label)
-        .unwrap();
-    let session = context.open_rw_session(slot).unwrap();
-    match session.login(UserType::User, Some(&SecretString::from(USER_PIN))) {
-        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("{e}"),
-    }
-    session
-}
-
 fn rv(result: Result<impl std::fmt::Debug, CryptokiError>) -> RvError {
     match result {
         Err(CryptokiError::Pkcs11(rv, _)) => rv,
@@ -120,7 +98,10 @@ fn an_aes_key_clones_to_the_other_member_with_the_same_value_and_attributes() {
     // for an unwrapped key, and the fingerprint includes it.)
 
     // Same value: what one member encrypts, the other decrypts.
-    let (ra, rb) = (raw_session(&a.info().label), raw_session(&b.info().label));
+    let (ra, rb) = (
+        raw_user_session(&a.info().label),
+        raw_user_session(&b.info().label),
+    );
     let find = |s: &Session| {
         s.find_objects(&[
             CkAttribute::Id(original.cka_id.clone()),
@@ -176,7 +157,7 @@ fn softhsm_enforces_the_domain_rules() {
             &["CKA_EXTRACTABLE", "CKA_MODIFIABLE"],
         ))
         .unwrap();
-    let session = raw_session(&a.info().label);
+    let session = raw_user_session(&a.info().label);
     let key = session
         .find_objects(&[CkAttribute::Id(made.objects[0].cka_id.clone())])
         .unwrap()[0];
