@@ -143,14 +143,26 @@ on_both_backends! {
         assert_eq!(ended(&api, "refresh", next["id"].as_str().unwrap())["overall_status"], "completed");
     }
 
-    fn without_a_cloning_domain_synchronize_says_why(db: TestDatabase) {
+    fn without_a_cloning_domain_extractable_keys_replicate_and_others_say_why(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("nodomain", 2);
         let pid = partition["id"].as_str().unwrap().to_owned();
+        let second = partition["members"][1]["serial_number"].as_str().unwrap();
+
+        // Extractable: cloned under a key the members agree for the transfer.
+        let (_, open_key) = api.send("POST", KEYS, &json!({"label": "open", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_EXTRACTABLE", "CKA_ENCRYPT"]}));
+        let key = api.settled(open_key["id"].as_str().unwrap());
+        assert_eq!((key["replicated"].as_bool(), key["replication_info"][second].as_str()), (Some(true), Some("available")), "{key}");
+        let (_, pair) = api.send("POST", KEYS, &json!({"label": "open-pair", "size": 2048, "partition_id": pid, "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN", "attributes": ["CKA_EXTRACTABLE", "CKA_SIGN", "CKA_VERIFY"]}));
+        assert_eq!(api.settled(pair["id"].as_str().unwrap())["replicated"], true);
+        let cka_id = uuid::Uuid::parse_str(pair["id"].as_str().unwrap()).unwrap();
+        assert_eq!(token_of(&partition, 1).find_by_id(cka_id.as_bytes()).unwrap().len(), 2, "both halves on the second member");
+
+        // Not extractable: it stays on the first member, and says why.
         let (_, made) = api.send("POST", KEYS, &json!({"label": "on-first", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}));
         let key = api.settled(made["id"].as_str().unwrap());
-        let second = partition["members"][1]["serial_number"].as_str().unwrap();
-        assert!(key["replication_info"][second].as_str().unwrap().contains("share no cloning domain"), "{key}");
+        let reason = key["replication_info"][second].as_str().unwrap();
+        assert!(reason.contains("not extractable") && reason.contains("share no cloning domain"), "{key}");
         assert_eq!(key["replicated"], false);
         let job = start(&api, "synchronize", json!({"partitions": [pid]}));
         assert_shaped_like(&job, &reference("synchronize_create"), "synchronize");

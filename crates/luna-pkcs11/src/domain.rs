@@ -128,7 +128,7 @@ fn agree(sa: &Session, a: &TokenSummary, sb: &Session, b: &TokenSummary) -> Resu
 }
 
 /// A P-256 pair as session objects: gone when the session closes.
-fn ephemeral_pair(session: &Session) -> Result<(ObjectHandle, ObjectHandle)> {
+pub(crate) fn ephemeral_pair(session: &Session) -> Result<(ObjectHandle, ObjectHandle)> {
     let public = [
         CkAttribute::Token(false),
         CkAttribute::Private(false),
@@ -146,7 +146,7 @@ fn ephemeral_pair(session: &Session) -> Result<(ObjectHandle, ObjectHandle)> {
         .map_err(call("C_GenerateKeyPair"))
 }
 
-fn ec_point(session: &Session, public: ObjectHandle) -> Result<Vec<u8>> {
+pub(crate) fn ec_point(session: &Session, public: ObjectHandle) -> Result<Vec<u8>> {
     let values = session
         .get_attributes(public, &[AttributeType::EcPoint])
         .map_err(call("C_GetAttributeValue"))?;
@@ -184,6 +184,33 @@ fn derive(session: &Session, private: ObjectHandle, other_point: &[u8], id: &[u8
         // Last: SoftHSM2 refuses every attribute a derive template sets after
         // CKA_MODIFIABLE false (they count as changes to an unmodifiable object).
         CkAttribute::Modifiable(false),
+    ];
+    session
+        .derive_key(&mechanism, private, &template)
+        .map_err(call("C_DeriveKey"))
+}
+
+/// The AES key an ephemeral agreement gives one side: a session object that
+/// can only wrap (sender) or unwrap (receiver), never leaves the token, and is
+/// not trusted, so it cannot wrap a `CKA_WRAP_WITH_TRUSTED` key.
+pub(crate) fn derive_transport_key(
+    session: &Session,
+    private: ObjectHandle,
+    other_point: &[u8],
+    sender: bool,
+) -> Result<ObjectHandle> {
+    let mechanism = CkMechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), other_point));
+    let template = [
+        CkAttribute::Class(ObjectClass::SECRET_KEY),
+        CkAttribute::KeyType(KeyType::AES),
+        CkAttribute::ValueLen(narrow(32).into()),
+        CkAttribute::Token(false),
+        CkAttribute::Sensitive(true),
+        CkAttribute::Extractable(false),
+        CkAttribute::Wrap(sender),
+        CkAttribute::Unwrap(!sender),
+        CkAttribute::Encrypt(false),
+        CkAttribute::Decrypt(false),
     ];
     session
         .derive_key(&mechanism, private, &template)

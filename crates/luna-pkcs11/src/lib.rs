@@ -91,6 +91,17 @@ pub struct ScanOutcome {
 pub struct Portable {
     pub object: ObjectDescription,
     pub wrapped: Option<Vec<u8>>,
+    /// Set when the key was wrapped without a cloning domain: the sender's
+    /// ephemeral P-256 point, for the receiver's half of the agreement.
+    pub sender_point: Option<Vec<u8>>,
+}
+
+/// The receiving side of a key transport without a cloning domain: an
+/// ephemeral P-256 key pair on the receiving token; `point` goes to the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportOffer {
+    pub point: Vec<u8>,
+    pub(crate) private: ObjectRef,
 }
 
 /// A partition: one token the service keeps keys in.
@@ -123,5 +134,15 @@ pub trait Partition: Send + Sync + std::fmt::Debug {
     /// Prepares `object` to travel to the member with serial `target_serial`.
     fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> Result<Portable>;
     /// Makes the travelling key here, with its `CKA_ID`, label and attributes.
+    /// A key sent against an offer needs that offer (`import_offered`).
     fn import_from(&self, portable: &Portable, source_serial: &str) -> Result<ObjectDescription>;
+    /// Whether this token shares a cloning domain key with the member `peer_serial`.
+    fn shares_domain_with(&self, peer_serial: &str) -> Result<bool>;
+    /// Without a cloning domain: the receiver's ephemeral half of an agreement.
+    fn offer_transport(&self) -> Result<TransportOffer>;
+    /// Without a cloning domain: wraps an extractable key (not
+    /// `CKA_WRAP_WITH_TRUSTED`) under a key agreed with the offer's point.
+    fn export_for_offer(&self, object: &ObjectDescription, offer: &TransportOffer) -> Result<Portable>;
+    /// Without a cloning domain: unwraps with the key agreed from `offer`.
+    fn import_offered(&self, portable: &Portable, offer: &TransportOffer) -> Result<ObjectDescription>;
 }

@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use crate::error::{call, Result, TokenError};
 use crate::module::{Module, TokenSummary};
 use crate::object::{self, ObjectDescription, ObjectRef};
-use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo};
+use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo, TransportOffer};
 
 /// What `scan_with` calls for each batch, on the scan's own session.
 type BatchVisitor<'a> = dyn FnMut(&Session, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
@@ -399,6 +399,77 @@ impl Partition for TokenPartition {
         })
     }
 
+    fn shares_domain_with(&self, peer_serial: &str) -> Result<bool> {
+        self.with_session(|session| match self.domain_key(session, peer_serial) {
+            Ok(_) => Ok(true),
+            Err(TokenError::NoCloningDomain { .. }) => Ok(false),
+            Err(other) => Err(other),
+        })
+    }
+
+    fn offer_transport(&self) -> Result<TransportOffer> {
+        self.writing(|session| {
+            let (public, private) = crate::domain::ephemeral_pair(session)?;
+            let point = crate::domain::ec_point(session, public)?;
+            session.destroy_object(public).map_err(call("C_DestroyObject"))?;
+            Ok(TransportOffer {
+                point,
+                private: private.into(),
+            })
+        })
+    }
+
+    fn export_for_offer(&self, object: &ObjectDescription, offer: &TransportOffer) -> Result<Portable> {
+        if object.object_type == Some(ObjectType::PublicKey) {
+            return self.export_to(object, "");
+        }
+        self.writing(|session| {
+            let (public, private) = crate::domain::ephemeral_pair(session)?;
+            let sender_point = crate::domain::ec_point(session, public)?;
+            let transport = crate::domain::derive_transport_key(session, private, &offer.point, true);
+            let wrapped = transport.and_then(|key| {
+                let wrapped = session
+                    .wrap_key(&CkMechanism::AesKeyWrapPad, key, object.handle.handle())
+                    .map_err(call("C_WrapKey"));
+                let _ = session.destroy_object(key);
+                wrapped
+            });
+            let _ = session.destroy_object(public);
+            let _ = session.destroy_object(private);
+            Ok(Portable {
+                object: object.clone(),
+                wrapped: Some(wrapped?),
+                sender_point: Some(sender_point),
+            })
+        })
+    }
+
+    fn import_offered(&self, portable: &Portable, offer: &TransportOffer) -> Result<ObjectDescription> {
+        let template = object::import_template(&portable.object)?;
+        self.writing(|session| {
+            let handle = match (&portable.wrapped, &portable.sender_point) {
+                (Some(wrapped), Some(point)) => {
+                    let key =
+                        crate::domain::derive_transport_key(session, offer.private.handle(), point, false)?;
+                    let made = session
+                        .unwrap_key(&CkMechanism::AesKeyWrapPad, key, wrapped, &template)
+                        .map_err(call("C_UnwrapKey"));
+                    let _ = session.destroy_object(key);
+                    made
+                }
+                _ => session.create_object(&template).map_err(call("C_CreateObject")),
+            };
+            // The ephemeral half is used once, whatever happened.
+            let _ = session.destroy_object(offer.private.handle());
+            let handle = handle?;
+            let mut made = object::describe(session, handle.into())?;
+            if made.size_bits == 0 {
+                made.size_bits = portable.object.size_bits;
+            }
+            Ok(made)
+        })
+    }
+
     fn scan(
         &self,
         batch_size: usize,
@@ -426,6 +497,7 @@ impl Partition for TokenPartition {
             return Ok(Portable {
                 object: object.clone(),
                 wrapped: None,
+                sender_point: None,
             });
         }
         self.with_session(|session| {
@@ -441,6 +513,7 @@ impl Partition for TokenPartition {
             Ok(Portable {
                 object: object.clone(),
                 wrapped: Some(wrapped),
+                sender_point: None,
             })
         })
     }

@@ -240,3 +240,84 @@ fn without_a_domain_nothing_travels_and_a_logged_in_user_blocks_the_so() {
         .unwrap_err();
     assert_eq!(err.rv(), Some(RvError::PinIncorrect), "{err}");
 }
+
+#[test]
+fn without_a_domain_only_extractable_keys_travel_under_an_ephemeral_agreement() {
+    let a = open(&fresh_token_label("ephemeral-a"));
+    let b = open(&fresh_token_label("ephemeral-b"));
+    let plain_request = |attributes: &[&str]| GenerateRequest {
+        wrap_with_trusted: false,
+        ..request(Mechanism::AesKeyGen, 256, attributes)
+    };
+    assert!(!a.shares_domain_with(&b.info().serial_number).unwrap());
+
+    // An extractable key travels; its value arrives intact.
+    let made = a
+        .generate(&plain_request(&["CKA_EXTRACTABLE", "CKA_ENCRYPT", "CKA_DECRYPT"]))
+        .unwrap();
+    let offer = b.offer_transport().unwrap();
+    let portable = a.export_for_offer(&made.objects[0], &offer).unwrap();
+    assert!(portable.sender_point.is_some());
+    let copy = b.import_offered(&portable, &offer).unwrap();
+    assert_eq!(
+        (&copy.cka_id, copy.attributes, copy.size_bits),
+        (&made.objects[0].cka_id, made.objects[0].attributes, 256)
+    );
+    let (ra, rb) = (
+        raw_user_session(&a.info().label),
+        raw_user_session(&b.info().label),
+    );
+    let find = |s: &Session| {
+        s.find_objects(&[
+            CkAttribute::Id(made.objects[0].cka_id.clone()),
+            CkAttribute::Class(ObjectClass::SECRET_KEY),
+        ])
+        .unwrap()[0]
+    };
+    let plain = b"sixteen byte msg".to_vec();
+    let sealed = ra.encrypt(&CkMechanism::AesEcb, find(&ra), &plain).unwrap();
+    assert_eq!(
+        rb.decrypt(&CkMechanism::AesEcb, find(&rb), &sealed).unwrap(),
+        plain
+    );
+
+    // A key that is not extractable, or that only a trusted key may wrap, does not.
+    let locked = a.generate(&plain_request(&["CKA_SENSITIVE"])).unwrap();
+    let err = a
+        .export_for_offer(&locked.objects[0], &b.offer_transport().unwrap())
+        .unwrap_err();
+    assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+    let guarded = a
+        .generate(&request(Mechanism::AesKeyGen, 256, &["CKA_EXTRACTABLE"]))
+        .unwrap();
+    let err = a
+        .export_for_offer(&guarded.objects[0], &b.offer_transport().unwrap())
+        .unwrap_err();
+    assert_eq!(
+        err.rv(),
+        Some(RvError::KeyNotWrappable),
+        "an untrusted transport key cannot wrap it: {err}"
+    );
+
+    // An RSA pair: the private key under the agreement, the public key by its attributes.
+    let pair = a
+        .generate(&GenerateRequest {
+            wrap_with_trusted: false,
+            ..request(
+                Mechanism::RsaPkcsKeyPairGen,
+                2048,
+                &["CKA_EXTRACTABLE", "CKA_SIGN"],
+            )
+        })
+        .unwrap();
+    for object in &pair.objects {
+        let offer = b.offer_transport().unwrap();
+        let copy = b
+            .import_offered(&a.export_for_offer(object, &offer).unwrap(), &offer)
+            .unwrap();
+        assert_eq!(
+            (copy.object_type, &copy.modulus),
+            (object.object_type, &object.modulus)
+        );
+    }
+}

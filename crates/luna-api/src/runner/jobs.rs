@@ -204,13 +204,14 @@ impl Runner {
                         .tokens
                         .member(partition.connection_id, holder)
                         .and_then(|source| {
-                            let portable = source
-                                .export_to(object, &member.serial_number)
-                                .map_err(|e| e.to_string())?;
                             let target = self.tokens.member(partition.connection_id, member)?;
-                            target
-                                .import_from(&portable, &holder.serial_number)
-                                .map_err(|e| e.to_string())
+                            super::transfer(
+                                source.as_ref(),
+                                &holder.serial_number,
+                                target.as_ref(),
+                                &member.serial_number,
+                                object,
+                            )
                         });
                     match copied {
                         Ok(_) => {

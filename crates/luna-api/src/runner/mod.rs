@@ -277,13 +277,20 @@ impl Runner {
             }),
             remap,
             retry: op.attempts > 1,
-            // On an HA partition only the cloning domain may wrap the key, so it
+            // Within a cloning domain only the domain may wrap the key, so it
             // can be made extractable on the token (to clone) whatever the user
             // chose; the record reports CKA_EXTRACTABLE as the user set it.
-            wrap_with_trusted: partition.ha_enabled,
+            wrap_with_trusted: false,
         };
         let mut request = request;
-        if partition.ha_enabled {
+        let in_domain = match partition.members.get(1) {
+            Some(peer) => token
+                .shares_domain_with(&peer.serial_number)
+                .map_err(|e| e.to_string())?,
+            None => false,
+        };
+        if in_domain {
+            request.wrap_with_trusted = true;
             request.attributes.insert(luna_domain::Attribute::Extractable);
         }
         let generated = token.generate(&request).map_err(|e| e.to_string())?;
@@ -359,12 +366,13 @@ impl Runner {
             if present.iter().any(|p| p.object_type == object.object_type) {
                 continue;
             }
-            let portable = source
-                .export_to(object, &member.serial_number)
-                .map_err(|e| e.to_string())?;
-            target
-                .import_from(&portable, source_serial)
-                .map_err(|e| e.to_string())?;
+            transfer(
+                source,
+                source_serial,
+                target.as_ref(),
+                &member.serial_number,
+                object,
+            )?;
         }
         Ok(())
     }
@@ -499,6 +507,39 @@ impl Runner {
             .find(|d| d.object_type == key.object_type)
             .map(|d| (token, d)))
     }
+}
+
+/// Moves one key object from `source` to `target`, never in clear: within a
+/// cloning domain under the pair's trusted key; without one, an extractable
+/// key under a key the two members agree for this transfer; a public key as
+/// its public attributes. Says why when none applies.
+pub(super) fn transfer(
+    source: &dyn luna_pkcs11::Partition,
+    source_serial: &str,
+    target: &dyn luna_pkcs11::Partition,
+    target_serial: &str,
+    object: &ObjectDescription,
+) -> Result<(), String> {
+    let in_domain = source
+        .shares_domain_with(target_serial)
+        .map_err(|e| e.to_string())?;
+    let copied = if in_domain || object.object_type == Some(luna_domain::ObjectType::PublicKey) {
+        source
+            .export_to(object, target_serial)
+            .and_then(|portable| target.import_from(&portable, source_serial))
+    } else if object.attributes.contains(luna_domain::Attribute::Extractable) && !object.wrap_with_trusted {
+        target.offer_transport().and_then(|offer| {
+            let portable = source.export_for_offer(object, &offer)?;
+            target.import_offered(&portable, &offer)
+        })
+    } else {
+        return Err(
+            "the key is not extractable, and the members share no cloning domain to clone it within \
+             (register the connection with so_password)"
+                .into(),
+        );
+    };
+    copied.map(drop).map_err(|e| e.to_string())
 }
 
 /// A key's id and its linked half's, for operations that act on both.
