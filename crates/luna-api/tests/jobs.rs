@@ -240,6 +240,40 @@ on_both_backends! {
         assert_eq!(api.get(&format!("{KEYS}/{rsa_id}")).1["replicated"], true);
     }
 
+    fn a_refresh_of_thousands_of_objects_is_cancelled_mid_way(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("midway", 1);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let token = token_of(&partition, 0);
+        let objects = 1500;
+        for i in 0..objects {
+            outside_key(&token, Mechanism::AesKeyGen, 128, format!("midway-{i}").into_bytes());
+        }
+        // The cancel follows the start by milliseconds; the survey of 1,500
+        // objects takes hundreds. Should the job still win, start another.
+        let mut cancelled = None;
+        for _ in 0..5 {
+            let job = start(&api, "refresh", json!({"partitions": [pid]}));
+            let id = job["id"].as_str().unwrap().to_owned();
+            let (status, answer) = api.post_empty(&format!("/cckm/hsm/luna/refresh/{id}/cancel"));
+            match status {
+                200 => {
+                    assert_eq!(answer["abort"], true);
+                    cancelled = Some(id);
+                    break;
+                }
+                409 => continue,
+                other => panic!("cancel answered {other}: {answer}"),
+            }
+        }
+        let id = cancelled.expect("a cancel reached a running refresh");
+        let done = ended(&api, "refresh", &id);
+        assert_eq!(done["overall_status"], "cancelled", "{done}");
+        assert_eq!(done["detailed_status"][&pid], "cancelled");
+        let recorded = api.get(&format!("{KEYS}?origin=external&partition_id={pid}&limit=1")).1["total"].as_u64().unwrap();
+        assert!(recorded < objects, "the job stopped before recording every object ({recorded} of {objects})");
+    }
+
     fn a_member_that_is_down_fails_its_part_and_the_others_complete(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition_with_domain("down", 2);
