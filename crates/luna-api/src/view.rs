@@ -100,7 +100,11 @@ impl KeyView {
             size: key.size,
             label: key.label.clone(),
             attributes: key.attributes.names(),
-            object_uid: key.object_uid.clone(),
+            object_uid: if made {
+                key.object_uid.clone()
+            } else {
+                String::new()
+            },
             sha_256_fingerprint: key.sha_256_fingerprint.clone(),
             replication_info: key.replication_info.clone(),
             replicated: key.replicated,

@@ -120,6 +120,25 @@ wire_enum! {
     }
 }
 
+/// An object's name on its partition when it has a `CKA_ID`: the id in hex
+/// and the class as two hex digits (so the halves of a pair differ). Known
+/// before the object exists, so a record made by a create carries it from the
+/// start and a refresh running meanwhile does not take the object for new.
+pub fn object_uid(cka_id: &[u8], object_type: Option<ObjectType>) -> Option<String> {
+    if cka_id.is_empty() {
+        return None;
+    }
+    let class: u8 = match object_type {
+        Some(ObjectType::PublicKey) => 0x02,
+        Some(ObjectType::PrivateKey) => 0x03,
+        Some(ObjectType::SecretKey) => 0x04,
+        None => 0xff,
+    };
+    let mut uid: String = cka_id.iter().map(|b| format!("{b:02x}")).collect();
+    uid.push_str(&format!("{class:02x}"));
+    Some(uid)
+}
+
 /// The size a key may have, checked against its mechanism.
 pub fn check_size(mechanism: Mechanism, size: i64) -> Result<u32> {
     let allowed = mechanism.algorithm().allowed_sizes();

@@ -147,36 +147,9 @@ pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: Dat
         if known.contains(uid) {
             continue;
         }
-        let Some(object) = holders.values().next() else {
-            continue;
-        };
+        let Some(object) = best(holders) else { continue };
         let (info, everywhere) = replication(Some(holders));
-        new.push(Key {
-            id: Uuid::new_v4(),
-            partition_id: scope.partition_id,
-            partition_label: scope.partition_label.clone(),
-            label: object.label.clone(),
-            lifecycle: KeyLifecycle::discovered(),
-            algorithm: object.algorithm,
-            object_type: Some(object.object_type),
-            mechanism: None,
-            generated_with: None,
-            size: object.size,
-            attributes: object.attributes,
-            cka_id: object.cka_id.clone(),
-            object_uid: object.object_uid.clone(),
-            sha_256_fingerprint: object.fingerprint.clone(),
-            replication_info: info,
-            replicated: everywhere,
-            byok_key: false,
-            origin: Origin::External,
-            modulus: object.modulus.clone(),
-            exponent: object.exponent,
-            link_id: None,
-            ha_enabled: scope.ha_enabled,
-            created_at: now,
-            updated_at: now,
-        });
+        new.push(discovered(scope, object, info, everywhere, now));
     }
     // The halves of an RSA pair name each other: the same CKA_ID, or (without
     // one) the same modulus. Existing records count as partners too.
@@ -191,23 +164,100 @@ pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: Dat
         })
     };
     let mut partners: BTreeMap<(String, ObjectType), Uuid> = BTreeMap::new();
-    for k in records.iter().chain(new.iter()) {
+    let live = records
+        .iter()
+        .filter(|k| k.lifecycle.status != KeyStatus::Deleted);
+    for k in live.chain(new.iter()) {
         if let (Some(p), Some(t)) = (pair_key(k), k.object_type) {
             partners.entry((p, t)).or_insert(k.id);
         }
     }
+    let partner = |k: &Key| -> Option<Uuid> {
+        let other = match k.object_type? {
+            ObjectType::PrivateKey => ObjectType::PublicKey,
+            ObjectType::PublicKey => ObjectType::PrivateKey,
+            ObjectType::SecretKey => return None,
+        };
+        partners.get(&(pair_key(k)?, other)).copied()
+    };
     for k in &mut new {
-        if let (Some(p), Some(t)) = (pair_key(k), k.object_type) {
-            let other = match t {
-                ObjectType::PrivateKey => ObjectType::PublicKey,
-                ObjectType::PublicKey => ObjectType::PrivateKey,
-                ObjectType::SecretKey => continue,
-            };
-            k.link_id = partners.get(&(p, other)).copied();
+        k.link_id = partner(k);
+    }
+    // Records made without their partner (an earlier refresh, or recorded
+    // while the scan went on) are linked now.
+    for record in records
+        .iter()
+        .filter(|r| r.link_id.is_none() && !r.lifecycle.is_busy())
+    {
+        let Some(link) = partner(record) else { continue };
+        match plan.updated.iter_mut().find(|(k, _)| k.id == record.id) {
+            Some((k, _)) => k.link_id = Some(link),
+            None => {
+                let mut k = record.clone();
+                k.link_id = Some(link);
+                k.updated_at = now;
+                plan.updated.push((k, record.lifecycle.clone()));
+            }
         }
     }
     plan.inserted = new;
     plan
+}
+
+/// The record of an object made outside the service.
+fn discovered(
+    scope: &RefreshScope,
+    object: &ObservedObject,
+    replication_info: BTreeMap<String, String>,
+    replicated: bool,
+    now: DateTime<Utc>,
+) -> Key {
+    Key {
+        id: Uuid::new_v4(),
+        partition_id: scope.partition_id,
+        partition_label: scope.partition_label.clone(),
+        label: object.label.clone(),
+        lifecycle: KeyLifecycle::discovered(),
+        algorithm: object.algorithm,
+        object_type: Some(object.object_type),
+        mechanism: None,
+        generated_with: None,
+        size: object.size,
+        attributes: object.attributes,
+        cka_id: object.cka_id.clone(),
+        object_uid: object.object_uid.clone(),
+        sha_256_fingerprint: object.fingerprint.clone(),
+        replication_info,
+        replicated,
+        byok_key: false,
+        origin: Origin::External,
+        modulus: object.modulus.clone(),
+        exponent: object.exponent,
+        link_id: None,
+        ha_enabled: scope.ha_enabled,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The record of an object seen on the first member, written while the
+/// other members are still to be read: the first member holds it, the others
+/// are not known yet. The plan made once every member is read corrects it.
+pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, now: DateTime<Utc>) -> Key {
+    let info = scope
+        .members
+        .iter()
+        .enumerate()
+        .map(|(m, serial)| {
+            let state = if m == 0 {
+                "available"
+            } else {
+                "not read yet by the refresh in progress"
+            };
+            (serial.clone(), state.to_owned())
+        })
+        .collect();
+    discovered(scope, object, info, scope.members.len() == 1, now)
 }
 
 /// The member's description to record: one that knows the key's size (a
@@ -410,6 +460,33 @@ mod tests {
             Utc::now(),
         );
         assert!(plan.updated.is_empty() && plan.inserted.is_empty());
+    }
+
+    #[test]
+    fn halves_recorded_apart_are_linked_by_the_next_plan() {
+        let s = scope();
+        let private = object("ee03", ObjectType::PrivateKey, b"\xee", "pair");
+        let public = object("ee02", ObjectType::PublicKey, b"\xee", "pair");
+        let records = vec![
+            first_sight(&s, &private, Utc::now()),
+            first_sight(&s, &public, Utc::now()),
+        ];
+        assert!(records
+            .iter()
+            .all(|r| r.link_id.is_none() && r.replication_info["s2"].contains("not read yet")));
+        let seen = [
+            MemberView::Read(vec![private.clone(), public.clone()]),
+            MemberView::Read(vec![private, public]),
+        ];
+        let plan = plan(&s, &records, &seen, Utc::now());
+        assert!(plan.inserted.is_empty());
+        assert_eq!(plan.updated.len(), 2);
+        for (k, _) in &plan.updated {
+            let other = records.iter().find(|r| r.id != k.id).unwrap();
+            assert_eq!(k.link_id, Some(other.id));
+            assert_eq!(k.replication_info["s2"], "available");
+            assert!(k.replicated);
+        }
     }
 
     #[test]

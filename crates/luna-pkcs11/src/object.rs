@@ -72,16 +72,8 @@ impl ObjectDescription {
     /// followed by its class as two hex digits (so the halves of a pair
     /// differ); without a `CKA_ID`, `fp-` and its fingerprint.
     pub fn object_uid(&self) -> String {
-        if self.cka_id.is_empty() {
-            return format!("fp-{}", self.fingerprint_hex());
-        }
-        let class: u8 = match self.object_type {
-            Some(ObjectType::PublicKey) => 0x02,
-            Some(ObjectType::PrivateKey) => 0x03,
-            Some(ObjectType::SecretKey) => 0x04,
-            None => 0xff,
-        };
-        format!("{}{class:02x}", hex::encode(&self.cka_id))
+        luna_domain::key::object_uid(&self.cka_id, self.object_type)
+            .unwrap_or_else(|| format!("fp-{}", self.fingerprint_hex()))
     }
 }
 

@@ -65,7 +65,8 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
             size: spec.size,
             attributes: spec.attributes.for_object(*object_type),
             cka_id: ids[0].as_bytes().to_vec(),
-            object_uid: String::new(),
+            object_uid: luna_domain::key::object_uid(ids[0].as_bytes(), Some(*object_type))
+                .unwrap_or_default(),
             sha_256_fingerprint: String::new(),
             replication_info: Default::default(),
             replicated: false,

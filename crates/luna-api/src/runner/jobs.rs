@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use luna_domain::refresh::{plan, MemberView, ObservedObject, RefreshScope};
+use luna_domain::refresh::{first_sight, plan, MemberView, ObservedObject, RefreshScope};
 use luna_domain::{Job, JobEvent, JobStatus, JobType, Partition};
 use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
@@ -19,6 +19,19 @@ enum PartitionOutcome {
     Completed,
     Cancelled,
     Failed(String),
+}
+
+fn refresh_scope(partition: &Partition) -> RefreshScope {
+    RefreshScope {
+        partition_id: partition.id,
+        partition_label: partition.partition_label.clone(),
+        ha_enabled: partition.ha_enabled,
+        members: partition
+            .members
+            .iter()
+            .map(|m| m.serial_number.clone())
+            .collect(),
+    }
 }
 
 fn observed(d: &ObjectDescription) -> Option<ObservedObject> {
@@ -140,7 +153,7 @@ impl Runner {
             }
         };
         let stop = || self.store.job_abort_requested(job.id).unwrap_or(false);
-        let Some(mut surveyed) = self.survey(&partition, &stop) else {
+        let Some(mut surveyed) = self.survey(&partition, &stop, job.job_type == JobType::Refresh) else {
             return PartitionOutcome::Cancelled;
         };
         let mut failures = Vec::new();
@@ -150,7 +163,7 @@ impl Runner {
                 Some(problems) => failures = problems,
             }
             // The records are refreshed from what the members hold now.
-            match self.survey(&partition, &stop) {
+            match self.survey(&partition, &stop, false) {
                 Some(again) => surveyed = again,
                 None => return PartitionOutcome::Cancelled,
             }
@@ -229,14 +242,28 @@ impl Runner {
     }
 
     /// What every member holds (its key objects, or why it could not be
-    /// read); `None` if the job was cancelled meanwhile.
+    /// read); `None` if the job was cancelled meanwhile. With `record_early`,
+    /// objects on the first member that no record knows are recorded while
+    /// the scan goes on (a writer thread beside the token's), so a refresh
+    /// costs little more than the scan; the plan made afterwards completes
+    /// and corrects them.
     fn survey(
         &self,
         partition: &Partition,
         stop: &dyn Fn() -> bool,
+        record_early: bool,
     ) -> Option<Vec<Result<Vec<ObjectDescription>, String>>> {
+        let scope = refresh_scope(partition);
+        let known: BTreeSet<String> = if record_early {
+            match self.store.keys_of_partition(partition.id) {
+                Ok(records) => records.into_iter().map(|k| k.object_uid).collect(),
+                Err(_) => return self.survey(partition, stop, false),
+            }
+        } else {
+            BTreeSet::new()
+        };
         let mut views = Vec::with_capacity(partition.members.len());
-        for member in &partition.members {
+        for (m, member) in partition.members.iter().enumerate() {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
                 Err(reason) => {
@@ -246,18 +273,50 @@ impl Runner {
             };
             let mut objects = Vec::new();
             let mut cancelled = false;
-            let scanned = token.scan_described(BATCH, &mut |described| {
-                // Keys only, and never a cloning domain key (CKA_TRUSTED).
-                objects.extend(
-                    described
+            let stream = record_early && m == 0;
+            let scanned = std::thread::scope(|threads| {
+                let (early, writes) = std::sync::mpsc::channel::<Vec<luna_domain::Key>>();
+                let writer = stream.then(|| {
+                    let store = self.store.clone();
+                    threads.spawn(move || {
+                        for batch in writes {
+                            // Only an optimisation: what fails here, the plan writes later.
+                            if let Err(error) = store.insert_keys(&batch) {
+                                tracing::warn!(%error, "recording objects during a refresh failed");
+                            }
+                        }
+                    })
+                });
+                let scanned = token.scan_described(BATCH, &mut |described| {
+                    // Keys only, and never a cloning domain key (CKA_TRUSTED).
+                    let keys: Vec<ObjectDescription> = described
                         .into_iter()
-                        .filter(|d| d.object_type.is_some() && !d.trusted),
-                );
-                if stop() {
-                    cancelled = true;
-                    return ControlFlow::Break(());
+                        .filter(|d| d.object_type.is_some() && !d.trusted)
+                        .collect();
+                    if stream {
+                        let now = luna_store::now();
+                        let fresh: Vec<luna_domain::Key> = keys
+                            .iter()
+                            .filter_map(observed)
+                            .filter(|o| !known.contains(&o.object_uid))
+                            .map(|o| first_sight(&scope, &o, now))
+                            .collect();
+                        if !fresh.is_empty() {
+                            let _ = early.send(fresh);
+                        }
+                    }
+                    objects.extend(keys);
+                    if stop() {
+                        cancelled = true;
+                        return ControlFlow::Break(());
+                    }
+                    ControlFlow::Continue(())
+                });
+                drop(early);
+                if let Some(writer) = writer {
+                    let _ = writer.join();
                 }
-                ControlFlow::Continue(())
+                scanned
             });
             if cancelled {
                 return None;
