@@ -155,6 +155,17 @@ fn no_password_pin_or_token_reaches_the_log() {
         ),
     );
     assert_eq!(status, 400, "the wrong PIN is refused");
+    let so_pin = "so-pin-that-must-not-leak";
+    let (status, _) = call(
+        "POST",
+        &format!("{}/connectionmgmt/services/luna-network/connections", server.base),
+        Some(&jwt),
+        Some(&serde_json::json!({
+            "name": "leak-ha", "password": pin, "so_password": so_pin, "is_ha_enabled": true,
+            "partitions": [{"partition_label": "demo-ha-1"}, {"partition_label": "demo-ha-2"}]
+        })),
+    );
+    assert_eq!(status, 400);
     let (status, created) = call(
         "POST",
         &format!("{}/cckm/hsm/luna/keys", server.base),

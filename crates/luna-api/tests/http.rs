@@ -286,6 +286,11 @@ on_both_backends! {
         let partition = api.partition("busy", 1);
         let (_, created) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
         let id = created["id"].as_str().unwrap();
+        // The record knows its object's name from the start (a refresh meanwhile
+        // must not take the object for new); the answer shows it once made.
+        let record = api.store().get_key(uuid::Uuid::parse_str(id).unwrap()).unwrap().unwrap();
+        assert_eq!(record.object_uid, format!("{}04", id.replace('-', "")));
+        assert_eq!(created["object_uid"], "");
         for (method, path, body) in [
             ("PATCH", format!("{KEYS}/{id}"), Some(json!({"attributes": [{"type": "CKA_SIGN", "value": true}]}).to_string())),
             ("POST", format!("{KEYS}/{id}/replicate"), None),
