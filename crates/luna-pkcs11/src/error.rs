@@ -35,8 +35,6 @@ pub enum TokenError {
     NoFreeSlot,
     #[error("token {token:?} does not support {mechanism}, and mechanism remapping is off")]
     MechanismUnsupported { token: String, mechanism: String },
-    #[error("the token holds only part of the key pair with CKA_ID {cka_id}: {found}")]
-    PartialKeyPair { cka_id: String, found: String },
     #[error("object {handle} holds a malformed {attribute}: {problem}")]
     MalformedObject {
         handle: u64,

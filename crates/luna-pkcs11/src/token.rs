@@ -282,8 +282,11 @@ impl TokenPartition {
         }
     }
 
-    /// What an earlier attempt left under `cka_id`: the whole key (in `expected`
-    /// order), nothing, or an error for a pair with one half missing.
+    /// What an earlier attempt left under `cka_id`: the whole key (in
+    /// `expected` order), or nothing. Half a pair is destroyed: SoftHSM2
+    /// writes the halves of a pair one after the other, so a crash between
+    /// them leaves one behind, and the `CKA_ID` (the record's own new UUID)
+    /// says it is ours. The caller then makes the pair again.
     fn existing(
         session: &Session,
         cka_id: &[u8],
@@ -295,18 +298,16 @@ impl TokenPartition {
             .collect();
         found.sort_by_key(|d| expected.iter().position(|t| Some(*t) == d.object_type));
         found.dedup_by_key(|d| d.object_type);
-        match found.len() {
-            0 => Ok(None),
-            n if n == expected.len() => Ok(Some(found)),
-            _ => Err(TokenError::PartialKeyPair {
-                cka_id: hex::encode(cka_id),
-                found: found
-                    .iter()
-                    .filter_map(|d| d.object_type.map(|t| t.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
+        if found.len() == expected.len() {
+            return Ok(Some(found));
         }
+        for half in &found {
+            tracing::warn!(cka_id = %hex::encode(cka_id), "removing half a key pair an interrupted create left");
+            session
+                .destroy_object(half.handle.handle())
+                .map_err(call("C_DestroyObject"))?;
+        }
+        Ok(None)
     }
 
     fn find_in(session: &Session, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
