@@ -114,6 +114,16 @@ impl Runner {
     /// Ends a job whose operation could not run (or was given up): every
     /// partition not yet done carries the reason. Nothing is left in progress.
     pub(super) fn fail_job(&self, job_id: Uuid, reason: &str) -> luna_store::Result<()> {
+        self.end_job(job_id, JobEvent::Fail, reason)
+    }
+
+    fn end_cancelled(&self, job_id: Uuid) -> luna_store::Result<()> {
+        self.end_job(job_id, JobEvent::StopCancelled, JobStatus::Cancelled.as_str())
+    }
+
+    /// Ends a job still in progress with `event`; its partitions not yet done
+    /// get `leftover` as their state.
+    fn end_job(&self, job_id: Uuid, event: JobEvent, leftover: &str) -> luna_store::Result<()> {
         let Some(mut job) = self.store.get_job(job_id)? else {
             return Ok(());
         };
@@ -122,24 +132,10 @@ impl Runner {
         }
         for state in job.detailed_status.values_mut() {
             if state == JobStatus::InProgress.as_str() {
-                *state = reason.to_owned();
+                *state = leftover.to_owned();
             }
         }
-        job.apply(JobEvent::Fail, luna_store::now())?;
-        self.store.save_job(&job)?;
-        Ok(())
-    }
-
-    fn end_cancelled(&self, job_id: Uuid) -> luna_store::Result<()> {
-        let Some(mut job) = self.store.get_job(job_id)? else {
-            return Ok(());
-        };
-        for state in job.detailed_status.values_mut() {
-            if state == JobStatus::InProgress.as_str() {
-                *state = JobStatus::Cancelled.as_str().to_owned();
-            }
-        }
-        job.apply(JobEvent::StopCancelled, luna_store::now())?;
+        job.apply(event, luna_store::now())?;
         self.store.save_job(&job)?;
         Ok(())
     }
