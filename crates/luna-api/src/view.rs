@@ -32,8 +32,9 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// The fields every CipherTrust resource body opens with.
 #[derive(Debug, Serialize)]
-pub struct KeyView {
+pub struct Resource {
     pub id: String,
     pub uri: String,
     pub account: String,
@@ -44,6 +45,33 @@ pub struct KeyView {
     pub created_at: String,
     #[serde(rename = "updatedAt")]
     pub updated_at: String,
+}
+
+impl Resource {
+    /// `uri` is `kylo:kylo:cckm:<kind>:<id>`.
+    fn new(
+        kind: &str,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+        tenancy: &Tenancy,
+    ) -> Resource {
+        Resource {
+            id: id.to_string(),
+            uri: format!("kylo:kylo:cckm:{kind}:{id}"),
+            account: tenancy.account.clone(),
+            application: tenancy.application.clone(),
+            dev_account: tenancy.dev_account.clone(),
+            created_at: timestamp(created_at),
+            updated_at: timestamp(updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    #[serde(flatten)]
+    pub resource: Resource,
     pub partition_id: String,
     pub partition_label: String,
     pub status: &'static str,
@@ -80,13 +108,7 @@ impl KeyView {
         // As the reference shows: algorithm, object type and link are blank until the objects exist.
         let made = life.status != luna_domain::KeyStatus::InProgress;
         KeyView {
-            id: key.id.to_string(),
-            uri: format!("kylo:kylo:cckm:luna-keys:{}", key.id),
-            account: tenancy.account.clone(),
-            application: tenancy.application.clone(),
-            dev_account: tenancy.dev_account.clone(),
-            created_at: timestamp(key.created_at),
-            updated_at: timestamp(key.updated_at),
+            resource: Resource::new("luna-keys", key.id, key.created_at, key.updated_at, tenancy),
             partition_id: key.partition_id.to_string(),
             partition_label: key.partition_label.clone(),
             status: life.status.as_str(),
@@ -225,16 +247,8 @@ pub struct ListView<T> {
 
 #[derive(Debug, Serialize)]
 pub struct JobView {
-    pub id: String,
-    pub uri: String,
-    pub account: String,
-    pub application: String,
-    #[serde(rename = "devAccount")]
-    pub dev_account: String,
-    #[serde(rename = "createdAt")]
-    pub created_at: String,
-    #[serde(rename = "updatedAt")]
-    pub updated_at: String,
+    #[serde(flatten)]
+    pub resource: Resource,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
     pub overall_status: &'static str,
@@ -248,13 +262,7 @@ pub struct JobView {
 impl JobView {
     pub fn new(job: &luna_domain::Job, tenancy: &Tenancy) -> JobView {
         JobView {
-            id: job.id.to_string(),
-            uri: format!("kylo:kylo:cckm:synchronize:{}", job.id),
-            account: tenancy.account.clone(),
-            application: tenancy.application.clone(),
-            dev_account: tenancy.dev_account.clone(),
-            created_at: timestamp(job.created_at),
-            updated_at: timestamp(job.updated_at),
+            resource: Resource::new("synchronize", job.id, job.created_at, job.updated_at, tenancy),
             completed_at: job.completed_at.map(timestamp),
             overall_status: job.lifecycle.status.as_str(),
             detailed_status: job

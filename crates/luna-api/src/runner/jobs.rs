@@ -326,16 +326,7 @@ impl Runner {
     }
 
     fn reconcile(&self, partition: &Partition, views: &[MemberView]) -> Result<(), String> {
-        let scope = RefreshScope {
-            partition_id: partition.id,
-            partition_label: partition.partition_label.clone(),
-            ha_enabled: partition.ha_enabled,
-            members: partition
-                .members
-                .iter()
-                .map(|m| m.serial_number.clone())
-                .collect(),
-        };
+        let scope = refresh_scope(partition);
         let records = self
             .store
             .keys_of_partition(partition.id)
