@@ -232,3 +232,78 @@ mod tests {
         );
     }
 }
+
+/// CipherTrust's groups, as they appear in a user's `groups`.
+pub const ADMIN_GROUP: &str = "admin";
+pub const CCKM_ADMINS: &str = "CCKM Admins";
+pub const CCKM_USERS: &str = "CCKM Users";
+pub const GROUPS: &[&str] = &[ADMIN_GROUP, CCKM_ADMINS, CCKM_USERS];
+
+/// What a route needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Read keys, partitions and jobs: every CCKM group.
+    Read,
+    /// Change keys, partitions and jobs: `admin` and `CCKM Admins`.
+    Manage,
+    /// Users and connections: `admin` only.
+    Administer,
+}
+
+impl Principal {
+    pub fn may(&self, role: Role) -> bool {
+        let member = |group: &str| self.groups.iter().any(|g| g == group);
+        match role {
+            Role::Read => member(ADMIN_GROUP) || member(CCKM_ADMINS) || member(CCKM_USERS),
+            Role::Manage => member(ADMIN_GROUP) || member(CCKM_ADMINS),
+            Role::Administer => member(ADMIN_GROUP),
+        }
+    }
+}
+
+/// Extractors that admit a caller only in a role: a handler's signature says
+/// what it needs. Groups come from the bearer token (fixed when it was issued).
+macro_rules! role_extractor {
+    ($(#[$meta:meta])* $name:ident, $role:expr, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Principal);
+
+        impl FromRequest for $name {
+            type Error = ApiError;
+            type Future = Ready<Result<$name, ApiError>>;
+
+            fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+                ready(principal(req).and_then(|caller| {
+                    if caller.may($role) {
+                        Ok($name(caller))
+                    } else {
+                        Err(ApiError::Forbidden(format!(
+                            "user {:?} may not {}; that needs {}",
+                            caller.username,
+                            $what,
+                            match $role {
+                                Role::Read => "a CCKM group (admin, CCKM Admins or CCKM Users)",
+                                Role::Manage => "the admin or CCKM Admins group",
+                                Role::Administer => "the admin group",
+                            }
+                        )))
+                    }
+                }))
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// Reads keys, partitions and jobs.
+    Reader, Role::Read, "read Luna keys, partitions or jobs"
+);
+role_extractor!(
+    /// Changes keys, partitions and jobs.
+    Manager, Role::Manage, "change Luna keys, partitions or jobs"
+);
+role_extractor!(
+    /// Manages users and connections.
+    Administrator, Role::Administer, "manage users or connections"
+);

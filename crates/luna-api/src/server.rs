@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{auth, health, jobs, keys, partitions};
+use crate::handlers::{auth, health, jobs, keys, partitions, users};
 use crate::runner::{Runner, RunnerSettings};
 use crate::state::AppState;
 use crate::tokens::TokenRegistry;
@@ -33,6 +33,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/healthz", web::get().to(health::healthz))
             .route("/auth/tokens", web::post().to(auth::token))
             .route("/auth/tokens/", web::post().to(auth::token))
+            .service(
+                web::scope("/usermgmt/users")
+                    .route("", web::post().to(users::create))
+                    .route("", web::get().to(users::list))
+                    .route("/{id}", web::get().to(users::get))
+                    .route("/{id}", web::delete().to(users::delete)),
+            )
             .service(
                 web::scope("/connectionmgmt/services/luna-network/connections")
                     .route("", web::post().to(partitions::create_connection))

@@ -312,6 +312,87 @@ on_both_backends! {
         assert_error(status, &answer, 409, 13);
     }
 
+    fn every_route_admits_exactly_the_roles_it_should(db: TestDatabase) {
+        let api = Api::start_with(db, 0);
+        let partition = api.partition("roles", 1);
+        let pid = partition["id"].as_str().unwrap().to_owned();
+        let (_, key) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}));
+        let kid = key["id"].as_str().unwrap().to_owned();
+        let login = |name: &str, groups: Value| {
+            let (status, user) = api.send("POST", "/usermgmt/users", &json!({"username": name, "password": "password-of-a-user", "groups": groups}));
+            assert_eq!(status, 201, "{user}");
+            assert!(user.get("password").is_none() && user.get("password_hash").is_none());
+            let (_, tokens) = api.call("POST", "/auth/tokens", None, Some(&json!({"grant_type": "password", "username": name, "password": "password-of-a-user"}).to_string()));
+            tokens["jwt"].as_str().unwrap().to_owned()
+        };
+        let manager = login("manager", json!(["CCKM Admins"]));
+        let reader = login("reader", json!(["CCKM Users"]));
+        let outsider = login("outsider", json!([]));
+        let nobody = uuid::Uuid::new_v4();
+        use luna_api::auth::Role::{Administer, Manage, Read};
+        let routes: Vec<(&str, String, Option<Value>, luna_api::auth::Role)> = vec![
+            ("GET", KEYS.into(), None, Read),
+            ("GET", format!("{KEYS}/{kid}"), None, Read),
+            ("POST", KEYS.into(), Some(json!({"label": "x", "size": 256, "partition_id": nobody, "mechanism": "CKM_AES_KEY_GEN"})), Manage),
+            ("PATCH", format!("{KEYS}/{nobody}"), Some(json!({"attributes": [{"type": "CKA_SIGN", "value": true}]})), Manage),
+            ("POST", format!("{KEYS}/{nobody}/replicate"), None, Manage),
+            ("POST", format!("/cckm/hsm/luna/{nobody}/delete"), None, Manage),
+            ("DELETE", format!("{KEYS}/{nobody}"), None, Manage),
+            ("GET", "/cckm/hsm/luna/partitions".into(), None, Read),
+            ("GET", format!("/cckm/hsm/luna/partitions/{pid}"), None, Read),
+            ("POST", "/cckm/hsm/luna/add-partition".into(), Some(json!({"connection": "nobody"})), Manage),
+            ("DELETE", format!("/cckm/hsm/luna/partitions/{nobody}"), None, Manage),
+            ("POST", "/cckm/hsm/luna/refresh".into(), Some(json!({"partitions": [nobody]})), Manage),
+            ("GET", "/cckm/hsm/luna/refresh".into(), None, Read),
+            ("GET", format!("/cckm/hsm/luna/refresh/{nobody}"), None, Read),
+            ("POST", format!("/cckm/hsm/luna/refresh/{nobody}/cancel"), None, Manage),
+            ("POST", "/cckm/hsm/luna/synchronize".into(), Some(json!({"partitions": [nobody]})), Manage),
+            ("GET", "/cckm/hsm/luna/synchronize".into(), None, Read),
+            ("GET", format!("/cckm/hsm/luna/synchronize/{nobody}"), None, Read),
+            ("POST", format!("/cckm/hsm/luna/synchronize/{nobody}/cancel"), None, Manage),
+            ("POST", "/connectionmgmt/services/luna-network/connections".into(), Some(json!({"name": "x"})), Administer),
+            ("GET", "/connectionmgmt/services/luna-network/connections".into(), None, Administer),
+            ("GET", format!("/connectionmgmt/services/luna-network/connections/{nobody}"), None, Administer),
+            ("DELETE", format!("/connectionmgmt/services/luna-network/connections/{nobody}"), None, Administer),
+            ("POST", "/usermgmt/users".into(), Some(json!({"username": ""})), Administer),
+            ("GET", "/usermgmt/users".into(), None, Administer),
+            ("GET", format!("/usermgmt/users/{nobody}"), None, Administer),
+            ("DELETE", format!("/usermgmt/users/{nobody}"), None, Administer),
+        ];
+        let callers = [("admin", &api.token, [true, true, true]), ("CCKM Admins", &manager, [true, true, false]), ("CCKM Users", &reader, [true, false, false]), ("no group", &outsider, [false, false, false])];
+        for (method, path, body, role) in &routes {
+            for (who, token, allowed) in &callers {
+                let may = allowed[match role { Read => 0, Manage => 1, Administer => 2 }];
+                let (status, answer) = api.call(method, path, Some(token), body.as_ref().map(|b| b.to_string()).as_deref());
+                if may {
+                    assert!(status != 403 && status != 401 && status < 500, "{who} {method} {path}: {status} {answer}");
+                } else {
+                    assert_error(status, &answer, 403, 2);
+                    assert!(answer["message"].as_str().unwrap().contains("may not"), "{answer}");
+                }
+            }
+        }
+        // Users: listed by name, found, deleted; the bootstrap admin stays; bad input says why.
+        let (_, users) = api.get("/usermgmt/users?username=reader");
+        assert_eq!(users["total"], 1);
+        let reader_id = users["resources"][0]["user_id"].as_str().unwrap().to_owned();
+        assert_eq!(api.get(&format!("/usermgmt/users/{reader_id}")).1["groups"], json!(["CCKM Users"]));
+        assert_eq!(api.call("DELETE", &format!("/usermgmt/users/{reader_id}"), Some(&api.token), None).0, 204);
+        let (_, admins) = api.get("/usermgmt/users?username=admin");
+        let admin_id = admins["resources"][0]["user_id"].as_str().unwrap().to_owned();
+        let (status, answer) = api.call("DELETE", &format!("/usermgmt/users/{admin_id}"), Some(&api.token), None);
+        assert_error(status, &answer, 409, 13);
+        for (body, needle) in [
+            (json!({"username": "x", "password": "short"}), "at least 8"),
+            (json!({"username": "x", "password": "long-enough", "groups": ["root"]}), "group \"root\" does not exist"),
+            (json!({"username": "manager", "password": "long-enough"}), "already exists"),
+        ] {
+            let (status, answer) = api.send("POST", "/usermgmt/users", &body);
+            assert!(status == 400 || status == 409, "{answer}");
+            assert!(answer["message"].as_str().unwrap().contains(needle), "{answer}");
+        }
+    }
+
     fn a_token_error_ends_the_operation_failed_and_the_server_stays_up(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("fail", 1);

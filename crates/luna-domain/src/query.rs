@@ -244,6 +244,18 @@ filters! {
 }
 
 wire_enum! {
+    pub enum UserSortField ("sort field") {
+        Username => "username",
+    }
+}
+
+filters! {
+    pub struct UserFilters sorted by UserSortField {
+        username: String = text,
+    }
+}
+
+wire_enum! {
     pub enum ConnectionSortField ("sort field") {
         CreatedAt => "createdAt",
         UpdatedAt => "updatedAt",

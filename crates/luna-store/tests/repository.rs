@@ -537,6 +537,18 @@ on_both_backends! {
         assert!(store.take_refresh_token("hash-1", t).unwrap().is_none(), "a refresh token works once");
         store.insert_refresh_token("hash-2", user.id, t + Duration::seconds(1), t).unwrap();
         assert!(store.take_refresh_token("hash-2", t + Duration::seconds(2)).unwrap().is_none(), "expired");
+        let other = store
+            .insert_user(&luna_store::NewUser { username: "bob".into(), password_hash: "h".into(), groups: vec!["CCKM Users".into()] }, now())
+            .unwrap();
+        assert_eq!(store.get_user(other.id).unwrap().unwrap().groups, vec!["CCKM Users".to_string()]);
+        let listed = store.list_users(None, 0, 10).unwrap();
+        assert_eq!(store.list_users(Some("bob"), 0, 10).unwrap().total, 1);
+        assert_eq!((listed.total, listed.items.iter().map(|u| u.username.as_str()).collect::<Vec<_>>()), (2, vec!["admin", "bob"]));
+        store.insert_refresh_token("hash-3", other.id, t + Duration::hours(1), t).unwrap();
+        assert!(store.delete_user(other.id).unwrap());
+        assert!(store.get_user(other.id).unwrap().is_none());
+        assert!(store.take_refresh_token("hash-3", t).unwrap().is_none(), "a deleted user's refresh tokens go with it");
+        assert!(!store.delete_user(other.id).unwrap());
     }
 }
 

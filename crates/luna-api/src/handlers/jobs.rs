@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{blocking, list_query, listing, not_found, path_id};
-use crate::auth::Principal;
+use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::view::JobView;
@@ -108,7 +108,7 @@ async fn cancel(state: web::Data<AppState>, job_type: JobType, id: &str) -> Resu
 pub async fn start_job(
     state: web::Data<AppState>,
     kind: web::Data<JobType>,
-    _caller: Principal,
+    _caller: Manager,
     body: web::Json<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
     start(state, **kind, body.into_inner()).await
@@ -117,7 +117,7 @@ pub async fn start_job(
 pub async fn list_jobs(
     state: web::Data<AppState>,
     kind: web::Data<JobType>,
-    _caller: Principal,
+    _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     list(state, **kind, req).await
@@ -126,7 +126,7 @@ pub async fn list_jobs(
 pub async fn get_job(
     state: web::Data<AppState>,
     kind: web::Data<JobType>,
-    _caller: Principal,
+    _caller: Reader,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     get(state, **kind, &id).await
@@ -135,7 +135,7 @@ pub async fn get_job(
 pub async fn cancel_job(
     state: web::Data<AppState>,
     kind: web::Data<JobType>,
-    _caller: Principal,
+    _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     cancel(state, **kind, &id).await

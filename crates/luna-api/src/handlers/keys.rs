@@ -11,7 +11,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{blocking, list_query, listing, not_found, path_id};
-use crate::auth::Principal;
+use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
 use crate::runner::object_types_for;
 use crate::state::AppState;
@@ -94,7 +94,7 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
 
 pub async fn create(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     body: web::Json<CreateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -122,7 +122,7 @@ pub async fn create(
 
 pub async fn list(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = list_query::<KeyFilters>(req.query_string())?;
@@ -139,7 +139,7 @@ async fn load(state: &AppState, id: Uuid) -> Result<Key, ApiError> {
 
 pub async fn get(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Reader,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let key = load(&state, path_id("key", &id)?).await?;
@@ -168,7 +168,7 @@ async fn begin(
 
 pub async fn update(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     id: web::Path<String>,
     body: web::Json<UpdateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -200,7 +200,7 @@ pub async fn update(
 
 pub async fn replicate(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
@@ -218,7 +218,7 @@ pub async fn replicate(
 /// `POST /api/v1/cckm/hsm/luna/{id}/delete`: destroys the objects on the tokens.
 pub async fn delete_from_hsm(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
@@ -236,7 +236,7 @@ pub async fn delete_from_hsm(
 /// `DELETE /api/v1/cckm/hsm/luna/keys/{id}`: forgets the records here only.
 pub async fn forget(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;

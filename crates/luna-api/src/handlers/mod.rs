@@ -6,6 +6,7 @@ pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod partitions;
+pub mod users;
 
 use luna_domain::query::{parse_list_query, Filters, ListQuery};
 use uuid::Uuid;

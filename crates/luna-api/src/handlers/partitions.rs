@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{blocking, list_query, listing, not_found, path_id};
-use crate::auth::Principal;
+use crate::auth::{Administrator, Manager, Reader};
 use crate::error::ApiError;
 use crate::registry;
 use crate::state::AppState;
@@ -45,7 +45,7 @@ pub struct AddPartitionBody {
 
 pub async fn create_connection(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Administrator,
     body: web::Json<ConnectionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -75,7 +75,7 @@ pub async fn create_connection(
 
 pub async fn list_connections(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Administrator,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = list_query::<ConnectionFilters>(req.query_string())?;
@@ -87,7 +87,7 @@ pub async fn list_connections(
 
 pub async fn get_connection(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Administrator,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
@@ -103,7 +103,7 @@ pub async fn get_connection(
 
 pub async fn delete_connection(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Administrator,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
@@ -117,7 +117,7 @@ pub async fn delete_connection(
 
 pub async fn add_partition(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     body: web::Json<AddPartitionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
@@ -128,7 +128,7 @@ pub async fn add_partition(
 
 pub async fn list_partitions(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = list_query::<PartitionFilters>(req.query_string())?;
@@ -140,7 +140,7 @@ pub async fn list_partitions(
 
 pub async fn get_partition(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Reader,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;
@@ -153,7 +153,7 @@ pub async fn get_partition(
 /// Forgets the partition and its keys here; the tokens are not touched.
 pub async fn delete_partition(
     state: web::Data<AppState>,
-    _caller: Principal,
+    _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;

@@ -89,6 +89,45 @@ impl Store {
         })
     }
 
+    pub fn get_user(&self, id: Uuid) -> Result<Option<StoredUser>> {
+        self.read(|conn| user_by(conn, &id.to_string()))
+    }
+
+    /// Users by name (all, or the one named `username`), `skip` and `limit`
+    /// applied, and their total.
+    pub fn list_users(
+        &self,
+        username: Option<&str>,
+        skip: i64,
+        limit: i64,
+    ) -> Result<crate::Listed<StoredUser>> {
+        let filtered = || {
+            let mut q = users::table.into_boxed::<crate::db::MultiBackend>();
+            if let Some(name) = username {
+                q = q.filter(users::username.eq(name.to_owned()));
+            }
+            q
+        };
+        self.read(|conn| {
+            let total: i64 = filtered().count().get_result(conn)?;
+            let items = filtered()
+                .order(users::username)
+                .offset(skip)
+                .limit(limit)
+                .select(UserRow::as_select())
+                .load(conn)?
+                .into_iter()
+                .map(UserRow::into_stored)
+                .collect::<Result<_>>()?;
+            Ok(crate::Listed { total, items })
+        })
+    }
+
+    /// Deletes a user and its refresh tokens.
+    pub fn delete_user(&self, id: Uuid) -> Result<bool> {
+        self.write(|conn| Ok(diesel::delete(users::table.find(id.to_string())).execute(conn)? == 1))
+    }
+
     /// Keeps a refresh token by its hash (the token itself is never stored).
     pub fn insert_refresh_token(
         &self,

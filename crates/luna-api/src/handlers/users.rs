@@ -1,0 +1,126 @@
+//! `/api/v1/usermgmt/users`: users and their groups (admin only).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use luna_domain::query::UserFilters;
+use luna_store::{NewUser, StoredUser};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, list_query, listing, not_found, path_id};
+use crate::auth::{hash_password, Administrator, GROUPS};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::view::timestamp;
+
+/// Passwords shorter than this are refused.
+const MIN_PASSWORD: usize = 8;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    username: Option<String>,
+    password: Option<SecretString>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    user_id: String,
+    username: String,
+    groups: Vec<String>,
+    #[serde(rename = "createdAt")]
+    created_at: String,
+}
+
+impl From<&StoredUser> for UserView {
+    fn from(u: &StoredUser) -> Self {
+        UserView {
+            user_id: u.id.to_string(),
+            username: u.username.clone(),
+            groups: u.groups.clone(),
+            created_at: timestamp(u.created_at),
+        }
+    }
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    body: web::Json<UserBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let username = luna_domain::key::check_label("username", body.username.as_deref().unwrap_or(""))?;
+    let password = body
+        .password
+        .filter(|p| p.expose_secret().chars().count() >= MIN_PASSWORD)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "password is required, at least {MIN_PASSWORD} characters"
+            ))
+        })?;
+    if let Some(unknown) = body.groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "group {unknown:?} does not exist; allowed: {}",
+            GROUPS.join(", ")
+        )));
+    }
+    let store = state.store.clone();
+    let user = blocking(move || {
+        let user = NewUser {
+            username,
+            password_hash: hash_password(&password)?,
+            groups: body.groups,
+        };
+        Ok(store.insert_user(&user, luna_store::now())?)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(UserView::from(&user)))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = list_query::<UserFilters>(req.query_string())?;
+    let page = query.page;
+    let store = state.store.clone();
+    let listed =
+        blocking(move || Ok(store.list_users(query.filters.username.as_deref(), page.skip, page.limit)?))
+            .await?;
+    Ok(listing(page, listed, |u| UserView::from(u)))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("user", &id)?;
+    let store = state.store.clone();
+    let user = blocking(move || store.get_user(id)?.ok_or_else(|| not_found("user", id))).await?;
+    Ok(HttpResponse::Ok().json(UserView::from(&user)))
+}
+
+/// The bootstrap `admin` stays: without it nobody could manage users again.
+pub async fn delete(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("user", &id)?;
+    let store = state.store.clone();
+    blocking(move || {
+        let user = store.get_user(id)?.ok_or_else(|| not_found("user", id))?;
+        if user.username == "admin" {
+            return Err(ApiError::Conflict(
+                "the bootstrap admin user cannot be deleted".into(),
+            ));
+        }
+        store.delete_user(id)?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
