@@ -21,6 +21,8 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("LUNA_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Serve(settings) => serve(&settings),

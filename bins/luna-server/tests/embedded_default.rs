@@ -175,9 +175,23 @@ fn no_password_pin_or_token_reaches_the_log() {
         ),
     );
     assert_eq!(status, 201, "{created}");
+    // The log lines of a request carry its id.
+    let marked = ureq::get(&format!("{}/cckm/hsm/luna/keys?limit=1", server.base))
+        .set("Authorization", &format!("Bearer {jwt}"))
+        .set("X-Request-Id", "marker-request-7")
+        .call()
+        .unwrap();
+    assert_eq!(marked.header("X-Request-Id"), Some("marker-request-7"));
     server.stop();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.len() > 1000, "the trace log has content: {} bytes", log.len());
+    let request_lines: Vec<&str> = log.lines().filter(|l| l.contains("marker-request-7")).collect();
+    assert!(
+        request_lines
+            .iter()
+            .any(|l| l.contains("answered") && l.contains("status=200")),
+        "{request_lines:?}"
+    );
     for secret in [
         password.as_str(),
         "wrong-password-not-to-log",

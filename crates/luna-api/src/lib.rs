@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod registry;
+pub mod request_id;
 pub mod runner;
 pub mod server;
 pub mod state;

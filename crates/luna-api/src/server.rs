@@ -169,7 +169,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .app_data(json_config())
             .app_data(path_config())
             .wrap(middleware::Compress::default())
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+            .wrap(middleware::from_fn(crate::request_id::middleware))
             .configure(routes)
             .default_service(web::to(no_route))
     })

@@ -393,6 +393,37 @@ on_both_backends! {
         }
     }
 
+    fn every_answer_carries_a_request_id(db: TestDatabase) {
+        let api = Api::start_with(db, 0);
+        let id_of = |request: ureq::Request| {
+            let response = match request.call() {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{e}"),
+            };
+            (response.status(), response.header("X-Request-Id").map(str::to_owned))
+        };
+        let bearer = format!("Bearer {}", api.token);
+        let mut seen = std::collections::HashSet::new();
+        for (request, expected) in [
+            (ureq::get(&format!("{}/healthz", api.base)), 200),
+            (ureq::get(&format!("{}{KEYS}", api.base)).set("Authorization", &bearer), 200),
+            (ureq::get(&format!("{}{KEYS}", api.base)), 401),
+            (ureq::get(&format!("{}{KEYS}?limit=0", api.base)).set("Authorization", &bearer), 400),
+            (ureq::get(&format!("{}/no/such/route", api.base)), 404),
+        ] {
+            let (status, id) = id_of(request);
+            assert_eq!(status, expected);
+            let id = id.expect("X-Request-Id on every answer");
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+            assert!(seen.insert(id), "ids are not reused");
+        }
+        // A client's own id is echoed; one that could corrupt a log line is replaced.
+        let (_, echoed) = id_of(ureq::get(&format!("{}/healthz", api.base)).set("X-Request-Id", "trace-42.a_b"));
+        assert_eq!(echoed.as_deref(), Some("trace-42.a_b"));
+        let (_, replaced) = id_of(ureq::get(&format!("{}/healthz", api.base)).set("X-Request-Id", &"x".repeat(200)));
+        assert!(uuid::Uuid::parse_str(&replaced.unwrap()).is_ok());
+    }
+
     fn a_token_error_ends_the_operation_failed_and_the_server_stays_up(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("fail", 1);
