@@ -33,6 +33,16 @@ pub async fn middleware(
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
+    let request = response.request();
+    if let Some(state) = request.app_data::<actix_web::web::Data<crate::state::AppState>>() {
+        let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        state.metrics.observe_request(
+            &route,
+            request.method().as_str(),
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),

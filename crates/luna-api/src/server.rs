@@ -28,6 +28,7 @@ use crate::view::Tenancy;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(crate::metrics::scrape));
     cfg.service(
         web::scope("/api/v1")
             .route("/healthz", web::get().to(health::healthz))
@@ -149,7 +150,12 @@ impl Running {
 /// Starts the runner and the server on `listener`. Call inside an actix system.
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
     let work = Arc::new(Notify::new());
-    let tokens = Arc::new(TokenRegistry::new(config.module, config.store.clone()));
+    let metrics = crate::metrics::Metrics::new().map_err(std::io::Error::other)?;
+    let tokens = Arc::new(TokenRegistry::new(
+        config.module,
+        config.store.clone(),
+        Arc::clone(&metrics),
+    ));
     let runner = Runner::new(
         config.store.clone(),
         Arc::clone(&tokens),
@@ -162,6 +168,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         auth: config.auth,
         tenancy: config.tenancy,
         work,
+        metrics,
     });
     let server = HttpServer::new(move || {
         App::new()

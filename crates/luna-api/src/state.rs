@@ -17,4 +17,5 @@ pub struct AppState {
     pub tenancy: Tenancy,
     /// Wakes an idle worker as soon as an operation is queued.
     pub work: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -16,6 +16,7 @@ pub type Unavailable = String;
 pub struct TokenRegistry {
     module: Arc<Module>,
     store: Store,
+    metrics: Arc<crate::metrics::Metrics>,
     open: Mutex<HashMap<(Uuid, String), Arc<dyn Partition>>>,
 }
 
@@ -28,10 +29,11 @@ impl std::fmt::Debug for TokenRegistry {
 }
 
 impl TokenRegistry {
-    pub fn new(module: Arc<Module>, store: Store) -> TokenRegistry {
+    pub fn new(module: Arc<Module>, store: Store, metrics: Arc<crate::metrics::Metrics>) -> TokenRegistry {
         TokenRegistry {
             module,
             store,
+            metrics,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -60,7 +62,11 @@ impl TokenRegistry {
                     member.partition_label, member.serial_number
                 )
             })?;
-        let token: Arc<dyn Partition> = Arc::new(token);
+        // Every call of the service's on a member token is timed and its errors counted.
+        let token: Arc<dyn Partition> = Arc::new(crate::metrics::Metered {
+            inner: Arc::new(token),
+            metrics: Arc::clone(&self.metrics),
+        });
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -393,6 +393,47 @@ on_both_backends! {
         }
     }
 
+    fn metrics_count_requests_operations_token_calls_and_jobs(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("metrics", 1);
+        let (_, made) = api.send("POST", KEYS, &json!({"label": "m", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}));
+        api.settled(made["id"].as_str().unwrap());
+        assert_eq!(api.get(&format!("{KEYS}/{}", uuid::Uuid::new_v4())).0, 404);
+        let scrape = || ureq::get(&format!("{}/metrics", api.base.trim_end_matches("/api/v1"))).call().unwrap().into_string().unwrap();
+        let text = scrape();
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        };
+        assert_eq!(value(r#"luna_http_request_duration_seconds_count{method="POST",route="/api/v1/cckm/hsm/luna/keys",status="201"}"#), 1.0);
+        assert_eq!(value(r#"luna_http_request_duration_seconds_count{method="GET",route="/api/v1/cckm/hsm/luna/keys/{id}",status="404"}"#), 1.0);
+        assert_eq!(value(r#"luna_operations{kind="keycreate",state="succeeded"}"#), 1.0);
+        assert!(value(r#"luna_token_call_duration_seconds_count{function="generate"}"#) >= 1.0);
+        assert!(text.contains("luna_http_request_duration_seconds_bucket{"), "latency histograms");
+        assert!(!text.contains(made["id"].as_str().unwrap()), "no key id in metrics");
+        // A failing token call is counted by function and code.
+        let token = luna_pkcs11::testing::module()
+            .open_partition(partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+            .unwrap();
+        let (_, locked) = api.send("POST", KEYS, &json!({"label": "l", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
+        let lid = locked["id"].as_str().unwrap().to_owned();
+        api.settled(&lid);
+        for o in token.find_by_id(uuid::Uuid::parse_str(&lid).unwrap().as_bytes()).unwrap() {
+            token.destroy(o.handle).unwrap();
+        }
+        api.send("PATCH", &format!("{KEYS}/{lid}"), &json!({"attributes": [{"type": "CKA_SIGN", "value": true}]}));
+        api.settled(&lid);
+        let text = scrape();
+        assert!(text.contains(r#"luna_operations{kind="keyupdate",state="failed"} 1"#), "{text}");
+        // A running job's partitions are counted while it runs (here it has ended, so none).
+        let job = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"synchronize_all": true})).1;
+        assert_eq!(job["overall_status"], "in_progress");
+        assert!(scrape().contains("luna_job_partitions"), "job progress is exported");
+    }
+
     fn every_answer_carries_a_request_id(db: TestDatabase) {
         let api = Api::start_with(db, 0);
         let id_of = |request: ureq::Request| {

@@ -56,6 +56,22 @@ impl TokenError {
         }
     }
 
+    /// A short name for metrics: the `CKR_` code of a failed call, else the kind.
+    pub fn code(&self) -> &str {
+        match self {
+            TokenError::Call { code, .. } => code,
+            TokenError::LoadModule { .. } => "load_module",
+            TokenError::TokenNotFound { .. } => "token_not_found",
+            TokenError::AmbiguousToken { .. } => "ambiguous_token",
+            TokenError::PinIncorrect { .. } => "CKR_PIN_INCORRECT",
+            TokenError::UserSessionOpen { .. } => "user_session_open",
+            TokenError::NoCloningDomain { .. } => "no_cloning_domain",
+            TokenError::NoFreeSlot => "no_free_slot",
+            TokenError::MechanismUnsupported { .. } => "mechanism_unsupported",
+            TokenError::MalformedObject { .. } => "malformed_object",
+        }
+    }
+
     /// Whether the session that produced this error should be thrown away
     /// instead of going back to the pool.
     pub(crate) fn breaks_session(&self) -> bool {

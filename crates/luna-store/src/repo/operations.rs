@@ -171,6 +171,20 @@ impl Store {
         })
     }
 
+    /// How many operations there are, by kind and state (for metrics).
+    pub fn operation_counts_by_kind(&self) -> Result<Vec<(String, OperationState, i64)>> {
+        self.read(|conn| {
+            let counts: Vec<(String, String, i64)> = operations::table
+                .group_by((operations::kind, operations::state))
+                .select((operations::kind, operations::state, diesel::dsl::count_star()))
+                .load(conn)?;
+            counts
+                .into_iter()
+                .map(|(kind, state, n)| Ok((kind, crate::codec::wire("operation state", &state)?, n)))
+                .collect()
+        })
+    }
+
     /// How many operations wait or run, by state (for metrics and tests).
     pub fn operation_counts(&self) -> Result<Vec<(OperationState, i64)>> {
         self.read(|conn| {

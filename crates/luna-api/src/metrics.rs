@@ -1,0 +1,291 @@
+//! `GET /metrics` in Prometheus' text format: requests by route and status
+//! with latency histograms, token calls by function with latency and errors,
+//! operations by kind and state, and the progress of running jobs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use luna_domain::query::{parse_list_query, JobFilters};
+use luna_domain::{JobStatus, JobType};
+use luna_pkcs11::{
+    GenerateRequest, Generated, ObjectDescription, ObjectRef, Partition, Portable, ScanOutcome, TokenInfo,
+    TransportOffer,
+};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::ApiError;
+use crate::handlers::blocking;
+use crate::state::AppState;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: HistogramVec,
+    token_calls: HistogramVec,
+    token_errors: IntCounterVec,
+    operations: IntGaugeVec,
+    jobs: IntGaugeVec,
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Arc<Metrics>, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "luna_http_request_duration_seconds",
+                    "HTTP requests by route, method and status",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                &["route", "method", "status"],
+            )?,
+        )?;
+        let token_calls = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "luna_token_call_duration_seconds",
+                    "PKCS#11 token calls by function",
+                )
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]),
+                &["function"],
+            )?,
+        )?;
+        let token_errors = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "luna_token_call_errors_total",
+                    "Failed token calls by function and code",
+                ),
+                &["function", "code"],
+            )?,
+        )?;
+        let operations = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("luna_operations", "Durable operations by kind and state"),
+                &["kind", "state"],
+            )?,
+        )?;
+        let jobs = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "luna_job_partitions",
+                    "Partitions of running jobs, done or pending, by job type",
+                ),
+                &["job_type", "progress"],
+            )?,
+        )?;
+        Ok(Arc::new(Metrics {
+            registry,
+            requests,
+            token_calls,
+            token_errors,
+            operations,
+            jobs,
+        }))
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .observe(seconds);
+    }
+
+    fn timed<T>(
+        &self,
+        function: &str,
+        call: impl FnOnce() -> luna_pkcs11::Result<T>,
+    ) -> luna_pkcs11::Result<T> {
+        let started = Instant::now();
+        let result = call();
+        self.token_calls
+            .with_label_values(&[function])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            self.token_errors
+                .with_label_values(&[function, error.code()])
+                .inc();
+        }
+        result
+    }
+}
+
+/// A partition whose every call is timed and whose errors are counted.
+#[derive(Debug)]
+pub struct Metered {
+    pub inner: Arc<dyn Partition>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Partition for Metered {
+    fn info(&self) -> &TokenInfo {
+        self.inner.info()
+    }
+    fn generate(&self, request: &GenerateRequest) -> luna_pkcs11::Result<Generated> {
+        self.metrics.timed("generate", || self.inner.generate(request))
+    }
+    fn find_by_id(&self, cka_id: &[u8]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
+        self.metrics.timed("find_by_id", || self.inner.find_by_id(cka_id))
+    }
+    fn describe(&self, object: ObjectRef) -> luna_pkcs11::Result<ObjectDescription> {
+        self.metrics.timed("describe", || self.inner.describe(object))
+    }
+    fn describe_many(&self, objects: &[ObjectRef]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
+        self.metrics
+            .timed("describe_many", || self.inner.describe_many(objects))
+    }
+    fn set_attributes(
+        &self,
+        object: ObjectRef,
+        changes: &[(luna_domain::Attribute, bool)],
+    ) -> luna_pkcs11::Result<()> {
+        self.metrics
+            .timed("set_attributes", || self.inner.set_attributes(object, changes))
+    }
+    fn destroy(&self, object: ObjectRef) -> luna_pkcs11::Result<()> {
+        self.metrics.timed("destroy", || self.inner.destroy(object))
+    }
+    fn scan(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(&[ObjectRef]) -> std::ops::ControlFlow<()>,
+    ) -> luna_pkcs11::Result<ScanOutcome> {
+        self.metrics.timed("scan", || self.inner.scan(batch_size, visit))
+    }
+    fn scan_described(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<ObjectDescription>) -> std::ops::ControlFlow<()>,
+    ) -> luna_pkcs11::Result<ScanOutcome> {
+        self.metrics
+            .timed("scan_described", || self.inner.scan_described(batch_size, visit))
+    }
+    fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> luna_pkcs11::Result<Portable> {
+        self.metrics
+            .timed("export", || self.inner.export_to(object, target_serial))
+    }
+    fn import_from(
+        &self,
+        portable: &Portable,
+        source_serial: &str,
+    ) -> luna_pkcs11::Result<ObjectDescription> {
+        self.metrics
+            .timed("import", || self.inner.import_from(portable, source_serial))
+    }
+    fn shares_domain_with(&self, peer_serial: &str) -> luna_pkcs11::Result<bool> {
+        self.metrics.timed("shares_domain_with", || {
+            self.inner.shares_domain_with(peer_serial)
+        })
+    }
+    fn offer_transport(&self) -> luna_pkcs11::Result<TransportOffer> {
+        self.metrics
+            .timed("offer_transport", || self.inner.offer_transport())
+    }
+    fn export_for_offer(
+        &self,
+        object: &ObjectDescription,
+        offer: &TransportOffer,
+    ) -> luna_pkcs11::Result<Portable> {
+        self.metrics
+            .timed("export", || self.inner.export_for_offer(object, offer))
+    }
+    fn import_offered(
+        &self,
+        portable: &Portable,
+        offer: &TransportOffer,
+    ) -> luna_pkcs11::Result<ObjectDescription> {
+        self.metrics
+            .timed("import", || self.inner.import_offered(portable, offer))
+    }
+}
+
+/// `GET /metrics`: no token (scrapers keep none); operational figures only,
+/// never a key id, label or value.
+pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let (operations, running) = blocking(move || {
+        let operations = store.operation_counts_by_kind()?;
+        let query = parse_list_query::<JobFilters>(&[
+            ("overall_status".into(), JobStatus::InProgress.as_str().into()),
+            ("limit".into(), "1000".into()),
+        ])?;
+        let mut running = Vec::new();
+        for job_type in JobType::ALL {
+            running.push((*job_type, store.list_jobs(*job_type, &query)?.items));
+        }
+        Ok((operations, running))
+    })
+    .await?;
+    let metrics = &state.metrics;
+    metrics.operations.reset();
+    for (kind, op_state, n) in operations {
+        metrics
+            .operations
+            .with_label_values(&[kind.as_str(), op_state.as_str()])
+            .set(n);
+    }
+    metrics.jobs.reset();
+    for (job_type, jobs) in running {
+        let (mut done, mut pending) = (0, 0);
+        for job in &jobs {
+            for state in job.detailed_status.values() {
+                if state == JobStatus::InProgress.as_str() {
+                    pending += 1;
+                } else {
+                    done += 1;
+                }
+            }
+        }
+        metrics
+            .jobs
+            .with_label_values(&[job_type.as_str(), "done"])
+            .set(done);
+        metrics
+            .jobs
+            .with_label_values(&[job_type.as_str(), "pending"])
+            .set(pending);
+    }
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&metrics.registry.gather(), &mut text)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(text))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_are_defined() {
+        let metrics = super::Metrics::new().unwrap();
+        metrics.observe_request("/api/v1/healthz", "GET", 200, 0.001);
+        let names: Vec<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert!(
+            names.contains(&"luna_http_request_duration_seconds".to_owned()),
+            "{names:?}"
+        );
+    }
+}
