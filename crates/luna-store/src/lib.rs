@@ -28,6 +28,7 @@ pub use codec::now;
 pub use db::{Backend, PoolOptions};
 pub use error::{Result, StoreError};
 pub use pin::{load_or_create_key_file, PinCipher};
+pub use repo::audit::{AuditEntry, AuditRecord};
 pub use repo::users::{NewUser, StoredUser};
 
 use db::{DbConnection, Manager, SqliteWriteLock};

@@ -69,6 +69,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    audit_records (seq) {
+        seq -> BigInt,
+        at -> BigInt,
+        username -> Text,
+        action -> Text,
+        target -> Text,
+        outcome -> Text,
+        request_id -> Text,
+        client -> Text,
+        previous_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
     /// Kept by triggers (migration 3); read-only here.
     key_counts (partition_id, status) {
         partition_id -> Text,
@@ -142,6 +157,7 @@ diesel::joinable!(running_jobs -> jobs (job_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_records,
     connections,
     connection_members,
     partitions,

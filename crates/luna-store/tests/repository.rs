@@ -523,6 +523,48 @@ on_both_backends! {
         assert_eq!(syncs.total, 1);
     }
 
+    fn the_audit_chain_holds_under_concurrent_appends_and_shows_tampering(store: &Store, db: &TestDatabase) {
+        let entry = |user: &str, action: &str| luna_store::AuditEntry {
+            at: now(),
+            username: user.into(),
+            action: action.into(),
+            target: "t".into(),
+            outcome: "200".into(),
+            request_id: "r".into(),
+            client: "127.0.0.1".into(),
+        };
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        store.append_audit(&entry(&format!("user{t}"), "keys.create")).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.verify_audit().unwrap(), None, "40 concurrent appends, one unbroken chain");
+        let all = store.list_audit(None, None, 0, 100).unwrap();
+        assert_eq!(all.total, 40);
+        assert_eq!(all.items[0].seq, 40, "newest first");
+        assert_eq!(all.items[0].previous_hash, all.items[1].hash);
+        assert_eq!(store.list_audit(Some("user2"), Some("keys.create"), 0, 100).unwrap().total, 10);
+        // Tampering, as someone with database access would: edit, then delete.
+        let raw = |sql: &str| {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            match db.url.strip_prefix("sqlite://") {
+                Some(path) => diesel::SqliteConnection::establish(path).unwrap().batch_execute(sql).unwrap(),
+                None => diesel::PgConnection::establish(&db.url).unwrap().batch_execute(sql).unwrap(),
+            }
+        };
+        raw("UPDATE audit_records SET outcome = '403' WHERE seq = 17");
+        assert_eq!(store.verify_audit().unwrap(), Some(17));
+        raw("UPDATE audit_records SET outcome = '200' WHERE seq = 17");
+        assert_eq!(store.verify_audit().unwrap(), None);
+        raw("DELETE FROM audit_records WHERE seq = 30");
+        assert_eq!(store.verify_audit().unwrap(), Some(31));
+    }
+
     fn users_and_refresh_tokens(store: &Store, _db: &TestDatabase) {
         let user = store
             .insert_user(&luna_store::NewUser { username: "admin".into(), password_hash: "$argon2id$…".into(), groups: vec!["admin".into()] }, now())

@@ -1,5 +1,6 @@
 //! Repositories: one module per aggregate, each an `impl Store` block.
 
+pub mod audit;
 pub mod jobs;
 pub mod keys;
 pub mod operations;
