@@ -9,6 +9,10 @@ use tracing::Instrument;
 
 pub const HEADER: &str = "x-request-id";
 
+/// The request's id, for handlers that record it (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// A client's id is kept if it is 1 to 128 characters of letters, digits,
 /// `-`, `_` and `.`; anything else (it would land in logs) is replaced.
 fn acceptable(id: &str) -> bool {
@@ -30,18 +34,43 @@ pub async fn middleware(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let client = req.connection_info().peer_addr().unwrap_or("-").to_owned();
+    actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
-    let request = response.request();
+    let request = response.request().clone();
     if let Some(state) = request.app_data::<actix_web::web::Data<crate::state::AppState>>() {
         let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        let status = response.status().as_u16();
         state.metrics.observe_request(
             &route,
             request.method().as_str(),
-            response.status().as_u16(),
+            status,
             started.elapsed().as_secs_f64(),
         );
+        // Every mutating request is audited (logins: only failures, by their handler).
+        let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
+        if !reads.contains(request.method()) && !request.path().starts_with("/api/v1/auth/tokens") {
+            let username = request
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .and_then(|t| state.auth.verify(t).ok())
+                .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
+            let entry = luna_store::AuditEntry {
+                at: luna_store::now(),
+                username,
+                action: format!("{} {route}", request.method()),
+                target: request.path().to_owned(),
+                outcome: status.to_string(),
+                request_id: id.clone(),
+                client: client.clone(),
+            };
+            crate::handlers::audit::record(state, entry)
+                .instrument(span.clone())
+                .await;
+        }
     }
     span.in_scope(|| {
         tracing::info!(

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{auth, health, jobs, keys, partitions, users};
+use crate::handlers::{audit, auth, health, jobs, keys, partitions, users};
 use crate::runner::{Runner, RunnerSettings};
 use crate::state::AppState;
 use crate::tokens::TokenRegistry;
@@ -34,6 +34,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/healthz", web::get().to(health::healthz))
             .route("/auth/tokens", web::post().to(auth::token))
             .route("/auth/tokens/", web::post().to(auth::token))
+            .route("/audit/records", web::get().to(audit::list))
+            .route("/audit/verify", web::get().to(audit::verify))
             .service(
                 web::scope("/usermgmt/users")
                     .route("", web::post().to(users::create))

@@ -358,6 +358,8 @@ on_both_backends! {
             ("GET", "/usermgmt/users".into(), None, Administer),
             ("GET", format!("/usermgmt/users/{nobody}"), None, Administer),
             ("DELETE", format!("/usermgmt/users/{nobody}"), None, Administer),
+            ("GET", "/audit/records".into(), None, Administer),
+            ("GET", "/audit/verify".into(), None, Administer),
         ];
         let callers = [("admin", &api.token, [true, true, true]), ("CCKM Admins", &manager, [true, true, false]), ("CCKM Users", &reader, [true, false, false]), ("no group", &outsider, [false, false, false])];
         for (method, path, body, role) in &routes {
@@ -432,6 +434,46 @@ on_both_backends! {
         let job = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"synchronize_all": true})).1;
         assert_eq!(job["overall_status"], "in_progress");
         assert!(scrape().contains("luna_job_partitions"), "job progress is exported");
+    }
+
+    fn the_audit_trail_records_mutations_failed_logins_and_outcomes(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("audit", 1);
+        let (_, made) = api.send("POST", KEYS, &json!({"label": "a", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
+        let id = made["id"].as_str().unwrap().to_owned();
+        api.settled(&id);
+        api.send("PATCH", &format!("{KEYS}/{id}"), &json!({"attributes": [{"type": "CKA_SIGN", "value": true}]}));
+        api.settled(&id);
+        let secret = "a-wrong-password-to-keep-out";
+        let (status, _) = api.call("POST", "/auth/tokens", None, Some(&json!({"grant_type": "password", "username": "mallory", "password": secret}).to_string()));
+        assert_eq!(status, 401);
+        let (status, trail) = api.get("/audit/records?limit=100");
+        assert_eq!(status, 200, "{trail}");
+        let records = trail["resources"].as_array().unwrap();
+        let find = |action: &str, outcome: &str| {
+            records
+                .iter()
+                .find(|r| r["action"].as_str().unwrap().starts_with(action) && r["outcome"].as_str().unwrap().starts_with(outcome))
+                .unwrap_or_else(|| panic!("no {action} {outcome} in {trail}"))
+        };
+        let create = find("POST /api/v1/cckm/hsm/luna/keys", "201");
+        assert_eq!(create["username"], "admin");
+        assert!(uuid::Uuid::parse_str(create["request_id"].as_str().unwrap()).is_ok());
+        assert_eq!(find("PATCH /api/v1/cckm/hsm/luna/keys/{id}", "200")["target"], format!("/api/v1{KEYS}/{id}"));
+        assert_eq!(find("operation keycreate", "succeeded")["target"], id);
+        find("operation keyupdate", "succeeded");
+        assert_eq!(find("login", "401")["username"], "mallory");
+        assert!(!trail.to_string().contains(secret) && !trail.to_string().contains(&api.token));
+        // Newest first, each naming the hash before it; the chain is intact.
+        assert_eq!(records[0]["previous_hash"], records[1]["hash"]);
+        assert_eq!(api.get("/audit/verify").1, json!({"intact": true}));
+        assert_eq!(api.get("/audit/records?username=mallory").1["total"], 1);
+        // Admins only.
+        let (status, _) = api.send("POST", "/usermgmt/users", &json!({"username": "auditor", "password": "password-long", "groups": ["CCKM Admins"]}));
+        assert_eq!(status, 201);
+        let (_, tokens) = api.call("POST", "/auth/tokens", None, Some(&json!({"grant_type": "password", "username": "auditor", "password": "password-long"}).to_string()));
+        let (status, answer) = api.call("GET", "/audit/records", tokens["jwt"].as_str(), None);
+        assert_error(status, &answer, 403, 2);
     }
 
     fn every_answer_carries_a_request_id(db: TestDatabase) {

@@ -256,6 +256,19 @@ filters! {
 }
 
 wire_enum! {
+    pub enum AuditSortField ("sort field") {
+        Seq => "seq",
+    }
+}
+
+filters! {
+    pub struct AuditFilters sorted by AuditSortField {
+        username: String = text,
+        action: String = text,
+    }
+}
+
+wire_enum! {
     pub enum ConnectionSortField ("sort field") {
         CreatedAt => "createdAt",
         UpdatedAt => "updatedAt",

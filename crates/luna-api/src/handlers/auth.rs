@@ -28,8 +28,32 @@ struct TokenAnswer {
     refresh_token: String,
 }
 
-pub async fn token(state: web::Data<AppState>, body: web::Json<TokenBody>) -> Result<HttpResponse, ApiError> {
+pub async fn token(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    body: web::Json<TokenBody>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let attempted = body.username.clone().unwrap_or_else(|| "-".to_owned());
+    let answer = issue(&state, body).await;
+    if let Err(ApiError::Unauthorized(reason)) = &answer {
+        let entry = luna_store::AuditEntry {
+            at: luna_store::now(),
+            username: attempted,
+            action: "login".into(),
+            target: req.path().to_owned(),
+            outcome: format!("401 {reason}"),
+            request_id: actix_web::HttpMessage::extensions(&req)
+                .get::<crate::request_id::RequestId>()
+                .map_or_else(|| "-".to_owned(), |r| r.0.clone()),
+            client: req.connection_info().peer_addr().unwrap_or("-").to_owned(),
+        };
+        crate::handlers::audit::record(&state, entry).await;
+    }
+    answer
+}
+
+async fn issue(state: &AppState, body: TokenBody) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let user = match body.grant_type.as_deref() {
         Some("password") => {

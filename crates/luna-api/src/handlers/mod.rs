@@ -1,6 +1,7 @@
 //! HTTP handlers: parse and check the request, do the work (on the blocking
 //! pool when it touches the database or a token), answer with a view.
 
+pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod jobs;

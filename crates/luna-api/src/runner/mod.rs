@@ -225,7 +225,28 @@ impl Runner {
         };
         let mut finished = op;
         finished.finish(result, now)?;
-        self.store.finish_operation(&finished, &self.owner, &keys)
+        let recorded = self.store.finish_operation(&finished, &self.owner, &keys)?;
+        if recorded {
+            // Every operation's outcome enters the audit trail.
+            let entry = luna_store::AuditEntry {
+                at: now,
+                username: "luna-server".into(),
+                action: format!("operation {}", luna_store::payload_kind(&finished.payload)),
+                target: finished.payload.target().to_string(),
+                outcome: match &finished.last_error {
+                    Some(reason) if finished.state == luna_domain::OperationState::Failed => {
+                        format!("failed: {reason}")
+                    }
+                    _ => "succeeded".into(),
+                },
+                request_id: finished.id.to_string(),
+                client: self.owner.clone(),
+            };
+            if let Err(error) = self.store.append_audit(&entry) {
+                tracing::error!(%error, "an operation's audit record could not be written");
+            }
+        }
+        Ok(recorded)
     }
 
     /// The key records an operation acts on, and their partition.
