@@ -31,6 +31,14 @@ impl Mechanism {
         }
     }
 
+    /// The objects this mechanism makes: a secret key, or a private then a public key.
+    pub fn object_types(self) -> &'static [ObjectType] {
+        match self.algorithm() {
+            Algorithm::Aes => &[ObjectType::SecretKey],
+            Algorithm::Rsa => &[ObjectType::PrivateKey, ObjectType::PublicKey],
+        }
+    }
+
     /// The mechanism a token without this one generates with instead, when the
     /// connection's remap policy is on (Luna's `RSAKeyGenMechRemap`).
     pub fn remap_target(self) -> Option<Mechanism> {
@@ -491,6 +499,11 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(spec.mechanism.algorithm(), Algorithm::Rsa);
+        assert_eq!(
+            spec.mechanism.object_types(),
+            [ObjectType::PrivateKey, ObjectType::PublicKey]
+        );
+        assert_eq!(Mechanism::AesKeyGen.object_types(), [ObjectType::SecretKey]);
         assert_eq!(
             spec.attributes.names(),
             ["CKA_MODIFIABLE", "CKA_SENSITIVE", "CKA_EXTRACTABLE"]

@@ -329,10 +329,7 @@ impl Partition for TokenPartition {
     fn generate(&self, request: &GenerateRequest) -> Result<Generated> {
         let mechanism_used = self.choose_mechanism(request.mechanism, request.remap)?;
         let algorithm = request.mechanism.algorithm();
-        let expected: &[ObjectType] = match algorithm {
-            Algorithm::Aes => &[ObjectType::SecretKey],
-            Algorithm::Rsa => &[ObjectType::PrivateKey, ObjectType::PublicKey],
-        };
+        let expected = request.mechanism.object_types();
         self.writing(|session| {
             if request.retry {
                 if let Some(existing) = Self::existing(session, &request.cka_id, expected)? {

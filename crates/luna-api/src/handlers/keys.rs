@@ -13,7 +13,6 @@ use uuid::Uuid;
 use super::{blocking, list_query, listing, not_found, path_id};
 use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
-use crate::runner::object_types_for;
 use crate::state::AppState;
 use crate::view::KeyView;
 
@@ -47,7 +46,7 @@ pub struct UpdateKeyBody {
 /// objects' `CKA_ID`.
 fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
     let now = luna_store::now();
-    let types = object_types_for(spec.mechanism);
+    let types = spec.mechanism.object_types();
     let ids: Vec<Uuid> = types.iter().map(|_| Uuid::new_v4()).collect();
     let keys: Vec<Key> = types
         .iter()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
-use luna_domain::{Key, KeyEvent, Member, ObjectType, Operation, OperationPayload, Partition};
+use luna_domain::{Key, KeyEvent, Member, Operation, OperationPayload, Partition};
 use luna_pkcs11::{GenerateRequest, ObjectDescription};
 use luna_store::Store;
 use tokio::sync::Notify;
@@ -284,36 +284,31 @@ impl Runner {
         let token = self.tokens.member(partition.connection_id, first)?;
         let spec = &keys[0];
         let mechanism = spec.mechanism.ok_or("the key record names no mechanism")?;
-        let request = GenerateRequest {
-            cka_id: spec.cka_id.clone(),
-            label: spec.label.clone(),
-            mechanism,
-            size: spec.size,
-            // The record holds what was requested until the token says what it made.
-            attributes: keys.iter().fold(luna_domain::AttributeSet::empty(), |all, k| {
-                k.attributes.iter().fold(all, |mut acc, a| {
-                    acc.insert(a);
-                    acc
-                })
-            }),
-            remap,
-            retry: op.attempts > 1,
-            // Within a cloning domain only the domain may wrap the key, so it
-            // can be made extractable on the token (to clone) whatever the user
-            // chose; the record reports CKA_EXTRACTABLE as the user set it.
-            wrap_with_trusted: false,
-        };
-        let mut request = request;
         let in_domain = match partition.members.get(1) {
             Some(peer) => token
                 .shares_domain_with(&peer.serial_number)
                 .map_err(|e| e.to_string())?,
             None => false,
         };
+        // The records hold what was requested until the token says what it made.
+        let mut attributes: luna_domain::AttributeSet =
+            keys.iter().flat_map(|k| k.attributes.iter()).collect();
         if in_domain {
-            request.wrap_with_trusted = true;
-            request.attributes.insert(luna_domain::Attribute::Extractable);
+            // Within a cloning domain only the domain may wrap the key, so it is
+            // made extractable on the token (to clone) whatever the user chose;
+            // the record reports CKA_EXTRACTABLE as the user set it.
+            attributes.insert(luna_domain::Attribute::Extractable);
         }
+        let request = GenerateRequest {
+            cka_id: spec.cka_id.clone(),
+            label: spec.label.clone(),
+            mechanism,
+            size: spec.size,
+            attributes,
+            remap,
+            retry: op.attempts > 1,
+            wrap_with_trusted: in_domain,
+        };
         let generated = token.generate(&request).map_err(|e| e.to_string())?;
         for key in &mut keys {
             let object = generated
@@ -608,11 +603,3 @@ fn describe_into(key: &mut Key, object: &ObjectDescription) {
 
 /// A member's state in `replication_info` when it holds the key.
 const AVAILABLE: &str = "available";
-
-/// Keys made by this service on a partition record their object type up front.
-pub fn object_types_for(mechanism: luna_domain::Mechanism) -> &'static [ObjectType] {
-    match mechanism.algorithm() {
-        luna_domain::Algorithm::Aes => &[ObjectType::SecretKey],
-        luna_domain::Algorithm::Rsa => &[ObjectType::PrivateKey, ObjectType::PublicKey],
-    }
-}
