@@ -20,11 +20,16 @@ pub struct JobBody {
     synchronize_all: Option<bool>,
 }
 
-async fn start(
+// Each job route's scope carries its JobType (see `server::routes`).
+
+pub async fn start_job(
     state: web::Data<AppState>,
-    job_type: JobType,
-    body: JobBody,
+    kind: web::Data<JobType>,
+    _caller: Manager,
+    body: web::Json<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let job_type = **kind;
+    let body = body.into_inner();
     let scope = JobRequest {
         partitions: body.partitions,
         synchronize_all: body.synchronize_all,
@@ -54,11 +59,13 @@ async fn start(
     Ok(HttpResponse::Created().json(JobView::new(&job, &state.tenancy)))
 }
 
-async fn list(
+pub async fn list_jobs(
     state: web::Data<AppState>,
-    job_type: JobType,
+    kind: web::Data<JobType>,
+    _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let job_type = **kind;
     let query = list_query::<JobFilters>(req.query_string())?;
     let page = query.page;
     let store = state.store.clone();
@@ -73,54 +80,13 @@ fn what(job_type: JobType) -> &'static str {
     }
 }
 
-async fn get(state: web::Data<AppState>, job_type: JobType, id: &str) -> Result<HttpResponse, ApiError> {
-    let id = path_id(what(job_type), id)?;
-    let store = state.store.clone();
-    let job = blocking(move || {
-        store
-            .get_job(id)?
-            .filter(|j| j.job_type == job_type)
-            .ok_or_else(|| not_found(what(job_type), id))
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
-}
-
-/// Answers at once with `abort: true`; the job stops at its next batch.
-async fn cancel(state: web::Data<AppState>, job_type: JobType, id: &str) -> Result<HttpResponse, ApiError> {
-    let id = path_id(what(job_type), id)?;
-    let store = state.store.clone();
-    let job = blocking(move || {
-        store
-            .get_job(id)?
-            .filter(|j| j.job_type == job_type)
-            .ok_or_else(|| not_found(what(job_type), id))?;
-        store
-            .request_job_cancel(id, luna_store::now())?
-            .ok_or_else(|| not_found(what(job_type), id))
-    })
-    .await?;
-    Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
-}
-
-// Each job route's scope carries its JobType (see `server::routes`).
-
-pub async fn start_job(
-    state: web::Data<AppState>,
-    kind: web::Data<JobType>,
-    _caller: Manager,
-    body: web::Json<JobBody>,
-) -> Result<HttpResponse, ApiError> {
-    start(state, **kind, body.into_inner()).await
-}
-
-pub async fn list_jobs(
-    state: web::Data<AppState>,
-    kind: web::Data<JobType>,
-    _caller: Reader,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    list(state, **kind, req).await
+/// The job with this id, if it is of this type (a refresh is not found under
+/// synchronize, nor the other way round).
+fn job_of_type(store: &luna_store::Store, id: Uuid, job_type: JobType) -> Result<Job, ApiError> {
+    store
+        .get_job(id)?
+        .filter(|j| j.job_type == job_type)
+        .ok_or_else(|| not_found(what(job_type), id))
 }
 
 pub async fn get_job(
@@ -129,14 +95,29 @@ pub async fn get_job(
     _caller: Reader,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    get(state, **kind, &id).await
+    let job_type = **kind;
+    let id = path_id(what(job_type), &id)?;
+    let store = state.store.clone();
+    let job = blocking(move || job_of_type(&store, id, job_type)).await?;
+    Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
 }
 
+/// Answers at once with `abort: true`; the job stops at its next batch.
 pub async fn cancel_job(
     state: web::Data<AppState>,
     kind: web::Data<JobType>,
     _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    cancel(state, **kind, &id).await
+    let job_type = **kind;
+    let id = path_id(what(job_type), &id)?;
+    let store = state.store.clone();
+    let job = blocking(move || {
+        job_of_type(&store, id, job_type)?;
+        store
+            .request_job_cancel(id, luna_store::now())?
+            .ok_or_else(|| not_found(what(job_type), id))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
 }
