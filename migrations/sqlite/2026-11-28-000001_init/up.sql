@@ -73,7 +73,6 @@ CREATE INDEX keys_label ON keys (label);
 CREATE INDEX keys_status ON keys (status, created_at);
 CREATE INDEX keys_fingerprint ON keys (sha_256_fingerprint);
 CREATE INDEX keys_link ON keys (link_id);
-CREATE INDEX keys_cka_id ON keys (partition_id, cka_id);
 
 CREATE TABLE operations (
     id TEXT PRIMARY KEY NOT NULL,

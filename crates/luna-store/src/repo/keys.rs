@@ -155,21 +155,6 @@ impl Store {
         self.read(|conn| load(conn, id))
     }
 
-    /// Records on a partition whose object has this `CKA_ID` (both halves of a pair).
-    pub fn keys_by_cka_id(&self, partition_id: Uuid, cka_id: &[u8]) -> Result<Vec<Key>> {
-        self.read(|conn| {
-            keys::table
-                .filter(keys::partition_id.eq(partition_id.to_string()))
-                .filter(keys::cka_id.eq(cka_id.to_vec()))
-                .order(keys::id)
-                .select(KeyRow::as_select())
-                .load(conn)?
-                .into_iter()
-                .map(KeyRow::into_domain)
-                .collect()
-        })
-    }
-
     /// Starts `kind` on a key (and, with `with_link`, its linked half) and
     /// queues `operation`, in one transaction. `None` if there is no such key;
     /// a key that is busy, or not AVAILABLE, is a conflict.
