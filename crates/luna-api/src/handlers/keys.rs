@@ -7,10 +7,11 @@ use luna_domain::{
     CreateKeyRequest, Key, KeyLifecycle, NewKeySpec, Operation, OperationKind, OperationPayload, Origin,
     Partition,
 };
+use luna_store::Store;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{blocking, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -131,17 +132,12 @@ pub async fn list(
     Ok(listing(page, listed, |k| KeyView::new(k, &state.tenancy)))
 }
 
-async fn load(state: &AppState, id: Uuid) -> Result<Key, ApiError> {
-    let store = state.store.clone();
-    blocking(move || store.get_key(id)?.ok_or_else(|| not_found("key", id))).await
-}
-
 pub async fn get(
     state: web::Data<AppState>,
     _caller: Reader,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = load(&state, path_id("key", &id)?).await?;
+    let key = fetch(&state.store, "key", path_id("key", &id)?, Store::get_key).await?;
     Ok(HttpResponse::Ok().json(KeyView::new(&key, &state.tenancy)))
 }
 
@@ -172,7 +168,7 @@ pub async fn update(
     body: web::Json<UpdateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
-    let key = load(&state, id).await?;
+    let key = fetch(&state.store, "key", id, Store::get_key).await?;
     let requested: Vec<AttributeChangeRequest> = body
         .into_inner()
         .attributes

@@ -45,6 +45,18 @@ pub(crate) fn listing<T, V: serde::Serialize>(
     })
 }
 
+/// One record by id, read off the async workers; a missing one is a 404
+/// naming its kind.
+pub(crate) async fn fetch<T: Send + 'static>(
+    store: &luna_store::Store,
+    what: &'static str,
+    id: Uuid,
+    get: fn(&luna_store::Store, Uuid) -> luna_store::Result<Option<T>>,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    blocking(move || get(&store, id)?.ok_or_else(|| not_found(what, id))).await
+}
+
 /// Runs blocking work (database, token) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

@@ -5,10 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::partition::MemberRequest;
 use luna_domain::query::{ConnectionFilters, PartitionFilters};
 use luna_domain::ConnectionRequest;
+use luna_store::Store;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{blocking, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{Administrator, Manager, Reader};
 use crate::error::ApiError;
 use crate::registry;
@@ -91,13 +92,7 @@ pub async fn get_connection(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
-    let store = state.store.clone();
-    let connection = blocking(move || {
-        store
-            .get_connection(id)?
-            .ok_or_else(|| not_found("connection", id))
-    })
-    .await?;
+    let connection = fetch(&state.store, "connection", id, Store::get_connection).await?;
     Ok(HttpResponse::Ok().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
@@ -144,9 +139,7 @@ pub async fn get_partition(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;
-    let store = state.store.clone();
-    let partition =
-        blocking(move || store.get_partition(id)?.ok_or_else(|| not_found("partition", id))).await?;
+    let partition = fetch(&state.store, "partition", id, Store::get_partition).await?;
     Ok(HttpResponse::Ok().json(PartitionView::new(&partition, &state.tenancy)))
 }
 

@@ -2,11 +2,11 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::query::UserFilters;
-use luna_store::{NewUser, StoredUser};
+use luna_store::{NewUser, Store, StoredUser};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{hash_password, Administrator, GROUPS};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -98,8 +98,7 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("user", &id)?;
-    let store = state.store.clone();
-    let user = blocking(move || store.get_user(id)?.ok_or_else(|| not_found("user", id))).await?;
+    let user = fetch(&state.store, "user", id, Store::get_user).await?;
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
 
