@@ -182,12 +182,19 @@ on_both_backends! {
     }
 
     fn connection_lists_filter_sort_and_count(store: &Store, _db: &TestDatabase) {
-        for (name, ha) in [("c", true), ("a", false), ("b", true)] {
-            store.insert_connection(&connection(name, ha, 1), &SecretString::from("1")).unwrap();
+        let mut inserted = Vec::new();
+        for (name, ha, members) in [("c", true, 3), ("a", false, 1), ("b", true, 2)] {
+            let conn = connection(name, ha, members);
+            store.insert_connection(&conn, &SecretString::from("1")).unwrap();
+            inserted.push(conn);
         }
         let all = store.list_connections(&query::<ConnectionFilters>("sort=name")).unwrap();
         assert_eq!(all.total, 3);
         assert_eq!(all.items.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        // Each listed connection carries its own members, read in one query for the page.
+        for listed in &all.items {
+            assert_eq!(Some(listed), inserted.iter().find(|c| c.id == listed.id));
+        }
         let ha = store.list_connections(&query::<ConnectionFilters>("is_ha_enabled=true&sort=-name&limit=1")).unwrap();
         assert_eq!((ha.total, ha.items.len(), ha.items[0].name.as_str()), (2, 1, "c"));
         // Default order: newest first.

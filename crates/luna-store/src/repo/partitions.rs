@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use luna_domain::query::{
     ConnectionFilters, ConnectionSortField, Direction, ListQuery, PartitionFilters, PartitionSortField,
@@ -14,25 +16,53 @@ use crate::repo::{conflict_on_unique, order_by};
 use crate::schema::{connection_members, connections, partitions};
 use crate::{Listed, Store};
 
-fn members_of(conn: &mut DbConnection, connection_id: &str) -> Result<Vec<Member>> {
-    Ok(connection_members::table
-        .filter(connection_members::connection_id.eq(connection_id))
-        .order(connection_members::position)
+/// The members of these connections, each list in position order, read in
+/// one query: a page of connections or partitions costs two queries, not one
+/// per row.
+fn members_of(conn: &mut DbConnection, connection_ids: &[&str]) -> Result<HashMap<String, Vec<Member>>> {
+    let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+    if connection_ids.is_empty() {
+        return Ok(members);
+    }
+    let rows: Vec<MemberRow> = connection_members::table
+        .filter(connection_members::connection_id.eq_any(connection_ids))
+        .order((connection_members::connection_id, connection_members::position))
         .select(MemberRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(MemberRow::into_domain)
-        .collect())
+        .load(conn)?;
+    for row in rows {
+        members
+            .entry(row.connection_id.clone())
+            .or_default()
+            .push(row.into_domain());
+    }
+    Ok(members)
 }
 
-fn connection_from(conn: &mut DbConnection, row: ConnectionRow) -> Result<Connection> {
-    let members = members_of(conn, &row.id)?;
-    row.into_domain(members)
+/// Domain values from rows that each name a connection, given that
+/// connection's members. Connection ids are unique among connections, and a
+/// connection backs at most one partition, so each member list is taken once.
+fn with_members<R, T>(
+    conn: &mut DbConnection,
+    rows: Vec<R>,
+    connection_id: fn(&R) -> &str,
+    build: fn(R, Vec<Member>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let ids: Vec<&str> = rows.iter().map(connection_id).collect();
+    let mut members = members_of(conn, &ids)?;
+    rows.into_iter()
+        .map(|row| {
+            let of_row = members.remove(connection_id(&row)).unwrap_or_default();
+            build(row, of_row)
+        })
+        .collect()
 }
 
-fn partition_from(conn: &mut DbConnection, row: PartitionRow) -> Result<Partition> {
-    let members = members_of(conn, &row.connection_id)?;
-    row.into_domain(members)
+fn connections_from(conn: &mut DbConnection, rows: Vec<ConnectionRow>) -> Result<Vec<Connection>> {
+    with_members(conn, rows, |r| &r.id, ConnectionRow::into_domain)
+}
+
+fn partitions_from(conn: &mut DbConnection, rows: Vec<PartitionRow>) -> Result<Vec<Partition>> {
+    with_members(conn, rows, |r| &r.connection_id, PartitionRow::into_domain)
 }
 
 fn connections_filtered(f: &ConnectionFilters) -> connections::BoxedQuery<'static, MultiBackend> {
@@ -104,7 +134,7 @@ impl Store {
                 .select(ConnectionRow::as_select())
                 .first(conn)
                 .optional()?;
-            row.map(|r| connection_from(conn, r)).transpose()
+            Ok(connections_from(conn, row.into_iter().collect())?.pop())
         })
     }
 
@@ -115,7 +145,7 @@ impl Store {
                 .select(ConnectionRow::as_select())
                 .first(conn)
                 .optional()?;
-            row.map(|r| connection_from(conn, r)).transpose()
+            Ok(connections_from(conn, row.into_iter().collect())?.pop())
         })
     }
 
@@ -157,10 +187,7 @@ impl Store {
                 .limit(query.page.limit)
                 .select(ConnectionRow::as_select())
                 .load(conn)?;
-            let items = rows
-                .into_iter()
-                .map(|r| connection_from(conn, r))
-                .collect::<Result<_>>()?;
+            let items = connections_from(conn, rows)?;
             Ok(Listed { total, items })
         })
     }
@@ -203,7 +230,7 @@ impl Store {
                 .select(PartitionRow::as_select())
                 .first(conn)
                 .optional()?;
-            row.map(|r| partition_from(conn, r)).transpose()
+            Ok(partitions_from(conn, row.into_iter().collect())?.pop())
         })
     }
 
@@ -214,7 +241,7 @@ impl Store {
                 .order((partitions::created_at.asc(), partitions::id.asc()))
                 .select(PartitionRow::as_select())
                 .load(conn)?;
-            rows.into_iter().map(|r| partition_from(conn, r)).collect()
+            partitions_from(conn, rows)
         })
     }
 
@@ -241,10 +268,7 @@ impl Store {
                 .limit(query.page.limit)
                 .select(PartitionRow::as_select())
                 .load(conn)?;
-            let items = rows
-                .into_iter()
-                .map(|r| partition_from(conn, r))
-                .collect::<Result<_>>()?;
+            let items = partitions_from(conn, rows)?;
             Ok(Listed { total, items })
         })
     }
