@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::attribute::Attribute;
 use crate::error::{DomainError, Result};
+use crate::key::OperationKind;
 use crate::wire::wire_enum;
 
 wire_enum! {
@@ -47,6 +48,17 @@ pub enum OperationPayload {
 }
 
 impl OperationPayload {
+    /// The name of the kind of work: a key operation's wire name, or `job`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            OperationPayload::CreateKey { .. } => OperationKind::KeyCreate.as_str(),
+            OperationPayload::UpdateKey { .. } => OperationKind::KeyUpdate.as_str(),
+            OperationPayload::ReplicateKey { .. } => OperationKind::KeyReplicate.as_str(),
+            OperationPayload::DeleteKey { .. } => OperationKind::KeyDelete.as_str(),
+            OperationPayload::RunJob { .. } => "job",
+        }
+    }
+
     /// The key or job the operation acts on.
     pub fn target(&self) -> Uuid {
         match self {
@@ -196,5 +208,32 @@ mod tests {
             op.last_error.as_deref(),
             Some("C_SetAttributeValue: CKR_ATTRIBUTE_READ_ONLY")
         );
+    }
+
+    #[test]
+    fn kind_names_are_the_key_operations_wire_names_or_job() {
+        let id = Uuid::new_v4();
+        let named = [
+            (
+                OperationPayload::CreateKey {
+                    key_id: id,
+                    public_key_id: None,
+                },
+                "keycreate",
+            ),
+            (
+                OperationPayload::UpdateKey {
+                    key_id: id,
+                    changes: vec![],
+                },
+                "keyupdate",
+            ),
+            (OperationPayload::ReplicateKey { key_id: id }, "keyreplicate"),
+            (OperationPayload::DeleteKey { key_id: id }, "keydelete"),
+            (OperationPayload::RunJob { job_id: id }, "job"),
+        ];
+        for (payload, name) in named {
+            assert_eq!(payload.kind_name(), name, "{payload:?}");
+        }
     }
 }

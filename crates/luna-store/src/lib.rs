@@ -27,7 +27,6 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 pub use codec::now;
 pub use db::{Backend, PoolOptions};
 pub use error::{Result, StoreError};
-pub use models::payload_kind;
 pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditEntry, AuditRecord};
 pub use repo::users::{NewUser, StoredUser};

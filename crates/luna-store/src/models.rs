@@ -141,10 +141,10 @@ pub struct OperationRow {
 impl OperationRow {
     pub fn from_domain(op: &Operation) -> Result<OperationRow> {
         let payload = to_json("operation payload", &op.payload)?;
-        let kind = payload_kind(&op.payload);
         Ok(OperationRow {
             id: op.id.to_string(),
-            kind: kind.into(),
+            // In its own column for metrics and queries.
+            kind: op.payload.kind_name().into(),
             target_id: op.payload.target().to_string(),
             payload,
             state: op.state.as_str().into(),
@@ -173,18 +173,6 @@ impl OperationRow {
             created_at: from_micros("operation created_at", self.created_at)?,
             updated_at: from_micros("operation updated_at", self.updated_at)?,
         })
-    }
-}
-
-/// A short name for the kind of work, kept in its own column for metrics and queries.
-pub fn payload_kind(payload: &luna_domain::OperationPayload) -> &'static str {
-    use luna_domain::OperationPayload::*;
-    match payload {
-        CreateKey { .. } => "keycreate",
-        UpdateKey { .. } => "keyupdate",
-        ReplicateKey { .. } => "keyreplicate",
-        DeleteKey { .. } => "keydelete",
-        RunJob { .. } => "job",
     }
 }
 

@@ -187,7 +187,7 @@ impl Runner {
     /// Runs one operation on the blocking pool and records its outcome.
     /// Returns false when the lease was lost and nothing was written.
     fn execute(&self, op: Operation) -> luna_store::Result<bool> {
-        let span = tracing::info_span!("operation", id = %op.id, kind = ?std::mem::discriminant(&op.payload), attempt = op.attempts);
+        let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts);
         let _entered = span.enter();
         let outcome = match &op.payload {
             OperationPayload::CreateKey {
@@ -231,7 +231,7 @@ impl Runner {
             let entry = luna_store::AuditEntry {
                 at: now,
                 username: "luna-server".into(),
-                action: format!("operation {}", luna_store::payload_kind(&finished.payload)),
+                action: format!("operation {}", finished.payload.kind_name()),
                 target: finished.payload.target().to_string(),
                 outcome: match &finished.last_error {
                     Some(reason) if finished.state == luna_domain::OperationState::Failed => {
