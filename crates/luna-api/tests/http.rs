@@ -513,18 +513,54 @@ on_both_backends! {
         let (_, created) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
         let id = created["id"].as_str().unwrap().to_owned();
         api.settled(&id);
-        // Behind the service's back, the object goes.
-        let token = luna_pkcs11::testing::module()
-            .open_partition(partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
-            .unwrap();
-        for object in token.find_by_id(uuid::Uuid::parse_str(&id).unwrap().as_bytes()).unwrap() {
-            token.destroy(object.handle).unwrap();
-        }
+        destroy_behind_the_back(&api, &partition, &id);
         let (status, _) = api.send("PATCH", &format!("{KEYS}/{id}"), &json!({"attributes": [{"type": "CKA_SIGN", "value": true}]}));
         assert_eq!(status, 200);
         let key = api.settled(&id);
         assert_eq!((key["status"].as_str(), key["operation_status"].as_str()), (Some("AVAILABLE"), Some("failed")));
         assert!(key["operation_error"].as_str().unwrap().contains("on no partition member"), "{key}");
         assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
+    }
+
+    fn a_failed_operation_on_a_pair_ends_both_halves(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("pair-fail", 1);
+        let (_, created) = api.send("POST", KEYS, &json!({"label": "pair", "size": 2048, "partition_id": partition["id"], "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"}));
+        let id = created["id"].as_str().unwrap().to_owned();
+        let public_id = created["links"]["id"].as_str().unwrap().to_owned();
+        api.settled(&id);
+        destroy_behind_the_back(&api, &partition, &id);
+        let (status, _) = api.post_empty(&format!("{KEYS}/{id}/replicate"));
+        assert_eq!(status, 200);
+        let key = api.settled(&id);
+        assert_eq!(key["operation_status"], "failed", "{key}");
+        // The public half began with the private one, so it ends with it, in
+        // the same transaction: failed, with the reason, and free again.
+        let (_, public) = api.get(&format!("{KEYS}/{public_id}"));
+        assert_eq!(public["operation_status"], "failed", "{public}");
+        assert_eq!(public["operation_error"], key["operation_error"]);
+        let (status, body) = api.post_empty(&format!("/cckm/hsm/luna/{public_id}/delete"));
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// Destroys a key's objects on the partition's token without the service knowing.
+fn destroy_behind_the_back(api: &Api, partition: &Value, key_id: &str) {
+    let key = api
+        .store()
+        .get_key(uuid::Uuid::parse_str(key_id).unwrap())
+        .unwrap()
+        .unwrap();
+    let token = luna_pkcs11::testing::module()
+        .open_partition(
+            partition["partition_label"].as_str().unwrap(),
+            None,
+            secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN),
+        )
+        .unwrap();
+    let objects = token.find_by_id(&key.cka_id).unwrap();
+    assert!(!objects.is_empty(), "the token holds key {key_id}");
+    for object in objects {
+        token.destroy(object.handle).unwrap();
     }
 }

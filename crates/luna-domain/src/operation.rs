@@ -59,6 +59,30 @@ impl OperationPayload {
         }
     }
 
+    /// The key records the payload names (none for a job).
+    pub fn key_ids(&self) -> Vec<Uuid> {
+        match self {
+            OperationPayload::CreateKey {
+                key_id,
+                public_key_id,
+            } => std::iter::once(*key_id).chain(*public_key_id).collect(),
+            OperationPayload::UpdateKey { key_id, .. }
+            | OperationPayload::ReplicateKey { key_id }
+            | OperationPayload::DeleteKey { key_id } => vec![*key_id],
+            OperationPayload::RunJob { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether the operation also acts on the named key's linked half:
+    /// replicating or destroying one half of a pair does both, so both are
+    /// busy while it runs and both end when it ends.
+    pub fn includes_link(&self) -> bool {
+        matches!(
+            self,
+            OperationPayload::ReplicateKey { .. } | OperationPayload::DeleteKey { .. }
+        )
+    }
+
     /// The key or job the operation acts on.
     pub fn target(&self) -> Uuid {
         match self {
@@ -234,6 +258,36 @@ mod tests {
         ];
         for (payload, name) in named {
             assert_eq!(payload.kind_name(), name, "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn only_replicate_and_delete_take_the_linked_half() {
+        let (key, public, job) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let cases = [
+            (
+                OperationPayload::CreateKey {
+                    key_id: key,
+                    public_key_id: Some(public),
+                },
+                vec![key, public],
+                false,
+            ),
+            (
+                OperationPayload::UpdateKey {
+                    key_id: key,
+                    changes: vec![],
+                },
+                vec![key],
+                false,
+            ),
+            (OperationPayload::ReplicateKey { key_id: key }, vec![key], true),
+            (OperationPayload::DeleteKey { key_id: key }, vec![key], true),
+            (OperationPayload::RunJob { job_id: job }, vec![], false),
+        ];
+        for (payload, key_ids, includes_link) in cases {
+            assert_eq!(payload.key_ids(), key_ids, "{payload:?}");
+            assert_eq!(payload.includes_link(), includes_link, "{payload:?}");
         }
     }
 }

@@ -146,14 +146,13 @@ async fn begin(
     state: &AppState,
     id: Uuid,
     kind: OperationKind,
-    with_link: bool,
     payload: OperationPayload,
 ) -> Result<Vec<Key>, ApiError> {
     let store = state.store.clone();
     let op = Operation::queued(Uuid::new_v4(), payload, luna_store::now());
     let keys = blocking(move || {
         store
-            .begin_key_operation(id, kind, with_link, &op)?
+            .begin_key_operation(id, kind, &op)?
             .ok_or_else(|| not_found("key", id))
     })
     .await?;
@@ -186,7 +185,6 @@ pub async fn update(
         &state,
         id,
         OperationKind::KeyUpdate,
-        false,
         OperationPayload::UpdateKey { key_id: id, changes },
     )
     .await?;
@@ -203,7 +201,6 @@ pub async fn replicate(
         &state,
         id,
         OperationKind::KeyReplicate,
-        true,
         OperationPayload::ReplicateKey { key_id: id },
     )
     .await?;
@@ -221,7 +218,6 @@ pub async fn delete_from_hsm(
         &state,
         id,
         OperationKind::KeyDelete,
-        true,
         OperationPayload::DeleteKey { key_id: id },
     )
     .await?;

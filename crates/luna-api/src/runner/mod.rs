@@ -158,22 +158,11 @@ impl Runner {
     /// Ends operations that were interrupted too often, and their keys.
     async fn settle_exhausted(self: &Arc<Self>) {
         let me = Arc::clone(self);
-        let store = self.store.clone();
         let settled = tokio::task::spawn_blocking(move || -> luna_store::Result<()> {
-            for op in store.fail_exhausted_operations(luna_store::now())? {
+            for op in me.store.fail_exhausted_operations(luna_store::now())? {
                 let reason = op.last_error.clone().unwrap_or_default();
-                if let OperationPayload::RunJob { job_id } = &op.payload {
-                    me.fail_job(*job_id, &reason)?;
-                }
-                for key_id in keys_of(&op.payload) {
-                    if let Some(mut key) = store.get_key(key_id)? {
-                        if key
-                            .apply(&KeyEvent::Failed(reason.clone()), luna_store::now())
-                            .is_ok()
-                        {
-                            store.save_key(&key)?;
-                        }
-                    }
+                for key in me.end_failed(&op.payload, &reason, luna_store::now())? {
+                    me.store.save_key(&key)?;
                 }
             }
             Ok(())
@@ -209,17 +198,7 @@ impl Runner {
             }
             Err(reason) => {
                 tracing::warn!(%reason, "operation failed");
-                if let OperationPayload::RunJob { job_id } = &op.payload {
-                    self.fail_job(*job_id, &reason)?;
-                }
-                let mut keys = Vec::new();
-                for key_id in keys_of(&op.payload) {
-                    if let Some(mut key) = self.store.get_key(key_id)? {
-                        if key.apply(&KeyEvent::Failed(reason.clone()), now).is_ok() {
-                            keys.push(key);
-                        }
-                    }
-                }
+                let keys = self.end_failed(&op.payload, &reason, now)?;
                 (Err(reason), keys)
             }
         };
@@ -247,6 +226,34 @@ impl Runner {
             }
         }
         Ok(recorded)
+    }
+
+    /// Ends what a failed operation began: fails its job, and returns its
+    /// keys (with a pair's linked half when the operation took it too) in
+    /// their failed state, for the caller to write.
+    fn end_failed(
+        &self,
+        payload: &OperationPayload,
+        reason: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> luna_store::Result<Vec<Key>> {
+        if let OperationPayload::RunJob { job_id } = payload {
+            self.fail_job(*job_id, reason)?;
+        }
+        let mut keys = Vec::new();
+        for key_id in payload.key_ids() {
+            let Some(key) = self.store.get_key(key_id)? else {
+                continue;
+            };
+            let link = key.link_id.filter(|_| payload.includes_link());
+            keys.push(key);
+            if let Some(half) = link.map(|id| self.store.get_key(id)).transpose()?.flatten() {
+                keys.push(half);
+            }
+        }
+        // A key no longer busy (forgotten and re-found, say) is left as it is.
+        keys.retain_mut(|key| key.apply(&KeyEvent::Failed(reason.to_owned()), now).is_ok());
+        Ok(keys)
     }
 
     /// The key records an operation acts on, and their partition.
@@ -565,20 +572,6 @@ fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, String> {
         .map_err(|e| format!("the key record could not be read: {e}"))?
         .ok_or_else(|| format!("key {key_id} no longer exists here"))?;
     Ok(std::iter::once(key.id).chain(key.link_id).collect())
-}
-
-/// The keys an operation changes (for ending them when it fails).
-fn keys_of(payload: &OperationPayload) -> Vec<Uuid> {
-    match payload {
-        OperationPayload::CreateKey {
-            key_id,
-            public_key_id,
-        } => std::iter::once(*key_id).chain(*public_key_id).collect(),
-        OperationPayload::UpdateKey { key_id, .. }
-        | OperationPayload::ReplicateKey { key_id }
-        | OperationPayload::DeleteKey { key_id } => vec![*key_id],
-        OperationPayload::RunJob { .. } => Vec::new(),
-    }
 }
 
 /// Copies what the token says of an object into its record.

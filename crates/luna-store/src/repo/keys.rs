@@ -155,14 +155,13 @@ impl Store {
         self.read(|conn| load(conn, id))
     }
 
-    /// Starts `kind` on a key (and, with `with_link`, its linked half) and
-    /// queues `operation`, in one transaction. `None` if there is no such key;
+    /// Starts `kind` on a key (and its linked half when the operation
+    /// includes it) and queues `operation`, in one transaction. `None` if there is no such key;
     /// a key that is busy, or not AVAILABLE, is a conflict.
     pub fn begin_key_operation(
         &self,
         id: Uuid,
         kind: OperationKind,
-        with_link: bool,
         operation: &Operation,
     ) -> Result<Option<Vec<Key>>> {
         let op = OperationRow::from_domain(operation)?;
@@ -172,7 +171,7 @@ impl Store {
                 return Ok(None);
             };
             let mut ids = vec![first.id];
-            if with_link {
+            if operation.payload.includes_link() {
                 ids.extend(first.link_id);
             }
             let mut changed = Vec::with_capacity(ids.len());
