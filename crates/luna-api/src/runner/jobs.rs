@@ -76,13 +76,10 @@ impl Runner {
             } else {
                 self.run_partition(&job, partition_id)
             };
-            if let PartitionOutcome::Cancelled = outcome {
-                return self.end_cancelled(job_id).map_err(read);
-            }
             let state = match outcome {
                 PartitionOutcome::Completed => JobStatus::Completed.as_str().to_owned(),
                 PartitionOutcome::Failed(reason) => reason,
-                PartitionOutcome::Cancelled => JobStatus::Cancelled.as_str().to_owned(),
+                PartitionOutcome::Cancelled => return self.end_cancelled(job_id).map_err(read),
             };
             // Re-read: a cancel may have set the abort flag meanwhile.
             job = self
