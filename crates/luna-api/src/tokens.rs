@@ -67,11 +67,12 @@ impl TokenRegistry {
             inner: Arc::new(token),
             metrics: Arc::clone(&self.metrics),
         });
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, Arc::clone(&token));
-        Ok(token)
+        // Callers that missed the cache together each opened the token; all
+        // use the first one kept, so one instance (and, on SoftHSM2, its one
+        // write lock) serves every call on the token. Two instances would let
+        // two writes race, and SoftHSM2 fails one with CKR_GENERAL_ERROR.
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Arc::clone(open.entry(key).or_insert(token)))
     }
 
     /// Closes the tokens of a deleted connection.

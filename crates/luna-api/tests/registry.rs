@@ -90,3 +90,47 @@ fn sqlite_registers_an_ha_pair_and_refuses_bad_tokens() {
 fn postgres_registers_an_ha_pair_and_refuses_bad_tokens() {
     registers_an_ha_pair_and_refuses_bad_tokens(TestDatabase::postgres().unwrap());
 }
+
+/// Workers that first need a token at the same moment must share one opened
+/// instance: its write lock is what keeps SoftHSM2's writes apart.
+fn callers_racing_to_open_a_token_share_one_instance(db: TestDatabase) {
+    let label = fresh_token_label("race");
+    let spec = request("race", false, &[&label], USER_PIN).validate().unwrap();
+    let connection = register_connection(&db.store, module(), spec).unwrap();
+    let member = &connection.members[0];
+    for _ in 0..5 {
+        let tokens = luna_api::tokens::TokenRegistry::new(
+            std::sync::Arc::clone(module()),
+            db.store.clone(),
+            luna_api::metrics::Metrics::new().unwrap(),
+        );
+        let start = std::sync::Barrier::new(4);
+        let opened: Vec<_> = std::thread::scope(|threads| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    threads.spawn(|| {
+                        start.wait();
+                        tokens.member(connection.id, member).unwrap()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for token in &opened[1..] {
+            assert!(
+                std::sync::Arc::ptr_eq(token, &opened[0]),
+                "two instances of one token"
+            );
+        }
+    }
+}
+
+#[test]
+fn sqlite_callers_racing_to_open_a_token_share_one_instance() {
+    callers_racing_to_open_a_token_share_one_instance(TestDatabase::sqlite().unwrap());
+}
+
+#[test]
+fn postgres_callers_racing_to_open_a_token_share_one_instance() {
+    callers_racing_to_open_a_token_share_one_instance(TestDatabase::postgres().unwrap());
+}
