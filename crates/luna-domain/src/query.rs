@@ -15,6 +15,7 @@ use crate::wire::wire_enum;
 
 pub const DEFAULT_LIMIT: i64 = 10;
 pub const MAX_LIMIT: i64 = 1000;
+pub const MAX_SKIP: i64 = i32::MAX as i64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -41,6 +42,92 @@ pub trait Filters: Default {
     /// The filter names, for the sentence that refuses an unknown one.
     const NAMES: &'static [&'static str];
     fn accept(&mut self, name: &str, value: &str) -> Result<bool>;
+    /// Each filter's name and the values it takes, in declaration order.
+    fn params() -> Vec<ListParam>;
+    /// The names `sort` accepts.
+    fn sort_fields() -> Vec<&'static str>;
+}
+
+/// What a list query parameter accepts, so that the edge can document every
+/// list from the same facts that parse it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamKind {
+    Text,
+    Id,
+    WholeNumber {
+        min: i64,
+        max: i64,
+    },
+    Boolean,
+    /// One of these exact strings.
+    OneOf(Vec<&'static str>),
+    /// A comma list of these field names, each optionally prefixed by `-`
+    /// for descending order.
+    SortFields(Vec<&'static str>),
+}
+
+/// A type a filter value parses into.
+pub trait ParamValue {
+    fn kind() -> ParamKind;
+}
+
+impl ParamValue for String {
+    fn kind() -> ParamKind {
+        ParamKind::Text
+    }
+}
+
+impl ParamValue for Uuid {
+    fn kind() -> ParamKind {
+        ParamKind::Id
+    }
+}
+
+impl ParamValue for u32 {
+    fn kind() -> ParamKind {
+        ParamKind::WholeNumber {
+            min: 0,
+            max: i64::from(u32::MAX),
+        }
+    }
+}
+
+impl ParamValue for bool {
+    fn kind() -> ParamKind {
+        ParamKind::Boolean
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListParam {
+    pub name: &'static str,
+    pub kind: ParamKind,
+}
+
+/// Every query parameter a list of `F` accepts: paging, sort, then filters.
+pub fn list_params<F: Filters>() -> Vec<ListParam> {
+    let mut params = vec![
+        ListParam {
+            name: "skip",
+            kind: ParamKind::WholeNumber {
+                min: 0,
+                max: MAX_SKIP,
+            },
+        },
+        ListParam {
+            name: "limit",
+            kind: ParamKind::WholeNumber {
+                min: 1,
+                max: MAX_LIMIT,
+            },
+        },
+        ListParam {
+            name: "sort",
+            kind: ParamKind::SortFields(F::sort_fields()),
+        },
+    ];
+    params.extend(F::params());
+    params
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +154,7 @@ pub fn parse_list_query<F: Filters>(pairs: &[(String, String)]) -> Result<ListQu
             )));
         }
         match name.as_str() {
-            "skip" => page.skip = parse_int("skip", value, 0, i64::from(i32::MAX))?,
+            "skip" => page.skip = parse_int("skip", value, 0, MAX_SKIP)?,
             "limit" => page.limit = parse_int("limit", value, 1, MAX_LIMIT)?,
             "sort" => sort = parse_sort(value)?,
             _ => {
@@ -143,6 +230,14 @@ macro_rules! filters {
         impl Filters for $name {
             type SortField = $sort;
             const NAMES: &'static [&'static str] = &[$(stringify!($field)),+];
+
+            fn sort_fields() -> Vec<&'static str> {
+                <$sort>::ALL.iter().map(|f| f.as_str()).collect()
+            }
+
+            fn params() -> Vec<ListParam> {
+                vec![$( ListParam { name: stringify!($field), kind: <$ty as ParamValue>::kind() } ),+]
+            }
 
             fn accept(&mut self, name: &str, value: &str) -> Result<bool> {
                 match name {
@@ -286,6 +381,54 @@ filters! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value the described kind promises to accept.
+    fn sample(kind: &ParamKind) -> String {
+        match kind {
+            ParamKind::Text => "some text".into(),
+            ParamKind::Id => Uuid::nil().to_string(),
+            ParamKind::WholeNumber { max, .. } => max.to_string(),
+            ParamKind::Boolean => "false".into(),
+            ParamKind::OneOf(values) => values[values.len() - 1].to_owned(),
+            ParamKind::SortFields(fields) => format!("-{},{}", fields[0], fields[fields.len() - 1]),
+        }
+    }
+
+    fn described_params_are_exactly_the_accepted_ones<F: Filters>() {
+        let params = list_params::<F>();
+        assert_eq!(params.len(), 3 + F::NAMES.len());
+        for param in &params {
+            let accepted = vec![(param.name.to_owned(), sample(&param.kind))];
+            assert!(
+                parse_list_query::<F>(&accepted).is_ok(),
+                "{} = {:?}",
+                param.name,
+                accepted
+            );
+            if let ParamKind::WholeNumber { min, max } = param.kind {
+                for outside in [min - 1, max + 1] {
+                    let refused = vec![(param.name.to_owned(), outside.to_string())];
+                    assert!(
+                        parse_list_query::<F>(&refused).is_err(),
+                        "{} = {outside}",
+                        param.name
+                    );
+                }
+            }
+        }
+        let unknown = vec![("no_such_filter".to_owned(), "x".to_owned())];
+        assert!(parse_list_query::<F>(&unknown).is_err());
+    }
+
+    #[test]
+    fn every_list_describes_the_parameters_it_parses() {
+        described_params_are_exactly_the_accepted_ones::<KeyFilters>();
+        described_params_are_exactly_the_accepted_ones::<JobFilters>();
+        described_params_are_exactly_the_accepted_ones::<PartitionFilters>();
+        described_params_are_exactly_the_accepted_ones::<UserFilters>();
+        described_params_are_exactly_the_accepted_ones::<AuditFilters>();
+        described_params_are_exactly_the_accepted_ones::<ConnectionFilters>();
+    }
 
     fn pairs(q: &str) -> Vec<(String, String)> {
         q.split('&')

@@ -38,6 +38,12 @@ macro_rules! wire_enum {
             }
         }
 
+        impl $crate::query::ParamValue for $name {
+            fn kind() -> $crate::query::ParamKind {
+                $crate::query::ParamKind::OneOf(Self::ALL.iter().map(|v| v.as_str()).collect())
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = $crate::DomainError;
 
