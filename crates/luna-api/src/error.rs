@@ -64,7 +64,7 @@ impl From<actix_web::error::BlockingError> for ApiError {
 }
 
 /// The contract's error body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub code: u16,
     #[serde(rename = "codeDesc")]

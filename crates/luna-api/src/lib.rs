@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod openapi;
 pub mod registry;
 pub mod request_id;
 pub mod runner;

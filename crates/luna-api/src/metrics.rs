@@ -218,6 +218,8 @@ impl Partition for Metered {
 
 /// `GET /metrics`: no token (scrapers keep none); operational figures only,
 /// never a key id, label or value.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let (operations, running) = blocking(move || {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
 use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
-use luna_domain::JobType;
 use luna_pkcs11::Module;
 use luna_store::{NewUser, Store};
 use rand::distributions::{Alphanumeric, DistString};
@@ -27,56 +26,53 @@ use crate::view::Tenancy;
 /// connection with a handful of members.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(crate::metrics::scrape));
-    cfg.service(
-        web::scope("/api/v1")
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/auth/tokens", web::post().to(auth::token))
-            .route("/auth/tokens/", web::post().to(auth::token))
-            .route("/audit/records", web::get().to(audit::list))
-            .route("/audit/verify", web::get().to(audit::verify))
-            .service(
-                web::scope("/usermgmt/users")
-                    .route("", web::post().to(users::create))
-                    .route("", web::get().to(users::list))
-                    .route("/{id}", web::get().to(users::get))
-                    .route("/{id}", web::delete().to(users::delete)),
-            )
-            .service(
-                web::scope("/connectionmgmt/services/luna-network/connections")
-                    .route("", web::post().to(partitions::create_connection))
-                    .route("", web::get().to(partitions::list_connections))
-                    .route("/{id}", web::get().to(partitions::get_connection))
-                    .route("/{id}", web::delete().to(partitions::delete_connection)),
-            )
-            .service(
-                web::scope("/cckm/hsm/luna")
-                    .route("/add-partition", web::post().to(partitions::add_partition))
-                    .route("/partitions", web::get().to(partitions::list_partitions))
-                    .route("/partitions/{id}", web::get().to(partitions::get_partition))
-                    .route("/partitions/{id}", web::delete().to(partitions::delete_partition))
-                    .route("/keys", web::post().to(keys::create))
-                    .route("/keys", web::get().to(keys::list))
-                    .route("/keys/{id}", web::get().to(keys::get))
-                    .route("/keys/{id}", web::patch().to(keys::update))
-                    .route("/keys/{id}", web::delete().to(keys::forget))
-                    .route("/keys/{id}/replicate", web::post().to(keys::replicate))
-                    .route("/{id}/delete", web::post().to(keys::delete_from_hsm))
-                    .service(job_routes("/refresh", JobType::Refresh))
-                    .service(job_routes("/synchronize", JobType::HaSynchronize)),
-            ),
-    );
+/// Declares every route once: `routes` registers them and `ROUTES` lists them
+/// for the test that holds the OpenAPI document to the same set.
+macro_rules! route_table {
+    ($( $method:ident $path:literal => $handler:path ),+ $(,)?) => {
+        /// Every (method, path) the server answers, as the OpenAPI document spells them.
+        pub const ROUTES: &[(&str, &str)] = &[$( (stringify!($method), $path) ),+];
+
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $( cfg.route($path, web::$method().to($handler)); )+
+        }
+    };
 }
 
-/// A job type's four routes; the scope tells the handlers which type.
-fn job_routes(path: &str, kind: JobType) -> actix_web::Scope {
-    web::scope(path)
-        .app_data(web::Data::new(kind))
-        .route("", web::post().to(jobs::start_job))
-        .route("", web::get().to(jobs::list_jobs))
-        .route("/{id}", web::get().to(jobs::get_job))
-        .route("/{id}/cancel", web::post().to(jobs::cancel_job))
+route_table! {
+    get "/metrics" => crate::metrics::scrape,
+    get "/api/v1/openapi.json" => crate::openapi::document,
+    get "/api/v1/healthz" => health::healthz,
+    post "/api/v1/auth/tokens" => auth::token,
+    get "/api/v1/audit/records" => audit::list,
+    get "/api/v1/audit/verify" => audit::verify,
+    post "/api/v1/usermgmt/users" => users::create,
+    get "/api/v1/usermgmt/users" => users::list,
+    get "/api/v1/usermgmt/users/{id}" => users::get,
+    delete "/api/v1/usermgmt/users/{id}" => users::delete,
+    post "/api/v1/connectionmgmt/services/luna-network/connections" => partitions::create_connection,
+    get "/api/v1/connectionmgmt/services/luna-network/connections" => partitions::list_connections,
+    get "/api/v1/connectionmgmt/services/luna-network/connections/{id}" => partitions::get_connection,
+    delete "/api/v1/connectionmgmt/services/luna-network/connections/{id}" => partitions::delete_connection,
+    post "/api/v1/cckm/hsm/luna/add-partition" => partitions::add_partition,
+    get "/api/v1/cckm/hsm/luna/partitions" => partitions::list_partitions,
+    get "/api/v1/cckm/hsm/luna/partitions/{id}" => partitions::get_partition,
+    delete "/api/v1/cckm/hsm/luna/partitions/{id}" => partitions::delete_partition,
+    post "/api/v1/cckm/hsm/luna/keys" => keys::create,
+    get "/api/v1/cckm/hsm/luna/keys" => keys::list,
+    get "/api/v1/cckm/hsm/luna/keys/{id}" => keys::get,
+    patch "/api/v1/cckm/hsm/luna/keys/{id}" => keys::update,
+    delete "/api/v1/cckm/hsm/luna/keys/{id}" => keys::forget,
+    post "/api/v1/cckm/hsm/luna/keys/{id}/replicate" => keys::replicate,
+    post "/api/v1/cckm/hsm/luna/{id}/delete" => keys::delete_from_hsm,
+    post "/api/v1/cckm/hsm/luna/refresh" => jobs::start_refresh,
+    get "/api/v1/cckm/hsm/luna/refresh" => jobs::list_refresh,
+    get "/api/v1/cckm/hsm/luna/refresh/{id}" => jobs::get_refresh,
+    post "/api/v1/cckm/hsm/luna/refresh/{id}/cancel" => jobs::cancel_refresh,
+    post "/api/v1/cckm/hsm/luna/synchronize" => jobs::start_synchronize,
+    get "/api/v1/cckm/hsm/luna/synchronize" => jobs::list_synchronize,
+    get "/api/v1/cckm/hsm/luna/synchronize/{id}" => jobs::get_synchronize,
+    post "/api/v1/cckm/hsm/luna/synchronize/{id}/cancel" => jobs::cancel_synchronize,
 }
 
 /// Every malformed body becomes a 400 with a sentence.
@@ -179,6 +175,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .app_data(path_config())
             .wrap(middleware::Compress::default())
             .wrap(middleware::from_fn(crate::request_id::middleware))
+            // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
+            .wrap(middleware::NormalizePath::trim())
             .configure(routes)
             .default_service(web::to(no_route))
     })

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use luna_domain::{Connection, Key, Member, Partition};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// The CipherTrust identity fields every resource carries.
@@ -33,7 +34,7 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 }
 
 /// The fields every CipherTrust resource body opens with.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Resource {
     pub id: String,
     pub uri: String,
@@ -68,7 +69,7 @@ impl Resource {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
     #[serde(flatten)]
     pub resource: Resource,
@@ -93,7 +94,9 @@ pub struct KeyView {
     pub replication_info: BTreeMap<String, String>,
     pub replicated: bool,
     pub byok_key: bool,
+    /// The other half of an RSA pair, in create and replicate answers.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
     pub links: Option<Box<KeyView>>,
     pub origin: &'static str,
     pub modulus: String,
@@ -153,7 +156,7 @@ impl KeyView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MemberView {
     pub partition_label: String,
     pub serial_number: String,
@@ -170,7 +173,7 @@ impl From<&Member> for MemberView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PartitionView {
     pub id: String,
     pub uri: String,
@@ -203,7 +206,7 @@ impl PartitionView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ConnectionView {
     pub id: String,
     pub uri: String,
@@ -237,7 +240,7 @@ impl ConnectionView {
 }
 
 /// The contract's list envelope.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListView<T> {
     pub skip: i64,
     pub limit: i64,
@@ -245,7 +248,7 @@ pub struct ListView<T> {
     pub resources: Vec<T>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
     #[serde(flatten)]
     pub resource: Resource,

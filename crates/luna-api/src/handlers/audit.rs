@@ -4,15 +4,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::query::AuditFilters;
 use luna_store::{AuditEntry, AuditRecord};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{blocking, list_query, listing};
 use crate::auth::Administrator;
 use crate::error::ApiError;
+use crate::openapi::ListParams;
 use crate::state::AppState;
 use crate::view::timestamp;
+use crate::view::ListView;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditView {
     seq: i64,
     at: String,
@@ -43,6 +45,10 @@ impl From<&AuditRecord> for AuditView {
     }
 }
 
+/// Lists audit records, oldest first.
+#[utoipa::path(get, path = "/api/v1/audit/records", tag = "audit", security(("bearer" = [])),
+    params(ListParams<AuditFilters>),
+    responses((status = 200, description = "A page of audit records", body = ListView<AuditView>)))]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -63,13 +69,24 @@ pub async fn list(
     Ok(listing(page, listed, |r| AuditView::from(r)))
 }
 
+/// What a walk of the chain found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChainCheck {
+    intact: bool,
+    /// The first record whose hash does not follow from the one before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken_at: Option<i64>,
+}
+
 /// Walks the chain: `{"intact": true}`, or where it breaks.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, description = "Whether every record follows from the one before", body = ChainCheck)))]
 pub async fn verify(state: web::Data<AppState>, _caller: Administrator) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let broken = blocking(move || Ok(store.verify_audit()?)).await?;
-    Ok(HttpResponse::Ok().json(match broken {
-        None => json!({"intact": true}),
-        Some(seq) => json!({"intact": false, "broken_at": seq}),
+    let broken_at = blocking(move || Ok(store.verify_audit()?)).await?;
+    Ok(HttpResponse::Ok().json(ChainCheck {
+        intact: broken_at.is_none(),
+        broken_at,
     }))
 }
 

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::blocking;
 use crate::auth::{
@@ -12,22 +13,29 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Unknown fields are ignored here: CipherTrust clients send more (domain, labels…).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenBody {
+    /// `password` or `refresh_token`.
+    #[schema(example = "password")]
     grant_type: Option<String>,
     username: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
     password: Option<SecretString>,
     refresh_token: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct TokenAnswer {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenAnswer {
     jwt: String,
     duration: i64,
     token_type: &'static str,
     refresh_token: String,
 }
 
+/// Logs in: a jwt for `Authorization: Bearer`, and a refresh token.
+#[utoipa::path(post, path = "/api/v1/auth/tokens", tag = "service",
+    request_body = TokenBody,
+    responses((status = 200, description = "A bearer token and a refresh token", body = TokenAnswer)))]
 pub async fn token(
     state: web::Data<AppState>,
     req: actix_web::HttpRequest,

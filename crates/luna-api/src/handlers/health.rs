@@ -1,17 +1,30 @@
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::blocking;
 use crate::state::AppState;
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    status: &'static str,
+}
+
 /// `GET /api/v1/healthz`: 200 once the database answers; no token needed.
+#[utoipa::path(get, path = "/api/v1/healthz", tag = "service",
+    responses(
+        (status = 200, description = "The database answers", body = Health),
+        (status = 503, description = "The database does not answer", body = Health)))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
     match blocking(move || Ok(store.ping()?)).await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ok"})),
+        Ok(()) => HttpResponse::Ok().json(Health { status: "ok" }),
         Err(error) => {
             tracing::warn!(%error, "health check: the database does not answer");
-            HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"}))
+            HttpResponse::ServiceUnavailable().json(Health {
+                status: "unavailable",
+            })
         }
     }
 }

@@ -5,30 +5,30 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::query::JobFilters;
 use luna_domain::{Job, JobRequest, JobScope, JobType, Operation, OperationPayload};
 use serde::Deserialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{blocking, list_query, listing, not_found, path_id};
 use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
+use crate::openapi::ListParams;
 use crate::state::AppState;
-use crate::view::JobView;
+use crate::view::{JobView, ListView};
 
-#[derive(Debug, Deserialize)]
+/// Which partitions: a list of ids, or `synchronize_all: true` for every one.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobBody {
     partitions: Option<Vec<String>>,
     synchronize_all: Option<bool>,
 }
 
-// Each job route's scope carries its JobType (see `server::routes`).
-
-pub async fn start_job(
+async fn start_job(
     state: web::Data<AppState>,
-    kind: web::Data<JobType>,
+    job_type: JobType,
     _caller: Manager,
     body: web::Json<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let job_type = **kind;
     let body = body.into_inner();
     let scope = JobRequest {
         partitions: body.partitions,
@@ -59,13 +59,12 @@ pub async fn start_job(
     Ok(HttpResponse::Created().json(JobView::new(&job, &state.tenancy)))
 }
 
-pub async fn list_jobs(
+async fn list_jobs(
     state: web::Data<AppState>,
-    kind: web::Data<JobType>,
+    job_type: JobType,
     _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let job_type = **kind;
     let query = list_query::<JobFilters>(req.query_string())?;
     let page = query.page;
     let store = state.store.clone();
@@ -89,13 +88,12 @@ fn job_of_type(store: &luna_store::Store, id: Uuid, job_type: JobType) -> Result
         .ok_or_else(|| not_found(what(job_type), id))
 }
 
-pub async fn get_job(
+async fn get_job(
     state: web::Data<AppState>,
-    kind: web::Data<JobType>,
+    job_type: JobType,
     _caller: Reader,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job_type = **kind;
     let id = path_id(what(job_type), &id)?;
     let store = state.store.clone();
     let job = blocking(move || job_of_type(&store, id, job_type)).await?;
@@ -103,13 +101,12 @@ pub async fn get_job(
 }
 
 /// Answers at once with `abort: true`; the job stops at its next batch.
-pub async fn cancel_job(
+async fn cancel_job(
     state: web::Data<AppState>,
-    kind: web::Data<JobType>,
+    job_type: JobType,
     _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job_type = **kind;
     let id = path_id(what(job_type), &id)?;
     let store = state.store.clone();
     let job = blocking(move || {
@@ -121,3 +118,75 @@ pub async fn cancel_job(
     .await?;
     Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
 }
+
+/// The four routes of one job type, as handlers the router and the OpenAPI
+/// document both name.
+macro_rules! job_endpoints {
+    (
+        $job_type:expr, $noun:literal,
+        $start:ident $list:ident $get:ident $cancel:ident,
+        $collection:literal, $one:literal, $cancel_path:literal
+    ) => {
+        #[doc = concat!("Starts a ", $noun, " job over the partitions named.")]
+        #[utoipa::path(post, path = $collection, tag = "jobs", security(("bearer" = [])),
+            request_body = JobBody,
+            responses((status = 201, description = "The job, queued", body = JobView)))]
+        pub async fn $start(
+            state: web::Data<AppState>,
+            caller: Manager,
+            body: web::Json<JobBody>,
+        ) -> Result<HttpResponse, ApiError> {
+            start_job(state, $job_type, caller, body).await
+        }
+
+        #[doc = concat!("Lists ", $noun, " jobs.")]
+        #[utoipa::path(get, path = $collection, tag = "jobs", security(("bearer" = [])),
+            params(ListParams<JobFilters>),
+            responses((status = 200, description = "A page of jobs", body = ListView<JobView>)))]
+        pub async fn $list(
+            state: web::Data<AppState>,
+            caller: Reader,
+            req: HttpRequest,
+        ) -> Result<HttpResponse, ApiError> {
+            list_jobs(state, $job_type, caller, req).await
+        }
+
+        #[doc = concat!("One ", $noun, " job, with each partition's progress.")]
+        #[utoipa::path(get, path = $one, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
+            responses((status = 200, description = "The job", body = JobView)))]
+        pub async fn $get(
+            state: web::Data<AppState>,
+            caller: Reader,
+            id: web::Path<String>,
+        ) -> Result<HttpResponse, ApiError> {
+            get_job(state, $job_type, caller, id).await
+        }
+
+        #[doc = concat!("Asks a ", $noun, " job to stop at its next batch; answers at once with `abort: true`.")]
+        #[utoipa::path(post, path = $cancel_path, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
+            responses((status = 200, description = "The job, asked to stop", body = JobView)))]
+        pub async fn $cancel(
+            state: web::Data<AppState>,
+            caller: Manager,
+            id: web::Path<String>,
+        ) -> Result<HttpResponse, ApiError> {
+            cancel_job(state, $job_type, caller, id).await
+        }
+    };
+}
+
+job_endpoints!(
+    JobType::Refresh, "refresh",
+    start_refresh list_refresh get_refresh cancel_refresh,
+    "/api/v1/cckm/hsm/luna/refresh",
+    "/api/v1/cckm/hsm/luna/refresh/{id}",
+    "/api/v1/cckm/hsm/luna/refresh/{id}/cancel"
+);
+
+job_endpoints!(
+    JobType::HaSynchronize, "synchronize",
+    start_synchronize list_synchronize get_synchronize cancel_synchronize,
+    "/api/v1/cckm/hsm/luna/synchronize",
+    "/api/v1/cckm/hsm/luna/synchronize/{id}",
+    "/api/v1/cckm/hsm/luna/synchronize/{id}/cancel"
+);

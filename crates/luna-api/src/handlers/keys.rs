@@ -9,34 +9,42 @@ use luna_domain::{
 };
 use luna_store::Store;
 use serde::Deserialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
+use crate::openapi::ListParams;
 use crate::state::AppState;
-use crate::view::KeyView;
+use crate::view::{KeyView, ListView};
 
-#[derive(Debug, Deserialize)]
+/// A new key: `mechanism` and `partition_id` are required; `size` is required
+/// for RSA mechanisms and defaults to 256 for AES.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     label: Option<String>,
     size: Option<i64>,
+    #[schema(required = true)]
     partition_id: Option<String>,
+    #[schema(required = true, example = "CKM_AES_KEY_GEN")]
     mechanism: Option<String>,
+    /// PKCS#11 attribute names such as CKA_ENCRYPT; each one listed is set true.
     #[serde(default)]
     attributes: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttributeChange {
+    #[schema(example = "CKA_SIGN")]
     #[serde(rename = "type")]
     attribute: String,
     value: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyBody {
     attributes: Vec<AttributeChange>,
@@ -92,6 +100,11 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
     (keys, op)
 }
 
+/// Creates a key (or an RSA pair) on a partition; the answer comes at once with
+/// status `in_progress`, and the key becomes `AVAILABLE` when the token has made it.
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys", tag = "keys", security(("bearer" = [])),
+    request_body = CreateKeyBody,
+    responses((status = 201, description = "The key's record; the token is making it", body = KeyView)))]
 pub async fn create(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -120,6 +133,10 @@ pub async fn create(
     Ok(HttpResponse::Created().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
 }
 
+/// Lists keys; every filter is an exact match.
+#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys", tag = "keys", security(("bearer" = [])),
+    params(ListParams<KeyFilters>),
+    responses((status = 200, description = "A page of keys", body = ListView<KeyView>)))]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -132,6 +149,9 @@ pub async fn list(
     Ok(listing(page, listed, |k| KeyView::new(k, &state.tenancy)))
 }
 
+/// One key.
+#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+    responses((status = 200, description = "The key", body = KeyView)))]
 pub async fn get(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -160,6 +180,11 @@ async fn begin(
     Ok(keys)
 }
 
+/// Changes boolean attributes of a key on its tokens; the answer comes at once
+/// with the `keyupdate` operation in progress.
+#[utoipa::path(patch, path = "/api/v1/cckm/hsm/luna/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+    request_body = UpdateKeyBody,
+    responses((status = 200, description = "The key, its update in progress", body = KeyView)))]
 pub async fn update(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -191,6 +216,9 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
 }
 
+/// Copies a key to the HA members that lack it.
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys/{id}/replicate", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+    responses((status = 200, description = "The key, its replication in progress", body = KeyView)))]
 pub async fn replicate(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -208,6 +236,8 @@ pub async fn replicate(
 }
 
 /// `POST /api/v1/cckm/hsm/luna/{id}/delete`: destroys the objects on the tokens.
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/{id}/delete", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+    responses((status = 200, description = "The key, its deletion in progress", body = KeyView)))]
 pub async fn delete_from_hsm(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -225,6 +255,8 @@ pub async fn delete_from_hsm(
 }
 
 /// `DELETE /api/v1/cckm/hsm/luna/keys/{id}`: forgets the records here only.
+#[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+    responses((status = 204, description = "The key's records are gone; its objects stay on the tokens")))]
 pub async fn forget(
     state: web::Data<AppState>,
     _caller: Manager,

@@ -8,15 +8,17 @@ use luna_domain::ConnectionRequest;
 use luna_store::Store;
 use secrecy::SecretString;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{Administrator, Manager, Reader};
 use crate::error::ApiError;
+use crate::openapi::ListParams;
 use crate::registry;
 use crate::state::AppState;
-use crate::view::{ConnectionView, PartitionView};
+use crate::view::{ConnectionView, ListView, PartitionView};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberBody {
     hostname: Option<String>,
@@ -24,12 +26,17 @@ pub struct MemberBody {
     serial_number: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A Luna network connection: its partitions (HA members) and their PINs.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionBody {
     name: Option<String>,
     description: Option<String>,
+    /// The partitions' crypto officer PIN; kept sealed, never answered.
+    #[schema(value_type = Option<String>, format = Password)]
     password: Option<SecretString>,
+    /// The security officer PIN, for a cloning domain between HA members.
+    #[schema(value_type = Option<String>, format = Password)]
     so_password: Option<SecretString>,
     #[serde(default)]
     is_ha_enabled: bool,
@@ -38,12 +45,17 @@ pub struct ConnectionBody {
     partitions: Vec<MemberBody>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The connection (id or name) whose partitions become one CCKM partition.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPartitionBody {
     connection: String,
 }
 
+/// Registers a connection after logging in to each of its partitions.
+#[utoipa::path(post, path = "/api/v1/connectionmgmt/services/luna-network/connections", tag = "partitions", security(("bearer" = [])),
+    request_body = ConnectionBody,
+    responses((status = 201, description = "The connection", body = ConnectionView)))]
 pub async fn create_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -74,6 +86,10 @@ pub async fn create_connection(
     Ok(HttpResponse::Created().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
+/// Lists connections.
+#[utoipa::path(get, path = "/api/v1/connectionmgmt/services/luna-network/connections", tag = "partitions", security(("bearer" = [])),
+    params(ListParams<ConnectionFilters>),
+    responses((status = 200, description = "A page of connections", body = ListView<ConnectionView>)))]
 pub async fn list_connections(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -86,6 +102,9 @@ pub async fn list_connections(
     Ok(listing(page, listed, |c| ConnectionView::new(c, &state.tenancy)))
 }
 
+/// One connection.
+#[utoipa::path(get, path = "/api/v1/connectionmgmt/services/luna-network/connections/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+    responses((status = 200, description = "The connection", body = ConnectionView)))]
 pub async fn get_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -96,6 +115,9 @@ pub async fn get_connection(
     Ok(HttpResponse::Ok().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
+/// Deletes a connection no partition uses.
+#[utoipa::path(delete, path = "/api/v1/connectionmgmt/services/luna-network/connections/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+    responses((status = 204, description = "The connection is gone")))]
 pub async fn delete_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -110,6 +132,10 @@ pub async fn delete_connection(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Adds the partition of a connection to CCKM.
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/add-partition", tag = "partitions", security(("bearer" = [])),
+    request_body = AddPartitionBody,
+    responses((status = 201, description = "The partition", body = PartitionView)))]
 pub async fn add_partition(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -121,6 +147,10 @@ pub async fn add_partition(
     Ok(HttpResponse::Created().json(PartitionView::new(&partition, &state.tenancy)))
 }
 
+/// Lists partitions.
+#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/partitions", tag = "partitions", security(("bearer" = [])),
+    params(ListParams<PartitionFilters>),
+    responses((status = 200, description = "A page of partitions", body = ListView<PartitionView>)))]
 pub async fn list_partitions(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -133,6 +163,9 @@ pub async fn list_partitions(
     Ok(listing(page, listed, |p| PartitionView::new(p, &state.tenancy)))
 }
 
+/// One partition.
+#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/partitions/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
+    responses((status = 200, description = "The partition", body = PartitionView)))]
 pub async fn get_partition(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -144,6 +177,8 @@ pub async fn get_partition(
 }
 
 /// Forgets the partition and its keys here; the tokens are not touched.
+#[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/partitions/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
+    responses((status = 204, description = "The partition is gone from CCKM")))]
 pub async fn delete_partition(
     state: web::Data<AppState>,
     _caller: Manager,

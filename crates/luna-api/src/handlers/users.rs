@@ -5,26 +5,30 @@ use luna_domain::query::UserFilters;
 use luna_store::{NewUser, Store, StoredUser};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{hash_password, Administrator, GROUPS};
 use crate::error::ApiError;
+use crate::openapi::ListParams;
 use crate::state::AppState;
-use crate::view::timestamp;
+use crate::view::{timestamp, ListView};
 
 /// Passwords shorter than this are refused.
 const MIN_PASSWORD: usize = 8;
 
-#[derive(Debug, Deserialize)]
+/// A new user; `groups` from admin, CCKM Admins, CCKM Users.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     username: Option<String>,
+    #[schema(value_type = String, format = Password, required = true)]
     password: Option<SecretString>,
     #[serde(default)]
     groups: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
     user_id: String,
     username: String,
@@ -44,6 +48,10 @@ impl From<&StoredUser> for UserView {
     }
 }
 
+/// Creates a user.
+#[utoipa::path(post, path = "/api/v1/usermgmt/users", tag = "users", security(("bearer" = [])),
+    request_body = UserBody,
+    responses((status = 201, description = "The user", body = UserView)))]
 pub async fn create(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -78,6 +86,10 @@ pub async fn create(
     Ok(HttpResponse::Created().json(UserView::from(&user)))
 }
 
+/// Lists users.
+#[utoipa::path(get, path = "/api/v1/usermgmt/users", tag = "users", security(("bearer" = [])),
+    params(ListParams<UserFilters>),
+    responses((status = 200, description = "A page of users", body = ListView<UserView>)))]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -92,6 +104,9 @@ pub async fn list(
     Ok(listing(page, listed, |u| UserView::from(u)))
 }
 
+/// One user.
+#[utoipa::path(get, path = "/api/v1/usermgmt/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
+    responses((status = 200, description = "The user", body = UserView)))]
 pub async fn get(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -102,7 +117,9 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
 
-/// The bootstrap `admin` stays: without it nobody could manage users again.
+/// Deletes a user. The bootstrap `admin` stays: without it nobody could manage users again.
+#[utoipa::path(delete, path = "/api/v1/usermgmt/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
+    responses((status = 204, description = "The user is gone")))]
 pub async fn delete(
     state: web::Data<AppState>,
     _caller: Administrator,

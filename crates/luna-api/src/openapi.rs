@@ -1,0 +1,237 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the
+//! domain's description of every list query, served at
+//! `GET /api/v1/openapi.json`.
+//!
+//! Error answers are added here by one rule per status rather than on each
+//! handler, so that no handler can forget one: what can answer 400, 401, 403,
+//! 404, 409 and 500 follows from the operation's shape (see `Conventions`).
+
+use std::sync::LazyLock;
+
+use actix_web::HttpResponse;
+use luna_domain::query::{list_params, Filters, ParamKind};
+use utoipa::openapi::path::{HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+use utoipa::{IntoParams, Modify, OpenApi};
+
+use crate::error::ErrorBody;
+use crate::handlers::{audit, auth, health, jobs, keys, partitions, users};
+use crate::view;
+
+/// The security scheme every protected operation names.
+pub const BEARER: &str = "bearer";
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "luna-cckm",
+        description = "The CipherTrust Cloud Key Manager \"Luna HSM keys\" API over PKCS#11 tokens.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::metrics::scrape,
+        document,
+        health::healthz,
+        auth::token,
+        audit::list,
+        audit::verify,
+        users::create,
+        users::list,
+        users::get,
+        users::delete,
+        partitions::create_connection,
+        partitions::list_connections,
+        partitions::get_connection,
+        partitions::delete_connection,
+        partitions::add_partition,
+        partitions::list_partitions,
+        partitions::get_partition,
+        partitions::delete_partition,
+        keys::create,
+        keys::list,
+        keys::get,
+        keys::update,
+        keys::forget,
+        keys::replicate,
+        keys::delete_from_hsm,
+        jobs::start_refresh,
+        jobs::list_refresh,
+        jobs::get_refresh,
+        jobs::cancel_refresh,
+        jobs::start_synchronize,
+        jobs::list_synchronize,
+        jobs::get_synchronize,
+        jobs::cancel_synchronize,
+    ),
+    components(schemas(ErrorBody, view::KeyView, view::JobView, view::PartitionView, view::ConnectionView)),
+    modifiers(&Conventions),
+    tags(
+        (name = "keys", description = "Luna HSM keys"),
+        (name = "jobs", description = "Refresh and synchronize jobs"),
+        (name = "partitions", description = "Luna partitions and network connections"),
+        (name = "users", description = "Users and their groups"),
+        (name = "audit", description = "The hash-chained audit trail"),
+        (name = "service", description = "Login, health, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"the document could not be rendered: {e}\"}}"))
+});
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json")))]
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOCUMENT.as_str())
+}
+
+/// The query parameters of a list of `F`, from the same facts that parse them.
+#[derive(Debug)]
+pub struct ListParams<F>(std::marker::PhantomData<F>);
+
+impl<F: Filters> IntoParams for ListParams<F> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        list_params::<F>()
+            .into_iter()
+            .map(|param| {
+                let (schema, description) = param_schema(&param.kind);
+                ParameterBuilder::new()
+                    .name(param.name)
+                    .parameter_in(ParameterIn::Query)
+                    .description(Some(description))
+                    .schema(Some(schema))
+                    .build()
+            })
+            .collect()
+    }
+}
+
+fn param_schema(kind: &ParamKind) -> (ObjectBuilder, String) {
+    let object = ObjectBuilder::new();
+    match kind {
+        ParamKind::Text => (object.schema_type(Type::String), "exact match".into()),
+        ParamKind::Id => (
+            object
+                .schema_type(Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Uuid,
+                ))),
+            "a UUID; exact match".into(),
+        ),
+        ParamKind::WholeNumber { min, max } => (
+            object
+                .schema_type(Type::Integer)
+                .minimum(Some(*min as f64))
+                .maximum(Some(*max as f64)),
+            format!("a whole number from {min} to {max}"),
+        ),
+        ParamKind::Boolean => (object.schema_type(Type::Boolean), "true or false".into()),
+        ParamKind::OneOf(values) => (
+            object
+                .schema_type(Type::String)
+                .enum_values(Some(values.iter().copied())),
+            "exact match".into(),
+        ),
+        ParamKind::SortFields(fields) => (
+            object.schema_type(Type::String),
+            format!(
+                "a comma list of fields, each prefixed by - for descending order; fields: {}",
+                fields.join(", ")
+            ),
+        ),
+    }
+}
+
+/// The bearer scheme, and every error answer an operation can give, by rule.
+#[derive(Debug)]
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("the jwt of POST /api/v1/auth/tokens"))
+                    .build(),
+            ),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (HttpMethod::Get, &mut item.get),
+                (HttpMethod::Post, &mut item.post),
+                (HttpMethod::Patch, &mut item.patch),
+                (HttpMethod::Delete, &mut item.delete),
+            ];
+            for (method, operation) in operations {
+                if let Some(operation) = operation {
+                    add_error_answers(path, method, operation);
+                }
+            }
+        }
+    }
+}
+
+/// Which errors an operation can answer, from its shape; only operations that
+/// answer in JSON errors (everything but this document and health) get them.
+fn add_error_answers(path: &str, method: HttpMethod, operation: &mut Operation) {
+    if path == "/api/v1/openapi.json" || path == "/api/v1/healthz" {
+        return;
+    }
+    let protected = operation.security.is_some();
+    let takes_input = operation.request_body.is_some()
+        || operation
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| p.parameter_in == ParameterIn::Query));
+    let mutates = !matches!(method, HttpMethod::Get);
+    let answers = [
+        (
+            takes_input,
+            "400",
+            "The request is not valid; the message says why",
+        ),
+        (
+            protected || path == "/api/v1/auth/tokens",
+            "401",
+            "No valid bearer token, or the credentials were refused",
+        ),
+        (protected, "403", "The caller's groups do not allow this"),
+        (path.contains('{'), "404", "No resource has this id"),
+        (
+            protected && mutates,
+            "409",
+            "The resource is busy or in a state that forbids this",
+        ),
+        (true, "500", "The server failed; the message carries no internals"),
+    ];
+    for (applies, status, description) in answers {
+        if applies {
+            operation
+                .responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .into()
+                });
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The OpenAPI document against the router and a live server: every route is
+//! documented, every documented operation exists, and what the server answers
+//! (auth, status) is what the document says it may.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use luna_api::openapi::ApiDoc;
+use luna_api::server::ROUTES;
+use luna_api::testing::Api;
+use luna_store::testing::TestDatabase;
+use serde_json::Value;
+use utoipa::OpenApi as _;
+
+const METHODS: [&str; 4] = ["get", "post", "patch", "delete"];
+
+fn document() -> Value {
+    serde_json::from_str(&ApiDoc::openapi().to_json().unwrap()).unwrap()
+}
+
+/// (method, path, operation) for every operation in the document.
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut found = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(METHODS.contains(&method.as_str()), "{method} {path}");
+            found.push((method.clone(), path.clone(), operation.clone()));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_document_has_every_route_and_no_other() {
+    let documented: BTreeSet<(String, String)> = operations(&document())
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes the document lacks: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented operations no route serves: {unrouted:?}"
+    );
+    assert_eq!(routed.len(), ROUTES.len(), "a route is declared twice");
+}
+
+#[test]
+fn every_error_answer_is_an_error_body_and_every_list_parameter_is_described() {
+    let doc = document();
+    for (method, path, operation) in operations(&doc) {
+        for (status, answer) in operation["responses"].as_object().unwrap() {
+            assert!(
+                !answer["description"].as_str().unwrap().is_empty(),
+                "{method} {path} {status}"
+            );
+            if status.starts_with('4') || status == "500" {
+                assert_eq!(
+                    answer["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+        if method == "get" && !path.contains('{') && operation["parameters"].is_array() {
+            let names: Vec<&str> = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(&names[..3], ["skip", "limit", "sort"], "{path}");
+        }
+    }
+    let keys = &doc["paths"]["/api/v1/cckm/hsm/luna/keys"]["get"]["parameters"];
+    let status = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "status")
+        .unwrap();
+    let values: Vec<&str> = status["schema"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = luna_domain::KeyStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(values, expected);
+    assert!(values.contains(&"AVAILABLE"));
+}
+
+/// Each documented operation, called on a live server without a token and
+/// then as admin with an empty body: the routes exist, protection is as the
+/// document says, and every status is one the document lists.
+#[test]
+fn a_live_server_answers_as_the_document_says() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let doc = document();
+
+    let (status, served) = api.call("GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(served, doc, "the served document is the generated one");
+
+    let nil = "00000000-0000-0000-0000-000000000000";
+    for (method, path, operation) in operations(&doc) {
+        let concrete = path.replace("{id}", nil);
+        // The harness speaks under /api/v1; /metrics sits beside it.
+        let relative = concrete
+            .strip_prefix("/api/v1")
+            .map_or(format!("/../..{concrete}"), str::to_owned);
+        let verb = method.to_uppercase();
+        let body = operation["requestBody"].is_object().then_some("{}");
+        let documented = |status: u16| operation["responses"].get(status.to_string()).is_some();
+
+        let (status, answer) = api.call(&verb, &relative, None, body);
+        if operation["security"].is_array() {
+            assert_eq!(status, 401, "{verb} {path} without a token: {answer}");
+        } else {
+            assert_ne!(status, 401, "{verb} {path} is documented as open: {answer}");
+        }
+        assert!(
+            documented(status),
+            "{verb} {path} answered {status}, undocumented: {answer}"
+        );
+
+        let (status, answer) = api.call(&verb, &relative, Some(&api.token), body);
+        assert!(
+            documented(status),
+            "{verb} {path} answered {status}, undocumented: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap_or("");
+        assert!(!message.starts_with("there is no"), "{verb} {path}: {message}");
+    }
+}
