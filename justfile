@@ -10,6 +10,11 @@ test:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
+    scripts/schemathesis
+
+# schemathesis against a live server on the embedded default, every check.
+schemathesis:
+    scripts/schemathesis
 
 # One crate's tests on their own, e.g. `just test-crate luna-store`.
 test-crate CRATE:

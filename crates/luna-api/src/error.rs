@@ -19,6 +19,13 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The path exists, not with this method; `allowed` goes in the `Allow` header.
+    #[error("{method} is not allowed on {path}; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: String,
+    },
     #[error("{0}")]
     Conflict(String),
     /// A token refused something the user asked for (wrong PIN, missing token).
@@ -85,6 +92,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, 1, "NCERRUnauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, 2, "NCERRForbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 16, "NCERRResourceNotFound"),
+            ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, 15, "NCERRBadRequest"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 13, "NCERRConflict"),
             ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 14, "NCERRInternalServerError")
@@ -125,7 +133,11 @@ impl ResponseError for ApiError {
             }
             tracing::error!(error = %chain, "request failed");
         }
-        HttpResponse::build(status).json(self.body())
+        let mut response = HttpResponse::build(status);
+        if let ApiError::MethodNotAllowed { allowed, .. } = self {
+            response.insert_header((actix_web::http::header::ALLOW, allowed.as_str()));
+        }
+        response.json(self.body())
     }
 }
 
@@ -146,6 +158,15 @@ mod tests {
             (ApiError::Forbidden("x".into()), 403, 2),
             (ApiError::NotFound("x".into()), 404, 16),
             (ApiError::Conflict("x".into()), 409, 13),
+            (
+                ApiError::MethodNotAllowed {
+                    method: "PUT".into(),
+                    path: "/x".into(),
+                    allowed: "GET".into(),
+                },
+                405,
+                15,
+            ),
             (ApiError::Internal("secret detail".into()), 500, 14),
         ];
         for (error, status, code) in cases {

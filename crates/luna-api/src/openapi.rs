@@ -9,10 +9,14 @@
 use std::sync::LazyLock;
 
 use actix_web::HttpResponse;
+use luna_domain::attribute::Attribute;
+use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::{list_params, Filters, ParamKind};
 use utoipa::openapi::path::{HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+use utoipa::openapi::{
+    Array, ArrayBuilder, ContentBuilder, Object, ObjectBuilder, Ref, ResponseBuilder, Type,
+};
 use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::error::ErrorBody;
@@ -140,13 +144,76 @@ fn param_schema(kind: &ParamKind) -> (ObjectBuilder, String) {
             "exact match".into(),
         ),
         ParamKind::SortFields(fields) => (
-            object.schema_type(Type::String),
+            object
+                .schema_type(Type::String)
+                .pattern(Some(sort_pattern(fields))),
             format!(
                 "a comma list of fields, each prefixed by - for descending order; fields: {}",
                 fields.join(", ")
             ),
         ),
     }
+}
+
+/// A label or name as `luna_domain::key::check_label` takes it: not blank, at
+/// most `MAX_LABEL_CHARS` characters, no control characters.
+pub fn label_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(luna_domain::key::MAX_LABEL_CHARS))
+        .pattern(Some(
+            r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        ))
+        .build()
+}
+
+pub fn mechanism_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Mechanism::ALL.iter().map(|m| m.as_str())))
+        .build()
+}
+
+/// Every size some mechanism takes; which ones a mechanism takes is in the
+/// 400 that refuses the others.
+pub fn key_size_schema() -> Object {
+    let mut sizes: Vec<u32> = Algorithm::ALL
+        .iter()
+        .flat_map(|a| a.allowed_sizes().iter().copied())
+        .collect();
+    sizes.sort_unstable();
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .enum_values(Some(sizes))
+        .build()
+}
+
+pub fn attribute_names_schema() -> Array {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(Attribute::REQUESTABLE.iter().map(|a| a.as_str()))),
+        )
+        .unique_items(true)
+        .build()
+}
+
+pub fn group_names_schema() -> Array {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(crate::auth::GROUPS.iter().copied())),
+        )
+        .build()
+}
+
+/// `-?field(,-?field)*` over exactly these field names.
+fn sort_pattern(fields: &[&str]) -> String {
+    let field = format!("-?({})", fields.join("|"));
+    format!("^{field}(,{field})*$")
 }
 
 /// The bearer scheme, and every error answer an operation can give, by rule.

@@ -99,12 +99,26 @@ fn path_config() -> web::PathConfig {
         .error_handler(|error, _req| ApiError::NotFound(format!("no such resource: {error}")).into())
 }
 
+/// A known path with another method is a 405 naming the methods it takes;
+/// anything else a 404.
 async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "there is no {} {} in this API",
-        req.method(),
-        req.path()
-    )))
+    let allowed: Vec<String> = ROUTES
+        .iter()
+        .filter(|(_, path)| actix_web::dev::ResourceDef::new(*path).is_match(req.path()))
+        .map(|(method, _)| method.to_uppercase())
+        .collect();
+    if allowed.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "there is no {} {} in this API",
+            req.method(),
+            req.path()
+        )));
+    }
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+        allowed: allowed.join(", "),
+    })
 }
 
 /// What the server needs; built by `luna-server` or by a test.

@@ -97,6 +97,15 @@ fn every_error_answer_is_an_error_body_and_every_list_parameter_is_described() {
     assert!(values.contains(&"AVAILABLE"));
 }
 
+/// A documented path with its id made the nil UUID, relative to the harness's
+/// base (/api/v1; /metrics sits beside it).
+fn relative(path: &str) -> String {
+    let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+    concrete
+        .strip_prefix("/api/v1")
+        .map_or(format!("/../..{concrete}"), str::to_owned)
+}
+
 /// Each documented operation, called on a live server without a token and
 /// then as admin with an empty body: the routes exist, protection is as the
 /// document says, and every status is one the document lists.
@@ -109,13 +118,8 @@ fn a_live_server_answers_as_the_document_says() {
     assert_eq!(status, 200);
     assert_eq!(served, doc, "the served document is the generated one");
 
-    let nil = "00000000-0000-0000-0000-000000000000";
     for (method, path, operation) in operations(&doc) {
-        let concrete = path.replace("{id}", nil);
-        // The harness speaks under /api/v1; /metrics sits beside it.
-        let relative = concrete
-            .strip_prefix("/api/v1")
-            .map_or(format!("/../..{concrete}"), str::to_owned);
+        let relative = relative(&path);
         let verb = method.to_uppercase();
         let body = operation["requestBody"].is_object().then_some("{}");
         let documented = |status: u16| operation["responses"].get(status.to_string()).is_some();
@@ -139,4 +143,16 @@ fn a_live_server_answers_as_the_document_says() {
         let message = answer["message"].as_str().unwrap_or("");
         assert!(!message.starts_with("there is no"), "{verb} {path}: {message}");
     }
+
+    // A documented path with a method it does not take: 405, naming the ones it does.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let (status, answer) = api.call("PUT", &relative(path), Some(&api.token), Some("{}"));
+        assert_eq!(status, 405, "PUT {path}: {answer}");
+        let message = answer["message"].as_str().unwrap();
+        for method in item.as_object().unwrap().keys() {
+            assert!(message.contains(&method.to_uppercase()), "PUT {path}: {message}");
+        }
+    }
+    let (status, _) = api.call("PUT", "/no/such/path", Some(&api.token), None);
+    assert_eq!(status, 404);
 }

@@ -38,7 +38,7 @@ pub struct Page {
 /// One resource's filters. `accept` takes one query parameter and returns
 /// `Ok(false)` for a name it does not know.
 pub trait Filters: Default {
-    type SortField: FromStr<Err = DomainError> + Copy;
+    type SortField: FromStr<Err = DomainError> + Copy + PartialEq;
     /// The filter names, for the sentence that refuses an unknown one.
     const NAMES: &'static [&'static str];
     fn accept(&mut self, name: &str, value: &str) -> Result<bool>;
@@ -170,7 +170,7 @@ pub fn parse_list_query<F: Filters>(pairs: &[(String, String)]) -> Result<ListQu
     Ok(ListQuery { filters, sort, page })
 }
 
-fn parse_sort<S: FromStr<Err = DomainError>>(text: &str) -> Result<Vec<SortKey<S>>> {
+fn parse_sort<S: FromStr<Err = DomainError> + PartialEq>(text: &str) -> Result<Vec<SortKey<S>>> {
     let mut keys = Vec::new();
     for part in text.split(',') {
         let (direction, name) = match part.strip_prefix('-') {
@@ -182,10 +182,13 @@ fn parse_sort<S: FromStr<Err = DomainError>>(text: &str) -> Result<Vec<SortKey<S
                 "sort has an empty field name; use a comma list such as label,-createdAt",
             ));
         }
-        keys.push(SortKey {
-            field: name.parse()?,
-            direction,
-        });
+        let field: S = name.parse()?;
+        // A later mention of a field cannot change the order the first one
+        // set, and each repeat costs the database's sorter dearly (SQLite took
+        // 23 s over 22 terms), so repeats are dropped.
+        if !keys.iter().any(|k: &SortKey<S>| k.field == field) {
+            keys.push(SortKey { field, direction });
+        }
     }
     Ok(keys)
 }
@@ -418,6 +421,25 @@ mod tests {
         }
         let unknown = vec![("no_such_filter".to_owned(), "x".to_owned())];
         assert!(parse_list_query::<F>(&unknown).is_err());
+    }
+
+    #[test]
+    fn a_field_sorts_once_by_its_first_mention() {
+        let repeated =
+            parse_list_query::<ConnectionFilters>(&pairs("sort=name,-createdAt,-name,name")).unwrap();
+        assert_eq!(
+            repeated.sort,
+            vec![
+                SortKey {
+                    field: ConnectionSortField::Name,
+                    direction: Direction::Ascending
+                },
+                SortKey {
+                    field: ConnectionSortField::CreatedAt,
+                    direction: Direction::Descending
+                },
+            ]
+        );
     }
 
     #[test]

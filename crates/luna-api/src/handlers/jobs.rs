@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{blocking, list_query, listing, not_found, path_id};
 use crate::auth::{Manager, Reader};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
 use crate::state::AppState;
 use crate::view::{JobView, ListView};
@@ -130,7 +130,9 @@ macro_rules! job_endpoints {
         #[doc = concat!("Starts a ", $noun, " job over the partitions named.")]
         #[utoipa::path(post, path = $collection, tag = "jobs", security(("bearer" = [])),
             request_body = JobBody,
-            responses((status = 201, description = "The job, queued", body = JobView)))]
+            responses(
+                (status = 201, description = "The job, queued", body = JobView),
+                (status = 404, description = "A partition named does not exist", body = ErrorBody)))]
         pub async fn $start(
             state: web::Data<AppState>,
             caller: Manager,

@@ -14,24 +14,27 @@ use uuid::Uuid;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{Manager, Reader};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
 use crate::state::AppState;
 use crate::view::{KeyView, ListView};
 
-/// A new key: `mechanism` and `partition_id` are required; `size` is required
-/// for RSA mechanisms and defaults to 256 for AES.
+/// A new key. `size` must be one the mechanism's algorithm takes (AES 128,
+/// 192, 256; RSA 2048, 3072, 4096).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
+    #[schema(required = true, schema_with = crate::openapi::label_schema)]
     label: Option<String>,
+    #[schema(required = true, schema_with = crate::openapi::key_size_schema)]
     size: Option<i64>,
-    #[schema(required = true)]
+    #[schema(required = true, format = Uuid)]
     partition_id: Option<String>,
-    #[schema(required = true, example = "CKM_AES_KEY_GEN")]
+    #[schema(required = true, schema_with = crate::openapi::mechanism_schema)]
     mechanism: Option<String>,
     /// PKCS#11 attribute names such as CKA_ENCRYPT; each one listed is set true.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::attribute_names_schema)]
     attributes: Vec<String>,
 }
 
@@ -104,7 +107,9 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
 /// status `in_progress`, and the key becomes `AVAILABLE` when the token has made it.
 #[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys", tag = "keys", security(("bearer" = [])),
     request_body = CreateKeyBody,
-    responses((status = 201, description = "The key's record; the token is making it", body = KeyView)))]
+    responses(
+        (status = 201, description = "The key's record; the token is making it", body = KeyView),
+        (status = 404, description = "No partition has this partition_id", body = ErrorBody)))]
 pub async fn create(
     state: web::Data<AppState>,
     _caller: Manager,

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
 use crate::auth::{Administrator, Manager, Reader};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
 use crate::registry;
 use crate::state::AppState;
@@ -135,7 +135,9 @@ pub async fn delete_connection(
 /// Adds the partition of a connection to CCKM.
 #[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/add-partition", tag = "partitions", security(("bearer" = [])),
     request_body = AddPartitionBody,
-    responses((status = 201, description = "The partition", body = PartitionView)))]
+    responses(
+        (status = 201, description = "The partition", body = PartitionView),
+        (status = 404, description = "No connection has this id or name", body = ErrorBody)))]
 pub async fn add_partition(
     state: web::Data<AppState>,
     _caller: Manager,

@@ -17,14 +17,25 @@ use crate::view::{timestamp, ListView};
 /// Passwords shorter than this are refused.
 const MIN_PASSWORD: usize = 8;
 
+fn password_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+        .min_length(Some(MIN_PASSWORD))
+        .build()
+}
+
 /// A new user; `groups` from admin, CCKM Admins, CCKM Users.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
+    #[schema(required = true, schema_with = crate::openapi::label_schema)]
     username: Option<String>,
-    #[schema(value_type = String, format = Password, required = true)]
+    #[schema(required = true, schema_with = password_schema)]
     password: Option<SecretString>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::group_names_schema)]
     groups: Vec<String>,
 }
 
