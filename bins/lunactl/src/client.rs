@@ -1,0 +1,258 @@
+//! HTTP to luna-server: TLS as the user chose it, the bearer token refreshed
+//! before it runs out, and errors as the server's own sentence.
+
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::{json, Value};
+
+use crate::session::{self, Session};
+
+/// Where and how to connect, from flags or the saved login.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub server: String,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub insecure: bool,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    agent: ureq::Agent,
+    server: String,
+    session: Option<Session>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Refresh this long before the jwt expires, so a request never carries a
+/// token that dies on the way.
+const REFRESH_MARGIN_SECS: u64 = 15;
+
+impl Client {
+    pub fn new(target: &Target, session: Option<Session>) -> Result<Client> {
+        let mut builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(60));
+        if target.server.starts_with("https://") {
+            builder = builder.tls_config(Arc::new(tls_config(target.ca_file.as_deref(), target.insecure)?));
+        } else if !target.server.starts_with("http://") {
+            bail!(
+                "--server must start with https:// or http://; got {:?}",
+                target.server
+            );
+        }
+        Ok(Client {
+            agent: builder.build(),
+            server: target.server.trim_end_matches('/').to_owned(),
+            session,
+        })
+    }
+
+    /// Logs in with a password and keeps the session.
+    pub fn login(&mut self, target: &Target, username: &str, password: &str) -> Result<()> {
+        let answer = self.send(
+            "POST",
+            "/api/v1/auth/tokens",
+            &[],
+            Some(&json!({"grant_type": "password", "username": username, "password": password})),
+            None,
+        )?;
+        self.keep(target, &answer)
+    }
+
+    fn keep(&mut self, target: &Target, answer: &Value) -> Result<()> {
+        let text = |name: &str| {
+            answer[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("the server's token answer lacks {name}"))
+        };
+        let session = Session {
+            server: self.server.clone(),
+            ca_file: target.ca_file.clone(),
+            insecure: target.insecure,
+            jwt: text("jwt")?,
+            refresh_token: text("refresh_token")?,
+            expires_at: now() + answer["duration"].as_u64().unwrap_or(0),
+        };
+        session::save(&session)?;
+        self.session = Some(session);
+        Ok(())
+    }
+
+    fn bearer(&mut self) -> Result<String> {
+        let Some(session) = self.session.clone() else {
+            bail!("not logged in; run lunactl login first");
+        };
+        if session.server != self.server {
+            bail!(
+                "the saved login is for {}, not {}; run lunactl login --server {}",
+                session.server,
+                self.server,
+                self.server
+            );
+        }
+        if now() + REFRESH_MARGIN_SECS < session.expires_at {
+            return Ok(session.jwt);
+        }
+        let answer = self
+            .send(
+                "POST",
+                "/api/v1/auth/tokens",
+                &[],
+                Some(&json!({"grant_type": "refresh_token", "refresh_token": session.refresh_token})),
+                None,
+            )
+            .context("the login has run out; run lunactl login again")?;
+        let target = Target {
+            server: session.server.clone(),
+            ca_file: session.ca_file.clone(),
+            insecure: session.insecure,
+        };
+        self.keep(&target, &answer)?;
+        Ok(text_of(&answer, "jwt"))
+    }
+
+    /// A request as the logged-in user; `Value::Null` for an empty answer.
+    pub fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let bearer = self.bearer()?;
+        self.send(method, path, query, body, Some(&bearer))
+    }
+
+    pub fn call_open(&mut self, method: &str, path: &str) -> Result<Value> {
+        self.send(method, path, &[], None, None)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.server);
+        let mut request = self.agent.request(method, &url);
+        for (name, value) in query {
+            request = request.query(name, value);
+        }
+        if let Some(bearer) = bearer {
+            request = request.set("Authorization", &format!("Bearer {bearer}"));
+        }
+        let response = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                bail!("the server answered {status}: {message}");
+            }
+            Err(ureq::Error::Transport(transport)) => {
+                bail!("cannot reach {}: {transport}", self.server)
+            }
+        };
+        let text = response.into_string().context("reading the server's answer")?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).or(Ok(Value::String(text)))
+    }
+}
+
+fn text_of(value: &Value, name: &str) -> String {
+    value[name].as_str().unwrap_or_default().to_owned()
+}
+
+fn tls_config(ca_file: Option<&Path>, insecure: bool) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up")?;
+    if insecure {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let file = std::fs::File::open(path).with_context(|| format!("--ca-file {}", path.display()))?;
+            let mut added = 0;
+            for certificate in rustls_pemfile::certs(&mut BufReader::new(file)) {
+                let certificate = certificate.with_context(|| format!("--ca-file {}", path.display()))?;
+                roots
+                    .add(certificate)
+                    .with_context(|| format!("--ca-file {}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                bail!("--ca-file {} holds no PEM certificate", path.display());
+            }
+        }
+        // A server with a public certificate: the web's roots, as ureq ships them.
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `--insecure`: the server's certificate is not checked (its signatures on
+/// the handshake still are), as curl -k does.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

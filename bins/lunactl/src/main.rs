@@ -1,0 +1,541 @@
+//! lunactl: the luna-cckm command line. `lunactl login`, then a command for
+//! every endpoint; `--wait` follows an operation or job to its end.
+
+mod client;
+mod list_args;
+mod output;
+mod session;
+mod wait;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use luna_domain::query::{
+    AuditFilters, ConnectionFilters, JobFilters, KeyFilters, PartitionFilters, UserFilters,
+};
+use luna_domain::JobStatus;
+use serde_json::{json, Value};
+
+use client::{Client, Target};
+use list_args::ListArgs;
+use output::{Format, Kind};
+
+const KEYS: &str = "/api/v1/cckm/hsm/luna/keys";
+const PARTITIONS: &str = "/api/v1/cckm/hsm/luna/partitions";
+const CONNECTIONS: &str = "/api/v1/connectionmgmt/services/luna-network/connections";
+const USERS: &str = "/api/v1/usermgmt/users";
+const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
+
+#[derive(Debug, Parser)]
+#[command(name = "lunactl", version, about = "The luna-cckm command line")]
+struct Cli {
+    /// The server; defaults to the one of the saved login, else https://127.0.0.1:8443.
+    #[arg(long, global = true, env = "LUNACTL_SERVER")]
+    server: Option<String>,
+    /// PEM file of the CA (or the self-signed certificate) the server's certificate chains to.
+    #[arg(long, global = true, env = "LUNACTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Do not check the server's certificate (as curl -k).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Output: a readable table, or the server's JSON.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Logs in; the password comes from LUNACTL_PASSWORD or the first line of stdin.
+    Login {
+        #[arg(long, default_value = "admin")]
+        username: String,
+    },
+    /// The server's health (no login needed).
+    Health,
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    #[command(subcommand)]
+    Refresh(JobCommand),
+    #[command(subcommand)]
+    Synchronize(JobCommand),
+    #[command(subcommand)]
+    Partitions(PartitionsCommand),
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+    #[command(subcommand)]
+    Users(UsersCommand),
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Creates a key (or an RSA pair) on a partition.
+    Create {
+        #[arg(long)]
+        partition_id: String,
+        #[arg(long, help = "CKM_AES_KEY_GEN, CKM_RSA_PKCS_KEY_PAIR_GEN, …")]
+        mechanism: String,
+        #[arg(long)]
+        size: i64,
+        #[arg(long)]
+        label: String,
+        /// A PKCS#11 attribute to set true (CKA_ENCRYPT, …); repeat for more.
+        #[arg(long = "attribute")]
+        attributes: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Lists keys; every filter of the API is a flag.
+    List(ListArgs<KeyFilters>),
+    Get {
+        id: String,
+    },
+    /// Changes boolean attributes: --set CKA_SIGN=true (repeat for more).
+    Update {
+        id: String,
+        #[arg(long = "set", value_name = "CKA_NAME=true|false", required = true)]
+        changes: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Copies the key to the HA members that lack it.
+    Replicate {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Forgets the key's records here; its objects stay on the tokens.
+    Delete {
+        id: String,
+    },
+    /// Destroys the key's objects on the tokens.
+    Destroy {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Starts a job over the partitions named, or all of them.
+    Start {
+        #[arg(long = "partition", required_unless_present = "all", conflicts_with = "all")]
+        partitions: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    List(ListArgs<JobFilters>),
+    Get {
+        id: String,
+    },
+    /// Asks the job to stop at its next batch.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PartitionsCommand {
+    /// Adds the partition of a connection (id or name).
+    Add {
+        #[arg(long)]
+        connection: String,
+    },
+    List(ListArgs<PartitionFilters>),
+    Get {
+        id: String,
+    },
+    /// Forgets the partition and its keys here; the tokens are not touched.
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionsCommand {
+    /// Registers a connection; its partitions' PIN comes from LUNACTL_PIN or the
+    /// first line of stdin, a cloning domain's SO PIN from LUNACTL_SO_PIN.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A partition: LABEL:SERIAL or LABEL:SERIAL@HOST; repeat for HA members.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        #[arg(long)]
+        ha: bool,
+        #[arg(long)]
+        remap_rsa_mechanisms: bool,
+    },
+    List(ListArgs<ConnectionFilters>),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Creates a user; the password comes from LUNACTL_NEW_PASSWORD or the first line of stdin.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// admin, CCKM Admins or CCKM Users; repeat for more.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    List(ListArgs<UserFilters>),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    List(ListArgs<AuditFilters>),
+    /// Checks that every record follows from the one before.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(text) => {
+            let mut stdout = std::io::stdout();
+            let _ = stdout.write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            // The server's sentence and its context, never a backtrace.
+            let _ = writeln!(std::io::stderr(), "lunactl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A secret from an environment variable, else the first line of stdin (never a flag,
+/// which `ps` would show).
+fn secret(variable: &str, what: &str) -> Result<String> {
+    if let Ok(value) = std::env::var(variable) {
+        return Ok(value);
+    }
+    if std::io::stdin().is_terminal() {
+        let _ = write!(std::io::stderr(), "{what}: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading stdin")?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    if line.is_empty() {
+        bail!("no {what}: set {variable} or give it on stdin");
+    }
+    Ok(line)
+}
+
+fn run(cli: Cli) -> Result<String> {
+    let saved = session::load()?;
+    let target = Target {
+        server: cli
+            .server
+            .clone()
+            .or_else(|| saved.as_ref().map(|s| s.server.clone()))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+        ca_file: cli
+            .ca_file
+            .clone()
+            .or_else(|| saved.as_ref().and_then(|s| s.ca_file.clone())),
+        insecure: cli.insecure || saved.as_ref().is_some_and(|s| s.insecure),
+    };
+    let mut client = Client::new(&target, saved)?;
+    let format = cli.output;
+    match cli.command {
+        Command::Login { username } => {
+            let password = secret("LUNACTL_PASSWORD", "password")?;
+            client.login(&target, &username, &password)?;
+            Ok(format!(
+                "logged in to {} as {username}; the session is in {}\n",
+                target.server,
+                session::path()?.display()
+            ))
+        }
+        Command::Health => Ok(output::record(
+            &client.call_open("GET", "/api/v1/healthz")?,
+            format,
+        )),
+        Command::Keys(command) => keys(&mut client, command, format),
+        Command::Refresh(command) => job(&mut client, "/api/v1/cckm/hsm/luna/refresh", command, format),
+        Command::Synchronize(command) => {
+            job(&mut client, "/api/v1/cckm/hsm/luna/synchronize", command, format)
+        }
+        Command::Partitions(command) => partitions(&mut client, command, format),
+        Command::Connections(command) => connections(&mut client, command, format),
+        Command::Users(command) => users(&mut client, command, format),
+        Command::Audit(command) => match command {
+            AuditCommand::List(list) => Ok(output::list(
+                &client.call("GET", "/api/v1/audit/records", &list.query, None)?,
+                Kind::Audit,
+                format,
+            )),
+            AuditCommand::Verify => {
+                let check = client.call("GET", "/api/v1/audit/verify", &[], None)?;
+                if check["intact"] != json!(true) {
+                    bail!("the audit chain is broken at record {}", check["broken_at"]);
+                }
+                Ok(output::record(&check, format))
+            }
+        },
+    }
+}
+
+/// The record an async request answered, or, with `--wait`, the final one.
+fn key_answer(client: &mut Client, answer: Value, wait: bool, format: Format) -> Result<String> {
+    if !wait {
+        return Ok(output::record(&answer, format));
+    }
+    let id = answer["id"]
+        .as_str()
+        .context("the server's answer has no id")?
+        .to_owned();
+    Ok(output::record(&wait::key(client, &id)?, format))
+}
+
+fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<String> {
+    match command {
+        KeysCommand::Create {
+            partition_id,
+            mechanism,
+            size,
+            label,
+            attributes,
+            wait,
+        } => {
+            let body = json!({
+                "partition_id": partition_id,
+                "mechanism": mechanism,
+                "size": size,
+                "label": label,
+                "attributes": attributes,
+            });
+            let answer = client.call("POST", KEYS, &[], Some(&body))?;
+            key_answer(client, answer, wait, format)
+        }
+        KeysCommand::List(list) => Ok(output::list(
+            &client.call("GET", KEYS, &list.query, None)?,
+            Kind::Key,
+            format,
+        )),
+        KeysCommand::Get { id } => Ok(output::record(
+            &client.call("GET", &format!("{KEYS}/{id}"), &[], None)?,
+            format,
+        )),
+        KeysCommand::Update { id, changes, wait } => {
+            let attributes = changes
+                .iter()
+                .map(|change| attribute_change(change))
+                .collect::<Result<Vec<_>>>()?;
+            let answer = client.call(
+                "PATCH",
+                &format!("{KEYS}/{id}"),
+                &[],
+                Some(&json!({ "attributes": attributes })),
+            )?;
+            key_answer(client, answer, wait, format)
+        }
+        KeysCommand::Replicate { id, wait } => {
+            let answer = client.call("POST", &format!("{KEYS}/{id}/replicate"), &[], None)?;
+            key_answer(client, answer, wait, format)
+        }
+        KeysCommand::Delete { id } => {
+            client.call("DELETE", &format!("{KEYS}/{id}"), &[], None)?;
+            Ok(format!(
+                "key {id}: its records are gone; its objects stay on the tokens\n"
+            ))
+        }
+        KeysCommand::Destroy { id, wait } => {
+            let answer = client.call("POST", &format!("/api/v1/cckm/hsm/luna/{id}/delete"), &[], None)?;
+            key_answer(client, answer, wait, format)
+        }
+    }
+}
+
+/// `CKA_SIGN=true` as the API's `{"type": "CKA_SIGN", "value": true}`.
+fn attribute_change(change: &str) -> Result<Value> {
+    let Some((name, value)) = change.split_once('=') else {
+        bail!("--set {change:?}: write it as CKA_NAME=true or CKA_NAME=false");
+    };
+    let value = match value {
+        "true" => true,
+        "false" => false,
+        other => bail!("--set {name}={other}: the value must be true or false"),
+    };
+    Ok(json!({"type": name, "value": value}))
+}
+
+fn job(client: &mut Client, collection: &str, command: JobCommand, format: Format) -> Result<String> {
+    let answer = match command {
+        JobCommand::Start {
+            partitions,
+            all,
+            wait,
+        } => {
+            let body = if all {
+                json!({"synchronize_all": true})
+            } else {
+                json!({ "partitions": partitions })
+            };
+            let job = client.call("POST", collection, &[], Some(&body))?;
+            if !wait {
+                return Ok(output::record(&job, format));
+            }
+            let id = job["id"]
+                .as_str()
+                .context("the server's answer has no id")?
+                .to_owned();
+            match wait::job(client, collection, &id)? {
+                (JobStatus::Completed, job) => job,
+                (status, job) => bail!("job {id} {}: {}", status.as_str(), job["detailed_status"]),
+            }
+        }
+        JobCommand::List(list) => {
+            return Ok(output::list(
+                &client.call("GET", collection, &list.query, None)?,
+                Kind::Job,
+                format,
+            ))
+        }
+        JobCommand::Get { id } => client.call("GET", &format!("{collection}/{id}"), &[], None)?,
+        JobCommand::Cancel { id, wait } => {
+            let job = client.call("POST", &format!("{collection}/{id}/cancel"), &[], None)?;
+            if !wait {
+                return Ok(output::record(&job, format));
+            }
+            // Cancelled is what was asked; a job that ended first ended on its own terms.
+            match wait::job(client, collection, &id)? {
+                (JobStatus::Cancelled | JobStatus::Completed, job) => job,
+                (status, job) => bail!("job {id} {}: {}", status.as_str(), job["detailed_status"]),
+            }
+        }
+    };
+    Ok(output::record(&answer, format))
+}
+
+fn partitions(client: &mut Client, command: PartitionsCommand, format: Format) -> Result<String> {
+    let answer = match command {
+        PartitionsCommand::Add { connection } => client.call(
+            "POST",
+            "/api/v1/cckm/hsm/luna/add-partition",
+            &[],
+            Some(&json!({ "connection": connection })),
+        )?,
+        PartitionsCommand::List(list) => {
+            return Ok(output::list(
+                &client.call("GET", PARTITIONS, &list.query, None)?,
+                Kind::Partition,
+                format,
+            ))
+        }
+        PartitionsCommand::Get { id } => client.call("GET", &format!("{PARTITIONS}/{id}"), &[], None)?,
+        PartitionsCommand::Delete { id } => {
+            client.call("DELETE", &format!("{PARTITIONS}/{id}"), &[], None)?;
+            return Ok(format!(
+                "partition {id}: forgotten here; the tokens are untouched\n"
+            ));
+        }
+    };
+    Ok(output::record(&answer, format))
+}
+
+/// `LABEL:SERIAL[@HOST]` as a connection member.
+fn member(text: &str) -> Result<Value> {
+    let (partition, hostname) = text.split_once('@').unwrap_or((text, ""));
+    let Some((label, serial)) = partition.split_once(':') else {
+        bail!("--member {text:?}: write it as LABEL:SERIAL or LABEL:SERIAL@HOST");
+    };
+    Ok(json!({"partition_label": label, "serial_number": serial, "hostname": hostname}))
+}
+
+fn connections(client: &mut Client, command: ConnectionsCommand, format: Format) -> Result<String> {
+    let answer = match command {
+        ConnectionsCommand::Create {
+            name,
+            description,
+            members,
+            ha,
+            remap_rsa_mechanisms,
+        } => {
+            let members = members.iter().map(|m| member(m)).collect::<Result<Vec<_>>>()?;
+            let mut body = json!({
+                "name": name,
+                "description": description,
+                "password": secret("LUNACTL_PIN", "partition PIN")?,
+                "is_ha_enabled": ha,
+                "remap_rsa_mechanisms": remap_rsa_mechanisms,
+                "partitions": members,
+            });
+            if let Ok(so_pin) = std::env::var("LUNACTL_SO_PIN") {
+                body["so_password"] = json!(so_pin);
+            }
+            client.call("POST", CONNECTIONS, &[], Some(&body))?
+        }
+        ConnectionsCommand::List(list) => {
+            return Ok(output::list(
+                &client.call("GET", CONNECTIONS, &list.query, None)?,
+                Kind::Connection,
+                format,
+            ))
+        }
+        ConnectionsCommand::Get { id } => client.call("GET", &format!("{CONNECTIONS}/{id}"), &[], None)?,
+        ConnectionsCommand::Delete { id } => {
+            client.call("DELETE", &format!("{CONNECTIONS}/{id}"), &[], None)?;
+            return Ok(format!("connection {id} deleted\n"));
+        }
+    };
+    Ok(output::record(&answer, format))
+}
+
+fn users(client: &mut Client, command: UsersCommand, format: Format) -> Result<String> {
+    let answer = match command {
+        UsersCommand::Create { username, groups } => {
+            let password = secret("LUNACTL_NEW_PASSWORD", "the new user's password")?;
+            client.call(
+                "POST",
+                USERS,
+                &[],
+                Some(&json!({"username": username, "password": password, "groups": groups})),
+            )?
+        }
+        UsersCommand::List(list) => {
+            return Ok(output::list(
+                &client.call("GET", USERS, &list.query, None)?,
+                Kind::User,
+                format,
+            ))
+        }
+        UsersCommand::Get { id } => client.call("GET", &format!("{USERS}/{id}"), &[], None)?,
+        UsersCommand::Delete { id } => {
+            client.call("DELETE", &format!("{USERS}/{id}"), &[], None)?;
+            return Ok(format!("user {id} deleted\n"));
+        }
+    };
+    Ok(output::record(&answer, format))
+}

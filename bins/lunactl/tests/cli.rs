@@ -1,0 +1,336 @@
+//! lunactl end to end: the built binary against a live in-process luna-server
+//! on real SoftHSM2 tokens and a real database (SQLite), as a user runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use luna_api::auth::Auth;
+use luna_api::runner::RunnerSettings;
+use luna_api::server::{bootstrap_admin, start, Config};
+use luna_api::testing::{Api, ADMIN_PASSWORD, SIGNING_KEY};
+use luna_api::view::Tenancy;
+use luna_store::testing::TestDatabase;
+use secrecy::SecretString;
+use serde_json::Value;
+
+/// A user with a config dir of their own.
+struct User {
+    config: tempfile::TempDir,
+    server: String,
+}
+
+struct Outcome {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn json(&self) -> Value {
+        assert!(self.ok, "lunactl failed: {}", self.stderr);
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+impl User {
+    fn new(server: &str) -> User {
+        User {
+            config: tempfile::tempdir().unwrap(),
+            server: server.to_owned(),
+        }
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let output = Command::new(env!("CARGO_BIN_EXE_lunactl"))
+            .args(["--server", &self.server])
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.config.path())
+            .env_remove("LUNACTL_SERVER")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        Outcome {
+            ok: output.status.success(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        self.run_with(args, &[])
+    }
+
+    fn login(&self, extra: &[&str]) -> Outcome {
+        let mut args = vec!["login", "--username", "admin"];
+        args.extend_from_slice(extra);
+        self.run_with(&args, &[("LUNACTL_PASSWORD", ADMIN_PASSWORD)])
+    }
+
+    fn session_path(&self) -> PathBuf {
+        self.config.path().join("lunactl").join("session.json")
+    }
+
+    fn session(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.session_path()).unwrap()).unwrap()
+    }
+}
+
+fn server_of(api: &Api) -> String {
+    api.base.trim_end_matches("/api/v1").to_owned()
+}
+
+#[test]
+fn the_reference_walk_through_with_lunactl() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let partition = api.partition("cli", 1);
+    let partition_id = partition["id"].as_str().unwrap();
+    let user = User::new(&server_of(&api));
+
+    // Login keeps the tokens, not the password, in a file only the user can read.
+    let login = user.login(&[]);
+    assert!(login.ok, "{}", login.stderr);
+    let saved = std::fs::read_to_string(user.session_path()).unwrap();
+    assert!(!saved.contains(ADMIN_PASSWORD));
+    assert!(user.session()["jwt"].as_str().unwrap().len() > 20);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(user.session_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Create and wait: progress on stderr, the final record on stdout.
+    let created = user.run(&[
+        "keys",
+        "create",
+        "--partition-id",
+        partition_id,
+        "--mechanism",
+        "CKM_AES_KEY_GEN",
+        "--size",
+        "256",
+        "--label",
+        "cli-key",
+        "--attribute",
+        "CKA_MODIFIABLE",
+        "--attribute",
+        "CKA_ENCRYPT",
+        "--attribute",
+        "CKA_DECRYPT",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    let key = created.json();
+    assert_eq!(key["status"], "AVAILABLE", "{}", created.stderr);
+    assert_eq!(key["operation_status"], "created");
+    assert!(
+        created.stderr.contains("keycreate"),
+        "progress: {}",
+        created.stderr
+    );
+    let id = key["id"].as_str().unwrap().to_owned();
+
+    // List with filters, as a table.
+    let listed = user.run(&[
+        "keys",
+        "list",
+        "--label",
+        "cli-key",
+        "--status",
+        "AVAILABLE",
+        "--partition-id",
+        partition_id,
+    ]);
+    assert!(listed.ok, "{}", listed.stderr);
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("LABEL"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("cli-key"),
+        "{}",
+        listed.stdout
+    );
+    assert_eq!(lines.last().unwrap(), &"1 of 1 (skip 0)");
+    let none = user
+        .run(&["keys", "list", "--label", "no-such-key", "-o", "json"])
+        .json();
+    assert_eq!(none["total"], 0);
+
+    // Update and wait.
+    let updated = user
+        .run(&[
+            "keys",
+            "update",
+            &id,
+            "--set",
+            "CKA_SIGN=true",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert_eq!(updated["operation"], "keyupdate");
+    assert_eq!(updated["operation_status"], "completed");
+    assert!(
+        updated["attributes"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("CKA_SIGN")),
+        "{updated}"
+    );
+
+    // Refresh every partition and wait for the job.
+    let job = user.run(&["refresh", "start", "--all", "--wait", "-o", "json"]);
+    assert_eq!(job.json()["overall_status"], "completed", "{}", job.stderr);
+    assert!(
+        job.stderr.contains(partition_id),
+        "per-partition progress: {}",
+        job.stderr
+    );
+    let jobs = user
+        .run(&["refresh", "list", "--overall-status", "completed", "-o", "json"])
+        .json();
+    assert_eq!(jobs["total"], 1);
+
+    // Destroy on the HSM and wait; then forget the record.
+    let destroyed = user.run(&["keys", "destroy", &id, "--wait", "-o", "json"]).json();
+    assert_eq!(destroyed["status"], "DELETED");
+    let forgotten = user.run(&["keys", "delete", &id]);
+    assert!(forgotten.ok, "{}", forgotten.stderr);
+
+    // Errors: the server's sentence, a non-zero exit, no backtrace.
+    let missing = user.run(&["keys", "get", &id]);
+    assert!(!missing.ok);
+    assert!(
+        missing.stderr.contains(&format!("key {id} does not exist")),
+        "{}",
+        missing.stderr
+    );
+    assert!(!missing.stderr.contains("panicked") && !missing.stderr.contains("backtrace"));
+    let refused = user.run(&[
+        "keys",
+        "create",
+        "--partition-id",
+        partition_id,
+        "--mechanism",
+        "CKM_AES_KEY_GEN",
+        "--size",
+        "100",
+        "--label",
+        "x",
+    ]);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("400") && refused.stderr.contains("size 100 is not allowed"),
+        "{}",
+        refused.stderr
+    );
+    let bad_flag = user.run(&["keys", "update", &id, "--set", "CKA_SIGN=yes"]);
+    assert!(
+        !bad_flag.ok && bad_flag.stderr.contains("must be true or false"),
+        "{}",
+        bad_flag.stderr
+    );
+}
+
+#[test]
+fn an_expired_login_is_refreshed_and_a_revoked_one_says_to_log_in() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let user = User::new(&server_of(&api));
+    assert!(user.run(&["keys", "list"]).stderr.contains("not logged in"));
+    assert!(user.login(&[]).ok);
+    let first = user.session();
+
+    // The jwt "ran out": the next command refreshes it with the refresh token.
+    let mut expired = first.clone();
+    expired["expires_at"] = Value::from(0);
+    std::fs::write(user.session_path(), expired.to_string()).unwrap();
+    let listed = user.run(&["partitions", "list", "-o", "json"]);
+    assert!(listed.ok, "{}", listed.stderr);
+    let refreshed = user.session();
+    assert_ne!(refreshed["jwt"], first["jwt"]);
+    assert_ne!(refreshed["refresh_token"], first["refresh_token"]);
+    assert!(refreshed["expires_at"].as_u64().unwrap() > 0);
+
+    // A refresh token the server does not know: the user is told to log in.
+    let mut revoked = refreshed.clone();
+    revoked["expires_at"] = Value::from(0);
+    revoked["refresh_token"] = Value::from("not-a-refresh-token");
+    std::fs::write(user.session_path(), revoked.to_string()).unwrap();
+    let refused = user.run(&["partitions", "list"]);
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("run lunactl login again"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// A luna-server on HTTPS with a self-signed certificate.
+fn start_https(db: &TestDatabase, dir: &Path) -> String {
+    bootstrap_admin(
+        &db.store,
+        Some(&SecretString::from(ADMIN_PASSWORD)),
+        &dir.join("pw"),
+    )
+    .unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    luna_api::tls::ensure_self_signed(&cert, &key).unwrap();
+    let config = Config {
+        store: db.store.clone(),
+        module: luna_pkcs11::testing::module().clone(),
+        auth: Auth::new(&SIGNING_KEY, 300),
+        tenancy: Tenancy::default(),
+        runner: RunnerSettings {
+            workers: 1,
+            lease: chrono::Duration::seconds(5),
+            poll: Duration::from_millis(200),
+        },
+        tls: Some(luna_api::tls::server_config(&cert, &key).unwrap()),
+        http_workers: 1,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            start(config, listener).unwrap().run().await.unwrap();
+        })
+    });
+    server
+}
+
+#[test]
+fn https_with_ca_file_or_insecure_and_never_unchecked() {
+    let db = TestDatabase::sqlite().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_https(&db, dir.path());
+    let user = User::new(&server);
+    let cert = dir.path().join("cert.pem");
+
+    let unchecked = user.login(&[]);
+    assert!(!unchecked.ok);
+    assert!(unchecked.stderr.contains("cannot reach"), "{}", unchecked.stderr);
+
+    let with_ca = user.login(&["--ca-file", cert.to_str().unwrap()]);
+    assert!(with_ca.ok, "{}", with_ca.stderr);
+    // The CA file is remembered with the login.
+    assert_eq!(user.run(&["health", "-o", "json"]).json()["status"], "ok");
+    assert_eq!(user.run(&["users", "list", "-o", "json"]).json()["total"], 1);
+
+    let other = User::new(&server);
+    assert!(other.login(&["--insecure"]).ok);
+    assert_eq!(
+        other.run(&["audit", "verify", "-o", "json"]).json()["intact"],
+        true
+    );
+}
