@@ -291,11 +291,9 @@ fn run(cli: Cli) -> Result<String> {
         Command::Connections(command) => connections(&mut client, command, format),
         Command::Users(command) => users(&mut client, command, format),
         Command::Audit(command) => match command {
-            AuditCommand::List(list) => Ok(output::list(
-                &client.call("GET", "/api/v1/audit/records", &list.query, None)?,
-                Kind::Audit,
-                format,
-            )),
+            AuditCommand::List(list) => {
+                list_page(&mut client, "/api/v1/audit/records", &list, Kind::Audit, format)
+            }
             AuditCommand::Verify => {
                 let check = client.call("GET", "/api/v1/audit/verify", &[], None)?;
                 if check["intact"] != json!(true) {
@@ -339,15 +337,8 @@ fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<Str
             let answer = client.call("POST", KEYS, &[], Some(&body))?;
             key_answer(client, answer, wait, format)
         }
-        KeysCommand::List(list) => Ok(output::list(
-            &client.call("GET", KEYS, &list.query, None)?,
-            Kind::Key,
-            format,
-        )),
-        KeysCommand::Get { id } => Ok(output::record(
-            &client.call("GET", &format!("{KEYS}/{id}"), &[], None)?,
-            format,
-        )),
+        KeysCommand::List(list) => list_page(client, KEYS, &list, Kind::Key, format),
+        KeysCommand::Get { id } => Ok(output::record(&get(client, KEYS, &id)?, format)),
         KeysCommand::Update { id, changes, wait } => {
             let attributes = changes
                 .iter()
@@ -366,7 +357,7 @@ fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<Str
             key_answer(client, answer, wait, format)
         }
         KeysCommand::Delete { id } => {
-            client.call("DELETE", &format!("{KEYS}/{id}"), &[], None)?;
+            delete(client, KEYS, &id)?;
             Ok(format!(
                 "key {id}: its records are gone; its objects stay on the tokens\n"
             ))
@@ -376,6 +367,32 @@ fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<Str
             key_answer(client, answer, wait, format)
         }
     }
+}
+
+// What every collection has: a list, a record by id, a delete by id.
+
+fn list_page<F>(
+    client: &mut Client,
+    collection: &str,
+    args: &ListArgs<F>,
+    kind: Kind,
+    format: Format,
+) -> Result<String> {
+    Ok(output::list(
+        &client.call("GET", collection, &args.query, None)?,
+        kind,
+        format,
+    ))
+}
+
+fn get(client: &mut Client, collection: &str, id: &str) -> Result<Value> {
+    client.call("GET", &format!("{collection}/{id}"), &[], None)
+}
+
+fn delete(client: &mut Client, collection: &str, id: &str) -> Result<()> {
+    client
+        .call("DELETE", &format!("{collection}/{id}"), &[], None)
+        .map(drop)
 }
 
 /// `CKA_SIGN=true` as the API's `{"type": "CKA_SIGN", "value": true}`.
@@ -416,14 +433,8 @@ fn job(client: &mut Client, collection: &str, command: JobCommand, format: Forma
                 (status, job) => bail!("job {id} {}: {}", status.as_str(), job["detailed_status"]),
             }
         }
-        JobCommand::List(list) => {
-            return Ok(output::list(
-                &client.call("GET", collection, &list.query, None)?,
-                Kind::Job,
-                format,
-            ))
-        }
-        JobCommand::Get { id } => client.call("GET", &format!("{collection}/{id}"), &[], None)?,
+        JobCommand::List(list) => return list_page(client, collection, &list, Kind::Job, format),
+        JobCommand::Get { id } => get(client, collection, &id)?,
         JobCommand::Cancel { id, wait } => {
             let job = client.call("POST", &format!("{collection}/{id}/cancel"), &[], None)?;
             if !wait {
@@ -448,15 +459,11 @@ fn partitions(client: &mut Client, command: PartitionsCommand, format: Format) -
             Some(&json!({ "connection": connection })),
         )?,
         PartitionsCommand::List(list) => {
-            return Ok(output::list(
-                &client.call("GET", PARTITIONS, &list.query, None)?,
-                Kind::Partition,
-                format,
-            ))
+            return list_page(client, PARTITIONS, &list, Kind::Partition, format)
         }
-        PartitionsCommand::Get { id } => client.call("GET", &format!("{PARTITIONS}/{id}"), &[], None)?,
+        PartitionsCommand::Get { id } => get(client, PARTITIONS, &id)?,
         PartitionsCommand::Delete { id } => {
-            client.call("DELETE", &format!("{PARTITIONS}/{id}"), &[], None)?;
+            delete(client, PARTITIONS, &id)?;
             return Ok(format!(
                 "partition {id}: forgotten here; the tokens are untouched\n"
             ));
@@ -498,15 +505,11 @@ fn connections(client: &mut Client, command: ConnectionsCommand, format: Format)
             client.call("POST", CONNECTIONS, &[], Some(&body))?
         }
         ConnectionsCommand::List(list) => {
-            return Ok(output::list(
-                &client.call("GET", CONNECTIONS, &list.query, None)?,
-                Kind::Connection,
-                format,
-            ))
+            return list_page(client, CONNECTIONS, &list, Kind::Connection, format)
         }
-        ConnectionsCommand::Get { id } => client.call("GET", &format!("{CONNECTIONS}/{id}"), &[], None)?,
+        ConnectionsCommand::Get { id } => get(client, CONNECTIONS, &id)?,
         ConnectionsCommand::Delete { id } => {
-            client.call("DELETE", &format!("{CONNECTIONS}/{id}"), &[], None)?;
+            delete(client, CONNECTIONS, &id)?;
             return Ok(format!("connection {id} deleted\n"));
         }
     };
@@ -524,16 +527,10 @@ fn users(client: &mut Client, command: UsersCommand, format: Format) -> Result<S
                 Some(&json!({"username": username, "password": password, "groups": groups})),
             )?
         }
-        UsersCommand::List(list) => {
-            return Ok(output::list(
-                &client.call("GET", USERS, &list.query, None)?,
-                Kind::User,
-                format,
-            ))
-        }
-        UsersCommand::Get { id } => client.call("GET", &format!("{USERS}/{id}"), &[], None)?,
+        UsersCommand::List(list) => return list_page(client, USERS, &list, Kind::User, format),
+        UsersCommand::Get { id } => get(client, USERS, &id)?,
         UsersCommand::Delete { id } => {
-            client.call("DELETE", &format!("{USERS}/{id}"), &[], None)?;
+            delete(client, USERS, &id)?;
             return Ok(format!("user {id} deleted\n"));
         }
     };
