@@ -52,7 +52,9 @@ pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>) -> Result<()>
              remove the data directory to start over"
         );
     }
-    // The PINs live only sealed in the database: SO PIN is used here and dropped.
+    // The PINs live only sealed in the database. The SO PIN is used here, to
+    // initialise the tokens and to give the HA members their cloning domain
+    // (so that non-extractable keys replicate), and dropped.
     let pin = SecretString::from(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24));
     let so_pin = SecretString::from(Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24));
     for (name, ha, labels) in DEMO {
@@ -63,6 +65,7 @@ pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>) -> Result<()>
             name: Some((*name).into()),
             description: Some("SoftHSM2 tokens set up by luna-server in its data directory".into()),
             password: Some(pin.clone()),
+            so_password: ha.then(|| so_pin.clone()),
             is_ha_enabled: *ha,
             partitions: labels
                 .iter()

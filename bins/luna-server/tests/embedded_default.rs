@@ -38,6 +38,36 @@ fn a_fresh_data_dir_gets_demo_partitions_once_and_serves_them() {
         None,
     );
     assert_eq!((status, partitions["total"].as_u64()), (200, Some(2)));
+
+    // The HA members share a cloning domain: a non-extractable key reaches both.
+    let (status, created) = call(
+        "POST",
+        &format!("{}/cckm/hsm/luna/keys", first.base),
+        Some(&token),
+        Some(
+            &serde_json::json!({"label": "ha-key", "size": 256, "partition_id": ha,
+            "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_SENSITIVE", "CKA_ENCRYPT"]}),
+        ),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key_url = format!(
+        "{}/cckm/hsm/luna/keys/{}",
+        first.base,
+        created["id"].as_str().unwrap()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let key = loop {
+        let (_, key) = call("GET", &key_url, Some(&token), None);
+        if key["status"] != "in_progress" || std::time::Instant::now() > deadline {
+            break key;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(key["status"], "AVAILABLE", "{key}");
+    assert_eq!(key["replicated"], true, "{key}");
+    let copies = key["replication_info"].as_object().unwrap();
+    assert_eq!(copies.len(), 2, "{key}");
+    assert!(copies.values().all(|state| state == "available"), "{key}");
     first.stop();
 
     // The second start registers nothing new and shows no password.
