@@ -244,6 +244,48 @@ fn the_reference_walk_through_with_lunactl() {
 }
 
 #[test]
+fn a_failed_operation_ends_wait_non_zero_with_its_reason() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let partition = api.partition("cli-fail", 1);
+    let user = User::new(&server_of(&api));
+    assert!(user.login(&[]).ok);
+    let key = user
+        .run(&[
+            "keys",
+            "create",
+            "--partition-id",
+            partition["id"].as_str().unwrap(),
+            "--mechanism",
+            "CKM_AES_KEY_GEN",
+            "--size",
+            "128",
+            "--label",
+            "doomed",
+            "--attribute",
+            "CKA_MODIFIABLE",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .json();
+    let id = key["id"].as_str().unwrap();
+    api.destroy_behind_the_back(&partition, id);
+
+    let update = user.run(&["keys", "update", id, "--set", "CKA_ENCRYPT=true", "--wait"]);
+    assert!(!update.ok, "{}", update.stdout);
+    assert!(
+        update.stderr.contains(&format!("keyupdate of key {id} failed: ")),
+        "{}",
+        update.stderr
+    );
+    assert!(
+        update.stderr.contains("on no partition member"),
+        "{}",
+        update.stderr
+    );
+}
+
+#[test]
 fn an_expired_login_is_refreshed_and_a_revoked_one_says_to_log_in() {
     let api = Api::start(TestDatabase::sqlite().unwrap());
     let user = User::new(&server_of(&api));

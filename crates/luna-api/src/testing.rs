@@ -223,6 +223,28 @@ impl Api {
         self.db.take().unwrap()
     }
 
+    /// Destroys a key's objects on the partition's token without the service knowing.
+    pub fn destroy_behind_the_back(&self, partition: &Value, key_id: &str) {
+        use luna_pkcs11::Partition as _;
+        let key = self
+            .store()
+            .get_key(uuid::Uuid::parse_str(key_id).unwrap())
+            .unwrap()
+            .unwrap();
+        let token = module()
+            .open_partition(
+                partition["partition_label"].as_str().unwrap(),
+                None,
+                SecretString::from(USER_PIN),
+            )
+            .unwrap();
+        let objects = token.find_by_id(&key.cka_id).unwrap();
+        assert!(!objects.is_empty(), "the token holds key {key_id}");
+        for object in objects {
+            token.destroy(object.handle).unwrap();
+        }
+    }
+
     pub fn store(&self) -> &luna_store::Store {
         &self.db.as_ref().unwrap().store
     }

@@ -513,7 +513,7 @@ on_both_backends! {
         let (_, created) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
         let id = created["id"].as_str().unwrap().to_owned();
         api.settled(&id);
-        destroy_behind_the_back(&api, &partition, &id);
+        api.destroy_behind_the_back(&partition, &id);
         let (status, _) = api.send("PATCH", &format!("{KEYS}/{id}"), &json!({"attributes": [{"type": "CKA_SIGN", "value": true}]}));
         assert_eq!(status, 200);
         let key = api.settled(&id);
@@ -529,7 +529,7 @@ on_both_backends! {
         let id = created["id"].as_str().unwrap().to_owned();
         let public_id = created["links"]["id"].as_str().unwrap().to_owned();
         api.settled(&id);
-        destroy_behind_the_back(&api, &partition, &id);
+        api.destroy_behind_the_back(&partition, &id);
         let (status, _) = api.post_empty(&format!("{KEYS}/{id}/replicate"));
         assert_eq!(status, 200);
         let key = api.settled(&id);
@@ -541,26 +541,5 @@ on_both_backends! {
         assert_eq!(public["operation_error"], key["operation_error"]);
         let (status, body) = api.post_empty(&format!("/cckm/hsm/luna/{public_id}/delete"));
         assert_eq!(status, 200, "{body}");
-    }
-}
-
-/// Destroys a key's objects on the partition's token without the service knowing.
-fn destroy_behind_the_back(api: &Api, partition: &Value, key_id: &str) {
-    let key = api
-        .store()
-        .get_key(uuid::Uuid::parse_str(key_id).unwrap())
-        .unwrap()
-        .unwrap();
-    let token = luna_pkcs11::testing::module()
-        .open_partition(
-            partition["partition_label"].as_str().unwrap(),
-            None,
-            secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN),
-        )
-        .unwrap();
-    let objects = token.find_by_id(&key.cka_id).unwrap();
-    assert!(!objects.is_empty(), "the token holds key {key_id}");
-    for object in objects {
-        token.destroy(object.handle).unwrap();
     }
 }
