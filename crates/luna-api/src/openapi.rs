@@ -12,6 +12,7 @@ use actix_web::HttpResponse;
 use luna_domain::attribute::Attribute;
 use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::{list_params, Filters, ParamKind};
+use serde_json::{json, Value};
 use utoipa::openapi::path::{HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
@@ -81,11 +82,7 @@ pub const BEARER: &str = "bearer";
 )]
 pub struct ApiDoc;
 
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"the document could not be rendered: {e}\"}}"))
-});
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| document_json().to_string());
 
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service",
@@ -216,6 +213,37 @@ fn sort_pattern(fields: &[&str]) -> String {
     format!("^{field}(,{field})*$")
 }
 
+/// Which operations act on what another one made: (the maker, the field of
+/// its answer that is the new id, the operations that take that id). They
+/// become OpenAPI links, which tell clients (and schemathesis's stateful
+/// phase) how a created resource is reached.
+const LINKS: &[(&str, &str, &[&str])] = &[
+    (
+        "create_key",
+        "id",
+        &[
+            "get_key",
+            "update_key",
+            "delete_key",
+            "replicate_key",
+            "destroy_key",
+        ],
+    ),
+    ("create_user", "user_id", &["get_user", "delete_user"]),
+    (
+        "create_connection",
+        "id",
+        &["get_connection", "delete_connection"],
+    ),
+    ("add_partition", "id", &["get_partition", "delete_partition"]),
+    ("start_refresh", "id", &["get_refresh", "cancel_refresh"]),
+    (
+        "start_synchronize",
+        "id",
+        &["get_synchronize", "cancel_synchronize"],
+    ),
+];
+
 /// The bearer scheme, and every error answer an operation can give, by rule.
 #[derive(Debug)]
 struct Conventions;
@@ -247,6 +275,37 @@ impl Modify for Conventions {
             }
         }
     }
+}
+
+/// The document as JSON, with `LINKS` added to each maker's 201 answer.
+/// (Added to the JSON because utoipa 5.5 writes a link's `operationId` as
+/// `operation_id`, which no OpenAPI tool reads.)
+pub fn document_json() -> Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return document;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+    {
+        let Some((_, id_field, targets)) = LINKS
+            .iter()
+            .find(|(maker, _, _)| operation["operationId"] == *maker)
+        else {
+            continue;
+        };
+        let links: serde_json::Map<String, Value> = targets
+            .iter()
+            .map(|target| {
+                let link = json!({"operationId": target, "parameters": {"id": format!("$response.body#/{id_field}")}});
+                ((*target).to_owned(), link)
+            })
+            .collect();
+        operation["responses"]["201"]["links"] = Value::Object(links);
+    }
+    document
 }
 
 /// Which errors an operation can answer, from its shape; only operations that

@@ -5,17 +5,15 @@
 
 use std::collections::BTreeSet;
 
-use luna_api::openapi::ApiDoc;
 use luna_api::server::ROUTES;
 use luna_api::testing::Api;
 use luna_store::testing::TestDatabase;
 use serde_json::Value;
-use utoipa::OpenApi as _;
 
 const METHODS: [&str; 4] = ["get", "post", "patch", "delete"];
 
 fn document() -> Value {
-    serde_json::from_str(&ApiDoc::openapi().to_json().unwrap()).unwrap()
+    luna_api::openapi::document_json()
 }
 
 /// (method, path, operation) for every operation in the document.
@@ -51,6 +49,35 @@ fn the_document_has_every_route_and_no_other() {
         "documented operations no route serves: {unrouted:?}"
     );
     assert_eq!(routed.len(), ROUTES.len(), "a route is declared twice");
+}
+
+#[test]
+fn operation_ids_are_unique_and_every_link_names_one() {
+    let doc = document();
+    let operations = operations(&doc);
+    let ids: BTreeSet<&str> = operations
+        .iter()
+        .map(|(m, p, op)| {
+            op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{m} {p} has no operationId"))
+        })
+        .collect();
+    assert_eq!(ids.len(), operations.len(), "operationIds repeat: {ids:?}");
+    let mut links = 0;
+    for (method, path, operation) in &operations {
+        for answer in operation["responses"].as_object().unwrap().values() {
+            for (name, link) in answer["links"].as_object().into_iter().flatten() {
+                let target = link["operationId"].as_str().unwrap();
+                assert!(
+                    ids.contains(target),
+                    "{method} {path} links {name} to no operation"
+                );
+                links += 1;
+            }
+        }
+    }
+    assert!(links >= 15, "{links} links");
 }
 
 #[test]

@@ -46,7 +46,7 @@ impl From<&AuditRecord> for AuditView {
 }
 
 /// Lists audit records, oldest first.
-#[utoipa::path(get, path = "/api/v1/audit/records", tag = "audit", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/audit/records", operation_id = "list_audit_records", tag = "audit", security(("bearer" = [])),
     params(ListParams<AuditFilters>),
     responses((status = 200, description = "A page of audit records", body = ListView<AuditView>)))]
 pub async fn list(
@@ -79,7 +79,7 @@ pub struct ChainCheck {
 }
 
 /// Walks the chain: `{"intact": true}`, or where it breaks.
-#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/audit/verify", operation_id = "verify_audit_chain", tag = "audit", security(("bearer" = [])),
     responses((status = 200, description = "Whether every record follows from the one before", body = ChainCheck)))]
 pub async fn verify(state: web::Data<AppState>, _caller: Administrator) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();

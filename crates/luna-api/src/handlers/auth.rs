@@ -33,7 +33,7 @@ pub struct TokenAnswer {
 }
 
 /// Logs in: a jwt for `Authorization: Bearer`, and a refresh token.
-#[utoipa::path(post, path = "/api/v1/auth/tokens", tag = "service",
+#[utoipa::path(post, path = "/api/v1/auth/tokens", operation_id = "login", tag = "service",
     request_body = TokenBody,
     responses((status = 200, description = "A bearer token and a refresh token", body = TokenAnswer)))]
 pub async fn token(

@@ -128,7 +128,7 @@ macro_rules! job_endpoints {
         $collection:literal, $one:literal, $cancel_path:literal
     ) => {
         #[doc = concat!("Starts a ", $noun, " job over the partitions named.")]
-        #[utoipa::path(post, path = $collection, tag = "jobs", security(("bearer" = [])),
+        #[utoipa::path(operation_id = stringify!($start), post, path = $collection, tag = "jobs", security(("bearer" = [])),
             request_body = JobBody,
             responses(
                 (status = 201, description = "The job, queued", body = JobView),
@@ -142,7 +142,7 @@ macro_rules! job_endpoints {
         }
 
         #[doc = concat!("Lists ", $noun, " jobs.")]
-        #[utoipa::path(get, path = $collection, tag = "jobs", security(("bearer" = [])),
+        #[utoipa::path(operation_id = stringify!($list), get, path = $collection, tag = "jobs", security(("bearer" = [])),
             params(ListParams<JobFilters>),
             responses((status = 200, description = "A page of jobs", body = ListView<JobView>)))]
         pub async fn $list(
@@ -154,7 +154,7 @@ macro_rules! job_endpoints {
         }
 
         #[doc = concat!("One ", $noun, " job, with each partition's progress.")]
-        #[utoipa::path(get, path = $one, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
+        #[utoipa::path(operation_id = stringify!($get), get, path = $one, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
             responses((status = 200, description = "The job", body = JobView)))]
         pub async fn $get(
             state: web::Data<AppState>,
@@ -165,7 +165,7 @@ macro_rules! job_endpoints {
         }
 
         #[doc = concat!("Asks a ", $noun, " job to stop at its next batch; answers at once with `abort: true`.")]
-        #[utoipa::path(post, path = $cancel_path, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
+        #[utoipa::path(operation_id = stringify!($cancel), post, path = $cancel_path, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
             responses((status = 200, description = "The job, asked to stop", body = JobView)))]
         pub async fn $cancel(
             state: web::Data<AppState>,

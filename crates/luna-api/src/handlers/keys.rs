@@ -105,7 +105,7 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
 
 /// Creates a key (or an RSA pair) on a partition; the answer comes at once with
 /// status `in_progress`, and the key becomes `AVAILABLE` when the token has made it.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys", tag = "keys", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys", operation_id = "create_key", tag = "keys", security(("bearer" = [])),
     request_body = CreateKeyBody,
     responses(
         (status = 201, description = "The key's record; the token is making it", body = KeyView),
@@ -139,7 +139,7 @@ pub async fn create(
 }
 
 /// Lists keys; every filter is an exact match.
-#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys", tag = "keys", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys", operation_id = "list_keys", tag = "keys", security(("bearer" = [])),
     params(ListParams<KeyFilters>),
     responses((status = 200, description = "A page of keys", body = ListView<KeyView>)))]
 pub async fn list(
@@ -155,7 +155,7 @@ pub async fn list(
 }
 
 /// One key.
-#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys/{id}", operation_id = "get_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key", body = KeyView)))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -187,7 +187,7 @@ async fn begin(
 
 /// Changes boolean attributes of a key on its tokens; the answer comes at once
 /// with the `keyupdate` operation in progress.
-#[utoipa::path(patch, path = "/api/v1/cckm/hsm/luna/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(patch, path = "/api/v1/cckm/hsm/luna/keys/{id}", operation_id = "update_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     request_body = UpdateKeyBody,
     responses((status = 200, description = "The key, its update in progress", body = KeyView)))]
 pub async fn update(
@@ -222,7 +222,7 @@ pub async fn update(
 }
 
 /// Copies a key to the HA members that lack it.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys/{id}/replicate", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys/{id}/replicate", operation_id = "replicate_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key, its replication in progress", body = KeyView)))]
 pub async fn replicate(
     state: web::Data<AppState>,
@@ -241,7 +241,7 @@ pub async fn replicate(
 }
 
 /// `POST /api/v1/cckm/hsm/luna/{id}/delete`: destroys the objects on the tokens.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/{id}/delete", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/{id}/delete", operation_id = "destroy_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key, its deletion in progress", body = KeyView)))]
 pub async fn delete_from_hsm(
     state: web::Data<AppState>,
@@ -260,7 +260,7 @@ pub async fn delete_from_hsm(
 }
 
 /// `DELETE /api/v1/cckm/hsm/luna/keys/{id}`: forgets the records here only.
-#[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/keys/{id}", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/keys/{id}", operation_id = "delete_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 204, description = "The key's records are gone; its objects stay on the tokens")))]
 pub async fn forget(
     state: web::Data<AppState>,

@@ -60,7 +60,7 @@ impl From<&StoredUser> for UserView {
 }
 
 /// Creates a user.
-#[utoipa::path(post, path = "/api/v1/usermgmt/users", tag = "users", security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/usermgmt/users", operation_id = "create_user", tag = "users", security(("bearer" = [])),
     request_body = UserBody,
     responses((status = 201, description = "The user", body = UserView)))]
 pub async fn create(
@@ -98,7 +98,7 @@ pub async fn create(
 }
 
 /// Lists users.
-#[utoipa::path(get, path = "/api/v1/usermgmt/users", tag = "users", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/usermgmt/users", operation_id = "list_users", tag = "users", security(("bearer" = [])),
     params(ListParams<UserFilters>),
     responses((status = 200, description = "A page of users", body = ListView<UserView>)))]
 pub async fn list(
@@ -116,7 +116,7 @@ pub async fn list(
 }
 
 /// One user.
-#[utoipa::path(get, path = "/api/v1/usermgmt/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
+#[utoipa::path(get, path = "/api/v1/usermgmt/users/{id}", operation_id = "get_user", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
     responses((status = 200, description = "The user", body = UserView)))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -129,7 +129,7 @@ pub async fn get(
 }
 
 /// Deletes a user. The bootstrap `admin` stays: without it nobody could manage users again.
-#[utoipa::path(delete, path = "/api/v1/usermgmt/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
+#[utoipa::path(delete, path = "/api/v1/usermgmt/users/{id}", operation_id = "delete_user", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
     responses((status = 204, description = "The user is gone")))]
 pub async fn delete(
     state: web::Data<AppState>,
