@@ -59,6 +59,7 @@ impl<F: Filters> Args for ListArgs<F> {
             command.arg(
                 Arg::new(param.name)
                     .long(flag(param.name))
+                    .help_heading("List")
                     .value_name("VALUE")
                     .help(help(&param.kind)),
             )

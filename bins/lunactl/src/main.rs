@@ -57,18 +57,25 @@ enum Command {
     },
     /// The server's health (no login needed).
     Health,
+    /// Luna HSM keys: create, list, get, update, replicate, destroy, delete.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Refresh jobs: read what the tokens hold into CCKM.
     #[command(subcommand)]
     Refresh(JobCommand),
+    /// Synchronize jobs: copy keys between the members of HA partitions.
     #[command(subcommand)]
     Synchronize(JobCommand),
+    /// CCKM partitions.
     #[command(subcommand)]
     Partitions(PartitionsCommand),
+    /// Luna network connections (admin only).
     #[command(subcommand)]
     Connections(ConnectionsCommand),
+    /// Users and their groups (admin only).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// The audit trail (admin only).
     #[command(subcommand)]
     Audit(AuditCommand),
 }
