@@ -18,7 +18,8 @@ use support::{call, login, Server};
 const AES_KEYS: usize = 30;
 const RSA_PAIRS: usize = 3;
 
-/// (class, CKA_ID hex) of every key object on the token, read by pkcs11-tool.
+/// (class, CKA_ID hex) of every key object on the token, read by pkcs11-tool,
+/// but for the cloning domain key the HA members share (not a user's key).
 fn objects_on_token(data: &Path, label: &str, pin: &str) -> Vec<(String, String)> {
     let output = Command::new("pkcs11-tool")
         .args([
@@ -32,14 +33,20 @@ fn objects_on_token(data: &Path, label: &str, pin: &str) -> Vec<(String, String)
     let listing = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{listing}");
     let mut class = String::new();
+    let mut label = String::new();
     let mut found = Vec::new();
     for line in listing.lines() {
         if let Some((kind, _)) = line.split_once(" Object") {
             if !line.starts_with(' ') {
                 class = kind.to_owned();
+                label.clear();
             }
+        } else if let Some(text) = line.trim().strip_prefix("label:") {
+            label = text.trim().to_owned();
         } else if let Some(id) = line.trim().strip_prefix("ID:") {
-            found.push((class.clone(), id.trim().to_owned()));
+            if label != luna_pkcs11::DOMAIN_KEY_LABEL {
+                found.push((class.clone(), id.trim().to_owned()));
+            }
         }
     }
     found
