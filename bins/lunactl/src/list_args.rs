@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
-use luna_domain::query::{list_params, Filters, ParamKind};
+use luna_domain::query::{list_params, Filters};
 
 #[derive(Debug, Clone)]
 pub struct ListArgs<F> {
@@ -16,19 +16,6 @@ pub struct ListArgs<F> {
 
 fn flag(name: &str) -> String {
     name.replace('_', "-")
-}
-
-fn help(kind: &ParamKind) -> String {
-    match kind {
-        ParamKind::Text => "exact match".into(),
-        ParamKind::Id => "a UUID".into(),
-        ParamKind::WholeNumber { min, max } => format!("{min} to {max}"),
-        ParamKind::Boolean => "true or false".into(),
-        ParamKind::OneOf(values) => format!("one of: {}", values.join(", ")),
-        ParamKind::SortFields(fields) => {
-            format!("comma list, - for descending; fields: {}", fields.join(", "))
-        }
-    }
 }
 
 impl<F: Filters> FromArgMatches for ListArgs<F> {
@@ -61,7 +48,7 @@ impl<F: Filters> Args for ListArgs<F> {
                     .long(flag(param.name))
                     .help_heading("List")
                     .value_name("VALUE")
-                    .help(help(&param.kind)),
+                    .help(param.kind.describe()),
             )
         })
     }

@@ -102,53 +102,39 @@ impl<F: Filters> IntoParams for ListParams<F> {
         list_params::<F>()
             .into_iter()
             .map(|param| {
-                let (schema, description) = param_schema(&param.kind);
                 ParameterBuilder::new()
                     .name(param.name)
                     .parameter_in(ParameterIn::Query)
-                    .description(Some(description))
-                    .schema(Some(schema))
+                    .description(Some(param.kind.describe()))
+                    .schema(Some(param_schema(&param.kind)))
                     .build()
             })
             .collect()
     }
 }
 
-fn param_schema(kind: &ParamKind) -> (ObjectBuilder, String) {
+fn param_schema(kind: &ParamKind) -> ObjectBuilder {
     let object = ObjectBuilder::new();
     match kind {
-        ParamKind::Text => (object.schema_type(Type::String), "exact match".into()),
-        ParamKind::Id => (
+        ParamKind::Text => object.schema_type(Type::String),
+        ParamKind::Id => {
             object
                 .schema_type(Type::String)
                 .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
                     utoipa::openapi::KnownFormat::Uuid,
-                ))),
-            "a UUID; exact match".into(),
-        ),
-        ParamKind::WholeNumber { min, max } => (
-            object
-                .schema_type(Type::Integer)
-                .minimum(Some(*min as f64))
-                .maximum(Some(*max as f64)),
-            format!("a whole number from {min} to {max}"),
-        ),
-        ParamKind::Boolean => (object.schema_type(Type::Boolean), "true or false".into()),
-        ParamKind::OneOf(values) => (
-            object
-                .schema_type(Type::String)
-                .enum_values(Some(values.iter().copied())),
-            "exact match".into(),
-        ),
-        ParamKind::SortFields(fields) => (
-            object
-                .schema_type(Type::String)
-                .pattern(Some(sort_pattern(fields))),
-            format!(
-                "a comma list of fields, each prefixed by - for descending order; fields: {}",
-                fields.join(", ")
-            ),
-        ),
+                )))
+        }
+        ParamKind::WholeNumber { min, max } => object
+            .schema_type(Type::Integer)
+            .minimum(Some(*min as f64))
+            .maximum(Some(*max as f64)),
+        ParamKind::Boolean => object.schema_type(Type::Boolean),
+        ParamKind::OneOf(values) => object
+            .schema_type(Type::String)
+            .enum_values(Some(values.iter().copied())),
+        ParamKind::SortFields(fields) => object
+            .schema_type(Type::String)
+            .pattern(Some(sort_pattern(fields))),
     }
 }
 

@@ -66,6 +66,23 @@ pub enum ParamKind {
     SortFields(Vec<&'static str>),
 }
 
+impl ParamKind {
+    /// What a user may give, in a few words (for documents and help texts).
+    pub fn describe(&self) -> String {
+        match self {
+            ParamKind::Text => "exact match".into(),
+            ParamKind::Id => "a UUID; exact match".into(),
+            ParamKind::WholeNumber { min, max } => format!("a whole number from {min} to {max}"),
+            ParamKind::Boolean => "true or false".into(),
+            ParamKind::OneOf(values) => format!("one of: {}", values.join(", ")),
+            ParamKind::SortFields(fields) => format!(
+                "a comma list of fields, each prefixed by - for descending order; fields: {}",
+                fields.join(", ")
+            ),
+        }
+    }
+}
+
 /// A type a filter value parses into.
 pub trait ParamValue {
     fn kind() -> ParamKind;
