@@ -47,6 +47,8 @@ impl<F: Filters> Args for ListArgs<F> {
                 Arg::new(param.name)
                     .long(flag(param.name))
                     .help_heading("List")
+                    // `--sort -updatedAt` is a value, not a flag.
+                    .allow_hyphen_values(true)
                     .value_name("VALUE")
                     .help(param.kind.describe()),
             )

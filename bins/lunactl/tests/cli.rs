@@ -141,6 +141,8 @@ fn the_reference_walk_through_with_lunactl() {
     let listed = user.run(&[
         "keys",
         "list",
+        "--sort",
+        "-updatedAt",
         "--label",
         "cli-key",
         "--status",
