@@ -366,7 +366,7 @@ fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<Str
         KeysCommand::Delete { id } => {
             delete(client, KEYS, &id)?;
             Ok(format!(
-                "key {id}: its records are gone; its objects stay on the tokens\n"
+                "key {id}: its records are gone from CCKM; the tokens were not touched\n"
             ))
         }
         KeysCommand::Destroy { id, wait } => {
