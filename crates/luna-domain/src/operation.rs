@@ -50,12 +50,17 @@ pub enum OperationPayload {
 impl OperationPayload {
     /// The name of the kind of work: a key operation's wire name, or `job`.
     pub fn kind_name(&self) -> &'static str {
+        self.key_operation().map_or("job", OperationKind::as_str)
+    }
+
+    /// What a key's record says is being done to it; `None` for a job.
+    pub fn key_operation(&self) -> Option<OperationKind> {
         match self {
-            OperationPayload::CreateKey { .. } => OperationKind::KeyCreate.as_str(),
-            OperationPayload::UpdateKey { .. } => OperationKind::KeyUpdate.as_str(),
-            OperationPayload::ReplicateKey { .. } => OperationKind::KeyReplicate.as_str(),
-            OperationPayload::DeleteKey { .. } => OperationKind::KeyDelete.as_str(),
-            OperationPayload::RunJob { .. } => "job",
+            OperationPayload::CreateKey { .. } => Some(OperationKind::KeyCreate),
+            OperationPayload::UpdateKey { .. } => Some(OperationKind::KeyUpdate),
+            OperationPayload::ReplicateKey { .. } => Some(OperationKind::KeyReplicate),
+            OperationPayload::DeleteKey { .. } => Some(OperationKind::KeyDelete),
+            OperationPayload::RunJob { .. } => None,
         }
     }
 

@@ -232,7 +232,7 @@ on_both_backends! {
         assert_eq!(same_id.count(), 2, "both halves carry the pair's CKA_ID");
         // The create is still running: no other operation may start.
         let update = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: private.id }, now());
-        let err = store.begin_key_operation(private.id, OperationKind::KeyReplicate, &update).unwrap_err();
+        let err = store.begin_key_operation(&update).unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert!(store.get_operation(update.id).unwrap().is_none(), "a refused request queues nothing");
         assert!(store.forget_key(private.id).is_err());
@@ -241,8 +241,11 @@ on_both_backends! {
             k.apply(&KeyEvent::Succeeded, now()).unwrap();
             assert!(store.save_key(&k).unwrap());
         }
-        assert!(store.begin_key_operation(Uuid::new_v4(), OperationKind::KeyUpdate, &update).unwrap().is_none());
-        let changed = store.begin_key_operation(private.id, OperationKind::KeyReplicate, &update).unwrap().unwrap();
+        let unknown = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: Uuid::new_v4() }, now());
+        assert!(store.begin_key_operation(&unknown).unwrap().is_none());
+        let job = Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: Uuid::new_v4() }, now());
+        assert!(matches!(store.begin_key_operation(&job), Err(StoreError::Domain(_))));
+        let changed = store.begin_key_operation(&update).unwrap().unwrap();
         assert_eq!(changed.len(), 2, "replicate takes both halves");
         assert!(changed.iter().all(|k| k.lifecycle.operation == OperationKind::KeyReplicate && k.lifecycle.is_busy()));
         assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle.operation_status, luna_domain::OperationStatus::InProgress);
@@ -255,7 +258,7 @@ on_both_backends! {
         }
         // An update takes only the key it names.
         let patch = Operation::queued(Uuid::new_v4(), OperationPayload::UpdateKey { key_id: public.id, changes: vec![] }, now());
-        let one = store.begin_key_operation(public.id, OperationKind::KeyUpdate, &patch).unwrap().unwrap();
+        let one = store.begin_key_operation(&patch).unwrap().unwrap();
         assert_eq!(one.iter().map(|k| k.id).collect::<Vec<_>>(), vec![public.id]);
         assert!(!store.get_key(private.id).unwrap().unwrap().lifecycle.is_busy());
         let mut updated = one[0].clone();
@@ -276,7 +279,7 @@ on_both_backends! {
             for _ in 0..4 {
                 s.spawn(|| {
                     let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: k.id }, now());
-                    let result = store.begin_key_operation(k.id, OperationKind::KeyDelete, &op);
+                    let result = store.begin_key_operation(&op);
                     outcomes.lock().unwrap().push(result.is_ok());
                 });
             }
@@ -392,7 +395,7 @@ on_both_backends! {
         }
         check(&keys, "created");
         let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: keys[1].id }, now());
-        store.begin_key_operation(keys[1].id, OperationKind::KeyDelete, &op).unwrap().unwrap();
+        store.begin_key_operation(&op).unwrap().unwrap();
         keys[1] = store.get_key(keys[1].id).unwrap().unwrap();
         keys[1].apply(&KeyEvent::Succeeded, now()).unwrap();
         store.save_key(&keys[1]).unwrap();

@@ -4,8 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::query::KeyFilters;
 use luna_domain::{
-    CreateKeyRequest, Key, KeyLifecycle, NewKeySpec, Operation, OperationKind, OperationPayload, Origin,
-    Partition,
+    CreateKeyRequest, Key, KeyLifecycle, NewKeySpec, Operation, OperationPayload, Origin, Partition,
 };
 use luna_store::Store;
 use serde::Deserialize;
@@ -166,18 +165,15 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(KeyView::new(&key, &state.tenancy)))
 }
 
-/// Starts an operation on a key; 404 if it does not exist, 409 if it is busy.
-async fn begin(
-    state: &AppState,
-    id: Uuid,
-    kind: OperationKind,
-    payload: OperationPayload,
-) -> Result<Vec<Key>, ApiError> {
+/// Starts an operation on the key the payload names; 404 if it does not
+/// exist, 409 if it is busy.
+async fn begin(state: &AppState, payload: OperationPayload) -> Result<Vec<Key>, ApiError> {
     let store = state.store.clone();
+    let id = payload.target();
     let op = Operation::queued(Uuid::new_v4(), payload, luna_store::now());
     let keys = blocking(move || {
         store
-            .begin_key_operation(id, kind, &op)?
+            .begin_key_operation(&op)?
             .ok_or_else(|| not_found("key", id))
     })
     .await?;
@@ -211,13 +207,7 @@ pub async fn update(
         ApiError::Conflict("the key's object type is not known yet; wait for its creation to end".into())
     })?;
     let changes = check_update(object_type, key.attributes, &requested)?;
-    let keys = begin(
-        &state,
-        id,
-        OperationKind::KeyUpdate,
-        OperationPayload::UpdateKey { key_id: id, changes },
-    )
-    .await?;
+    let keys = begin(&state, OperationPayload::UpdateKey { key_id: id, changes }).await?;
     Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
 }
 
@@ -230,13 +220,7 @@ pub async fn replicate(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
-    let keys = begin(
-        &state,
-        id,
-        OperationKind::KeyReplicate,
-        OperationPayload::ReplicateKey { key_id: id },
-    )
-    .await?;
+    let keys = begin(&state, OperationPayload::ReplicateKey { key_id: id }).await?;
     Ok(HttpResponse::Ok().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
 }
 
@@ -249,13 +233,7 @@ pub async fn delete_from_hsm(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
-    let keys = begin(
-        &state,
-        id,
-        OperationKind::KeyDelete,
-        OperationPayload::DeleteKey { key_id: id },
-    )
-    .await?;
+    let keys = begin(&state, OperationPayload::DeleteKey { key_id: id }).await?;
     Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
 }
 

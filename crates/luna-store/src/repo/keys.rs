@@ -1,6 +1,6 @@
 use diesel::prelude::*;
 use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
-use luna_domain::{Key, KeyEvent, KeyLifecycle, Operation, OperationKind};
+use luna_domain::{Key, KeyEvent, KeyLifecycle, Operation};
 use uuid::Uuid;
 
 use crate::db::{per_backend, MultiBackend};
@@ -158,12 +158,14 @@ impl Store {
     /// Starts `kind` on a key (and its linked half when the operation
     /// includes it) and queues `operation`, in one transaction. `None` if there is no such key;
     /// a key that is busy, or not AVAILABLE, is a conflict.
-    pub fn begin_key_operation(
-        &self,
-        id: Uuid,
-        kind: OperationKind,
-        operation: &Operation,
-    ) -> Result<Option<Vec<Key>>> {
+    pub fn begin_key_operation(&self, operation: &Operation) -> Result<Option<Vec<Key>>> {
+        let Some(kind) = operation.payload.key_operation() else {
+            return Err(StoreError::Domain(luna_domain::DomainError::Invalid(format!(
+                "operation {} runs a job; it does not begin on a key",
+                operation.id
+            ))));
+        };
+        let id = operation.payload.target();
         let op = OperationRow::from_domain(operation)?;
         let now = operation.created_at;
         self.write(|conn| {
