@@ -327,11 +327,16 @@ fn replication(n: usize) {
         luna_pkcs11::testing::fresh_token_label("bench-raw-a"),
         luna_pkcs11::testing::fresh_token_label("bench-raw-b"),
     ];
-    let members: Vec<luna_pkcs11::TokenSummary> = module
+    let members: Vec<luna_domain::Member> = module
         .tokens()
         .unwrap()
         .into_iter()
         .filter(|t| labels.contains(&t.label))
+        .map(|t| luna_domain::Member {
+            hostname: "localhost".into(),
+            partition_label: t.label,
+            serial_number: t.serial_number,
+        })
         .collect();
     module
         .establish_cloning_domain(

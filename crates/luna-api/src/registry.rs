@@ -34,17 +34,8 @@ pub fn register_connection(
     }
     if let Some(so_pin) = &spec.so_password {
         // The members' SO PIN is used here, once, and dropped with `spec`.
-        let summaries: Vec<luna_pkcs11::TokenSummary> = members
-            .iter()
-            .map(|m| luna_pkcs11::TokenSummary {
-                label: m.partition_label.clone(),
-                serial_number: m.serial_number.clone(),
-                manufacturer: String::new(),
-                model: String::new(),
-            })
-            .collect();
         module
-            .establish_cloning_domain(&summaries, so_pin)
+            .establish_cloning_domain(&members, so_pin)
             .map_err(|source| {
                 let message = if source.rv() == Some(luna_pkcs11::RvError::PinIncorrect) {
                     "so_password does not log in to every partition as security officer".to_owned()

@@ -17,8 +17,9 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
-use crate::module::{Module, TokenSummary};
+use crate::module::Module;
 use crate::object::narrow;
+use luna_domain::Member;
 
 /// The label of every domain key.
 pub const DOMAIN_KEY_LABEL: &str = "luna-cckm cloning domain";
@@ -73,10 +74,10 @@ impl Module {
     /// that already share a domain key keep it; a key found on one side only
     /// is replaced. Needs the SO PIN, and no user logged in to these tokens
     /// in this process (PKCS#11 allows one user type per token at a time).
-    pub fn establish_cloning_domain(&self, members: &[TokenSummary], so_pin: &SecretString) -> Result<()> {
+    pub fn establish_cloning_domain(&self, members: &[Member], so_pin: &SecretString) -> Result<()> {
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
-            let (slot, _) = self.find_slot(&member.label, Some(&member.serial_number))?;
+            let (slot, _) = self.find_slot(&member.partition_label, Some(&member.serial_number))?;
             let session = self
                 .context
                 .open_rw_session(slot)
@@ -85,7 +86,7 @@ impl Module {
                 Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
                 Err(CryptokiError::Pkcs11(RvError::UserAnotherAlreadyLoggedIn, _)) => {
                     return Err(TokenError::UserSessionOpen {
-                        label: member.label.clone(),
+                        label: member.partition_label.clone(),
                     })
                 }
                 Err(other) => return Err(call("C_Login")(other)),
@@ -107,7 +108,7 @@ impl Module {
     }
 }
 
-fn agree(sa: &Session, a: &TokenSummary, sb: &Session, b: &TokenSummary) -> Result<()> {
+fn agree(sa: &Session, a: &Member, sb: &Session, b: &Member) -> Result<()> {
     let id = domain_key_id(&a.serial_number, &b.serial_number);
     let (on_a, on_b) = (find_domain_key(sa, &id)?, find_domain_key(sb, &id)?);
     if on_a.is_some() && on_b.is_some() {

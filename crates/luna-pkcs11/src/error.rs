@@ -27,6 +27,10 @@ pub enum TokenError {
     /// The PIN differs from the one the token is logged in with.
     #[error("the PIN for token {label:?} is incorrect")]
     PinIncorrect { label: String },
+    /// `C_Login` says the user is logged in already, though this process
+    /// never logged in to the token, so the PIN cannot be proven.
+    #[error("the PKCS#11 module says the user is already logged in to token {label:?}, though this service never logged in to it: the module shares one login among its tokens (openCryptoki 3.8's soft token does), so only one of them can be used at a time")]
+    LoginShared { label: String },
     #[error("the user is logged in to token {label:?} in this process; the security officer's work needs it logged out")]
     UserSessionOpen { label: String },
     #[error("tokens {from:?} and {to:?} share no cloning domain key; register the connection with so_password to establish one")]
@@ -64,6 +68,7 @@ impl TokenError {
             TokenError::TokenNotFound { .. } => "token_not_found",
             TokenError::AmbiguousToken { .. } => "ambiguous_token",
             TokenError::PinIncorrect { .. } => "CKR_PIN_INCORRECT",
+            TokenError::LoginShared { .. } => "login_shared",
             TokenError::UserSessionOpen { .. } => "user_session_open",
             TokenError::NoCloningDomain { .. } => "no_cloning_domain",
             TokenError::NoFreeSlot => "no_free_slot",

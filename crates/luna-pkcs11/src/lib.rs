@@ -14,6 +14,7 @@ pub mod softhsm;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod token;
+mod token_info;
 
 use std::ops::ControlFlow;
 
@@ -23,7 +24,7 @@ pub use cryptoki;
 pub use cryptoki::error::RvError;
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
-pub use module::{Module, TokenSummary};
+pub use module::{LibraryInfo, Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};
 pub use token::TokenPartition;
 

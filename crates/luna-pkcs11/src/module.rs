@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
 use crate::token::TokenPartition;
+use crate::token_info::TokenInfoReader;
 
 /// A loaded and initialised PKCS#11 module (the "Luna client library").
 ///
@@ -26,11 +27,14 @@ pub struct Module {
     pub(crate) context: Pkcs11,
     /// `C_InitToken` takes "the" free slot; two threads must not race for it.
     provisioning: Mutex<()>,
-    /// Token serial → digest of the PIN that last passed `C_Login` there.
-    /// Login is per application, so once one session is logged in `C_Login`
-    /// answers `CKR_USER_ALREADY_LOGGED_IN` whatever PIN it is given; this is
-    /// what a later PIN is checked against then (a token has one user PIN).
-    proven_pins: Mutex<HashMap<String, [u8; 32]>>,
+    /// Token (label, serial) → digest of the PIN that last passed `C_Login`
+    /// there. Login is per application, so once one session is logged in
+    /// `C_Login` answers `CKR_USER_ALREADY_LOGGED_IN` whatever PIN it is
+    /// given; this is what a later PIN is checked against then (a token has
+    /// one user PIN). Keyed by label too: openCryptoki gives every soft token
+    /// the serial number "123".
+    proven_pins: Mutex<HashMap<(String, String), [u8; 32]>>,
+    token_info: TokenInfoReader,
     /// SoftHSM2's file object store races when a session writes objects while
     /// another writes or reads the same token (softhsm/SoftHSMv2#573:
     /// `CKR_GENERAL_ERROR` from `C_GenerateKey`), so on it a write excludes
@@ -45,6 +49,19 @@ pub struct TokenSummary {
     pub serial_number: String,
     pub manufacturer: String,
     pub model: String,
+    /// `CKF_TOKEN_INITIALIZED`.
+    pub initialized: bool,
+    /// Fields of the token's information that could not be read, as
+    /// sentences; the service does not need them and goes on.
+    pub unreadable: Vec<String>,
+}
+
+/// What the module says of itself (`C_GetInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryInfo {
+    pub manufacturer: String,
+    pub description: String,
+    pub version: String,
 }
 
 fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Module>>> {
@@ -74,12 +91,14 @@ impl Module {
             .get_library_info()
             .map(|info| info.manufacturer_id().to_owned())
             .map_err(load_error)?;
+        let token_info = TokenInfoReader::load(&key).map_err(load_error)?;
         let module = Arc::new(Module {
-            serialize_object_writes: manufacturer.starts_with("SoftHSM"),
+            serialize_object_writes: manufacturer.starts_with("SoftHSM") || manufacturer.starts_with("IBM"),
             path: key.clone(),
             context,
             provisioning: Mutex::new(()),
             proven_pins: Mutex::new(HashMap::new()),
+            token_info,
         });
         modules.insert(key, Arc::downgrade(&module));
         Ok(module)
@@ -89,41 +108,60 @@ impl Module {
         &self.path
     }
 
-    /// Every initialised token in the module.
-    pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
-        let slots = self
-            .context
-            .get_slots_with_initialized_token()
-            .map_err(call("C_GetSlotList"))?;
-        slots.into_iter().map(|slot| self.summary(slot)).collect()
+    /// What the module says of itself.
+    pub fn library_info(&self) -> Result<LibraryInfo> {
+        let info = self.context.get_library_info().map_err(call("C_GetInfo"))?;
+        let version = info.library_version();
+        Ok(LibraryInfo {
+            manufacturer: info.manufacturer_id().trim_end().to_owned(),
+            description: info.library_description().trim_end().to_owned(),
+            version: format!("{}.{}", version.major(), version.minor()),
+        })
     }
 
-    fn summary(&self, slot: Slot) -> Result<TokenSummary> {
-        let info = self
+    /// Every initialised token in the module.
+    pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
+        Ok(self
+            .slots_with_tokens()?
+            .into_iter()
+            .map(|(_, summary)| summary)
+            .filter(|summary| summary.initialized)
+            .collect())
+    }
+
+    /// Every slot with a token in it, and what the token says of itself. A
+    /// token taken out between the two calls is left out.
+    fn slots_with_tokens(&self) -> Result<Vec<(Slot, TokenSummary)>> {
+        let slots = self
             .context
-            .get_token_info(slot)
-            .map_err(call("C_GetTokenInfo"))?;
-        Ok(TokenSummary {
-            label: info.label().trim_end().to_owned(),
-            serial_number: info.serial_number().trim_end().to_owned(),
-            manufacturer: info.manufacturer_id().trim_end().to_owned(),
-            model: info.model().trim_end().to_owned(),
-        })
+            .get_slots_with_token()
+            .map_err(call("C_GetSlotList"))?;
+        let mut found = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match self.token_info.read(slot) {
+                Ok(summary) => found.push((slot, summary)),
+                Err(e)
+                    if matches!(
+                        e.rv(),
+                        Some(RvError::TokenNotPresent | RvError::TokenNotRecognized)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 
     /// The slot holding the token with this label (and serial, when given).
     pub(crate) fn find_slot(&self, label: &str, serial: Option<&str>) -> Result<(Slot, TokenSummary)> {
-        let slots = self
-            .context
-            .get_slots_with_initialized_token()
-            .map_err(call("C_GetSlotList"))?;
-        let mut found = Vec::new();
-        for slot in slots {
-            let summary = self.summary(slot)?;
-            if summary.label == label && serial.is_none_or(|s| s == summary.serial_number) {
-                found.push((slot, summary));
-            }
-        }
+        let mut found: Vec<(Slot, TokenSummary)> = self
+            .slots_with_tokens()?
+            .into_iter()
+            .filter(|(_, summary)| {
+                summary.initialized
+                    && summary.label == label
+                    && serial.is_none_or(|s| s == summary.serial_number)
+            })
+            .collect();
         match found.len() {
             0 => Err(TokenError::TokenNotFound {
                 label: label.to_owned(),
@@ -152,20 +190,22 @@ impl Module {
     /// is already logged in to the token.
     pub(crate) fn login(&self, session: &Session, token: &TokenSummary, pin: &SecretString) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(pin.expose_secret().as_bytes()).into();
+        let token_key = (token.label.clone(), token.serial_number.clone());
         let mut proven = self.proven_pins.lock().unwrap_or_else(|p| p.into_inner());
         match session.login(UserType::User, Some(pin)) {
             Ok(()) => {
-                proven.insert(token.serial_number.clone(), digest);
+                proven.insert(token_key, digest);
                 Ok(())
             }
-            Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
-                match proven.get(&token.serial_number) {
-                    Some(known) if *known == digest => Ok(()),
-                    _ => Err(TokenError::PinIncorrect {
-                        label: token.label.clone(),
-                    }),
-                }
-            }
+            Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => match proven.get(&token_key) {
+                Some(known) if *known == digest => Ok(()),
+                Some(_) => Err(TokenError::PinIncorrect {
+                    label: token.label.clone(),
+                }),
+                None => Err(TokenError::LoginShared {
+                    label: token.label.clone(),
+                }),
+            },
             Err(other) => Err(call("C_Login")(other)),
         }
     }
@@ -184,19 +224,25 @@ impl Module {
             .provisioning
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut free = None;
-        for slot in self.context.get_all_slots().map_err(call("C_GetSlotList"))? {
-            let info = match self.context.get_token_info(slot) {
-                Ok(info) => info,
-                Err(CryptokiError::Pkcs11(RvError::TokenNotPresent, _)) => continue,
-                Err(other) => return Err(call("C_GetTokenInfo")(other)),
-            };
-            if !info.token_initialized() {
-                free = Some(slot);
-                break;
-            }
-        }
-        let slot = free.ok_or(TokenError::NoFreeSlot)?;
+        let slot = self
+            .slots_with_tokens()?
+            .into_iter()
+            .find(|(_, summary)| !summary.initialized)
+            .map(|(slot, _)| slot)
+            .ok_or(TokenError::NoFreeSlot)?;
+        self.initialize_in(slot, label, so_pin, user_pin)
+    }
+
+    /// Initialises (or re-initialises, erasing its objects) the token in
+    /// `slot`: `so_pin` must be its security officer's PIN, or any for a new
+    /// token; the user PIN is set to `user_pin`.
+    pub(crate) fn initialize_in(
+        &self,
+        slot: Slot,
+        label: &str,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<TokenSummary> {
         let so_pin: AuthPin = so_pin.clone();
         self.context
             .init_token(slot, &so_pin, label)

@@ -1,20 +1,163 @@
-//! Real SoftHSM2 tokens for tests. SoftHSM2 reads its configuration once per
-//! process, so a test process has one home, in which each test initialises
-//! tokens of its own with fresh labels (tests stay independent and parallel).
+//! Real tokens for tests, on two PKCS#11 implementations from different code
+//! bases, so that nothing the service does rests on one module's habits.
 //!
-//! Set `LUNA_PKCS11_MODULE` to test against another SoftHSM2 build.
+//! - SoftHSM2 reads its configuration once per process, so a test process has
+//!   one home, in which each test initialises tokens of its own with fresh
+//!   labels (tests stay independent and parallel). `module`, `fresh_token`
+//!   and `fresh_token_label` are its shortcuts. Set `LUNA_PKCS11_MODULE` to
+//!   test against another SoftHSM2 build.
+//! - openCryptoki's configuration and token store are machine-wide, and its
+//!   slots are fixed when its daemon starts: `scripts/bootstrap` adds four
+//!   soft-token slots described "luna-cckm test slot" (no other slot is ever
+//!   touched). A test leases slots (a file lock each, held across processes),
+//!   re-initialises their tokens with fresh labels, and frees them when done.
+//!   In a process, one test at a time holds openCryptoki tokens (see
+//!   `OPENCRYPTOKI_TURN`): tests on it take turns.
 #![allow(clippy::expect_used)] // a test without its token should fail loudly, here
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::fs::File;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::session::UserType;
+use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 use crate::softhsm::SoftHsmHome;
 use crate::{Module, TokenPartition};
 
-pub const USER_PIN: &str = "user-pin-1234";
-pub const SO_PIN: &str = "so-pin-5678";
+/// The user PIN of every test token (openCryptoki takes 4 to 8 characters).
+pub const USER_PIN: &str = "user1234";
+/// The security officer's PIN of every SoftHSM2 test token.
+pub const SO_PIN: &str = "so-56789";
+
+/// The description `scripts/bootstrap` gives the openCryptoki slots tests may use.
+pub const OPENCRYPTOKI_TEST_SLOT: &str = "luna-cckm test slot";
+
+/// The security officer's PIN of openCryptoki test tokens: its default (see
+/// `provision_opencryptoki`).
+pub const OPENCRYPTOKI_SO_PIN: &str = "87654321";
+
+/// Where distributions put openCryptoki's module.
+const OPENCRYPTOKI_CANDIDATES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so",
+    "/usr/lib/aarch64-linux-gnu/pkcs11/libopencryptoki.so",
+    "/usr/lib64/opencryptoki/libopencryptoki.so",
+    "/usr/lib/opencryptoki/libopencryptoki.so",
+];
+
+/// A PKCS#11 implementation the suites run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestModule {
+    SoftHsm2,
+    OpenCryptoki,
+}
+
+impl TestModule {
+    pub const ALL: [TestModule; 2] = [TestModule::SoftHsm2, TestModule::OpenCryptoki];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TestModule::SoftHsm2 => "SoftHSM2",
+            TestModule::OpenCryptoki => "openCryptoki",
+        }
+    }
+
+    pub fn module(self) -> &'static Arc<Module> {
+        match self {
+            TestModule::SoftHsm2 => module(),
+            TestModule::OpenCryptoki => opencryptoki(),
+        }
+    }
+
+    /// The security officer's PIN of this module's test tokens.
+    pub fn so_pin(self) -> &'static str {
+        match self {
+            TestModule::SoftHsm2 => SO_PIN,
+            TestModule::OpenCryptoki => OPENCRYPTOKI_SO_PIN,
+        }
+    }
+
+    /// `count` new, empty tokens labelled from `prefix`, with `so_pin()` and `USER_PIN`.
+    pub fn fresh_tokens(self, prefix: &str, count: usize) -> Vec<TestToken> {
+        match self {
+            TestModule::SoftHsm2 => (0..count)
+                .map(|_| TestToken {
+                    module: self,
+                    label: fresh_token_label(prefix),
+                    _lease: None,
+                })
+                .collect(),
+            TestModule::OpenCryptoki => lease_opencryptoki_slots(count)
+                .into_iter()
+                .map(|(slot, lease)| {
+                    let label = unique_label(prefix);
+                    provision_opencryptoki(slot, &label);
+                    TestToken {
+                        module: self,
+                        label,
+                        _lease: Some(lease),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// A new, empty token opened as a partition with `USER_PIN`.
+    pub fn fresh_partition(self, prefix: &str) -> LeasedPartition {
+        let token = self
+            .fresh_tokens(prefix, 1)
+            .pop()
+            .expect("one token was asked for");
+        LeasedPartition {
+            partition: token.open(),
+            token,
+        }
+    }
+}
+
+impl std::fmt::Display for TestModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A test's token: its label and, on openCryptoki, the lease on its slot,
+/// freed when this is dropped. Close every session on it first.
+#[derive(Debug)]
+pub struct TestToken {
+    pub module: TestModule,
+    pub label: String,
+    _lease: Option<SlotLease>,
+}
+
+impl TestToken {
+    pub fn open(&self) -> TokenPartition {
+        self.module
+            .module()
+            .open_partition(&self.label, None, SecretString::from(USER_PIN))
+            .expect("open the test token")
+    }
+}
+
+/// A test token opened as a partition; the partition closes before the
+/// token's lease is freed.
+#[derive(Debug)]
+pub struct LeasedPartition {
+    partition: TokenPartition,
+    pub token: TestToken,
+}
+
+impl Deref for LeasedPartition {
+    type Target = TokenPartition;
+
+    fn deref(&self) -> &TokenPartition {
+        &self.partition
+    }
+}
 
 pub fn home() -> &'static SoftHsmHome {
     static HOME: OnceLock<SoftHsmHome> = OnceLock::new();
@@ -29,8 +172,27 @@ pub fn home() -> &'static SoftHsmHome {
     })
 }
 
+/// The SoftHSM2 module of this test process.
 pub fn module() -> &'static Arc<Module> {
     home().module()
+}
+
+/// openCryptoki's module, where scripts/bootstrap installed it.
+pub fn opencryptoki_module_path() -> &'static Path {
+    OPENCRYPTOKI_CANDIDATES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("openCryptoki is installed (run scripts/bootstrap)")
+}
+
+/// openCryptoki's module, opened (its daemon must be running).
+pub fn opencryptoki() -> &'static Arc<Module> {
+    static MODULE: OnceLock<Arc<Module>> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        Module::open(opencryptoki_module_path())
+            .expect("openCryptoki's slot daemon pkcsslotd is running (run scripts/bootstrap)")
+    })
 }
 
 pub fn unique_label(prefix: &str) -> String {
@@ -39,7 +201,7 @@ pub fn unique_label(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// A new, empty token; returns its label.
+/// A new, empty SoftHSM2 token; returns its label.
 pub fn fresh_token_label(prefix: &str) -> String {
     let label = unique_label(prefix);
     module()
@@ -48,7 +210,7 @@ pub fn fresh_token_label(prefix: &str) -> String {
     label
 }
 
-/// A new, empty token opened as a partition.
+/// A new, empty SoftHSM2 token opened as a partition.
 pub fn fresh_token(prefix: &str) -> TokenPartition {
     let label = fresh_token_label(prefix);
     module()
@@ -56,35 +218,180 @@ pub fn fresh_token(prefix: &str) -> TokenPartition {
         .expect("open the new token")
 }
 
-/// A session on a token through a second cryptoki context, as another
-/// program would open one, for what the service itself never does (changing a
-/// PIN, wrapping with an untrusted key). Logged in as the user.
+/// The openCryptoki slots tests may use.
+fn opencryptoki_test_slots() -> Vec<Slot> {
+    let context = &opencryptoki().context;
+    let slots: Vec<Slot> = context
+        .get_slots_with_token()
+        .expect("openCryptoki lists its slots")
+        .into_iter()
+        .filter(|slot| {
+            context
+                .get_slot_info(*slot)
+                // openCryptoki pads with NULs where PKCS#11 says blanks.
+                .is_ok_and(|info| {
+                    info.slot_description().trim_end_matches(['\0', ' ']) == OPENCRYPTOKI_TEST_SLOT
+                })
+        })
+        .collect();
+    assert!(
+        !slots.is_empty(),
+        "openCryptoki has no slot described {OPENCRYPTOKI_TEST_SLOT:?} (run scripts/bootstrap)"
+    );
+    slots
+}
+
+/// Whether a test of this process holds openCryptoki test tokens. openCryptoki
+/// 3.8 shares one login among all its soft-token slots in a process (logging
+/// in to one logs the others in, logging out of one logs all out), and
+/// crashed (double free, SIGSEGV) when two threads worked on two of its
+/// tokens: in a process, one test at a time uses it.
+static OPENCRYPTOKI_TURN: (Mutex<Weak<ProcessTurn>>, Condvar) = (Mutex::new(Weak::new()), Condvar::new());
+
+/// A test thread's turn on openCryptoki in this process, given back when the
+/// last of its tokens goes. The thread that holds it may take more tokens.
+#[derive(Debug)]
+struct ProcessTurn {
+    thread: std::thread::ThreadId,
+}
+
+impl ProcessTurn {
+    fn take() -> Arc<ProcessTurn> {
+        let (holder, freed) = &OPENCRYPTOKI_TURN;
+        let mut holder = holder.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::thread::current().id();
+        loop {
+            match holder.upgrade() {
+                Some(turn) if turn.thread == me => return turn,
+                Some(turn) => {
+                    // Not held while waiting, or the turn could never end. A
+                    // wake-up missed between the check and the wait costs 50 ms.
+                    drop(turn);
+                    holder = freed
+                        .wait_timeout(holder, Duration::from_millis(50))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                None => {
+                    let turn = Arc::new(ProcessTurn { thread: me });
+                    *holder = Arc::downgrade(&turn);
+                    return turn;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProcessTurn {
+    fn drop(&mut self) {
+        OPENCRYPTOKI_TURN.1.notify_all();
+    }
+}
+
+/// A leased openCryptoki test slot: its file lock (other processes) and this
+/// process's turn (other threads), both given back when the last token goes.
+#[derive(Debug)]
+struct SlotLease {
+    _file: File,
+    _turn: Arc<ProcessTurn>,
+}
+
+/// Takes `count` test slots at once (all or none, so that two processes each
+/// wanting two cannot hold one apiece and wait forever), waiting for them.
+fn lease_opencryptoki_slots(count: usize) -> Vec<(Slot, SlotLease)> {
+    let slots = opencryptoki_test_slots();
+    assert!(
+        count <= slots.len(),
+        "{count} openCryptoki tokens wanted, {} test slots configured",
+        slots.len()
+    );
+    let turn = ProcessTurn::take();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let mut leased = Vec::with_capacity(count);
+        for slot in &slots {
+            let path = std::env::temp_dir().join(format!("luna-cckm-opencryptoki-slot-{}.lock", slot.id()));
+            let file = File::create(&path).expect("a lock file for an openCryptoki test slot");
+            if file.try_lock().is_ok() {
+                leased.push((
+                    *slot,
+                    SlotLease {
+                        _file: file,
+                        _turn: Arc::clone(&turn),
+                    },
+                ));
+                if leased.len() == count {
+                    return leased;
+                }
+            }
+        }
+        drop(leased);
+        assert!(
+            Instant::now() < deadline,
+            "no {count} openCryptoki test slots came free in 15 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Re-initialises the token in a leased slot under `label`. The SO PIN stays
+/// openCryptoki's default: 3.8 bricks a token re-initialised after its SO PIN
+/// was changed (`C_InitToken` takes the new PIN but leaves the SO master key
+/// under the old one, and every later SO login fails `CKR_FUNCTION_FAILED`
+/// until the token directory is removed; measured here).
+fn provision_opencryptoki(slot: Slot, label: &str) {
+    // A login left by an earlier test (openCryptoki 3.8 shares one among its
+    // slots) would keep the SO out.
+    let session = opencryptoki()
+        .context
+        .open_ro_session(slot)
+        .expect("a session on an openCryptoki test token");
+    match session.logout() {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserNotLoggedIn, _)) => {}
+        Err(e) => panic!("log out of openCryptoki test slot {}: {e}", slot.id()),
+    }
+    drop(session);
+    opencryptoki()
+        .initialize_in(
+            slot,
+            label,
+            &SecretString::from(OPENCRYPTOKI_SO_PIN),
+            &SecretString::from(USER_PIN),
+        )
+        .unwrap_or_else(|e| panic!("initialise an openCryptoki test token in slot {}: {e}", slot.id()));
+}
+
+/// A session on a SoftHSM2 token through a second cryptoki context, as
+/// another program would open one, for what the service itself never does
+/// (changing a PIN, wrapping with an untrusted key). Logged in as the user.
 pub fn raw_user_session(label: &str) -> cryptoki::session::Session {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::error::{Error, RvError};
     let context = Pkcs11::new(module().path()).expect("load the module again");
     match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => panic!("initialise: {e}"),
     }
-    let slot = context
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|s| {
-            context
-                .get_token_info(*s)
-                .map(|t| t.label().trim_end() == label)
-                .unwrap_or(false)
-        })
-        .expect("the token is present");
+    let (slot, _) = module().find_slot(label, None).expect("the token is present");
     let session = context.open_rw_session(slot).expect("a session");
-    match session.login(
-        cryptoki::session::UserType::User,
-        Some(&SecretString::from(USER_PIN)),
-    ) {
-        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+    match session.login(UserType::User, Some(&SecretString::from(USER_PIN))) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
         Err(e) => panic!("login: {e}"),
     }
     session
+}
+
+/// Declares each test once and runs it on every module of `TestModule::ALL`
+/// (`mod softhsm2`, `mod opencryptoki`), so one body holds both to the same
+/// assertions.
+#[macro_export]
+macro_rules! on_every_module {
+    ($($(#[$meta:meta])* fn $name:ident($module:ident: TestModule) $body:block)+) => {
+        $($(#[$meta])* fn $name($module: $crate::testing::TestModule) $body)+
+        mod softhsm2 {
+            $(#[test] fn $name() { super::$name($crate::testing::TestModule::SoftHsm2) })+
+        }
+        mod opencryptoki {
+            $(#[test] fn $name() { super::$name($crate::testing::TestModule::OpenCryptoki) })+
+        }
+    };
 }

@@ -94,6 +94,12 @@ impl TokenPartition {
                 Err(other) => return Err(call("C_GetMechanismInfo")(other)),
             }
         }
+        // Proves the PIN now rather than at the first key operation.
+        let session = module
+            .context
+            .open_rw_session(slot)
+            .map_err(call("C_OpenSession"))?;
+        module.login(&session, &summary, &pin)?;
         let partition = TokenPartition {
             module,
             slot,
@@ -109,19 +115,6 @@ impl TokenPartition {
             object_writes: RwLock::new(()),
             domain_keys: Mutex::new(std::collections::HashMap::new()),
         };
-        // Proves the PIN now rather than at the first key operation.
-        let session = partition
-            .module
-            .context
-            .open_rw_session(slot)
-            .map_err(call("C_OpenSession"))?;
-        let summary = TokenSummary {
-            label: partition.info.label.clone(),
-            serial_number: partition.info.serial_number.clone(),
-            manufacturer: partition.info.manufacturer.clone(),
-            model: partition.info.model.clone(),
-        };
-        partition.module.login(&session, &summary, &partition.pin)?;
         partition
             .idle
             .lock()

@@ -7,20 +7,25 @@ use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::{Attribute as CkAttribute, KeyType, ObjectClass};
 use cryptoki::session::Session;
-use luna_domain::{AttributeSet, Mechanism, ObjectType};
+use luna_domain::{AttributeSet, Mechanism, Member, ObjectType};
 use luna_pkcs11::cryptoki;
 use luna_pkcs11::testing::{fresh_token_label, module, raw_user_session, SO_PIN, USER_PIN};
-use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition, TokenSummary};
+use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-fn summary(label: &str) -> TokenSummary {
-    module()
+fn member(label: &str) -> Member {
+    let token = module()
         .tokens()
         .unwrap()
         .into_iter()
         .find(|t| t.label == label)
-        .unwrap()
+        .unwrap();
+    Member {
+        hostname: "localhost".into(),
+        partition_label: token.label,
+        serial_number: token.serial_number,
+    }
 }
 
 fn open(label: &str) -> TokenPartition {
@@ -35,7 +40,7 @@ fn domain_pair(prefix: &str) -> (TokenPartition, TokenPartition) {
         fresh_token_label(&format!("{prefix}-a")),
         fresh_token_label(&format!("{prefix}-b")),
     );
-    let members = [summary(&a), summary(&b)];
+    let members = [member(&a), member(&b)];
     module()
         .establish_cloning_domain(&members, &SecretString::from(SO_PIN))
         .unwrap();
@@ -224,7 +229,7 @@ fn without_a_domain_nothing_travels_and_a_logged_in_user_blocks_the_so() {
         .unwrap_err();
     assert!(matches!(err, TokenError::NoCloningDomain { .. }), "{err}");
     // The user is logged in to both: the SO cannot work on them now.
-    let members = [summary(&a.info().label), summary(&b.info().label)];
+    let members = [member(&a.info().label), member(&b.info().label)];
     let err = module()
         .establish_cloning_domain(&members, &SecretString::from(SO_PIN))
         .unwrap_err();
@@ -232,8 +237,8 @@ fn without_a_domain_nothing_travels_and_a_logged_in_user_blocks_the_so() {
     let err = module()
         .establish_cloning_domain(
             &[
-                summary(&fresh_token_label("nodomain-c")),
-                summary(&fresh_token_label("nodomain-d")),
+                member(&fresh_token_label("nodomain-c")),
+                member(&fresh_token_label("nodomain-d")),
             ],
             &SecretString::from("wrong-so-pin"),
         )

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::{Algorithm, Attribute, AttributeSet, Mechanism, ObjectType};
-use luna_pkcs11::testing::{fresh_token, module, unique_label, SO_PIN, USER_PIN};
+use luna_pkcs11::on_every_module;
+use luna_pkcs11::testing::{unique_label, TestModule, USER_PIN};
 use luna_pkcs11::{GenerateRequest, Partition, RvError, TokenError, TokenPartition};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -39,26 +40,36 @@ fn count_objects(token: &TokenPartition) -> usize {
     token.scan(100, &mut |_| ControlFlow::Continue(())).unwrap().seen
 }
 
-#[test]
-fn token_info_names_the_token_and_its_mechanisms() {
-    let token = fresh_token("info");
+fn collect_all(token: &TokenPartition) -> Vec<luna_pkcs11::ObjectRef> {
+    let mut all = Vec::new();
+    token
+        .scan(7, &mut |batch| {
+            all.extend_from_slice(batch);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    all
+}
+
+on_every_module! {
+fn token_info_names_the_token_and_its_mechanisms(m: TestModule) {
+    let token = m.fresh_partition("info");
     let info = token.info();
     assert!(info.label.starts_with("info-"));
     assert!(!info.serial_number.is_empty());
     assert!(info.supports(Mechanism::AesKeyGen));
     assert!(info.supports(Mechanism::RsaPkcsKeyPairGen));
-    // SoftHSM2 has none of the Luna RSA mechanisms: these are what remap is for.
+    // Neither software token has the Luna RSA mechanisms: these are what remap is for.
     assert!(!info.supports(Mechanism::RsaX931KeyPairGen));
     assert!(!info.supports(Mechanism::RsaFips1863PrimeKeyPairGen));
-    let listed = module().tokens().unwrap();
+    let listed = m.module().tokens().unwrap();
     assert!(listed
         .iter()
         .any(|t| t.label == info.label && t.serial_number == info.serial_number));
 }
 
-#[test]
-fn aes_keys_of_every_size_carry_exactly_the_requested_attributes() {
-    let token = fresh_token("aes");
+fn aes_keys_of_every_size_carry_exactly_the_requested_attributes(m: TestModule) {
+    let token = m.fresh_partition("aes");
     for size in [128, 192, 256] {
         let wanted = attrs(&["CKA_MODIFIABLE", "CKA_SENSITIVE", "CKA_ENCRYPT", "CKA_DECRYPT"]);
         let req = request(Mechanism::AesKeyGen, size, wanted);
@@ -98,20 +109,8 @@ fn aes_keys_of_every_size_carry_exactly_the_requested_attributes() {
     assert_eq!(fingerprints.len(), 3);
 }
 
-fn collect_all(token: &TokenPartition) -> Vec<luna_pkcs11::ObjectRef> {
-    let mut all = Vec::new();
-    token
-        .scan(7, &mut |batch| {
-            all.extend_from_slice(batch);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    all
-}
-
-#[test]
-fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped() {
-    let token = fresh_token("rsa");
+fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped(m: TestModule) {
+    let token = m.fresh_partition("rsa");
     let wanted = attrs(&[
         "CKA_MODIFIABLE",
         "CKA_SENSITIVE",
@@ -171,13 +170,12 @@ fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped() {
         .contains("does not support CKM_RSA_X9_31_KEY_PAIR_GEN"));
 }
 
-#[test]
-fn a_retried_create_finds_the_first_objects_instead_of_making_more() {
+fn a_retried_create_finds_the_first_objects_instead_of_making_more(m: TestModule) {
     // A retry of a create that never reached the token makes the key.
-    let fresh = fresh_token("retry-new");
+    let fresh = m.fresh_partition("retry-new");
     let first_try_lost = request(Mechanism::AesKeyGen, 128, attrs(&[]));
     assert!(fresh.generate(&retried(&first_try_lost)).unwrap().created);
-    let token = fresh_token("retry");
+    let token = m.fresh_partition("retry");
     for req in [
         request(Mechanism::AesKeyGen, 256, attrs(&["CKA_ENCRYPT"])),
         request(Mechanism::RsaPkcsKeyPairGen, 2048, attrs(&["CKA_SIGN"])),
@@ -193,9 +191,8 @@ fn a_retried_create_finds_the_first_objects_instead_of_making_more() {
 
 /// A crash between the halves of C_GenerateKeyPair leaves one behind: the
 /// retry removes it and makes the pair whole, so exactly one pair remains.
-#[test]
-fn a_retry_that_finds_half_a_pair_makes_it_whole() {
-    let token = fresh_token("half");
+fn a_retry_that_finds_half_a_pair_makes_it_whole(m: TestModule) {
+    let token = m.fresh_partition("half");
     let req = request(Mechanism::RsaPkcsKeyPairGen, 2048, attrs(&[]));
     let made = token.generate(&req).unwrap();
     token.destroy(made.objects[0].handle).unwrap(); // the private half is lost
@@ -216,9 +213,8 @@ fn a_retry_that_finds_half_a_pair_makes_it_whole() {
     assert_eq!(count_objects(&token), 2);
 }
 
-#[test]
-fn two_threads_generate_on_one_token_at_once() {
-    let token = fresh_token("threads");
+fn two_threads_generate_on_one_token_at_once(m: TestModule) {
+    let token = m.fresh_partition("threads");
     let per_thread = 100;
     std::thread::scope(|scope| {
         for _ in 0..2 {
@@ -245,9 +241,8 @@ fn two_threads_generate_on_one_token_at_once() {
     assert_eq!(count_objects(&token), 2 * (96 + 4 * 2));
 }
 
-#[test]
-fn more_than_a_thousand_objects_enumerate_in_batches_that_can_stop() {
-    let token = fresh_token("many");
+fn more_than_a_thousand_objects_enumerate_in_batches_that_can_stop(m: TestModule) {
+    let token = m.fresh_partition("many");
     let total = 1_050;
     for _ in 0..total {
         token
@@ -288,9 +283,8 @@ fn more_than_a_thousand_objects_enumerate_in_batches_that_can_stop() {
 /// A described scan (what refresh does) beside writes on the same token:
 /// no deadlock between the scan's shared lock and a writer, and no
 /// CKR_GENERAL_ERROR from SoftHSM2's store.
-#[test]
-fn describing_scans_and_writes_on_one_token_run_side_by_side() {
-    let token = fresh_token("scan-write");
+fn describing_scans_and_writes_on_one_token_run_side_by_side(m: TestModule) {
+    let token = m.fresh_partition("scan-write");
     for _ in 0..300 {
         token
             .generate(&request(Mechanism::AesKeyGen, 128, attrs(&[])))
@@ -332,9 +326,8 @@ fn describing_scans_and_writes_on_one_token_run_side_by_side() {
 
 /// Every PATCH rule of the domain, tried on the token: what the domain refuses,
 /// the token refuses too, and what it allows, the token does.
-#[test]
-fn the_token_enforces_the_attribute_rules_the_domain_predicts() {
-    let token = fresh_token("rules");
+fn the_token_enforces_the_attribute_rules_the_domain_predicts(m: TestModule) {
+    let token = m.fresh_partition("rules");
     let cases: &[(ObjectType, &[&str], &str, bool, bool)] = &[
         // (object, attributes at creation, attribute, new value, allowed)
         (
@@ -459,24 +452,20 @@ fn the_token_enforces_the_attribute_rules_the_domain_predicts() {
 }
 
 /// On a token no session of this process is logged in to, `C_Login` itself judges.
-#[test]
-fn a_wrong_pin_on_a_token_nobody_is_logged_in_to_fails_in_c_login() {
-    let label = unique_label("firstpin");
-    module()
-        .init_token(&label, &SecretString::from(SO_PIN), &SecretString::from(USER_PIN))
-        .unwrap();
-    let err = module()
-        .open_partition(&label, None, SecretString::from("wrong"))
+fn a_wrong_pin_on_a_token_nobody_is_logged_in_to_fails_in_c_login(m: TestModule) {
+    let token = m.fresh_tokens("firstpin", 1).pop().unwrap();
+    let label = &token.label;
+    let err = m.module()
+        .open_partition(label, None, SecretString::from("wrong"))
         .unwrap_err();
     assert_eq!(err.to_string(), "C_Login returned CKR_PIN_INCORRECT");
-    assert!(module()
-        .open_partition(&label, None, SecretString::from(USER_PIN))
+    assert!(m.module()
+        .open_partition(label, None, SecretString::from(USER_PIN))
         .is_ok());
 }
 
-#[test]
-fn destroy_removes_the_object() {
-    let token = fresh_token("destroy");
+fn destroy_removes_the_object(m: TestModule) {
+    let token = m.fresh_partition("destroy");
     let req = request(Mechanism::AesKeyGen, 256, attrs(&[]));
     let made = token.generate(&req).unwrap();
     token.destroy(made.objects[0].handle).unwrap();
@@ -485,37 +474,38 @@ fn destroy_removes_the_object() {
     assert_eq!(err.rv(), Some(RvError::ObjectHandleInvalid), "{err}");
 }
 
-#[test]
-fn a_wrong_pin_or_label_is_a_typed_error() {
-    let token = fresh_token("pin");
+fn a_wrong_pin_or_label_is_a_typed_error(m: TestModule) {
+    let token = m.fresh_partition("pin");
     let label = token.info().label.clone();
-    let err = module()
+    let err = m.module()
         .open_partition(&label, None, SecretString::from("wrong-pin"))
         .unwrap_err();
     assert_eq!(err.rv(), Some(RvError::PinIncorrect), "{err}");
-    assert_eq!(
-        err.to_string(),
-        format!("the PIN for token {label:?} is incorrect")
-    );
+    // Logged in, SoftHSM2 answers any PIN CKR_USER_ALREADY_LOGGED_IN and the
+    // service compares it with the one proven; openCryptoki judges it itself.
+    let expected = match m {
+        TestModule::SoftHsm2 => format!("the PIN for token {label:?} is incorrect"),
+        TestModule::OpenCryptoki => "C_Login returned CKR_PIN_INCORRECT".to_owned(),
+    };
+    assert_eq!(err.to_string(), expected);
     // The right PIN still opens it while the application is logged in.
-    module()
+    m.module()
         .open_partition(&label, None, SecretString::from(USER_PIN))
         .unwrap();
     let missing = unique_label("absent");
-    let err = module()
+    let err = m.module()
         .open_partition(&missing, None, SecretString::from(USER_PIN))
         .unwrap_err();
     assert!(matches!(err, TokenError::TokenNotFound { .. }), "{err}");
-    let err = module()
+    let err = m.module()
         .open_partition(&label, Some("0000"), SecretString::from(USER_PIN))
         .unwrap_err();
     assert!(err.to_string().contains("with serial number 0000"), "{err}");
 }
 
 /// pkcs11-tool, an independent PKCS#11 client, sees what the service made.
-#[test]
-fn pkcs11_tool_sees_the_generated_keys() {
-    let token = fresh_token("tool");
+fn pkcs11_tool_sees_the_generated_keys(m: TestModule) {
+    let token = m.fresh_partition("tool");
     let req = GenerateRequest {
         label: "seen-by-pkcs11-tool".into(),
         ..request(Mechanism::AesKeyGen, 256, attrs(&["CKA_ENCRYPT"]))
@@ -523,7 +513,7 @@ fn pkcs11_tool_sees_the_generated_keys() {
     token.generate(&req).unwrap();
     let output = Command::new("pkcs11-tool")
         .arg("--module")
-        .arg(module().path())
+        .arg(m.module().path())
         .args([
             "--token-label",
             &token.info().label,
@@ -543,4 +533,27 @@ fn pkcs11_tool_sees_the_generated_keys() {
     assert!(listing.contains("seen-by-pkcs11-tool"), "{listing}");
     assert!(listing.contains(&hex::encode(&req.cka_id)), "{listing}");
     assert!(listing.contains("AES length 32"), "{listing}");
+}
+}
+
+/// openCryptoki 3.8 keeps one login for all its soft-token slots in a
+/// process: once one token is open, a second answers C_Login with
+/// CKR_USER_ALREADY_LOGGED_IN whatever the PIN. The service cannot prove the
+/// PIN then, and says why instead of taking the token.
+#[test]
+fn opencryptoki_shares_one_login_among_its_tokens_and_the_second_is_refused() {
+    let m = TestModule::OpenCryptoki;
+    let mut tokens = m.fresh_tokens("shared-login", 2);
+    let second = tokens.pop().unwrap();
+    let first = tokens.pop().unwrap().open();
+    let err = m
+        .module()
+        .open_partition(&second.label, None, SecretString::from("9999"))
+        .unwrap_err();
+    assert!(matches!(err, TokenError::LoginShared { .. }), "{err}");
+    assert!(
+        err.to_string().contains("shares one login among its tokens"),
+        "{err}"
+    );
+    drop(first);
 }
