@@ -22,16 +22,48 @@ const DEMO: &[(&str, bool, &[&str])] = &[
     ("demo-single", false, &["demo-single"]),
 ];
 
-/// Opens the PKCS#11 module. Without an explicit module, or with a SoftHSM2
-/// one, the tokens live under `<data-dir>/softhsm`.
+/// Opens the PKCS#11 module. A module named by the operator is used as its
+/// own environment configures it (`SOFTHSM2_CONF`, openCryptoki's daemon, a
+/// Luna client's `Chrystoki.conf`), with the tokens the operator made. Only
+/// when none is named is it the embedded default: SoftHSM2 with its tokens
+/// under `<data-dir>/softhsm` (the second value is then true).
 pub fn open_module(data_dir: &Path, module: Option<&Path>) -> Result<(Arc<Module>, bool)> {
-    let is_softhsm = module.is_none_or(|m| m.to_string_lossy().contains("softhsm"));
-    if is_softhsm {
-        let home = SoftHsmHome::open(&data_dir.join("softhsm"), module)?;
-        return Ok((Arc::clone(home.module()), true));
+    match module {
+        Some(path) => Ok((Module::open(path)?, false)),
+        None => {
+            let home = SoftHsmHome::open(&data_dir.join("softhsm"), None)?;
+            Ok((Arc::clone(home.module()), true))
+        }
     }
-    let path = module.context("a PKCS#11 module path")?;
-    Ok((Module::open(path)?, false))
+}
+
+/// The start-up banner's lines on the module and the tokens it holds.
+pub fn describe_module(module: &Module) -> Result<Vec<String>> {
+    let library = module.library_info()?;
+    let mut lines = vec![format!(
+        "PKCS#11 module: {} ({} {}, version {})",
+        module.path().display(),
+        library.manufacturer,
+        library.description,
+        library.version
+    )];
+    let tokens = module.tokens()?;
+    if tokens.is_empty() {
+        lines.push("tokens:         none initialised".into());
+    } else {
+        lines.push("tokens:".into());
+    }
+    for token in tokens {
+        let mut line = format!(
+            "  {}  serial {}  ({} {})",
+            token.label, token.serial_number, token.manufacturer, token.model
+        );
+        if !token.unreadable.is_empty() {
+            line.push_str(&format!("; unreadable: {}", token.unreadable.join("; ")));
+        }
+        lines.push(line);
+    }
+    Ok(lines)
 }
 
 /// Creates and registers the demo tokens on a fresh data directory; leaves an

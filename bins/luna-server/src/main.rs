@@ -71,7 +71,9 @@ fn serve(settings: &Settings) -> Result<()> {
     println!("luna-server {}", env!("CARGO_PKG_VERSION"));
     println!("data directory: {}", data.display());
     println!("database:       {:?}", store.backend());
-    println!("PKCS#11 module: {}", module.path().display());
+    for line in embedded::describe_module(&module).context("reading the PKCS#11 module's tokens")? {
+        println!("{line}");
+    }
     println!("partitions:");
     for partition in store.all_partitions()? {
         println!("  {}", embedded::describe(&partition));

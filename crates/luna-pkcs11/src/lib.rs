@@ -25,7 +25,7 @@ pub use cryptoki::error::RvError;
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
 pub use module::{LibraryInfo, Module, TokenSummary};
-pub use object::{fingerprint, ObjectDescription, ObjectRef};
+pub use object::{fingerprint, ObjectDescription, ObjectRef, REPLICATION_MECHANISMS};
 pub use token::TokenPartition;
 
 /// What a token says of itself.
@@ -43,6 +43,31 @@ pub struct TokenInfo {
 impl TokenInfo {
     pub fn supports(&self, mechanism: Mechanism) -> bool {
         self.mechanisms.contains(&object::mechanism_code(mechanism))
+    }
+
+    /// The mechanism a create of `requested` runs on this token: itself, or
+    /// with `remap` the standard one a Luna-specific RSA mechanism maps to.
+    pub fn generation_mechanism(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
+        if self.supports(requested) {
+            return Ok(requested);
+        }
+        match requested.remap_target() {
+            Some(target) if remap && self.supports(target) => Ok(target),
+            _ => Err(TokenError::MechanismUnsupported {
+                token: self.label.clone(),
+                mechanism: requested.to_string(),
+            }),
+        }
+    }
+
+    /// The mechanisms replication needs (`REPLICATION_MECHANISMS`) that this
+    /// token lacks, by name.
+    pub fn missing_for_replication(&self) -> Vec<&'static str> {
+        REPLICATION_MECHANISMS
+            .iter()
+            .filter(|(_, code)| !self.mechanisms.contains(code))
+            .map(|(name, _)| *name)
+            .collect()
     }
 }
 

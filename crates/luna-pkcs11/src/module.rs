@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{call, Result, TokenError};
 use crate::token::TokenPartition;
 use crate::token_info::TokenInfoReader;
+use crate::TokenInfo;
 
 /// A loaded and initialised PKCS#11 module (the "Luna client library").
 ///
@@ -179,6 +180,37 @@ impl Module {
         }
     }
 
+    /// What the token with this label (and serial, when given) says of
+    /// itself, and which of the service's mechanisms it supports. Needs no
+    /// login.
+    pub fn describe_token(&self, label: &str, serial: Option<&str>) -> Result<TokenInfo> {
+        let (slot, summary) = self.find_slot(label, serial)?;
+        self.probe(slot, summary)
+    }
+
+    /// Asks the token which of the service's mechanisms it supports, each with
+    /// `C_GetMechanismInfo` (see `object::mechanism_type`).
+    fn probe(&self, slot: Slot, summary: TokenSummary) -> Result<TokenInfo> {
+        let mut mechanisms = Vec::new();
+        for code in crate::object::probed_codes() {
+            match self
+                .context
+                .get_mechanism_info(slot, crate::object::mechanism_type(code))
+            {
+                Ok(_) => mechanisms.push(code),
+                Err(CryptokiError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+                Err(other) => return Err(call("C_GetMechanismInfo")(other)),
+            }
+        }
+        Ok(TokenInfo {
+            label: summary.label,
+            serial_number: summary.serial_number,
+            manufacturer: summary.manufacturer,
+            model: summary.model,
+            mechanisms,
+        })
+    }
+
     /// Opens the token as a partition and proves the PIN by logging in.
     pub fn open_partition(
         self: &Arc<Self>,
@@ -187,14 +219,21 @@ impl Module {
         pin: SecretString,
     ) -> Result<TokenPartition> {
         let (slot, summary) = self.find_slot(label, serial)?;
-        TokenPartition::open(Arc::clone(self), slot, summary, pin)
+        let info = self.probe(slot, summary)?;
+        TokenPartition::open(Arc::clone(self), slot, info, pin)
     }
 
     /// Logs the user in on `session`, proving `pin` even when the application
     /// is already logged in to the token.
-    pub(crate) fn login(&self, session: &Session, token: &TokenSummary, pin: &SecretString) -> Result<()> {
+    pub(crate) fn login(
+        &self,
+        session: &Session,
+        label: &str,
+        serial: &str,
+        pin: &SecretString,
+    ) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(pin.expose_secret().as_bytes()).into();
-        let token_key = (token.label.clone(), token.serial_number.clone());
+        let token_key = (label.to_owned(), serial.to_owned());
         let mut proven = self.proven_pins.lock().unwrap_or_else(|p| p.into_inner());
         match session.login(UserType::User, Some(pin)) {
             Ok(()) => {
@@ -204,10 +243,10 @@ impl Module {
             Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => match proven.get(&token_key) {
                 Some(known) if *known == digest => Ok(()),
                 Some(_) => Err(TokenError::PinIncorrect {
-                    label: token.label.clone(),
+                    label: label.to_owned(),
                 }),
                 None => Err(TokenError::LoginShared {
-                    label: token.label.clone(),
+                    label: label.to_owned(),
                 }),
             },
             Err(other) => Err(call("C_Login")(other)),

@@ -90,14 +90,34 @@ pub(crate) fn mechanism_code(mechanism: Mechanism) -> u64 {
     }
 }
 
-/// The mechanisms whose support `TokenInfo` reports: the ones this service uses.
-pub(crate) const PROBED_MECHANISMS: &[Mechanism] = Mechanism::ALL;
+/// The mechanisms replication needs on every member of an HA group, beside
+/// the generation ones: the cloning domain and the ephemeral agreement both
+/// make P-256 pairs, derive AES keys by ECDH and wrap with AES key wrap.
+pub const REPLICATION_MECHANISMS: &[(&str, u64)] = &[
+    ("CKM_EC_KEY_PAIR_GEN", 0x1040),
+    ("CKM_ECDH1_DERIVE", 0x1050),
+    ("CKM_AES_KEY_WRAP_PAD", 0x210A),
+];
 
-/// A mechanism type from its raw code. cryptoki 0.12 names only the codes it
-/// knows (not `CKM_RSA_X9_31_KEY_PAIR_GEN`, nor vendor codes below its range
-/// check), and its `get_mechanism_list` drops the rest, so a Luna token's
-/// mechanisms would look absent without this.
+/// The raw codes of every mechanism whose support `TokenInfo` reports: the
+/// ones this service uses.
+pub(crate) fn probed_codes() -> impl Iterator<Item = u64> {
+    Mechanism::ALL
+        .iter()
+        .map(|m| mechanism_code(*m))
+        .chain(REPLICATION_MECHANISMS.iter().map(|(_, code)| *code))
+}
+
+/// A mechanism type from its raw code, for `C_GetMechanismInfo` and
+/// generation. cryptoki 0.12's `get_mechanism_list` drops the codes it does
+/// not name, so a Luna token's mechanisms would look absent without this.
+/// Vendor codes (Luna's FIPS 186-3 ones) go through cryptoki's vendor-defined
+/// constructor; standard codes through the type's layout, since cryptoki
+/// names no `CKM_RSA_X9_31_KEY_PAIR_GEN`.
 pub(crate) fn mechanism_type(code: u64) -> MechanismType {
+    if let Ok(vendor) = MechanismType::new_vendor_defined(narrow(code)) {
+        return vendor;
+    }
     // SAFETY: `MechanismType` is `#[repr(transparent)]` over `CK_MECHANISM_TYPE`
     // (cryptoki documents that layout), and every value is a valid
     // `CK_MECHANISM_TYPE`: the module answers CKR_MECHANISM_INVALID to unknown ones.

@@ -9,11 +9,11 @@ use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::Attribute as CkAttribute;
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
-use luna_domain::{Algorithm, Attribute, Mechanism, ObjectType};
+use luna_domain::{Algorithm, Attribute, ObjectType};
 use secrecy::SecretString;
 
 use crate::error::{call, Result, TokenError};
-use crate::module::{Module, TokenSummary};
+use crate::module::Module;
 use crate::object::{self, ObjectDescription, ObjectRef};
 use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo, TransportOffer};
 
@@ -76,40 +76,17 @@ impl Drop for PooledSession<'_> {
 }
 
 impl TokenPartition {
-    pub(crate) fn open(
-        module: Arc<Module>,
-        slot: Slot,
-        summary: TokenSummary,
-        pin: SecretString,
-    ) -> Result<Self> {
-        let mut mechanisms = Vec::new();
-        for mechanism in object::PROBED_MECHANISMS {
-            let code = object::mechanism_code(*mechanism);
-            match module
-                .context
-                .get_mechanism_info(slot, object::mechanism_type(code))
-            {
-                Ok(_) => mechanisms.push(code),
-                Err(CryptokiError::Pkcs11(RvError::MechanismInvalid, _)) => {}
-                Err(other) => return Err(call("C_GetMechanismInfo")(other)),
-            }
-        }
+    pub(crate) fn open(module: Arc<Module>, slot: Slot, info: TokenInfo, pin: SecretString) -> Result<Self> {
         // Proves the PIN now rather than at the first key operation.
         let session = module
             .context
             .open_rw_session(slot)
             .map_err(call("C_OpenSession"))?;
-        module.login(&session, &summary, &pin)?;
+        module.login(&session, &info.label, &info.serial_number, &pin)?;
         let partition = TokenPartition {
             module,
             slot,
-            info: TokenInfo {
-                label: summary.label,
-                serial_number: summary.serial_number,
-                manufacturer: summary.manufacturer,
-                model: summary.model,
-                mechanisms,
-            },
+            info,
             pin,
             idle: Mutex::new(Vec::new()),
             object_writes: RwLock::new(()),
@@ -262,19 +239,6 @@ impl TokenPartition {
         }
     }
 
-    fn choose_mechanism(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
-        if self.info.supports(requested) {
-            return Ok(requested);
-        }
-        match requested.remap_target() {
-            Some(target) if remap && self.info.supports(target) => Ok(target),
-            _ => Err(TokenError::MechanismUnsupported {
-                token: self.info.label.clone(),
-                mechanism: requested.to_string(),
-            }),
-        }
-    }
-
     /// What an earlier attempt left under `cka_id`: the whole key (in
     /// `expected` order), or nothing. Half a pair is destroyed: SoftHSM2
     /// writes the halves of a pair one after the other, so a crash between
@@ -320,7 +284,7 @@ impl Partition for TokenPartition {
     }
 
     fn generate(&self, request: &GenerateRequest) -> Result<Generated> {
-        let mechanism_used = self.choose_mechanism(request.mechanism, request.remap)?;
+        let mechanism_used = self.info.generation_mechanism(request.mechanism, request.remap)?;
         let algorithm = request.mechanism.algorithm();
         let expected = request.mechanism.object_types();
         self.writing(|session| {

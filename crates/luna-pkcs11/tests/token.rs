@@ -62,6 +62,22 @@ fn token_info_names_the_token_and_its_mechanisms(m: TestModule) {
     // Neither software token has the Luna RSA mechanisms: these are what remap is for.
     assert!(!info.supports(Mechanism::RsaX931KeyPairGen));
     assert!(!info.supports(Mechanism::RsaFips1863PrimeKeyPairGen));
+    assert_eq!(
+        info.generation_mechanism(Mechanism::RsaX931KeyPairGen, true).unwrap(),
+        Mechanism::RsaPkcsKeyPairGen
+    );
+    assert!(info.generation_mechanism(Mechanism::RsaX931KeyPairGen, false).is_err());
+    // openCryptoki's soft token has no elliptic curves, so no replication.
+    let missing: &[&str] = match m {
+        TestModule::SoftHsm2 => &[],
+        TestModule::OpenCryptoki => &["CKM_EC_KEY_PAIR_GEN", "CKM_ECDH1_DERIVE", "CKM_AES_KEY_WRAP_PAD"],
+    };
+    assert_eq!(info.missing_for_replication(), missing);
+    // The same, read without logging in.
+    assert_eq!(
+        &m.module().describe_token(&info.label, Some(&info.serial_number)).unwrap(),
+        info
+    );
     let listed = m.module().tokens().unwrap();
     assert!(listed
         .iter()
