@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use luna_domain::{Connection, ConnectionSpec, Member, Partition};
-use luna_pkcs11::{Module, Partition as _, TokenError};
+use luna_pkcs11::{Module, TokenError};
 use luna_store::Store;
 use uuid::Uuid;
 
@@ -11,7 +11,9 @@ use crate::error::ApiError;
 
 /// Registers a connection: every listed token must be present in the module
 /// and the PIN must log in to each, else the request names the token that
-/// failed. Serial numbers left out are filled in from the tokens.
+/// failed. Serial numbers left out are filled in from the tokens. The members
+/// of an HA group must be able to replicate (each has the mechanisms, and no
+/// two share a serial number), which is judged before any PIN is tried.
 pub fn register_connection(
     store: &Store,
     module: &Arc<Module>,
@@ -20,17 +22,37 @@ pub fn register_connection(
     let mut members = Vec::with_capacity(spec.members.len());
     for member in &spec.members {
         let token = module
-            .open_partition(
-                &member.partition_label,
-                member.serial_number.as_deref(),
-                spec.password.clone(),
-            )
+            .describe_token(&member.partition_label, member.serial_number.as_deref())
             .map_err(|source| refused(&member.partition_label, source))?;
+        let missing = token.missing_for_replication();
+        if spec.is_ha_enabled && !missing.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "partition {:?} ({} {}) lacks {}, which HA members need to replicate keys (the cloning \
+                 domain and the transfer of extractable keys both agree a key by ECDH and wrap with AES key \
+                 wrap); register its tokens as separate connections without is_ha_enabled",
+                member.partition_label,
+                token.manufacturer,
+                token.model,
+                missing.join(", ")
+            )));
+        }
         members.push(Member {
             hostname: member.hostname.clone(),
             partition_label: member.partition_label.clone(),
-            serial_number: token.info().serial_number.clone(),
+            serial_number: token.serial_number,
         });
+    }
+    if spec.is_ha_enabled {
+        luna_domain::partition::check_distinct_serials(&members)?;
+    }
+    for member in &members {
+        module
+            .open_partition(
+                &member.partition_label,
+                Some(&member.serial_number),
+                spec.password.clone(),
+            )
+            .map_err(|source| refused(&member.partition_label, source))?;
     }
     if let Some(so_pin) = &spec.so_password {
         // The members' SO PIN is used here, once, and dropped with `spec`.

@@ -6,7 +6,7 @@ use luna_api::registry::{add_partition, register_connection};
 use luna_api::ApiError;
 use luna_domain::partition::MemberRequest;
 use luna_domain::ConnectionRequest;
-use luna_pkcs11::testing::{fresh_token_label, module, unique_label, USER_PIN};
+use luna_pkcs11::testing::{fresh_token_label, module, unique_label, TestModule, USER_PIN};
 use luna_pkcs11::Partition as _;
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
@@ -133,4 +133,61 @@ fn sqlite_callers_racing_to_open_a_token_share_one_instance() {
 #[test]
 fn postgres_callers_racing_to_open_a_token_share_one_instance() {
     callers_racing_to_open_a_token_share_one_instance(TestDatabase::postgres().unwrap());
+}
+
+/// openCryptoki's soft tokens, as an operator made them: each registers on
+/// its own (all report serial 123), an HA group of them is refused before any
+/// PIN is tried (no elliptic curves, so no replication), and a second token
+/// is refused with the reason while the first is open in this process (the
+/// module shares one login among them).
+fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
+    let store = &db.store;
+    let m = TestModule::OpenCryptoki;
+    let tokens = m.fresh_tokens("reg-ock", 2);
+    let (a, b) = (tokens[0].label.as_str(), tokens[1].label.as_str());
+
+    let group = request("ock-ha", true, &[a, b], USER_PIN).validate().unwrap();
+    let err = register_connection(store, m.module(), group).unwrap_err();
+    assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "partition {a:?} (IBM Corp. IBM SoftTok) lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD"
+        )),
+        "{err}"
+    );
+
+    let single = request("ock-a", false, &[a], USER_PIN).validate().unwrap();
+    let connection = register_connection(store, m.module(), single).unwrap();
+    assert_eq!(connection.members[0].serial_number, "123");
+    let open_a = m
+        .module()
+        .open_partition(a, Some("123"), SecretString::from(USER_PIN))
+        .unwrap();
+    let second = request("ock-b", false, &[b], USER_PIN).validate().unwrap();
+    let err = register_connection(store, m.module(), second).unwrap_err();
+    assert!(matches!(err, ApiError::TokenRefused { .. }), "{err}");
+    assert!(
+        err.to_string().contains("shares one login among its tokens"),
+        "{err}"
+    );
+    drop(open_a);
+    let second = request("ock-b", false, &[b], USER_PIN).validate().unwrap();
+    let connection = register_connection(store, m.module(), second).unwrap();
+    assert_eq!(
+        (
+            connection.members[0].partition_label.as_str(),
+            connection.members[0].serial_number.as_str()
+        ),
+        (b, "123")
+    );
+}
+
+#[test]
+fn sqlite_registers_opencryptoki_tokens_alone_never_as_a_group() {
+    registers_opencryptoki_tokens_alone_never_as_a_group(TestDatabase::sqlite().unwrap());
+}
+
+#[test]
+fn postgres_registers_opencryptoki_tokens_alone_never_as_a_group() {
+    registers_opencryptoki_tokens_alone_never_as_a_group(TestDatabase::postgres().unwrap());
 }

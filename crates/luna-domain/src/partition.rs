@@ -91,6 +91,26 @@ const TOKEN_SERIAL_CHARS: usize = 16;
 /// Bounds the cost of one registration; a Luna HA group has at most a handful.
 pub const MAX_MEMBERS: usize = 16;
 
+/// The members of an HA group are told apart by serial number
+/// (`replication_info` maps each member's serial to its state), so two
+/// members reporting one serial would be confused: such a group is refused.
+pub fn check_distinct_serials(members: &[Member]) -> Result<()> {
+    for (index, member) in members.iter().enumerate() {
+        if let Some(other) = members[..index]
+            .iter()
+            .find(|m| m.serial_number == member.serial_number)
+        {
+            return Err(DomainError::invalid(format!(
+                "partitions {:?} and {:?} both report serial number {:?}; the members of an HA group are \
+                 told apart by serial number (replication_info is keyed by it), so theirs must differ \
+                 (openCryptoki gives every soft token serial 123)",
+                other.partition_label, member.partition_label, member.serial_number
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl ConnectionRequest {
     pub fn validate(self) -> Result<ConnectionSpec> {
         let name = check_label("name", self.name.as_deref().unwrap_or(""))?;
@@ -262,5 +282,22 @@ mod tests {
     fn a_pin_never_shows_in_debug_output() {
         let spec = request(false, vec![member("p1", None)]).validate().unwrap();
         assert!(!format!("{spec:?}").contains("1234"));
+    }
+
+    #[test]
+    fn an_ha_group_needs_distinct_serial_numbers() {
+        let member = |label: &str, serial: &str| Member {
+            hostname: String::new(),
+            partition_label: label.into(),
+            serial_number: serial.into(),
+        };
+        assert!(check_distinct_serials(&[member("a", "1"), member("b", "2"), member("c", "3")]).is_ok());
+        let err = check_distinct_serials(&[member("a", "1"), member("ock1", "123"), member("ock2", "123")])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"partitions "ock1" and "ock2" both report serial number "123""#),
+            "{err}"
+        );
     }
 }

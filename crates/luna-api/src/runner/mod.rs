@@ -543,6 +543,19 @@ pub(super) fn transfer(
     target_serial: &str,
     object: &ObjectDescription,
 ) -> Result<(), String> {
+    if object.object_type != Some(luna_domain::ObjectType::PublicKey) {
+        // Registration refuses such members; a module changed since is named here.
+        for token in [source, target] {
+            let missing = token.info().missing_for_replication();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "partition {:?} lacks {}, which replication needs",
+                    token.info().label,
+                    missing.join(", ")
+                ));
+            }
+        }
+    }
     let in_domain = source
         .shares_domain_with(target_serial)
         .map_err(|e| e.to_string())?;
