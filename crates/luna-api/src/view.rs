@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use luna_domain::{Connection, Key, Member, Partition};
+use luna_domain::{Connection, Key, Mechanism, Member, Partition};
+use luna_pkcs11::TokenInfo;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -161,6 +162,9 @@ pub struct MemberView {
     pub partition_label: String,
     pub serial_number: String,
     pub hostname: String,
+    /// What the member's token says of itself (one partition's answer only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<MemberTokenView>,
 }
 
 impl From<&Member> for MemberView {
@@ -169,7 +173,81 @@ impl From<&Member> for MemberView {
             partition_label: m.partition_label.clone(),
             serial_number: m.serial_number.clone(),
             hostname: m.hostname.clone(),
+            token: None,
         }
+    }
+}
+
+/// A member's token as the service found it, probed once when first opened.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberTokenView {
+    /// False when the token cannot be opened now; `error` says why.
+    pub reachable: bool,
+    pub manufacturer: String,
+    pub model: String,
+    /// The mechanisms replication needs that the token lacks.
+    pub missing_for_replication: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl MemberTokenView {
+    pub fn new(token: Result<&TokenInfo, &str>) -> MemberTokenView {
+        match token {
+            Ok(info) => MemberTokenView {
+                reachable: true,
+                manufacturer: info.manufacturer.clone(),
+                model: info.model.clone(),
+                missing_for_replication: info
+                    .missing_for_replication()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                error: None,
+            },
+            Err(reason) => MemberTokenView {
+                reachable: false,
+                manufacturer: String::new(),
+                model: String::new(),
+                missing_for_replication: Vec::new(),
+                error: Some(reason.to_owned()),
+            },
+        }
+    }
+}
+
+/// What a create with `mechanism` does on a partition: the mechanism its
+/// token runs (the same, or a remap), or why it is refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MechanismView {
+    pub mechanism: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated_with: Option<String>,
+    pub remapped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl MechanismView {
+    /// Every mechanism of the reference, as `token` would generate it.
+    pub fn plan(token: &TokenInfo, remap: bool) -> Vec<MechanismView> {
+        Mechanism::ALL
+            .iter()
+            .map(|&requested| match token.generation_mechanism(requested, remap) {
+                Ok(used) => MechanismView {
+                    mechanism: requested.to_string(),
+                    generated_with: Some(used.to_string()),
+                    remapped: used != requested,
+                    refused: None,
+                },
+                Err(reason) => MechanismView {
+                    mechanism: requested.to_string(),
+                    generated_with: None,
+                    remapped: false,
+                    refused: Some(reason.to_string()),
+                },
+            })
+            .collect()
     }
 }
 
@@ -183,6 +261,10 @@ pub struct PartitionView {
     pub connection_id: String,
     pub ha_enabled: bool,
     pub members: Vec<MemberView>,
+    /// What a create of each mechanism does here, as the first member's
+    /// token answers (one partition's answer only, when its token is reachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mechanisms: Option<Vec<MechanismView>>,
     #[serde(rename = "createdAt")]
     pub created_at: String,
     #[serde(rename = "updatedAt")]
@@ -200,6 +282,7 @@ impl PartitionView {
             connection_id: p.connection_id.to_string(),
             ha_enabled: p.ha_enabled,
             members: p.members.iter().map(MemberView::from).collect(),
+            mechanisms: None,
             created_at: timestamp(p.created_at),
             updated_at: timestamp(p.updated_at),
         }

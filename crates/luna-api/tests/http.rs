@@ -126,8 +126,21 @@ on_both_backends! {
         assert_eq!(list["resources"].as_array().unwrap().iter().map(|k| k["label"].as_str().unwrap()).collect::<Vec<_>>(), ["aes-256", "aes-192"]);
         assert_eq!(list["total"], 3);
 
-        // Removing the partition forgets its keys here, then frees its connection.
+        // One partition's answer says what its token is and what each create does.
         let pid = partition["id"].as_str().unwrap();
+        let (status, one) = api.get(&format!("/cckm/hsm/luna/partitions/{pid}"));
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["members"][0]["token"], json!({"reachable": true, "manufacturer": "SoftHSM project", "model": "SoftHSM v2", "missing_for_replication": []}));
+        let plan: Vec<(String, String, bool)> = one["mechanisms"].as_array().unwrap().iter()
+            .map(|m| (m["mechanism"].as_str().unwrap().to_owned(), m["generated_with"].as_str().unwrap().to_owned(), m["remapped"].as_bool().unwrap()))
+            .collect();
+        let remapped = |m: &str| (m.to_owned(), "CKM_RSA_PKCS_KEY_PAIR_GEN".to_owned(), true);
+        let itself = |m: &str| (m.to_owned(), m.to_owned(), false);
+        assert_eq!(plan, [remapped("CKM_RSA_FIPS_186_3_AUX_PRIME_KEY_PAIR_GEN"), remapped("CKM_RSA_X9_31_KEY_PAIR_GEN"), remapped("CKM_RSA_FIPS_186_3_PRIME_KEY_PAIR_GEN"), itself("CKM_RSA_PKCS_KEY_PAIR_GEN"), itself("CKM_AES_KEY_GEN")]);
+        let (_, listed) = api.get("/cckm/hsm/luna/partitions");
+        assert!(listed["resources"][0].get("mechanisms").is_none() && listed["resources"][0]["members"][0].get("token").is_none(), "lists do not ask the tokens: {listed}");
+
+        // Removing the partition forgets its keys here, then frees its connection.
         let cid = partition["connection_id"].as_str().unwrap();
         assert_eq!(api.get(&format!("/cckm/hsm/luna/partitions?partition_label={}", partition["partition_label"].as_str().unwrap())).1["total"], 1);
         assert_eq!(api.call("DELETE", &format!("/cckm/hsm/luna/partitions/{pid}"), Some(&api.token), None).0, 204);

@@ -1,6 +1,8 @@
 //! Connections (`/api/v1/connectionmgmt/services/luna-network/connections`) and
 //! partitions (`/api/v1/cckm/hsm/luna/add-partition`, `…/partitions`).
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::partition::MemberRequest;
 use luna_domain::query::{ConnectionFilters, PartitionFilters};
@@ -16,7 +18,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
 use crate::registry;
 use crate::state::AppState;
-use crate::view::{ConnectionView, ListView, PartitionView};
+use crate::view::{ConnectionView, ListView, MechanismView, MemberTokenView, PartitionView};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +167,9 @@ pub async fn list_partitions(
     Ok(listing(page, listed, |p| PartitionView::new(p, &state.tenancy)))
 }
 
-/// One partition.
+/// One partition, with what its member tokens say of themselves and what a
+/// create of each mechanism does on it (the tokens are asked once, when first
+/// opened).
 #[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/partitions/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
     responses((status = 200, description = "The partition", body = PartitionView)))]
 pub async fn get_partition(
@@ -175,7 +179,27 @@ pub async fn get_partition(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;
     let partition = fetch(&state.store, "partition", id, Store::get_partition).await?;
-    Ok(HttpResponse::Ok().json(PartitionView::new(&partition, &state.tenancy)))
+    let store = state.store.clone();
+    let tokens = Arc::clone(&state.tokens);
+    let tenancy = state.tenancy.clone();
+    let view = blocking(move || {
+        let remap = store
+            .get_connection(partition.connection_id)?
+            .is_none_or(|c| c.remap_rsa_mechanisms);
+        let mut view = PartitionView::new(&partition, &tenancy);
+        for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
+            let token = tokens.member(partition.connection_id, member);
+            let info = token.as_deref().map(|t| t.info()).map_err(String::as_str);
+            // Creates run on the first member.
+            if index == 0 {
+                view.mechanisms = info.ok().map(|info| MechanismView::plan(info, remap));
+            }
+            member_view.token = Some(MemberTokenView::new(info));
+        }
+        Ok(view)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// Forgets the partition and its keys here; the tokens are not touched.
