@@ -91,7 +91,7 @@ impl TestModule {
                     _lease: None,
                 })
                 .collect(),
-            TestModule::OpenCryptoki => lease_opencryptoki_slots(count)
+            TestModule::OpenCryptoki => take_opencryptoki_slots(count)
                 .into_iter()
                 .map(|(slot, lease)| {
                     let label = unique_label(prefix);
@@ -298,7 +298,7 @@ struct SlotLease {
 
 /// Takes `count` test slots at once (all or none, so that two processes each
 /// wanting two cannot hold one apiece and wait forever), waiting for them.
-fn lease_opencryptoki_slots(count: usize) -> Vec<(Slot, SlotLease)> {
+fn take_opencryptoki_slots(count: usize) -> Vec<(Slot, SlotLease)> {
     let slots = opencryptoki_test_slots();
     assert!(
         count <= slots.len(),
@@ -332,6 +332,25 @@ fn lease_opencryptoki_slots(count: usize) -> Vec<(Slot, SlotLease)> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A leased openCryptoki test slot, for a test that initialises its token
+/// with other tools (`pkcs11-tool`), as an operator would; freed on drop.
+#[derive(Debug)]
+pub struct OpenCryptokiSlot {
+    pub id: u64,
+    _lease: SlotLease,
+}
+
+/// `count` openCryptoki test slots, their tokens left as they are.
+pub fn opencryptoki_slots_for_tools(count: usize) -> Vec<OpenCryptokiSlot> {
+    take_opencryptoki_slots(count)
+        .into_iter()
+        .map(|(slot, lease)| OpenCryptokiSlot {
+            id: slot.id(),
+            _lease: lease,
+        })
+        .collect()
 }
 
 /// Re-initialises the token in a leased slot under `label`. The SO PIN stays

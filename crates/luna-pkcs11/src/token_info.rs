@@ -21,8 +21,11 @@ use crate::module::TokenSummary;
 /// The module's `C_GetTokenInfo`, called directly.
 pub(crate) struct TokenInfoReader {
     /// The module loaded a second time: `dlopen` hands back the instance the
-    /// context initialised, so this is the same module, not a new one.
-    library: cryptoki_sys::Pkcs11,
+    /// context initialised, so this is the same module, not a new one. It is
+    /// never unloaded: openCryptoki registers exit handlers in its own code,
+    /// and a process that unloaded it first crashed as it exited (SIGSEGV at
+    /// the end of a graceful stop, seen here). This handle keeps it loaded.
+    library: &'static cryptoki_sys::Pkcs11,
 }
 
 impl std::fmt::Debug for TokenInfoReader {
@@ -38,7 +41,9 @@ impl TokenInfoReader {
         // stays loaded for as long as `library` lives.
         #[allow(unsafe_code)]
         let library = unsafe { cryptoki_sys::Pkcs11::new(path) }.map_err(CryptokiError::LibraryLoading)?;
-        Ok(TokenInfoReader { library })
+        Ok(TokenInfoReader {
+            library: Box::leak(Box::new(library)),
+        })
     }
 
     /// What the token in `slot` says of itself.
