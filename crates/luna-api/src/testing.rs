@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a harness that cannot start should fail loudly
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Auth;
@@ -10,6 +11,7 @@ use crate::runner::RunnerSettings;
 use crate::server::{bootstrap_admin, start, Config};
 use crate::view::Tenancy;
 use luna_pkcs11::testing::{fresh_token_label, module, USER_PIN};
+use luna_pkcs11::Module;
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -45,6 +47,11 @@ impl Api {
 
     /// `workers: 0` runs no operations: they stay in progress.
     pub fn start_with(db: TestDatabase, workers: usize) -> Api {
+        Api::start_on(db, module(), workers)
+    }
+
+    /// A server on another PKCS#11 module (`TestModule::module`).
+    pub fn start_on(db: TestDatabase, module: &Arc<Module>, workers: usize) -> Api {
         let dir = tempfile::tempdir().unwrap();
         bootstrap_admin(
             &db.store,
@@ -54,7 +61,7 @@ impl Api {
         .unwrap();
         let config = Config {
             store: db.store.clone(),
-            module: module().clone(),
+            module: Arc::clone(module),
             auth: Auth::new(&SIGNING_KEY, 300),
             tenancy: Tenancy::default(),
             runner: RunnerSettings {
@@ -168,6 +175,13 @@ impl Api {
         let labels: Vec<String> = (0..members)
             .map(|i| fresh_token_label(&format!("{name}-{i}")))
             .collect();
+        self.register(name, &labels, cloning_domain)
+    }
+
+    /// Registers tokens that exist (with `USER_PIN`) as a connection and a
+    /// partition; returns the partition.
+    pub fn register(&self, name: &str, labels: &[String], cloning_domain: bool) -> Value {
+        let members = labels.len();
         let mut body = json!({
             "name": format!("{name}-{}", uuid::Uuid::new_v4().simple()),
             "password": USER_PIN,
