@@ -5,7 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 serve *ARGS:
     cargo run --release -p luna-server -- serve --data-dir ./data {{ARGS}}
 
-# Every test: formatting, lints, and each crate's tests (real SoftHSM2 tokens, SQLite and PostgreSQL).
+# Every test: formatting, lints, and each crate's tests (real SoftHSM2 and openCryptoki tokens, SQLite and PostgreSQL).
 test:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings

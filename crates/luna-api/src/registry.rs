@@ -20,30 +20,25 @@ pub fn register_connection(
     spec: ConnectionSpec,
 ) -> Result<Connection, ApiError> {
     let mut members = Vec::with_capacity(spec.members.len());
+    let mut tokens = Vec::with_capacity(spec.members.len());
     for member in &spec.members {
         let token = module
             .describe_token(&member.partition_label, member.serial_number.as_deref())
             .map_err(|source| refused(&member.partition_label, source))?;
-        let missing = token.missing_for_replication();
-        if spec.is_ha_enabled && !missing.is_empty() {
-            return Err(ApiError::BadRequest(format!(
-                "partition {:?} ({} {}) lacks {}, which HA members need to replicate keys (the cloning \
-                 domain and the transfer of extractable keys both agree a key by ECDH and wrap with AES key \
-                 wrap); register its tokens as separate connections without is_ha_enabled",
-                member.partition_label,
-                token.manufacturer,
-                token.model,
-                missing.join(", ")
-            )));
-        }
         members.push(Member {
             hostname: member.hostname.clone(),
             partition_label: member.partition_label.clone(),
-            serial_number: token.serial_number,
+            serial_number: token.serial_number.clone(),
         });
+        tokens.push(token);
     }
     if spec.is_ha_enabled {
         luna_domain::partition::check_distinct_serials(&members)?;
+        if let Some(reason) = tokens.iter().find_map(|t| t.cannot_replicate()) {
+            return Err(ApiError::BadRequest(format!(
+                "{reason}; its tokens can each be registered without is_ha_enabled, their keys not replicated"
+            )));
+        }
     }
     for member in &members {
         module
@@ -93,6 +88,15 @@ fn refused(label: &str, source: TokenError) -> ApiError {
         _ => format!("partition {label:?} could not be opened: {source}"),
     };
     ApiError::TokenRefused { message, source }
+}
+
+/// Whether creates on the connection's partition may remap a Luna RSA
+/// mechanism the token lacks (on when the connection is gone: nothing to
+/// refuse with).
+pub fn remaps_rsa_mechanisms(store: &Store, connection: Uuid) -> Result<bool, luna_store::StoreError> {
+    Ok(store
+        .get_connection(connection)?
+        .is_none_or(|c| c.remap_rsa_mechanisms))
 }
 
 /// Registers a connection's token set as one partition (an HA group when the

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use luna_domain::Member;
-use luna_pkcs11::{Module, Partition};
+use luna_pkcs11::{Module, Partition, TokenError, TokenInfo};
 use luna_store::Store;
 use uuid::Uuid;
 
@@ -18,6 +18,8 @@ pub struct TokenRegistry {
     store: Store,
     metrics: Arc<crate::metrics::Metrics>,
     open: Mutex<HashMap<(Uuid, String), Arc<dyn Partition>>>,
+    /// What members not opened yet say of themselves, asked without a login.
+    described: Mutex<HashMap<(Uuid, String), TokenInfo>>,
 }
 
 impl std::fmt::Debug for TokenRegistry {
@@ -35,6 +37,7 @@ impl TokenRegistry {
             store,
             metrics,
             open: Mutex::new(HashMap::new()),
+            described: Mutex::new(HashMap::new()),
         }
     }
 
@@ -56,12 +59,7 @@ impl TokenRegistry {
         let token = self
             .module
             .open_partition(&member.partition_label, Some(&member.serial_number), pin)
-            .map_err(|e| {
-                format!(
-                    "partition {:?} (serial {}) is not reachable: {e}",
-                    member.partition_label, member.serial_number
-                )
-            })?;
+            .map_err(|e| unreachable(member, &e))?;
         // Every call of the service's on a member token is timed and its errors counted.
         let token: Arc<dyn Partition> = Arc::new(crate::metrics::Metered {
             inner: Arc::new(token),
@@ -75,11 +73,42 @@ impl TokenRegistry {
         Ok(Arc::clone(open.entry(key).or_insert(token)))
     }
 
+    /// What the member's token says of itself and which mechanisms it has:
+    /// from the open token if the service uses it, else asked once without a
+    /// login (a reader's request must never try a PIN, nor hold a login).
+    pub fn describe(&self, connection: Uuid, member: &Member) -> Result<TokenInfo, Unavailable> {
+        let key = (connection, member.serial_number.clone());
+        if let Some(open) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(open.info().clone());
+        }
+        let mut described = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(info) = described.get(&key) {
+            return Ok(info.clone());
+        }
+        let info = self
+            .module
+            .describe_token(&member.partition_label, Some(&member.serial_number))
+            .map_err(|e| unreachable(member, &e))?;
+        described.insert(key, info.clone());
+        Ok(info)
+    }
+
     /// Closes the tokens of a deleted connection.
     pub fn forget_connection(&self, connection: Uuid) {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(c, _), _| *c != connection);
+        self.described
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(c, _), _| *c != connection);
     }
+}
+
+fn unreachable(member: &Member, error: &TokenError) -> Unavailable {
+    format!(
+        "partition {:?} (serial {}) is not reachable: {error}",
+        member.partition_label, member.serial_number
+    )
 }

@@ -181,7 +181,7 @@ impl From<&Member> for MemberView {
 /// A member's token as the service found it, probed once when first opened.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemberTokenView {
-    /// False when the token cannot be opened now; `error` says why.
+    /// False when the module cannot find or read the token now; `error` says why.
     pub reachable: bool,
     pub manufacturer: String,
     pub model: String,

@@ -136,10 +136,10 @@ fn postgres_callers_racing_to_open_a_token_share_one_instance() {
 }
 
 /// openCryptoki's soft tokens, as an operator made them: each registers on
-/// its own (all report serial 123), an HA group of them is refused before any
-/// PIN is tried (no elliptic curves, so no replication), and a second token
-/// is refused with the reason while the first is open in this process (the
-/// module shares one login among them).
+/// its own (all report serial 123); an HA group of them is refused before any
+/// PIN is tried (one serial; and even alone, no elliptic curves, so no
+/// replication); a second token is refused with the reason while the first
+/// is open in this process (the module shares one login among them).
 fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     let store = &db.store;
     let m = TestModule::OpenCryptoki;
@@ -148,6 +148,15 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
 
     let group = request("ock-ha", true, &[a, b], USER_PIN).validate().unwrap();
     let err = register_connection(store, m.module(), group).unwrap_err();
+    assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "partitions {a:?} and {b:?} both report serial number \"123\""
+        )),
+        "{err}"
+    );
+    let alone = request("ock-ha", true, &[a], USER_PIN).validate().unwrap();
+    let err = register_connection(store, m.module(), alone).unwrap_err();
     assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
     assert!(
         err.to_string().starts_with(&format!(

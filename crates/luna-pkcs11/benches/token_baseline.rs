@@ -106,7 +106,7 @@ fn main() {
     }
     let home = SoftHsmHome::open(
         home_dir.path(),
-        std::env::var_os("LUNA_PKCS11_MODULE")
+        std::env::var_os("LUNA_TEST_SOFTHSM_MODULE")
             .map(PathBuf::from)
             .as_deref(),
     )

@@ -37,8 +37,14 @@ pub enum TokenError {
     NoCloningDomain { from: String, to: String },
     #[error("the module has no free slot to initialise a new token in")]
     NoFreeSlot,
-    #[error("token {token:?} does not support {mechanism}, and mechanism remapping is off")]
-    MechanismUnsupported { token: String, mechanism: String },
+    /// `why` ends the sentence: the remap target is missing too, or
+    /// remapping is off (empty when the mechanism has no remap).
+    #[error("token {token:?} does not support {mechanism}{why}")]
+    MechanismUnsupported {
+        token: String,
+        mechanism: String,
+        why: String,
+    },
     #[error("object {handle} holds a malformed {attribute}: {problem}")]
     MalformedObject {
         handle: u64,

@@ -51,12 +51,18 @@ impl TokenInfo {
         if self.supports(requested) {
             return Ok(requested);
         }
+        let unsupported = |why: String| TokenError::MechanismUnsupported {
+            token: self.label.clone(),
+            mechanism: requested.to_string(),
+            why,
+        };
         match requested.remap_target() {
             Some(target) if remap && self.supports(target) => Ok(target),
-            _ => Err(TokenError::MechanismUnsupported {
-                token: self.label.clone(),
-                mechanism: requested.to_string(),
-            }),
+            Some(target) if remap => Err(unsupported(format!(
+                ", nor {target}, the mechanism it is remapped to"
+            ))),
+            Some(_) => Err(unsupported(", and mechanism remapping is off".into())),
+            None => Err(unsupported(String::new())),
         }
     }
 
@@ -65,9 +71,25 @@ impl TokenInfo {
     pub fn missing_for_replication(&self) -> Vec<&'static str> {
         REPLICATION_MECHANISMS
             .iter()
-            .filter(|(_, code)| !self.mechanisms.contains(code))
+            .filter(|(_, code)| !self.mechanisms.contains(&object::widen(*code)))
             .map(|(name, _)| *name)
             .collect()
+    }
+
+    /// Why keys cannot be replicated to or from this token, if they cannot.
+    pub fn cannot_replicate(&self) -> Option<String> {
+        let missing = self.missing_for_replication();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "partition {:?} ({} {}) lacks {}, which HA members need to replicate keys (the cloning \
+                 domain and the transfer of extractable keys both agree a key by ECDH and wrap with AES \
+                 key wrap)",
+                self.label,
+                self.manufacturer,
+                self.model,
+                missing.join(", ")
+            )
+        })
     }
 }
 
@@ -171,4 +193,46 @@ pub trait Partition: Send + Sync + std::fmt::Debug {
     fn export_for_offer(&self, object: &ObjectDescription, offer: &TransportOffer) -> Result<Portable>;
     /// Without a cloning domain: unwraps with the key agreed from `offer`.
     fn import_offered(&self, portable: &Portable, offer: &TransportOffer) -> Result<ObjectDescription>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_mechanism_says_whether_remapping_could_help() {
+        let token = |mechanisms: Vec<u64>| TokenInfo {
+            label: "t".into(),
+            serial_number: "1".into(),
+            manufacturer: String::new(),
+            model: String::new(),
+            mechanisms,
+        };
+        let none = token(Vec::new());
+        let sentence =
+            |m: Mechanism, remap: bool| none.generation_mechanism(m, remap).unwrap_err().to_string();
+        assert_eq!(
+            sentence(Mechanism::RsaX931KeyPairGen, false),
+            r#"token "t" does not support CKM_RSA_X9_31_KEY_PAIR_GEN, and mechanism remapping is off"#
+        );
+        assert_eq!(
+            sentence(Mechanism::RsaX931KeyPairGen, true),
+            r#"token "t" does not support CKM_RSA_X9_31_KEY_PAIR_GEN, nor CKM_RSA_PKCS_KEY_PAIR_GEN, the mechanism it is remapped to"#
+        );
+        assert_eq!(
+            sentence(Mechanism::AesKeyGen, true),
+            r#"token "t" does not support CKM_AES_KEY_GEN"#
+        );
+        let rsa = token(vec![object::mechanism_code(Mechanism::RsaPkcsKeyPairGen)]);
+        assert_eq!(
+            rsa.generation_mechanism(Mechanism::RsaFips1863PrimeKeyPairGen, true)
+                .unwrap(),
+            Mechanism::RsaPkcsKeyPairGen
+        );
+        assert_eq!(none.missing_for_replication().len(), 3);
+        assert!(none
+            .cannot_replicate()
+            .unwrap()
+            .contains("lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD"));
+    }
 }

@@ -135,7 +135,9 @@ impl Module {
     }
 
     /// Every slot with a token in it, and what the token says of itself. A
-    /// token taken out between the two calls is left out.
+    /// token taken out between the two calls is left out, and so is one whose
+    /// information cannot be read at all (with a warning naming the slot):
+    /// one bad slot does not hide the others.
     fn slots_with_tokens(&self) -> Result<Vec<(Slot, TokenSummary)>> {
         let slots = self
             .context
@@ -150,7 +152,9 @@ impl Module {
                         e.rv(),
                         Some(RvError::TokenNotPresent | RvError::TokenNotRecognized)
                     ) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(slot = slot.id(), error = %e, "a slot's token information cannot be read; the slot is left out");
+                }
             }
         }
         Ok(found)

@@ -93,10 +93,10 @@ pub(crate) fn mechanism_code(mechanism: Mechanism) -> u64 {
 /// The mechanisms replication needs on every member of an HA group, beside
 /// the generation ones: the cloning domain and the ephemeral agreement both
 /// make P-256 pairs, derive AES keys by ECDH and wrap with AES key wrap.
-pub const REPLICATION_MECHANISMS: &[(&str, u64)] = &[
-    ("CKM_EC_KEY_PAIR_GEN", 0x1040),
-    ("CKM_ECDH1_DERIVE", 0x1050),
-    ("CKM_AES_KEY_WRAP_PAD", 0x210A),
+pub const REPLICATION_MECHANISMS: &[(&str, CkUlong)] = &[
+    ("CKM_EC_KEY_PAIR_GEN", cryptoki_sys::CKM_EC_KEY_PAIR_GEN),
+    ("CKM_ECDH1_DERIVE", cryptoki_sys::CKM_ECDH1_DERIVE),
+    ("CKM_AES_KEY_WRAP_PAD", cryptoki_sys::CKM_AES_KEY_WRAP_PAD),
 ];
 
 /// The raw codes of every mechanism whose support `TokenInfo` reports: the
@@ -105,7 +105,7 @@ pub(crate) fn probed_codes() -> impl Iterator<Item = u64> {
     Mechanism::ALL
         .iter()
         .map(|m| mechanism_code(*m))
-        .chain(REPLICATION_MECHANISMS.iter().map(|(_, code)| *code))
+        .chain(REPLICATION_MECHANISMS.iter().map(|(_, code)| widen(*code)))
 }
 
 /// A mechanism type from its raw code, for `C_GetMechanismInfo` and

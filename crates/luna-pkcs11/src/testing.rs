@@ -4,8 +4,9 @@
 //! - SoftHSM2 reads its configuration once per process, so a test process has
 //!   one home, in which each test initialises tokens of its own with fresh
 //!   labels (tests stay independent and parallel). `module`, `fresh_token`
-//!   and `fresh_token_label` are its shortcuts. Set `LUNA_PKCS11_MODULE` to
-//!   test against another SoftHSM2 build.
+//!   and `fresh_token_label` are its shortcuts. Set `LUNA_TEST_SOFTHSM_MODULE` to
+//!   test against another SoftHSM2 build (not the server's
+//!   `LUNA_PKCS11_MODULE`, which an operator may have set).
 //! - openCryptoki's configuration and token store are machine-wide, and its
 //!   slots are fixed when its daemon starts: `scripts/bootstrap` adds four
 //!   soft-token slots described "luna-cckm test slot" (no other slot is ever
@@ -167,7 +168,7 @@ pub fn home() -> &'static SoftHsmHome {
             .tempdir()
             .expect("a temporary directory for SoftHSM2 tokens")
             .keep();
-        let module = std::env::var_os("LUNA_PKCS11_MODULE").map(PathBuf::from);
+        let module = std::env::var_os("LUNA_TEST_SOFTHSM_MODULE").map(PathBuf::from);
         SoftHsmHome::open(&dir, module.as_deref()).expect("SoftHSM2 (package softhsm2) is installed")
     })
 }

@@ -13,68 +13,67 @@ use std::path::Path;
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CryptokiError, Rv};
 use cryptoki::slot::Slot;
-use cryptoki_sys::{CKF_CLOCK_ON_TOKEN, CKF_TOKEN_INITIALIZED, CK_TOKEN_INFO};
+use cryptoki_sys::{
+    CKF_CLOCK_ON_TOKEN, CKF_TOKEN_INITIALIZED, CK_FUNCTION_LIST, CK_RV, CK_SLOT_ID, CK_TOKEN_INFO,
+};
 
 use crate::error::{call, Result};
 use crate::module::TokenSummary;
 
 /// The module's `C_GetTokenInfo`, called directly.
+#[derive(Debug)]
 pub(crate) struct TokenInfoReader {
-    /// The module loaded a second time: `dlopen` hands back the instance the
-    /// context initialised, so this is the same module, not a new one. It is
-    /// never unloaded: openCryptoki registers exit handlers in its own code,
-    /// and a process that unloaded it first crashed as it exited (SIGSEGV at
-    /// the end of a graceful stop, seen here). This handle keeps it loaded.
-    library: &'static cryptoki_sys::Pkcs11,
-}
-
-impl std::fmt::Debug for TokenInfoReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenInfoReader").finish_non_exhaustive()
-    }
+    get_token_info: unsafe extern "C" fn(CK_SLOT_ID, *mut CK_TOKEN_INFO) -> CK_RV,
 }
 
 impl TokenInfoReader {
+    /// Loads the module a second time (`dlopen` hands back the instance the
+    /// context initialised) and takes `C_GetTokenInfo` from its function
+    /// list: PKCS#11 requires only `C_GetFunctionList` to be exported.
+    ///
+    /// The module is never unloaded, once per `Module::open` of a path not
+    /// already open: openCryptoki registers exit handlers in its own code, and
+    /// a process that had unloaded it crashed as it exited (SIGSEGV at the end
+    /// of a graceful stop, seen here). This handle keeps it loaded.
     pub(crate) fn load(path: &Path) -> std::result::Result<Self, CryptokiError> {
         // SAFETY: loading a PKCS#11 module runs its initialisers, as cryptoki's
-        // own `Pkcs11::new` does for the same file just before; the library
-        // stays loaded for as long as `library` lives.
+        // own `Pkcs11::new` does for the same file just before.
         #[allow(unsafe_code)]
         let library = unsafe { cryptoki_sys::Pkcs11::new(path) }.map_err(CryptokiError::LibraryLoading)?;
-        Ok(TokenInfoReader {
-            library: Box::leak(Box::new(library)),
-        })
+        let library: &'static cryptoki_sys::Pkcs11 = Box::leak(Box::new(library));
+        let get_function_list = library
+            .C_GetFunctionList
+            .as_ref()
+            .map_err(|_| CryptokiError::NullFunctionPointer)?;
+        let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+        // SAFETY: `C_GetFunctionList` writes a pointer to the module's own
+        // function list into the pointer we own.
+        #[allow(unsafe_code)]
+        let rv = unsafe { get_function_list(&mut list) };
+        Rv::from(rv).into_result(Function::GetFunctionList)?;
+        // SAFETY: after CKR_OK the pointer is null or points at the module's
+        // function list, which lives as long as the module (loaded for good,
+        // above); null, or a null entry, is refused.
+        #[allow(unsafe_code)]
+        let list = unsafe { list.as_ref() };
+        let get_token_info = list
+            .and_then(|list| list.C_GetTokenInfo)
+            .ok_or(CryptokiError::NullFunctionPointer)?;
+        Ok(TokenInfoReader { get_token_info })
     }
 
     /// What the token in `slot` says of itself.
     pub(crate) fn read(&self, slot: Slot) -> Result<TokenSummary> {
-        let get_token_info = self
-            .library
-            .C_GetTokenInfo
-            .as_ref()
-            .map_err(|_| call("C_GetTokenInfo")(CryptokiError::NullFunctionPointer))?;
         let mut info = CK_TOKEN_INFO::default();
         // SAFETY: `C_GetTokenInfo` takes a slot id and fills the CK_TOKEN_INFO it
         // is pointed at (a fixed-size struct we own); the module was initialised
         // by this process's context before any slot was listed.
         #[allow(unsafe_code)]
-        let rv = unsafe { get_token_info(slot.id().into_ck(), &mut info) };
+        let rv = unsafe { (self.get_token_info)(slot.into(), &mut info) };
         Rv::from(rv)
             .into_result(Function::GetTokenInfo)
             .map_err(call("C_GetTokenInfo"))?;
         Ok(summarize(&info))
-    }
-}
-
-/// `u64` → `CK_ULONG`; a slot id came from the module as a `CK_ULONG`.
-trait IntoCk {
-    fn into_ck(self) -> cryptoki_sys::CK_ULONG;
-}
-
-impl IntoCk for u64 {
-    #[allow(clippy::unnecessary_cast)]
-    fn into_ck(self) -> cryptoki_sys::CK_ULONG {
-        self as cryptoki_sys::CK_ULONG
     }
 }
 

@@ -183,13 +183,11 @@ pub async fn get_partition(
     let tokens = Arc::clone(&state.tokens);
     let tenancy = state.tenancy.clone();
     let view = blocking(move || {
-        let remap = store
-            .get_connection(partition.connection_id)?
-            .is_none_or(|c| c.remap_rsa_mechanisms);
+        let remap = registry::remaps_rsa_mechanisms(&store, partition.connection_id)?;
         let mut view = PartitionView::new(&partition, &tenancy);
         for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
-            let token = tokens.member(partition.connection_id, member);
-            let info = token.as_deref().map(|t| t.info()).map_err(String::as_str);
+            let info = tokens.describe(partition.connection_id, member);
+            let info = info.as_ref().map_err(String::as_str);
             // Creates run on the first member.
             if index == 0 {
                 view.mechanisms = info.ok().map(|info| MechanismView::plan(info, remap));

@@ -282,11 +282,8 @@ impl Runner {
     fn create(&self, op: &Operation, key_id: Uuid, public_key_id: Option<Uuid>) -> Outcome {
         let ids: Vec<Uuid> = std::iter::once(key_id).chain(public_key_id).collect();
         let (mut keys, partition) = self.load(&ids)?;
-        let remap = self
-            .store
-            .get_connection(partition.connection_id)
-            .map_err(|e| format!("the connection record could not be read: {e}"))?
-            .is_none_or(|c| c.remap_rsa_mechanisms);
+        let remap = crate::registry::remaps_rsa_mechanisms(&self.store, partition.connection_id)
+            .map_err(|e| format!("the connection record could not be read: {e}"))?;
         let first = partition.members.first().ok_or("the partition has no members")?;
         let token = self.tokens.member(partition.connection_id, first)?;
         let spec = &keys[0];
@@ -545,15 +542,8 @@ pub(super) fn transfer(
 ) -> Result<(), String> {
     if object.object_type != Some(luna_domain::ObjectType::PublicKey) {
         // Registration refuses such members; a module changed since is named here.
-        for token in [source, target] {
-            let missing = token.info().missing_for_replication();
-            if !missing.is_empty() {
-                return Err(format!(
-                    "partition {:?} lacks {}, which replication needs",
-                    token.info().label,
-                    missing.join(", ")
-                ));
-            }
+        if let Some(reason) = [source, target].iter().find_map(|t| t.info().cannot_replicate()) {
+            return Err(reason);
         }
     }
     let in_domain = source
