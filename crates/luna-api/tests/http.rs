@@ -227,6 +227,8 @@ on_both_backends! {
             ("POST", "/connectionmgmt/services/luna-network/connections".into(), Some(json!({"name": "x", "password": "p", "partitions": [{"partition_label": "a"}, {"partition_label": "b"}]}).to_string()), Some("application/json"), 400, "exactly one partition"),
             ("POST", "/connectionmgmt/services/luna-network/connections".into(), Some(json!({"name": "x", "password": "p", "partitions": [{"partition_label": "no-such-token"}]}).to_string()), Some("application/json"), 400, "no token labelled"),
             ("POST", "/cckm/hsm/luna/add-partition".into(), Some(json!({"connection": "nobody"}).to_string()), Some("application/json"), 404, "no connection"),
+            // The contract's sizes are numbers; a quoted one is refused, not read.
+            ("POST", KEYS.into(), Some(json!({"label": "s", "size": "256", "partition_id": kid, "mechanism": "CKM_AES_KEY_GEN"}).to_string()), Some("application/json"), 400, "invalid type: string \"256\""),
         ];
         for (method, path, body, content_type, expected, needle) in cases {
             let auth = format!("Bearer {}", api.token);

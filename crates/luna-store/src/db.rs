@@ -64,6 +64,28 @@ pub fn parse_url(url: &str) -> Result<(Backend, String)> {
     Err(StoreError::UnsupportedUrl)
 }
 
+/// Creates a new SQLite database file readable and writable by its owner
+/// only, before SQLite opens it: SQLite gives its `-wal` and `-shm` files the
+/// database file's mode, and would otherwise make all three world-readable
+/// (0644 under the usual umask). An existing file is left as it is.
+pub fn create_private_file(target: &str) -> Result<()> {
+    if target == ":memory:" || target.starts_with("file:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(target) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::DatabaseFile {
+            path: target.into(),
+            source,
+        }),
+    }
+}
+
 /// Opens connections of the URL's backend (the derived `establish` would try
 /// every backend in turn, and SQLite accepts any string as a file name).
 #[derive(Debug)]

@@ -31,6 +31,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the database file {} could not be created readable by its owner only", path.display())]
+    DatabaseFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a stored PIN could not be decrypted: the data directory's key is not the one it was sealed with, or the row was altered")]
     PinDecrypt,
 }

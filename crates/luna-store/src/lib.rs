@@ -61,6 +61,9 @@ impl Store {
     /// Connects to the URL's backend and brings its schema up to date.
     pub fn open(url: &str, pins: PinCipher, options: PoolOptions) -> Result<Store> {
         let (backend, target) = db::parse_url(url)?;
+        if backend == Backend::Sqlite {
+            db::create_private_file(&target)?;
+        }
         let manager = Manager::new(backend, target);
         // Migrate on one connection before the pool opens more.
         db::run_migrations(&mut manager.connect()?)?;

@@ -613,3 +613,29 @@ fn urls_pick_the_backend_and_bad_ones_are_refused() {
     }
     let _ = Utc::now();
 }
+
+/// SQLite gives its `-wal` and `-shm` files the database file's mode: all
+/// three are readable by their owner only (key records, sealed PINs).
+#[cfg(unix)]
+#[test]
+fn a_new_sqlite_database_and_its_journal_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDatabase::sqlite().unwrap();
+    db.store
+        .append_audit(&luna_store::AuditEntry {
+            at: now(),
+            username: "test".into(),
+            action: "write".into(),
+            target: "something".into(),
+            outcome: "succeeded".into(),
+            request_id: "r".into(),
+            client: "c".into(),
+        })
+        .unwrap();
+    let file = db.url.strip_prefix("sqlite://").unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{file}{suffix}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path}");
+    }
+}
