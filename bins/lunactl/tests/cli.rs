@@ -5,10 +5,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use luna_api::auth::Auth;
-use luna_api::runner::RunnerSettings;
 use luna_api::server::{bootstrap_admin, start, Config};
 use luna_api::testing::{Api, ADMIN_PASSWORD, SIGNING_KEY};
 use luna_api::view::Tenancy;
@@ -335,11 +333,7 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
         module: luna_pkcs11::testing::module().clone(),
         auth: Auth::new(&SIGNING_KEY, 300),
         tenancy: Tenancy::default(),
-        runner: RunnerSettings {
-            workers: 1,
-            lease: chrono::Duration::seconds(5),
-            poll: Duration::from_millis(200),
-        },
+        runner: luna_api::testing::runner_settings(1),
         tls: Some(luna_api::tls::server_config(&cert, &key).unwrap()),
         http_workers: 1,
     };

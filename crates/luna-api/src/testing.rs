@@ -38,6 +38,17 @@ pub struct Api {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Taken by `stop`; present for the server's whole life.
     db: Option<TestDatabase>,
+    store: luna_store::Store,
+}
+
+/// The runner settings of test servers: short leases and polls.
+pub fn runner_settings(workers: usize) -> RunnerSettings {
+    RunnerSettings {
+        workers,
+        lease: chrono::Duration::seconds(5),
+        poll: Duration::from_millis(200),
+        after_scan: None,
+    }
 }
 
 impl Api {
@@ -52,23 +63,41 @@ impl Api {
 
     /// A server on another PKCS#11 module (`TestModule::module`).
     pub fn start_on(db: TestDatabase, module: &Arc<Module>, workers: usize) -> Api {
+        let store = db.store.clone();
+        Api::launch(store, Some(db), module, runner_settings(workers))
+    }
+
+    /// A second server instance on this one's database (its own store, pool,
+    /// token registry and runner), as several instances share one database.
+    pub fn beside(&self, settings: RunnerSettings) -> Api {
+        let store = self
+            .db
+            .as_ref()
+            .expect("the first instance holds the database")
+            .second_store()
+            .unwrap();
+        Api::launch(store, None, module(), settings)
+    }
+
+    fn launch(
+        store: luna_store::Store,
+        db: Option<TestDatabase>,
+        module: &Arc<Module>,
+        runner: RunnerSettings,
+    ) -> Api {
         let dir = tempfile::tempdir().unwrap();
         bootstrap_admin(
-            &db.store,
+            &store,
             Some(&SecretString::from(ADMIN_PASSWORD)),
             &dir.path().join("pw"),
         )
         .unwrap();
         let config = Config {
-            store: db.store.clone(),
+            store: store.clone(),
             module: Arc::clone(module),
             auth: Auth::new(&SIGNING_KEY, 300),
             tenancy: Tenancy::default(),
-            runner: RunnerSettings {
-                workers,
-                lease: chrono::Duration::seconds(5),
-                poll: Duration::from_millis(200),
-            },
+            runner,
             tls: None,
             http_workers: 2,
         };
@@ -88,7 +117,8 @@ impl Api {
             token: String::new(),
             handle,
             thread: Some(thread),
-            db: Some(db),
+            db,
+            store,
         };
         let (status, body) = api.call(
             "POST",
@@ -260,7 +290,7 @@ impl Api {
     }
 
     pub fn store(&self) -> &luna_store::Store {
-        &self.db.as_ref().unwrap().store
+        &self.store
     }
 }
 

@@ -57,6 +57,106 @@ fn start(api: &Api, kind: &str, body: Value) -> Value {
     job
 }
 
+/// Instance A (no workers) takes requests; instance B, on the same database,
+/// runs every operation. B's refresh stops between its scan and its reading
+/// of the records, and there a create through A runs to its end (on B's other
+/// worker): the key's object was made after the scan went by, and its record
+/// is AVAILABLE when the refresh reads it.
+fn a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted(
+    db: luna_store::testing::TestDatabase,
+) {
+    let a = Api::start_with(db, 0);
+    let partition = a.partition("race", 1);
+    let pid = partition["id"].as_str().unwrap().to_owned();
+    let created = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let hook = {
+        let (base, token, pid, created) = (
+            a.base.clone(),
+            a.token.clone(),
+            pid.clone(),
+            std::sync::Arc::clone(&created),
+        );
+        move || {
+            let mut created = created.lock().unwrap();
+            if created.is_some() {
+                return;
+            }
+            let call = |request: ureq::Request| match request
+                .set("Authorization", &format!("Bearer {token}"))
+                .call()
+            {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r.into_json::<Value>().unwrap(),
+                Err(e) => panic!("{e}"),
+            };
+            let answer = match ureq::post(&format!("{base}{KEYS}"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .send_json(json!({"label": "made-during-refresh", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}))
+            {
+                Ok(r) => r.into_json::<Value>().unwrap(),
+                Err(e) => panic!("{e}"),
+            };
+            let id = answer["id"].as_str().unwrap().to_owned();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while call(ureq::get(&format!("{base}{KEYS}/{id}")))["status"] != "AVAILABLE" {
+                assert!(Instant::now() < deadline, "the create ran on the other worker");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            *created = Some(id);
+        }
+    };
+    let b = a.beside(luna_api::runner::RunnerSettings {
+        after_scan: Some(luna_api::runner::AfterScan(std::sync::Arc::new(hook))),
+        ..luna_api::testing::runner_settings(2)
+    });
+    let job = start(&a, "refresh", json!({"partitions": [pid]}));
+    assert_eq!(
+        ended(&b, "refresh", job["id"].as_str().unwrap())["overall_status"],
+        "completed"
+    );
+    let id = created
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the create landed between the scan and the plan");
+    let key = a.get(&format!("{KEYS}/{id}")).1;
+    assert_eq!(
+        (key["status"].as_str(), key["operation_status"].as_str()),
+        (Some("AVAILABLE"), Some("created")),
+        "{key}"
+    );
+    // The next refresh sees the object, and the key stays managed.
+    let job = start(&a, "refresh", json!({"partitions": [pid]}));
+    assert_eq!(
+        ended(&b, "refresh", job["id"].as_str().unwrap())["overall_status"],
+        "completed"
+    );
+    let key = a.get(&format!("{KEYS}/{id}")).1;
+    assert_eq!(key["status"], "AVAILABLE", "{key}");
+    assert!(
+        key["replication_info"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v == "available"),
+        "{key}"
+    );
+    drop(b);
+}
+
+#[test]
+fn postgres_a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted() {
+    a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted(
+        luna_store::testing::TestDatabase::postgres().unwrap(),
+    );
+}
+
+#[test]
+fn sqlite_a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted() {
+    a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted(
+        luna_store::testing::TestDatabase::sqlite().unwrap(),
+    );
+}
+
 on_both_backends! {
     fn refresh_finds_outside_keys_picks_up_changes_and_ends_gone_ones_deleted(db: TestDatabase) {
         let api = Api::start(db);

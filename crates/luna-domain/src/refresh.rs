@@ -51,6 +51,24 @@ pub struct RefreshScope {
     pub members: Vec<String>,
 }
 
+/// The records as they were when the scan began (each one's `updated_at`).
+/// A record changed or made since may have made its object after the scan
+/// passed that object's place: that the scan missed the object proves nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BeforeScan(BTreeMap<Uuid, DateTime<Utc>>);
+
+impl BeforeScan {
+    pub fn of(records: &[Key]) -> BeforeScan {
+        BeforeScan(records.iter().map(|k| (k.id, k.updated_at)).collect())
+    }
+
+    /// Whether `record` is as it was before the scan (every change of a
+    /// record moves its `updated_at`).
+    pub fn unchanged(&self, record: &Key) -> bool {
+        self.0.get(&record.id) == Some(&record.updated_at)
+    }
+}
+
 /// The records to insert (objects made outside the service) and to update.
 #[derive(Debug, Default, PartialEq)]
 pub struct RefreshPlan {
@@ -59,12 +77,21 @@ pub struct RefreshPlan {
     pub updated: Vec<(Key, KeyLifecycle)>,
 }
 
-/// The key records and what each member holds → what to write.
+/// The key records (read after the scan) and what each member holds → what
+/// to write.
 ///
 /// Records with an operation in progress are left alone (their operation will
 /// write them). A record whose object no member holds ends `DELETED`, unless a
-/// member could not be read (then nothing can be concluded).
-pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: DateTime<Utc>) -> RefreshPlan {
+/// member could not be read (then nothing can be concluded), or the record
+/// changed since the scan began (`before`): a create that finished meanwhile
+/// may have made its object after the scan went by.
+pub fn plan(
+    scope: &RefreshScope,
+    before: &BeforeScan,
+    records: &[Key],
+    seen: &[MemberView],
+    now: DateTime<Utc>,
+) -> RefreshPlan {
     // object_uid → (member index → object)
     let mut found: BTreeMap<&str, BTreeMap<usize, &ObservedObject>> = BTreeMap::new();
     for (m, view) in seen.iter().enumerate() {
@@ -126,6 +153,7 @@ pub fn plan(scope: &RefreshScope, records: &[Key], seen: &[MemberView], now: Dat
                 key.replication_info = info;
                 key.replicated = false;
             }
+            None if !before.unchanged(record) => continue,
             None => {
                 if key.apply(&KeyEvent::Vanished, now).is_err() {
                     continue;
@@ -365,7 +393,7 @@ mod tests {
             ]),
             MemberView::Read(vec![kept.clone(), renamed_now]),
         ];
-        let plan = plan(&s, &records, &seen, Utc::now());
+        let plan = plan(&s, &BeforeScan::of(&records), &records, &seen, Utc::now());
         let updated: BTreeMap<&str, &Key> = plan
             .updated
             .iter()
@@ -399,6 +427,32 @@ mod tests {
         assert!(!private.replicated);
     }
 
+    /// The race a refresh must lose: the scan went by, then a create (or any
+    /// change) finished; the record is AVAILABLE and its object is not in
+    /// the scan. It is not marked DELETED; a record unchanged since the scan
+    /// began, whose object is gone, is.
+    #[test]
+    fn a_record_changed_since_the_scan_began_is_never_concluded_deleted() {
+        let s = scope();
+        let gone = record(&s, &object("aa04", ObjectType::SecretKey, b"\xaa", "gone"));
+        let mut finished = record(&s, &object("bb04", ObjectType::SecretKey, b"\xbb", "finished"));
+        let made_during = record(&s, &object("cc04", ObjectType::SecretKey, b"\xcc", "made during"));
+        let before = BeforeScan::of(&[gone.clone(), finished.clone()]);
+        finished.updated_at += chrono::Duration::milliseconds(3);
+        let records = vec![gone.clone(), finished.clone(), made_during.clone()];
+        let seen = vec![MemberView::Read(vec![]), MemberView::Read(vec![])];
+        let plan = plan(&s, &before, &records, &seen, Utc::now());
+        let ended: Vec<Uuid> = plan
+            .updated
+            .iter()
+            .filter(|(k, _)| k.lifecycle.status == KeyStatus::Deleted)
+            .map(|(k, _)| k.id)
+            .collect();
+        assert_eq!(ended, [gone.id], "only the unchanged record ends DELETED");
+        assert!(plan.updated.iter().all(|(k, _)| k.id == gone.id), "{plan:?}");
+        assert!(plan.inserted.is_empty());
+    }
+
     #[test]
     fn an_unreachable_member_stops_deletion_and_says_why() {
         let s = scope();
@@ -408,7 +462,7 @@ mod tests {
             MemberView::Read(vec![]),
             MemberView::Unreachable("member s2 is down".into()),
         ];
-        let plan = plan(&s, &records, &seen, Utc::now());
+        let plan = plan(&s, &BeforeScan::of(&records), &records, &seen, Utc::now());
         let (key, _) = &plan.updated[0];
         assert_eq!(
             key.lifecycle.status,
@@ -428,9 +482,11 @@ mod tests {
         let mut recorded = record(&s, &on_token);
         recorded.attributes.set(Attribute::Extractable, false);
         recorded.label = "renamed since".into();
+        let records = [recorded];
         let plan = plan(
             &s,
-            &[recorded],
+            &BeforeScan::of(&records),
+            &records,
             &[
                 MemberView::Read(vec![on_token.clone()]),
                 MemberView::Read(vec![on_token]),
@@ -453,9 +509,11 @@ mod tests {
             operation_status: OperationStatus::InProgress,
             operation_error: None,
         };
+        let records = [busy];
         let plan = plan(
             &s,
-            &[busy],
+            &BeforeScan::of(&records),
+            &records,
             &[MemberView::Read(vec![]), MemberView::Read(vec![])],
             Utc::now(),
         );
@@ -478,7 +536,7 @@ mod tests {
             MemberView::Read(vec![private.clone(), public.clone()]),
             MemberView::Read(vec![private, public]),
         ];
-        let plan = plan(&s, &records, &seen, Utc::now());
+        let plan = plan(&s, &BeforeScan::of(&records), &records, &seen, Utc::now());
         assert!(plan.inserted.is_empty());
         assert_eq!(plan.updated.len(), 2);
         for (k, _) in &plan.updated {
@@ -496,6 +554,7 @@ mod tests {
         let public = object("fp-2", ObjectType::PublicKey, b"", "no id");
         let plan = plan(
             &s,
+            &BeforeScan::default(),
             &[],
             &[MemberView::Read(vec![private, public]), MemberView::Read(vec![])],
             Utc::now(),

@@ -37,6 +37,11 @@ fn small_pool() -> PoolOptions {
 }
 
 impl TestDatabase {
+    /// Another store on the same database, as a second server instance has.
+    pub fn second_store(&self) -> Result<Store> {
+        Store::open(&self.url, test_cipher(), small_pool())
+    }
+
     pub fn sqlite() -> Result<TestDatabase> {
         let dir = tempfile::tempdir().map_err(|source| crate::StoreError::KeyFile {
             path: std::env::temp_dir(),

@@ -269,6 +269,21 @@ on_both_backends! {
         assert!(store.forget_key(private.id).unwrap().is_none());
     }
 
+    // What a refresh records while it scans: only objects no record of the
+    // partition names (a create accepted meanwhile has its record already).
+    fn objects_recorded_during_a_scan_never_get_a_second_record(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-early");
+        let other = registered_partition(store, "hsm-other");
+        let named = |p: &Partition, uid: &str| Key { object_uid: uid.into(), ..key(p, uid, ObjectType::SecretKey, 256) };
+        store.insert_keys(&[named(&partition, "aa04"), named(&other, "cc04")]).unwrap();
+        let batch = [named(&partition, "aa04"), named(&partition, "bb04"), named(&partition, "cc04")];
+        assert_eq!(store.insert_unrecorded_keys(partition.id, &batch).unwrap(), 2, "bb04 and cc04 (cc04 is another partition's)");
+        assert_eq!(store.insert_unrecorded_keys(partition.id, &batch).unwrap(), 0, "all recorded now");
+        let mut uids: Vec<String> = store.keys_of_partition(partition.id).unwrap().into_iter().map(|k| k.object_uid).collect();
+        uids.sort();
+        assert_eq!(uids, ["aa04", "bb04", "cc04"]);
+    }
+
     fn two_requests_racing_for_one_key_get_one_operation(store: &Store, _db: &TestDatabase) {
         let partition = registered_partition(store, "hsm-race");
         let mut k = key(&partition, "race", ObjectType::SecretKey, 256);

@@ -4,12 +4,12 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use luna_domain::refresh::{first_sight, plan, MemberView, ObservedObject, RefreshScope};
+use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
 use luna_domain::{Job, JobEvent, JobStatus, JobType, Partition};
 use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
 
-use super::Runner;
+use super::{AfterScan, Runner};
 
 /// Objects described per `C_GetAttributeValue` round of a scan.
 const BATCH: usize = 256;
@@ -146,7 +146,15 @@ impl Runner {
             }
         };
         let stop = || self.store.job_abort_requested(job.id).unwrap_or(false);
-        let Some(mut surveyed) = self.survey(&partition, &stop, job.job_type == JobType::Refresh) else {
+        // The records as the scan begins: what changes after is not judged by it.
+        let before = match self.store.keys_of_partition(partition.id) {
+            Ok(records) => records,
+            Err(e) => return PartitionOutcome::Failed(format!("the key records could not be read: {e}")),
+        };
+        let known: Option<BTreeSet<String>> =
+            (job.job_type == JobType::Refresh).then(|| before.iter().map(|k| k.object_uid.clone()).collect());
+        let before = BeforeScan::of(&before);
+        let Some(mut surveyed) = self.survey(&partition, &stop, known.as_ref()) else {
             return PartitionOutcome::Cancelled;
         };
         let mut failures = Vec::new();
@@ -156,10 +164,13 @@ impl Runner {
                 Some(problems) => failures = problems,
             }
             // The records are refreshed from what the members hold now.
-            match self.survey(&partition, &stop, false) {
+            match self.survey(&partition, &stop, None) {
                 Some(again) => surveyed = again,
                 None => return PartitionOutcome::Cancelled,
             }
+        }
+        if let Some(AfterScan(hook)) = &self.settings.after_scan {
+            hook();
         }
         let views: Vec<MemberView> = surveyed
             .iter()
@@ -168,7 +179,7 @@ impl Runner {
                 Err(reason) => MemberView::Unreachable(reason.clone()),
             })
             .collect();
-        if let Err(reason) = self.reconcile(&partition, &views) {
+        if let Err(reason) = self.reconcile(&partition, &before, &views) {
             failures.push(reason);
         }
         if failures.is_empty() {
@@ -235,26 +246,18 @@ impl Runner {
     }
 
     /// What every member holds (its key objects, or why it could not be
-    /// read); `None` if the job was cancelled meanwhile. With `record_early`,
-    /// objects on the first member that no record knows are recorded while
-    /// the scan goes on (a writer thread beside the token's), so a refresh
-    /// costs little more than the scan; the plan made afterwards completes
-    /// and corrects them.
+    /// read); `None` if the job was cancelled meanwhile. With `known` (a
+    /// refresh: the objects the records named before the scan), objects on
+    /// the first member that no record knows are recorded while the scan goes
+    /// on (a writer thread beside the token's), so a refresh costs little more
+    /// than the scan; the plan made afterwards completes and corrects them.
     fn survey(
         &self,
         partition: &Partition,
         stop: &dyn Fn() -> bool,
-        record_early: bool,
+        known: Option<&BTreeSet<String>>,
     ) -> Option<Vec<Result<Vec<ObjectDescription>, String>>> {
         let scope = refresh_scope(partition);
-        let known: BTreeSet<String> = if record_early {
-            match self.store.keys_of_partition(partition.id) {
-                Ok(records) => records.into_iter().map(|k| k.object_uid).collect(),
-                Err(_) => return self.survey(partition, stop, false),
-            }
-        } else {
-            BTreeSet::new()
-        };
         let mut views = Vec::with_capacity(partition.members.len());
         for (m, member) in partition.members.iter().enumerate() {
             let token = match self.tokens.member(partition.connection_id, member) {
@@ -266,15 +269,16 @@ impl Runner {
             };
             let mut objects = Vec::new();
             let mut cancelled = false;
-            let stream = record_early && m == 0;
+            let stream = known.filter(|_| m == 0);
             let scanned = std::thread::scope(|threads| {
                 let (early, writes) = std::sync::mpsc::channel::<Vec<luna_domain::Key>>();
-                let writer = stream.then(|| {
+                let writer = stream.map(|_| {
                     let store = self.store.clone();
                     threads.spawn(move || {
                         for batch in writes {
                             // Only an optimisation: what fails here, the plan writes later.
-                            if let Err(error) = store.insert_keys(&batch) {
+                            // A create accepted since `known` was read has its record.
+                            if let Err(error) = store.insert_unrecorded_keys(scope.partition_id, &batch) {
                                 tracing::warn!(%error, "recording objects during a refresh failed");
                             }
                         }
@@ -286,7 +290,7 @@ impl Runner {
                         .into_iter()
                         .filter(|d| d.object_type.is_some() && !d.trusted)
                         .collect();
-                    if stream {
+                    if let Some(known) = stream {
                         let now = luna_store::now();
                         let fresh: Vec<luna_domain::Key> = keys
                             .iter()
@@ -322,13 +326,18 @@ impl Runner {
         Some(views)
     }
 
-    fn reconcile(&self, partition: &Partition, views: &[MemberView]) -> Result<(), String> {
+    fn reconcile(
+        &self,
+        partition: &Partition,
+        before: &BeforeScan,
+        views: &[MemberView],
+    ) -> Result<(), String> {
         let scope = refresh_scope(partition);
         let records = self
             .store
             .keys_of_partition(partition.id)
             .map_err(|e| format!("the key records could not be read: {e}"))?;
-        let planned = plan(&scope, &records, views, luna_store::now());
+        let planned = plan(&scope, before, &records, views, luna_store::now());
         self.store
             .apply_refresh(&planned.inserted, &planned.updated)
             .map_err(|e| format!("the key records could not be written: {e}"))?;

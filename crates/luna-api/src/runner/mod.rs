@@ -36,6 +36,20 @@ pub struct RunnerSettings {
     pub lease: Duration,
     /// How often an idle worker looks for work it was not woken for.
     pub poll: StdDuration,
+    /// Called by a job between its scan of a partition and its reading of the
+    /// records: tests land a write in that window on purpose. `None` in the
+    /// server.
+    pub after_scan: Option<AfterScan>,
+}
+
+/// See `RunnerSettings::after_scan`.
+#[derive(Clone)]
+pub struct AfterScan(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for AfterScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterScan")
+    }
 }
 
 impl Default for RunnerSettings {
@@ -44,6 +58,7 @@ impl Default for RunnerSettings {
             workers: 2,
             lease: Duration::seconds(30),
             poll: StdDuration::from_secs(2),
+            after_scan: None,
         }
     }
 }

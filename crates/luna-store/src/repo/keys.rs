@@ -282,6 +282,38 @@ impl Store {
         })
     }
 
+    /// Inserts, in one transaction, the records of objects no record of the
+    /// partition names yet (by `object_uid`); returns how many. A refresh
+    /// records objects while its scan goes on; a create accepted since it
+    /// read the records has its own record, and gets no second one.
+    pub fn insert_unrecorded_keys(&self, partition_id: Uuid, new_keys: &[Key]) -> Result<usize> {
+        self.write(|conn| {
+            let mut inserted = 0;
+            // Chunks keep each statement under SQLite's bound-parameter limit.
+            for chunk in new_keys.chunks(500) {
+                let recorded: std::collections::HashSet<String> = keys::table
+                    .filter(keys::partition_id.eq(partition_id.to_string()))
+                    .filter(keys::object_uid.eq_any(chunk.iter().map(|k| k.object_uid.as_str())))
+                    .select(keys::object_uid)
+                    .load::<String>(conn)?
+                    .into_iter()
+                    .collect();
+                let rows: Vec<KeyRow> = chunk
+                    .iter()
+                    .filter(|k| k.partition_id == partition_id && !recorded.contains(&k.object_uid))
+                    .map(KeyRow::from_domain)
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                inserted += per_backend!(conn, |c| diesel::insert_into(keys::table)
+                    .values(&rows)
+                    .execute(c))?;
+            }
+            Ok(inserted)
+        })
+    }
+
     /// Inserts many key records in one transaction (benchmarks and refresh).
     pub fn insert_keys(&self, new_keys: &[Key]) -> Result<()> {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();

@@ -1,0 +1,1 @@
+DROP INDEX keys_partition_object;
