@@ -537,6 +537,27 @@ on_both_backends! {
         assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
     }
 
+    fn an_operation_whose_workers_all_died_ends_failed_with_its_keys(db: TestDatabase) {
+        // Instance A takes the create and runs nothing; every worker that
+        // claims it dies (its lease runs out) until its attempts are spent.
+        let a = Api::start_with(db, 0);
+        let partition = a.partition("exhausted", 1);
+        let (_, created) = a.send("POST", KEYS, &json!({"label": "doomed", "size": 2048, "partition_id": partition["id"], "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"}));
+        let (id, public_id) = (created["id"].as_str().unwrap().to_owned(), created["links"]["id"].as_str().unwrap().to_owned());
+        let mut t = luna_store::now();
+        for _ in 0..luna_domain::operation::MAX_ATTEMPTS {
+            assert!(a.store().claim_next_operation("dies", t, chrono::Duration::milliseconds(1)).unwrap().is_some());
+            t += chrono::Duration::milliseconds(2);
+        }
+        // Instance B gives it up: the operation and both halves end in one write.
+        let b = a.beside(luna_api::testing::runner_settings(1));
+        for key_id in [&id, &public_id] {
+            let key = b.settled(key_id);
+            assert_eq!((key["status"].as_str(), key["operation_status"].as_str()), (Some("FAILED"), Some("failed")), "{key}");
+            assert!(key["operation_error"].as_str().unwrap().contains("interrupted 5 times and was given up"), "{key}");
+        }
+    }
+
     fn a_failed_operation_on_a_pair_ends_both_halves(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("pair-fail", 1);

@@ -167,6 +167,20 @@ impl Operation {
         Ok(())
     }
 
+    /// This running operation, ended `failed` because every attempt it had
+    /// was interrupted; the reason says so, and what the last attempt said.
+    pub fn given_up(&self, now: DateTime<Utc>) -> Result<Operation> {
+        let mut op = self.clone();
+        let reason = match &self.last_error {
+            Some(last) => format!(
+                "the operation was interrupted {MAX_ATTEMPTS} times and was given up; the last attempt said: {last}"
+            ),
+            None => format!("the operation was interrupted {MAX_ATTEMPTS} times and was given up"),
+        };
+        op.finish(Err(reason), now)?;
+        Ok(op)
+    }
+
     fn illegal(&self, event: &str) -> DomainError {
         DomainError::IllegalTransition {
             machine: "operation",

@@ -477,9 +477,11 @@ on_both_backends! {
         assert!(store.claim_next_operation("any", later + Duration::hours(1), Duration::seconds(30)).unwrap().is_none());
     }
 
-    fn an_operation_interrupted_too_often_ends_failed(store: &Store, _db: &TestDatabase) {
-        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
-        store.enqueue(&op).unwrap();
+    fn an_operation_interrupted_too_often_ends_failed_with_its_keys_in_one_write(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-exhausted");
+        let k = key(&partition, "exhausted", ObjectType::SecretKey, 256);
+        let op = create_op(&k);
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
         let mut t = now();
         for attempt in 1..=MAX_ATTEMPTS {
             let claimed = store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().unwrap();
@@ -487,11 +489,29 @@ on_both_backends! {
             t += Duration::seconds(2);
         }
         assert!(store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().is_none());
-        let failed = store.fail_exhausted_operations(t).unwrap();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].state, OperationState::Failed);
-        assert!(failed[0].last_error.as_deref().unwrap().contains("given up"));
-        assert!(store.fail_exhausted_operations(t).unwrap().is_empty());
+        let exhausted = store.exhausted_operations(t).unwrap();
+        assert_eq!(exhausted.iter().map(|o| o.id).collect::<Vec<_>>(), [op.id]);
+        let given_up = exhausted[0].given_up(t).unwrap();
+        let mut failed = store.get_key(k.id).unwrap().unwrap();
+        failed.apply(&KeyEvent::Failed(given_up.last_error.clone().unwrap()), t).unwrap();
+
+        // The dead worker came back and renewed its lease: nothing is given up,
+        // neither the operation nor its key.
+        assert!(store.renew_lease(op.id, "crashy", t + Duration::seconds(5)).unwrap());
+        assert!(!store.give_up_operation(&given_up, "crashy", t, &[failed.clone()]).unwrap());
+        assert_eq!(store.get_operation(op.id).unwrap().unwrap().state, OperationState::Running);
+        assert!(store.get_key(k.id).unwrap().unwrap().lifecycle.is_busy());
+
+        // Its lease ran out for good: the outcome and the key in one write.
+        let later = t + Duration::seconds(6);
+        assert!(store.give_up_operation(&given_up, "crashy", later, &[failed]).unwrap());
+        let stored = store.get_operation(op.id).unwrap().unwrap();
+        assert_eq!(stored.state, OperationState::Failed);
+        assert!(stored.last_error.as_deref().unwrap().contains("given up"));
+        let key = store.get_key(k.id).unwrap().unwrap();
+        assert_eq!(key.lifecycle.status, KeyStatus::Failed, "{key:?}");
+        assert!(!key.lifecycle.is_busy());
+        assert!(store.exhausted_operations(later).unwrap().is_empty());
     }
 
     fn finishing_an_operation_writes_its_keys_in_the_same_transaction(store: &Store, _db: &TestDatabase) {

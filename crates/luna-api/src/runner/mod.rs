@@ -174,10 +174,14 @@ impl Runner {
     async fn settle_exhausted(self: &Arc<Self>) {
         let me = Arc::clone(self);
         let settled = tokio::task::spawn_blocking(move || -> luna_store::Result<()> {
-            for op in me.store.fail_exhausted_operations(luna_store::now())? {
-                let reason = op.last_error.clone().unwrap_or_default();
-                for key in me.end_failed(&op.payload, &reason, luna_store::now())? {
-                    me.store.save_key(&key)?;
+            let now = luna_store::now();
+            for op in me.store.exhausted_operations(now)? {
+                let given_up = op.given_up(now)?;
+                let reason = given_up.last_error.clone().unwrap_or_default();
+                let keys = me.end_failed(&given_up.payload, &reason, now)?;
+                let owner = op.lease_owner.as_deref().unwrap_or_default();
+                if me.store.give_up_operation(&given_up, owner, now, &keys)? {
+                    tracing::warn!(operation = %op.id, %reason, "operation given up");
                 }
             }
             Ok(())

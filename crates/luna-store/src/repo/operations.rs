@@ -142,32 +142,51 @@ impl Store {
         })
     }
 
-    /// Operations whose worker died too often: they end `failed` instead of
-    /// running again, and are returned so their keys and jobs can be ended too.
-    pub fn fail_exhausted_operations(&self, now: DateTime<Utc>) -> Result<Vec<Operation>> {
+    /// Operations whose worker died too often (every attempt spent, the
+    /// last lease run out): they are to end `failed` instead of running again.
+    pub fn exhausted_operations(&self, now: DateTime<Utc>) -> Result<Vec<Operation>> {
         let now_us = micros(now);
-        self.write(|conn| {
-            let rows: Vec<OperationRow> = operations::table
+        self.read(|conn| {
+            operations::table
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::attempts.ge(MAX_ATTEMPTS as i32))
                 .filter(operations::lease_expires_at.le(now_us))
                 .select(OperationRow::as_select())
-                .load(conn)?;
-            let mut failed = Vec::with_capacity(rows.len());
-            for row in rows {
-                let mut op = row.into_domain()?;
-                let owner = op.lease_owner.clone().unwrap_or_default();
-                op.finish(
-                    Err(format!(
-                        "the operation was interrupted {MAX_ATTEMPTS} times and was given up"
-                    )),
-                    now,
-                )?;
-                if finish_if_owner(conn, &op, &owner)? {
-                    failed.push(op);
-                }
+                .load(conn)?
+                .into_iter()
+                .map(OperationRow::into_domain)
+                .collect()
+        })
+    }
+
+    /// Ends an exhausted operation (`given_up`: `Operation::given_up` of what
+    /// `exhausted_operations` read, whose lease `owner` held) and writes its
+    /// keys in their failed state, in one transaction, only if its lease is
+    /// still run out (no worker renewed it meanwhile). Returns whether it was
+    /// written. A crash can no longer fall between the two.
+    pub fn give_up_operation(
+        &self,
+        given_up: &Operation,
+        owner: &str,
+        now: DateTime<Utc>,
+        failed_keys: &[Key],
+    ) -> Result<bool> {
+        let rows: Vec<KeyRow> = failed_keys.iter().map(KeyRow::from_domain).collect();
+        let now_us = micros(now);
+        self.write(|conn| {
+            let still_run_out = operations::table
+                .find(given_up.id.to_string())
+                .filter(operations::lease_expires_at.le(now_us))
+                .count()
+                .get_result::<i64>(conn)?
+                == 1;
+            if !still_run_out || !finish_if_owner(conn, given_up, owner)? {
+                return Ok(false);
             }
-            Ok(failed)
+            for row in &rows {
+                diesel::update(keys::table.find(&row.id)).set(row).execute(conn)?;
+            }
+            Ok(true)
         })
     }
 
