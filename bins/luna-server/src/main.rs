@@ -38,6 +38,12 @@ fn serve(settings: &Settings) -> Result<()> {
     let pins = PinCipher::load_or_create(&data.join("pin.key"))?;
     let url = settings.database_url();
     let store = Store::open(&url, pins, PoolOptions::default()).context("opening the database")?;
+    store.check_pin_key().with_context(|| {
+        format!(
+            "{} is not the key that sealed this database's connection PINs; instances that share a database must share pin.key (and jwt.key)",
+            data.join("pin.key").display()
+        )
+    })?;
     if demo_tokens {
         embedded::ensure_demo_partitions(&store, &module).context("setting up the demo partitions")?;
     }

@@ -136,6 +136,38 @@ fn https_is_the_default_with_a_generated_certificate() {
     server.stop();
 }
 
+/// An instance whose pin.key did not seal the database's PINs would claim
+/// operations and fail every one: it refuses to start, and says why.
+#[test]
+fn a_pin_key_that_did_not_seal_the_database_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Server::start(&data, &["--insecure-http"]);
+    assert_eq!(call("GET", &format!("{}/healthz", first.base), None, None).0, 200);
+    first.stop();
+    std::fs::write(data.join("pin.key"), [7u8; 32]).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_luna-server"))
+        .args([
+            "serve",
+            "--insecure-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("LUNA_DATABASE_URL")
+        .env_remove("LUNA_PKCS11_MODULE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("pin.key is not the key that sealed this database's connection PINs"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"));
+}
+
 #[test]
 fn a_bad_database_url_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -162,6 +162,23 @@ impl Store {
         sealed.map(|blob| self.pins.open(&blob, &id)).transpose()
     }
 
+    /// Whether this store's PIN key opens the PINs the database holds (one is
+    /// tried). An instance started with another data directory's `pin.key`
+    /// could claim every operation and fail each one: it is refused at start
+    /// instead (`StoreError::PinDecrypt`).
+    pub fn check_pin_key(&self) -> Result<()> {
+        let sealed: Option<(String, Vec<u8>)> = self.read(|conn| {
+            Ok(connections::table
+                .select((connections::id, connections::pin_ciphertext))
+                .first(conn)
+                .optional()?)
+        })?;
+        match sealed {
+            Some((id, blob)) => self.pins.open(&blob, &id).map(drop),
+            None => Ok(()),
+        }
+    }
+
     pub fn list_connections(&self, query: &ListQuery<ConnectionFilters>) -> Result<Listed<Connection>> {
         self.read(|conn| {
             let total: i64 = connections_filtered(&query.filters).count().get_result(conn)?;
