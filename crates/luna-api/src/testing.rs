@@ -47,6 +47,7 @@ pub fn runner_settings(workers: usize) -> RunnerSettings {
         workers,
         lease: chrono::Duration::seconds(5),
         poll: Duration::from_millis(200),
+        retry_base: chrono::Duration::milliseconds(100),
         after_scan: None,
     }
 }

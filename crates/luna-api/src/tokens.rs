@@ -8,9 +8,29 @@ use luna_pkcs11::{Module, Partition, TokenError, TokenInfo};
 use luna_store::Store;
 use uuid::Uuid;
 
-/// Why a member's token cannot be used now, as a sentence for `replication_info`
-/// and `operation_error`.
-pub type Unavailable = String;
+/// Why a member's token cannot be used now: a sentence for
+/// `replication_info` and `operation_error`, and whether it may pass (the
+/// token is away, the device failed) or will not (a wrong PIN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    pub reason: String,
+    pub transient: bool,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl Unavailable {
+    fn lasting(reason: String) -> Unavailable {
+        Unavailable {
+            reason,
+            transient: false,
+        }
+    }
+}
 
 /// Opens member tokens on demand and keeps them open (sessions pooled inside).
 pub struct TokenRegistry {
@@ -54,8 +74,8 @@ impl TokenRegistry {
         let pin = self
             .store
             .connection_pin(connection)
-            .map_err(|e| format!("the connection's PIN could not be read: {e}"))?
-            .ok_or_else(|| "the partition's connection no longer exists".to_owned())?;
+            .map_err(|e| Unavailable::lasting(format!("the connection's PIN could not be read: {e}")))?
+            .ok_or_else(|| Unavailable::lasting("the partition's connection no longer exists".to_owned()))?;
         let token = self
             .module
             .open_partition(&member.partition_label, Some(&member.serial_number), pin)
@@ -107,8 +127,11 @@ impl TokenRegistry {
 }
 
 fn unreachable(member: &Member, error: &TokenError) -> Unavailable {
-    format!(
-        "partition {:?} (serial {}) is not reachable: {error}",
-        member.partition_label, member.serial_number
-    )
+    Unavailable {
+        reason: format!(
+            "partition {:?} (serial {}) is not reachable: {error}",
+            member.partition_label, member.serial_number
+        ),
+        transient: error.is_transient(),
+    }
 }

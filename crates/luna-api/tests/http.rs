@@ -558,6 +558,22 @@ on_both_backends! {
         }
     }
 
+    fn a_token_that_fails_for_now_is_tried_again_then_the_operation_fails_with_the_reason(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("gone", 1);
+        // The token's store is taken away: SoftHSM2 then reports the token absent.
+        let dir = luna_pkcs11::testing::softhsm_token_dir(partition["partition_label"].as_str().unwrap());
+        std::fs::rename(&dir, dir.with_extension("away")).unwrap();
+        let started = std::time::Instant::now();
+        let (_, created) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}));
+        let key = api.settled(created["id"].as_str().unwrap());
+        assert_eq!((key["status"].as_str(), key["operation_status"].as_str()), (Some("FAILED"), Some("failed")), "{key}");
+        let error = key["operation_error"].as_str().unwrap();
+        assert!(error.contains("is not reachable") && error.contains("(attempt 5 of 5; the earlier ones failed too)"), "{error}");
+        // Four waits (0.1 + 0.2 + 0.4 + 0.8 s in tests) came between the attempts.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
+    }
+
     fn a_failed_operation_on_a_pair_ends_both_halves(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("pair-fail", 1);

@@ -167,6 +167,29 @@ impl Operation {
         Ok(())
     }
 
+    /// How long to wait before attempt `attempts + 1` of an operation whose
+    /// attempt `attempts` failed in a way that may pass (a device error, a
+    /// token taken away): `base` doubled each time (with the server's 2 s: 2,
+    /// 4, 8, 16 s, 30 s in all). `None` once every attempt is spent: then the
+    /// failure is final.
+    pub fn retry_delay(attempts: u32, base: chrono::Duration) -> Option<chrono::Duration> {
+        (1..MAX_ATTEMPTS)
+            .contains(&attempts)
+            .then(|| base * (1 << (attempts - 1)))
+    }
+
+    /// Puts this running operation back to be tried again at `at` by any
+    /// worker (the lease runs out then), saying why the attempt failed.
+    pub fn retry_later(&mut self, reason: String, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+        if self.state != OperationState::Running {
+            return Err(self.illegal("retry"));
+        }
+        self.lease_expires_at = Some(at);
+        self.last_error = Some(reason);
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// This running operation, ended `failed` because every attempt it had
     /// was interrupted; the reason says so, and what the last attempt said.
     pub fn given_up(&self, now: DateTime<Utc>) -> Result<Operation> {
@@ -308,5 +331,37 @@ mod tests {
             assert_eq!(payload.key_ids(), key_ids, "{payload:?}");
             assert_eq!(payload.includes_link(), includes_link, "{payload:?}");
         }
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_four_times_within_about_thirty_seconds() {
+        let delays: Vec<Option<i64>> = (1..=MAX_ATTEMPTS)
+            .map(|attempt| {
+                Operation::retry_delay(attempt, chrono::Duration::seconds(2)).map(|d| d.num_seconds())
+            })
+            .collect();
+        assert_eq!(delays, [Some(2), Some(4), Some(8), Some(16), None]);
+        let now = Utc::now();
+        let mut op = Operation::queued(
+            Uuid::new_v4(),
+            OperationPayload::DeleteKey {
+                key_id: Uuid::new_v4(),
+            },
+            now,
+        );
+        assert!(
+            op.retry_later("x".into(), now, now).is_err(),
+            "only a running operation"
+        );
+        op.claim("w", now, now + chrono::Duration::seconds(30)).unwrap();
+        let at = now + chrono::Duration::seconds(2);
+        op.retry_later("C_GenerateKey returned CKR_DEVICE_ERROR".into(), at, now)
+            .unwrap();
+        assert!(
+            !op.is_claimable(now) && op.is_claimable(at),
+            "claimable once the delay is over"
+        );
+        op.claim("other", at, at + chrono::Duration::seconds(30)).unwrap();
+        assert_eq!(op.attempts, 2);
     }
 }

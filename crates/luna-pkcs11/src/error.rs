@@ -83,6 +83,42 @@ impl TokenError {
         }
     }
 
+    /// Whether trying again later may succeed: the device, the token or the
+    /// session failed, or the token is not (yet, or no longer) present. A
+    /// template, mechanism, attribute or PIN error will fail again: not
+    /// transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenError::TokenNotFound { .. } => true,
+            TokenError::Call { .. } => matches!(
+                self.rv(),
+                Some(
+                    RvError::DeviceError
+                        | RvError::DeviceMemory
+                        | RvError::DeviceRemoved
+                        | RvError::GeneralError
+                        | RvError::FunctionFailed
+                        | RvError::TokenNotPresent
+                        | RvError::TokenNotRecognized
+                        | RvError::SessionHandleInvalid
+                        | RvError::SessionClosed
+                        | RvError::SessionCount
+                        | RvError::UserNotLoggedIn
+                        | RvError::CryptokiNotInitialized
+                )
+            ),
+            TokenError::LoadModule { .. }
+            | TokenError::AmbiguousToken { .. }
+            | TokenError::PinIncorrect { .. }
+            | TokenError::LoginShared { .. }
+            | TokenError::UserSessionOpen { .. }
+            | TokenError::NoCloningDomain { .. }
+            | TokenError::NoFreeSlot
+            | TokenError::MechanismUnsupported { .. }
+            | TokenError::MalformedObject { .. } => false,
+        }
+    }
+
     /// Whether the session that produced this error should be thrown away
     /// instead of going back to the pool.
     pub(crate) fn breaks_session(&self) -> bool {
@@ -148,6 +184,21 @@ mod tests {
         );
         assert_eq!(err.rv(), Some(RvError::AttributeReadOnly));
         assert!(!err.breaks_session());
+        assert!(!err.is_transient(), "the template will fail again");
+        let device =
+            call("C_GenerateKey")(CryptokiError::Pkcs11(RvError::DeviceError, Function::GenerateKey));
+        assert!(device.is_transient() && device.breaks_session());
+        let general = call("C_GenerateKey")(CryptokiError::Pkcs11(
+            RvError::GeneralError,
+            Function::GenerateKey,
+        ));
+        assert!(general.is_transient());
+        let gone = TokenError::TokenNotFound {
+            label: "t".into(),
+            serial: None,
+        };
+        assert!(gone.is_transient());
+        assert!(!TokenError::PinIncorrect { label: "t".into() }.is_transient());
         let err = call("C_Login")(CryptokiError::Pkcs11(RvError::PinIncorrect, Function::Login));
         assert_eq!(err.to_string(), "C_Login returned CKR_PIN_INCORRECT");
     }

@@ -202,6 +202,20 @@ pub fn unique_label(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
+/// The directory in which this process's SoftHSM2 keeps the token labelled
+/// `label` (tests take it away to make the token fail).
+pub fn softhsm_token_dir(label: &str) -> PathBuf {
+    let tokens = home().dir().join("tokens");
+    std::fs::read_dir(&tokens)
+        .expect("the SoftHSM2 token directory")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|dir| {
+            std::fs::read(dir.join("token.object"))
+                .is_ok_and(|bytes| bytes.windows(label.len()).any(|w| w == label.as_bytes()))
+        })
+        .expect("a directory holding the token")
+}
+
 /// A new, empty SoftHSM2 token; returns its label.
 pub fn fresh_token_label(prefix: &str) -> String {
     let label = unique_label(prefix);

@@ -187,7 +187,7 @@ pub async fn get_partition(
         let mut view = PartitionView::new(&partition, &tenancy);
         for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
             let info = tokens.describe(partition.connection_id, member);
-            let info = info.as_ref().map_err(String::as_str);
+            let info = info.as_ref().map_err(|u| u.reason.as_str());
             // Creates run on the first member.
             if index == 0 {
                 view.mechanisms = info.ok().map(|info| MechanismView::plan(info, remap));

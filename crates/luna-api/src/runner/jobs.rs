@@ -220,8 +220,12 @@ impl Runner {
                     let copied = self
                         .tokens
                         .member(partition.connection_id, holder)
+                        .map_err(|u| u.reason)
                         .and_then(|source| {
-                            let target = self.tokens.member(partition.connection_id, member)?;
+                            let target = self
+                                .tokens
+                                .member(partition.connection_id, member)
+                                .map_err(|u| u.reason)?;
                             super::transfer(
                                 source.as_ref(),
                                 &holder.serial_number,
@@ -262,8 +266,8 @@ impl Runner {
         for (m, member) in partition.members.iter().enumerate() {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
-                Err(reason) => {
-                    views.push(Err(reason));
+                Err(unavailable) => {
+                    views.push(Err(unavailable.reason));
                     continue;
                 }
             };

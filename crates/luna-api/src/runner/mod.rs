@@ -17,12 +17,82 @@ use luna_store::Store;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::tokens::TokenRegistry;
+use crate::tokens::{TokenRegistry, Unavailable};
 
 mod jobs;
 
 /// What an operation's work left: the key records to write, or why it failed.
-type Outcome = Result<Vec<Key>, String>;
+type Outcome = Result<Vec<Key>, Failure>;
+
+/// Why an operation's attempt did not succeed. A transient failure (the
+/// device failed, the token is away) is tried again later, within a bounded
+/// budget (`Operation::retry_delay`); a final one ends the operation.
+#[derive(Debug)]
+enum Failure {
+    Final(String),
+    Transient(String),
+}
+
+impl Failure {
+    fn token(error: luna_pkcs11::TokenError) -> Failure {
+        if error.is_transient() {
+            Failure::Transient(error.to_string())
+        } else {
+            Failure::Final(error.to_string())
+        }
+    }
+
+    /// The same failure, naming the member it happened on.
+    fn on(self, member: &str) -> Failure {
+        match self {
+            Failure::Final(reason) => Failure::Final(format!("{member}: {reason}")),
+            Failure::Transient(reason) => Failure::Transient(format!("{member}: {reason}")),
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Final(reason) | Failure::Transient(reason) => reason,
+        }
+    }
+
+    /// Several failures as one: transient only if every one is.
+    fn all(failures: Vec<Failure>) -> Failure {
+        let transient = failures.iter().all(|f| matches!(f, Failure::Transient(_)));
+        let reason = failures
+            .iter()
+            .map(Failure::reason)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if transient {
+            Failure::Transient(reason)
+        } else {
+            Failure::Final(reason)
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure::Final(reason)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Failure {
+        Failure::Final(reason.to_owned())
+    }
+}
+
+impl From<Unavailable> for Failure {
+    fn from(unavailable: Unavailable) -> Failure {
+        if unavailable.transient {
+            Failure::Transient(unavailable.reason)
+        } else {
+            Failure::Final(unavailable.reason)
+        }
+    }
+}
 
 /// A member token and the key's object on it.
 type Found = (Arc<dyn luna_pkcs11::Partition>, ObjectDescription);
@@ -36,6 +106,9 @@ pub struct RunnerSettings {
     pub lease: Duration,
     /// How often an idle worker looks for work it was not woken for.
     pub poll: StdDuration,
+    /// The wait before the first retry of an attempt that failed in a way
+    /// that may pass; it doubles for each retry (`Operation::retry_delay`).
+    pub retry_base: Duration,
     /// Called by a job between its scan of a partition and its reading of the
     /// records: tests land a write in that window on purpose. `None` in the
     /// server.
@@ -58,6 +131,7 @@ impl Default for RunnerSettings {
             workers: 2,
             lease: Duration::seconds(30),
             poll: StdDuration::from_secs(2),
+            retry_base: Duration::seconds(2),
             after_scan: None,
         }
     }
@@ -205,9 +279,29 @@ impl Runner {
             OperationPayload::UpdateKey { key_id, changes } => self.update(*key_id, changes),
             OperationPayload::ReplicateKey { key_id } => self.replicate(*key_id),
             OperationPayload::DeleteKey { key_id } => self.delete(*key_id),
-            OperationPayload::RunJob { job_id } => self.run_job(*job_id).map(|()| Vec::new()),
+            OperationPayload::RunJob { job_id } => {
+                self.run_job(*job_id).map(|()| Vec::new()).map_err(Failure::Final)
+            }
         };
         let now = luna_store::now();
+        let outcome = match outcome {
+            Err(Failure::Transient(reason)) => {
+                match Operation::retry_delay(op.attempts, self.settings.retry_base) {
+                    Some(delay) => {
+                        tracing::warn!(%reason, retry_in_ms = delay.num_milliseconds(), "operation failed; trying again later");
+                        let mut later = op;
+                        later.retry_later(reason, now + delay, now)?;
+                        return self.store.retry_operation_later(&later, &self.owner);
+                    }
+                    None => Err(Failure::Final(format!(
+                        "{reason} (attempt {} of {}; the earlier ones failed too)",
+                        op.attempts,
+                        luna_domain::operation::MAX_ATTEMPTS
+                    ))),
+                }
+            }
+            other => other,
+        };
         let (result, keys) = match outcome {
             Ok(mut keys) => {
                 for key in &mut keys {
@@ -215,7 +309,8 @@ impl Runner {
                 }
                 (Ok(()), keys)
             }
-            Err(reason) => {
+            Err(failure) => {
+                let reason = failure.reason().to_owned();
                 tracing::warn!(%reason, "operation failed");
                 let keys = self.end_failed(&op.payload, &reason, now)?;
                 (Err(reason), keys)
@@ -310,7 +405,7 @@ impl Runner {
         let in_domain = match partition.members.get(1) {
             Some(peer) => token
                 .shares_domain_with(&peer.serial_number)
-                .map_err(|e| e.to_string())?,
+                .map_err(Failure::token)?,
             None => false,
         };
         // The records hold what was requested until the token says what it made.
@@ -332,7 +427,7 @@ impl Runner {
             retry: op.attempts > 1,
             wrap_with_trusted: in_domain,
         };
-        let generated = token.generate(&request).map_err(|e| e.to_string())?;
+        let generated = token.generate(&request).map_err(Failure::token)?;
         for key in &mut keys {
             let object = generated
                 .objects
@@ -396,7 +491,10 @@ impl Runner {
         objects: &[ObjectDescription],
         retry: bool,
     ) -> Result<(), String> {
-        let target = self.tokens.member(partition.connection_id, member)?;
+        let target = self
+            .tokens
+            .member(partition.connection_id, member)
+            .map_err(|u| u.reason)?;
         let present: Vec<ObjectDescription> = match objects.first() {
             Some(first) if retry => target.find_by_id(&first.cka_id).map_err(|e| e.to_string())?,
             _ => Vec::new(),
@@ -434,9 +532,9 @@ impl Runner {
             if !on_token.is_empty() {
                 token
                     .set_attributes(object.handle, &on_token)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Failure::token)?;
             }
-            described = Some(token.describe(object.handle).map_err(|e| e.to_string())?);
+            described = Some(token.describe(object.handle).map_err(Failure::token)?);
         }
         let object = described.ok_or("the key's object is on no partition member any more")?;
         describe_into(key, &object);
@@ -457,12 +555,12 @@ impl Runner {
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
-                Err(reason) => {
-                    info.insert(member.serial_number.clone(), reason);
+                Err(unavailable) => {
+                    info.insert(member.serial_number.clone(), unavailable.reason);
                     continue;
                 }
             };
-            let found = token.find_by_id(&keys[0].cka_id).map_err(|e| e.to_string())?;
+            let found = token.find_by_id(&keys[0].cka_id).map_err(Failure::token)?;
             let halves: Vec<ObjectDescription> = keys
                 .iter()
                 .filter_map(|k| found.iter().find(|d| d.object_type == k.object_type).cloned())
@@ -504,7 +602,7 @@ impl Runner {
                 .filter(|(_, s)| *s != AVAILABLE)
                 .map(|(m, s)| format!("{m}: {s}"))
                 .collect();
-            Err(reasons.join("; "))
+            Err(reasons.join("; ").into())
         }
     }
 
@@ -514,33 +612,33 @@ impl Runner {
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
-                Err(reason) => {
-                    failures.push(reason);
+                Err(unavailable) => {
+                    failures.push(unavailable.into());
                     continue;
                 }
             };
             // Both halves share the CKA_ID; every key object under it goes.
-            let found = token.find_by_id(&keys[0].cka_id).map_err(|e| e.to_string())?;
+            let found = token.find_by_id(&keys[0].cka_id).map_err(Failure::token)?;
             for object in found
                 .iter()
                 .filter(|d| keys.iter().any(|k| k.object_type == d.object_type))
             {
                 if let Err(e) = token.destroy(object.handle) {
-                    failures.push(format!("{}: {e}", member.partition_label));
+                    failures.push(Failure::token(e).on(&member.partition_label));
                 }
             }
         }
         if failures.is_empty() {
             Ok(keys)
         } else {
-            Err(failures.join("; "))
+            Err(Failure::all(failures))
         }
     }
 
     /// The key's object on one member, or `None` if the member does not hold it.
-    fn find_on(&self, partition: &Partition, member: &Member, key: &Key) -> Result<Option<Found>, String> {
+    fn find_on(&self, partition: &Partition, member: &Member, key: &Key) -> Result<Option<Found>, Failure> {
         let token = self.tokens.member(partition.connection_id, member)?;
-        let found = token.find_by_id(&key.cka_id).map_err(|e| e.to_string())?;
+        let found = token.find_by_id(&key.cka_id).map_err(Failure::token)?;
         Ok(found
             .into_iter()
             .find(|d| d.object_type == key.object_type)

@@ -126,6 +126,24 @@ impl Store {
         })
     }
 
+    /// Puts back an operation whose attempt failed in a way that may pass
+    /// (`Operation::retry_later` applied), only if `owner` still holds it:
+    /// its lease runs out at the retry time, when any worker may take it.
+    pub fn retry_operation_later(&self, op: &Operation, owner: &str) -> Result<bool> {
+        self.write(|conn| {
+            let updated = diesel::update(operations::table.find(op.id.to_string()))
+                .filter(operations::state.eq(OperationState::Running.as_str()))
+                .filter(operations::lease_owner.eq(owner))
+                .set((
+                    operations::lease_expires_at.eq(op.lease_expires_at.map(micros)),
+                    operations::last_error.eq(op.last_error.clone()),
+                    operations::updated_at.eq(micros(op.updated_at)),
+                ))
+                .execute(conn)?;
+            Ok(updated == 1)
+        })
+    }
+
     /// Ends an operation and writes the key records it produced, in one
     /// transaction, only if `owner` still holds the lease. False means another
     /// worker took the operation over and nothing was written.
