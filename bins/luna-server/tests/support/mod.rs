@@ -24,15 +24,22 @@ impl Server {
 
     /// The same, with the log at `level` going to `log`.
     pub fn start_logging(data: &Path, args: &[&str], level: &str, log: Stdio) -> Server {
-        Server::start_in(data, args, &[], level, log)
+        Server::start_in_env(data, args, &[], level, log)
     }
 
     /// `start`, with these environment variables set (a module's own configuration).
     pub fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
-        Server::start_in(data, args, env, "warn", Stdio::inherit())
+        Server::start_in_env(data, args, env, "warn", Stdio::inherit())
     }
 
-    fn start_in(data: &Path, args: &[&str], env: &[(&str, &Path)], level: &str, log: Stdio) -> Server {
+    /// `start`, with environment variables set and the log at `level` going to `log`.
+    pub fn start_in_env(
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        level: &str,
+        log: Stdio,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_luna-server"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)

@@ -1,0 +1,165 @@
+//! Two `luna-server` processes on one PostgreSQL database, with SoftHSM2
+//! tokens the operator makes while they run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{call, login, Server};
+
+const ADMIN: &str = "admin-password-of-both";
+const USER_PIN: &str = "op-1234";
+
+/// Instance B was started before the token existed, so its module does not
+/// list it (SoftHSM2 reads its tokens at start). B claims a create on it,
+/// cannot find the token, and puts the operation back instead of failing it;
+/// instance A, which sees the token, makes the key.
+#[test]
+fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
+    let db = luna_store::testing::TestDatabase::postgres().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("softhsm");
+    std::fs::create_dir_all(home.join("tokens")).unwrap();
+    let conf = home.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            home.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    let env = [("SOFTHSM2_CONF", conf.as_path())];
+    let module = luna_pkcs11::softhsm::find_module().unwrap();
+    let args = |workers: &str| -> Vec<String> {
+        [
+            "--insecure-http",
+            "--pkcs11-module",
+            module.to_str().unwrap(),
+            "--database-url",
+            &db.url,
+            "--admin-password",
+            ADMIN,
+            "--workers",
+            workers,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let b_log = dir.path().join("b.log");
+
+    let b = Server::start_in_env(
+        &data_b,
+        &argv(&args("1")),
+        &env,
+        "info",
+        std::fs::File::create(&b_log).unwrap().into(),
+    );
+    // Instances on one database share the PIN sealing key and the JWT key.
+    std::fs::create_dir_all(&data_a).unwrap();
+    for key in ["pin.key", "jwt.key"] {
+        std::fs::copy(data_b.join(key), data_a.join(key)).unwrap();
+    }
+    let output = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "late",
+            "--so-pin",
+            "op-so-99",
+            "--pin",
+            USER_PIN,
+        ])
+        .envs(env)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(output.success());
+
+    // A sees the token: it registers it, then stops, so that B alone runs work.
+    let a = Server::start_with_env(&data_a, &argv(&args("1")), &env);
+    let token = login(&a.base, ADMIN);
+    let (status, connection) = call(
+        "POST",
+        &format!("{}/connectionmgmt/services/luna-network/connections", a.base),
+        Some(&token),
+        Some(
+            &json!({"name": "late", "password": USER_PIN, "is_ha_enabled": false, "partitions": [{"partition_label": "late"}]}),
+        ),
+    );
+    assert_eq!(status, 201, "{connection}");
+    let (status, partition) = call(
+        "POST",
+        &format!("{}/cckm/hsm/luna/add-partition", a.base),
+        Some(&token),
+        Some(&json!({"connection": "late"})),
+    );
+    assert_eq!(status, 201, "{partition}");
+    a.stop();
+
+    let (status, created) = call(
+        "POST",
+        &format!("{}/cckm/hsm/luna/keys", b.base),
+        Some(&token),
+        Some(
+            &json!({"label": "late-key", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}),
+        ),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for_line(&b_log, "trying again later");
+    let (_, key) = call(
+        "GET",
+        &format!("{}/cckm/hsm/luna/keys/{id}", b.base),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        key["status"], "in_progress",
+        "B put it back, it did not fail it: {key}"
+    );
+    b.stop();
+
+    let a = Server::start_with_env(&data_a, &argv(&args("1")), &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let key = loop {
+        let (_, key) = call(
+            "GET",
+            &format!("{}/cckm/hsm/luna/keys/{id}", a.base),
+            Some(&token),
+            None,
+        );
+        if key["status"] != "in_progress" || Instant::now() > deadline {
+            break key;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (key["status"].as_str(), key["operation_status"].as_str()),
+        (Some("AVAILABLE"), Some("created")),
+        "{key}"
+    );
+    a.stop();
+}
+
+fn wait_for_line(log: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn argv(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
