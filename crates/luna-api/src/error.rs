@@ -37,6 +37,9 @@ pub enum ApiError {
     },
     #[error("the database failed")]
     Store(#[source] StoreError),
+    /// The database cannot be reached now; the client may try again.
+    #[error("the database cannot be reached now; try again in a few seconds")]
+    DatabaseUnavailable(#[source] StoreError),
     #[error("a token failed")]
     Token(#[source] TokenError),
     /// A worker thread or task ended without an answer.
@@ -59,6 +62,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Domain(domain) => domain.into(),
+            other if other.is_unavailable() => ApiError::DatabaseUnavailable(other),
             other => ApiError::Store(other),
         }
     }
@@ -79,6 +83,9 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// When a client may try again after a 503 (the pool waits 2 s per request).
+pub const RETRY_AFTER_SECS: &str = "5";
+
 /// What a 5xx says: nothing about the cause, which goes to the log only.
 const INTERNAL_MESSAGE: &str = "the server could not complete the request; it has been logged";
 
@@ -97,12 +104,16 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 14, "NCERRInternalServerError")
             }
+            ApiError::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 14, "NCERRServiceUnavailable")
+            }
         }
     }
 
     pub fn body(&self) -> ErrorBody {
         let (status, code, name) = self.parts();
-        let message = if status.is_server_error() {
+        // A 503 says only that the database is away: no internals.
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             INTERNAL_MESSAGE.to_owned()
         } else {
             self.to_string()
@@ -136,6 +147,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
             response.insert_header((actix_web::http::header::ALLOW, allowed.as_str()));
+        }
+        if let ApiError::DatabaseUnavailable(_) = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, RETRY_AFTER_SECS));
         }
         response.json(self.body())
     }

@@ -4,7 +4,7 @@
 //!
 //! Error answers are added here by one rule per status rather than on each
 //! handler, so that no handler can forget one: what can answer 400, 401, 403,
-//! 404, 409 and 500 follows from the operation's shape (see `Conventions`).
+//! 404, 409, 500 and 503 follows from the operation's shape (see `Conventions`).
 
 use std::sync::LazyLock;
 
@@ -326,6 +326,11 @@ fn add_error_answers(path: &str, method: HttpMethod, operation: &mut Operation) 
             "The resource is busy or in a state that forbids this",
         ),
         (true, "500", "The server failed; the message carries no internals"),
+        (
+            true,
+            "503",
+            "The database cannot be reached now; Retry-After says when to try again",
+        ),
     ];
     for (applies, status, description) in answers {
         if applies {

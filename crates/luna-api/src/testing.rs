@@ -68,6 +68,12 @@ impl Api {
         Api::launch(store, Some(db), module, runner_settings(workers))
     }
 
+    /// A server on a store the test opened itself (a private PostgreSQL server,
+    /// say); the test keeps what it needs to clean up.
+    pub fn start_on_store(store: luna_store::Store, workers: usize) -> Api {
+        Api::launch(store, None, module(), runner_settings(workers))
+    }
+
     /// A second server instance on this one's database (its own store, pool,
     /// token registry and runner), as several instances share one database.
     pub fn beside(&self, settings: RunnerSettings) -> Api {

@@ -160,7 +160,9 @@ impl Default for PoolOptions {
     fn default() -> Self {
         PoolOptions {
             max_connections: 8,
-            connect_timeout: Duration::from_secs(10),
+            // While the database is away a request waits this long for a
+            // connection, then answers 503: a few seconds, not ten.
+            connect_timeout: Duration::from_secs(2),
         }
     }
 }

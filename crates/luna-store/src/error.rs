@@ -42,6 +42,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database could not be reached (no connection to be had,
+    /// or the connection closed under the query): it may answer again soon,
+    /// unlike a query or a rule that failed.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as Query};
+        match self {
+            StoreError::Pool(_) | StoreError::Connect(_) => true,
+            StoreError::Query(error) => matches!(
+                error,
+                Query::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+                    | Query::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)
+                    | Query::BrokenTransactionManager
+            ),
+            StoreError::UnsupportedUrl
+            | StoreError::Migration(_)
+            | StoreError::Conflict(_)
+            | StoreError::Domain(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::KeyFile { .. }
+            | StoreError::DatabaseFile { .. }
+            | StoreError::PinDecrypt => false,
+        }
+    }
+
     pub(crate) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {
         StoreError::Corrupt {
             what,

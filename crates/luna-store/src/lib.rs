@@ -47,7 +47,14 @@ pub struct Store {
     backend: Backend,
     sqlite_writes: Arc<SqliteWriteLock>,
     pins: Arc<PinCipher>,
+    /// Set when the last attempt to get a connection failed: the database is
+    /// away, and later attempts wait briefly instead of the full timeout, so
+    /// a request needing several queries still answers in about one.
+    unreachable: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a connection is waited for while the database is known away.
+const WAIT_WHILE_UNREACHABLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +83,7 @@ impl Store {
             backend,
             sqlite_writes: Arc::default(),
             pins: Arc::new(pins),
+            unreachable: Arc::default(),
         })
     }
 
@@ -85,12 +93,25 @@ impl Store {
 
     /// Answers when the database does (for health checks).
     pub fn ping(&self) -> Result<()> {
-        let mut conn = self.pool.get()?;
+        let mut conn = self.connection()?;
         conn.ping().map(drop).map_err(StoreError::Query)
     }
 
+    /// A pooled connection: the pool's whole timeout while the database
+    /// answers, a short wait once it has not (until it answers again).
+    fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        use std::sync::atomic::Ordering;
+        let got = if self.unreachable.load(Ordering::Relaxed) {
+            self.pool.get_timeout(WAIT_WHILE_UNREACHABLE)
+        } else {
+            self.pool.get()
+        };
+        self.unreachable.store(got.is_err(), Ordering::Relaxed);
+        Ok(got?)
+    }
+
     fn read<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
-        let mut conn = self.pool.get()?;
+        let mut conn = self.connection()?;
         work(&mut conn)
     }
 
@@ -102,7 +123,7 @@ impl Store {
     fn write<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
         type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
         let _writer = (self.backend == Backend::Sqlite).then(|| self.sqlite_writes.hold());
-        let mut pooled = self.pool.get()?;
+        let mut pooled = self.connection()?;
         let conn = pooled.deref_mut();
         match conn {
             DbConnection::Sqlite(lite) => {

@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used)] // a harness that cannot start should fail loudly
 //! Each test gets a database of its own, so tests run in parallel: a SQLite
 //! file in a temporary directory, or a new database on the PostgreSQL server
 //! named by `LUNA_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`),
@@ -77,5 +78,124 @@ impl Drop for TestDatabase {
                 let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
             }
         }
+    }
+}
+
+/// A PostgreSQL server of a test's own, in a temporary directory on a free
+/// port, that the test may stop and start (the machine's shared server must
+/// stay up for the other tests). Run as the `postgres` user when the tests
+/// run as root, since PostgreSQL refuses root.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub url: String,
+    data: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// initdb, start, and a database `luna`.
+    pub fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("pg_ctl").is_file())
+            .max()
+            .expect("pg_ctl");
+        let data = tempfile::Builder::new()
+            .prefix("luna-private-pg-")
+            .tempdir()
+            .expect("a directory for the private PostgreSQL");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let server = PrivatePostgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/luna"),
+            data,
+            bin,
+            port,
+        };
+        let _ = std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(server.data.path())
+            .status();
+        server.run("initdb", &["-A", "trust", "-U", "postgres", "-D", &server.dir()]);
+        server.start_again();
+        server.run(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "luna",
+            ],
+        );
+        server
+    }
+
+    fn dir(&self) -> String {
+        self.data.path().join("cluster").display().to_string()
+    }
+
+    /// Starts it (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.data.path().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.dir(),
+                "-o",
+                &options,
+                "-w",
+                "-l",
+                "/dev/null",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops it at once (`-m immediate`, as a crash or a pulled cable would).
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.dir(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// One of PostgreSQL's tools, as the `postgres` user when this is root.
+    fn command(&self, tool: &str, args: &[&str]) -> std::process::Command {
+        let program = self.bin.join(tool);
+        let as_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mut command = if as_root {
+            let mut runuser = std::process::Command::new("runuser");
+            runuser.args(["-u", "postgres", "--"]).arg(program);
+            runuser
+        } else {
+            std::process::Command::new(program)
+        };
+        command.args(args).stdout(std::process::Stdio::null());
+        command
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self.command(tool, args).status();
+        assert!(status.is_ok_and(|s| s.success()), "{tool} {args:?} failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl", &["-D", &self.dir(), "-m", "immediate", "stop"])
+            .output();
     }
 }

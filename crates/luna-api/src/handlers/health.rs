@@ -22,9 +22,14 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(Health { status: "ok" }),
         Err(error) => {
             tracing::warn!(%error, "health check: the database does not answer");
-            HttpResponse::ServiceUnavailable().json(Health {
-                status: "unavailable",
-            })
+            HttpResponse::ServiceUnavailable()
+                .insert_header((
+                    actix_web::http::header::RETRY_AFTER,
+                    crate::error::RETRY_AFTER_SECS,
+                ))
+                .json(Health {
+                    status: "unavailable",
+                })
         }
     }
 }
