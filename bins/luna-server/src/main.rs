@@ -105,6 +105,7 @@ fn serve(settings: &Settings) -> Result<()> {
         },
         tls,
         http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        request_deadline: std::time::Duration::from_secs(15),
     };
     actix_web::rt::System::new().block_on(async move { start(config, listener)?.run().await })?;
     tracing::info!("stopped");

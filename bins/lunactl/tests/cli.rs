@@ -336,6 +336,7 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
         runner: luna_api::testing::runner_settings(1),
         tls: Some(luna_api::tls::server_config(&cert, &key).unwrap()),
         http_workers: 1,
+        request_deadline: luna_api::testing::REQUEST_DEADLINE,
     };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

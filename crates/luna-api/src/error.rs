@@ -28,6 +28,12 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// The request (its body, say) did not arrive within the deadline, in seconds.
+    #[error("the request did not arrive within {0} s; the connection is closed")]
+    RequestTimeout(u64),
+    /// Too many failed logins from this address; `retry_after` in seconds.
+    #[error("too many failed logins; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     /// A token refused something the user asked for (wrong PIN, missing token).
     #[error("{message}")]
     TokenRefused {
@@ -101,6 +107,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 16, "NCERRResourceNotFound"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, 15, "NCERRBadRequest"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 13, "NCERRConflict"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 15, "NCERRRequestTimeout"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, 1, "NCERRTooManyRequests"),
             ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 14, "NCERRInternalServerError")
             }
@@ -150,6 +158,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::DatabaseUnavailable(_) = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, RETRY_AFTER_SECS));
+        }
+        if let ApiError::TooManyRequests { retry_after } = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after.to_string()));
         }
         response.json(self.body())
     }

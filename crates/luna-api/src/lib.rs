@@ -19,6 +19,7 @@ pub mod server;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod throttle;
 pub mod tls;
 pub mod tokens;
 pub mod view;

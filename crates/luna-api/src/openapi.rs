@@ -4,7 +4,7 @@
 //!
 //! Error answers are added here by one rule per status rather than on each
 //! handler, so that no handler can forget one: what can answer 400, 401, 403,
-//! 404, 409, 500 and 503 follows from the operation's shape (see `Conventions`).
+//! 404, 408, 409, 429, 500 and 503 follows from the operation's shape (see `Conventions`).
 
 use std::sync::LazyLock;
 
@@ -324,6 +324,16 @@ fn add_error_answers(path: &str, method: HttpMethod, operation: &mut Operation) 
             protected && mutates,
             "409",
             "The resource is busy or in a state that forbids this",
+        ),
+        (
+            operation.request_body.is_some(),
+            "408",
+            "The request body did not arrive in time; the connection is closed",
+        ),
+        (
+            path == "/api/v1/auth/tokens",
+            "429",
+            "Too many failed logins from this address; Retry-After says when to try again",
         ),
         (true, "500", "The server failed; the message carries no internals"),
         (

@@ -131,6 +131,9 @@ pub struct Config {
     pub runner: RunnerSettings,
     pub tls: Option<rustls::ServerConfig>,
     pub http_workers: usize,
+    /// A request not answered within this (its body trickled in, say) ends
+    /// 408 and its connection closes: no client holds a socket for ever.
+    pub request_deadline: std::time::Duration,
 }
 
 /// A started server and its operation runner.
@@ -181,7 +184,9 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         tenancy: config.tenancy,
         work,
         metrics,
+        logins: crate::throttle::LoginThrottle::default(),
     });
+    let request_deadline = config.request_deadline;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -191,6 +196,14 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .wrap(middleware::from_fn(crate::request_id::middleware))
             // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
             .wrap(middleware::NormalizePath::trim())
+            .wrap_fn(move |req, service| {
+                let answer = actix_web::dev::Service::call(service, req);
+                async move {
+                    tokio::time::timeout(request_deadline, answer)
+                        .await
+                        .unwrap_or_else(|_| Err(ApiError::RequestTimeout(request_deadline.as_secs()).into()))
+                }
+            })
             .configure(routes)
             .default_service(web::to(no_route))
     })

@@ -18,4 +18,6 @@ pub struct AppState {
     /// Wakes an idle worker as soon as an operation is queued.
     pub work: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed logins, per user and client address (see `throttle`).
+    pub logins: crate::throttle::LoginThrottle,
 }

@@ -28,6 +28,8 @@ macro_rules! on_both_backends {
 }
 
 pub const SIGNING_KEY: [u8; 64] = [0x5a; 64];
+/// Test servers' request deadline: short, for the slow-body test.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 #[derive(Debug)]
@@ -107,6 +109,7 @@ impl Api {
             runner,
             tls: None,
             http_workers: 2,
+            request_deadline: REQUEST_DEADLINE,
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}/api/v1", listener.local_addr().unwrap());

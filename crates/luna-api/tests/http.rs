@@ -574,6 +574,28 @@ on_both_backends! {
         assert!(started.elapsed() >= std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
     }
 
+    fn failed_logins_are_throttled_per_user_and_address_never_for_good(db: TestDatabase) {
+        let api = Api::start(db);
+        let login = |password: &str| {
+            let response = ureq::post(&format!("{}/auth/tokens", api.base))
+                .send_json(json!({"grant_type": "password", "username": "admin", "password": password}));
+            match response {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => (r.status(), r.header("Retry-After").map(str::to_owned), r.into_json::<Value>().unwrap()),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        for _ in 0..5 {
+            assert_eq!(login("wrong").0, 401);
+        }
+        // The sixth waits, whatever the password: a guess learns nothing.
+        let (status, retry_after, body) = login(luna_api::testing::ADMIN_PASSWORD);
+        assert_eq!((status, retry_after.as_deref()), (429, Some("1")), "{body}");
+        assert!(body["message"].as_str().unwrap().contains("too many failed logins"), "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(login(luna_api::testing::ADMIN_PASSWORD).0, 200, "after the wait, the right password logs in");
+        assert_eq!(login("wrong").0, 401, "and the count starts again");
+    }
+
     fn a_failed_operation_on_a_pair_ends_both_halves(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("pair-fail", 1);
@@ -594,4 +616,50 @@ on_both_backends! {
         let (status, body) = api.post_empty(&format!("/cckm/hsm/luna/{public_id}/delete"));
         assert_eq!(status, 200, "{body}");
     }
+}
+
+/// Clients that send their headers and then trickle the body (or nothing)
+/// are answered 408 at the deadline and their connections closed, so they
+/// cannot hold sockets and workers for ever.
+#[test]
+fn a_body_that_never_arrives_ends_408_and_the_connection_closes() {
+    use std::io::{Read, Write};
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    let address = api
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let started = std::time::Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut socket = std::net::TcpStream::connect(&address).unwrap();
+            write!(
+                socket,
+                "POST /api/v1/cckm/hsm/luna/keys HTTP/1.1\r\nHost: luna\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"la",
+                api.token
+            )
+            .unwrap();
+            socket
+        })
+        .collect();
+    for socket in &mut slow {
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut answer = Vec::new();
+        socket.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive within 3 s"), "{answer}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= luna_api::testing::REQUEST_DEADLINE && waited < std::time::Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // The server still answers everyone else.
+    assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
 }

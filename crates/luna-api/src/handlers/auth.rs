@@ -43,7 +43,27 @@ pub async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let attempted = body.username.clone().unwrap_or_else(|| "-".to_owned());
+    let client = req
+        .peer_addr()
+        .map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
+    let password_grant = body.grant_type.as_deref() == Some("password");
+    let now = std::time::Instant::now();
+    if password_grant {
+        // Checked before the password, so a throttled guess learns nothing.
+        if let Err(wait) = state.logins.check(&attempted, &client, now) {
+            return Err(ApiError::TooManyRequests {
+                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            });
+        }
+    }
     let answer = issue(&state, body).await;
+    if password_grant {
+        match &answer {
+            Ok(_) => state.logins.succeeded(&attempted, &client),
+            Err(ApiError::Unauthorized(_)) => state.logins.failed(&attempted, &client, now),
+            Err(_) => {}
+        }
+    }
     if let Err(ApiError::Unauthorized(reason)) = &answer {
         let entry = luna_store::AuditEntry {
             at: luna_store::now(),
