@@ -67,6 +67,10 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::IdempotencyKeyTaken => ApiError::Conflict(
+                "another request with this Idempotency-Key was made at the same moment; send it again for its answer"
+                    .into(),
+            ),
             StoreError::Domain(domain) => domain.into(),
             other if other.is_unavailable() => ApiError::DatabaseUnavailable(other),
             other => ApiError::Store(other),

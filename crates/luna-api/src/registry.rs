@@ -19,6 +19,17 @@ pub fn register_connection(
     module: &Arc<Module>,
     spec: ConnectionSpec,
 ) -> Result<Connection, ApiError> {
+    register_connection_idempotently(store, module, spec, None)
+}
+
+/// `register_connection`, recording with the connection that `request` (a
+/// create under an `Idempotency-Key`) made it.
+pub fn register_connection_idempotently(
+    store: &Store,
+    module: &Arc<Module>,
+    spec: ConnectionSpec,
+    request: Option<&luna_domain::idempotency::IdempotentRequest>,
+) -> Result<Connection, ApiError> {
     let mut members = Vec::with_capacity(spec.members.len());
     let mut tokens = Vec::with_capacity(spec.members.len());
     for member in &spec.members {
@@ -74,7 +85,7 @@ pub fn register_connection(
         created_at: now,
         updated_at: now,
     };
-    store.insert_connection(&connection, &spec.password)?;
+    store.insert_connection(&connection, &spec.password, request)?;
     tracing::info!(connection = %connection.id, name = %connection.name, members = connection.members.len(), "connection registered");
     Ok(connection)
 }

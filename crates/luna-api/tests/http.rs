@@ -596,6 +596,63 @@ on_both_backends! {
         assert_eq!(login("wrong").0, 401, "and the count starts again");
     }
 
+    fn a_create_sent_again_with_its_idempotency_key_answers_the_first_result(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("idem", 1);
+        let post = |path: &str, token: &str, key: &str, body: &Value| {
+            let response = ureq::post(&format!("{}{path}", api.base))
+                .set("Authorization", &format!("Bearer {token}"))
+                .set("Idempotency-Key", key)
+                .send_json(body.clone());
+            match response {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => (r.status(), r.header("Idempotent-Replayed").is_some(), r.into_json::<Value>().unwrap()),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let body = json!({"label": "idem-key", "size": 2048, "partition_id": partition["id"], "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"});
+        let (status, replayed, first) = post(KEYS, &api.token, "create-1", &body);
+        assert_eq!((status, replayed), (201, false), "{first}");
+        let (status, replayed, again) = post(KEYS, &api.token, "create-1", &body);
+        assert_eq!((status, replayed), (201, true), "{again}");
+        assert_eq!((&again["id"], &again["links"]["id"]), (&first["id"], &first["links"]["id"]));
+        assert_eq!(api.get(&format!("{KEYS}?label=idem-key")).1["total"], 2, "one pair, not two");
+        let other = json!({"label": "other", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"});
+        let (status, _, refused) = post(KEYS, &api.token, "create-1", &other);
+        assert_eq!(status, 409, "{refused}");
+        assert!(refused["message"].as_str().unwrap().contains("was sent before with another request"), "{refused}");
+        let (status, _, bad) = post(KEYS, &api.token, "with space", &body);
+        assert_eq!(status, 400, "{bad}");
+
+        // Many at once under one new key: one key is made, every answer names it
+        // (or asks to send again while the first commits).
+        let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6).map(|_| s.spawn(|| {
+                let (status, _, answer) = post(KEYS, &api.token, "create-2", &body);
+                (status, answer)
+            })).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ids: std::collections::HashSet<&str> = answers.iter().filter(|(s, _)| *s == 201).map(|(_, a)| a["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 1, "{answers:?}");
+        assert!(answers.iter().all(|(s, a)| *s == 201 || (*s == 409 && a["message"].as_str().unwrap().contains("send it again"))), "{answers:?}");
+        assert_eq!(api.get(&format!("{KEYS}?label=idem-key")).1["total"], 4, "two pairs in all");
+
+        // A job: the same start answers the same job (not a 409 for a second one).
+        let job = json!({"partitions": [partition["id"]]});
+        let (status, _, started) = post("/cckm/hsm/luna/refresh", &api.token, "refresh-1", &job);
+        assert_eq!(status, 201, "{started}");
+        let (status, replayed, again) = post("/cckm/hsm/luna/refresh", &api.token, "refresh-1", &job);
+        assert_eq!((status, replayed, &again["id"]), (201, true, &started["id"]), "{again}");
+        // A connection: the same registration answers the same connection.
+        let label = luna_pkcs11::testing::fresh_token_label("idem-conn");
+        let connection = json!({"name": "idem-conn", "password": luna_pkcs11::testing::USER_PIN, "partitions": [{"partition_label": label}]});
+        let path = "/connectionmgmt/services/luna-network/connections";
+        let (status, _, made) = post(path, &api.token, "conn-1", &connection);
+        assert_eq!(status, 201, "{made}");
+        let (status, replayed, again) = post(path, &api.token, "conn-1", &connection);
+        assert_eq!((status, replayed, &again["id"]), (201, true, &made["id"]), "{again}");
+    }
+
     fn a_failed_operation_on_a_pair_ends_both_halves(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("pair-fail", 1);

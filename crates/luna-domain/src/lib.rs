@@ -9,6 +9,7 @@ mod wire;
 
 pub mod attribute;
 pub mod error;
+pub mod idempotency;
 pub mod job;
 pub mod key;
 pub mod operation;

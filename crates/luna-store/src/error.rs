@@ -17,6 +17,10 @@ pub enum StoreError {
     Migration(#[source] BoxError),
     #[error("a database query failed")]
     Query(#[from] diesel::result::Error),
+    /// The caller's `Idempotency-Key` was taken by a create that committed
+    /// meanwhile: look it up and answer with what it made.
+    #[error("the Idempotency-Key was used by another request at the same moment")]
+    IdempotencyKeyTaken,
     /// A uniqueness or state rule held by the database: a taken name, a busy key, a running job.
     #[error("{0}")]
     Conflict(String),
@@ -58,6 +62,7 @@ impl StoreError {
             StoreError::UnsupportedUrl
             | StoreError::Migration(_)
             | StoreError::Conflict(_)
+            | StoreError::IdempotencyKeyTaken
             | StoreError::Domain(_)
             | StoreError::Corrupt { .. }
             | StoreError::KeyFile { .. }

@@ -150,6 +150,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    idempotent_requests (caller, idempotency_key) {
+        caller -> Text,
+        idempotency_key -> Text,
+        route -> Text,
+        body_digest -> Text,
+        resource_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(connection_members -> connections (connection_id));
 diesel::joinable!(partitions -> connections (connection_id));
 diesel::joinable!(keys -> partitions (partition_id));
@@ -168,4 +179,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     running_jobs,
     users,
     refresh_tokens,
+    idempotent_requests,
 );

@@ -70,7 +70,7 @@ fn connection(name: &str, ha: bool, members: usize) -> Connection {
 fn registered_partition(store: &Store, name: &str) -> Partition {
     let conn = connection(name, true, 2);
     store
-        .insert_connection(&conn, &SecretString::from("1234"))
+        .insert_connection(&conn, &SecretString::from("1234"), None)
         .unwrap();
     let t = now();
     let partition = Partition {
@@ -168,14 +168,14 @@ on_both_backends! {
 
     fn connections_keep_members_in_order_and_the_pin_sealed(store: &Store, db: &TestDatabase) {
         let conn = connection("hsm-a", true, 3);
-        store.insert_connection(&conn, &SecretString::from("s3cret-pin")).unwrap();
+        store.insert_connection(&conn, &SecretString::from("s3cret-pin"), None).unwrap();
         assert_eq!(store.get_connection(conn.id).unwrap().unwrap(), conn);
         assert_eq!(store.connection_by_name("hsm-a").unwrap().unwrap().id, conn.id);
         assert_eq!(store.connection_pin(conn.id).unwrap().unwrap().expose_secret(), "s3cret-pin");
         // A store opened with another data-dir key cannot unseal it.
         let other = Store::open(&db.url, PinCipher::from_key(&[1; 32]), PoolOptions::default()).unwrap();
         assert!(matches!(other.connection_pin(conn.id), Err(StoreError::PinDecrypt)));
-        let again = store.insert_connection(&connection("hsm-a", false, 1), &SecretString::from("x")).unwrap_err();
+        let again = store.insert_connection(&connection("hsm-a", false, 1), &SecretString::from("x"), None).unwrap_err();
         assert_eq!(again.to_string(), "a connection named \"hsm-a\" already exists");
         assert!(store.get_connection(Uuid::new_v4()).unwrap().is_none());
         assert!(store.connection_pin(Uuid::new_v4()).unwrap().is_none());
@@ -185,7 +185,7 @@ on_both_backends! {
         let mut inserted = Vec::new();
         for (name, ha, members) in [("c", true, 3), ("a", false, 1), ("b", true, 2)] {
             let conn = connection(name, ha, members);
-            store.insert_connection(&conn, &SecretString::from("1")).unwrap();
+            store.insert_connection(&conn, &SecretString::from("1"), None).unwrap();
             inserted.push(conn);
         }
         let all = store.list_connections(&query::<ConnectionFilters>("sort=name")).unwrap();

@@ -4,11 +4,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::query::JobFilters;
 use luna_domain::{Job, JobRequest, JobScope, JobType, Operation, OperationPayload};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{blocking, list_query, listing, not_found, path_id};
+use super::{blocking, idempotent_request, list_query, listing, not_found, path_id, replayed};
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -16,7 +16,7 @@ use crate::state::AppState;
 use crate::view::{JobView, ListView};
 
 /// Which partitions: a list of ids, or `synchronize_all: true` for every one.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobBody {
     partitions: Option<Vec<String>>,
@@ -26,10 +26,20 @@ pub struct JobBody {
 async fn start_job(
     state: web::Data<AppState>,
     job_type: JobType,
-    _caller: Manager,
+    caller: Manager,
+    req: HttpRequest,
     body: web::Json<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let route = format!("POST {}", req.path());
+    let request = idempotent_request(&req, &caller.0.username, &route, &body)?;
+    let tenancy = state.tenancy.clone();
+    let view = move |store: &luna_store::Store, id: Uuid| -> Result<Option<JobView>, ApiError> {
+        Ok(store.get_job(id)?.map(|job| JobView::new(&job, &tenancy)))
+    };
+    if let Some(first) = replayed(&state.store, request.as_ref(), view).await? {
+        return Ok(first);
+    }
     let scope = JobRequest {
         partitions: body.partitions,
         synchronize_all: body.synchronize_all,
@@ -51,7 +61,7 @@ async fn start_job(
         let now = luna_store::now();
         let job = Job::new(Uuid::new_v4(), job_type, partitions, now);
         let op = Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: job.id }, now);
-        store.insert_job_with_operation(&job, &op)?;
+        store.insert_job_idempotently(&job, &op, request.as_ref())?;
         Ok(job)
     })
     .await?;
@@ -130,15 +140,17 @@ macro_rules! job_endpoints {
         #[doc = concat!("Starts a ", $noun, " job over the partitions named.")]
         #[utoipa::path(operation_id = stringify!($start), post, path = $collection, tag = "jobs", security(("bearer" = [])),
             request_body = JobBody,
+            params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
             responses(
                 (status = 201, description = "The job, queued", body = JobView),
                 (status = 404, description = "A partition named does not exist", body = ErrorBody)))]
         pub async fn $start(
             state: web::Data<AppState>,
             caller: Manager,
+            req: HttpRequest,
             body: web::Json<JobBody>,
         ) -> Result<HttpResponse, ApiError> {
-            start_job(state, $job_type, caller, body).await
+            start_job(state, $job_type, caller, req, body).await
         }
 
         #[doc = concat!("Lists ", $noun, " jobs.")]

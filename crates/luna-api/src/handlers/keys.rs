@@ -7,20 +7,23 @@ use luna_domain::{
     CreateKeyRequest, Key, KeyLifecycle, NewKeySpec, Operation, OperationPayload, Origin, Partition,
 };
 use luna_store::Store;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed};
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
 use crate::state::AppState;
 use crate::view::{KeyView, ListView};
 
+/// The route of creates, as idempotent requests record it.
+const KEYS_ROUTE: &str = "POST /api/v1/cckm/hsm/luna/keys";
+
 /// A new key. `size` must be one the mechanism's algorithm takes (AES 128,
 /// 192, 256; RSA 2048, 3072, 4096).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     #[schema(required = true, schema_with = crate::openapi::label_schema)]
@@ -106,15 +109,29 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
 /// status `in_progress`, and the key becomes `AVAILABLE` when the token has made it.
 #[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys", operation_id = "create_key", tag = "keys", security(("bearer" = [])),
     request_body = CreateKeyBody,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
     responses(
         (status = 201, description = "The key's record; the token is making it", body = KeyView),
         (status = 404, description = "No partition has this partition_id", body = ErrorBody)))]
 pub async fn create(
     state: web::Data<AppState>,
-    _caller: Manager,
+    caller: Manager,
+    req: HttpRequest,
     body: web::Json<CreateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let request = idempotent_request(&req, &caller.0.username, KEYS_ROUTE, &body)?;
+    let tenancy = state.tenancy.clone();
+    let view = move |store: &Store, id: Uuid| -> Result<Option<KeyView>, ApiError> {
+        let Some(key) = store.get_key(id)? else {
+            return Ok(None);
+        };
+        let link = key.link_id.map(|l| store.get_key(l)).transpose()?.flatten();
+        Ok(Some(KeyView::with_link(&key, link.as_ref(), &tenancy)))
+    };
+    if let Some(first) = replayed(&state.store, request.as_ref(), view).await? {
+        return Ok(first);
+    }
     let spec = CreateKeyRequest {
         label: body.label,
         size: body.size,
@@ -129,7 +146,7 @@ pub async fn create(
             .get_partition(spec.partition_id)?
             .ok_or_else(|| not_found("partition", spec.partition_id))?;
         let (keys, op) = new_key(&spec, &partition);
-        store.insert_keys_with_operation(&keys, &op)?;
+        store.insert_keys_idempotently(&keys, &op, request.as_ref())?;
         Ok(keys)
     })
     .await?;

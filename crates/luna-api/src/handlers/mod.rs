@@ -9,10 +9,69 @@ pub mod keys;
 pub mod partitions;
 pub mod users;
 
+use luna_domain::idempotency::{IdempotentRequest, Replay};
 use luna_domain::query::{parse_list_query, Filters, ListQuery};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+
+/// The `Idempotency-Key` a create was sent with, as the request to record:
+/// the caller's key, on `route`, with a digest of `body` (whose `Serialize`
+/// leaves PINs out: a digest of a short PIN could be reversed).
+pub(crate) fn idempotent_request(
+    req: &actix_web::HttpRequest,
+    caller: &str,
+    route: &str,
+    body: &impl serde::Serialize,
+) -> Result<Option<IdempotentRequest>, ApiError> {
+    use sha2::Digest as _;
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("\u{fffd}");
+    let canonical = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let digest = hex::encode(sha2::Sha256::digest(canonical));
+    Ok(Some(IdempotentRequest::new(caller, key, route, digest)?))
+}
+
+/// For a create sent again under its caller's `Idempotency-Key`: the first
+/// answer, 201 with what the first request made as it is now (`view` reads
+/// it by id), marked `Idempotent-Replayed: true`; or a 409 when the key came
+/// with another request. `None`: the key is new, do the work.
+pub(crate) async fn replayed<V: serde::Serialize + Send + 'static>(
+    store: &luna_store::Store,
+    request: Option<&IdempotentRequest>,
+    view: impl FnOnce(&luna_store::Store, Uuid) -> Result<Option<V>, ApiError> + Send + 'static,
+) -> Result<Option<actix_web::HttpResponse>, ApiError> {
+    let Some(request) = request.cloned() else {
+        return Ok(None);
+    };
+    let store = store.clone();
+    let first = blocking(move || {
+        let Some((first, made)) = store.idempotent_request(&request.caller, &request.key)? else {
+            return Ok(None);
+        };
+        match request.replay_of(&first, made) {
+            Replay::Other => Err(ApiError::Conflict(format!(
+                "Idempotency-Key {:?} was sent before with another request; use a new key for a new request",
+                request.key
+            ))),
+            Replay::Same(made) => match view(&store, made)? {
+                Some(view) => Ok(Some(view)),
+                None => Err(ApiError::Conflict(format!(
+                    "what the request sent with Idempotency-Key {:?} made no longer exists here",
+                    request.key
+                ))),
+            },
+        }
+    })
+    .await?;
+    Ok(first.map(|view| {
+        actix_web::HttpResponse::Created()
+            .insert_header(("Idempotent-Replayed", "true"))
+            .json(view)
+    }))
+}
 
 /// The query string as name/value pairs, percent-decoded.
 pub(crate) fn list_query<F: Filters>(query_string: &str) -> Result<ListQuery<F>, ApiError> {

@@ -9,10 +9,10 @@ use luna_domain::query::{ConnectionFilters, PartitionFilters};
 use luna_domain::ConnectionRequest;
 use luna_store::Store;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed};
 use crate::auth::{Administrator, Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -20,7 +20,7 @@ use crate::registry;
 use crate::state::AppState;
 use crate::view::{ConnectionView, ListView, MechanismView, MemberTokenView, PartitionView};
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberBody {
     hostname: Option<String>,
@@ -28,17 +28,23 @@ pub struct MemberBody {
     serial_number: Option<String>,
 }
 
+/// The route of connection creates, as idempotent requests record it.
+const CONNECTIONS_ROUTE: &str = "POST /api/v1/connectionmgmt/services/luna-network/connections";
+
 /// A Luna network connection: its partitions (HA members) and their PINs.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `Serialize` (for the digest of an idempotent create) leaves the PINs out.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionBody {
     name: Option<String>,
     description: Option<String>,
     /// The partitions' crypto officer PIN; kept sealed, never answered.
     #[schema(value_type = Option<String>, format = Password)]
+    #[serde(skip_serializing)]
     password: Option<SecretString>,
     /// The security officer PIN, for a cloning domain between HA members.
     #[schema(value_type = Option<String>, format = Password)]
+    #[serde(skip_serializing)]
     so_password: Option<SecretString>,
     #[serde(default)]
     is_ha_enabled: bool,
@@ -57,13 +63,25 @@ pub struct AddPartitionBody {
 /// Registers a connection after logging in to each of its partitions.
 #[utoipa::path(post, path = "/api/v1/connectionmgmt/services/luna-network/connections", tag = "partitions", security(("bearer" = [])),
     request_body = ConnectionBody,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
     responses((status = 201, description = "The connection", body = ConnectionView)))]
 pub async fn create_connection(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    caller: Administrator,
+    req: HttpRequest,
     body: web::Json<ConnectionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let request = idempotent_request(&req, &caller.0.username, CONNECTIONS_ROUTE, &body)?;
+    let tenancy = state.tenancy.clone();
+    let view = move |store: &Store, id: uuid::Uuid| -> Result<Option<ConnectionView>, ApiError> {
+        Ok(store
+            .get_connection(id)?
+            .map(|c| ConnectionView::new(&c, &tenancy)))
+    };
+    if let Some(first) = replayed(&state.store, request.as_ref(), view).await? {
+        return Ok(first);
+    }
     let spec = ConnectionRequest {
         name: body.name,
         description: body.description,
@@ -84,7 +102,10 @@ pub async fn create_connection(
     .validate()?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
-    let connection = blocking(move || registry::register_connection(&store, tokens.module(), spec)).await?;
+    let connection = blocking(move || {
+        registry::register_connection_idempotently(&store, tokens.module(), spec, request.as_ref())
+    })
+    .await?;
     Ok(HttpResponse::Created().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 

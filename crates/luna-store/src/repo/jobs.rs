@@ -55,9 +55,23 @@ impl Store {
     /// Records a job and the operation that runs it. A job of the same type
     /// already running on one of its partitions makes this a conflict.
     pub fn insert_job_with_operation(&self, job: &Job, operation: &Operation) -> Result<()> {
+        self.insert_job_idempotently(job, operation, None)
+    }
+
+    /// `insert_job_with_operation`, recording in the same transaction that
+    /// `request` (a start under an `Idempotency-Key`) made the job.
+    pub fn insert_job_idempotently(
+        &self,
+        job: &Job,
+        operation: &Operation,
+        request: Option<&luna_domain::idempotency::IdempotentRequest>,
+    ) -> Result<()> {
         let row = JobRow::from_domain(job)?;
         let op = OperationRow::from_domain(operation)?;
         self.write(|conn| {
+            if let Some(request) = request {
+                crate::repo::idempotency::remember(conn, request, job.id)?;
+            }
             diesel::insert_into(jobs::table).values(&row).execute(conn)?;
             for partition in &job.partitions {
                 diesel::insert_into(running_jobs::table)

@@ -1,4 +1,5 @@
 use diesel::prelude::*;
+use luna_domain::idempotency::IdempotentRequest;
 use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
 use luna_domain::{Key, KeyEvent, KeyLifecycle, Operation};
 use uuid::Uuid;
@@ -140,9 +141,23 @@ impl Store {
     /// Records new keys and the operation that will make them, atomically:
     /// once this returns, the request cannot be lost.
     pub fn insert_keys_with_operation(&self, new_keys: &[Key], operation: &Operation) -> Result<()> {
+        self.insert_keys_idempotently(new_keys, operation, None)
+    }
+
+    /// `insert_keys_with_operation`, recording in the same transaction that
+    /// `request` (a create under an `Idempotency-Key`) made the first key.
+    pub fn insert_keys_idempotently(
+        &self,
+        new_keys: &[Key],
+        operation: &Operation,
+        request: Option<&IdempotentRequest>,
+    ) -> Result<()> {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
         let op = OperationRow::from_domain(operation)?;
         self.write(|conn| {
+            if let (Some(request), Some(first)) = (request, new_keys.first()) {
+                crate::repo::idempotency::remember(conn, request, first.id)?;
+            }
             per_backend!(conn, |c| diesel::insert_into(keys::table)
                 .values(&rows)
                 .execute(c))?;

@@ -1,6 +1,7 @@
 //! Repositories: one module per aggregate, each an `impl Store` block.
 
 pub mod audit;
+pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod operations;

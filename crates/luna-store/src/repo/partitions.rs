@@ -89,7 +89,14 @@ fn partitions_filtered(f: &PartitionFilters) -> partitions::BoxedQuery<'static, 
 
 impl Store {
     /// Stores a connection with its PIN sealed. A taken name is a conflict.
-    pub fn insert_connection(&self, connection: &Connection, pin: &SecretString) -> Result<()> {
+    /// Stores a connection and its sealed PIN; with `request` (a create under
+    /// an `Idempotency-Key`), records in the same transaction that it made it.
+    pub fn insert_connection(
+        &self,
+        connection: &Connection,
+        pin: &SecretString,
+        request: Option<&luna_domain::idempotency::IdempotentRequest>,
+    ) -> Result<()> {
         let id = connection.id.to_string();
         let row = ConnectionRow {
             id: id.clone(),
@@ -114,6 +121,9 @@ impl Store {
             })
             .collect();
         self.write(|conn| {
+            if let Some(request) = request {
+                crate::repo::idempotency::remember(conn, request, connection.id)?;
+            }
             diesel::insert_into(connections::table)
                 .values(&row)
                 .execute(conn)
