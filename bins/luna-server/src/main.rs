@@ -37,7 +37,10 @@ fn serve(settings: &Settings) -> Result<()> {
     let (module, demo_tokens) = embedded::open_module(data, settings.pkcs11_module.as_deref())?;
     let pins = PinCipher::load_or_create(&data.join("pin.key"))?;
     let url = settings.database_url();
-    let store = Store::open(&url, pins, PoolOptions::default()).context("opening the database")?;
+    let store = Store::open(&url, pins, PoolOptions::default())
+        .context("opening the database")?
+        .with_audit_checkpoint(&data.join("audit.head"))
+        .context("reading the audit trail's checkpoint")?;
     store.check_pin_key().with_context(|| {
         format!(
             "{} is not the key that sealed this database's connection PINs; instances that share a database must share pin.key (and jwt.key)",

@@ -41,6 +41,8 @@ pub struct Api {
     /// Taken by `stop`; present for the server's whole life.
     db: Option<TestDatabase>,
     store: luna_store::Store,
+    /// The instance's own files (the audit checkpoint), for its whole life.
+    _data: tempfile::TempDir,
 }
 
 /// The runner settings of test servers: short leases and polls.
@@ -95,6 +97,8 @@ impl Api {
         runner: RunnerSettings,
     ) -> Api {
         let dir = tempfile::tempdir().unwrap();
+        // The audit trail's head, kept outside the database as the server keeps it.
+        let store = store.with_audit_checkpoint(&dir.path().join("audit.head")).unwrap();
         bootstrap_admin(
             &store,
             Some(&SecretString::from(ADMIN_PASSWORD)),
@@ -129,6 +133,7 @@ impl Api {
             thread: Some(thread),
             db,
             store,
+            _data: dir,
         };
         let (status, body) = api.call(
             "POST",

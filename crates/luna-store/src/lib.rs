@@ -28,7 +28,7 @@ pub use codec::now;
 pub use db::{Backend, PoolOptions};
 pub use error::{Result, StoreError};
 pub use pin::{load_or_create_key_file, PinCipher};
-pub use repo::audit::{AuditEntry, AuditRecord};
+pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
 pub use repo::users::{NewUser, StoredUser};
 
 use db::{DbConnection, Manager, SqliteWriteLock};
@@ -47,6 +47,8 @@ pub struct Store {
     backend: Backend,
     sqlite_writes: Arc<SqliteWriteLock>,
     pins: Arc<PinCipher>,
+    /// Where the audit trail's head is kept outside the database, if anywhere.
+    audit_checkpoint: Option<Arc<AuditCheckpoint>>,
     /// Set when the last attempt to get a connection failed: the database is
     /// away, and later attempts wait briefly instead of the full timeout, so
     /// a request needing several queries still answers in about one.
@@ -82,9 +84,17 @@ impl Store {
             pool,
             backend,
             sqlite_writes: Arc::default(),
+            audit_checkpoint: None,
             pins: Arc::new(pins),
             unreachable: Arc::default(),
         })
+    }
+
+    /// This store, keeping the audit trail's head in `path` (created on the
+    /// first append) and holding the trail to it when verified.
+    pub fn with_audit_checkpoint(mut self, path: &std::path::Path) -> Result<Store> {
+        self.audit_checkpoint = Some(Arc::new(AuditCheckpoint::open(path)?));
+        Ok(self)
     }
 
     pub fn backend(&self) -> Backend {

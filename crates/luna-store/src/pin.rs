@@ -48,6 +48,9 @@ pub fn load_or_create_key_file(path: &Path, len: usize) -> Result<Vec<u8>> {
 /// id is the associated data), so a ciphertext copied to another row fails.
 pub struct PinCipher {
     cipher: Aes256Gcm,
+    /// Keys the audit chain: derived from the same key file, which instances
+    /// sharing a database share, and which the database never holds.
+    audit_key: [u8; 32],
 }
 
 impl std::fmt::Debug for PinCipher {
@@ -58,9 +61,19 @@ impl std::fmt::Debug for PinCipher {
 
 impl PinCipher {
     pub fn from_key(key: &[u8; KEY_LEN]) -> Self {
+        use sha2::Digest as _;
+        let mut audit = sha2::Sha256::new();
+        audit.update(b"luna-cckm/audit-key/v1");
+        audit.update(key);
         PinCipher {
             cipher: Aes256Gcm::new(key.into()),
+            audit_key: audit.finalize().into(),
         }
+    }
+
+    /// The key of the audit chain's MACs.
+    pub(crate) fn audit_key(&self) -> &[u8; 32] {
+        &self.audit_key
     }
 
     /// Reads the key file, or creates it (mode 0600) with a fresh random key.

@@ -16,7 +16,7 @@ use luna_domain::{
     Origin, Partition,
 };
 use luna_store::testing::TestDatabase;
-use luna_store::{now, PinCipher, PoolOptions, Store, StoreError};
+use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -579,22 +579,27 @@ on_both_backends! {
             request_id: "r".into(),
             client: "127.0.0.1".into(),
         };
+        // The server's store keeps the head in a file outside the database.
+        let dir = tempfile::tempdir().unwrap();
+        let server = db.second_store().unwrap().with_audit_checkpoint(&dir.path().join("audit.head")).unwrap();
         std::thread::scope(|s| {
             for t in 0..4 {
+                let server = &server;
                 s.spawn(move || {
                     for _ in 0..10 {
-                        store.append_audit(&entry(&format!("user{t}"), "keys.create")).unwrap();
+                        server.append_audit(&entry(&format!("user{t}"), "keys.create")).unwrap();
                     }
                 });
             }
         });
-        assert_eq!(store.verify_audit().unwrap(), None, "40 concurrent appends, one unbroken chain");
+        assert_eq!(server.verify_audit().unwrap(), AuditCheck::Intact, "40 concurrent appends, one unbroken chain");
         let all = store.list_audit(None, None, 0, 100).unwrap();
         assert_eq!(all.total, 40);
         assert_eq!(all.items[0].seq, 40, "newest first");
         assert_eq!(all.items[0].previous_hash, all.items[1].hash);
+        assert_eq!(std::fs::read_to_string(dir.path().join("audit.head")).unwrap(), format!("40 {}\n", all.items[0].hash));
         assert_eq!(store.list_audit(Some("user2"), Some("keys.create"), 0, 100).unwrap().total, 10);
-        // Tampering, as someone with database access would: edit, then delete.
+        // Tampering, as someone with database access (not the data directory) would.
         let raw = |sql: &str| {
             use diesel::connection::SimpleConnection;
             use diesel::Connection;
@@ -603,12 +608,36 @@ on_both_backends! {
                 None => diesel::PgConnection::establish(&db.url).unwrap().batch_execute(sql).unwrap(),
             }
         };
+        let broken_at = |check: AuditCheck| match check {
+            AuditCheck::Broken { at, why } => (at, why),
+            AuditCheck::Intact => panic!("the tampering went unseen"),
+        };
         raw("UPDATE audit_records SET outcome = '403' WHERE seq = 17");
-        assert_eq!(store.verify_audit().unwrap(), Some(17));
+        assert_eq!(broken_at(server.verify_audit().unwrap()).0, 17);
         raw("UPDATE audit_records SET outcome = '200' WHERE seq = 17");
-        assert_eq!(store.verify_audit().unwrap(), None);
-        raw("DELETE FROM audit_records WHERE seq = 30");
-        assert_eq!(store.verify_audit().unwrap(), Some(31));
+        assert_eq!(server.verify_audit().unwrap(), AuditCheck::Intact);
+        // The newest five cut off: the chain alone still holds; the checkpoint does not.
+        raw("DELETE FROM audit_records WHERE seq > 35");
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "a store without the checkpoint cannot see it");
+        let (at, why) = broken_at(server.verify_audit().unwrap());
+        assert_eq!(at, 36);
+        assert!(why.contains("the trail ends at record 35, but this server wrote record 40"), "{why}");
+        raw("DELETE FROM audit_records");
+        assert!(broken_at(server.verify_audit().unwrap()).1.contains("ends at record 0"));
+        // Rewritten from record 5 on by someone who can compute hashes but has
+        // not the audit key (another pin.key): the MACs do not follow.
+        for _ in 0..10 {
+            store.append_audit(&entry("admin", "keys.create")).unwrap();
+        }
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact);
+        raw("DELETE FROM audit_records WHERE seq >= 5");
+        let forger = Store::open(&db.url, PinCipher::from_key(&[0x13; 32]), PoolOptions::default()).unwrap();
+        for _ in 0..6 {
+            forger.append_audit(&entry("admin", "keys.create")).unwrap();
+        }
+        assert_eq!(broken_at(store.verify_audit().unwrap()).0, 5);
+        raw("DELETE FROM audit_records WHERE seq = 3");
+        assert_eq!(broken_at(store.verify_audit().unwrap()).0, 4, "a deleted record breaks the chain at the next");
     }
 
     fn users_and_refresh_tokens(store: &Store, _db: &TestDatabase) {

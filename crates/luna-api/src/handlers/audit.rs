@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use luna_domain::query::AuditFilters;
-use luna_store::{AuditEntry, AuditRecord};
+use luna_store::{AuditCheck, AuditEntry, AuditRecord};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -73,9 +73,13 @@ pub async fn list(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChainCheck {
     intact: bool,
-    /// The first record whose hash does not follow from the one before.
+    /// The first record found wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     broken_at: Option<i64>,
+    /// Why: a record that does not follow from the one before, records cut
+    /// off the end, or a rewritten trail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// Walks the chain: `{"intact": true}`, or where it breaks.
@@ -83,10 +87,18 @@ pub struct ChainCheck {
     responses((status = 200, description = "Whether every record follows from the one before", body = ChainCheck)))]
 pub async fn verify(state: web::Data<AppState>, _caller: Administrator) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let broken_at = blocking(move || Ok(store.verify_audit()?)).await?;
-    Ok(HttpResponse::Ok().json(ChainCheck {
-        intact: broken_at.is_none(),
-        broken_at,
+    let check = blocking(move || Ok(store.verify_audit()?)).await?;
+    Ok(HttpResponse::Ok().json(match check {
+        AuditCheck::Intact => ChainCheck {
+            intact: true,
+            broken_at: None,
+            reason: None,
+        },
+        AuditCheck::Broken { at, why } => ChainCheck {
+            intact: false,
+            broken_at: Some(at),
+            reason: Some(why),
+        },
     }))
 }
 

@@ -1,13 +1,22 @@
-//! The audit trail: append-only records chained by SHA-256.
+//! The audit trail: append-only records, each carrying an HMAC-SHA256 of the
+//! one before and of itself, under a key the database does not hold (derived
+//! from `pin.key`), and a checkpoint of the head kept outside the table
+//! (`AuditCheckpoint`). Editing a record, inserting or deleting one, or
+//! rewriting the chain from some record on is seen without the key; cutting
+//! records off the end is seen against the checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::codec::{from_micros, micros};
 use crate::db::DbConnection;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::schema::audit_records;
 use crate::{Listed, Store};
 
@@ -53,10 +62,13 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// Serialises appends on PostgreSQL, where several servers may write.
 const AUDIT_LOCK: i64 = 0x6c75_6e61_6175_6469;
 
-/// SHA-256 over the previous hash and every field, each length-prefixed.
-fn chain_hash(previous: &str, seq: i64, at: i64, e: &AuditEntry) -> String {
-    let mut hash = Sha256::new();
-    hash.update(b"luna-cckm/audit/v1");
+/// HMAC-SHA256, under the audit key, of the previous hash and every field,
+/// each length-prefixed.
+fn chain_hash(key: &[u8; 32], previous: &str, seq: i64, at: i64, e: &AuditEntry) -> String {
+    let Ok(mut hash) = Hmac::<Sha256>::new_from_slice(key) else {
+        unreachable!("HMAC takes a key of any length")
+    };
+    hash.update(b"luna-cckm/audit/v2");
     for part in [
         previous,
         &seq.to_string(),
@@ -68,11 +80,84 @@ fn chain_hash(previous: &str, seq: i64, at: i64, e: &AuditEntry) -> String {
         &e.request_id,
         &e.client,
     ] {
-        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(&(part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
-    let digest = hash.finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash.finalize().into_bytes())
+}
+
+/// What a walk of the chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditCheck {
+    Intact,
+    /// The first record found wrong, and why.
+    Broken { at: i64, why: String },
+}
+
+/// The head of the trail as this server last wrote it (sequence number and
+/// hash), kept in a file outside the database: records cut off the end of
+/// the table are missed by the chain alone, not by this. Written after each
+/// append (never backwards), atomically.
+#[derive(Debug)]
+pub struct AuditCheckpoint {
+    path: PathBuf,
+    written: Mutex<Option<(i64, String)>>,
+}
+
+impl AuditCheckpoint {
+    /// The checkpoint in `path`, read if it exists.
+    pub fn open(path: &Path) -> Result<AuditCheckpoint> {
+        let file_error = |source| StoreError::KeyFile {
+            path: path.to_path_buf(),
+            source,
+        };
+        let written = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let (seq, hash) = text
+                    .trim()
+                    .split_once(' ')
+                    .ok_or_else(|| StoreError::corrupt("audit checkpoint", "no sequence and hash"))?;
+                let seq = seq
+                    .parse()
+                    .map_err(|e| StoreError::corrupt("audit checkpoint", e))?;
+                Some((seq, hash.to_owned()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(file_error(e)),
+        };
+        Ok(AuditCheckpoint {
+            path: path.to_path_buf(),
+            written: Mutex::new(written),
+        })
+    }
+
+    fn head(&self) -> Option<(i64, String)> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, seq: i64, hash: &str) -> Result<()> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if written.as_ref().is_some_and(|(at, _)| *at >= seq) {
+            return Ok(());
+        }
+        let temporary = self.path.with_extension("tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut file = options.open(&temporary)?;
+            writeln!(file, "{seq} {hash}")?;
+            std::fs::rename(&temporary, &self.path)
+        };
+        write().map_err(|source| StoreError::KeyFile {
+            path: self.path.clone(),
+            source,
+        })?;
+        *written = Some((seq, hash.to_owned()));
+        Ok(())
+    }
 }
 
 impl AuditRow {
@@ -103,9 +188,10 @@ fn last(conn: &mut DbConnection) -> Result<Option<(i64, String)>> {
 }
 
 impl Store {
-    /// Appends a record chained to the last one.
+    /// Appends a record chained to the last one, then moves the checkpoint to it.
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
-        self.write(|conn| {
+        let key = *self.pins.audit_key();
+        let record = self.write(|conn| {
             if let DbConnection::Postgres(pg) = conn {
                 pg.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})"))?;
             }
@@ -123,14 +209,18 @@ impl Store {
                 outcome: entry.outcome.clone(),
                 request_id: entry.request_id.clone(),
                 client: entry.client.clone(),
-                hash: chain_hash(&previous, seq, at, entry),
+                hash: chain_hash(&key, &previous, seq, at, entry),
                 previous_hash: previous,
             };
             diesel::insert_into(audit_records::table)
                 .values(&row)
                 .execute(conn)?;
             row.into_record()
-        })
+        })?;
+        if let Some(checkpoint) = &self.audit_checkpoint {
+            checkpoint.record(record.seq, &record.hash)?;
+        }
+        Ok(record)
     }
 
     /// Records, newest first, optionally one user's or one action's.
@@ -166,24 +256,47 @@ impl Store {
         })
     }
 
-    /// Walks the whole chain. `Ok(None)` if it is intact, else the first
-    /// sequence number where it breaks (an edited, inserted or deleted record).
-    pub fn verify_audit(&self) -> Result<Option<i64>> {
-        self.read(|conn| {
-            let rows: Vec<AuditRow> = audit_records::table
+    /// Walks the whole chain, then holds its end to the checkpoint.
+    pub fn verify_audit(&self) -> Result<AuditCheck> {
+        let key = *self.pins.audit_key();
+        let rows: Vec<AuditRow> = self.read(|conn| {
+            Ok(audit_records::table
                 .order(audit_records::seq.asc())
                 .select(AuditRow::as_select())
-                .load(conn)?;
-            let mut previous = GENESIS.to_owned();
-            for (index, row) in rows.into_iter().enumerate() {
-                let record = row.clone().into_record()?;
-                let expected = chain_hash(&previous, row.seq, row.at, &record.entry);
-                if row.seq != index as i64 + 1 || row.previous_hash != previous || row.hash != expected {
-                    return Ok(Some(row.seq));
-                }
-                previous = row.hash;
+                .load(conn)?)
+        })?;
+        let mut previous = GENESIS.to_owned();
+        for (index, row) in rows.iter().enumerate() {
+            let record = row.clone().into_record()?;
+            let expected = chain_hash(&key, &previous, row.seq, row.at, &record.entry);
+            if row.seq != index as i64 + 1 || row.previous_hash != previous || row.hash != expected {
+                return Ok(AuditCheck::Broken {
+                    at: row.seq,
+                    why: format!(
+                        "record {} does not follow from the one before under the audit key: a record was edited, \
+                         inserted or deleted, or the chain was rewritten",
+                        row.seq
+                    ),
+                });
             }
-            Ok(None)
-        })
+            previous = row.hash.clone();
+        }
+        let Some((seq, hash)) = self.audit_checkpoint.as_ref().and_then(|c| c.head()) else {
+            return Ok(AuditCheck::Intact);
+        };
+        let last = rows.last().map_or(0, |r| r.seq);
+        match usize::try_from(seq - 1).ok().and_then(|i| rows.get(i)) {
+            None => Ok(AuditCheck::Broken {
+                at: last + 1,
+                why: format!(
+                    "the trail ends at record {last}, but this server wrote record {seq}: records were cut off its end"
+                ),
+            }),
+            Some(row) if row.hash != hash => Ok(AuditCheck::Broken {
+                at: seq,
+                why: format!("record {seq} is not the one this server wrote: the trail was rewritten"),
+            }),
+            Some(_) => Ok(AuditCheck::Intact),
+        }
     }
 }
