@@ -98,7 +98,9 @@ impl Api {
     ) -> Api {
         let dir = tempfile::tempdir().unwrap();
         // The audit trail's head, kept outside the database as the server keeps it.
-        let store = store.with_audit_checkpoint(&dir.path().join("audit.head")).unwrap();
+        let store = store
+            .with_audit_checkpoint(&dir.path().join("audit.head"))
+            .unwrap();
         bootstrap_admin(
             &store,
             Some(&SecretString::from(ADMIN_PASSWORD)),

@@ -322,9 +322,17 @@ impl Runner {
             if cancelled {
                 return None;
             }
-            views.push(match scanned {
-                Err(e) => Err(format!("the member could not be read: {e}")),
-                Ok(_) => Ok(objects),
+            // A token whose store went away can still answer a scan, with
+            // fewer objects or none (SoftHSM2 does): a scan counts only if the
+            // module still lists the token after it.
+            let still_there = self
+                .tokens
+                .module()
+                .describe_token(&member.partition_label, Some(&member.serial_number));
+            views.push(match (scanned, still_there) {
+                (Err(e), _) => Err(format!("the member could not be read: {e}")),
+                (Ok(_), Err(e)) => Err(format!("the member's token went away during the scan: {e}")),
+                (Ok(_), Ok(_)) => Ok(objects),
             });
         }
         Some(views)

@@ -91,7 +91,10 @@ fn chain_hash(key: &[u8; 32], previous: &str, seq: i64, at: i64, e: &AuditEntry)
 pub enum AuditCheck {
     Intact,
     /// The first record found wrong, and why.
-    Broken { at: i64, why: String },
+    Broken {
+        at: i64,
+        why: String,
+    },
 }
 
 /// The head of the trail as this server last wrote it (sequence number and
