@@ -28,6 +28,12 @@ bench-token:
 duplicates:
     duplicates --change
 
+# Load and faults against two instances on one database (kill -9, the database
+# stopped, the token taken away), then lost / duplicated / stuck / wrongly DELETED (all 0).
+chaos:
+    cargo build --release -p luna-server
+    cargo run --release -p luna-server --example chaos
+
 # The API against the raw token (creates) and against its healthz (reads over 100,000 records).
 bench-api:
     cargo bench -p luna-api --bench api

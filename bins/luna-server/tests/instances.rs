@@ -113,7 +113,7 @@ fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
     );
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    wait_for_line(&b_log, "trying again later");
+    wait_for_line(&b_log, "passing the operation on");
     let (_, key) = call(
         "GET",
         &format!("{}/cckm/hsm/luna/keys/{id}", b.base),

@@ -52,6 +52,9 @@ pub fn runner_settings(workers: usize) -> RunnerSettings {
         lease: chrono::Duration::seconds(5),
         poll: Duration::from_millis(200),
         retry_base: chrono::Duration::milliseconds(100),
+        // Tests destroy objects behind the service's back and refresh at once.
+        refresh_settle: chrono::Duration::zero(),
+        pass_on_for: chrono::Duration::seconds(1),
         after_scan: None,
     }
 }

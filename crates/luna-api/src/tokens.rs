@@ -15,6 +15,9 @@ use uuid::Uuid;
 pub struct Unavailable {
     pub reason: String,
     pub transient: bool,
+    /// This instance's module does not list the token (another instance's
+    /// may: started after the token was made, say).
+    pub missing_here: bool,
 }
 
 impl std::fmt::Display for Unavailable {
@@ -28,6 +31,7 @@ impl Unavailable {
         Unavailable {
             reason,
             transient: false,
+            missing_here: false,
         }
     }
 }
@@ -133,5 +137,6 @@ fn unreachable(member: &Member, error: &TokenError) -> Unavailable {
             member.partition_label, member.serial_number
         ),
         transient: error.is_transient(),
+        missing_here: matches!(error, TokenError::TokenNotFound { .. }),
     }
 }

@@ -190,6 +190,15 @@ impl Operation {
         Ok(())
     }
 
+    /// Hands this running operation back for another worker at `at`, without
+    /// counting the attempt: this worker could not even begin it (its
+    /// instance does not see the token), which says nothing of the work.
+    pub fn pass_on(&mut self, reason: String, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+        self.retry_later(reason, at, now)?;
+        self.attempts = self.attempts.saturating_sub(1);
+        Ok(())
+    }
+
     /// This running operation, ended `failed` because every attempt it had
     /// was interrupted; the reason says so, and what the last attempt said.
     pub fn given_up(&self, now: DateTime<Utc>) -> Result<Operation> {

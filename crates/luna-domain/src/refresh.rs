@@ -51,21 +51,38 @@ pub struct RefreshScope {
     pub members: Vec<String>,
 }
 
-/// The records as they were when the scan began (each one's `updated_at`).
-/// A record changed or made since may have made its object after the scan
-/// passed that object's place: that the scan missed the object proves nothing.
+/// The records as they were when the scan began (each one's `updated_at`),
+/// and how recent a change may be for the scan to judge it. A record changed
+/// or made since the scan began may have made its object after the scan
+/// passed that object's place; one changed shortly before may name an object
+/// that another process wrote and this one's module does not list yet (two
+/// instances on one SoftHSM2 token store: seen). That the scan missed such an
+/// object proves nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BeforeScan(BTreeMap<Uuid, DateTime<Utc>>);
+pub struct BeforeScan {
+    updated_at: BTreeMap<Uuid, DateTime<Utc>>,
+    /// Records changed after this are too recent to be judged.
+    settled_by: Option<DateTime<Utc>>,
+}
 
 impl BeforeScan {
-    pub fn of(records: &[Key]) -> BeforeScan {
-        BeforeScan(records.iter().map(|k| (k.id, k.updated_at)).collect())
+    /// `records` as read when the scan began at `started`; `settle`: how old
+    /// a change must be before then for the scan to judge its record.
+    pub fn of(records: &[Key], started: DateTime<Utc>, settle: chrono::Duration) -> BeforeScan {
+        BeforeScan {
+            updated_at: records.iter().map(|k| (k.id, k.updated_at)).collect(),
+            settled_by: Some(started - settle),
+        }
     }
 
-    /// Whether `record` is as it was before the scan (every change of a
-    /// record moves its `updated_at`).
+    /// Whether the scan may judge `record`: it is as it was before the scan
+    /// (every change of a record moves its `updated_at`), and that was
+    /// `settle` before the scan began.
     pub fn unchanged(&self, record: &Key) -> bool {
-        self.0.get(&record.id) == Some(&record.updated_at)
+        self.updated_at.get(&record.id) == Some(&record.updated_at)
+            && self
+                .settled_by
+                .is_some_and(|settled| record.updated_at <= settled)
     }
 }
 
@@ -393,7 +410,13 @@ mod tests {
             ]),
             MemberView::Read(vec![kept.clone(), renamed_now]),
         ];
-        let plan = plan(&s, &BeforeScan::of(&records), &records, &seen, Utc::now());
+        let plan = plan(
+            &s,
+            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &records,
+            &seen,
+            Utc::now(),
+        );
         let updated: BTreeMap<&str, &Key> = plan
             .updated
             .iter()
@@ -437,7 +460,11 @@ mod tests {
         let gone = record(&s, &object("aa04", ObjectType::SecretKey, b"\xaa", "gone"));
         let mut finished = record(&s, &object("bb04", ObjectType::SecretKey, b"\xbb", "finished"));
         let made_during = record(&s, &object("cc04", ObjectType::SecretKey, b"\xcc", "made during"));
-        let before = BeforeScan::of(&[gone.clone(), finished.clone()]);
+        let before = BeforeScan::of(
+            &[gone.clone(), finished.clone()],
+            Utc::now(),
+            chrono::Duration::zero(),
+        );
         finished.updated_at += chrono::Duration::milliseconds(3);
         let records = vec![gone.clone(), finished.clone(), made_during.clone()];
         let seen = vec![MemberView::Read(vec![]), MemberView::Read(vec![])];
@@ -451,6 +478,31 @@ mod tests {
         assert_eq!(ended, [gone.id], "only the unchanged record ends DELETED");
         assert!(plan.updated.iter().all(|(k, _)| k.id == gone.id), "{plan:?}");
         assert!(plan.inserted.is_empty());
+
+        // Changed less than `settle` before the scan: too recent to judge
+        // (another process's object may not be listed yet); older: judged.
+        let recent = BeforeScan::of(
+            std::slice::from_ref(&gone),
+            gone.updated_at + chrono::Duration::seconds(30),
+            chrono::Duration::seconds(60),
+        );
+        assert!(
+            super::plan(&s, &recent, std::slice::from_ref(&gone), &seen, Utc::now())
+                .updated
+                .is_empty()
+        );
+        let settled = BeforeScan::of(
+            std::slice::from_ref(&gone),
+            gone.updated_at + chrono::Duration::seconds(61),
+            chrono::Duration::seconds(60),
+        );
+        assert_eq!(
+            super::plan(&s, &settled, std::slice::from_ref(&gone), &seen, Utc::now()).updated[0]
+                .0
+                .lifecycle
+                .status,
+            KeyStatus::Deleted
+        );
     }
 
     #[test]
@@ -462,7 +514,13 @@ mod tests {
             MemberView::Read(vec![]),
             MemberView::Unreachable("member s2 is down".into()),
         ];
-        let plan = plan(&s, &BeforeScan::of(&records), &records, &seen, Utc::now());
+        let plan = plan(
+            &s,
+            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &records,
+            &seen,
+            Utc::now(),
+        );
         let (key, _) = &plan.updated[0];
         assert_eq!(
             key.lifecycle.status,
@@ -485,7 +543,7 @@ mod tests {
         let records = [recorded];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records),
+            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
             &records,
             &[
                 MemberView::Read(vec![on_token.clone()]),
@@ -512,7 +570,7 @@ mod tests {
         let records = [busy];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records),
+            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
             &records,
             &[MemberView::Read(vec![]), MemberView::Read(vec![])],
             Utc::now(),
@@ -536,7 +594,13 @@ mod tests {
             MemberView::Read(vec![private.clone(), public.clone()]),
             MemberView::Read(vec![private, public]),
         ];
-        let plan = plan(&s, &BeforeScan::of(&records), &records, &seen, Utc::now());
+        let plan = plan(
+            &s,
+            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &records,
+            &seen,
+            Utc::now(),
+        );
         assert!(plan.inserted.is_empty());
         assert_eq!(plan.updated.len(), 2);
         for (k, _) in &plan.updated {

@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
-use luna_domain::{Job, JobEvent, JobStatus, JobType, Partition};
+use luna_domain::{Job, JobEvent, JobStatus, JobType, Key, KeyStatus, Partition};
 use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
 
-use super::{AfterScan, Runner};
+use super::{AfterScan, Failure, Runner};
 
 /// Objects described per `C_GetAttributeValue` round of a scan.
 const BATCH: usize = 256;
@@ -53,7 +53,7 @@ fn observed(d: &ObjectDescription) -> Option<ObservedObject> {
 impl Runner {
     /// Runs (or, after a crash, resumes) a job to its end. The job's own status
     /// says how it went; the operation fails only if the job cannot be run at all.
-    pub(super) fn run_job(&self, job_id: Uuid) -> Result<(), String> {
+    pub(super) fn run_job(&self, job_id: Uuid) -> Result<(), Failure> {
         let read = |e: luna_store::StoreError| format!("the job record could not be read or written: {e}");
         let mut job = self
             .store
@@ -63,6 +63,7 @@ impl Runner {
         if job.lifecycle.status != JobStatus::InProgress {
             return Ok(());
         }
+        self.sees_every_token(&job)?;
         for partition_id in job.partitions.clone() {
             let done = job
                 .detailed_status
@@ -79,7 +80,7 @@ impl Runner {
             let state = match outcome {
                 PartitionOutcome::Completed => JobStatus::Completed.as_str().to_owned(),
                 PartitionOutcome::Failed(reason) => reason,
-                PartitionOutcome::Cancelled => return self.end_cancelled(job_id).map_err(read),
+                PartitionOutcome::Cancelled => return Ok(self.end_cancelled(job_id).map_err(read)?),
             };
             // Re-read: a cancel may have set the abort flag meanwhile.
             job = self
@@ -105,6 +106,33 @@ impl Runner {
         )
         .map_err(|e| e.to_string())?;
         self.store.save_job(&job).map_err(read)?;
+        Ok(())
+    }
+
+    /// A job runs on an instance whose module lists every token of the
+    /// partitions it has yet to do; another instance's may (`Failure::NotHere`).
+    fn sees_every_token(&self, job: &Job) -> Result<(), Failure> {
+        for partition_id in &job.partitions {
+            let done = job
+                .detailed_status
+                .get(partition_id)
+                .is_some_and(|s| s != JobStatus::InProgress.as_str());
+            let Ok(Some(partition)) = self.store.get_partition(*partition_id) else {
+                continue;
+            };
+            for member in partition.members.iter().filter(|_| !done) {
+                let listed = self
+                    .tokens
+                    .module()
+                    .describe_token(&member.partition_label, Some(&member.serial_number));
+                if let Err(e @ luna_pkcs11::TokenError::TokenNotFound { .. }) = listed {
+                    return Err(Failure::NotHere(format!(
+                        "partition {:?} (serial {}) is not listed by this instance's module: {e}",
+                        member.partition_label, member.serial_number
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -147,13 +175,14 @@ impl Runner {
         };
         let stop = || self.store.job_abort_requested(job.id).unwrap_or(false);
         // The records as the scan begins: what changes after is not judged by it.
+        let started = luna_store::now();
         let before = match self.store.keys_of_partition(partition.id) {
             Ok(records) => records,
             Err(e) => return PartitionOutcome::Failed(format!("the key records could not be read: {e}")),
         };
         let known: Option<BTreeSet<String>> =
             (job.job_type == JobType::Refresh).then(|| before.iter().map(|k| k.object_uid.clone()).collect());
-        let before = BeforeScan::of(&before);
+        let before = BeforeScan::of(&before, started, self.settings.refresh_settle);
         let Some(mut surveyed) = self.survey(&partition, &stop, known.as_ref()) else {
             return PartitionOutcome::Cancelled;
         };
@@ -349,10 +378,33 @@ impl Runner {
             .store
             .keys_of_partition(partition.id)
             .map_err(|e| format!("the key records could not be read: {e}"))?;
-        let planned = plan(&scope, before, &records, views, luna_store::now());
+        let mut planned = plan(&scope, before, &records, views, luna_store::now());
+        // A second look before a key ends DELETED: a scan can miss an object
+        // another process was writing as it read the token (two instances on
+        // one SoftHSM2 token did); looked up by its CKA_ID, it is found.
+        planned.updated.retain(|(key, _)| {
+            key.lifecycle.status != KeyStatus::Deleted || !self.still_held(partition, key)
+        });
         self.store
             .apply_refresh(&planned.inserted, &planned.updated)
             .map_err(|e| format!("the key records could not be written: {e}"))?;
         Ok(())
+    }
+
+    /// Whether any member still holds the key's object, by a lookup of its
+    /// `CKA_ID`; a member that cannot be asked counts as holding it (nothing
+    /// is concluded from silence). Objects without a `CKA_ID` have no second
+    /// look.
+    fn still_held(&self, partition: &Partition, key: &Key) -> bool {
+        if key.cka_id.is_empty() {
+            return false;
+        }
+        partition.members.iter().any(|member| {
+            self.tokens
+                .member(partition.connection_id, member)
+                .ok()
+                .and_then(|token| token.find_by_id(&key.cka_id).ok())
+                .is_none_or(|found| found.iter().any(|d| d.object_type == key.object_type))
+        })
     }
 }

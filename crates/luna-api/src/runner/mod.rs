@@ -31,7 +31,13 @@ type Outcome = Result<Vec<Key>, Failure>;
 enum Failure {
     Final(String),
     Transient(String),
+    /// This instance's module does not list a token the work needs; another
+    /// instance's may (`RunnerSettings::pass_on_for`).
+    NotHere(String),
 }
+
+/// When a passed-on operation may be taken again (by another instance, most likely).
+const PASS_ON_DELAY: Duration = Duration::seconds(1);
 
 impl Failure {
     fn token(error: luna_pkcs11::TokenError) -> Failure {
@@ -47,18 +53,21 @@ impl Failure {
         match self {
             Failure::Final(reason) => Failure::Final(format!("{member}: {reason}")),
             Failure::Transient(reason) => Failure::Transient(format!("{member}: {reason}")),
+            Failure::NotHere(reason) => Failure::NotHere(format!("{member}: {reason}")),
         }
     }
 
     fn reason(&self) -> &str {
         match self {
-            Failure::Final(reason) | Failure::Transient(reason) => reason,
+            Failure::Final(reason) | Failure::Transient(reason) | Failure::NotHere(reason) => reason,
         }
     }
 
-    /// Several failures as one: transient only if every one is.
+    /// Several failures as one: transient only if every one may pass.
     fn all(failures: Vec<Failure>) -> Failure {
-        let transient = failures.iter().all(|f| matches!(f, Failure::Transient(_)));
+        let transient = failures
+            .iter()
+            .all(|f| matches!(f, Failure::Transient(_) | Failure::NotHere(_)));
         let reason = failures
             .iter()
             .map(Failure::reason)
@@ -86,7 +95,9 @@ impl From<&str> for Failure {
 
 impl From<Unavailable> for Failure {
     fn from(unavailable: Unavailable) -> Failure {
-        if unavailable.transient {
+        if unavailable.missing_here {
+            Failure::NotHere(unavailable.reason)
+        } else if unavailable.transient {
             Failure::Transient(unavailable.reason)
         } else {
             Failure::Final(unavailable.reason)
@@ -109,6 +120,13 @@ pub struct RunnerSettings {
     /// The wait before the first retry of an attempt that failed in a way
     /// that may pass; it doubles for each retry (`Operation::retry_delay`).
     pub retry_base: Duration,
+    /// How long after an operation was queued an instance whose module does
+    /// not list its token passes it on without counting the attempt; after
+    /// that such attempts count, so an operation no instance can run ends.
+    pub pass_on_for: Duration,
+    /// How old a key's last change must be when a refresh scan begins for
+    /// the scan to conclude the key gone (`BeforeScan`).
+    pub refresh_settle: Duration,
     /// Called by a job between its scan of a partition and its reading of the
     /// records: tests land a write in that window on purpose. `None` in the
     /// server.
@@ -132,6 +150,8 @@ impl Default for RunnerSettings {
             lease: Duration::seconds(30),
             poll: StdDuration::from_secs(2),
             retry_base: Duration::seconds(2),
+            refresh_settle: Duration::seconds(60),
+            pass_on_for: Duration::minutes(5),
             after_scan: None,
         }
     }
@@ -279,11 +299,19 @@ impl Runner {
             OperationPayload::UpdateKey { key_id, changes } => self.update(*key_id, changes),
             OperationPayload::ReplicateKey { key_id } => self.replicate(*key_id),
             OperationPayload::DeleteKey { key_id } => self.delete(*key_id),
-            OperationPayload::RunJob { job_id } => {
-                self.run_job(*job_id).map(|()| Vec::new()).map_err(Failure::Final)
-            }
+            OperationPayload::RunJob { job_id } => self.run_job(*job_id).map(|()| Vec::new()),
         };
         let now = luna_store::now();
+        let outcome = match outcome {
+            Err(Failure::NotHere(reason)) if now - op.created_at < self.settings.pass_on_for => {
+                tracing::info!(%reason, "this instance does not see the token; passing the operation on");
+                let mut passed = op;
+                passed.pass_on(reason, now + PASS_ON_DELAY, now)?;
+                return self.store.retry_operation_later(&passed, &self.owner);
+            }
+            Err(Failure::NotHere(reason)) => Err(Failure::Transient(reason)),
+            other => other,
+        };
         let outcome = match outcome {
             Err(Failure::Transient(reason)) => {
                 match Operation::retry_delay(op.attempts, self.settings.retry_base) {

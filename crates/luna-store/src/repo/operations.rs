@@ -127,7 +127,7 @@ impl Store {
     }
 
     /// Puts back an operation whose attempt failed in a way that may pass
-    /// (`Operation::retry_later` applied), only if `owner` still holds it:
+    /// (`Operation::retry_later` or `pass_on` applied), only if `owner` still holds it:
     /// its lease runs out at the retry time, when any worker may take it.
     pub fn retry_operation_later(&self, op: &Operation, owner: &str) -> Result<bool> {
         self.write(|conn| {
@@ -135,6 +135,7 @@ impl Store {
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::lease_owner.eq(owner))
                 .set((
+                    operations::attempts.eq(op.attempts as i32),
                     operations::lease_expires_at.eq(op.lease_expires_at.map(micros)),
                     operations::last_error.eq(op.last_error.clone()),
                     operations::updated_at.eq(micros(op.updated_at)),

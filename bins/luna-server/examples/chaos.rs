@@ -1,0 +1,541 @@
+//! `just chaos`: a bounded run of load and faults against two luna-server
+//! instances on one PostgreSQL database, then a count of what went wrong.
+//!
+//! Two instances (A and B) share a private PostgreSQL server. A's SoftHSM2
+//! holds the token; B's module lists none (SoftHSM2 keeps no consistent view
+//! of one token store between processes: two processes on one store missed
+//! each other's objects, measured here), so B takes requests and passes the
+//! token work on to A. Clients create AES keys and RSA pairs through both, each
+//! request under its own Idempotency-Key and sent again (same key) when the
+//! answer is lost or a 503; refreshes start through B every few hundred ms.
+//! Meanwhile: A is killed (`kill -9`) and restarted; the database is stopped
+//! and started; the token's store is taken away and put back (SoftHSM2 does
+//! not see it again in a running process, so A is restarted).
+//! Then every accepted key is checked against the token with pkcs11-tool and
+//! the run prints `lost / duplicated / stuck / wrongly DELETED` (all must be
+//! 0; the exit status says so).
+//!
+//! `LUNA_CHAOS_SECS` (60) sets the length of the load.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use luna_store::testing::PrivatePostgres;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "chaos-admin-password";
+const USER_PIN: &str = "chaos-1234";
+const LABEL: &str = "chaos";
+
+/// One luna-server process and how to start it again.
+struct Instance {
+    data: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
+    child: Option<Child>,
+    base: Arc<Mutex<String>>,
+}
+
+impl Instance {
+    fn start(&mut self) {
+        let mut child = Command::new(server_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_path())))
+            .env("LUNA_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start luna-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("luna-server started").unwrap();
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break format!("{url}/api/v1");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        *self.base.lock().unwrap() = base;
+        self.child = Some(child);
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/examples/chaos → target/<profile>/luna-server
+    exe.parent().unwrap().parent().unwrap().join("luna-server")
+}
+
+fn call(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    key: Option<&str>,
+) -> Option<(u16, Value)> {
+    let mut request = ureq::request(method, &format!("{base}{path}"))
+        .timeout(Duration::from_secs(10))
+        .set("Authorization", &format!("Bearer {token}"));
+    if let Some(key) = key {
+        request = request.set("Idempotency-Key", key);
+    }
+    let response = match body {
+        Some(b) => request.send_json(b.clone()),
+        None => request.call(),
+    };
+    match response {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => {
+            let status = r.status();
+            Some((status, r.into_json().unwrap_or(Value::Null)))
+        }
+        Err(_) => None,
+    }
+}
+
+fn login(base: &str) -> Option<String> {
+    let response = ureq::post(&format!("{base}/auth/tokens"))
+        .timeout(Duration::from_secs(10))
+        .send_json(json!({"grant_type": "password", "username": "admin", "password": ADMIN}))
+        .ok()?;
+    response.into_json::<Value>().ok()?["jwt"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn main() {
+    let secs: u64 = std::env::var("LUNA_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::Builder::new().prefix("luna-chaos-").tempdir().unwrap();
+    println!(
+        "luna-cckm chaos: {secs} s of load and faults, two instances, one database ({})",
+        dir.path().display()
+    );
+    let pg = PrivatePostgres::start();
+
+    // The operator's SoftHSM2 token, shared by both instances.
+    let home = dir.path().join("softhsm");
+    std::fs::create_dir_all(home.join("tokens")).unwrap();
+    let conf = home.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            home.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    let module = luna_pkcs11::softhsm::find_module().expect("SoftHSM2 is installed");
+    let status = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--so-pin",
+            "chaos-so-99",
+            "--pin",
+            USER_PIN,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let token_dir = std::fs::read_dir(home.join("tokens"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+
+    let args = vec![
+        "--insecure-http".to_owned(),
+        "--pkcs11-module".to_owned(),
+        module.display().to_string(),
+        "--database-url".to_owned(),
+        pg.url.clone(),
+        "--admin-password".to_owned(),
+        ADMIN.to_owned(),
+        "--operation-lease-secs".to_owned(),
+        "5".to_owned(),
+    ];
+    // B's SoftHSM2 has a token directory of its own, empty.
+    let blind = dir.path().join("softhsm-b");
+    std::fs::create_dir_all(blind.join("tokens")).unwrap();
+    std::fs::write(
+        blind.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            blind.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    let mut instances: Vec<Instance> = [("a", conf.clone()), ("b", blind.join("softhsm2.conf"))]
+        .into_iter()
+        .map(|(name, softhsm)| Instance {
+            data: dir.path().join(name),
+            args: args.clone(),
+            env: vec![("SOFTHSM2_CONF".to_owned(), softhsm)],
+            child: None,
+            base: Arc::new(Mutex::new(String::new())),
+        })
+        .collect();
+    instances[0].start();
+    // Instances on one database share pin.key and jwt.key.
+    std::fs::create_dir_all(&instances[1].data).unwrap();
+    for key in ["pin.key", "jwt.key"] {
+        std::fs::copy(instances[0].data.join(key), instances[1].data.join(key)).unwrap();
+    }
+    instances[1].start();
+    let base_a = instances[0].base.lock().unwrap().clone();
+    let token = login(&base_a).expect("log in");
+    let (status, _) = call(&base_a, &token, "POST", "/connectionmgmt/services/luna-network/connections",
+        Some(&json!({"name": "chaos", "password": USER_PIN, "is_ha_enabled": false, "partitions": [{"partition_label": LABEL}]})), None).unwrap();
+    assert_eq!(status, 201);
+    let (status, partition) = call(
+        &base_a,
+        &token,
+        "POST",
+        "/cckm/hsm/luna/add-partition",
+        Some(&json!({"connection": "chaos"})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+    let pid = partition["id"].as_str().unwrap().to_owned();
+
+    // Load: clients alternate between the instances; each create has its own
+    // Idempotency-Key and is sent again until it is answered.
+    let running = Arc::new(AtomicBool::new(true));
+    let accepted: Arc<Mutex<BTreeMap<String, Option<String>>>> = Arc::default();
+    let bases = [Arc::clone(&instances[0].base), Arc::clone(&instances[1].base)];
+    let mut clients = Vec::new();
+    for client in 0..3 {
+        let (running, accepted, bases, token, pid) = (
+            Arc::clone(&running),
+            Arc::clone(&accepted),
+            bases.clone(),
+            token.clone(),
+            pid.clone(),
+        );
+        clients.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while running.load(Ordering::Relaxed) {
+                n += 1;
+                // A pace the token keeps up with (SoftHSM2 makes ~150 keys/s):
+                // the run measures faults, not a backlog.
+                std::thread::sleep(Duration::from_millis(40));
+                let body = if n.is_multiple_of(5) {
+                    json!({"label": "chaos-rsa", "size": 2048, "partition_id": pid, "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"})
+                } else {
+                    json!({"label": "chaos-aes", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"})
+                };
+                let key = format!("client-{client}-create-{n}");
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut attempt = 0usize;
+                while Instant::now() < deadline {
+                    let base = bases[(n as usize + attempt) % 2].lock().unwrap().clone();
+                    attempt += 1;
+                    match call(&base, &token, "POST", "/cckm/hsm/luna/keys", Some(&body), Some(&key)) {
+                        Some((201, created)) => {
+                            let id = created["id"].as_str().unwrap().to_owned();
+                            let public = created["links"]["id"].as_str().map(str::to_owned);
+                            accepted.lock().unwrap().insert(id, public);
+                            break;
+                        }
+                        // Lost, the database away, or asked to send again: the same key.
+                        None | Some((503 | 409 | 500, _)) => std::thread::sleep(Duration::from_millis(200)),
+                        Some((status, answer)) => panic!("create answered {status}: {answer}"),
+                    }
+                }
+            }
+        }));
+    }
+    let refresher = {
+        let (running, base_b, token, pid) = (
+            Arc::clone(&running),
+            Arc::clone(&bases[1]),
+            token.clone(),
+            pid.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut started = 0;
+            while running.load(Ordering::Relaxed) {
+                let base = base_b.lock().unwrap().clone();
+                if let Some((201, _)) = call(
+                    &base,
+                    &token,
+                    "POST",
+                    "/cckm/hsm/luna/refresh",
+                    Some(&json!({"partitions": [pid]})),
+                    None,
+                ) {
+                    started += 1;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            started
+        })
+    };
+
+    // Faults, spread over the run.
+    let started = Instant::now();
+    let at = |fraction: f64| Duration::from_secs_f64(secs as f64 * fraction);
+    let wait_until = |t: Duration| std::thread::sleep(t.saturating_sub(started.elapsed()));
+    wait_until(at(0.15));
+    println!("  {:>5.1} s  kill -9 instance A", started.elapsed().as_secs_f64());
+    instances[0].kill_9();
+    wait_until(at(0.25));
+    instances[0].start();
+    println!(
+        "  {:>5.1} s  instance A started again",
+        started.elapsed().as_secs_f64()
+    );
+    wait_until(at(0.4));
+    println!("  {:>5.1} s  the database stops", started.elapsed().as_secs_f64());
+    pg.stop();
+    wait_until(at(0.5));
+    pg.start_again();
+    println!(
+        "  {:>5.1} s  the database is back",
+        started.elapsed().as_secs_f64()
+    );
+    wait_until(at(0.65));
+    println!(
+        "  {:>5.1} s  the token's store is taken away",
+        started.elapsed().as_secs_f64()
+    );
+    let away = token_dir.with_extension("away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    wait_until(at(0.72));
+    std::fs::rename(&away, &token_dir).unwrap();
+    instances[0].stop();
+    instances[0].start();
+    println!(
+        "  {:>5.1} s  the token is back; instance A restarted to see it",
+        started.elapsed().as_secs_f64()
+    );
+    wait_until(at(1.0));
+    running.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let refreshes = refresher.join().unwrap();
+
+    // Let the work settle, then count.
+    let base = instances[0].base.lock().unwrap().clone();
+    let token = login(&base).expect("log in");
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(120) {
+        match call(
+            &base,
+            &token,
+            "GET",
+            "/cckm/hsm/luna/keys?status=in_progress&limit=1",
+            None,
+            None,
+        ) {
+            Some((200, page)) if page["total"] == 0 => break,
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    let report = count(&base, &token, &accepted.lock().unwrap(), &module, &conf);
+    for instance in &mut instances {
+        instance.stop();
+    }
+    println!(
+        "accepted {} creates ({} keys), {refreshes} refreshes started; ended {}",
+        report.accepted, report.records, report.states
+    );
+    println!(
+        "lost {} / duplicated {} / stuck {} / wrongly DELETED {}",
+        report.lost, report.duplicated, report.stuck, report.wrongly_deleted
+    );
+    if report.lost + report.duplicated + report.stuck + report.wrongly_deleted > 0 {
+        std::process::exit(1);
+    }
+}
+
+struct Report {
+    accepted: usize,
+    records: usize,
+    states: String,
+    lost: usize,
+    duplicated: usize,
+    stuck: usize,
+    wrongly_deleted: usize,
+}
+
+/// Every accepted key against the records and the token.
+fn count(
+    base: &str,
+    token: &str,
+    accepted: &BTreeMap<String, Option<String>>,
+    module: &Path,
+    conf: &Path,
+) -> Report {
+    let mut records: BTreeMap<String, Value> = BTreeMap::new();
+    let mut skip = 0;
+    loop {
+        let (status, page) = call(
+            base,
+            token,
+            "GET",
+            &format!("/cckm/hsm/luna/keys?skip={skip}&limit=1000"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{page}");
+        let items = page["resources"].as_array().unwrap();
+        for key in items {
+            records.insert(key["id"].as_str().unwrap().to_owned(), key.clone());
+        }
+        if items.len() < 1000 {
+            break;
+        }
+        skip += 1000;
+    }
+    // (class, CKA_ID) of every key object on the token, by pkcs11-tool.
+    let listing = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(module)
+        .args([
+            "--token-label",
+            LABEL,
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--list-objects",
+        ])
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .expect("pkcs11-tool (package opensc)");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let mut objects: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut class = String::new();
+    for line in listing.lines() {
+        if let Some((kind, _)) = line.split_once(" Object;") {
+            class = kind.to_owned();
+        } else if let Some(id) = line.trim().strip_prefix("ID:") {
+            *objects.entry((class.clone(), id.trim().to_owned())).or_default() += 1;
+        }
+    }
+    let wanted: BTreeSet<&String> = accepted
+        .iter()
+        .flat_map(|(id, public)| std::iter::once(id).chain(public))
+        .collect();
+    let stuck = records
+        .values()
+        .filter(|k| k["status"] == "in_progress" || k["operation_status"] == "in_progress")
+        .count();
+    let class_of = |k: &Value| match k["object_type"].as_str() {
+        Some("secret key") => "Secret Key",
+        Some("private key") => "Private Key",
+        _ => "Public Key",
+    };
+    let cka_id = |k: &Value| k["id"].as_str().unwrap_or_default().replace('-', "");
+    let on_token = |k: &Value| {
+        let id = if k["object_type"] == "public key" {
+            k["link_id"].as_str().unwrap_or_default().replace('-', "")
+        } else {
+            cka_id(k)
+        };
+        objects.get(&(class_of(k).to_owned(), id)).copied().unwrap_or(0)
+    };
+    let wrongly_deleted = records.values().filter(|k| k["status"] == "DELETED").count();
+    let mut uids: BTreeMap<String, usize> = BTreeMap::new();
+    for k in records.values() {
+        *uids
+            .entry(k["object_uid"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    // Lost: an accepted key without a record, or AVAILABLE without its object.
+    let lost = wanted.iter().filter(|id| !records.contains_key(**id)).count()
+        + records
+            .values()
+            .filter(|k| k["status"] == "AVAILABLE" && on_token(k) == 0)
+            .count();
+    // Duplicated: an object twice, two records of one object, or an object
+    // no record names.
+    let named: BTreeSet<(String, String)> = records
+        .values()
+        .map(|k| {
+            let id = if k["object_type"] == "public key" {
+                k["link_id"].as_str().unwrap_or_default().replace('-', "")
+            } else {
+                cka_id(k)
+            };
+            (class_of(k).to_owned(), id)
+        })
+        .collect();
+    let duplicated = objects.values().filter(|n| **n > 1).count()
+        + uids.values().filter(|n| **n > 1).count()
+        + objects.keys().filter(|o| !named.contains(*o)).count();
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for k in records.values() {
+        *states
+            .entry(k["status"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    // What went wrong, to look into.
+    for k in records.values().filter(|k| k["status"] == "DELETED").take(5) {
+        println!(
+            "  DELETED: {} {} updated {} ({} {}): {}",
+            k["label"], k["id"], k["updatedAt"], k["operation"], k["operation_status"], k["replication_info"]
+        );
+    }
+    for ((class, id), n) in objects
+        .iter()
+        .filter(|(o, n)| **n > 1 || !named.contains(*o))
+        .take(5)
+    {
+        println!(
+            "  on the token: {class} {id} x{n}{}",
+            if named.contains(&(class.clone(), id.clone())) {
+                ""
+            } else {
+                ", no record names it"
+            }
+        );
+    }
+    for (uid, n) in uids.iter().filter(|(_, n)| **n > 1).take(5) {
+        println!("  {n} records of {uid}");
+    }
+    Report {
+        accepted: accepted.len(),
+        records: records.len(),
+        states: format!("{states:?}"),
+        lost,
+        duplicated,
+        stuck,
+        wrongly_deleted,
+    }
+}
