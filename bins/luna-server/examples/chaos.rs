@@ -367,6 +367,13 @@ fn main() {
         }
     }
     let report = count(&base, &token, &accepted.lock().unwrap(), &module, &conf);
+    if report.stuck > 0 {
+        // Why: the operations left, as the database has them.
+        let _ = Command::new("psql")
+            .arg(&pg.url)
+            .args(["-c", "SELECT state, attempts, lease_owner IS NOT NULL AS leased, left(coalesce(last_error, ''), 100) AS last_error, count(*) FROM operations WHERE state IN ('queued', 'running') GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 10"])
+            .status();
+    }
     for instance in &mut instances {
         instance.stop();
     }
@@ -471,11 +478,14 @@ fn count(
         objects.get(&(class_of(k).to_owned(), id)).copied().unwrap_or(0)
     };
     let wrongly_deleted = records.values().filter(|k| k["status"] == "DELETED").count();
+    // A create in progress shows no object_uid yet.
     let mut uids: BTreeMap<String, usize> = BTreeMap::new();
-    for k in records.values() {
-        *uids
-            .entry(k["object_uid"].as_str().unwrap_or_default().to_owned())
-            .or_default() += 1;
+    for uid in records
+        .values()
+        .filter_map(|k| k["object_uid"].as_str())
+        .filter(|u| !u.is_empty())
+    {
+        *uids.entry(uid.to_owned()).or_default() += 1;
     }
     // Lost: an accepted key without a record, or AVAILABLE without its object.
     let lost = wanted.iter().filter(|id| !records.contains_key(**id)).count()
@@ -485,20 +495,11 @@ fn count(
             .count();
     // Duplicated: an object twice, two records of one object, or an object
     // no record names.
-    let named: BTreeSet<(String, String)> = records
-        .values()
-        .map(|k| {
-            let id = if k["object_type"] == "public key" {
-                k["link_id"].as_str().unwrap_or_default().replace('-', "")
-            } else {
-                cka_id(k)
-            };
-            (class_of(k).to_owned(), id)
-        })
-        .collect();
+    // Every object's CKA_ID is its key's record id (a pair's private record's).
+    let named: BTreeSet<String> = records.values().map(cka_id).collect();
     let duplicated = objects.values().filter(|n| **n > 1).count()
         + uids.values().filter(|n| **n > 1).count()
-        + objects.keys().filter(|o| !named.contains(*o)).count();
+        + objects.keys().filter(|(_, id)| !named.contains(id)).count();
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
     for k in records.values() {
         *states
@@ -514,12 +515,12 @@ fn count(
     }
     for ((class, id), n) in objects
         .iter()
-        .filter(|(o, n)| **n > 1 || !named.contains(*o))
+        .filter(|((_, id), n)| **n > 1 || !named.contains(id))
         .take(5)
     {
         println!(
             "  on the token: {class} {id} x{n}{}",
-            if named.contains(&(class.clone(), id.clone())) {
+            if named.contains(id) {
                 ""
             } else {
                 ", no record names it"

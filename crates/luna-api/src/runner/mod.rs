@@ -36,6 +36,28 @@ enum Failure {
     NotHere(String),
 }
 
+/// What became of a claimed operation.
+#[derive(Debug, PartialEq, Eq)]
+enum Done {
+    /// Its outcome (or its retry) was written.
+    Recorded,
+    /// Handed back, uncounted, for an instance that sees its token.
+    PassedOn,
+    /// Another worker had taken it over: nothing was written.
+    LeaseLost,
+}
+
+impl Done {
+    /// `done` if the write happened while the lease was held, else `LeaseLost`.
+    fn held(written: bool, done: Done) -> Done {
+        if written {
+            done
+        } else {
+            Done::LeaseLost
+        }
+    }
+}
+
 /// When a passed-on operation may be taken again (by another instance, most likely).
 const PASS_ON_DELAY: Duration = Duration::seconds(1);
 
@@ -233,8 +255,12 @@ impl Runner {
         let finished = tokio::task::spawn_blocking(move || me.execute(op)).await;
         renewer.abort();
         match finished {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
+            Ok(Ok(Done::Recorded)) => {}
+            // Give the instances that see the token a chance to take it: a
+            // worker that claimed again at once would take every operation
+            // back as its delay ran out, and they would never run.
+            Ok(Ok(Done::PassedOn)) => tokio::time::sleep(self.settings.poll).await,
+            Ok(Ok(Done::LeaseLost)) => {
                 tracing::warn!(operation = %id, "the lease was lost; another worker owns the operation")
             }
             Ok(Err(error)) => {
@@ -287,8 +313,7 @@ impl Runner {
     }
 
     /// Runs one operation on the blocking pool and records its outcome.
-    /// Returns false when the lease was lost and nothing was written.
-    fn execute(&self, op: Operation) -> luna_store::Result<bool> {
+    fn execute(&self, op: Operation) -> luna_store::Result<Done> {
         let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts);
         let _entered = span.enter();
         let outcome = match &op.payload {
@@ -307,7 +332,10 @@ impl Runner {
                 tracing::info!(%reason, "this instance does not see the token; passing the operation on");
                 let mut passed = op;
                 passed.pass_on(reason, now + PASS_ON_DELAY, now)?;
-                return self.store.retry_operation_later(&passed, &self.owner);
+                return Ok(Done::held(
+                    self.store.retry_operation_later(&passed, &self.owner)?,
+                    Done::PassedOn,
+                ));
             }
             Err(Failure::NotHere(reason)) => Err(Failure::Transient(reason)),
             other => other,
@@ -319,7 +347,10 @@ impl Runner {
                         tracing::warn!(%reason, retry_in_ms = delay.num_milliseconds(), "operation failed; trying again later");
                         let mut later = op;
                         later.retry_later(reason, now + delay, now)?;
-                        return self.store.retry_operation_later(&later, &self.owner);
+                        return Ok(Done::held(
+                            self.store.retry_operation_later(&later, &self.owner)?,
+                            Done::Recorded,
+                        ));
                     }
                     None => Err(Failure::Final(format!(
                         "{reason} (attempt {} of {}; the earlier ones failed too)",
@@ -367,7 +398,7 @@ impl Runner {
                 tracing::error!(%error, "an operation's audit record could not be written");
             }
         }
-        Ok(recorded)
+        Ok(Done::held(recorded, Done::Recorded))
     }
 
     /// Ends what a failed operation began: fails its job, and returns its
