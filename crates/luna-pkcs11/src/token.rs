@@ -132,6 +132,7 @@ impl TokenPartition {
             .module
             .serialize_object_writes
             .then(|| self.object_writes.read().unwrap_or_else(|p| p.into_inner()));
+        let _beside_other_objects = self.module.object_call();
         self.on_session(work)
     }
 
@@ -143,6 +144,7 @@ impl TokenPartition {
             .module
             .serialize_object_writes
             .then(|| self.object_writes.write().unwrap_or_else(|p| p.into_inner()));
+        let _beside_other_objects = self.module.object_call();
         self.on_session(work)
     }
 
