@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
@@ -36,12 +36,6 @@ pub struct Module {
     /// the serial number "123".
     proven_pins: Mutex<HashMap<(String, String), [u8; 32]>>,
     token_info: TokenInfoReader,
-    /// On modules whose writes are serialised: object calls hold it shared,
-    /// slot and token information calls exclusively. SoftHSM2 deadlocked
-    /// (a thread in C_GenerateKey waiting on its own mutex for good) with
-    /// C_GetTokenInfo and C_GetMechanismInfo running beside its object calls:
-    /// seen in the chaos run.
-    info_calls: RwLock<()>,
     /// SoftHSM2's file object store races when a session writes objects while
     /// another writes or reads the same token (softhsm/SoftHSMv2#573:
     /// `CKR_GENERAL_ERROR` from `C_GenerateKey`), and openCryptoki 3.8 lists
@@ -110,7 +104,6 @@ impl Module {
             provisioning: Mutex::new(()),
             proven_pins: Mutex::new(HashMap::new()),
             token_info,
-            info_calls: RwLock::new(()),
         });
         modules.insert(key, Arc::downgrade(&module));
         Ok(module)
@@ -145,20 +138,7 @@ impl Module {
     /// token taken out between the two calls is left out, and so is one whose
     /// information cannot be read at all (with a warning naming the slot):
     /// one bad slot does not hide the others.
-    /// Held by an object call of a token of this module (see `info_calls`).
-    pub(crate) fn object_call(&self) -> Option<RwLockReadGuard<'_, ()>> {
-        self.serialize_object_writes
-            .then(|| self.info_calls.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Held by a slot or token information call (see `info_calls`).
-    fn info_call(&self) -> Option<RwLockWriteGuard<'_, ()>> {
-        self.serialize_object_writes
-            .then(|| self.info_calls.write().unwrap_or_else(|p| p.into_inner()))
-    }
-
     fn slots_with_tokens(&self) -> Result<Vec<(Slot, TokenSummary)>> {
-        let _alone = self.info_call();
         let slots = self
             .context
             .get_slots_with_token()
@@ -215,7 +195,6 @@ impl Module {
     /// Asks the token which of the service's mechanisms it supports, each with
     /// `C_GetMechanismInfo` (see `object::mechanism_type`).
     fn probe(&self, slot: Slot, summary: TokenSummary) -> Result<TokenInfo> {
-        let _alone = self.info_call();
         let mut mechanisms = Vec::new();
         for code in crate::object::probed_codes() {
             match self

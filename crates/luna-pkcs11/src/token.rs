@@ -132,7 +132,6 @@ impl TokenPartition {
             .module
             .serialize_object_writes
             .then(|| self.object_writes.read().unwrap_or_else(|p| p.into_inner()));
-        let _beside_other_objects = self.module.object_call();
         self.on_session(work)
     }
 
@@ -144,7 +143,6 @@ impl TokenPartition {
             .module
             .serialize_object_writes
             .then(|| self.object_writes.write().unwrap_or_else(|p| p.into_inner()));
-        let _beside_other_objects = self.module.object_call();
         self.on_session(work)
     }
 
