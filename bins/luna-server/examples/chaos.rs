@@ -385,6 +385,8 @@ fn main() {
         "lost {} / duplicated {} / stuck {} / wrongly DELETED {}",
         report.lost, report.duplicated, report.stuck, report.wrongly_deleted
     );
+    // `exit` runs no destructors: stop the database server first.
+    drop(pg);
     if report.lost + report.duplicated + report.stuck + report.wrongly_deleted > 0 {
         std::process::exit(1);
     }
