@@ -29,7 +29,7 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     /// The request (its body, say) did not arrive within the deadline, in seconds.
-    #[error("the request did not arrive within {0} s; the connection is closed")]
+    #[error("the request was not answered within {0} s (its body did not arrive, say); the connection is closed; it may or may not have taken effect: send it again with the same Idempotency-Key")]
     RequestTimeout(u64),
     /// Too many failed logins from this address; `retry_after` in seconds.
     #[error("too many failed logins; try again in {retry_after} s")]

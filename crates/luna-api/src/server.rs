@@ -193,9 +193,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .app_data(json_config())
             .app_data(path_config())
             .wrap(middleware::Compress::default())
-            .wrap(middleware::from_fn(crate::request_id::middleware))
-            // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
-            .wrap(middleware::NormalizePath::trim())
+            // Inside the request id: a request cut off is logged, counted and
+            // audited like any other answer.
             .wrap_fn(move |req, service| {
                 let answer = actix_web::dev::Service::call(service, req);
                 async move {
@@ -204,6 +203,9 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
                         .unwrap_or_else(|_| Err(ApiError::RequestTimeout(request_deadline.as_secs()).into()))
                 }
             })
+            .wrap(middleware::from_fn(crate::request_id::middleware))
+            // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
+            .wrap(middleware::NormalizePath::trim())
             .configure(routes)
             .default_service(web::to(no_route))
     })

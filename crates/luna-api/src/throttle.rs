@@ -1,8 +1,10 @@
 //! Failed logins, throttled: counted per (user name, client address) and per
 //! client address. Past a few failures in a row, every further attempt from
 //! there must wait a delay that doubles (1 s, 2 s, … 60 s at most), and is
-//! answered 429 with `Retry-After` without its password being checked. A
-//! success clears the (user, address) count.
+//! answered 429 with `Retry-After` without its password being checked. Each
+//! attempt counts as a failure until it succeeds (so guesses sent in parallel
+//! are all counted); a success clears the (user, address) count and gives
+//! the address its attempt back.
 //!
 //! Nothing locks a user out for good: the delay is bounded, and each address
 //! is counted apart, so an attacker elsewhere cannot lock the administrator
@@ -90,10 +92,17 @@ impl LoginThrottle {
         }
     }
 
-    /// A login of `user` from `address` succeeded: its count starts again.
+    /// A login of `user` from `address` succeeded: its count starts again,
+    /// and the address gets back the failure its attempt was counted as.
     pub fn succeeded(&self, user: &str, address: &str) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.remove(&Counted::UserAt(user.to_owned(), address.to_owned()));
+        if let Some(failures) = counts.get_mut(&Counted::Address(address.to_owned())) {
+            failures.in_a_row = failures.in_a_row.saturating_sub(1);
+            if failures.in_a_row < FREE_PER_ADDRESS {
+                failures.wait_until = failures.last;
+            }
+        }
     }
 }
 
@@ -142,5 +151,17 @@ mod tests {
             Err(Duration::from_secs(1))
         );
         assert_eq!(throttle.check("user-new", "10.0.0.8", t), Ok(()));
+    }
+
+    #[test]
+    fn logins_that_succeed_never_add_up_at_an_address() {
+        let throttle = LoginThrottle::default();
+        let t = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(throttle.check("admin", "10.0.0.5", t), Ok(()));
+            throttle.failed("admin", "10.0.0.5", t);
+            throttle.succeeded("admin", "10.0.0.5");
+        }
+        assert_eq!(throttle.check("other", "10.0.0.5", t), Ok(()));
     }
 }

@@ -78,7 +78,10 @@ impl TokenRegistry {
         let pin = self
             .store
             .connection_pin(connection)
-            .map_err(|e| Unavailable::lasting(format!("the connection's PIN could not be read: {e}")))?
+            .map_err(|e| Unavailable {
+                transient: e.is_unavailable(),
+                ..Unavailable::lasting(format!("the connection's PIN could not be read: {e}"))
+            })?
             .ok_or_else(|| Unavailable::lasting("the partition's connection no longer exists".to_owned()))?;
         let token = self
             .module

@@ -710,7 +710,7 @@ fn a_body_that_never_arrives_ends_408_and_the_connection_closes() {
         socket.read_to_end(&mut answer).unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-        assert!(answer.contains("did not arrive within 3 s"), "{answer}");
+        assert!(answer.contains("was not answered within 3 s"), "{answer}");
     }
     let waited = started.elapsed();
     assert!(

@@ -116,7 +116,12 @@ impl Store {
         } else {
             self.pool.get()
         };
-        self.unreachable.store(got.is_err(), Ordering::Relaxed);
+        // A pool whose every connection is busy timed out under load, not
+        // because the database is away: only a pool that could not open
+        // connections it was allowed marks the database unreachable.
+        let state = self.pool.state();
+        let away = got.is_err() && state.connections < self.pool.max_size();
+        self.unreachable.store(away, Ordering::Relaxed);
         Ok(got?)
     }
 

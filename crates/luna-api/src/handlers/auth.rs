@@ -49,20 +49,19 @@ pub async fn token(
     let password_grant = body.grant_type.as_deref() == Some("password");
     let now = std::time::Instant::now();
     if password_grant {
-        // Checked before the password, so a throttled guess learns nothing.
+        // Checked before the password, so a throttled guess learns nothing;
+        // and counted as a failure until it succeeds, so guesses sent in
+        // parallel are counted before any is answered.
         if let Err(wait) = state.logins.check(&attempted, &client, now) {
             return Err(ApiError::TooManyRequests {
                 retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             });
         }
+        state.logins.failed(&attempted, &client, now);
     }
     let answer = issue(&state, body).await;
-    if password_grant {
-        match &answer {
-            Ok(_) => state.logins.succeeded(&attempted, &client),
-            Err(ApiError::Unauthorized(_)) => state.logins.failed(&attempted, &client, now),
-            Err(_) => {}
-        }
+    if password_grant && answer.is_ok() {
+        state.logins.succeeded(&attempted, &client);
     }
     if let Err(ApiError::Unauthorized(reason)) = &answer {
         let entry = luna_store::AuditEntry {

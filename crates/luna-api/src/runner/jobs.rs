@@ -54,7 +54,7 @@ impl Runner {
     /// Runs (or, after a crash, resumes) a job to its end. The job's own status
     /// says how it went; the operation fails only if the job cannot be run at all.
     pub(super) fn run_job(&self, job_id: Uuid) -> Result<(), Failure> {
-        let read = |e: luna_store::StoreError| format!("the job record could not be read or written: {e}");
+        let read = Failure::store("the job record could not be read or written");
         let mut job = self
             .store
             .get_job(job_id)
@@ -80,7 +80,7 @@ impl Runner {
             let state = match outcome {
                 PartitionOutcome::Completed => JobStatus::Completed.as_str().to_owned(),
                 PartitionOutcome::Failed(reason) => reason,
-                PartitionOutcome::Cancelled => return Ok(self.end_cancelled(job_id).map_err(read)?),
+                PartitionOutcome::Cancelled => return self.end_cancelled(job_id).map_err(read),
             };
             // Re-read: a cancel may have set the abort flag meanwhile.
             job = self
@@ -109,8 +109,10 @@ impl Runner {
         Ok(())
     }
 
-    /// A job runs on an instance whose module lists every token of the
-    /// partitions it has yet to do; another instance's may (`Failure::NotHere`).
+    /// A job runs on an instance whose module lists, for each partition it
+    /// has yet to do, at least one member's token; another instance's may
+    /// (`Failure::NotHere`). A member missing beside listed ones is read as
+    /// unreachable, as before.
     fn sees_every_token(&self, job: &Job) -> Result<(), Failure> {
         for partition_id in &job.partitions {
             let done = job
@@ -120,17 +122,24 @@ impl Runner {
             let Ok(Some(partition)) = self.store.get_partition(*partition_id) else {
                 continue;
             };
-            for member in partition.members.iter().filter(|_| !done) {
+            if done {
+                continue;
+            }
+            let mut missing = Vec::new();
+            for member in &partition.members {
                 let listed = self
                     .tokens
                     .module()
                     .describe_token(&member.partition_label, Some(&member.serial_number));
                 if let Err(e @ luna_pkcs11::TokenError::TokenNotFound { .. }) = listed {
-                    return Err(Failure::NotHere(format!(
+                    missing.push(format!(
                         "partition {:?} (serial {}) is not listed by this instance's module: {e}",
                         member.partition_label, member.serial_number
-                    )));
+                    ));
                 }
+            }
+            if missing.len() == partition.members.len() {
+                return Err(Failure::NotHere(missing.join("; ")));
             }
         }
         Ok(())
@@ -385,10 +394,31 @@ impl Runner {
         planned.updated.retain(|(key, _)| {
             key.lifecycle.status != KeyStatus::Deleted || !self.still_held(partition, key)
         });
+        // And only from tokens the module still lists (a store gone away
+        // answers a lookup with nothing, too).
+        let vanishing = planned
+            .updated
+            .iter()
+            .any(|(k, _)| k.lifecycle.status == KeyStatus::Deleted);
+        if vanishing && !self.lists_every_member(partition) {
+            planned
+                .updated
+                .retain(|(k, _)| k.lifecycle.status != KeyStatus::Deleted);
+        }
         self.store
             .apply_refresh(&planned.inserted, &planned.updated)
             .map_err(|e| format!("the key records could not be written: {e}"))?;
         Ok(())
+    }
+
+    /// Whether the module lists every member's token now.
+    fn lists_every_member(&self, partition: &Partition) -> bool {
+        partition.members.iter().all(|m| {
+            self.tokens
+                .module()
+                .describe_token(&m.partition_label, Some(&m.serial_number))
+                .is_ok()
+        })
     }
 
     /// Whether any member still holds the key's object, by a lookup of its

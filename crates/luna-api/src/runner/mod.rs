@@ -62,6 +62,19 @@ impl Done {
 const PASS_ON_DELAY: Duration = Duration::seconds(1);
 
 impl Failure {
+    /// A database error: transient when the database cannot be reached now
+    /// (or the pool was busy), else final; `what` says what was being read.
+    fn store(what: &'static str) -> impl Fn(luna_store::StoreError) -> Failure + Copy {
+        move |error| {
+            let reason = format!("{what}: {error}");
+            if error.is_unavailable() {
+                Failure::Transient(reason)
+            } else {
+                Failure::Final(reason)
+            }
+        }
+    }
+
     fn token(error: luna_pkcs11::TokenError) -> Failure {
         if error.is_transient() {
             Failure::Transient(error.to_string())
@@ -430,13 +443,13 @@ impl Runner {
     }
 
     /// The key records an operation acts on, and their partition.
-    fn load(&self, ids: &[Uuid]) -> Result<(Vec<Key>, Partition), String> {
+    fn load(&self, ids: &[Uuid]) -> Result<(Vec<Key>, Partition), Failure> {
         let mut keys = Vec::with_capacity(ids.len());
         for id in ids {
             let key = self
                 .store
                 .get_key(*id)
-                .map_err(|e| format!("the key record could not be read: {e}"))?
+                .map_err(Failure::store("the key record could not be read"))?
                 .ok_or_else(|| format!("key {id} no longer exists here"))?;
             keys.push(key);
         }
@@ -447,7 +460,7 @@ impl Runner {
         let partition = self
             .store
             .get_partition(partition_id)
-            .map_err(|e| format!("the partition record could not be read: {e}"))?
+            .map_err(Failure::store("the partition record could not be read"))?
             .ok_or("the key's partition no longer exists here")?;
         Ok((keys, partition))
     }
@@ -456,7 +469,7 @@ impl Runner {
         let ids: Vec<Uuid> = std::iter::once(key_id).chain(public_key_id).collect();
         let (mut keys, partition) = self.load(&ids)?;
         let remap = crate::registry::remaps_rsa_mechanisms(&self.store, partition.connection_id)
-            .map_err(|e| format!("the connection record could not be read: {e}"))?;
+            .map_err(Failure::store("the connection record could not be read"))?;
         let first = partition.members.first().ok_or("the partition has no members")?;
         let token = self.tokens.member(partition.connection_id, first)?;
         let spec = &keys[0];
@@ -745,10 +758,10 @@ pub(super) fn transfer(
 }
 
 /// A key's id and its linked half's, for operations that act on both.
-fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, String> {
+fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, Failure> {
     let key = store
         .get_key(key_id)
-        .map_err(|e| format!("the key record could not be read: {e}"))?
+        .map_err(Failure::store("the key record could not be read"))?
         .ok_or_else(|| format!("key {key_id} no longer exists here"))?;
     Ok(std::iter::once(key.id).chain(key.link_id).collect())
 }

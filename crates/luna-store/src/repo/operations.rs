@@ -193,13 +193,21 @@ impl Store {
         let rows: Vec<KeyRow> = failed_keys.iter().map(KeyRow::from_domain).collect();
         let now_us = micros(now);
         self.write(|conn| {
-            let still_run_out = operations::table
-                .find(given_up.id.to_string())
+            // One compare-and-set: still running, still the dead worker's,
+            // its lease still run out (a renewal committed meanwhile wins).
+            let ended = diesel::update(operations::table.find(given_up.id.to_string()))
+                .filter(operations::state.eq(OperationState::Running.as_str()))
+                .filter(operations::lease_owner.eq(owner))
                 .filter(operations::lease_expires_at.le(now_us))
-                .count()
-                .get_result::<i64>(conn)?
-                == 1;
-            if !still_run_out || !finish_if_owner(conn, given_up, owner)? {
+                .set((
+                    operations::state.eq(given_up.state.as_str()),
+                    operations::lease_owner.eq(None::<String>),
+                    operations::lease_expires_at.eq(None::<i64>),
+                    operations::last_error.eq(given_up.last_error.clone()),
+                    operations::updated_at.eq(micros(given_up.updated_at)),
+                ))
+                .execute(conn)?;
+            if ended != 1 {
                 return Ok(false);
             }
             for row in &rows {
