@@ -139,18 +139,9 @@ fn main() {
     );
     let pg = PrivatePostgres::start();
 
-    // The operator's SoftHSM2 token, shared by both instances.
+    // The operator's SoftHSM2 token, A's.
     let home = dir.path().join("softhsm");
-    std::fs::create_dir_all(home.join("tokens")).unwrap();
-    let conf = home.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            home.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    let conf = luna_pkcs11::softhsm::write_config(&home).unwrap();
     let module = luna_pkcs11::softhsm::find_module().expect("SoftHSM2 is installed");
     let status = Command::new("softhsm2-util")
         .args([
@@ -187,17 +178,8 @@ fn main() {
         "5".to_owned(),
     ];
     // B's SoftHSM2 has a token directory of its own, empty.
-    let blind = dir.path().join("softhsm-b");
-    std::fs::create_dir_all(blind.join("tokens")).unwrap();
-    std::fs::write(
-        blind.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            blind.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    let mut instances: Vec<Instance> = [("a", conf.clone()), ("b", blind.join("softhsm2.conf"))]
+    let blind = luna_pkcs11::softhsm::write_config(&dir.path().join("softhsm-b")).unwrap();
+    let mut instances: Vec<Instance> = [("a", conf.clone()), ("b", blind)]
         .into_iter()
         .map(|(name, softhsm)| Instance {
             data: dir.path().join(name),

@@ -22,17 +22,8 @@ const USER_PIN: &str = "op-1234";
 fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
     let db = luna_store::testing::TestDatabase::postgres().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("softhsm");
-    std::fs::create_dir_all(home.join("tokens")).unwrap();
-    let conf = home.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            home.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    // The operator's own SoftHSM2 configuration and token directory.
+    let conf = luna_pkcs11::softhsm::write_config(&dir.path().join("softhsm")).unwrap();
     let env = [("SOFTHSM2_CONF", conf.as_path())];
     let module = luna_pkcs11::softhsm::find_module().unwrap();
     let args = |workers: &str| -> Vec<String> {

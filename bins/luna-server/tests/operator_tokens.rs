@@ -74,17 +74,8 @@ const CONNECTIONS: &str = "/connectionmgmt/services/luna-network/connections";
 fn softhsm2_tokens_made_with_softhsm2_util_outside_the_data_dir_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let home = dir.path().join("operator-softhsm");
-    std::fs::create_dir_all(home.join("tokens")).unwrap();
-    let conf = home.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            home.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    // The operator's own SoftHSM2 configuration and token directory.
+    let conf = luna_pkcs11::softhsm::write_config(&dir.path().join("operator-softhsm")).unwrap();
     let env = [("SOFTHSM2_CONF", conf.as_path())];
     for label in ["ha1", "ha2"] {
         run(Command::new("softhsm2-util")
