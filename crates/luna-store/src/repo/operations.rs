@@ -39,11 +39,24 @@ fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
         .transpose()
 }
 
-/// Writes a finished operation only while `owner` still holds its lease.
-fn finish_if_owner(conn: &mut DbConnection, op: &Operation, owner: &str) -> Result<bool> {
+/// No bound on when a lease ends (a running operation always has one).
+const ANY_LEASE: i64 = i64::MAX;
+
+/// Writes a finished operation and its key records, in the caller's
+/// transaction, only while it is running under `owner`'s lease and that
+/// lease ends by `lease_ends_by` (µs; `ANY_LEASE` for a worker finishing its
+/// own). One compare-and-set: whatever committed meanwhile wins.
+fn finish_with_keys(
+    conn: &mut DbConnection,
+    op: &Operation,
+    owner: &str,
+    lease_ends_by: i64,
+    keys_after: &[KeyRow],
+) -> Result<bool> {
     let updated = diesel::update(operations::table.find(op.id.to_string()))
         .filter(operations::state.eq(OperationState::Running.as_str()))
         .filter(operations::lease_owner.eq(owner))
+        .filter(operations::lease_expires_at.le(lease_ends_by))
         .set((
             operations::state.eq(op.state.as_str()),
             operations::lease_owner.eq(None::<String>),
@@ -52,7 +65,13 @@ fn finish_if_owner(conn: &mut DbConnection, op: &Operation, owner: &str) -> Resu
             operations::updated_at.eq(micros(op.updated_at)),
         ))
         .execute(conn)?;
-    Ok(updated == 1)
+    if updated != 1 {
+        return Ok(false);
+    }
+    for row in keys_after {
+        diesel::update(keys::table.find(&row.id)).set(row).execute(conn)?;
+    }
+    Ok(true)
 }
 
 impl Store {
@@ -150,15 +169,7 @@ impl Store {
     /// worker took the operation over and nothing was written.
     pub fn finish_operation(&self, op: &Operation, owner: &str, changed_keys: &[Key]) -> Result<bool> {
         let rows: Vec<KeyRow> = changed_keys.iter().map(KeyRow::from_domain).collect();
-        self.write(|conn| {
-            if !finish_if_owner(conn, op, owner)? {
-                return Ok(false);
-            }
-            for row in &rows {
-                diesel::update(keys::table.find(&row.id)).set(row).execute(conn)?;
-            }
-            Ok(true)
-        })
+        self.write(|conn| finish_with_keys(conn, op, owner, ANY_LEASE, &rows))
     }
 
     /// Operations whose worker died too often (every attempt spent, the
@@ -191,30 +202,9 @@ impl Store {
         failed_keys: &[Key],
     ) -> Result<bool> {
         let rows: Vec<KeyRow> = failed_keys.iter().map(KeyRow::from_domain).collect();
-        let now_us = micros(now);
-        self.write(|conn| {
-            // One compare-and-set: still running, still the dead worker's,
-            // its lease still run out (a renewal committed meanwhile wins).
-            let ended = diesel::update(operations::table.find(given_up.id.to_string()))
-                .filter(operations::state.eq(OperationState::Running.as_str()))
-                .filter(operations::lease_owner.eq(owner))
-                .filter(operations::lease_expires_at.le(now_us))
-                .set((
-                    operations::state.eq(given_up.state.as_str()),
-                    operations::lease_owner.eq(None::<String>),
-                    operations::lease_expires_at.eq(None::<i64>),
-                    operations::last_error.eq(given_up.last_error.clone()),
-                    operations::updated_at.eq(micros(given_up.updated_at)),
-                ))
-                .execute(conn)?;
-            if ended != 1 {
-                return Ok(false);
-            }
-            for row in &rows {
-                diesel::update(keys::table.find(&row.id)).set(row).execute(conn)?;
-            }
-            Ok(true)
-        })
+        // Still the dead worker's, its lease still run out: a renewal
+        // committed meanwhile wins.
+        self.write(|conn| finish_with_keys(conn, given_up, owner, micros(now), &rows))
     }
 
     /// How many operations there are, by kind and state (for metrics).
