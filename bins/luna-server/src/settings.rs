@@ -55,6 +55,11 @@ pub struct Settings {
     /// operations are taken up again once their lease has run out.
     #[arg(long, env = "LUNA_OPERATION_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600))]
     pub operation_lease_secs: u32,
+    /// Seconds an operation's token work may run before it is called stuck:
+    /// its lease is then left to run out and the health check answers 503,
+    /// asking the supervisor for a restart (a PKCS#11 call cannot be cancelled).
+    #[arg(long, env = "LUNA_STUCK_AFTER_SECS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(5..=86400))]
+    pub stuck_after_secs: u32,
     /// Lifetime of bearer tokens, in seconds.
     #[arg(long, env = "LUNA_TOKEN_DURATION", default_value_t = 300, value_parser = clap::value_parser!(u32).range(30..=86400))]
     pub token_duration: u32,

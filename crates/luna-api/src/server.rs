@@ -151,16 +151,28 @@ impl std::fmt::Debug for Running {
 
 impl Running {
     /// Serves until the server stops (a signal, or its handle), then lets the
-    /// workers finish the token calls they are in.
+    /// workers finish the token calls they are in, for `WORKERS_STOP_WITHIN`
+    /// at most: a call that hangs must not hang the stop (its operation's
+    /// lease runs out and another instance, or this one restarted, takes it).
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.runner.stop();
+        let deadline = tokio::time::Instant::now() + WORKERS_STOP_WITHIN;
         for worker in self.workers {
-            let _ = worker.await;
+            if tokio::time::timeout_at(deadline, worker).await.is_err() {
+                tracing::error!(
+                    within_secs = WORKERS_STOP_WITHIN.as_secs(),
+                    "a worker did not finish its token call; stopping without it"
+                );
+                break;
+            }
         }
         served
     }
 }
+
+/// How long a stop waits for the workers' token calls.
+const WORKERS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Starts the runner and the server on `listener`. Call inside an actix system.
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
@@ -185,6 +197,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         work,
         metrics,
         logins: crate::throttle::LoginThrottle::default(),
+        stuck: runner.stuck_operations(),
     });
     let request_deadline = config.request_deadline;
     let server = HttpServer::new(move || {

@@ -20,4 +20,6 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed logins, per user and client address (see `throttle`).
     pub logins: crate::throttle::LoginThrottle,
+    /// Operations whose token work hangs; the health check reports them.
+    pub stuck: Arc<crate::runner::StuckOperations>,
 }

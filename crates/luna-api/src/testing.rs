@@ -55,6 +55,7 @@ pub fn runner_settings(workers: usize) -> RunnerSettings {
         // Tests destroy objects behind the service's back and refresh at once.
         refresh_settle: chrono::Duration::zero(),
         pass_on_for: chrono::Duration::seconds(1),
+        stuck_after: Duration::from_secs(60),
         after_scan: None,
     }
 }
@@ -67,6 +68,12 @@ impl Api {
     /// `workers: 0` runs no operations: they stay in progress.
     pub fn start_with(db: TestDatabase, workers: usize) -> Api {
         Api::start_on(db, module(), workers)
+    }
+
+    /// A server whose runner has these settings.
+    pub fn start_with_settings(db: TestDatabase, runner: RunnerSettings) -> Api {
+        let store = db.store.clone();
+        Api::launch(store, Some(db), module(), runner)
     }
 
     /// A server on another PKCS#11 module (`TestModule::module`).

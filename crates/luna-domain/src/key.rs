@@ -181,6 +181,25 @@ pub struct KeyLifecycle {
     pub operation_error: Option<String>,
 }
 
+/// A key record as it was read: a write made from it is a compare-and-set on
+/// this, so that it cannot overwrite a change that landed meanwhile (every
+/// write moves `updated_at`; the lifecycle is compared too, in case two land
+/// within one microsecond).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub lifecycle: KeyLifecycle,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl KeyVersion {
+    pub fn of(key: &Key) -> KeyVersion {
+        KeyVersion {
+            lifecycle: key.lifecycle.clone(),
+            updated_at: key.updated_at,
+        }
+    }
+}
+
 impl KeyLifecycle {
     /// A key whose creation was accepted and has not run yet.
     pub fn creating() -> Self {

@@ -21,8 +21,8 @@ pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};
 pub use job::{Job, JobEvent, JobLifecycle, JobRequest, JobScope, JobStatus, JobType};
 pub use key::{
-    Algorithm, CreateKeyRequest, Key, KeyEvent, KeyLifecycle, KeyStatus, Mechanism, NewKeySpec, ObjectType,
-    OperationKind, OperationStatus, Origin,
+    Algorithm, CreateKeyRequest, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, Mechanism, NewKeySpec,
+    ObjectType, OperationKind, OperationStatus, Origin,
 };
 pub use operation::{Operation, OperationPayload, OperationState};
 pub use partition::{Connection, ConnectionRequest, ConnectionSpec, Member, MemberSpec, Partition};

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::attribute::{Attribute, AttributeSet};
-use crate::key::{Algorithm, Key, KeyEvent, KeyLifecycle, KeyStatus, ObjectType, Origin};
+use crate::key::{Algorithm, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, ObjectType, Origin};
 
 /// A key object one member holds, as its token describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +90,8 @@ impl BeforeScan {
 #[derive(Debug, Default, PartialEq)]
 pub struct RefreshPlan {
     pub inserted: Vec<Key>,
-    /// Each record with the lifecycle it was read with, for a compare-and-set.
-    pub updated: Vec<(Key, KeyLifecycle)>,
+    /// Each record with the version it was read in, for a compare-and-set.
+    pub updated: Vec<(Key, KeyVersion)>,
 }
 
 /// The key records (read after the scan) and what each member holds → what
@@ -182,7 +182,7 @@ pub fn plan(
         }
         if key != *record {
             key.updated_at = now;
-            plan.updated.push((key, record.lifecycle.clone()));
+            plan.updated.push((key, KeyVersion::of(record)));
         }
     }
 
@@ -241,7 +241,7 @@ pub fn plan(
                 let mut k = record.clone();
                 k.link_id = Some(link);
                 k.updated_at = now;
-                plan.updated.push((k, record.lifecycle.clone()));
+                plan.updated.push((k, KeyVersion::of(record)));
             }
         }
     }

@@ -12,8 +12,8 @@ use luna_domain::query::{
 };
 use luna_domain::{
     Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyEvent, KeyLifecycle,
-    KeyStatus, Mechanism, Member, ObjectType, Operation, OperationKind, OperationPayload, OperationState,
-    Origin, Partition,
+    KeyStatus, KeyVersion, Mechanism, Member, ObjectType, Operation, OperationKind, OperationPayload,
+    OperationState, Origin, Partition,
 };
 use luna_store::testing::TestDatabase;
 use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError};
@@ -453,14 +453,53 @@ on_both_backends! {
         assert_eq!(store.operation_counts().unwrap(), vec![(OperationState::Succeeded, total as i64)]);
     }
 
+    fn a_refresh_write_skips_a_record_changed_since_it_was_read(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-refresh-cas");
+        let k = key(&partition, "cas", ObjectType::SecretKey, 256);
+        store.insert_keys(std::slice::from_ref(&k)).unwrap();
+        let read = store.get_key(k.id).unwrap().unwrap();
+        // Meanwhile a PATCH ran to its end: the lifecycle reads as before, the record does not.
+        let mut patched = read.clone();
+        patched.attributes.insert(luna_domain::Attribute::Sign);
+        patched.updated_at = read.updated_at + Duration::seconds(1);
+        assert!(store.save_key(&patched).unwrap());
+        let mut refreshed = read.clone();
+        refreshed.replicated = !read.replicated;
+        refreshed.updated_at = read.updated_at + Duration::seconds(2);
+        assert_eq!(store.apply_refresh(&[], &[(refreshed.clone(), KeyVersion::of(&read))]).unwrap(), 1, "skipped");
+        assert_eq!(store.get_key(k.id).unwrap().unwrap(), patched, "the PATCH stands");
+        // Read again, the refresh's write lands.
+        let current = store.get_key(k.id).unwrap().unwrap();
+        assert_eq!(store.apply_refresh(&[], &[(refreshed.clone(), KeyVersion::of(&current))]).unwrap(), 0);
+        assert_eq!(store.get_key(k.id).unwrap().unwrap().replicated, refreshed.replicated);
+    }
+
+    fn a_renewal_that_lands_after_a_retry_was_set_does_not_undo_its_delay(store: &Store, _db: &TestDatabase) {
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+        store.enqueue(&op).unwrap();
+        let t0 = now();
+        let mut claimed = store.claim_next_operation("worker", t0, Duration::seconds(30)).unwrap().unwrap();
+        let held = claimed.lease_expires_at.unwrap();
+        // The attempt failed in a way that may pass: tried again in 2 s.
+        let retry_at = t0 + Duration::seconds(2);
+        claimed.retry_later("C_GenerateKey returned CKR_DEVICE_ERROR".into(), retry_at, t0).unwrap();
+        assert!(store.retry_operation_later(&claimed, "worker").unwrap());
+        // The renewer's last write, sent before the retry was recorded, lands now.
+        assert!(!store.renew_lease(op.id, "worker", held, t0 + Duration::seconds(30)).unwrap());
+        let stored = store.get_operation(op.id).unwrap().unwrap();
+        assert_eq!(stored.lease_expires_at.map(|t| t.timestamp_micros()), Some(retry_at.timestamp_micros()));
+        assert!(store.claim_next_operation("other", retry_at, Duration::seconds(30)).unwrap().is_some(), "retried on time");
+    }
+
     fn an_expired_lease_is_taken_over_and_the_old_worker_cannot_finish(store: &Store, _db: &TestDatabase) {
         let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
         store.enqueue(&op).unwrap();
         let t0 = now();
         let first = store.claim_next_operation("dead", t0, Duration::seconds(30)).unwrap().unwrap();
         assert!(store.claim_next_operation("other", t0, Duration::seconds(30)).unwrap().is_none(), "leased");
-        assert!(store.renew_lease(op.id, "dead", t0 + Duration::seconds(40)).unwrap());
-        assert!(!store.renew_lease(op.id, "stranger", t0 + Duration::seconds(40)).unwrap());
+        let held = first.lease_expires_at.unwrap();
+        assert!(store.renew_lease(op.id, "dead", held, t0 + Duration::seconds(40)).unwrap());
+        assert!(!store.renew_lease(op.id, "stranger", t0 + Duration::seconds(40), t0 + Duration::seconds(50)).unwrap());
         // The worker died: after its lease, another takes the operation over.
         let later = t0 + Duration::seconds(41);
         let second = store.claim_next_operation("alive", later, Duration::seconds(30)).unwrap().unwrap();
@@ -497,7 +536,8 @@ on_both_backends! {
 
         // The dead worker came back and renewed its lease: nothing is given up,
         // neither the operation nor its key.
-        assert!(store.renew_lease(op.id, "crashy", t + Duration::seconds(5)).unwrap());
+        let held = store.get_operation(op.id).unwrap().unwrap().lease_expires_at.unwrap();
+        assert!(store.renew_lease(op.id, "crashy", held, t + Duration::seconds(5)).unwrap());
         assert!(!store.give_up_operation(&given_up, "crashy", t, &[failed.clone()]).unwrap());
         assert_eq!(store.get_operation(op.id).unwrap().unwrap().state, OperationState::Running);
         assert!(store.get_key(k.id).unwrap().unwrap().lifecycle.is_busy());

@@ -7,29 +7,53 @@ use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok` or `unavailable`.
+    /// `ok`; `unavailable` (the database does not answer); or `stuck` (an
+    /// operation's token call has hung: restart this instance).
     status: &'static str,
+    /// What is wrong, when something is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
 }
 
-/// `GET /api/v1/healthz`: 200 once the database answers; no token needed.
+/// `GET /api/v1/healthz`: 200 while the database answers and no token call
+/// hangs; no token needed. A supervisor restarts an instance that answers
+/// `stuck`: a PKCS#11 call cannot be cancelled from inside the process.
 #[utoipa::path(get, path = "/api/v1/healthz", tag = "service",
     responses(
-        (status = 200, description = "The database answers", body = Health),
-        (status = 503, description = "The database does not answer", body = Health)))]
+        (status = 200, description = "The database answers and no token call hangs", body = Health),
+        (status = 503, description = "The database does not answer, or a token call hangs", body = Health)))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    if let Some((operation, kind, waited)) = state.stuck.longest() {
+        return unhealthy(
+            "stuck",
+            format!(
+                "operation {operation} ({kind}) has waited {} s for the PKCS#11 module; \
+                 its lease is left to run out; restart this instance",
+                waited.as_secs()
+            ),
+        );
+    }
     let store = state.store.clone();
     match blocking(move || Ok(store.ping()?)).await {
-        Ok(()) => HttpResponse::Ok().json(Health { status: "ok" }),
+        Ok(()) => HttpResponse::Ok().json(Health {
+            status: "ok",
+            detail: None,
+        }),
         Err(error) => {
             tracing::warn!(%error, "health check: the database does not answer");
-            HttpResponse::ServiceUnavailable()
-                .insert_header((
-                    actix_web::http::header::RETRY_AFTER,
-                    crate::error::RETRY_AFTER_SECS,
-                ))
-                .json(Health {
-                    status: "unavailable",
-                })
+            unhealthy("unavailable", "the database does not answer".into())
         }
     }
+}
+
+fn unhealthy(status: &'static str, detail: String) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header((
+            actix_web::http::header::RETRY_AFTER,
+            crate::error::RETRY_AFTER_SECS,
+        ))
+        .json(Health {
+            status,
+            detail: Some(detail),
+        })
 }

@@ -6,9 +6,10 @@
 //! worker sleeps until a request queues work (`AppState::work`) or a slow poll
 //! finds work another instance queued or a dead worker left behind.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration as StdDuration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Duration;
 use luna_domain::{Key, KeyEvent, Member, Operation, OperationPayload, Partition};
@@ -60,6 +61,16 @@ impl Done {
 
 /// When a passed-on operation may be taken again (by another instance, most likely).
 const PASS_ON_DELAY: Duration = Duration::seconds(1);
+
+/// `poll` times a random factor from `range`. Workers that poll in step stay
+/// in step: `just chaos` saw a blind instance take an operation back at the
+/// moment its pass-on delay ran out, cycle after cycle, always just before
+/// the instance that sees the token looked, until the operation ran out of
+/// time. Random waits break the lock step.
+fn jittered(poll: StdDuration, range: std::ops::Range<f64>) -> StdDuration {
+    use rand::Rng as _;
+    poll.mul_f64(rand::thread_rng().gen_range(range))
+}
 
 impl Failure {
     /// A database error: transient when the database cannot be reached now
@@ -162,6 +173,13 @@ pub struct RunnerSettings {
     /// How old a key's last change must be when a refresh scan begins for
     /// the scan to conclude the key gone (`BeforeScan`).
     pub refresh_settle: Duration,
+    /// How long an operation's token work may run before the instance calls
+    /// it stuck: its lease is no longer renewed (so another instance, or this
+    /// one restarted, takes the operation over) and the health check answers
+    /// 503 until the call returns. A PKCS#11 call cannot be cancelled, and a
+    /// module that hangs (a network HSM unreachable, a library deadlocked)
+    /// is only cured by a restart, which the health check asks for.
+    pub stuck_after: StdDuration,
     /// Called by a job between its scan of a partition and its reading of the
     /// records: tests land a write in that window on purpose. `None` in the
     /// server.
@@ -187,6 +205,7 @@ impl Default for RunnerSettings {
             retry_base: Duration::seconds(2),
             refresh_settle: Duration::seconds(60),
             pass_on_for: Duration::minutes(5),
+            stuck_after: StdDuration::from_secs(120),
             after_scan: None,
         }
     }
@@ -202,6 +221,34 @@ pub struct Runner {
     owner: String,
     stopping: AtomicBool,
     stop: Notify,
+    stuck: Arc<StuckOperations>,
+}
+
+/// Operations whose token work has run past `RunnerSettings::stuck_after`,
+/// shared with the health check.
+#[derive(Debug, Default)]
+pub struct StuckOperations(Mutex<HashMap<Uuid, (&'static str, Instant)>>);
+
+impl StuckOperations {
+    /// The longest-running stuck operation: its id, kind and time so far.
+    pub fn longest(&self) -> Option<(Uuid, &'static str, StdDuration)> {
+        let stuck = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        stuck
+            .iter()
+            .map(|(id, (kind, since))| (*id, *kind, since.elapsed()))
+            .max_by_key(|(_, _, elapsed)| *elapsed)
+    }
+
+    fn insert(&self, id: Uuid, kind: &'static str, since: Instant) {
+        let mut stuck = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        stuck.insert(id, (kind, since));
+    }
+
+    /// True if the operation had been called stuck.
+    fn remove(&self, id: Uuid) -> bool {
+        let mut stuck = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        stuck.remove(&id).is_some()
+    }
 }
 
 impl Runner {
@@ -219,7 +266,13 @@ impl Runner {
             owner: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            stuck: Arc::default(),
         })
+    }
+
+    /// What the health check reads.
+    pub fn stuck_operations(&self) -> Arc<StuckOperations> {
+        Arc::clone(&self.stuck)
     }
 
     /// Starts the workers on the current runtime.
@@ -249,7 +302,7 @@ impl Runner {
                     tokio::select! {
                         _ = self.work.notified() => {}
                         _ = self.stop.notified() => {}
-                        _ = tokio::time::sleep(self.settings.poll) => self.settle_exhausted().await,
+                        _ = tokio::time::sleep(jittered(self.settings.poll, 0.5..1.5)) => self.settle_exhausted().await,
                     }
                 }
                 Ok(Err(error)) => {
@@ -263,16 +316,26 @@ impl Runner {
 
     async fn run(self: Arc<Self>, op: Operation) {
         let id = op.id;
-        let renewer = tokio::spawn(Arc::clone(&self).renew(id));
+        let started = Instant::now();
+        let renewer = op
+            .lease_expires_at
+            .map(|held| tokio::spawn(Arc::clone(&self).renew(id, op.payload.kind_name(), held, started)));
         let me = Arc::clone(&self);
         let finished = tokio::task::spawn_blocking(move || me.execute(op)).await;
-        renewer.abort();
+        if let Some(renewer) = renewer {
+            renewer.abort();
+        }
+        if self.stuck.remove(id) {
+            tracing::warn!(operation = %id, after_secs = started.elapsed().as_secs(), "the token answered the stuck operation");
+        }
         match finished {
             Ok(Ok(Done::Recorded)) => {}
             // Give the instances that see the token a chance to take it: a
             // worker that claimed again at once would take every operation
-            // back as its delay ran out, and they would never run.
-            Ok(Ok(Done::PassedOn)) => tokio::time::sleep(self.settings.poll).await,
+            // back as its delay ran out, and they would never run. Longer
+            // than an idle worker's poll, and never the same twice (see
+            // `jittered`).
+            Ok(Ok(Done::PassedOn)) => tokio::time::sleep(jittered(self.settings.poll, 1.5..2.5)).await,
             Ok(Ok(Done::LeaseLost)) => {
                 tracing::warn!(operation = %id, "the lease was lost; another worker owns the operation")
             }
@@ -283,23 +346,40 @@ impl Runner {
         }
     }
 
-    /// Keeps the lease while the token works (an RSA-4096 pair takes seconds).
-    async fn renew(self: Arc<Self>, id: Uuid) {
+    /// Keeps the lease, which ends at `held`, while the token works (an
+    /// RSA-4096 pair takes seconds), up to `stuck_after` from `started`.
+    async fn renew(
+        self: Arc<Self>,
+        id: Uuid,
+        kind: &'static str,
+        mut held: chrono::DateTime<chrono::Utc>,
+        started: Instant,
+    ) {
         let every = (self.settings.lease / 3)
             .to_std()
             .unwrap_or(StdDuration::from_secs(1));
         loop {
             tokio::time::sleep(every).await;
+            if started.elapsed() >= self.settings.stuck_after {
+                tracing::error!(
+                    operation = %id,
+                    kind,
+                    after_secs = started.elapsed().as_secs(),
+                    "the token has not answered; the lease is left to run out so the operation can be \
+                     taken over, and the health check asks for a restart"
+                );
+                self.stuck.insert(id, kind, started);
+                return;
+            }
+            let until = luna_store::now() + self.settings.lease;
             let me = Arc::clone(&self);
-            let renewed = tokio::task::spawn_blocking(move || {
-                me.store
-                    .renew_lease(id, &me.owner, luna_store::now() + me.settings.lease)
-            })
-            .await;
+            let renewed =
+                tokio::task::spawn_blocking(move || me.store.renew_lease(id, &me.owner, held, until)).await;
             if !matches!(renewed, Ok(Ok(true))) {
                 tracing::warn!(operation = %id, "the lease could not be renewed");
                 return;
             }
+            held = until;
         }
     }
 

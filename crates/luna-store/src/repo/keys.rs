@@ -1,9 +1,10 @@
 use diesel::prelude::*;
 use luna_domain::idempotency::IdempotentRequest;
 use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
-use luna_domain::{Key, KeyEvent, KeyLifecycle, Operation};
+use luna_domain::{Key, KeyEvent, KeyVersion, Operation};
 use uuid::Uuid;
 
+use crate::codec::micros;
 use crate::db::{per_backend, MultiBackend};
 use crate::error::{Result, StoreError};
 use crate::models::{KeyRow, OperationRow};
@@ -126,12 +127,13 @@ fn load(conn: &mut crate::db::DbConnection, id: Uuid) -> Result<Option<Key>> {
 
 /// Writes a key's new lifecycle only if nobody changed it since `before` was
 /// read: the atomic half of "a second mutation while busy is a 409".
-fn save_if_unchanged(conn: &mut crate::db::DbConnection, key: &Key, before: &KeyLifecycle) -> Result<bool> {
+fn save_if_unchanged(conn: &mut crate::db::DbConnection, key: &Key, before: &KeyVersion) -> Result<bool> {
     let row = KeyRow::from_domain(key);
     let updated = diesel::update(keys::table.find(&row.id))
-        .filter(keys::status.eq(before.status.as_str()))
-        .filter(keys::operation.eq(before.operation.as_str()))
-        .filter(keys::operation_status.eq(before.operation_status.as_str()))
+        .filter(keys::updated_at.eq(micros(before.updated_at)))
+        .filter(keys::status.eq(before.lifecycle.status.as_str()))
+        .filter(keys::operation.eq(before.lifecycle.operation.as_str()))
+        .filter(keys::operation_status.eq(before.lifecycle.operation_status.as_str()))
         .set(&row)
         .execute(conn)?;
     Ok(updated == 1)
@@ -197,7 +199,7 @@ impl Store {
                 let Some(mut key) = load(conn, key_id)? else {
                     continue;
                 };
-                let before = key.lifecycle.clone();
+                let before = KeyVersion::of(&key);
                 key.apply(&KeyEvent::Begin(kind), now).map_err(|e| match e {
                     luna_domain::DomainError::Conflict(m) => StoreError::Conflict(m),
                     other => StoreError::Domain(other),
@@ -279,7 +281,7 @@ impl Store {
     /// Writes a refresh's result in one transaction: new records, and updates
     /// of records whose lifecycle is still the one they were read with (an
     /// operation that started meanwhile wins). Returns how many were skipped.
-    pub fn apply_refresh(&self, inserted: &[Key], updated: &[(Key, KeyLifecycle)]) -> Result<usize> {
+    pub fn apply_refresh(&self, inserted: &[Key], updated: &[(Key, KeyVersion)]) -> Result<usize> {
         let rows: Vec<KeyRow> = inserted.iter().map(KeyRow::from_domain).collect();
         self.write(|conn| {
             for chunk in rows.chunks(500) {

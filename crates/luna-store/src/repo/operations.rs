@@ -133,12 +133,23 @@ impl Store {
         })
     }
 
-    /// Extends a running operation's lease; false if `owner` lost it.
-    pub fn renew_lease(&self, id: Uuid, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+    /// Extends a running operation's lease from `held` (the end `owner` last
+    /// set) to `until`; false if the lease changed meanwhile. A compare-and-set
+    /// on the lease's end, not only its owner: the worker itself may have put
+    /// the operation back for a retry (`retry_operation_later`), and a renewal
+    /// that lands after that must not undo the retry's delay.
+    pub fn renew_lease(
+        &self,
+        id: Uuid,
+        owner: &str,
+        held: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
         self.write(|conn| {
             let updated = diesel::update(operations::table.find(id.to_string()))
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::lease_owner.eq(owner))
+                .filter(operations::lease_expires_at.eq(micros(held)))
                 .set(operations::lease_expires_at.eq(micros(until)))
                 .execute(conn)?;
             Ok(updated == 1)
