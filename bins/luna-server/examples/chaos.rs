@@ -84,6 +84,49 @@ impl Instance {
     }
 }
 
+/// Does what a supervisor (systemd, Kubernetes) does with a health check
+/// that says `stuck`: kills the instance and starts it again. Returns how
+/// many times it did.
+fn supervise(
+    instances: &Arc<Mutex<Vec<Instance>>>,
+    supervising: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (instances, supervising) = (Arc::clone(instances), Arc::clone(supervising));
+    std::thread::spawn(move || {
+        let mut restarts = 0;
+        while supervising.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let bases: Vec<String> = instances
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|i| i.base.lock().unwrap().clone())
+                .collect();
+            for (i, base) in bases.iter().enumerate() {
+                let health = match ureq::get(&format!("{base}/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .call()
+                {
+                    Err(ureq::Error::Status(503, r)) => r.into_json::<Value>().unwrap_or(Value::Null),
+                    _ => continue,
+                };
+                if health["status"] == "stuck" {
+                    println!(
+                        "  supervisor: instance {} says \"{}\"; restarted",
+                        ["A", "B"][i],
+                        health["detail"].as_str().unwrap_or_default()
+                    );
+                    let mut instances = instances.lock().unwrap();
+                    instances[i].kill_9();
+                    instances[i].start();
+                    restarts += 1;
+                }
+            }
+        }
+        restarts
+    })
+}
+
 fn server_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/examples/chaos → target/<profile>/luna-server
@@ -176,6 +219,9 @@ fn main() {
         ADMIN.to_owned(),
         "--operation-lease-secs".to_owned(),
         "5".to_owned(),
+        // SoftHSM2 makes a key in milliseconds: a call this long has hung.
+        "--stuck-after-secs".to_owned(),
+        "20".to_owned(),
     ];
     // B's SoftHSM2 has a token directory of its own, empty.
     let blind = luna_pkcs11::softhsm::write_config(&dir.path().join("softhsm-b")).unwrap();
@@ -197,6 +243,10 @@ fn main() {
     }
     instances[1].start();
     let base_a = instances[0].base.lock().unwrap().clone();
+    let bases = [Arc::clone(&instances[0].base), Arc::clone(&instances[1].base)];
+    let instances = Arc::new(Mutex::new(instances));
+    let supervising = Arc::new(AtomicBool::new(true));
+    let supervisor = supervise(&instances, &supervising);
     let token = login(&base_a).expect("log in");
     let (status, _) = call(&base_a, &token, "POST", "/connectionmgmt/services/luna-network/connections",
         Some(&json!({"name": "chaos", "password": USER_PIN, "is_ha_enabled": false, "partitions": [{"partition_label": LABEL}]})), None).unwrap();
@@ -218,7 +268,6 @@ fn main() {
     let running = Arc::new(AtomicBool::new(true));
     let server_errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted: Arc<Mutex<BTreeMap<String, Option<String>>>> = Arc::default();
-    let bases = [Arc::clone(&instances[0].base), Arc::clone(&instances[1].base)];
     let mut clients = Vec::new();
     for client in 0..3 {
         let (running, accepted, bases, token, pid, server_errors) = (
@@ -300,9 +349,9 @@ fn main() {
     let wait_until = |t: Duration| std::thread::sleep(t.saturating_sub(started.elapsed()));
     wait_until(at(0.15));
     println!("  {:>5.1} s  kill -9 instance A", started.elapsed().as_secs_f64());
-    instances[0].kill_9();
+    instances.lock().unwrap()[0].kill_9();
     wait_until(at(0.25));
-    instances[0].start();
+    instances.lock().unwrap()[0].start();
     println!(
         "  {:>5.1} s  instance A started again",
         started.elapsed().as_secs_f64()
@@ -325,8 +374,11 @@ fn main() {
     std::fs::rename(&token_dir, &away).unwrap();
     wait_until(at(0.72));
     std::fs::rename(&away, &token_dir).unwrap();
-    instances[0].stop();
-    instances[0].start();
+    {
+        let mut instances = instances.lock().unwrap();
+        instances[0].stop();
+        instances[0].start();
+    }
     println!(
         "  {:>5.1} s  the token is back; instance A restarted to see it",
         started.elapsed().as_secs_f64()
@@ -338,23 +390,44 @@ fn main() {
     }
     let refreshes = refresher.join().unwrap();
 
-    // Let the work settle, then count.
-    let base = instances[0].base.lock().unwrap().clone();
-    let token = login(&base).expect("log in");
+    // Let the work settle, then count. The token makes keys at its own pace
+    // (an RSA pair takes SoftHSM2 tens of milliseconds, one write at a time),
+    // so the load leaves a backlog: wait while it shrinks. A key still in
+    // progress after `NO_PROGRESS` without any key ending is stuck.
+    const NO_PROGRESS: Duration = Duration::from_secs(30);
+    let token = login(&bases[0].lock().unwrap().clone()).expect("log in");
     let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(120) {
-        match call(
+    let (mut fewest, mut progressed, mut backlog) = (u64::MAX, Instant::now(), None);
+    while progressed.elapsed() < NO_PROGRESS && settle.elapsed() < Duration::from_secs(900) {
+        let base = bases[0].lock().unwrap().clone();
+        let left = call(
             &base,
             &token,
             "GET",
             "/cckm/hsm/luna/keys?status=in_progress&limit=1",
             None,
             None,
-        ) {
-            Some((200, page)) if page["total"] == 0 => break,
-            _ => std::thread::sleep(Duration::from_millis(500)),
+        )
+        .and_then(|(status, page)| (status == 200).then(|| page["total"].as_u64()).flatten());
+        match left {
+            Some(0) => break,
+            Some(n) if n < fewest => {
+                backlog.get_or_insert(n);
+                (fewest, progressed) = (n, Instant::now());
+            }
+            _ => {}
         }
+        std::thread::sleep(Duration::from_millis(500));
     }
+    println!(
+        "  {:>5.1} s  settled: {} keys were in progress when the load stopped; waited {:.0} s",
+        started.elapsed().as_secs_f64(),
+        backlog.unwrap_or(0),
+        settle.elapsed().as_secs_f64()
+    );
+    supervising.store(false, Ordering::Relaxed);
+    let restarts = supervisor.join().unwrap();
+    let base = bases[0].lock().unwrap().clone();
     let report = count(&base, &token, &accepted.lock().unwrap(), &module, &conf);
     if report.stuck > 0 {
         // Why: the operations left, as the database has them.
@@ -363,7 +436,7 @@ fn main() {
             .args(["-c", "SELECT state, attempts, lease_owner IS NOT NULL AS leased, left(coalesce(last_error, ''), 100) AS last_error, count(*) FROM operations WHERE state IN ('queued', 'running') GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 10"])
             .status();
     }
-    for instance in &mut instances {
+    for instance in instances.lock().unwrap().iter_mut() {
         instance.stop();
     }
     println!(
@@ -376,6 +449,7 @@ fn main() {
     );
     let server_errors = server_errors.load(Ordering::Relaxed);
     println!("500 answers to creates: {server_errors}");
+    println!("instances restarted because their health check said stuck: {restarts}");
     // `exit` runs no destructors: stop the database server first.
     drop(pg);
     if report.lost + report.duplicated + report.stuck + report.wrongly_deleted + server_errors > 0 {
