@@ -258,6 +258,7 @@ fn no_password_pin_or_token_reaches_the_log() {
         password.as_str(),
         "wrong-password-not-to-log",
         pin,
+        so_pin,
         jwt.as_str(),
         refresh.as_str(),
     ] {

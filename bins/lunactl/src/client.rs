@@ -66,10 +66,12 @@ impl Client {
             Some(&json!({"grant_type": "password", "username": username, "password": password})),
             None,
         )?;
-        self.keep(target, &answer)
+        self.keep(target.ca_file.clone(), &answer)
     }
 
-    fn keep(&mut self, target: &Target, answer: &Value) -> Result<()> {
+    /// Saves the tokens of a login or refresh `answer`, with the CA file the
+    /// server's certificate is checked against.
+    fn keep(&mut self, ca_file: Option<std::path::PathBuf>, answer: &Value) -> Result<()> {
         let text = |name: &str| {
             answer[name]
                 .as_str()
@@ -78,8 +80,7 @@ impl Client {
         };
         let session = Session {
             server: self.server.clone(),
-            ca_file: target.ca_file.clone(),
-            insecure: target.insecure,
+            ca_file,
             jwt: text("jwt")?,
             refresh_token: text("refresh_token")?,
             expires_at: now() + answer["duration"].as_u64().unwrap_or(0),
@@ -113,12 +114,7 @@ impl Client {
                 None,
             )
             .context("the login has run out; run lunactl login again")?;
-        let target = Target {
-            server: session.server.clone(),
-            ca_file: session.ca_file.clone(),
-            insecure: session.insecure,
-        };
-        self.keep(&target, &answer)?;
+        self.keep(session.ca_file.clone(), &answer)?;
         Ok(text_of(&answer, "jwt"))
     }
 

@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<String> {
             .ca_file
             .clone()
             .or_else(|| saved.as_ref().and_then(|s| s.ca_file.clone())),
-        insecure: cli.insecure || saved.as_ref().is_some_and(|s| s.insecure),
+        insecure: cli.insecure,
     };
     let mut client = Client::new(&target, saved)?;
     let format = cli.output;

@@ -1,6 +1,8 @@
-//! The saved login: server, TLS choice and tokens, in the user's config dir
+//! The saved login: server, CA file and tokens, in the user's config dir
 //! (`$XDG_CONFIG_HOME/lunactl/session.json` or `~/.config/lunactl/…`), mode
-//! 0600. It holds the bearer and refresh tokens, never the password.
+//! 0600. It holds the bearer and refresh tokens, never the password, and not
+//! `--insecure`: skipping the certificate check applies to the command that
+//! asks for it, never to later ones.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,8 +15,6 @@ pub struct Session {
     pub server: String,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub insecure: bool,
     pub jwt: String,
     pub refresh_token: String,
     /// Seconds since the Unix epoch after which the jwt is refreshed first.
@@ -26,7 +26,6 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("server", &self.server)
             .field("ca_file", &self.ca_file)
-            .field("insecure", &self.insecure)
             .finish_non_exhaustive()
     }
 }
@@ -56,7 +55,9 @@ pub fn load() -> Result<Option<Session>> {
 }
 
 /// Writes the session through a 0600 temporary file renamed into place, so a
-/// reader never sees half of it and nobody else can read the tokens.
+/// reader never sees half of it and nobody else can read the tokens. The
+/// temporary file is made new (one left by an interrupted write is removed
+/// first): opening an existing file would keep whatever mode it has.
 pub fn save(session: &Session) -> Result<()> {
     let path = path()?;
     let dir = path
@@ -64,8 +65,14 @@ pub fn save(session: &Session) -> Result<()> {
         .ok_or_else(|| anyhow!("{} has no parent", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let temporary = path.with_extension("json.tmp");
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", temporary.display()))
+        }
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options

@@ -369,7 +369,41 @@ fn https_with_ca_file_or_insecure_and_never_unchecked() {
     let other = User::new(&server);
     assert!(other.login(&["--insecure"]).ok);
     assert_eq!(
-        other.run(&["audit", "verify", "-o", "json"]).json()["intact"],
+        other.run(&["audit", "verify", "--insecure", "-o", "json"]).json()["intact"],
         true
     );
+    // `--insecure` is not remembered: a command without it checks the certificate.
+    assert!(
+        !other.session().as_object().unwrap().contains_key("insecure"),
+        "{}",
+        other.session()
+    );
+    let checked = other.run(&["audit", "verify"]);
+    assert!(
+        !checked.ok && checked.stderr.contains("cannot reach"),
+        "{}",
+        checked.stderr
+    );
+}
+
+#[test]
+fn the_session_file_is_0600_even_over_a_leftover_temporary_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let db = TestDatabase::sqlite().unwrap();
+    let api = Api::start(db);
+    let user = User::new(&server_of(&api));
+    // An interrupted write left a temporary file anyone can read.
+    let leftover = user.session_path().with_extension("json.tmp");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::write(&leftover, "{}").unwrap();
+    std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let login = user.login(&[]);
+    assert!(login.ok, "{}", login.stderr);
+    let mode = std::fs::metadata(user.session_path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!leftover.exists());
 }

@@ -386,11 +386,11 @@ impl Partition for TokenPartition {
                 let wrapped = session
                     .wrap_key(&CkMechanism::AesKeyWrapPad, key, object.handle.handle())
                     .map_err(call("C_WrapKey"));
-                let _ = session.destroy_object(key);
+                discard(session, key, "transport key");
                 wrapped
             });
-            let _ = session.destroy_object(public);
-            let _ = session.destroy_object(private);
+            discard(session, public, "ephemeral public key");
+            discard(session, private, "ephemeral private key");
             Ok(Portable {
                 object: object.clone(),
                 wrapped: Some(wrapped?),
@@ -409,13 +409,13 @@ impl Partition for TokenPartition {
                     let made = session
                         .unwrap_key(&CkMechanism::AesKeyWrapPad, key, wrapped, &template)
                         .map_err(call("C_UnwrapKey"));
-                    let _ = session.destroy_object(key);
+                    discard(session, key, "transport key");
                     made
                 }
                 _ => session.create_object(&template).map_err(call("C_CreateObject")),
             };
             // The ephemeral half is used once, whatever happened.
-            let _ = session.destroy_object(offer.private.handle());
+            discard(session, offer.private.handle(), "ephemeral private key");
             let handle = handle?;
             let mut made = object::describe(session, handle.into())?;
             if made.size_bits == 0 {
@@ -497,5 +497,15 @@ impl Partition for TokenPartition {
             }
             Ok(made)
         })
+    }
+}
+
+/// Destroys a key made for one transfer. A failure is logged, not returned:
+/// the transfer's outcome stands either way, but the operator should know the
+/// object may be left on the token (a session object goes when its session
+/// closes; a module that made it a token object keeps it).
+fn discard(session: &Session, handle: cryptoki::object::ObjectHandle, what: &'static str) {
+    if let Err(error) = session.destroy_object(handle) {
+        tracing::warn!(%error, what, "a key made for a transfer could not be destroyed; it may be left on the token");
     }
 }
