@@ -11,9 +11,12 @@
 //! Meanwhile: A is killed (`kill -9`) and restarted; the database is stopped
 //! and started; the token's store is taken away and put back (SoftHSM2 does
 //! not see it again in a running process, so A is restarted).
-//! Then every accepted key is checked against the token with pkcs11-tool and
-//! the run prints `lost / duplicated / stuck / wrongly DELETED` (all must be
-//! 0; the exit status says so).
+//! A supervisor restarts an instance whose health check says `stuck`, as
+//! systemd or Kubernetes would. After the load, the run waits while the
+//! backlog of creates shrinks (the clients outrun SoftHSM2's RSA pairs), then
+//! checks every accepted key against the token with pkcs11-tool and prints
+//! `lost / duplicated / stuck / wrongly DELETED` (all must be 0; the exit
+//! status says so). Stuck: still in progress after 30 s in which no key ended.
 //!
 //! `LUNA_CHAOS_SECS` (60) sets the length of the load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
