@@ -65,7 +65,7 @@ pub fn register_connection_idempotently(
         module
             .establish_cloning_domain(&members, so_pin)
             .map_err(|source| {
-                let message = if source.rv() == Some(luna_pkcs11::RvError::PinIncorrect) {
+                let message = if source.is_pin_incorrect() {
                     "so_password does not log in to every partition as security officer".to_owned()
                 } else {
                     format!("the cloning domain could not be established: {source}")
@@ -93,7 +93,7 @@ pub fn register_connection_idempotently(
 fn refused(label: &str, source: TokenError) -> ApiError {
     let message = match &source {
         TokenError::TokenNotFound { .. } | TokenError::AmbiguousToken { .. } => source.to_string(),
-        _ if source.rv() == Some(luna_pkcs11::RvError::PinIncorrect) => {
+        _ if source.is_pin_incorrect() => {
             format!("the password does not log in to partition {label:?}")
         }
         _ => format!("partition {label:?} could not be opened: {source}"),

@@ -54,8 +54,13 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Whether the token refused the PIN: the operator gave a wrong one.
+    pub fn is_pin_incorrect(&self) -> bool {
+        self.rv() == Some(RvError::PinIncorrect)
+    }
+
     /// The PKCS#11 return value behind this error, when a call produced one.
-    pub fn rv(&self) -> Option<RvError> {
+    pub(crate) fn rv(&self) -> Option<RvError> {
         match self {
             TokenError::Call {
                 source: CryptokiError::Pkcs11(rv, _),

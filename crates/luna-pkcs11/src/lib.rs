@@ -20,8 +20,6 @@ use std::ops::ControlFlow;
 
 use luna_domain::{Attribute, AttributeSet, Mechanism};
 
-pub use cryptoki;
-pub use cryptoki::error::RvError;
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
 pub use module::{LibraryInfo, Module, TokenSummary};

@@ -14,7 +14,7 @@ use crate::GenerateRequest;
 /// PKCS#11 defines handles; after the object is destroyed the token answers
 /// `CKR_OBJECT_HANDLE_INVALID`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectRef(pub u64);
+pub struct ObjectRef(u64);
 
 impl ObjectRef {
     pub(crate) fn handle(self) -> ObjectHandle {

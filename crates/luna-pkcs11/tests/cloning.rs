@@ -8,7 +8,6 @@ use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::{Attribute as CkAttribute, KeyType, ObjectClass};
 use cryptoki::session::Session;
 use luna_domain::{AttributeSet, Mechanism, Member, ObjectType};
-use luna_pkcs11::cryptoki;
 use luna_pkcs11::testing::{fresh_token_label, module, raw_user_session, SO_PIN, USER_PIN};
 use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition};
 use secrecy::SecretString;
@@ -213,7 +212,7 @@ fn softhsm_enforces_the_domain_rules() {
     let err = a
         .export_to(&locked.objects[0], &_b.info().serial_number)
         .unwrap_err();
-    assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+    assert_eq!(err.code(), "CKR_KEY_UNEXTRACTABLE", "{err}");
     let _ = KeyType::AES;
 }
 
@@ -243,7 +242,7 @@ fn without_a_domain_nothing_travels_and_a_logged_in_user_blocks_the_so() {
             &SecretString::from("wrong-so-pin"),
         )
         .unwrap_err();
-    assert_eq!(err.rv(), Some(RvError::PinIncorrect), "{err}");
+    assert!(err.is_pin_incorrect(), "{err}");
 }
 
 #[test]
@@ -291,7 +290,7 @@ fn without_a_domain_only_extractable_keys_travel_under_an_ephemeral_agreement() 
     let err = a
         .export_for_offer(&locked.objects[0], &b.offer_transport().unwrap())
         .unwrap_err();
-    assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+    assert_eq!(err.code(), "CKR_KEY_UNEXTRACTABLE", "{err}");
     let guarded = a
         .generate(&request(Mechanism::AesKeyGen, 256, &["CKA_EXTRACTABLE"]))
         .unwrap();
@@ -299,8 +298,8 @@ fn without_a_domain_only_extractable_keys_travel_under_an_ephemeral_agreement() 
         .export_for_offer(&guarded.objects[0], &b.offer_transport().unwrap())
         .unwrap_err();
     assert_eq!(
-        err.rv(),
-        Some(RvError::KeyNotWrappable),
+        err.code(),
+        "CKR_KEY_NOT_WRAPPABLE",
         "an untrusted transport key cannot wrap it: {err}"
     );
 
