@@ -1,7 +1,6 @@
 //! HTTP to luna-server: TLS as the user chose it, the bearer token refreshed
 //! before it runs out, and errors as the server's own sentence.
 
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -194,9 +193,11 @@ fn tls_config(ca_file: Option<&Path>, insecure: bool) -> Result<rustls::ClientCo
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let file = std::fs::File::open(path).with_context(|| format!("--ca-file {}", path.display()))?;
+            use rustls::pki_types::{pem::PemObject as _, CertificateDer};
             let mut added = 0;
-            for certificate in rustls_pemfile::certs(&mut BufReader::new(file)) {
+            let certificates = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("--ca-file {}", path.display()))?;
+            for certificate in certificates {
                 let certificate = certificate.with_context(|| format!("--ca-file {}", path.display()))?;
                 roots
                     .add(certificate)

@@ -31,14 +31,48 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> io::Result<()> {
 
 /// A rustls server configuration from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> io::Result<rustls::ServerConfig> {
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(fs::File::open(cert)?))
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut io::BufReader::new(fs::File::open(key)?))?
-        .ok_or_else(|| invalid(format!("{} holds no private key", key.display())))?;
+    use rustls::pki_types::pem::{self, PemObject as _};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    fn unreadable(path: &Path, error: pem::Error) -> io::Error {
+        match error {
+            pem::Error::Io(e) => e,
+            pem::Error::NoItemsFound => {
+                invalid(format!("{} holds no PEM item of the kind needed", path.display()))
+            }
+            other => invalid(format!("{}: {other}", path.display())),
+        }
+    }
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| unreadable(cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| unreadable(key, e))?;
     rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid(format!("the certificate and key do not fit together: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_pair_loads_and_a_file_without_a_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        ensure_self_signed(&cert, &key).unwrap();
+        assert!(server_config(&cert, &key).is_ok());
+        // The certificate given as the key: a sentence naming the file.
+        let error = server_config(&cert, &cert).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            error.to_string().contains("cert.pem holds no PEM item"),
+            "{error}"
+        );
+        let missing = server_config(&dir.path().join("absent.pem"), &key).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
 }
