@@ -11,7 +11,8 @@
 //! out of their own address. Counts live in this instance's memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// Failures in a row a (user, address) gets before it must wait.
@@ -46,7 +47,7 @@ pub struct LoginThrottle {
 impl LoginThrottle {
     /// `Err(wait)` when a login of `user` from `address` must wait first.
     pub fn check(&self, user: &str, address: &str, now: Instant) -> Result<(), Duration> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = self.counts.lock();
         let wait = [
             Counted::UserAt(user.to_owned(), address.to_owned()),
             Counted::Address(address.to_owned()),
@@ -64,7 +65,7 @@ impl LoginThrottle {
     }
 
     pub fn failed(&self, user: &str, address: &str, now: Instant) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.lock();
         if counts.len() > SWEEP_ABOVE {
             counts.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
         }
@@ -95,7 +96,7 @@ impl LoginThrottle {
     /// A login of `user` from `address` succeeded: its count starts again,
     /// and the address gets back the failure its attempt was counted as.
     pub fn succeeded(&self, user: &str, address: &str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.lock();
         counts.remove(&Counted::UserAt(user.to_owned(), address.to_owned()));
         if let Some(failures) = counts.get_mut(&Counted::Address(address.to_owned())) {
             failures.in_a_row = failures.in_a_row.saturating_sub(1);

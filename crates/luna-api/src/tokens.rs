@@ -1,7 +1,9 @@
 //! The partitions' member tokens, opened once with their connection's PIN.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use luna_domain::Member;
 use luna_pkcs11::{Module, Partition, TokenError, TokenInfo};
@@ -72,7 +74,7 @@ impl TokenRegistry {
     /// The member's token, opened with the connection's PIN.
     pub fn member(&self, connection: Uuid, member: &Member) -> Result<Arc<dyn Partition>, Unavailable> {
         let key = (connection, member.serial_number.clone());
-        if let Some(open) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(open) = self.open.lock().get(&key) {
             return Ok(Arc::clone(open));
         }
         let pin = self
@@ -96,7 +98,7 @@ impl TokenRegistry {
         // use the first one kept, so one instance (and, on SoftHSM2, its one
         // write lock) serves every call on the token. Two instances would let
         // two writes race, and SoftHSM2 fails one with CKR_GENERAL_ERROR.
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         Ok(Arc::clone(open.entry(key).or_insert(token)))
     }
 
@@ -105,10 +107,10 @@ impl TokenRegistry {
     /// login (a reader's request must never try a PIN, nor hold a login).
     pub fn describe(&self, connection: Uuid, member: &Member) -> Result<TokenInfo, Unavailable> {
         let key = (connection, member.serial_number.clone());
-        if let Some(open) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(open) = self.open.lock().get(&key) {
             return Ok(open.info().clone());
         }
-        let mut described = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        let mut described = self.described.lock();
         if let Some(info) = described.get(&key) {
             return Ok(info.clone());
         }
@@ -122,14 +124,8 @@ impl TokenRegistry {
 
     /// Closes the tokens of a deleted connection.
     pub fn forget_connection(&self, connection: Uuid) {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(c, _), _| *c != connection);
-        self.described
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(c, _), _| *c != connection);
+        self.open.lock().retain(|(c, _), _| *c != connection);
+        self.described.lock().retain(|(c, _), _| *c != connection);
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
@@ -78,7 +80,7 @@ impl Module {
     /// may call it at once (SoftHSM2 crashes under concurrency otherwise).
     pub fn open(path: &Path) -> Result<Arc<Module>> {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        let mut modules = registry().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut modules = registry().lock();
         if let Some(module) = modules.get(&key).and_then(Weak::upgrade) {
             return Ok(module);
         }
@@ -238,7 +240,7 @@ impl Module {
     ) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(pin.expose_secret().as_bytes()).into();
         let token_key = (label.to_owned(), serial.to_owned());
-        let mut proven = self.proven_pins.lock().unwrap_or_else(|p| p.into_inner());
+        let mut proven = self.proven_pins.lock();
         match session.login(UserType::User, Some(pin)) {
             Ok(()) => {
                 proven.insert(token_key, digest);
@@ -267,10 +269,7 @@ impl Module {
         so_pin: &SecretString,
         user_pin: &SecretString,
     ) -> Result<TokenSummary> {
-        let _one_at_a_time = self
-            .provisioning
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _one_at_a_time = self.provisioning.lock();
         let slot = self
             .slots_with_tokens()?
             .into_iter()

@@ -19,7 +19,9 @@
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cryptoki::error::{Error as CryptokiError, RvError};
@@ -273,7 +275,7 @@ struct ProcessTurn {
 impl ProcessTurn {
     fn take() -> Arc<ProcessTurn> {
         let (holder, freed) = &OPENCRYPTOKI_TURN;
-        let mut holder = holder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holder = holder.lock();
         let me = std::thread::current().id();
         loop {
             match holder.upgrade() {
@@ -282,10 +284,7 @@ impl ProcessTurn {
                     // Not held while waiting, or the turn could never end. A
                     // wake-up missed between the check and the wait costs 50 ms.
                     drop(turn);
-                    holder = freed
-                        .wait_timeout(holder, Duration::from_millis(50))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    freed.wait_for(&mut holder, Duration::from_millis(50));
                 }
                 None => {
                     let turn = Arc::new(ProcessTurn { thread: me });

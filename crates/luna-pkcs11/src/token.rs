@@ -2,7 +2,9 @@
 
 use std::num::NonZeroUsize;
 use std::ops::{ControlFlow, Deref};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::Mechanism as CkMechanism;
@@ -67,7 +69,7 @@ impl PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            let mut idle = self.partition.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.partition.idle.lock();
             if idle.len() < MAX_IDLE_SESSIONS {
                 idle.push(session);
             }
@@ -92,16 +94,12 @@ impl TokenPartition {
             object_writes: RwLock::new(()),
             domain_keys: Mutex::new(std::collections::HashMap::new()),
         };
-        partition
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(session);
+        partition.idle.lock().push(session);
         Ok(partition)
     }
 
     fn session(&self) -> Result<PooledSession<'_>> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = self.idle.lock().pop();
         let session = match pooled {
             Some(session) => session,
             None => {
@@ -131,7 +129,7 @@ impl TokenPartition {
         let _shared = self
             .module
             .serialize_object_writes
-            .then(|| self.object_writes.read().unwrap_or_else(|p| p.into_inner()));
+            .then(|| self.object_writes.read());
         self.on_session(work)
     }
 
@@ -142,7 +140,7 @@ impl TokenPartition {
         let _exclusive = self
             .module
             .serialize_object_writes
-            .then(|| self.object_writes.write().unwrap_or_else(|p| p.into_inner()));
+            .then(|| self.object_writes.write());
         self.on_session(work)
     }
 
@@ -186,12 +184,7 @@ impl TokenPartition {
 
     /// The domain key this token shares with `peer`, found once and kept.
     fn domain_key(&self, session: &Session, peer: &str) -> Result<ObjectRef> {
-        if let Some(key) = self
-            .domain_keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(peer)
-        {
+        if let Some(key) = self.domain_keys.lock().get(peer) {
             return Ok(*key);
         }
         let id = crate::domain::domain_key_id(&self.info.serial_number, peer);
@@ -201,10 +194,7 @@ impl TokenPartition {
                 to: peer.to_owned(),
             })?
             .into();
-        self.domain_keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(peer.to_owned(), key);
+        self.domain_keys.lock().insert(peer.to_owned(), key);
         Ok(key)
     }
 
@@ -229,10 +219,7 @@ impl TokenPartition {
                     )
                 ) =>
             {
-                self.domain_keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(peer);
+                self.domain_keys.lock().remove(peer);
                 work(self.domain_key(session, peer)?)
             }
             other => other,

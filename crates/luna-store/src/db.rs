@@ -1,7 +1,7 @@
 //! One Diesel codebase for SQLite and PostgreSQL: the backend is picked from
 //! the URL, each backend has its own embedded migrations.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -174,7 +174,7 @@ impl Default for PoolOptions {
 pub(crate) struct SqliteWriteLock(Mutex<()>);
 
 impl SqliteWriteLock {
-    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.0.lock()
     }
 }

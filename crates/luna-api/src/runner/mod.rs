@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Duration;
 use luna_domain::{Key, KeyEvent, Member, Operation, OperationPayload, Partition};
 use luna_pkcs11::{GenerateRequest, ObjectDescription};
 use luna_store::Store;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -232,7 +233,7 @@ pub struct StuckOperations(Mutex<HashMap<Uuid, (&'static str, Instant)>>);
 impl StuckOperations {
     /// The longest-running stuck operation: its id, kind and time so far.
     pub fn longest(&self) -> Option<(Uuid, &'static str, StdDuration)> {
-        let stuck = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stuck = self.0.lock();
         stuck
             .iter()
             .map(|(id, (kind, since))| (*id, *kind, since.elapsed()))
@@ -240,13 +241,13 @@ impl StuckOperations {
     }
 
     fn insert(&self, id: Uuid, kind: &'static str, since: Instant) {
-        let mut stuck = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stuck = self.0.lock();
         stuck.insert(id, (kind, since));
     }
 
     /// True if the operation had been called stuck.
     fn remove(&self, id: Uuid) -> bool {
-        let mut stuck = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stuck = self.0.lock();
         stuck.remove(&id).is_some()
     }
 }

@@ -6,7 +6,8 @@
 //! records off the end is seen against the checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
@@ -135,11 +136,11 @@ impl AuditCheckpoint {
     }
 
     fn head(&self) -> Option<(i64, String)> {
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.written.lock().clone()
     }
 
     fn record(&self, seq: i64, hash: &str) -> Result<()> {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut written = self.written.lock();
         if written.as_ref().is_some_and(|(at, _)| *at >= seq) {
             return Ok(());
         }
