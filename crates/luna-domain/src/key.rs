@@ -142,7 +142,7 @@ pub fn object_uid(cka_id: &[u8], object_type: Option<ObjectType>) -> Option<Stri
         Some(ObjectType::SecretKey) => 0x04,
         None => 0xff,
     };
-    let mut uid: String = cka_id.iter().map(|b| format!("{b:02x}")).collect();
+    let mut uid = hex::encode(cka_id);
     uid.push_str(&format!("{class:02x}"));
     Some(uid)
 }

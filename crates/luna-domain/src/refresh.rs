@@ -205,7 +205,7 @@ pub fn plan(
         Some(if k.cka_id.is_empty() {
             format!("m:{}", k.modulus)
         } else {
-            format!("i:{}", hex_of(&k.cka_id))
+            format!("i:{}", hex::encode(&k.cka_id))
         })
     };
     let mut partners: BTreeMap<(String, ObjectType), Uuid> = BTreeMap::new();
@@ -309,10 +309,6 @@ pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, now: DateTime<
 /// token may not report the length of a key it unwrapped).
 fn best<'a>(holders: &BTreeMap<usize, &'a ObservedObject>) -> Option<&'a ObservedObject> {
     holders.values().copied().max_by_key(|o| o.size)
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

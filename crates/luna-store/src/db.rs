@@ -116,7 +116,7 @@ impl Manager {
     }
 }
 
-impl r2d2::ManageConnection for Manager {
+impl diesel::r2d2::ManageConnection for Manager {
     type Connection = DbConnection;
     type Error = StoreError;
 

@@ -10,7 +10,7 @@ pub enum StoreError {
     #[error("the database URL names no supported backend; use sqlite://PATH or postgres://…")]
     UnsupportedUrl,
     #[error("no database connection could be had from the pool")]
-    Pool(#[from] r2d2::Error),
+    Pool(#[from] diesel::r2d2::PoolError),
     #[error("connecting to the database")]
     Connect(#[from] diesel::ConnectionError),
     #[error("running the database migrations")]

@@ -43,7 +43,7 @@ pub struct Listed<T> {
 /// The database: a connection pool and the PIN cipher.
 #[derive(Clone)]
 pub struct Store {
-    pool: r2d2::Pool<Manager>,
+    pool: diesel::r2d2::Pool<Manager>,
     backend: Backend,
     sqlite_writes: Arc<SqliteWriteLock>,
     pins: Arc<PinCipher>,
@@ -76,7 +76,7 @@ impl Store {
         let manager = Manager::new(backend, target);
         // Migrate on one connection before the pool opens more.
         db::run_migrations(&mut manager.connect()?)?;
-        let pool = r2d2::Pool::builder()
+        let pool = diesel::r2d2::Pool::builder()
             .max_size(options.max_connections)
             .connection_timeout(options.connect_timeout)
             .build(manager)?;
@@ -109,7 +109,7 @@ impl Store {
 
     /// A pooled connection: the pool's whole timeout while the database
     /// answers, a short wait once it has not (until it answers again).
-    fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
+    fn connection(&self) -> Result<diesel::r2d2::PooledConnection<Manager>> {
         use std::sync::atomic::Ordering;
         let got = if self.unreachable.load(Ordering::Relaxed) {
             self.pool.get_timeout(WAIT_WHILE_UNREACHABLE)
