@@ -1,6 +1,7 @@
 //! lunactl: the luna-cckm command line. `lunactl login`, then a command for
 //! every endpoint; `--wait` follows an operation or job to its end.
 
+mod cli;
 mod client;
 mod list_args;
 mod output;
@@ -8,17 +9,16 @@ mod session;
 mod wait;
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use luna_domain::query::{
-    AuditFilters, ConnectionFilters, JobFilters, KeyFilters, PartitionFilters, UserFilters,
-};
+use clap::Parser as _;
 use luna_domain::JobStatus;
 use serde_json::{json, Value};
 
+use cli::{
+    AuditCommand, Cli, Command, ConnectionsCommand, JobCommand, KeysCommand, PartitionsCommand, UsersCommand,
+};
 use client::{Client, Target};
 use list_args::ListArgs;
 use output::{Format, Kind};
@@ -28,198 +28,6 @@ const PARTITIONS: &str = "/api/v1/cckm/hsm/luna/partitions";
 const CONNECTIONS: &str = "/api/v1/connectionmgmt/services/luna-network/connections";
 const USERS: &str = "/api/v1/usermgmt/users";
 const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
-
-#[derive(Debug, Parser)]
-#[command(name = "lunactl", version, about = "The luna-cckm command line")]
-struct Cli {
-    /// The server; defaults to the one of the saved login, else https://127.0.0.1:8443.
-    #[arg(long, global = true, env = "LUNACTL_SERVER")]
-    server: Option<String>,
-    /// PEM file of the CA (or the self-signed certificate) the server's certificate chains to.
-    #[arg(long, global = true, env = "LUNACTL_CA_FILE")]
-    ca_file: Option<PathBuf>,
-    /// Do not check the server's certificate (as curl -k).
-    #[arg(long, global = true)]
-    insecure: bool,
-    /// Output: a readable table, or the server's JSON.
-    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Logs in; the password comes from LUNACTL_PASSWORD or the first line of stdin.
-    Login {
-        #[arg(long, default_value = "admin")]
-        username: String,
-    },
-    /// The server's health (no login needed).
-    Health,
-    /// Luna HSM keys: create, list, get, update, replicate, destroy, delete.
-    #[command(subcommand)]
-    Keys(KeysCommand),
-    /// Refresh jobs: read what the tokens hold into CCKM.
-    #[command(subcommand)]
-    Refresh(JobCommand),
-    /// Synchronize jobs: copy keys between the members of HA partitions.
-    #[command(subcommand)]
-    Synchronize(JobCommand),
-    /// CCKM partitions.
-    #[command(subcommand)]
-    Partitions(PartitionsCommand),
-    /// Luna network connections (admin only).
-    #[command(subcommand)]
-    Connections(ConnectionsCommand),
-    /// Users and their groups (admin only).
-    #[command(subcommand)]
-    Users(UsersCommand),
-    /// The audit trail (admin only).
-    #[command(subcommand)]
-    Audit(AuditCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
-    /// Creates a key (or an RSA pair) on a partition.
-    Create {
-        #[arg(long)]
-        partition_id: String,
-        #[arg(long, help = "CKM_AES_KEY_GEN, CKM_RSA_PKCS_KEY_PAIR_GEN, …")]
-        mechanism: String,
-        #[arg(long)]
-        size: i64,
-        #[arg(long)]
-        label: String,
-        /// A PKCS#11 attribute to set true (CKA_ENCRYPT, …); repeat for more.
-        #[arg(long = "attribute")]
-        attributes: Vec<String>,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Lists keys; every filter of the API is a flag.
-    List(ListArgs<KeyFilters>),
-    Get {
-        id: String,
-    },
-    /// Changes boolean attributes: --set CKA_SIGN=true (repeat for more).
-    Update {
-        id: String,
-        #[arg(long = "set", value_name = "CKA_NAME=true|false", required = true)]
-        changes: Vec<String>,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Copies the key to the HA members that lack it.
-    Replicate {
-        id: String,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Forgets the key's records here; its objects stay on the tokens.
-    Delete {
-        id: String,
-    },
-    /// Destroys the key's objects on the tokens.
-    Destroy {
-        id: String,
-        #[arg(long)]
-        wait: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum JobCommand {
-    /// Starts a job over the partitions named, or all of them.
-    Start {
-        #[arg(long = "partition", required_unless_present = "all", conflicts_with = "all")]
-        partitions: Vec<String>,
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        wait: bool,
-    },
-    List(ListArgs<JobFilters>),
-    Get {
-        id: String,
-    },
-    /// Asks the job to stop at its next batch.
-    Cancel {
-        id: String,
-        #[arg(long)]
-        wait: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum PartitionsCommand {
-    /// Adds the partition of a connection (id or name).
-    Add {
-        #[arg(long)]
-        connection: String,
-    },
-    List(ListArgs<PartitionFilters>),
-    Get {
-        id: String,
-    },
-    /// Forgets the partition and its keys here; the tokens are not touched.
-    Delete {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConnectionsCommand {
-    /// Registers a connection; its partitions' PIN comes from LUNACTL_PIN or the
-    /// first line of stdin, a cloning domain's SO PIN from LUNACTL_SO_PIN.
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-        /// A partition: LABEL:SERIAL or LABEL:SERIAL@HOST; repeat for HA members.
-        #[arg(long = "member", required = true)]
-        members: Vec<String>,
-        #[arg(long)]
-        ha: bool,
-        #[arg(long)]
-        remap_rsa_mechanisms: bool,
-    },
-    List(ListArgs<ConnectionFilters>),
-    Get {
-        id: String,
-    },
-    Delete {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum UsersCommand {
-    /// Creates a user; the password comes from LUNACTL_NEW_PASSWORD or the first line of stdin.
-    Create {
-        #[arg(long)]
-        username: String,
-        /// admin, CCKM Admins or CCKM Users; repeat for more.
-        #[arg(long = "group")]
-        groups: Vec<String>,
-    },
-    List(ListArgs<UserFilters>),
-    Get {
-        id: String,
-    },
-    Delete {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    List(ListArgs<AuditFilters>),
-    /// Checks that every record follows from the one before.
-    Verify,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
