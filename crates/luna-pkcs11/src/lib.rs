@@ -10,6 +10,7 @@ mod domain;
 mod error;
 mod module;
 mod object;
+mod pool;
 pub mod softhsm;
 #[cfg(feature = "testing")]
 pub mod testing;

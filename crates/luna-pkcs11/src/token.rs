@@ -1,7 +1,7 @@
 //! A token opened as a partition: pooled, logged-in sessions and the object calls.
 
 use std::num::NonZeroUsize;
-use std::ops::{ControlFlow, Deref};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -17,13 +17,11 @@ use secrecy::SecretString;
 use crate::error::{call, Result, TokenError};
 use crate::module::Module;
 use crate::object::{self, ObjectDescription, ObjectRef};
+use crate::pool::{PooledSession, SessionPool};
 use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo, TransportOffer};
 
 /// What `scan_with` calls for each batch, on the scan's own session.
 type BatchVisitor<'a> = dyn FnMut(&Session, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
-
-/// Idle sessions kept per token; more are opened under load and closed after.
-const MAX_IDLE_SESSIONS: usize = 16;
 
 /// A token of a module, used as a partition. Each call takes one session from
 /// the pool, so a worker holds exactly one session at a time.
@@ -33,48 +31,13 @@ pub struct TokenPartition {
     slot: Slot,
     info: TokenInfo,
     pin: SecretString,
-    idle: Mutex<Vec<Session>>,
+    sessions: SessionPool,
     /// Domain key handles by peer serial: a lookup walks every object on
     /// SoftHSM2, and a replication moves many keys under the same one.
     domain_keys: Mutex<std::collections::HashMap<String, ObjectRef>>,
     /// On modules that need it (see `Module`): object writes hold it
     /// exclusively, everything else shared, so no call runs beside a write.
     object_writes: RwLock<()>,
-}
-
-/// A session on loan from the pool; it goes back on drop unless it broke.
-struct PooledSession<'a> {
-    partition: &'a TokenPartition,
-    session: Option<Session>,
-}
-
-impl Deref for PooledSession<'_> {
-    type Target = Session;
-
-    fn deref(&self) -> &Session {
-        // `session` is only taken in `discard` or `drop`, both of which consume the guard.
-        match &self.session {
-            Some(session) => session,
-            None => unreachable!("a pooled session is present until the guard is consumed"),
-        }
-    }
-}
-
-impl PooledSession<'_> {
-    fn discard(mut self) {
-        self.session.take();
-    }
-}
-
-impl Drop for PooledSession<'_> {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let mut idle = self.partition.idle.lock();
-            if idle.len() < MAX_IDLE_SESSIONS {
-                idle.push(session);
-            }
-        }
-    }
 }
 
 impl TokenPartition {
@@ -90,17 +53,16 @@ impl TokenPartition {
             slot,
             info,
             pin,
-            idle: Mutex::new(Vec::new()),
+            sessions: SessionPool::default(),
             object_writes: RwLock::new(()),
             domain_keys: Mutex::new(std::collections::HashMap::new()),
         };
-        partition.idle.lock().push(session);
+        partition.sessions.put_back(session);
         Ok(partition)
     }
 
     fn session(&self) -> Result<PooledSession<'_>> {
-        let pooled = self.idle.lock().pop();
-        let session = match pooled {
+        let session = match self.sessions.take() {
             Some(session) => session,
             None => {
                 let session = self
@@ -116,10 +78,7 @@ impl TokenPartition {
                 session
             }
         };
-        Ok(PooledSession {
-            partition: self,
-            session: Some(session),
-        })
+        Ok(self.sessions.lend(session))
     }
 
     /// Runs `work` on a pooled session, discarding the session if the error
