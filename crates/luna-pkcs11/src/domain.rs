@@ -17,8 +17,8 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
+use crate::mechanisms::narrow;
 use crate::module::Module;
-use crate::object::narrow;
 use luna_domain::Member;
 
 /// The label of every domain key.
@@ -158,7 +158,7 @@ pub(crate) fn ec_point(session: &Session, public: ObjectHandle) -> Result<Vec<u8
             _ => None,
         })
         .ok_or(TokenError::MalformedObject {
-            handle: crate::object::widen(public.handle()),
+            handle: crate::mechanisms::widen(public.handle()),
             attribute: "CKA_EC_POINT",
             problem: "absent".into(),
         })

@@ -8,10 +8,12 @@
 
 mod domain;
 mod error;
+mod mechanisms;
 mod module;
 mod object;
 mod pool;
 pub mod softhsm;
+mod templates;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod token;
@@ -23,8 +25,9 @@ use luna_domain::{Attribute, AttributeSet, Mechanism};
 
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
+pub use mechanisms::REPLICATION_MECHANISMS;
 pub use module::{LibraryInfo, Module, TokenSummary};
-pub use object::{fingerprint, ObjectDescription, ObjectRef, REPLICATION_MECHANISMS};
+pub use object::{fingerprint, ObjectDescription, ObjectRef};
 pub use token::TokenPartition;
 
 /// What a token says of itself.
@@ -41,7 +44,7 @@ pub struct TokenInfo {
 
 impl TokenInfo {
     pub fn supports(&self, mechanism: Mechanism) -> bool {
-        self.mechanisms.contains(&object::mechanism_code(mechanism))
+        self.mechanisms.contains(&mechanisms::mechanism_code(mechanism))
     }
 
     /// The mechanism a create of `requested` runs on this token: itself, or
@@ -70,7 +73,7 @@ impl TokenInfo {
     pub fn missing_for_replication(&self) -> Vec<&'static str> {
         REPLICATION_MECHANISMS
             .iter()
-            .filter(|(_, code)| !self.mechanisms.contains(&object::widen(*code)))
+            .filter(|(_, code)| !self.mechanisms.contains(&mechanisms::widen(*code)))
             .map(|(name, _)| *name)
             .collect()
     }
@@ -222,7 +225,7 @@ mod tests {
             sentence(Mechanism::AesKeyGen, true),
             r#"token "t" does not support CKM_AES_KEY_GEN"#
         );
-        let rsa = token(vec![object::mechanism_code(Mechanism::RsaPkcsKeyPairGen)]);
+        let rsa = token(vec![mechanisms::mechanism_code(Mechanism::RsaPkcsKeyPairGen)]);
         assert_eq!(
             rsa.generation_mechanism(Mechanism::RsaFips1863PrimeKeyPairGen, true)
                 .unwrap(),

@@ -195,13 +195,13 @@ impl Module {
     }
 
     /// Asks the token which of the service's mechanisms it supports, each with
-    /// `C_GetMechanismInfo` (see `object::mechanism_type`).
+    /// `C_GetMechanismInfo` (see `mechanisms::mechanism_type`).
     fn probe(&self, slot: Slot, summary: TokenSummary) -> Result<TokenInfo> {
         let mut mechanisms = Vec::new();
-        for code in crate::object::probed_codes() {
+        for code in crate::mechanisms::probed_codes() {
             match self
                 .context
-                .get_mechanism_info(slot, crate::object::mechanism_type(code))
+                .get_mechanism_info(slot, crate::mechanisms::mechanism_type(code))
             {
                 Ok(_) => mechanisms.push(code),
                 Err(CryptokiError::Pkcs11(RvError::MechanismInvalid, _)) => {}

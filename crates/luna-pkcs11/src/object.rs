@@ -1,14 +1,13 @@
 //! What the service knows about a token object, and how it is read and made.
 
-use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
-use cryptoki::mechanism::{Mechanism as CkMechanism, MechanismType};
 use cryptoki::object::{Attribute as CkAttribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use luna_domain::{Algorithm, Attribute, AttributeSet, Mechanism, ObjectType};
+use luna_domain::{Algorithm, Attribute, AttributeSet, ObjectType};
 use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
-use crate::GenerateRequest;
+use crate::mechanisms::{narrow, widen, CkUlong};
+use crate::templates::{boolean, boolean_type};
 
 /// A token object's handle. Valid for the life of the module's context, as
 /// PKCS#11 defines handles; after the object is destroyed the token answers
@@ -17,6 +16,11 @@ use crate::GenerateRequest;
 pub struct ObjectRef(u64);
 
 impl ObjectRef {
+    /// The handle's number, for error messages.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
     pub(crate) fn handle(self) -> ObjectHandle {
         // SAFETY: an object handle is a plain number that the module validates on
         // every call; a stale or foreign one gets CKR_OBJECT_HANDLE_INVALID, never
@@ -77,280 +81,30 @@ impl ObjectDescription {
     }
 }
 
-/// The token mechanism for each of the reference's mechanisms. The two FIPS
-/// 186-3 ones are Luna vendor mechanisms (`CKM_VENDOR_DEFINED` + 0x13C/0x13D).
-pub(crate) fn mechanism_code(mechanism: Mechanism) -> u64 {
-    const CKM_VENDOR_DEFINED: u64 = 0x8000_0000;
-    match mechanism {
-        Mechanism::RsaPkcsKeyPairGen => 0x0000,
-        Mechanism::RsaX931KeyPairGen => 0x000A,
-        Mechanism::AesKeyGen => 0x1080,
-        Mechanism::RsaFips1863AuxPrimeKeyPairGen => CKM_VENDOR_DEFINED + 0x13C,
-        Mechanism::RsaFips1863PrimeKeyPairGen => CKM_VENDOR_DEFINED + 0x13D,
-    }
-}
-
-/// The mechanisms replication needs on every member of an HA group, beside
-/// the generation ones: the cloning domain and the ephemeral agreement both
-/// make P-256 pairs, derive AES keys by ECDH and wrap with AES key wrap.
-pub const REPLICATION_MECHANISMS: &[(&str, CkUlong)] = &[
-    ("CKM_EC_KEY_PAIR_GEN", cryptoki_sys::CKM_EC_KEY_PAIR_GEN),
-    ("CKM_ECDH1_DERIVE", cryptoki_sys::CKM_ECDH1_DERIVE),
-    ("CKM_AES_KEY_WRAP_PAD", cryptoki_sys::CKM_AES_KEY_WRAP_PAD),
-];
-
-/// The raw codes of every mechanism whose support `TokenInfo` reports: the
-/// ones this service uses.
-pub(crate) fn probed_codes() -> impl Iterator<Item = u64> {
-    Mechanism::ALL
-        .iter()
-        .map(|m| mechanism_code(*m))
-        .chain(REPLICATION_MECHANISMS.iter().map(|(_, code)| widen(*code)))
-}
-
-/// A mechanism type from its raw code, for `C_GetMechanismInfo` and
-/// generation. cryptoki 0.12's `get_mechanism_list` drops the codes it does
-/// not name, so a Luna token's mechanisms would look absent without this.
-/// Vendor codes (Luna's FIPS 186-3 ones) go through cryptoki's vendor-defined
-/// constructor; standard codes through the type's layout, since cryptoki
-/// names no `CKM_RSA_X9_31_KEY_PAIR_GEN`.
-pub(crate) fn mechanism_type(code: u64) -> MechanismType {
-    if let Ok(vendor) = MechanismType::new_vendor_defined(narrow(code)) {
-        return vendor;
-    }
-    // SAFETY: `MechanismType` is `#[repr(transparent)]` over `CK_MECHANISM_TYPE`
-    // (cryptoki documents that layout), and every value is a valid
-    // `CK_MECHANISM_TYPE`: the module answers CKR_MECHANISM_INVALID to unknown ones.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::mem::transmute::<CkUlong, MechanismType>(narrow(code))
-    }
-}
-
-pub(crate) fn ck_mechanism(mechanism: Mechanism) -> CkMechanism<'static> {
-    match mechanism {
-        Mechanism::AesKeyGen => CkMechanism::AesKeyGen,
-        Mechanism::RsaPkcsKeyPairGen => CkMechanism::RsaPkcsKeyPairGen,
-        other => CkMechanism::VendorDefined(VendorDefinedMechanism::new::<()>(
-            mechanism_type(mechanism_code(other)),
-            None,
-        )),
-    }
-}
-
-/// PKCS#11's `CK_ULONG`: C's `unsigned long`, 32 or 64 bits by platform.
-pub(crate) type CkUlong = std::os::raw::c_ulong;
-
-/// Widens a `CK_ULONG`; a plain cast, since on 64-bit Unix the two are one type.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn widen(value: CkUlong) -> u64 {
-    value as u64
-}
-
-/// Narrows to a `CK_ULONG`. Every value narrowed here came from the module as a
-/// `CK_ULONG`, or is a mechanism code below 2^32, so nothing is cut off.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn narrow(value: u64) -> CkUlong {
-    value as CkUlong
-}
-
-fn boolean(attribute: Attribute, value: bool) -> CkAttribute {
-    match attribute {
-        Attribute::Token => CkAttribute::Token(value),
-        Attribute::Private => CkAttribute::Private(value),
-        Attribute::Modifiable => CkAttribute::Modifiable(value),
-        Attribute::Sensitive => CkAttribute::Sensitive(value),
-        Attribute::Extractable => CkAttribute::Extractable(value),
-        Attribute::Encrypt => CkAttribute::Encrypt(value),
-        Attribute::Decrypt => CkAttribute::Decrypt(value),
-        Attribute::Wrap => CkAttribute::Wrap(value),
-        Attribute::Unwrap => CkAttribute::Unwrap(value),
-        Attribute::Sign => CkAttribute::Sign(value),
-        Attribute::Verify => CkAttribute::Verify(value),
-        Attribute::Derive => CkAttribute::Derive(value),
-    }
-}
-
-fn boolean_type(attribute: Attribute) -> AttributeType {
-    match attribute {
-        Attribute::Token => AttributeType::Token,
-        Attribute::Private => AttributeType::Private,
-        Attribute::Modifiable => AttributeType::Modifiable,
-        Attribute::Sensitive => AttributeType::Sensitive,
-        Attribute::Extractable => AttributeType::Extractable,
-        Attribute::Encrypt => AttributeType::Encrypt,
-        Attribute::Decrypt => AttributeType::Decrypt,
-        Attribute::Wrap => AttributeType::Wrap,
-        Attribute::Unwrap => AttributeType::Unwrap,
-        Attribute::Sign => AttributeType::Sign,
-        Attribute::Verify => AttributeType::Verify,
-        Attribute::Derive => AttributeType::Derive,
-    }
-}
-
-pub(crate) fn attribute_changes(changes: &[(Attribute, bool)]) -> Vec<CkAttribute> {
-    changes.iter().map(|(a, v)| boolean(*a, *v)).collect()
-}
-
-/// The template for one object: identity, then every attribute that applies to
-/// its class set explicitly, so the token's defaults never decide for the user.
-pub(crate) fn template(
-    object_type: ObjectType,
-    cka_id: &[u8],
-    label: &str,
-    attributes: AttributeSet,
-) -> Vec<CkAttribute> {
-    let chosen = attributes.for_object(object_type);
-    let mut template = vec![
-        CkAttribute::Id(cka_id.to_vec()),
-        CkAttribute::Label(label.as_bytes().to_vec()),
-    ];
-    template.extend(
-        Attribute::ALL
-            .iter()
-            .filter(|a| a.applies_to(object_type))
-            .map(|a| boolean(*a, chosen.contains(*a))),
-    );
-    template
-}
-
-pub(crate) fn find_template(cka_id: &[u8]) -> Vec<CkAttribute> {
-    vec![CkAttribute::Token(true), CkAttribute::Id(cka_id.to_vec())]
-}
-
-/// The template an imported key is made with: its class, type, identity and
-/// every attribute it had (`CKA_WRAP_WITH_TRUSTED` included).
-pub(crate) fn import_template(object: &ObjectDescription) -> Result<Vec<CkAttribute>> {
-    let object_type = object.object_type.ok_or(TokenError::MalformedObject {
-        handle: object.handle.0,
-        attribute: "CKA_CLASS",
-        problem: "only keys travel between members".into(),
-    })?;
-    let (class, key_type) = match (object_type, object.algorithm) {
-        (ObjectType::SecretKey, Some(Algorithm::Aes)) => (ObjectClass::SECRET_KEY, KeyType::AES),
-        (ObjectType::PrivateKey, Some(Algorithm::Rsa)) => (ObjectClass::PRIVATE_KEY, KeyType::RSA),
-        (ObjectType::PublicKey, Some(Algorithm::Rsa)) => (ObjectClass::PUBLIC_KEY, KeyType::RSA),
-        _ => {
-            return Err(TokenError::MalformedObject {
-                handle: object.handle.0,
-                attribute: "CKA_KEY_TYPE",
-                problem: "only AES and RSA keys travel between members".into(),
-            })
-        }
-    };
-    let mut t = vec![CkAttribute::Class(class), CkAttribute::KeyType(key_type)];
-    t.extend(template(
-        object_type,
-        &object.cka_id,
-        &object.label,
-        object.attributes,
-    ));
-    // CKA_MODIFIABLE goes last: SoftHSM2 refuses, as changes to an
-    // unmodifiable object, the attributes an unwrap template sets after it.
-    t.retain(|a| !matches!(a, CkAttribute::Modifiable(_)));
-    match object_type {
-        ObjectType::PublicKey => {
-            let exponent = object.public_exponent.to_be_bytes();
-            let first = exponent
-                .iter()
-                .position(|b| *b != 0)
-                .unwrap_or(exponent.len() - 1);
-            t.push(CkAttribute::Modulus(object.modulus.clone()));
-            t.push(CkAttribute::PublicExponent(exponent[first..].to_vec()));
-        }
-        ObjectType::SecretKey | ObjectType::PrivateKey => {
-            if object.wrap_with_trusted {
-                t.push(CkAttribute::WrapWithTrusted(true));
-            }
-        }
-    }
-    t.push(CkAttribute::Modifiable(
-        object.attributes.contains(Attribute::Modifiable),
-    ));
-    Ok(t)
-}
-
-/// A generation template's tail: `CKA_WRAP_WITH_TRUSTED` for secret and
-/// private keys of HA partitions.
-fn trusted_wrapping_only(template: &mut Vec<CkAttribute>, request: &GenerateRequest) {
-    if request.wrap_with_trusted {
-        template.push(CkAttribute::WrapWithTrusted(true));
-    }
-}
-
-pub(crate) fn secret_key_template(request: &GenerateRequest) -> Vec<CkAttribute> {
-    let mut t = vec![
-        CkAttribute::Class(ObjectClass::SECRET_KEY),
-        CkAttribute::KeyType(KeyType::AES),
-        CkAttribute::ValueLen(narrow(u64::from(request.size / 8)).into()),
-    ];
-    t.extend(template(
-        ObjectType::SecretKey,
-        &request.cka_id,
-        &request.label,
-        request.attributes,
-    ));
-    trusted_wrapping_only(&mut t, request);
-    t
-}
-
-/// (public, private) templates of an RSA pair.
-pub(crate) fn rsa_templates(request: &GenerateRequest) -> (Vec<CkAttribute>, Vec<CkAttribute>) {
-    let mut public = vec![
-        CkAttribute::Class(ObjectClass::PUBLIC_KEY),
-        CkAttribute::KeyType(KeyType::RSA),
-        CkAttribute::ModulusBits(narrow(u64::from(request.size)).into()),
-        CkAttribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-    ];
-    public.extend(template(
-        ObjectType::PublicKey,
-        &request.cka_id,
-        &request.label,
-        request.attributes,
-    ));
-    let mut private = vec![
-        CkAttribute::Class(ObjectClass::PRIVATE_KEY),
-        CkAttribute::KeyType(KeyType::RSA),
-    ];
-    private.extend(template(
-        ObjectType::PrivateKey,
-        &request.cka_id,
-        &request.label,
-        request.attributes,
-    ));
-    trusted_wrapping_only(&mut private, request);
-    (public, private)
-}
-
-const DESCRIBED: &[AttributeType] = &[
-    AttributeType::Class,
-    AttributeType::KeyType,
-    AttributeType::Label,
-    AttributeType::Id,
-    AttributeType::ValueLen,
-    AttributeType::Modulus,
-    AttributeType::PublicExponent,
-    AttributeType::CheckValue,
-    AttributeType::Token,
-    AttributeType::Private,
-    AttributeType::Modifiable,
-    AttributeType::Sensitive,
-    AttributeType::Extractable,
-    AttributeType::Encrypt,
-    AttributeType::Decrypt,
-    AttributeType::Wrap,
-    AttributeType::Unwrap,
-    AttributeType::Sign,
-    AttributeType::Verify,
-    AttributeType::Derive,
-    AttributeType::WrapWithTrusted,
-    AttributeType::Trusted,
-];
+/// What `describe` reads: identity, sizes and public values, then every
+/// boolean attribute (from the one table, `templates::boolean`).
+static DESCRIBED: std::sync::LazyLock<Vec<AttributeType>> = std::sync::LazyLock::new(|| {
+    [
+        AttributeType::Class,
+        AttributeType::KeyType,
+        AttributeType::Label,
+        AttributeType::Id,
+        AttributeType::ValueLen,
+        AttributeType::Modulus,
+        AttributeType::PublicExponent,
+        AttributeType::CheckValue,
+        AttributeType::WrapWithTrusted,
+        AttributeType::Trusted,
+    ]
+    .into_iter()
+    .chain(Attribute::ALL.iter().map(|a| boolean_type(*a)))
+    .collect()
+});
 
 /// Reads an object's description in one `C_GetAttributeValue` round (two at most).
 pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDescription> {
     let values = session
-        .get_attributes(handle.handle(), DESCRIBED)
+        .get_attributes(handle.handle(), &DESCRIBED)
         .map_err(call("C_GetAttributeValue"))?;
     let mut class = None;
     let mut key_type = None;
@@ -427,22 +181,10 @@ pub(crate) fn describe(session: &Session, handle: ObjectRef) -> Result<ObjectDes
 
 fn as_boolean(value: &CkAttribute) -> Option<(Attribute, bool)> {
     Attribute::ALL.iter().find_map(|a| {
-        let expected = boolean_type(*a);
-        (value.attribute_type() == expected).then_some(match value {
-            CkAttribute::Token(v)
-            | CkAttribute::Private(v)
-            | CkAttribute::Modifiable(v)
-            | CkAttribute::Sensitive(v)
-            | CkAttribute::Extractable(v)
-            | CkAttribute::Encrypt(v)
-            | CkAttribute::Decrypt(v)
-            | CkAttribute::Wrap(v)
-            | CkAttribute::Unwrap(v)
-            | CkAttribute::Sign(v)
-            | CkAttribute::Verify(v)
-            | CkAttribute::Derive(v) => (*a, *v),
-            _ => (*a, false),
-        })
+        [true, false]
+            .into_iter()
+            .find(|v| *value == boolean(*a, *v))
+            .map(|v| (*a, v))
     })
 }
 
@@ -486,17 +228,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_mechanism_keeps_its_raw_code() {
-        for &mechanism in Mechanism::ALL {
-            let code = mechanism_code(mechanism);
-            assert_eq!(widen(*mechanism_type(code)), code, "{mechanism}");
-            assert_eq!(
-                widen(*ck_mechanism(mechanism).mechanism_type()),
-                code,
-                "{mechanism}"
+    fn every_boolean_attribute_reads_back_as_it_was_written() {
+        for &attribute in Attribute::ALL {
+            for value in [true, false] {
+                assert_eq!(as_boolean(&boolean(attribute, value)), Some((attribute, value)));
+            }
+            assert!(
+                DESCRIBED.contains(&boolean_type(attribute)),
+                "{attribute:?} is read"
             );
         }
-        assert_eq!(mechanism_code(Mechanism::RsaX931KeyPairGen), 0x0A);
+        assert_eq!(as_boolean(&CkAttribute::Label(b"x".to_vec())), None);
     }
 
     #[test]

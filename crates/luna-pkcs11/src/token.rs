@@ -18,6 +18,7 @@ use crate::error::{call, Result, TokenError};
 use crate::module::Module;
 use crate::object::{self, ObjectDescription, ObjectRef};
 use crate::pool::{PooledSession, SessionPool};
+use crate::{mechanisms, templates};
 use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo, TransportOffer};
 
 /// What `scan_with` calls for each batch, on the scan's own session.
@@ -215,7 +216,7 @@ impl TokenPartition {
 
     fn find_in(session: &Session, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
         let handles = session
-            .find_objects(&object::find_template(cka_id))
+            .find_objects(&templates::find_template(cka_id))
             .map_err(call("C_FindObjects"))?;
         handles
             .into_iter()
@@ -243,17 +244,17 @@ impl Partition for TokenPartition {
                     });
                 }
             }
-            let mechanism = object::ck_mechanism(mechanism_used);
+            let mechanism = mechanisms::ck_mechanism(mechanism_used);
             let objects = match algorithm {
                 Algorithm::Aes => {
-                    let template = object::secret_key_template(request);
+                    let template = templates::secret_key_template(request);
                     let handle = session
                         .generate_key(&mechanism, &template)
                         .map_err(call("C_GenerateKey"))?;
                     vec![object::describe(session, handle.into())?]
                 }
                 Algorithm::Rsa => {
-                    let (public, private) = object::rsa_templates(request);
+                    let (public, private) = templates::rsa_templates(request);
                     let (public, private) = session
                         .generate_key_pair(&mechanism, &public, &private)
                         .map_err(call("C_GenerateKeyPair"))?;
@@ -284,7 +285,7 @@ impl Partition for TokenPartition {
     }
 
     fn set_attributes(&self, object: ObjectRef, changes: &[(Attribute, bool)]) -> Result<()> {
-        let template = object::attribute_changes(changes);
+        let template = templates::attribute_changes(changes);
         self.writing(|session| {
             session
                 .update_attributes(object.handle(), &template)
@@ -346,7 +347,7 @@ impl Partition for TokenPartition {
     }
 
     fn import_offered(&self, portable: &Portable, offer: &TransportOffer) -> Result<ObjectDescription> {
-        let template = object::import_template(&portable.object)?;
+        let template = templates::import_template(&portable.object)?;
         self.writing(|session| {
             let handle = match (&portable.wrapped, &portable.sender_point) {
                 (Some(wrapped), Some(point)) => {
@@ -420,7 +421,7 @@ impl Partition for TokenPartition {
     }
 
     fn import_from(&self, portable: &Portable, source_serial: &str) -> Result<ObjectDescription> {
-        let template = object::import_template(&portable.object)?;
+        let template = templates::import_template(&portable.object)?;
         self.writing(|session| {
             let handle = match &portable.wrapped {
                 None => session.create_object(&template).map_err(call("C_CreateObject"))?,
