@@ -9,6 +9,7 @@ serve *ARGS:
 test:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo machete
     cargo test --workspace
     scripts/schemathesis
 
@@ -23,6 +24,12 @@ test-crate CRATE:
 # The raw token's rates through luna-pkcs11 (the baseline the API is held against).
 bench-token:
     cargo bench -p luna-pkcs11 --bench token_baseline
+
+# RustSec advisories against Cargo.lock. Needs GitHub (the advisory database),
+# which the machines `just test` runs on here cannot reach, so it is not in `just test`.
+audit:
+    cargo install --quiet --locked cargo-audit
+    cargo audit
 
 # Repeated code in the working tree's change.
 duplicates:
