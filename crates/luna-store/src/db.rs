@@ -89,14 +89,14 @@ pub fn create_private_file(target: &str) -> Result<()> {
 /// Opens connections of the URL's backend (the derived `establish` would try
 /// every backend in turn, and SQLite accepts any string as a file name).
 #[derive(Debug)]
-pub struct Manager {
+pub struct ConnectionManager {
     backend: Backend,
     target: String,
 }
 
-impl Manager {
+impl ConnectionManager {
     pub fn new(backend: Backend, target: String) -> Self {
-        Manager { backend, target }
+        ConnectionManager { backend, target }
     }
 
     pub fn connect(&self) -> Result<DbConnection> {
@@ -116,12 +116,12 @@ impl Manager {
     }
 }
 
-impl diesel::r2d2::ManageConnection for Manager {
+impl diesel::r2d2::ManageConnection for ConnectionManager {
     type Connection = DbConnection;
     type Error = StoreError;
 
     fn connect(&self) -> Result<DbConnection> {
-        Manager::connect(self)
+        ConnectionManager::connect(self)
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<()> {

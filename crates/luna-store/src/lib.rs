@@ -31,7 +31,7 @@ pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
 pub use repo::users::{NewUser, StoredUser};
 
-use db::{DbConnection, Manager, SqliteWriteLock};
+use db::{DbConnection, ConnectionManager, SqliteWriteLock};
 
 /// A page of a list and the number of rows that match the filters.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +43,7 @@ pub struct Listed<T> {
 /// The database: a connection pool and the PIN cipher.
 #[derive(Clone)]
 pub struct Store {
-    pool: diesel::r2d2::Pool<Manager>,
+    pool: diesel::r2d2::Pool<ConnectionManager>,
     backend: Backend,
     sqlite_writes: Arc<SqliteWriteLock>,
     pins: Arc<PinCipher>,
@@ -73,7 +73,7 @@ impl Store {
         if backend == Backend::Sqlite {
             db::create_private_file(&target)?;
         }
-        let manager = Manager::new(backend, target);
+        let manager = ConnectionManager::new(backend, target);
         // Migrate on one connection before the pool opens more.
         db::run_migrations(&mut manager.connect()?)?;
         let pool = diesel::r2d2::Pool::builder()
@@ -109,7 +109,7 @@ impl Store {
 
     /// A pooled connection: the pool's whole timeout while the database
     /// answers, a short wait once it has not (until it answers again).
-    fn connection(&self) -> Result<diesel::r2d2::PooledConnection<Manager>> {
+    fn connection(&self) -> Result<diesel::r2d2::PooledConnection<ConnectionManager>> {
         use std::sync::atomic::Ordering;
         let got = if self.unreachable.load(Ordering::Relaxed) {
             self.pool.get_timeout(WAIT_WHILE_UNREACHABLE)
