@@ -9,17 +9,29 @@ wire_enum! {
     /// user may request; `Token` and `Private` are always true on keys this
     /// service makes and are reported, as the reference does.
     pub enum Attribute ("attribute") {
+        /// The object persists on the token (not just in a session).
         Token => "CKA_TOKEN",
+        /// Only a logged-in user can see the object.
         Private => "CKA_PRIVATE",
+        /// Attributes may change after creation; fixed when the key is made.
         Modifiable => "CKA_MODIFIABLE",
+        /// Key material never leaves the token in clear; may only become true.
         Sensitive => "CKA_SENSITIVE",
+        /// The key may be wrapped out of the token; may only become false.
         Extractable => "CKA_EXTRACTABLE",
+        /// The key may encrypt (secret and public keys).
         Encrypt => "CKA_ENCRYPT",
+        /// The key may decrypt (secret and private keys).
         Decrypt => "CKA_DECRYPT",
+        /// The key may wrap other keys (secret and public keys).
         Wrap => "CKA_WRAP",
+        /// The key may unwrap other keys (secret and private keys).
         Unwrap => "CKA_UNWRAP",
+        /// The key may sign or MAC (secret and private keys).
         Sign => "CKA_SIGN",
+        /// The key may verify signatures or MACs (secret and public keys).
         Verify => "CKA_VERIFY",
+        /// The key may derive other keys (every class).
         Derive => "CKA_DERIVE",
     }
 }
@@ -54,23 +66,29 @@ impl Attribute {
     }
 }
 
-/// A set of attributes that are true on an object. Iterates in canonical order.
+/// The attributes that are true on an object (absent means false). Iterates
+/// in canonical order, the order of [`Attribute::ALL`], which is how the API
+/// lists them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct AttributeSet(u16);
 
 impl AttributeSet {
+    /// No attribute true.
     pub const fn empty() -> Self {
         AttributeSet(0)
     }
 
+    /// Whether `attribute` is true on the object.
     pub fn contains(self, attribute: Attribute) -> bool {
         self.0 & attribute.bit() != 0
     }
 
+    /// Makes `attribute` true.
     pub fn insert(&mut self, attribute: Attribute) {
         self.0 |= attribute.bit();
     }
 
+    /// Sets `attribute` to `value`, as a PATCH change or a token's answer does.
     pub fn set(&mut self, attribute: Attribute, value: bool) {
         if value {
             self.0 |= attribute.bit();
@@ -79,10 +97,12 @@ impl AttributeSet {
         }
     }
 
+    /// The true attributes, in canonical order.
     pub fn iter(self) -> impl Iterator<Item = Attribute> {
         Attribute::ALL.iter().copied().filter(move |a| self.contains(*a))
     }
 
+    /// Whether no attribute is true.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

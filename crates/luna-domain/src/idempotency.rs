@@ -14,9 +14,16 @@ pub const MAX_KEY_CHARS: usize = 255;
 /// route, and a digest of what they asked (the body, PINs left out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotentRequest {
+    /// The authenticated user: keys are scoped per caller, so two users'
+    /// equal keys never meet.
     pub caller: String,
+    /// The `Idempotency-Key` header's value, as checked by [`IdempotentRequest::new`].
     pub key: String,
+    /// Method and path (e.g. `POST /api/v1/cckm/hsm/luna/keys`): the same
+    /// key on another route is another request.
     pub route: String,
+    /// A digest of the body with its PINs left out (a digest of a short PIN
+    /// could be reversed): equal digests mean the same request.
     pub body_digest: String,
 }
 
@@ -30,7 +37,8 @@ pub enum Replay {
 }
 
 impl IdempotentRequest {
-    /// `key` is the header's value: 1 to 255 visible ASCII characters.
+    /// Checks the header's value, `key`: 1 to 255 visible ASCII characters.
+    /// `caller`, `route` and `body_digest` are the edge's and taken as given.
     pub fn new(caller: &str, key: &str, route: &str, body_digest: String) -> Result<IdempotentRequest> {
         if key.is_empty() || key.len() > MAX_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(DomainError::Invalid(format!(
@@ -45,7 +53,9 @@ impl IdempotentRequest {
         })
     }
 
-    /// This request against the one first made under its caller and key.
+    /// This request against the one `first` made under its caller and key,
+    /// which created `made`: the same route and body replay `made`; anything
+    /// else under that key is refused.
     pub fn replay_of(&self, first: &IdempotentRequest, made: Uuid) -> Replay {
         if first.route == self.route && first.body_digest == self.body_digest {
             Replay::Same(made)

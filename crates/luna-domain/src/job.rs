@@ -1,4 +1,9 @@
 //! Refresh and ha_synchronize jobs: request rules and life.
+//!
+//! A job works partition by partition, member by member, in batches; a
+//! cancel is a flag (`abort`) it looks at between batches, so cancelling is
+//! two steps: [`JobEvent::RequestCancel`], then [`JobEvent::StopCancelled`]
+//! when the job notices.
 
 use std::collections::BTreeMap;
 
@@ -10,17 +15,27 @@ use crate::key::parse_id;
 use crate::wire::wire_enum;
 
 wire_enum! {
+    /// What a job does to each partition it covers.
     pub enum JobType ("job_type") {
+        /// Brings the key records in line with what the members hold
+        /// (see [`crate::refresh`]).
         Refresh => "refresh",
+        /// Clones every key object an HA member lacks from a member that
+        /// holds it, then refreshes; completes at once on a single member.
         HaSynchronize => "ha_synchronize",
     }
 }
 
 wire_enum! {
+    /// A job's `overall_status`. Every state but `in_progress` is final.
     pub enum JobStatus ("overall_status") {
+        /// Accepted or running; the only state a cancel is taken in.
         InProgress => "in_progress",
+        /// Every partition completed.
         Completed => "completed",
+        /// At least one partition failed; `detailed_status` says why.
         Failed => "failed",
+        /// Stopped after a cancel; partitions not done are `cancelled`.
         Cancelled => "cancelled",
     }
 }
@@ -28,14 +43,19 @@ wire_enum! {
 /// Which partitions a job covers, as the request said it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobScope {
+    /// `synchronize_all: true`: every registered partition, resolved by the caller.
     All,
+    /// The listed partition ids, repeats dropped, in the order first given.
+    /// Whether they exist is for the caller to check (a 404).
     Partitions(Vec<Uuid>),
 }
 
 /// A job request as it arrives.
 #[derive(Debug, Clone, Default)]
 pub struct JobRequest {
+    /// Partition ids as strings, unchecked.
     pub partitions: Option<Vec<String>>,
+    /// Whether to cover every partition; excludes `partitions`.
     pub synchronize_all: Option<bool>,
 }
 
@@ -43,7 +63,9 @@ pub struct JobRequest {
 pub const MAX_JOB_PARTITIONS: usize = 1000;
 
 impl JobRequest {
-    /// `partitions` and `synchronize_all` are mutually exclusive, and one is needed.
+    /// Which partitions the job covers. `partitions` and `synchronize_all`
+    /// are mutually exclusive and one is needed; ids must be UUIDs, at most
+    /// [`MAX_JOB_PARTITIONS`] of them.
     pub fn validate(&self) -> Result<JobScope> {
         let listed = self.partitions.as_ref().filter(|p| !p.is_empty());
         match (listed, self.synchronize_all.unwrap_or(false)) {
@@ -87,13 +109,17 @@ pub enum JobEvent {
     StopCancelled,
 }
 
+/// The part of a job that changes as it runs; moved only by [`JobLifecycle::next`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobLifecycle {
+    /// The job's `overall_status`.
     pub status: JobStatus,
+    /// A cancel was asked for; the job stops at its next batch.
     pub abort: bool,
 }
 
 impl JobLifecycle {
+    /// A job just accepted: `in_progress`, not cancelled.
     pub fn started() -> Self {
         JobLifecycle {
             status: JobStatus::InProgress,
@@ -101,6 +127,10 @@ impl JobLifecycle {
         }
     }
 
+    /// The next state, or why the event is not allowed now: a cancel of an
+    /// ended job is a [`DomainError::Conflict`]; any other move out of a
+    /// final state, or `StopCancelled` without a cancel, is an
+    /// [`DomainError::IllegalTransition`].
     pub fn next(self, event: JobEvent) -> Result<JobLifecycle> {
         use JobStatus::*;
         match (self.status, event) {
@@ -129,20 +159,29 @@ impl JobLifecycle {
     }
 }
 
+/// A refresh or synchronize job: one request, covering one or more partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
+    /// The job's id, the caller's (as every id in this crate).
     pub id: Uuid,
+    /// What the job does.
     pub job_type: JobType,
+    /// The partitions it covers, resolved from its [`JobScope`].
     pub partitions: Vec<Uuid>,
+    /// Its status and cancel flag.
     pub lifecycle: JobLifecycle,
     /// Partition id → `in_progress`, `completed`, `cancelled` or a failure sentence.
     pub detailed_status: BTreeMap<Uuid, String>,
+    /// When the job was accepted.
     pub created_at: DateTime<Utc>,
+    /// When the job last changed.
     pub updated_at: DateTime<Utc>,
+    /// When the job reached a final status; `None` while `in_progress`.
     pub completed_at: Option<DateTime<Utc>>,
 }
 
 impl Job {
+    /// A job accepted at `now`, with every partition `in_progress`.
     pub fn new(id: Uuid, job_type: JobType, partitions: Vec<Uuid>, now: DateTime<Utc>) -> Job {
         let detailed_status = partitions
             .iter()
@@ -160,6 +199,9 @@ impl Job {
         }
     }
 
+    /// Moves the job's life on at `now`, stamping `updated_at`, and
+    /// `completed_at` when it reaches a final status. A refused event leaves
+    /// the job as it was.
     pub fn apply(&mut self, event: JobEvent, now: DateTime<Utc>) -> Result<()> {
         self.lifecycle = self.lifecycle.next(event)?;
         self.updated_at = now;

@@ -1,4 +1,11 @@
 //! Keys: the record of one PKCS#11 object, its vocabulary and its life.
+//!
+//! A create is accepted as a record `in_progress` (its operation
+//! `keycreate`); the runner makes the object and the record becomes
+//! `AVAILABLE`, or `FAILED` with the reason. An `AVAILABLE` key may then be
+//! updated, replicated or deleted from the HSM, one operation at a time; a
+//! delete that succeeds, or a refresh that finds the object on no member,
+//! ends it `DELETED`. Every move goes through [`KeyLifecycle::next`].
 
 use std::collections::BTreeMap;
 
@@ -12,15 +19,21 @@ use crate::wire::wire_enum;
 wire_enum! {
     /// The five key-generation mechanisms of the reference.
     pub enum Mechanism ("mechanism") {
+        /// Luna's FIPS 186-3 RSA pair with auxiliary primes (a vendor mechanism).
         RsaFips1863AuxPrimeKeyPairGen => "CKM_RSA_FIPS_186_3_AUX_PRIME_KEY_PAIR_GEN",
+        /// RSA pair per ANSI X9.31.
         RsaX931KeyPairGen => "CKM_RSA_X9_31_KEY_PAIR_GEN",
+        /// Luna's FIPS 186-3 RSA pair with probable primes (a vendor mechanism).
         RsaFips1863PrimeKeyPairGen => "CKM_RSA_FIPS_186_3_PRIME_KEY_PAIR_GEN",
+        /// The standard PKCS#1 RSA pair; every token has it, so remaps go here.
         RsaPkcsKeyPairGen => "CKM_RSA_PKCS_KEY_PAIR_GEN",
+        /// An AES secret key.
         AesKeyGen => "CKM_AES_KEY_GEN",
     }
 }
 
 impl Mechanism {
+    /// The algorithm of the key this mechanism makes, which fixes its sizes.
     pub fn algorithm(self) -> Algorithm {
         match self {
             Mechanism::AesKeyGen => Algorithm::Aes,
@@ -54,7 +67,9 @@ impl Mechanism {
 wire_enum! {
     /// Key algorithm as the reference spells it in `algorithm`.
     pub enum Algorithm ("algorithm") {
+        /// An RSA key pair, recorded as two linked keys.
         Rsa => "rsa",
+        /// An AES secret key.
         Aes => "aes",
     }
 }
@@ -72,37 +87,53 @@ impl Algorithm {
 wire_enum! {
     /// The PKCS#11 class of a key object, as `object_type` spells it.
     pub enum ObjectType ("object_type") {
+        /// `CKO_SECRET_KEY`: an AES key.
         SecretKey => "secret key",
+        /// `CKO_PRIVATE_KEY`: the private half of an RSA pair.
         PrivateKey => "private key",
+        /// `CKO_PUBLIC_KEY`: the public half of an RSA pair.
         PublicKey => "public key",
     }
 }
 
 wire_enum! {
-    /// The life of a key record.
+    /// The life of a key record: `in_progress` → `AVAILABLE` → `DELETED`,
+    /// or `in_progress` → `FAILED` when its create fails.
     pub enum KeyStatus ("status") {
+        /// Accepted; the create has not made the object yet.
         InProgress => "in_progress",
+        /// The object exists; the only status that takes new operations.
         Available => "AVAILABLE",
+        /// Deleted from the HSM, or found on no member by a refresh. Final.
         Deleted => "DELETED",
+        /// The create failed; `operation_error` says why. Final.
         Failed => "FAILED",
     }
 }
 
 wire_enum! {
-    /// The operations that change a key.
+    /// The operations that change a key; a record shows its last one in `operation`.
     pub enum OperationKind ("operation") {
+        /// Generate the object (and clone it to the other HA members).
         KeyCreate => "keycreate",
+        /// Change attributes (PATCH), on every member.
         KeyUpdate => "keyupdate",
+        /// Copy the key to the HA members that lack it.
         KeyReplicate => "keyreplicate",
+        /// Destroy the object on every member (delete-from-HSM).
         KeyDelete => "keydelete",
     }
 }
 
 wire_enum! {
-    /// The state of a key's last operation.
+    /// The state of a key's last operation (see [`OperationStatus::wire`]
+    /// for how a key body spells it).
     pub enum OperationStatus ("operation_status") {
+        /// Running; the key takes no other operation until it ends.
         InProgress => "in_progress",
+        /// Done on the token(s).
         Completed => "completed",
+        /// Ended in failure; the reason is in `operation_error`.
         Failed => "failed",
     }
 }
@@ -122,8 +153,11 @@ impl OperationStatus {
 wire_enum! {
     /// Where a key came from.
     pub enum Origin ("origin") {
+        /// Made through this service (a create).
         Cckm => "cckm",
+        /// Made outside the service and found by a refresh.
         External => "external",
+        /// The reference's third value; this service never records it.
         Unknown => "unknown",
     }
 }
@@ -147,7 +181,8 @@ pub fn object_uid(cka_id: &[u8], object_type: Option<ObjectType>) -> Option<Stri
     Some(uid)
 }
 
-/// The size a key may have, checked against its mechanism.
+/// The size a key may have, checked against its mechanism: the size in bits
+/// if its algorithm allows it, else a sentence listing the allowed sizes.
 pub fn check_size(mechanism: Mechanism, size: i64) -> Result<u32> {
     let allowed = mechanism.algorithm().allowed_sizes();
     match u32::try_from(size) {
@@ -175,9 +210,13 @@ pub enum KeyEvent {
 /// The part of a key record that changes as operations run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLifecycle {
+    /// Where the key is in its life.
     pub status: KeyStatus,
+    /// The last operation begun on the key.
     pub operation: OperationKind,
+    /// How that operation stands; `in_progress` makes the key busy.
     pub operation_status: OperationStatus,
+    /// Why that operation failed; `None` unless it did.
     pub operation_error: Option<String>,
 }
 
@@ -187,11 +226,14 @@ pub struct KeyLifecycle {
 /// within one microsecond).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyVersion {
+    /// The lifecycle as read.
     pub lifecycle: KeyLifecycle,
+    /// `updated_at` as read.
     pub updated_at: DateTime<Utc>,
 }
 
 impl KeyVersion {
+    /// The version `key` is at, to write it back only if it still is.
     pub fn of(key: &Key) -> KeyVersion {
         KeyVersion {
             lifecycle: key.lifecycle.clone(),
@@ -221,11 +263,18 @@ impl KeyLifecycle {
         }
     }
 
+    /// Whether an operation is running on the key: then it takes no other
+    /// (a 409) and a refresh leaves it to that operation.
     pub fn is_busy(&self) -> bool {
         self.operation_status == OperationStatus::InProgress
     }
 
-    /// The next state, or why the event is not allowed now.
+    /// The next state, or why the event is not allowed now: beginning an
+    /// operation on a busy or not-`AVAILABLE` key is a
+    /// [`DomainError::Conflict`] (the user may retry later); any other move
+    /// the machine lacks (`Begin(KeyCreate)`, an outcome with nothing
+    /// running, `Vanished` on a busy or not-`AVAILABLE` key) is a
+    /// [`DomainError::IllegalTransition`].
     pub fn next(&self, event: &KeyEvent) -> Result<KeyLifecycle> {
         let illegal = || DomainError::IllegalTransition {
             machine: "key",
@@ -292,40 +341,65 @@ impl KeyLifecycle {
 /// The record of one PKCS#11 key object (one half of an RSA pair, or an AES key).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Key {
+    /// The record's id. A key made here has the secret or private record's
+    /// id as its objects' `CKA_ID`, on both halves of a pair.
     pub id: Uuid,
+    /// The CCKM partition (HA group) the key lives on.
     pub partition_id: Uuid,
+    /// That partition's label, as key lists report it.
     pub partition_label: String,
+    /// The object's `CKA_LABEL`.
     pub label: String,
+    /// Status and last operation; changed only through [`Key::apply`].
     pub lifecycle: KeyLifecycle,
     /// Unknown until the object exists (the reference reports `""`).
     pub algorithm: Option<Algorithm>,
+    /// The object's class; unknown, like `algorithm`, until it exists.
     pub object_type: Option<ObjectType>,
     /// The mechanism the user asked for; `None` for keys found by refresh.
     pub mechanism: Option<Mechanism>,
     /// The mechanism the token actually ran, when a remap replaced the requested one.
     pub generated_with: Option<Mechanism>,
+    /// Key length in bits (RSA modulus or AES key).
     pub size: u32,
+    /// The boolean attributes true on the object (for a wrap-with-trusted
+    /// key, `CKA_EXTRACTABLE` as the user set it, not as the token has it).
     pub attributes: AttributeSet,
     /// The object's `CKA_ID`, the identity by which the service finds it on every member.
     pub cka_id: Vec<u8>,
+    /// The object's name on its partition: see [`object_uid`], or `fp-` and
+    /// the fingerprint for an object without `CKA_ID`.
     pub object_uid: String,
+    /// SHA-256 over the object's public identity (never a secret); stays
+    /// the same when attributes change.
     pub sha_256_fingerprint: String,
     /// Member serial number → `"available"` or why the key is not there.
     pub replication_info: BTreeMap<String, String>,
+    /// Every member holds the key.
     pub replicated: bool,
+    /// Made through this service (false for keys a refresh found).
     pub byok_key: bool,
+    /// Where the key came from.
     pub origin: Origin,
     /// Lower-case hex; empty until known and for AES.
     pub modulus: String,
+    /// The RSA public exponent; 0 for AES.
     pub exponent: u64,
+    /// The record of the other half of an RSA pair; `None` for AES, and for
+    /// a half found by refresh until its partner has a record.
     pub link_id: Option<Uuid>,
+    /// The key's partition is an HA group (several members).
     pub ha_enabled: bool,
+    /// When the record was made (accepted, or found by a refresh).
     pub created_at: DateTime<Utc>,
+    /// When the record last changed; every write moves it, which is what
+    /// [`KeyVersion`] compares.
     pub updated_at: DateTime<Utc>,
 }
 
 impl Key {
-    /// Moves the record's life on, stamping `updated_at`.
+    /// Moves the record's life on, stamping `updated_at` with `now`. A
+    /// refused event leaves the record as it was.
     pub fn apply(&mut self, event: &KeyEvent, now: DateTime<Utc>) -> Result<()> {
         self.lifecycle = self.lifecycle.next(event)?;
         self.updated_at = now;
@@ -336,19 +410,30 @@ impl Key {
 /// A create request as it arrives, before any rule is checked.
 #[derive(Debug, Clone, Default)]
 pub struct CreateKeyRequest {
+    /// Required: the key's `CKA_LABEL` (see [`check_label`]).
     pub label: Option<String>,
+    /// Required: bits, one of the mechanism's algorithm's sizes. Signed, so
+    /// that a negative number is refused with a sentence, not by the parser.
     pub size: Option<i64>,
+    /// Required: the partition's UUID, as text.
     pub partition_id: Option<String>,
+    /// Required: a [`Mechanism`] wire name.
     pub mechanism: Option<String>,
+    /// [`Attribute`] wire names to set true; everything else that applies is
+    /// set false.
     pub attributes: Vec<String>,
 }
 
 /// A create request that passed every rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKeySpec {
+    /// The checked label.
     pub label: String,
+    /// A size the mechanism allows, in bits.
     pub size: u32,
+    /// The partition to make the key on (whether it exists is the caller's to check).
     pub partition_id: Uuid,
+    /// The mechanism asked for; the token may run its remap target instead.
     pub mechanism: Mechanism,
     /// As requested; `for_object` gives what each half of an RSA pair gets.
     pub attributes: AttributeSet,
@@ -357,7 +442,9 @@ pub struct NewKeySpec {
 /// Labels are stored in `CKA_LABEL` and shown in lists, so they are kept printable.
 pub const MAX_LABEL_CHARS: usize = 128;
 
-/// Checks a label for a key or anything else a user names.
+/// Checks a label for a key or anything else a user names: not blank, at
+/// most [`MAX_LABEL_CHARS`] characters, no control characters. `field` names
+/// it in the sentence.
 pub fn check_label(field: &str, label: &str) -> Result<String> {
     if label.trim().is_empty() {
         return Err(DomainError::invalid(format!("{field} must not be empty")));
@@ -381,6 +468,10 @@ pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
 }
 
 impl CreateKeyRequest {
+    /// Every rule a create must pass before a record is made: the fields
+    /// are present, the label is printable, the partition id is a UUID, the
+    /// mechanism and attributes are known names, and the size fits the
+    /// mechanism. The first broken rule is refused with a sentence.
     pub fn validate(&self) -> Result<NewKeySpec> {
         let missing = |field: &str| DomainError::invalid(format!("{field} is required"));
         let label = check_label("label", self.label.as_deref().ok_or_else(|| missing("label"))?)?;
@@ -410,7 +501,9 @@ impl CreateKeyRequest {
 /// One `{"type","value"}` of a PATCH body, before checking.
 #[derive(Debug, Clone)]
 pub struct AttributeChangeRequest {
+    /// An [`Attribute`] wire name (the body's `type`).
     pub attribute: String,
+    /// The value asked for.
     pub value: bool,
 }
 

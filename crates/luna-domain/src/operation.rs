@@ -1,4 +1,10 @@
 //! Durable operations: the queue entries that carry accepted work across crashes.
+//!
+//! A request that changes a key or starts a job writes its records and an
+//! [`Operation`] in one transaction and answers; a worker then claims the
+//! operation under a lease, does the token work and finishes it. A worker
+//! that dies leaves its lease to run out, and another worker claims the
+//! operation again, up to [`MAX_ATTEMPTS`] times.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,10 +16,16 @@ use crate::key::OperationKind;
 use crate::wire::wire_enum;
 
 wire_enum! {
+    /// Where an operation is in the queue.
     pub enum OperationState ("operation state") {
+        /// Waiting for a worker.
         Queued => "queued",
+        /// Claimed by a worker whose lease runs until `lease_expires_at`;
+        /// claimable again once it has run out.
         Running => "running",
+        /// The work is done. Final.
         Succeeded => "succeeded",
+        /// The work failed for good; `last_error` says why. Final.
         Failed => "failed",
     }
 }
@@ -27,22 +39,33 @@ pub const MAX_ATTEMPTS: u32 = 5;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OperationPayload {
-    /// `key_id` is the secret or private record; `public_key_id` the public half of a pair.
+    /// Generates the key on the first member and clones it to the others.
     CreateKey {
+        /// The secret or private key's record.
         key_id: Uuid,
+        /// The public half's record, for an RSA pair.
         public_key_id: Option<Uuid>,
     },
+    /// Sets attributes on every member that holds the key.
     UpdateKey {
+        /// The record PATCHed (only that half of a pair).
         key_id: Uuid,
+        /// The effective changes, as [`crate::key::check_update`] returned them.
         changes: Vec<(Attribute, bool)>,
     },
+    /// Copies the key (both halves of a pair) to the members that lack it.
     ReplicateKey {
+        /// Either half's record; its linked half goes too.
         key_id: Uuid,
     },
+    /// Destroys the key (both halves of a pair) on every member.
     DeleteKey {
+        /// Either half's record; its linked half goes too.
         key_id: Uuid,
     },
+    /// Runs a refresh or synchronize job.
     RunJob {
+        /// The job's record.
         job_id: Uuid,
     },
 }
@@ -100,20 +123,33 @@ impl OperationPayload {
     }
 }
 
+/// One accepted piece of work and its place in the queue; moved only by
+/// `claim`, `finish`, `retry_later` and `pass_on`, which refuse an illegal move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
+    /// The operation's id, the caller's.
     pub id: Uuid,
+    /// What to do.
     pub payload: OperationPayload,
+    /// Where it is in the queue.
     pub state: OperationState,
+    /// Claims so far; past [`MAX_ATTEMPTS`] the operation is given up.
     pub attempts: u32,
+    /// The worker (instance) holding the lease while `running`.
     pub lease_owner: Option<String>,
+    /// When the lease runs out and another worker may claim it; a retry
+    /// sets it to when the next attempt is due.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, if one did.
     pub last_error: Option<String>,
+    /// When the work was accepted.
     pub created_at: DateTime<Utc>,
+    /// When the operation last changed.
     pub updated_at: DateTime<Utc>,
 }
 
 impl Operation {
+    /// Work accepted at `now`, waiting for a worker.
     pub fn queued(id: Uuid, payload: OperationPayload, now: DateTime<Utc>) -> Operation {
         Operation {
             id,
@@ -138,6 +174,8 @@ impl Operation {
         }
     }
 
+    /// Worker `owner` takes the operation at `now` until `lease_until`,
+    /// counting an attempt; refused unless [`Operation::is_claimable`].
     pub fn claim(&mut self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<()> {
         if !self.is_claimable(now) {
             return Err(self.illegal("claim"));
@@ -150,6 +188,8 @@ impl Operation {
         Ok(())
     }
 
+    /// Ends a running operation with its outcome (the failure's reason is
+    /// kept) and releases the lease; refused unless it is running.
     pub fn finish(&mut self, outcome: std::result::Result<(), String>, now: DateTime<Utc>) -> Result<()> {
         if self.state != OperationState::Running {
             return Err(self.illegal("finish"));

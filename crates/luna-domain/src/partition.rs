@@ -1,4 +1,10 @@
 //! Connections (how to reach tokens) and partitions (where keys live).
+//!
+//! A connection lists one token, or several forming an HA group whose
+//! members hold copies of the same keys; it is registered as one CCKM
+//! partition. Validation here covers what is known before asking a token;
+//! the caller then describes each token, proves the PIN, and for an HA group
+//! checks [`check_distinct_serials`].
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -10,7 +16,10 @@ use crate::key::check_label;
 /// One token of a connection: a Luna partition, or a SoftHSM2 token in tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// The HSM's host as the user gave it; reported, not used to reach the
+    /// token (the PKCS#11 module's own configuration does that).
     pub hostname: String,
+    /// The token's label, by which the module's slot is found.
     pub partition_label: String,
     /// The token's serial number; when absent at registration the token found by
     /// label supplies it, so a stored member always has one.
@@ -20,68 +29,103 @@ pub struct Member {
 /// A registered set of tokens sharing one crypto-officer PIN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
+    /// The connection's id, the caller's.
     pub id: Uuid,
+    /// A name for people (a label: see [`crate::key::check_label`]).
     pub name: String,
+    /// Free text; may be empty.
     pub description: String,
+    /// Its members form an HA group (keys are cloned to every member).
     pub is_ha_enabled: bool,
     /// Generate with `CKM_RSA_PKCS_KEY_PAIR_GEN` when a token lacks a Luna RSA mechanism.
     pub remap_rsa_mechanisms: bool,
+    /// Its tokens, in the order given; the first is where keys are made.
     pub members: Vec<Member>,
+    /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
 /// A connection's token set registered as one CCKM partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
+    /// The partition's id, which keys and jobs name.
     pub id: Uuid,
+    /// The connection whose tokens (and PIN) it uses.
     pub connection_id: Uuid,
-    /// The first member's label and serial, as the reference reports them.
+    /// The first member's label, as the reference reports it.
     pub partition_label: String,
+    /// The first member's serial number, as the reference reports it.
     pub serial_number: String,
+    /// Its members form an HA group.
     pub ha_enabled: bool,
+    /// The connection's members, first one first.
     pub members: Vec<Member>,
+    /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
 /// A member as it arrives in a connection request.
 #[derive(Debug, Clone, Default)]
 pub struct MemberRequest {
+    /// Optional; empty when absent.
     pub hostname: Option<String>,
+    /// Required: the token's label, at most 32 characters.
     pub partition_label: Option<String>,
+    /// Optional: tells apart tokens with one label; at most 16 printable characters.
     pub serial_number: Option<String>,
 }
 
 /// A connection request as it arrives. The PINs are secrets from the start.
 #[derive(Debug, Default)]
 pub struct ConnectionRequest {
+    /// Required: the connection's name.
     pub name: Option<String>,
+    /// Optional free text.
     pub description: Option<String>,
+    /// Required: the crypto officer PIN shared by every member.
     pub password: Option<SecretString>,
+    /// The security officer PIN, only for an HA connection: used once to
+    /// set up the cloning domain, never stored.
     pub so_password: Option<SecretString>,
+    /// Whether the members form an HA group; without it, exactly one member.
     pub is_ha_enabled: bool,
+    /// Whether to remap Luna RSA mechanisms a token lacks; on when absent.
     pub remap_rsa_mechanisms: Option<bool>,
+    /// The tokens (the reference calls them partitions).
     pub partitions: Vec<MemberRequest>,
 }
 
 /// A member whose serial may still be unknown until the token is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberSpec {
+    /// The checked hostname, or empty.
     pub hostname: String,
+    /// The checked token label.
     pub partition_label: String,
+    /// The serial if given; else the token found by label supplies it.
     pub serial_number: Option<String>,
 }
 
 /// A connection request that passed every rule known before asking the tokens.
 #[derive(Debug)]
 pub struct ConnectionSpec {
+    /// The checked name.
     pub name: String,
+    /// The description, or empty.
     pub description: String,
+    /// The crypto officer PIN, not empty; still to be proved on each token.
     pub password: SecretString,
+    /// The security officer PIN; only ever present for an HA connection.
     pub so_password: Option<SecretString>,
+    /// Whether the members form an HA group.
     pub is_ha_enabled: bool,
+    /// The remap policy, defaulted to on.
     pub remap_rsa_mechanisms: bool,
+    /// One member, or up to [`MAX_MEMBERS`] for an HA group, none named twice.
     pub members: Vec<MemberSpec>,
 }
 
@@ -112,6 +156,10 @@ pub fn check_distinct_serials(members: &[Member]) -> Result<()> {
 }
 
 impl ConnectionRequest {
+    /// Every rule known before asking the tokens: a name, a PIN, the member
+    /// count that fits `is_ha_enabled`, labels and serials that fit a token's
+    /// fields, no token named twice, `so_password` only for HA. Consumes
+    /// the request so the PINs move into the spec without a copy.
     pub fn validate(self) -> Result<ConnectionSpec> {
         let name = check_label("name", self.name.as_deref().unwrap_or(""))?;
         let password = self

@@ -13,34 +13,50 @@ use crate::job::JobStatus;
 use crate::key::{parse_id, Algorithm, KeyStatus, Mechanism, ObjectType, Origin};
 use crate::wire::wire_enum;
 
+/// The page size when a query gives no `limit`, as in the reference.
 pub const DEFAULT_LIMIT: i64 = 10;
+/// The largest `limit`: bounds one answer's size.
 pub const MAX_LIMIT: i64 = 1000;
+/// The largest `skip`, 2³¹−1, as the contract states it.
 pub const MAX_SKIP: i64 = i32::MAX as i64;
 
+/// The order of one sort field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// Smallest first: the field as given.
     Ascending,
+    /// Largest first: the field prefixed with `-`.
     Descending,
 }
 
+/// One term of `sort`: a field of the resource and its order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SortKey<F> {
+    /// The field, one of the resource's sort fields.
     pub field: F,
+    /// Its order.
     pub direction: Direction,
 }
 
+/// Which slice of the matching records to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
+    /// How many matching records to pass over, 0 to [`MAX_SKIP`].
     pub skip: i64,
+    /// How many to answer at most, 1 to [`MAX_LIMIT`].
     pub limit: i64,
 }
 
 /// One resource's filters. `accept` takes one query parameter and returns
 /// `Ok(false)` for a name it does not know.
 pub trait Filters: Default {
+    /// The fields this resource's lists can be sorted by (a wire enum).
     type SortField: FromStr<Err = DomainError> + Copy + PartialEq;
     /// The filter names, for the sentence that refuses an unknown one.
     const NAMES: &'static [&'static str];
+    /// Sets the filter `name` from `value`: `Ok(true)` if taken, `Ok(false)`
+    /// if `name` is no filter of this resource, an error if `value` does not
+    /// parse.
     fn accept(&mut self, name: &str, value: &str) -> Result<bool>;
     /// Each filter's name and the values it takes, in declaration order.
     fn params() -> Vec<ListParam>;
@@ -52,12 +68,18 @@ pub trait Filters: Default {
 /// list from the same facts that parse it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamKind {
+    /// Any text, matched exactly.
     Text,
+    /// A UUID, matched exactly.
     Id,
+    /// A whole number within bounds.
     WholeNumber {
+        /// The smallest accepted.
         min: i64,
+        /// The largest accepted.
         max: i64,
     },
+    /// `true` or `false`.
     Boolean,
     /// One of these exact strings.
     OneOf(Vec<&'static str>),
@@ -83,8 +105,9 @@ impl ParamKind {
     }
 }
 
-/// A type a filter value parses into.
+/// A type a filter value parses into, and so what the filter accepts.
 pub trait ParamValue {
+    /// What a value of this type looks like in a query string.
     fn kind() -> ParamKind;
 }
 
@@ -115,9 +138,12 @@ impl ParamValue for bool {
     }
 }
 
+/// One query parameter of a list, as documents and help texts describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListParam {
+    /// The parameter's name in the query string.
     pub name: &'static str,
+    /// What it accepts.
     pub kind: ParamKind,
 }
 
@@ -147,16 +173,21 @@ pub fn list_params<F: Filters>() -> Vec<ListParam> {
     params
 }
 
+/// A parsed list query for the resource whose filters are `F`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListQuery<F: Filters> {
+    /// The filters given; all must match (an AND).
     pub filters: F,
     /// Empty means the default order: newest first.
     pub sort: Vec<SortKey<F::SortField>>,
+    /// `skip` and `limit`, defaulted to 0 and [`DEFAULT_LIMIT`].
     pub page: Page,
 }
 
-/// Parses a list query. Unknown and repeated parameters are refused, so a typo
-/// never silently returns everything.
+/// Parses a list query from the query string's `(name, value)` pairs, decoded
+/// by the edge. Unknown and repeated parameters are refused, so a typo never
+/// silently returns everything; `sort` is a comma list of fields, each
+/// optionally prefixed by `-` for descending order.
 pub fn parse_list_query<F: Filters>(pairs: &[(String, String)]) -> Result<ListQuery<F>> {
     let mut filters = F::default();
     let mut sort = Vec::new();
@@ -238,13 +269,13 @@ macro_rules! filters {
     (
         $(#[$meta:meta])*
         pub struct $name:ident sorted by $sort:ty {
-            $( $field:ident : $ty:ty = $parse:expr ),+ $(,)?
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $parse:expr ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
         pub struct $name {
-            $( pub $field: Option<$ty> ),+
+            $( $(#[$fmeta])* pub $field: Option<$ty> ),+
         }
 
         impl Filters for $name {
@@ -292,108 +323,166 @@ fn wire<T: FromStr<Err = DomainError>>(_: &str, value: &str) -> Result<T> {
 wire_enum! {
     /// Fields a key list can be sorted by (JSON names).
     pub enum KeySortField ("sort field") {
+        /// When the record was made.
         CreatedAt => "createdAt",
+        /// When the record last changed.
         UpdatedAt => "updatedAt",
+        /// The record's id.
         Id => "id",
+        /// The key's label.
         Label => "label",
+        /// Key length in bits.
         Size => "size",
+        /// The key's status (by its wire name).
         Status => "status",
+        /// `rsa` or `aes`.
         Algorithm => "algorithm",
+        /// The requested mechanism.
         Mechanism => "mechanism",
+        /// The object's class.
         ObjectType => "object_type",
+        /// The partition's id.
         PartitionId => "partition_id",
+        /// The partition's label.
         PartitionLabel => "partition_label",
+        /// Where the key came from.
         Origin => "origin",
     }
 }
 
 filters! {
-    /// Every filter of the reference's key list; each is an exact match.
+    /// Every filter of the reference's key list; each is an exact match,
+    /// `None` matches every key.
     pub struct KeyFilters sorted by KeySortField {
+        /// Only the key with this id.
         id: Uuid = id,
+        /// Only keys with this label.
         label: String = text,
+        /// Only RSA or only AES keys.
         algorithm: Algorithm = wire,
+        /// Only keys requested with this mechanism.
         mechanism: Mechanism = wire,
+        /// Only keys of this many bits.
         size: u32 = size,
+        /// Only keys made through this service (`true`) or found (`false`).
         byok_key: bool = parse_bool,
+        /// Only keys on this partition.
         partition_id: Uuid = id,
+        /// Only keys on the partition with this label.
         partition_label: String = text,
+        /// Only keys in this status (e.g. `AVAILABLE`).
         status: KeyStatus = wire,
+        /// Only secret, private or public keys.
         object_type: ObjectType = wire,
+        /// Only keys from this origin.
         origin: Origin = wire,
+        /// Only the key with this fingerprint.
         sha_256_fingerprint: String = text,
+        /// Only keys with this RSA modulus (lower-case hex): a pair's halves.
         modulus: String = text,
+        /// Only the half of a pair linked to this record.
         link_id: Uuid = id,
+        /// Only keys every member holds (`true`), or some lacks (`false`).
         replicated: bool = parse_bool,
     }
 }
 
 wire_enum! {
+    /// Fields a job list (refresh or synchronize) can be sorted by.
     pub enum JobSortField ("sort field") {
+        /// When the job was accepted.
         CreatedAt => "createdAt",
+        /// When the job last changed.
         UpdatedAt => "updatedAt",
+        /// The job's overall status.
         OverallStatus => "overall_status",
     }
 }
 
 filters! {
+    /// The filters of a job list (jobs of one type); exact matches.
     pub struct JobFilters sorted by JobSortField {
+        /// Only the job with this id.
         id: Uuid = id,
+        /// Only jobs in this status (e.g. `cancelled`).
         overall_status: JobStatus = wire,
     }
 }
 
 wire_enum! {
+    /// Fields a partition list can be sorted by.
     pub enum PartitionSortField ("sort field") {
+        /// When the partition was registered.
         CreatedAt => "createdAt",
+        /// When it last changed.
         UpdatedAt => "updatedAt",
+        /// Its (first member's) label.
         PartitionLabel => "partition_label",
     }
 }
 
 filters! {
+    /// The filters of the partition list; exact matches.
     pub struct PartitionFilters sorted by PartitionSortField {
+        /// Only the partition with this label.
         partition_label: String = text,
+        /// Only HA groups (`true`) or single tokens (`false`).
         ha_enabled: bool = parse_bool,
     }
 }
 
 wire_enum! {
+    /// Fields the user list can be sorted by.
     pub enum UserSortField ("sort field") {
+        /// The user's login name.
         Username => "username",
     }
 }
 
 filters! {
+    /// The filters of the user list (the service's own users).
     pub struct UserFilters sorted by UserSortField {
+        /// Only the user with this name.
         username: String = text,
     }
 }
 
 wire_enum! {
+    /// Fields the audit list can be sorted by.
     pub enum AuditSortField ("sort field") {
+        /// The record's sequence number in the audit trail: the order things happened.
         Seq => "seq",
     }
 }
 
 filters! {
+    /// The filters of the audit list; exact matches.
     pub struct AuditFilters sorted by AuditSortField {
+        /// Only what this user did.
         username: String = text,
+        /// Only records of this action.
         action: String = text,
     }
 }
 
 wire_enum! {
+    /// Fields a connection list can be sorted by.
     pub enum ConnectionSortField ("sort field") {
+        /// When the connection was registered.
         CreatedAt => "createdAt",
+        /// When it last changed.
         UpdatedAt => "updatedAt",
+        /// Its name.
         Name => "name",
     }
 }
 
 filters! {
+    /// The filters of the connection list; exact matches.
     pub struct ConnectionFilters sorted by ConnectionSortField {
+        /// Only the connection with this name.
         name: String = text,
+        /// Only HA connections (`true`) or single-token ones (`false`).
         is_ha_enabled: bool = parse_bool,
     }
 }

@@ -1,6 +1,11 @@
 //! Refresh: bringing key records in line with what the members' tokens hold.
 //!
-//! Pure: the caller enumerates the tokens and stores the result.
+//! Pure: the caller enumerates the tokens and stores the result. A refresh
+//! reads the records ([`BeforeScan::of`]), scans every member into a
+//! [`MemberView`], reads the records again and asks [`plan`] what to write:
+//! records to insert for objects made outside the service, and records to
+//! update, each with the [`KeyVersion`] it was read at, so that the write is
+//! a compare-and-set that loses to any change made meanwhile.
 //!
 //! An object's identity on a partition is its `object_uid`: its `CKA_ID` in
 //! hex followed by its class, or, for an object without `CKA_ID`,
@@ -19,33 +24,50 @@ use crate::key::{Algorithm, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, 
 /// A key object one member holds, as its token describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedObject {
+    /// Its identity on the partition; records are matched to objects by it.
     pub object_uid: String,
+    /// Its class.
     pub object_type: ObjectType,
+    /// `None` for a key type this service does not know.
     pub algorithm: Option<Algorithm>,
+    /// Its `CKA_LABEL`.
     pub label: String,
+    /// Its `CKA_ID`; may be empty.
     pub cka_id: Vec<u8>,
+    /// Key length in bits; 0 when the token does not say.
     pub size: u32,
+    /// RSA modulus, lower-case hex; empty for AES.
     pub modulus: String,
+    /// RSA public exponent; 0 for AES.
     pub exponent: u64,
+    /// The boolean attributes true on it, as the token reports them.
     pub attributes: AttributeSet,
     /// Only a cloning-domain key may wrap it; the token reports it extractable
     /// so the domain can copy it, and the record keeps the user's choice.
     pub wrap_with_trusted: bool,
+    /// SHA-256 over its public identity, in hex: what the record reports
+    /// as `sha_256_fingerprint`.
     pub fingerprint: String,
 }
 
 /// What one member said: the objects it holds, or why it could not be read.
 #[derive(Debug, Clone)]
 pub enum MemberView {
+    /// Every key object the member holds.
     Read(Vec<ObservedObject>),
+    /// Why the member could not be read; this becomes the member's entry in
+    /// `replication_info`, and stops the plan from concluding `DELETED`.
     Unreachable(String),
 }
 
 /// The partition facts a refresh needs.
 #[derive(Debug, Clone)]
 pub struct RefreshScope {
+    /// The partition refreshed; records it inserts belong to it.
     pub partition_id: Uuid,
+    /// Its label, copied into inserted records.
     pub partition_label: String,
+    /// Whether it is an HA group, copied into inserted records.
     pub ha_enabled: bool,
     /// Member serial numbers, in member order.
     pub members: Vec<String>,
@@ -89,6 +111,8 @@ impl BeforeScan {
 /// The records to insert (objects made outside the service) and to update.
 #[derive(Debug, Default, PartialEq)]
 pub struct RefreshPlan {
+    /// New `AVAILABLE` records, origin `external`, pairs linked, ids from
+    /// the caller's `new_id`.
     pub inserted: Vec<Key>,
     /// Each record with the version it was read in, for a compare-and-set.
     pub updated: Vec<(Key, KeyVersion)>,
@@ -102,12 +126,17 @@ pub struct RefreshPlan {
 /// member could not be read (then nothing can be concluded), or the record
 /// changed since the scan began (`before`): a create that finished meanwhile
 /// may have made its object after the scan went by.
+///
+/// `new_id` names each record the plan inserts: ids are the caller's, so
+/// that this crate draws no randomness and a test can predict them (a
+/// service passes `Uuid::new_v4`).
 pub fn plan(
     scope: &RefreshScope,
     before: &BeforeScan,
     records: &[Key],
     seen: &[MemberView],
     now: DateTime<Utc>,
+    mut new_id: impl FnMut() -> Uuid,
 ) -> RefreshPlan {
     // object_uid → (member index → object)
     let mut found: BTreeMap<&str, BTreeMap<usize, &ObservedObject>> = BTreeMap::new();
@@ -194,7 +223,7 @@ pub fn plan(
         }
         let Some(object) = best(holders) else { continue };
         let (info, everywhere) = replication(Some(holders));
-        new.push(discovered(scope, object, info, everywhere, now));
+        new.push(discovered(scope, object, new_id(), info, everywhere, now));
     }
     // The halves of an RSA pair name each other: the same CKA_ID, or (without
     // one) the same modulus. Existing records count as partners too.
@@ -253,12 +282,13 @@ pub fn plan(
 fn discovered(
     scope: &RefreshScope,
     object: &ObservedObject,
+    id: Uuid,
     replication_info: BTreeMap<String, String>,
     replicated: bool,
     now: DateTime<Utc>,
 ) -> Key {
     Key {
-        id: Uuid::new_v4(),
+        id,
         partition_id: scope.partition_id,
         partition_label: scope.partition_label.clone(),
         label: object.label.clone(),
@@ -288,7 +318,8 @@ fn discovered(
 /// The record of an object seen on the first member, written while the
 /// other members are still to be read: the first member holds it, the others
 /// are not known yet. The plan made once every member is read corrects it.
-pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, now: DateTime<Utc>) -> Key {
+/// `id` names the new record (the caller's, as in [`plan`]).
+pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, id: Uuid, now: DateTime<Utc>) -> Key {
     let info = scope
         .members
         .iter()
@@ -302,7 +333,7 @@ pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, now: DateTime<
             (serial.clone(), state.to_owned())
         })
         .collect();
-    discovered(scope, object, info, scope.members.len() == 1, now)
+    discovered(scope, object, id, info, scope.members.len() == 1, now)
 }
 
 /// The member's description to record: one that knows the key's size (a
@@ -412,6 +443,7 @@ mod tests {
             &records,
             &seen,
             Utc::now(),
+            Uuid::new_v4,
         );
         let updated: BTreeMap<&str, &Key> = plan
             .updated
@@ -464,7 +496,7 @@ mod tests {
         finished.updated_at += chrono::Duration::milliseconds(3);
         let records = vec![gone.clone(), finished.clone(), made_during.clone()];
         let seen = vec![MemberView::Read(vec![]), MemberView::Read(vec![])];
-        let plan = plan(&s, &before, &records, &seen, Utc::now());
+        let plan = plan(&s, &before, &records, &seen, Utc::now(), Uuid::new_v4);
         let ended: Vec<Uuid> = plan
             .updated
             .iter()
@@ -482,18 +514,31 @@ mod tests {
             gone.updated_at + chrono::Duration::seconds(30),
             chrono::Duration::seconds(60),
         );
-        assert!(
-            super::plan(&s, &recent, std::slice::from_ref(&gone), &seen, Utc::now())
-                .updated
-                .is_empty()
-        );
+        assert!(super::plan(
+            &s,
+            &recent,
+            std::slice::from_ref(&gone),
+            &seen,
+            Utc::now(),
+            Uuid::new_v4
+        )
+        .updated
+        .is_empty());
         let settled = BeforeScan::of(
             std::slice::from_ref(&gone),
             gone.updated_at + chrono::Duration::seconds(61),
             chrono::Duration::seconds(60),
         );
         assert_eq!(
-            super::plan(&s, &settled, std::slice::from_ref(&gone), &seen, Utc::now()).updated[0]
+            super::plan(
+                &s,
+                &settled,
+                std::slice::from_ref(&gone),
+                &seen,
+                Utc::now(),
+                Uuid::new_v4
+            )
+            .updated[0]
                 .0
                 .lifecycle
                 .status,
@@ -516,6 +561,7 @@ mod tests {
             &records,
             &seen,
             Utc::now(),
+            Uuid::new_v4,
         );
         let (key, _) = &plan.updated[0];
         assert_eq!(
@@ -546,6 +592,7 @@ mod tests {
                 MemberView::Read(vec![on_token]),
             ],
             Utc::now(),
+            Uuid::new_v4,
         );
         let (key, _) = &plan.updated[0];
         assert!(!key.attributes.contains(Attribute::Extractable));
@@ -570,6 +617,7 @@ mod tests {
             &records,
             &[MemberView::Read(vec![]), MemberView::Read(vec![])],
             Utc::now(),
+            Uuid::new_v4,
         );
         assert!(plan.updated.is_empty() && plan.inserted.is_empty());
     }
@@ -580,8 +628,8 @@ mod tests {
         let private = object("ee03", ObjectType::PrivateKey, b"\xee", "pair");
         let public = object("ee02", ObjectType::PublicKey, b"\xee", "pair");
         let records = vec![
-            first_sight(&s, &private, Utc::now()),
-            first_sight(&s, &public, Utc::now()),
+            first_sight(&s, &private, Uuid::new_v4(), Utc::now()),
+            first_sight(&s, &public, Uuid::new_v4(), Utc::now()),
         ];
         assert!(records
             .iter()
@@ -596,6 +644,7 @@ mod tests {
             &records,
             &seen,
             Utc::now(),
+            Uuid::new_v4,
         );
         assert!(plan.inserted.is_empty());
         assert_eq!(plan.updated.len(), 2);
@@ -618,6 +667,7 @@ mod tests {
             &[],
             &[MemberView::Read(vec![private, public]), MemberView::Read(vec![])],
             Utc::now(),
+            Uuid::new_v4,
         );
         assert_eq!(plan.inserted.len(), 2);
         assert!(plan.inserted.iter().all(|k| k.link_id.is_some()));

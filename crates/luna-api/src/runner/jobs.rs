@@ -338,7 +338,7 @@ impl Runner {
                             .iter()
                             .filter_map(observed)
                             .filter(|o| !known.contains(&o.object_uid))
-                            .map(|o| first_sight(&scope, &o, now))
+                            .map(|o| first_sight(&scope, &o, Uuid::new_v4(), now))
                             .collect();
                         if !fresh.is_empty() {
                             let _ = early.send(fresh);
@@ -387,7 +387,7 @@ impl Runner {
             .store
             .keys_of_partition(partition.id)
             .map_err(|e| format!("the key records could not be read: {e}"))?;
-        let mut planned = plan(&scope, before, &records, views, luna_store::now());
+        let mut planned = plan(&scope, before, &records, views, luna_store::now(), Uuid::new_v4);
         // A second look before a key ends DELETED: a scan can miss an object
         // another process was writing as it read the token (two instances on
         // one SoftHSM2 token did); looked up by its CKA_ID, it is found.
