@@ -98,8 +98,10 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Forgets the key's records here; its objects stay on the tokens.
-    Delete {
+    /// Forgets the key's records here; its objects stay on the tokens
+    /// (`DELETE /keys/{id}`; `delete` is kept as another name).
+    #[command(alias = "delete")]
+    Forget {
         id: String,
     },
     /// Destroys the key's objects on the tokens.
@@ -144,8 +146,10 @@ pub(crate) enum PartitionsCommand {
     Get {
         id: String,
     },
-    /// Forgets the partition and its keys here; the tokens are not touched.
-    Delete {
+    /// Forgets the partition and its keys here; the tokens are not touched
+    /// (`delete` is kept as another name).
+    #[command(alias = "delete")]
+    Forget {
         id: String,
     },
 }

@@ -171,7 +171,7 @@ fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<Str
             let answer = client.call("POST", &format!("{KEYS}/{id}/replicate"), &[], None)?;
             key_answer(client, answer, wait, format)
         }
-        KeysCommand::Delete { id } => {
+        KeysCommand::Forget { id } => {
             delete(client, KEYS, &id)?;
             Ok(format!(
                 "key {id}: its records are gone from CCKM; the tokens were not touched\n"
@@ -277,7 +277,7 @@ fn partitions(client: &mut Client, command: PartitionsCommand, format: Format) -
             return list_page(client, PARTITIONS, &list, Kind::Partition, format)
         }
         PartitionsCommand::Get { id } => get(client, PARTITIONS, &id)?,
-        PartitionsCommand::Delete { id } => {
+        PartitionsCommand::Forget { id } => {
             delete(client, PARTITIONS, &id)?;
             return Ok(format!(
                 "partition {id}: forgotten here; the tokens are untouched\n"

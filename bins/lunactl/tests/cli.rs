@@ -205,7 +205,7 @@ fn the_reference_walk_through_with_lunactl() {
     // Destroy on the HSM and wait; then forget the record.
     let destroyed = user.run(&["keys", "destroy", &id, "--wait", "-o", "json"]).json();
     assert_eq!(destroyed["status"], "DELETED");
-    let forgotten = user.run(&["keys", "delete", &id]);
+    let forgotten = user.run(&["keys", "forget", &id]);
     assert!(forgotten.ok, "{}", forgotten.stderr);
 
     // Errors: the server's sentence, a non-zero exit, no backtrace.

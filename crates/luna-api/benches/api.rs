@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use luna_api::testing::Api;
 use luna_domain::{Algorithm, AttributeSet, Key, KeyLifecycle, KeyStatus, Mechanism, ObjectType, Origin};
 use luna_pkcs11::testing::TestModule;
-use luna_pkcs11::{GenerateRequest, Partition as _};
+use luna_pkcs11::{GenerateRequest, Token as _};
 use luna_store::testing::TestDatabase;
 use rand::Rng;
 use serde_json::json;
@@ -303,7 +303,7 @@ fn refresh(n: usize) {
 }
 
 /// Makes `n` AES-256 keys on `token` (not timed); returns their descriptions.
-fn fill(token: &luna_pkcs11::TokenPartition, n: usize) -> Vec<luna_pkcs11::ObjectDescription> {
+fn fill(token: &luna_pkcs11::Pkcs11Token, n: usize) -> Vec<luna_pkcs11::ObjectDescription> {
     (0..n)
         .map(|_| {
             token

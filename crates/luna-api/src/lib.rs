@@ -2,7 +2,7 @@
 //! views (JSON), the token registry and the durable operation runner.
 //!
 //! Invariants: this is the only crate that knows HTTP and JSON; it reaches
-//! tokens only through `luna_pkcs11::Partition` and data only through
+//! tokens only through `luna_pkcs11::Token` and data only through
 //! `luna_store::Store`; database and token calls run on the blocking pool,
 //! never on an async worker; every mutating request records its work as a
 //! durable operation in the same transaction as its records, before it answers.

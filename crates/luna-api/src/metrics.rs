@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 use luna_domain::query::{parse_list_query, JobFilters};
 use luna_domain::{JobStatus, JobType};
 use luna_pkcs11::{
-    GenerateRequest, Generated, ObjectDescription, ObjectRef, Partition, Portable, ScanOutcome, TokenInfo,
+    GenerateRequest, Generated, ObjectDescription, ObjectRef, Portable, ScanOutcome, Token, TokenInfo,
     TransportOffer,
 };
 use prometheus::{
@@ -127,14 +127,14 @@ impl Metrics {
     }
 }
 
-/// A partition whose every call is timed and whose errors are counted.
+/// A token whose every call is timed and whose errors are counted.
 #[derive(Debug)]
 pub struct Metered {
-    pub inner: Arc<dyn Partition>,
+    pub inner: Arc<dyn Token>,
     pub metrics: Arc<Metrics>,
 }
 
-impl Partition for Metered {
+impl Token for Metered {
     fn info(&self) -> &TokenInfo {
         self.inner.info()
     }

@@ -296,7 +296,7 @@ impl Api {
 
     /// Destroys a key's objects on the partition's token without the service knowing.
     pub fn destroy_behind_the_back(&self, partition: &Value, key_id: &str) {
-        use luna_pkcs11::Partition as _;
+        use luna_pkcs11::Token as _;
         let key = self
             .store()
             .get_key(uuid::Uuid::parse_str(key_id).unwrap())

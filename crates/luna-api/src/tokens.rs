@@ -6,7 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use luna_domain::Member;
-use luna_pkcs11::{Module, Partition, TokenError, TokenInfo};
+use luna_pkcs11::{Module, Token, TokenError, TokenInfo};
 use luna_store::Store;
 use uuid::Uuid;
 
@@ -43,7 +43,7 @@ pub struct TokenRegistry {
     module: Arc<Module>,
     store: Store,
     metrics: Arc<crate::metrics::Metrics>,
-    open: Mutex<HashMap<(Uuid, String), Arc<dyn Partition>>>,
+    open: Mutex<HashMap<(Uuid, String), Arc<dyn Token>>>,
     /// What members not opened yet say of themselves, asked without a login.
     described: Mutex<HashMap<(Uuid, String), TokenInfo>>,
 }
@@ -72,7 +72,7 @@ impl TokenRegistry {
     }
 
     /// The member's token, opened with the connection's PIN.
-    pub fn member(&self, connection: Uuid, member: &Member) -> Result<Arc<dyn Partition>, Unavailable> {
+    pub fn member(&self, connection: Uuid, member: &Member) -> Result<Arc<dyn Token>, Unavailable> {
         let key = (connection, member.serial_number.clone());
         if let Some(open) = self.open.lock().get(&key) {
             return Ok(Arc::clone(open));
@@ -90,7 +90,7 @@ impl TokenRegistry {
             .open_partition(&member.partition_label, Some(&member.serial_number), pin)
             .map_err(|e| unreachable(member, &e))?;
         // Every call of the service's on a member token is timed and its errors counted.
-        let token: Arc<dyn Partition> = Arc::new(crate::metrics::Metered {
+        let token: Arc<dyn Token> = Arc::new(crate::metrics::Metered {
             inner: Arc::new(token),
             metrics: Arc::clone(&self.metrics),
         });

@@ -8,7 +8,7 @@ use luna_api::on_both_backends;
 use luna_api::testing::{
     assert_error, assert_same_values, assert_shaped_like, reference, Api, ADMIN_PASSWORD, SIGNING_KEY,
 };
-use luna_pkcs11::Partition as _;
+use luna_pkcs11::Token as _;
 use serde_json::{json, Value};
 
 const KEYS: &str = "/cckm/hsm/luna/keys";

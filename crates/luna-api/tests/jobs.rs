@@ -8,13 +8,13 @@ use luna_api::on_both_backends;
 use luna_api::testing::{assert_error, assert_shaped_like, reference, Api};
 use luna_domain::{AttributeSet, Mechanism};
 use luna_pkcs11::testing::{module, USER_PIN};
-use luna_pkcs11::{GenerateRequest, Partition as _, TokenPartition};
+use luna_pkcs11::{GenerateRequest, Pkcs11Token, Token as _};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
 const KEYS: &str = "/cckm/hsm/luna/keys";
 
-fn token_of(partition: &Value, member: usize) -> TokenPartition {
+fn token_of(partition: &Value, member: usize) -> Pkcs11Token {
     let label = partition["members"][member]["partition_label"].as_str().unwrap();
     module()
         .open_partition(label, None, SecretString::from(USER_PIN))
@@ -22,7 +22,7 @@ fn token_of(partition: &Value, member: usize) -> TokenPartition {
 }
 
 /// Makes a key straight on the token, behind the service's back.
-fn outside_key(token: &TokenPartition, mechanism: Mechanism, size: u32, cka_id: Vec<u8>) {
+fn outside_key(token: &Pkcs11Token, mechanism: Mechanism, size: u32, cka_id: Vec<u8>) {
     token
         .generate(&GenerateRequest {
             cka_id,

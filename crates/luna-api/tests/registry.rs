@@ -7,7 +7,7 @@ use luna_api::ApiError;
 use luna_domain::partition::MemberRequest;
 use luna_domain::ConnectionRequest;
 use luna_pkcs11::testing::{fresh_token_label, module, unique_label, TestModule, USER_PIN};
-use luna_pkcs11::Partition as _;
+use luna_pkcs11::Token as _;
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
 

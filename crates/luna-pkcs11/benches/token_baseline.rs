@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use luna_domain::{AttributeSet, Mechanism};
 use luna_pkcs11::softhsm::SoftHsmHome;
-use luna_pkcs11::{GenerateRequest, Module, ObjectRef, Partition, TokenPartition};
+use luna_pkcs11::{GenerateRequest, Module, ObjectRef, Pkcs11Token, Token};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -42,13 +42,13 @@ fn request(mechanism: Mechanism, size: u32) -> GenerateRequest {
     }
 }
 
-fn open(module: &std::sync::Arc<Module>, label: &str) -> TokenPartition {
+fn open(module: &std::sync::Arc<Module>, label: &str) -> Pkcs11Token {
     module
         .open_partition(label, None, SecretString::from(PIN))
         .unwrap()
 }
 
-fn fresh(module: &std::sync::Arc<Module>, label: &str) -> TokenPartition {
+fn fresh(module: &std::sync::Arc<Module>, label: &str) -> Pkcs11Token {
     module
         .init_token(label, &SecretString::from(SO_PIN), &SecretString::from(PIN))
         .unwrap();
@@ -56,7 +56,7 @@ fn fresh(module: &std::sync::Arc<Module>, label: &str) -> TokenPartition {
 }
 
 /// Generates `n` keys over `threads` threads (tokens round robin); returns keys/s.
-fn generate(tokens: &[&TokenPartition], threads: usize, n: usize, mechanism: Mechanism, size: u32) -> f64 {
+fn generate(tokens: &[&Pkcs11Token], threads: usize, n: usize, mechanism: Mechanism, size: u32) -> f64 {
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {

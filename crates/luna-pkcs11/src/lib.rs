@@ -1,7 +1,7 @@
 //! PKCS#11 partitions on the `cryptoki` crate.
 //!
-//! The rest of the service sees a token only through [`Partition`]. The
-//! implementation, [`TokenPartition`], keeps one context per module
+//! The rest of the service sees a token only through [`Token`]. The
+//! implementation, [`Pkcs11Token`], keeps one context per module
 //! (initialised for OS locking), a pool of logged-in sessions per token, and
 //! PINs as secrets; every token error is typed and names the PKCS#11 function
 //! that failed.
@@ -28,7 +28,7 @@ pub use error::{Result, TokenError};
 pub use mechanisms::REPLICATION_MECHANISMS;
 pub use module::{LibraryInfo, Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};
-pub use token::TokenPartition;
+pub use token::Pkcs11Token;
 
 /// What a token says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub struct TransportOffer {
 }
 
 /// A partition: one token the service keeps keys in.
-pub trait Partition: Send + Sync + std::fmt::Debug {
+pub trait Token: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &TokenInfo;
     /// Generates the key; on a retry, first finds it by `CKA_ID` in case an earlier attempt made it.
     fn generate(&self, request: &GenerateRequest) -> Result<Generated>;

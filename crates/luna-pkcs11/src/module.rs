@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
-use crate::token::TokenPartition;
+use crate::token::Pkcs11Token;
 use crate::token_info::TokenInfoReader;
 use crate::TokenInfo;
 
@@ -223,10 +223,10 @@ impl Module {
         label: &str,
         serial: Option<&str>,
         pin: SecretString,
-    ) -> Result<TokenPartition> {
+    ) -> Result<Pkcs11Token> {
         let (slot, summary) = self.find_slot(label, serial)?;
         let info = self.probe(slot, summary)?;
-        TokenPartition::open(Arc::clone(self), slot, info, pin)
+        Pkcs11Token::open(Arc::clone(self), slot, info, pin)
     }
 
     /// Logs the user in on `session`, proving `pin` even when the application

@@ -30,7 +30,7 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 use crate::softhsm::SoftHsmHome;
-use crate::{Module, TokenPartition};
+use crate::{Module, Pkcs11Token};
 
 /// The user PIN of every test token (openCryptoki takes 4 to 8 characters).
 pub const USER_PIN: &str = "user1234";
@@ -138,7 +138,7 @@ pub struct TestToken {
 }
 
 impl TestToken {
-    pub fn open(&self) -> TokenPartition {
+    pub fn open(&self) -> Pkcs11Token {
         self.module
             .module()
             .open_partition(&self.label, None, SecretString::from(USER_PIN))
@@ -150,14 +150,14 @@ impl TestToken {
 /// token's lease is freed.
 #[derive(Debug)]
 pub struct LeasedPartition {
-    partition: TokenPartition,
+    partition: Pkcs11Token,
     pub token: TestToken,
 }
 
 impl Deref for LeasedPartition {
-    type Target = TokenPartition;
+    type Target = Pkcs11Token;
 
-    fn deref(&self) -> &TokenPartition {
+    fn deref(&self) -> &Pkcs11Token {
         &self.partition
     }
 }
@@ -228,7 +228,7 @@ pub fn fresh_token_label(prefix: &str) -> String {
 }
 
 /// A new, empty SoftHSM2 token opened as a partition.
-pub fn fresh_token(prefix: &str) -> TokenPartition {
+pub fn fresh_token(prefix: &str) -> Pkcs11Token {
     let label = fresh_token_label(prefix);
     module()
         .open_partition(&label, None, SecretString::from(USER_PIN))

@@ -19,7 +19,7 @@ use crate::module::Module;
 use crate::object::{self, ObjectDescription, ObjectRef};
 use crate::pool::{PooledSession, SessionPool};
 use crate::{mechanisms, templates};
-use crate::{GenerateRequest, Generated, Partition, Portable, ScanOutcome, TokenInfo, TransportOffer};
+use crate::{GenerateRequest, Generated, Portable, ScanOutcome, Token, TokenInfo, TransportOffer};
 
 /// What `scan_with` calls for each batch, on the scan's own session.
 type BatchVisitor<'a> = dyn FnMut(&Session, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
@@ -27,7 +27,7 @@ type BatchVisitor<'a> = dyn FnMut(&Session, &[ObjectRef]) -> Result<ControlFlow<
 /// A token of a module, used as a partition. Each call takes one session from
 /// the pool, so a worker holds exactly one session at a time.
 #[derive(Debug)]
-pub struct TokenPartition {
+pub struct Pkcs11Token {
     module: Arc<Module>,
     slot: Slot,
     info: TokenInfo,
@@ -41,7 +41,7 @@ pub struct TokenPartition {
     object_writes: RwLock<()>,
 }
 
-impl TokenPartition {
+impl Pkcs11Token {
     pub(crate) fn open(module: Arc<Module>, slot: Slot, info: TokenInfo, pin: SecretString) -> Result<Self> {
         // Proves the PIN now rather than at the first key operation.
         let session = module
@@ -49,7 +49,7 @@ impl TokenPartition {
             .open_rw_session(slot)
             .map_err(call("C_OpenSession"))?;
         module.login(&session, &info.label, &info.serial_number, &pin)?;
-        let partition = TokenPartition {
+        let partition = Pkcs11Token {
             module,
             slot,
             info,
@@ -225,7 +225,7 @@ impl TokenPartition {
     }
 }
 
-impl Partition for TokenPartition {
+impl Token for Pkcs11Token {
     fn info(&self) -> &TokenInfo {
         &self.info
     }

@@ -9,7 +9,7 @@ use cryptoki::object::{Attribute as CkAttribute, KeyType, ObjectClass};
 use cryptoki::session::Session;
 use luna_domain::{AttributeSet, Mechanism, Member, ObjectType};
 use luna_pkcs11::testing::{fresh_token_label, module, raw_user_session, SO_PIN, USER_PIN};
-use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition};
+use luna_pkcs11::{GenerateRequest, Pkcs11Token, Token, TokenError};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -27,14 +27,14 @@ fn member(label: &str) -> Member {
     }
 }
 
-fn open(label: &str) -> TokenPartition {
+fn open(label: &str) -> Pkcs11Token {
     module()
         .open_partition(label, None, SecretString::from(USER_PIN))
         .unwrap()
 }
 
 /// Two fresh tokens sharing a cloning domain, opened as partitions.
-fn domain_pair(prefix: &str) -> (TokenPartition, TokenPartition) {
+fn domain_pair(prefix: &str) -> (Pkcs11Token, Pkcs11Token) {
     let (a, b) = (
         fresh_token_label(&format!("{prefix}-a")),
         fresh_token_label(&format!("{prefix}-b")),

@@ -8,7 +8,7 @@ use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::{Algorithm, Attribute, AttributeSet, Mechanism, ObjectType};
 use luna_pkcs11::on_every_module;
 use luna_pkcs11::testing::{unique_label, TestModule, USER_PIN};
-use luna_pkcs11::{GenerateRequest, Partition, TokenError, TokenPartition};
+use luna_pkcs11::{GenerateRequest, Pkcs11Token, Token, TokenError};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -36,11 +36,11 @@ fn retried(request: &GenerateRequest) -> GenerateRequest {
     }
 }
 
-fn count_objects(token: &TokenPartition) -> usize {
+fn count_objects(token: &Pkcs11Token) -> usize {
     token.scan(100, &mut |_| ControlFlow::Continue(())).unwrap().seen
 }
 
-fn collect_all(token: &TokenPartition) -> Vec<luna_pkcs11::ObjectRef> {
+fn collect_all(token: &Pkcs11Token) -> Vec<luna_pkcs11::ObjectRef> {
     let mut all = Vec::new();
     token
         .scan(7, &mut |batch| {

@@ -31,7 +31,7 @@ pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
 pub use repo::users::{NewUser, StoredUser};
 
-use db::{DbConnection, ConnectionManager, SqliteWriteLock};
+use db::{ConnectionManager, DbConnection, SqliteWriteLock};
 
 /// A page of a list and the number of rows that match the filters.
 #[derive(Debug, Clone, PartialEq)]

@@ -217,10 +217,10 @@ on_both_backends! {
         // Deleting the partition forgets its keys here, then frees the connection.
         let (private, public) = rsa_pair(&partition, "k");
         store.insert_keys_with_operation(&[private.clone(), public], &create_op(&private)).unwrap();
-        assert!(store.delete_partition(partition.id).unwrap());
+        assert!(store.forget_partition(partition.id).unwrap());
         assert!(store.get_key(private.id).unwrap().is_none());
         assert!(store.delete_connection(partition.connection_id).unwrap());
-        assert!(!store.delete_partition(partition.id).unwrap());
+        assert!(!store.forget_partition(partition.id).unwrap());
     }
 
     fn keys_round_trip_and_a_busy_key_refuses_a_second_operation(store: &Store, _db: &TestDatabase) {
@@ -418,7 +418,7 @@ on_both_backends! {
         store.forget_key(keys[2].id).unwrap().unwrap();
         keys.remove(2);
         check(&keys, "one forgotten");
-        store.delete_partition(b.id).unwrap();
+        store.forget_partition(b.id).unwrap();
         keys.retain(|k| k.partition_id != b.id);
         check(&keys, "a partition deleted");
     }

@@ -244,7 +244,7 @@ pub async fn replicate(
 /// `POST /api/v1/cckm/hsm/luna/{id}/delete`: destroys the objects on the tokens.
 #[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/{id}/delete", operation_id = "destroy_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key, its deletion in progress", body = KeyView)))]
-pub async fn delete_from_hsm(
+pub async fn destroy(
     state: web::Data<AppState>,
     _caller: Manager,
     id: web::Path<String>,

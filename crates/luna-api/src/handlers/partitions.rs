@@ -224,14 +224,14 @@ pub async fn get_partition(
 /// Forgets the partition and its keys here; the tokens are not touched.
 #[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/partitions/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
     responses((status = 204, description = "The partition is gone from CCKM")))]
-pub async fn delete_partition(
+pub async fn forget_partition(
     state: web::Data<AppState>,
     _caller: Manager,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;
     let store = state.store.clone();
-    if !blocking(move || Ok(store.delete_partition(id)?)).await? {
+    if !blocking(move || Ok(store.forget_partition(id)?)).await? {
         return Err(not_found("partition", id));
     }
     Ok(HttpResponse::NoContent().finish())

@@ -13,7 +13,7 @@ use super::transfer::transfer;
 use super::Runner;
 
 /// A member token and the key's object on it.
-pub(super) type Found = (Arc<dyn luna_pkcs11::Partition>, ObjectDescription);
+pub(super) type Found = (Arc<dyn luna_pkcs11::Token>, ObjectDescription);
 
 impl Runner {
     /// The key records an operation acts on, and their partition.
@@ -109,7 +109,7 @@ impl Runner {
         &self,
         partition: &Partition,
         from: &Member,
-        source: &dyn luna_pkcs11::Partition,
+        source: &dyn luna_pkcs11::Token,
         objects: &[ObjectDescription],
         retry: bool,
     ) -> std::collections::BTreeMap<String, String> {
@@ -132,7 +132,7 @@ impl Runner {
         &self,
         partition: &Partition,
         member: &Member,
-        source: &dyn luna_pkcs11::Partition,
+        source: &dyn luna_pkcs11::Token,
         source_serial: &str,
         objects: &[ObjectDescription],
         retry: bool,
@@ -195,7 +195,7 @@ impl Runner {
     pub(super) fn replicate(&self, key_id: Uuid) -> Outcome {
         let (mut keys, partition) = self.load(&linked(&self.store, key_id)?)?;
         // Find a member that holds every half, and what each member holds.
-        let mut holder: Option<(&Member, Arc<dyn luna_pkcs11::Partition>, Vec<ObjectDescription>)> = None;
+        let mut holder: Option<(&Member, Arc<dyn luna_pkcs11::Token>, Vec<ObjectDescription>)> = None;
         let mut lacking = Vec::new();
         let mut info = std::collections::BTreeMap::new();
         for member in &partition.members {
@@ -252,7 +252,7 @@ impl Runner {
         }
     }
 
-    pub(super) fn delete(&self, key_id: Uuid) -> Outcome {
+    pub(super) fn destroy(&self, key_id: Uuid) -> Outcome {
         let (keys, partition) = self.load(&linked(&self.store, key_id)?)?;
         let mut failures = Vec::new();
         for member in &partition.members {

@@ -7,9 +7,9 @@ use luna_pkcs11::ObjectDescription;
 /// key under a key the two members agree for this transfer; a public key as
 /// its public attributes. Says why when none applies.
 pub(super) fn transfer(
-    source: &dyn luna_pkcs11::Partition,
+    source: &dyn luna_pkcs11::Token,
     source_serial: &str,
-    target: &dyn luna_pkcs11::Partition,
+    target: &dyn luna_pkcs11::Token,
     target_serial: &str,
     object: &ObjectDescription,
 ) -> Result<(), String> {

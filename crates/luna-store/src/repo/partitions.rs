@@ -301,7 +301,7 @@ impl Store {
     }
 
     /// Removes a partition and its key records here; the tokens are not touched.
-    pub fn delete_partition(&self, id: Uuid) -> Result<bool> {
+    pub fn forget_partition(&self, id: Uuid) -> Result<bool> {
         self.write(|conn| Ok(diesel::delete(partitions::table.find(id.to_string())).execute(conn)? == 1))
     }
 }
