@@ -10,6 +10,7 @@ test:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo machete
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
     cargo test --workspace
     scripts/schemathesis
 
