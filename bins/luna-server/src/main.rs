@@ -103,7 +103,7 @@ fn serve(settings: &Settings) -> Result<()> {
         tenancy: Tenancy::default(),
         runner: RunnerSettings {
             workers: usize::from(settings.workers),
-            lease: chrono::Duration::seconds(i64::from(settings.operation_lease_secs)),
+            lease: time::Duration::seconds(i64::from(settings.operation_lease_secs)),
             stuck_after: std::time::Duration::from_secs(u64::from(settings.stuck_after_secs)),
             ..RunnerSettings::default()
         },

@@ -107,7 +107,7 @@ fn records(partition_id: Uuid, n: usize) -> Vec<Key> {
     let mut rng = rand::thread_rng();
     (0..n)
         .map(|i| {
-            let at = now - chrono::Duration::milliseconds(i as i64);
+            let at = now - time::Duration::milliseconds(i as i64);
             let mut lifecycle = KeyLifecycle::discovered();
             if i % 10 == 0 {
                 lifecycle.status = KeyStatus::Deleted;

@@ -7,12 +7,12 @@ use std::path::Path;
 use actix_web::{web, FromRequest, HttpRequest};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -81,13 +81,13 @@ impl Auth {
         user_id: &str,
         username: &str,
         groups: &[String],
-        now: DateTime<Utc>,
+        now: OffsetDateTime,
     ) -> Result<String, ApiError> {
         let claims = Claims {
             sub: user_id.to_owned(),
             iss: ISSUER.into(),
-            iat: now.timestamp(),
-            exp: now.timestamp() + self.duration,
+            iat: now.unix_timestamp(),
+            exp: now.unix_timestamp() + self.duration,
             jti: uuid::Uuid::new_v4().to_string(),
             preferred_username: username.to_owned(),
             cust: Custom {
@@ -216,7 +216,9 @@ mod tests {
     #[test]
     fn tokens_verify_only_with_the_key_that_signed_them() {
         let auth = Auth::new(&[7; 64], 300);
-        let token = auth.issue("u1", "admin", &["admin".into()], Utc::now()).unwrap();
+        let token = auth
+            .issue("u1", "admin", &["admin".into()], OffsetDateTime::now_utc())
+            .unwrap();
         let claims = auth.verify(&token).unwrap();
         assert_eq!(
             (claims.preferred_username.as_str(), claims.cust.groups.as_slice()),
@@ -224,7 +226,12 @@ mod tests {
         );
         assert!(Auth::new(&[8; 64], 300).verify(&token).is_err());
         let old = auth
-            .issue("u1", "admin", &[], Utc::now() - Duration::seconds(400))
+            .issue(
+                "u1",
+                "admin",
+                &[],
+                OffsetDateTime::now_utc() - Duration::seconds(400),
+            )
             .unwrap();
         assert_eq!(
             auth.verify(&old).unwrap_err().to_string(),

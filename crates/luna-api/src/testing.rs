@@ -49,12 +49,12 @@ pub struct Api {
 pub fn runner_settings(workers: usize) -> RunnerSettings {
     RunnerSettings {
         workers,
-        lease: chrono::Duration::seconds(5),
+        lease: time::Duration::seconds(5),
         poll: Duration::from_millis(200),
-        retry_base: chrono::Duration::milliseconds(100),
+        retry_base: time::Duration::milliseconds(100),
         // Tests destroy objects behind the service's back and refresh at once.
-        refresh_settle: chrono::Duration::zero(),
-        pass_on_for: chrono::Duration::seconds(1),
+        refresh_settle: time::Duration::ZERO,
+        pass_on_for: time::Duration::seconds(1),
         stuck_after: Duration::from_secs(60),
         after_scan: None,
     }

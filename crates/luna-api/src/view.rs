@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use luna_domain::{Connection, Key, Mechanism, Member, Partition};
 use luna_pkcs11::TokenInfo;
 use serde::Serialize;
+use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -29,9 +29,14 @@ impl Default for Tenancy {
     }
 }
 
-/// RFC 3339, UTC, `Z`, with as many fractional digits as needed.
-pub fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+/// RFC 3339 in UTC with `Z`, and as many fractional digits as the instant
+/// needs (trailing zeros dropped): the reference's own spelling, as in
+/// `"2020-12-14T11:00:22.54049Z"`. Only a year before 0 (a corrupt record)
+/// cannot be written so; it is shown as `time` writes it rather than hidden.
+pub fn timestamp(at: OffsetDateTime) -> String {
+    let utc = at.to_offset(time::UtcOffset::UTC);
+    utc.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| utc.to_string())
 }
 
 /// The fields every CipherTrust resource body opens with.
@@ -54,8 +59,8 @@ impl Resource {
     fn new(
         kind: &str,
         id: Uuid,
-        created_at: DateTime<Utc>,
-        updated_at: DateTime<Utc>,
+        created_at: OffsetDateTime,
+        updated_at: OffsetDateTime,
         tenancy: &Tenancy,
     ) -> Resource {
         Resource {
@@ -361,5 +366,32 @@ impl JobView {
             abort: job.lifecycle.abort,
             job_type: job.job_type.as_str(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod timestamp_tests {
+    use time::{Date, Month, UtcOffset};
+
+    use super::timestamp;
+
+    #[test]
+    fn timestamps_are_spelled_as_the_reference_spells_them() {
+        let day = |d: u8| Date::from_calendar_date(2020, Month::December, d).unwrap();
+        // Strings copied from the reference's examples.
+        let cases = [
+            (day(14).with_hms_micro(11, 0, 22, 540_490).unwrap(), "2020-12-14T11:00:22.54049Z"),
+            (day(14).with_hms_micro(10, 55, 12, 86_341).unwrap(), "2020-12-14T10:55:12.086341Z"),
+            (day(14).with_hms_nano(10, 55, 12, 86_341_444).unwrap(), "2020-12-14T10:55:12.086341444Z"),
+            (day(15).with_hms_micro(6, 20, 15, 158_024).unwrap(), "2020-12-15T06:20:15.158024Z"),
+        ];
+        for (at, spelled) in cases {
+            assert_eq!(timestamp(at.assume_utc()), spelled);
+        }
+        // Whole seconds carry no fraction; another offset is written in UTC.
+        assert_eq!(timestamp(day(14).with_hms(11, 10, 7).unwrap().assume_utc()), "2020-12-14T11:10:07Z");
+        let in_paris = day(14).with_hms(12, 10, 7).unwrap().assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap());
+        assert_eq!(timestamp(in_paris), "2020-12-14T11:10:07Z");
     }
 }

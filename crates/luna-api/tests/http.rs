@@ -253,8 +253,8 @@ on_both_backends! {
         tampered_claims["preferred_username"] = json!("mallory");
         let tampered = format!("{}.{}.{}", parts[0], engine.encode(tampered_claims.to_string()), parts[2]);
         let none = format!("{}.{}.", engine.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-        let wrong_key = luna_api::auth::Auth::new(&[1; 64], 300).issue("x", "admin", &["admin".into()], chrono::Utc::now()).unwrap();
-        let expired = luna_api::auth::Auth::new(&SIGNING_KEY, 300).issue("x", "admin", &["admin".into()], chrono::Utc::now() - chrono::Duration::seconds(600)).unwrap();
+        let wrong_key = luna_api::auth::Auth::new(&[1; 64], 300).issue("x", "admin", &["admin".into()], time::OffsetDateTime::now_utc()).unwrap();
+        let expired = luna_api::auth::Auth::new(&SIGNING_KEY, 300).issue("x", "admin", &["admin".into()], time::OffsetDateTime::now_utc() - time::Duration::seconds(600)).unwrap();
         let hs512 = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512), &claims, &jsonwebtoken::EncodingKey::from_secret(&SIGNING_KEY)).unwrap();
         for (what, header) in [
             ("missing", None),
@@ -546,8 +546,8 @@ on_both_backends! {
         let (id, public_id) = (created["id"].as_str().unwrap().to_owned(), created["links"]["id"].as_str().unwrap().to_owned());
         let mut t = luna_store::now();
         for _ in 0..luna_domain::operation::MAX_ATTEMPTS {
-            assert!(a.store().claim_next_operation("dies", t, chrono::Duration::milliseconds(1)).unwrap().is_some());
-            t += chrono::Duration::milliseconds(2);
+            assert!(a.store().claim_next_operation("dies", t, time::Duration::milliseconds(1)).unwrap().is_some());
+            t += time::Duration::milliseconds(2);
         }
         // Instance B gives it up: the operation and both halves end in one write.
         let b = a.beside(luna_api::testing::runner_settings(1));

@@ -26,7 +26,7 @@ sys.stdin.read()\n";
 #[test]
 fn a_token_call_that_hangs_is_called_stuck_its_lease_runs_out_and_it_ends_when_the_token_answers() {
     let mut settings = runner_settings(1);
-    settings.lease = chrono::Duration::seconds(3);
+    settings.lease = time::Duration::seconds(3);
     settings.stuck_after = Duration::from_secs(2);
     let api = Api::start_with_settings(TestDatabase::sqlite().unwrap(), settings);
     let partition = api.partition("hung", 1);

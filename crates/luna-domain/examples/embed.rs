@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 
-use chrono::{DateTime, Duration, Utc};
 use luna_domain::key::object_uid;
 use luna_domain::query::{list_params, parse_list_query, KeyFilters, ListQuery};
 use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
@@ -20,12 +19,13 @@ use luna_domain::{
     KeyEvent, KeyLifecycle, KeyStatus, NewKeySpec, ObjectType, Operation, OperationKind, OperationPayload,
     Origin,
 };
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 type Outcome<T = ()> = Result<T, Box<dyn Error>>;
 
 fn main() -> Outcome {
-    let now = Utc::now();
+    let now = OffsetDateTime::now_utc();
     let spec = validate_a_create()?;
     let key = run_the_create(&spec, now)?;
     delete_the_key(key, now + Duration::seconds(10))?;
@@ -81,7 +81,7 @@ fn validate_a_create() -> Outcome<NewKeySpec> {
 
 /// The create as a service runs it: the record and its queue entry written
 /// together, then a worker claims the entry, makes the key and finishes.
-fn run_the_create(spec: &NewKeySpec, accepted: DateTime<Utc>) -> Outcome<Key> {
+fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     println!("\n== 2. a key's life: create");
     let id = Uuid::new_v4();
     let mut key = Key {
@@ -151,7 +151,7 @@ fn run_the_create(spec: &NewKeySpec, accepted: DateTime<Utc>) -> Outcome<Key> {
     Ok(key)
 }
 
-fn delete_the_key(mut key: Key, at: DateTime<Utc>) -> Outcome {
+fn delete_the_key(mut key: Key, at: OffsetDateTime) -> Outcome {
     println!("\n== 3. a key's life: delete from the HSM");
     key.apply(&KeyEvent::Begin(OperationKind::KeyDelete), at)?;
     println!(
@@ -202,7 +202,7 @@ fn parse_a_list_query() -> Outcome {
 
 /// A refresh job on a two-member HA partition: one member holds a key nobody
 /// recorded, and a recorded key is on neither member any more.
-fn refresh_a_partition(started: DateTime<Utc>) -> Outcome {
+fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
     println!("\n== 5. a refresh job");
     let partition_id = Uuid::new_v4();
     let scope = match (JobRequest {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{DomainError, Result};
@@ -173,16 +173,16 @@ pub struct Job {
     /// Partition id → `in_progress`, `completed`, `cancelled` or a failure sentence.
     pub detailed_status: BTreeMap<Uuid, String>,
     /// When the job was accepted.
-    pub created_at: DateTime<Utc>,
+    pub created_at: OffsetDateTime,
     /// When the job last changed.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: OffsetDateTime,
     /// When the job reached a final status; `None` while `in_progress`.
-    pub completed_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<OffsetDateTime>,
 }
 
 impl Job {
     /// A job accepted at `now`, with every partition `in_progress`.
-    pub fn new(id: Uuid, job_type: JobType, partitions: Vec<Uuid>, now: DateTime<Utc>) -> Job {
+    pub fn new(id: Uuid, job_type: JobType, partitions: Vec<Uuid>, now: OffsetDateTime) -> Job {
         let detailed_status = partitions
             .iter()
             .map(|p| (*p, JobStatus::InProgress.as_str().to_owned()))
@@ -202,7 +202,7 @@ impl Job {
     /// Moves the job's life on at `now`, stamping `updated_at`, and
     /// `completed_at` when it reaches a final status. A refused event leaves
     /// the job as it was.
-    pub fn apply(&mut self, event: JobEvent, now: DateTime<Utc>) -> Result<()> {
+    pub fn apply(&mut self, event: JobEvent, now: OffsetDateTime) -> Result<()> {
         self.lifecycle = self.lifecycle.next(event)?;
         self.updated_at = now;
         if self.lifecycle.status != JobStatus::InProgress {
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn ending_a_job_stamps_completed_at() {
-        let t0 = Utc::now();
+        let t0 = OffsetDateTime::now_utc();
         let mut job = Job::new(Uuid::new_v4(), JobType::Refresh, vec![Uuid::new_v4()], t0);
         assert!(job.completed_at.is_none());
         job.apply(JobEvent::RequestCancel, t0).unwrap();

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attribute::{Attribute, AttributeSet};
@@ -229,7 +229,7 @@ pub struct KeyVersion {
     /// The lifecycle as read.
     pub lifecycle: KeyLifecycle,
     /// `updated_at` as read.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: OffsetDateTime,
 }
 
 impl KeyVersion {
@@ -391,16 +391,16 @@ pub struct Key {
     /// The key's partition is an HA group (several members).
     pub ha_enabled: bool,
     /// When the record was made (accepted, or found by a refresh).
-    pub created_at: DateTime<Utc>,
+    pub created_at: OffsetDateTime,
     /// When the record last changed; every write moves it, which is what
     /// [`KeyVersion`] compares.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: OffsetDateTime,
 }
 
 impl Key {
     /// Moves the record's life on, stamping `updated_at` with `now`. A
     /// refused event leaves the record as it was.
-    pub fn apply(&mut self, event: &KeyEvent, now: DateTime<Utc>) -> Result<()> {
+    pub fn apply(&mut self, event: &KeyEvent, now: OffsetDateTime) -> Result<()> {
         self.lifecycle = self.lifecycle.next(event)?;
         self.updated_at = now;
         Ok(())

@@ -69,7 +69,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //!
-//! use chrono::{Duration, Utc};
+//! use time::{Duration, OffsetDateTime};
 //! use luna_domain::key::object_uid;
 //! use luna_domain::{
 //!     CreateKeyRequest, DomainError, Key, KeyEvent, KeyLifecycle, KeyStatus, ObjectType,
@@ -86,7 +86,7 @@
 //! }
 //! .validate()?;
 //! let id = Uuid::new_v4();
-//! let accepted = Utc::now();
+//! let accepted = OffsetDateTime::now_utc();
 //! let mut key = Key {
 //!     id,
 //!     partition_id: spec.partition_id,
@@ -196,7 +196,7 @@
 //! come from the caller's `new_id`.
 //!
 //! ```
-//! use chrono::{Duration, Utc};
+//! use time::{Duration, OffsetDateTime};
 //! use luna_domain::key::object_uid;
 //! use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
 //! use luna_domain::{Algorithm, Attribute, KeyStatus, ObjectType, Origin};
@@ -224,7 +224,7 @@
 //! let (kept, outside, gone) = (aes(0xaa, "kept"), aes(0xbb, "made elsewhere"), aes(0xcc, "gone"));
 //!
 //! // Records of `kept` and `gone` from an earlier refresh, before this scan began.
-//! let earlier = Utc::now();
+//! let earlier = OffsetDateTime::now_utc();
 //! let records = vec![
 //!     first_sight(&scope, &kept, Uuid::new_v4(), earlier),
 //!     first_sight(&scope, &gone, Uuid::new_v4(), earlier),

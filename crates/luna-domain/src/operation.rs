@@ -6,8 +6,8 @@
 //! that dies leaves its lease to run out, and another worker claims the
 //! operation again, up to [`MAX_ATTEMPTS`] times.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attribute::Attribute;
@@ -139,18 +139,18 @@ pub struct Operation {
     pub lease_owner: Option<String>,
     /// When the lease runs out and another worker may claim it; a retry
     /// sets it to when the next attempt is due.
-    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub lease_expires_at: Option<OffsetDateTime>,
     /// Why the last attempt failed, if one did.
     pub last_error: Option<String>,
     /// When the work was accepted.
-    pub created_at: DateTime<Utc>,
+    pub created_at: OffsetDateTime,
     /// When the operation last changed.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: OffsetDateTime,
 }
 
 impl Operation {
     /// Work accepted at `now`, waiting for a worker.
-    pub fn queued(id: Uuid, payload: OperationPayload, now: DateTime<Utc>) -> Operation {
+    pub fn queued(id: Uuid, payload: OperationPayload, now: OffsetDateTime) -> Operation {
         Operation {
             id,
             payload,
@@ -166,7 +166,7 @@ impl Operation {
 
     /// Whether a worker may take this operation at `now`: it is queued, or its
     /// worker's lease ran out (the worker died).
-    pub fn is_claimable(&self, now: DateTime<Utc>) -> bool {
+    pub fn is_claimable(&self, now: OffsetDateTime) -> bool {
         match self.state {
             OperationState::Queued => true,
             OperationState::Running => self.lease_expires_at.is_none_or(|t| t <= now),
@@ -176,7 +176,7 @@ impl Operation {
 
     /// Worker `owner` takes the operation at `now` until `lease_until`,
     /// counting an attempt; refused unless [`Operation::is_claimable`].
-    pub fn claim(&mut self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<()> {
+    pub fn claim(&mut self, owner: &str, now: OffsetDateTime, lease_until: OffsetDateTime) -> Result<()> {
         if !self.is_claimable(now) {
             return Err(self.illegal("claim"));
         }
@@ -190,7 +190,7 @@ impl Operation {
 
     /// Ends a running operation with its outcome (the failure's reason is
     /// kept) and releases the lease; refused unless it is running.
-    pub fn finish(&mut self, outcome: std::result::Result<(), String>, now: DateTime<Utc>) -> Result<()> {
+    pub fn finish(&mut self, outcome: std::result::Result<(), String>, now: OffsetDateTime) -> Result<()> {
         if self.state != OperationState::Running {
             return Err(self.illegal("finish"));
         }
@@ -212,7 +212,7 @@ impl Operation {
     /// token taken away): `base` doubled each time (with the server's 2 s: 2,
     /// 4, 8, 16 s, 30 s in all). `None` once every attempt is spent: then the
     /// failure is final.
-    pub fn retry_delay(attempts: u32, base: chrono::Duration) -> Option<chrono::Duration> {
+    pub fn retry_delay(attempts: u32, base: time::Duration) -> Option<time::Duration> {
         (1..MAX_ATTEMPTS)
             .contains(&attempts)
             .then(|| base * (1 << (attempts - 1)))
@@ -220,7 +220,7 @@ impl Operation {
 
     /// Puts this running operation back to be tried again at `at` by any
     /// worker (the lease runs out then), saying why the attempt failed.
-    pub fn retry_later(&mut self, reason: String, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    pub fn retry_later(&mut self, reason: String, at: OffsetDateTime, now: OffsetDateTime) -> Result<()> {
         if self.state != OperationState::Running {
             return Err(self.illegal("retry"));
         }
@@ -233,7 +233,7 @@ impl Operation {
     /// Hands this running operation back for another worker at `at`, without
     /// counting the attempt: this worker could not even begin it (its
     /// instance does not see the token), which says nothing of the work.
-    pub fn pass_on(&mut self, reason: String, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    pub fn pass_on(&mut self, reason: String, at: OffsetDateTime, now: OffsetDateTime) -> Result<()> {
         self.retry_later(reason, at, now)?;
         self.attempts = self.attempts.saturating_sub(1);
         Ok(())
@@ -241,7 +241,7 @@ impl Operation {
 
     /// This running operation, ended `failed` because every attempt it had
     /// was interrupted; the reason says so, and what the last attempt said.
-    pub fn given_up(&self, now: DateTime<Utc>) -> Result<Operation> {
+    pub fn given_up(&self, now: OffsetDateTime) -> Result<Operation> {
         let mut op = self.clone();
         let reason = match &self.last_error {
             Some(last) => format!(
@@ -265,11 +265,11 @@ impl Operation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Duration;
+    use time::Duration;
 
     #[test]
     fn operation_transition_table() {
-        let now = Utc::now();
+        let now = OffsetDateTime::now_utc();
         let expired = Some(now - Duration::seconds(1));
         let live = Some(now + Duration::seconds(30));
         // (state, lease, claim allowed, finish allowed)
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn failures_keep_their_reason() {
-        let now = Utc::now();
+        let now = OffsetDateTime::now_utc();
         let payload = OperationPayload::UpdateKey {
             key_id: Uuid::new_v4(),
             changes: vec![(Attribute::Sign, true)],
@@ -386,11 +386,11 @@ mod tests {
     fn a_transient_failure_is_retried_four_times_within_about_thirty_seconds() {
         let delays: Vec<Option<i64>> = (1..=MAX_ATTEMPTS)
             .map(|attempt| {
-                Operation::retry_delay(attempt, chrono::Duration::seconds(2)).map(|d| d.num_seconds())
+                Operation::retry_delay(attempt, time::Duration::seconds(2)).map(|d| d.whole_seconds())
             })
             .collect();
         assert_eq!(delays, [Some(2), Some(4), Some(8), Some(16), None]);
-        let now = Utc::now();
+        let now = OffsetDateTime::now_utc();
         let mut op = Operation::queued(
             Uuid::new_v4(),
             OperationPayload::DeleteKey {
@@ -402,15 +402,15 @@ mod tests {
             op.retry_later("x".into(), now, now).is_err(),
             "only a running operation"
         );
-        op.claim("w", now, now + chrono::Duration::seconds(30)).unwrap();
-        let at = now + chrono::Duration::seconds(2);
+        op.claim("w", now, now + time::Duration::seconds(30)).unwrap();
+        let at = now + time::Duration::seconds(2);
         op.retry_later("C_GenerateKey returned CKR_DEVICE_ERROR".into(), at, now)
             .unwrap();
         assert!(
             !op.is_claimable(now) && op.is_claimable(at),
             "claimable once the delay is over"
         );
-        op.claim("other", at, at + chrono::Duration::seconds(30)).unwrap();
+        op.claim("other", at, at + time::Duration::seconds(30)).unwrap();
         assert_eq!(op.attempts, 2);
     }
 }

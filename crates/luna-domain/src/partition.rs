@@ -6,8 +6,8 @@
 //! the caller then describes each token, proves the PIN, and for an HA group
 //! checks [`check_distinct_serials`].
 
-use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{DomainError, Result};
@@ -42,9 +42,9 @@ pub struct Connection {
     /// Its tokens, in the order given; the first is where keys are made.
     pub members: Vec<Member>,
     /// When it was registered.
-    pub created_at: DateTime<Utc>,
+    pub created_at: OffsetDateTime,
     /// When it last changed.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: OffsetDateTime,
 }
 
 /// A connection's token set registered as one CCKM partition.
@@ -63,9 +63,9 @@ pub struct Partition {
     /// The connection's members, first one first.
     pub members: Vec<Member>,
     /// When it was registered.
-    pub created_at: DateTime<Utc>,
+    pub created_at: OffsetDateTime,
     /// When it last changed.
-    pub updated_at: DateTime<Utc>,
+    pub updated_at: OffsetDateTime,
 }
 
 /// A member as it arrives in a connection request.

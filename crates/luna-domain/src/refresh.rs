@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attribute::{Attribute, AttributeSet};
@@ -82,15 +82,15 @@ pub struct RefreshScope {
 /// object proves nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeforeScan {
-    updated_at: BTreeMap<Uuid, DateTime<Utc>>,
+    updated_at: BTreeMap<Uuid, OffsetDateTime>,
     /// Records changed after this are too recent to be judged.
-    settled_by: Option<DateTime<Utc>>,
+    settled_by: Option<OffsetDateTime>,
 }
 
 impl BeforeScan {
     /// `records` as read when the scan began at `started`; `settle`: how old
     /// a change must be before then for the scan to judge its record.
-    pub fn of(records: &[Key], started: DateTime<Utc>, settle: chrono::Duration) -> BeforeScan {
+    pub fn of(records: &[Key], started: OffsetDateTime, settle: time::Duration) -> BeforeScan {
         BeforeScan {
             updated_at: records.iter().map(|k| (k.id, k.updated_at)).collect(),
             settled_by: Some(started - settle),
@@ -135,7 +135,7 @@ pub fn plan(
     before: &BeforeScan,
     records: &[Key],
     seen: &[MemberView],
-    now: DateTime<Utc>,
+    now: OffsetDateTime,
     mut new_id: impl FnMut() -> Uuid,
 ) -> RefreshPlan {
     // object_uid → (member index → object)
@@ -285,7 +285,7 @@ fn discovered(
     id: Uuid,
     replication_info: BTreeMap<String, String>,
     replicated: bool,
-    now: DateTime<Utc>,
+    now: OffsetDateTime,
 ) -> Key {
     Key {
         id,
@@ -319,7 +319,7 @@ fn discovered(
 /// other members are still to be read: the first member holds it, the others
 /// are not known yet. The plan made once every member is read corrects it.
 /// `id` names the new record (the caller's, as in [`plan`]).
-pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, id: Uuid, now: DateTime<Utc>) -> Key {
+pub fn first_sight(scope: &RefreshScope, object: &ObservedObject, id: Uuid, now: OffsetDateTime) -> Key {
     let info = scope
         .members
         .iter()
@@ -385,7 +385,7 @@ mod tests {
     }
 
     fn record(scope: &RefreshScope, o: &ObservedObject) -> Key {
-        let now = Utc::now();
+        let now = OffsetDateTime::now_utc();
         Key {
             id: Uuid::new_v4(),
             partition_id: scope.partition_id,
@@ -439,10 +439,10 @@ mod tests {
         ];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &seen,
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4,
         );
         let updated: BTreeMap<&str, &Key> = plan
@@ -490,13 +490,20 @@ mod tests {
         let made_during = record(&s, &object("cc04", ObjectType::SecretKey, b"\xcc", "made during"));
         let before = BeforeScan::of(
             &[gone.clone(), finished.clone()],
-            Utc::now(),
-            chrono::Duration::zero(),
+            OffsetDateTime::now_utc(),
+            time::Duration::ZERO,
         );
-        finished.updated_at += chrono::Duration::milliseconds(3);
+        finished.updated_at += time::Duration::milliseconds(3);
         let records = vec![gone.clone(), finished.clone(), made_during.clone()];
         let seen = vec![MemberView::Read(vec![]), MemberView::Read(vec![])];
-        let plan = plan(&s, &before, &records, &seen, Utc::now(), Uuid::new_v4);
+        let plan = plan(
+            &s,
+            &before,
+            &records,
+            &seen,
+            OffsetDateTime::now_utc(),
+            Uuid::new_v4,
+        );
         let ended: Vec<Uuid> = plan
             .updated
             .iter()
@@ -511,23 +518,23 @@ mod tests {
         // (another process's object may not be listed yet); older: judged.
         let recent = BeforeScan::of(
             std::slice::from_ref(&gone),
-            gone.updated_at + chrono::Duration::seconds(30),
-            chrono::Duration::seconds(60),
+            gone.updated_at + time::Duration::seconds(30),
+            time::Duration::seconds(60),
         );
         assert!(super::plan(
             &s,
             &recent,
             std::slice::from_ref(&gone),
             &seen,
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4
         )
         .updated
         .is_empty());
         let settled = BeforeScan::of(
             std::slice::from_ref(&gone),
-            gone.updated_at + chrono::Duration::seconds(61),
-            chrono::Duration::seconds(60),
+            gone.updated_at + time::Duration::seconds(61),
+            time::Duration::seconds(60),
         );
         assert_eq!(
             super::plan(
@@ -535,7 +542,7 @@ mod tests {
                 &settled,
                 std::slice::from_ref(&gone),
                 &seen,
-                Utc::now(),
+                OffsetDateTime::now_utc(),
                 Uuid::new_v4
             )
             .updated[0]
@@ -557,10 +564,10 @@ mod tests {
         ];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &seen,
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4,
         );
         let (key, _) = &plan.updated[0];
@@ -585,13 +592,13 @@ mod tests {
         let records = [recorded];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &[
                 MemberView::Read(vec![on_token.clone()]),
                 MemberView::Read(vec![on_token]),
             ],
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4,
         );
         let (key, _) = &plan.updated[0];
@@ -613,10 +620,10 @@ mod tests {
         let records = [busy];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &[MemberView::Read(vec![]), MemberView::Read(vec![])],
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4,
         );
         assert!(plan.updated.is_empty() && plan.inserted.is_empty());
@@ -628,8 +635,8 @@ mod tests {
         let private = object("ee03", ObjectType::PrivateKey, b"\xee", "pair");
         let public = object("ee02", ObjectType::PublicKey, b"\xee", "pair");
         let records = vec![
-            first_sight(&s, &private, Uuid::new_v4(), Utc::now()),
-            first_sight(&s, &public, Uuid::new_v4(), Utc::now()),
+            first_sight(&s, &private, Uuid::new_v4(), OffsetDateTime::now_utc()),
+            first_sight(&s, &public, Uuid::new_v4(), OffsetDateTime::now_utc()),
         ];
         assert!(records
             .iter()
@@ -640,10 +647,10 @@ mod tests {
         ];
         let plan = plan(
             &s,
-            &BeforeScan::of(&records, Utc::now(), chrono::Duration::zero()),
+            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &seen,
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4,
         );
         assert!(plan.inserted.is_empty());
@@ -666,7 +673,7 @@ mod tests {
             &BeforeScan::default(),
             &[],
             &[MemberView::Read(vec![private, public]), MemberView::Read(vec![])],
-            Utc::now(),
+            OffsetDateTime::now_utc(),
             Uuid::new_v4,
         );
         assert_eq!(plan.inserted.len(), 2);

@@ -3,26 +3,28 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
 use luna_domain::DomainError;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 
 /// Timestamps are stored as microseconds since the epoch, UTC.
-pub fn micros(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
+/// Every instant `time` can hold fits (i64 microseconds span ±292,000 years).
+pub fn micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1000)).unwrap_or(i64::MAX)
 }
 
-pub fn from_micros(what: &'static str, value: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(value)
-        .ok_or_else(|| StoreError::corrupt(what, format!("timestamp {value}")))
+pub fn from_micros(what: &'static str, value: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(value) * 1000)
+        .map_err(|_| StoreError::corrupt(what, format!("timestamp {value}")))
 }
 
 /// `now`, cut to the precision the database keeps, so a record reads back equal.
-pub fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
 }
 
 pub fn uuid(what: &'static str, text: &str) -> Result<Uuid> {

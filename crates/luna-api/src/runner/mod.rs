@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use chrono::Duration;
 use luna_domain::{Key, KeyEvent, Operation, OperationPayload};
 use luna_store::Store;
 use parking_lot::Mutex;
+use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -261,12 +261,10 @@ impl Runner {
         self: Arc<Self>,
         id: Uuid,
         kind: &'static str,
-        mut held: chrono::DateTime<chrono::Utc>,
+        mut held: OffsetDateTime,
         started: Instant,
     ) {
-        let every = (self.settings.lease / 3)
-            .to_std()
-            .unwrap_or(StdDuration::from_secs(1));
+        let every = StdDuration::try_from(self.settings.lease / 3).unwrap_or(StdDuration::from_secs(1));
         loop {
             tokio::time::sleep(every).await;
             if started.elapsed() >= self.settings.stuck_after {
@@ -346,7 +344,7 @@ impl Runner {
             Err(Failure::Transient(reason)) => {
                 match Operation::retry_delay(op.attempts, self.settings.retry_base) {
                     Some(delay) => {
-                        tracing::warn!(%reason, retry_in_ms = delay.num_milliseconds(), "operation failed; trying again later");
+                        tracing::warn!(%reason, retry_in_ms = delay.whole_milliseconds(), "operation failed; trying again later");
                         let mut later = op;
                         later.retry_later(reason, now + delay, now)?;
                         return Ok(Done::held(
@@ -410,7 +408,7 @@ impl Runner {
         &self,
         payload: &OperationPayload,
         reason: &str,
-        now: chrono::DateTime<chrono::Utc>,
+        now: OffsetDateTime,
     ) -> luna_store::Result<Vec<Key>> {
         if let OperationPayload::RunJob { job_id } = payload {
             self.fail_job(*job_id, reason)?;

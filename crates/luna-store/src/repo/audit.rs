@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use time::OffsetDateTime;
 
 use crate::codec::{from_micros, micros};
 use crate::db::DbConnection;
@@ -24,7 +24,7 @@ use crate::{Listed, Store};
 /// What happened, before it is chained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
-    pub at: DateTime<Utc>,
+    pub at: OffsetDateTime,
     pub username: String,
     pub action: String,
     /// The ids the action was about (comma separated), or the path.

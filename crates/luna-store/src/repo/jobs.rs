@@ -126,7 +126,7 @@ impl Store {
     }
 
     /// Sets the job's abort flag. `None` if there is no such job; a conflict if it has ended.
-    pub fn request_job_cancel(&self, id: Uuid, now: chrono::DateTime<chrono::Utc>) -> Result<Option<Job>> {
+    pub fn request_job_cancel(&self, id: Uuid, now: time::OffsetDateTime) -> Result<Option<Job>> {
         self.write(|conn| {
             let Some(mut job) = load(conn, id)? else {
                 return Ok(None);

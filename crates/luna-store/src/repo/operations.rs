@@ -1,7 +1,7 @@
-use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use luna_domain::operation::MAX_ATTEMPTS;
 use luna_domain::{Key, Operation, OperationState};
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::codec::micros;
@@ -97,7 +97,7 @@ impl Store {
     pub fn claim_next_operation(
         &self,
         owner: &str,
-        now: DateTime<Utc>,
+        now: OffsetDateTime,
         lease: Duration,
     ) -> Result<Option<Operation>> {
         let now_us = micros(now);
@@ -142,8 +142,8 @@ impl Store {
         &self,
         id: Uuid,
         owner: &str,
-        held: DateTime<Utc>,
-        until: DateTime<Utc>,
+        held: OffsetDateTime,
+        until: OffsetDateTime,
     ) -> Result<bool> {
         self.write(|conn| {
             let updated = diesel::update(operations::table.find(id.to_string()))
@@ -185,7 +185,7 @@ impl Store {
 
     /// Operations whose worker died too often (every attempt spent, the
     /// last lease run out): they are to end `failed` instead of running again.
-    pub fn exhausted_operations(&self, now: DateTime<Utc>) -> Result<Vec<Operation>> {
+    pub fn exhausted_operations(&self, now: OffsetDateTime) -> Result<Vec<Operation>> {
         let now_us = micros(now);
         self.read(|conn| {
             operations::table
@@ -209,7 +209,7 @@ impl Store {
         &self,
         given_up: &Operation,
         owner: &str,
-        now: DateTime<Utc>,
+        now: OffsetDateTime,
         failed_keys: &[Key],
     ) -> Result<bool> {
         let rows: Vec<KeyRow> = failed_keys.iter().map(KeyRow::from_domain).collect();

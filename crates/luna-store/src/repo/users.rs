@@ -1,5 +1,5 @@
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::codec::{from_micros, micros, uuid};
@@ -17,7 +17,7 @@ pub struct StoredUser {
     pub username: String,
     pub password_hash: String,
     pub groups: Vec<String>,
-    pub created_at: DateTime<Utc>,
+    pub created_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ fn user_by(conn: &mut DbConnection, id: &str) -> Result<Option<StoredUser>> {
 
 impl Store {
     /// Adds a user; a taken name is a conflict. Group names are one per line.
-    pub fn insert_user(&self, user: &NewUser, now: DateTime<Utc>) -> Result<StoredUser> {
+    pub fn insert_user(&self, user: &NewUser, now: OffsetDateTime) -> Result<StoredUser> {
         let row = UserRow {
             id: Uuid::new_v4().to_string(),
             username: user.username.clone(),
@@ -133,8 +133,8 @@ impl Store {
         &self,
         token_hash: &str,
         user: Uuid,
-        expires_at: DateTime<Utc>,
-        now: DateTime<Utc>,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<()> {
         self.write(|conn| {
             diesel::insert_into(refresh_tokens::table)
@@ -151,7 +151,7 @@ impl Store {
 
     /// Uses up a refresh token: it is deleted, and its user returned if it had
     /// not expired. A token works once, so a stolen copy races its owner.
-    pub fn take_refresh_token(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<StoredUser>> {
+    pub fn take_refresh_token(&self, token_hash: &str, now: OffsetDateTime) -> Result<Option<StoredUser>> {
         self.write(|conn| {
             let found: Option<(String, i64)> = refresh_tokens::table
                 .find(token_hash)
