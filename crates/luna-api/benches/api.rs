@@ -26,7 +26,7 @@
 use std::time::{Duration, Instant};
 
 use luna_api::testing::Api;
-use luna_domain::{Algorithm, AttributeSet, Key, KeyLifecycle, KeyStatus, Mechanism, ObjectType, Origin};
+use luna_domain::{Algorithm, AttributeSet, Key, KeyEvent, KeyLifecycle, Mechanism, ObjectType, Origin};
 use luna_pkcs11::testing::TestModule;
 use luna_pkcs11::{GenerateRequest, Token as _};
 use luna_store::testing::TestDatabase;
@@ -110,7 +110,10 @@ fn records(partition_id: Uuid, n: usize) -> Vec<Key> {
             let at = now - time::Duration::milliseconds(i as i64);
             let mut lifecycle = KeyLifecycle::discovered();
             if i % 10 == 0 {
-                lifecycle.status = KeyStatus::Deleted;
+                // A refresh found one key in ten gone.
+                lifecycle = lifecycle
+                    .next(&KeyEvent::Vanished)
+                    .expect("an idle AVAILABLE key can vanish");
             }
             Key {
                 id: Uuid::new_v4(),

@@ -115,15 +115,15 @@ impl KeyView {
     pub fn new(key: &Key, tenancy: &Tenancy) -> KeyView {
         let life = &key.lifecycle;
         // As the reference shows: algorithm, object type and link are blank until the objects exist.
-        let made = life.status != luna_domain::KeyStatus::InProgress;
+        let made = life.status() != luna_domain::KeyStatus::InProgress;
         KeyView {
             resource: Resource::new("luna-keys", key.id, key.created_at, key.updated_at, tenancy),
             partition_id: key.partition_id.to_string(),
             partition_label: key.partition_label.clone(),
-            status: life.status.as_str(),
-            operation: life.operation.as_str(),
-            operation_status: life.operation_status.wire(life.operation),
-            operation_error: life.operation_error.clone(),
+            status: life.status().as_str(),
+            operation: life.operation().as_str(),
+            operation_status: life.operation_status().wire(life.operation()),
+            operation_error: life.operation_error().map(str::to_owned),
             algorithm: key.algorithm.filter(|_| made).map_or("", |a| a.as_str()),
             object_type: key.object_type.filter(|_| made).map_or("", |t| t.as_str()),
             mechanism: key.mechanism.map_or("", |m| m.as_str()),
@@ -355,7 +355,7 @@ impl JobView {
         JobView {
             resource: Resource::new("synchronize", job.id, job.created_at, job.updated_at, tenancy),
             completed_at: job.completed_at.map(timestamp),
-            overall_status: job.lifecycle.status.as_str(),
+            overall_status: job.lifecycle.status().as_str(),
             detailed_status: job
                 .detailed_status
                 .iter()
@@ -363,7 +363,7 @@ impl JobView {
                 .collect(),
             cloud: "hsm-luna",
             partitions: job.partitions.iter().map(Uuid::to_string).collect(),
-            abort: job.lifecycle.abort,
+            abort: job.lifecycle.abort(),
             job_type: job.job_type.as_str(),
         }
     }
@@ -381,17 +381,35 @@ mod timestamp_tests {
         let day = |d: u8| Date::from_calendar_date(2020, Month::December, d).unwrap();
         // Strings copied from the reference's examples.
         let cases = [
-            (day(14).with_hms_micro(11, 0, 22, 540_490).unwrap(), "2020-12-14T11:00:22.54049Z"),
-            (day(14).with_hms_micro(10, 55, 12, 86_341).unwrap(), "2020-12-14T10:55:12.086341Z"),
-            (day(14).with_hms_nano(10, 55, 12, 86_341_444).unwrap(), "2020-12-14T10:55:12.086341444Z"),
-            (day(15).with_hms_micro(6, 20, 15, 158_024).unwrap(), "2020-12-15T06:20:15.158024Z"),
+            (
+                day(14).with_hms_micro(11, 0, 22, 540_490).unwrap(),
+                "2020-12-14T11:00:22.54049Z",
+            ),
+            (
+                day(14).with_hms_micro(10, 55, 12, 86_341).unwrap(),
+                "2020-12-14T10:55:12.086341Z",
+            ),
+            (
+                day(14).with_hms_nano(10, 55, 12, 86_341_444).unwrap(),
+                "2020-12-14T10:55:12.086341444Z",
+            ),
+            (
+                day(15).with_hms_micro(6, 20, 15, 158_024).unwrap(),
+                "2020-12-15T06:20:15.158024Z",
+            ),
         ];
         for (at, spelled) in cases {
             assert_eq!(timestamp(at.assume_utc()), spelled);
         }
         // Whole seconds carry no fraction; another offset is written in UTC.
-        assert_eq!(timestamp(day(14).with_hms(11, 10, 7).unwrap().assume_utc()), "2020-12-14T11:10:07Z");
-        let in_paris = day(14).with_hms(12, 10, 7).unwrap().assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap());
+        assert_eq!(
+            timestamp(day(14).with_hms(11, 10, 7).unwrap().assume_utc()),
+            "2020-12-14T11:10:07Z"
+        );
+        let in_paris = day(14)
+            .with_hms(12, 10, 7)
+            .unwrap()
+            .assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap());
         assert_eq!(timestamp(in_paris), "2020-12-14T11:10:07Z");
     }
 }

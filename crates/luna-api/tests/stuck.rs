@@ -85,12 +85,12 @@ fn a_token_call_that_hangs_is_called_stuck_its_lease_runs_out_and_it_ends_when_t
         .get_operation(operation)
         .unwrap()
         .unwrap()
-        .lease_expires_at
+        .lease_expires_at()
         .unwrap();
     std::thread::sleep(Duration::from_millis(3500));
     let stuck = api.store().get_operation(operation).unwrap().unwrap();
-    assert_eq!(stuck.state, luna_domain::OperationState::Running);
-    assert_eq!(stuck.lease_expires_at, Some(held), "not renewed while stuck");
+    assert_eq!(stuck.state(), luna_domain::OperationState::Running);
+    assert_eq!(stuck.lease_expires_at(), Some(held), "not renewed while stuck");
     assert!(held <= luna_store::now(), "the lease has run out");
     let (_, key) = api.get(&format!("{KEYS}/{id}"));
     assert_eq!(key["status"], "in_progress", "{key}");

@@ -121,10 +121,10 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     println!(
         "accepted: key {} is {} (operation {} {:?}), queue entry {}",
         key.object_uid,
-        key.lifecycle.status,
-        key.lifecycle.operation,
-        key.lifecycle.operation_status.wire(key.lifecycle.operation),
-        operation.state
+        key.lifecycle.status(),
+        key.lifecycle.operation(),
+        key.lifecycle.operation_status().wire(key.lifecycle.operation()),
+        operation.state()
     );
     let busy = refusal(key.lifecycle.next(&KeyEvent::Begin(OperationKind::KeyUpdate)))?;
     println!("a PATCH meanwhile is refused (409): {busy}");
@@ -133,7 +133,8 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     operation.claim("worker-1", claimed, claimed + Duration::seconds(30))?;
     println!(
         "worker-1 claims it: {}, attempt {}",
-        operation.state, operation.attempts
+        operation.state(),
+        operation.attempts()
     );
     // The token made the key; the record and the queue entry end together.
     let done = claimed + Duration::seconds(1);
@@ -141,11 +142,11 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     operation.finish(Ok(()), done)?;
     println!(
         "made: key is {} (operation_status {:?}), queue entry {}",
-        key.lifecycle.status,
-        key.lifecycle.operation_status.wire(key.lifecycle.operation),
-        operation.state
+        key.lifecycle.status(),
+        key.lifecycle.operation_status().wire(key.lifecycle.operation()),
+        operation.state()
     );
-    if key.lifecycle.status != KeyStatus::Available {
+    if key.lifecycle.status() != KeyStatus::Available {
         return Err("a finished create leaves the key AVAILABLE".into());
     }
     Ok(key)
@@ -156,10 +157,12 @@ fn delete_the_key(mut key: Key, at: OffsetDateTime) -> Outcome {
     key.apply(&KeyEvent::Begin(OperationKind::KeyDelete), at)?;
     println!(
         "delete begun: {} {} {}",
-        key.lifecycle.status, key.lifecycle.operation, key.lifecycle.operation_status
+        key.lifecycle.status(),
+        key.lifecycle.operation(),
+        key.lifecycle.operation_status()
     );
     key.apply(&KeyEvent::Succeeded, at)?;
-    println!("deleted on every member: {}", key.lifecycle.status);
+    println!("deleted on every member: {}", key.lifecycle.status());
     let again = refusal(key.lifecycle.next(&KeyEvent::Begin(OperationKind::KeyReplicate)))?;
     println!("replicating it now is refused (409): {again}");
     let illegal = refusal(key.apply(&KeyEvent::Vanished, at))?;
@@ -226,7 +229,7 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
     println!(
         "job {} {} over {} partition(s)",
         job.job_type,
-        job.lifecycle.status,
+        job.lifecycle.status(),
         job.partitions.len()
     );
 
@@ -293,20 +296,23 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
     for (key, read_at) in &planned.updated {
         println!(
             "update {} {:?}: {}, if still as read at {}",
-            key.id, key.label, key.lifecycle.status, read_at.updated_at
+            key.id,
+            key.label,
+            key.lifecycle.status(),
+            read_at.updated_at
         );
     }
     let linked = planned.inserted.len() == 2 && planned.inserted.iter().all(|k| k.link_id.is_some());
     let deleted = planned
         .updated
         .iter()
-        .any(|(k, _)| k.id == records[0].id && k.lifecycle.status == KeyStatus::Deleted);
+        .any(|(k, _)| k.id == records[0].id && k.lifecycle.status() == KeyStatus::Deleted);
     if !(linked && deleted) {
         return Err("the plan should insert a linked pair and end the retired key DELETED".into());
     }
 
     job.apply(JobEvent::Complete, now)?;
-    println!("job {} at {:?}", job.lifecycle.status, job.completed_at);
+    println!("job {} at {:?}", job.lifecycle.status(), job.completed_at);
     println!(
         "cancelling it now is refused (409): {}",
         refusal(job.apply(JobEvent::RequestCancel, now))?

@@ -109,13 +109,13 @@ pub enum JobEvent {
     StopCancelled,
 }
 
-/// The part of a job that changes as it runs; moved only by [`JobLifecycle::next`].
+/// The part of a job that changes as it runs; moved only by
+/// [`JobLifecycle::next`] (its fields are private; storage reads one back
+/// through [`JobLifecycle::restore`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobLifecycle {
-    /// The job's `overall_status`.
-    pub status: JobStatus,
-    /// A cancel was asked for; the job stops at its next batch.
-    pub abort: bool,
+    status: JobStatus,
+    abort: bool,
 }
 
 impl JobLifecycle {
@@ -124,6 +124,51 @@ impl JobLifecycle {
         JobLifecycle {
             status: JobStatus::InProgress,
             abort: false,
+        }
+    }
+
+    /// The job's `overall_status`.
+    pub fn status(self) -> JobStatus {
+        self.status
+    }
+
+    /// A cancel was asked for; the job stops at its next batch.
+    pub fn abort(self) -> bool {
+        self.abort
+    }
+
+    /// A lifecycle as storage kept it, if [`next`] can reach it from
+    /// [`started`]; otherwise why not.
+    ///
+    /// [`next`]: JobLifecycle::next
+    /// [`started`]: JobLifecycle::started
+    pub fn restore(status: JobStatus, abort: bool) -> Result<JobLifecycle> {
+        let stored = JobLifecycle { status, abort };
+        let events = [
+            JobEvent::RequestCancel,
+            JobEvent::Complete,
+            JobEvent::Fail,
+            JobEvent::StopCancelled,
+        ];
+        let mut seen = vec![JobLifecycle::started()];
+        let mut next = 0;
+        while next < seen.len() {
+            for event in events {
+                if let Ok(after) = seen[next].next(event) {
+                    if !seen.contains(&after) {
+                        seen.push(after);
+                    }
+                }
+            }
+            next += 1;
+        }
+        if seen.contains(&stored) {
+            Ok(stored)
+        } else {
+            Err(DomainError::invalid(format!(
+                "no job can be {status} with a cancel {}",
+                if abort { "asked for" } else { "not asked for" }
+            )))
         }
     }
 
@@ -205,7 +250,7 @@ impl Job {
     pub fn apply(&mut self, event: JobEvent, now: OffsetDateTime) -> Result<()> {
         self.lifecycle = self.lifecycle.next(event)?;
         self.updated_at = now;
-        if self.lifecycle.status != JobStatus::InProgress {
+        if self.lifecycle.status() != JobStatus::InProgress {
             self.completed_at = Some(now);
         }
         Ok(())
@@ -283,6 +328,6 @@ mod tests {
         assert!(job.completed_at.is_none());
         job.apply(JobEvent::StopCancelled, t0).unwrap();
         assert_eq!(job.completed_at, Some(t0));
-        assert_eq!(job.lifecycle.status, JobStatus::Cancelled);
+        assert_eq!(job.lifecycle.status(), JobStatus::Cancelled);
     }
 }

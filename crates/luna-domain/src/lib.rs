@@ -115,7 +115,7 @@
 //!     created_at: accepted,
 //!     updated_at: accepted,
 //! };
-//! assert_eq!(key.lifecycle.status, KeyStatus::InProgress);
+//! assert_eq!(key.lifecycle.status(), KeyStatus::InProgress);
 //! // While the create runs the key takes no other operation: a 409 to retry later.
 //! let busy = key.lifecycle.next(&KeyEvent::Begin(OperationKind::KeyUpdate)).unwrap_err();
 //! assert!(matches!(busy, DomainError::Conflict(_)));
@@ -123,16 +123,16 @@
 //! // The runner made the object.
 //! let made = accepted + Duration::seconds(1);
 //! key.apply(&KeyEvent::Succeeded, made)?;
-//! assert_eq!(key.lifecycle.status, KeyStatus::Available);
-//! assert_eq!(key.lifecycle.operation_status.wire(key.lifecycle.operation), "created");
+//! assert_eq!(key.lifecycle.status(), KeyStatus::Available);
+//! assert_eq!(key.lifecycle.operation_status().wire(key.lifecycle.operation()), "created");
 //! assert_eq!(key.updated_at, made);
 //!
 //! // A delete from the HSM: begun, then done on every member.
 //! key.apply(&KeyEvent::Begin(OperationKind::KeyDelete), made)?;
 //! assert!(key.lifecycle.is_busy());
 //! key.apply(&KeyEvent::Succeeded, made)?;
-//! assert_eq!(key.lifecycle.status, KeyStatus::Deleted);
-//! assert_eq!(key.lifecycle.operation_status, OperationStatus::Completed);
+//! assert_eq!(key.lifecycle.status(), KeyStatus::Deleted);
+//! assert_eq!(key.lifecycle.operation_status(), OperationStatus::Completed);
 //!
 //! // DELETED is final: the refusal names the state and the event.
 //! let before = key.clone();
@@ -249,7 +249,7 @@
 //! assert_eq!(planned.inserted.len(), 1);
 //! let found = &planned.inserted[0];
 //! assert_eq!((found.id, found.label.as_str()), (Uuid::from_u128(1), "made elsewhere"));
-//! assert_eq!((found.origin, found.lifecycle.status), (Origin::External, KeyStatus::Available));
+//! assert_eq!((found.origin, found.lifecycle.status()), (Origin::External, KeyStatus::Available));
 //! assert_eq!(found.replication_info["serial-2"], "the key is not on this member");
 //! assert!(!found.replicated);
 //!
@@ -260,7 +260,7 @@
 //! assert_eq!(kept_now.id, records[0].id);
 //! assert!(kept_now.replicated);
 //! assert_eq!(kept_read_at.updated_at, earlier, "written only if still as read");
-//! assert_eq!((gone_now.id, gone_now.lifecycle.status), (records[1].id, KeyStatus::Deleted));
+//! assert_eq!((gone_now.id, gone_now.lifecycle.status()), (records[1].id, KeyStatus::Deleted));
 //!
 //! // Records the scan cannot vouch for (here: none known before it began)
 //! // are never concluded DELETED: their objects may have been made after
@@ -291,5 +291,5 @@ pub use key::{
     Algorithm, CreateKeyRequest, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, Mechanism, NewKeySpec,
     ObjectType, OperationKind, OperationStatus, Origin,
 };
-pub use operation::{Operation, OperationPayload, OperationState};
+pub use operation::{Operation, OperationPayload, OperationState, StoredOperation};
 pub use partition::{Connection, ConnectionRequest, ConnectionSpec, Member, MemberSpec, Partition};

@@ -124,31 +124,121 @@ impl OperationPayload {
 }
 
 /// One accepted piece of work and its place in the queue; moved only by
-/// `claim`, `finish`, `retry_later` and `pass_on`, which refuse an illegal move.
+/// `claim`, `finish`, `retry_later` and `pass_on`, which refuse an illegal
+/// move. Its place in the queue is private: read through the getters, and
+/// from storage through [`Operation::restore`], which refuses a combination
+/// no move makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
     /// The operation's id, the caller's.
     pub id: Uuid,
     /// What to do.
     pub payload: OperationPayload,
-    /// Where it is in the queue.
-    pub state: OperationState,
-    /// Claims so far; past [`MAX_ATTEMPTS`] the operation is given up.
-    pub attempts: u32,
-    /// The worker (instance) holding the lease while `running`.
-    pub lease_owner: Option<String>,
-    /// When the lease runs out and another worker may claim it; a retry
-    /// sets it to when the next attempt is due.
-    pub lease_expires_at: Option<OffsetDateTime>,
-    /// Why the last attempt failed, if one did.
-    pub last_error: Option<String>,
+    state: OperationState,
+    attempts: u32,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<OffsetDateTime>,
+    last_error: Option<String>,
     /// When the work was accepted.
     pub created_at: OffsetDateTime,
     /// When the operation last changed.
     pub updated_at: OffsetDateTime,
 }
 
+/// An operation as storage keeps it, every field open, for
+/// [`Operation::restore`] to check.
+#[derive(Debug, Clone)]
+pub struct StoredOperation {
+    /// See [`Operation::id`].
+    pub id: Uuid,
+    /// See [`Operation::payload`].
+    pub payload: OperationPayload,
+    /// See [`Operation::state`].
+    pub state: OperationState,
+    /// See [`Operation::attempts`].
+    pub attempts: u32,
+    /// See [`Operation::lease_owner`].
+    pub lease_owner: Option<String>,
+    /// See [`Operation::lease_expires_at`].
+    pub lease_expires_at: Option<OffsetDateTime>,
+    /// See [`Operation::last_error`].
+    pub last_error: Option<String>,
+    /// See [`Operation::created_at`].
+    pub created_at: OffsetDateTime,
+    /// See [`Operation::updated_at`].
+    pub updated_at: OffsetDateTime,
+}
+
 impl Operation {
+    /// Where it is in the queue.
+    pub fn state(&self) -> OperationState {
+        self.state
+    }
+
+    /// Claims so far; past [`MAX_ATTEMPTS`] the operation is given up.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The worker (instance) holding the lease while `running`.
+    pub fn lease_owner(&self) -> Option<&str> {
+        self.lease_owner.as_deref()
+    }
+
+    /// When the lease runs out and another worker may claim it; a retry
+    /// sets it to when the next attempt is due.
+    pub fn lease_expires_at(&self) -> Option<OffsetDateTime> {
+        self.lease_expires_at
+    }
+
+    /// Why the last attempt failed, if one did.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// An operation read back from storage, if its place in the queue is one
+    /// the moves make: queued with no attempt and no lease; running under a
+    /// lease with an owner; ended with neither, and a failure with its
+    /// reason; never more than [`MAX_ATTEMPTS`] attempts.
+    pub fn restore(stored: StoredOperation) -> Result<Operation> {
+        let leased = (stored.lease_owner.is_some(), stored.lease_expires_at.is_some());
+        let problem = match stored.state {
+            _ if stored.attempts > MAX_ATTEMPTS => {
+                Some(format!("{} attempts, more than {MAX_ATTEMPTS}", stored.attempts))
+            }
+            OperationState::Queued if stored.attempts > 0 || leased != (false, false) => {
+                Some("queued, yet claimed before or leased".to_owned())
+            }
+            OperationState::Running if leased != (true, true) => {
+                Some("running without a lease and its owner".to_owned())
+            }
+            OperationState::Succeeded | OperationState::Failed if leased != (false, false) => {
+                Some(format!("{}, yet leased", stored.state))
+            }
+            OperationState::Failed if stored.last_error.is_none() => {
+                Some("failed without a reason".to_owned())
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(DomainError::invalid(format!(
+                "operation {}: {problem}",
+                stored.id
+            )));
+        }
+        Ok(Operation {
+            id: stored.id,
+            payload: stored.payload,
+            state: stored.state,
+            attempts: stored.attempts,
+            lease_owner: stored.lease_owner,
+            lease_expires_at: stored.lease_expires_at,
+            last_error: stored.last_error,
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+        })
+    }
+
     /// Work accepted at `now`, waiting for a worker.
     pub fn queued(id: Uuid, payload: OperationPayload, now: OffsetDateTime) -> Operation {
         Operation {
@@ -266,6 +356,84 @@ impl Operation {
 mod tests {
     use super::*;
     use time::Duration;
+
+    fn stored(op: &Operation) -> StoredOperation {
+        StoredOperation {
+            id: op.id,
+            payload: op.payload.clone(),
+            state: op.state,
+            attempts: op.attempts,
+            lease_owner: op.lease_owner.clone(),
+            lease_expires_at: op.lease_expires_at,
+            last_error: op.last_error.clone(),
+            created_at: op.created_at,
+            updated_at: op.updated_at,
+        }
+    }
+
+    #[test]
+    fn storage_gives_back_only_places_in_the_queue_the_moves_make() {
+        let now = OffsetDateTime::now_utc();
+        let mut op = Operation::queued(
+            Uuid::new_v4(),
+            OperationPayload::DeleteKey {
+                key_id: Uuid::new_v4(),
+            },
+            now,
+        );
+        let mut made = vec![op.clone()];
+        op.claim("w", now, now + Duration::seconds(30)).unwrap();
+        made.push(op.clone());
+        op.retry_later("CKR_DEVICE_ERROR".into(), now + Duration::seconds(2), now)
+            .unwrap();
+        made.push(op.clone());
+        op.finish(Err("CKR_DEVICE_ERROR".into()), now).unwrap();
+        made.push(op.clone());
+        for op in &made {
+            assert_eq!(Operation::restore(stored(op)).as_ref(), Ok(op));
+        }
+        let queued = &made[0];
+        let running = &made[1];
+        let failed = &made[3];
+        let refused = [
+            StoredOperation {
+                attempts: 1,
+                ..stored(queued)
+            },
+            StoredOperation {
+                lease_owner: Some("w".into()),
+                ..stored(queued)
+            },
+            StoredOperation {
+                lease_owner: None,
+                ..stored(running)
+            },
+            StoredOperation {
+                lease_expires_at: None,
+                ..stored(running)
+            },
+            StoredOperation {
+                attempts: MAX_ATTEMPTS + 1,
+                ..stored(running)
+            },
+            StoredOperation {
+                last_error: None,
+                ..stored(failed)
+            },
+            StoredOperation {
+                lease_owner: Some("w".into()),
+                lease_expires_at: Some(now),
+                ..stored(failed)
+            },
+        ];
+        for bad in refused {
+            let err = Operation::restore(bad.clone()).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("operation {}", bad.id)),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn operation_transition_table() {

@@ -171,7 +171,7 @@ pub fn plan(
     let mut known: BTreeSet<&str> = BTreeSet::new();
     for record in records {
         known.insert(record.object_uid.as_str());
-        if record.lifecycle.is_busy() || record.lifecycle.status != KeyStatus::Available {
+        if record.lifecycle.is_busy() || record.lifecycle.status() != KeyStatus::Available {
             continue;
         }
         let holders = found.get(record.object_uid.as_str());
@@ -240,7 +240,7 @@ pub fn plan(
     let mut partners: BTreeMap<(String, ObjectType), Uuid> = BTreeMap::new();
     let live = records
         .iter()
-        .filter(|k| k.lifecycle.status != KeyStatus::Deleted);
+        .filter(|k| k.lifecycle.status() != KeyStatus::Deleted);
     for k in live.chain(new.iter()) {
         if let (Some(p), Some(t)) = (pair_key(k), k.object_type) {
             partners.entry((p, t)).or_insert(k.id);
@@ -345,7 +345,7 @@ fn best<'a>(holders: &BTreeMap<usize, &'a ObservedObject>) -> Option<&'a Observe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{Mechanism, OperationKind, OperationStatus};
+    use crate::key::{Mechanism, OperationKind};
 
     fn object(uid: &str, object_type: ObjectType, cka_id: &[u8], label: &str) -> ObservedObject {
         ObservedObject {
@@ -455,7 +455,7 @@ mod tests {
             "an unchanged record is not written"
         );
         assert_eq!(updated["bb04"].label, "new name");
-        assert_eq!(updated["cc04"].lifecycle.status, KeyStatus::Deleted);
+        assert_eq!(updated["cc04"].lifecycle.status(), KeyStatus::Deleted);
         assert_eq!(plan.inserted.len(), 2);
         let private = plan
             .inserted
@@ -507,7 +507,7 @@ mod tests {
         let ended: Vec<Uuid> = plan
             .updated
             .iter()
-            .filter(|(k, _)| k.lifecycle.status == KeyStatus::Deleted)
+            .filter(|(k, _)| k.lifecycle.status() == KeyStatus::Deleted)
             .map(|(k, _)| k.id)
             .collect();
         assert_eq!(ended, [gone.id], "only the unchanged record ends DELETED");
@@ -548,7 +548,7 @@ mod tests {
             .updated[0]
                 .0
                 .lifecycle
-                .status,
+                .status(),
             KeyStatus::Deleted
         );
     }
@@ -572,7 +572,7 @@ mod tests {
         );
         let (key, _) = &plan.updated[0];
         assert_eq!(
-            key.lifecycle.status,
+            key.lifecycle.status(),
             KeyStatus::Available,
             "nothing is concluded while a member is unreadable"
         );
@@ -611,12 +611,11 @@ mod tests {
         let s = scope();
         let a = object("aa04", ObjectType::SecretKey, b"\xaa", "a");
         let mut busy = record(&s, &a);
-        busy.lifecycle = KeyLifecycle {
-            status: KeyStatus::Available,
-            operation: OperationKind::KeyUpdate,
-            operation_status: OperationStatus::InProgress,
-            operation_error: None,
-        };
+        busy.apply(
+            &KeyEvent::Begin(OperationKind::KeyUpdate),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
         let records = [busy];
         let plan = plan(
             &s,

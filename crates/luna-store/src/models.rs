@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use luna_domain::{
     AttributeSet, Connection, Job, JobLifecycle, Key, KeyLifecycle, Member, Operation, OperationState,
-    Partition,
+    Partition, StoredOperation,
 };
 use uuid::Uuid;
 
@@ -52,10 +52,10 @@ impl KeyRow {
             partition_id: key.partition_id.to_string(),
             partition_label: key.partition_label.clone(),
             label: key.label.clone(),
-            status: key.lifecycle.status.as_str().into(),
-            operation: key.lifecycle.operation.as_str().into(),
-            operation_status: key.lifecycle.operation_status.as_str().into(),
-            operation_error: key.lifecycle.operation_error.clone(),
+            status: key.lifecycle.status().as_str().into(),
+            operation: key.lifecycle.operation().as_str().into(),
+            operation_status: key.lifecycle.operation_status().as_str().into(),
+            operation_error: key.lifecycle.operation_error().map(str::to_owned),
             algorithm: key.algorithm.map(|a| a.as_str().into()),
             object_type: key.object_type.map(|t| t.as_str().into()),
             mechanism: key.mechanism.map(|m| m.as_str().into()),
@@ -87,12 +87,13 @@ impl KeyRow {
             partition_id: uuid("key partition_id", &self.partition_id)?,
             partition_label: self.partition_label,
             label: self.label,
-            lifecycle: KeyLifecycle {
-                status: wire("key status", &self.status)?,
-                operation: wire("key operation", &self.operation)?,
-                operation_status: wire("key operation_status", &self.operation_status)?,
-                operation_error: self.operation_error,
-            },
+            lifecycle: KeyLifecycle::restore(
+                wire("key status", &self.status)?,
+                wire("key operation", &self.operation)?,
+                wire("key operation_status", &self.operation_status)?,
+                self.operation_error,
+            )
+            .map_err(|e| crate::StoreError::corrupt("key lifecycle", e))?,
             algorithm: optional_wire("key algorithm", self.algorithm.as_deref())?,
             object_type: optional_wire("key object_type", self.object_type.as_deref())?,
             mechanism: optional_wire("key mechanism", self.mechanism.as_deref())?,
@@ -147,18 +148,18 @@ impl OperationRow {
             kind: op.payload.kind_name().into(),
             target_id: op.payload.target().to_string(),
             payload,
-            state: op.state.as_str().into(),
-            attempts: i32::try_from(op.attempts).unwrap_or(i32::MAX),
-            lease_owner: op.lease_owner.clone(),
-            lease_expires_at: op.lease_expires_at.map(micros),
-            last_error: op.last_error.clone(),
+            state: op.state().as_str().into(),
+            attempts: i32::try_from(op.attempts()).unwrap_or(i32::MAX),
+            lease_owner: op.lease_owner().map(str::to_owned),
+            lease_expires_at: op.lease_expires_at().map(micros),
+            last_error: op.last_error().map(str::to_owned),
             created_at: micros(op.created_at),
             updated_at: micros(op.updated_at),
         })
     }
 
     pub fn into_domain(self) -> Result<Operation> {
-        Ok(Operation {
+        Operation::restore(StoredOperation {
             id: uuid("operation id", &self.id)?,
             payload: from_json("operation payload", &self.payload)?,
             state: wire::<OperationState>("operation state", &self.state)?,
@@ -173,6 +174,7 @@ impl OperationRow {
             created_at: from_micros("operation created_at", self.created_at)?,
             updated_at: from_micros("operation updated_at", self.updated_at)?,
         })
+        .map_err(|e| crate::StoreError::corrupt("operation", e))
     }
 }
 
@@ -201,8 +203,8 @@ impl JobRow {
             id: job.id.to_string(),
             job_type: job.job_type.as_str().into(),
             partitions: to_json("job partitions", &job.partitions)?,
-            overall_status: job.lifecycle.status.as_str().into(),
-            abort_requested: job.lifecycle.abort,
+            overall_status: job.lifecycle.status().as_str().into(),
+            abort_requested: job.lifecycle.abort(),
             detailed_status: json_map(&detailed),
             created_at: micros(job.created_at),
             updated_at: micros(job.updated_at),
@@ -216,10 +218,11 @@ impl JobRow {
             id: uuid("job id", &self.id)?,
             job_type: wire("job type", &self.job_type)?,
             partitions: from_json::<Vec<Uuid>>("job partitions", &self.partitions)?,
-            lifecycle: JobLifecycle {
-                status: wire("job overall_status", &self.overall_status)?,
-                abort: self.abort_requested,
-            },
+            lifecycle: JobLifecycle::restore(
+                wire("job overall_status", &self.overall_status)?,
+                self.abort_requested,
+            )
+            .map_err(|e| crate::StoreError::corrupt("job lifecycle", e))?,
             detailed_status: detailed
                 .into_iter()
                 .map(|(k, v)| Ok((uuid("job detailed_status", &k)?, v)))

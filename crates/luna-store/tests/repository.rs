@@ -238,8 +238,10 @@ on_both_backends! {
         assert!(store.forget_key(private.id).is_err());
         // The create ends; now an update starts on both halves at once.
         for mut k in [private.clone(), public.clone()] {
+            let read = KeyVersion::of(&k);
             k.apply(&KeyEvent::Succeeded, now()).unwrap();
-            assert!(store.save_key(&k).unwrap());
+            assert!(store.save_key(&k, &read).unwrap());
+            assert!(!store.save_key(&k, &read).unwrap(), "a second write from the same read is refused");
         }
         let unknown = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: Uuid::new_v4() }, now());
         assert!(store.begin_key_operation(&unknown).unwrap().is_none());
@@ -247,14 +249,15 @@ on_both_backends! {
         assert!(matches!(store.begin_key_operation(&job), Err(StoreError::Domain(_))));
         let changed = store.begin_key_operation(&update).unwrap().unwrap();
         assert_eq!(changed.len(), 2, "replicate takes both halves");
-        assert!(changed.iter().all(|k| k.lifecycle.operation == OperationKind::KeyReplicate && k.lifecycle.is_busy()));
-        assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle.operation_status, luna_domain::OperationStatus::InProgress);
+        assert!(changed.iter().all(|k| k.lifecycle.operation() == OperationKind::KeyReplicate && k.lifecycle.is_busy()));
+        assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle.operation_status(), luna_domain::OperationStatus::InProgress);
         assert!(store.get_operation(update.id).unwrap().is_some());
         // CCKM delete forgets both records, leaving nothing behind.
         let mut done = changed;
         for k in &mut done {
+            let read = KeyVersion::of(k);
             k.apply(&KeyEvent::Succeeded, now()).unwrap();
-            store.save_key(k).unwrap();
+            assert!(store.save_key(k, &read).unwrap());
         }
         // An update takes only the key it names.
         let patch = Operation::queued(Uuid::new_v4(), OperationPayload::UpdateKey { key_id: public.id, changes: vec![] }, now());
@@ -262,8 +265,9 @@ on_both_backends! {
         assert_eq!(one.iter().map(|k| k.id).collect::<Vec<_>>(), vec![public.id]);
         assert!(!store.get_key(private.id).unwrap().unwrap().lifecycle.is_busy());
         let mut updated = one[0].clone();
+        let read = KeyVersion::of(&updated);
         updated.apply(&KeyEvent::Succeeded, now()).unwrap();
-        store.save_key(&updated).unwrap();
+        assert!(store.save_key(&updated, &read).unwrap());
         assert_eq!(store.forget_key(private.id).unwrap().unwrap().len(), 2);
         assert!(store.get_key(public.id).unwrap().is_none());
         assert!(store.forget_key(private.id).unwrap().is_none());
@@ -338,8 +342,8 @@ on_both_backends! {
             ("byok_key=true".into(), Box::new(|k: &Key| k.byok_key)),
             (format!("partition_id={}", b.id), Box::new(|k: &Key| k.partition_id == b.id)),
             ("partition_label=p0".into(), Box::new(|_: &Key| true)),
-            ("status=AVAILABLE".into(), Box::new(|k: &Key| k.lifecycle.status == KeyStatus::Available)),
-            ("status=in_progress".into(), Box::new(|k: &Key| k.lifecycle.status == KeyStatus::InProgress)),
+            ("status=AVAILABLE".into(), Box::new(|k: &Key| k.lifecycle.status() == KeyStatus::Available)),
+            ("status=in_progress".into(), Box::new(|k: &Key| k.lifecycle.status() == KeyStatus::InProgress)),
             ("object_type=secret key".into(), Box::new(|k: &Key| k.object_type == Some(ObjectType::SecretKey))),
             ("origin=external".into(), Box::new(|k: &Key| k.origin == Origin::External)),
             (format!("sha_256_fingerprint={}", target.sha_256_fingerprint), Box::new(|k: &Key| k.id == all[6].id)),
@@ -347,7 +351,7 @@ on_both_backends! {
             (format!("link_id={}", all[0].id), Box::new(|k: &Key| k.link_id == Some(all[0].id))),
             ("replicated=true".into(), Box::new(|k: &Key| k.replicated)),
             ("algorithm=rsa&size=2048&status=in_progress".into(), Box::new(|k: &Key| {
-                k.algorithm == Some(Algorithm::Rsa) && k.size == 2048 && k.lifecycle.status == KeyStatus::InProgress
+                k.algorithm == Some(Algorithm::Rsa) && k.size == 2048 && k.lifecycle.status() == KeyStatus::InProgress
             })),
         ];
         for (q, predicate) in &checks {
@@ -396,7 +400,7 @@ on_both_backends! {
                     let expected = keys
                         .iter()
                         .filter(|k| partition.is_none_or(|p| k.partition_id == p))
-                        .filter(|k| status.is_none_or(|s| k.lifecycle.status.as_str() == s))
+                        .filter(|k| status.is_none_or(|s| k.lifecycle.status().as_str() == s))
                         .count();
                     let listed = store.list_keys(&query::<KeyFilters>(&text)).unwrap();
                     assert_eq!(listed.total as usize, expected, "{step}: total for {text:?}");
@@ -405,15 +409,17 @@ on_both_backends! {
         };
         check(&keys, "inserted");
         for k in keys.iter_mut().take(8) {
+            let read = KeyVersion::of(k);
             k.apply(&KeyEvent::Succeeded, now()).unwrap();
-            store.save_key(k).unwrap();
+            assert!(store.save_key(k, &read).unwrap());
         }
         check(&keys, "created");
         let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: keys[1].id }, now());
         store.begin_key_operation(&op).unwrap().unwrap();
         keys[1] = store.get_key(keys[1].id).unwrap().unwrap();
+        let read = KeyVersion::of(&keys[1]);
         keys[1].apply(&KeyEvent::Succeeded, now()).unwrap();
-        store.save_key(&keys[1]).unwrap();
+        assert!(store.save_key(&keys[1], &read).unwrap());
         check(&keys, "one deleted from the HSM");
         store.forget_key(keys[2].id).unwrap().unwrap();
         keys.remove(2);
@@ -438,7 +444,7 @@ on_both_backends! {
                 s.spawn(move || {
                     let owner = format!("worker-{worker}");
                     while let Some(op) = instance.claim_next_operation(&owner, now(), Duration::seconds(60)).unwrap() {
-                        assert_eq!((op.state, op.attempts), (OperationState::Running, 1));
+                        assert_eq!((op.state(), op.attempts()), (OperationState::Running, 1));
                         let mut done = op.clone();
                         done.finish(Ok(()), now()).unwrap();
                         assert!(instance.finish_operation(&done, &owner, &[]).unwrap());
@@ -462,7 +468,7 @@ on_both_backends! {
         let mut patched = read.clone();
         patched.attributes.insert(luna_domain::Attribute::Sign);
         patched.updated_at = read.updated_at + Duration::seconds(1);
-        assert!(store.save_key(&patched).unwrap());
+        assert!(store.save_key(&patched, &KeyVersion::of(&read)).unwrap());
         let mut refreshed = read.clone();
         refreshed.replicated = !read.replicated;
         refreshed.updated_at = read.updated_at + Duration::seconds(2);
@@ -479,7 +485,7 @@ on_both_backends! {
         store.enqueue(&op).unwrap();
         let t0 = now();
         let mut claimed = store.claim_next_operation("worker", t0, Duration::seconds(30)).unwrap().unwrap();
-        let held = claimed.lease_expires_at.unwrap();
+        let held = claimed.lease_expires_at().unwrap();
         // The attempt failed in a way that may pass: tried again in 2 s.
         let retry_at = t0 + Duration::seconds(2);
         claimed.retry_later("C_GenerateKey returned CKR_DEVICE_ERROR".into(), retry_at, t0).unwrap();
@@ -488,7 +494,7 @@ on_both_backends! {
         assert!(!store.renew_lease(op.id, "worker", held, t0 + Duration::seconds(30)).unwrap());
         let stored = store.get_operation(op.id).unwrap().unwrap();
         let micros = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1000;
-        assert_eq!(stored.lease_expires_at.map(micros), Some(micros(retry_at)));
+        assert_eq!(stored.lease_expires_at().map(micros), Some(micros(retry_at)));
         assert!(store.claim_next_operation("other", retry_at, Duration::seconds(30)).unwrap().is_some(), "retried on time");
     }
 
@@ -498,13 +504,13 @@ on_both_backends! {
         let t0 = now();
         let first = store.claim_next_operation("dead", t0, Duration::seconds(30)).unwrap().unwrap();
         assert!(store.claim_next_operation("other", t0, Duration::seconds(30)).unwrap().is_none(), "leased");
-        let held = first.lease_expires_at.unwrap();
+        let held = first.lease_expires_at().unwrap();
         assert!(store.renew_lease(op.id, "dead", held, t0 + Duration::seconds(40)).unwrap());
         assert!(!store.renew_lease(op.id, "stranger", t0 + Duration::seconds(40), t0 + Duration::seconds(50)).unwrap());
         // The worker died: after its lease, another takes the operation over.
         let later = t0 + Duration::seconds(41);
         let second = store.claim_next_operation("alive", later, Duration::seconds(30)).unwrap().unwrap();
-        assert_eq!((second.id, second.attempts), (first.id, 2));
+        assert_eq!((second.id, second.attempts()), (first.id, 2));
         let mut stale = first.clone();
         stale.finish(Ok(()), later).unwrap();
         assert!(!store.finish_operation(&stale, "dead", &[]).unwrap(), "the old worker lost its lease");
@@ -512,8 +518,8 @@ on_both_backends! {
         done.finish(Err("C_DestroyObject returned CKR_DEVICE_ERROR".into()), later).unwrap();
         assert!(store.finish_operation(&done, "alive", &[]).unwrap());
         let stored = store.get_operation(op.id).unwrap().unwrap();
-        assert_eq!(stored.state, OperationState::Failed);
-        assert_eq!(stored.last_error.as_deref(), Some("C_DestroyObject returned CKR_DEVICE_ERROR"));
+        assert_eq!(stored.state(), OperationState::Failed);
+        assert_eq!(stored.last_error(), Some("C_DestroyObject returned CKR_DEVICE_ERROR"));
         assert!(store.claim_next_operation("any", later + Duration::hours(1), Duration::seconds(30)).unwrap().is_none());
     }
 
@@ -525,7 +531,7 @@ on_both_backends! {
         let mut t = now();
         for attempt in 1..=MAX_ATTEMPTS {
             let claimed = store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().unwrap();
-            assert_eq!(claimed.attempts, attempt);
+            assert_eq!(claimed.attempts(), attempt);
             t += Duration::seconds(2);
         }
         assert!(store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().is_none());
@@ -533,24 +539,24 @@ on_both_backends! {
         assert_eq!(exhausted.iter().map(|o| o.id).collect::<Vec<_>>(), [op.id]);
         let given_up = exhausted[0].given_up(t).unwrap();
         let mut failed = store.get_key(k.id).unwrap().unwrap();
-        failed.apply(&KeyEvent::Failed(given_up.last_error.clone().unwrap()), t).unwrap();
+        failed.apply(&KeyEvent::Failed(given_up.last_error().unwrap().to_owned()), t).unwrap();
 
         // The dead worker came back and renewed its lease: nothing is given up,
         // neither the operation nor its key.
-        let held = store.get_operation(op.id).unwrap().unwrap().lease_expires_at.unwrap();
+        let held = store.get_operation(op.id).unwrap().unwrap().lease_expires_at().unwrap();
         assert!(store.renew_lease(op.id, "crashy", held, t + Duration::seconds(5)).unwrap());
         assert!(!store.give_up_operation(&given_up, "crashy", t, &[failed.clone()]).unwrap());
-        assert_eq!(store.get_operation(op.id).unwrap().unwrap().state, OperationState::Running);
+        assert_eq!(store.get_operation(op.id).unwrap().unwrap().state(), OperationState::Running);
         assert!(store.get_key(k.id).unwrap().unwrap().lifecycle.is_busy());
 
         // Its lease ran out for good: the outcome and the key in one write.
         let later = t + Duration::seconds(6);
         assert!(store.give_up_operation(&given_up, "crashy", later, &[failed]).unwrap());
         let stored = store.get_operation(op.id).unwrap().unwrap();
-        assert_eq!(stored.state, OperationState::Failed);
-        assert!(stored.last_error.as_deref().unwrap().contains("given up"));
+        assert_eq!(stored.state(), OperationState::Failed);
+        assert!(stored.last_error().unwrap().contains("given up"));
         let key = store.get_key(k.id).unwrap().unwrap();
-        assert_eq!(key.lifecycle.status, KeyStatus::Failed, "{key:?}");
+        assert_eq!(key.lifecycle.status(), KeyStatus::Failed, "{key:?}");
         assert!(!key.lifecycle.is_busy());
         assert!(store.exhausted_operations(later).unwrap().is_empty());
     }
@@ -569,7 +575,7 @@ on_both_backends! {
         done.finish(Ok(()), now()).unwrap();
         // A worker that lost the lease writes neither the operation nor the key.
         assert!(!store.finish_operation(&done, "not-w", &[made.clone()]).unwrap());
-        assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle.status, KeyStatus::InProgress);
+        assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle.status(), KeyStatus::InProgress);
         assert!(store.finish_operation(&done, "w", &[made.clone()]).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
     }
@@ -587,7 +593,7 @@ on_both_backends! {
         store.insert_job_with_operation(&sync, &op3).unwrap();
         // Cancel: the abort flag is set at once; ending frees the partitions.
         let cancelled = store.request_job_cancel(refresh.id, now()).unwrap().unwrap();
-        assert!(cancelled.lifecycle.abort);
+        assert!(cancelled.lifecycle.abort());
         let mut ended = cancelled;
         ended.detailed_status.insert(p1, "cancelled".into());
         ended.apply(JobEvent::StopCancelled, now()).unwrap();
@@ -604,7 +610,7 @@ on_both_backends! {
         assert_eq!(refreshes.items[0].id, next.id, "newest first");
         let done = store.list_jobs(JobType::Refresh, &query::<JobFilters>("overall_status=cancelled")).unwrap();
         assert_eq!(done.items.iter().map(|j| j.id).collect::<Vec<_>>(), vec![refresh.id]);
-        assert_eq!(done.items[0].lifecycle.status, JobStatus::Cancelled);
+        assert_eq!(done.items[0].lifecycle.status(), JobStatus::Cancelled);
         assert!(done.items[0].completed_at.is_some());
         let syncs = store.list_jobs(JobType::HaSynchronize, &query::<JobFilters>(&format!("id={}", sync.id))).unwrap();
         assert_eq!(syncs.total, 1);

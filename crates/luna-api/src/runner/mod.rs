@@ -227,7 +227,7 @@ impl Runner {
         let id = op.id;
         let started = Instant::now();
         let renewer = op
-            .lease_expires_at
+            .lease_expires_at()
             .map(|held| tokio::spawn(Arc::clone(&self).renew(id, op.payload.kind_name(), held, started)));
         let me = Arc::clone(&self);
         let finished = tokio::task::spawn_blocking(move || me.execute(op)).await;
@@ -297,9 +297,9 @@ impl Runner {
             let now = luna_store::now();
             for op in me.store.exhausted_operations(now)? {
                 let given_up = op.given_up(now)?;
-                let reason = given_up.last_error.clone().unwrap_or_default();
+                let reason = given_up.last_error().unwrap_or_default().to_owned();
                 let keys = me.end_failed(&given_up.payload, &reason, now)?;
-                let owner = op.lease_owner.as_deref().unwrap_or_default();
+                let owner = op.lease_owner().unwrap_or_default();
                 if me.store.give_up_operation(&given_up, owner, now, &keys)? {
                     tracing::warn!(operation = %op.id, %reason, "operation given up");
                 }
@@ -314,7 +314,7 @@ impl Runner {
 
     /// Runs one operation on the blocking pool and records its outcome.
     fn execute(&self, op: Operation) -> luna_store::Result<Done> {
-        let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts);
+        let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts());
         let _entered = span.enter();
         let outcome = match &op.payload {
             OperationPayload::CreateKey {
@@ -342,7 +342,7 @@ impl Runner {
         };
         let outcome = match outcome {
             Err(Failure::Transient(reason)) => {
-                match Operation::retry_delay(op.attempts, self.settings.retry_base) {
+                match Operation::retry_delay(op.attempts(), self.settings.retry_base) {
                     Some(delay) => {
                         tracing::warn!(%reason, retry_in_ms = delay.whole_milliseconds(), "operation failed; trying again later");
                         let mut later = op;
@@ -354,7 +354,7 @@ impl Runner {
                     }
                     None => Err(Failure::Final(format!(
                         "{reason} (attempt {} of {}; the earlier ones failed too)",
-                        op.attempts,
+                        op.attempts(),
                         luna_domain::operation::MAX_ATTEMPTS
                     ))),
                 }
@@ -385,8 +385,8 @@ impl Runner {
                 username: "luna-server".into(),
                 action: format!("operation {}", finished.payload.kind_name()),
                 target: finished.payload.target().to_string(),
-                outcome: match &finished.last_error {
-                    Some(reason) if finished.state == luna_domain::OperationState::Failed => {
+                outcome: match &finished.last_error() {
+                    Some(reason) if finished.state() == luna_domain::OperationState::Failed => {
                         format!("failed: {reason}")
                     }
                     _ => "succeeded".into(),

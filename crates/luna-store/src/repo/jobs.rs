@@ -45,7 +45,7 @@ fn save(conn: &mut DbConnection, job: &Job, expected: JobStatus) -> Result<bool>
             jobs::completed_at.eq(row.completed_at),
         ))
         .execute(conn)?;
-    if job.lifecycle.status != JobStatus::InProgress {
+    if job.lifecycle.status() != JobStatus::InProgress {
         diesel::delete(running_jobs::table.filter(running_jobs::job_id.eq(&row.id))).execute(conn)?;
     }
     Ok(updated == 1)

@@ -131,9 +131,9 @@ fn save_if_unchanged(conn: &mut crate::db::DbConnection, key: &Key, before: &Key
     let row = KeyRow::from_domain(key);
     let updated = diesel::update(keys::table.find(&row.id))
         .filter(keys::updated_at.eq(micros(before.updated_at)))
-        .filter(keys::status.eq(before.lifecycle.status.as_str()))
-        .filter(keys::operation.eq(before.lifecycle.operation.as_str()))
-        .filter(keys::operation_status.eq(before.lifecycle.operation_status.as_str()))
+        .filter(keys::status.eq(before.lifecycle.status().as_str()))
+        .filter(keys::operation.eq(before.lifecycle.operation().as_str()))
+        .filter(keys::operation_status.eq(before.lifecycle.operation_status().as_str()))
         .set(&row)
         .execute(conn)?;
     Ok(updated == 1)
@@ -216,15 +216,11 @@ impl Store {
         })
     }
 
-    /// Writes a key record as it is (the operation runner and refresh use this).
-    pub fn save_key(&self, key: &Key) -> Result<bool> {
-        let row = KeyRow::from_domain(key);
-        self.write(|conn| {
-            Ok(diesel::update(keys::table.find(&row.id))
-                .set(&row)
-                .execute(conn)?
-                == 1)
-        })
+    /// Writes a key record changed from `read`, the version it was read in:
+    /// a compare-and-set, false if the record changed meanwhile (or is gone),
+    /// so no write overwrites one it did not see.
+    pub fn save_key(&self, key: &Key, read: &KeyVersion) -> Result<bool> {
+        self.write(|conn| save_if_unchanged(conn, key, read))
     }
 
     /// Forgets a key record and its linked record here (the objects stay on the
@@ -237,7 +233,7 @@ impl Store {
             if key.lifecycle.is_busy() {
                 return Err(StoreError::Conflict(format!(
                     "the key has a {} operation in progress; wait for it to end",
-                    key.lifecycle.operation
+                    key.lifecycle.operation()
                 )));
             }
             let ids: Vec<String> = std::iter::once(key.id)

@@ -58,10 +58,10 @@ fn finish_with_keys(
         .filter(operations::lease_owner.eq(owner))
         .filter(operations::lease_expires_at.le(lease_ends_by))
         .set((
-            operations::state.eq(op.state.as_str()),
+            operations::state.eq(op.state().as_str()),
             operations::lease_owner.eq(None::<String>),
             operations::lease_expires_at.eq(None::<i64>),
-            operations::last_error.eq(op.last_error.clone()),
+            operations::last_error.eq(op.last_error()),
             operations::updated_at.eq(micros(op.updated_at)),
         ))
         .execute(conn)?;
@@ -116,16 +116,16 @@ impl Store {
             let Some(mut op) = load(conn, &id)? else {
                 return Ok(None);
             };
-            let before = (op.state, op.attempts);
+            let before = (op.state(), op.attempts());
             op.claim(owner, now, now + lease)?;
             let updated = diesel::update(operations::table.find(&id))
                 .filter(operations::state.eq(before.0.as_str()))
                 .filter(operations::attempts.eq(before.1 as i32))
                 .set((
-                    operations::state.eq(op.state.as_str()),
-                    operations::attempts.eq(op.attempts as i32),
-                    operations::lease_owner.eq(op.lease_owner.clone()),
-                    operations::lease_expires_at.eq(op.lease_expires_at.map(micros)),
+                    operations::state.eq(op.state().as_str()),
+                    operations::attempts.eq(op.attempts() as i32),
+                    operations::lease_owner.eq(op.lease_owner()),
+                    operations::lease_expires_at.eq(op.lease_expires_at().map(micros)),
                     operations::updated_at.eq(now_us),
                 ))
                 .execute(conn)?;
@@ -165,9 +165,9 @@ impl Store {
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::lease_owner.eq(owner))
                 .set((
-                    operations::attempts.eq(op.attempts as i32),
-                    operations::lease_expires_at.eq(op.lease_expires_at.map(micros)),
-                    operations::last_error.eq(op.last_error.clone()),
+                    operations::attempts.eq(op.attempts() as i32),
+                    operations::lease_expires_at.eq(op.lease_expires_at().map(micros)),
+                    operations::last_error.eq(op.last_error()),
                     operations::updated_at.eq(micros(op.updated_at)),
                 ))
                 .execute(conn)?;
