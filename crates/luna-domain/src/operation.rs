@@ -59,7 +59,9 @@ pub enum OperationPayload {
         key_id: Uuid,
     },
     /// Destroys the key (both halves of a pair) on every member.
-    DeleteKey {
+    // Stored as `delete_key` by earlier versions; the spelling stays.
+    #[serde(rename = "delete_key")]
+    DestroyKey {
         /// Either half's record; its linked half goes too.
         key_id: Uuid,
     },
@@ -82,7 +84,7 @@ impl OperationPayload {
             OperationPayload::CreateKey { .. } => Some(OperationKind::KeyCreate),
             OperationPayload::UpdateKey { .. } => Some(OperationKind::KeyUpdate),
             OperationPayload::ReplicateKey { .. } => Some(OperationKind::KeyReplicate),
-            OperationPayload::DeleteKey { .. } => Some(OperationKind::KeyDelete),
+            OperationPayload::DestroyKey { .. } => Some(OperationKind::KeyDelete),
             OperationPayload::RunJob { .. } => None,
         }
     }
@@ -96,7 +98,7 @@ impl OperationPayload {
             } => std::iter::once(*key_id).chain(*public_key_id).collect(),
             OperationPayload::UpdateKey { key_id, .. }
             | OperationPayload::ReplicateKey { key_id }
-            | OperationPayload::DeleteKey { key_id } => vec![*key_id],
+            | OperationPayload::DestroyKey { key_id } => vec![*key_id],
             OperationPayload::RunJob { .. } => Vec::new(),
         }
     }
@@ -107,7 +109,7 @@ impl OperationPayload {
     pub fn includes_link(&self) -> bool {
         matches!(
             self,
-            OperationPayload::ReplicateKey { .. } | OperationPayload::DeleteKey { .. }
+            OperationPayload::ReplicateKey { .. } | OperationPayload::DestroyKey { .. }
         )
     }
 
@@ -117,7 +119,7 @@ impl OperationPayload {
             OperationPayload::CreateKey { key_id, .. }
             | OperationPayload::UpdateKey { key_id, .. }
             | OperationPayload::ReplicateKey { key_id }
-            | OperationPayload::DeleteKey { key_id } => *key_id,
+            | OperationPayload::DestroyKey { key_id } => *key_id,
             OperationPayload::RunJob { job_id } => *job_id,
         }
     }
@@ -376,7 +378,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut op = Operation::queued(
             Uuid::new_v4(),
-            OperationPayload::DeleteKey {
+            OperationPayload::DestroyKey {
                 key_id: Uuid::new_v4(),
             },
             now,
@@ -451,7 +453,7 @@ mod tests {
         for (state, lease, can_claim, can_finish) in table {
             let mut op = Operation::queued(
                 Uuid::new_v4(),
-                OperationPayload::DeleteKey {
+                OperationPayload::DestroyKey {
                     key_id: Uuid::new_v4(),
                 },
                 now,
@@ -512,7 +514,7 @@ mod tests {
                 "keyupdate",
             ),
             (OperationPayload::ReplicateKey { key_id: id }, "keyreplicate"),
-            (OperationPayload::DeleteKey { key_id: id }, "keydelete"),
+            (OperationPayload::DestroyKey { key_id: id }, "keydelete"),
             (OperationPayload::RunJob { job_id: id }, "job"),
         ];
         for (payload, name) in named {
@@ -541,7 +543,7 @@ mod tests {
                 false,
             ),
             (OperationPayload::ReplicateKey { key_id: key }, vec![key], true),
-            (OperationPayload::DeleteKey { key_id: key }, vec![key], true),
+            (OperationPayload::DestroyKey { key_id: key }, vec![key], true),
             (OperationPayload::RunJob { job_id: job }, vec![], false),
         ];
         for (payload, key_ids, includes_link) in cases {
@@ -561,7 +563,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut op = Operation::queued(
             Uuid::new_v4(),
-            OperationPayload::DeleteKey {
+            OperationPayload::DestroyKey {
                 key_id: Uuid::new_v4(),
             },
             now,

@@ -54,3 +54,25 @@ pub fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str)
 pub fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::corrupt(what, e))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use luna_domain::OperationPayload;
+
+    use super::*;
+
+    /// Operations queued by earlier versions must still run: a payload's
+    /// stored spelling never changes with the Rust name.
+    #[test]
+    fn operation_payloads_keep_their_stored_spelling() {
+        let key_id = Uuid::nil();
+        let stored = to_json("payload", &OperationPayload::DestroyKey { key_id }).unwrap();
+        assert_eq!(
+            stored,
+            r#"{"kind":"delete_key","key_id":"00000000-0000-0000-0000-000000000000"}"#
+        );
+        let read: OperationPayload = from_json("payload", &stored).unwrap();
+        assert_eq!(read, OperationPayload::DestroyKey { key_id });
+    }
+}

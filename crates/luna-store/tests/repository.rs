@@ -297,7 +297,7 @@ on_both_backends! {
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
-                    let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: k.id }, now());
+                    let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: k.id }, now());
                     let result = store.begin_key_operation(&op);
                     outcomes.lock().unwrap().push(result.is_ok());
                 });
@@ -414,7 +414,7 @@ on_both_backends! {
             assert!(store.save_key(k, &read).unwrap());
         }
         check(&keys, "created");
-        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: keys[1].id }, now());
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: keys[1].id }, now());
         store.begin_key_operation(&op).unwrap().unwrap();
         keys[1] = store.get_key(keys[1].id).unwrap().unwrap();
         let read = KeyVersion::of(&keys[1]);
@@ -432,7 +432,7 @@ on_both_backends! {
     fn each_operation_is_claimed_by_exactly_one_worker(store: &Store, db: &TestDatabase) {
         let total = 60;
         for _ in 0..total {
-            let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+            let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, now());
             store.enqueue(&op).unwrap();
         }
         // Two servers on one database: two stores, two pools, two workers each.
@@ -481,7 +481,7 @@ on_both_backends! {
     }
 
     fn a_renewal_that_lands_after_a_retry_was_set_does_not_undo_its_delay(store: &Store, _db: &TestDatabase) {
-        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, now());
         store.enqueue(&op).unwrap();
         let t0 = now();
         let mut claimed = store.claim_next_operation("worker", t0, Duration::seconds(30)).unwrap().unwrap();
@@ -499,7 +499,7 @@ on_both_backends! {
     }
 
     fn an_expired_lease_is_taken_over_and_the_old_worker_cannot_finish(store: &Store, _db: &TestDatabase) {
-        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DeleteKey { key_id: Uuid::new_v4() }, now());
+        let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, now());
         store.enqueue(&op).unwrap();
         let t0 = now();
         let first = store.claim_next_operation("dead", t0, Duration::seconds(30)).unwrap().unwrap();

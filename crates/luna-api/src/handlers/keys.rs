@@ -250,7 +250,7 @@ pub async fn destroy(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
-    let keys = begin(&state, OperationPayload::DeleteKey { key_id: id }).await?;
+    let keys = begin(&state, OperationPayload::DestroyKey { key_id: id }).await?;
     Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
 }
 

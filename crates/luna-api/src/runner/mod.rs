@@ -323,7 +323,7 @@ impl Runner {
             } => self.create(&op, *key_id, *public_key_id),
             OperationPayload::UpdateKey { key_id, changes } => self.update(*key_id, changes),
             OperationPayload::ReplicateKey { key_id } => self.replicate(*key_id),
-            OperationPayload::DeleteKey { key_id } => self.destroy(*key_id),
+            OperationPayload::DestroyKey { key_id } => self.destroy(*key_id),
             OperationPayload::RunJob { job_id } => self.run_job(*job_id).map(|()| Vec::new()),
         };
         let now = luna_store::now();
