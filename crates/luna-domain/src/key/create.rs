@@ -33,7 +33,7 @@ pub struct CreateKeyRequest {
     pub partition_id: Option<String>,
     /// Required: a [`Mechanism`] wire name.
     pub mechanism: Option<String>,
-    /// [`Attribute`] wire names to set true; everything else that applies is
+    /// [`Attribute`](crate::attribute::Attribute) wire names to set true; everything else that applies is
     /// set false.
     pub attributes: Vec<String>,
 }
