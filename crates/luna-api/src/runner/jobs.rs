@@ -9,6 +9,7 @@ use luna_domain::{Job, JobEvent, JobStatus, JobType, Key, KeyStatus, Partition};
 use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
 
+use super::transfer::TransferRefused;
 use super::{AfterScan, Failure, Runner};
 
 /// Objects described per `C_GetAttributeValue` round of a scan.
@@ -258,13 +259,10 @@ impl Runner {
                     let copied = self
                         .tokens
                         .member(partition.connection_id, holder)
-                        .map_err(|u| u.reason)
+                        .map_err(TransferRefused::from)
                         .and_then(|source| {
-                            let target = self
-                                .tokens
-                                .member(partition.connection_id, member)
-                                .map_err(|u| u.reason)?;
-                            super::transfer(
+                            let target = self.tokens.member(partition.connection_id, member)?;
+                            super::transfer::transfer(
                                 source.as_ref(),
                                 &holder.serial_number,
                                 target.as_ref(),

@@ -9,7 +9,7 @@ use luna_store::Store;
 use uuid::Uuid;
 
 use super::failure::{Failure, Outcome};
-use super::transfer::transfer;
+use super::transfer::{transfer, TransferRefused};
 use super::Runner;
 
 /// A member token and the key's object on it.
@@ -120,7 +120,7 @@ impl Runner {
             } else {
                 match self.clone_to(partition, member, source, &from.serial_number, objects, retry) {
                     Ok(()) => AVAILABLE.to_owned(),
-                    Err(reason) => reason,
+                    Err(refused) => refused.to_string(),
                 }
             };
             info.insert(member.serial_number.clone(), state);
@@ -136,13 +136,10 @@ impl Runner {
         source_serial: &str,
         objects: &[ObjectDescription],
         retry: bool,
-    ) -> Result<(), String> {
-        let target = self
-            .tokens
-            .member(partition.connection_id, member)
-            .map_err(|u| u.reason)?;
+    ) -> Result<(), TransferRefused> {
+        let target = self.tokens.member(partition.connection_id, member)?;
         let present: Vec<ObjectDescription> = match objects.first() {
-            Some(first) if retry => target.find_by_id(&first.cka_id).map_err(|e| e.to_string())?,
+            Some(first) if retry => target.find_by_id(&first.cka_id)?,
             _ => Vec::new(),
         };
         for object in objects {
@@ -231,7 +228,7 @@ impl Runner {
                 true,
             ) {
                 Ok(()) => AVAILABLE.to_owned(),
-                Err(reason) => reason,
+                Err(refused) => refused.to_string(),
             };
             info.insert(member.serial_number.clone(), state);
         }

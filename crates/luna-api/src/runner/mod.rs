@@ -26,7 +26,6 @@ mod keys;
 mod transfer;
 
 use failure::Failure;
-use transfer::transfer;
 
 /// What became of a claimed operation.
 #[derive(Debug, PartialEq, Eq)]

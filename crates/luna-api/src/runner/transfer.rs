@@ -2,6 +2,34 @@
 
 use luna_pkcs11::ObjectDescription;
 
+/// Why a key object did not reach a member: the member's state in
+/// `replication_info`, or a synchronize job's problem, says it as a sentence.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TransferRefused {
+    /// This instance cannot reach the member's token.
+    #[error("{0}")]
+    Unreachable(String),
+    /// A member's module lacks a mechanism replication needs.
+    #[error("{0}")]
+    Unreplicable(String),
+    /// Nothing lets the key travel: it is not extractable, and the members
+    /// share no cloning domain.
+    #[error(
+        "the key is not extractable, and the members share no cloning domain to clone it within \
+         (register the connection with so_password)"
+    )]
+    NotExtractable,
+    /// A token call failed.
+    #[error(transparent)]
+    Token(#[from] luna_pkcs11::TokenError),
+}
+
+impl From<crate::tokens::Unavailable> for TransferRefused {
+    fn from(unavailable: crate::tokens::Unavailable) -> TransferRefused {
+        TransferRefused::Unreachable(unavailable.reason)
+    }
+}
+
 /// Moves one key object from `source` to `target`, never in clear: within a
 /// cloning domain under the pair's trusted key; without one, an extractable
 /// key under a key the two members agree for this transfer; a public key as
@@ -12,16 +40,14 @@ pub(super) fn transfer(
     target: &dyn luna_pkcs11::Token,
     target_serial: &str,
     object: &ObjectDescription,
-) -> Result<(), String> {
+) -> Result<(), TransferRefused> {
     if object.object_type != Some(luna_domain::ObjectType::PublicKey) {
         // Registration refuses such members; a module changed since is named here.
         if let Some(reason) = [source, target].iter().find_map(|t| t.info().cannot_replicate()) {
-            return Err(reason);
+            return Err(TransferRefused::Unreplicable(reason));
         }
     }
-    let in_domain = source
-        .shares_domain_with(target_serial)
-        .map_err(|e| e.to_string())?;
+    let in_domain = source.shares_domain_with(target_serial)?;
     let copied = if in_domain || object.object_type == Some(luna_domain::ObjectType::PublicKey) {
         source
             .export_to(object, target_serial)
@@ -32,11 +58,7 @@ pub(super) fn transfer(
             target.import_offered(&portable, &offer)
         })
     } else {
-        return Err(
-            "the key is not extractable, and the members share no cloning domain to clone it within \
-             (register the connection with so_password)"
-                .into(),
-        );
+        return Err(TransferRefused::NotExtractable);
     };
-    copied.map(drop).map_err(|e| e.to_string())
+    copied.map(drop).map_err(TransferRefused::from)
 }
