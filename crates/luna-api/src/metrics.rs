@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use luna_domain::query::{parse_list_query, JobFilters};
 use luna_domain::{JobStatus, JobType};
 use luna_pkcs11::{
@@ -218,8 +218,9 @@ impl Token for Metered {
 
 /// `GET /metrics`: no token (scrapers keep none); operational figures only,
 /// never a key id, label or value.
-#[utoipa::path(get, path = "/metrics", tag = "service",
+#[utoipa::path(tag = "service",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[get("/metrics")]
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let (operations, running) = blocking(move || {

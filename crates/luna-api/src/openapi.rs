@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use actix_web::HttpResponse;
+use actix_web::{get, App, HttpResponse};
 use luna_domain::attribute::Attribute;
 use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::{list_params, Filters, ParamKind};
@@ -19,14 +19,16 @@ use utoipa::openapi::{
     Array, ArrayBuilder, ContentBuilder, Object, ObjectBuilder, Ref, ResponseBuilder, Type,
 };
 use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_actix_web::AppExt;
 
 use crate::error::ErrorBody;
-use crate::handlers::{audit, auth, health, jobs, keys, partitions, users};
 use crate::view;
 
 /// The security scheme every protected operation names.
 pub const BEARER: &str = "bearer";
 
+/// What the document says besides its operations, which come from
+/// `server::routes` (see `openapi`).
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -34,43 +36,7 @@ pub const BEARER: &str = "bearer";
         description = "The CipherTrust Cloud Key Manager \"Luna HSM keys\" API over PKCS#11 tokens.",
         license(name = "Apache-2.0")
     ),
-    paths(
-        crate::metrics::scrape,
-        document,
-        health::healthz,
-        auth::token,
-        audit::list,
-        audit::verify,
-        users::create,
-        users::list,
-        users::get,
-        users::delete,
-        partitions::create_connection,
-        partitions::list_connections,
-        partitions::get_connection,
-        partitions::delete_connection,
-        partitions::add_partition,
-        partitions::list_partitions,
-        partitions::get_partition,
-        partitions::forget_partition,
-        keys::create,
-        keys::list,
-        keys::get,
-        keys::update,
-        keys::forget,
-        keys::replicate,
-        keys::destroy,
-        jobs::start_refresh,
-        jobs::list_refresh,
-        jobs::get_refresh,
-        jobs::cancel_refresh,
-        jobs::start_synchronize,
-        jobs::list_synchronize,
-        jobs::get_synchronize,
-        jobs::cancel_synchronize,
-    ),
     components(schemas(ErrorBody, view::KeyView, view::JobView, view::PartitionView, view::ConnectionView)),
-    modifiers(&Conventions),
     tags(
         (name = "keys", description = "Luna HSM keys"),
         (name = "jobs", description = "Refresh and synchronize jobs"),
@@ -85,8 +51,9 @@ pub struct ApiDoc;
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| document_json().to_string());
 
 /// This document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service",
+#[utoipa::path(tag = "service",
     responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json")))]
+#[get("/api/v1/openapi.json")]
 pub async fn document() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -263,13 +230,49 @@ impl Modify for Conventions {
     }
 }
 
+/// The document: `ApiDoc`, every operation `server::routes` registers (the
+/// router's own list, collected as it registers them) and the error
+/// answers by rule.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut openapi) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(crate::server::routes)
+        .split_for_parts();
+    Conventions.modify(&mut openapi);
+    openapi
+}
+
+/// Each documented path with its methods, upper case (`GET`).
+pub(crate) fn operations() -> Vec<(String, Vec<String>)> {
+    openapi()
+        .paths
+        .paths
+        .into_iter()
+        .map(|(path, item)| {
+            let methods = [
+                ("GET", item.get),
+                ("POST", item.post),
+                ("PUT", item.put),
+                ("PATCH", item.patch),
+                ("DELETE", item.delete),
+            ]
+            .into_iter()
+            .filter(|(_, operation)| operation.is_some())
+            .map(|(method, _)| method.to_owned())
+            .collect();
+            (path, methods)
+        })
+        .collect()
+}
+
 /// The document as JSON, with `LINKS` added to each maker's 201 answer.
 /// (Added to the JSON because utoipa 5.5 writes a link's `operationId` as
 /// `operation_id`, which no OpenAPI tool reads.)
 pub fn document_json() -> Value {
-    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
-    let Some(paths) = document["paths"].as_object_mut() else {
-        return document;
+    let mut doc = serde_json::to_value(openapi()).unwrap_or(Value::Null);
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
     };
     for operation in paths
         .values_mut()
@@ -291,7 +294,7 @@ pub fn document_json() -> Value {
             .collect();
         operation["responses"]["201"]["links"] = Value::Object(links);
     }
-    document
+    doc
 }
 
 /// Which errors an operation can answer, from its shape; only operations that

@@ -3,9 +3,9 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use actix_web::dev::Server;
+use actix_web::dev::{ResourceDef, Server};
 use actix_web::error::JsonPayloadError;
 use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
 use luna_pkcs11::Module;
@@ -13,6 +13,7 @@ use luna_store::{NewUser, Store};
 use rand::distributions::{Alphanumeric, DistString};
 use secrecy::SecretString;
 use tokio::sync::Notify;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
@@ -26,53 +27,45 @@ use crate::view::Tenancy;
 /// connection with a handful of members.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Declares every route once: `routes` registers them and `ROUTES` lists them
-/// for the test that holds the OpenAPI document to the same set.
-macro_rules! route_table {
-    ($( $method:ident $path:literal => $handler:path ),+ $(,)?) => {
-        /// Every (method, path) the server answers, as the OpenAPI document spells them.
-        pub const ROUTES: &[(&str, &str)] = &[$( (stringify!($method), $path) ),+];
-
-        pub fn routes(cfg: &mut web::ServiceConfig) {
-            $( cfg.route($path, web::$method().to($handler)); )+
-        }
-    };
-}
-
-route_table! {
-    get "/metrics" => crate::metrics::scrape,
-    get "/api/v1/openapi.json" => crate::openapi::document,
-    get "/api/v1/healthz" => health::healthz,
-    post "/api/v1/auth/tokens" => auth::token,
-    get "/api/v1/audit/records" => audit::list,
-    get "/api/v1/audit/verify" => audit::verify,
-    post "/api/v1/usermgmt/users" => users::create,
-    get "/api/v1/usermgmt/users" => users::list,
-    get "/api/v1/usermgmt/users/{id}" => users::get,
-    delete "/api/v1/usermgmt/users/{id}" => users::delete,
-    post "/api/v1/connectionmgmt/services/luna-network/connections" => partitions::create_connection,
-    get "/api/v1/connectionmgmt/services/luna-network/connections" => partitions::list_connections,
-    get "/api/v1/connectionmgmt/services/luna-network/connections/{id}" => partitions::get_connection,
-    delete "/api/v1/connectionmgmt/services/luna-network/connections/{id}" => partitions::delete_connection,
-    post "/api/v1/cckm/hsm/luna/add-partition" => partitions::add_partition,
-    get "/api/v1/cckm/hsm/luna/partitions" => partitions::list_partitions,
-    get "/api/v1/cckm/hsm/luna/partitions/{id}" => partitions::get_partition,
-    delete "/api/v1/cckm/hsm/luna/partitions/{id}" => partitions::forget_partition,
-    post "/api/v1/cckm/hsm/luna/keys" => keys::create,
-    get "/api/v1/cckm/hsm/luna/keys" => keys::list,
-    get "/api/v1/cckm/hsm/luna/keys/{id}" => keys::get,
-    patch "/api/v1/cckm/hsm/luna/keys/{id}" => keys::update,
-    delete "/api/v1/cckm/hsm/luna/keys/{id}" => keys::forget,
-    post "/api/v1/cckm/hsm/luna/keys/{id}/replicate" => keys::replicate,
-    post "/api/v1/cckm/hsm/luna/{id}/delete" => keys::destroy,
-    post "/api/v1/cckm/hsm/luna/refresh" => jobs::start_refresh,
-    get "/api/v1/cckm/hsm/luna/refresh" => jobs::list_refresh,
-    get "/api/v1/cckm/hsm/luna/refresh/{id}" => jobs::get_refresh,
-    post "/api/v1/cckm/hsm/luna/refresh/{id}/cancel" => jobs::cancel_refresh,
-    post "/api/v1/cckm/hsm/luna/synchronize" => jobs::start_synchronize,
-    get "/api/v1/cckm/hsm/luna/synchronize" => jobs::list_synchronize,
-    get "/api/v1/cckm/hsm/luna/synchronize/{id}" => jobs::get_synchronize,
-    post "/api/v1/cckm/hsm/luna/synchronize/{id}/cancel" => jobs::cancel_synchronize,
+/// Every operation, each once: a handler's `#[get("…")]` (or post, …) routes
+/// it, its `#[utoipa::path]` documents it, and registering it here does both,
+/// so the router and the OpenAPI document (`openapi::openapi`, built from this
+/// same function) cannot differ. Register only with `service`: utoipa's
+/// `route` would serve a path the document lacks.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(crate::metrics::scrape)
+        .service(crate::openapi::document)
+        .service(health::healthz)
+        .service(auth::token)
+        .service(audit::list)
+        .service(audit::verify)
+        .service(users::create)
+        .service(users::list)
+        .service(users::get)
+        .service(users::delete)
+        .service(partitions::create_connection)
+        .service(partitions::list_connections)
+        .service(partitions::get_connection)
+        .service(partitions::delete_connection)
+        .service(partitions::add_partition)
+        .service(partitions::list_partitions)
+        .service(partitions::get_partition)
+        .service(partitions::forget_partition)
+        .service(keys::create)
+        .service(keys::list)
+        .service(keys::get)
+        .service(keys::update)
+        .service(keys::forget)
+        .service(keys::replicate)
+        .service(keys::destroy)
+        .service(jobs::start_refresh)
+        .service(jobs::list_refresh)
+        .service(jobs::get_refresh)
+        .service(jobs::cancel_refresh)
+        .service(jobs::start_synchronize)
+        .service(jobs::list_synchronize)
+        .service(jobs::get_synchronize)
+        .service(jobs::cancel_synchronize);
 }
 
 /// Every malformed body becomes a 400 with a sentence.
@@ -100,12 +93,18 @@ fn path_config() -> web::PathConfig {
 }
 
 /// A known path with another method is a 405 naming the methods it takes;
-/// anything else a 404.
+/// anything else a 404. What is known is what the document lists.
 async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let allowed: Vec<String> = ROUTES
+    static PATHS: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
+        crate::openapi::operations()
+            .into_iter()
+            .map(|(path, methods)| (ResourceDef::new(path), methods))
+            .collect()
+    });
+    let allowed: Vec<&str> = PATHS
         .iter()
-        .filter(|(_, path)| actix_web::dev::ResourceDef::new(*path).is_match(req.path()))
-        .map(|(method, _)| method.to_uppercase())
+        .filter(|(path, _)| path.is_match(req.path()))
+        .flat_map(|(_, methods)| methods.iter().map(String::as_str))
         .collect();
     if allowed.is_empty() {
         return Err(ApiError::NotFound(format!(
@@ -219,7 +218,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .wrap(middleware::from_fn(crate::request_id::middleware))
             // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
             .wrap(middleware::NormalizePath::trim())
-            .configure(routes)
+            .configure(|cfg| routes(&mut ServiceConfig::new(cfg)))
             .default_service(web::to(no_route))
     })
     .workers(config.http_workers.max(1))

@@ -330,9 +330,8 @@ on_both_backends! {
     fn every_route_admits_exactly_the_roles_it_should(db: TestDatabase) {
         let api = Api::start_with(db, 0);
         let partition = api.partition("roles", 1);
-        let pid = partition["id"].as_str().unwrap().to_owned();
-        let (_, key) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}));
-        let kid = key["id"].as_str().unwrap().to_owned();
+        let (_, key) = api.send("POST", KEYS, &json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}));
+        assert!(key["id"].is_string(), "{key}");
         let login = |name: &str, groups: Value| {
             let (status, user) = api.send("POST", "/usermgmt/users", &json!({"username": name, "password": "password-of-a-user", "groups": groups}));
             assert_eq!(status, 201, "{user}");
@@ -343,51 +342,52 @@ on_both_backends! {
         let manager = login("manager", json!(["CCKM Admins"]));
         let reader = login("reader", json!(["CCKM Users"]));
         let outsider = login("outsider", json!([]));
-        let nobody = uuid::Uuid::new_v4();
+        let nobody = uuid::Uuid::new_v4().to_string();
         use luna_api::auth::Role::{Administer, Manage, Read};
-        let routes: Vec<(&str, String, Option<Value>, luna_api::auth::Role)> = vec![
-            ("GET", KEYS.into(), None, Read),
-            ("GET", format!("{KEYS}/{kid}"), None, Read),
-            ("POST", KEYS.into(), Some(json!({"label": "x", "size": 256, "partition_id": nobody, "mechanism": "CKM_AES_KEY_GEN"})), Manage),
-            ("PATCH", format!("{KEYS}/{nobody}"), Some(json!({"attributes": [{"type": "CKA_SIGN", "value": true}]})), Manage),
-            ("POST", format!("{KEYS}/{nobody}/replicate"), None, Manage),
-            ("POST", format!("/cckm/hsm/luna/{nobody}/delete"), None, Manage),
-            ("DELETE", format!("{KEYS}/{nobody}"), None, Manage),
-            ("GET", "/cckm/hsm/luna/partitions".into(), None, Read),
-            ("GET", format!("/cckm/hsm/luna/partitions/{pid}"), None, Read),
-            ("POST", "/cckm/hsm/luna/add-partition".into(), Some(json!({"connection": "nobody"})), Manage),
-            ("DELETE", format!("/cckm/hsm/luna/partitions/{nobody}"), None, Manage),
-            ("POST", "/cckm/hsm/luna/refresh".into(), Some(json!({"partitions": [nobody]})), Manage),
-            ("GET", "/cckm/hsm/luna/refresh".into(), None, Read),
-            ("GET", format!("/cckm/hsm/luna/refresh/{nobody}"), None, Read),
-            ("POST", format!("/cckm/hsm/luna/refresh/{nobody}/cancel"), None, Manage),
-            ("POST", "/cckm/hsm/luna/synchronize".into(), Some(json!({"partitions": [nobody]})), Manage),
-            ("GET", "/cckm/hsm/luna/synchronize".into(), None, Read),
-            ("GET", format!("/cckm/hsm/luna/synchronize/{nobody}"), None, Read),
-            ("POST", format!("/cckm/hsm/luna/synchronize/{nobody}/cancel"), None, Manage),
-            ("POST", "/connectionmgmt/services/luna-network/connections".into(), Some(json!({"name": "x"})), Administer),
-            ("GET", "/connectionmgmt/services/luna-network/connections".into(), None, Administer),
-            ("GET", format!("/connectionmgmt/services/luna-network/connections/{nobody}"), None, Administer),
-            ("DELETE", format!("/connectionmgmt/services/luna-network/connections/{nobody}"), None, Administer),
-            ("POST", "/usermgmt/users".into(), Some(json!({"username": ""})), Administer),
-            ("GET", "/usermgmt/users".into(), None, Administer),
-            ("GET", format!("/usermgmt/users/{nobody}"), None, Administer),
-            ("DELETE", format!("/usermgmt/users/{nobody}"), None, Administer),
-            ("GET", "/audit/records".into(), None, Administer),
-            ("GET", "/audit/verify".into(), None, Administer),
-        ];
         let callers = [("admin", &api.token, [true, true, true]), ("CCKM Admins", &manager, [true, true, false]), ("CCKM Users", &reader, [true, false, false]), ("no group", &outsider, [false, false, false])];
-        for (method, path, body, role) in &routes {
-            for (who, token, allowed) in &callers {
-                let may = allowed[match role { Read => 0, Manage => 1, Administer => 2 }];
-                let (status, answer) = api.call(method, path, Some(token), body.as_ref().map(|b| b.to_string()).as_deref());
-                if may {
-                    assert!(status != 403 && status != 401 && status < 500, "{who} {method} {path}: {status} {answer}");
+        // Every protected operation of the document, with the role the groups
+        // are named for: users, connections and the audit trail are the admin
+        // group's; reading keys, partitions and jobs every CCKM group's;
+        // changing them the admin and CCKM Admins groups'.
+        let doc = luna_api::openapi::document_json();
+        let mut walked = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if !operation["security"].is_array() {
+                    continue;
+                }
+                let path = path.strip_prefix("/api/v1").unwrap();
+                let role = if ["/usermgmt/", "/connectionmgmt/", "/audit/"].iter().any(|p| path.starts_with(p)) {
+                    Administer
+                } else if method == "get" {
+                    Read
                 } else {
-                    assert_error(status, &answer, 403, 2);
-                    assert!(answer["message"].as_str().unwrap().contains("may not"), "{answer}");
+                    Manage
+                };
+                walked.push(role);
+                // A read names a resource that exists where its list has one;
+                // a change names none, and its body is empty.
+                let id = match path.strip_suffix("/{id}") {
+                    Some(list) if method == "get" => api.get(list).1["resources"][0]["id"].as_str().map_or(nobody.clone(), str::to_owned),
+                    _ => nobody.clone(),
+                };
+                let path = path.replace("{id}", &id);
+                let method = method.to_uppercase();
+                let body = operation["requestBody"].is_object().then_some("{}");
+                for (who, token, allowed) in &callers {
+                    let may = allowed[match role { Read => 0, Manage => 1, Administer => 2 }];
+                    let (status, answer) = api.call(&method, &path, Some(token), body);
+                    if may {
+                        assert!(status != 403 && status != 401 && status < 500, "{who} {method} {path}: {status} {answer}");
+                    } else {
+                        assert_error(status, &answer, 403, 2);
+                        assert!(answer["message"].as_str().unwrap().contains("may not"), "{answer}");
+                    }
                 }
             }
+        }
+        for role in [Read, Manage, Administer] {
+            assert!(walked.contains(&role), "no documented operation needs {role:?}");
         }
         // Users: listed by name, found, deleted; the bootstrap admin stays; bad input says why.
         let (_, users) = api.get("/usermgmt/users?username=reader");

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 
-use luna_api::server::ROUTES;
 use luna_api::testing::Api;
 use luna_store::testing::TestDatabase;
 use serde_json::Value;
@@ -26,29 +25,6 @@ fn operations(doc: &Value) -> Vec<(String, String, Value)> {
         }
     }
     found
-}
-
-#[test]
-fn the_document_has_every_route_and_no_other() {
-    let documented: BTreeSet<(String, String)> = operations(&document())
-        .into_iter()
-        .map(|(m, p, _)| (m, p))
-        .collect();
-    let routed: BTreeSet<(String, String)> = ROUTES
-        .iter()
-        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
-        .collect();
-    let undocumented: Vec<_> = routed.difference(&documented).collect();
-    let unrouted: Vec<_> = documented.difference(&routed).collect();
-    assert!(
-        undocumented.is_empty(),
-        "routes the document lacks: {undocumented:?}"
-    );
-    assert!(
-        unrouted.is_empty(),
-        "documented operations no route serves: {unrouted:?}"
-    );
-    assert_eq!(routed.len(), ROUTES.len(), "a route is declared twice");
 }
 
 #[test]

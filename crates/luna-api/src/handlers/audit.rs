@@ -1,6 +1,6 @@
 //! `/api/v1/audit/records` and `/api/v1/audit/verify` (admin only).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
 use luna_domain::query::AuditFilters;
 use luna_store::{AuditCheck, AuditEntry, AuditRecord};
 use serde::Serialize;
@@ -46,9 +46,10 @@ impl From<&AuditRecord> for AuditView {
 }
 
 /// Lists audit records, oldest first.
-#[utoipa::path(get, path = "/api/v1/audit/records", operation_id = "list_audit_records", tag = "audit", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_audit_records", tag = "audit", security(("bearer" = [])),
     params(ListParams<AuditFilters>),
     responses((status = 200, description = "A page of audit records", body = ListView<AuditView>)))]
+#[get("/api/v1/audit/records")]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -83,8 +84,9 @@ pub struct ChainCheck {
 }
 
 /// Walks the chain: `{"intact": true}`, or where it breaks.
-#[utoipa::path(get, path = "/api/v1/audit/verify", operation_id = "verify_audit_chain", tag = "audit", security(("bearer" = [])),
+#[utoipa::path(operation_id = "verify_audit_chain", tag = "audit", security(("bearer" = [])),
     responses((status = 200, description = "Whether every record follows from the one before", body = ChainCheck)))]
+#[get("/api/v1/audit/verify")]
 pub async fn verify(state: web::Data<AppState>, _caller: Administrator) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let check = blocking(move || Ok(store.verify_audit()?)).await?;

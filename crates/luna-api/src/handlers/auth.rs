@@ -1,6 +1,6 @@
 //! `POST /api/v1/auth/tokens`: the password and refresh_token grants.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{post, web, HttpResponse};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -33,9 +33,10 @@ pub struct TokenAnswer {
 }
 
 /// Logs in: a jwt for `Authorization: Bearer`, and a refresh token.
-#[utoipa::path(post, path = "/api/v1/auth/tokens", operation_id = "login", tag = "service",
+#[utoipa::path(operation_id = "login", tag = "service",
     request_body = TokenBody,
     responses((status = 200, description = "A bearer token and a refresh token", body = TokenAnswer)))]
+#[post("/api/v1/auth/tokens")]
 pub async fn token(
     state: web::Data<AppState>,
     req: actix_web::HttpRequest,
@@ -101,10 +102,10 @@ async fn issue(state: &AppState, body: TokenBody) -> Result<HttpResponse, ApiErr
             .await?
         }
         Some("refresh_token") => {
-            let token = body.refresh_token.unwrap_or_default();
+            let presented = body.refresh_token.unwrap_or_default();
             blocking(move || {
                 store
-                    .take_refresh_token(&refresh_token_hash(&token), luna_store::now())?
+                    .take_refresh_token(&refresh_token_hash(&presented), luna_store::now())?
                     .ok_or_else(|| ApiError::Unauthorized("the refresh token is not valid".into()))
             })
             .await?

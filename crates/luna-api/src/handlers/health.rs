@@ -1,4 +1,4 @@
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -18,10 +18,11 @@ pub struct Health {
 /// `GET /api/v1/healthz`: 200 while the database answers and no token call
 /// hangs; no token needed. A supervisor restarts an instance that answers
 /// `stuck`: a PKCS#11 call cannot be cancelled from inside the process.
-#[utoipa::path(get, path = "/api/v1/healthz", tag = "service",
+#[utoipa::path(tag = "service",
     responses(
         (status = 200, description = "The database answers and no token call hangs", body = Health),
         (status = 503, description = "The database does not answer, or a token call hangs", body = Health)))]
+#[get("/api/v1/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if let Some((operation, kind, waited)) = state.stuck.longest() {
         return unhealthy(

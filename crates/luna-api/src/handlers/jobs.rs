@@ -1,7 +1,11 @@
 //! Refresh (`/api/v1/cckm/hsm/luna/refresh`) and synchronize
 //! (`…/synchronize`) jobs: start, list, get, cancel.
+#![allow(
+    missing_debug_implementations,
+    reason = "actix's route macros make each handler a unit struct; written by `job_endpoints!`, the lint sees them as ours"
+)]
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use luna_domain::query::JobFilters;
 use luna_domain::{Job, JobRequest, JobScope, JobType, Operation, OperationPayload};
 use serde::{Deserialize, Serialize};
@@ -129,8 +133,8 @@ async fn cancel_job(
     Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
 }
 
-/// The four routes of one job type, as handlers the router and the OpenAPI
-/// document both name.
+/// The four routes of one job type: each handler's route and its
+/// documentation, registered together by `server::routes`.
 macro_rules! job_endpoints {
     (
         $job_type:expr, $noun:literal,
@@ -138,12 +142,13 @@ macro_rules! job_endpoints {
         $collection:literal, $one:literal, $cancel_path:literal
     ) => {
         #[doc = concat!("Starts a ", $noun, " job over the partitions named.")]
-        #[utoipa::path(operation_id = stringify!($start), post, path = $collection, tag = "jobs", security(("bearer" = [])),
+        #[utoipa::path(operation_id = stringify!($start), tag = "jobs", security(("bearer" = [])),
             request_body = JobBody,
             params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
             responses(
                 (status = 201, description = "The job, queued", body = JobView),
                 (status = 404, description = "A partition named does not exist", body = ErrorBody)))]
+        #[post($collection)]
         pub async fn $start(
             state: web::Data<AppState>,
             caller: Manager,
@@ -154,9 +159,10 @@ macro_rules! job_endpoints {
         }
 
         #[doc = concat!("Lists ", $noun, " jobs.")]
-        #[utoipa::path(operation_id = stringify!($list), get, path = $collection, tag = "jobs", security(("bearer" = [])),
+        #[utoipa::path(operation_id = stringify!($list), tag = "jobs", security(("bearer" = [])),
             params(ListParams<JobFilters>),
             responses((status = 200, description = "A page of jobs", body = ListView<JobView>)))]
+        #[get($collection)]
         pub async fn $list(
             state: web::Data<AppState>,
             caller: Reader,
@@ -166,8 +172,9 @@ macro_rules! job_endpoints {
         }
 
         #[doc = concat!("One ", $noun, " job, with each partition's progress.")]
-        #[utoipa::path(operation_id = stringify!($get), get, path = $one, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
+        #[utoipa::path(operation_id = stringify!($get), tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
             responses((status = 200, description = "The job", body = JobView)))]
+        #[get($one)]
         pub async fn $get(
             state: web::Data<AppState>,
             caller: Reader,
@@ -177,8 +184,9 @@ macro_rules! job_endpoints {
         }
 
         #[doc = concat!("Asks a ", $noun, " job to stop at its next batch; answers at once with `abort: true`.")]
-        #[utoipa::path(operation_id = stringify!($cancel), post, path = $cancel_path, tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
+        #[utoipa::path(operation_id = stringify!($cancel), tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "the job's id")),
             responses((status = 200, description = "The job, asked to stop", body = JobView)))]
+        #[post($cancel_path)]
         pub async fn $cancel(
             state: web::Data<AppState>,
             caller: Manager,

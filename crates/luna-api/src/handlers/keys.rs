@@ -1,6 +1,6 @@
 //! The seven key endpoints of the reference.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::query::KeyFilters;
 use luna_domain::{
@@ -107,12 +107,13 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
 
 /// Creates a key (or an RSA pair) on a partition; the answer comes at once with
 /// status `in_progress`, and the key becomes `AVAILABLE` when the token has made it.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys", operation_id = "create_key", tag = "keys", security(("bearer" = [])),
+#[utoipa::path(operation_id = "create_key", tag = "keys", security(("bearer" = [])),
     request_body = CreateKeyBody,
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
     responses(
         (status = 201, description = "The key's record; the token is making it", body = KeyView),
         (status = 404, description = "No partition has this partition_id", body = ErrorBody)))]
+#[post("/api/v1/cckm/hsm/luna/keys")]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Manager,
@@ -155,9 +156,10 @@ pub async fn create(
 }
 
 /// Lists keys; every filter is an exact match.
-#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys", operation_id = "list_keys", tag = "keys", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_keys", tag = "keys", security(("bearer" = [])),
     params(ListParams<KeyFilters>),
     responses((status = 200, description = "A page of keys", body = ListView<KeyView>)))]
+#[get("/api/v1/cckm/hsm/luna/keys")]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -171,8 +173,9 @@ pub async fn list(
 }
 
 /// One key.
-#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/keys/{id}", operation_id = "get_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(operation_id = "get_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key", body = KeyView)))]
+#[get("/api/v1/cckm/hsm/luna/keys/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -200,9 +203,10 @@ async fn begin(state: &AppState, payload: OperationPayload) -> Result<Vec<Key>, 
 
 /// Changes boolean attributes of a key on its tokens; the answer comes at once
 /// with the `keyupdate` operation in progress.
-#[utoipa::path(patch, path = "/api/v1/cckm/hsm/luna/keys/{id}", operation_id = "update_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(operation_id = "update_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     request_body = UpdateKeyBody,
     responses((status = 200, description = "The key, its update in progress", body = KeyView)))]
+#[patch("/api/v1/cckm/hsm/luna/keys/{id}")]
 pub async fn update(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -229,8 +233,9 @@ pub async fn update(
 }
 
 /// Copies a key to the HA members that lack it.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/keys/{id}/replicate", operation_id = "replicate_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(operation_id = "replicate_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key, its replication in progress", body = KeyView)))]
+#[post("/api/v1/cckm/hsm/luna/keys/{id}/replicate")]
 pub async fn replicate(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -242,8 +247,9 @@ pub async fn replicate(
 }
 
 /// `POST /api/v1/cckm/hsm/luna/{id}/delete`: destroys the objects on the tokens.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/{id}/delete", operation_id = "destroy_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(operation_id = "destroy_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, description = "The key, its deletion in progress", body = KeyView)))]
+#[post("/api/v1/cckm/hsm/luna/{id}/delete")]
 pub async fn destroy(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -255,8 +261,9 @@ pub async fn destroy(
 }
 
 /// `DELETE /api/v1/cckm/hsm/luna/keys/{id}`: forgets the records here only.
-#[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/keys/{id}", operation_id = "delete_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(operation_id = "delete_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 204, description = "The key's records are gone; its objects stay on the tokens")))]
+#[delete("/api/v1/cckm/hsm/luna/keys/{id}")]
 pub async fn forget(
     state: web::Data<AppState>,
     _caller: Manager,

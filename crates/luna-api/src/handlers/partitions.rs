@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use luna_domain::partition::MemberRequest;
 use luna_domain::query::{ConnectionFilters, PartitionFilters};
 use luna_domain::ConnectionRequest;
@@ -61,10 +61,11 @@ pub struct AddPartitionBody {
 }
 
 /// Registers a connection after logging in to each of its partitions.
-#[utoipa::path(post, path = "/api/v1/connectionmgmt/services/luna-network/connections", tag = "partitions", security(("bearer" = [])),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
     request_body = ConnectionBody,
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
     responses((status = 201, description = "The connection", body = ConnectionView)))]
+#[post("/api/v1/connectionmgmt/services/luna-network/connections")]
 pub async fn create_connection(
     state: web::Data<AppState>,
     caller: Administrator,
@@ -110,9 +111,10 @@ pub async fn create_connection(
 }
 
 /// Lists connections.
-#[utoipa::path(get, path = "/api/v1/connectionmgmt/services/luna-network/connections", tag = "partitions", security(("bearer" = [])),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
     params(ListParams<ConnectionFilters>),
     responses((status = 200, description = "A page of connections", body = ListView<ConnectionView>)))]
+#[get("/api/v1/connectionmgmt/services/luna-network/connections")]
 pub async fn list_connections(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -126,8 +128,9 @@ pub async fn list_connections(
 }
 
 /// One connection.
-#[utoipa::path(get, path = "/api/v1/connectionmgmt/services/luna-network/connections/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
     responses((status = 200, description = "The connection", body = ConnectionView)))]
+#[get("/api/v1/connectionmgmt/services/luna-network/connections/{id}")]
 pub async fn get_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -139,8 +142,9 @@ pub async fn get_connection(
 }
 
 /// Deletes a connection no partition uses.
-#[utoipa::path(delete, path = "/api/v1/connectionmgmt/services/luna-network/connections/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
     responses((status = 204, description = "The connection is gone")))]
+#[delete("/api/v1/connectionmgmt/services/luna-network/connections/{id}")]
 pub async fn delete_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -156,11 +160,12 @@ pub async fn delete_connection(
 }
 
 /// Adds the partition of a connection to CCKM.
-#[utoipa::path(post, path = "/api/v1/cckm/hsm/luna/add-partition", tag = "partitions", security(("bearer" = [])),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
     request_body = AddPartitionBody,
     responses(
         (status = 201, description = "The partition", body = PartitionView),
         (status = 404, description = "No connection has this id or name", body = ErrorBody)))]
+#[post("/api/v1/cckm/hsm/luna/add-partition")]
 pub async fn add_partition(
     state: web::Data<AppState>,
     _caller: Manager,
@@ -173,9 +178,10 @@ pub async fn add_partition(
 }
 
 /// Lists partitions.
-#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/partitions", tag = "partitions", security(("bearer" = [])),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
     params(ListParams<PartitionFilters>),
     responses((status = 200, description = "A page of partitions", body = ListView<PartitionView>)))]
+#[get("/api/v1/cckm/hsm/luna/partitions")]
 pub async fn list_partitions(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -191,8 +197,9 @@ pub async fn list_partitions(
 /// One partition, with what its member tokens say of themselves and what a
 /// create of each mechanism does on it (the tokens are asked once, when first
 /// opened).
-#[utoipa::path(get, path = "/api/v1/cckm/hsm/luna/partitions/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
     responses((status = 200, description = "The partition", body = PartitionView)))]
+#[get("/api/v1/cckm/hsm/luna/partitions/{id}")]
 pub async fn get_partition(
     state: web::Data<AppState>,
     _caller: Reader,
@@ -222,8 +229,9 @@ pub async fn get_partition(
 }
 
 /// Forgets the partition and its keys here; the tokens are not touched.
-#[utoipa::path(delete, path = "/api/v1/cckm/hsm/luna/partitions/{id}", tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
     responses((status = 204, description = "The partition is gone from CCKM")))]
+#[delete("/api/v1/cckm/hsm/luna/partitions/{id}")]
 pub async fn forget_partition(
     state: web::Data<AppState>,
     _caller: Manager,

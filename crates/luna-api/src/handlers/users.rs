@@ -1,6 +1,6 @@
 //! `/api/v1/usermgmt/users`: users and their groups (admin only).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use luna_domain::query::UserFilters;
 use luna_store::{NewUser, Store, StoredUser};
 use secrecy::{ExposeSecret, SecretString};
@@ -60,9 +60,10 @@ impl From<&StoredUser> for UserView {
 }
 
 /// Creates a user.
-#[utoipa::path(post, path = "/api/v1/usermgmt/users", operation_id = "create_user", tag = "users", security(("bearer" = [])),
+#[utoipa::path(operation_id = "create_user", tag = "users", security(("bearer" = [])),
     request_body = UserBody,
     responses((status = 201, description = "The user", body = UserView)))]
+#[post("/api/v1/usermgmt/users")]
 pub async fn create(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -98,9 +99,10 @@ pub async fn create(
 }
 
 /// Lists users.
-#[utoipa::path(get, path = "/api/v1/usermgmt/users", operation_id = "list_users", tag = "users", security(("bearer" = [])),
+#[utoipa::path(operation_id = "list_users", tag = "users", security(("bearer" = [])),
     params(ListParams<UserFilters>),
     responses((status = 200, description = "A page of users", body = ListView<UserView>)))]
+#[get("/api/v1/usermgmt/users")]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -116,8 +118,9 @@ pub async fn list(
 }
 
 /// One user.
-#[utoipa::path(get, path = "/api/v1/usermgmt/users/{id}", operation_id = "get_user", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
+#[utoipa::path(operation_id = "get_user", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
     responses((status = 200, description = "The user", body = UserView)))]
+#[get("/api/v1/usermgmt/users/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
     _caller: Administrator,
@@ -129,8 +132,9 @@ pub async fn get(
 }
 
 /// Deletes a user. The bootstrap `admin` stays: without it nobody could manage users again.
-#[utoipa::path(delete, path = "/api/v1/usermgmt/users/{id}", operation_id = "delete_user", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
+#[utoipa::path(operation_id = "delete_user", tag = "users", security(("bearer" = [])), params(("id" = String, Path, description = "the user's id")),
     responses((status = 204, description = "The user is gone")))]
+#[delete("/api/v1/usermgmt/users/{id}")]
 pub async fn delete(
     state: web::Data<AppState>,
     _caller: Administrator,
