@@ -219,6 +219,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
             .wrap(middleware::NormalizePath::trim())
             .configure(|cfg| routes(&mut ServiceConfig::new(cfg)))
+            .configure(crate::console::routes)
             .default_service(web::to(no_route))
     })
     .workers(config.http_workers.max(1))

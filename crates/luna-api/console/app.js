@@ -1,0 +1,428 @@
+// The luna-cckm console: plain ES module, no build step. It speaks only the
+// public REST API with a bearer token kept in sessionStorage (never a cookie
+// or a URL), and renders every value as text (never as HTML).
+
+const API = "/api/v1";
+const KEYS = `${API}/cckm/hsm/luna/keys`;
+const PARTITIONS = `${API}/cckm/hsm/luna/partitions`;
+const CONNECTIONS = `${API}/connectionmgmt/services/luna-network/connections`;
+const SESSION = "luna-cckm-session";
+const PAGE = 20;
+const SIZES = { AES: [128, 192, 256], RSA: [2048, 3072, 4096] };
+const MECHANISMS = [
+  ["CKM_AES_KEY_GEN", "AES"],
+  ["CKM_RSA_PKCS_KEY_PAIR_GEN", "RSA"],
+  ["CKM_RSA_X9_31_KEY_PAIR_GEN", "RSA"],
+  ["CKM_RSA_FIPS_186_3_AUX_PRIME_KEY_PAIR_GEN", "RSA"],
+  ["CKM_RSA_FIPS_186_3_PRIME_KEY_PAIR_GEN", "RSA"],
+];
+const ATTRIBUTES = ["CKA_MODIFIABLE", "CKA_EXTRACTABLE", "CKA_SENSITIVE", "CKA_ENCRYPT", "CKA_DECRYPT",
+  "CKA_WRAP", "CKA_UNWRAP", "CKA_SIGN", "CKA_VERIFY", "CKA_DERIVE"];
+
+// ---- DOM: text only ------------------------------------------------------
+
+/** An element with attributes and children; strings become text nodes. */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === false || value === null || value === undefined) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const main = () => document.getElementById("main");
+function show(...nodes) { main().replaceChildren(...nodes); }
+function notice(message) {
+  const box = document.getElementById("notice");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+function badge(value) { return el("span", { class: `badge ${value}` }, value || "—"); }
+
+// ---- session and API -----------------------------------------------------
+
+let session = JSON.parse(sessionStorage.getItem(SESSION) || "null");
+let refreshTimer = null;
+
+function keep(answer, username) {
+  session = { jwt: answer.jwt, refresh: answer.refresh_token, username,
+    groups: groupsOf(answer.jwt), expires: Date.now() + answer.duration * 1000 };
+  sessionStorage.setItem(SESSION, JSON.stringify(session));
+  scheduleRefresh();
+}
+
+/** The groups the server signed into the token (read for display only; the server decides). */
+function groupsOf(jwt) {
+  try {
+    const payload = JSON.parse(atob(jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return payload.cust?.groups || [];
+  } catch { return []; }
+}
+const canManage = () => session?.groups.some((g) => g === "admin" || g === "CCKM Admins");
+const isAdmin = () => session?.groups.includes("admin");
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  if (!session) return;
+  const wait = Math.max(session.expires - Date.now() - 30_000, 1_000);
+  refreshTimer = setTimeout(async () => {
+    try {
+      const answer = await call("POST", `${API}/auth/tokens`,
+        { grant_type: "refresh_token", refresh_token: session.refresh }, { open: true });
+      keep(answer, session.username);
+    } catch { logout("Your session ended; log in again."); }
+  }, wait);
+}
+
+function logout(message) {
+  clearTimeout(refreshTimer);
+  session = null;
+  sessionStorage.removeItem(SESSION);
+  notice(message);
+  route();
+}
+
+class ApiError extends Error {
+  /** `handled`: the session ended and the login page already says so. */
+  constructor(status, message, handled = false) { super(message); this.status = status; this.handled = handled; }
+}
+
+/** A request to the API; an answer that is not 2xx throws the server's sentence. */
+async function call(method, path, body, { open = false } = {}) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (!open && session) headers.Authorization = `Bearer ${session.jwt}`;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  const answer = text ? JSON.parse(text) : null;
+  if (response.status === 401 && !open) {
+    logout("Your session has expired; log in again.");
+    throw new ApiError(401, answer?.message || "not logged in", true);
+  }
+  if (!response.ok) throw new ApiError(response.status, answer?.message || `${response.status} ${response.statusText}`);
+  return answer;
+}
+
+/** Runs `work`; an API error is shown next to `place` (or as the page notice). */
+async function attempt(work, place) {
+  try { return await work(); } catch (error) {
+    if (error.handled) return undefined;
+    if (place) place.replaceChildren(el("span", { class: "error", role: "alert" }, error.message));
+    else notice(error.message);
+    return undefined;
+  }
+}
+
+// ---- pages ---------------------------------------------------------------
+
+const pages = {
+  keys: keysPage, key: keyPage, partitions: partitionsPage, jobs: jobsPage, connections: connectionsPage,
+  users: usersPage, audit: auditPage,
+};
+
+function route() {
+  clearInterval(route.poll);
+  const [page, arg] = location.hash.replace(/^#\/?/, "").split("/");
+  const nav = document.getElementById("nav");
+  if (!session) {
+    nav.hidden = true;
+    return loginPage();
+  }
+  const links = [["keys", "Keys"], ["partitions", "Partitions"], ["jobs", "Jobs"]]
+    .concat(isAdmin() ? [["connections", "Connections"], ["users", "Users"], ["audit", "Audit"]] : []);
+  nav.replaceChildren(
+    ...links.map(([name, title]) => el("a", { href: `#/${name}`, "aria-current": (page || "keys") === name && "page" }, title)),
+    el("span", { class: "who" }, `${session.username}${canManage() ? "" : " (read-only)"}`),
+    el("button", { type: "button", onclick: () => logout("") }, "Log out"));
+  nav.hidden = false;
+  (pages[page] || keysPage)(arg);
+}
+
+function loginPage() {
+  const error = el("p");
+  const form = el("form", { id: "login", "aria-label": "Log in", onsubmit: async (event) => {
+    event.preventDefault();
+    const username = form.username.value;
+    const answer = await attempt(() => call("POST", `${API}/auth/tokens`,
+      { grant_type: "password", username, password: form.password.value }, { open: true }), error);
+    if (answer) { notice(""); keep(answer, username); location.hash = "#/keys"; route(); }
+  } },
+  el("h2", {}, "Log in"),
+  el("label", {}, "Username", el("input", { name: "username", autocomplete: "username", required: true })),
+  el("label", {}, "Password", el("input", { name: "password", type: "password", autocomplete: "current-password", required: true })),
+  el("button", { class: "primary", type: "submit" }, "Log in"), error);
+  show(form);
+  form.username.focus();
+}
+
+async function keysPage() {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const skip = Number(params.get("skip") || 0);
+  const filters = el("form", { class: "inline", "aria-label": "Filter keys", onsubmit: (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    for (const name of ["label", "status", "partition_id", "sort"]) {
+      const value = filters[name].value;
+      if (value) query.set(name, value);
+    }
+    location.hash = `#/keys?${query}`;
+  } },
+  el("label", {}, "Label", el("input", { name: "label", value: params.get("label") || "" })),
+  el("label", {}, "Status", select("status", ["", "in_progress", "AVAILABLE", "FAILED", "DELETED"], params.get("status"))),
+  el("label", {}, "Partition id", el("input", { name: "partition_id", value: params.get("partition_id") || "" })),
+  el("label", {}, "Sort", select("sort", ["-updatedAt", "updatedAt", "label", "-label", "createdAt", "-createdAt"], params.get("sort") || "-updatedAt")),
+  el("button", { type: "submit" }, "Apply"));
+  const place = el("div");
+  const create = canManage() ? el("button", { class: "primary", type: "button", id: "create-key", onclick: () => createDialog() }, "Create key") : null;
+  show(el("div", { class: "row" }, el("h2", {}, "Keys"), create), filters, place);
+  const query = new URLSearchParams(params);
+  query.set("limit", PAGE); query.set("skip", skip);
+  if (!query.get("sort")) query.set("sort", "-updatedAt");
+  const list = await attempt(() => call("GET", `${KEYS}?${query}`), place);
+  if (!list) return;
+  const rows = list.resources.map((k) => el("tr", {},
+    el("td", {}, el("a", { href: `#/key/${k.id}`, class: "key-label" }, k.label)),
+    el("td", {}, badge(k.status)),
+    el("td", {}, k.algorithm || "—", " ", k.size ? String(k.size) : ""),
+    el("td", { class: "wide" }, k.object_type || "—"),
+    el("td", { class: "wide" }, k.partition_label),
+    el("td", { class: "wide" }, k.updatedAt)));
+  const pager = el("div", { class: "row" },
+    el("span", { class: "muted" }, `${list.total === 0 ? 0 : skip + 1}–${skip + list.resources.length} of ${list.total}`),
+    el("button", { type: "button", disabled: skip === 0, onclick: () => page(Math.max(0, skip - PAGE)) }, "Previous"),
+    el("button", { type: "button", disabled: skip + PAGE >= list.total, onclick: () => page(skip + PAGE) }, "Next"));
+  function page(to) { params.set("skip", to); location.hash = `#/keys?${params}`; }
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "keys" },
+    el("thead", {}, el("tr", {}, ["Label", "Status", "Algorithm", "Type", "Partition", "Updated"].map((h, i) => el("th", { class: i > 2 ? "wide" : null }, h)))),
+    el("tbody", {}, rows))), pager);
+  if (list.resources.some((k) => k.status === "in_progress")) route.poll = setInterval(route, 1500);
+}
+
+function select(name, values, chosen) {
+  return el("select", { name }, values.map((v) => el("option", { value: v, selected: v === (chosen || "") }, v || "any")));
+}
+
+async function createDialog() {
+  const error = el("p");
+  const partitions = await attempt(() => call("GET", `${PARTITIONS}?limit=100`));
+  if (!partitions) return;
+  const size = el("select", { name: "size" });
+  const mechanism = el("select", { name: "mechanism", onchange: sizes }, MECHANISMS.map(([m]) => el("option", { value: m }, m)));
+  function sizes() {
+    const algorithm = MECHANISMS.find(([m]) => m === mechanism.value)[1];
+    size.replaceChildren(...SIZES[algorithm].map((s) => el("option", { value: s }, String(s))));
+  }
+  sizes();
+  const form = el("form", { method: "dialog", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { label: form.label.value, partition_id: form.partition.value, mechanism: mechanism.value,
+      size: Number(size.value), attributes: ATTRIBUTES.filter((a) => form[a].checked) };
+    const made = await attempt(() => call("POST", KEYS, body), error);
+    if (made) { dialog.close(); dialog.remove(); location.hash = `#/key/${made.id}`; }
+  } },
+  el("h2", {}, "Create a key"),
+  el("label", {}, "Label", el("input", { name: "label", required: true, maxlength: 128 })),
+  el("label", {}, "Partition", el("select", { name: "partition", required: true },
+    partitions.resources.map((p) => el("option", { value: p.id }, `${p.partition_label} (${p.ha_enabled ? "HA, " : ""}${p.id})`)))),
+  el("label", {}, "Mechanism", mechanism),
+  el("label", {}, "Size (bits)", size),
+  el("fieldset", {}, el("legend", {}, "Attributes set true"),
+    ATTRIBUTES.map((a) => el("label", { class: "check" }, el("input", { type: "checkbox", name: a }), a))),
+  error,
+  el("div", { class: "row" }, el("button", { class: "primary", type: "submit" }, "Create"),
+    el("button", { type: "button", onclick: () => { dialog.close(); dialog.remove(); } }, "Cancel")));
+  const dialog = el("dialog", { "aria-label": "Create a key" }, form);
+  document.body.append(dialog);
+  dialog.showModal();
+  form.label.focus();
+}
+
+/** Why a PATCH of `attribute` to `value` is refused on this key, if it is (PKCS#11's one-way rules). */
+function patchRefusal(key, attribute, value) {
+  const has = (a) => key.attributes.includes(a);
+  if (key.status !== "AVAILABLE") return `the key is ${key.status}`;
+  if (key.operation_status === "in_progress") return "an operation is in progress";
+  if (!has("CKA_MODIFIABLE")) return "the key is not modifiable";
+  if (attribute === "CKA_MODIFIABLE") return "fixed when the key was made";
+  if (attribute === "CKA_SENSITIVE" && !value) return "can only go from false to true";
+  if (attribute === "CKA_EXTRACTABLE" && value) return "can only go from true to false";
+  return null;
+}
+
+async function keyPage(id) {
+  const place = el("div");
+  show(el("p", { class: "row" }, el("a", { href: "#/keys" }, "← Keys")), place);
+  const key = await attempt(() => call("GET", `${KEYS}/${encodeURIComponent(id)}`), place);
+  if (!key) return;
+  const error = el("p");
+  const fields = ["id", "label", "status", "operation", "operation_status", "operation_error", "algorithm", "object_type",
+    "size", "mechanism", "generation_mechanism", "partition_label", "partition_id", "object_uid", "link_id", "sha_256_fingerprint",
+    "replicated", "ha_enabled", "origin", "byok_key", "modulus", "exponent", "createdAt", "updatedAt"];
+  const list = el("dl", { class: "fields", id: "key-fields" }, fields.flatMap((f) => [el("dt", {}, f),
+    el("dd", { "data-field": f }, ["status", "operation_status"].includes(f) ? badge(key[f]) : String(key[f] ?? ""))]));
+  const toggles = el("fieldset", {}, el("legend", {}, "Attributes"), ATTRIBUTES.map((a) => {
+    const on = key.attributes.includes(a);
+    const why = canManage() ? patchRefusal(key, a, !on) : "read-only";
+    return el("label", { class: "check", title: why || "" },
+      el("input", { type: "checkbox", name: a, checked: on, disabled: Boolean(why), onchange: async (event) => {
+        const changed = await attempt(() => call("PATCH", `${KEYS}/${key.id}`, { attributes: [{ type: a, value: event.target.checked }] }), error);
+        if (changed) route(); else event.target.checked = on;
+      } }), a, why ? el("span", { class: "muted" }, ` (${why})`) : null);
+  }));
+  const replication = el("table", { id: "replication" }, el("thead", {}, el("tr", {}, el("th", {}, "Member serial"), el("th", {}, "State"))),
+    el("tbody", {}, Object.entries(key.replication_info || {}).map(([serial, state]) => el("tr", {}, el("td", {}, serial), el("td", {}, state)))));
+  const actions = canManage() ? el("div", { class: "row" },
+    el("button", { type: "button", id: "replicate", disabled: key.status !== "AVAILABLE", onclick: async () => {
+      if (await attempt(() => call("POST", `${KEYS}/${key.id}/replicate`), error)) route();
+    } }, "Replicate"),
+    el("button", { type: "button", class: "danger", id: "destroy", disabled: key.status !== "AVAILABLE", onclick: () => confirmByLabel(key, "Delete from HSM",
+      "destroys the key's objects on every member", () => call("POST", `${API}/cckm/hsm/luna/${key.id}/delete`), error) }, "Delete from HSM…"),
+    el("button", { type: "button", class: "danger", id: "forget", onclick: () => confirmByLabel(key, "Remove from the service",
+      "forgets the key here; its objects stay on the tokens", async () => { await call("DELETE", `${KEYS}/${key.id}`); location.hash = "#/keys"; }, error) }, "Remove…"))
+    : null;
+  place.replaceChildren(el("h2", {}, key.label), list, toggles, el("h3", {}, "Replication"), replication, actions, error);
+  if (key.status === "in_progress" || key.operation_status === "in_progress") route.poll = setInterval(route, 1000);
+}
+
+function confirmByLabel(key, title, what, work, error) {
+  const form = el("form", { method: "dialog", onsubmit: async (event) => {
+    event.preventDefault();
+    if (form.confirm.value !== key.label) { problem.textContent = "The label does not match."; return; }
+    const done = await attempt(work, problem);
+    if (done !== undefined) { dialog.close(); dialog.remove(); route(); }
+  } });
+  const problem = el("p", { class: "error" });
+  form.append(el("h2", {}, title), el("p", {}, `This ${what}. Type the key's label to confirm.`),
+    el("label", {}, "Label", el("input", { name: "confirm", autocomplete: "off", required: true })), problem,
+    el("div", { class: "row" }, el("button", { class: "danger", type: "submit" }, title),
+      el("button", { type: "button", onclick: () => { dialog.close(); dialog.remove(); } }, "Cancel")));
+  const dialog = el("dialog", { "aria-label": title }, form);
+  document.body.append(dialog);
+  dialog.showModal();
+  error.textContent = "";
+}
+
+async function partitionsPage() {
+  const place = el("div");
+  show(el("h2", {}, "Partitions"), place);
+  const list = await attempt(() => call("GET", `${PARTITIONS}?limit=100`), place);
+  if (!list) return;
+  const details = await Promise.all(list.resources.map((p) => call("GET", `${PARTITIONS}/${p.id}`).catch(() => p)));
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "partitions" },
+    el("thead", {}, el("tr", {}, ["Partition", "HA", "Members (serial · label · host)", "What a create runs here", "Id"]
+      .map((h, i) => el("th", { class: i === 4 ? "wide" : null }, h)))),
+    el("tbody", {}, details.map((p) => el("tr", {},
+      el("td", {}, p.partition_label),
+      el("td", {}, p.ha_enabled ? "yes" : "no"),
+      el("td", {}, (p.members || []).map((m) => el("div", {}, `${m.serial_number} · ${m.partition_label} · ${m.hostname}`))),
+      el("td", {}, (p.mechanisms || []).map((m) => el("div", {}, m.refused ? `${m.mechanism}: refused (${m.refused})`
+        : m.remapped ? `${m.mechanism} → ${m.generated_with}` : m.mechanism))),
+      el("td", { class: "wide" }, p.id)))))));
+}
+
+async function jobsPage() {
+  const place = el("div");
+  const error = el("p");
+  const chosen = el("fieldset", { id: "job-partitions" }, el("legend", {}, "Partitions"));
+  const start = (kind) => async () => {
+    const ids = [...chosen.querySelectorAll("input:checked")].map((box) => box.value);
+    if (ids.length === 0) { error.textContent = "Choose at least one partition."; return; }
+    if (await attempt(() => call("POST", `${API}/cckm/hsm/luna/${kind}`, { partitions: ids }), error)) route();
+  };
+  show(el("h2", {}, "Jobs"), canManage() ? el("div", {}, chosen, el("div", { class: "row" },
+    el("button", { type: "button", id: "start-refresh", onclick: start("refresh") }, "Refresh"),
+    el("button", { type: "button", id: "start-synchronize", onclick: start("synchronize") }, "Synchronize"))) : null, error, place);
+  if (canManage()) {
+    const partitions = await attempt(() => call("GET", `${PARTITIONS}?limit=100`), error);
+    chosen.append(...(partitions?.resources || []).map((p) =>
+      el("label", { class: "check" }, el("input", { type: "checkbox", value: p.id, checked: true }), p.partition_label)));
+  }
+  const [refresh, sync] = await Promise.all(["refresh", "synchronize"].map((kind) =>
+    attempt(() => call("GET", `${API}/cckm/hsm/luna/${kind}?limit=${PAGE}&sort=-createdAt`), place).then((l) => (l?.resources || []).map((j) => ({ ...j, kind })))));
+  const jobs = refresh.concat(sync).sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "jobs" },
+    el("thead", {}, el("tr", {}, ["Kind", "Status", "Per partition", "Started", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, jobs.map((j) => el("tr", {},
+      el("td", {}, j.kind), el("td", {}, badge(j.overall_status), j.abort && j.overall_status === "in_progress" ? " cancel asked" : null),
+      el("td", {}, Object.entries(j.detailed_status || {}).map(([p, s]) => el("div", {}, `${p}: ${s}`))),
+      el("td", {}, j.createdAt),
+      el("td", {}, canManage() && j.overall_status === "in_progress" && !j.abort ? el("button", { type: "button", class: "cancel-job", onclick: async () => {
+        if (await attempt(() => call("POST", `${API}/cckm/hsm/luna/${j.kind}/${j.id}/cancel`), error)) route();
+      } }, "Cancel") : null)))))));
+  if (jobs.some((j) => j.overall_status === "in_progress")) route.poll = setInterval(route, 1500);
+}
+
+/** Connections are admin-only in the API: the page is offered to admins only. */
+async function connectionsPage() {
+  const place = el("div");
+  const error = el("p");
+  const form = el("form", { id: "register", "aria-label": "Register a connection", onsubmit: async (event) => {
+    event.preventDefault();
+    const members = form.members.value.split(",").map((m) => m.trim()).filter(Boolean)
+      .map((partition_label) => ({ partition_label, hostname: form.hostname.value || "localhost" }));
+    const body = { name: form.name.value, password: form.password.value, is_ha_enabled: form.ha.checked, partitions: members };
+    if (form.so_password.value) body.so_password = form.so_password.value;
+    // The PINs leave the page with the request and are not kept in it.
+    form.password.value = ""; form.so_password.value = "";
+    if (await attempt(() => call("POST", CONNECTIONS, body), error)) route();
+  } },
+  el("h3", {}, "Register a connection"),
+  el("div", { class: "inline" },
+    el("label", {}, "Name", el("input", { name: "name", required: true })),
+    el("label", {}, "Partition labels (comma-separated)", el("input", { name: "members", required: true })),
+    el("label", {}, "Host", el("input", { name: "hostname", placeholder: "localhost" })),
+    el("label", {}, "Crypto officer PIN", el("input", { name: "password", type: "password", autocomplete: "off", required: true })),
+    el("label", {}, "Security officer PIN (cloning domain)", el("input", { name: "so_password", type: "password", autocomplete: "off" })),
+    el("label", { class: "check" }, el("input", { type: "checkbox", name: "ha" }), "HA group"),
+    el("button", { class: "primary", type: "submit" }, "Register")),
+  error);
+  show(el("h2", {}, "Connections"), place, form);
+  const list = await attempt(() => call("GET", `${CONNECTIONS}?limit=100`), place);
+  if (!list) return;
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "connections" },
+    el("thead", {}, el("tr", {}, ["Name", "HA", "Members", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, list.resources.map((c) => el("tr", { "data-name": c.name },
+      el("td", {}, c.name), el("td", {}, c.is_ha_enabled ? "yes" : "no"),
+      el("td", {}, c.partitions.map((m) => el("div", {}, `${m.partition_label} · ${m.serial_number}`))),
+      el("td", {}, el("div", { class: "row" },
+        el("button", { type: "button", class: "add-partition", onclick: async () => {
+          if (await attempt(() => call("POST", `${API}/cckm/hsm/luna/add-partition`, { connection: c.name }), error)) location.hash = "#/partitions";
+        } }, "Add as partition"),
+        el("button", { type: "button", class: "danger delete-connection", onclick: async () => {
+          if (await attempt(() => call("DELETE", `${CONNECTIONS}/${c.id}`), error) !== undefined) route();
+        } }, "Delete")))))))));
+}
+
+async function usersPage() {
+  const place = el("div");
+  show(el("h2", {}, "Users"), place);
+  const list = await attempt(() => call("GET", `${API}/usermgmt/users?limit=100`), place);
+  if (!list) return;
+  place.replaceChildren(el("table", { id: "users" }, el("thead", {}, el("tr", {}, el("th", {}, "Username"), el("th", {}, "Groups"))),
+    el("tbody", {}, list.resources.map((u) => el("tr", {}, el("td", {}, u.username), el("td", {}, (u.groups || []).join(", ")))))));
+}
+
+async function auditPage() {
+  const place = el("div");
+  const state = el("p", { id: "audit-state" });
+  show(el("h2", {}, "Audit trail"), state, place);
+  const verified = await attempt(() => call("GET", `${API}/audit/verify`), state);
+  if (verified) state.replaceChildren(verified.intact ? badge("available") : badge("failed"), verified.intact ? " intact" : ` broken at record ${verified.broken_at}: ${verified.reason || ""}`);
+  const list = await attempt(() => call("GET", `${API}/audit/records?limit=50`), place);
+  if (!list) return;
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "audit" },
+    el("thead", {}, el("tr", {}, ["At", "User", "Action", "Target", "Outcome"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, list.resources.map((r) => el("tr", {}, el("td", {}, r.at), el("td", {}, r.username), el("td", {}, r.action),
+      el("td", {}, r.target), el("td", {}, r.outcome)))))));
+}
+
+window.addEventListener("hashchange", route);
+scheduleRefresh();
+route();

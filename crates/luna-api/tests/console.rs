@@ -1,0 +1,394 @@
+//! The web console in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over the W3C WebDriver protocol) against an
+//! in-process server on real SoftHSM2 tokens: log in, create AES and RSA keys
+//! and watch them turn AVAILABLE, PATCH, a label that is markup, delete from
+//! HSM, a refresh job, a read-only user, an expired session.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use luna_api::testing::{Api, ADMIN_PASSWORD};
+use luna_store::testing::TestDatabase;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One Chromium under one chromedriver; both go when it drops.
+struct Browser {
+    driver: Child,
+    url: String,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/bootstrap installs it)");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + WAIT;
+        while ureq::get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,800"]
+            }
+        }}});
+        let answer: Value = ureq::post(&format!("{base}/session"))
+            .send_json(capabilities)
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .expect("a WebDriver session")
+            .to_owned();
+        Browser {
+            driver,
+            url: format!("{base}/session/{session}"),
+        }
+    }
+
+    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Value> {
+        let request = ureq::request(method, &format!("{}{path}", self.url));
+        let answer = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match answer {
+            Ok(r) => Ok(r.into_json::<Value>().unwrap()["value"].clone()),
+            Err(ureq::Error::Status(_, r)) => Err(r.into_json::<Value>().unwrap()["value"].clone()),
+            Err(e) => panic!("WebDriver: {e}"),
+        }
+    }
+
+    fn goto(&self, url: &str) {
+        self.command("POST", "/url", Some(json!({"url": url}))).unwrap();
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .unwrap()
+    }
+
+    /// The first element matching `css`, waiting for it to appear.
+    fn find(&self, css: &str) -> String {
+        self.wait(css, |_| true)
+    }
+
+    /// Waits until an element matching `css` has text that `ready` accepts.
+    fn wait(&self, css: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(found) = self.command(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            ) {
+                let id = found[ELEMENT].as_str().unwrap().to_owned();
+                if let Ok(text) = self.command("GET", &format!("/element/{id}/text"), None) {
+                    if ready(text.as_str().unwrap_or_default()) {
+                        return id;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {css} as expected; the page says: {}",
+                self.page_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn count(&self, css: &str) -> usize {
+        self.command(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
+    }
+
+    fn text(&self, id: &str) -> String {
+        self.command("GET", &format!("/element/{id}/text"), None)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn property(&self, id: &str, name: &str) -> Value {
+        self.command("GET", &format!("/element/{id}/property/{name}"), None)
+            .unwrap()
+    }
+
+    /// Clicks the element matching `css`; a page that polls may replace it
+    /// between the find and the click, so a stale element is found again.
+    fn click(&self, css: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let id = self.find(css);
+            match self.command("POST", &format!("/element/{id}/click"), Some(json!({}))) {
+                Ok(_) => return,
+                Err(error) => assert!(Instant::now() < deadline, "clicking {css}: {error}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.command("POST", &format!("/element/{id}/clear"), Some(json!({})))
+            .unwrap();
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .unwrap();
+    }
+
+    fn page_text(&self) -> String {
+        self.script("return document.body.innerText;")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn alert(&self) -> Option<String> {
+        self.command("GET", "/alert/text", None)
+            .ok()
+            .map(|v| v.to_string())
+    }
+
+    fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let png = self.command("GET", "/screenshot", None).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+
+    fn log_in(&self, root: &str, username: &str, password: &str) {
+        self.goto(&format!("{root}/"));
+        self.type_into("#login input[name=username]", username);
+        self.type_into("#login input[name=password]", password);
+        self.click("#login button[type=submit]");
+        self.find("#keys");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&self.url).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_console_walks_the_reference_flow_in_a_real_browser() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    let partition = api.partition("console", 1);
+    let pid = partition["id"].as_str().unwrap().to_owned();
+
+    // What the server sends with the console: a policy with no inline script.
+    let page = ureq::get(&format!("{root}/ui/")).call().unwrap();
+    let policy = page.header("Content-Security-Policy").unwrap().to_owned();
+    assert!(
+        policy.contains("script-src 'self'")
+            && policy.contains("frame-ancestors 'none'")
+            && !policy.contains("unsafe-inline"),
+        "{policy}"
+    );
+    assert!(
+        !page.into_string().unwrap().contains("<script>"),
+        "no inline script"
+    );
+
+    let browser = Browser::start();
+    // `/` sends the browser to the console; a wrong password is the server's sentence.
+    browser.goto(&format!("{root}/"));
+    browser.type_into("#login input[name=username]", "admin");
+    browser.type_into("#login input[name=password]", "not-the-password");
+    browser.click("#login button[type=submit]");
+    browser.wait("#login .error", |t| !t.is_empty());
+    browser.screenshot("login");
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+
+    // Create an AES key in the dialog; its page shows it turn AVAILABLE.
+    browser.click("#create-key");
+    browser.type_into("dialog input[name=label]", "console-aes");
+    browser.click(&format!("dialog select[name=partition] option[value='{pid}']"));
+    browser.click("dialog select[name=size] option[value='256']");
+    for attribute in ["CKA_MODIFIABLE", "CKA_ENCRYPT"] {
+        browser.click(&format!("dialog input[name={attribute}]"));
+    }
+    browser.click("dialog button[type=submit]");
+    browser.wait("dd[data-field=status]", |t| t == "AVAILABLE");
+    assert_eq!(browser.text(&browser.find("dd[data-field=size]")), "256");
+    browser.screenshot("key");
+
+    // PATCH from the page: CKA_DECRYPT on; CKA_MODIFIABLE cannot change and says why.
+    let modifiable = browser.find("input[name=CKA_MODIFIABLE]");
+    assert_eq!(browser.property(&modifiable, "disabled"), true);
+    browser.click("input[name=CKA_DECRYPT]");
+    browser.wait("dd[data-field=operation]", |t| t == "keyupdate");
+    browser.wait("dd[data-field=operation_status]", |t| t == "completed");
+    let aes_url = browser
+        .command("GET", "/url", None)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let aes_id = aes_url.rsplit('/').next().unwrap().to_owned();
+    let (_, aes) = api.get(&format!("/cckm/hsm/luna/keys/{aes_id}"));
+    assert!(
+        aes["attributes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("CKA_DECRYPT")),
+        "{aes}"
+    );
+
+    // An RSA pair: the size list follows the mechanism.
+    browser.goto(&format!("{root}/ui/#/keys"));
+    browser.click("#create-key");
+    browser.type_into("dialog input[name=label]", "console-rsa");
+    browser.click("dialog select[name=mechanism] option[value=CKM_RSA_PKCS_KEY_PAIR_GEN]");
+    assert_eq!(browser.count("dialog select[name=size] option"), 3);
+    browser.click("dialog select[name=size] option[value='2048']");
+    browser.click("dialog button[type=submit]");
+    browser.wait("dd[data-field=status]", |t| t == "AVAILABLE");
+
+    // A label that is markup shows as those characters, and runs nothing.
+    let markup = "<img src=x onerror=alert(1)>";
+    let (status, made) = api.send(
+        "POST",
+        "/cckm/hsm/luna/keys",
+        &json!({"label": markup, "size": 128, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}),
+    );
+    assert_eq!(status, 201, "{made}");
+    api.settled(made["id"].as_str().unwrap());
+    browser.goto(&format!(
+        "{root}/ui/#/keys?label={}",
+        "%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E"
+    ));
+    browser.wait("#keys a.key-label", |t| t == markup);
+    assert_eq!(
+        browser.count("#keys img"),
+        0,
+        "no element was made from the label"
+    );
+    assert_eq!(browser.alert(), None);
+    browser.goto(&format!("{root}/ui/#/keys"));
+    browser.wait("#keys tbody", |t| t.contains("console-rsa"));
+    browser.screenshot("keys");
+
+    // Delete from HSM, confirmed by typing the label: DELETED.
+    browser.goto(&aes_url);
+    browser.click("#destroy");
+    browser.type_into("dialog input[name=confirm]", "console-aes");
+    browser.click("dialog button[type=submit]");
+    browser.wait("dd[data-field=status]", |t| t == "DELETED");
+
+    // A refresh job from the jobs page, followed to its end.
+    browser.goto(&format!("{root}/ui/#/jobs"));
+    browser.click("#start-refresh");
+    browser.wait("#jobs tbody", |t| {
+        t.contains("refresh") && t.contains("completed")
+    });
+    browser.screenshot("jobs");
+
+    // Replicate on an HA partition.
+    let ha = api.partition("console-ha", 2);
+    let (_, pair) = api.send("POST", "/cckm/hsm/luna/keys", &json!({"label": "console-ha-key", "size": 256, "partition_id": ha["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_EXTRACTABLE"]}));
+    let ha_key = pair["id"].as_str().unwrap().to_owned();
+    api.settled(&ha_key);
+    browser.goto(&format!("{root}/ui/#/key/{ha_key}"));
+    browser.wait("#replication tbody", |t| t.matches("available").count() == 2);
+    browser.click("#replicate");
+    browser.wait("dd[data-field=operation]", |t| t == "keyreplicate");
+    browser.wait("dd[data-field=operation_status]", |t| t == "completed");
+
+    // Register a connection: its PIN is sent, never shown again; then add it as a partition.
+    let label = luna_pkcs11::testing::fresh_token_label("console-new");
+    browser.goto(&format!("{root}/ui/#/connections"));
+    browser.type_into("#register input[name=name]", "console-connection");
+    browser.type_into("#register input[name=members]", &label);
+    browser.type_into("#register input[name=password]", luna_pkcs11::testing::USER_PIN);
+    browser.click("#register button[type=submit]");
+    browser.wait("#connections tbody", |t| t.contains("console-connection"));
+    assert!(!browser.page_text().contains(luna_pkcs11::testing::USER_PIN));
+    let pin_field = browser.find("#register input[name=password]");
+    assert_eq!(browser.property(&pin_field, "value"), "");
+    browser.click("#connections tr[data-name=console-connection] button.add-partition");
+    browser.wait("#partitions tbody", |t| t.contains(&label));
+    browser.screenshot("partitions");
+
+    // A CCKM Users member sees a read-only console: no button that would earn a 403.
+    let (status, _) = api.send(
+        "POST",
+        "/usermgmt/users",
+        &json!({"username": "viewer", "password": "viewer-password-1", "groups": ["CCKM Users"]}),
+    );
+    assert_eq!(status, 201);
+    browser.click("nav button");
+    browser.log_in(&root, "viewer", "viewer-password-1");
+    assert_eq!(browser.count("#create-key"), 0);
+    browser.click("#keys a.key-label");
+    browser.find("dd[data-field=status]");
+    assert_eq!(browser.count("#destroy") + browser.count("#forget"), 0);
+    let toggle = browser.find("input[name=CKA_SIGN]");
+    assert_eq!(browser.property(&toggle, "disabled"), true);
+    assert_eq!(browser.count("nav a[href='#/users']"), 0, "no admin pages");
+
+    // An expired session sends the user back to the login page with a sentence.
+    browser.script("const s = JSON.parse(sessionStorage.getItem('luna-cckm-session')); s.jwt = 'expired.token.here'; sessionStorage.setItem('luna-cckm-session', JSON.stringify(s));");
+    browser.goto(&format!("{root}/ui/#/keys?again=1"));
+    browser.script("location.reload();");
+    browser.find("#login");
+    browser.wait("#notice", |t| t.contains("expired"));
+}
+
+#[test]
+fn a_job_is_cancelled_from_the_console() {
+    // No workers: the job stays in progress until it is cancelled.
+    let api = Api::start_with(TestDatabase::sqlite().unwrap(), 0);
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    api.partition("console-cancel", 1);
+    let browser = Browser::start();
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+    browser.goto(&format!("{root}/ui/#/jobs"));
+    browser.find("#job-partitions input[type=checkbox]");
+    browser.click("#start-refresh");
+    browser.click("#jobs button.cancel-job");
+    browser.wait("#jobs tbody", |t| t.contains("cancel asked"));
+    let (_, jobs) = api.get("/cckm/hsm/luna/refresh");
+    assert_eq!(jobs["resources"][0]["abort"], true, "{jobs}");
+}
