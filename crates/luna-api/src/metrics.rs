@@ -2,8 +2,10 @@
 //! with latency histograms, token calls by function with latency and errors,
 //! operations by kind and state, and the progress of running jobs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use actix_web::{get, web, HttpResponse};
 use luna_domain::query::{parse_list_query, JobFilters};
@@ -28,6 +30,9 @@ pub struct Metrics {
     token_errors: IntCounterVec,
     operations: IntGaugeVec,
     jobs: IntGaugeVec,
+    /// The token call each thread is in, and since when: the runner's
+    /// watchdog asks how long the call on an operation's thread has run.
+    in_flight: parking_lot::Mutex<HashMap<ThreadId, (&'static str, Instant)>>,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -99,6 +104,7 @@ impl Metrics {
             token_errors,
             operations,
             jobs,
+            in_flight: parking_lot::Mutex::default(),
         }))
     }
 
@@ -108,13 +114,34 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// The token call `thread` is in, and how long it has run.
+    pub fn call_in_flight(&self, thread: ThreadId) -> Option<(&'static str, Duration)> {
+        self.in_flight
+            .lock()
+            .get(&thread)
+            .map(|(function, since)| (*function, since.elapsed()))
+    }
+
     fn timed<T>(
         &self,
-        function: &str,
+        function: &'static str,
         call: impl FnOnce() -> luna_pkcs11::Result<T>,
     ) -> luna_pkcs11::Result<T> {
         let started = Instant::now();
+        let thread = std::thread::current().id();
+        // A call made inside another (none today) keeps the outer one's start.
+        let outermost = {
+            let mut calls = self.in_flight.lock();
+            let free = !calls.contains_key(&thread);
+            if free {
+                calls.insert(thread, (function, started));
+            }
+            free
+        };
         let result = call();
+        if outermost {
+            self.in_flight.lock().remove(&thread);
+        }
         self.token_calls
             .with_label_values(&[function])
             .observe(started.elapsed().as_secs_f64());

@@ -57,6 +57,11 @@ impl std::fmt::Debug for TokenRegistry {
 }
 
 impl TokenRegistry {
+    /// The metrics every token call is timed into (and the calls in flight).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
     pub fn new(module: Arc<Module>, store: Store, metrics: Arc<crate::metrics::Metrics>) -> TokenRegistry {
         TokenRegistry {
             module,

@@ -25,7 +25,9 @@ sys.stdin.read()\n";
 
 #[test]
 fn a_token_call_that_hangs_is_called_stuck_its_lease_runs_out_and_it_ends_when_the_token_answers() {
-    let mut settings = runner_settings(1);
+    // Two workers: once the hung attempt's lease runs out, the other takes
+    // the operation over, and the hung one must not write over it.
+    let mut settings = runner_settings(2);
     settings.lease = time::Duration::seconds(3);
     settings.stuck_after = Duration::from_secs(2);
     let api = Api::start_with_settings(TestDatabase::sqlite().unwrap(), settings);
@@ -79,19 +81,26 @@ fn a_token_call_that_hangs_is_called_stuck_its_lease_runs_out_and_it_ends_when_t
     );
     let operation: Uuid = detail.split_whitespace().nth(1).unwrap().parse().unwrap();
 
-    // Its lease is no longer renewed: it runs out, for another instance to take.
-    let held = api
-        .store()
-        .get_operation(operation)
-        .unwrap()
-        .unwrap()
-        .lease_expires_at()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(3500));
-    let stuck = api.store().get_operation(operation).unwrap().unwrap();
-    assert_eq!(stuck.state(), luna_domain::OperationState::Running);
-    assert_eq!(stuck.lease_expires_at(), Some(held), "not renewed while stuck");
-    assert!(held <= luna_store::now(), "the lease has run out");
+    assert!(detail.contains("answer to generate"), "{detail}");
+
+    // Its lease is no longer renewed: it runs out, and the other worker takes
+    // the operation over under a lease of its own (and hangs too).
+    let first = api.store().get_operation(operation).unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let now = api.store().get_operation(operation).unwrap().unwrap();
+        if now.attempts() == 2 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "never taken over: {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(first.attempts(), 1);
+    assert_ne!(
+        second.lease_owner(),
+        first.lease_owner(),
+        "a lease name per claim"
+    );
     let (_, key) = api.get(&format!("{KEYS}/{id}"));
     assert_eq!(key["status"], "in_progress", "{key}");
 
@@ -106,4 +115,10 @@ fn a_token_call_that_hangs_is_called_stuck_its_lease_runs_out_and_it_ends_when_t
     );
     assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
     assert_eq!(api.get(&format!("{KEYS}?label=hung")).1["total"], 1);
+    // The hung attempt's late answer lost to the attempt that took over.
+    let ended = api.store().get_operation(operation).unwrap().unwrap();
+    assert_eq!(
+        (ended.state(), ended.attempts()),
+        (luna_domain::OperationState::Succeeded, 2)
+    );
 }

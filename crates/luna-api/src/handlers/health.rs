@@ -24,12 +24,12 @@ pub struct Health {
         (status = 503, description = "The database does not answer, or a token call hangs", body = Health)))]
 #[get("/api/v1/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    if let Some((operation, kind, waited)) = state.stuck.longest() {
+    if let Some((operation, kind, function, waited)) = state.stuck.longest() {
         return unhealthy(
             "stuck",
             format!(
-                "operation {operation} ({kind}) has waited {} s for the PKCS#11 module; \
-                 its lease is left to run out; restart this instance",
+                "operation {operation} ({kind}) has waited {} s for the PKCS#11 module's answer \
+                 to {function}; its lease is left to run out; restart this instance",
                 waited.as_secs()
             ),
         );

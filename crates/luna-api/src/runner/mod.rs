@@ -132,31 +132,50 @@ pub struct Runner {
     stuck: Arc<StuckOperations>,
 }
 
-/// Operations whose token work has run past `RunnerSettings::stuck_after`,
-/// shared with the health check.
+/// Operations whose token call has run past `RunnerSettings::stuck_after`,
+/// by the lease the attempt holds (one operation may be attempted again
+/// while an earlier attempt still hangs), shared with the health check.
 #[derive(Debug, Default)]
-pub struct StuckOperations(Mutex<HashMap<Uuid, (&'static str, Instant)>>);
+pub struct StuckOperations(Mutex<HashMap<String, StuckCall>>);
+
+/// One hung attempt: its operation, what it does, the call and since when.
+#[derive(Debug, Clone)]
+struct StuckCall {
+    operation: Uuid,
+    kind: &'static str,
+    function: &'static str,
+    since: Instant,
+}
 
 impl StuckOperations {
-    /// The longest-running stuck operation: its id, kind and time so far.
-    pub fn longest(&self) -> Option<(Uuid, &'static str, StdDuration)> {
-        let stuck = self.0.lock();
-        stuck
-            .iter()
-            .map(|(id, (kind, since))| (*id, *kind, since.elapsed()))
-            .max_by_key(|(_, _, elapsed)| *elapsed)
+    /// The longest-hung attempt: its operation, kind, token call and time so far.
+    pub fn longest(&self) -> Option<(Uuid, &'static str, &'static str, StdDuration)> {
+        self.0
+            .lock()
+            .values()
+            .map(|c| (c.operation, c.kind, c.function, c.since.elapsed()))
+            .max_by_key(|(_, _, _, elapsed)| *elapsed)
     }
 
-    fn insert(&self, id: Uuid, kind: &'static str, since: Instant) {
-        let mut stuck = self.0.lock();
-        stuck.insert(id, (kind, since));
+    fn insert(&self, lease: &str, call: StuckCall) {
+        self.0.lock().insert(lease.to_owned(), call);
     }
 
-    /// True if the operation had been called stuck.
-    fn remove(&self, id: Uuid) -> bool {
-        let mut stuck = self.0.lock();
-        stuck.remove(&id).is_some()
+    /// True if the attempt under `lease` had been called stuck.
+    fn remove(&self, lease: &str) -> bool {
+        self.0.lock().remove(lease).is_some()
     }
+}
+
+/// One claimed attempt, as its renewer knows it.
+#[derive(Debug)]
+struct Attempt {
+    operation: Uuid,
+    kind: &'static str,
+    /// The lease name it claimed under (`Runner::owner` and a claim id).
+    lease: String,
+    /// Set by the attempt's blocking thread when it starts.
+    thread: Arc<std::sync::OnceLock<std::thread::ThreadId>>,
 }
 
 impl Runner {
@@ -200,8 +219,13 @@ impl Runner {
         while !self.stopping.load(Ordering::SeqCst) {
             let me = Arc::clone(&self);
             let claimed = tokio::task::spawn_blocking(move || {
+                // A lease name per claim, not per instance: when an attempt
+                // hangs and its lease runs out, another worker of this same
+                // instance may take the operation, and the hung attempt must
+                // then be unable to write over it when it returns.
+                let lease = format!("{}:{}", me.owner, Uuid::new_v4().simple());
                 me.store
-                    .claim_next_operation(&me.owner, luna_store::now(), me.settings.lease)
+                    .claim_next_operation(&lease, luna_store::now(), me.settings.lease)
             })
             .await;
             match claimed {
@@ -224,16 +248,29 @@ impl Runner {
 
     async fn run(self: Arc<Self>, op: Operation) {
         let id = op.id;
+        let lease = op.lease_owner().unwrap_or_default().to_owned();
         let started = Instant::now();
-        let renewer = op
-            .lease_expires_at()
-            .map(|held| tokio::spawn(Arc::clone(&self).renew(id, op.payload.kind_name(), held, started)));
+        // The thread the attempt's token calls run on, for the watchdog.
+        let thread = Arc::new(std::sync::OnceLock::new());
+        let renewer = op.lease_expires_at().map(|held| {
+            let attempt = Attempt {
+                operation: id,
+                kind: op.payload.kind_name(),
+                lease: lease.clone(),
+                thread: Arc::clone(&thread),
+            };
+            tokio::spawn(Arc::clone(&self).renew(attempt, held))
+        });
         let me = Arc::clone(&self);
-        let finished = tokio::task::spawn_blocking(move || me.execute(op)).await;
+        let finished = tokio::task::spawn_blocking(move || {
+            let _ = thread.set(std::thread::current().id());
+            me.execute(op)
+        })
+        .await;
         if let Some(renewer) = renewer {
             renewer.abort();
         }
-        if self.stuck.remove(id) {
+        if self.stuck.remove(&lease) {
             tracing::warn!(operation = %id, after_secs = started.elapsed().as_secs(), "the token answered the stuck operation");
         }
         match finished {
@@ -254,38 +291,71 @@ impl Runner {
         }
     }
 
-    /// Keeps the lease, which ends at `held`, while the token works (an
-    /// RSA-4096 pair takes seconds), up to `stuck_after` from `started`.
-    async fn renew(
-        self: Arc<Self>,
-        id: Uuid,
-        kind: &'static str,
-        mut held: OffsetDateTime,
-        started: Instant,
-    ) {
+    /// Keeps the attempt's lease, which ends at `held`, while the token works
+    /// (an RSA-4096 pair takes seconds; a refresh of thousands of objects,
+    /// minutes), renewing every third of it. Looks every second at the token
+    /// call the attempt is in: one that has run `stuck_after` is called
+    /// stuck, and the lease is left to run out.
+    async fn renew(self: Arc<Self>, attempt: Attempt, mut held: OffsetDateTime) {
         let every = StdDuration::try_from(self.settings.lease / 3).unwrap_or(StdDuration::from_secs(1));
+        let look = every.min(StdDuration::from_secs(1));
+        let mut renewed_at = Instant::now();
         loop {
-            tokio::time::sleep(every).await;
-            if started.elapsed() >= self.settings.stuck_after {
+            tokio::time::sleep(look).await;
+            let in_call = attempt
+                .thread
+                .get()
+                .and_then(|thread| self.tokens.metrics().call_in_flight(*thread));
+            if let Some((function, running)) =
+                in_call.filter(|(_, running)| *running >= self.settings.stuck_after)
+            {
                 tracing::error!(
-                    operation = %id,
-                    kind,
-                    after_secs = started.elapsed().as_secs(),
+                    operation = %attempt.operation,
+                    kind = attempt.kind,
+                    function,
+                    after_secs = running.as_secs(),
                     "the token has not answered; the lease is left to run out so the operation can be \
                      taken over, and the health check asks for a restart"
                 );
-                self.stuck.insert(id, kind, started);
+                let since = Instant::now().checked_sub(running).unwrap_or_else(Instant::now);
+                self.stuck.insert(
+                    &attempt.lease,
+                    StuckCall {
+                        operation: attempt.operation,
+                        kind: attempt.kind,
+                        function,
+                        since,
+                    },
+                );
                 return;
+            }
+            if renewed_at.elapsed() < every {
+                continue;
             }
             let until = luna_store::now() + self.settings.lease;
             let me = Arc::clone(&self);
-            let renewed =
-                tokio::task::spawn_blocking(move || me.store.renew_lease(id, &me.owner, held, until)).await;
-            if !matches!(renewed, Ok(Ok(true))) {
-                tracing::warn!(operation = %id, "the lease could not be renewed");
-                return;
+            let lease = attempt.lease.clone();
+            let renewed = tokio::task::spawn_blocking(move || {
+                me.store.renew_lease(attempt.operation, &lease, held, until)
+            })
+            .await;
+            match renewed {
+                Ok(Ok(true)) => {
+                    held = until;
+                    renewed_at = Instant::now();
+                }
+                Ok(Ok(false)) => {
+                    tracing::warn!(operation = %attempt.operation, "the lease was lost; not renewing it");
+                    return;
+                }
+                // The database may be away for a moment: try again at the next look.
+                Ok(Err(error)) => {
+                    tracing::warn!(operation = %attempt.operation, %error, "renewing the lease failed")
+                }
+                Err(error) => {
+                    tracing::warn!(operation = %attempt.operation, %error, "renewing the lease failed")
+                }
             }
-            held = until;
         }
     }
 
@@ -315,6 +385,8 @@ impl Runner {
     fn execute(&self, op: Operation) -> luna_store::Result<Done> {
         let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts());
         let _entered = span.enter();
+        // Every write of this attempt's outcome is conditional on the lease it claimed.
+        let lease = op.lease_owner().unwrap_or_default().to_owned();
         let outcome = match &op.payload {
             OperationPayload::CreateKey {
                 key_id,
@@ -332,7 +404,7 @@ impl Runner {
                 let mut passed = op;
                 passed.pass_on(reason, now + PASS_ON_DELAY, now)?;
                 return Ok(Done::held(
-                    self.store.retry_operation_later(&passed, &self.owner)?,
+                    self.store.retry_operation_later(&passed, &lease)?,
                     Done::PassedOn,
                 ));
             }
@@ -347,7 +419,7 @@ impl Runner {
                         let mut later = op;
                         later.retry_later(reason, now + delay, now)?;
                         return Ok(Done::held(
-                            self.store.retry_operation_later(&later, &self.owner)?,
+                            self.store.retry_operation_later(&later, &lease)?,
                             Done::Recorded,
                         ));
                     }
@@ -376,7 +448,7 @@ impl Runner {
         };
         let mut finished = op;
         finished.finish(result, now)?;
-        let recorded = self.store.finish_operation(&finished, &self.owner, &keys)?;
+        let recorded = self.store.finish_operation(&finished, &lease, &keys)?;
         if recorded {
             // Every operation's outcome enters the audit trail.
             let entry = luna_store::AuditEntry {
