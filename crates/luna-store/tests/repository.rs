@@ -580,6 +580,21 @@ on_both_backends! {
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
     }
 
+    fn a_cancel_survives_progress_saved_from_a_copy_read_before_it(store: &Store, _db: &TestDatabase) {
+        let partition = Uuid::new_v4();
+        let (refresh, op) = job(JobType::Refresh, vec![partition]);
+        store.insert_job_with_operation(&refresh, &op).unwrap();
+        let mut running = store.get_job(refresh.id).unwrap().unwrap();
+        assert!(store.request_job_cancel(refresh.id, now()).unwrap().unwrap().lifecycle.abort());
+        // The runner, still on its copy, records a partition's progress.
+        running.detailed_status.insert(partition, "1000 objects read".into());
+        assert!(store.save_job(&running).unwrap());
+        let stored = store.get_job(refresh.id).unwrap().unwrap();
+        assert!(stored.lifecycle.abort(), "the cancel the user was answered stands");
+        assert_eq!(stored.detailed_status[&partition], "1000 objects read");
+        assert!(store.job_abort_requested(refresh.id).unwrap());
+    }
+
     fn a_second_job_on_a_busy_partition_is_a_conflict_until_the_first_ends(store: &Store, _db: &TestDatabase) {
         let p1 = Uuid::new_v4();
         let p2 = Uuid::new_v4();

@@ -39,12 +39,18 @@ fn save(conn: &mut DbConnection, job: &Job, expected: JobStatus) -> Result<bool>
         .filter(jobs::overall_status.eq(expected.as_str()))
         .set((
             jobs::overall_status.eq(&row.overall_status),
-            jobs::abort_requested.eq(row.abort_requested),
             jobs::detailed_status.eq(&row.detailed_status),
             jobs::updated_at.eq(row.updated_at),
             jobs::completed_at.eq(row.completed_at),
         ))
         .execute(conn)?;
+    // A cancel is only ever set, never cleared: a runner saving progress from
+    // a copy read before the cancel must not undo it.
+    if updated == 1 && row.abort_requested {
+        diesel::update(jobs::table.find(&row.id))
+            .set(jobs::abort_requested.eq(true))
+            .execute(conn)?;
+    }
     if job.lifecycle.status() != JobStatus::InProgress {
         diesel::delete(running_jobs::table.filter(running_jobs::job_id.eq(&row.id))).execute(conn)?;
     }
