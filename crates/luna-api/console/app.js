@@ -95,13 +95,17 @@ class ApiError extends Error {
 }
 
 /** A request to the API; an answer that is not 2xx throws the server's sentence. */
-async function call(method, path, body, { open = false } = {}) {
+async function call(method, path, body, { open = false, idempotencyKey } = {}) {
   const headers = { Accept: "application/json" };
+  if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (!open && session) headers.Authorization = `Bearer ${session.jwt}`;
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await response.text();
-  const answer = text ? JSON.parse(text) : null;
+  // The API answers JSON; a proxy's error page may not.
+  let answer = null;
+  if ((response.headers.get("Content-Type") || "").includes("json")) {
+    try { answer = await response.json(); } catch { answer = null; }
+  }
   if (response.status === 401 && !open) {
     logout("Your session has expired; log in again.");
     throw new ApiError(401, answer?.message || "not logged in", true);
@@ -127,8 +131,14 @@ const pages = {
   users: usersPage, audit: auditPage,
 };
 
+/** Runs `work` after `ms` if the user is still on the page that asked. */
+function later(visit, ms, work) {
+  if (visit === route.visit) route.poll = setTimeout(() => visit === route.visit && work(), ms);
+}
+
 function route() {
-  clearInterval(route.poll);
+  clearTimeout(route.poll);
+  route.visit = {};
   const [page, arg] = location.hash.replace(/^#\/?/, "").split("/");
   const nav = document.getElementById("nav");
   if (!session) {
@@ -182,9 +192,12 @@ async function keysPage() {
   const place = el("div");
   const create = canManage() ? el("button", { class: "primary", type: "button", id: "create-key", onclick: () => createDialog() }, "Create key") : null;
   show(el("div", { class: "row" }, el("h2", {}, "Keys"), create), filters, place);
+  const visit = route.visit;
   const query = new URLSearchParams(params);
   query.set("limit", PAGE); query.set("skip", skip);
   if (!query.get("sort")) query.set("sort", "-updatedAt");
+  // Polls the table only, so that a filter being typed is not lost.
+  const load = async () => {
   const list = await attempt(() => call("GET", `${KEYS}?${query}`), place);
   if (!list) return;
   const rows = list.resources.map((k) => el("tr", {},
@@ -202,7 +215,9 @@ async function keysPage() {
   place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "keys" },
     el("thead", {}, el("tr", {}, ["Label", "Status", "Algorithm", "Type", "Partition", "Updated"].map((h, i) => el("th", { class: i > 2 ? "wide" : null }, h)))),
     el("tbody", {}, rows))), pager);
-  if (list.resources.some((k) => k.status === "in_progress")) route.poll = setInterval(route, 1500);
+  if (list.resources.some((k) => k.status === "in_progress")) later(visit, 1500, load);
+  };
+  await load();
 }
 
 function select(name, values, chosen) {
@@ -220,11 +235,16 @@ async function createDialog() {
     size.replaceChildren(...SIZES[algorithm].map((s) => el("option", { value: s }, String(s))));
   }
   sizes();
+  // One key per dialog, however often Create is pressed or the answer lost.
+  const idempotencyKey = crypto.randomUUID();
   const form = el("form", { method: "dialog", onsubmit: async (event) => {
     event.preventDefault();
     const body = { label: form.label.value, partition_id: form.partition.value, mechanism: mechanism.value,
       size: Number(size.value), attributes: ATTRIBUTES.filter((a) => form[a].checked) };
-    const made = await attempt(() => call("POST", KEYS, body), error);
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    const made = await attempt(() => call("POST", KEYS, body, { idempotencyKey }), error);
+    button.disabled = false;
     if (made) { dialog.close(); dialog.remove(); location.hash = `#/key/${made.id}`; }
   } },
   el("h2", {}, "Create a key"),
@@ -257,6 +277,7 @@ function patchRefusal(key, attribute, value) {
 }
 
 async function keyPage(id) {
+  const visit = route.visit;
   const place = el("div");
   show(el("p", { class: "row" }, el("a", { href: "#/keys" }, "← Keys")), place);
   const key = await attempt(() => call("GET", `${KEYS}/${encodeURIComponent(id)}`), place);
@@ -285,10 +306,10 @@ async function keyPage(id) {
     el("button", { type: "button", class: "danger", id: "destroy", disabled: key.status !== "AVAILABLE", onclick: () => confirmByLabel(key, "Delete from HSM",
       "destroys the key's objects on every member", () => call("POST", `${API}/cckm/hsm/luna/${key.id}/delete`), error) }, "Delete from HSM…"),
     el("button", { type: "button", class: "danger", id: "forget", onclick: () => confirmByLabel(key, "Remove from the service",
-      "forgets the key here; its objects stay on the tokens", async () => { await call("DELETE", `${KEYS}/${key.id}`); location.hash = "#/keys"; }, error) }, "Remove…"))
+      "forgets the key here; its objects stay on the tokens", async () => { await call("DELETE", `${KEYS}/${key.id}`); location.hash = "#/keys"; return true; }, error) }, "Remove…"))
     : null;
   place.replaceChildren(el("h2", {}, key.label), list, toggles, el("h3", {}, "Replication"), replication, actions, error);
-  if (key.status === "in_progress" || key.operation_status === "in_progress") route.poll = setInterval(route, 1000);
+  if (key.status === "in_progress" || key.operation_status === "in_progress") later(visit, 1000, route);
 }
 
 function confirmByLabel(key, title, what, work, error) {
@@ -327,7 +348,11 @@ async function partitionsPage() {
       el("td", { class: "wide" }, p.id)))))));
 }
 
+/** Partitions left unticked on the jobs page, kept across its refreshes. */
+const unticked = new Set();
+
 async function jobsPage() {
+  const visit = route.visit;
   const place = el("div");
   const error = el("p");
   const chosen = el("fieldset", { id: "job-partitions" }, el("legend", {}, "Partitions"));
@@ -342,11 +367,13 @@ async function jobsPage() {
   if (canManage()) {
     const partitions = await attempt(() => call("GET", `${PARTITIONS}?limit=100`), error);
     chosen.append(...(partitions?.resources || []).map((p) =>
-      el("label", { class: "check" }, el("input", { type: "checkbox", value: p.id, checked: true }), p.partition_label)));
+      el("label", { class: "check" }, el("input", { type: "checkbox", value: p.id, checked: !unticked.has(p.id),
+        onchange: (event) => (event.target.checked ? unticked.delete(p.id) : unticked.add(p.id)) }), p.partition_label)));
   }
+  const load = async () => {
   const [refresh, sync] = await Promise.all(["refresh", "synchronize"].map((kind) =>
     attempt(() => call("GET", `${API}/cckm/hsm/luna/${kind}?limit=${PAGE}&sort=-createdAt`), place).then((l) => (l?.resources || []).map((j) => ({ ...j, kind })))));
-  const jobs = refresh.concat(sync).sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+  const jobs = refresh.concat(sync).sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
   place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "jobs" },
     el("thead", {}, el("tr", {}, ["Kind", "Status", "Per partition", "Started", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, jobs.map((j) => el("tr", {},
@@ -354,9 +381,11 @@ async function jobsPage() {
       el("td", {}, Object.entries(j.detailed_status || {}).map(([p, s]) => el("div", {}, `${p}: ${s}`))),
       el("td", {}, j.createdAt),
       el("td", {}, canManage() && j.overall_status === "in_progress" && !j.abort ? el("button", { type: "button", class: "cancel-job", onclick: async () => {
-        if (await attempt(() => call("POST", `${API}/cckm/hsm/luna/${j.kind}/${j.id}/cancel`), error)) route();
+        if (await attempt(() => call("POST", `${API}/cckm/hsm/luna/${j.kind}/${j.id}/cancel`), error)) load();
       } }, "Cancel") : null)))))));
-  if (jobs.some((j) => j.overall_status === "in_progress")) route.poll = setInterval(route, 1500);
+  if (jobs.some((j) => j.overall_status === "in_progress")) later(visit, 1500, load);
+  };
+  await load();
 }
 
 /** Connections are admin-only in the API: the page is offered to admins only. */
@@ -378,8 +407,8 @@ async function connectionsPage() {
     el("label", {}, "Name", el("input", { name: "name", required: true })),
     el("label", {}, "Partition labels (comma-separated)", el("input", { name: "members", required: true })),
     el("label", {}, "Host", el("input", { name: "hostname", placeholder: "localhost" })),
-    el("label", {}, "Crypto officer PIN", el("input", { name: "password", type: "password", autocomplete: "off", required: true })),
-    el("label", {}, "Security officer PIN (cloning domain)", el("input", { name: "so_password", type: "password", autocomplete: "off" })),
+    el("label", {}, "Crypto officer PIN", el("input", { name: "password", type: "password", autocomplete: "new-password", required: true })),
+    el("label", {}, "Security officer PIN (cloning domain)", el("input", { name: "so_password", type: "password", autocomplete: "new-password" })),
     el("label", { class: "check" }, el("input", { type: "checkbox", name: "ha" }), "HA group"),
     el("button", { class: "primary", type: "submit" }, "Register")),
   error);
@@ -415,8 +444,12 @@ async function auditPage() {
   show(el("h2", {}, "Audit trail"), state, place);
   const verified = await attempt(() => call("GET", `${API}/audit/verify`), state);
   if (verified) state.replaceChildren(verified.intact ? badge("available") : badge("failed"), verified.intact ? " intact" : ` broken at record ${verified.broken_at}: ${verified.reason || ""}`);
-  const list = await attempt(() => call("GET", `${API}/audit/records?limit=50`), place);
+  // The API lists oldest first: ask for the last page, show it newest first.
+  const count = await attempt(() => call("GET", `${API}/audit/records?limit=1`), place);
+  if (!count) return;
+  const list = await attempt(() => call("GET", `${API}/audit/records?limit=50&skip=${Math.max(0, count.total - 50)}`), place);
   if (!list) return;
+  list.resources.reverse();
   place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "audit" },
     el("thead", {}, el("tr", {}, ["At", "User", "Action", "Target", "Outcome"].map((h) => el("th", {}, h)))),
     el("tbody", {}, list.resources.map((r) => el("tr", {}, el("td", {}, r.at), el("td", {}, r.username), el("td", {}, r.action),

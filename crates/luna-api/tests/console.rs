@@ -306,6 +306,18 @@ fn the_console_walks_the_reference_flow_in_a_real_browser() {
         "no element was made from the label"
     );
     assert_eq!(browser.alert(), None);
+    // Remove it from the service, confirmed by typing that label.
+    browser.goto(&format!("{root}/ui/#/key/{}", made["id"].as_str().unwrap()));
+    browser.click("#forget");
+    browser.type_into("dialog input[name=confirm]", markup);
+    browser.click("dialog button[type=submit]");
+    browser.find("#keys");
+    assert_eq!(browser.count("dialog"), 0, "the dialog closed");
+    assert_eq!(
+        api.get(&format!("/cckm/hsm/luna/keys/{}", made["id"].as_str().unwrap()))
+            .0,
+        404
+    );
     browser.goto(&format!("{root}/ui/#/keys"));
     browser.wait("#keys tbody", |t| t.contains("console-rsa"));
     browser.screenshot("keys");
