@@ -4,6 +4,9 @@ use crate::error::{DomainError, Result};
 
 use super::{KeyStatus, OperationKind, OperationStatus};
 
+/// A lifecycle without its error text (see `KeyLifecycle::shape`).
+type Shape = (KeyStatus, OperationKind, OperationStatus, bool);
+
 /// What a key's life can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyEvent {
@@ -93,16 +96,14 @@ impl KeyLifecycle {
             operation_status,
             operation_error,
         };
-        // An error text is whatever the token said: compare the shape only.
-        let shape = |l: &KeyLifecycle| {
-            (
-                l.status,
-                l.operation,
-                l.operation_status,
-                l.operation_error.is_some(),
-            )
-        };
-        if Self::reachable().iter().any(|l| shape(l) == shape(&stored)) {
+        // Worked out once: every key row read goes through here.
+        static REACHABLE: std::sync::LazyLock<Vec<Shape>> = std::sync::LazyLock::new(|| {
+            KeyLifecycle::reachable()
+                .iter()
+                .map(KeyLifecycle::shape)
+                .collect()
+        });
+        if REACHABLE.contains(&stored.shape()) {
             Ok(stored)
         } else {
             Err(DomainError::invalid(format!(
@@ -114,6 +115,17 @@ impl KeyLifecycle {
                 }
             )))
         }
+    }
+
+    /// What `restore` compares: an error's text is whatever the token said,
+    /// so only whether there is one counts.
+    fn shape(&self) -> Shape {
+        (
+            self.status,
+            self.operation,
+            self.operation_status,
+            self.operation_error.is_some(),
+        )
     }
 
     /// Every lifecycle the machine reaches from its beginnings.
