@@ -33,6 +33,21 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs SQL on the test's database behind the store's back (to corrupt a row).
+fn raw_sql(db: &TestDatabase, sql: &str) {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    match db.url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+            diesel::sql_query(sql).execute(&mut conn).unwrap();
+        }
+        None => {
+            let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+            diesel::sql_query(sql).execute(&mut conn).unwrap();
+        }
+    }
+}
+
 fn pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -578,6 +593,21 @@ on_both_backends! {
         assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle.status(), KeyStatus::InProgress);
         assert!(store.finish_operation(&done, "w", &[made.clone()]).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
+    }
+
+    fn an_unreadable_operation_is_set_aside_and_the_queue_goes_on(store: &Store, db: &TestDatabase) {
+        let first = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, now());
+        let second = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, now() + Duration::seconds(1));
+        store.enqueue(&first).unwrap();
+        store.enqueue(&second).unwrap();
+        // Edited by hand: running, yet with no lease owner. No move makes that.
+        raw_sql(db, &format!("UPDATE operations SET state = 'running', lease_owner = NULL, lease_expires_at = 0 WHERE id = '{}'", first.id));
+        assert!(matches!(store.get_operation(first.id), Err(StoreError::Corrupt { .. })));
+        let claimed = store.claim_next_operation("w", now() + Duration::seconds(2), Duration::seconds(30)).unwrap().unwrap();
+        assert_eq!(claimed.id, second.id, "the queue goes on past the unreadable row");
+        let set_aside = store.get_operation(first.id).unwrap().unwrap();
+        assert_eq!(set_aside.state(), OperationState::Failed);
+        assert!(set_aside.last_error().unwrap().starts_with("set aside: the stored operation cannot be read"), "{set_aside:?}");
     }
 
     fn a_cancel_survives_progress_saved_from_a_copy_read_before_it(store: &Store, _db: &TestDatabase) {

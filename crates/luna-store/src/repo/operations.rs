@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::codec::micros;
 use crate::db::DbConnection;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::models::{KeyRow, OperationRow};
 use crate::schema::{keys, operations};
 use crate::Store;
@@ -37,6 +37,27 @@ fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
         .optional()?
         .map(OperationRow::into_domain)
         .transpose()
+}
+
+/// How many unreadable rows one claim sets aside before it gives up for this poll.
+const CORRUPT_ROWS_SET_ASIDE_PER_CLAIM: usize = 16;
+
+/// Ends an operation row that does not read back as an operation (edited by
+/// hand, or written by a version that knew other states): `failed`, saying
+/// why, so that it is visible and never a claim candidate again.
+fn set_aside(conn: &mut DbConnection, id: &str, corrupt: &StoreError, now_us: i64) -> Result<()> {
+    diesel::update(operations::table.find(id))
+        .set((
+            operations::state.eq(OperationState::Failed.as_str()),
+            operations::lease_owner.eq(None::<String>),
+            operations::lease_expires_at.eq(None::<i64>),
+            operations::last_error.eq(format!(
+                "set aside: the stored operation cannot be read ({corrupt})"
+            )),
+            operations::updated_at.eq(now_us),
+        ))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// No bound on when a lease ends (a running operation always has one).
@@ -102,34 +123,45 @@ impl Store {
     ) -> Result<Option<Operation>> {
         let now_us = micros(now);
         self.write(|conn| {
-            let candidate: Option<String> = match conn {
-                DbConnection::Postgres(pg) => claimable!(now_us)
-                    .for_update()
-                    .skip_locked()
-                    .first(pg)
-                    .optional()?,
-                // SQLite has no row locks; this process's writer lock and the
-                // compare-and-set below make the claim atomic.
-                DbConnection::Sqlite(lite) => claimable!(now_us).first(lite).optional()?,
-            };
-            let Some(id) = candidate else { return Ok(None) };
-            let Some(mut op) = load(conn, &id)? else {
-                return Ok(None);
-            };
-            let before = (op.state(), op.attempts());
-            op.claim(owner, now, now + lease)?;
-            let updated = diesel::update(operations::table.find(&id))
-                .filter(operations::state.eq(before.0.as_str()))
-                .filter(operations::attempts.eq(before.1 as i32))
-                .set((
-                    operations::state.eq(op.state().as_str()),
-                    operations::attempts.eq(op.attempts() as i32),
-                    operations::lease_owner.eq(op.lease_owner()),
-                    operations::lease_expires_at.eq(op.lease_expires_at().map(micros)),
-                    operations::updated_at.eq(now_us),
-                ))
-                .execute(conn)?;
-            Ok((updated == 1).then_some(op))
+            // A row that does not restore is set aside, not retried: left in
+            // place it would be the oldest candidate for ever and stop the queue.
+            for _ in 0..CORRUPT_ROWS_SET_ASIDE_PER_CLAIM {
+                let candidate: Option<String> = match conn {
+                    DbConnection::Postgres(pg) => claimable!(now_us)
+                        .for_update()
+                        .skip_locked()
+                        .first(pg)
+                        .optional()?,
+                    // SQLite has no row locks; this process's writer lock and the
+                    // compare-and-set below make the claim atomic.
+                    DbConnection::Sqlite(lite) => claimable!(now_us).first(lite).optional()?,
+                };
+                let Some(id) = candidate else { return Ok(None) };
+                let mut op = match load(conn, &id) {
+                    Ok(Some(op)) => op,
+                    Ok(None) => return Ok(None),
+                    Err(corrupt @ StoreError::Corrupt { .. }) => {
+                        set_aside(conn, &id, &corrupt, now_us)?;
+                        continue;
+                    }
+                    Err(other) => return Err(other),
+                };
+                let before = (op.state(), op.attempts());
+                op.claim(owner, now, now + lease)?;
+                let updated = diesel::update(operations::table.find(&id))
+                    .filter(operations::state.eq(before.0.as_str()))
+                    .filter(operations::attempts.eq(before.1 as i32))
+                    .set((
+                        operations::state.eq(op.state().as_str()),
+                        operations::attempts.eq(op.attempts() as i32),
+                        operations::lease_owner.eq(op.lease_owner()),
+                        operations::lease_expires_at.eq(op.lease_expires_at().map(micros)),
+                        operations::updated_at.eq(now_us),
+                    ))
+                    .execute(conn)?;
+                return Ok((updated == 1).then_some(op));
+            }
+            Ok(None)
         })
     }
 
