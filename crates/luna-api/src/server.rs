@@ -205,6 +205,11 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .app_data(json_config())
             .app_data(path_config())
             .wrap(middleware::Compress::default())
+            // No answer is to be taken for another content type than it says.
+            .wrap(
+                middleware::DefaultHeaders::new()
+                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+            )
             // Inside the request id: a request cut off is logged, counted and
             // audited like any other answer.
             .wrap_fn(move |req, service| {

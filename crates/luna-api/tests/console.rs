@@ -230,6 +230,12 @@ fn the_console_walks_the_reference_flow_in_a_real_browser() {
         !page.into_string().unwrap().contains("<script>"),
         "no inline script"
     );
+    let health = ureq::get(&format!("{}/healthz", api.base)).call().unwrap();
+    assert_eq!(
+        health.header("X-Content-Type-Options"),
+        Some("nosniff"),
+        "on API answers too"
+    );
 
     let browser = Browser::start();
     // `/` sends the browser to the console; a wrong password is the server's sentence.
