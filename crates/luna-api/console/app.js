@@ -429,13 +429,30 @@ async function connectionsPage() {
         } }, "Delete")))))))));
 }
 
+const GROUPS = ["admin", "CCKM Admins", "CCKM Users"];
+
 async function usersPage() {
   const place = el("div");
-  show(el("h2", {}, "Users"), place);
+  const error = el("p");
+  const form = el("form", { id: "new-user", class: "inline", "aria-label": "Add a user", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { username: form.username.value, password: form.password.value,
+      groups: GROUPS.filter((g) => form[`group-${g}`].checked) };
+    form.password.value = "";
+    if (await attempt(() => call("POST", `${API}/usermgmt/users`, body), error)) route();
+  } },
+  el("label", {}, "Username", el("input", { name: "username", required: true, autocomplete: "off" })),
+  el("label", {}, "Password", el("input", { name: "password", type: "password", required: true, autocomplete: "new-password" })),
+  GROUPS.map((g) => el("label", { class: "check" }, el("input", { type: "checkbox", name: `group-${g}` }), g)),
+  el("button", { class: "primary", type: "submit" }, "Add user"));
+  show(el("h2", {}, "Users"), place, el("h3", {}, "Add a user"), form, error);
   const list = await attempt(() => call("GET", `${API}/usermgmt/users?limit=100`), place);
   if (!list) return;
-  place.replaceChildren(el("table", { id: "users" }, el("thead", {}, el("tr", {}, el("th", {}, "Username"), el("th", {}, "Groups"))),
-    el("tbody", {}, list.resources.map((u) => el("tr", {}, el("td", {}, u.username), el("td", {}, (u.groups || []).join(", ")))))));
+  place.replaceChildren(el("table", { id: "users" }, el("thead", {}, el("tr", {}, el("th", {}, "Username"), el("th", {}, "Groups"), el("th", {}, ""))),
+    el("tbody", {}, list.resources.map((u) => el("tr", { "data-name": u.username }, el("td", {}, u.username), el("td", {}, (u.groups || []).join(", ")),
+      el("td", {}, u.username === session.username ? null : el("button", { type: "button", class: "danger delete-user", onclick: async () => {
+        if (await attempt(() => call("DELETE", `${API}/usermgmt/users/${u.user_id}`), error) !== undefined) route();
+      } }, "Delete")))))));
 }
 
 async function auditPage() {

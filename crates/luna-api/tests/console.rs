@@ -370,12 +370,20 @@ fn the_console_walks_the_reference_flow_in_a_real_browser() {
     browser.screenshot("partitions");
 
     // A CCKM Users member sees a read-only console: no button that would earn a 403.
-    let (status, _) = api.send(
-        "POST",
-        "/usermgmt/users",
-        &json!({"username": "viewer", "password": "viewer-password-1", "groups": ["CCKM Users"]}),
-    );
-    assert_eq!(status, 201);
+    // The admin adds them (and adds and deletes another) from the users page.
+    browser.goto(&format!("{root}/ui/#/users"));
+    for name in ["viewer", "passing"] {
+        browser.type_into("#new-user input[name=username]", name);
+        browser.type_into("#new-user input[name=password]", "viewer-password-1");
+        browser.click("#new-user input[name='group-CCKM Users']");
+        browser.click("#new-user button[type=submit]");
+        browser.wait("#users tbody", |t| t.contains(name));
+    }
+    assert!(!browser.page_text().contains("viewer-password-1"));
+    browser.click("#users tr[data-name=passing] button.delete-user");
+    browser.wait("#users tbody", |t| !t.contains("passing"));
+    let (_, users) = api.get("/usermgmt/users?username=viewer");
+    assert_eq!(users["resources"][0]["groups"], json!(["CCKM Users"]), "{users}");
     browser.click("nav button");
     browser.log_in(&root, "viewer", "viewer-password-1");
     assert_eq!(browser.count("#create-key"), 0);
