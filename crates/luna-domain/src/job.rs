@@ -144,25 +144,17 @@ impl JobLifecycle {
     /// [`started`]: JobLifecycle::started
     pub fn restore(status: JobStatus, abort: bool) -> Result<JobLifecycle> {
         let stored = JobLifecycle { status, abort };
-        let events = [
-            JobEvent::RequestCancel,
-            JobEvent::Complete,
-            JobEvent::Fail,
-            JobEvent::StopCancelled,
-        ];
-        let mut seen = vec![JobLifecycle::started()];
-        let mut next = 0;
-        while next < seen.len() {
-            for event in events {
-                if let Ok(after) = seen[next].next(event) {
-                    if !seen.contains(&after) {
-                        seen.push(after);
-                    }
-                }
-            }
-            next += 1;
-        }
-        if seen.contains(&stored) {
+        // Worked out once: every job row read goes through here.
+        static REACHABLE: std::sync::LazyLock<Vec<JobLifecycle>> = std::sync::LazyLock::new(|| {
+            let events = [
+                JobEvent::RequestCancel,
+                JobEvent::Complete,
+                JobEvent::Fail,
+                JobEvent::StopCancelled,
+            ];
+            crate::machine::reachable(vec![JobLifecycle::started()], &events, |l, e| l.next(*e).ok())
+        });
+        if REACHABLE.contains(&stored) {
             Ok(stored)
         } else {
             Err(DomainError::invalid(format!(

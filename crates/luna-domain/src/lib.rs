@@ -279,6 +279,7 @@ pub mod error;
 pub mod idempotency;
 pub mod job;
 pub mod key;
+mod machine;
 pub mod operation;
 pub mod partition;
 pub mod query;

@@ -139,19 +139,11 @@ impl KeyLifecycle {
                 KeyEvent::Vanished,
             ])
             .collect();
-        let mut seen = vec![KeyLifecycle::creating(), KeyLifecycle::discovered()];
-        let mut next = 0;
-        while next < seen.len() {
-            for event in &events {
-                if let Ok(after) = seen[next].next(event) {
-                    if !seen.contains(&after) {
-                        seen.push(after);
-                    }
-                }
-            }
-            next += 1;
-        }
-        seen
+        crate::machine::reachable(
+            vec![KeyLifecycle::creating(), KeyLifecycle::discovered()],
+            &events,
+            |l, e| l.next(e).ok(),
+        )
     }
 
     /// Whether an operation is running on the key: then it takes no other
