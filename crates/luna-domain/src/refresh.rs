@@ -347,6 +347,19 @@ mod tests {
     use super::*;
     use crate::key::{Mechanism, OperationKind};
 
+    /// The plan of a scan that began now, judging every record (no settle time).
+    fn plan_now(s: &RefreshScope, records: &[Key], seen: &[MemberView]) -> RefreshPlan {
+        let now = OffsetDateTime::now_utc();
+        plan(
+            s,
+            &BeforeScan::of(records, now, time::Duration::ZERO),
+            records,
+            seen,
+            now,
+            Uuid::new_v4,
+        )
+    }
+
     fn object(uid: &str, object_type: ObjectType, cka_id: &[u8], label: &str) -> ObservedObject {
         ObservedObject {
             object_uid: uid.into(),
@@ -437,14 +450,7 @@ mod tests {
             ]),
             MemberView::Read(vec![kept.clone(), renamed_now]),
         ];
-        let plan = plan(
-            &s,
-            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
-            &records,
-            &seen,
-            OffsetDateTime::now_utc(),
-            Uuid::new_v4,
-        );
+        let plan = plan_now(&s, &records, &seen);
         let updated: BTreeMap<&str, &Key> = plan
             .updated
             .iter()
@@ -562,14 +568,7 @@ mod tests {
             MemberView::Read(vec![]),
             MemberView::Unreachable("member s2 is down".into()),
         ];
-        let plan = plan(
-            &s,
-            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
-            &records,
-            &seen,
-            OffsetDateTime::now_utc(),
-            Uuid::new_v4,
-        );
+        let plan = plan_now(&s, &records, &seen);
         let (key, _) = &plan.updated[0];
         assert_eq!(
             key.lifecycle.status(),
@@ -590,16 +589,13 @@ mod tests {
         recorded.attributes.set(Attribute::Extractable, false);
         recorded.label = "renamed since".into();
         let records = [recorded];
-        let plan = plan(
+        let plan = plan_now(
             &s,
-            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &[
                 MemberView::Read(vec![on_token.clone()]),
                 MemberView::Read(vec![on_token]),
             ],
-            OffsetDateTime::now_utc(),
-            Uuid::new_v4,
         );
         let (key, _) = &plan.updated[0];
         assert!(!key.attributes.contains(Attribute::Extractable));
@@ -617,13 +613,10 @@ mod tests {
         )
         .unwrap();
         let records = [busy];
-        let plan = plan(
+        let plan = plan_now(
             &s,
-            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
             &records,
             &[MemberView::Read(vec![]), MemberView::Read(vec![])],
-            OffsetDateTime::now_utc(),
-            Uuid::new_v4,
         );
         assert!(plan.updated.is_empty() && plan.inserted.is_empty());
     }
@@ -644,14 +637,7 @@ mod tests {
             MemberView::Read(vec![private.clone(), public.clone()]),
             MemberView::Read(vec![private, public]),
         ];
-        let plan = plan(
-            &s,
-            &BeforeScan::of(&records, OffsetDateTime::now_utc(), time::Duration::ZERO),
-            &records,
-            &seen,
-            OffsetDateTime::now_utc(),
-            Uuid::new_v4,
-        );
+        let plan = plan_now(&s, &records, &seen);
         assert!(plan.inserted.is_empty());
         assert_eq!(plan.updated.len(), 2);
         for (k, _) in &plan.updated {
