@@ -30,6 +30,9 @@ wire_enum! {
     }
 }
 
+/// What the lease of an operation parked on an away token starts with.
+const PARKED_PREFIX: &str = "parked:";
+
 /// After this many claims an operation that never finished (say, one that
 /// crashes the process each time) ends `failed` instead of running again.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -331,6 +334,36 @@ impl Operation {
         Ok(())
     }
 
+    /// Parks this running operation until its token is back, or until `at`
+    /// at the latest, without counting the attempt: the token is away, which
+    /// says nothing of the work. It stays `running` under the lease
+    /// [`Operation::parked_on`]`(token)`, which whoever sees the token back
+    /// ends early.
+    pub fn park(
+        &mut self,
+        token: &str,
+        reason: String,
+        at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.pass_on(reason, at, now)?;
+        self.lease_owner = Some(Operation::parked_on(token));
+        Ok(())
+    }
+
+    /// The lease an operation waiting for `token` is held under (the
+    /// token's name as the runner gives it: the same in every instance).
+    pub fn parked_on(token: &str) -> String {
+        format!("{PARKED_PREFIX}{token}")
+    }
+
+    /// Whether an earlier claim may have begun the work: an attempt failed,
+    /// was passed on or parked (each leaves its reason), or was interrupted.
+    /// A create looks up what such an attempt may have made before making it.
+    pub fn tried_before(&self) -> bool {
+        self.attempts > 1 || self.last_error.is_some()
+    }
+
     /// This running operation, ended `failed` because every attempt it had
     /// was interrupted; the reason says so, and what the last attempt said.
     pub fn given_up(&self, now: OffsetDateTime) -> Result<Operation> {
@@ -550,6 +583,40 @@ mod tests {
             assert_eq!(payload.key_ids(), key_ids, "{payload:?}");
             assert_eq!(payload.includes_link(), includes_link, "{payload:?}");
         }
+    }
+
+    #[test]
+    fn a_parked_operation_waits_uncounted_under_its_tokens_name() {
+        let now = OffsetDateTime::now_utc();
+        let mut op = Operation::queued(
+            Uuid::new_v4(),
+            OperationPayload::CreateKey {
+                key_id: Uuid::new_v4(),
+                public_key_id: None,
+            },
+            now,
+        );
+        assert!(!op.tried_before());
+        let until = now + Duration::seconds(30);
+        assert!(
+            op.park("t/1", "away".into(), until, now).is_err(),
+            "only a running operation"
+        );
+        op.claim("w:1", now, now + Duration::seconds(30)).unwrap();
+        op.park("t/1", "token t is away".into(), until, now).unwrap();
+        assert_eq!(
+            (op.state(), op.attempts(), op.lease_owner(), op.lease_expires_at()),
+            (OperationState::Running, 0, Some("parked:t/1"), Some(until))
+        );
+        assert_eq!(Operation::parked_on("t/1"), "parked:t/1");
+        assert!(
+            op.tried_before(),
+            "a parked create looks for what it may have made"
+        );
+        assert_eq!(Operation::restore(stored(&op)).as_ref(), Ok(&op));
+        assert!(!op.is_claimable(now) && op.is_claimable(until));
+        op.claim("w:2", until, until + Duration::seconds(30)).unwrap();
+        assert_eq!(op.attempts(), 1, "parking counted nothing");
     }
 
     #[test]

@@ -513,6 +513,32 @@ on_both_backends! {
         assert!(store.claim_next_operation("other", retry_at, Duration::seconds(30)).unwrap().is_some(), "retried on time");
     }
 
+    fn operations_parked_on_a_token_wait_uncounted_until_it_is_released(store: &Store, _db: &TestDatabase) {
+        let t0 = now();
+        let mut parked = Vec::new();
+        for token in ["hsm-a/1", "hsm-b/1"] {
+            let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, t0);
+            store.enqueue(&op).unwrap();
+            let mut claimed = store.claim_next_operation("worker:1", t0, Duration::seconds(30)).unwrap().unwrap();
+            claimed.park(token, format!("waiting for {token}"), t0 + Duration::seconds(30), t0).unwrap();
+            assert!(store.retry_operation_later(&claimed, "worker:1").unwrap());
+            assert!(!store.retry_operation_later(&claimed, "worker:1").unwrap(), "the token holds it now, not the worker");
+            parked.push(claimed);
+        }
+        let soon = t0 + Duration::seconds(1);
+        assert!(store.claim_next_operation("worker:2", soon, Duration::seconds(30)).unwrap().is_none(), "both wait");
+        // hsm-a is back: its operation is released, hsm-b's still waits.
+        assert_eq!(store.release_parked("hsm-a/1", soon).unwrap(), 1);
+        assert_eq!(store.release_parked("hsm-a/1", soon).unwrap(), 0, "released once");
+        let resumed = store.claim_next_operation("worker:2", soon, Duration::seconds(30)).unwrap().unwrap();
+        assert_eq!((resumed.id, resumed.attempts()), (parked[0].id, 1), "parking counted no attempt");
+        assert_eq!(resumed.last_error(), Some("waiting for hsm-a/1"));
+        assert!(store.claim_next_operation("worker:3", soon, Duration::seconds(30)).unwrap().is_none());
+        // Nobody released hsm-b's: it is claimable when its parking ends.
+        let later = t0 + Duration::seconds(30);
+        assert_eq!(store.claim_next_operation("worker:3", later, Duration::seconds(30)).unwrap().unwrap().id, parked[1].id);
+    }
+
     fn an_expired_lease_is_taken_over_and_the_old_worker_cannot_finish(store: &Store, _db: &TestDatabase) {
         let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, now());
         store.enqueue(&op).unwrap();

@@ -189,14 +189,16 @@ impl Store {
     }
 
     /// Puts back an operation whose attempt failed in a way that may pass
-    /// (`Operation::retry_later` or `pass_on` applied), only if `owner` still holds it:
-    /// its lease runs out at the retry time, when any worker may take it.
+    /// (`Operation::retry_later`, `pass_on` or `park` applied), only if
+    /// `owner` still holds it: its lease runs out at the retry time, when any
+    /// worker may take it (a parked one's lease is the token's).
     pub fn retry_operation_later(&self, op: &Operation, owner: &str) -> Result<bool> {
         self.write(|conn| {
             let updated = diesel::update(operations::table.find(op.id.to_string()))
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::lease_owner.eq(owner))
                 .set((
+                    operations::lease_owner.eq(op.lease_owner()),
                     operations::attempts.eq(op.attempts() as i32),
                     operations::lease_expires_at.eq(op.lease_expires_at().map(micros)),
                     operations::last_error.eq(op.last_error()),
@@ -204,6 +206,20 @@ impl Store {
                 ))
                 .execute(conn)?;
             Ok(updated == 1)
+        })
+    }
+
+    /// Ends the parking of every operation waiting for `token` (see
+    /// `Operation::park`): they become claimable at `now`. Returns how many.
+    pub fn release_parked(&self, token: &str, now: OffsetDateTime) -> Result<usize> {
+        let now_us = micros(now);
+        self.write(|conn| {
+            Ok(diesel::update(operations::table)
+                .filter(operations::state.eq(OperationState::Running.as_str()))
+                .filter(operations::lease_owner.eq(Operation::parked_on(token)))
+                .filter(operations::lease_expires_at.gt(now_us))
+                .set(operations::lease_expires_at.eq(now_us))
+                .execute(conn)?)
         })
     }
 
