@@ -105,6 +105,7 @@ fn serve(settings: &Settings) -> Result<()> {
             workers: usize::from(settings.workers),
             lease: time::Duration::seconds(i64::from(settings.operation_lease_secs)),
             stuck_after: std::time::Duration::from_secs(u64::from(settings.stuck_after_secs)),
+            token_outage: std::time::Duration::from_secs(u64::from(settings.token_outage_secs)),
             ..RunnerSettings::default()
         },
         tls,

@@ -60,6 +60,11 @@ pub struct Settings {
     /// asking the supervisor for a restart (a PKCS#11 call cannot be cancelled).
     #[arg(long, env = "LUNA_STUCK_AFTER_SECS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(5..=86400))]
     pub stuck_after_secs: u32,
+    /// Seconds a token (an HSM partition) may be away before the work waiting
+    /// for it fails, saying so. Until then its operations wait, uncounted,
+    /// and resume by themselves when it is back.
+    #[arg(long, env = "LUNA_TOKEN_OUTAGE_SECS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=604800))]
+    pub token_outage_secs: u32,
     /// Lifetime of bearer tokens, in seconds.
     #[arg(long, env = "LUNA_TOKEN_DURATION", default_value_t = 300, value_parser = clap::value_parser!(u32).range(30..=86400))]
     pub token_duration: u32,

@@ -11,11 +11,11 @@ use actix_web::{get, web, HttpResponse};
 use luna_domain::query::{parse_list_query, JobFilters};
 use luna_domain::{JobStatus, JobType};
 use luna_pkcs11::{
-    GenerateRequest, Generated, ObjectDescription, ObjectRef, Portable, ScanOutcome, Token, TokenInfo,
-    TransportOffer,
+    GenerateRequest, Generated, ObjectDescription, ObjectRef, Portable, Reachability, ScanOutcome, Token,
+    TokenInfo, TransportOffer,
 };
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ApiError;
@@ -30,6 +30,9 @@ pub struct Metrics {
     token_errors: IntCounterVec,
     operations: IntGaugeVec,
     jobs: IntGaugeVec,
+    token_reachable: IntGaugeVec,
+    token_recoveries: IntCounterVec,
+    module_reinitialisations: IntCounter,
     /// The token call each thread is in, and since when: the runner's
     /// watchdog asks how long the call on an operation's thread has run.
     in_flight: parking_lot::Mutex<HashMap<ThreadId, (&'static str, Instant)>>,
@@ -97,6 +100,34 @@ impl Metrics {
                 &["job_type", "progress"],
             )?,
         )?;
+        let token_labels = ["partition_label", "serial_number"];
+        let token_reachable = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "luna_token_reachable",
+                    "1 while a token this instance uses answers, 0 while it is away",
+                ),
+                &token_labels,
+            )?,
+        )?;
+        let token_recoveries = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "luna_token_recoveries_total",
+                    "Times a token that was away came back (sessions opened and logged in again)",
+                ),
+                &token_labels,
+            )?,
+        )?;
+        let module_reinitialisations = register(
+            &registry,
+            IntCounter::new(
+                "luna_pkcs11_module_reinitialisations_total",
+                "Times the PKCS#11 module was finalised and initialised again to recover a token",
+            )?,
+        )?;
         Ok(Arc::new(Metrics {
             registry,
             requests,
@@ -104,6 +135,9 @@ impl Metrics {
             token_errors,
             operations,
             jobs,
+            token_reachable,
+            token_recoveries,
+            module_reinitialisations,
             in_flight: parking_lot::Mutex::default(),
         }))
     }
@@ -127,6 +161,17 @@ impl Metrics {
         function: &'static str,
         call: impl FnOnce() -> luna_pkcs11::Result<T>,
     ) -> luna_pkcs11::Result<T> {
+        let result = self.tracked(function, call);
+        if let Err(error) = &result {
+            self.token_errors
+                .with_label_values(&[function, error.code()])
+                .inc();
+        }
+        result
+    }
+
+    /// Runs a token call, timed and listed in flight on this thread (for the watchdog).
+    fn tracked<T>(&self, function: &'static str, call: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let thread = std::thread::current().id();
         // A call made inside another (none today) keeps the outer one's start.
@@ -145,12 +190,31 @@ impl Metrics {
         self.token_calls
             .with_label_values(&[function])
             .observe(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            self.token_errors
-                .with_label_values(&[function, error.code()])
-                .inc();
-        }
         result
+    }
+
+    /// Sets the token gauges and counters from what the registry sees now.
+    fn observe_tokens(&self, watched: &[crate::tokens::WatchedToken], reinitialisations: u64) {
+        self.token_reachable.reset();
+        for token in watched {
+            let labels = [token.partition_label.as_str(), token.serial_number.as_str()];
+            self.token_reachable
+                .with_label_values(&labels)
+                .set(i64::from(token.reachability.is_reachable()));
+            catch_up(
+                &self.token_recoveries.with_label_values(&labels),
+                token.reachability.recoveries,
+            );
+        }
+        catch_up(&self.module_reinitialisations, reinitialisations);
+    }
+}
+
+/// Brings a counter up to `total`, a count kept elsewhere (it never goes down).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 
@@ -164,6 +228,12 @@ pub struct Metered {
 impl Token for Metered {
     fn info(&self) -> &TokenInfo {
         self.inner.info()
+    }
+    fn reachability(&self) -> Reachability {
+        self.inner.reachability()
+    }
+    fn probe(&self) -> Reachability {
+        self.metrics.tracked("probe", || self.inner.probe())
     }
     fn generate(&self, request: &GenerateRequest) -> luna_pkcs11::Result<Generated> {
         self.metrics.timed("generate", || self.inner.generate(request))
@@ -264,6 +334,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     })
     .await?;
     let metrics = &state.metrics;
+    metrics.observe_tokens(&state.tokens.watched(), state.tokens.module().reinitialisations());
     metrics.operations.reset();
     for (kind, op_state, n) in operations {
         metrics

@@ -170,6 +170,10 @@ impl Running {
     }
 }
 
+/// How often the tokens in use are looked at: a token that is away at
+/// every tick, the others less often (`tokens::LIVENESS_EVERY`).
+const TOKEN_WATCH_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long a stop waits for the workers' token calls.
 const WORKERS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -188,6 +192,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         Arc::clone(&work),
         config.runner,
     );
+    // Looks at the tokens in use for as long as the runtime runs.
+    tokio::spawn(Arc::clone(&tokens).watch(Arc::clone(&work), TOKEN_WATCH_TICK));
     let state = web::Data::new(AppState {
         store: config.store,
         tokens,

@@ -56,6 +56,7 @@ pub fn runner_settings(workers: usize) -> RunnerSettings {
         refresh_settle: time::Duration::ZERO,
         pass_on_for: time::Duration::seconds(1),
         stuck_after: Duration::from_secs(60),
+        token_outage: Duration::from_secs(60),
         after_scan: None,
     }
 }

@@ -1,12 +1,14 @@
-//! The partitions' member tokens, opened once with their connection's PIN.
+//! The partitions' member tokens, opened once with their connection's PIN,
+//! and watched: a token that went away is looked at until it is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 use luna_domain::Member;
-use luna_pkcs11::{Module, Token, TokenError, TokenInfo};
+use luna_pkcs11::{Module, Reachability, Token, TokenError, TokenInfo};
 use luna_store::Store;
 use uuid::Uuid;
 
@@ -20,7 +22,31 @@ pub struct Unavailable {
     /// This instance's module does not list the token (another instance's
     /// may: started after the token was made, say).
     pub missing_here: bool,
+    /// The token answered here before and is away now, since then: its work
+    /// waits for it (`RunnerSettings::token_outage`).
+    pub away: Option<Away>,
 }
+
+/// A token known to be away: since when, and the name its parked work is held under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Away {
+    pub since: SystemTime,
+    pub token: String,
+}
+
+/// One token this instance uses, as the health check, the metrics and the
+/// partition's page show it.
+#[derive(Debug, Clone)]
+pub struct WatchedToken {
+    pub connection: Uuid,
+    pub partition_label: String,
+    pub serial_number: String,
+    pub reachability: Reachability,
+}
+
+/// How often the watcher looks at a token that answers (a token that does
+/// not is looked at every tick).
+const LIVENESS_EVERY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,6 +60,27 @@ impl Unavailable {
             reason,
             transient: false,
             missing_here: false,
+            away: None,
+        }
+    }
+
+    /// A token that is away now, as its reachability says.
+    fn away(member: &Member, token: &dyn Token, since: SystemTime) -> Unavailable {
+        let now = token.reachability();
+        Unavailable {
+            reason: format!(
+                "partition {:?} (serial {}) has been unreachable for {} s: {}",
+                member.partition_label,
+                member.serial_number,
+                since.elapsed().map_or(0, |d| d.as_secs()),
+                now.last_error.unwrap_or_default()
+            ),
+            transient: true,
+            missing_here: false,
+            away: Some(Away {
+                since,
+                token: token.info().name(),
+            }),
         }
     }
 }
@@ -44,8 +91,34 @@ pub struct TokenRegistry {
     store: Store,
     metrics: Arc<crate::metrics::Metrics>,
     open: Mutex<HashMap<(Uuid, String), Arc<dyn Token>>>,
-    /// What members not opened yet say of themselves, asked without a login.
-    described: Mutex<HashMap<(Uuid, String), TokenInfo>>,
+    /// Members whose token could not be opened for a reason that may pass
+    /// (not listed now, not answering): the watcher looks for them.
+    absent: Mutex<HashMap<(Uuid, String), Absent>>,
+    /// Tokens the watcher is looking at now (a look that hangs is not started again).
+    probing: Mutex<HashSet<(Uuid, String)>>,
+}
+
+impl Absent {
+    /// As an open token's would read: away since the first failed open.
+    fn reachability(&self) -> Reachability {
+        Reachability {
+            away_since: Some(self.since),
+            last_error: Some(self.error.clone()),
+            outages: 1,
+            recoveries: 0,
+        }
+    }
+}
+
+/// A member's token that could not be opened for now.
+#[derive(Debug, Clone)]
+struct Absent {
+    label: String,
+    since: SystemTime,
+    error: String,
+    /// The module listed it before in this process: it is away (its work
+    /// waits), not unknown to this instance (whose work is passed on).
+    listed_before: bool,
 }
 
 impl std::fmt::Debug for TokenRegistry {
@@ -68,7 +141,8 @@ impl TokenRegistry {
             store,
             metrics,
             open: Mutex::new(HashMap::new()),
-            described: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashMap::new()),
+            probing: Mutex::new(HashSet::new()),
         }
     }
 
@@ -76,11 +150,16 @@ impl TokenRegistry {
         &self.module
     }
 
-    /// The member's token, opened with the connection's PIN.
+    /// The member's token, opened with the connection's PIN; not while it is
+    /// known to be away (its work waits: `Unavailable::away`).
     pub fn member(&self, connection: Uuid, member: &Member) -> Result<Arc<dyn Token>, Unavailable> {
         let key = (connection, member.serial_number.clone());
-        if let Some(open) = self.open.lock().get(&key) {
-            return Ok(Arc::clone(open));
+        let open = self.open.lock().get(&key).cloned();
+        if let Some(open) = open {
+            return match open.reachability().away_since {
+                Some(since) => Err(Unavailable::away(member, open.as_ref(), since)),
+                None => Ok(open),
+            };
         }
         let pin = self
             .store
@@ -90,10 +169,17 @@ impl TokenRegistry {
                 ..Unavailable::lasting(format!("the connection's PIN could not be read: {e}"))
             })?
             .ok_or_else(|| Unavailable::lasting("the partition's connection no longer exists".to_owned()))?;
-        let token = self
-            .module
-            .open_partition(&member.partition_label, Some(&member.serial_number), pin)
-            .map_err(|e| unreachable(member, &e))?;
+        let token =
+            match self
+                .module
+                .open_partition(&member.partition_label, Some(&member.serial_number), pin)
+            {
+                Ok(token) => {
+                    self.absent.lock().remove(&key);
+                    token
+                }
+                Err(error) => return Err(self.not_opened(key, member, &error)),
+            };
         // Every call of the service's on a member token is timed and its errors counted.
         let token: Arc<dyn Token> = Arc::new(crate::metrics::Metered {
             inner: Arc::new(token),
@@ -107,30 +193,173 @@ impl TokenRegistry {
         Ok(Arc::clone(open.entry(key).or_insert(token)))
     }
 
-    /// What the member's token says of itself and which mechanisms it has:
-    /// from the open token if the service uses it, else asked once without a
-    /// login (a reader's request must never try a PIN, nor hold a login).
-    pub fn describe(&self, connection: Uuid, member: &Member) -> Result<TokenInfo, Unavailable> {
+    /// Why the member's token could not be opened; one that may come back
+    /// is remembered for the watcher, and one the module listed before is away.
+    fn not_opened(&self, key: (Uuid, String), member: &Member, error: &TokenError) -> Unavailable {
+        let mut unavailable = unreachable(member, error);
+        if !error.is_transient() {
+            return unavailable;
+        }
+        let listed_before = self
+            .module
+            .has_listed(&member.partition_label, &member.serial_number);
+        let mut absent = self.absent.lock();
+        let entry = absent.entry(key).or_insert_with(|| Absent {
+            label: member.partition_label.clone(),
+            since: SystemTime::now(),
+            error: error.to_string(),
+            listed_before,
+        });
+        entry.error = error.to_string();
+        if entry.listed_before {
+            unavailable.missing_here = false;
+            unavailable.away = Some(Away {
+                since: entry.since,
+                token: luna_pkcs11::token_name(&member.partition_label, &member.serial_number),
+            });
+        }
+        unavailable
+    }
+
+    /// What the member's token says of itself and which mechanisms it has,
+    /// and whether it answers: from the open token if the service uses it,
+    /// else asked now without a login (a reader's request must never try a
+    /// PIN, nor hold a login).
+    pub fn describe(
+        &self,
+        connection: Uuid,
+        member: &Member,
+    ) -> (Result<TokenInfo, Unavailable>, Option<Reachability>) {
         let key = (connection, member.serial_number.clone());
-        if let Some(open) = self.open.lock().get(&key) {
-            return Ok(open.info().clone());
+        let open = self.open.lock().get(&key).cloned();
+        if let Some(open) = open {
+            return (Ok(open.info().clone()), Some(open.reachability()));
         }
-        let mut described = self.described.lock();
-        if let Some(info) = described.get(&key) {
-            return Ok(info.clone());
-        }
-        let info = self
+        let described = self
             .module
             .describe_token(&member.partition_label, Some(&member.serial_number))
-            .map_err(|e| unreachable(member, &e))?;
-        described.insert(key, info.clone());
-        Ok(info)
+            .map_err(|e| unreachable(member, &e));
+        let away = self
+            .absent
+            .lock()
+            .get(&key)
+            .filter(|absent| absent.listed_before)
+            .map(Absent::reachability);
+        (described, away)
+    }
+
+    /// Every open token and whether it answers.
+    pub fn watched(&self) -> Vec<WatchedToken> {
+        let open: Vec<((Uuid, String), Arc<dyn Token>)> = self
+            .open
+            .lock()
+            .iter()
+            .map(|(k, t)| (k.clone(), Arc::clone(t)))
+            .collect();
+        let mut watched: Vec<WatchedToken> = open
+            .into_iter()
+            .map(|((connection, serial_number), token)| WatchedToken {
+                connection,
+                partition_label: token.info().label.clone(),
+                serial_number,
+                reachability: token.reachability(),
+            })
+            .collect();
+        watched.extend(
+            self.absent
+                .lock()
+                .iter()
+                .filter(|(_, absent)| absent.listed_before)
+                .map(|((connection, serial_number), absent)| WatchedToken {
+                    connection: *connection,
+                    partition_label: absent.label.clone(),
+                    serial_number: serial_number.clone(),
+                    reachability: absent.reachability(),
+                }),
+        );
+        watched.sort_by(|a, b| {
+            (&a.partition_label, &a.serial_number).cmp(&(&b.partition_label, &b.serial_number))
+        });
+        watched
+    }
+
+    /// Looks at every open token: each that is away at every `tick`, the
+    /// others every `LIVENESS_EVERY` (so an outage shows in the health check
+    /// without waiting for a failed operation). A token found back has its
+    /// parked operations released (in the store, for every instance) and
+    /// wakes the workers. Runs until the runtime stops.
+    pub async fn watch(self: Arc<Self>, work: Arc<tokio::sync::Notify>, tick: Duration) {
+        let mut last_look: HashMap<(Uuid, String), Instant> = HashMap::new();
+        loop {
+            tokio::time::sleep(tick).await;
+            let open: Vec<((Uuid, String), Arc<dyn Token>)> = self
+                .open
+                .lock()
+                .iter()
+                .map(|(k, t)| (k.clone(), Arc::clone(t)))
+                .collect();
+            last_look.retain(|key, _| open.iter().any(|(k, _)| k == key));
+            let absent: Vec<((Uuid, String), String)> = self
+                .absent
+                .lock()
+                .iter()
+                .map(|(key, absent)| (key.clone(), absent.label.clone()))
+                .collect();
+            for (key, label) in absent {
+                if !self.probing.lock().insert(key.clone()) {
+                    continue;
+                }
+                let (me, work) = (Arc::clone(&self), Arc::clone(&work));
+                tokio::task::spawn_blocking(move || {
+                    if me.module.look_for(&label, &key.1) {
+                        me.absent.lock().remove(&key);
+                        me.release_parked(&luna_pkcs11::token_name(&label, &key.1));
+                        work.notify_waiters();
+                    }
+                    me.probing.lock().remove(&key);
+                });
+            }
+            for (key, token) in open {
+                let away = !token.reachability().is_reachable();
+                let due = last_look
+                    .get(&key)
+                    .is_none_or(|at| at.elapsed() >= LIVENESS_EVERY);
+                if !(away || due) || !self.probing.lock().insert(key.clone()) {
+                    continue;
+                }
+                last_look.insert(key.clone(), Instant::now());
+                let (me, work) = (Arc::clone(&self), Arc::clone(&work));
+                // Not awaited: a look that hangs (a network HSM that does not
+                // answer) holds up no other token's.
+                tokio::task::spawn_blocking(move || {
+                    let before = token.reachability();
+                    let now = token.probe();
+                    if now.recoveries > before.recoveries {
+                        me.release_parked(&token.info().name());
+                        work.notify_waiters();
+                    }
+                    me.probing.lock().remove(&key);
+                });
+            }
+        }
+    }
+
+    /// Makes the operations parked on the token named `token` claimable now.
+    fn release_parked(&self, token: &str) {
+        match self.store.release_parked(token, luna_store::now()) {
+            Ok(released) if released > 0 => {
+                tracing::info!(token, released, "operations waiting for the token resume");
+            }
+            Ok(_) => {}
+            // The workers find them when their parking ends.
+            Err(error) => tracing::warn!(%error, "releasing the operations parked on a token failed"),
+        }
     }
 
     /// Closes the tokens of a deleted connection.
     pub fn forget_connection(&self, connection: Uuid) {
         self.open.lock().retain(|(c, _), _| *c != connection);
-        self.described.lock().retain(|(c, _), _| *c != connection);
+        self.absent.lock().retain(|(c, _), _| *c != connection);
     }
 }
 
@@ -142,5 +371,6 @@ fn unreachable(member: &Member, error: &TokenError) -> Unavailable {
         ),
         transient: error.is_transient(),
         missing_here: matches!(error, TokenError::TokenNotFound { .. }),
+        away: None,
     }
 }

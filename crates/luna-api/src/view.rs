@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use luna_domain::{Connection, Key, Mechanism, Member, Partition};
-use luna_pkcs11::TokenInfo;
+use luna_pkcs11::{Reachability, TokenInfo};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -37,6 +37,14 @@ pub fn timestamp(at: OffsetDateTime) -> String {
     let utc = at.to_offset(time::UtcOffset::UTC);
     utc.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| utc.to_string())
+}
+
+/// An instant of this process's clock (not a stored one), as `timestamp`
+/// writes stored instants: to the microsecond, as the database keeps them.
+pub fn wall_clock(at: std::time::SystemTime) -> String {
+    let at = OffsetDateTime::from(at);
+    let micros = at.nanosecond() / 1_000 * 1_000;
+    timestamp(at.replace_nanosecond(micros).unwrap_or(at))
 }
 
 /// The fields every CipherTrust resource body opens with.
@@ -183,24 +191,38 @@ impl From<&Member> for MemberView {
     }
 }
 
-/// A member's token as the service found it, probed once when first opened.
+/// A member's token as this instance finds it: what it says of itself
+/// (asked once, when first opened) and whether it answers now.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemberTokenView {
-    /// False when the module cannot find or read the token now; `error` says why.
+    /// False while the token cannot be found or does not answer; `error` says why.
     pub reachable: bool,
     pub manufacturer: String,
     pub model: String,
     /// The mechanisms replication needs that the token lacks.
     pub missing_for_replication: Vec<String>,
+    /// Why the token is not reachable now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Since when the token has been away (a token this instance uses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<String>,
+    /// Why the token was last found unreachable, kept after it came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// How many times the token came back after being away, in this instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoveries: Option<u64>,
 }
 
 impl MemberTokenView {
-    pub fn new(token: Result<&TokenInfo, &str>) -> MemberTokenView {
-        match token {
+    /// `described`: what the token says of itself, or why it could not be
+    /// asked; `reachability`: for a token this instance uses, whether it answers.
+    pub fn new(described: Result<&TokenInfo, &str>, reachability: Option<&Reachability>) -> MemberTokenView {
+        let away = reachability.and_then(|r| r.away_since);
+        let mut view = match described {
             Ok(info) => MemberTokenView {
-                reachable: true,
+                reachable: away.is_none(),
                 manufacturer: info.manufacturer.clone(),
                 model: info.model.clone(),
                 missing_for_replication: info
@@ -209,6 +231,9 @@ impl MemberTokenView {
                     .map(str::to_owned)
                     .collect(),
                 error: None,
+                unreachable_since: None,
+                last_error: None,
+                recoveries: None,
             },
             Err(reason) => MemberTokenView {
                 reachable: false,
@@ -216,8 +241,20 @@ impl MemberTokenView {
                 model: String::new(),
                 missing_for_replication: Vec::new(),
                 error: Some(reason.to_owned()),
+                unreachable_since: None,
+                last_error: None,
+                recoveries: None,
             },
+        };
+        if let Some(reachability) = reachability {
+            view.unreachable_since = away.map(wall_clock);
+            view.last_error = reachability.last_error.clone();
+            view.recoveries = Some(reachability.recoveries);
+            if away.is_some() {
+                view.error = reachability.last_error.clone();
+            }
         }
+        view
     }
 }
 

@@ -157,39 +157,6 @@ fn sqlite_a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted(
     );
 }
 
-/// A token whose store is taken away still answers a scan (SoftHSM2 lists
-/// fewer objects, or none): the refresh must not conclude its keys DELETED.
-fn a_refresh_of_a_token_whose_store_went_away_deletes_nothing(db: luna_store::testing::TestDatabase) {
-    let api = Api::start(db);
-    let partition = api.partition("store-away", 1);
-    let pid = partition["id"].as_str().unwrap().to_owned();
-    let (_, created) = api.send(
-        "POST",
-        KEYS,
-        &json!({"label": "kept", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}),
-    );
-    let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(api.settled(&id)["status"], "AVAILABLE");
-    let dir = luna_pkcs11::testing::softhsm_token_dir(partition["partition_label"].as_str().unwrap());
-    std::fs::rename(&dir, dir.with_extension("away")).unwrap();
-    let job = start(&api, "refresh", json!({"partitions": [pid]}));
-    let job = ended(&api, "refresh", job["id"].as_str().unwrap());
-    let key = api.get(&format!("{KEYS}/{id}")).1;
-    assert_eq!(key["status"], "AVAILABLE", "{key}");
-    // The module no longer lists the token: the job was passed on, then
-    // tried and given up, saying why; nothing was concluded of the key.
-    assert_eq!(job["overall_status"], "failed", "{job}");
-    let why = job["detailed_status"][pid.as_str()].as_str().unwrap_or_default();
-    assert!(why.contains("is not listed by this instance's module"), "{job}");
-}
-
-#[test]
-fn sqlite_a_refresh_of_a_token_whose_store_went_away_deletes_nothing() {
-    a_refresh_of_a_token_whose_store_went_away_deletes_nothing(
-        luna_store::testing::TestDatabase::sqlite().unwrap(),
-    );
-}
-
 on_both_backends! {
     fn refresh_finds_outside_keys_picks_up_changes_and_ends_gone_ones_deleted(db: TestDatabase) {
         let api = Api::start(db);

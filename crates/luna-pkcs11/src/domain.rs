@@ -75,6 +75,7 @@ impl Module {
     /// is replaced. Needs the SO PIN, and no user logged in to these tokens
     /// in this process (PKCS#11 allows one user type per token at a time).
     pub fn establish_cloning_domain(&self, members: &[Member], so_pin: &SecretString) -> Result<()> {
+        let _call = self.enter();
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
             let (slot, _) = self.find_slot(&member.partition_label, Some(&member.serial_number))?;

@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use cryptoki::error::{Error as CryptokiError, RvError};
 use thiserror::Error;
@@ -51,6 +52,21 @@ pub enum TokenError {
         attribute: &'static str,
         problem: String,
     },
+    /// The token is known to be away (its calls failed, and a fresh session
+    /// could not reach it either): it is not called until a look finds it
+    /// back (`Token::probe`), so that work waits for it.
+    #[error("token {label:?} (serial {serial}) has been unreachable for {away_secs} s: {cause}")]
+    Unreachable {
+        label: String,
+        serial: String,
+        since: SystemTime,
+        away_secs: u64,
+        cause: String,
+    },
+    /// An object handle taken before the module was re-initialised, which
+    /// renumbers handles: the object must be looked up again.
+    #[error("object handle {handle} dates from before the PKCS#11 module was re-initialised; look the object up again")]
+    StaleHandle { handle: u64 },
 }
 
 impl TokenError {
@@ -85,6 +101,8 @@ impl TokenError {
             TokenError::NoFreeSlot => "no_free_slot",
             TokenError::MechanismUnsupported { .. } => "mechanism_unsupported",
             TokenError::MalformedObject { .. } => "malformed_object",
+            TokenError::Unreachable { .. } => "token_unreachable",
+            TokenError::StaleHandle { .. } => "stale_handle",
         }
     }
 
@@ -94,7 +112,9 @@ impl TokenError {
     /// transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            TokenError::TokenNotFound { .. } => true,
+            TokenError::TokenNotFound { .. }
+            | TokenError::Unreachable { .. }
+            | TokenError::StaleHandle { .. } => true,
             TokenError::Call { .. } => matches!(
                 self.rv(),
                 Some(
@@ -122,6 +142,57 @@ impl TokenError {
             | TokenError::MechanismUnsupported { .. }
             | TokenError::MalformedObject { .. } => false,
         }
+    }
+
+    /// Which token is away (`token_name`) and since when, if this error
+    /// says one is: the caller's work should wait for it rather than fail.
+    pub fn unreachable(&self) -> Option<(String, SystemTime)> {
+        match self {
+            TokenError::Unreachable {
+                label, serial, since, ..
+            } => Some((crate::token_name(label, serial), *since)),
+            _ => None,
+        }
+    }
+
+    /// Whether the module was re-initialised under the caller's work (an
+    /// object handle it held is gone): the work may start again at once.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, TokenError::StaleHandle { .. })
+    }
+
+    /// Whether the error may mean the token or this process's sessions on it
+    /// are gone (a device unplugged or unreachable, a token taken away, a
+    /// session or login lost, the module no longer initialised), so that a
+    /// fresh session should be tried before the token is called away. A
+    /// general error is here too: SoftHSM2 answers every call on a token whose
+    /// store went away with it.
+    pub(crate) fn signals_absence(&self) -> bool {
+        matches!(self, TokenError::TokenNotFound { .. })
+            || matches!(
+                self.rv(),
+                Some(
+                    RvError::DeviceError
+                        | RvError::DeviceRemoved
+                        | RvError::GeneralError
+                        | RvError::TokenNotPresent
+                        | RvError::TokenNotRecognized
+                        | RvError::SessionHandleInvalid
+                        | RvError::SessionClosed
+                        | RvError::UserNotLoggedIn
+                        | RvError::CryptokiNotInitialized
+                )
+            )
+    }
+
+    /// Whether the call was refused before it did anything because of its
+    /// session (closed, invalid, its login lost): safe to run again on a
+    /// fresh session, even a write.
+    pub(crate) fn refused_for_its_session(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn)
+        )
     }
 
     /// Whether the session that produced this error should be thrown away

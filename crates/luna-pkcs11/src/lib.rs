@@ -8,6 +8,8 @@
 
 mod domain;
 mod error;
+mod gate;
+mod health;
 mod mechanisms;
 mod module;
 mod object;
@@ -25,6 +27,7 @@ use luna_domain::{Attribute, AttributeSet, Mechanism};
 
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
+pub use health::Reachability;
 pub use mechanisms::REPLICATION_MECHANISMS;
 pub use module::{LibraryInfo, Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};
@@ -42,7 +45,18 @@ pub struct TokenInfo {
     pub mechanisms: Vec<u64>,
 }
 
+/// A name for a token that is the same in every process: its label and
+/// serial number (openCryptoki gives every token the same serial).
+pub fn token_name(label: &str, serial_number: &str) -> String {
+    format!("{label}/{serial_number}")
+}
+
 impl TokenInfo {
+    /// See [`token_name`].
+    pub fn name(&self) -> String {
+        token_name(&self.label, &self.serial_number)
+    }
+
     pub fn supports(&self, mechanism: Mechanism) -> bool {
         self.mechanisms.contains(&mechanisms::mechanism_code(mechanism))
     }
@@ -157,6 +171,13 @@ pub struct TransportOffer {
 /// A partition: one token the service keeps keys in.
 pub trait Token: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &TokenInfo;
+    /// Whether the token answers, as this process last found it (no call is made).
+    fn reachability(&self) -> Reachability;
+    /// Looks at the token now (its slot, a fresh session and login), and
+    /// when it does not answer and the module is due, re-initialises the
+    /// module and looks again; returns what it found. A token found back
+    /// counts a recovery and its calls go through again.
+    fn probe(&self) -> Reachability;
     /// Generates the key; on a retry, first finds it by `CKA_ID` in case an earlier attempt made it.
     fn generate(&self, request: &GenerateRequest) -> Result<Generated>;
     /// Every token object whose `CKA_ID` is `cka_id`, described.

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -15,6 +17,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
+use crate::gate::{Entered, Gate};
+use crate::pool::SessionPool;
 use crate::token::Pkcs11Token;
 use crate::token_info::TokenInfoReader;
 use crate::TokenInfo;
@@ -46,7 +50,53 @@ pub struct Module {
     /// that token; reads still run together. Other modules (Luna) are not
     /// serialised.
     pub(crate) serialize_object_writes: bool,
+    /// Every call on the module is inside it; a re-initialisation waits
+    /// until none is.
+    gate: Gate,
+    /// Bumped by each re-initialisation, which ends every session and
+    /// object handle: handles carry the generation they were issued in.
+    generation: AtomicU64,
+    /// Every token's session pool, closed before a re-initialisation.
+    pools: Mutex<Vec<Weak<SessionPool>>>,
+    recovery: Mutex<Recovery>,
+    /// Every token the module has listed in this process (`token_name`):
+    /// one missing now is away, not unknown here.
+    listed: Mutex<std::collections::HashSet<String>>,
 }
+
+/// The pace of re-initialisations: one is due when a token does not answer
+/// a look, `REINIT_BACKOFF[in_a_row]` after the last.
+#[derive(Debug, Default)]
+struct Recovery {
+    last: Option<Instant>,
+    /// Re-initialisations since a token last came back.
+    in_a_row: usize,
+    /// Re-initialisations of this module so far.
+    done: u64,
+    /// The last re-initialisation made to look for a token never listed.
+    last_rescan: Option<Instant>,
+}
+
+/// How long after the last re-initialisation another may run while tokens
+/// stay away: soon at first (a token back is seen within seconds), then
+/// seldom (each one makes every other token's calls wait and open new sessions).
+const REINIT_BACKOFF: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(15),
+];
+
+/// How long a re-initialisation waits for the calls in flight to end
+/// before it gives up (to try again later) and lets the waiting calls go.
+const DRAIN_WITHIN: Duration = Duration::from_secs(2);
+
+/// How often a token the module has never listed in this process may cause
+/// a re-initialisation (SoftHSM2 lists only the tokens it found when it was
+/// initialised; an instance started while a token was away would never see
+/// it otherwise). Seldom: each one makes every other token's calls wait.
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
 
 /// A token present in the module, as `C_GetTokenInfo` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +156,16 @@ impl Module {
             provisioning: Mutex::new(()),
             proven_pins: Mutex::new(HashMap::new()),
             token_info,
+            gate: Gate::default(),
+            generation: AtomicU64::new(0),
+            pools: Mutex::new(Vec::new()),
+            // The first look for a token never listed comes a while after
+            // the start, when the module was just initialised.
+            recovery: Mutex::new(Recovery {
+                last_rescan: Some(Instant::now()),
+                ..Recovery::default()
+            }),
+            listed: Mutex::new(std::collections::HashSet::new()),
         });
         modules.insert(key, Arc::downgrade(&module));
         Ok(module)
@@ -115,8 +175,134 @@ impl Module {
         &self.path
     }
 
+    /// Enters the module's gate for one call (see `gate`).
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        self.gate.enter()
+    }
+
+    /// The module's generation: how many times it was re-initialised.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// How many times the module was re-initialised to recover a token.
+    pub fn reinitialisations(&self) -> u64 {
+        self.recovery.lock().done
+    }
+
+    /// Keeps `pool` to be closed before a re-initialisation.
+    pub(crate) fn track(&self, pool: &Arc<SessionPool>) {
+        let mut pools = self.pools.lock();
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// `C_Finalize` then `C_Initialize`, once no call is in flight (waiting
+    /// at most `DRAIN_WITHIN`; `Ok(false)` if calls did not end by then).
+    /// Every session and object handle of the process on this module ends:
+    /// sessions are closed first, tokens open and log in new ones as they
+    /// need them, and handles from before are refused as stale. The library
+    /// stays loaded (openCryptoki crashes a process that unloads it). If
+    /// `C_Initialize` fails (openCryptoki's slot daemon is down, say), every
+    /// call fails `CKR_CRYPTOKI_NOT_INITIALIZED` until a later
+    /// re-initialisation succeeds.
+    pub fn reinitialise(&self) -> Result<bool> {
+        let Some(_closed) = self.gate.close(DRAIN_WITHIN) else {
+            return Ok(false);
+        };
+        for pool in self.pools.lock().iter().filter_map(Weak::upgrade) {
+            pool.close_all();
+        }
+        match self.context.clone().finalize() {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "C_Finalize failed; initialising the module again all the same")
+            }
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.recovery.lock().done += 1;
+        match self
+            .context
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(true),
+            Err(source) => Err(call("C_Initialize")(source)),
+        }
+    }
+
+    /// Re-initialises the module if one is due (see `REINIT_BACKOFF`);
+    /// true if it ran and the module is initialised again.
+    pub(crate) fn reinitialise_if_due(&self) -> bool {
+        {
+            let mut recovery = self.recovery.lock();
+            let wait = REINIT_BACKOFF[recovery.in_a_row.min(REINIT_BACKOFF.len() - 1)];
+            if recovery.last.is_some_and(|last| last.elapsed() < wait) {
+                return false;
+            }
+            recovery.last = Some(Instant::now());
+            recovery.in_a_row += 1;
+        }
+        self.reinitialise_logged()
+    }
+
+    /// A token came back: the next outage starts the backoff again.
+    pub(crate) fn recovered(&self) {
+        self.recovery.lock().in_a_row = 0;
+    }
+
+    /// Whether the module has listed this token since the process started.
+    pub fn has_listed(&self, label: &str, serial: &str) -> bool {
+        self.listed.lock().contains(&crate::token_name(label, serial))
+    }
+
+    /// Whether the module lists the token now. If it does not, the module
+    /// is re-initialised when one is due, and asked again: for a token it
+    /// listed before, at the pace of `REINIT_BACKOFF` (as for an open token
+    /// that went away), for one it never listed, every `RESCAN_EVERY`.
+    pub fn look_for(&self, label: &str, serial: &str) -> bool {
+        if self.find_slot(label, Some(serial)).is_ok() {
+            return true;
+        }
+        let due = if self.has_listed(label, serial) {
+            self.reinitialise_if_due()
+        } else {
+            let mut recovery = self.recovery.lock();
+            let due = recovery
+                .last_rescan
+                .is_none_or(|last| last.elapsed() >= RESCAN_EVERY);
+            if due {
+                recovery.last_rescan = Some(Instant::now());
+            }
+            drop(recovery);
+            due && self.reinitialise_logged()
+        };
+        let found = due && self.find_slot(label, Some(serial)).is_ok();
+        if found {
+            self.recovered();
+        }
+        found
+    }
+
+    fn reinitialise_logged(&self) -> bool {
+        match self.reinitialise() {
+            Ok(true) => {
+                tracing::info!(module = %self.path.display(), generation = self.generation(), "the PKCS#11 module was re-initialised");
+                true
+            }
+            Ok(false) => {
+                tracing::info!(module = %self.path.display(), "the PKCS#11 module could not be re-initialised now: calls did not end in time");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(module = %self.path.display(), %error, "the PKCS#11 module could not be initialised again; it will be tried again");
+                false
+            }
+        }
+    }
+
     /// What the module says of itself.
     pub fn library_info(&self) -> Result<LibraryInfo> {
+        let _call = self.enter();
         let info = self.context.get_library_info().map_err(call("C_GetInfo"))?;
         let version = info.library_version();
         Ok(LibraryInfo {
@@ -128,6 +314,7 @@ impl Module {
 
     /// Every initialised token in the module.
     pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
+        let _call = self.enter();
         Ok(self
             .slots_with_tokens()?
             .into_iter()
@@ -141,6 +328,7 @@ impl Module {
     /// information cannot be read at all (with a warning naming the slot):
     /// one bad slot does not hide the others.
     fn slots_with_tokens(&self) -> Result<Vec<(Slot, TokenSummary)>> {
+        let _call = self.enter();
         let slots = self
             .context
             .get_slots_with_token()
@@ -148,14 +336,21 @@ impl Module {
         let mut found = Vec::with_capacity(slots.len());
         for slot in slots {
             match self.token_info.read(slot) {
-                Ok(summary) => found.push((slot, summary)),
+                Ok(summary) => {
+                    self.listed
+                        .lock()
+                        .insert(crate::token_name(&summary.label, &summary.serial_number));
+                    found.push((slot, summary));
+                }
                 Err(e)
                     if matches!(
                         e.rv(),
                         Some(RvError::TokenNotPresent | RvError::TokenNotRecognized)
                     ) => {}
+                // Not a warning: a token whose store is away answers so
+                // (SoftHSM2), and looks for it come every half second.
                 Err(e) => {
-                    tracing::warn!(slot = slot.id(), error = %e, "a slot's token information cannot be read; the slot is left out");
+                    tracing::debug!(slot = slot.id(), error = %e, "a slot's token information cannot be read; the slot is left out");
                 }
             }
         }
@@ -191,7 +386,14 @@ impl Module {
     /// login.
     pub fn describe_token(&self, label: &str, serial: Option<&str>) -> Result<TokenInfo> {
         let (slot, summary) = self.find_slot(label, serial)?;
+        let _call = self.enter();
         self.probe(slot, summary)
+    }
+
+    /// What the token in `slot` says of itself now.
+    pub(crate) fn read_token_info(&self, slot: Slot) -> Result<TokenSummary> {
+        let _call = self.enter();
+        self.token_info.read(slot)
     }
 
     /// Asks the token which of the service's mechanisms it supports, each with
@@ -225,7 +427,10 @@ impl Module {
         pin: SecretString,
     ) -> Result<Pkcs11Token> {
         let (slot, summary) = self.find_slot(label, serial)?;
-        let info = self.probe(slot, summary)?;
+        let info = {
+            let _call = self.enter();
+            self.probe(slot, summary)?
+        };
         Pkcs11Token::open(Arc::clone(self), slot, info, pin)
     }
 
@@ -269,6 +474,7 @@ impl Module {
         so_pin: &SecretString,
         user_pin: &SecretString,
     ) -> Result<TokenSummary> {
+        let _call = self.enter();
         let _one_at_a_time = self.provisioning.lock();
         let slot = self
             .slots_with_tokens()?
@@ -289,6 +495,7 @@ impl Module {
         so_pin: &SecretString,
         user_pin: &SecretString,
     ) -> Result<TokenSummary> {
+        let _call = self.enter();
         let so_pin: AuthPin = so_pin.clone();
         self.context
             .init_token(slot, &so_pin, label)

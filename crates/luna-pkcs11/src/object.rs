@@ -9,33 +9,51 @@ use crate::error::{call, Result, TokenError};
 use crate::mechanisms::{narrow, widen, CkUlong};
 use crate::templates::{boolean, boolean_type};
 
-/// A token object's handle. Valid for the life of the module's context, as
-/// PKCS#11 defines handles; after the object is destroyed the token answers
-/// `CKR_OBJECT_HANDLE_INVALID`.
+/// A token object's handle, and the module generation it was issued in.
+/// Handles are valid for the life of the module's context, as PKCS#11
+/// defines them; after the object is destroyed the token answers
+/// `CKR_OBJECT_HANDLE_INVALID`, and after the module is re-initialised
+/// (recovery from an outage) the module may give the number to another
+/// object, so a handle from an earlier generation is refused
+/// (`TokenError::StaleHandle`) before it reaches the module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectRef(u64);
+pub struct ObjectRef {
+    raw: u64,
+    generation: u64,
+}
 
 impl ObjectRef {
+    pub(crate) fn issued(handle: ObjectHandle, generation: u64) -> ObjectRef {
+        ObjectRef {
+            raw: widen(handle.handle()),
+            generation,
+        }
+    }
+
     /// The handle's number, for error messages.
     pub(crate) fn raw(self) -> u64 {
-        self.0
+        self.raw
+    }
+
+    /// This handle, if it was issued in the module's `current` generation.
+    pub(crate) fn current(self, current: u64) -> Result<ObjectRef> {
+        if self.generation == current {
+            Ok(self)
+        } else {
+            Err(TokenError::StaleHandle { handle: self.raw })
+        }
     }
 
     pub(crate) fn handle(self) -> ObjectHandle {
         // SAFETY: an object handle is a plain number that the module validates on
         // every call; a stale or foreign one gets CKR_OBJECT_HANDLE_INVALID, never
         // undefined behaviour. cryptoki marks the constructor unsafe only so that
-        // callers think about where the number came from: ours came from this module.
+        // callers think about where the number came from: ours came from this
+        // module, in this generation (`current`).
         #[allow(unsafe_code)]
         unsafe {
-            ObjectHandle::new_from_raw(narrow(self.0))
+            ObjectHandle::new_from_raw(narrow(self.raw))
         }
-    }
-}
-
-impl From<ObjectHandle> for ObjectRef {
-    fn from(handle: ObjectHandle) -> Self {
-        ObjectRef(widen(handle.handle()))
     }
 }
 
@@ -192,7 +210,7 @@ fn big_endian_u64(handle: ObjectRef, bytes: &[u8]) -> Result<u64> {
     let significant: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
     if significant.len() > 8 {
         return Err(TokenError::MalformedObject {
-            handle: handle.0,
+            handle: handle.raw,
             attribute: "CKA_PUBLIC_EXPONENT",
             problem: format!("{} bytes long; at most 8 are supported", significant.len()),
         });
@@ -259,8 +277,25 @@ mod tests {
 
     #[test]
     fn exponents_wider_than_64_bits_are_refused() {
-        assert_eq!(big_endian_u64(ObjectRef(1), &[0, 0, 1, 0, 1]).unwrap(), 65537);
-        let err = big_endian_u64(ObjectRef(9), &[1; 9]).unwrap_err();
+        assert_eq!(
+            big_endian_u64(
+                ObjectRef {
+                    raw: 1,
+                    generation: 0
+                },
+                &[0, 0, 1, 0, 1]
+            )
+            .unwrap(),
+            65537
+        );
+        let err = big_endian_u64(
+            ObjectRef {
+                raw: 9,
+                generation: 0,
+            },
+            &[1; 9],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("CKA_PUBLIC_EXPONENT"), "{err}");
     }
 }

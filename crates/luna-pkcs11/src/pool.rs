@@ -30,6 +30,13 @@ impl SessionPool {
         }
     }
 
+    /// Closes every idle session: the token or the module lost them (an
+    /// outage, or a re-initialisation about to end them all).
+    pub(crate) fn close_all(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        drop(idle);
+    }
+
     /// Keeps `session` for a later call (closes it if enough are idle).
     pub(crate) fn put_back(&self, session: Session) {
         let mut idle = self.idle.lock();

@@ -189,13 +189,113 @@ pub fn opencryptoki_module_path() -> &'static Path {
         .expect("openCryptoki is installed (run scripts/bootstrap)")
 }
 
-/// openCryptoki's module, opened (its daemon must be running).
+/// openCryptoki's module, opened (its daemon must be running: a test that
+/// stops it, `SlotDaemonOutage`, waits until no process is opening it).
 pub fn opencryptoki() -> &'static Arc<Module> {
     static MODULE: OnceLock<Arc<Module>> = OnceLock::new();
     MODULE.get_or_init(|| {
-        Module::open(opencryptoki_module_path())
-            .expect("openCryptoki's slot daemon pkcsslotd is running (run scripts/bootstrap)")
+        let daemon = daemon_lock();
+        daemon
+            .lock_shared()
+            .expect("a shared lock on openCryptoki's daemon");
+        let module = Module::open(opencryptoki_module_path())
+            .expect("openCryptoki's slot daemon pkcsslotd is running (run scripts/bootstrap)");
+        drop(daemon);
+        module
     })
+}
+
+/// The file lock that keeps openCryptoki's daemon running while a process
+/// initialises the module (`C_Initialize` needs it; a process already
+/// initialised goes on without it, measured here with 3.8.1).
+fn daemon_lock() -> File {
+    File::create(std::env::temp_dir().join("luna-cckm-opencryptoki-daemon.lock"))
+        .expect("a lock file for openCryptoki's daemon")
+}
+
+/// openCryptoki's machine-wide test setup held by one test, which may stop
+/// its slot daemon (`stop`) to see what a running process does without it.
+/// Holds every test slot and the daemon lock, so no other test, in any
+/// process, initialises the module or provisions a token meanwhile. The
+/// daemon is started again by `start`, and by the drop.
+#[derive(Debug)]
+pub struct SlotDaemonOutage {
+    slots: Vec<(Slot, SlotLease)>,
+    _daemon: File,
+}
+
+impl SlotDaemonOutage {
+    pub fn hold() -> SlotDaemonOutage {
+        let slots = take_opencryptoki_slots(opencryptoki_test_slots().len());
+        let daemon = daemon_lock();
+        daemon.lock().expect("openCryptoki's daemon lock");
+        SlotDaemonOutage {
+            slots,
+            _daemon: daemon,
+        }
+    }
+
+    /// A fresh token in the first held slot; its label.
+    pub fn provision(&self, prefix: &str) -> String {
+        let label = unique_label(prefix);
+        provision_opencryptoki(self.slots[0].0, &label);
+        label
+    }
+
+    /// The held slots' ids, for tools (`pkcs11-tool --slot`).
+    pub fn slot_ids(&self) -> Vec<u64> {
+        self.slots.iter().map(|(slot, _)| slot.id()).collect()
+    }
+
+    /// Stops the daemon (`pkill -KILL`: it ignores SIGTERM while clients
+    /// are attached) and waits until it is gone.
+    pub fn stop(&self) {
+        run_quietly("pkill", &["-KILL", "-x", "pkcsslotd"]);
+        wait_for("pkcsslotd to stop", || !slot_daemon_running());
+    }
+
+    /// Starts the daemon again and waits until it runs.
+    pub fn start(&self) {
+        if !slot_daemon_running() {
+            run_quietly("/usr/sbin/pkcsslotd", &[]);
+            wait_for("pkcsslotd to start", slot_daemon_running);
+        }
+    }
+}
+
+impl Drop for SlotDaemonOutage {
+    fn drop(&mut self) {
+        self.start();
+    }
+}
+
+/// Whether a `pkcsslotd` runs (a zombie left unreaped does not count).
+fn slot_daemon_running() -> bool {
+    std::process::Command::new("ps")
+        .args(["-C", "pkcsslotd", "-o", "stat="])
+        .output()
+        .is_ok_and(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| !l.trim().starts_with('Z'))
+        })
+}
+
+fn run_quietly(program: &str, args: &[&str]) {
+    let status = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    assert!(status.is_ok(), "{program} could not be run: {status:?}");
+}
+
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn unique_label(prefix: &str) -> String {
@@ -216,6 +316,47 @@ pub fn softhsm_token_dir(label: &str) -> PathBuf {
                 .is_ok_and(|bytes| bytes.windows(label.len()).any(|w| w == label.as_bytes()))
         })
         .expect("a directory holding the token")
+}
+
+/// A SoftHSM2 token of this process taken away: its directory moved out of
+/// the store (out of the tokens directory, where SoftHSM2 initialised again
+/// would find it under any name), as a network HSM drops off. `put_back`
+/// brings it back; so does the drop.
+#[derive(Debug)]
+pub struct TakenAway {
+    dir: PathBuf,
+    away: PathBuf,
+    back: bool,
+}
+
+impl TakenAway {
+    pub fn take(label: &str) -> TakenAway {
+        let dir = softhsm_token_dir(label);
+        let away = home().dir().join(format!("away-{label}"));
+        std::fs::rename(&dir, &away).expect("move the token's directory out of the store");
+        TakenAway {
+            dir,
+            away,
+            back: false,
+        }
+    }
+
+    pub fn put_back(mut self) {
+        self.restore();
+    }
+
+    fn restore(&mut self) {
+        if !self.back {
+            std::fs::rename(&self.away, &self.dir).expect("put the token's directory back");
+            self.back = true;
+        }
+    }
+}
+
+impl Drop for TakenAway {
+    fn drop(&mut self) {
+        self.restore();
+    }
 }
 
 /// A new, empty SoftHSM2 token; returns its label.

@@ -1,20 +1,23 @@
 //! A token opened as a partition: pooled, logged-in sessions and the object calls.
 
 use std::num::NonZeroUsize;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Deref};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::Attribute as CkAttribute;
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use luna_domain::{Algorithm, Attribute, ObjectType};
 use secrecy::SecretString;
 
 use crate::error::{call, Result, TokenError};
+use crate::health::{Health, Reachability};
 use crate::module::Module;
 use crate::object::{self, ObjectDescription, ObjectRef};
 use crate::pool::{PooledSession, SessionPool};
@@ -22,91 +25,196 @@ use crate::{mechanisms, templates};
 use crate::{GenerateRequest, Generated, Portable, ScanOutcome, Token, TokenInfo, TransportOffer};
 
 /// What `scan_with` calls for each batch, on the scan's own session.
-type BatchVisitor<'a> = dyn FnMut(&Session, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
+type BatchVisitor<'a> = dyn FnMut(&OnSession<'_>, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
 
 /// A token of a module, used as a partition. Each call takes one session from
 /// the pool, so a worker holds exactly one session at a time.
+///
+/// A call that fails in a way that may mean the token or its sessions are
+/// gone (`TokenError::signals_absence`) drops the token's idle sessions and
+/// checks the token with a fresh session and login: if it answers, the call's
+/// error stands (and a call refused for its session, or a read, runs once
+/// more); if not, the token is away, and later calls fail at once with
+/// `TokenError::Unreachable` until a look (`Token::probe`, or a call every
+/// `PROBE_AWAY_EVERY`) finds it back. When looks keep failing, the module is
+/// re-initialised (`Module::reinitialise_if_due`): SoftHSM2 keeps a token
+/// whose store went away invalid until `C_Initialize` runs again.
 #[derive(Debug)]
 pub struct Pkcs11Token {
     module: Arc<Module>,
-    slot: Slot,
+    /// The token's slot, found again after a re-initialisation (a module may
+    /// number its slots anew), in the module generation `slot_generation`.
+    slot: Mutex<Slot>,
+    slot_generation: AtomicU64,
     info: TokenInfo,
     pin: SecretString,
-    sessions: SessionPool,
+    /// Shared with the module, which closes them before it re-initialises.
+    sessions: Arc<SessionPool>,
     /// Domain key handles by peer serial: a lookup walks every object on
     /// SoftHSM2, and a replication moves many keys under the same one.
     domain_keys: Mutex<std::collections::HashMap<String, ObjectRef>>,
     /// On modules that need it (see `Module`): object writes hold it
     /// exclusively, everything else shared, so no call runs beside a write.
     object_writes: RwLock<()>,
+    health: Health,
+}
+
+/// One call's session and the module generation it runs in: handles it
+/// issues carry that generation, and handles it is given must be of it.
+pub(crate) struct OnSession<'a> {
+    session: &'a Session,
+    generation: u64,
+}
+
+impl Deref for OnSession<'_> {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        self.session
+    }
+}
+
+impl OnSession<'_> {
+    /// A handle the module just gave, as the service keeps it.
+    pub(crate) fn issue(&self, handle: cryptoki::object::ObjectHandle) -> ObjectRef {
+        ObjectRef::issued(handle, self.generation)
+    }
+
+    /// `object`, if it was issued in this generation of the module.
+    pub(crate) fn current(&self, object: ObjectRef) -> Result<ObjectRef> {
+        object.current(self.generation)
+    }
+}
+
+/// What a call may do again, on a fresh session, after an error that may
+/// mean the token's sessions are gone and a check finds the token answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// A read: always (it changes nothing).
+    Read,
+    /// A write: only if it was refused for its session, before it did anything.
+    Write,
+    /// A scan: never (its visitor has seen batches the caller keeps).
+    Never,
 }
 
 impl Pkcs11Token {
     pub(crate) fn open(module: Arc<Module>, slot: Slot, info: TokenInfo, pin: SecretString) -> Result<Self> {
+        let _call = module.enter();
         // Proves the PIN now rather than at the first key operation.
         let session = module
             .context
             .open_rw_session(slot)
             .map_err(call("C_OpenSession"))?;
         module.login(&session, &info.label, &info.serial_number, &pin)?;
+        let sessions = Arc::new(SessionPool::default());
+        module.track(&sessions);
         let partition = Pkcs11Token {
-            module,
-            slot,
+            slot_generation: AtomicU64::new(module.generation()),
+            module: Arc::clone(&module),
+            slot: Mutex::new(slot),
             info,
             pin,
-            sessions: SessionPool::default(),
+            sessions,
             object_writes: RwLock::new(()),
             domain_keys: Mutex::new(std::collections::HashMap::new()),
+            health: Health::default(),
         };
         partition.sessions.put_back(session);
         Ok(partition)
     }
 
+    /// The token's slot in the module's current generation (inside the gate).
+    fn slot(&self) -> Result<Slot> {
+        let generation = self.module.generation();
+        if self.slot_generation.load(Ordering::SeqCst) != generation {
+            let (slot, _) = self
+                .module
+                .find_slot(&self.info.label, Some(&self.info.serial_number))?;
+            *self.slot.lock() = slot;
+            self.slot_generation.store(generation, Ordering::SeqCst);
+        }
+        Ok(*self.slot.lock())
+    }
+
+    /// A new session on the token, logged in (the PIN proven again if the
+    /// module says some session is logged in already).
+    fn fresh_session(&self) -> Result<Session> {
+        let session = self
+            .module
+            .context
+            .open_rw_session(self.slot()?)
+            .map_err(call("C_OpenSession"))?;
+        self.module
+            .login(&session, &self.info.label, &self.info.serial_number, &self.pin)?;
+        Ok(session)
+    }
+
     fn session(&self) -> Result<PooledSession<'_>> {
         let session = match self.sessions.take() {
             Some(session) => session,
-            None => {
-                let session = self
-                    .module
-                    .context
-                    .open_rw_session(self.slot)
-                    .map_err(call("C_OpenSession"))?;
-                // Login is per application and token: every later session shares it.
-                match session.login(UserType::User, Some(&self.pin)) {
-                    Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-                    Err(other) => return Err(call("C_Login")(other)),
-                }
-                session
-            }
+            None => self.fresh_session()?,
         };
         Ok(self.sessions.lend(session))
     }
 
-    /// Runs `work` on a pooled session, discarding the session if the error
-    /// says it is no longer usable. Reads may run together; on SoftHSM2 none
-    /// runs beside a write (see `writing`).
-    fn with_session<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let _shared = self
-            .module
-            .serialize_object_writes
-            .then(|| self.object_writes.read());
-        self.on_session(work)
+    /// Runs `work` on a pooled session (see the type's page for what happens
+    /// when the token seems gone). Reads may run together; on SoftHSM2 and
+    /// openCryptoki none runs beside a write (see `writing`).
+    fn with_session<T>(&self, work: impl FnMut(&OnSession<'_>) -> Result<T>) -> Result<T> {
+        self.call(false, Again::Read, work)
     }
 
     /// `with_session` for calls that create, change or destroy objects.
     /// SoftHSM2's file store fails a write (CKR_GENERAL_ERROR) when another
     /// session writes, or re-reads the token's objects, at the same time.
-    fn writing<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let _exclusive = self
-            .module
-            .serialize_object_writes
-            .then(|| self.object_writes.write());
-        self.on_session(work)
+    fn writing<T>(&self, work: impl FnMut(&OnSession<'_>) -> Result<T>) -> Result<T> {
+        self.call(true, Again::Write, work)
     }
 
-    fn on_session<T>(&self, work: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+    fn call<T>(
+        &self,
+        write: bool,
+        again: Again,
+        mut work: impl FnMut(&OnSession<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.ready()?;
+        let error = match self.attempt(write, &mut work) {
+            Err(error) if error.signals_absence() => error,
+            done => return done,
+        };
+        self.drop_sessions();
+        if let Err(look) = self.check() {
+            return Err(self.went_away(format!("{error}; looked at again: {look}")));
+        }
+        let retry = match again {
+            Again::Read => true,
+            Again::Write => error.refused_for_its_session(),
+            Again::Never => false,
+        };
+        if !retry {
+            return Err(error);
+        }
+        match self.attempt(write, &mut work) {
+            // The same on a fresh session that a check found working: gone after all.
+            Err(again) if again.signals_absence() => {
+                Err(self.went_away(format!("{again}, again on a fresh session")))
+            }
+            done => done,
+        }
+    }
+
+    /// One attempt of `work` inside the module's gate, on one session.
+    fn attempt<T>(&self, write: bool, work: &mut impl FnMut(&OnSession<'_>) -> Result<T>) -> Result<T> {
+        let _call = self.module.enter();
+        let _writes = self.hold_writes(write);
+        let generation = self.module.generation();
         let session = self.session()?;
-        match work(&session) {
+        let on = OnSession {
+            session: &session,
+            generation,
+        };
+        match work(&on) {
             Err(error) if error.breaks_session() => {
                 session.discard();
                 Err(error)
@@ -115,9 +223,84 @@ impl Pkcs11Token {
         }
     }
 
+    /// Fails at once while the token is known to be away; looks again when due.
+    fn ready(&self) -> Result<()> {
+        if self.health.away_and_not_due()
+            || (!self.health.snapshot().is_reachable() && !self.probe().is_reachable())
+        {
+            return Err(self.unreachable());
+        }
+        Ok(())
+    }
+
+    /// Whether the token answers now: its slot still holds it (label and
+    /// serial), a new session opens and logs in, and the session answers.
+    fn check(&self) -> Result<()> {
+        let _call = self.module.enter();
+        let _writes = self.hold_writes(false);
+        let slot = self.slot()?;
+        let holds_it = self
+            .module
+            .read_token_info(slot)
+            .is_ok_and(|t| t.label == self.info.label && t.serial_number == self.info.serial_number);
+        if !holds_it {
+            // Renumbered, or gone: look for it among every slot.
+            let (slot, _) = self
+                .module
+                .find_slot(&self.info.label, Some(&self.info.serial_number))?;
+            *self.slot.lock() = slot;
+        }
+        let session = self.fresh_session()?;
+        session.get_session_info().map_err(call("C_GetSessionInfo"))?;
+        self.sessions.put_back(session);
+        Ok(())
+    }
+
+    fn drop_sessions(&self) {
+        let _call = self.module.enter();
+        let _writes = self.hold_writes(false);
+        self.sessions.close_all();
+    }
+
+    /// On modules that race (see `Module`), the token's write lock: held
+    /// exclusively by a write, shared by everything else. Taken inside the
+    /// module's gate, never the other way round.
+    fn hold_writes(
+        &self,
+        write: bool,
+    ) -> (Option<RwLockWriteGuard<'_, ()>>, Option<RwLockReadGuard<'_, ()>>) {
+        let serialize = self.module.serialize_object_writes;
+        (
+            (serialize && write).then(|| self.object_writes.write()),
+            (serialize && !write).then(|| self.object_writes.read()),
+        )
+    }
+
+    /// Records the token away (saying why) and returns the error callers get.
+    fn went_away(&self, why: String) -> TokenError {
+        if self.health.snapshot().is_reachable() {
+            tracing::warn!(token = %self.info.label, serial = %self.info.serial_number, error = %why,
+                "the token is unreachable; its work waits for it");
+        }
+        self.health.went_away(why);
+        self.unreachable()
+    }
+
+    fn unreachable(&self) -> TokenError {
+        let now = self.health.snapshot();
+        let since = now.away_since.unwrap_or_else(SystemTime::now);
+        TokenError::Unreachable {
+            label: self.info.label.clone(),
+            serial: self.info.serial_number.clone(),
+            since,
+            away_secs: since.elapsed().map_or(0, |d| d.as_secs()),
+            cause: now.last_error.unwrap_or_default(),
+        }
+    }
+
     fn scan_with(&self, batch_size: usize, visit: &mut BatchVisitor<'_>) -> Result<ScanOutcome> {
         let batch_size = NonZeroUsize::new(batch_size).unwrap_or(NonZeroUsize::MIN);
-        self.with_session(|session| {
+        self.call(false, Again::Never, |session| {
             let mut outcome = ScanOutcome::default();
             let template = [CkAttribute::Token(true)];
             let objects = session
@@ -126,7 +309,7 @@ impl Pkcs11Token {
             let mut batch = Vec::with_capacity(batch_size.get());
             let mut objects = objects.peekable();
             while let Some(handle) = objects.next() {
-                batch.push(ObjectRef::from(handle.map_err(call("C_FindObjects"))?));
+                batch.push(session.issue(handle.map_err(call("C_FindObjects"))?));
                 if batch.len() == batch_size.get() || objects.peek().is_none() {
                     outcome.seen += batch.len();
                     outcome.batches += 1;
@@ -143,17 +326,20 @@ impl Pkcs11Token {
     }
 
     /// The domain key this token shares with `peer`, found once and kept.
-    fn domain_key(&self, session: &Session, peer: &str) -> Result<ObjectRef> {
+    /// A handle kept from an earlier generation of the module is looked up again.
+    fn domain_key(&self, session: &OnSession<'_>, peer: &str) -> Result<ObjectRef> {
         if let Some(key) = self.domain_keys.lock().get(peer) {
-            return Ok(*key);
+            if let Ok(key) = session.current(*key) {
+                return Ok(key);
+            }
         }
         let id = crate::domain::domain_key_id(&self.info.serial_number, peer);
-        let key: ObjectRef = crate::domain::find_domain_key(session, &id)?
-            .ok_or_else(|| TokenError::NoCloningDomain {
+        let key =
+            crate::domain::find_domain_key(session, &id)?.ok_or_else(|| TokenError::NoCloningDomain {
                 from: self.info.label.clone(),
                 to: peer.to_owned(),
-            })?
-            .into();
+            })?;
+        let key = session.issue(key);
         self.domain_keys.lock().insert(peer.to_owned(), key);
         Ok(key)
     }
@@ -162,7 +348,7 @@ impl Pkcs11Token {
     /// token no longer knows (the domain was made again) is looked up afresh.
     fn with_domain_key<T>(
         &self,
-        session: &Session,
+        session: &OnSession<'_>,
         peer: &str,
         work: impl Fn(ObjectRef) -> Result<T>,
     ) -> Result<T> {
@@ -192,7 +378,7 @@ impl Pkcs11Token {
     /// them leaves one behind, and the `CKA_ID` (the record's own new UUID)
     /// says it is ours. The caller then makes the pair again.
     fn existing(
-        session: &Session,
+        session: &OnSession<'_>,
         cka_id: &[u8],
         expected: &[ObjectType],
     ) -> Result<Option<Vec<ObjectDescription>>> {
@@ -214,13 +400,13 @@ impl Pkcs11Token {
         Ok(None)
     }
 
-    fn find_in(session: &Session, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
+    fn find_in(session: &OnSession<'_>, cka_id: &[u8]) -> Result<Vec<ObjectDescription>> {
         let handles = session
             .find_objects(&templates::find_template(cka_id))
             .map_err(call("C_FindObjects"))?;
         handles
             .into_iter()
-            .map(|h| object::describe(session, h.into()))
+            .map(|h| object::describe(session, session.issue(h)))
             .collect()
     }
 }
@@ -228,6 +414,35 @@ impl Pkcs11Token {
 impl Token for Pkcs11Token {
     fn info(&self) -> &TokenInfo {
         &self.info
+    }
+
+    fn reachability(&self) -> Reachability {
+        self.health.snapshot()
+    }
+
+    fn probe(&self) -> Reachability {
+        let mut checked = self.check();
+        if checked.is_err() {
+            self.drop_sessions();
+            // The module may be keeping stale state (SoftHSM2 keeps a token
+            // whose store went away invalid until it is initialised again).
+            if self.module.reinitialise_if_due() {
+                checked = self.check();
+            }
+        }
+        match checked {
+            Ok(()) => {
+                if self.health.answered() {
+                    self.module.recovered();
+                    tracing::warn!(token = %self.info.label, serial = %self.info.serial_number,
+                        "the token is reachable again; its work resumes");
+                }
+            }
+            Err(look) => {
+                self.went_away(look.to_string());
+            }
+        }
+        self.health.snapshot()
     }
 
     fn generate(&self, request: &GenerateRequest) -> Result<Generated> {
@@ -251,7 +466,7 @@ impl Token for Pkcs11Token {
                     let handle = session
                         .generate_key(&mechanism, &template)
                         .map_err(call("C_GenerateKey"))?;
-                    vec![object::describe(session, handle.into())?]
+                    vec![object::describe(session, session.issue(handle))?]
                 }
                 Algorithm::Rsa => {
                     let (public, private) = templates::rsa_templates(request);
@@ -259,8 +474,8 @@ impl Token for Pkcs11Token {
                         .generate_key_pair(&mechanism, &public, &private)
                         .map_err(call("C_GenerateKeyPair"))?;
                     vec![
-                        object::describe(session, private.into())?,
-                        object::describe(session, public.into())?,
+                        object::describe(session, session.issue(private))?,
+                        object::describe(session, session.issue(public))?,
                     ]
                 }
             };
@@ -277,18 +492,23 @@ impl Token for Pkcs11Token {
     }
 
     fn describe(&self, object: ObjectRef) -> Result<ObjectDescription> {
-        self.with_session(|session| object::describe(session, object))
+        self.with_session(|session| object::describe(session, session.current(object)?))
     }
 
     fn describe_many(&self, objects: &[ObjectRef]) -> Result<Vec<ObjectDescription>> {
-        self.with_session(|session| objects.iter().map(|o| object::describe(session, *o)).collect())
+        self.with_session(|session| {
+            objects
+                .iter()
+                .map(|o| object::describe(session, session.current(*o)?))
+                .collect()
+        })
     }
 
     fn set_attributes(&self, object: ObjectRef, changes: &[(Attribute, bool)]) -> Result<()> {
         let template = templates::attribute_changes(changes);
         self.writing(|session| {
             session
-                .update_attributes(object.handle(), &template)
+                .update_attributes(session.current(object)?.handle(), &template)
                 .map_err(call("C_SetAttributeValue"))
         })
     }
@@ -296,7 +516,7 @@ impl Token for Pkcs11Token {
     fn destroy(&self, object: ObjectRef) -> Result<()> {
         self.writing(|session| {
             session
-                .destroy_object(object.handle())
+                .destroy_object(session.current(object)?.handle())
                 .map_err(call("C_DestroyObject"))
         })
     }
@@ -316,7 +536,7 @@ impl Token for Pkcs11Token {
             session.destroy_object(public).map_err(call("C_DestroyObject"))?;
             Ok(TransportOffer {
                 point,
-                private: private.into(),
+                private: session.issue(private),
             })
         })
     }
@@ -331,7 +551,11 @@ impl Token for Pkcs11Token {
             let transport = crate::domain::derive_transport_key(session, private, &offer.point, true);
             let wrapped = transport.and_then(|key| {
                 let wrapped = session
-                    .wrap_key(&CkMechanism::AesKeyWrapPad, key, object.handle.handle())
+                    .wrap_key(
+                        &CkMechanism::AesKeyWrapPad,
+                        key,
+                        session.current(object.handle)?.handle(),
+                    )
                     .map_err(call("C_WrapKey"));
                 discard(session, key, "transport key");
                 wrapped
@@ -351,8 +575,8 @@ impl Token for Pkcs11Token {
         self.writing(|session| {
             let handle = match (&portable.wrapped, &portable.sender_point) {
                 (Some(wrapped), Some(point)) => {
-                    let key =
-                        crate::domain::derive_transport_key(session, offer.private.handle(), point, false)?;
+                    let private = session.current(offer.private)?.handle();
+                    let key = crate::domain::derive_transport_key(session, private, point, false)?;
                     let made = session
                         .unwrap_key(&CkMechanism::AesKeyWrapPad, key, wrapped, &template)
                         .map_err(call("C_UnwrapKey"));
@@ -362,9 +586,11 @@ impl Token for Pkcs11Token {
                 _ => session.create_object(&template).map_err(call("C_CreateObject")),
             };
             // The ephemeral half is used once, whatever happened.
-            discard(session, offer.private.handle(), "ephemeral private key");
+            if let Ok(private) = session.current(offer.private) {
+                discard(session, private.handle(), "ephemeral private key");
+            }
             let handle = handle?;
-            let mut made = object::describe(session, handle.into())?;
+            let mut made = object::describe(session, session.issue(handle))?;
             if made.size_bits == 0 {
                 made.size_bits = portable.object.size_bits;
             }
@@ -403,13 +629,10 @@ impl Token for Pkcs11Token {
             });
         }
         self.with_session(|session| {
+            let source = session.current(object.handle)?;
             let wrapped = self.with_domain_key(session, target_serial, |domain_key| {
                 session
-                    .wrap_key(
-                        &CkMechanism::AesKeyWrapPad,
-                        domain_key.handle(),
-                        object.handle.handle(),
-                    )
+                    .wrap_key(&CkMechanism::AesKeyWrapPad, domain_key.handle(), source.handle())
                     .map_err(call("C_WrapKey"))
             })?;
             Ok(Portable {
@@ -436,7 +659,7 @@ impl Token for Pkcs11Token {
                         .map_err(call("C_UnwrapKey"))
                 })?,
             };
-            let mut made = object::describe(session, handle.into())?;
+            let mut made = object::describe(session, session.issue(handle))?;
             // SoftHSM2 neither takes CKA_VALUE_LEN in an unwrap template nor
             // sets it; AES key wrap keeps the length, so the source's stands.
             if made.size_bits == 0 {

@@ -194,9 +194,8 @@ pub async fn list_partitions(
     Ok(listing(page, listed, |p| PartitionView::new(p, &state.tenancy)))
 }
 
-/// One partition, with what its member tokens say of themselves and what a
-/// create of each mechanism does on it (the tokens are asked once, when first
-/// opened).
+/// One partition, with what its member tokens say of themselves, whether
+/// they answer now, and what a create of each mechanism does on it.
 #[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the partition's id")),
     responses((status = 200, description = "The partition", body = PartitionView)))]
 #[get("/api/v1/cckm/hsm/luna/partitions/{id}")]
@@ -214,13 +213,13 @@ pub async fn get_partition(
         let remap = registry::remaps_rsa_mechanisms(&store, partition.connection_id)?;
         let mut view = PartitionView::new(&partition, &tenancy);
         for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
-            let info = tokens.describe(partition.connection_id, member);
+            let (info, reachability) = tokens.describe(partition.connection_id, member);
             let info = info.as_ref().map_err(|u| u.reason.as_str());
             // Creates run on the first member.
             if index == 0 {
                 view.mechanisms = info.ok().map(|info| MechanismView::plan(info, remap));
             }
-            member_view.token = Some(MemberTokenView::new(info));
+            member_view.token = Some(MemberTokenView::new(info, reachability.as_ref()));
         }
         Ok(view)
     })

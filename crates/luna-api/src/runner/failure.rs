@@ -1,5 +1,7 @@
 //! Why an operation's attempt failed, and whether trying again may help.
 
+use std::time::SystemTime;
+
 use luna_domain::Key;
 
 use crate::tokens::Unavailable;
@@ -17,6 +19,16 @@ pub(super) enum Failure {
     /// This instance's module does not list a token the work needs; another
     /// instance's may (`RunnerSettings::pass_on_for`).
     NotHere(String),
+    /// A token the work needs is away (named `token`, since `since`): the
+    /// work waits for it, uncounted, up to `RunnerSettings::token_outage`.
+    Away {
+        reason: String,
+        token: String,
+        since: SystemTime,
+    },
+    /// The module was re-initialised under the work (a handle it held was
+    /// issued before): it starts again at once, uncounted.
+    Interrupted(String),
 }
 
 impl Failure {
@@ -34,7 +46,15 @@ impl Failure {
     }
 
     pub(super) fn token(error: luna_pkcs11::TokenError) -> Failure {
-        if error.is_transient() {
+        if let Some((token, since)) = error.unreachable() {
+            Failure::Away {
+                reason: error.to_string(),
+                token,
+                since,
+            }
+        } else if error.is_interrupted() {
+            Failure::Interrupted(error.to_string())
+        } else if error.is_transient() {
             Failure::Transient(error.to_string())
         } else {
             Failure::Final(error.to_string())
@@ -47,29 +67,42 @@ impl Failure {
             Failure::Final(reason) => Failure::Final(format!("{member}: {reason}")),
             Failure::Transient(reason) => Failure::Transient(format!("{member}: {reason}")),
             Failure::NotHere(reason) => Failure::NotHere(format!("{member}: {reason}")),
+            Failure::Away { reason, token, since } => Failure::Away {
+                reason: format!("{member}: {reason}"),
+                token,
+                since,
+            },
+            Failure::Interrupted(reason) => Failure::Interrupted(format!("{member}: {reason}")),
         }
     }
 
     pub(super) fn reason(&self) -> &str {
         match self {
-            Failure::Final(reason) | Failure::Transient(reason) | Failure::NotHere(reason) => reason,
+            Failure::Final(reason)
+            | Failure::Transient(reason)
+            | Failure::NotHere(reason)
+            | Failure::Away { reason, .. }
+            | Failure::Interrupted(reason) => reason,
         }
     }
 
-    /// Several failures as one: transient only if every one may pass.
+    /// Several failures as one: final if any is; else waiting for a token if
+    /// any token is away (the first one named); else transient.
     pub(super) fn all(failures: Vec<Failure>) -> Failure {
-        let transient = failures
-            .iter()
-            .all(|f| matches!(f, Failure::Transient(_) | Failure::NotHere(_)));
         let reason = failures
             .iter()
             .map(Failure::reason)
             .collect::<Vec<_>>()
             .join("; ");
-        if transient {
-            Failure::Transient(reason)
-        } else {
-            Failure::Final(reason)
+        if failures.iter().any(|f| matches!(f, Failure::Final(_))) {
+            return Failure::Final(reason);
+        }
+        match failures.into_iter().find_map(|f| match f {
+            Failure::Away { token, since, .. } => Some((token, since)),
+            _ => None,
+        }) {
+            Some((token, since)) => Failure::Away { reason, token, since },
+            None => Failure::Transient(reason),
         }
     }
 }
@@ -88,7 +121,13 @@ impl From<&str> for Failure {
 
 impl From<Unavailable> for Failure {
     fn from(unavailable: Unavailable) -> Failure {
-        if unavailable.missing_here {
+        if let Some(away) = unavailable.away {
+            Failure::Away {
+                reason: unavailable.reason,
+                token: away.token,
+                since: away.since,
+            }
+        } else if unavailable.missing_here {
             Failure::NotHere(unavailable.reason)
         } else if unavailable.transient {
             Failure::Transient(unavailable.reason)

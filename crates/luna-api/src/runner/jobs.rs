@@ -15,11 +15,17 @@ use super::{AfterScan, Failure, Runner};
 /// Objects described per `C_GetAttributeValue` round of a scan.
 const BATCH: usize = 256;
 
+/// What one member holds (its key objects), or why it could not be read.
+type MemberObjects = Result<Vec<ObjectDescription>, String>;
+
 /// How a partition's part of a job ended.
 enum PartitionOutcome {
     Completed,
     Cancelled,
     Failed(String),
+    /// A member's token is away (or went away during the scan): the job
+    /// waits for it, this partition still to do.
+    Waiting(Failure),
 }
 
 fn refresh_scope(partition: &Partition) -> RefreshScope {
@@ -82,6 +88,7 @@ impl Runner {
                 PartitionOutcome::Completed => JobStatus::Completed.as_str().to_owned(),
                 PartitionOutcome::Failed(reason) => reason,
                 PartitionOutcome::Cancelled => return self.end_cancelled(job_id).map_err(read),
+                PartitionOutcome::Waiting(failure) => return Err(failure),
             };
             // Re-read: a cancel may have set the abort flag meanwhile.
             job = self
@@ -193,8 +200,10 @@ impl Runner {
         let known: Option<BTreeSet<String>> =
             (job.job_type == JobType::Refresh).then(|| before.iter().map(|k| k.object_uid.clone()).collect());
         let before = BeforeScan::of(&before, started, self.settings.refresh_settle);
-        let Some(mut surveyed) = self.survey(&partition, &stop, known.as_ref()) else {
-            return PartitionOutcome::Cancelled;
+        let mut surveyed = match self.survey(&partition, &stop, known.as_ref()) {
+            Ok(Some(surveyed)) => surveyed,
+            Ok(None) => return PartitionOutcome::Cancelled,
+            Err(away) => return PartitionOutcome::Waiting(away),
         };
         let mut failures = Vec::new();
         if job.job_type == JobType::HaSynchronize && partition.members.len() > 1 {
@@ -204,8 +213,9 @@ impl Runner {
             }
             // The records are refreshed from what the members hold now.
             match self.survey(&partition, &stop, None) {
-                Some(again) => surveyed = again,
-                None => return PartitionOutcome::Cancelled,
+                Ok(Some(again)) => surveyed = again,
+                Ok(None) => return PartitionOutcome::Cancelled,
+                Err(away) => return PartitionOutcome::Waiting(away),
             }
         }
         if let Some(AfterScan(hook)) = &self.settings.after_scan {
@@ -233,7 +243,7 @@ impl Runner {
     fn clone_missing(
         &self,
         partition: &Partition,
-        surveyed: &[Result<Vec<ObjectDescription>, String>],
+        surveyed: &[MemberObjects],
         stop: &dyn Fn() -> bool,
     ) -> Option<Vec<String>> {
         let mut problems = Vec::new();
@@ -286,7 +296,10 @@ impl Runner {
     }
 
     /// What every member holds (its key objects, or why it could not be
-    /// read); `None` if the job was cancelled meanwhile. With `known` (a
+    /// read); `None` if the job was cancelled meanwhile; the failure to wait
+    /// on if a member's token is away, or went away while it was scanned
+    /// (what such a scan saw proves nothing: SoftHSM2 answers a scan of a
+    /// token whose store went away with fewer objects, or none). With `known` (a
     /// refresh: the objects the records named before the scan), objects on
     /// the first member that no record knows are recorded while the scan goes
     /// on (a writer thread beside the token's), so a refresh costs little more
@@ -296,17 +309,19 @@ impl Runner {
         partition: &Partition,
         stop: &dyn Fn() -> bool,
         known: Option<&BTreeSet<String>>,
-    ) -> Option<Vec<Result<Vec<ObjectDescription>, String>>> {
+    ) -> Result<Option<Vec<MemberObjects>>, Failure> {
         let scope = refresh_scope(partition);
         let mut views = Vec::with_capacity(partition.members.len());
         for (m, member) in partition.members.iter().enumerate() {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
+                Err(unavailable) if unavailable.away.is_some() => return Err(unavailable.into()),
                 Err(unavailable) => {
                     views.push(Err(unavailable.reason));
                     continue;
                 }
             };
+            let outages = token.reachability().outages;
             let mut objects = Vec::new();
             let mut cancelled = false;
             let stream = known.filter(|_| m == 0);
@@ -356,22 +371,30 @@ impl Runner {
                 scanned
             });
             if cancelled {
-                return None;
+                return Ok(None);
             }
+            let scanned = match scanned {
+                Err(e) if e.unreachable().is_some() || e.is_interrupted() => return Err(Failure::token(e)),
+                scanned => scanned,
+            };
             // A token whose store went away can still answer a scan, with
             // fewer objects or none (SoftHSM2 does): a scan counts only if the
-            // module still lists the token after it.
-            let still_there = self
-                .tokens
-                .module()
-                .describe_token(&member.partition_label, Some(&member.serial_number));
-            views.push(match (scanned, still_there) {
-                (Err(e), _) => Err(format!("the member could not be read: {e}")),
-                (Ok(_), Err(e)) => Err(format!("the member's token went away during the scan: {e}")),
-                (Ok(_), Ok(_)) => Ok(objects),
+            // token answers a look after it, and did not go away meanwhile.
+            let after = token.probe();
+            if !after.is_reachable() || after.outages != outages {
+                return Err(Failure::Interrupted(format!(
+                    "partition {:?} (serial {}) went away during the scan{}; the scan starts again",
+                    member.partition_label,
+                    member.serial_number,
+                    after.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                )));
+            }
+            views.push(match scanned {
+                Err(e) => Err(format!("the member could not be read: {e}")),
+                Ok(_) => Ok(objects),
             });
         }
-        Some(views)
+        Ok(Some(views))
     }
 
     fn reconcile(
@@ -398,7 +421,7 @@ impl Runner {
             .updated
             .iter()
             .any(|(k, _)| k.lifecycle.status() == KeyStatus::Deleted);
-        if vanishing && !self.lists_every_member(partition) {
+        if vanishing && !self.every_member_answers(partition) {
             planned
                 .updated
                 .retain(|(k, _)| k.lifecycle.status() != KeyStatus::Deleted);
@@ -409,13 +432,12 @@ impl Runner {
         Ok(())
     }
 
-    /// Whether the module lists every member's token now.
-    fn lists_every_member(&self, partition: &Partition) -> bool {
+    /// Whether every member's token answers a look now.
+    fn every_member_answers(&self, partition: &Partition) -> bool {
         partition.members.iter().all(|m| {
             self.tokens
-                .module()
-                .describe_token(&m.partition_label, Some(&m.serial_number))
-                .is_ok()
+                .member(partition.connection_id, m)
+                .is_ok_and(|token| token.probe().is_reachable())
         })
     }
 

@@ -70,7 +70,7 @@ impl Runner {
             size: spec.size,
             attributes,
             remap,
-            retry: op.attempts() > 1,
+            retry: op.tried_before(),
             wrap_with_trusted: in_domain,
         };
         let generated = token.generate(&request).map_err(Failure::token)?;
@@ -93,7 +93,7 @@ impl Runner {
             first,
             token.as_ref(),
             &generated.objects,
-            op.attempts() > 1,
+            op.tried_before(),
         );
         for key in &mut keys {
             key.replicated = info.values().all(|s| s == AVAILABLE);

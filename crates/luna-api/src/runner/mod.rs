@@ -88,11 +88,20 @@ pub struct RunnerSettings {
     /// module that hangs (a network HSM unreachable, a library deadlocked)
     /// is only cured by a restart, which the health check asks for.
     pub stuck_after: StdDuration,
+    /// How long a token may be away before the work waiting for it fails,
+    /// saying so. Until then its operations are parked: not attempted, not
+    /// counted, and resumed as soon as the token is seen back.
+    pub token_outage: StdDuration,
     /// Called by a job between its scan of a partition and its reading of the
     /// records: tests land a write in that window on purpose. `None` in the
     /// server.
     pub after_scan: Option<AfterScan>,
 }
+
+/// The longest an operation stays parked before a worker looks at its token
+/// again: the instance that sees the token back ends the parking at once,
+/// and this bounds the wait when no instance that parked it is left to.
+const PARKED_AT_MOST: StdDuration = StdDuration::from_secs(30);
 
 /// See `RunnerSettings::after_scan`.
 #[derive(Clone)]
@@ -114,6 +123,7 @@ impl Default for RunnerSettings {
             refresh_settle: Duration::seconds(60),
             pass_on_for: Duration::minutes(5),
             stuck_after: StdDuration::from_secs(120),
+            token_outage: StdDuration::from_secs(600),
             after_scan: None,
         }
     }
@@ -399,6 +409,39 @@ impl Runner {
         };
         let now = luna_store::now();
         let outcome = match outcome {
+            Err(Failure::Interrupted(reason)) => {
+                tracing::info!(%reason, "the module was re-initialised under the operation; starting it again");
+                let mut again = op;
+                again.pass_on(reason, now, now)?;
+                return Ok(Done::held(
+                    self.store.retry_operation_later(&again, &lease)?,
+                    Done::Recorded,
+                ));
+            }
+            Err(Failure::Away { reason, token, since }) => {
+                let away_for = since.elapsed().unwrap_or_default();
+                match self.settings.token_outage.checked_sub(away_for) {
+                    Some(left) if !left.is_zero() => {
+                        let wait = Duration::try_from(left.min(PARKED_AT_MOST)).unwrap_or(Duration::SECOND);
+                        tracing::info!(%reason, "the token is away; the operation waits for it");
+                        let mut parked = op;
+                        parked.park(
+                            &token,
+                            format!("waiting for the token: {reason}"),
+                            now + wait,
+                            now,
+                        )?;
+                        return Ok(Done::held(
+                            self.store.retry_operation_later(&parked, &lease)?,
+                            Done::Recorded,
+                        ));
+                    }
+                    _ => Err(Failure::Final(format!(
+                        "{reason}; work waits at most {} s for a token that is away (--token-outage-secs)",
+                        self.settings.token_outage.as_secs()
+                    ))),
+                }
+            }
             Err(Failure::NotHere(reason)) if now - op.created_at < self.settings.pass_on_for => {
                 tracing::info!(%reason, "this instance does not see the token; passing the operation on");
                 let mut passed = op;
