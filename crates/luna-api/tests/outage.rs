@@ -1,119 +1,103 @@
-//! Tokens that go away and come back under a running server (real SoftHSM2
-//! tokens whose store is moved away and back): the work waits for the token,
-//! uncounted, and the health check and the partition say what is happening.
-//!
-//! A test binary of its own: recovering a token may re-initialise the
-//! process's module, which ends every session and object handle on it.
+//! The database goes away and comes back while the server runs: requests
+//! answer 503 quickly, with Retry-After, and nothing accepted is lost. On a
+//! PostgreSQL server of the test's own (the machine's must stay up).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
 use luna_api::testing::Api;
-use luna_pkcs11::testing::TakenAway;
-use luna_store::testing::TestDatabase;
+use luna_store::testing::PrivatePostgres;
+use luna_store::{PinCipher, PoolOptions, Store};
 use serde_json::{json, Value};
 
 const KEYS: &str = "/cckm/hsm/luna/keys";
 
-fn health(api: &Api) -> Value {
-    let (status, health) = api.get("/healthz");
-    assert_eq!(status, 200, "a token away is no reason to restart: {health}");
-    health
+/// Status, Retry-After and body of a request, read by hand for the header.
+fn request(api: &Api, method: &str, path: &str, body: Option<&Value>) -> (u16, Option<String>, Value) {
+    let request = ureq::request(method, &format!("{}{path}", api.base))
+        .set("Authorization", &format!("Bearer {}", api.token));
+    let response = match body {
+        Some(b) => request.send_json(b.clone()),
+        None => request.call(),
+    };
+    let response = match response {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let retry_after = response.header("Retry-After").map(str::to_owned);
+    (
+        response.status(),
+        retry_after,
+        response.into_json().unwrap_or(Value::Null),
+    )
 }
 
-fn health_becomes(api: &Api, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = health(api);
-        if now["status"] == status {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "healthz never said {status}: {now}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The module listed the token when the partition was registered, but the
-/// service had not used it yet when it went away: its first create waits for
-/// it as for a token in use (before: the work was passed on, then tried five
-/// times and failed).
 #[test]
-fn a_token_away_before_its_first_use_is_waited_for_and_named_by_the_health_check() {
-    let api = Api::start(TestDatabase::sqlite().unwrap());
-    let partition = api.partition("first-use", 1);
-    let label = partition["partition_label"].as_str().unwrap().to_owned();
-    let pid = partition["id"].as_str().unwrap().to_owned();
-
-    let away = TakenAway::take(&label);
-    let (status, created) = api.send(
-        "POST",
-        KEYS,
-        &json!({"label": "waits", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}),
-    );
+fn while_the_database_is_away_requests_answer_503_at_once_and_nothing_accepted_is_lost() {
+    let pg = PrivatePostgres::start();
+    let store = Store::open(&pg.url, PinCipher::from_key(&[0x42; 32]), PoolOptions::default()).unwrap();
+    let api = Api::start_on_store(store, 2);
+    let partition = api.partition("outage", 1);
+    let create = json!({"label": "before", "size": 2048, "partition_id": partition["id"], "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"});
+    let (status, _, created) = request(&api, "POST", KEYS, Some(&create));
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let degraded = health_becomes(&api, "degraded");
-    assert_eq!(
-        degraded["unreachable"][0]["partition_label"],
-        label.as_str(),
-        "{degraded}"
-    );
-    let (_, one) = api.get(&format!("/cckm/hsm/luna/partitions/{pid}"));
-    let member = &one["members"][0]["token"];
-    assert_eq!(member["reachable"], false, "{one}");
-    assert!(member["unreachable_since"].is_string(), "{one}");
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, key) = api.get(&format!("{KEYS}/{id}"));
-    assert_eq!(key["status"], "in_progress", "waiting, not failed: {key}");
 
-    away.put_back();
+    pg.stop();
+    for (method, path, body) in [
+        ("GET", KEYS.to_owned(), None),
+        ("GET", format!("{KEYS}/{id}"), None),
+        ("POST", KEYS.to_owned(), Some(&create)),
+    ] {
+        let started = Instant::now();
+        let (status, retry_after, answer) = request(&api, method, &path, body);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{method} {path} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (status, retry_after.as_deref()),
+            (503, Some("5")),
+            "{method} {path}: {answer}"
+        );
+        assert_eq!(answer["code"], 14, "{answer}");
+        assert!(
+            answer["codeDesc"]
+                .as_str()
+                .unwrap()
+                .starts_with("NCERRServiceUnavailable"),
+            "{answer}"
+        );
+        assert_eq!(
+            answer["message"],
+            "the database cannot be reached now; try again in a few seconds"
+        );
+    }
+    let (status, retry_after, health) = request(&api, "GET", "/healthz", None);
+    assert_eq!((status, retry_after.as_deref()), (503, Some("5")), "{health}");
+
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while request(&api, "GET", "/healthz", None).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not find the database again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What was accepted before the outage ends, and ends well.
     let key = api.settled(&id);
     assert_eq!(
         (key["status"].as_str(), key["operation_status"].as_str()),
         (Some("AVAILABLE"), Some("created")),
         "{key}"
     );
-    health_becomes(&api, "ok");
-}
-
-/// A token whose store is taken away still answers a scan (SoftHSM2 lists
-/// fewer objects, or none): a refresh must not conclude its keys DELETED.
-/// It waits for the token, then completes (before: it failed, saying the
-/// module no longer listed the token).
-#[test]
-fn a_refresh_of_a_token_whose_store_went_away_waits_for_it_and_deletes_nothing() {
-    let api = Api::start(TestDatabase::sqlite().unwrap());
-    let partition = api.partition("store-away", 1);
-    let pid = partition["id"].as_str().unwrap().to_owned();
-    let (_, created) = api.send(
-        "POST",
-        KEYS,
-        &json!({"label": "kept", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}),
+    let (status, _, listed) = request(&api, "GET", &format!("{KEYS}?label=before"), None);
+    assert_eq!(
+        (status, listed["total"].as_u64()),
+        (200, Some(2)),
+        "the pair, once: {listed}"
     );
-    let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(api.settled(&id)["status"], "AVAILABLE");
-
-    let away = TakenAway::take(partition["partition_label"].as_str().unwrap());
-    let (status, job) = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"partitions": [pid]}));
-    assert_eq!(status, 201, "{job}");
-    let job_id = job["id"].as_str().unwrap().to_owned();
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, waiting) = api.get(&format!("/cckm/hsm/luna/refresh/{job_id}"));
-    assert_eq!(waiting["overall_status"], "in_progress", "{waiting}");
-    assert_eq!(api.get(&format!("{KEYS}/{id}")).1["status"], "AVAILABLE");
-
-    away.put_back();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let (_, job) = api.get(&format!("/cckm/hsm/luna/refresh/{job_id}"));
-        if job["overall_status"] != "in_progress" {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "{job}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(done["overall_status"], "completed", "{done}");
-    assert_eq!(done["detailed_status"][pid.as_str()], "completed", "{done}");
-    let key = api.get(&format!("{KEYS}/{id}")).1;
-    assert_eq!(key["status"], "AVAILABLE", "{key}");
+    drop(api);
 }
