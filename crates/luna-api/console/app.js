@@ -333,19 +333,41 @@ function confirmByLabel(key, title, what, work, error) {
 async function partitionsPage() {
   const place = el("div");
   show(el("h2", {}, "Partitions"), place);
-  const list = await attempt(() => call("GET", `${PARTITIONS}?limit=100`), place);
-  if (!list) return;
-  const details = await Promise.all(list.resources.map((p) => call("GET", `${PARTITIONS}/${p.id}`).catch(() => p)));
-  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "partitions" },
-    el("thead", {}, el("tr", {}, ["Partition", "HA", "Members (serial · label · host)", "What a create runs here", "Id"]
-      .map((h, i) => el("th", { class: i === 4 ? "wide" : null }, h)))),
-    el("tbody", {}, details.map((p) => el("tr", {},
-      el("td", {}, p.partition_label),
-      el("td", {}, p.ha_enabled ? "yes" : "no"),
-      el("td", {}, (p.members || []).map((m) => el("div", {}, `${m.serial_number} · ${m.partition_label} · ${m.hostname}`))),
-      el("td", {}, (p.mechanisms || []).map((m) => el("div", {}, m.refused ? `${m.mechanism}: refused (${m.refused})`
-        : m.remapped ? `${m.mechanism} → ${m.generated_with}` : m.mechanism))),
-      el("td", { class: "wide" }, p.id)))))));
+  const visit = route.visit;
+  const load = async () => {
+    const list = await attempt(() => call("GET", `${PARTITIONS}?limit=100`), place);
+    if (!list) return;
+    const details = await Promise.all(list.resources.map((p) => call("GET", `${PARTITIONS}/${p.id}`).catch(() => p)));
+    place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "partitions" },
+      el("thead", {}, el("tr", {}, ["Partition", "HA", "Members (serial · label · host · token)", "What a create runs here", "Id"]
+        .map((h, i) => el("th", { class: i === 4 ? "wide" : null }, h)))),
+      el("tbody", {}, details.map((p) => el("tr", {},
+        el("td", {}, p.partition_label),
+        el("td", {}, p.ha_enabled ? "yes" : "no"),
+        el("td", {}, (p.members || []).map(memberLine)),
+        el("td", {}, (p.mechanisms || []).map((m) => el("div", {}, m.refused ? `${m.mechanism}: refused (${m.refused})`
+          : m.remapped ? `${m.mechanism} → ${m.generated_with}` : m.mechanism))),
+        el("td", { class: "wide" }, p.id)))))));
+    // While a token is away, the page follows it until it is back.
+    const away = details.some((p) => (p.members || []).some((m) => m.token && !m.token.reachable));
+    if (away) later(visit, 2000, load);
+  };
+  await load();
+}
+
+/** One member: who it is, and whether its token answers (since when not, and why). */
+function memberLine(m) {
+  const token = m.token;
+  const line = el("div", { class: "member" }, `${m.serial_number} · ${m.partition_label} · ${m.hostname} `);
+  if (!token) return line;
+  line.append(badge(token.reachable ? "reachable" : "unreachable"));
+  if (!token.reachable) {
+    line.append(el("div", { class: "why" },
+      token.unreachable_since ? `since ${token.unreachable_since}: ${token.error || ""}` : token.error || ""));
+  } else if (token.recoveries) {
+    line.append(el("div", { class: "why" }, `back after ${token.recoveries} outage(s); the last: ${token.last_error || ""}`));
+  }
+  return line;
 }
 
 /** Partitions left unticked on the jobs page, kept across its refreshes. */

@@ -418,3 +418,36 @@ fn a_job_is_cancelled_from_the_console() {
     let (_, jobs) = api.get("/cckm/hsm/luna/refresh");
     assert_eq!(jobs["resources"][0]["abort"], true, "{jobs}");
 }
+
+#[test]
+fn the_partitions_page_follows_a_token_that_goes_away_and_comes_back() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    let partition = api.partition("console-away", 1);
+    let label = partition["partition_label"].as_str().unwrap().to_owned();
+    let (_, created) = api.send(
+        "POST",
+        "/cckm/hsm/luna/keys",
+        &json!({"label": "opens-the-token", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}),
+    );
+    assert_eq!(api.settled(created["id"].as_str().unwrap())["status"], "AVAILABLE");
+    let browser = Browser::start();
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+    browser.goto(&format!("{root}/ui/#/partitions"));
+    browser.wait("#partitions tbody", |t| t.contains(&label) && t.contains("reachable"));
+
+    let away = luna_pkcs11::testing::TakenAway::take(&label);
+    let deadline = Instant::now() + WAIT;
+    while api.get("/healthz").1["status"] != "degraded" {
+        assert!(Instant::now() < deadline, "the outage was never noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    browser.goto(&format!("{root}/ui/#/keys"));
+    browser.find("#keys");
+    browser.goto(&format!("{root}/ui/#/partitions"));
+    browser.wait("#partitions tbody", |t| t.contains("unreachable") && t.contains("since "));
+    browser.screenshot("partitions-token-away");
+    // The page follows the token while it is away: back, it says so by itself.
+    away.put_back();
+    browser.wait("#partitions tbody", |t| !t.contains("unreachable") && t.contains("back after 1 outage"));
+}
