@@ -9,8 +9,9 @@
 //! request under its own Idempotency-Key and sent again (same key) when the
 //! answer is lost or a 503; refreshes start through B every few hundred ms.
 //! Meanwhile: A is killed (`kill -9`) and restarted; the database is stopped
-//! and started; the token's store is taken away and put back (SoftHSM2 does
-//! not see it again in a running process, so A is restarted).
+//! and started; the token's store is taken away (out of SoftHSM2's token
+//! directory) and put back, and A, not restarted, must carry on by itself
+//! (its health check says `degraded` meanwhile, and `ok` after).
 //! A supervisor restarts an instance whose health check says `stuck`, as
 //! systemd or Kubernetes would. After the load, the run waits while the
 //! backlog of creates shrinks (the clients outrun SoftHSM2's RSA pairs), then
@@ -128,6 +129,18 @@ fn supervise(
         }
         restarts
     })
+}
+
+/// What an instance's health check answers: its status and code.
+fn health_of(base: &str) -> String {
+    match ureq::get(&format!("{base}/healthz")).timeout(Duration::from_secs(2)).call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => {
+            let code = r.status();
+            let body = r.into_json::<Value>().unwrap_or(Value::Null);
+            format!("{} ({code})", body["status"].as_str().unwrap_or("?"))
+        }
+        Err(e) => format!("nothing ({e})"),
+    }
 }
 
 fn server_binary() -> PathBuf {
@@ -373,18 +386,27 @@ fn main() {
         "  {:>5.1} s  the token's store is taken away",
         started.elapsed().as_secs_f64()
     );
-    let away = token_dir.with_extension("away");
+    // Out of the tokens directory: SoftHSM2 would find it under any name there.
+    let away = home.join("away");
     std::fs::rename(&token_dir, &away).unwrap();
+    wait_until(at(0.68));
+    let base_a = bases[0].lock().unwrap().clone();
+    println!(
+        "  {:>5.1} s  A's health check says {}",
+        started.elapsed().as_secs_f64(),
+        health_of(&base_a)
+    );
     wait_until(at(0.72));
     std::fs::rename(&away, &token_dir).unwrap();
-    {
-        let mut instances = instances.lock().unwrap();
-        instances[0].stop();
-        instances[0].start();
-    }
     println!(
-        "  {:>5.1} s  the token is back; instance A restarted to see it",
+        "  {:>5.1} s  the token is back; instance A is not restarted",
         started.elapsed().as_secs_f64()
+    );
+    wait_until(at(0.76));
+    println!(
+        "  {:>5.1} s  A's health check says {}",
+        started.elapsed().as_secs_f64(),
+        health_of(&base_a)
     );
     wait_until(at(1.0));
     running.store(false, Ordering::Relaxed);
