@@ -133,7 +133,10 @@ fn supervise(
 
 /// What an instance's health check answers: its status and code.
 fn health_of(base: &str) -> String {
-    match ureq::get(&format!("{base}/healthz")).timeout(Duration::from_secs(2)).call() {
+    match ureq::get(&format!("{base}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .call()
+    {
         Ok(r) | Err(ureq::Error::Status(_, r)) => {
             let code = r.status();
             let body = r.into_json::<Value>().unwrap_or(Value::Null);

@@ -430,11 +430,16 @@ fn the_partitions_page_follows_a_token_that_goes_away_and_comes_back() {
         "/cckm/hsm/luna/keys",
         &json!({"label": "opens-the-token", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}),
     );
-    assert_eq!(api.settled(created["id"].as_str().unwrap())["status"], "AVAILABLE");
+    assert_eq!(
+        api.settled(created["id"].as_str().unwrap())["status"],
+        "AVAILABLE"
+    );
     let browser = Browser::start();
     browser.log_in(&root, "admin", ADMIN_PASSWORD);
     browser.goto(&format!("{root}/ui/#/partitions"));
-    browser.wait("#partitions tbody", |t| t.contains(&label) && t.contains("reachable"));
+    browser.wait("#partitions tbody", |t| {
+        t.contains(&label) && t.contains("reachable")
+    });
 
     let away = luna_pkcs11::testing::TakenAway::take(&label);
     let deadline = Instant::now() + WAIT;
@@ -445,9 +450,13 @@ fn the_partitions_page_follows_a_token_that_goes_away_and_comes_back() {
     browser.goto(&format!("{root}/ui/#/keys"));
     browser.find("#keys");
     browser.goto(&format!("{root}/ui/#/partitions"));
-    browser.wait("#partitions tbody", |t| t.contains("unreachable") && t.contains("since "));
+    browser.wait("#partitions tbody", |t| {
+        t.contains("unreachable") && t.contains("since ")
+    });
     browser.screenshot("partitions-token-away");
     // The page follows the token while it is away: back, it says so by itself.
     away.put_back();
-    browser.wait("#partitions tbody", |t| !t.contains("unreachable") && t.contains("back after 1 outage"));
+    browser.wait("#partitions tbody", |t| {
+        !t.contains("unreachable") && t.contains("back after 1 outage")
+    });
 }

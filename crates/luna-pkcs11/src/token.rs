@@ -8,10 +8,11 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use cryptoki::error::RvError;
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::Mechanism as CkMechanism;
 use cryptoki::object::Attribute as CkAttribute;
-use cryptoki::session::Session;
+use cryptoki::session::{Session, SessionState};
 use cryptoki::slot::Slot;
 use luna_domain::{Algorithm, Attribute, ObjectType};
 use secrecy::SecretString;
@@ -210,6 +211,12 @@ impl Pkcs11Token {
         let _writes = self.hold_writes(write);
         let generation = self.module.generation();
         let session = self.session()?;
+        if !write {
+            // A session whose login was lost answers a find or a scan with
+            // the public objects only, not an error: a read must not
+            // conclude absence from that.
+            logged_in(&session)?;
+        }
         let on = OnSession {
             session: &session,
             generation,
@@ -251,7 +258,7 @@ impl Pkcs11Token {
             *self.slot.lock() = slot;
         }
         let session = self.fresh_session()?;
-        session.get_session_info().map_err(call("C_GetSessionInfo"))?;
+        logged_in(&session)?;
         self.sessions.put_back(session);
         Ok(())
     }
@@ -667,6 +674,21 @@ impl Token for Pkcs11Token {
             }
             Ok(made)
         })
+    }
+}
+
+/// Whether `session` is logged in as the user; `CKR_USER_NOT_LOGGED_IN`
+/// if not (a login lost behind the service's back: the partition restarted,
+/// another program logged the application out).
+fn logged_in(session: &Session) -> Result<()> {
+    let info = session.get_session_info().map_err(call("C_GetSessionInfo"))?;
+    match info.session_state() {
+        SessionState::RoUser | SessionState::RwUser => Ok(()),
+        SessionState::RoPublic | SessionState::RwPublic | SessionState::RwSecurityOfficer => Err(call(
+            "C_GetSessionInfo",
+        )(
+            CryptokiError::Pkcs11(RvError::UserNotLoggedIn, Function::GetSessionInfo),
+        )),
     }
 }
 

@@ -186,3 +186,29 @@ fn opencryptoki_goes_on_without_its_slot_daemon_and_recovers_a_re_initialisation
     );
     assert!(token.generate(&aes("after")).unwrap().created);
 }
+
+/// A login lost behind the service's back (a partition restarted, another
+/// program logging the application out) is made again: a write refused for
+/// it runs again on a fresh session, and a read never answers from a
+/// logged-out session, which would list the public objects only.
+#[test]
+fn a_login_lost_behind_the_services_back_is_made_again_and_no_read_answers_without_it() {
+    let _turn = ONE_AT_A_TIME.lock();
+    let token = testing::fresh_token("lost-login");
+    let private = |label: &str| GenerateRequest {
+        attributes: AttributeSet::parse_names(&["CKA_PRIVATE", "CKA_SENSITIVE"]).unwrap(),
+        ..aes(label)
+    };
+    let made = token.generate(&private("before")).unwrap();
+    let other = testing::raw_user_session(&token.info().label);
+    other.logout().unwrap();
+    assert_eq!(
+        token.find_by_id(&made.objects[0].cka_id).unwrap().len(),
+        1,
+        "found, as the user sees it"
+    );
+    other.logout().unwrap();
+    assert!(token.generate(&private("after")).unwrap().created);
+    let now = token.reachability();
+    assert_eq!((now.outages, now.recoveries), (0, 0), "no outage: {now:?}");
+}
