@@ -1,7 +1,6 @@
 //! One Diesel codebase for SQLite and PostgreSQL: the backend is picked from
 //! the URL, each backend has its own embedded migrations.
 
-use parking_lot::Mutex;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -103,10 +102,13 @@ impl ConnectionManager {
         Ok(match self.backend {
             Backend::Sqlite => {
                 let mut conn = SqliteConnection::establish(&self.target)?;
-                // WAL lets readers run beside the writer; the busy timeout covers
-                // another process (a CLI, a backup) holding the write lock briefly.
+                // WAL lets readers run beside the writer; FULL syncs the log at
+                // every commit, so an answered write survives a power cut (NORMAL
+                // survives a crash only; group commit makes the sync cheap); the
+                // busy timeout covers another process (a CLI, a backup) holding
+                // the write lock briefly.
                 conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )?;
                 DbConnection::Sqlite(conn)
@@ -164,17 +166,5 @@ impl Default for PoolOptions {
             // connection, then answers 503: a few seconds, not ten.
             connect_timeout: Duration::from_secs(2),
         }
-    }
-}
-
-/// Serialises this process's SQLite write transactions, so that a deferred
-/// transaction never has to upgrade its read lock against another writer
-/// (SQLite answers SQLITE_BUSY at once then, without waiting).
-#[derive(Debug, Default)]
-pub(crate) struct SqliteWriteLock(Mutex<()>);
-
-impl SqliteWriteLock {
-    pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, ()> {
-        self.0.lock()
     }
 }

@@ -41,6 +41,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The transaction this write shared with others (group commit) did not
+    /// commit; the write did not happen.
+    #[error("the write's transaction did not commit: {reason}")]
+    Commit { reason: String, unavailable: bool },
     #[error("a stored PIN could not be decrypted: the data directory's key is not the one it was sealed with, or the row was altered")]
     PinDecrypt,
 }
@@ -53,6 +57,7 @@ impl StoreError {
         use diesel::result::{DatabaseErrorKind, Error as Query};
         match self {
             StoreError::Pool(_) | StoreError::Connect(_) => true,
+            StoreError::Commit { unavailable, .. } => *unavailable,
             StoreError::Query(error) => matches!(
                 error,
                 Query::DatabaseError(DatabaseErrorKind::ClosedConnection, _)

@@ -10,6 +10,7 @@
 mod codec;
 mod db;
 mod error;
+mod group;
 mod models;
 mod pin;
 mod repo;
@@ -20,7 +21,6 @@ pub mod testing;
 use std::sync::Arc;
 
 use diesel::r2d2::R2D2Connection;
-use std::ops::DerefMut as _;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
@@ -29,9 +29,10 @@ pub use db::{Backend, PoolOptions};
 pub use error::{Result, StoreError};
 pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
+pub use repo::operations::PartitionRoom;
 pub use repo::users::{NewUser, StoredUser};
 
-use db::{ConnectionManager, DbConnection, SqliteWriteLock};
+use db::{ConnectionManager, DbConnection};
 
 /// A page of a list and the number of rows that match the filters.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +46,8 @@ pub struct Listed<T> {
 pub struct Store {
     pool: diesel::r2d2::Pool<ConnectionManager>,
     backend: Backend,
-    sqlite_writes: Arc<SqliteWriteLock>,
+    /// This process's writes, committed in groups.
+    writes: Arc<group::GroupCommit>,
     pins: Arc<PinCipher>,
     /// Where the audit trail's head is kept outside the database, if anywhere.
     audit_checkpoint: Option<Arc<AuditCheckpoint>>,
@@ -83,7 +85,7 @@ impl Store {
         Ok(Store {
             pool,
             backend,
-            sqlite_writes: Arc::default(),
+            writes: Arc::default(),
             audit_checkpoint: None,
             pins: Arc::new(pins),
             unreachable: Arc::default(),
@@ -99,6 +101,12 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Writes committed by this process so far, and how many commits they
+    /// took (several writes share one under load: group commit).
+    pub fn write_counts(&self) -> (u64, u64) {
+        self.writes.counts()
     }
 
     /// Answers when the database does (for health checks).
@@ -130,33 +138,26 @@ impl Store {
         work(&mut conn)
     }
 
-    /// Runs `work` in one transaction. On SQLite the transaction takes the
-    /// write lock up front (`BEGIN IMMEDIATE`, waiting out the busy timeout):
-    /// a deferred one that later writes gets SQLITE_BUSY at once when another
-    /// connection, in this process or another, wrote meanwhile. Writers of
-    /// this process also queue on a mutex rather than on SQLite's busy polling.
+    /// Runs `work` in one transaction, shared with the writes of this
+    /// process that arrive with it (`group`: each in a savepoint, answered
+    /// once the shared transaction committed). On SQLite the transaction
+    /// takes the write lock up front (`BEGIN IMMEDIATE`, waiting out the busy
+    /// timeout): a deferred one that later writes gets SQLITE_BUSY at once
+    /// when another connection, in this process or another, wrote meanwhile.
     fn write<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
         type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
-        let _writer = (self.backend == Backend::Sqlite).then(|| self.sqlite_writes.hold());
-        let mut pooled = self.connection()?;
-        let conn = pooled.deref_mut();
-        match conn {
-            DbConnection::Sqlite(lite) => {
-                AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?
-            }
-            DbConnection::Postgres(_) => Transactions::begin_transaction(conn)?,
-        }
-        match work(conn) {
-            Ok(value) => {
-                Transactions::commit_transaction(conn)?;
-                Ok(value)
-            }
-            Err(error) => {
-                // The work's error is the one worth reporting; a failed rollback
-                // leaves the connection broken, and the pool discards it.
-                let _ = Transactions::rollback_transaction(conn);
-                Err(error)
-            }
-        }
+        self.writes.write(
+            || self.connection(),
+            |conn| {
+                match conn {
+                    DbConnection::Sqlite(lite) => {
+                        AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?
+                    }
+                    DbConnection::Postgres(_) => Transactions::begin_transaction(conn)?,
+                }
+                Ok(())
+            },
+            work,
+        )
     }
 }

@@ -37,6 +37,32 @@ fn small_pool() -> PoolOptions {
     }
 }
 
+impl Store {
+    /// `PRAGMA synchronous` of as many SQLite connections as the pool holds,
+    /// all taken at once (so each is a pooled connection of its own); empty
+    /// on PostgreSQL.
+    pub fn sqlite_synchronous_of_every_connection(&self) -> Result<Vec<i32>> {
+        use diesel::RunQueryDsl as _;
+        #[derive(diesel::QueryableByName)]
+        struct Pragma {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            synchronous: i32,
+        }
+        let mut held = Vec::new();
+        for _ in 0..self.pool.max_size() {
+            held.push(self.pool.get()?);
+        }
+        let mut settings = Vec::new();
+        for conn in &mut held {
+            if let crate::db::DbConnection::Sqlite(lite) = &mut **conn {
+                let pragma: Pragma = diesel::sql_query("PRAGMA synchronous").get_result(lite)?;
+                settings.push(pragma.synchronous);
+            }
+        }
+        Ok(settings)
+    }
+}
+
 impl TestDatabase {
     /// Another store on the same database, as a second server instance has.
     pub fn second_store(&self) -> Result<Store> {
