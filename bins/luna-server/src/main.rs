@@ -103,6 +103,7 @@ fn serve(settings: &Settings) -> Result<()> {
         tenancy: Tenancy::default(),
         runner: RunnerSettings {
             workers: usize::from(settings.workers),
+            token_concurrency: usize::from(settings.token_concurrency),
             lease: time::Duration::seconds(i64::from(settings.operation_lease_secs)),
             stuck_after: std::time::Duration::from_secs(u64::from(settings.stuck_after_secs)),
             token_outage: std::time::Duration::from_secs(u64::from(settings.token_outage_secs)),
@@ -111,6 +112,7 @@ fn serve(settings: &Settings) -> Result<()> {
         tls,
         http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         request_deadline: std::time::Duration::from_secs(15),
+        token_opener: None,
     };
     actix_web::rt::System::new().block_on(async move { start(config, listener)?.run().await })?;
     tracing::info!("stopped");

@@ -48,9 +48,15 @@ pub struct Settings {
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long, env = "LUNA_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     pub insecure_http: bool,
-    /// Operation workers (token calls run on the blocking pool).
-    #[arg(long, env = "LUNA_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Operations in flight at once, across every token (their token calls
+    /// run on the blocking pool).
+    #[arg(long, env = "LUNA_WORKERS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
+    /// Operations of one partition in flight at once: calls its tokens get
+    /// together. SoftHSM2 and openCryptoki still take one write at a time
+    /// (they race otherwise); a network HSM runs many.
+    #[arg(long, env = "LUNA_TOKEN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub token_concurrency: u16,
     /// Seconds a worker holds an operation without renewing; after a crash,
     /// operations are taken up again once their lease has run out.
     #[arg(long, env = "LUNA_OPERATION_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600))]

@@ -337,6 +337,7 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
         tls: Some(luna_api::tls::server_config(&cert, &key).unwrap()),
         http_workers: 1,
         request_deadline: luna_api::testing::REQUEST_DEADLINE,
+        token_opener: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());

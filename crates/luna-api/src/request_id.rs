@@ -13,6 +13,39 @@ pub const HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// A mutating request's audit record, for a handler that writes it in the
+/// transaction of its own change (then the middleware does not write it
+/// again): what the middleware knows of the request, and the mark.
+#[derive(Debug, Clone)]
+pub struct RequestAudit {
+    username: String,
+    target: String,
+    request_id: String,
+    client: String,
+    written: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RequestAudit {
+    /// The record of the request `action` (`"POST /api/v1/…"`, the route
+    /// as the middleware names it) answered `status`.
+    pub fn entry(&self, action: &str, status: u16) -> luna_store::AuditEntry {
+        luna_store::AuditEntry {
+            at: luna_store::now(),
+            username: self.username.clone(),
+            action: action.to_owned(),
+            target: self.target.clone(),
+            outcome: status.to_string(),
+            request_id: self.request_id.clone(),
+            client: self.client.clone(),
+        }
+    }
+
+    /// The handler's transaction that held the record committed.
+    pub fn written(&self) {
+        self.written.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A client's id is kept if it is 1 to 128 characters of letters, digits,
 /// `-`, `_` and `.`; anything else (it would land in logs) is replaced.
 fn acceptable(id: &str) -> bool {
@@ -35,6 +68,32 @@ pub async fn middleware(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let client = req.connection_info().peer_addr().unwrap_or("-").to_owned();
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
+    // Every mutating request is audited (logins: only failures, by their handler).
+    let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
+    let audited =
+        (!reads.contains(req.method()) && !req.path().starts_with("/api/v1/auth/tokens")).then(|| {
+            let username = req
+                .app_data::<actix_web::web::Data<crate::state::AppState>>()
+                .and_then(|state| {
+                    let bearer = req
+                        .headers()
+                        .get(actix_web::http::header::AUTHORIZATION)
+                        .and_then(|h| h.to_str().ok())
+                        .and_then(|h| h.strip_prefix("Bearer "))?;
+                    state.auth.verify(bearer).ok()
+                })
+                .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
+            RequestAudit {
+                username,
+                target: req.path().to_owned(),
+                request_id: id.clone(),
+                client: client.clone(),
+                written: Default::default(),
+            }
+        });
+    if let Some(audit) = &audited {
+        actix_web::HttpMessage::extensions_mut(&req).insert(audit.clone());
+    }
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
@@ -48,25 +107,9 @@ pub async fn middleware(
             status,
             started.elapsed().as_secs_f64(),
         );
-        // Every mutating request is audited (logins: only failures, by their handler).
-        let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
-        if !reads.contains(request.method()) && !request.path().starts_with("/api/v1/auth/tokens") {
-            let username = request
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .and_then(|t| state.auth.verify(t).ok())
-                .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
-            let entry = luna_store::AuditEntry {
-                at: luna_store::now(),
-                username,
-                action: format!("{} {route}", request.method()),
-                target: request.path().to_owned(),
-                outcome: status.to_string(),
-                request_id: id.clone(),
-                client: client.clone(),
-            };
+        let unwritten = audited.filter(|a| !a.written.load(std::sync::atomic::Ordering::SeqCst));
+        if let Some(audit) = unwritten {
+            let entry = audit.entry(&format!("{} {route}", request.method()), status);
             crate::handlers::audit::record(state, entry)
                 .instrument(span.clone())
                 .await;

@@ -121,7 +121,6 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// What the server needs; built by `luna-server` or by a test.
-#[derive(Debug)]
 pub struct Config {
     pub store: Store,
     pub module: Arc<Module>,
@@ -133,6 +132,20 @@ pub struct Config {
     /// A request not answered within this (its body trickled in, say) ends
     /// 408 and its connection closes: no client holds a socket for ever.
     pub request_deadline: std::time::Duration,
+    /// Tests and benchmarks only: opens member tokens in place of the module.
+    pub token_opener: Option<crate::tokens::TokenOpener>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("store", &self.store)
+            .field("module", &self.module.path())
+            .field("runner", &self.runner)
+            .field("http_workers", &self.http_workers)
+            .field("token_opener", &self.token_opener.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A started server and its operation runner.
@@ -185,6 +198,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         config.module,
         config.store.clone(),
         Arc::clone(&metrics),
+        config.token_opener,
     ));
     let runner = Runner::new(
         config.store.clone(),
@@ -203,6 +217,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         metrics,
         logins: crate::throttle::LoginThrottle::default(),
         stuck: runner.stuck_operations(),
+        runner: Arc::clone(&runner),
     });
     let request_deadline = config.request_deadline;
     let server = HttpServer::new(move || {

@@ -22,4 +22,7 @@ pub struct AppState {
     pub logins: crate::throttle::LoginThrottle,
     /// Operations whose token work hangs; the health check reports them.
     pub stuck: Arc<crate::runner::StuckOperations>,
+    /// The operation runner: a create claims its operation for this
+    /// instance as it is accepted, when there is room (`Runner::reserve`).
+    pub runner: Arc<crate::runner::Runner>,
 }

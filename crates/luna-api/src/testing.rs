@@ -49,6 +49,7 @@ pub struct Api {
 pub fn runner_settings(workers: usize) -> RunnerSettings {
     RunnerSettings {
         workers,
+        token_concurrency: 8,
         lease: time::Duration::seconds(5),
         poll: Duration::from_millis(200),
         retry_base: time::Duration::milliseconds(100),
@@ -74,19 +75,31 @@ impl Api {
     /// A server whose runner has these settings.
     pub fn start_with_settings(db: TestDatabase, runner: RunnerSettings) -> Api {
         let store = db.store.clone();
-        Api::launch(store, Some(db), module(), runner)
+        Api::launch(store, Some(db), module(), runner, None)
     }
 
     /// A server on another PKCS#11 module (`TestModule::module`).
     pub fn start_on(db: TestDatabase, module: &Arc<Module>, workers: usize) -> Api {
         let store = db.store.clone();
-        Api::launch(store, Some(db), module, runner_settings(workers))
+        Api::launch(store, Some(db), module, runner_settings(workers), None)
+    }
+
+    /// A server on `module` with these runner settings, whose member tokens
+    /// `opener` opens (a stand-in token, for benchmarks).
+    pub fn start_opening(
+        db: TestDatabase,
+        module: &Arc<Module>,
+        runner: RunnerSettings,
+        opener: Option<crate::tokens::TokenOpener>,
+    ) -> Api {
+        let store = db.store.clone();
+        Api::launch(store, Some(db), module, runner, opener)
     }
 
     /// A server on a store the test opened itself (a private PostgreSQL server,
     /// say); the test keeps what it needs to clean up.
     pub fn start_on_store(store: luna_store::Store, workers: usize) -> Api {
-        Api::launch(store, None, module(), runner_settings(workers))
+        Api::launch(store, None, module(), runner_settings(workers), None)
     }
 
     /// A second server instance on this one's database (its own store, pool,
@@ -98,7 +111,7 @@ impl Api {
             .expect("the first instance holds the database")
             .second_store()
             .unwrap();
-        Api::launch(store, None, module(), settings)
+        Api::launch(store, None, module(), settings, None)
     }
 
     fn launch(
@@ -106,6 +119,7 @@ impl Api {
         db: Option<TestDatabase>,
         module: &Arc<Module>,
         runner: RunnerSettings,
+        token_opener: Option<crate::tokens::TokenOpener>,
     ) -> Api {
         let dir = tempfile::tempdir().unwrap();
         // The audit trail's head, kept outside the database as the server keeps it.
@@ -127,6 +141,7 @@ impl Api {
             tls: None,
             http_workers: 2,
             request_deadline: REQUEST_DEADLINE,
+            token_opener,
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}/api/v1", listener.local_addr().unwrap());

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use luna_domain::Member;
 use luna_pkcs11::{Module, Reachability, Token, TokenError, TokenInfo};
 use luna_store::Store;
+use secrecy::SecretString;
 use uuid::Uuid;
 
 /// Why a member's token cannot be used now: a sentence for
@@ -43,6 +44,12 @@ pub struct WatchedToken {
     pub serial_number: String,
     pub reachability: Reachability,
 }
+
+/// Opens a member's token with its PIN, in place of the module's own
+/// `open_partition`: tests and benchmarks stand a token in (a latency-bound
+/// one, say). The server uses none.
+pub type TokenOpener =
+    Arc<dyn Fn(&Module, &Member, SecretString) -> luna_pkcs11::Result<Arc<dyn Token>> + Send + Sync>;
 
 /// How often the watcher looks at a token that answers (a token that does
 /// not is looked at every tick).
@@ -96,6 +103,7 @@ pub struct TokenRegistry {
     absent: Mutex<HashMap<(Uuid, String), Absent>>,
     /// Tokens the watcher is looking at now (a look that hangs is not started again).
     probing: Mutex<HashSet<(Uuid, String)>>,
+    opener: Option<TokenOpener>,
 }
 
 impl Absent {
@@ -135,8 +143,14 @@ impl TokenRegistry {
         &self.metrics
     }
 
-    pub fn new(module: Arc<Module>, store: Store, metrics: Arc<crate::metrics::Metrics>) -> TokenRegistry {
+    pub fn new(
+        module: Arc<Module>,
+        store: Store,
+        metrics: Arc<crate::metrics::Metrics>,
+        opener: Option<TokenOpener>,
+    ) -> TokenRegistry {
         TokenRegistry {
+            opener,
             module,
             store,
             metrics,
@@ -169,20 +183,23 @@ impl TokenRegistry {
                 ..Unavailable::lasting(format!("the connection's PIN could not be read: {e}"))
             })?
             .ok_or_else(|| Unavailable::lasting("the partition's connection no longer exists".to_owned()))?;
-        let token =
-            match self
+        let opened = match &self.opener {
+            Some(open) => open(&self.module, member, pin),
+            None => self
                 .module
                 .open_partition(&member.partition_label, Some(&member.serial_number), pin)
-            {
-                Ok(token) => {
-                    self.absent.lock().remove(&key);
-                    token
-                }
-                Err(error) => return Err(self.not_opened(key, member, &error)),
-            };
+                .map(|token| Arc::new(token) as Arc<dyn Token>),
+        };
+        let token = match opened {
+            Ok(token) => {
+                self.absent.lock().remove(&key);
+                token
+            }
+            Err(error) => return Err(self.not_opened(key, member, &error)),
+        };
         // Every call of the service's on a member token is timed and its errors counted.
         let token: Arc<dyn Token> = Arc::new(crate::metrics::Metered {
-            inner: Arc::new(token),
+            inner: token,
             metrics: Arc::clone(&self.metrics),
         });
         // Callers that missed the cache together each opened the token; all

@@ -103,6 +103,7 @@ fn callers_racing_to_open_a_token_share_one_instance(db: TestDatabase) {
             std::sync::Arc::clone(module()),
             db.store.clone(),
             luna_api::metrics::Metrics::new().unwrap(),
+            None,
         );
         let start = std::sync::Barrier::new(4);
         let opened: Vec<_> = std::thread::scope(|threads| {

@@ -148,6 +148,10 @@ pub struct Operation {
     pub created_at: OffsetDateTime,
     /// When the operation last changed.
     pub updated_at: OffsetDateTime,
+    /// The partition whose tokens a key operation works on, as storage
+    /// recorded it with the key (none for a job): runners hold at most so
+    /// many operations of one partition at once.
+    pub partition_id: Option<Uuid>,
 }
 
 /// An operation as storage keeps it, every field open, for
@@ -172,6 +176,8 @@ pub struct StoredOperation {
     pub created_at: OffsetDateTime,
     /// See [`Operation::updated_at`].
     pub updated_at: OffsetDateTime,
+    /// See [`Operation::partition_id`].
+    pub partition_id: Option<Uuid>,
 }
 
 impl Operation {
@@ -241,6 +247,7 @@ impl Operation {
             last_error: stored.last_error,
             created_at: stored.created_at,
             updated_at: stored.updated_at,
+            partition_id: stored.partition_id,
         })
     }
 
@@ -256,6 +263,7 @@ impl Operation {
             last_error: None,
             created_at: now,
             updated_at: now,
+            partition_id: None,
         }
     }
 
@@ -403,6 +411,7 @@ mod tests {
             last_error: op.last_error.clone(),
             created_at: op.created_at,
             updated_at: op.updated_at,
+            partition_id: op.partition_id,
         }
     }
 

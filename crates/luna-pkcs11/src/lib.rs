@@ -10,6 +10,8 @@ mod domain;
 mod error;
 mod gate;
 mod health;
+#[cfg(feature = "testing")]
+mod latency;
 mod mechanisms;
 mod module;
 mod object;
@@ -28,6 +30,8 @@ use luna_domain::{Attribute, AttributeSet, Mechanism};
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
 pub use error::{Result, TokenError};
 pub use health::Reachability;
+#[cfg(feature = "testing")]
+pub use latency::LatencyToken;
 pub use mechanisms::REPLICATION_MECHANISMS;
 pub use module::{LibraryInfo, Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};

@@ -30,6 +30,12 @@ impl ObjectRef {
         }
     }
 
+    /// A handle no module issued (the test-only `LatencyToken`'s objects).
+    #[cfg(feature = "testing")]
+    pub(crate) fn made_up(raw: u64) -> ObjectRef {
+        ObjectRef { raw, generation: 0 }
+    }
+
     /// The handle's number, for error messages.
     pub(crate) fn raw(self) -> u64 {
         self.raw

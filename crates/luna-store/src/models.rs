@@ -137,6 +137,7 @@ pub struct OperationRow {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub partition_id: Option<String>,
 }
 
 impl OperationRow {
@@ -155,6 +156,7 @@ impl OperationRow {
             last_error: op.last_error().map(str::to_owned),
             created_at: micros(op.created_at),
             updated_at: micros(op.updated_at),
+            partition_id: op.partition_id.map(|id| id.to_string()),
         })
     }
 
@@ -173,6 +175,11 @@ impl OperationRow {
             last_error: self.last_error,
             created_at: from_micros("operation created_at", self.created_at)?,
             updated_at: from_micros("operation updated_at", self.updated_at)?,
+            partition_id: self
+                .partition_id
+                .as_deref()
+                .map(|id| uuid("operation partition_id", id))
+                .transpose()?,
         })
         .map_err(|e| crate::StoreError::corrupt("operation", e))
     }

@@ -105,6 +105,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        partition_id -> Nullable<Text>,
     }
 }
 

@@ -48,6 +48,19 @@ fn raw_sql(db: &TestDatabase, sql: &str) {
     }
 }
 
+/// The audit record of an operation's outcome, as the runner writes it.
+fn outcome(op: &Operation) -> luna_store::AuditEntry {
+    luna_store::AuditEntry {
+        at: now(),
+        username: "luna-server".into(),
+        action: format!("operation {}", op.payload.kind_name()),
+        target: op.payload.target().to_string(),
+        outcome: "succeeded".into(),
+        request_id: op.id.to_string(),
+        client: "test".into(),
+    }
+}
+
 fn pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -171,6 +184,19 @@ fn job(job_type: JobType, partitions: Vec<Uuid>) -> (Job, Operation) {
         Job::new(id, job_type, partitions, now()),
         Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: id }, now()),
     )
+}
+
+/// SQLite syncs its log at every commit on every connection: a write that was
+/// answered survives a power cut, not only a crash (`synchronous = FULL`, 2).
+#[test]
+fn every_pooled_sqlite_connection_syncs_at_every_commit() {
+    let db = TestDatabase::sqlite().unwrap();
+    let settings = db.store.sqlite_synchronous_of_every_connection().unwrap();
+    assert_eq!(settings.len(), 4, "every connection of the pool was asked");
+    assert!(
+        settings.iter().all(|s| *s == 2),
+        "PRAGMA synchronous: {settings:?}"
+    );
 }
 
 on_both_backends! {
@@ -462,7 +488,7 @@ on_both_backends! {
                         assert_eq!((op.state(), op.attempts()), (OperationState::Running, 1));
                         let mut done = op.clone();
                         done.finish(Ok(()), now()).unwrap();
-                        assert!(instance.finish_operation(&done, &owner, &[]).unwrap());
+                        assert!(instance.finish_operation(&done, &owner, &[], &outcome(&done)).unwrap());
                         claimed.lock().unwrap().push(op.id);
                     }
                 });
@@ -513,6 +539,63 @@ on_both_backends! {
         assert!(store.claim_next_operation("other", retry_at, Duration::seconds(30)).unwrap().is_some(), "retried on time");
     }
 
+    fn writes_that_arrive_together_share_commits_and_one_that_fails_fails_alone(store: &Store, _db: &TestDatabase) {
+        use luna_store::NewUser;
+        let user = |name: &str| NewUser { username: name.to_owned(), password_hash: "x".into(), groups: vec![] };
+        store.insert_user(&user("taken"), now()).unwrap();
+        let (writes_before, commits_before) = store.write_counts();
+        let threads = 24;
+        let start = std::sync::Barrier::new(threads);
+        let outcomes: Vec<(usize, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        (0..4)
+                            .map(|n| {
+                                // Thread 0's third write collides with a taken name.
+                                let name = if (t, n) == (0, 2) { "taken".to_owned() } else { format!("user-{t}-{n}") };
+                                (t, store.insert_user(&user(&name), now()).is_ok())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|(_, ok)| !ok).count(), 1, "only the colliding write failed");
+        let listed = store.list_users(None, 0, 1000).unwrap();
+        assert_eq!(listed.total as usize, 1 + threads * 4 - 1, "every other write committed");
+        let (writes, commits) = store.write_counts();
+        let (writes, commits) = (writes - writes_before, commits - commits_before);
+        assert_eq!(writes as usize, threads * 4, "the failed write too ran in a committed batch, rolled back to its savepoint");
+        assert!(commits < writes, "writes that arrived together shared commits: {writes} writes, {commits} commits");
+    }
+
+    fn a_claim_takes_several_operations_in_one_go_but_no_more_of_a_partition_than_it_has_room_for(store: &Store, _db: &TestDatabase) {
+        let (p1, p2) = (Uuid::new_v4(), Uuid::new_v4());
+        let t0 = now();
+        let mut queued = Vec::new();
+        for (n, partition) in [Some(p1), Some(p1), Some(p1), Some(p2), Some(p2), None].into_iter().enumerate() {
+            let mut op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: Uuid::new_v4() }, t0 + Duration::milliseconds(n as i64));
+            op.partition_id = partition;
+            store.enqueue(&op).unwrap();
+            queued.push(op.id);
+        }
+        // This runner already holds one of p1's, and may hold two of each partition.
+        let room = luna_store::PartitionRoom { in_flight: [(p1, 1)].into(), per_partition: 2 };
+        let leases: Vec<String> = (0..10).map(|n| format!("runner:{n}")).collect();
+        let claimed = store.claim_operations(&leases, t0, Duration::seconds(30), &room).unwrap();
+        let of = |p: Option<Uuid>| claimed.iter().filter(|op| op.partition_id == p).count();
+        assert_eq!((of(Some(p1)), of(Some(p2)), of(None)), (1, 2, 1), "{claimed:?}");
+        assert_eq!(claimed[0].id, queued[0], "the oldest first");
+        let names: HashSet<&str> = claimed.iter().filter_map(|op| op.lease_owner()).collect();
+        assert_eq!(names.len(), 4, "a lease name of its own each");
+        let more = store.claim_operations(&leases, t0, Duration::seconds(30), &luna_store::PartitionRoom { in_flight: Default::default(), per_partition: 9 }).unwrap();
+        assert_eq!(more.len(), 2, "what the first claim left");
+    }
+
     fn operations_parked_on_a_token_wait_uncounted_until_it_is_released(store: &Store, _db: &TestDatabase) {
         let t0 = now();
         let mut parked = Vec::new();
@@ -554,10 +637,10 @@ on_both_backends! {
         assert_eq!((second.id, second.attempts()), (first.id, 2));
         let mut stale = first.clone();
         stale.finish(Ok(()), later).unwrap();
-        assert!(!store.finish_operation(&stale, "dead", &[]).unwrap(), "the old worker lost its lease");
+        assert!(!store.finish_operation(&stale, "dead", &[], &outcome(&stale)).unwrap(), "the old worker lost its lease");
         let mut done = second.clone();
         done.finish(Err("C_DestroyObject returned CKR_DEVICE_ERROR".into()), later).unwrap();
-        assert!(store.finish_operation(&done, "alive", &[]).unwrap());
+        assert!(store.finish_operation(&done, "alive", &[], &outcome(&done)).unwrap());
         let stored = store.get_operation(op.id).unwrap().unwrap();
         assert_eq!(stored.state(), OperationState::Failed);
         assert_eq!(stored.last_error(), Some("C_DestroyObject returned CKR_DEVICE_ERROR"));
@@ -615,10 +698,13 @@ on_both_backends! {
         let mut done = claimed.clone();
         done.finish(Ok(()), now()).unwrap();
         // A worker that lost the lease writes neither the operation nor the key.
-        assert!(!store.finish_operation(&done, "not-w", &[made.clone()]).unwrap());
+        let records = || store.list_audit(None, Some("operation keycreate"), 0, 10).unwrap().total;
+        assert!(!store.finish_operation(&done, "not-w", &[made.clone()], &outcome(&done)).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle.status(), KeyStatus::InProgress);
-        assert!(store.finish_operation(&done, "w", &[made.clone()]).unwrap());
+        assert_eq!(records(), 0, "nor its audit record");
+        assert!(store.finish_operation(&done, "w", &[made.clone()], &outcome(&done)).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
+        assert_eq!(records(), 1, "the outcome and its audit record commit together");
     }
 
     fn an_unreadable_operation_is_set_aside_and_the_queue_goes_on(store: &Store, db: &TestDatabase) {

@@ -94,7 +94,7 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
             updated_at: now,
         })
         .collect();
-    let op = Operation::queued(
+    let mut op = Operation::queued(
         Uuid::new_v4(),
         OperationPayload::CreateKey {
             key_id: ids[0],
@@ -102,6 +102,7 @@ fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
         },
         now,
     );
+    op.partition_id = Some(partition.id);
     (keys, op)
 }
 
@@ -142,16 +143,33 @@ pub async fn create(
     }
     .validate()?;
     let store = state.store.clone();
-    let keys = blocking(move || {
+    // This instance runs the create at once if it has room: claimed in the
+    // accept's transaction, with the request's audit record.
+    let reserved = state.runner.reserve(spec.partition_id);
+    let audit = actix_web::HttpMessage::extensions(&req)
+        .get::<crate::request_id::RequestAudit>()
+        .cloned();
+    let (keys, op, reserved) = blocking(move || {
         let partition = store
             .get_partition(spec.partition_id)?
             .ok_or_else(|| not_found("partition", spec.partition_id))?;
-        let (keys, op) = new_key(&spec, &partition);
-        store.insert_keys_idempotently(&keys, &op, request.as_ref())?;
-        Ok(keys)
+        let (keys, mut op) = new_key(&spec, &partition);
+        if let Some(reserved) = &reserved {
+            let now = op.created_at;
+            reserved.claim(&mut op, now)?;
+        }
+        let entry = audit.as_ref().map(|a| a.entry(KEYS_ROUTE, 201));
+        store.insert_keys_idempotently(&keys, &op, request.as_ref(), entry.as_ref())?;
+        if let Some(audit) = &audit {
+            audit.written();
+        }
+        Ok((keys, op, reserved))
     })
     .await?;
-    state.work.notify_one();
+    match reserved {
+        Some(reserved) => reserved.hand(op),
+        None => state.work.notify_one(),
+    }
     Ok(HttpResponse::Created().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
 }
 

@@ -1,9 +1,14 @@
 //! The durable operation runner.
 //!
-//! Workers claim operations from the store, run the token calls on the
-//! blocking pool (never on an async worker thread), and write the outcome and
-//! the key records in one transaction, only while they hold the lease. A
-//! worker sleeps until a request queues work (`AppState::work`) or a slow poll
+//! A dispatcher claims operations from the store, several in one
+//! transaction, as long as the instance has room (`RunnerSettings::workers`
+//! in flight at most, and `token_concurrency` of one partition: one slow
+//! token never holds the room of another); each runs as a task of its own,
+//! its token calls on the blocking pool (never on an async worker thread),
+//! and writes its outcome, its key records and its audit record in one
+//! transaction, only while it holds the lease (outcomes that end together
+//! share a commit: luna-store's group commit). The dispatcher sleeps until a
+//! request queues work (`AppState::work`), an operation ends, or a slow poll
 //! finds work another instance queued or a dead worker left behind.
 
 use std::collections::HashMap;
@@ -52,6 +57,9 @@ impl Done {
 /// When a passed-on operation may be taken again (by another instance, most likely).
 const PASS_ON_DELAY: Duration = Duration::seconds(1);
 
+/// The most operations one claim takes (one transaction).
+const CLAIM_AT_MOST: usize = 16;
+
 /// `poll` times a random factor from `range`. Workers that poll in step stay
 /// in step: `just chaos` saw a blind instance take an operation back at the
 /// moment its pass-on delay ran out, cycle after cycle, always just before
@@ -64,8 +72,13 @@ fn jittered(poll: StdDuration, range: std::ops::Range<f64>) -> StdDuration {
 
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
-    /// Zero runs no operations (tests use it to hold operations in progress).
+    /// Operations in flight at once in this instance, across its tokens.
+    /// Zero runs none (tests use it to hold operations in progress).
     pub workers: usize,
+    /// Operations of one partition in flight at once: how many calls its
+    /// tokens get together (a network HSM runs many; on SoftHSM2 and
+    /// openCryptoki luna-pkcs11 still lets one write at a time through).
+    pub token_concurrency: usize,
     /// A worker holds an operation this long without renewing; after a crash,
     /// another worker takes it over once the lease has run out.
     pub lease: Duration,
@@ -116,7 +129,8 @@ impl std::fmt::Debug for AfterScan {
 impl Default for RunnerSettings {
     fn default() -> Self {
         RunnerSettings {
-            workers: 2,
+            workers: 64,
+            token_concurrency: 8,
             lease: Duration::seconds(30),
             poll: StdDuration::from_secs(2),
             retry_base: Duration::seconds(2),
@@ -140,6 +154,50 @@ pub struct Runner {
     stopping: AtomicBool,
     stop: Notify,
     stuck: Arc<StuckOperations>,
+    /// Operations in flight, by partition (`None`: jobs, and operations
+    /// stored before their partition was).
+    in_flight: Mutex<HashMap<Option<Uuid>, usize>>,
+    /// Told when an operation ends (room for the next).
+    ended: Notify,
+    /// No claim before then: an operation was passed on (see `jittered`).
+    pause_until: Mutex<Option<Instant>>,
+    /// Operations a request claimed for this instance as it accepted them
+    /// (`reserve`), on their way to the dispatcher.
+    handed: tokio::sync::mpsc::UnboundedSender<Operation>,
+    handed_to: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Operation>>>,
+}
+
+/// Room in this instance held for an operation a request is about to
+/// queue: the request claims it in its own transaction (no claim
+/// transaction, no wait for a poll) and hands it over once committed.
+/// Dropped without `hand`, the room is given back.
+#[derive(Debug)]
+pub struct Reserved {
+    runner: Arc<Runner>,
+    partition: Option<Uuid>,
+    lease: String,
+    handed: bool,
+}
+
+impl Reserved {
+    /// Claims `op` for this instance, as the dispatcher would.
+    pub fn claim(&self, op: &mut Operation, now: OffsetDateTime) -> luna_domain::Result<()> {
+        op.claim(&self.lease, now, now + self.runner.settings.lease)
+    }
+
+    /// Runs `op` (claimed with `claim`, and committed), in the room held for it.
+    pub fn hand(mut self, mut op: Operation) {
+        op.partition_id = self.partition;
+        self.handed = self.runner.handed.send(op).is_ok();
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if !self.handed {
+            self.runner.release(self.partition);
+        }
+    }
 }
 
 /// Operations whose token call has run past `RunnerSettings::stuck_after`,
@@ -195,6 +253,7 @@ impl Runner {
         work: Arc<Notify>,
         settings: RunnerSettings,
     ) -> Arc<Runner> {
+        let (handed, handed_to) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Runner {
             store,
             tokens,
@@ -204,6 +263,11 @@ impl Runner {
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             stuck: Arc::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            ended: Notify::new(),
+            pause_until: Mutex::new(None),
+            handed,
+            handed_to: Mutex::new(Some(handed_to)),
         })
     }
 
@@ -212,48 +276,133 @@ impl Runner {
         Arc::clone(&self.stuck)
     }
 
-    /// Starts the workers on the current runtime.
+    /// Starts the dispatcher on the current runtime (none with no workers).
     pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.settings.workers)
-            .map(|_| tokio::spawn(Arc::clone(self).work_loop()))
-            .collect()
+        if self.settings.workers == 0 {
+            return Vec::new();
+        }
+        vec![tokio::spawn(Arc::clone(self).dispatch())]
     }
 
-    /// Stops claiming; each worker finishes the operation it holds, then ends.
+    /// Stops claiming; the operations in flight finish, then the dispatcher ends.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_waiters();
     }
 
-    async fn work_loop(self: Arc<Self>) {
+    /// Room for one operation of `partition`, if this instance runs
+    /// operations, is not stopping, and has room (`workers`, `token_concurrency`).
+    pub fn reserve(self: &Arc<Self>, partition: Uuid) -> Option<Reserved> {
+        if self.settings.workers == 0 || self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut in_flight = self.in_flight.lock();
+        let total: usize = in_flight.values().sum();
+        let here = in_flight.entry(Some(partition)).or_default();
+        if total >= self.settings.workers || *here >= self.settings.token_concurrency.max(1) {
+            return None;
+        }
+        *here += 1;
+        Some(Reserved {
+            runner: Arc::clone(self),
+            partition: Some(partition),
+            lease: format!("{}:{}", self.owner, Uuid::new_v4().simple()),
+            handed: false,
+        })
+    }
+
+    /// An operation of `partition` ended, or its room was not used.
+    fn release(&self, partition: Option<Uuid>) {
+        if let Some(n) = self.in_flight.lock().get_mut(&partition) {
+            *n = n.saturating_sub(1);
+        }
+        self.ended.notify_one();
+    }
+
+    /// Runs `op` (its room already counted) as a task of its own.
+    fn launch(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>, op: Operation) {
+        let me = Arc::clone(self);
+        tasks.spawn(async move {
+            let partition = op.partition_id;
+            Arc::clone(&me).run(op).await;
+            me.release(partition);
+        });
+    }
+
+    /// Claims what there is room for and runs each claimed operation (and
+    /// each one a request handed over) as a task of its own, until stopped;
+    /// then waits for them.
+    async fn dispatch(self: Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let Some(mut handed) = self.handed_to.lock().take() else {
+            return;
+        };
         while !self.stopping.load(Ordering::SeqCst) {
-            let me = Arc::clone(&self);
-            let claimed = tokio::task::spawn_blocking(move || {
-                // A lease name per claim, not per instance: when an attempt
-                // hangs and its lease runs out, another worker of this same
-                // instance may take the operation, and the hung attempt must
-                // then be unable to write over it when it returns.
-                let lease = format!("{}:{}", me.owner, Uuid::new_v4().simple());
-                me.store
-                    .claim_next_operation(&lease, luna_store::now(), me.settings.lease)
-            })
-            .await;
+            while tasks.try_join_next().is_some() {}
+            while let Ok(op) = handed.try_recv() {
+                self.launch(&mut tasks, op);
+            }
+            let paused = self
+                .pause_until
+                .lock()
+                .and_then(|until| until.checked_duration_since(Instant::now()));
+            if let Some(pause) = paused {
+                tokio::select! {
+                    _ = self.stop.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            }
+            let (free, room) = {
+                let in_flight = self.in_flight.lock();
+                let total: usize = in_flight.values().sum();
+                let room = luna_store::PartitionRoom {
+                    in_flight: in_flight.iter().filter_map(|(p, n)| p.map(|p| (p, *n))).collect(),
+                    per_partition: self.settings.token_concurrency.max(1),
+                };
+                (self.settings.workers.saturating_sub(total), room)
+            };
+            let claimed = if free == 0 {
+                Ok(Ok(Vec::new()))
+            } else {
+                let me = Arc::clone(&self);
+                tokio::task::spawn_blocking(move || {
+                    // A lease name per claim, not per instance: when an attempt
+                    // hangs and its lease runs out, this same instance may take
+                    // the operation again, and the hung attempt must then be
+                    // unable to write over it when it returns.
+                    let leases: Vec<String> = (0..free.min(CLAIM_AT_MOST))
+                        .map(|_| format!("{}:{}", me.owner, Uuid::new_v4().simple()))
+                        .collect();
+                    me.store
+                        .claim_operations(&leases, luna_store::now(), me.settings.lease, &room)
+                })
+                .await
+            };
             match claimed {
-                Ok(Ok(Some(op))) => Arc::clone(&self).run(op).await,
-                Ok(Ok(None)) => {
+                Ok(Ok(ops)) if !ops.is_empty() => {
+                    for op in ops {
+                        *self.in_flight.lock().entry(op.partition_id).or_default() += 1;
+                        self.launch(&mut tasks, op);
+                    }
+                }
+                Ok(Ok(_)) => {
                     tokio::select! {
+                        Some(op) = handed.recv() => self.launch(&mut tasks, op),
                         _ = self.work.notified() => {}
+                        _ = self.ended.notified() => {}
                         _ = self.stop.notified() => {}
                         _ = tokio::time::sleep(jittered(self.settings.poll, 0.5..1.5)) => self.settle_exhausted().await,
                     }
                 }
                 Ok(Err(error)) => {
-                    tracing::error!(%error, "claiming an operation failed");
+                    tracing::error!(%error, "claiming operations failed");
                     tokio::time::sleep(self.settings.poll).await;
                 }
                 Err(error) => tracing::error!(%error, "the claiming task failed"),
             }
         }
+        while tasks.join_next().await.is_some() {}
     }
 
     async fn run(self: Arc<Self>, op: Operation) {
@@ -286,11 +435,13 @@ impl Runner {
         match finished {
             Ok(Ok(Done::Recorded)) => {}
             // Give the instances that see the token a chance to take it: a
-            // worker that claimed again at once would take every operation
+            // runner that claimed again at once would take every operation
             // back as its delay ran out, and they would never run. Longer
-            // than an idle worker's poll, and never the same twice (see
+            // than an idle runner's poll, and never the same twice (see
             // `jittered`).
-            Ok(Ok(Done::PassedOn)) => tokio::time::sleep(jittered(self.settings.poll, 1.5..2.5)).await,
+            Ok(Ok(Done::PassedOn)) => {
+                *self.pause_until.lock() = Some(Instant::now() + jittered(self.settings.poll, 1.5..2.5));
+            }
             Ok(Ok(Done::LeaseLost)) => {
                 tracing::warn!(operation = %id, "the lease was lost; another worker owns the operation")
             }
@@ -491,27 +642,22 @@ impl Runner {
         };
         let mut finished = op;
         finished.finish(result, now)?;
-        let recorded = self.store.finish_operation(&finished, &lease, &keys)?;
-        if recorded {
-            // Every operation's outcome enters the audit trail.
-            let entry = luna_store::AuditEntry {
-                at: now,
-                username: "luna-server".into(),
-                action: format!("operation {}", finished.payload.kind_name()),
-                target: finished.payload.target().to_string(),
-                outcome: match &finished.last_error() {
-                    Some(reason) if finished.state() == luna_domain::OperationState::Failed => {
-                        format!("failed: {reason}")
-                    }
-                    _ => "succeeded".into(),
-                },
-                request_id: finished.id.to_string(),
-                client: self.owner.clone(),
-            };
-            if let Err(error) = self.store.append_audit(&entry) {
-                tracing::error!(%error, "an operation's audit record could not be written");
-            }
-        }
+        // Every operation's outcome enters the audit trail, in the same transaction.
+        let entry = luna_store::AuditEntry {
+            at: now,
+            username: "luna-server".into(),
+            action: format!("operation {}", finished.payload.kind_name()),
+            target: finished.payload.target().to_string(),
+            outcome: match &finished.last_error() {
+                Some(reason) if finished.state() == luna_domain::OperationState::Failed => {
+                    format!("failed: {reason}")
+                }
+                _ => "succeeded".into(),
+            },
+            request_id: finished.id.to_string(),
+            client: self.owner.clone(),
+        };
+        let recorded = self.store.finish_operation(&finished, &lease, &keys, &entry)?;
         Ok(Done::held(recorded, Done::Recorded))
     }
 

@@ -183,6 +183,36 @@ impl AuditRow {
     }
 }
 
+/// Appends `entry` chained to the last record, in the caller's transaction
+/// (so an outcome and its record commit together); the caller moves the
+/// checkpoint once it committed (`checkpoint_audit`).
+pub(crate) fn append_in(conn: &mut DbConnection, key: &[u8; 32], entry: &AuditEntry) -> Result<AuditRecord> {
+    if let DbConnection::Postgres(pg) = conn {
+        pg.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})"))?;
+    }
+    let (seq, previous) = match last(conn)? {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_owned()),
+    };
+    let at = micros(entry.at);
+    let row = AuditRow {
+        seq,
+        at,
+        username: entry.username.clone(),
+        action: entry.action.clone(),
+        target: entry.target.clone(),
+        outcome: entry.outcome.clone(),
+        request_id: entry.request_id.clone(),
+        client: entry.client.clone(),
+        hash: chain_hash(key, &previous, seq, at, entry),
+        previous_hash: previous,
+    };
+    diesel::insert_into(audit_records::table)
+        .values(&row)
+        .execute(conn)?;
+    row.into_record()
+}
+
 fn last(conn: &mut DbConnection) -> Result<Option<(i64, String)>> {
     Ok(audit_records::table
         .order(audit_records::seq.desc())
@@ -195,36 +225,17 @@ impl Store {
     /// Appends a record chained to the last one, then moves the checkpoint to it.
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
         let key = *self.pins.audit_key();
-        let record = self.write(|conn| {
-            if let DbConnection::Postgres(pg) = conn {
-                pg.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})"))?;
-            }
-            let (seq, previous) = match last(conn)? {
-                Some((seq, hash)) => (seq + 1, hash),
-                None => (1, GENESIS.to_owned()),
-            };
-            let at = micros(entry.at);
-            let row = AuditRow {
-                seq,
-                at,
-                username: entry.username.clone(),
-                action: entry.action.clone(),
-                target: entry.target.clone(),
-                outcome: entry.outcome.clone(),
-                request_id: entry.request_id.clone(),
-                client: entry.client.clone(),
-                hash: chain_hash(&key, &previous, seq, at, entry),
-                previous_hash: previous,
-            };
-            diesel::insert_into(audit_records::table)
-                .values(&row)
-                .execute(conn)?;
-            row.into_record()
-        })?;
-        if let Some(checkpoint) = &self.audit_checkpoint {
-            checkpoint.record(record.seq, &record.hash)?;
-        }
+        let record = self.write(|conn| append_in(conn, &key, entry))?;
+        self.checkpoint_audit(&record)?;
         Ok(record)
+    }
+
+    /// Moves the checkpoint to `record`, once its transaction committed.
+    pub(crate) fn checkpoint_audit(&self, record: &AuditRecord) -> Result<()> {
+        match &self.audit_checkpoint {
+            Some(checkpoint) => checkpoint.record(record.seq, &record.hash),
+            None => Ok(()),
+        }
     }
 
     /// Records, newest first, optionally one user's or one action's.

@@ -143,20 +143,24 @@ impl Store {
     /// Records new keys and the operation that will make them, atomically:
     /// once this returns, the request cannot be lost.
     pub fn insert_keys_with_operation(&self, new_keys: &[Key], operation: &Operation) -> Result<()> {
-        self.insert_keys_idempotently(new_keys, operation, None)
+        self.insert_keys_idempotently(new_keys, operation, None, None)
     }
 
     /// `insert_keys_with_operation`, recording in the same transaction that
-    /// `request` (a create under an `Idempotency-Key`) made the first key.
+    /// `request` (a create under an `Idempotency-Key`) made the first key,
+    /// and the request's `audit` record.
     pub fn insert_keys_idempotently(
         &self,
         new_keys: &[Key],
         operation: &Operation,
         request: Option<&IdempotentRequest>,
+        audit: Option<&crate::AuditEntry>,
     ) -> Result<()> {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
-        let op = OperationRow::from_domain(operation)?;
-        self.write(|conn| {
+        let mut op = OperationRow::from_domain(operation)?;
+        op.partition_id = new_keys.first().map(|k| k.partition_id.to_string());
+        let audit_key = *self.pins.audit_key();
+        let record = self.write(|conn| {
             if let (Some(request), Some(first)) = (request, new_keys.first()) {
                 crate::repo::idempotency::remember(conn, request, first.id)?;
             }
@@ -164,8 +168,14 @@ impl Store {
                 .values(&rows)
                 .execute(c))?;
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
-            Ok(())
-        })
+            audit
+                .map(|entry| crate::repo::audit::append_in(conn, &audit_key, entry))
+                .transpose()
+        })?;
+        if let Some(record) = record {
+            self.checkpoint_audit(&record)?;
+        }
+        Ok(())
     }
 
     pub fn get_key(&self, id: Uuid) -> Result<Option<Key>> {
@@ -183,12 +193,14 @@ impl Store {
             ))));
         };
         let id = operation.payload.target();
-        let op = OperationRow::from_domain(operation)?;
+        let mut op = OperationRow::from_domain(operation)?;
         let now = operation.created_at;
         self.write(|conn| {
             let Some(first) = load(conn, id)? else {
                 return Ok(None);
             };
+            // The work touches the key's partition's tokens.
+            op.partition_id = Some(first.partition_id.to_string());
             let mut ids = vec![first.id];
             if operation.payload.includes_link() {
                 ids.extend(first.link_id);

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use luna_domain::operation::MAX_ATTEMPTS;
 use luna_domain::{Key, Operation, OperationState};
@@ -14,10 +16,15 @@ use crate::Store;
 /// The oldest operation a worker may take at `now`: queued, or running under
 /// a lease that ran out (its worker died), and not out of attempts.
 macro_rules! claimable {
-    ($now:expr) => {
+    ($now:expr, $full_partitions:expr) => {
         operations::table
             .select(operations::id)
             .filter(operations::attempts.lt(MAX_ATTEMPTS as i32))
+            .filter(
+                operations::partition_id
+                    .is_null()
+                    .or(operations::partition_id.ne_all($full_partitions.clone())),
+            )
             .filter(
                 operations::state
                     .eq(OperationState::Queued.as_str())
@@ -45,7 +52,7 @@ const CORRUPT_ROWS_SET_ASIDE_PER_CLAIM: usize = 16;
 /// Ends an operation row that does not read back as an operation (edited by
 /// hand, or written by a version that knew other states): `failed`, saying
 /// why, so that it is visible and never a claim candidate again.
-fn set_aside(conn: &mut DbConnection, id: &str, corrupt: &StoreError, now_us: i64) -> Result<()> {
+fn set_aside_row(conn: &mut DbConnection, id: &str, corrupt: &StoreError, now_us: i64) -> Result<()> {
     diesel::update(operations::table.find(id))
         .set((
             operations::state.eq(OperationState::Failed.as_str()),
@@ -58,6 +65,14 @@ fn set_aside(conn: &mut DbConnection, id: &str, corrupt: &StoreError, now_us: i6
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// How many operations of each partition a runner holds now, and how many
+/// it may hold (`--token-concurrency`): a claim skips a partition that is full.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionRoom {
+    pub in_flight: HashMap<Uuid, usize>,
+    pub per_partition: usize,
 }
 
 /// No bound on when a lease ends (a running operation always has one).
@@ -121,34 +136,72 @@ impl Store {
         now: OffsetDateTime,
         lease: Duration,
     ) -> Result<Option<Operation>> {
+        let room = PartitionRoom {
+            in_flight: HashMap::new(),
+            per_partition: usize::MAX,
+        };
+        Ok(self
+            .claim_operations(&[owner.to_owned()], now, lease, &room)?
+            .pop())
+    }
+
+    /// Takes up to `leases.len()` operations in one transaction, the oldest
+    /// first, each under its own lease name until `now + lease`, skipping
+    /// those of a partition that has no room left (`room`). Atomic as
+    /// `claim_next_operation` is.
+    pub fn claim_operations(
+        &self,
+        leases: &[String],
+        now: OffsetDateTime,
+        lease: Duration,
+        room: &PartitionRoom,
+    ) -> Result<Vec<Operation>> {
         let now_us = micros(now);
         self.write(|conn| {
-            // A row that does not restore is set aside, not retried: left in
-            // place it would be the oldest candidate for ever and stop the queue.
-            for _ in 0..CORRUPT_ROWS_SET_ASIDE_PER_CLAIM {
-                let candidate: Option<String> = match conn {
-                    DbConnection::Postgres(pg) => claimable!(now_us)
-                        .for_update()
-                        .skip_locked()
-                        .first(pg)
-                        .optional()?,
-                    // SQLite has no row locks; this process's writer lock and the
-                    // compare-and-set below make the claim atomic.
-                    DbConnection::Sqlite(lite) => claimable!(now_us).first(lite).optional()?,
-                };
-                let Some(id) = candidate else { return Ok(None) };
-                let mut op = match load(conn, &id) {
-                    Ok(Some(op)) => op,
-                    Ok(None) => return Ok(None),
-                    Err(corrupt @ StoreError::Corrupt { .. }) => {
-                        set_aside(conn, &id, &corrupt, now_us)?;
-                        continue;
+            let mut in_flight = room.in_flight.clone();
+            let full = |in_flight: &HashMap<Uuid, usize>| -> Vec<String> {
+                in_flight
+                    .iter()
+                    .filter(|(_, n)| **n >= room.per_partition)
+                    .map(|(p, _)| p.to_string())
+                    .collect()
+            };
+            let mut claimed = Vec::with_capacity(leases.len());
+            let mut set_aside = 0;
+            for owner in leases {
+                // A row that does not restore is set aside, not retried: left in
+                // place it would be the oldest candidate for ever and stop the queue.
+                let op = loop {
+                    let excluded = full(&in_flight);
+                    let candidate: Option<String> = match conn {
+                        DbConnection::Postgres(pg) => claimable!(now_us, excluded)
+                            .for_update()
+                            .skip_locked()
+                            .first(pg)
+                            .optional()?,
+                        // SQLite has no row locks; this process's one writer and the
+                        // compare-and-set below make the claim atomic.
+                        DbConnection::Sqlite(lite) => claimable!(now_us, excluded).first(lite).optional()?,
+                    };
+                    let Some(id) = candidate else { break None };
+                    match load(conn, &id) {
+                        Ok(Some(op)) => break Some(op),
+                        Ok(None) => break None,
+                        Err(corrupt @ StoreError::Corrupt { .. })
+                            if set_aside < CORRUPT_ROWS_SET_ASIDE_PER_CLAIM =>
+                        {
+                            set_aside += 1;
+                            set_aside_row(conn, &id, &corrupt, now_us)?;
+                        }
+                        // Enough set aside for one claim: the rest wait for the next.
+                        Err(StoreError::Corrupt { .. }) => break None,
+                        Err(other) => return Err(other),
                     }
-                    Err(other) => return Err(other),
                 };
+                let Some(mut op) = op else { break };
                 let before = (op.state(), op.attempts());
                 op.claim(owner, now, now + lease)?;
-                let updated = diesel::update(operations::table.find(&id))
+                let updated = diesel::update(operations::table.find(op.id.to_string()))
                     .filter(operations::state.eq(before.0.as_str()))
                     .filter(operations::attempts.eq(before.1 as i32))
                     .set((
@@ -159,9 +212,15 @@ impl Store {
                         operations::updated_at.eq(now_us),
                     ))
                     .execute(conn)?;
-                return Ok((updated == 1).then_some(op));
+                if updated != 1 {
+                    break;
+                }
+                if let Some(partition) = op.partition_id {
+                    *in_flight.entry(partition).or_default() += 1;
+                }
+                claimed.push(op);
             }
-            Ok(None)
+            Ok(claimed)
         })
     }
 
@@ -223,12 +282,32 @@ impl Store {
         })
     }
 
-    /// Ends an operation and writes the key records it produced, in one
-    /// transaction, only if `owner` still holds the lease. False means another
-    /// worker took the operation over and nothing was written.
-    pub fn finish_operation(&self, op: &Operation, owner: &str, changed_keys: &[Key]) -> Result<bool> {
+    /// Ends an operation and writes the key records it produced and its
+    /// audit record, in one transaction, only if `owner` still holds the
+    /// lease. False means another worker took the operation over and nothing
+    /// was written.
+    pub fn finish_operation(
+        &self,
+        op: &Operation,
+        owner: &str,
+        changed_keys: &[Key],
+        audit: &crate::AuditEntry,
+    ) -> Result<bool> {
         let rows: Vec<KeyRow> = changed_keys.iter().map(KeyRow::from_domain).collect();
-        self.write(|conn| finish_with_keys(conn, op, owner, ANY_LEASE, &rows))
+        let key = *self.pins.audit_key();
+        let recorded = self.write(|conn| {
+            if !finish_with_keys(conn, op, owner, ANY_LEASE, &rows)? {
+                return Ok(None);
+            }
+            crate::repo::audit::append_in(conn, &key, audit).map(Some)
+        })?;
+        match recorded {
+            Some(record) => {
+                self.checkpoint_audit(&record)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Operations whose worker died too often (every attempt spent, the
