@@ -20,6 +20,9 @@
 //! Sections: LUNA_BENCH_SECTIONS, a comma list of creates, latency, reads,
 //! refresh, replication (all by default).
 //!
+//! LUNA_BENCH_CREATES_ON limits the creates to some module/database pairs
+//! (a comma list, e.g. `openCryptoki/SQLite`).
+//!
 //! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (100000),
 //! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000),
 //! LUNA_BENCH_REPLICATED (1000).
@@ -523,9 +526,14 @@ fn main() {
 
     let sections = std::env::var("LUNA_BENCH_SECTIONS").unwrap_or_default();
     let run = |section: &str| sections.is_empty() || sections.split(',').any(|s| s == section);
+    // LUNA_BENCH_CREATES_ON: a comma list of module/database to run, e.g. openCryptoki/SQLite.
+    let only = std::env::var("LUNA_BENCH_CREATES_ON").unwrap_or_default();
     for module in TestModule::ALL.into_iter().filter(|_| run("creates")) {
         for database in ["SQLite", "PostgreSQL"] {
-            creates(module, database, creates_n);
+            let name = format!("{module}/{database}");
+            if only.is_empty() || only.split(',').any(|o| o == name) {
+                creates(module, database, creates_n);
+            }
         }
     }
     if run("latency") {

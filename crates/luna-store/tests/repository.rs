@@ -801,7 +801,7 @@ on_both_backends! {
         assert_eq!(all.total, 40);
         assert_eq!(all.items[0].seq, 40, "newest first");
         assert_eq!(all.items[0].previous_hash, all.items[1].hash);
-        assert_eq!(std::fs::read_to_string(dir.path().join("audit.head")).unwrap(), format!("40 {}\n", all.items[0].hash));
+        assert_eq!(std::fs::read_to_string(dir.path().join("audit.head")).unwrap(), format!("{:020} {}\n", 40, all.items[0].hash));
         assert_eq!(store.list_audit(Some("user2"), Some("keys.create"), 0, 100).unwrap().total, 10);
         // Tampering, as someone with database access (not the data directory) would.
         let raw = |sql: &str| {

@@ -154,9 +154,13 @@ pub struct Runner {
     stopping: AtomicBool,
     stop: Notify,
     stuck: Arc<StuckOperations>,
-    /// Operations in flight, by partition (`None`: jobs, and operations
-    /// stored before their partition was).
+    /// Operations at their token work, by partition (`None`: jobs, and
+    /// operations stored before their partition was). A partition's room
+    /// comes back as its operation's token work ends, before its outcome is
+    /// written, so that the next one's claim shares a commit with it.
     in_flight: Mutex<HashMap<Option<Uuid>, usize>>,
+    /// Operations running in this instance, from claim to recorded outcome.
+    running: std::sync::atomic::AtomicUsize,
     /// Told when an operation ends (room for the next).
     ended: Notify,
     /// No claim before then: an operation was passed on (see `jittered`).
@@ -195,8 +199,33 @@ impl Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         if !self.handed {
-            self.runner.release(self.partition);
+            self.runner.token_work_ended(self.partition);
+            self.runner.ended();
         }
+    }
+}
+
+/// An operation's place in the counts, from its claim to its recorded
+/// outcome; its partition's room is given back once, when its token work
+/// ends (`token_work_ended`) or, at the latest, with this.
+struct Slot {
+    runner: Arc<Runner>,
+    partition: Option<Uuid>,
+    token_work_over: AtomicBool,
+}
+
+impl Slot {
+    fn token_work_ended(&self) {
+        if !self.token_work_over.swap(true, Ordering::SeqCst) {
+            self.runner.token_work_ended(self.partition);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.token_work_ended();
+        self.runner.ended();
     }
 }
 
@@ -264,6 +293,7 @@ impl Runner {
             stop: Notify::new(),
             stuck: Arc::default(),
             in_flight: Mutex::new(HashMap::new()),
+            running: std::sync::atomic::AtomicUsize::new(0),
             ended: Notify::new(),
             pause_until: Mutex::new(None),
             handed,
@@ -297,12 +327,14 @@ impl Runner {
             return None;
         }
         let mut in_flight = self.in_flight.lock();
-        let total: usize = in_flight.values().sum();
         let here = in_flight.entry(Some(partition)).or_default();
-        if total >= self.settings.workers || *here >= self.settings.token_concurrency.max(1) {
+        if self.running.load(Ordering::SeqCst) >= self.settings.workers
+            || *here >= self.settings.token_concurrency.max(1)
+        {
             return None;
         }
         *here += 1;
+        self.running.fetch_add(1, Ordering::SeqCst);
         Some(Reserved {
             runner: Arc::clone(self),
             partition: Some(partition),
@@ -311,22 +343,28 @@ impl Runner {
         })
     }
 
-    /// An operation of `partition` ended, or its room was not used.
-    fn release(&self, partition: Option<Uuid>) {
+    /// An operation of `partition` is done with its tokens (or its room was not used).
+    fn token_work_ended(&self, partition: Option<Uuid>) {
         if let Some(n) = self.in_flight.lock().get_mut(&partition) {
             *n = n.saturating_sub(1);
         }
         self.ended.notify_one();
     }
 
-    /// Runs `op` (its room already counted) as a task of its own.
+    /// An operation's outcome is recorded (or its room was not used).
+    fn ended(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.ended.notify_one();
+    }
+
+    /// Runs `op` (already counted) as a task of its own.
     fn launch(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>, op: Operation) {
-        let me = Arc::clone(self);
-        tasks.spawn(async move {
-            let partition = op.partition_id;
-            Arc::clone(&me).run(op).await;
-            me.release(partition);
-        });
+        let slot = Slot {
+            runner: Arc::clone(self),
+            partition: op.partition_id,
+            token_work_over: AtomicBool::new(false),
+        };
+        tasks.spawn(Arc::clone(self).run(op, slot));
     }
 
     /// Claims what there is room for and runs each claimed operation (and
@@ -355,12 +393,12 @@ impl Runner {
             }
             let (free, room) = {
                 let in_flight = self.in_flight.lock();
-                let total: usize = in_flight.values().sum();
                 let room = luna_store::PartitionRoom {
                     in_flight: in_flight.iter().filter_map(|(p, n)| p.map(|p| (p, *n))).collect(),
                     per_partition: self.settings.token_concurrency.max(1),
                 };
-                (self.settings.workers.saturating_sub(total), room)
+                let running = self.running.load(Ordering::SeqCst);
+                (self.settings.workers.saturating_sub(running), room)
             };
             let claimed = if free == 0 {
                 Ok(Ok(Vec::new()))
@@ -383,6 +421,7 @@ impl Runner {
                 Ok(Ok(ops)) if !ops.is_empty() => {
                     for op in ops {
                         *self.in_flight.lock().entry(op.partition_id).or_default() += 1;
+                        self.running.fetch_add(1, Ordering::SeqCst);
                         self.launch(&mut tasks, op);
                     }
                 }
@@ -405,7 +444,7 @@ impl Runner {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn run(self: Arc<Self>, op: Operation) {
+    async fn run(self: Arc<Self>, op: Operation, slot: Slot) {
         let id = op.id;
         let lease = op.lease_owner().unwrap_or_default().to_owned();
         let started = Instant::now();
@@ -423,7 +462,7 @@ impl Runner {
         let me = Arc::clone(&self);
         let finished = tokio::task::spawn_blocking(move || {
             let _ = thread.set(std::thread::current().id());
-            me.execute(op)
+            me.execute(op, &|| slot.token_work_ended())
         })
         .await;
         if let Some(renewer) = renewer {
@@ -543,7 +582,9 @@ impl Runner {
     }
 
     /// Runs one operation on the blocking pool and records its outcome.
-    fn execute(&self, op: Operation) -> luna_store::Result<Done> {
+    /// `token_work_ended` is called once the token calls are over, before
+    /// the outcome is written.
+    fn execute(&self, op: Operation, token_work_ended: &dyn Fn()) -> luna_store::Result<Done> {
         let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts());
         let _entered = span.enter();
         // Every write of this attempt's outcome is conditional on the lease it claimed.
@@ -558,6 +599,7 @@ impl Runner {
             OperationPayload::DestroyKey { key_id } => self.destroy(*key_id),
             OperationPayload::RunJob { job_id } => self.run_job(*job_id).map(|()| Vec::new()),
         };
+        token_work_ended();
         let now = luna_store::now();
         let outcome = match outcome {
             Err(Failure::Interrupted(reason)) => {
