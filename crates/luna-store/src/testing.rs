@@ -38,15 +38,15 @@ fn small_pool() -> PoolOptions {
 }
 
 impl Store {
-    /// `PRAGMA synchronous` of as many SQLite connections as the pool holds,
-    /// all taken at once (so each is a pooled connection of its own); empty
-    /// on PostgreSQL.
-    pub fn sqlite_synchronous_of_every_connection(&self) -> Result<Vec<i32>> {
+    /// How every connection the pool holds commits, all taken at once (so
+    /// each is a pooled connection of its own): SQLite's `PRAGMA
+    /// synchronous` (2 is FULL), PostgreSQL's `synchronous_commit`.
+    pub fn commit_durability_of_every_connection(&self) -> Result<Vec<String>> {
         use diesel::RunQueryDsl as _;
         #[derive(diesel::QueryableByName)]
-        struct Pragma {
-            #[diesel(sql_type = diesel::sql_types::Integer)]
-            synchronous: i32,
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
         }
         let mut held = Vec::new();
         for _ in 0..self.pool.max_size() {
@@ -54,10 +54,16 @@ impl Store {
         }
         let mut settings = Vec::new();
         for conn in &mut held {
-            if let crate::db::DbConnection::Sqlite(lite) = &mut **conn {
-                let pragma: Pragma = diesel::sql_query("PRAGMA synchronous").get_result(lite)?;
-                settings.push(pragma.synchronous);
-            }
+            let setting: Setting = match &mut **conn {
+                crate::db::DbConnection::Sqlite(lite) => {
+                    diesel::sql_query("SELECT CAST(synchronous AS TEXT) AS value FROM pragma_synchronous")
+                        .get_result(lite)?
+                }
+                crate::db::DbConnection::Postgres(pg) => {
+                    diesel::sql_query("SELECT current_setting('synchronous_commit') AS value").get_result(pg)?
+                }
+            };
+            settings.push(setting.value);
         }
         Ok(settings)
     }

@@ -186,19 +186,6 @@ fn job(job_type: JobType, partitions: Vec<Uuid>) -> (Job, Operation) {
     )
 }
 
-/// SQLite syncs its log at every commit on every connection: a write that was
-/// answered survives a power cut, not only a crash (`synchronous = FULL`, 2).
-#[test]
-fn every_pooled_sqlite_connection_syncs_at_every_commit() {
-    let db = TestDatabase::sqlite().unwrap();
-    let settings = db.store.sqlite_synchronous_of_every_connection().unwrap();
-    assert_eq!(settings.len(), 4, "every connection of the pool was asked");
-    assert!(
-        settings.iter().all(|s| *s == 2),
-        "PRAGMA synchronous: {settings:?}"
-    );
-}
-
 on_both_backends! {
     fn opening_again_finds_the_schema_in_place(store: &Store, db: &TestDatabase) {
         let partition = registered_partition(store, "again");
@@ -537,6 +524,19 @@ on_both_backends! {
         let micros = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1000;
         assert_eq!(stored.lease_expires_at().map(micros), Some(micros(retry_at)));
         assert!(store.claim_next_operation("other", retry_at, Duration::seconds(30)).unwrap().is_some(), "retried on time");
+    }
+
+    // Every pooled connection commits to disk before a write returns: an
+    // answered write survives a power cut, not only a crash (SQLite
+    // `synchronous = FULL`, 2; PostgreSQL's default `synchronous_commit`).
+    fn every_pooled_connection_commits_to_disk(store: &Store, _db: &TestDatabase) {
+        let settings = store.commit_durability_of_every_connection().unwrap();
+        assert_eq!(settings.len(), 4, "every connection of the pool was asked");
+        let durable = match store.backend() {
+            luna_store::Backend::Sqlite => "2",
+            luna_store::Backend::Postgres => "on",
+        };
+        assert!(settings.iter().all(|s| s == durable), "{settings:?}");
     }
 
     fn writes_that_arrive_together_share_commits_and_one_that_fails_fails_alone(store: &Store, _db: &TestDatabase) {
