@@ -60,7 +60,8 @@ impl Store {
                         .get_result(lite)?
                 }
                 crate::db::DbConnection::Postgres(pg) => {
-                    diesel::sql_query("SELECT current_setting('synchronous_commit') AS value").get_result(pg)?
+                    diesel::sql_query("SELECT current_setting('synchronous_commit') AS value")
+                        .get_result(pg)?
                 }
             };
             settings.push(setting.value);
