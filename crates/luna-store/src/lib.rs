@@ -138,6 +138,21 @@ impl Store {
         work(&mut conn)
     }
 
+    /// Runs `work`'s reads in one snapshot: PostgreSQL's default isolation
+    /// gives each statement its own, so a count and the rows it places could
+    /// disagree.
+    fn read_snapshot<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
+        use diesel::{Connection, RunQueryDsl};
+        let mut pooled = self.connection()?;
+        let conn: &mut DbConnection = &mut pooled;
+        conn.transaction(|conn| {
+            if let DbConnection::Postgres(pg) = conn {
+                diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(pg)?;
+            }
+            work(conn)
+        })
+    }
+
     /// Runs `work` in one transaction, shared with the writes of this
     /// process that arrive with it (`group`: each in a savepoint, answered
     /// once the shared transaction committed). On SQLite the transaction

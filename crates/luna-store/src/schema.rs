@@ -93,6 +93,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Kept by triggers (migration 8); read-only here. `field` 0 counts
+    /// `created_at`, 1 `updated_at`; `bucket` is the timestamp shifted right
+    /// by the level's bits.
+    key_time_counts (field, level, bucket, partition_id, status) {
+        field -> SmallInt,
+        level -> SmallInt,
+        bucket -> BigInt,
+        partition_id -> Text,
+        status -> Text,
+        n -> BigInt,
+    }
+}
+
+diesel::table! {
     operations (id) {
         id -> Text,
         kind -> Text,
@@ -175,6 +189,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     partitions,
     keys,
     key_counts,
+    key_time_counts,
     operations,
     jobs,
     running_jobs,

@@ -457,6 +457,84 @@ on_both_backends! {
         check(&keys, "a partition deleted");
     }
 
+    fn deep_pages_in_timestamp_order_are_the_rows_an_offset_would_give(store: &Store, _db: &TestDatabase) {
+        let a = registered_partition(store, "hsm-deep-a");
+        let b = registered_partition(store, "hsm-deep-b");
+        let start = OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap();
+        // Timestamps that share a microsecond, a second, a few minutes, and
+        // that spread over days: every level of buckets and the ties in them.
+        let at = |i: u64| {
+            let micros = match i % 4 {
+                0 => 7_000_000 + (i % 3) as i64,
+                1 => 9_000_000 + (i * 997 % 1_000_000) as i64,
+                2 => (i * 7_919 % 600) as i64 * 1_000_000,
+                _ => (i * 104_729 % 400_000) as i64 * 1_000_000 + (i % 1000) as i64,
+            };
+            start + Duration::microseconds(micros)
+        };
+        let mut keys: Vec<Key> = (0..4000u64)
+            .map(|i| {
+                let mut k = key(if i % 3 == 0 { &b } else { &a }, "deep", ObjectType::SecretKey, 256);
+                if i % 3 != 1 {
+                    k.apply(&KeyEvent::Succeeded, start).unwrap();
+                }
+                k.created_at = at(i);
+                k.updated_at = at(i * 31 + 5);
+                k
+            })
+            .collect();
+        for chunk in keys.chunks(500) {
+            store.insert_keys(chunk).unwrap();
+        }
+        // Changes move keys between buckets and statuses; some are forgotten.
+        for (n, k) in keys.iter_mut().enumerate().filter(|(n, _)| n % 7 == 1) {
+            let read = KeyVersion::of(k);
+            let when = at(n as u64 * 13 + 2);
+            if k.lifecycle.status() == KeyStatus::Available {
+                k.updated_at = when;
+            } else {
+                k.apply(&KeyEvent::Succeeded, when).unwrap();
+            }
+            assert!(store.save_key(k, &read).unwrap());
+        }
+        let idle = keys.iter().filter(|k| k.lifecycle.status() == KeyStatus::Available);
+        for id in idle.step_by(11).map(|k| k.id).collect::<Vec<_>>() {
+            store.forget_key(id).unwrap().unwrap();
+        }
+        keys.retain(|k| store.get_key(k.id).unwrap().is_some());
+
+        for (sort, stamp, descending) in [
+            ("", "created", true),
+            ("&sort=createdAt", "created", false),
+            ("&sort=-createdAt", "created", true),
+            ("&sort=-updatedAt", "updated", true),
+            ("&sort=updatedAt", "updated", false),
+        ] {
+            for filter in [String::new(), format!("&partition_id={}", a.id), "&status=AVAILABLE".into(),
+                format!("&partition_id={}&status=AVAILABLE", a.id)] {
+                let mut expected: Vec<&Key> = keys
+                    .iter()
+                    .filter(|k| !filter.contains("partition_id") || k.partition_id == a.id)
+                    .filter(|k| !filter.contains("status") || k.lifecycle.status() == KeyStatus::Available)
+                    .collect();
+                expected.sort_by_key(|k| (if stamp == "created" { k.created_at } else { k.updated_at }, k.id));
+                if descending {
+                    expected.reverse();
+                }
+                let n = expected.len();
+                assert!(n > 1200, "{n} keys match {filter:?}: enough for deep pages");
+                for skip in [1000, 1001, 1117, n / 2, n - 8, n - 1, n, n + 5] {
+                    let q = format!("skip={skip}&limit=7{sort}{filter}");
+                    let page = store.list_keys(&query::<KeyFilters>(&q)).unwrap();
+                    let want: Vec<Uuid> = expected.iter().skip(skip).take(7).map(|k| k.id).collect();
+                    let got: Vec<Uuid> = page.items.iter().map(|k| k.id).collect();
+                    assert_eq!(got, want, "{q}");
+                    assert_eq!(page.total as usize, n, "{q}");
+                }
+            }
+        }
+    }
+
     fn each_operation_is_claimed_by_exactly_one_worker(store: &Store, db: &TestDatabase) {
         let total = 60;
         for _ in 0..total {

@@ -8,6 +8,7 @@ use crate::codec::micros;
 use crate::db::{per_backend, MultiBackend};
 use crate::error::{Result, StoreError};
 use crate::models::{KeyRow, OperationRow};
+use crate::repo::key_pages::{counted_scope, seek, time_order, Stamp, SEEK_FROM};
 use crate::repo::order_by;
 use crate::schema::{key_counts, keys, operations};
 use crate::{Listed, Store};
@@ -96,12 +97,7 @@ fn sorted(
 /// filters are only partition and status (the lists clients page through
 /// most), else by counting.
 fn total(conn: &mut crate::db::DbConnection, f: &KeyFilters) -> Result<i64> {
-    let only_partition_and_status = KeyFilters {
-        partition_id: f.partition_id,
-        status: f.status,
-        ..KeyFilters::default()
-    } == *f;
-    if !only_partition_and_status {
+    if !counted_scope(f) {
         return Ok(filtered(f).count().get_result(conn)?);
     }
     let mut q = key_counts::table.select(key_counts::n).into_boxed();
@@ -257,13 +253,30 @@ impl Store {
         })
     }
 
-    /// A filtered, sorted page of keys and the total that match.
+    /// A filtered, sorted page of keys and the total that match, read in
+    /// one snapshot. A page deep in a list in timestamp order starts from
+    /// the bucket counts instead of walking the skipped rows
+    /// ([`key_pages`](super::key_pages)).
     pub fn list_keys(&self, query: &ListQuery<KeyFilters>) -> Result<Listed<Key>> {
-        self.read(|conn| {
+        self.read_snapshot(|conn| {
             let total = total(conn, &query.filters)?;
-            let items = sorted(filtered(&query.filters), query)
-                .offset(query.page.skip)
-                .limit(query.page.limit)
+            let page = sorted(filtered(&query.filters), query).limit(query.page.limit);
+            let page = match time_order(query).filter(|_| query.page.skip >= SEEK_FROM) {
+                None => page.offset(query.page.skip),
+                Some(order) => match seek(conn, &query.filters, order, query.page.skip)? {
+                    None => return Ok(Listed { total, items: Vec::new() }),
+                    Some((bound, skip_from_bound)) => {
+                        let page = match (order.stamp, order.direction) {
+                            (Stamp::Created, Direction::Descending) => page.filter(keys::created_at.lt(bound)),
+                            (Stamp::Created, Direction::Ascending) => page.filter(keys::created_at.ge(bound)),
+                            (Stamp::Updated, Direction::Descending) => page.filter(keys::updated_at.lt(bound)),
+                            (Stamp::Updated, Direction::Ascending) => page.filter(keys::updated_at.ge(bound)),
+                        };
+                        page.offset(skip_from_bound)
+                    }
+                },
+            };
+            let items = page
                 .select(KeyRow::as_select())
                 .load(conn)?
                 .into_iter()

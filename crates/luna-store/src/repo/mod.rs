@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod idempotency;
 pub mod jobs;
+mod key_pages;
 pub mod keys;
 pub mod operations;
 pub mod partitions;
