@@ -42,6 +42,6 @@ chaos:
     cargo build --release -p luna-server
     cargo run --release -p luna-server --example chaos
 
-# The API against the raw token (creates) and against its healthz (reads over 100,000 records).
+# The API against the raw token (creates) and against its healthz (reads over 1,000,000 records).
 bench-api:
     cargo bench -p luna-api --bench api

@@ -7,9 +7,10 @@
 //!    PostgreSQL; keys/s, the ratio API/raw, and POST p50/p99. Then creates on
 //!    a latency-bound token (`LatencyToken`: 2 ms an AES key, 200 ms an RSA
 //!    pair, any number at once) against the ceiling `concurrency / per call`.
-//! 2. Reads over 100,000 key records, on SQLite and PostgreSQL: GET by id and
-//!    a filtered, sorted list page at concurrency 8, beside healthz; req/s and
-//!    p50/p99 (targets: GET p99 < 10 ms, list p99 < 25 ms).
+//! 2. Reads over 1,000,000 key records, on SQLite and PostgreSQL: GET by id,
+//!    a filtered list sorted by `-updatedAt` skipping up to 10,000, and the
+//!    same skipping up to 100,000, at concurrency 8, beside healthz; req/s and
+//!    p50/p99 (targets: p99 < 10 ms for each).
 //!
 //! 3. Refresh of a partition of 10,000 objects against the raw cost of
 //!    enumerating and describing the same objects (target ≤ 1.5 × raw).
@@ -21,9 +22,10 @@
 //! refresh, replication (all by default).
 //!
 //! LUNA_BENCH_CREATES_ON limits the creates to some module/database pairs
-//! (a comma list, e.g. `openCryptoki/SQLite`).
+//! (a comma list, e.g. `openCryptoki/SQLite`); LUNA_BENCH_READS_ON the reads
+//! to `SQLite` or `PostgreSQL`.
 //!
-//! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (100000),
+//! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (1000000),
 //! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000),
 //! LUNA_BENCH_REPLICATED (1000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -318,7 +320,8 @@ fn row(what: &str, l: &Latencies) {
 }
 
 fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
-    let api = Api::start(db);
+    let url = db.url.clone();
+    let mut api = Api::start(db);
     let partition = api.partition("bench-read", 1);
     let partition_id = Uuid::parse_str(partition["id"].as_str().unwrap()).unwrap();
     let start = Instant::now();
@@ -330,6 +333,18 @@ fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
         "{name}: {n_records} key records inserted in {:.1} s",
         start.elapsed().as_secs_f64()
     );
+    // What autovacuum does after a bulk load, before the first read: without
+    // it PostgreSQL's index-only scans visit the heap for every row (no page
+    // is marked all-visible yet) and its plans use an empty table's statistics.
+    if url.starts_with("postgres") {
+        let vacuum = std::process::Command::new("psql")
+            .args([url.as_str(), "-qc", "VACUUM ANALYZE"])
+            .status()
+            .unwrap();
+        assert!(vacuum.success());
+    }
+    // A million rows take minutes to insert; the admin token lasts five.
+    api.log_in();
     let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
     let list =
         format!("/cckm/hsm/luna/keys?partition_id={partition_id}&status=AVAILABLE&sort=-updatedAt&limit=10");
@@ -342,21 +357,35 @@ fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
     let page = load(&api, requests, &|rng| {
         format!("{list}&skip={}", rng.gen_range(0..1000) * 10)
     });
+    let deep = load(&api, requests, &|rng| {
+        format!("{list}&skip={}", rng.gen_range(0..10_000) * 10)
+    });
     row("GET /healthz (the server's floor)", &health);
     row("GET /keys/{id}", &get);
     row("GET /keys?partition_id&status&sort=-updatedAt", &page);
-    println!(
-        "  targets: GET p99 < 10 ms: {}; list p99 < 25 ms: {}",
-        if get.p99 < Duration::from_millis(10) {
-            "met"
-        } else {
-            "NOT met"
-        },
-        if page.p99 < Duration::from_millis(25) {
+    // The same order spelt with a second key: no bucket counts serve it, so
+    // the index walks the skipped rows, as every deep page did before them.
+    let walked = load(&api, requests, &|rng| {
+        format!(
+            "{}&skip={}",
+            list.replace("-updatedAt", "-updatedAt,-id"),
+            rng.gen_range(0..10_000) * 10
+        )
+    });
+    row("  the same, skip up to 100,000", &deep);
+    row("  the same by walking (sort=-updatedAt,-id)", &walked);
+    let met = |l: &Latencies| {
+        if l.p99 < Duration::from_millis(10) {
             "met"
         } else {
             "NOT met"
         }
+    };
+    println!(
+        "  targets (p99 < 10 ms): GET {}; list {}; deep list {}",
+        met(&get),
+        met(&page),
+        met(&deep)
     );
 }
 
@@ -517,7 +546,7 @@ fn replication(n: usize) {
 
 fn main() {
     let creates_n = count("LUNA_BENCH_CREATES", 300);
-    let n_records = count("LUNA_BENCH_RECORDS", 100_000);
+    let n_records = count("LUNA_BENCH_RECORDS", 1_000_000);
     let requests = count("LUNA_BENCH_REQUESTS", 4000);
     println!(
         "luna-api benchmark ({} cores)",
@@ -551,8 +580,12 @@ fn main() {
         }
     }
 
-    if run("reads") {
+    // LUNA_BENCH_READS_ON: SQLite or PostgreSQL alone.
+    let reads_on = std::env::var("LUNA_BENCH_READS_ON").unwrap_or_default();
+    if run("reads") && reads_on != "PostgreSQL" {
         reads("SQLite", TestDatabase::sqlite().unwrap(), n_records, requests);
+    }
+    if run("reads") && reads_on != "SQLite" {
         reads(
             "PostgreSQL",
             TestDatabase::postgres().unwrap(),

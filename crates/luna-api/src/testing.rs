@@ -163,7 +163,13 @@ impl Api {
             store,
             _data: dir,
         };
-        let (status, body) = api.call(
+        api.log_in();
+        api
+    }
+
+    /// Logs in as the admin again, for a fresh `token` (it lasts 300 s).
+    pub fn log_in(&mut self) {
+        let (status, body) = self.call(
             "POST",
             "/auth/tokens",
             None,
@@ -173,8 +179,7 @@ impl Api {
             ),
         );
         assert_eq!(status, 200, "{body}");
-        api.token = body["jwt"].as_str().unwrap().to_owned();
-        api
+        self.token = body["jwt"].as_str().unwrap().to_owned();
     }
 
     /// Any request; `token: None` sends no Authorization header.

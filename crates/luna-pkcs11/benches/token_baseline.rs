@@ -2,7 +2,8 @@
 //! held against. `just bench-token`, or
 //! `cargo bench -p luna-pkcs11 --bench token_baseline`.
 //!
-//! Sizes: LUNA_BENCH_AES (default 500), LUNA_BENCH_RSA (16), LUNA_BENCH_OBJECTS (10000).
+//! Sizes: LUNA_BENCH_AES (default 500), LUNA_BENCH_RSA (16), LUNA_BENCH_OBJECTS (10000),
+//! LUNA_BENCH_MEMORY_KEYS (5000).
 //! SoftHSM2 fills a token slowly (every call walks the token's objects), so the
 //! big token is built once and kept under `target/tmp/bench-softhsm/`; later
 //! runs copy it. Delete that folder to rebuild it.
@@ -249,6 +250,33 @@ fn main() {
         "keys/s",
         "",
     );
+
+    // What the module itself keeps in memory for each key it holds: the
+    // floor under a service's growth while keys are made (scripts/memory-probe).
+    let memory_keys = count("LUNA_BENCH_MEMORY_KEYS", 5000);
+    let held = fresh(module, "bench-memory");
+    generate(&[&held], 1, 10, Mechanism::AesKeyGen, 256);
+    let before = resident_bytes();
+    generate(&[&held], 1, memory_keys, Mechanism::AesKeyGen, 256);
+    let grown = resident_bytes().saturating_sub(before);
+    line(
+        &format!("resident memory the module keeps per AES key (n={memory_keys})"),
+        grown as f64 / memory_keys as f64,
+        "bytes",
+        "",
+    );
+}
+
+/// This process's resident set (VmRSS), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
 }
 
 fn per_second(n: usize, took: Duration) -> f64 {

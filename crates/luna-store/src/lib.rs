@@ -139,18 +139,25 @@ impl Store {
     }
 
     /// Runs `work`'s reads in one snapshot: PostgreSQL's default isolation
-    /// gives each statement its own, so a count and the rows it places could
-    /// disagree.
+    /// gives each statement its own, so counts and the rows they place could
+    /// disagree. A read-only transaction, begun in one round trip.
     fn read_snapshot<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
-        use diesel::{Connection, RunQueryDsl};
+        type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
         let mut pooled = self.connection()?;
         let conn: &mut DbConnection = &mut pooled;
-        conn.transaction(|conn| {
-            if let DbConnection::Postgres(pg) = conn {
-                diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(pg)?;
-            }
-            work(conn)
-        })
+        match conn {
+            DbConnection::Sqlite(lite) => AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN")?,
+            DbConnection::Postgres(pg) => AnsiTransactionManager::begin_transaction_sql(
+                pg,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            )?,
+        }
+        let read = work(conn);
+        // Nothing was written: a rollback ends it as well as a commit would.
+        let ended = Transactions::rollback_transaction(conn);
+        let value = read?;
+        ended?;
+        Ok(value)
     }
 
     /// Runs `work` in one transaction, shared with the writes of this

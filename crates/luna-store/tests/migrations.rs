@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 /// Migrations written per dialect as a whole (PL/pgSQL functions against
 /// SQLite triggers), checked only for being present in both trees.
-const WRITTEN_PER_DIALECT: &[&str] = &["2026-11-28-000003_key_counts", "2026-12-06-000008_key_time_counts"];
+const WRITTEN_PER_DIALECT: &[&str] = &[
+    "2026-11-28-000003_key_counts",
+    "2026-12-06-000008_key_time_counts",
+];
 
 /// Type names that differ, PostgreSQL's → SQLite's.
 const TYPE_NAMES: &[(&str, &str)] = &[("BYTEA", "BLOB")];

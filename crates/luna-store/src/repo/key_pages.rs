@@ -96,12 +96,21 @@ pub(crate) fn time_order(query: &ListQuery<KeyFilters>) -> Option<TimeOrder> {
     }
 }
 
-/// Where a page that skips `skip` rows starts: every row before the
-/// returned bound in the list's order (a timestamp greater than or equal to
-/// it when descending, less than it when ascending) is among the skipped,
-/// and the page is the rows from the bound on after passing over the second
-/// number. `None` when fewer than `skip + 1` keys match.
-pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, skip: i64) -> Result<Option<(i64, i64)>> {
+/// Where a page that skips `skip` rows starts, and how many keys match.
+pub(crate) struct Placed {
+    /// Every matching key: the sum of the coarsest buckets.
+    pub total: i64,
+    /// `(bound, skip_from_bound)`: every row before `bound` in the list's
+    /// order (a timestamp greater than or equal to it when descending, less
+    /// than it when ascending) is among the skipped, and the page is the rows
+    /// from `bound` on after passing over `skip_from_bound` of them. `None`
+    /// when no more than `skip` keys match.
+    pub start: Option<(i64, i64)>,
+}
+
+/// Places the page that skips `skip` rows of a list in `order`.
+pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, skip: i64) -> Result<Placed> {
+    let mut total = None;
     let mut remaining = skip;
     // The range of buckets, at the level being summed, inside the bucket
     // found at the level above; everything at the top.
@@ -130,6 +139,7 @@ pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, sk
         // Without a partition or status filter a bucket has a row per
         // (partition, status); they come together, in bucket order.
         let counts: Vec<(i64, i64)> = q.load(conn)?;
+        let total = *total.get_or_insert_with(|| counts.iter().map(|&(_, n)| n).sum());
         let mut holding = None;
         let mut i = 0;
         while i < counts.len() {
@@ -146,7 +156,7 @@ pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, sk
             remaining -= n;
         }
         let Some(bucket) = holding else {
-            return Ok(None);
+            return Ok(Placed { total, start: None });
         };
         found = bucket;
         if level > 0 {
@@ -158,5 +168,8 @@ pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, sk
         Direction::Descending => (found + 1) << LEVEL_SHIFTS[0],
         Direction::Ascending => found << LEVEL_SHIFTS[0],
     };
-    Ok(Some((bound, remaining)))
+    Ok(Placed {
+        total: total.unwrap_or(0),
+        start: Some((bound, remaining)),
+    })
 }

@@ -111,6 +111,10 @@ fn total(conn: &mut crate::db::DbConnection, f: &KeyFilters) -> Result<i64> {
     Ok(q.load::<i64>(conn)?.into_iter().sum())
 }
 
+fn into_keys(rows: Vec<KeyRow>) -> Result<Vec<Key>> {
+    rows.into_iter().map(KeyRow::into_domain).collect()
+}
+
 fn load(conn: &mut crate::db::DbConnection, id: Uuid) -> Result<Option<Key>> {
     keys::table
         .find(id.to_string())
@@ -253,36 +257,47 @@ impl Store {
         })
     }
 
-    /// A filtered, sorted page of keys and the total that match, read in
-    /// one snapshot. A page deep in a list in timestamp order starts from
-    /// the bucket counts instead of walking the skipped rows
-    /// ([`key_pages`](super::key_pages)).
+    /// A filtered, sorted page of keys and the total that match. A page
+    /// deep in a list in timestamp order is placed from the bucket counts
+    /// instead of walking the skipped rows ([`key_pages`](super::key_pages)),
+    /// the counts and the rows read in one snapshot.
     pub fn list_keys(&self, query: &ListQuery<KeyFilters>) -> Result<Listed<Key>> {
+        let page = sorted(filtered(&query.filters), query).limit(query.page.limit);
+        let Some(order) = time_order(query).filter(|_| query.page.skip >= SEEK_FROM) else {
+            return self.read(|conn| {
+                let total = total(conn, &query.filters)?;
+                let items = page
+                    .offset(query.page.skip)
+                    .select(KeyRow::as_select())
+                    .load(conn)?;
+                Ok(Listed {
+                    total,
+                    items: into_keys(items)?,
+                })
+            });
+        };
         self.read_snapshot(|conn| {
-            let total = total(conn, &query.filters)?;
-            let page = sorted(filtered(&query.filters), query).limit(query.page.limit);
-            let page = match time_order(query).filter(|_| query.page.skip >= SEEK_FROM) {
-                None => page.offset(query.page.skip),
-                Some(order) => match seek(conn, &query.filters, order, query.page.skip)? {
-                    None => return Ok(Listed { total, items: Vec::new() }),
-                    Some((bound, skip_from_bound)) => {
-                        let page = match (order.stamp, order.direction) {
-                            (Stamp::Created, Direction::Descending) => page.filter(keys::created_at.lt(bound)),
-                            (Stamp::Created, Direction::Ascending) => page.filter(keys::created_at.ge(bound)),
-                            (Stamp::Updated, Direction::Descending) => page.filter(keys::updated_at.lt(bound)),
-                            (Stamp::Updated, Direction::Ascending) => page.filter(keys::updated_at.ge(bound)),
-                        };
-                        page.offset(skip_from_bound)
-                    }
-                },
+            let placed = seek(conn, &query.filters, order, query.page.skip)?;
+            let Some((bound, skip_from_bound)) = placed.start else {
+                return Ok(Listed {
+                    total: placed.total,
+                    items: Vec::new(),
+                });
+            };
+            let page = match (order.stamp, order.direction) {
+                (Stamp::Created, Direction::Descending) => page.filter(keys::created_at.lt(bound)),
+                (Stamp::Created, Direction::Ascending) => page.filter(keys::created_at.ge(bound)),
+                (Stamp::Updated, Direction::Descending) => page.filter(keys::updated_at.lt(bound)),
+                (Stamp::Updated, Direction::Ascending) => page.filter(keys::updated_at.ge(bound)),
             };
             let items = page
+                .offset(skip_from_bound)
                 .select(KeyRow::as_select())
-                .load(conn)?
-                .into_iter()
-                .map(KeyRow::into_domain)
-                .collect::<Result<_>>()?;
-            Ok(Listed { total, items })
+                .load(conn)?;
+            Ok(Listed {
+                total: placed.total,
+                items: into_keys(items)?,
+            })
         })
     }
 
