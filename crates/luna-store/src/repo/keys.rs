@@ -259,7 +259,7 @@ impl Store {
 
     /// A filtered, sorted page of keys and the total that match. A page
     /// deep in a list in timestamp order is placed from the bucket counts
-    /// instead of walking the skipped rows ([`key_pages`](super::key_pages)),
+    /// instead of walking the skipped rows (`repo/key_pages.rs`),
     /// the counts and the rows read in one snapshot.
     pub fn list_keys(&self, query: &ListQuery<KeyFilters>) -> Result<Listed<Key>> {
         let page = sorted(filtered(&query.filters), query).limit(query.page.limit);
