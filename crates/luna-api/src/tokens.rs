@@ -265,14 +265,18 @@ impl TokenRegistry {
         (described, away)
     }
 
-    /// Every open token and whether it answers.
-    pub fn watched(&self) -> Vec<WatchedToken> {
-        let open: Vec<((Uuid, String), Arc<dyn Token>)> = self
-            .open
+    /// The open tokens, copied out of the lock (calls on them may block).
+    fn open_tokens(&self) -> Vec<((Uuid, String), Arc<dyn Token>)> {
+        self.open
             .lock()
             .iter()
             .map(|(k, t)| (k.clone(), Arc::clone(t)))
-            .collect();
+            .collect()
+    }
+
+    /// Every open token and whether it answers.
+    pub fn watched(&self) -> Vec<WatchedToken> {
+        let open = self.open_tokens();
         let mut watched: Vec<WatchedToken> = open
             .into_iter()
             .map(|((connection, serial_number), token)| WatchedToken {
@@ -309,12 +313,7 @@ impl TokenRegistry {
         let mut last_look: HashMap<(Uuid, String), Instant> = HashMap::new();
         loop {
             tokio::time::sleep(tick).await;
-            let open: Vec<((Uuid, String), Arc<dyn Token>)> = self
-                .open
-                .lock()
-                .iter()
-                .map(|(k, t)| (k.clone(), Arc::clone(t)))
-                .collect();
+            let open = self.open_tokens();
             last_look.retain(|key, _| open.iter().any(|(k, _)| k == key));
             let absent: Vec<((Uuid, String), String)> = self
                 .absent
