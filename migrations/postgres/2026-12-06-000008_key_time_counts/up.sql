@@ -4,7 +4,12 @@
 -- change of a key row. A deep page (`skip` in the thousands) of a list sorted
 -- by a timestamp finds the bucket its first row is in by summing a few
 -- hundred counts, level by level, then seeks into the index from there:
--- it never walks the skipped rows.
+-- it walks only the rows of the 1-second bucket before the page.
+-- Instances still on the previous version may be writing keys: none may
+-- commit between the backfill below and the triggers (it would never be
+-- counted). Held until this migration's transaction ends.
+LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE key_time_levels (
     level SMALLINT PRIMARY KEY NOT NULL,
     shift SMALLINT NOT NULL
@@ -40,6 +45,12 @@ BEGIN
                 SELECT 0, level, OLD.created_at >> shift, OLD.partition_id, OLD.status FROM key_time_levels
                 UNION ALL
                 SELECT 1, level, OLD.updated_at >> shift, OLD.partition_id, OLD.status FROM key_time_levels);
+        -- A bucket left empty goes, or the table would keep a row for
+        -- every second that ever had a write.
+        DELETE FROM key_time_counts WHERE n = 0 AND (field, level, bucket, partition_id, status) IN (
+            SELECT 0, level, OLD.created_at >> shift, OLD.partition_id, OLD.status FROM key_time_levels
+            UNION ALL
+            SELECT 1, level, OLD.updated_at >> shift, OLD.partition_id, OLD.status FROM key_time_levels);
     END IF;
     IF TG_OP IN ('UPDATE', 'INSERT') THEN
         INSERT INTO key_time_counts (field, level, bucket, partition_id, status, n)
