@@ -120,7 +120,8 @@ impl Runner {
     /// A job runs on an instance whose module lists, for each partition it
     /// has yet to do, at least one member's token; another instance's may
     /// (`Failure::NotHere`). A member missing beside listed ones is read as
-    /// unreachable, as before.
+    /// unreachable, as before, and so is one this module listed before (it
+    /// is away: the run waits for it).
     fn sees_every_token(&self, job: &Job) -> Result<(), Failure> {
         for partition_id in &job.partitions {
             let done = job
@@ -140,6 +141,12 @@ impl Runner {
                     .module()
                     .describe_token(&member.partition_label, Some(&member.serial_number));
                 if let Err(e @ luna_pkcs11::TokenError::TokenNotFound { .. }) = listed {
+                    // Listed before in this process: away, not unknown here;
+                    // the partition's run waits for it.
+                    let module = self.tokens.module();
+                    if module.has_listed(&member.partition_label, &member.serial_number) {
+                        continue;
+                    }
                     missing.push(format!(
                         "partition {:?} (serial {}) is not listed by this instance's module: {e}",
                         member.partition_label, member.serial_number
