@@ -141,16 +141,10 @@ pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, sk
         let counts: Vec<(i64, i64)> = q.load(conn)?;
         let total = *total.get_or_insert_with(|| counts.iter().map(|&(_, n)| n).sum());
         let mut holding = None;
-        let mut i = 0;
-        while i < counts.len() {
-            let bucket = counts[i].0;
-            let mut n = 0;
-            while i < counts.len() && counts[i].0 == bucket {
-                n += counts[i].1;
-                i += 1;
-            }
+        for rows in counts.chunk_by(|a, b| a.0 == b.0) {
+            let n: i64 = rows.iter().map(|&(_, n)| n).sum();
             if remaining < n {
-                holding = Some(bucket);
+                holding = Some(rows[0].0);
                 break;
             }
             remaining -= n;

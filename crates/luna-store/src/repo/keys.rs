@@ -304,13 +304,11 @@ impl Store {
     /// Every record of a partition (refresh compares them with the tokens).
     pub fn keys_of_partition(&self, partition_id: Uuid) -> Result<Vec<Key>> {
         self.read(|conn| {
-            keys::table
+            let rows = keys::table
                 .filter(keys::partition_id.eq(partition_id.to_string()))
                 .select(KeyRow::as_select())
-                .load(conn)?
-                .into_iter()
-                .map(KeyRow::into_domain)
-                .collect()
+                .load(conn)?;
+            into_keys(rows)
         })
     }
 
