@@ -79,11 +79,8 @@ impl Module {
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
             let (slot, _) = self.find_slot(&member.partition_label, Some(&member.serial_number))?;
-            let session = self
-                .context
-                .open_rw_session(slot)
-                .map_err(call("C_OpenSession"))?;
-            match session.login(UserType::So, Some(so_pin)) {
+            let session = self.open_session(slot)?;
+            match self.login_as(&session, UserType::So, so_pin) {
                 Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
                 Err(CryptokiError::Pkcs11(RvError::UserAnotherAlreadyLoggedIn, _)) => {
                     return Err(TokenError::UserSessionOpen {

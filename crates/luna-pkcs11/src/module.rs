@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
 use crate::gate::{Entered, Gate};
-use crate::pool::SessionPool;
+use crate::pool::{ModuleSession, SessionPool};
 use crate::token::Pkcs11Token;
 use crate::token_info::TokenInfoReader;
 use crate::TokenInfo;
@@ -34,6 +34,9 @@ pub struct Module {
     pub(crate) context: Pkcs11,
     /// `C_InitToken` takes "the" free slot; two threads must not race for it.
     provisioning: Mutex<()>,
+    /// Held by every `C_Login`, `C_Logout` and `C_CloseSession` (see
+    /// `ModuleSession` for the crash it prevents).
+    login_state: Arc<Mutex<()>>,
     /// Token (label, serial) → digest of the PIN that last passed `C_Login`
     /// there. Login is per application, so once one session is logged in
     /// `C_Login` answers `CKR_USER_ALREADY_LOGGED_IN` whatever PIN it is
@@ -154,6 +157,7 @@ impl Module {
             path: key.clone(),
             context,
             provisioning: Mutex::new(()),
+            login_state: Arc::default(),
             proven_pins: Mutex::new(HashMap::new()),
             token_info,
             gate: Gate::default(),
@@ -434,6 +438,27 @@ impl Module {
         Pkcs11Token::open(Arc::clone(self), slot, info, pin)
     }
 
+    /// A read-write session on the token in `slot`, whose close takes the
+    /// module's login lock.
+    pub(crate) fn open_session(&self, slot: Slot) -> Result<ModuleSession> {
+        let session = self
+            .context
+            .open_rw_session(slot)
+            .map_err(call("C_OpenSession"))?;
+        Ok(ModuleSession::new(session, Arc::clone(&self.login_state)))
+    }
+
+    /// `C_Login` as `user_type`, under the module's login lock.
+    pub(crate) fn login_as(
+        &self,
+        session: &Session,
+        user_type: UserType,
+        pin: &SecretString,
+    ) -> cryptoki::error::Result<()> {
+        let _one_at_a_time = self.login_state.lock();
+        session.login(user_type, Some(pin))
+    }
+
     /// Logs the user in on `session`, proving `pin` even when the application
     /// is already logged in to the token.
     pub(crate) fn login(
@@ -445,6 +470,7 @@ impl Module {
     ) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(pin.expose_secret().as_bytes()).into();
         let token_key = (label.to_owned(), serial.to_owned());
+        let _one_at_a_time = self.login_state.lock();
         let mut proven = self.proven_pins.lock();
         match session.login(UserType::User, Some(pin)) {
             Ok(()) => {
@@ -502,12 +528,8 @@ impl Module {
             .map_err(call("C_InitToken"))?;
         // SoftHSM2 renumbers a slot once its token is initialised: find it again.
         let (slot, summary) = self.find_slot(label, None)?;
-        let session = self
-            .context
-            .open_rw_session(slot)
-            .map_err(call("C_OpenSession"))?;
-        session
-            .login(UserType::So, Some(&so_pin))
+        let session = self.open_session(slot)?;
+        self.login_as(&session, UserType::So, &so_pin)
             .map_err(call("C_Login"))?;
         session.init_pin(user_pin).map_err(call("C_InitPIN"))?;
         session.logout().map_err(call("C_Logout"))?;

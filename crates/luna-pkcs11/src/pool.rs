@@ -1,6 +1,7 @@
 //! The idle, logged-in sessions of one token, and the loan of one to a call.
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use cryptoki::session::Session;
 use parking_lot::Mutex;
@@ -12,18 +13,18 @@ const MAX_IDLE_SESSIONS: usize = 16;
 /// on loan to exactly one call, never both: a worker holds one at a time.
 #[derive(Debug, Default)]
 pub(crate) struct SessionPool {
-    idle: Mutex<Vec<Session>>,
+    idle: Mutex<Vec<ModuleSession>>,
 }
 
 impl SessionPool {
     /// An idle session, if one is left; the caller opens one otherwise.
-    pub(crate) fn take(&self) -> Option<Session> {
+    pub(crate) fn take(&self) -> Option<ModuleSession> {
         self.idle.lock().pop()
     }
 
     /// Lends `session` to a call; it comes back here when the loan ends,
     /// unless the call found it broken (`PooledSession::discard`).
-    pub(crate) fn lend(&self, session: Session) -> PooledSession<'_> {
+    pub(crate) fn lend(&self, session: ModuleSession) -> PooledSession<'_> {
         PooledSession {
             pool: self,
             session: Some(session),
@@ -38,7 +39,7 @@ impl SessionPool {
     }
 
     /// Keeps `session` for a later call (closes it if enough are idle).
-    pub(crate) fn put_back(&self, session: Session) {
+    pub(crate) fn put_back(&self, session: ModuleSession) {
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE_SESSIONS {
             idle.push(session);
@@ -49,7 +50,7 @@ impl SessionPool {
 /// A session on loan from the pool; it goes back on drop unless it broke.
 pub(crate) struct PooledSession<'a> {
     pool: &'a SessionPool,
-    session: Option<Session>,
+    session: Option<ModuleSession>,
 }
 
 impl Deref for PooledSession<'_> {
@@ -58,7 +59,7 @@ impl Deref for PooledSession<'_> {
     fn deref(&self) -> &Session {
         // `session` is only taken in `discard` or `drop`, both of which consume the guard.
         match &self.session {
-            Some(session) => session,
+            Some(session) => session.as_session(),
             None => unreachable!("a pooled session is present until the guard is consumed"),
         }
     }
@@ -76,5 +77,57 @@ impl Drop for PooledSession<'_> {
         if let Some(session) = self.session.take() {
             self.pool.put_back(session);
         }
+    }
+}
+
+/// A session of a module whose end (`C_CloseSession`, on drop) and logout
+/// take the module's login lock (`Module::login_state`): openCryptoki 3.8
+/// keeps one login for all its slots and, when a session logs out or a
+/// token's last session closes, purges the private objects it holds in
+/// memory without a lock of its own. Two threads doing so at once corrupt
+/// its heap: the API benchmark died in `dlist_remove_node`, one thread
+/// closing a dropped server's sessions while another logged out to
+/// provision a token. Logins and closes are rare (sessions are pooled), so
+/// serialising them costs no module anything.
+#[derive(Debug)]
+pub(crate) struct ModuleSession {
+    session: Option<Session>,
+    login_state: Arc<Mutex<()>>,
+}
+
+impl ModuleSession {
+    pub(crate) fn new(session: Session, login_state: Arc<Mutex<()>>) -> ModuleSession {
+        ModuleSession {
+            session: Some(session),
+            login_state,
+        }
+    }
+
+    pub(crate) fn as_session(&self) -> &Session {
+        match &self.session {
+            Some(session) => session,
+            None => unreachable!("a module session is present until it is dropped"),
+        }
+    }
+
+    /// `C_Logout`, under the module's login lock.
+    pub(crate) fn logout(&self) -> cryptoki::error::Result<()> {
+        let _one_at_a_time = self.login_state.lock();
+        self.as_session().logout()
+    }
+}
+
+impl Deref for ModuleSession {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        self.as_session()
+    }
+}
+
+impl Drop for ModuleSession {
+    fn drop(&mut self) {
+        let _one_at_a_time = self.login_state.lock();
+        drop(self.session.take());
     }
 }

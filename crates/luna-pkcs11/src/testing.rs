@@ -517,8 +517,7 @@ fn provision_opencryptoki(slot: Slot, label: &str) {
     // A login left by an earlier test (openCryptoki 3.8 shares one among its
     // slots) would keep the SO out.
     let session = opencryptoki()
-        .context
-        .open_ro_session(slot)
+        .open_session(slot)
         .expect("a session on an openCryptoki test token");
     match session.logout() {
         Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserNotLoggedIn, _)) => {}

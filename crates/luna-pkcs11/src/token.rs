@@ -21,7 +21,7 @@ use crate::error::{call, Result, TokenError};
 use crate::health::{Health, Reachability};
 use crate::module::Module;
 use crate::object::{self, ObjectDescription, ObjectRef};
-use crate::pool::{PooledSession, SessionPool};
+use crate::pool::{ModuleSession, PooledSession, SessionPool};
 use crate::{mechanisms, templates};
 use crate::{GenerateRequest, Generated, Portable, ScanOutcome, Token, TokenInfo, TransportOffer};
 
@@ -103,10 +103,7 @@ impl Pkcs11Token {
     pub(crate) fn open(module: Arc<Module>, slot: Slot, info: TokenInfo, pin: SecretString) -> Result<Self> {
         let _call = module.enter();
         // Proves the PIN now rather than at the first key operation.
-        let session = module
-            .context
-            .open_rw_session(slot)
-            .map_err(call("C_OpenSession"))?;
+        let session = module.open_session(slot)?;
         module.login(&session, &info.label, &info.serial_number, &pin)?;
         let sessions = Arc::new(SessionPool::default());
         module.track(&sessions);
@@ -140,12 +137,8 @@ impl Pkcs11Token {
 
     /// A new session on the token, logged in (the PIN proven again if the
     /// module says some session is logged in already).
-    fn fresh_session(&self) -> Result<Session> {
-        let session = self
-            .module
-            .context
-            .open_rw_session(self.slot()?)
-            .map_err(call("C_OpenSession"))?;
+    fn fresh_session(&self) -> Result<ModuleSession> {
+        let session = self.module.open_session(self.slot()?)?;
         self.module
             .login(&session, &self.info.label, &self.info.serial_number, &self.pin)?;
         Ok(session)

@@ -557,6 +557,40 @@ fn pkcs11_tool_sees_the_generated_keys(m: TestModule) {
 }
 }
 
+/// Tokens opened and closed on several threads at once (a server dropping a
+/// partition's sessions while another partition logs in, or a token is
+/// provisioned beside it). openCryptoki 3.8 purges its shared login's
+/// objects, unlocked, whenever a token's last session closes or a session
+/// logs out: unserialised, two at once corrupted its heap and killed the
+/// process (`dlist_remove_node`, seen in the API benchmark).
+#[test]
+fn sessions_of_two_tokens_can_open_and_close_on_many_threads_at_once() {
+    let m = TestModule::OpenCryptoki;
+    let tokens = m.fresh_tokens("session-churn", 2);
+    // Each PIN proven alone first: with the shared login, a token's first
+    // login beside another's cannot prove its PIN (the test above).
+    for token in &tokens {
+        drop(token.open());
+    }
+    let stop_at = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        for token in &tokens {
+            for _ in 0..2 {
+                scope.spawn(move || {
+                    let mut rounds = 0;
+                    while std::time::Instant::now() < stop_at {
+                        let opened = token.open();
+                        assert!(opened.find_by_id(b"none").unwrap().is_empty());
+                        drop(opened);
+                        rounds += 1;
+                    }
+                    assert!(rounds > 0);
+                });
+            }
+        }
+    });
+}
+
 /// openCryptoki 3.8 keeps one login for all its soft-token slots in a
 /// process: once one token is open, a second answers C_Login with
 /// CKR_USER_ALREADY_LOGGED_IN whatever the PIN. The service cannot prove the
