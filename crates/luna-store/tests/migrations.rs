@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const WRITTEN_PER_DIALECT: &[&str] = &[
     "2026-11-28-000003_key_counts",
     "2026-12-06-000008_key_time_counts",
+    "2026-12-06-000009_key_time_counts_by_key",
 ];
 
 /// Type names that differ, PostgreSQL's → SQLite's.
