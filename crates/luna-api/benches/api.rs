@@ -27,7 +27,8 @@
 //!
 //! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (1000000),
 //! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000),
-//! LUNA_BENCH_REPLICATED (1000).
+//! LUNA_BENCH_REPLICATED (1000); LUNA_BENCH_CONCURRENCY runs the creates at
+//! one concurrency alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -152,7 +153,11 @@ fn api_creates(
 /// for the raw rate).
 fn creates(module: TestModule, database: &str, n: usize) {
     println!("creates of {n} AES-256 keys on {module}, {database}, until AVAILABLE:");
-    for concurrency in [1, 2, 8, 32] {
+    // LUNA_BENCH_CONCURRENCY: one concurrency alone (for a profile of it).
+    let only: Option<usize> = std::env::var("LUNA_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|c| c.parse().ok());
+    for concurrency in [1, 2, 8, 32].into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
         let raw = raw_creates(module, n, concurrency);
         // A token of its own for each run (openCryptoki lends one at a
         // time), held until the server that uses it has stopped.

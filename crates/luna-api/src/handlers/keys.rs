@@ -163,11 +163,17 @@ pub async fn create(
         if let Some(audit) = &audit {
             audit.written();
         }
-        Ok((keys, op, reserved))
+        Ok((keys, op, reserved.map(|r| (r, partition))))
     })
     .await?;
     match reserved {
-        Some(reserved) => reserved.hand(op),
+        Some((reserved, partition)) => reserved.hand(
+            op,
+            crate::runner::Accepted {
+                keys: keys.clone(),
+                partition,
+            },
+        ),
         None => state.work.notify_one(),
     }
     Ok(HttpResponse::Created().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))

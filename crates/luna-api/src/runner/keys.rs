@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::failure::{Failure, Outcome};
 use super::transfer::{transfer, TransferRefused};
-use super::Runner;
+use super::{Accepted, Runner};
 
 /// A member token and the key's object on it.
 pub(super) type Found = (Arc<dyn luna_pkcs11::Token>, ObjectDescription);
@@ -39,9 +39,21 @@ impl Runner {
         Ok((keys, partition))
     }
 
-    pub(super) fn create(&self, op: &Operation, key_id: Uuid, public_key_id: Option<Uuid>) -> Outcome {
+    pub(super) fn create(
+        &self,
+        op: &Operation,
+        key_id: Uuid,
+        public_key_id: Option<Uuid>,
+        accepted: Option<Accepted>,
+    ) -> Outcome {
         let ids: Vec<Uuid> = std::iter::once(key_id).chain(public_key_id).collect();
-        let (mut keys, partition) = self.load(&ids)?;
+        // A retry, or an operation claimed from the queue, reads what is stored.
+        let (mut keys, partition) = match accepted {
+            Some(accepted) if accepted.keys.iter().map(|k| k.id).eq(ids.iter().copied()) => {
+                (accepted.keys, accepted.partition)
+            }
+            _ => self.load(&ids)?,
+        };
         let remap = crate::registry::remaps_rsa_mechanisms(&self.store, partition.connection_id)
             .map_err(Failure::store("the connection record could not be read"))?;
         let first = partition.members.first().ok_or("the partition has no members")?;

@@ -166,9 +166,19 @@ pub struct Runner {
     /// No claim before then: an operation was passed on (see `jittered`).
     pause_until: Mutex<Option<Instant>>,
     /// Operations a request claimed for this instance as it accepted them
-    /// (`reserve`), on their way to the dispatcher.
-    handed: tokio::sync::mpsc::UnboundedSender<Operation>,
-    handed_to: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Operation>>>,
+    /// (`reserve`), with the records it wrote, on their way to the dispatcher.
+    handed: tokio::sync::mpsc::UnboundedSender<(Operation, Accepted)>,
+    handed_to: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Operation, Accepted)>>>,
+}
+
+/// The records a create's request wrote in the transaction that claimed its
+/// operation: the runner starts from them instead of reading them back. No
+/// one else changes them meanwhile (a busy key is neither forgotten nor
+/// refreshed, and its outcome is written only under the claim's lease).
+#[derive(Debug)]
+pub struct Accepted {
+    pub keys: Vec<Key>,
+    pub partition: luna_domain::Partition,
 }
 
 /// Room in this instance held for an operation a request is about to
@@ -189,10 +199,11 @@ impl Reserved {
         op.claim(&self.lease, now, now + self.runner.settings.lease)
     }
 
-    /// Runs `op` (claimed with `claim`, and committed), in the room held for it.
-    pub fn hand(mut self, mut op: Operation) {
+    /// Runs `op` (claimed with `claim`, and committed with `accepted`), in
+    /// the room held for it.
+    pub fn hand(mut self, mut op: Operation, accepted: Accepted) {
         op.partition_id = self.partition;
-        self.handed = self.runner.handed.send(op).is_ok();
+        self.handed = self.runner.handed.send((op, accepted)).is_ok();
     }
 }
 
@@ -358,13 +369,18 @@ impl Runner {
     }
 
     /// Runs `op` (already counted) as a task of its own.
-    fn launch(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>, op: Operation) {
+    fn launch(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        op: Operation,
+        accepted: Option<Accepted>,
+    ) {
         let slot = Slot {
             runner: Arc::clone(self),
             partition: op.partition_id,
             token_work_over: AtomicBool::new(false),
         };
-        tasks.spawn(Arc::clone(self).run(op, slot));
+        tasks.spawn(Arc::clone(self).run(op, accepted, slot));
     }
 
     /// Claims what there is room for and runs each claimed operation (and
@@ -377,8 +393,8 @@ impl Runner {
         };
         while !self.stopping.load(Ordering::SeqCst) {
             while tasks.try_join_next().is_some() {}
-            while let Ok(op) = handed.try_recv() {
-                self.launch(&mut tasks, op);
+            while let Ok((op, accepted)) = handed.try_recv() {
+                self.launch(&mut tasks, op, Some(accepted));
             }
             let paused = self
                 .pause_until
@@ -422,12 +438,12 @@ impl Runner {
                     for op in ops {
                         *self.in_flight.lock().entry(op.partition_id).or_default() += 1;
                         self.running.fetch_add(1, Ordering::SeqCst);
-                        self.launch(&mut tasks, op);
+                        self.launch(&mut tasks, op, None);
                     }
                 }
                 Ok(Ok(_)) => {
                     tokio::select! {
-                        Some(op) = handed.recv() => self.launch(&mut tasks, op),
+                        Some((op, accepted)) = handed.recv() => self.launch(&mut tasks, op, Some(accepted)),
                         _ = self.work.notified() => {}
                         _ = self.ended.notified() => {}
                         _ = self.stop.notified() => {}
@@ -444,7 +460,7 @@ impl Runner {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn run(self: Arc<Self>, op: Operation, slot: Slot) {
+    async fn run(self: Arc<Self>, op: Operation, accepted: Option<Accepted>, slot: Slot) {
         let id = op.id;
         let lease = op.lease_owner().unwrap_or_default().to_owned();
         let started = Instant::now();
@@ -462,7 +478,7 @@ impl Runner {
         let me = Arc::clone(&self);
         let finished = tokio::task::spawn_blocking(move || {
             let _ = thread.set(std::thread::current().id());
-            me.execute(op, &|| slot.token_work_ended())
+            me.execute(op, accepted, &|| slot.token_work_ended())
         })
         .await;
         if let Some(renewer) = renewer {
@@ -584,7 +600,12 @@ impl Runner {
     /// Runs one operation on the blocking pool and records its outcome.
     /// `token_work_ended` is called once the token calls are over, before
     /// the outcome is written.
-    fn execute(&self, op: Operation, token_work_ended: &dyn Fn()) -> luna_store::Result<Done> {
+    fn execute(
+        &self,
+        op: Operation,
+        accepted: Option<Accepted>,
+        token_work_ended: &dyn Fn(),
+    ) -> luna_store::Result<Done> {
         let span = tracing::info_span!("operation", id = %op.id, kind = op.payload.kind_name(), attempt = op.attempts());
         let _entered = span.enter();
         // Every write of this attempt's outcome is conditional on the lease it claimed.
@@ -593,7 +614,7 @@ impl Runner {
             OperationPayload::CreateKey {
                 key_id,
                 public_key_id,
-            } => self.create(&op, *key_id, *public_key_id),
+            } => self.create(&op, *key_id, *public_key_id, accepted),
             OperationPayload::UpdateKey { key_id, changes } => self.update(*key_id, changes),
             OperationPayload::ReplicateKey { key_id } => self.replicate(*key_id),
             OperationPayload::DestroyKey { key_id } => self.destroy(*key_id),
