@@ -13,27 +13,59 @@ use crate::models::{KeyRow, OperationRow};
 use crate::schema::{keys, operations};
 use crate::Store;
 
-/// The oldest operation a worker may take at `now`: queued, or running under
-/// a lease that ran out (its worker died), and not out of attempts.
+/// Operations a worker may take, not out of attempts and not of a partition
+/// in `full_partitions`, that are in `state`, oldest first, with their ages.
+/// Claims read the queued ones and the running ones whose lease ran out
+/// (their worker died, or their retry is due) apart, each in the order of an
+/// index and stopped at its first row: one query with an OR read every
+/// queued and every running row and sorted them, inside the write
+/// transaction, so that each claim cost as much as the backlog was long.
 macro_rules! claimable {
-    ($now:expr, $full_partitions:expr) => {
+    ($state:expr, $full_partitions:expr) => {
         operations::table
-            .select(operations::id)
+            .select((operations::id, operations::created_at))
+            .filter(operations::state.eq($state.as_str()))
             .filter(operations::attempts.lt(MAX_ATTEMPTS as i32))
             .filter(
                 operations::partition_id
                     .is_null()
                     .or(operations::partition_id.ne_all($full_partitions.clone())),
             )
-            .filter(
-                operations::state
-                    .eq(OperationState::Queued.as_str())
-                    .or(operations::state
-                        .eq(OperationState::Running.as_str())
-                        .and(operations::lease_expires_at.le($now))),
-            )
             .order((operations::created_at.asc(), operations::id.asc()))
     };
+}
+
+/// The first row of a `claimable!` query; on PostgreSQL locked, skipping rows
+/// another instance's claim holds. SQLite has no row locks; this process's
+/// one writer and the claim's compare-and-set make the claim atomic.
+macro_rules! first_claimable {
+    ($conn:expr, $query:expr) => {
+        match $conn {
+            DbConnection::Postgres(pg) => $query
+                .for_update()
+                .skip_locked()
+                .first::<(String, i64)>(pg)
+                .optional()?,
+            DbConnection::Sqlite(lite) => $query.first::<(String, i64)>(lite).optional()?,
+        }
+    };
+}
+
+/// The id of the oldest operation a worker may take at `now` (see `claimable!`).
+fn oldest_claimable(
+    conn: &mut DbConnection,
+    now_us: i64,
+    full_partitions: &[String],
+) -> Result<Option<String>> {
+    let queued = first_claimable!(conn, claimable!(OperationState::Queued, full_partitions));
+    let lapsed = first_claimable!(
+        conn,
+        claimable!(OperationState::Running, full_partitions).filter(operations::lease_expires_at.le(now_us))
+    );
+    Ok(match (queued, lapsed) {
+        (Some(q), Some(l)) => Some(if (l.1, &l.0) < (q.1, &q.0) { l.0 } else { q.0 }),
+        (q, l) => q.or(l).map(|(id, _)| id),
+    })
 }
 
 fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
@@ -172,18 +204,9 @@ impl Store {
                 // A row that does not restore is set aside, not retried: left in
                 // place it would be the oldest candidate for ever and stop the queue.
                 let op = loop {
-                    let excluded = full(&in_flight);
-                    let candidate: Option<String> = match conn {
-                        DbConnection::Postgres(pg) => claimable!(now_us, excluded)
-                            .for_update()
-                            .skip_locked()
-                            .first(pg)
-                            .optional()?,
-                        // SQLite has no row locks; this process's one writer and the
-                        // compare-and-set below make the claim atomic.
-                        DbConnection::Sqlite(lite) => claimable!(now_us, excluded).first(lite).optional()?,
+                    let Some(id) = oldest_claimable(conn, now_us, &full(&in_flight))? else {
+                        break None;
                     };
-                    let Some(id) = candidate else { break None };
                     match load(conn, &id) {
                         Ok(Some(op)) => break Some(op),
                         Ok(None) => break None,
