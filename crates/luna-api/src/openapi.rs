@@ -80,9 +80,9 @@ impl<F: Filters> IntoParams for ListParams<F> {
     }
 }
 
-fn param_schema(kind: &ParamKind) -> ObjectBuilder {
+fn param_schema(kind: &ParamKind) -> utoipa::openapi::Schema {
     let object = ObjectBuilder::new();
-    match kind {
+    let object = match kind {
         ParamKind::Text => object.schema_type(Type::String),
         ParamKind::Id => {
             object
@@ -95,6 +95,20 @@ fn param_schema(kind: &ParamKind) -> ObjectBuilder {
             .schema_type(Type::Integer)
             .minimum(Some(*min as f64))
             .maximum(Some(*max as f64)),
+        ParamKind::PageSize { max } => {
+            let pages = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1.0))
+                .maximum(Some(*max as f64));
+            let all = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([-1]));
+            return utoipa::openapi::OneOfBuilder::new()
+                .item(pages)
+                .item(all)
+                .build()
+                .into();
+        }
         ParamKind::Boolean => object.schema_type(Type::Boolean),
         ParamKind::OneOf(values) => object
             .schema_type(Type::String)
@@ -102,7 +116,8 @@ fn param_schema(kind: &ParamKind) -> ObjectBuilder {
         ParamKind::SortFields(fields) => object
             .schema_type(Type::String)
             .pattern(Some(sort_pattern(fields))),
-    }
+    };
+    object.build().into()
 }
 
 /// A label or name as `luna_domain::key::check_label` takes it: not blank, at

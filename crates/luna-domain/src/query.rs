@@ -17,6 +17,10 @@ use crate::wire::wire_enum;
 pub const DEFAULT_LIMIT: i64 = 10;
 /// The largest `limit`: bounds one answer's size.
 pub const MAX_LIMIT: i64 = 1000;
+/// `limit=-1`, CipherTrust Manager's "all" (the Terraform provider's data
+/// sources send it): here the largest page, `MAX_LIMIT`; `total` says
+/// whether more match.
+pub const LIMIT_ALL: &str = "-1";
 /// The largest `skip`, 2³¹−1, as the contract states it.
 pub const MAX_SKIP: i64 = i32::MAX as i64;
 
@@ -79,6 +83,11 @@ pub enum ParamKind {
         /// The largest accepted.
         max: i64,
     },
+    /// A page size: a whole number from 1 to `max`, or -1 (`LIMIT_ALL`) for `max`.
+    PageSize {
+        /// The largest page.
+        max: i64,
+    },
     /// `true` or `false`.
     Boolean,
     /// One of these exact strings.
@@ -95,6 +104,9 @@ impl ParamKind {
             ParamKind::Text => "exact match".into(),
             ParamKind::Id => "a UUID; exact match".into(),
             ParamKind::WholeNumber { min, max } => format!("a whole number from {min} to {max}"),
+            ParamKind::PageSize { max } => {
+                format!("a whole number from 1 to {max}, or {LIMIT_ALL} for the largest page ({max})")
+            }
             ParamKind::Boolean => "true or false".into(),
             ParamKind::OneOf(values) => format!("one of: {}", values.join(", ")),
             ParamKind::SortFields(fields) => format!(
@@ -159,10 +171,7 @@ pub fn list_params<F: Filters>() -> Vec<ListParam> {
         },
         ListParam {
             name: "limit",
-            kind: ParamKind::WholeNumber {
-                min: 1,
-                max: MAX_LIMIT,
-            },
+            kind: ParamKind::PageSize { max: MAX_LIMIT },
         },
         ListParam {
             name: "sort",
@@ -203,6 +212,7 @@ pub fn parse_list_query<F: Filters>(pairs: &[(String, String)]) -> Result<ListQu
         }
         match name.as_str() {
             "skip" => page.skip = parse_int("skip", value, 0, MAX_SKIP)?,
+            "limit" if value == LIMIT_ALL => page.limit = MAX_LIMIT,
             "limit" => page.limit = parse_int("limit", value, 1, MAX_LIMIT)?,
             "sort" => sort = parse_sort(value)?,
             _ => {
@@ -605,6 +615,15 @@ mod tests {
             }
         );
         assert_eq!(q.page, Page { skip: 5, limit: 1000 });
+        let all: ListQuery<KeyFilters> = parse_list_query(&pairs("limit=-1")).unwrap();
+        assert_eq!(
+            all.page,
+            Page {
+                skip: 0,
+                limit: MAX_LIMIT
+            },
+            "CipherTrust's \"all\""
+        );
         assert_eq!(KeyFilters::NAMES.len(), 15);
     }
 
@@ -616,6 +635,7 @@ mod tests {
                 "limit must be a whole number from 1 to 1000; got \"0\"",
             ),
             ("limit=1001", "from 1 to 1000"),
+            ("limit=-2", "from 1 to 1000"),
             ("skip=-1", "skip must be a whole number from 0"),
             ("skip=abc", "skip must be a whole number"),
             (

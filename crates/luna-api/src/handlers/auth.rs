@@ -12,16 +12,68 @@ use crate::auth::{
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Unknown fields are ignored here: CipherTrust clients send more (domain, labels…).
+/// The body as CipherTrust Manager's clients send it. Unknown fields are
+/// ignored (the PowerShell module's `labels`, `renew_refresh_token`: every
+/// refresh here renews the refresh token). The Terraform provider sends no
+/// `grant_type` and an empty `domain`, and on a refresh an empty `username`
+/// and `password` (`internal/provider/common/client.go` and
+/// `token_refresh.go` of ThalesGroup/terraform-provider-ciphertrust).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenBody {
-    /// `password` or `refresh_token`.
+    /// `password` (the default, as in CipherTrust Manager) or `refresh_token`.
     #[schema(example = "password")]
     grant_type: Option<String>,
     username: Option<String>,
     #[schema(value_type = Option<String>, format = Password)]
     password: Option<SecretString>,
     refresh_token: Option<String>,
+    /// Empty or `root`: luna-cckm has one domain.
+    #[schema(example = "")]
+    domain: Option<String>,
+    /// Empty or `root`, as `domain`.
+    #[schema(example = "")]
+    auth_domain: Option<String>,
+    /// CipherTrust Data Security Platform as a Service's tenant path: not offered here.
+    auth_domain_path: Option<String>,
+}
+
+/// What a token request asks for, once its body is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Password,
+    RefreshToken,
+}
+
+impl TokenBody {
+    fn grant(&self) -> Result<Grant, ApiError> {
+        for (field, value) in [("domain", &self.domain), ("auth_domain", &self.auth_domain)] {
+            match value.as_deref() {
+                None | Some("" | "root") => {}
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "{field} {other:?} does not exist: luna-cckm has one domain, root (send \"\" or \"root\")"
+                    )))
+                }
+            }
+        }
+        if self.auth_domain_path.as_deref().is_some_and(|p| !p.is_empty()) {
+            return Err(ApiError::BadRequest(
+                "auth_domain_path names a CipherTrust Data Security Platform tenant; luna-cckm has none (leave it out)".into(),
+            ));
+        }
+        match self.grant_type.as_deref() {
+            None | Some("" | "password") if self.username.as_deref().unwrap_or_default().is_empty() => {
+                Err(ApiError::BadRequest(
+                    "username is required to log in with a password (grant_type \"password\", the default)".into(),
+                ))
+            }
+            None | Some("" | "password") => Ok(Grant::Password),
+            Some("refresh_token") => Ok(Grant::RefreshToken),
+            Some(_) => Err(ApiError::BadRequest(
+                "grant_type must be \"password\" (the default: username and password) or \"refresh_token\" (with refresh_token)".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -47,7 +99,8 @@ pub async fn token(
     let client = req
         .peer_addr()
         .map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
-    let password_grant = body.grant_type.as_deref() == Some("password");
+    let grant = body.grant()?;
+    let password_grant = grant == Grant::Password;
     let now = std::time::Instant::now();
     if password_grant {
         // Checked before the password, so a throttled guess learns nothing;
@@ -60,7 +113,7 @@ pub async fn token(
         }
         state.logins.failed(&attempted, &client, now);
     }
-    let answer = issue(&state, body).await;
+    let answer = issue(&state, grant, body).await;
     if password_grant && answer.is_ok() {
         state.logins.succeeded(&attempted, &client);
     }
@@ -81,27 +134,31 @@ pub async fn token(
     answer
 }
 
-async fn issue(state: &AppState, body: TokenBody) -> Result<HttpResponse, ApiError> {
+async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let user = match body.grant_type.as_deref() {
-        Some("password") => {
+    let user = match grant {
+        Grant::Password => {
             let username = body.username.unwrap_or_default();
             let password = body.password.unwrap_or_else(|| SecretString::from(""));
             blocking(move || {
                 let user = store.user_by_name(&username)?;
-                let hash = user.as_ref().map_or(unknown_user_hash(), |u| u.password_hash.as_str());
+                let hash = user
+                    .as_ref()
+                    .map_or(unknown_user_hash(), |u| u.password_hash.as_str());
                 let matches = verify_password(hash, &password);
                 match user.filter(|_| matches) {
                     Some(user) => Ok(user),
                     None => {
                         tracing::warn!(user = %username, "a login failed");
-                        Err(ApiError::Unauthorized("the user name or password is wrong".into()))
+                        Err(ApiError::Unauthorized(
+                            "the user name or password is wrong".into(),
+                        ))
                     }
                 }
             })
             .await?
         }
-        Some("refresh_token") => {
+        Grant::RefreshToken => {
             let presented = body.refresh_token.unwrap_or_default();
             blocking(move || {
                 store
@@ -109,11 +166,6 @@ async fn issue(state: &AppState, body: TokenBody) -> Result<HttpResponse, ApiErr
                     .ok_or_else(|| ApiError::Unauthorized("the refresh token is not valid".into()))
             })
             .await?
-        }
-        _ => {
-            return Err(ApiError::BadRequest(
-                "grant_type must be \"password\" (with username and password) or \"refresh_token\" (with refresh_token)".into(),
-            ))
         }
     };
     let now = luna_store::now();
