@@ -28,6 +28,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A CipherTrust Manager route this service does not offer; the sentence
+    /// says what it would need and what to use instead.
+    #[error("{0}")]
+    NotImplemented(String),
     /// The request (its body, say) did not arrive within the deadline, in seconds.
     #[error("the request was not answered within {0} s (its body did not arrive, say); the connection is closed; it may or may not have taken effect: send it again with the same Idempotency-Key")]
     RequestTimeout(u64),
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 16, "NCERRResourceNotFound"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, 15, "NCERRBadRequest"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 13, "NCERRConflict"),
+            ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, 15, "NCERRNotImplemented"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 15, "NCERRRequestTimeout"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, 1, "NCERRTooManyRequests"),
             ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {

@@ -8,6 +8,7 @@
 //! durable operation in the same transaction as its records, before it answers.
 
 pub mod auth;
+pub mod certificate;
 pub mod console;
 pub mod error;
 pub mod handlers;

@@ -81,6 +81,7 @@ pub fn register_connection_idempotently(
         description: spec.description,
         is_ha_enabled: spec.is_ha_enabled,
         remap_rsa_mechanisms: spec.remap_rsa_mechanisms,
+        server_id: spec.server_id,
         members,
         created_at: now,
         updated_at: now,

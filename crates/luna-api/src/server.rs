@@ -17,7 +17,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, health, jobs, keys, partitions, users};
+use crate::handlers::{audit, auth, health, jobs, keys, partitions, servers, users};
 use crate::runner::{Runner, RunnerSettings};
 use crate::state::AppState;
 use crate::tokens::TokenRegistry;
@@ -51,6 +51,14 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(partitions::list_partitions)
         .service(partitions::get_partition)
         .service(partitions::forget_partition)
+        .service(servers::create_server)
+        .service(servers::list_servers)
+        .service(servers::get_server)
+        .service(servers::delete_server)
+        .service(partitions::list_stc_partitions)
+        .service(partitions::create_stc_partition)
+        .service(partitions::get_stc_partition)
+        .service(partitions::delete_stc_partition)
         .service(keys::create)
         .service(keys::list)
         .service(keys::get)

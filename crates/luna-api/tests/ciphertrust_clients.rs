@@ -154,3 +154,206 @@ fn lookups_by_name_with_a_slash_and_lists_of_everything_answer_as_ciphertrust_do
     let (status, body) = api.get(&format!("{CONNECTIONS}/?limit=-2"));
     assert_error(status, &body, 400, 15);
 }
+
+/// Luna's STC partitions need a real Luna's secure trusted channel: every
+/// route of them answers 501 with the error body, saying what is missing
+/// and what to use instead (after the token check, as every route).
+#[test]
+fn stc_partitions_are_a_clear_501() {
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    const STC: &str = "/connectionmgmt/services/luna-network/stc-partitions";
+    let id = "/00000000-0000-0000-0000-000000000000";
+    for (method, path, body) in [
+        ("GET", format!("{STC}/?skip=0&limit=10"), None),
+        (
+            "POST",
+            STC.to_owned(),
+            Some(json!({"name": "stc", "partition_identity": "x"}).to_string()),
+        ),
+        ("GET", format!("{STC}{id}"), None),
+        ("DELETE", format!("{STC}{id}"), None),
+    ] {
+        assert_eq!(
+            api.call(method, &path, None, body.as_deref()).0,
+            401,
+            "{method} {path}"
+        );
+        let (status, answer) = api.call(method, &path, Some(&api.token), body.as_deref());
+        assert_eq!(status, 501, "{method} {path}: {answer}");
+        assert_eq!(answer["code"], 15, "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains("secure trusted channel") && message.contains("luna-network/connections"),
+            "{message}"
+        );
+        assert!(
+            answer["codeDesc"]
+                .as_str()
+                .unwrap()
+                .starts_with("NCERRNotImplemented: "),
+            "{answer}"
+        );
+    }
+}
+
+/// An HSM's server certificate, PEM, as an operator exports it from the HSM.
+fn hsm_certificate(host: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, host);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Thales");
+    params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+}
+
+/// Every client registers the HSM first. The PowerShell module's
+/// `New-CMLunaHSMServer` (CipherTrustManager-ConnectionMgr-LunaHSMServer.psm1)
+/// posts `hostname`, `description`, `hsm_certificate`, `products` and
+/// `meta`, and finds servers with `?host=`; Terraform then names the server
+/// in its connection (`server_id`). A server a connection names stays (409).
+#[test]
+fn hsm_servers_are_registered_found_named_by_connections_and_kept_while_named() {
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    const SERVERS: &str = "/connectionmgmt/services/luna-network/servers";
+    let pem = hsm_certificate("192.168.100.70");
+    let (status, server) = api.send(
+        "POST",
+        SERVERS,
+        &json!({
+            "hostname": "192.168.100.70",
+            "description": "rack 4",
+            "hsm_certificate": pem,
+            "products": ["hsm_anchored_domain", "cckm"],
+            "meta": {"red": "stop", "green": "go"}
+        }),
+    );
+    assert_eq!(status, 201, "{server}");
+    let id = server["id"].as_str().unwrap().to_owned();
+    // RFC 4514 writes the last RDN first.
+    assert_eq!(
+        server["certificate"]["subject"], "O=Thales,CN=192.168.100.70",
+        "{server}"
+    );
+    assert_eq!(
+        server["certificate"]["sha256_fingerprint"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_eq!(
+        (&server["products"], &server["meta"]["green"], &server["channel"]),
+        (
+            &json!(["hsm_anchored_domain", "cckm"]),
+            &json!("go"),
+            &json!("NTLS")
+        )
+    );
+    assert!(!server.to_string().contains("codeDesc"));
+
+    let (status, found) = api.get(&format!("{SERVERS}/?skip=0&limit=10&host=192.168.100.70"));
+    assert_eq!(
+        (
+            status,
+            found["total"].as_i64(),
+            found["resources"][0]["id"].as_str()
+        ),
+        (200, Some(1), Some(id.as_str())),
+        "{found}"
+    );
+    assert_eq!(
+        api.get(&format!("{SERVERS}/{id}")).1["hostname"],
+        "192.168.100.70"
+    );
+
+    for (body, status_code, says) in [
+        (
+            json!({"hostname": "192.168.100.70", "hsm_certificate": pem}),
+            409,
+            "registered already",
+        ),
+        (
+            json!({"hostname": "hsm-2", "hsm_certificate": "not a certificate"}),
+            400,
+            "hsm_certificate is not one X.509 certificate",
+        ),
+        (json!({"hostname": "hsm-2"}), 400, "hsm_certificate is required"),
+        (json!({"hsm_certificate": pem}), 400, "hostname is required"),
+        (
+            json!({"hostname": "hsm-2", "hsm_certificate": pem, "products": ["kms"]}),
+            400,
+            "product \"kms\" is not supported",
+        ),
+        (
+            json!({"hostname": "hsm-2", "hsm_certificate": pem, "meta": "red:stop"}),
+            400,
+            "expected a map",
+        ),
+    ] {
+        let (status, answer) = api.send("POST", SERVERS, &body);
+        assert_eq!(status, status_code, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+
+    // A connection names the server; while it does, the server stays.
+    let label = luna_pkcs11::testing::fresh_token_label("on-server");
+    let (status, connection) = api.send(
+        "POST",
+        "/connectionmgmt/services/luna-network/connections",
+        &json!({
+            "name": "on-server", "password": luna_pkcs11::testing::USER_PIN, "server_id": id,
+            "partitions": [{"hostname": "192.168.100.70", "partition_label": label}]
+        }),
+    );
+    assert_eq!(status, 201, "{connection}");
+    assert_eq!(connection["server_id"], id.as_str());
+    let (status, answer) = api.call("DELETE", &format!("{SERVERS}/{id}"), Some(&api.token), None);
+    assert_error(status, &answer, 409, 13);
+    assert!(
+        answer["message"].as_str().unwrap().contains("on-server"),
+        "{answer}"
+    );
+    let (status, answer) = api.send(
+        "POST",
+        "/connectionmgmt/services/luna-network/connections",
+        &json!({
+            "name": "nowhere", "password": luna_pkcs11::testing::USER_PIN, "server_id": uuid::Uuid::new_v4(),
+            "partitions": [{"hostname": "x", "partition_label": label}]
+        }),
+    );
+    assert_error(status, &answer, 400, 15);
+    let connection_id = connection["id"].as_str().unwrap();
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/connectionmgmt/services/luna-network/connections/{connection_id}"),
+            Some(&api.token),
+            None
+        )
+        .0,
+        204
+    );
+    let (status, body) = api.raw(
+        "DELETE",
+        &format!("{SERVERS}/{id}"),
+        Some(&format!("Bearer {}", api.token)),
+        None,
+        None,
+    );
+    assert_eq!((status, body), (204, Value::Null), "204 has no body");
+    let (status, answer) = api.get(&format!("{SERVERS}/{id}"));
+    assert_error(status, &answer, 404, 16);
+    assert!(
+        answer["codeDesc"]
+            .as_str()
+            .unwrap()
+            .starts_with("NCERRResourceNotFound"),
+        "{answer}"
+    );
+}

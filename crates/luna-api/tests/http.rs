@@ -374,11 +374,13 @@ on_both_backends! {
                 let path = path.replace("{id}", &id);
                 let method = method.to_uppercase();
                 let body = operation["requestBody"].is_object().then_some("{}");
+                // The one 5xx an operation may answer is the 501 of a route not offered, documented as such.
+                let not_offered = operation["responses"].get("501").is_some();
                 for (who, token, allowed) in &callers {
                     let may = allowed[match role { Read => 0, Manage => 1, Administer => 2 }];
                     let (status, answer) = api.call(&method, &path, Some(token), body);
                     if may {
-                        assert!(status != 403 && status != 401 && status < 500, "{who} {method} {path}: {status} {answer}");
+                        assert!(status != 403 && status != 401 && (status < 500 || (status == 501 && not_offered)), "{who} {method} {path}: {status} {answer}");
                     } else {
                         assert_error(status, &answer, 403, 2);
                         assert!(answer["message"].as_str().unwrap().contains("may not"), "{answer}");

@@ -284,6 +284,7 @@ pub mod operation;
 pub mod partition;
 pub mod query;
 pub mod refresh;
+pub mod server;
 
 pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};
@@ -294,3 +295,4 @@ pub use key::{
 };
 pub use operation::{Operation, OperationPayload, OperationState, StoredOperation};
 pub use partition::{Connection, ConnectionRequest, ConnectionSpec, Member, MemberSpec, Partition};
+pub use server::{HsmServer, Product, ServerCertificate, ServerRequest};

@@ -39,6 +39,8 @@ pub struct Connection {
     pub is_ha_enabled: bool,
     /// Generate with `CKM_RSA_PKCS_KEY_PAIR_GEN` when a token lacks a Luna RSA mechanism.
     pub remap_rsa_mechanisms: bool,
+    /// The registered HSM server its partitions are on, if the client named one.
+    pub server_id: Option<Uuid>,
     /// Its tokens, in the order given; the first is where keys are made.
     pub members: Vec<Member>,
     /// When it was registered.
@@ -95,6 +97,8 @@ pub struct ConnectionRequest {
     pub is_ha_enabled: bool,
     /// Whether to remap Luna RSA mechanisms a token lacks; on when absent.
     pub remap_rsa_mechanisms: Option<bool>,
+    /// The HSM server its partitions are on (a registered server's id).
+    pub server_id: Option<Uuid>,
     /// The tokens (the reference calls them partitions).
     pub partitions: Vec<MemberRequest>,
 }
@@ -125,6 +129,8 @@ pub struct ConnectionSpec {
     pub is_ha_enabled: bool,
     /// The remap policy, defaulted to on.
     pub remap_rsa_mechanisms: bool,
+    /// The HSM server its partitions are on, if named.
+    pub server_id: Option<Uuid>,
     /// One member, or up to [`MAX_MEMBERS`] for an HA group, none named twice.
     pub members: Vec<MemberSpec>,
 }
@@ -238,6 +244,7 @@ impl ConnectionRequest {
             so_password: self.so_password,
             is_ha_enabled: self.is_ha_enabled,
             remap_rsa_mechanisms: self.remap_rsa_mechanisms.unwrap_or(true),
+            server_id: self.server_id,
             members,
         })
     }

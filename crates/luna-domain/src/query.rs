@@ -497,6 +497,29 @@ filters! {
     }
 }
 
+wire_enum! {
+    /// Fields an HSM server list can be sorted by.
+    pub enum ServerSortField ("sort field") {
+        /// When the server was registered.
+        CreatedAt => "createdAt",
+        /// When it last changed.
+        UpdatedAt => "updatedAt",
+        /// Its hostname.
+        Hostname => "hostname",
+    }
+}
+
+filters! {
+    /// The filters of the HSM server list; exact matches (`host` as the
+    /// PowerShell module sends it).
+    pub struct ServerFilters sorted by ServerSortField {
+        /// Only the server with this hostname.
+        host: String = text,
+        /// Only the server with this id.
+        id: Uuid = id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +530,7 @@ mod tests {
             ParamKind::Text => "some text".into(),
             ParamKind::Id => Uuid::nil().to_string(),
             ParamKind::WholeNumber { max, .. } => max.to_string(),
+            ParamKind::PageSize { .. } => LIMIT_ALL.into(),
             ParamKind::Boolean => "false".into(),
             ParamKind::OneOf(values) => values[values.len() - 1].to_owned(),
             ParamKind::SortFields(fields) => format!("-{},{}", fields[0], fields[fields.len() - 1]),
@@ -566,6 +590,7 @@ mod tests {
         described_params_are_exactly_the_accepted_ones::<UserFilters>();
         described_params_are_exactly_the_accepted_ones::<AuditFilters>();
         described_params_are_exactly_the_accepted_ones::<ConnectionFilters>();
+        described_params_are_exactly_the_accepted_ones::<ServerFilters>();
     }
 
     fn pairs(q: &str) -> Vec<(String, String)> {

@@ -4,14 +4,16 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use luna_domain::{
-    AttributeSet, Connection, Job, JobLifecycle, Key, KeyLifecycle, Member, Operation, OperationState,
-    Partition, StoredOperation,
+    AttributeSet, Connection, HsmServer, Job, JobLifecycle, Key, KeyLifecycle, Member, Operation,
+    OperationState, Partition, Product, ServerCertificate, StoredOperation,
 };
 use uuid::Uuid;
 
 use crate::codec::{from_json, from_micros, json_map, micros, optional_wire, to_json, uuid, wire};
 use crate::error::Result;
-use crate::schema::{connection_members, connections, jobs, keys, operations, partitions, users};
+use crate::schema::{
+    connection_members, connections, hsm_servers, jobs, keys, operations, partitions, users,
+};
 
 #[derive(Debug, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = keys)]
@@ -255,6 +257,7 @@ pub struct ConnectionRow {
     pub pin_ciphertext: Vec<u8>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub server_id: Option<String>,
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -285,6 +288,11 @@ impl ConnectionRow {
             description: self.description,
             is_ha_enabled: self.is_ha_enabled,
             remap_rsa_mechanisms: self.remap_rsa_mechanisms,
+            server_id: self
+                .server_id
+                .as_deref()
+                .map(|id| uuid("connection server_id", id))
+                .transpose()?,
             members,
             created_at: from_micros("connection created_at", self.created_at)?,
             updated_at: from_micros("connection updated_at", self.updated_at)?,
@@ -340,4 +348,72 @@ pub struct UserRow {
     pub user_groups: String,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = hsm_servers)]
+pub struct ServerRow {
+    pub id: String,
+    pub hostname: String,
+    pub description: String,
+    pub certificate_pem: String,
+    pub certificate_subject: String,
+    pub certificate_issuer: String,
+    pub certificate_not_before: i64,
+    pub certificate_not_after: i64,
+    pub certificate_sha256: String,
+    pub products: String,
+    pub meta: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ServerRow {
+    pub fn from_domain(server: &HsmServer) -> ServerRow {
+        ServerRow {
+            id: server.id.to_string(),
+            hostname: server.hostname.clone(),
+            description: server.description.clone(),
+            certificate_pem: server.certificate.pem.clone(),
+            certificate_subject: server.certificate.subject.clone(),
+            certificate_issuer: server.certificate.issuer.clone(),
+            certificate_not_before: micros(server.certificate.not_before),
+            certificate_not_after: micros(server.certificate.not_after),
+            certificate_sha256: server.certificate.sha256_fingerprint.clone(),
+            products: server
+                .products
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            meta: server.meta.clone(),
+            created_at: micros(server.created_at),
+            updated_at: micros(server.updated_at),
+        }
+    }
+
+    pub fn into_domain(self) -> Result<HsmServer> {
+        let products = self
+            .products
+            .split(',')
+            .map(|p| wire("server product", p))
+            .collect::<Result<Vec<Product>>>()?;
+        Ok(HsmServer {
+            id: uuid("server id", &self.id)?,
+            hostname: self.hostname,
+            description: self.description,
+            certificate: ServerCertificate {
+                pem: self.certificate_pem,
+                subject: self.certificate_subject,
+                issuer: self.certificate_issuer,
+                not_before: from_micros("server certificate not_before", self.certificate_not_before)?,
+                not_after: from_micros("server certificate not_after", self.certificate_not_after)?,
+                sha256_fingerprint: self.certificate_sha256,
+            },
+            products,
+            meta: self.meta,
+            created_at: from_micros("server created_at", self.created_at)?,
+            updated_at: from_micros("server updated_at", self.updated_at)?,
+        })
+    }
 }

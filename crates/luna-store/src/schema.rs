@@ -11,6 +11,25 @@ diesel::table! {
         pin_ciphertext -> Binary,
         created_at -> BigInt,
         updated_at -> BigInt,
+        server_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    hsm_servers (id) {
+        id -> Text,
+        hostname -> Text,
+        description -> Text,
+        certificate_pem -> Text,
+        certificate_subject -> Text,
+        certificate_issuer -> Text,
+        certificate_not_before -> BigInt,
+        certificate_not_after -> BigInt,
+        certificate_sha256 -> Text,
+        products -> Text,
+        meta -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
     }
 }
 
@@ -178,6 +197,7 @@ diesel::table! {
 
 diesel::joinable!(connection_members -> connections (connection_id));
 diesel::joinable!(partitions -> connections (connection_id));
+diesel::joinable!(connections -> hsm_servers (server_id));
 diesel::joinable!(keys -> partitions (partition_id));
 diesel::joinable!(running_jobs -> jobs (job_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
@@ -186,6 +206,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_records,
     connections,
     connection_members,
+    hsm_servers,
     partitions,
     keys,
     key_counts,

@@ -83,6 +83,7 @@ fn connection(name: &str, ha: bool, members: usize) -> Connection {
         description: "test".into(),
         is_ha_enabled: ha,
         remap_rsa_mechanisms: true,
+        server_id: None,
         members: (0..members)
             .map(|i| Member {
                 hostname: format!("hsm{i}"),
@@ -207,6 +208,53 @@ on_both_backends! {
         assert_eq!(again.to_string(), "a connection named \"hsm-a\" already exists");
         assert!(store.get_connection(Uuid::new_v4()).unwrap().is_none());
         assert!(store.connection_pin(Uuid::new_v4()).unwrap().is_none());
+    }
+
+    fn hsm_servers_are_listed_by_host_and_stay_while_a_connection_names_them(store: &Store, _db: &TestDatabase) {
+        let server = |hostname: &str| luna_domain::HsmServer {
+            id: Uuid::new_v4(),
+            hostname: hostname.into(),
+            description: "rack 4".into(),
+            certificate: luna_domain::ServerCertificate {
+                pem: "-----BEGIN CERTIFICATE-----\n…".into(),
+                subject: "CN=hsm".into(),
+                issuer: "CN=ca".into(),
+                not_before: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+                not_after: OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap(),
+                sha256_fingerprint: "ab".repeat(32),
+            },
+            products: vec![luna_domain::Product::Cckm, luna_domain::Product::HsmAnchoredDomain],
+            meta: Some(r#"{"rack":"4"}"#.into()),
+            created_at: now(),
+            updated_at: now(),
+        };
+        let first = server("192.168.100.70");
+        store.insert_server(&first).unwrap();
+        store.insert_server(&server("hsm-b.example")).unwrap();
+        assert_eq!(store.get_server(first.id).unwrap().unwrap(), first);
+        let taken = store.insert_server(&server("192.168.100.70")).unwrap_err();
+        assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
+        let listed = store.list_servers(&query("host=192.168.100.70")).unwrap();
+        assert_eq!((listed.total, listed.items[0].id), (1, first.id));
+        let sorted = store.list_servers(&query("sort=-hostname&limit=1")).unwrap();
+        assert_eq!((sorted.total, sorted.items[0].hostname.as_str()), (2, "hsm-b.example"));
+
+        // A connection may name a registered server, not another.
+        let mut named = connection("on-server", false, 1);
+        named.server_id = Some(first.id);
+        store.insert_connection(&named, &SecretString::from("pin"), None).unwrap();
+        assert_eq!(store.get_connection(named.id).unwrap().unwrap().server_id, Some(first.id));
+        let mut dangling = connection("nowhere", false, 1);
+        dangling.server_id = Some(Uuid::new_v4());
+        let refused = store.insert_connection(&dangling, &SecretString::from("pin"), None).unwrap_err();
+        assert!(refused.to_string().contains("names no registered HSM server"), "{refused}");
+        // The server stays while a connection names it.
+        let used = store.delete_server(first.id).unwrap_err();
+        assert!(matches!(&used, StoreError::Conflict(m) if m.contains("on-server")), "{used}");
+        assert!(store.delete_connection(named.id).unwrap());
+        assert!(store.delete_server(first.id).unwrap());
+        assert!(store.get_server(first.id).unwrap().is_none());
+        assert!(!store.delete_server(first.id).unwrap());
     }
 
     fn connection_lists_filter_sort_and_count(store: &Store, _db: &TestDatabase) {

@@ -7,6 +7,7 @@ pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod partitions;
+pub mod servers;
 pub mod users;
 
 use luna_domain::idempotency::{IdempotentRequest, Replay};

@@ -49,6 +49,8 @@ pub struct ConnectionBody {
     #[serde(default)]
     is_ha_enabled: bool,
     remap_rsa_mechanisms: Option<bool>,
+    /// A registered HSM server the partitions are on (`…/luna-network/servers`).
+    server_id: Option<uuid::Uuid>,
     #[serde(default)]
     partitions: Vec<MemberBody>,
 }
@@ -90,6 +92,7 @@ pub async fn create_connection(
         so_password: body.so_password,
         is_ha_enabled: body.is_ha_enabled,
         remap_rsa_mechanisms: body.remap_rsa_mechanisms,
+        server_id: body.server_id,
         partitions: body
             .partitions
             .into_iter()
@@ -242,4 +245,48 @@ pub async fn forget_partition(
         return Err(not_found("partition", id));
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Why Luna STC partitions are not offered (each `…/stc-partitions` route).
+fn stc_not_offered() -> ApiError {
+    ApiError::NotImplemented(
+        "Luna STC partitions are not offered: a secure trusted channel needs a Luna HSM's STC \
+         identities exchanged with this host by the HSM's administrator, and luna-cckm reaches \
+         partitions only through a PKCS#11 module. Register the partition as a connection instead \
+         (POST /api/v1/connectionmgmt/services/luna-network/connections, then \
+         /api/v1/cckm/hsm/luna/add-partition)"
+            .into(),
+    )
+}
+
+/// Luna STC partitions: not offered (501, saying why and what to use).
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
+    responses((status = 501, description = "Not offered: the body says why", body = ErrorBody)))]
+#[get("/api/v1/connectionmgmt/services/luna-network/stc-partitions")]
+pub async fn list_stc_partitions(_caller: Administrator) -> Result<HttpResponse, ApiError> {
+    Err(stc_not_offered())
+}
+
+/// Luna STC partitions: not offered (501, saying why and what to use).
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
+    responses((status = 501, description = "Not offered: the body says why", body = ErrorBody)))]
+#[post("/api/v1/connectionmgmt/services/luna-network/stc-partitions")]
+pub async fn create_stc_partition(_caller: Administrator) -> Result<HttpResponse, ApiError> {
+    Err(stc_not_offered())
+}
+
+/// Luna STC partitions: not offered (501, saying why and what to use).
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the STC partition's id")),
+    responses((status = 501, description = "Not offered: the body says why", body = ErrorBody)))]
+#[get("/api/v1/connectionmgmt/services/luna-network/stc-partitions/{id}")]
+pub async fn get_stc_partition(_caller: Administrator) -> Result<HttpResponse, ApiError> {
+    Err(stc_not_offered())
+}
+
+/// Luna STC partitions: not offered (501, saying why and what to use).
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the STC partition's id")),
+    responses((status = 501, description = "Not offered: the body says why", body = ErrorBody)))]
+#[delete("/api/v1/connectionmgmt/services/luna-network/stc-partitions/{id}")]
+pub async fn delete_stc_partition(_caller: Administrator) -> Result<HttpResponse, ApiError> {
+    Err(stc_not_offered())
 }

@@ -7,6 +7,7 @@ mod key_pages;
 pub mod keys;
 pub mod operations;
 pub mod partitions;
+pub mod servers;
 pub mod users;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -17,6 +18,19 @@ use crate::error::StoreError;
 pub(crate) fn conflict_on_unique(message: impl FnOnce() -> String) -> impl FnOnce(DieselError) -> StoreError {
     move |err| match err {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::Conflict(message()),
+        other => StoreError::Query(other),
+    }
+}
+
+/// A foreign-key violation (a row named by another, or naming one that a
+/// concurrent transaction removed) becomes a conflict with the caller's sentence.
+pub(crate) fn conflict_on_reference(
+    message: impl FnOnce() -> String,
+) -> impl FnOnce(DieselError) -> StoreError {
+    move |err| match err {
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+            StoreError::Conflict(message())
+        }
         other => StoreError::Query(other),
     }
 }

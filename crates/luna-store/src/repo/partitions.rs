@@ -107,6 +107,7 @@ impl Store {
             pin_ciphertext: self.pins.seal(pin, &id)?,
             created_at: micros(connection.created_at),
             updated_at: micros(connection.updated_at),
+            server_id: connection.server_id.map(|s| s.to_string()),
         };
         let members: Vec<MemberRow> = connection
             .members
@@ -124,12 +125,25 @@ impl Store {
             if let Some(request) = request {
                 crate::repo::idempotency::remember(conn, request, connection.id)?;
             }
+            if let Some(server) = &row.server_id {
+                crate::repo::servers::require_server(conn, server)?;
+            }
             diesel::insert_into(connections::table)
                 .values(&row)
                 .execute(conn)
-                .map_err(conflict_on_unique(|| {
-                    format!("a connection named {:?} already exists", row.name)
-                }))?;
+                .map_err(|error| match error {
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                        _,
+                    ) => {
+                        StoreError::Conflict("the HSM server named by server_id was deleted meanwhile".into())
+                    }
+                    other => {
+                        conflict_on_unique(|| format!("a connection named {:?} already exists", row.name))(
+                            other,
+                        )
+                    }
+                })?;
             per_backend!(conn, |c| diesel::insert_into(connection_members::table)
                 .values(&members)
                 .execute(c))?;
