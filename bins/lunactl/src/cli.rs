@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use luna_domain::query::{
-    AuditFilters, ConnectionFilters, JobFilters, KeyFilters, PartitionFilters, UserFilters,
+    AuditFilters, ConnectionFilters, JobFilters, KeyFilters, PartitionFilters, ServerFilters, UserFilters,
 };
 
 use crate::list_args::ListArgs;
@@ -50,6 +50,9 @@ pub(crate) enum Command {
     /// CCKM partitions.
     #[command(subcommand)]
     Partitions(PartitionsCommand),
+    /// Luna Network HSM servers, which connections may name (admin only).
+    #[command(subcommand)]
+    Servers(ServersCommand),
     /// Luna network connections (admin only).
     #[command(subcommand)]
     Connections(ConnectionsCommand),
@@ -172,6 +175,27 @@ pub(crate) enum ConnectionsCommand {
         remap_rsa_mechanisms: bool,
     },
     List(ListArgs<ConnectionFilters>),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServersCommand {
+    /// Registers an HSM: its hostname and its server certificate (a PEM file).
+    Add {
+        #[arg(long)]
+        hostname: String,
+        /// The HSM's server certificate, PEM (as `scp admin@hsm:server.pem` fetches it).
+        #[arg(long)]
+        certificate: std::path::PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List(ListArgs<ServerFilters>),
     Get {
         id: String,
     },

@@ -17,7 +17,8 @@ use luna_domain::JobStatus;
 use serde_json::{json, Value};
 
 use cli::{
-    AuditCommand, Cli, Command, ConnectionsCommand, JobCommand, KeysCommand, PartitionsCommand, UsersCommand,
+    AuditCommand, Cli, Command, ConnectionsCommand, JobCommand, KeysCommand, PartitionsCommand,
+    ServersCommand, UsersCommand,
 };
 use client::{Client, Target};
 use list_args::ListArgs;
@@ -26,6 +27,7 @@ use output::{Format, Kind};
 const KEYS: &str = "/api/v1/cckm/hsm/luna/keys";
 const PARTITIONS: &str = "/api/v1/cckm/hsm/luna/partitions";
 const CONNECTIONS: &str = "/api/v1/connectionmgmt/services/luna-network/connections";
+const SERVERS: &str = "/api/v1/connectionmgmt/services/luna-network/servers";
 const USERS: &str = "/api/v1/usermgmt/users";
 const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
 
@@ -103,6 +105,7 @@ fn run(cli: Cli) -> Result<String> {
             job(&mut client, "/api/v1/cckm/hsm/luna/synchronize", command, format)
         }
         Command::Partitions(command) => partitions(&mut client, command, format),
+        Command::Servers(command) => servers(&mut client, command, format),
         Command::Connections(command) => connections(&mut client, command, format),
         Command::Users(command) => users(&mut client, command, format),
         Command::Audit(command) => match command {
@@ -326,6 +329,28 @@ fn connections(client: &mut Client, command: ConnectionsCommand, format: Format)
         ConnectionsCommand::Delete { id } => {
             delete(client, CONNECTIONS, &id)?;
             return Ok(format!("connection {id} deleted\n"));
+        }
+    };
+    Ok(output::record(&answer, format))
+}
+
+fn servers(client: &mut Client, command: ServersCommand, format: Format) -> Result<String> {
+    let answer = match command {
+        ServersCommand::Add {
+            hostname,
+            certificate,
+            description,
+        } => {
+            let pem = std::fs::read_to_string(&certificate)
+                .with_context(|| format!("reading the certificate {}", certificate.display()))?;
+            let body = json!({"hostname": hostname, "hsm_certificate": pem, "description": description});
+            client.call("POST", SERVERS, &[], Some(&body))?
+        }
+        ServersCommand::List(list) => return list_page(client, SERVERS, &list, Kind::Server, format),
+        ServersCommand::Get { id } => get(client, SERVERS, &id)?,
+        ServersCommand::Delete { id } => {
+            delete(client, SERVERS, &id)?;
+            return Ok(format!("server {id} deleted\n"));
         }
     };
     Ok(output::record(&answer, format))

@@ -408,3 +408,80 @@ fn the_session_file_is_0600_even_over_a_leftover_temporary_file() {
     assert_eq!(mode, 0o600);
     assert!(!leftover.exists());
 }
+
+/// `lunactl servers`: an HSM registered from its certificate file, listed,
+/// found by host, read and deleted, as an operator does before connections.
+#[test]
+fn servers_are_added_from_a_certificate_file_listed_and_deleted() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let user = User::new(&server_of(&api));
+    assert!(user.login(&[]).ok);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    luna_api::tls::ensure_self_signed(&cert, &key).unwrap();
+    let added = user.run(&[
+        "servers",
+        "add",
+        "--hostname",
+        "hsm1.example",
+        "--certificate",
+        cert.to_str().unwrap(),
+        "--description",
+        "rack 4",
+        "-o",
+        "json",
+    ]);
+    assert!(added.ok, "{}", added.stderr);
+    let server = added.json();
+    let id = server["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server["certificate"]["sha256_fingerprint"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    let listed = user.run(&["servers", "list", "--host", "hsm1.example"]);
+    assert!(
+        listed.ok && listed.stdout.contains(&id) && listed.stdout.contains("NTLS"),
+        "{}",
+        listed.stdout
+    );
+    assert!(user.run(&["servers", "get", &id]).stdout.contains("hsm1.example"));
+    let not_pem = user.run(&[
+        "servers",
+        "add",
+        "--hostname",
+        "hsm2",
+        "--certificate",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        !not_pem.ok
+            && not_pem
+                .stderr
+                .contains("hsm_certificate is not one X.509 certificate"),
+        "{}",
+        not_pem.stderr
+    );
+    let missing = user.run(&[
+        "servers",
+        "add",
+        "--hostname",
+        "hsm2",
+        "--certificate",
+        "/no/such.pem",
+    ]);
+    assert!(
+        !missing.ok && missing.stderr.contains("reading the certificate /no/such.pem"),
+        "{}",
+        missing.stderr
+    );
+    let deleted = user.run(&["servers", "delete", &id]);
+    assert!(
+        deleted.ok && deleted.stdout.contains("deleted"),
+        "{}",
+        deleted.stderr
+    );
+    assert!(!user.run(&["servers", "get", &id]).ok);
+}
