@@ -150,7 +150,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
+        // A route not offered answers 501 by design: nothing failed.
+        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
             // The chain of sources is for operators; the client gets a plain sentence.
             let mut chain = self.to_string();
             let mut source = std::error::Error::source(self);
