@@ -5,6 +5,7 @@ use std::sync::Arc;
 use luna_domain::{Connection, ConnectionSpec, Member, Partition};
 use luna_pkcs11::{Module, TokenError};
 use luna_store::Store;
+use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -82,6 +83,7 @@ pub fn register_connection_idempotently(
         is_ha_enabled: spec.is_ha_enabled,
         remap_rsa_mechanisms: spec.remap_rsa_mechanisms,
         server_id: spec.server_id,
+        last_check: None,
         members,
         created_at: now,
         updated_at: now,
@@ -89,6 +91,56 @@ pub fn register_connection_idempotently(
     store.insert_connection(&connection, &spec.password, request)?;
     tracing::info!(connection = %connection.id, name = %connection.name, members = connection.members.len(), "connection registered");
     Ok(connection)
+}
+
+/// One member's part in a test of a connection: `None` if it logged in.
+#[derive(Debug)]
+pub struct MemberTest {
+    pub member: Member,
+    pub error: Option<String>,
+}
+
+/// Logs in to each member now, with `pin`, as the service would (the token
+/// found by label and serial, the PIN proven): what worked and what did not.
+/// Nothing is kept open.
+pub fn test_members(module: &Arc<Module>, members: &[Member], pin: &SecretString) -> Vec<MemberTest> {
+    members
+        .iter()
+        .map(|member| {
+            let serial = Some(member.serial_number.as_str()).filter(|s| !s.is_empty());
+            if let Some(serial) = serial {
+                // A token that dropped off and came back is seen only once
+                // the module is initialised again (at its recovery pace).
+                module.look_for(&member.partition_label, serial);
+            }
+            let error = module
+                .open_partition(&member.partition_label, serial, pin.clone())
+                .err()
+                .map(|source| refused(&member.partition_label, source).to_string());
+            MemberTest {
+                member: member.clone(),
+                error,
+            }
+        })
+        .collect()
+}
+
+/// How a test went, for the connection's record: ok only if every member
+/// logged in; the failures named member by member.
+pub fn check_of(tests: &[MemberTest], at: time::OffsetDateTime) -> luna_domain::ConnectionCheck {
+    let failures: Vec<String> = tests
+        .iter()
+        .filter_map(|t| {
+            t.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", t.member.partition_label))
+        })
+        .collect();
+    luna_domain::ConnectionCheck {
+        ok: failures.is_empty(),
+        at,
+        error: (!failures.is_empty()).then(|| failures.join("; ")),
+    }
 }
 
 fn refused(label: &str, source: TokenError) -> ApiError {

@@ -343,6 +343,12 @@ pub struct ConnectionView {
     /// The registered HSM server its partitions are on, if one was named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
+    /// Whether its last test logged in to every member (absent before one).
+    pub last_connection_ok: Option<bool>,
+    pub last_connection_at: Option<String>,
+    /// What failed in its last test, member by member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_connection_error: Option<String>,
     pub partitions: Vec<MemberView>,
     #[serde(rename = "createdAt")]
     pub created_at: String,
@@ -361,9 +367,54 @@ impl ConnectionView {
             is_ha_enabled: c.is_ha_enabled,
             remap_rsa_mechanisms: c.remap_rsa_mechanisms,
             server_id: c.server_id.map(|s| s.to_string()),
+            last_connection_ok: c.last_check.as_ref().map(|k| k.ok),
+            last_connection_at: c.last_check.as_ref().map(|k| timestamp(k.at)),
+            last_connection_error: c.last_check.as_ref().and_then(|k| k.error.clone()),
             partitions: c.members.iter().map(MemberView::from).collect(),
             created_at: timestamp(c.created_at),
             updated_at: timestamp(c.updated_at),
+        }
+    }
+}
+
+/// One member in a connection test.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberTestView {
+    pub hostname: String,
+    pub partition_label: String,
+    pub serial_number: String,
+    /// The token was found and the PIN logged in.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a connection test found: every member, and whether all worked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionTestView {
+    pub connection_ok: bool,
+    pub tested_at: String,
+    pub members: Vec<MemberTestView>,
+}
+
+impl ConnectionTestView {
+    pub fn new(
+        tests: &[crate::registry::MemberTest],
+        check: &luna_domain::ConnectionCheck,
+    ) -> ConnectionTestView {
+        ConnectionTestView {
+            connection_ok: check.ok,
+            tested_at: timestamp(check.at),
+            members: tests
+                .iter()
+                .map(|t| MemberTestView {
+                    hostname: t.member.hostname.clone(),
+                    partition_label: t.member.partition_label.clone(),
+                    serial_number: t.member.serial_number.clone(),
+                    ok: t.error.is_none(),
+                    error: t.error.clone(),
+                })
+                .collect(),
         }
     }
 }

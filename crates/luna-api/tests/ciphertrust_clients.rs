@@ -357,3 +357,158 @@ fn hsm_servers_are_registered_found_named_by_connections_and_kept_while_named() 
         "{answer}"
     );
 }
+
+/// `POST …/connections/{id}/test` logs in to every member now and keeps the
+/// outcome on the connection (`last_connection_ok`, which the PowerShell
+/// module filters on); `POST …/connection-test` does the same for a body
+/// that is not saved (a create's body, the name optional).
+#[test]
+fn connections_are_tested_member_by_member_and_the_last_outcome_is_kept_and_filterable() {
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    const CONNECTIONS: &str = "/connectionmgmt/services/luna-network/connections";
+    let labels: Vec<String> = (0..2)
+        .map(|i| luna_pkcs11::testing::fresh_token_label(&format!("tested-{i}")))
+        .collect();
+    let members: Vec<Value> = labels
+        .iter()
+        .map(|l| json!({"hostname": "hsm1", "partition_label": l}))
+        .collect();
+    let (status, connection) = api.send(
+        "POST",
+        CONNECTIONS,
+        &json!({
+            "name": "tested", "password": luna_pkcs11::testing::USER_PIN, "partitions": [members[0]]
+        }),
+    );
+    assert_eq!(status, 201, "{connection}");
+    assert!(
+        connection["last_connection_ok"].is_null(),
+        "no test yet: {connection}"
+    );
+    let id = connection["id"].as_str().unwrap();
+
+    let (status, tested) = api.call(
+        "POST",
+        &format!("{CONNECTIONS}/{id}/test"),
+        Some(&api.token),
+        None,
+    );
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(
+        (&tested["connection_ok"], &tested["members"][0]["ok"]),
+        (&json!(true), &json!(true)),
+        "{tested}"
+    );
+    let (_, kept) = api.get(&format!("{CONNECTIONS}/{id}"));
+    assert_eq!(
+        (
+            &kept["last_connection_ok"],
+            kept["last_connection_at"].is_string()
+        ),
+        (&json!(true), true),
+        "{kept}"
+    );
+    assert_eq!(
+        api.get(&format!("{CONNECTIONS}?last_connection_ok=true")).1["total"],
+        1
+    );
+
+    // The token goes away: the next test says which member failed, and why.
+    let away = luna_pkcs11::testing::TakenAway::take(&labels[0]);
+    let (status, tested) = api.call(
+        "POST",
+        &format!("{CONNECTIONS}/{id}/test"),
+        Some(&api.token),
+        None,
+    );
+    assert_eq!(
+        (status, &tested["connection_ok"], &tested["members"][0]["ok"]),
+        (200, &json!(false), &json!(false)),
+        "{tested}"
+    );
+    assert!(
+        tested["members"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&labels[0]),
+        "{tested}"
+    );
+    let (_, kept) = api.get(&format!("{CONNECTIONS}/{id}"));
+    assert!(
+        kept["last_connection_error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&labels[0]),
+        "{kept}"
+    );
+    assert_eq!(
+        api.get(&format!("{CONNECTIONS}?last_connection_ok=false")).1["total"],
+        1
+    );
+    // Back: a test finds it again in the same process (the module is
+    // initialised again at its recovery pace, 1 s after the last try).
+    away.put_back();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, tested) = api.call(
+            "POST",
+            &format!("{CONNECTIONS}/{id}/test"),
+            Some(&api.token),
+            None,
+        );
+        if tested["connection_ok"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token is back but the test still fails: {tested}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        api.get(&format!("{CONNECTIONS}?last_connection_ok=true")).1["total"],
+        1
+    );
+
+    // A body not saved: a wrong PIN on a member, then the right one.
+    let (status, tested) = api.send(
+        "POST",
+        "/connectionmgmt/services/luna-network/connection-test",
+        &json!({
+            "password": "wrong-pin", "partitions": [members[1]]
+        }),
+    );
+    assert_eq!(status, 200, "{tested}");
+    assert_eq!(
+        (&tested["connection_ok"], &tested["members"][0]["ok"]),
+        (&json!(false), &json!(false)),
+        "{tested}"
+    );
+    assert!(
+        tested["members"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the password does not log in"),
+        "{tested}"
+    );
+    let (status, tested) = api.send(
+        "POST",
+        "/connectionmgmt/services/luna-network/connection-test",
+        &json!({
+            "password": luna_pkcs11::testing::USER_PIN, "partitions": [members[1]]
+        }),
+    );
+    assert_eq!(
+        (status, &tested["connection_ok"]),
+        (200, &json!(true)),
+        "{tested}"
+    );
+    assert_eq!(api.get(CONNECTIONS).1["total"], 1, "nothing was saved");
+    let (status, answer) = api.call(
+        "POST",
+        &format!("{CONNECTIONS}/{}/test", uuid::Uuid::new_v4()),
+        Some(&api.token),
+        None,
+    );
+    assert_error(status, &answer, 404, 16);
+}

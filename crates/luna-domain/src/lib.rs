@@ -294,5 +294,7 @@ pub use key::{
     ObjectType, OperationKind, OperationStatus, Origin,
 };
 pub use operation::{Operation, OperationPayload, OperationState, StoredOperation};
-pub use partition::{Connection, ConnectionRequest, ConnectionSpec, Member, MemberSpec, Partition};
+pub use partition::{
+    Connection, ConnectionCheck, ConnectionRequest, ConnectionSpec, Member, MemberSpec, Partition,
+};
 pub use server::{HsmServer, Product, ServerCertificate, ServerRequest};

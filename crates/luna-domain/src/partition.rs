@@ -41,12 +41,25 @@ pub struct Connection {
     pub remap_rsa_mechanisms: bool,
     /// The registered HSM server its partitions are on, if the client named one.
     pub server_id: Option<Uuid>,
+    /// How its last test ended (`POST …/connections/{id}/test`), if it had one.
+    pub last_check: Option<ConnectionCheck>,
     /// Its tokens, in the order given; the first is where keys are made.
     pub members: Vec<Member>,
     /// When it was registered.
     pub created_at: OffsetDateTime,
     /// When it last changed.
     pub updated_at: OffsetDateTime,
+}
+
+/// How a test of a connection ended: every member logged in, or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionCheck {
+    /// Every member answered and took the PIN.
+    pub ok: bool,
+    /// When it was tested.
+    pub at: OffsetDateTime,
+    /// What failed, member by member; `None` when all worked.
+    pub error: Option<String>,
 }
 
 /// A connection's token set registered as one CCKM partition.

@@ -494,6 +494,8 @@ filters! {
         name: String = text,
         /// Only HA connections (`true`) or single-token ones (`false`).
         is_ha_enabled: bool = parse_bool,
+        /// Only connections whose last test worked (`true`) or failed (`false`).
+        last_connection_ok: bool = parse_bool,
     }
 }
 

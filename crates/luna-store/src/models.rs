@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use luna_domain::{
-    AttributeSet, Connection, HsmServer, Job, JobLifecycle, Key, KeyLifecycle, Member, Operation,
-    OperationState, Partition, Product, ServerCertificate, StoredOperation,
+    AttributeSet, Connection, ConnectionCheck, HsmServer, Job, JobLifecycle, Key, KeyLifecycle, Member,
+    Operation, OperationState, Partition, Product, ServerCertificate, StoredOperation,
 };
 use uuid::Uuid;
 
@@ -258,6 +258,9 @@ pub struct ConnectionRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub server_id: Option<String>,
+    pub last_connection_ok: Option<bool>,
+    pub last_connection_at: Option<i64>,
+    pub last_connection_error: Option<String>,
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -293,6 +296,14 @@ impl ConnectionRow {
                 .as_deref()
                 .map(|id| uuid("connection server_id", id))
                 .transpose()?,
+            last_check: match (self.last_connection_ok, self.last_connection_at) {
+                (Some(ok), Some(at)) => Some(ConnectionCheck {
+                    ok,
+                    at: from_micros("connection last_connection_at", at)?,
+                    error: self.last_connection_error,
+                }),
+                _ => None,
+            },
             members,
             created_at: from_micros("connection created_at", self.created_at)?,
             updated_at: from_micros("connection updated_at", self.updated_at)?,

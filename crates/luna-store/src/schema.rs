@@ -12,6 +12,9 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         server_id -> Nullable<Text>,
+        last_connection_ok -> Nullable<Bool>,
+        last_connection_at -> Nullable<BigInt>,
+        last_connection_error -> Nullable<Text>,
     }
 }
 

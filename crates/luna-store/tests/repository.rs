@@ -84,6 +84,7 @@ fn connection(name: &str, ha: bool, members: usize) -> Connection {
         is_ha_enabled: ha,
         remap_rsa_mechanisms: true,
         server_id: None,
+        last_check: None,
         members: (0..members)
             .map(|i| Member {
                 hostname: format!("hsm{i}"),

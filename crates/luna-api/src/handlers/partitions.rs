@@ -18,7 +18,9 @@ use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
 use crate::registry;
 use crate::state::AppState;
-use crate::view::{ConnectionView, ListView, MechanismView, MemberTokenView, PartitionView};
+use crate::view::{
+    ConnectionTestView, ConnectionView, ListView, MechanismView, MemberTokenView, PartitionView,
+};
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,25 +87,7 @@ pub async fn create_connection(
     if let Some(first) = replayed(&state.store, request.as_ref(), view).await? {
         return Ok(first);
     }
-    let spec = ConnectionRequest {
-        name: body.name,
-        description: body.description,
-        password: body.password,
-        so_password: body.so_password,
-        is_ha_enabled: body.is_ha_enabled,
-        remap_rsa_mechanisms: body.remap_rsa_mechanisms,
-        server_id: body.server_id,
-        partitions: body
-            .partitions
-            .into_iter()
-            .map(|m| MemberRequest {
-                hostname: m.hostname,
-                partition_label: m.partition_label,
-                serial_number: m.serial_number,
-            })
-            .collect(),
-    }
-    .validate()?;
+    let spec = connection_request(body).validate()?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
     let connection = blocking(move || {
@@ -245,6 +229,93 @@ pub async fn forget_partition(
         return Err(not_found("partition", id));
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Tests a connection: logs in to each member now with its stored PIN, and
+/// keeps the outcome on the connection (`last_connection_ok`, `…_at`, `…_error`).
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+    responses((status = 200, description = "What each member answered", body = ConnectionTestView)))]
+#[post("/api/v1/connectionmgmt/services/luna-network/connections/{id}/test")]
+pub async fn test_connection(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("connection", &id)?;
+    let store = state.store.clone();
+    let tokens = state.tokens.clone();
+    let view = blocking(move || {
+        let connection = store
+            .get_connection(id)?
+            .ok_or_else(|| not_found("connection", id))?;
+        let pin = store
+            .connection_pin(id)?
+            .ok_or_else(|| not_found("connection", id))?;
+        let tests = registry::test_members(tokens.module(), &connection.members, &pin);
+        let check = registry::check_of(&tests, luna_store::now());
+        // Deleted meanwhile: the answer still says what the test found.
+        store.record_connection_check(id, &check)?;
+        Ok(ConnectionTestView::new(&tests, &check))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// Tests a connection that is not saved: the body of a create (its `name`
+/// may be left out), each member logged in to now; nothing is kept.
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
+    request_body = ConnectionBody,
+    responses((status = 200, description = "What each member answered", body = ConnectionTestView)))]
+#[post("/api/v1/connectionmgmt/services/luna-network/connection-test")]
+pub async fn test_unsaved_connection(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    body: web::Json<ConnectionBody>,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = body.into_inner();
+    body.name.get_or_insert_with(|| "connection-test".to_owned());
+    let spec = connection_request(body).validate()?;
+    let tokens = state.tokens.clone();
+    let view = blocking(move || {
+        let members: Vec<luna_domain::Member> = spec
+            .members
+            .into_iter()
+            .map(|m| luna_domain::Member {
+                hostname: m.hostname,
+                partition_label: m.partition_label,
+                serial_number: m.serial_number.unwrap_or_default(),
+            })
+            .collect();
+        let tests = registry::test_members(tokens.module(), &members, &spec.password);
+        Ok(ConnectionTestView::new(
+            &tests,
+            &registry::check_of(&tests, luna_store::now()),
+        ))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// The domain's request from a connection body (PINs moved, not copied).
+fn connection_request(body: ConnectionBody) -> ConnectionRequest {
+    ConnectionRequest {
+        name: body.name,
+        description: body.description,
+        password: body.password,
+        so_password: body.so_password,
+        is_ha_enabled: body.is_ha_enabled,
+        remap_rsa_mechanisms: body.remap_rsa_mechanisms,
+        server_id: body.server_id,
+        partitions: body
+            .partitions
+            .into_iter()
+            .map(|m| MemberRequest {
+                hostname: m.hostname,
+                partition_label: m.partition_label,
+                serial_number: m.serial_number,
+            })
+            .collect(),
+    }
 }
 
 /// Why Luna STC partitions are not offered (each `…/stc-partitions` route).

@@ -73,6 +73,9 @@ fn connections_filtered(f: &ConnectionFilters) -> connections::BoxedQuery<'stati
     if let Some(v) = f.is_ha_enabled {
         q = q.filter(connections::is_ha_enabled.eq(v));
     }
+    if let Some(v) = f.last_connection_ok {
+        q = q.filter(connections::last_connection_ok.eq(v));
+    }
     q
 }
 
@@ -108,6 +111,9 @@ impl Store {
             created_at: micros(connection.created_at),
             updated_at: micros(connection.updated_at),
             server_id: connection.server_id.map(|s| s.to_string()),
+            last_connection_ok: None,
+            last_connection_at: None,
+            last_connection_error: None,
         };
         let members: Vec<MemberRow> = connection
             .members
@@ -230,6 +236,21 @@ impl Store {
                 .load(conn)?;
             let items = connections_from(conn, rows)?;
             Ok(Listed { total, items })
+        })
+    }
+
+    /// Records how a test of the connection ended; false if it is gone.
+    pub fn record_connection_check(&self, id: Uuid, check: &luna_domain::ConnectionCheck) -> Result<bool> {
+        let id = id.to_string();
+        self.write(|conn| {
+            let updated = diesel::update(connections::table.find(&id))
+                .set((
+                    connections::last_connection_ok.eq(Some(check.ok)),
+                    connections::last_connection_at.eq(Some(micros(check.at))),
+                    connections::last_connection_error.eq(check.error.as_deref()),
+                ))
+                .execute(conn)?;
+            Ok(updated == 1)
         })
     }
 

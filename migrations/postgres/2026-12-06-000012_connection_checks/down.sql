@@ -1,0 +1,3 @@
+ALTER TABLE connections DROP COLUMN last_connection_error;
+ALTER TABLE connections DROP COLUMN last_connection_at;
+ALTER TABLE connections DROP COLUMN last_connection_ok;

@@ -1,0 +1,5 @@
+-- The outcome of the last test of a connection (POST …/connections/{id}/test):
+-- whether every member logged in, when, and what failed.
+ALTER TABLE connections ADD COLUMN last_connection_ok BOOLEAN;
+ALTER TABLE connections ADD COLUMN last_connection_at BIGINT;
+ALTER TABLE connections ADD COLUMN last_connection_error TEXT;
