@@ -201,8 +201,14 @@ const LINKS: &[(&str, &str, &[&str])] = &[
     (
         "create_connection",
         "id",
-        &["get_connection", "delete_connection"],
+        &[
+            "get_connection",
+            "update_connection",
+            "test_connection",
+            "delete_connection",
+        ],
     ),
+    ("create_server", "id", &["get_server", "delete_server"]),
     ("add_partition", "id", &["get_partition", "forget_partition"]),
     ("start_refresh", "id", &["get_refresh", "cancel_refresh"]),
     (

@@ -47,6 +47,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(partitions::list_connections)
         .service(partitions::get_connection)
         .service(partitions::delete_connection)
+        .service(partitions::update_connection)
         .service(partitions::test_connection)
         .service(partitions::test_unsaved_connection)
         .service(partitions::add_partition)

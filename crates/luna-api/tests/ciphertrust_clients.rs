@@ -512,3 +512,75 @@ fn connections_are_tested_member_by_member_and_the_last_outcome_is_kept_and_filt
     );
     assert_error(status, &answer, 404, 16);
 }
+
+/// The HSM's PIN is rotated, then the connection's: `PATCH …/connections/{id}`
+/// with the new `password` is checked on every member before it is kept,
+/// and the next create logs in with it. A wrong one is refused, naming the
+/// member, and the old stays.
+#[test]
+fn a_connection_password_is_rotated_after_the_hsms_and_checked_on_every_member() {
+    use secrecy::SecretString;
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    const CONNECTIONS: &str = "/connectionmgmt/services/luna-network/connections";
+    let partition = api.partition("rotated", 1);
+    let connection_id = partition["connection_id"].as_str().unwrap().to_owned();
+    let label = partition["members"][0]["partition_label"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create =
+        json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"});
+    let (_, made) = api.send("POST", "/cckm/hsm/luna/keys", &create);
+    assert_eq!(api.settled(made["id"].as_str().unwrap())["status"], "AVAILABLE");
+
+    // The operator changes the partition's PIN on the HSM.
+    let raw = luna_pkcs11::testing::raw_user_session(&label);
+    raw.set_pin(
+        &SecretString::from(luna_pkcs11::testing::USER_PIN),
+        &SecretString::from("rotated-pin-2026"),
+    )
+    .unwrap();
+    drop(raw);
+
+    let path = format!("{CONNECTIONS}/{connection_id}");
+    let (status, answer) = api.send("PATCH", &path, &json!({"password": "not-the-new-one"}));
+    assert_error(status, &answer, 400, 15);
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains(&label) && message.contains("keeps the old one"),
+        "{message}"
+    );
+    let (status, patched) = api.send(
+        "PATCH",
+        &path,
+        &json!({"password": "rotated-pin-2026", "description": "rotated on the 6th"}),
+    );
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["description"], "rotated on the 6th");
+    assert!(patched.get("password").is_none() && !patched.to_string().contains("rotated-pin-2026"));
+    let (_, made) = api.send("POST", "/cckm/hsm/luna/keys", &create);
+    let key = api.settled(made["id"].as_str().unwrap());
+    assert_eq!(
+        key["status"], "AVAILABLE",
+        "the runner logs in with the new PIN: {key}"
+    );
+
+    for (body, says) in [
+        (json!({"description": "bell\u{7}"}), "control character"),
+        (json!({"password": ""}), "must not be empty"),
+        (json!({"name": "renamed"}), "unknown field `name`"),
+    ] {
+        let (status, answer) = api.send("PATCH", &path, &body);
+        assert_error(status, &answer, 400, 15);
+        assert!(
+            answer["message"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) = api.send(
+        "PATCH",
+        &format!("{CONNECTIONS}/{}", uuid::Uuid::new_v4()),
+        &json!({"description": "x"}),
+    );
+    assert_error(status, &answer, 404, 16);
+}

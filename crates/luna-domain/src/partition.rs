@@ -51,6 +51,26 @@ pub struct Connection {
     pub updated_at: OffsetDateTime,
 }
 
+/// The longest connection description.
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+
+/// A description: free text of at most [`MAX_DESCRIPTION_CHARS`] characters,
+/// without control characters other than line breaks and tabs.
+pub fn check_description(description: &str) -> Result<()> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(DomainError::invalid(format!(
+            "description has more than {MAX_DESCRIPTION_CHARS} characters"
+        )));
+    }
+    if description
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(DomainError::invalid("description holds a control character"));
+    }
+    Ok(())
+}
+
 /// How a test of a connection ended: every member logged in, or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionCheck {
@@ -252,7 +272,11 @@ impl ConnectionRequest {
         }
         Ok(ConnectionSpec {
             name,
-            description: self.description.unwrap_or_default(),
+            description: {
+                let description = self.description.unwrap_or_default();
+                check_description(&description)?;
+                description
+            },
             password,
             so_password: self.so_password,
             is_ha_enabled: self.is_ha_enabled,

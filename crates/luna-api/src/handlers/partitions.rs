@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::partition::MemberRequest;
 use luna_domain::query::{ConnectionFilters, PartitionFilters};
 use luna_domain::ConnectionRequest;
 use luna_store::Store;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -229,6 +229,77 @@ pub async fn forget_partition(
         return Err(not_found("partition", id));
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// What a connection's PATCH may change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatchBody {
+    description: Option<String>,
+    /// The partitions' new crypto officer PIN (changed on the HSM first):
+    /// it must log in to every member, then it is sealed in place of the old.
+    #[schema(value_type = Option<String>, format = Password, min_length = 1)]
+    password: Option<SecretString>,
+}
+
+/// Changes a connection's description, or its PIN after the HSM's was
+/// rotated: the new PIN must log in to every member (each failure named),
+/// and tokens open with the old one are closed so that the next use logs in
+/// with the new.
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+    request_body = ConnectionPatchBody,
+    responses((status = 200, description = "The connection", body = ConnectionView)))]
+#[patch("/api/v1/connectionmgmt/services/luna-network/connections/{id}")]
+pub async fn update_connection(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    id: web::Path<String>,
+    body: web::Json<ConnectionPatchBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("connection", &id)?;
+    let body = body.into_inner();
+    if let Some(description) = &body.description {
+        luna_domain::partition::check_description(description)?;
+    }
+    if body
+        .password
+        .as_ref()
+        .is_some_and(|p| p.expose_secret().is_empty())
+    {
+        return Err(ApiError::BadRequest("password must not be empty".into()));
+    }
+    let store = state.store.clone();
+    let tokens = state.tokens.clone();
+    let connection = blocking(move || {
+        let connection = store
+            .get_connection(id)?
+            .ok_or_else(|| not_found("connection", id))?;
+        if let Some(pin) = &body.password {
+            // Sessions logged in with the old PIN end first: PKCS#11 keeps
+            // one login per token and process, which would hide the new one.
+            tokens.forget_connection(id);
+            let tests = registry::test_members(tokens.module(), &connection.members, pin);
+            let check = registry::check_of(&tests, luna_store::now());
+            if let Some(failed) = check.error {
+                return Err(ApiError::BadRequest(format!(
+                    "the new password was not taken: {failed}; the connection keeps the old one"
+                )));
+            }
+        }
+        if !store.update_connection(
+            id,
+            body.description.as_deref(),
+            body.password.as_ref(),
+            luna_store::now(),
+        )? {
+            return Err(not_found("connection", id));
+        }
+        store
+            .get_connection(id)?
+            .ok_or_else(|| not_found("connection", id))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
 /// Tests a connection: logs in to each member now with its stored PIN, and

@@ -239,6 +239,36 @@ impl Store {
         })
     }
 
+    /// Changes a connection's description and/or PIN (sealed again, bound to
+    /// its id) at `now`; false if it is gone.
+    pub fn update_connection(
+        &self,
+        id: Uuid,
+        description: Option<&str>,
+        pin: Option<&SecretString>,
+        now: time::OffsetDateTime,
+    ) -> Result<bool> {
+        let key = id.to_string();
+        let sealed = pin.map(|p| self.pins.seal(p, &key)).transpose()?;
+        self.write(|conn| {
+            let target = connections::table.find(&key);
+            let mut updated = diesel::update(target)
+                .set(connections::updated_at.eq(micros(now)))
+                .execute(conn)?;
+            if let Some(description) = description {
+                updated = diesel::update(target)
+                    .set(connections::description.eq(description))
+                    .execute(conn)?;
+            }
+            if let Some(sealed) = &sealed {
+                updated = diesel::update(target)
+                    .set(connections::pin_ciphertext.eq(sealed))
+                    .execute(conn)?;
+            }
+            Ok(updated == 1)
+        })
+    }
+
     /// Records how a test of the connection ended; false if it is gone.
     pub fn record_connection_check(&self, id: Uuid, check: &luna_domain::ConnectionCheck) -> Result<bool> {
         let id = id.to_string();
