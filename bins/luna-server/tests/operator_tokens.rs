@@ -6,63 +6,14 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{call, login, Server};
+use support::{call, login, pkcs11_objects, run, settled, Server};
 
 const USER_PIN: &str = "op-1234";
 const SO_PIN: &str = "op-so-99";
-
-fn run(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .expect("the tool is installed (softhsm2, opensc)");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{command:?}: {text} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
-}
-
-/// `pkcs11-tool --list-objects` on one token, logged in.
-fn objects(module: &Path, label: &str, env: &[(&str, &Path)]) -> String {
-    run(Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(module)
-        .args([
-            "--token-label",
-            label,
-            "--login",
-            "--pin",
-            USER_PIN,
-            "--list-objects",
-        ])
-        .envs(env.iter().copied()))
-}
-
-/// Polls a key until its operation is no longer in progress.
-fn settled(base: &str, token: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, key) = call(
-            "GET",
-            &format!("{base}/cckm/hsm/luna/keys/{id}"),
-            Some(token),
-            None,
-        );
-        assert_eq!(status, 200, "{key}");
-        if key["status"] != "in_progress" && key["operation_status"] != "in_progress" {
-            return key;
-        }
-        assert!(Instant::now() < deadline, "key {id} still in progress: {key}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn post(base: &str, token: &str, path: &str, body: &Value) -> (u16, Value) {
     call("POST", &format!("{base}{path}"), Some(token), Some(body))
@@ -146,7 +97,7 @@ fn softhsm2_tokens_made_with_softhsm2_util_outside_the_data_dir_are_served() {
     assert_eq!(copies.len(), 2, "{key}");
     assert!(copies.values().all(|state| state == "available"), "{key}");
     for label in ["ha1", "ha2"] {
-        let listing = objects(&module, label, &env);
+        let listing = pkcs11_objects(&module, label, USER_PIN, &env);
         assert!(listing.contains("operator-key"), "{label}: {listing}");
     }
     server.stop();
@@ -292,7 +243,7 @@ fn opencryptoki_tokens_made_with_pkcs11_tool_are_served_end_to_end() {
     }
     assert_eq!(rsa["generation_mechanism"], "CKM_RSA_PKCS_KEY_PAIR_GEN", "{rsa}");
     assert_eq!(rsa["modulus"].as_str().unwrap().len(), 512, "{rsa}");
-    let listing = objects(module, labels[0], &[]);
+    let listing = pkcs11_objects(module, labels[0], USER_PIN, &[]);
     assert!(
         listing.contains("ock-aes") && listing.contains("AES length 32"),
         "{listing}"
@@ -323,7 +274,7 @@ fn opencryptoki_tokens_made_with_pkcs11_tool_are_served_end_to_end() {
     // PATCH: the token takes CKA_DECRYPT on the AES key (pkcs11-tool shows a
     // secret key's encrypt, decrypt, wrap and unwrap, not its sign).
     let aes_usage = || {
-        let listing = objects(module, labels[0], &[]);
+        let listing = pkcs11_objects(module, labels[0], USER_PIN, &[]);
         // The AES key's entry alone: from its header to the next object's.
         let entry = listing
             .split("Secret Key Object")
@@ -412,7 +363,7 @@ fn opencryptoki_tokens_made_with_pkcs11_tool_are_served_end_to_end() {
     assert_eq!(deleted["status"], "DELETED", "{deleted}");
     let public = settled(base, &token, deleted["link_id"].as_str().unwrap());
     assert_eq!(public["status"], "DELETED", "{public}");
-    let listing = objects(module, labels[0], &[]);
+    let listing = pkcs11_objects(module, labels[0], USER_PIN, &[]);
     assert!(!listing.contains("ock-rsa"), "{listing}");
     assert!(
         listing.contains("ock-aes") && listing.contains("made-outside"),

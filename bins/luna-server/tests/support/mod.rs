@@ -155,3 +155,46 @@ pub fn login(base: &str, password: &str) -> String {
 pub fn data_dir(root: &Path) -> PathBuf {
     root.join("data")
 }
+
+/// Runs an operator's tool and answers its output; a failure shows both streams.
+pub fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .expect("the tool is installed (softhsm2, opensc)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command:?}: {text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+/// `pkcs11-tool --list-objects` on one token, logged in with `pin`: an
+/// independent look at what the service did to it.
+pub fn pkcs11_objects(module: &Path, label: &str, pin: &str, env: &[(&str, &Path)]) -> String {
+    run(Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(module)
+        .args(["--token-label", label, "--login", "--pin", pin, "--list-objects"])
+        .envs(env.iter().copied()))
+}
+
+/// Polls a key until its operation is no longer in progress.
+pub fn settled(base: &str, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, key) = call(
+            "GET",
+            &format!("{base}/cckm/hsm/luna/keys/{id}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(status, 200, "{key}");
+        if key["status"] != "in_progress" && key["operation_status"] != "in_progress" {
+            return key;
+        }
+        assert!(Instant::now() < deadline, "key {id} still in progress: {key}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
