@@ -8,10 +8,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
-use support::{call, pkcs11_objects, run, settled, Server};
+use support::{call, pkcs11_objects, settled, softhsm2_operator_tokens, Server};
 
 const USER_PIN: &str = "tf-1234";
 const SO_PIN: &str = "tf-so-99";
@@ -29,21 +28,7 @@ struct Operator {
 impl Operator {
     fn start(labels: &[&str]) -> Operator {
         let dir = tempfile::tempdir().unwrap();
-        let conf = luna_pkcs11::softhsm::write_config(&dir.path().join("operator-softhsm")).unwrap();
-        for label in labels {
-            run(Command::new("softhsm2-util")
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    label,
-                    "--so-pin",
-                    SO_PIN,
-                    "--pin",
-                    USER_PIN,
-                ])
-                .env("SOFTHSM2_CONF", &conf));
-        }
+        let conf = softhsm2_operator_tokens(&dir.path().join("operator-softhsm"), labels, SO_PIN, USER_PIN);
         let module = luna_pkcs11::softhsm::find_module().unwrap();
         let server = Server::start_with_env(
             &dir.path().join("data"),

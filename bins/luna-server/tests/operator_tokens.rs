@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{call, login, pkcs11_objects, run, settled, Server};
+use support::{call, login, pkcs11_objects, run, settled, softhsm2_operator_tokens, Server};
 
 const USER_PIN: &str = "op-1234";
 const SO_PIN: &str = "op-so-99";
@@ -26,22 +26,13 @@ fn softhsm2_tokens_made_with_softhsm2_util_outside_the_data_dir_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // The operator's own SoftHSM2 configuration and token directory.
-    let conf = luna_pkcs11::softhsm::write_config(&dir.path().join("operator-softhsm")).unwrap();
+    let conf = softhsm2_operator_tokens(
+        &dir.path().join("operator-softhsm"),
+        &["ha1", "ha2"],
+        SO_PIN,
+        USER_PIN,
+    );
     let env = [("SOFTHSM2_CONF", conf.as_path())];
-    for label in ["ha1", "ha2"] {
-        run(Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                USER_PIN,
-            ])
-            .envs(env));
-    }
     let module = luna_pkcs11::softhsm::find_module().unwrap();
     let server = Server::start_with_env(
         &data,

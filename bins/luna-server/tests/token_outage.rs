@@ -29,23 +29,7 @@ struct OperatorToken {
 impl OperatorToken {
     fn make(root: &Path, label: &'static str) -> OperatorToken {
         let home = root.join("operator-softhsm");
-        let conf = luna_pkcs11::softhsm::write_config(&home).unwrap();
-        let status = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                USER_PIN,
-            ])
-            .env("SOFTHSM2_CONF", &conf)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("softhsm2-util (package softhsm2)");
-        assert!(status.success());
+        let conf = support::softhsm2_operator_tokens(&home, &[label], SO_PIN, USER_PIN);
         OperatorToken { home, conf, label }
     }
 

@@ -198,3 +198,24 @@ pub fn settled(base: &str, token: &str, id: &str) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An operator's own SoftHSM2 (configuration and token directory under
+/// `home`) with `labels` made by `softhsm2-util`; answers `SOFTHSM2_CONF`.
+pub fn softhsm2_operator_tokens(home: &Path, labels: &[&str], so_pin: &str, pin: &str) -> PathBuf {
+    let conf = luna_pkcs11::softhsm::write_config(home).unwrap();
+    for label in labels {
+        run(Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                so_pin,
+                "--pin",
+                pin,
+            ])
+            .env("SOFTHSM2_CONF", &conf));
+    }
+    conf
+}
