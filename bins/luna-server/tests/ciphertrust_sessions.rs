@@ -181,10 +181,11 @@ fn a_terraform_shaped_session_runs_end_to_end() {
 
 /// The Ansible collection (thalesgroup.ciphertrust): `grant_type: password`,
 /// lookups by name with a slash before the query, a connection's PATCH and
-/// its test; no success body holds `codeDesc` (the collection raises on it).
+/// test, and an HA member added and removed; no success body holds
+/// `codeDesc` (the collection raises on it).
 #[test]
 fn an_ansible_shaped_session_runs_end_to_end() {
-    let operator = Operator::start(&["ansible-hsm"]);
+    let operator = Operator::start(&["ansible-1", "ansible-2", "ansible-3"]);
     let base = &operator.server.base;
     let (status, signed_in) = call(
         "POST",
@@ -195,15 +196,10 @@ fn an_ansible_shaped_session_runs_end_to_end() {
     assert_eq!(status, 200, "{signed_in}");
     let token = signed_in["jwt"].as_str().unwrap();
     let mut answers = Vec::new();
-    let (status, connection) = operator.call(
-        "POST",
-        CONNECTIONS,
-        token,
-        Some(&json!({
-            "name": "ansible-connection", "password": USER_PIN,
-            "partitions": [{"hostname": "hsm1", "partition_label": "ansible-hsm"}]
-        })),
-    );
+    let (status, connection) = operator.call("POST", CONNECTIONS, token, Some(&json!({
+        "name": "ansible-connection", "password": USER_PIN, "so_password": SO_PIN, "is_ha_enabled": true,
+        "partitions": [{"hostname": "hsm1", "partition_label": "ansible-1"}, {"hostname": "hsm2", "partition_label": "ansible-2"}]
+    })));
     assert_eq!(status, 201, "{connection}");
     answers.push(connection);
     let (status, found) = operator.call(
@@ -241,7 +237,43 @@ fn an_ansible_shaped_session_runs_end_to_end() {
         Some(&json!({"connection": id})),
     );
     assert_eq!(status, 201, "{partition}");
-    answers.push(partition);
+    answers.push(partition.clone());
+
+    let (status, grown) = operator.call(
+        "POST",
+        &format!("{CONNECTIONS}/{id}/partitions"),
+        token,
+        Some(&json!({
+            "hostname": "hsm3", "partition_label": "ansible-3", "so_password": SO_PIN
+        })),
+    );
+    assert_eq!(
+        (status, grown["partitions"].as_array().map(Vec::len)),
+        (201, Some(3)),
+        "{grown}"
+    );
+    let serial = grown["partitions"][2]["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    answers.push(grown);
+    let (status, created) = operator.call("POST", "/cckm/hsm/luna/keys", token, Some(&json!({
+        "label": "ansible-key", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"
+    })));
+    assert_eq!(status, 201, "{created}");
+    let key = settled(base, token, created["id"].as_str().unwrap());
+    assert_eq!(key["replication_info"][&serial], "available", "{key}");
+    assert!(
+        operator.objects("ansible-3").contains("ansible-key"),
+        "cloned to the new member"
+    );
+    let (status, removed) = operator.call(
+        "DELETE",
+        &format!("{CONNECTIONS}/{id}/partitions/{serial}"),
+        token,
+        None,
+    );
+    assert_eq!((status, removed), (204, Value::Null));
     for answer in &answers {
         assert!(!answer.to_string().contains("codeDesc"), "{answer}");
     }

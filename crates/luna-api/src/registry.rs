@@ -93,6 +93,79 @@ pub fn register_connection_idempotently(
     Ok(connection)
 }
 
+/// Adds a token to an HA connection: it must be present, able to replicate,
+/// of a serial number no member has, and take the connection's PIN; with
+/// `so_pin`, the cloning domain is established again across every member,
+/// the new one included. The members' existing keys are not copied here
+/// (a synchronize job does that).
+pub fn add_member(
+    store: &Store,
+    module: &Arc<Module>,
+    connection: &Connection,
+    spec: luna_domain::MemberSpec,
+    so_pin: Option<&SecretString>,
+) -> Result<Member, ApiError> {
+    if !connection.is_ha_enabled {
+        return Err(ApiError::BadRequest(
+            "only an HA connection (is_ha_enabled) takes more partitions".into(),
+        ));
+    }
+    if connection.members.len() >= luna_domain::partition::MAX_MEMBERS {
+        return Err(ApiError::BadRequest(format!(
+            "an HA connection has at most {} partitions",
+            luna_domain::partition::MAX_MEMBERS
+        )));
+    }
+    let token = module
+        .describe_token(&spec.partition_label, spec.serial_number.as_deref())
+        .map_err(|source| refused(&spec.partition_label, source))?;
+    if let Some(reason) = token.cannot_replicate() {
+        return Err(ApiError::BadRequest(reason));
+    }
+    let member = Member {
+        hostname: spec.hostname,
+        partition_label: spec.partition_label,
+        serial_number: token.serial_number.clone(),
+    };
+    if let Some(same) = connection
+        .members
+        .iter()
+        .find(|m| m.serial_number == member.serial_number)
+    {
+        return Err(ApiError::Conflict(format!(
+            "the connection has partition {:?} (serial number {}) already",
+            same.partition_label, same.serial_number
+        )));
+    }
+    let mut members = connection.members.clone();
+    members.push(member.clone());
+    luna_domain::partition::check_distinct_serials(&members)?;
+    let pin = store
+        .connection_pin(connection.id)?
+        .ok_or_else(|| ApiError::NotFound(format!("connection {} does not exist", connection.id)))?;
+    module
+        .open_partition(&member.partition_label, Some(&member.serial_number), pin)
+        .map_err(|source| refused(&member.partition_label, source))?;
+    if let Some(so_pin) = so_pin {
+        module
+            .establish_cloning_domain(&members, so_pin)
+            .map_err(|source| ApiError::TokenRefused {
+                message: format!(
+                    "the cloning domain could not be established with the new partition: {source}"
+                ),
+                source,
+            })?;
+    }
+    if !store.add_connection_member(connection.id, &member, luna_store::now())? {
+        return Err(ApiError::NotFound(format!(
+            "connection {} does not exist",
+            connection.id
+        )));
+    }
+    tracing::info!(connection = %connection.id, serial = %member.serial_number, "partition added to the connection");
+    Ok(member)
+}
+
 /// One member's part in a test of a connection: `None` if it logged in.
 #[derive(Debug)]
 pub struct MemberTest {

@@ -48,6 +48,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(partitions::get_connection)
         .service(partitions::delete_connection)
         .service(partitions::update_connection)
+        .service(partitions::add_connection_member)
+        .service(partitions::remove_connection_member)
         .service(partitions::test_connection)
         .service(partitions::test_unsaved_connection)
         .service(partitions::add_partition)

@@ -584,3 +584,153 @@ fn a_connection_password_is_rotated_after_the_hsms_and_checked_on_every_member()
     );
     assert_error(status, &answer, 404, 16);
 }
+
+/// The Ansible collection grows and shrinks an HA group: `POST
+/// …/connections/{id}/partitions` adds a member (present, able to replicate,
+/// taking the connection's PIN; the cloning domain established again with
+/// `so_password`), `DELETE …/partitions/{serial}` removes one; both 409
+/// while keys are in progress, and the last member stays.
+#[test]
+fn an_ha_connection_gains_and_loses_members_and_new_keys_reach_the_new_one() {
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    const CONNECTIONS: &str = "/connectionmgmt/services/luna-network/connections";
+    let partition = api.partition_with_domain("grow", 2);
+    let connection = partition["connection_id"].as_str().unwrap().to_owned();
+    let members = format!("{CONNECTIONS}/{connection}/partitions");
+    let third = luna_pkcs11::testing::fresh_token_label("grow-2");
+    let (status, grown) = api.send(
+        "POST",
+        &members,
+        &json!({
+            "hostname": "hsm3", "partition_label": third, "so_password": luna_pkcs11::testing::SO_PIN
+        }),
+    );
+    assert_eq!(status, 201, "{grown}");
+    assert_eq!(grown["partitions"].as_array().unwrap().len(), 3, "{grown}");
+    let new_serial = grown["partitions"][2]["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = partition["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/cckm/hsm/luna/partitions/{pid}")).1["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let (_, made) = api.send(
+        "POST",
+        "/cckm/hsm/luna/keys",
+        &json!({"label": "after-growth", "size": 256, "partition_id": pid, "mechanism": "CKM_AES_KEY_GEN"}),
+    );
+    let key = api.settled(made["id"].as_str().unwrap());
+    assert_eq!(
+        key["replication_info"][&new_serial], "available",
+        "the new member gets new keys: {key}"
+    );
+    assert_eq!(key["replicated"], true, "{key}");
+
+    for (body, status_code, says) in [
+        (
+            json!({"hostname": "hsm4", "partition_label": "no-such-token"}),
+            400,
+            "no-such-token",
+        ),
+        (
+            json!({"hostname": "hsm4", "partition_label": third}),
+            409,
+            "serial number",
+        ),
+        (
+            json!({"hostname": "hsm4"}),
+            400,
+            "partition_label must not be empty",
+        ),
+    ] {
+        let (status, answer) = api.send("POST", &members, &body);
+        assert_eq!(status, status_code, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+
+    let (status, answer) = api.call(
+        "DELETE",
+        &format!("{members}/{new_serial}"),
+        Some(&api.token),
+        None,
+    );
+    assert_eq!((status, answer), (204, Value::Null));
+    assert_eq!(
+        api.get(&format!("/cckm/hsm/luna/partitions/{pid}")).1["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (status, answer) = api.call(
+        "DELETE",
+        &format!("{members}/{new_serial}"),
+        Some(&api.token),
+        None,
+    );
+    assert_error(status, &answer, 404, 16);
+    let first_two: Vec<String> = partition["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["serial_number"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("{members}/{}", first_two[1]),
+            Some(&api.token),
+            None
+        )
+        .0,
+        204
+    );
+    let (status, answer) = api.call(
+        "DELETE",
+        &format!("{members}/{}", first_two[0]),
+        Some(&api.token),
+        None,
+    );
+    assert_error(status, &answer, 409, 13);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least one partition"),
+        "{answer}"
+    );
+}
+
+/// While a key's operation is in progress on the partition, its members
+/// stay as they are (409): the operation was planned on them.
+#[test]
+fn members_do_not_change_under_keys_in_progress() {
+    let api = Api::start_with(luna_store::testing::TestDatabase::sqlite().unwrap(), 0);
+    let partition = api.partition("busy-group", 2);
+    let connection = partition["connection_id"].as_str().unwrap();
+    let (status, made) = api.send("POST", "/cckm/hsm/luna/keys", &json!({"label": "pending", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}));
+    assert_eq!(status, 201, "{made}");
+    let members = format!("/connectionmgmt/services/luna-network/connections/{connection}/partitions");
+    let serial = partition["members"][1]["serial_number"].as_str().unwrap();
+    let (status, answer) = api.call("DELETE", &format!("{members}/{serial}"), Some(&api.token), None);
+    assert_error(status, &answer, 409, 13);
+    assert!(
+        answer["message"].as_str().unwrap().contains("in progress"),
+        "{answer}"
+    );
+    let (status, answer) = api.send(
+        "POST",
+        &members,
+        &json!({"partition_label": luna_pkcs11::testing::fresh_token_label("busy-group-3")}),
+    );
+    assert_error(status, &answer, 409, 13);
+}

@@ -194,6 +194,52 @@ pub fn check_distinct_serials(members: &[Member]) -> Result<()> {
     Ok(())
 }
 
+impl MemberRequest {
+    /// One member's fields checked; `at` names it in errors (`partitions[0]`,
+    /// or empty for a member sent on its own).
+    pub fn validate(self, at: &str) -> Result<MemberSpec> {
+        let field = |name: &str| {
+            if at.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{at}.{name}")
+            }
+        };
+        let member = self;
+        let partition_label = check_label(
+            &field("partition_label"),
+            member.partition_label.as_deref().unwrap_or(""),
+        )?;
+        if partition_label.chars().count() > TOKEN_LABEL_CHARS {
+            return Err(DomainError::invalid(format!(
+                "{} is longer than a token label ({TOKEN_LABEL_CHARS} characters)",
+                field("partition_label")
+            )));
+        }
+        let serial_number = match member.serial_number.filter(|s| !s.is_empty()) {
+            Some(serial)
+                if serial.chars().count() > TOKEN_SERIAL_CHARS
+                    || serial.chars().any(|c| !c.is_ascii_graphic()) =>
+            {
+                return Err(DomainError::invalid(format!(
+                    "{} must be up to {TOKEN_SERIAL_CHARS} printable characters",
+                    field("serial_number")
+                )))
+            }
+            other => other,
+        };
+        let hostname = match member.hostname.filter(|h| !h.is_empty()) {
+            Some(h) => check_label(&field("hostname"), &h)?,
+            None => String::new(),
+        };
+        Ok(MemberSpec {
+            hostname,
+            partition_label,
+            serial_number,
+        })
+    }
+}
+
 impl ConnectionRequest {
     /// Every rule known before asking the tokens: a name, a PIN, the member
     /// count that fits `is_ha_enabled`, labels and serials that fit a token's
@@ -227,38 +273,9 @@ impl ConnectionRequest {
         }
         let mut members: Vec<MemberSpec> = Vec::with_capacity(self.partitions.len());
         for (index, member) in self.partitions.into_iter().enumerate() {
-            let field = |name: &str| format!("partitions[{index}].{name}");
-            let partition_label = check_label(
-                &field("partition_label"),
-                member.partition_label.as_deref().unwrap_or(""),
-            )?;
-            if partition_label.chars().count() > TOKEN_LABEL_CHARS {
-                return Err(DomainError::invalid(format!(
-                    "{} is longer than a token label ({TOKEN_LABEL_CHARS} characters)",
-                    field("partition_label")
-                )));
-            }
-            let serial_number = match member.serial_number.filter(|s| !s.is_empty()) {
-                Some(serial)
-                    if serial.chars().count() > TOKEN_SERIAL_CHARS
-                        || serial.chars().any(|c| !c.is_ascii_graphic()) =>
-                {
-                    return Err(DomainError::invalid(format!(
-                        "{} must be up to {TOKEN_SERIAL_CHARS} printable characters",
-                        field("serial_number")
-                    )))
-                }
-                other => other,
-            };
-            let hostname = match member.hostname.filter(|h| !h.is_empty()) {
-                Some(h) => check_label(&field("hostname"), &h)?,
-                None => String::new(),
-            };
-            let spec = MemberSpec {
-                hostname,
-                partition_label,
-                serial_number,
-            };
+            let at = format!("partitions[{index}]");
+            let field = |name: &str| format!("{at}.{name}");
+            let spec = member.validate(&at)?;
             if members
                 .iter()
                 .any(|m| m.partition_label == spec.partition_label && m.serial_number == spec.serial_number)

@@ -302,6 +302,96 @@ pub async fn update_connection(
     Ok(HttpResponse::Ok().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
+/// A partition added to an HA connection.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMemberBody {
+    hostname: Option<String>,
+    partition_label: Option<String>,
+    serial_number: Option<String>,
+    /// The members' security officer PIN: the cloning domain is established
+    /// again across every member, the new one included.
+    #[schema(value_type = Option<String>, format = Password)]
+    so_password: Option<SecretString>,
+}
+
+/// Adds a partition (an HA member) to a connection. It must be present,
+/// able to replicate, and take the connection's PIN; 409 while the
+/// partition has key operations or a job in progress. Keys already made
+/// reach it with a synchronize job.
+#[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),
+    request_body = NewMemberBody,
+    responses((status = 201, description = "The connection with its new member", body = ConnectionView)))]
+#[post("/api/v1/connectionmgmt/services/luna-network/connections/{id}/partitions")]
+pub async fn add_connection_member(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    id: web::Path<String>,
+    body: web::Json<NewMemberBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("connection", &id)?;
+    let body = body.into_inner();
+    let spec = MemberRequest {
+        hostname: body.hostname,
+        partition_label: body.partition_label,
+        serial_number: body.serial_number,
+    }
+    .validate("")?;
+    let store = state.store.clone();
+    let tokens = state.tokens.clone();
+    let connection = blocking(move || {
+        let connection = store
+            .get_connection(id)?
+            .ok_or_else(|| not_found("connection", id))?;
+        registry::add_member(
+            &store,
+            tokens.module(),
+            &connection,
+            spec,
+            body.so_password.as_ref(),
+        )?;
+        // Tokens are opened again with the members as they are now.
+        tokens.forget_connection(id);
+        store
+            .get_connection(id)?
+            .ok_or_else(|| not_found("connection", id))
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(ConnectionView::new(&connection, &state.tenancy)))
+}
+
+/// Removes a partition (by its serial number) from a connection; 409 while
+/// the partition has work in progress, and for its last member. The keys'
+/// objects on that token stay there.
+#[utoipa::path(tag = "partitions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the connection's id"), ("serial" = String, Path, description = "the member's serial number")),
+    responses((status = 204, description = "The member is no longer part of the connection")))]
+#[delete("/api/v1/connectionmgmt/services/luna-network/connections/{id}/partitions/{serial}")]
+pub async fn remove_connection_member(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, serial) = path.into_inner();
+    let id = path_id("connection", &id)?;
+    let store = state.store.clone();
+    let tokens = state.tokens.clone();
+    blocking(
+        move || match store.remove_connection_member(id, &serial, luna_store::now())? {
+            None => Err(not_found("connection", id)),
+            Some(false) => Err(ApiError::NotFound(format!(
+                "connection {id} has no partition with serial number {serial:?}"
+            ))),
+            Some(true) => {
+                tokens.forget_connection(id);
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// Tests a connection: logs in to each member now with its stored PIN, and
 /// keeps the outcome on the connection (`last_connection_ok`, `…_at`, `…_error`).
 #[utoipa::path(tag = "partitions", security(("bearer" = [])), params(("id" = String, Path, description = "the connection's id")),

@@ -13,7 +13,7 @@ use crate::db::{per_backend, DbConnection, MultiBackend};
 use crate::error::{Result, StoreError};
 use crate::models::{ConnectionRow, MemberRow, PartitionRow};
 use crate::repo::{conflict_on_unique, order_by};
-use crate::schema::{connection_members, connections, partitions};
+use crate::schema::{connection_members, connections, operations, partitions, running_jobs};
 use crate::{Listed, Store};
 
 /// The members of these connections, each list in position order, read in
@@ -88,6 +88,41 @@ fn partitions_filtered(f: &PartitionFilters) -> partitions::BoxedQuery<'static, 
         q = q.filter(partitions::ha_enabled.eq(v));
     }
     q
+}
+
+/// Refuses a change of a connection's members while the partition made of
+/// it has key operations queued or running, or a job running: their work
+/// was planned on the members as they were.
+fn require_partition_idle(conn: &mut DbConnection, connection_id: &str) -> Result<()> {
+    use luna_domain::OperationState;
+    let partition: Option<String> = partitions::table
+        .filter(partitions::connection_id.eq(connection_id))
+        .select(partitions::id)
+        .first(conn)
+        .optional()?;
+    let Some(partition) = partition else {
+        return Ok(());
+    };
+    let busy: i64 = operations::table
+        .filter(operations::partition_id.eq(&partition))
+        .filter(operations::state.eq_any([OperationState::Queued.as_str(), OperationState::Running.as_str()]))
+        .count()
+        .get_result(conn)?;
+    if busy > 0 {
+        return Err(StoreError::Conflict(format!(
+            "the partition has {busy} key operation(s) in progress; change its members once they have ended"
+        )));
+    }
+    let jobs: i64 = running_jobs::table
+        .filter(running_jobs::partition_id.eq(&partition))
+        .count()
+        .get_result(conn)?;
+    if jobs > 0 {
+        return Err(StoreError::Conflict(
+            "a refresh or synchronize job runs on the partition; change its members once it has ended".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -266,6 +301,89 @@ impl Store {
                     .execute(conn)?;
             }
             Ok(updated == 1)
+        })
+    }
+
+    /// Adds a member (an HA partition) to a connection at `now`; false if the
+    /// connection is gone. A conflict while its partition has work in
+    /// flight, or when a member has that serial number already.
+    pub fn add_connection_member(
+        &self,
+        id: Uuid,
+        member: &Member,
+        now: time::OffsetDateTime,
+    ) -> Result<bool> {
+        let key = id.to_string();
+        self.write(|conn| {
+            let exists: i64 = connections::table.find(&key).count().get_result(conn)?;
+            if exists == 0 {
+                return Ok(false);
+            }
+            require_partition_idle(conn, &key)?;
+            let members: Vec<MemberRow> = connection_members::table
+                .filter(connection_members::connection_id.eq(&key))
+                .select(MemberRow::as_select())
+                .load(conn)?;
+            if members.iter().any(|m| m.serial_number == member.serial_number) {
+                return Err(StoreError::Conflict(format!(
+                    "the connection has a partition with serial number {} already",
+                    member.serial_number
+                )));
+            }
+            let position = members.iter().map(|m| m.position).max().map_or(0, |p| p + 1);
+            diesel::insert_into(connection_members::table)
+                .values(&MemberRow {
+                    connection_id: key.clone(),
+                    position,
+                    hostname: member.hostname.clone(),
+                    partition_label: member.partition_label.clone(),
+                    serial_number: member.serial_number.clone(),
+                })
+                .execute(conn)?;
+            diesel::update(connections::table.find(&key))
+                .set(connections::updated_at.eq(micros(now)))
+                .execute(conn)?;
+            Ok(true)
+        })
+    }
+
+    /// Removes the member with `serial` from a connection at `now`: `None` if
+    /// the connection is gone, `Some(false)` if it has no such member. A
+    /// conflict while its partition has work in flight, or for its last member.
+    pub fn remove_connection_member(
+        &self,
+        id: Uuid,
+        serial: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<bool>> {
+        let key = id.to_string();
+        self.write(|conn| {
+            let exists: i64 = connections::table.find(&key).count().get_result(conn)?;
+            if exists == 0 {
+                return Ok(None);
+            }
+            let members: i64 = connection_members::table
+                .filter(connection_members::connection_id.eq(&key))
+                .count()
+                .get_result(conn)?;
+            let target = connection_members::table
+                .filter(connection_members::connection_id.eq(&key))
+                .filter(connection_members::serial_number.eq(serial));
+            let found: i64 = target.count().get_result(conn)?;
+            if found == 0 {
+                return Ok(Some(false));
+            }
+            if members <= 1 {
+                return Err(StoreError::Conflict(
+                    "a connection keeps at least one partition; delete the connection instead".into(),
+                ));
+            }
+            require_partition_idle(conn, &key)?;
+            diesel::delete(target).execute(conn)?;
+            diesel::update(connections::table.find(&key))
+                .set(connections::updated_at.eq(micros(now)))
+                .execute(conn)?;
+            Ok(Some(true))
         })
     }
 
