@@ -181,9 +181,11 @@ pub fn test_members(module: &Arc<Module>, members: &[Member], pin: &SecretString
         .iter()
         .map(|member| {
             let serial = Some(member.serial_number.as_str()).filter(|s| !s.is_empty());
-            if let Some(serial) = serial {
-                // A token that dropped off and came back is seen only once
-                // the module is initialised again (at its recovery pace).
+            // A token that dropped off and came back is seen only once the
+            // module is initialised again, at its recovery pace; one this
+            // process never listed (a made-up label, say) re-initialises
+            // nothing here.
+            if let Some(serial) = serial.filter(|s| module.has_listed(&member.partition_label, s)) {
                 module.look_for(&member.partition_label, serial);
             }
             let error = module

@@ -557,6 +557,10 @@ fn a_connection_password_is_rotated_after_the_hsms_and_checked_on_every_member()
     );
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["description"], "rotated on the 6th");
+    assert_eq!(
+        patched["last_connection_ok"], true,
+        "the new PIN logged in everywhere: {patched}"
+    );
     assert!(patched.get("password").is_none() && !patched.to_string().contains("rotated-pin-2026"));
     let (_, made) = api.send("POST", "/cckm/hsm/luna/keys", &create);
     let key = api.settled(made["id"].as_str().unwrap());

@@ -105,10 +105,12 @@ impl ServerRequest {
                 Product::allowed()
             )));
         }
+        let description = self.description.unwrap_or_default();
+        crate::partition::check_description(&description)?;
         Ok(HsmServer {
             id,
             hostname,
-            description: self.description.unwrap_or_default(),
+            description,
             certificate,
             products,
             meta: self.meta,

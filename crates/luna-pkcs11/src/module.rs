@@ -34,9 +34,12 @@ pub struct Module {
     pub(crate) context: Pkcs11,
     /// `C_InitToken` takes "the" free slot; two threads must not race for it.
     provisioning: Mutex<()>,
-    /// Held by every `C_Login`, `C_Logout` and `C_CloseSession` (see
-    /// `ModuleSession` for the crash it prevents).
-    login_state: Arc<Mutex<()>>,
+    /// Held by every `C_Login`, `C_Logout` and `C_CloseSession` on the
+    /// modules that race there (see `ModuleSession` for the crash it
+    /// prevents): the same ones as `serialize_object_writes`. `None` on
+    /// others (Luna): there a slow network login must not hold every other
+    /// token's sessions.
+    login_state: Option<Arc<Mutex<()>>>,
     /// Token (label, serial) → digest of the PIN that last passed `C_Login`
     /// there. Login is per application, so once one session is logged in
     /// `C_Login` answers `CKR_USER_ALREADY_LOGGED_IN` whatever PIN it is
@@ -151,13 +154,14 @@ impl Module {
             .map(|info| info.manufacturer_id().to_owned())
             .map_err(load_error)?;
         let token_info = TokenInfoReader::load(&key).map_err(load_error)?;
+        // openCryptoki's library names IBM as its manufacturer.
+        let races = manufacturer.starts_with("SoftHSM") || manufacturer.starts_with("IBM");
         let module = Arc::new(Module {
-            // openCryptoki's library names IBM as its manufacturer.
-            serialize_object_writes: manufacturer.starts_with("SoftHSM") || manufacturer.starts_with("IBM"),
+            serialize_object_writes: races,
             path: key.clone(),
             context,
             provisioning: Mutex::new(()),
-            login_state: Arc::default(),
+            login_state: races.then(Arc::default),
             proven_pins: Mutex::new(HashMap::new()),
             token_info,
             gate: Gate::default(),
@@ -445,7 +449,7 @@ impl Module {
             .context
             .open_rw_session(slot)
             .map_err(call("C_OpenSession"))?;
-        Ok(ModuleSession::new(session, Arc::clone(&self.login_state)))
+        Ok(ModuleSession::new(session, self.login_state.clone()))
     }
 
     /// `C_Login` as `user_type`, under the module's login lock.
@@ -455,7 +459,7 @@ impl Module {
         user_type: UserType,
         pin: &SecretString,
     ) -> cryptoki::error::Result<()> {
-        let _one_at_a_time = self.login_state.lock();
+        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
         session.login(user_type, Some(pin))
     }
 
@@ -470,7 +474,7 @@ impl Module {
     ) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(pin.expose_secret().as_bytes()).into();
         let token_key = (label.to_owned(), serial.to_owned());
-        let _one_at_a_time = self.login_state.lock();
+        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
         let mut proven = self.proven_pins.lock();
         match session.login(UserType::User, Some(pin)) {
             Ok(()) => {

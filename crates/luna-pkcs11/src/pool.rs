@@ -88,15 +88,16 @@ impl Drop for PooledSession<'_> {
 /// its heap: the API benchmark died in `dlist_remove_node`, one thread
 /// closing a dropped server's sessions while another logged out to
 /// provision a token. Logins and closes are rare (sessions are pooled), so
-/// serialising them costs no module anything.
+/// serialising them costs these modules nothing; on modules that do not race
+/// (a Luna) there is no lock, so a slow network login holds no other token.
 #[derive(Debug)]
 pub(crate) struct ModuleSession {
     session: Option<Session>,
-    login_state: Arc<Mutex<()>>,
+    login_state: Option<Arc<Mutex<()>>>,
 }
 
 impl ModuleSession {
-    pub(crate) fn new(session: Session, login_state: Arc<Mutex<()>>) -> ModuleSession {
+    pub(crate) fn new(session: Session, login_state: Option<Arc<Mutex<()>>>) -> ModuleSession {
         ModuleSession {
             session: Some(session),
             login_state,
@@ -112,7 +113,7 @@ impl ModuleSession {
 
     /// `C_Logout`, under the module's login lock.
     pub(crate) fn logout(&self) -> cryptoki::error::Result<()> {
-        let _one_at_a_time = self.login_state.lock();
+        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
         self.as_session().logout()
     }
 }
@@ -127,7 +128,7 @@ impl Deref for ModuleSession {
 
 impl Drop for ModuleSession {
     fn drop(&mut self) {
-        let _one_at_a_time = self.login_state.lock();
+        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
         drop(self.session.take());
     }
 }

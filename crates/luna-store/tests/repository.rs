@@ -294,6 +294,13 @@ on_both_backends! {
         // Deleting the partition forgets its keys here, then frees the connection.
         let (private, public) = rsa_pair(&partition, "k");
         store.insert_keys_with_operation(&[private.clone(), public], &create_op(&private)).unwrap();
+        // Not while its create is in flight: its outcome would make objects no record names.
+        let busy = store.forget_partition(partition.id).unwrap_err();
+        assert!(matches!(&busy, StoreError::Conflict(m) if m.contains("in progress")), "{busy}");
+        let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
+        let mut done = claimed.clone();
+        done.finish(Err("the token refused".into()), now()).unwrap();
+        assert!(store.finish_operation(&done, "w", &[], &outcome(&done)).unwrap());
         assert!(store.forget_partition(partition.id).unwrap());
         assert!(store.get_key(private.id).unwrap().is_none());
         assert!(store.delete_connection(partition.connection_id).unwrap());

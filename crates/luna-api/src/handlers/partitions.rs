@@ -91,6 +91,14 @@ pub async fn create_connection(
     let store = state.store.clone();
     let tokens = state.tokens.clone();
     let connection = blocking(move || {
+        // Before any PIN is tried: each failed try counts toward the HSM's lockout.
+        if let Some(server) = spec.server_id {
+            if store.get_server(server)?.is_none() {
+                return Err(ApiError::BadRequest(format!(
+                    "server_id {server} names no registered HSM server (POST …/luna-network/servers registers one)"
+                )));
+            }
+        }
         registry::register_connection_idempotently(&store, tokens.module(), spec, request.as_ref())
     })
     .await?;
@@ -274,17 +282,19 @@ pub async fn update_connection(
         let connection = store
             .get_connection(id)?
             .ok_or_else(|| not_found("connection", id))?;
+        let mut check = None;
         if let Some(pin) = &body.password {
             // Sessions logged in with the old PIN end first: PKCS#11 keeps
             // one login per token and process, which would hide the new one.
             tokens.forget_connection(id);
             let tests = registry::test_members(tokens.module(), &connection.members, pin);
-            let check = registry::check_of(&tests, luna_store::now());
-            if let Some(failed) = check.error {
+            let tested = registry::check_of(&tests, luna_store::now());
+            if let Some(failed) = tested.error {
                 return Err(ApiError::BadRequest(format!(
                     "the new password was not taken: {failed}; the connection keeps the old one"
                 )));
             }
+            check = Some(tested);
         }
         if !store.update_connection(
             id,
@@ -293,6 +303,10 @@ pub async fn update_connection(
             luna_store::now(),
         )? {
             return Err(not_found("connection", id));
+        }
+        if let Some(check) = &check {
+            // The new PIN logged in to every member: a test that worked.
+            store.record_connection_check(id, check)?;
         }
         store
             .get_connection(id)?

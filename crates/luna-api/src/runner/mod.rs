@@ -173,8 +173,10 @@ pub struct Runner {
 
 /// The records a create's request wrote in the transaction that claimed its
 /// operation: the runner starts from them instead of reading them back. No
-/// one else changes them meanwhile (a busy key is neither forgotten nor
-/// refreshed, and its outcome is written only under the claim's lease).
+/// one else changes them meanwhile: a busy key is neither forgotten nor
+/// refreshed, its outcome is written only under the claim's lease, and its
+/// partition is neither forgotten nor given other members while it has an
+/// operation in flight (`Store::forget_partition`, HA member changes).
 #[derive(Debug)]
 pub struct Accepted {
     pub keys: Vec<Key>,

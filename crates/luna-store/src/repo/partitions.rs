@@ -93,33 +93,40 @@ fn partitions_filtered(f: &PartitionFilters) -> partitions::BoxedQuery<'static, 
 /// Refuses a change of a connection's members while the partition made of
 /// it has key operations queued or running, or a job running: their work
 /// was planned on the members as they were.
-fn require_partition_idle(conn: &mut DbConnection, connection_id: &str) -> Result<()> {
-    use luna_domain::OperationState;
+fn require_connection_idle(conn: &mut DbConnection, connection_id: &str) -> Result<()> {
     let partition: Option<String> = partitions::table
         .filter(partitions::connection_id.eq(connection_id))
         .select(partitions::id)
         .first(conn)
         .optional()?;
-    let Some(partition) = partition else {
-        return Ok(());
-    };
+    match partition {
+        Some(partition) => require_partition_idle(conn, &partition),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a change under a partition's feet (its members, or its
+/// forgetting) while it has key operations queued or running, or a job running.
+fn require_partition_idle(conn: &mut DbConnection, partition: &str) -> Result<()> {
+    use luna_domain::OperationState;
     let busy: i64 = operations::table
-        .filter(operations::partition_id.eq(&partition))
+        .filter(operations::partition_id.eq(partition))
         .filter(operations::state.eq_any([OperationState::Queued.as_str(), OperationState::Running.as_str()]))
         .count()
         .get_result(conn)?;
     if busy > 0 {
         return Err(StoreError::Conflict(format!(
-            "the partition has {busy} key operation(s) in progress; change its members once they have ended"
+            "the partition has {busy} key operation(s) in progress; try again once they have ended"
         )));
     }
     let jobs: i64 = running_jobs::table
-        .filter(running_jobs::partition_id.eq(&partition))
+        .filter(running_jobs::partition_id.eq(partition))
         .count()
         .get_result(conn)?;
     if jobs > 0 {
         return Err(StoreError::Conflict(
-            "a refresh or synchronize job runs on the partition; change its members once it has ended".into(),
+            "a refresh or synchronize job runs on the partition; try again once it has ended (or cancel it)"
+                .into(),
         ));
     }
     Ok(())
@@ -319,7 +326,7 @@ impl Store {
             if exists == 0 {
                 return Ok(false);
             }
-            require_partition_idle(conn, &key)?;
+            require_connection_idle(conn, &key)?;
             let members: Vec<MemberRow> = connection_members::table
                 .filter(connection_members::connection_id.eq(&key))
                 .select(MemberRow::as_select())
@@ -378,7 +385,7 @@ impl Store {
                     "a connection keeps at least one partition; delete the connection instead".into(),
                 ));
             }
-            require_partition_idle(conn, &key)?;
+            require_connection_idle(conn, &key)?;
             diesel::delete(target).execute(conn)?;
             diesel::update(connections::table.find(&key))
                 .set(connections::updated_at.eq(micros(now)))
@@ -387,14 +394,22 @@ impl Store {
         })
     }
 
-    /// Records how a test of the connection ended; false if it is gone.
+    /// Records how a test of the connection ended, unless a later test's
+    /// outcome is there already; false if it is gone (or a later one is).
     pub fn record_connection_check(&self, id: Uuid, check: &luna_domain::ConnectionCheck) -> Result<bool> {
         let id = id.to_string();
         self.write(|conn| {
+            // Tests that end out of order: the latest one's outcome stays.
+            let at = micros(check.at);
             let updated = diesel::update(connections::table.find(&id))
+                .filter(
+                    connections::last_connection_at
+                        .is_null()
+                        .or(connections::last_connection_at.le(at)),
+                )
                 .set((
                     connections::last_connection_ok.eq(Some(check.ok)),
-                    connections::last_connection_at.eq(Some(micros(check.at))),
+                    connections::last_connection_at.eq(Some(at)),
                     connections::last_connection_error.eq(check.error.as_deref()),
                 ))
                 .execute(conn)?;
@@ -484,7 +499,14 @@ impl Store {
     }
 
     /// Removes a partition and its key records here; the tokens are not touched.
+    /// Forgets a partition and its key records (the tokens keep their
+    /// objects); a conflict while it has work in flight, whose outcome
+    /// would otherwise make objects on a token that no record names.
     pub fn forget_partition(&self, id: Uuid) -> Result<bool> {
-        self.write(|conn| Ok(diesel::delete(partitions::table.find(id.to_string())).execute(conn)? == 1))
+        let key = id.to_string();
+        self.write(|conn| {
+            require_partition_idle(conn, &key)?;
+            Ok(diesel::delete(partitions::table.find(&key)).execute(conn)? == 1)
+        })
     }
 }
