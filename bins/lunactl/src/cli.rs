@@ -181,6 +181,30 @@ pub(crate) enum ConnectionsCommand {
     Delete {
         id: String,
     },
+    /// Logs in to every member now with the stored PIN; exits non-zero if one fails.
+    Test {
+        id: String,
+    },
+    /// Changes the description, or (with --rotate-pin) the PIN after the
+    /// HSM's was changed: the new one comes from LUNACTL_PIN or stdin.
+    Update {
+        id: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        rotate_pin: bool,
+    },
+    /// Adds a partition to an HA connection: LABEL:SERIAL or LABEL:SERIAL@HOST;
+    /// the cloning domain's SO PIN from LUNACTL_SO_PIN.
+    AddMember {
+        id: String,
+        member: String,
+    },
+    /// Removes the partition with this serial number from a connection.
+    RemoveMember {
+        id: String,
+        serial: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

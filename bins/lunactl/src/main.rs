@@ -330,6 +330,49 @@ fn connections(client: &mut Client, command: ConnectionsCommand, format: Format)
             delete(client, CONNECTIONS, &id)?;
             return Ok(format!("connection {id} deleted\n"));
         }
+        ConnectionsCommand::Test { id } => {
+            let tested = client.call("POST", &format!("{CONNECTIONS}/{}/test", id), &[], None)?;
+            if tested["connection_ok"] != json!(true) {
+                let failures: Vec<String> = tested["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["error"].as_str().map(str::to_owned))
+                    .collect();
+                bail!("the connection test failed: {}", failures.join("; "));
+            }
+            tested
+        }
+        ConnectionsCommand::Update {
+            id,
+            description,
+            rotate_pin,
+        } => {
+            let mut body = json!({});
+            if let Some(description) = description {
+                body["description"] = json!(description);
+            }
+            if rotate_pin {
+                body["password"] = json!(secret("LUNACTL_PIN", "the partitions' new PIN")?);
+            }
+            client.call("PATCH", &format!("{CONNECTIONS}/{}", id), &[], Some(&body))?
+        }
+        ConnectionsCommand::AddMember { id, member: spec } => {
+            let mut body = member(&spec)?;
+            if let Ok(so_pin) = std::env::var("LUNACTL_SO_PIN") {
+                body["so_password"] = json!(so_pin);
+            }
+            client.call(
+                "POST",
+                &format!("{CONNECTIONS}/{}/partitions", id),
+                &[],
+                Some(&body),
+            )?
+        }
+        ConnectionsCommand::RemoveMember { id, serial } => {
+            delete(client, &format!("{CONNECTIONS}/{}/partitions", id), &serial)?;
+            return Ok(format!("partition {serial} removed from connection {id}\n"));
+        }
     };
     Ok(output::record(&answer, format))
 }

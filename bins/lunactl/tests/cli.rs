@@ -485,3 +485,97 @@ fn servers_are_added_from_a_certificate_file_listed_and_deleted() {
     );
     assert!(!user.run(&["servers", "get", &id]).ok);
 }
+
+/// `lunactl connections test | update | add-member | remove-member`: a
+/// connection tested, its description changed, its PIN rotated after the
+/// token's, and an HA member added and removed.
+#[test]
+fn connections_are_tested_updated_rotated_and_grown_from_the_command_line() {
+    use luna_pkcs11::testing::{fresh_token_label, raw_user_session, SO_PIN, USER_PIN};
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let partition = api.partition_with_domain("cli-ha", 2);
+    let connection = partition["connection_id"].as_str().unwrap();
+    let user = User::new(&server_of(&api));
+    assert!(user.login(&[]).ok);
+
+    let tested = user.run(&["connections", "test", connection, "-o", "json"]);
+    assert!(
+        tested.ok && tested.json()["connection_ok"] == true,
+        "{}",
+        tested.stderr
+    );
+    let updated = user.run(&[
+        "connections",
+        "update",
+        connection,
+        "--description",
+        "rack 4",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(updated.json()["description"], "rack 4", "{}", updated.stderr);
+
+    // The PIN changes on both members' tokens, then on the connection.
+    for member in partition["members"].as_array().unwrap() {
+        let raw = raw_user_session(member["partition_label"].as_str().unwrap());
+        raw.set_pin(
+            &SecretString::from(USER_PIN),
+            &SecretString::from("cli-rotated-1"),
+        )
+        .unwrap();
+    }
+    let wrong = user.run_with(
+        &["connections", "update", connection, "--rotate-pin"],
+        &[("LUNACTL_PIN", "nope-nope")],
+    );
+    assert!(
+        !wrong.ok && wrong.stderr.contains("the new password was not taken"),
+        "{}",
+        wrong.stderr
+    );
+    let rotated = user.run_with(
+        &["connections", "update", connection, "--rotate-pin", "-o", "json"],
+        &[("LUNACTL_PIN", "cli-rotated-1")],
+    );
+    assert!(rotated.ok, "{}", rotated.stderr);
+    assert!(user.run(&["connections", "test", connection]).ok);
+
+    // A third member, with the new PIN, joins the cloning domain and leaves.
+    let third = fresh_token_label("cli-ha-3");
+    let raw = raw_user_session(&third);
+    raw.set_pin(
+        &SecretString::from(USER_PIN),
+        &SecretString::from("cli-rotated-1"),
+    )
+    .unwrap();
+    drop(raw);
+    let serial = luna_pkcs11::testing::module()
+        .describe_token(&third, None)
+        .unwrap()
+        .serial_number;
+    let added = user.run_with(
+        &[
+            "connections",
+            "add-member",
+            connection,
+            &format!("{third}:{serial}@hsm3"),
+            "-o",
+            "json",
+        ],
+        &[("LUNACTL_SO_PIN", SO_PIN)],
+    );
+    assert!(added.ok, "{}", added.stderr);
+    assert_eq!(added.json()["partitions"].as_array().unwrap().len(), 3);
+    let removed = user.run(&["connections", "remove-member", connection, &serial]);
+    assert!(
+        removed.ok && removed.stdout.contains("removed"),
+        "{}",
+        removed.stderr
+    );
+    let gone = user.run(&["connections", "remove-member", connection, &serial]);
+    assert!(
+        !gone.ok && gone.stderr.contains("no partition with serial number"),
+        "{}",
+        gone.stderr
+    );
+}
