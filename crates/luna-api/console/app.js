@@ -6,6 +6,7 @@ const API = "/api/v1";
 const KEYS = `${API}/cckm/hsm/luna/keys`;
 const PARTITIONS = `${API}/cckm/hsm/luna/partitions`;
 const CONNECTIONS = `${API}/connectionmgmt/services/luna-network/connections`;
+const SERVERS = `${API}/connectionmgmt/services/luna-network/servers`;
 const SESSION = "luna-cckm-session";
 const PAGE = 20;
 const SIZES = { AES: [128, 192, 256], RSA: [2048, 3072, 4096] };
@@ -128,7 +129,7 @@ async function attempt(work, place) {
 
 const pages = {
   keys: keysPage, key: keyPage, partitions: partitionsPage, jobs: jobsPage, connections: connectionsPage,
-  users: usersPage, audit: auditPage,
+  servers: serversPage, users: usersPage, audit: auditPage,
 };
 
 /** Runs `work` after `ms` if the user is still on the page that asked. */
@@ -146,7 +147,7 @@ function route() {
     return loginPage();
   }
   const links = [["keys", "Keys"], ["partitions", "Partitions"], ["jobs", "Jobs"]]
-    .concat(isAdmin() ? [["connections", "Connections"], ["users", "Users"], ["audit", "Audit"]] : []);
+    .concat(isAdmin() ? [["servers", "HSM servers"], ["connections", "Connections"], ["users", "Users"], ["audit", "Audit"]] : []);
   nav.replaceChildren(
     ...links.map(([name, title]) => el("a", { href: `#/${name}`, "aria-current": (page || "keys") === name && "page" }, title)),
     el("span", { class: "who" }, `${session.username}${canManage() ? "" : " (read-only)"}`),
@@ -438,17 +439,91 @@ async function connectionsPage() {
   const list = await attempt(() => call("GET", `${CONNECTIONS}?limit=100`), place);
   if (!list) return;
   place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "connections" },
-    el("thead", {}, el("tr", {}, ["Name", "HA", "Members", ""].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Name", "HA", "Members", "Last test", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, list.resources.map((c) => el("tr", { "data-name": c.name },
       el("td", {}, c.name), el("td", {}, c.is_ha_enabled ? "yes" : "no"),
-      el("td", {}, c.partitions.map((m) => el("div", {}, `${m.partition_label} · ${m.serial_number}`))),
+      el("td", {}, c.partitions.map((m) => el("div", { class: "row member" }, `${m.partition_label} · ${m.serial_number}`,
+        c.is_ha_enabled && c.partitions.length > 1 ? el("button", { type: "button", class: "danger remove-member", onclick: async () => {
+          if (await attempt(() => call("DELETE", `${CONNECTIONS}/${c.id}/partitions/${encodeURIComponent(m.serial_number)}`), error) !== undefined) route();
+        } }, "Remove") : "")),
+        c.is_ha_enabled ? memberForm(c, error) : ""),
+      el("td", { class: "last-test", title: c.last_connection_error || "" },
+        c.last_connection_ok === null || c.last_connection_ok === undefined ? "—" : badge(c.last_connection_ok ? "ok" : "failed")),
       el("td", {}, el("div", { class: "row" },
+        el("button", { type: "button", class: "test-connection", onclick: async () => {
+          const tested = await attempt(() => call("POST", `${CONNECTIONS}/${c.id}/test`), error);
+          // The last test's column shows the outcome; a failure also says why.
+          if (tested) route();
+          if (tested && !tested.connection_ok) {
+            notice(`${c.name}: ${tested.members.filter((m) => !m.ok).map((m) => m.error).join("; ")}`);
+          }
+        } }, "Test"),
+        rotateForm(c, error),
         el("button", { type: "button", class: "add-partition", onclick: async () => {
           if (await attempt(() => call("POST", `${API}/cckm/hsm/luna/add-partition`, { connection: c.name }), error)) location.hash = "#/partitions";
         } }, "Add as partition"),
         el("button", { type: "button", class: "danger delete-connection", onclick: async () => {
           if (await attempt(() => call("DELETE", `${CONNECTIONS}/${c.id}`), error) !== undefined) route();
         } }, "Delete")))))))));
+}
+
+/** The new PIN after the HSM's was changed: checked on every member, then kept. */
+function rotateForm(c, error) {
+  const form = el("form", { class: "inline rotate-pin", "aria-label": `Rotate the PIN of ${c.name}`, onsubmit: async (event) => {
+    event.preventDefault();
+    const password = form.pin.value;
+    form.pin.value = "";
+    // Kept only once it logged in to every member (the last test then says ok).
+    if (await attempt(() => call("PATCH", `${CONNECTIONS}/${c.id}`, { password }), error)) route();
+  } },
+  el("input", { name: "pin", type: "password", autocomplete: "new-password", placeholder: "new PIN", required: true }),
+  el("button", { type: "submit" }, "Rotate PIN"));
+  return form;
+}
+
+/** Another partition for an HA connection (the SO PIN sets up its cloning domain). */
+function memberForm(c, error) {
+  const form = el("form", { class: "inline add-member", "aria-label": `Add a partition to ${c.name}`, onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { partition_label: form.label.value, hostname: form.host.value || "localhost" };
+    if (form.so_pin.value) body.so_password = form.so_pin.value;
+    form.so_pin.value = "";
+    if (await attempt(() => call("POST", `${CONNECTIONS}/${c.id}/partitions`, body), error)) route();
+  } },
+  el("input", { name: "label", placeholder: "partition label", required: true }),
+  el("input", { name: "host", placeholder: "host" }),
+  el("input", { name: "so_pin", type: "password", autocomplete: "new-password", placeholder: "SO PIN" }),
+  el("button", { type: "submit" }, "Add member"));
+  return form;
+}
+
+/** HSM servers: a hostname and the HSM's certificate, which connections may name. */
+async function serversPage() {
+  const place = el("div");
+  const error = el("p");
+  const form = el("form", { id: "new-server", "aria-label": "Register an HSM server", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { hostname: form.hostname.value, hsm_certificate: form.certificate.value, description: form.description.value };
+    if (await attempt(() => call("POST", SERVERS, body), error)) route();
+  } },
+  el("h3", {}, "Register an HSM server"),
+  el("div", { class: "inline" },
+    el("label", {}, "Hostname", el("input", { name: "hostname", required: true })),
+    el("label", {}, "Description", el("input", { name: "description" })),
+    el("label", {}, "Server certificate (PEM)", el("textarea", { name: "certificate", rows: 4, required: true })),
+    el("button", { class: "primary", type: "submit" }, "Register")),
+  error);
+  show(el("h2", {}, "HSM servers"), place, form);
+  const list = await attempt(() => call("GET", `${SERVERS}?limit=100`), place);
+  if (!list) return;
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "servers" },
+    el("thead", {}, el("tr", {}, ["Hostname", "Certificate", "Valid until", "SHA-256", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, list.resources.map((s) => el("tr", { "data-hostname": s.hostname },
+      el("td", {}, s.hostname), el("td", {}, s.certificate.subject), el("td", {}, s.certificate.not_after),
+      el("td", { class: "fingerprint" }, s.certificate.sha256_fingerprint),
+      el("td", {}, el("button", { type: "button", class: "danger delete-server", onclick: async () => {
+        if (await attempt(() => call("DELETE", `${SERVERS}/${s.id}`), error) !== undefined) route();
+      } }, "Delete"))))))));
 }
 
 const GROUPS = ["admin", "CCKM Admins", "CCKM Users"];

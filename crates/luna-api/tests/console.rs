@@ -365,9 +365,61 @@ fn the_console_walks_the_reference_flow_in_a_real_browser() {
     assert!(!browser.page_text().contains(luna_pkcs11::testing::USER_PIN));
     let pin_field = browser.find("#register input[name=password]");
     assert_eq!(browser.property(&pin_field, "value"), "");
-    browser.click("#connections tr[data-name=console-connection] button.add-partition");
+
+    // Test it, then rotate its PIN after the token's changed: the new PIN
+    // leaves the page with the request and is not shown.
+    let row = "#connections tr[data-name=console-connection]";
+    browser.click(&format!("{row} button.test-connection"));
+    browser.wait(&format!("{row} td.last-test"), |t| t.contains("ok"));
+    let raw = luna_pkcs11::testing::raw_user_session(&label);
+    raw.set_pin(
+        &secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN),
+        &secrecy::SecretString::from("console-rotated-7"),
+    )
+    .unwrap();
+    drop(raw);
+    browser.type_into(
+        &format!("{row} form.rotate-pin input[name=pin]"),
+        "console-rotated-7",
+    );
+    let (_, before) = api.get("/connectionmgmt/services/luna-network/connections?name=console-connection");
+    browser.click(&format!("{row} form.rotate-pin button"));
+    let rotated = || {
+        api.get("/connectionmgmt/services/luna-network/connections?name=console-connection")
+            .1
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rotated()["resources"][0]["last_connection_at"] == before["resources"][0]["last_connection_at"] {
+        assert!(Instant::now() < deadline, "the rotation was not kept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rotated()["resources"][0]["last_connection_ok"], true);
+    assert!(!browser.page_text().contains("console-rotated-7"));
+    browser.click(&format!("{row} button.add-partition"));
     browser.wait("#partitions tbody", |t| t.contains(&label));
     browser.screenshot("partitions");
+
+    // An HSM server registered from its certificate, shown by what the
+    // certificate says, and deleted.
+    let mut params = rcgen::CertificateParams::new(vec!["hsm9.example".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "hsm9.example");
+    let pem = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    browser.goto(&format!("{root}/ui/#/servers"));
+    browser.type_into("#new-server input[name=hostname]", "hsm9.example");
+    browser.script(&format!(
+        "document.querySelector('#new-server textarea[name=certificate]').value = {};",
+        serde_json::to_string(&pem).unwrap()
+    ));
+    browser.click("#new-server button[type=submit]");
+    browser.wait("#servers tbody", |t| t.contains("CN=hsm9.example"));
+    browser.screenshot("servers");
+    browser.click("#servers tr[data-hostname='hsm9.example'] button.delete-server");
+    browser.wait("#servers tbody", |t| !t.contains("hsm9.example"));
 
     // A CCKM Users member sees a read-only console: no button that would earn a 403.
     // The admin adds them (and adds and deletes another) from the users page.
