@@ -215,6 +215,18 @@ impl TokenRegistry {
     fn not_opened(&self, key: (Uuid, String), member: &Member, error: &TokenError) -> Unavailable {
         let mut unavailable = unreachable(member, error);
         if !error.is_transient() {
+            // A failure that will not pass (a PIN the token refuses, say) is
+            // the connection's state until a test says otherwise; one that may
+            // pass (a token away, or not listed by this instance's module
+            // while another's lists it) is not.
+            let check = luna_domain::ConnectionCheck {
+                ok: false,
+                at: luna_store::now(),
+                error: Some(unavailable.reason.clone()),
+            };
+            if let Err(error) = self.store.record_connection_check(key.0, &check) {
+                tracing::warn!(connection = %key.0, %error, "the connection's failed login could not be recorded");
+            }
             return unavailable;
         }
         let listed_before = self

@@ -738,3 +738,44 @@ fn members_do_not_change_under_keys_in_progress() {
     );
     assert_error(status, &answer, 409, 13);
 }
+
+/// The runner's own logins count too: when a member refuses the stored PIN
+/// (changed on the HSM behind the service's back), the connection's
+/// `last_connection_ok` turns false with the reason, which the PowerShell
+/// module's filter then finds.
+#[test]
+fn a_pin_refused_at_work_marks_the_connection_failed() {
+    use secrecy::SecretString;
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    const CONNECTIONS: &str = "/connectionmgmt/services/luna-network/connections";
+    let partition = api.partition("refused-at-work", 1);
+    let connection = partition["connection_id"].as_str().unwrap();
+    let label = partition["members"][0]["partition_label"].as_str().unwrap();
+    let raw = luna_pkcs11::testing::raw_user_session(label);
+    raw.set_pin(
+        &SecretString::from(luna_pkcs11::testing::USER_PIN),
+        &SecretString::from("changed-behind-1"),
+    )
+    .unwrap();
+    drop(raw);
+    let (_, made) = api.send(
+        "POST",
+        "/cckm/hsm/luna/keys",
+        &json!({"label": "k", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}),
+    );
+    let key = api.settled(made["id"].as_str().unwrap());
+    assert_eq!(key["status"], "FAILED", "{key}");
+    let (_, kept) = api.get(&format!("{CONNECTIONS}/{connection}"));
+    assert_eq!(kept["last_connection_ok"], false, "{kept}");
+    assert!(
+        kept["last_connection_error"]
+            .as_str()
+            .unwrap()
+            .contains("CKR_PIN_INCORRECT"),
+        "{kept}"
+    );
+    assert_eq!(
+        api.get(&format!("{CONNECTIONS}?last_connection_ok=false")).1["total"],
+        1
+    );
+}
