@@ -112,11 +112,16 @@ fn a_terraform_shaped_session_runs_end_to_end() {
         token,
         Some(&json!({
             "name": "tf-connection", "description": "managed by terraform", "password": USER_PIN,
-            "server_id": server["id"], "is_ha_enabled": false,
+            "server_id": server["id"], "is_ha_enabled": false, "products": ["cckm"], "meta": {"terraform": true},
             "partitions": [{"hostname": "10.10.10.10", "partition_label": "tf-hsm"}]
         })),
     );
     assert_eq!(status, 201, "{connection}");
+    assert_eq!(
+        (&connection["products"], &connection["meta"]),
+        (&json!(["cckm"]), &json!({"terraform": true})),
+        "{connection}"
+    );
     // The provider's data sources list everything.
     let (_, all) = operator.call("GET", &format!("{CONNECTIONS}/?skip=0&limit=-1"), token, None);
     assert_eq!(

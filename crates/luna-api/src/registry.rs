@@ -84,6 +84,8 @@ pub fn register_connection_idempotently(
         remap_rsa_mechanisms: spec.remap_rsa_mechanisms,
         server_id: spec.server_id,
         last_check: None,
+        products: spec.products,
+        meta: spec.meta,
         members,
         created_at: now,
         updated_at: now,

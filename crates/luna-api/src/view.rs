@@ -349,6 +349,10 @@ pub struct ConnectionView {
     /// What failed in its last test, member by member.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_connection_error: Option<String>,
+    pub products: Vec<String>,
+    /// The client's own data, as it was given.
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<serde_json::Value>,
     pub partitions: Vec<MemberView>,
     #[serde(rename = "createdAt")]
     pub created_at: String,
@@ -370,6 +374,8 @@ impl ConnectionView {
             last_connection_ok: c.last_check.as_ref().map(|k| k.ok),
             last_connection_at: c.last_check.as_ref().map(|k| timestamp(k.at)),
             last_connection_error: c.last_check.as_ref().and_then(|k| k.error.clone()),
+            products: c.products.clone(),
+            meta: c.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()),
             partitions: c.members.iter().map(MemberView::from).collect(),
             created_at: timestamp(c.created_at),
             updated_at: timestamp(c.updated_at),

@@ -553,10 +553,16 @@ fn a_connection_password_is_rotated_after_the_hsms_and_checked_on_every_member()
     let (status, patched) = api.send(
         "PATCH",
         &path,
-        &json!({"password": "rotated-pin-2026", "description": "rotated on the 6th"}),
+        &json!({"password": "rotated-pin-2026", "description": "rotated on the 6th",
+                "products": ["cckm"], "meta": {"owner": "platform"}}),
     );
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["description"], "rotated on the 6th");
+    assert_eq!(
+        (&patched["products"], &patched["meta"]),
+        (&json!(["cckm"]), &json!({"owner": "platform"})),
+        "{patched}"
+    );
     assert_eq!(
         patched["last_connection_ok"], true,
         "the new PIN logged in everywhere: {patched}"
@@ -572,6 +578,7 @@ fn a_connection_password_is_rotated_after_the_hsms_and_checked_on_every_member()
     for (body, says) in [
         (json!({"description": "bell\u{7}"}), "control character"),
         (json!({"password": ""}), "must not be empty"),
+        (json!({"products": ["a,b"]}), "without commas"),
         (json!({"name": "renamed"}), "unknown field `name`"),
     ] {
         let (status, answer) = api.send("PATCH", &path, &body);

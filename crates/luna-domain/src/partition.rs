@@ -43,6 +43,10 @@ pub struct Connection {
     pub server_id: Option<Uuid>,
     /// How its last test ended (`POST …/connections/{id}/test`), if it had one.
     pub last_check: Option<ConnectionCheck>,
+    /// What CipherTrust uses it for (`cckm`…), as the client named them.
+    pub products: Vec<String>,
+    /// The client's own data, JSON text the edge checked.
+    pub meta: Option<String>,
     /// Its tokens, in the order given; the first is where keys are made.
     pub members: Vec<Member>,
     /// When it was registered.
@@ -69,6 +73,28 @@ pub fn check_description(description: &str) -> Result<()> {
         return Err(DomainError::invalid("description holds a control character"));
     }
     Ok(())
+}
+
+/// Product names a client gives a connection: each 1 to 64 printable
+/// characters without commas, none twice.
+pub fn check_products(products: Vec<String>) -> Result<Vec<String>> {
+    let mut checked: Vec<String> = Vec::with_capacity(products.len());
+    for product in products {
+        if product.is_empty()
+            || product.chars().count() > 64
+            || product
+                .chars()
+                .any(|c| c == ',' || !(c.is_ascii_graphic() || c == ' '))
+        {
+            return Err(DomainError::invalid(format!(
+                "product {product:?} must be 1 to 64 printable characters without commas"
+            )));
+        }
+        if !checked.contains(&product) {
+            checked.push(product);
+        }
+    }
+    Ok(checked)
 }
 
 /// How a test of a connection ended: every member logged in, or not.
@@ -132,6 +158,10 @@ pub struct ConnectionRequest {
     pub remap_rsa_mechanisms: Option<bool>,
     /// The HSM server its partitions are on (a registered server's id).
     pub server_id: Option<Uuid>,
+    /// Product names (`cckm`, …): 1 to 64 printable characters each, no commas.
+    pub products: Option<Vec<String>>,
+    /// The client's own data, JSON text the edge checked.
+    pub meta: Option<String>,
     /// The tokens (the reference calls them partitions).
     pub partitions: Vec<MemberRequest>,
 }
@@ -164,6 +194,10 @@ pub struct ConnectionSpec {
     pub remap_rsa_mechanisms: bool,
     /// The HSM server its partitions are on, if named.
     pub server_id: Option<Uuid>,
+    /// Product names, checked.
+    pub products: Vec<String>,
+    /// The client's own data, JSON text.
+    pub meta: Option<String>,
     /// One member, or up to [`MAX_MEMBERS`] for an HA group, none named twice.
     pub members: Vec<MemberSpec>,
 }
@@ -299,6 +333,8 @@ impl ConnectionRequest {
             is_ha_enabled: self.is_ha_enabled,
             remap_rsa_mechanisms: self.remap_rsa_mechanisms.unwrap_or(true),
             server_id: self.server_id,
+            products: check_products(self.products.unwrap_or_default())?,
+            meta: self.meta,
             members,
         })
     }

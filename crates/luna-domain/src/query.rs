@@ -519,6 +519,10 @@ filters! {
         host: String = text,
         /// Only the server with this id.
         id: Uuid = id,
+        /// Only servers used for this product.
+        products: crate::server::Product = wire,
+        /// Only servers reached over this channel (every one here is `NTLS`).
+        channel: crate::server::Channel = wire,
     }
 }
 

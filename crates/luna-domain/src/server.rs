@@ -27,6 +27,17 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// How CipherTrust reaches an HSM server: luna-cckm offers `NTLS` only
+    /// (an `STC` channel needs the HSM's administrator; see the contract).
+    pub enum Channel ("channel") {
+        /// Network Trust Link: the Luna client's ordinary TLS link.
+        Ntls => "NTLS",
+        /// Secure Trusted Channel: not offered.
+        Stc => "STC",
+    }
+}
+
 /// What the HSM's server certificate says (parsed by the edge from PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerCertificate {

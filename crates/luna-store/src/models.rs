@@ -261,6 +261,8 @@ pub struct ConnectionRow {
     pub last_connection_ok: Option<bool>,
     pub last_connection_at: Option<i64>,
     pub last_connection_error: Option<String>,
+    pub products: String,
+    pub meta: Option<String>,
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -304,6 +306,13 @@ impl ConnectionRow {
                 }),
                 _ => None,
             },
+            products: self
+                .products
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            meta: self.meta,
             members,
             created_at: from_micros("connection created_at", self.created_at)?,
             updated_at: from_micros("connection updated_at", self.updated_at)?,

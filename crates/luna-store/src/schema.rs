@@ -15,6 +15,8 @@ diesel::table! {
         last_connection_ok -> Nullable<Bool>,
         last_connection_at -> Nullable<BigInt>,
         last_connection_error -> Nullable<Text>,
+        products -> Text,
+        meta -> Nullable<Text>,
     }
 }
 

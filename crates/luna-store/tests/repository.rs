@@ -85,6 +85,8 @@ fn connection(name: &str, ha: bool, members: usize) -> Connection {
         remap_rsa_mechanisms: true,
         server_id: None,
         last_check: None,
+        products: vec!["cckm".into()],
+        meta: None,
         members: (0..members)
             .map(|i| Member {
                 hostname: format!("hsm{i}"),
@@ -239,6 +241,12 @@ on_both_backends! {
         assert_eq!((listed.total, listed.items[0].id), (1, first.id));
         let sorted = store.list_servers(&query("sort=-hostname&limit=1")).unwrap();
         assert_eq!((sorted.total, sorted.items[0].hostname.as_str()), (2, "hsm-b.example"));
+        let mut only_cckm = server("hsm-c.example");
+        only_cckm.products = vec![luna_domain::Product::Cckm];
+        store.insert_server(&only_cckm).unwrap();
+        for (q, total) in [("products=hsm_anchored_domain", 2), ("products=cckm", 3), ("channel=NTLS", 3), ("channel=STC", 0)] {
+            assert_eq!(store.list_servers(&query(q)).unwrap().total, total, "{q}");
+        }
 
         // A connection may name a registered server, not another.
         let mut named = connection("on-server", false, 1);

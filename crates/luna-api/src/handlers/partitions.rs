@@ -53,6 +53,11 @@ pub struct ConnectionBody {
     remap_rsa_mechanisms: Option<bool>,
     /// A registered HSM server the partitions are on (`…/luna-network/servers`).
     server_id: Option<uuid::Uuid>,
+    /// What CipherTrust uses the connection for (`cckm`, …), kept as given.
+    products: Option<Vec<String>>,
+    /// The client's own data, a JSON object, kept as given.
+    #[schema(value_type = Option<Object>)]
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     partitions: Vec<MemberBody>,
 }
@@ -244,6 +249,11 @@ pub async fn forget_partition(
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPatchBody {
     description: Option<String>,
+    /// Replaces the products (`cckm`, …).
+    products: Option<Vec<String>>,
+    /// Replaces the client's own data (a JSON object).
+    #[schema(value_type = Option<Object>)]
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
     /// The partitions' new crypto officer PIN (changed on the HSM first):
     /// it must log in to every member, then it is sealed in place of the old.
     #[schema(value_type = Option<String>, format = Password, min_length = 1)]
@@ -265,10 +275,16 @@ pub async fn update_connection(
     body: web::Json<ConnectionPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
-    let body = body.into_inner();
+    let mut body = body.into_inner();
     if let Some(description) = &body.description {
         luna_domain::partition::check_description(description)?;
     }
+    let products = body
+        .products
+        .take()
+        .map(luna_domain::partition::check_products)
+        .transpose()?;
+    let meta = body.meta.take().map(|m| serde_json::Value::Object(m).to_string());
     if body
         .password
         .as_ref()
@@ -296,12 +312,12 @@ pub async fn update_connection(
             }
             check = Some(tested);
         }
-        if !store.update_connection(
-            id,
-            body.description.as_deref(),
-            body.password.as_ref(),
-            luna_store::now(),
-        )? {
+        let change = luna_store::ConnectionChange {
+            description: body.description.as_deref(),
+            products: products.as_deref(),
+            meta: meta.as_deref(),
+        };
+        if !store.update_connection(id, &change, body.password.as_ref(), luna_store::now())? {
             return Err(not_found("connection", id));
         }
         if let Some(check) = &check {
@@ -481,6 +497,8 @@ fn connection_request(body: ConnectionBody) -> ConnectionRequest {
         is_ha_enabled: body.is_ha_enabled,
         remap_rsa_mechanisms: body.remap_rsa_mechanisms,
         server_id: body.server_id,
+        products: body.products,
+        meta: body.meta.map(|m| serde_json::Value::Object(m).to_string()),
         partitions: body
             .partitions
             .into_iter()

@@ -90,6 +90,15 @@ fn partitions_filtered(f: &PartitionFilters) -> partitions::BoxedQuery<'static, 
     q
 }
 
+/// What a connection's PATCH changes besides its PIN; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct ConnectionChange<'a> {
+    pub description: Option<&'a str>,
+    pub products: Option<&'a [String]>,
+    /// JSON text.
+    pub meta: Option<&'a str>,
+}
+
 /// Refuses a change of a connection's members while the partition made of
 /// it has key operations queued or running, or a job running: their work
 /// was planned on the members as they were.
@@ -156,6 +165,8 @@ impl Store {
             last_connection_ok: None,
             last_connection_at: None,
             last_connection_error: None,
+            products: connection.products.join(","),
+            meta: connection.meta.clone(),
         };
         let members: Vec<MemberRow> = connection
             .members
@@ -286,7 +297,7 @@ impl Store {
     pub fn update_connection(
         &self,
         id: Uuid,
-        description: Option<&str>,
+        change: &ConnectionChange<'_>,
         pin: Option<&SecretString>,
         now: time::OffsetDateTime,
     ) -> Result<bool> {
@@ -297,9 +308,19 @@ impl Store {
             let mut updated = diesel::update(target)
                 .set(connections::updated_at.eq(micros(now)))
                 .execute(conn)?;
-            if let Some(description) = description {
+            if let Some(description) = change.description {
                 updated = diesel::update(target)
                     .set(connections::description.eq(description))
+                    .execute(conn)?;
+            }
+            if let Some(products) = change.products {
+                updated = diesel::update(target)
+                    .set(connections::products.eq(products.join(",")))
+                    .execute(conn)?;
+            }
+            if let Some(meta) = change.meta {
+                updated = diesel::update(target)
+                    .set(connections::meta.eq(Some(meta)))
                     .execute(conn)?;
             }
             if let Some(sealed) = &sealed {

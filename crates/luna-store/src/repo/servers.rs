@@ -20,6 +20,21 @@ fn filtered(f: &ServerFilters) -> hsm_servers::BoxedQuery<'static, MultiBackend>
     if let Some(v) = f.id {
         q = q.filter(hsm_servers::id.eq(v.to_string()));
     }
+    if let Some(v) = f.products {
+        // `products` is a comma list: the name alone, first, last or between.
+        let name = v.as_str();
+        q = q.filter(
+            hsm_servers::products
+                .eq(name)
+                .or(hsm_servers::products.like(format!("{name},%")))
+                .or(hsm_servers::products.like(format!("%,{name}")))
+                .or(hsm_servers::products.like(format!("%,{name},%"))),
+        );
+    }
+    if f.channel == Some(luna_domain::server::Channel::Stc) {
+        // Every server here is reached over NTLS.
+        q = q.filter(hsm_servers::id.is_null());
+    }
     q
 }
 
