@@ -442,7 +442,7 @@ async function connectionsPage() {
     el("thead", {}, el("tr", {}, ["Name", "HA", "Members", "Last test", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, list.resources.map((c) => el("tr", { "data-name": c.name },
       el("td", {}, c.name), el("td", {}, c.is_ha_enabled ? "yes" : "no"),
-      el("td", {}, c.partitions.map((m) => el("div", { class: "row member" }, `${m.partition_label} · ${m.serial_number}`,
+      el("td", { class: "members" }, c.partitions.map((m) => el("div", { class: "row member" }, `${m.partition_label} · ${m.serial_number}`,
         c.is_ha_enabled && c.partitions.length > 1 ? el("button", { type: "button", class: "danger remove-member", onclick: async () => {
           if (await attempt(() => call("DELETE", `${CONNECTIONS}/${c.id}/partitions/${encodeURIComponent(m.serial_number)}`), error) !== undefined) route();
         } }, "Remove") : "")),

@@ -512,3 +512,45 @@ fn the_partitions_page_follows_a_token_that_goes_away_and_comes_back() {
         !t.contains("unreachable") && t.contains("back after 1 outage")
     });
 }
+
+/// An HA connection's members from the console: one added with the SO PIN
+/// (its cloning domain set up again), then removed.
+#[test]
+fn ha_members_are_added_and_removed_from_the_console() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    let partition = api.partition_with_domain("console-ha", 2);
+    let connection = api.get(&format!(
+        "/connectionmgmt/services/luna-network/connections/{}",
+        partition["connection_id"].as_str().unwrap()
+    ));
+    let name = connection.1["name"].as_str().unwrap().to_owned();
+    let third = luna_pkcs11::testing::fresh_token_label("console-ha-3");
+    let browser = Browser::start();
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+    browser.goto(&format!("{root}/ui/#/connections"));
+    let row = format!("#connections tr[data-name='{name}']");
+    browser.type_into(&format!("{row} form.add-member input[name=label]"), &third);
+    browser.type_into(
+        &format!("{row} form.add-member input[name=so_pin]"),
+        luna_pkcs11::testing::SO_PIN,
+    );
+    browser.click(&format!("{row} form.add-member button"));
+    browser.wait(&format!("{row} td.members"), |t| t.contains(&third));
+    assert!(!browser.page_text().contains(luna_pkcs11::testing::SO_PIN));
+    let members = || {
+        api.get(&format!(
+            "/cckm/hsm/luna/partitions/{}",
+            partition["id"].as_str().unwrap()
+        ))
+        .1["members"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(members(), 3);
+    browser.screenshot("connections");
+    browser.click(&format!("{row} div.member:last-of-type button.remove-member"));
+    browser.wait(&format!("{row} td.members"), |t| !t.contains(&third));
+    assert_eq!(members(), 2);
+}
