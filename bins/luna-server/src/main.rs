@@ -1,6 +1,7 @@
 //! `luna-server serve`: read settings, set up the data directory, wire the layers, start.
 
 mod embedded;
+mod logging;
 mod settings;
 
 use std::net::TcpListener;
@@ -16,14 +17,7 @@ use secrecy::ExposeSecret;
 use settings::{Cli, Command, Settings};
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LUNA_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only: a log file or collector gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init()?;
     match Cli::parse().command {
         Command::Serve(settings) => serve(&settings),
     }

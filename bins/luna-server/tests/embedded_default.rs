@@ -267,3 +267,68 @@ fn no_password_pin_or_token_reaches_the_log() {
     // The JWT's signature alone must not appear either.
     assert!(!log.contains(jwt.rsplit('.').next().unwrap()));
 }
+
+/// Values from clients cannot start a log line or fake a field: a login
+/// whose user name holds CR LF and a forged record, NUL and ANSI escapes,
+/// and a path holding the same, in the text log and in the JSON one
+/// (`LUNA_LOG_FORMAT=json`, every line a JSON object).
+#[test]
+fn client_values_cannot_forge_log_lines_in_text_or_json() {
+    let hostile = [
+        "p3\r\nFORGED-LOG-LINE user=admin status=200 fake",
+        "p4\nFORGED-LOG-LINE again",
+        "nul\0FORGED",
+        "\u{1b}[2J\u{1b}[31mFORGED",
+    ];
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let server = Server::start_in_env(
+            &dir.path().join("data"),
+            &["--insecure-http"],
+            &[("LUNA_LOG_FORMAT", Path::new(format))],
+            "info",
+            log.into(),
+        );
+        for username in hostile {
+            let (status, _) = call(
+                "POST",
+                &format!("{}/auth/tokens", server.base),
+                None,
+                Some(
+                    &serde_json::json!({"grant_type": "password", "username": username, "password": "wrong-one"}),
+                ),
+            );
+            assert_eq!(status, 401, "{format}");
+        }
+        let (status, _) = call(
+            "GET",
+            &format!(
+                "{}/cckm/hsm/luna/keys/%0D%0AFORGED-LOG-LINE%20user=admin%1B[31m%00",
+                server.base
+            ),
+            None,
+            None,
+        );
+        assert_eq!(status, 401, "{format}");
+        server.stop();
+        let written = std::fs::read(&log_path).unwrap();
+        let text = String::from_utf8_lossy(&written);
+        assert!(
+            text.contains("a login failed"),
+            "{format}: the failures are logged: {text}"
+        );
+        for line in text.lines() {
+            assert!(!line.starts_with("FORGED"), "{format}: {line}");
+            assert!(
+                !line.chars().any(|c| c.is_control() && c != '\t'),
+                "{format}: {line:?}"
+            );
+            if format == "json" && !line.is_empty() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            }
+        }
+    }
+}
