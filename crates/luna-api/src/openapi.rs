@@ -197,7 +197,11 @@ const LINKS: &[(&str, &str, &[&str])] = &[
             "destroy_key",
         ],
     ),
-    ("create_user", "user_id", &["get_user", "delete_user"]),
+    (
+        "create_user",
+        "user_id",
+        &["get_user", "update_user", "delete_user"],
+    ),
     (
         "create_connection",
         "id",

@@ -42,6 +42,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(users::create)
         .service(users::list)
         .service(users::get)
+        .service(users::update)
         .service(users::delete)
         .service(partitions::create_connection)
         .service(partitions::list_connections)

@@ -706,3 +706,77 @@ fn a_body_that_never_arrives_ends_408_and_the_connection_closes() {
     // The server still answers everyone else.
     assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
 }
+
+/// A leaked password is reset by an administrator (`PATCH
+/// /usermgmt/users/{id}`, CipherTrust's shape): the old password stops
+/// working, and every refresh token the user held is revoked at once.
+#[test]
+fn an_administrator_resets_a_password_and_the_users_refresh_tokens_are_revoked() {
+    let api = Api::start(luna_store::testing::TestDatabase::sqlite().unwrap());
+    let (status, user) = api.send(
+        "POST",
+        "/usermgmt/users",
+        &json!({"username": "leaky", "password": "old-password-1", "groups": ["CCKM Users"]}),
+    );
+    assert_eq!(status, 201, "{user}");
+    let id = user["user_id"].as_str().unwrap();
+    let login = |password: &str| {
+        api.call(
+            "POST",
+            "/auth/tokens",
+            None,
+            Some(&json!({"grant_type": "password", "username": "leaky", "password": password}).to_string()),
+        )
+    };
+    let (_, before) = login("old-password-1");
+    let refresh = before["refresh_token"].as_str().unwrap().to_owned();
+
+    let (status, answer) = api.call(
+        "PATCH",
+        &format!("/usermgmt/users/{id}"),
+        before["jwt"].as_str(),
+        Some(&json!({"password": "by-themselves-9"}).to_string()),
+    );
+    assert_error(status, &answer, 403, 2);
+    let (status, reset) = api.send(
+        "PATCH",
+        &format!("/usermgmt/users/{id}"),
+        &json!({"password": "new-password-2"}),
+    );
+    assert_eq!(status, 200, "{reset}");
+    assert_eq!(reset["username"], "leaky");
+    assert!(!reset.to_string().contains("new-password-2"));
+    assert_error(login("old-password-1").0, &login("old-password-1").1, 401, 1);
+    assert_eq!(login("new-password-2").0, 200);
+    let (status, answer) = api.call(
+        "POST",
+        "/auth/tokens",
+        None,
+        Some(&json!({"grant_type": "refresh_token", "refresh_token": refresh}).to_string()),
+    );
+    assert_error(status, &answer, 401, 1);
+
+    for (path, body, status_code, code) in [
+        (
+            format!("/usermgmt/users/{id}"),
+            json!({"password": "short"}),
+            400,
+            15,
+        ),
+        (
+            format!("/usermgmt/users/{id}"),
+            json!({"username": "renamed"}),
+            400,
+            15,
+        ),
+        (
+            format!("/usermgmt/users/{}", uuid::Uuid::new_v4()),
+            json!({"password": "long-enough-3"}),
+            404,
+            16,
+        ),
+    ] {
+        let (status, answer) = api.send("PATCH", &path, &body);
+        assert_error(status, &answer, status_code, code);
+    }
+}

@@ -1,6 +1,6 @@
 //! `/api/v1/usermgmt/users`: users and their groups (admin only).
 
-use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::query::UserFilters;
 use luna_store::{NewUser, Store, StoredUser};
 use secrecy::{ExposeSecret, SecretString};
@@ -71,14 +71,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let username = luna_domain::key::check_label("username", body.username.as_deref().unwrap_or(""))?;
-    let password = body
-        .password
-        .filter(|p| p.expose_secret().chars().count() >= MIN_PASSWORD)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "password is required, at least {MIN_PASSWORD} characters"
-            ))
-        })?;
+    let password = checked_password(body.password)?;
     if let Some(unknown) = body.groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
         return Err(ApiError::BadRequest(format!(
             "group {unknown:?} does not exist; allowed: {}",
@@ -96,6 +89,51 @@ pub async fn create(
     })
     .await?;
     Ok(HttpResponse::Created().json(UserView::from(&user)))
+}
+
+/// What an administrator changes of a user: its password.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatchBody {
+    #[schema(required = true, schema_with = password_schema)]
+    password: Option<SecretString>,
+}
+
+/// The password as the rules take it: at least `MIN_PASSWORD` characters.
+fn checked_password(password: Option<SecretString>) -> Result<SecretString, ApiError> {
+    password
+        .filter(|p| p.expose_secret().chars().count() >= MIN_PASSWORD)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "password is required, at least {MIN_PASSWORD} characters"
+            ))
+        })
+}
+
+/// Sets a user's password (an administrator resets a leaked one); every
+/// refresh token the user holds is revoked in the same transaction.
+#[utoipa::path(operation_id = "update_user", tag = "users", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the user's id")),
+    request_body = UserPatchBody,
+    responses((status = 200, description = "The user", body = UserView)))]
+#[patch("/api/v1/usermgmt/users/{id}")]
+pub async fn update(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    id: web::Path<String>,
+    body: web::Json<UserPatchBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id("user", &id)?;
+    let password = checked_password(body.into_inner().password)?;
+    let store = state.store.clone();
+    let user = blocking(move || {
+        if !store.set_password(id, &hash_password(&password)?)? {
+            return Err(not_found("user", id));
+        }
+        store.get_user(id)?.ok_or_else(|| not_found("user", id))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
 
 /// Lists users.

@@ -123,6 +123,19 @@ impl Store {
         })
     }
 
+    /// Sets a user's password hash and revokes every refresh token it holds,
+    /// in one transaction; false if there is no such user.
+    pub fn set_password(&self, id: Uuid, password_hash: &str) -> Result<bool> {
+        let key = id.to_string();
+        self.write(|conn| {
+            let updated = diesel::update(users::table.find(&key))
+                .set(users::password_hash.eq(password_hash))
+                .execute(conn)?;
+            diesel::delete(refresh_tokens::table.filter(refresh_tokens::user_id.eq(&key))).execute(conn)?;
+            Ok(updated == 1)
+        })
+    }
+
     /// Deletes a user and its refresh tokens.
     pub fn delete_user(&self, id: Uuid) -> Result<bool> {
         self.write(|conn| Ok(diesel::delete(users::table.find(id.to_string())).execute(conn)? == 1))
