@@ -131,6 +131,13 @@ impl ServerRequest {
     }
 }
 
+/// A connection's `server_id` that names no registered server.
+pub fn no_such_server(id: impl std::fmt::Display) -> DomainError {
+    DomainError::invalid(format!(
+        "server_id {id} names no registered HSM server (POST …/luna-network/servers registers one)"
+    ))
+}
+
 /// An IP address or a host name: 1 to 253 characters, none of them blank or
 /// a control character.
 pub fn check_hostname(hostname: &str) -> Result<String> {

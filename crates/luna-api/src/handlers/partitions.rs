@@ -99,9 +99,7 @@ pub async fn create_connection(
         // Before any PIN is tried: each failed try counts toward the HSM's lockout.
         if let Some(server) = spec.server_id {
             if store.get_server(server)?.is_none() {
-                return Err(ApiError::BadRequest(format!(
-                    "server_id {server} names no registered HSM server (POST …/luna-network/servers registers one)"
-                )));
+                return Err(luna_domain::server::no_such_server(server).into());
             }
         }
         registry::register_connection_idempotently(&store, tokens.module(), spec, request.as_ref())

@@ -99,6 +99,17 @@ pub struct ConnectionChange<'a> {
     pub meta: Option<&'a str>,
 }
 
+/// A connection's row as a PATCH changes it (`None`: left as it is).
+#[derive(AsChangeset)]
+#[diesel(table_name = connections)]
+struct ConnectionUpdate<'a> {
+    description: Option<&'a str>,
+    products: Option<String>,
+    meta: Option<&'a str>,
+    pin_ciphertext: Option<Vec<u8>>,
+    updated_at: i64,
+}
+
 /// Refuses a change of a connection's members while the partition made of
 /// it has key operations queued or running, or a job running: their work
 /// was planned on the members as they were.
@@ -302,33 +313,19 @@ impl Store {
         now: time::OffsetDateTime,
     ) -> Result<bool> {
         let key = id.to_string();
-        let sealed = pin.map(|p| self.pins.seal(p, &key)).transpose()?;
+        let update = ConnectionUpdate {
+            description: change.description,
+            products: change.products.map(|p| p.join(",")),
+            meta: change.meta,
+            pin_ciphertext: pin.map(|p| self.pins.seal(p, &key)).transpose()?,
+            updated_at: micros(now),
+        };
+        // One statement: the fields left `None` are not set.
         self.write(|conn| {
-            let target = connections::table.find(&key);
-            let mut updated = diesel::update(target)
-                .set(connections::updated_at.eq(micros(now)))
-                .execute(conn)?;
-            if let Some(description) = change.description {
-                updated = diesel::update(target)
-                    .set(connections::description.eq(description))
-                    .execute(conn)?;
-            }
-            if let Some(products) = change.products {
-                updated = diesel::update(target)
-                    .set(connections::products.eq(products.join(",")))
-                    .execute(conn)?;
-            }
-            if let Some(meta) = change.meta {
-                updated = diesel::update(target)
-                    .set(connections::meta.eq(Some(meta)))
-                    .execute(conn)?;
-            }
-            if let Some(sealed) = &sealed {
-                updated = diesel::update(target)
-                    .set(connections::pin_ciphertext.eq(sealed))
-                    .execute(conn)?;
-            }
-            Ok(updated == 1)
+            Ok(diesel::update(connections::table.find(&key))
+                .set(&update)
+                .execute(conn)?
+                == 1)
         })
     }
 

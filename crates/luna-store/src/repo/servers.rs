@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 use luna_domain::query::{Direction, ListQuery, ServerFilters, ServerSortField};
-use luna_domain::{DomainError, HsmServer};
+use luna_domain::HsmServer;
 use uuid::Uuid;
 
 use crate::db::{DbConnection, MultiBackend};
@@ -43,9 +43,7 @@ fn filtered(f: &ServerFilters) -> hsm_servers::BoxedQuery<'static, MultiBackend>
 pub(crate) fn require_server(conn: &mut DbConnection, id: &str) -> Result<()> {
     let found: i64 = hsm_servers::table.find(id).count().get_result(conn)?;
     if found == 0 {
-        return Err(StoreError::Domain(DomainError::Invalid(format!(
-            "server_id {id} names no registered HSM server (POST …/luna-network/servers registers one)"
-        ))));
+        return Err(StoreError::Domain(luna_domain::server::no_such_server(id)));
     }
     Ok(())
 }
