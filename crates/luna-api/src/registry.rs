@@ -207,11 +207,8 @@ pub fn test_members(module: &Arc<Module>, members: &[Member], pin: &SecretString
 pub fn check_of(tests: &[MemberTest], at: time::OffsetDateTime) -> luna_domain::ConnectionCheck {
     let failures: Vec<String> = tests
         .iter()
-        .filter_map(|t| {
-            t.error
-                .as_ref()
-                .map(|e| format!("{}: {e}", t.member.partition_label))
-        })
+        // Each failure names its partition already.
+        .filter_map(|t| t.error.clone())
         .collect();
     luna_domain::ConnectionCheck {
         ok: failures.is_empty(),

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{call, Result, TokenError};
 use crate::gate::{Entered, Gate};
-use crate::pool::{ModuleSession, SessionPool};
+use crate::pool::{LoginLock, ModuleSession, SessionPool};
 use crate::token::Pkcs11Token;
 use crate::token_info::TokenInfoReader;
 use crate::TokenInfo;
@@ -39,7 +39,7 @@ pub struct Module {
     /// prevents): the same ones as `serialize_object_writes`. `None` on
     /// others (Luna): there a slow network login must not hold every other
     /// token's sessions.
-    login_state: Option<Arc<Mutex<()>>>,
+    login_state: LoginLock,
     /// Token (label, serial) → digest of the PIN that last passed `C_Login`
     /// there. Login is per application, so once one session is logged in
     /// `C_Login` answers `CKR_USER_ALREADY_LOGGED_IN` whatever PIN it is
@@ -161,7 +161,7 @@ impl Module {
             path: key.clone(),
             context,
             provisioning: Mutex::new(()),
-            login_state: races.then(Arc::default),
+            login_state: LoginLock::when(races),
             proven_pins: Mutex::new(HashMap::new()),
             token_info,
             gate: Gate::default(),
@@ -459,7 +459,7 @@ impl Module {
         user_type: UserType,
         pin: &SecretString,
     ) -> cryptoki::error::Result<()> {
-        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
+        let _one_at_a_time = self.login_state.hold();
         session.login(user_type, Some(pin))
     }
 
@@ -474,7 +474,7 @@ impl Module {
     ) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(pin.expose_secret().as_bytes()).into();
         let token_key = (label.to_owned(), serial.to_owned());
-        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
+        let _one_at_a_time = self.login_state.hold();
         let mut proven = self.proven_pins.lock();
         match session.login(UserType::User, Some(pin)) {
             Ok(()) => {

@@ -93,11 +93,27 @@ impl Drop for PooledSession<'_> {
 #[derive(Debug)]
 pub(crate) struct ModuleSession {
     session: Option<Session>,
-    login_state: Option<Arc<Mutex<()>>>,
+    login_state: LoginLock,
+}
+
+/// The module's login lock where it has one (see `ModuleSession`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoginLock(Option<Arc<Mutex<()>>>);
+
+impl LoginLock {
+    /// A lock for a module that races on logins and closes; none otherwise.
+    pub(crate) fn when(races: bool) -> LoginLock {
+        LoginLock(races.then(Arc::default))
+    }
+
+    /// Held for one `C_Login`, `C_Logout` or `C_CloseSession`.
+    pub(crate) fn hold(&self) -> Option<parking_lot::MutexGuard<'_, ()>> {
+        self.0.as_ref().map(|lock| lock.lock())
+    }
 }
 
 impl ModuleSession {
-    pub(crate) fn new(session: Session, login_state: Option<Arc<Mutex<()>>>) -> ModuleSession {
+    pub(crate) fn new(session: Session, login_state: LoginLock) -> ModuleSession {
         ModuleSession {
             session: Some(session),
             login_state,
@@ -113,7 +129,7 @@ impl ModuleSession {
 
     /// `C_Logout`, under the module's login lock.
     pub(crate) fn logout(&self) -> cryptoki::error::Result<()> {
-        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
+        let _one_at_a_time = self.login_state.hold();
         self.as_session().logout()
     }
 }
@@ -128,7 +144,7 @@ impl Deref for ModuleSession {
 
 impl Drop for ModuleSession {
     fn drop(&mut self) {
-        let _one_at_a_time = self.login_state.as_ref().map(|l| l.lock());
+        let _one_at_a_time = self.login_state.hold();
         drop(self.session.take());
     }
 }
