@@ -106,7 +106,7 @@ impl Runner {
             token.as_ref(),
             &generated.objects,
             op.tried_before(),
-        );
+        )?;
         for key in &mut keys {
             key.replicated = info.values().all(|s| s == AVAILABLE);
             key.replication_info = info.clone();
@@ -124,20 +124,20 @@ impl Runner {
         source: &dyn luna_pkcs11::Token,
         objects: &[ObjectDescription],
         retry: bool,
-    ) -> std::collections::BTreeMap<String, String> {
+    ) -> Result<std::collections::BTreeMap<String, String>, Failure> {
         let mut info = std::collections::BTreeMap::new();
         for member in &partition.members {
             let state = if member.serial_number == from.serial_number {
                 AVAILABLE.to_owned()
             } else {
-                match self.clone_to(partition, member, source, &from.serial_number, objects, retry) {
-                    Ok(()) => AVAILABLE.to_owned(),
-                    Err(refused) => refused.to_string(),
-                }
+                cloned_state(
+                    member,
+                    self.clone_to(partition, member, source, &from.serial_number, objects, retry),
+                )?
             };
             info.insert(member.serial_number.clone(), state);
         }
-        info
+        Ok(info)
     }
 
     pub(super) fn clone_to(
@@ -231,18 +231,15 @@ impl Runner {
         }
         let (from, source, objects) = holder.ok_or("no partition member holds the whole key")?;
         for member in lacking {
-            let state = match self.clone_to(
+            let cloned = self.clone_to(
                 &partition,
                 member,
                 source.as_ref(),
                 &from.serial_number,
                 &objects,
                 true,
-            ) {
-                Ok(()) => AVAILABLE.to_owned(),
-                Err(refused) => refused.to_string(),
-            };
-            info.insert(member.serial_number.clone(), state);
+            );
+            info.insert(member.serial_number.clone(), cloned_state(member, cloned)?);
         }
         let everywhere = info.values().all(|s| s == AVAILABLE);
         for key in &mut keys {
@@ -333,6 +330,20 @@ pub(super) fn describe_into(key: &mut Key, object: &ObjectDescription) {
     key.sha_256_fingerprint = object.fingerprint_hex();
     key.modulus = object.modulus_hex();
     key.exponent = object.public_exponent;
+}
+
+/// A member's state in `replication_info` after a clone to it. The module
+/// re-initialised under the clone (another token appeared, say) says
+/// nothing of the member: the operation starts again, and its retry finds
+/// what this attempt made.
+fn cloned_state(member: &Member, cloned: Result<(), TransferRefused>) -> Result<String, Failure> {
+    match cloned {
+        Ok(()) => Ok(AVAILABLE.to_owned()),
+        Err(TransferRefused::Token(error)) if error.is_interrupted() => {
+            Err(Failure::token(error).on(&member.serial_number))
+        }
+        Err(refused) => Ok(refused.to_string()),
+    }
 }
 
 /// A member's state in `replication_info` when it holds the key.
