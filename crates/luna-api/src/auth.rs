@@ -1,18 +1,31 @@
 //! Bearer tokens (HS256 JWTs with a pinned algorithm), password hashing,
-//! refresh tokens, and the extractor every protected route takes.
+//! refresh tokens, login sessions, and the extractor every protected route
+//! takes.
+//!
+//! Every access token names its login session (`sid`). A token is accepted
+//! while its signature, issuer and `exp` hold (no leeway) and its session is
+//! open in the database: logging out, a change of the user's password or
+//! groups and the user's deletion end sessions, so their tokens are refused
+//! at once on this instance and within `SESSION_RECHECK` on every other
+//! instance sharing the database.
 
-use std::future::{ready, Ready};
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::time::Instant;
 
 use actix_web::{web, FromRequest, HttpRequest};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -51,6 +64,8 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// The login session the token belongs to.
+    pub sid: String,
     pub preferred_username: String,
     pub cust: Custom,
 }
@@ -61,7 +76,9 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
-        validation.leeway = 5;
+        // No slack past `exp`: the instances share the database, and their
+        // clocks are expected to agree as well as NTP keeps them.
+        validation.leeway = 0;
         Auth {
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
@@ -76,22 +93,23 @@ impl Auth {
         Ok(Auth::new(&key, duration))
     }
 
+    /// An access token for `user` in its login `session`.
     pub fn issue(
         &self,
-        user_id: &str,
-        username: &str,
-        groups: &[String],
+        user: &luna_store::StoredUser,
+        session: Uuid,
         now: OffsetDateTime,
     ) -> Result<String, ApiError> {
         let claims = Claims {
-            sub: user_id.to_owned(),
+            sub: user.id.to_string(),
             iss: ISSUER.into(),
             iat: now.unix_timestamp(),
             exp: now.unix_timestamp() + self.duration,
-            jti: uuid::Uuid::new_v4().to_string(),
-            preferred_username: username.to_owned(),
+            jti: Uuid::new_v4().to_string(),
+            sid: session.to_string(),
+            preferred_username: user.username.clone(),
             cust: Custom {
-                groups: groups.to_vec(),
+                groups: user.groups.clone(),
             },
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -155,26 +173,116 @@ pub fn refresh_token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The caller, proven by a valid bearer token. Every protected handler takes one.
+/// How long an instance trusts what it last read of a session: a session
+/// ended through another instance is refused here at most this long after.
+pub const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+/// Past this many remembered sessions, stale ones are swept out.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// What this instance last read of each session an access token named: its
+/// user if it was open, when it was read. Ended sessions never reopen, so a
+/// session read as ended stays ended.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    seen: Mutex<HashMap<Uuid, (Option<Uuid>, Instant)>>,
+}
+
+impl LiveSessions {
+    /// The session's user as last read, if that was less than
+    /// `SESSION_RECHECK` ago (`Some(None)`: ended).
+    fn recent(&self, session: Uuid, now: Instant) -> Option<Option<Uuid>> {
+        self.seen
+            .lock()
+            .get(&session)
+            .filter(|(user, read)| user.is_none() || now.duration_since(*read) < SESSION_RECHECK)
+            .map(|(user, _)| *user)
+    }
+
+    fn remember(&self, session: Uuid, user: Option<Uuid>, now: Instant) {
+        let mut seen = self.seen.lock();
+        if seen.len() >= SWEEP_ABOVE {
+            seen.retain(|_, (_, read)| now.duration_since(*read) < SESSION_RECHECK);
+        }
+        seen.insert(session, (user, now));
+    }
+
+    /// A session this instance ended: refused here from now on.
+    pub fn ended(&self, session: Uuid) {
+        self.remember(session, None, Instant::now());
+    }
+
+    /// Every session of `user` ended here (a password or group change, the
+    /// user deleted): those this instance remembers are refused from now on.
+    pub fn ended_all_of(&self, user: Uuid) {
+        let now = Instant::now();
+        for (who, read) in self.seen.lock().values_mut() {
+            if *who == Some(user) {
+                *who = None;
+                *read = now;
+            }
+        }
+    }
+}
+
+/// The caller, proven by a valid bearer token of an open session. Every
+/// protected handler takes one.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user_id: String,
     pub username: String,
     pub groups: Vec<String>,
+    /// The login session its token belongs to.
+    pub session: Uuid,
 }
+
+type Extracted<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
 impl FromRequest for Principal {
     type Error = ApiError;
-    type Future = Ready<Result<Principal, ApiError>>;
+    type Future = Extracted<Principal>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(principal(req))
+        Box::pin(principal(req))
     }
 }
 
-fn principal(req: &HttpRequest) -> Result<Principal, ApiError> {
+/// The bearer token's claims, checked; then its session, in the database
+/// unless read less than `SESSION_RECHECK` ago.
+fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiError>> {
+    let checked = bearer_claims(req);
+    async move {
+        let (state, claims) = checked?;
+        let ended =
+            || ApiError::Unauthorized("the session of the bearer token has ended; log in again".into());
+        let not_valid = || ApiError::Unauthorized("the bearer token is not valid".into());
+        let session = Uuid::parse_str(&claims.sid).map_err(|_| not_valid())?;
+        let user = Uuid::parse_str(&claims.sub).map_err(|_| not_valid())?;
+        let now = Instant::now();
+        let owner = match state.sessions.recent(session, now) {
+            Some(owner) => owner,
+            None => {
+                let store = state.store.clone();
+                let owner = crate::handlers::blocking(move || Ok(store.session_user(session)?)).await?;
+                state.sessions.remember(session, owner, now);
+                owner
+            }
+        };
+        if owner != Some(user) {
+            return Err(ended());
+        }
+        Ok(Principal {
+            user_id: claims.sub,
+            username: claims.preferred_username,
+            groups: claims.cust.groups,
+            session,
+        })
+    }
+}
+
+fn bearer_claims(req: &HttpRequest) -> Result<(web::Data<AppState>, Claims), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
+        .cloned()
         .ok_or_else(|| ApiError::Internal("application state is missing".into()))?;
     let header = req
         .headers()
@@ -190,11 +298,7 @@ fn principal(req: &HttpRequest) -> Result<Principal, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer <token>".into()))?;
     let claims = state.auth.verify(token)?;
-    Ok(Principal {
-        user_id: claims.sub,
-        username: claims.preferred_username,
-        groups: claims.cust.groups,
-    })
+    Ok((state, claims))
 }
 
 #[cfg(test)]
@@ -213,30 +317,74 @@ mod tests {
         assert!(!verify_password("not a hash", &password));
     }
 
+    fn admin() -> luna_store::StoredUser {
+        luna_store::StoredUser {
+            id: Uuid::from_u128(1),
+            username: "admin".into(),
+            password_hash: String::new(),
+            groups: vec!["admin".into()],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
     #[test]
     fn tokens_verify_only_with_the_key_that_signed_them() {
         let auth = Auth::new(&[7; 64], 300);
-        let token = auth
-            .issue("u1", "admin", &["admin".into()], OffsetDateTime::now_utc())
-            .unwrap();
+        let session = Uuid::from_u128(2);
+        let token = auth.issue(&admin(), session, OffsetDateTime::now_utc()).unwrap();
         let claims = auth.verify(&token).unwrap();
         assert_eq!(
-            (claims.preferred_username.as_str(), claims.cust.groups.as_slice()),
-            ("admin", &["admin".to_string()][..])
+            (
+                claims.preferred_username.as_str(),
+                claims.cust.groups.as_slice(),
+                claims.sid
+            ),
+            ("admin", &["admin".to_string()][..], session.to_string())
         );
         assert!(Auth::new(&[8; 64], 300).verify(&token).is_err());
+        // One second past `exp` is past it: no leeway.
         let old = auth
             .issue(
-                "u1",
-                "admin",
-                &[],
-                OffsetDateTime::now_utc() - Duration::seconds(400),
+                &admin(),
+                session,
+                OffsetDateTime::now_utc() - Duration::seconds(301),
             )
             .unwrap();
         assert_eq!(
             auth.verify(&old).unwrap_err().to_string(),
             "the bearer token has expired; ask for a new one"
         );
+    }
+
+    #[test]
+    fn sessions_are_reread_after_the_recheck_and_ended_ones_stay_ended() {
+        let sessions = LiveSessions::default();
+        let (one, two, user, other) = (
+            Uuid::from_u128(1),
+            Uuid::from_u128(2),
+            Uuid::from_u128(3),
+            Uuid::from_u128(4),
+        );
+        let t = Instant::now();
+        assert_eq!(sessions.recent(one, t), None, "never read");
+        sessions.remember(one, Some(user), t);
+        sessions.remember(two, Some(other), t);
+        assert_eq!(sessions.recent(one, t + SESSION_RECHECK / 2), Some(Some(user)));
+        assert_eq!(sessions.recent(one, t + SESSION_RECHECK), None, "read again");
+        sessions.ended_all_of(user);
+        assert_eq!(sessions.recent(one, t), Some(None));
+        assert_eq!(
+            sessions.recent(one, t + SESSION_RECHECK * 100),
+            Some(None),
+            "ended for good"
+        );
+        assert_eq!(
+            sessions.recent(two, t),
+            Some(Some(other)),
+            "another user's session is untouched"
+        );
+        sessions.ended(two);
+        assert_eq!(sessions.recent(two, t + SESSION_RECHECK * 100), Some(None));
     }
 }
 
@@ -278,10 +426,11 @@ macro_rules! role_extractor {
 
         impl FromRequest for $name {
             type Error = ApiError;
-            type Future = Ready<Result<$name, ApiError>>;
+            type Future = Extracted<$name>;
 
             fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-                ready(principal(req).and_then(|caller| {
+                let caller = principal(req);
+                Box::pin(async move { caller.await.and_then(|caller| {
                     if caller.may($role) {
                         Ok($name(caller))
                     } else {
@@ -296,7 +445,7 @@ macro_rules! role_extractor {
                             }
                         )))
                     }
-                }))
+                }) })
             }
         }
     };

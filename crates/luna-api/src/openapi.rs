@@ -200,7 +200,13 @@ const LINKS: &[(&str, &str, &[&str])] = &[
     (
         "create_user",
         "user_id",
-        &["get_user", "update_user", "delete_user"],
+        &[
+            "get_user",
+            "update_user",
+            "add_user_to_group",
+            "remove_user_from_group",
+            "delete_user",
+        ],
     ),
     (
         "create_connection",

@@ -23,6 +23,9 @@ pub struct RequestAudit {
     request_id: String,
     client: String,
     written: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The user a request without a bearer token says it acts for (a
+    /// password change names its user in the body).
+    claimed: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl RequestAudit {
@@ -31,13 +34,21 @@ impl RequestAudit {
     pub fn entry(&self, action: &str, status: u16) -> luna_store::AuditEntry {
         luna_store::AuditEntry {
             at: luna_store::now(),
-            username: self.username.clone(),
+            username: match self.claimed.get() {
+                Some(claimed) if self.username == "-" => claimed.clone(),
+                _ => self.username.clone(),
+            },
             action: action.to_owned(),
             target: self.target.clone(),
             outcome: status.to_string(),
             request_id: self.request_id.clone(),
             client: self.client.clone(),
         }
+    }
+
+    /// The request, sent without a bearer token, names the user it acts for.
+    pub fn claimed_by(&self, username: &str) {
+        let _first_claim_wins = self.claimed.set(username.to_owned());
     }
 
     /// The handler's transaction that held the record committed.
@@ -70,27 +81,28 @@ pub async fn middleware(
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
     // Every mutating request is audited (logins: only failures, by their handler).
     let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
-    let audited =
-        (!reads.contains(req.method()) && !req.path().starts_with("/api/v1/auth/tokens")).then(|| {
-            let username = req
-                .app_data::<actix_web::web::Data<crate::state::AppState>>()
-                .and_then(|state| {
-                    let bearer = req
-                        .headers()
-                        .get(actix_web::http::header::AUTHORIZATION)
-                        .and_then(|h| h.to_str().ok())
-                        .and_then(|h| h.strip_prefix("Bearer "))?;
-                    state.auth.verify(bearer).ok()
-                })
-                .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
-            RequestAudit {
-                username,
-                target: req.path().to_owned(),
-                request_id: id.clone(),
-                client: client.clone(),
-                written: Default::default(),
-            }
-        });
+    let login = req.method() == actix_web::http::Method::POST && req.path() == "/api/v1/auth/tokens";
+    let audited = (!reads.contains(req.method()) && !login).then(|| {
+        let username = req
+            .app_data::<actix_web::web::Data<crate::state::AppState>>()
+            .and_then(|state| {
+                let bearer = req
+                    .headers()
+                    .get(actix_web::http::header::AUTHORIZATION)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.strip_prefix("Bearer "))?;
+                state.auth.verify(bearer).ok()
+            })
+            .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
+        RequestAudit {
+            username,
+            target: req.path().to_owned(),
+            request_id: id.clone(),
+            client: client.clone(),
+            written: Default::default(),
+            claimed: Default::default(),
+        }
+    });
     if let Some(audit) = &audited {
         actix_web::HttpMessage::extensions_mut(&req).insert(audit.clone());
     }

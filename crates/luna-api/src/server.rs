@@ -37,6 +37,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(crate::openapi::document)
         .service(health::healthz)
         .service(auth::token)
+        .service(auth::logout)
+        .service(auth::change_password)
         .service(audit::list)
         .service(audit::verify)
         .service(users::create)
@@ -44,6 +46,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(users::get)
         .service(users::update)
         .service(users::delete)
+        .service(users::add_to_group)
+        .service(users::remove_from_group)
         .service(partitions::create_connection)
         .service(partitions::list_connections)
         .service(partitions::get_connection)
@@ -230,6 +234,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         work,
         metrics,
         logins: crate::throttle::LoginThrottle::default(),
+        sessions: crate::auth::LiveSessions::default(),
         stuck: runner.stuck_operations(),
         runner: Arc::clone(&runner),
     });

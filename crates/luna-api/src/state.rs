@@ -20,6 +20,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed logins, per user and client address (see `throttle`).
     pub logins: crate::throttle::LoginThrottle,
+    /// What this instance last read of the login sessions tokens name.
+    pub sessions: crate::auth::LiveSessions,
     /// Operations whose token work hangs; the health check reports them.
     pub stuck: Arc<crate::runner::StuckOperations>,
     /// The operation runner: a create claims its operation for this

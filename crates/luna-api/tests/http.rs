@@ -253,8 +253,14 @@ on_both_backends! {
         tampered_claims["preferred_username"] = json!("mallory");
         let tampered = format!("{}.{}.{}", parts[0], engine.encode(tampered_claims.to_string()), parts[2]);
         let none = format!("{}.{}.", engine.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-        let wrong_key = luna_api::auth::Auth::new(&[1; 64], 300).issue("x", "admin", &["admin".into()], time::OffsetDateTime::now_utc()).unwrap();
-        let expired = luna_api::auth::Auth::new(&SIGNING_KEY, 300).issue("x", "admin", &["admin".into()], time::OffsetDateTime::now_utc() - time::Duration::seconds(600)).unwrap();
+        let admin = api.store().user_by_name("admin").unwrap().unwrap();
+        let session: uuid::Uuid = claims["sid"].as_str().unwrap().parse().unwrap();
+        let signed = |key: &[u8], at: time::OffsetDateTime, session| luna_api::auth::Auth::new(key, 300).issue(&admin, session, at).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let wrong_key = signed(&[1; 64], now, session);
+        let expired = signed(&SIGNING_KEY, now - time::Duration::seconds(301), session);
+        // Signed with the server's key, but of a session that was never opened.
+        let no_session = signed(&SIGNING_KEY, now, uuid::Uuid::new_v4());
         let hs512 = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512), &claims, &jsonwebtoken::EncodingKey::from_secret(&SIGNING_KEY)).unwrap();
         for (what, header) in [
             ("missing", None),
@@ -265,6 +271,7 @@ on_both_backends! {
             ("wrong key", Some(format!("Bearer {wrong_key}"))),
             ("expired", Some(format!("Bearer {expired}"))),
             ("tampered", Some(format!("Bearer {tampered}"))),
+            ("of no session", Some(format!("Bearer {no_session}"))),
         ] {
             for path in [KEYS, "/cckm/hsm/luna/partitions", "/connectionmgmt/services/luna-network/connections"] {
                 let (status, body) = api.raw("GET", path, header.as_deref(), None, None);
@@ -357,14 +364,17 @@ on_both_backends! {
                     continue;
                 }
                 let path = path.strip_prefix("/api/v1").unwrap();
-                let role = if ["/usermgmt/", "/connectionmgmt/", "/audit/"].iter().any(|p| path.starts_with(p)) {
-                    Administer
+                // Logging out is every logged-in user's (their own sessions).
+                let role = if path.starts_with("/auth/") {
+                    None
+                } else if ["/usermgmt/", "/connectionmgmt/", "/audit/"].iter().any(|p| path.starts_with(p)) {
+                    Some(Administer)
                 } else if method == "get" {
-                    Read
+                    Some(Read)
                 } else {
-                    Manage
+                    Some(Manage)
                 };
-                walked.push(role);
+                walked.extend(role);
                 // A read names a resource that exists where its list has one;
                 // a change names none, and its body is empty.
                 let id = match path.strip_suffix("/{id}") {
@@ -377,7 +387,7 @@ on_both_backends! {
                 // The one 5xx an operation may answer is the 501 of a route not offered, documented as such.
                 let not_offered = operation["responses"].get("501").is_some();
                 for (who, token, allowed) in &callers {
-                    let may = allowed[match role { Read => 0, Manage => 1, Administer => 2 }];
+                    let may = role.is_none_or(|role| allowed[match role { Read => 0, Manage => 1, Administer => 2 }]);
                     let (status, answer) = api.call(&method, &path, Some(token), body);
                     if may {
                         assert!(status != 403 && status != 401 && (status < 500 || (status == 501 && not_offered)), "{who} {method} {path}: {status} {answer}");

@@ -183,9 +183,18 @@ diesel::table! {
 diesel::table! {
     refresh_tokens (token_hash) {
         token_hash -> Text,
-        user_id -> Text,
+        session_id -> Text,
         expires_at -> BigInt,
         created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
     }
 }
 
@@ -205,7 +214,8 @@ diesel::joinable!(partitions -> connections (connection_id));
 diesel::joinable!(connections -> hsm_servers (server_id));
 diesel::joinable!(keys -> partitions (partition_id));
 diesel::joinable!(running_jobs -> jobs (job_id));
-diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_records,
@@ -221,5 +231,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     running_jobs,
     users,
     refresh_tokens,
+    sessions,
     idempotent_requests,
 );

@@ -993,7 +993,7 @@ on_both_backends! {
         assert_eq!(broken_at(store.verify_audit().unwrap()).0, 4, "a deleted record breaks the chain at the next");
     }
 
-    fn users_and_refresh_tokens(store: &Store, _db: &TestDatabase) {
+    fn users_and_sessions(store: &Store, _db: &TestDatabase) {
         let user = store
             .insert_user(&luna_store::NewUser { username: "admin".into(), password_hash: "$argon2id$…".into(), groups: vec!["admin".into()] }, now())
             .unwrap();
@@ -1002,22 +1002,55 @@ on_both_backends! {
         let dup = luna_store::NewUser { username: "admin".into(), password_hash: "x".into(), groups: vec![] };
         assert!(matches!(store.insert_user(&dup, now()), Err(StoreError::Conflict(_))));
         let t = now();
-        store.insert_refresh_token("hash-1", user.id, t + Duration::hours(1), t).unwrap();
-        assert_eq!(store.take_refresh_token("hash-1", t).unwrap().unwrap().id, user.id);
-        assert!(store.take_refresh_token("hash-1", t).unwrap().is_none(), "a refresh token works once");
-        store.insert_refresh_token("hash-2", user.id, t + Duration::seconds(1), t).unwrap();
-        assert!(store.take_refresh_token("hash-2", t + Duration::seconds(2)).unwrap().is_none(), "expired");
+        let hour = t + Duration::hours(1);
+        let session = store.open_session(user.id, "hash-1", hour, t).unwrap();
+        assert_eq!(store.session_user(session).unwrap(), Some(user.id));
+        let (refreshed, same) = store.refresh_session("hash-1", "hash-2", hour, t).unwrap().unwrap();
+        assert_eq!((refreshed.id, same), (user.id, session), "a refresh carries the session on");
+        assert!(store.refresh_session("hash-1", "hash-x", hour, t).unwrap().is_none(), "a refresh token works once");
+        assert!(store.refresh_session("hash-2", "hash-3", hour, t + Duration::hours(2)).unwrap().is_none(), "expired");
+        assert!(store.refresh_session("hash-3", "hash-4", hour, t).unwrap().is_none(), "an expired token has no successor");
+
+        // Logging out ends one session, and its refresh tokens with it; the
+        // user's other sessions stay open.
+        let console = store.open_session(user.id, "console-1", hour, t).unwrap();
+        let terraform = store.open_session(user.id, "terraform-1", hour, t).unwrap();
+        assert!(store.end_session(console).unwrap());
+        assert!(!store.end_session(console).unwrap(), "ended once");
+        assert_eq!(store.session_user(console).unwrap(), None);
+        assert!(store.refresh_session("console-1", "console-2", hour, t).unwrap().is_none());
+        assert_eq!(store.session_user(terraform).unwrap(), Some(user.id));
+
+        // A password or group change ends every session of that user, and
+        // only of that user.
         let other = store
             .insert_user(&luna_store::NewUser { username: "bob".into(), password_hash: "h".into(), groups: vec!["CCKM Users".into()] }, now())
             .unwrap();
-        assert_eq!(store.get_user(other.id).unwrap().unwrap().groups, vec!["CCKM Users".to_string()]);
+        let bobs = store.open_session(other.id, "bob-1", hour, t).unwrap();
+        assert!(store.set_password(user.id, "$argon2id$new", t).unwrap());
+        assert_eq!(store.get_user(user.id).unwrap().unwrap().password_hash, "$argon2id$new");
+        assert_eq!(store.session_user(terraform).unwrap(), None, "a password change ends the user's sessions");
+        assert!(store.refresh_session("terraform-1", "terraform-2", hour, t).unwrap().is_none());
+        assert_eq!(store.session_user(bobs).unwrap(), Some(other.id));
+        assert!(store.set_groups(other.id, &["CCKM Admins".into(), "CCKM Users".into()], t).unwrap());
+        assert_eq!(store.session_user(bobs).unwrap(), None, "a group change ends the user's sessions");
+        assert!(!store.set_password(Uuid::new_v4(), "x", t).unwrap(), "no such user");
+        assert_eq!(store.get_user(other.id).unwrap().unwrap().groups, vec!["CCKM Admins".to_string(), "CCKM Users".to_string()]);
         let listed = store.list_users(None, 0, 10).unwrap();
         assert_eq!(store.list_users(Some("bob"), 0, 10).unwrap().total, 1);
         assert_eq!((listed.total, listed.items.iter().map(|u| u.username.as_str()).collect::<Vec<_>>()), (2, vec!["admin", "bob"]));
-        store.insert_refresh_token("hash-3", other.id, t + Duration::hours(1), t).unwrap();
+
+        // A deleted user's sessions and refresh tokens go with it.
+        let bobs = store.open_session(other.id, "bob-2", hour, t).unwrap();
         assert!(store.delete_user(other.id).unwrap());
         assert!(store.get_user(other.id).unwrap().is_none());
-        assert!(store.take_refresh_token("hash-3", t).unwrap().is_none(), "a deleted user's refresh tokens go with it");
+        assert_eq!(store.session_user(bobs).unwrap(), None);
+        assert!(store.refresh_session("bob-2", "bob-3", hour, t).unwrap().is_none());
+
+        // Opening a session prunes those whose last refresh token expired.
+        let stale = store.open_session(user.id, "stale-1", t + Duration::seconds(1), t).unwrap();
+        store.open_session(user.id, "fresh-1", hour, t + Duration::seconds(2)).unwrap();
+        assert_eq!(store.session_user(stale).unwrap(), None, "pruned");
         assert!(!store.delete_user(other.id).unwrap());
     }
 }

@@ -1,13 +1,16 @@
-//! `POST /api/v1/auth/tokens`: the password and refresh_token grants.
+//! `/api/v1/auth`: logging in (`POST tokens`: the password and
+//! refresh_token grants), logging out (`DELETE tokens/{id}`), and changing
+//! one's own password (`PATCH changepw`).
 
-use actix_web::{post, web, HttpResponse};
+use actix_web::{delete, patch, post, web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::blocking;
+use super::{blocking, not_found, path_id};
 use crate::auth::{
-    new_refresh_token, refresh_token_hash, unknown_user_hash, verify_password, REFRESH_TOKEN_TTL,
+    hash_password, new_refresh_token, refresh_token_hash, unknown_user_hash, verify_password, Principal,
+    REFRESH_TOKEN_TTL,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -81,6 +84,9 @@ pub struct TokenAnswer {
     jwt: String,
     duration: i64,
     token_type: &'static str,
+    /// The login session's id: the same across its refreshes, and what
+    /// `DELETE /api/v1/auth/tokens/{id}` takes to log it out.
+    refresh_token_id: String,
     refresh_token: String,
 }
 
@@ -95,90 +101,212 @@ pub async fn token(
     body: web::Json<TokenBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let attempted = body.username.clone().unwrap_or_else(|| "-".to_owned());
+    let grant = body.grant()?;
+    match grant {
+        Grant::Password => {
+            let attempted = body.username.clone().unwrap_or_default();
+            throttled(&state, &req, &attempted, issue(&state, grant, body)).await
+        }
+        Grant::RefreshToken => {
+            let answer = issue(&state, grant, body).await;
+            if let Err(ApiError::Unauthorized(reason)) = &answer {
+                audit_refusal(&state, &req, "-", "login", reason).await;
+            }
+            answer
+        }
+    }
+}
+
+/// Runs a password check (`attempt`) under the login throttle: refused 429
+/// without being tried while the (user, client address) must wait; counted
+/// as a failure until it succeeds, so guesses sent in parallel are counted
+/// before any is answered. A wrong password is audited.
+async fn throttled<T>(
+    state: &AppState,
+    req: &HttpRequest,
+    attempted: &str,
+    attempt: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     let client = req
         .peer_addr()
         .map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
-    let grant = body.grant()?;
-    let password_grant = grant == Grant::Password;
     let now = std::time::Instant::now();
-    if password_grant {
-        // Checked before the password, so a throttled guess learns nothing;
-        // and counted as a failure until it succeeds, so guesses sent in
-        // parallel are counted before any is answered.
-        if let Err(wait) = state.logins.check(&attempted, &client, now) {
-            return Err(ApiError::TooManyRequests {
-                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            });
+    if let Err(wait) = state.logins.check(attempted, &client, now) {
+        return Err(ApiError::TooManyRequests {
+            retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        });
+    }
+    state.logins.failed(attempted, &client, now);
+    let answer = attempt.await;
+    match &answer {
+        Ok(_) => state.logins.succeeded(attempted, &client),
+        Err(ApiError::Unauthorized(reason)) => {
+            let action = if req.path().ends_with("/changepw") {
+                "changepw"
+            } else {
+                "login"
+            };
+            audit_refusal(state, req, attempted, action, reason).await;
         }
-        state.logins.failed(&attempted, &client, now);
-    }
-    let answer = issue(&state, grant, body).await;
-    if password_grant && answer.is_ok() {
-        state.logins.succeeded(&attempted, &client);
-    }
-    if let Err(ApiError::Unauthorized(reason)) = &answer {
-        let entry = luna_store::AuditEntry {
-            at: luna_store::now(),
-            username: attempted,
-            action: "login".into(),
-            target: req.path().to_owned(),
-            outcome: format!("401 {reason}"),
-            request_id: actix_web::HttpMessage::extensions(&req)
-                .get::<crate::request_id::RequestId>()
-                .map_or_else(|| "-".to_owned(), |r| r.0.clone()),
-            client: req.connection_info().peer_addr().unwrap_or("-").to_owned(),
-        };
-        crate::handlers::audit::record(&state, entry).await;
+        Err(_) => {}
     }
     answer
 }
 
+async fn audit_refusal(state: &AppState, req: &HttpRequest, attempted: &str, action: &str, reason: &str) {
+    let entry = luna_store::AuditEntry {
+        at: luna_store::now(),
+        username: attempted.to_owned(),
+        action: action.into(),
+        target: req.path().to_owned(),
+        outcome: format!("401 {reason}"),
+        request_id: actix_web::HttpMessage::extensions(req)
+            .get::<crate::request_id::RequestId>()
+            .map_or_else(|| "-".to_owned(), |r| r.0.clone()),
+        client: req.connection_info().peer_addr().unwrap_or("-").to_owned(),
+    };
+    crate::handlers::audit::record(state, entry).await;
+}
+
+/// The user whose name and password these are; a 401 (logged) otherwise,
+/// in the time a real check takes whether or not the user exists.
+fn checked_user(
+    store: &luna_store::Store,
+    username: &str,
+    password: &SecretString,
+) -> Result<luna_store::StoredUser, ApiError> {
+    let user = store.user_by_name(username)?;
+    let hash = user
+        .as_ref()
+        .map_or(unknown_user_hash(), |u| u.password_hash.as_str());
+    let matches = verify_password(hash, password);
+    match user.filter(|_| matches) {
+        Some(user) => Ok(user),
+        None => {
+            tracing::warn!(user = %username, "a password check failed");
+            Err(ApiError::Unauthorized(
+                "the user name or password is wrong".into(),
+            ))
+        }
+    }
+}
+
 async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let user = match grant {
-        Grant::Password => {
-            let username = body.username.unwrap_or_default();
-            let password = body.password.unwrap_or_else(|| SecretString::from(""));
-            blocking(move || {
-                let user = store.user_by_name(&username)?;
-                let hash = user
-                    .as_ref()
-                    .map_or(unknown_user_hash(), |u| u.password_hash.as_str());
-                let matches = verify_password(hash, &password);
-                match user.filter(|_| matches) {
-                    Some(user) => Ok(user),
-                    None => {
-                        tracing::warn!(user = %username, "a login failed");
-                        Err(ApiError::Unauthorized(
-                            "the user name or password is wrong".into(),
-                        ))
-                    }
-                }
-            })
-            .await?
+    let (refresh_token, next_hash) = new_refresh_token();
+    let (user, session, now) = blocking(move || {
+        let now = luna_store::now();
+        let expires = now + REFRESH_TOKEN_TTL;
+        match grant {
+            Grant::Password => {
+                let username = body.username.unwrap_or_default();
+                let password = body.password.unwrap_or_else(|| SecretString::from(""));
+                let user = checked_user(&store, &username, &password)?;
+                let session = store.open_session(user.id, &next_hash, expires, now)?;
+                Ok((user, session, now))
+            }
+            Grant::RefreshToken => {
+                let presented = refresh_token_hash(&body.refresh_token.unwrap_or_default());
+                let (user, session) = store
+                    .refresh_session(&presented, &next_hash, expires, now)?
+                    .ok_or_else(|| ApiError::Unauthorized("the refresh token is not valid".into()))?;
+                Ok((user, session, now))
+            }
         }
-        Grant::RefreshToken => {
-            let presented = body.refresh_token.unwrap_or_default();
-            blocking(move || {
-                store
-                    .take_refresh_token(&refresh_token_hash(&presented), luna_store::now())?
-                    .ok_or_else(|| ApiError::Unauthorized("the refresh token is not valid".into()))
-            })
-            .await?
-        }
-    };
-    let now = luna_store::now();
-    let jwt = state
-        .auth
-        .issue(&user.id.to_string(), &user.username, &user.groups, now)?;
-    let (refresh_token, hash) = new_refresh_token();
-    let store = state.store.clone();
-    blocking(move || Ok(store.insert_refresh_token(&hash, user.id, now + REFRESH_TOKEN_TTL, now)?)).await?;
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(TokenAnswer {
-        jwt,
+        jwt: state.auth.issue(&user, session, now)?,
         duration: state.auth.duration,
         token_type: "Bearer",
+        refresh_token_id: session.to_string(),
         refresh_token,
     }))
+}
+
+/// Logs a session out: its refresh tokens are revoked at once, and access
+/// tokens of it are refused (on every instance within a second). A user
+/// ends their own sessions; an administrator anyone's.
+#[utoipa::path(operation_id = "logout", tag = "service", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the session's id: `refresh_token_id` of the login's answer")),
+    responses((status = 204, description = "The session has ended")))]
+#[delete("/api/v1/auth/tokens/{id}")]
+pub async fn logout(
+    state: web::Data<AppState>,
+    caller: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session = path_id("session", &id)?;
+    let store = state.store.clone();
+    let administrator = caller.may(crate::auth::Role::Administer);
+    blocking(move || {
+        // Another user's session is "not found" to a non-administrator:
+        // session ids are not to be probed.
+        match store.session_user(session)? {
+            Some(owner) if administrator || owner.to_string() == caller.user_id => {
+                store.end_session(session)?;
+                Ok(())
+            }
+            _ => Err(not_found("session", session)),
+        }
+    })
+    .await?;
+    state.sessions.ended(session);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A user changing their own password: the current one proves who they are.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordBody {
+    username: Option<String>,
+    /// The current password.
+    #[schema(value_type = Option<String>, format = Password)]
+    password: Option<SecretString>,
+    #[schema(required = true, schema_with = crate::handlers::users::password_schema)]
+    new_password: Option<SecretString>,
+    /// Empty or `root`: luna-cckm has one domain.
+    #[schema(example = "")]
+    auth_domain: Option<String>,
+}
+
+/// Changes the caller's own password, CipherTrust Manager's way: the user
+/// name, the current password and the new one, no bearer token needed. The
+/// current password is checked under the login throttle. Every session the
+/// user has ends (log in again with the new password).
+#[utoipa::path(operation_id = "change_password", tag = "service",
+    request_body = ChangePasswordBody,
+    responses((status = 204, description = "The password is changed; the user's sessions have ended")))]
+#[patch("/api/v1/auth/changepw")]
+pub async fn change_password(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<ChangePasswordBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    match body.auth_domain.as_deref() {
+        None | Some("" | "root") => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "auth_domain {other:?} does not exist: luna-cckm has one domain, root (send \"\" or \"root\")"
+            )))
+        }
+    }
+    let username = body.username.filter(|u| !u.is_empty()).ok_or_else(|| {
+        ApiError::BadRequest("username is required: the user whose password changes".into())
+    })?;
+    let new_password = crate::handlers::users::checked_password("new_password", body.new_password)?;
+    let password = body.password.unwrap_or_else(|| SecretString::from(""));
+    if let Some(audit) = actix_web::HttpMessage::extensions(&req).get::<crate::request_id::RequestAudit>() {
+        audit.claimed_by(&username);
+    }
+    let store = state.store.clone();
+    let attempted = username.clone();
+    let attempt = blocking(move || {
+        let user = checked_user(&store, &username, &password)?;
+        store.set_password(user.id, &hash_password(&new_password)?, luna_store::now())?;
+        Ok(user.id)
+    });
+    let user = throttled(&state, &req, &attempted, attempt).await?;
+    state.sessions.ended_all_of(user);
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -1,4 +1,6 @@
-//! `/api/v1/usermgmt/users`: users and their groups (admin only).
+//! `/api/v1/usermgmt`: users and their groups (admin only). A change of a
+//! user's password or groups, and the user's deletion, end every session the
+//! user has: tokens carry the groups they were issued with.
 
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::query::UserFilters;
@@ -8,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
-use crate::auth::{hash_password, Administrator, GROUPS};
+use crate::auth::{hash_password, Administrator, ADMIN_GROUP, GROUPS};
 use crate::error::ApiError;
 use crate::openapi::ListParams;
 use crate::state::AppState;
@@ -17,7 +19,7 @@ use crate::view::{timestamp, ListView};
 /// Passwords shorter than this are refused.
 const MIN_PASSWORD: usize = 8;
 
-fn password_schema() -> utoipa::openapi::Object {
+pub(crate) fn password_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
@@ -71,12 +73,9 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let username = luna_domain::key::check_label("username", body.username.as_deref().unwrap_or(""))?;
-    let password = checked_password(body.password)?;
-    if let Some(unknown) = body.groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
-        return Err(ApiError::BadRequest(format!(
-            "group {unknown:?} does not exist; allowed: {}",
-            GROUPS.join(", ")
-        )));
+    let password = checked_password("password", body.password)?;
+    if let Some(unknown) = body.groups.iter().find_map(|g| unknown_group(g)) {
+        return Err(ApiError::BadRequest(unknown));
     }
     let store = state.store.clone();
     let user = blocking(move || {
@@ -100,18 +99,29 @@ pub struct UserPatchBody {
 }
 
 /// The password as the rules take it: at least `MIN_PASSWORD` characters.
-fn checked_password(password: Option<SecretString>) -> Result<SecretString, ApiError> {
+pub(crate) fn checked_password(
+    field: &str,
+    password: Option<SecretString>,
+) -> Result<SecretString, ApiError> {
     password
         .filter(|p| p.expose_secret().chars().count() >= MIN_PASSWORD)
         .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "password is required, at least {MIN_PASSWORD} characters"
-            ))
+            ApiError::BadRequest(format!("{field} is required, at least {MIN_PASSWORD} characters"))
         })
 }
 
+/// What is wrong with a group name that names no group.
+fn unknown_group(group: &str) -> Option<String> {
+    (!GROUPS.contains(&group)).then(|| {
+        format!(
+            "group {group:?} does not exist; the groups are {}",
+            GROUPS.join(", ")
+        )
+    })
+}
+
 /// Sets a user's password (an administrator resets a leaked one); every
-/// refresh token the user holds is revoked in the same transaction.
+/// session the user has ends in the same transaction.
 #[utoipa::path(operation_id = "update_user", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "the user's id")),
     request_body = UserPatchBody,
@@ -124,15 +134,16 @@ pub async fn update(
     body: web::Json<UserPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("user", &id)?;
-    let password = checked_password(body.into_inner().password)?;
+    let password = checked_password("password", body.into_inner().password)?;
     let store = state.store.clone();
     let user = blocking(move || {
-        if !store.set_password(id, &hash_password(&password)?)? {
+        if !store.set_password(id, &hash_password(&password)?, luna_store::now())? {
             return Err(not_found("user", id));
         }
         store.get_user(id)?.ok_or_else(|| not_found("user", id))
     })
     .await?;
+    state.sessions.ended_all_of(id);
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
 
@@ -191,5 +202,92 @@ pub async fn delete(
         Ok(())
     })
     .await?;
+    state.sessions.ended_all_of(id);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Whether a group membership is being given or taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Add,
+    Remove,
+}
+
+/// Adds a user to a group or takes them out of it; a change ends every
+/// session the user has (their tokens name the groups they were issued with).
+async fn change_membership(
+    state: &AppState,
+    group: &str,
+    id: &str,
+    change: Membership,
+) -> Result<StoredUser, ApiError> {
+    if let Some(unknown) = unknown_group(group) {
+        return Err(ApiError::NotFound(unknown));
+    }
+    let id = path_id("user", id)?;
+    let group = group.to_owned();
+    let store = state.store.clone();
+    let (user, changed) = blocking(move || {
+        let user = store.get_user(id)?.ok_or_else(|| not_found("user", id))?;
+        let member = user.groups.contains(&group);
+        let groups: Vec<String> = match change {
+            Membership::Add if member => return Ok((user, false)),
+            Membership::Add => user.groups.iter().cloned().chain([group]).collect(),
+            Membership::Remove if !member => {
+                return Err(ApiError::BadRequest(format!(
+                    "user {:?} is not in group {group:?}",
+                    user.username
+                )))
+            }
+            Membership::Remove if user.username == "admin" && group == ADMIN_GROUP => {
+                return Err(ApiError::Conflict(
+                    "the bootstrap admin user stays in the admin group: without it nobody could manage users again".into(),
+                ))
+            }
+            Membership::Remove => user.groups.iter().filter(|g| **g != group).cloned().collect(),
+        };
+        if !store.set_groups(id, &groups, luna_store::now())? {
+            return Err(not_found("user", id));
+        }
+        Ok((store.get_user(id)?.ok_or_else(|| not_found("user", id))?, true))
+    })
+    .await?;
+    if changed {
+        state.sessions.ended_all_of(user.id);
+    }
+    Ok(user)
+}
+
+/// Adds a user to a group (CipherTrust Manager's route). Adding a member
+/// again changes nothing.
+#[utoipa::path(operation_id = "add_user_to_group", tag = "users", security(("bearer" = [])),
+    params(("group" = String, Path, description = "admin, CCKM Admins or CCKM Users"),
+           ("id" = String, Path, description = "the user's id")),
+    responses((status = 200, description = "The user, with its groups", body = UserView)))]
+#[post("/api/v1/usermgmt/groups/{group}/users/{id}")]
+pub async fn add_to_group(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (group, id) = path.into_inner();
+    let user = change_membership(&state, &group, &id, Membership::Add).await?;
+    Ok(HttpResponse::Ok().json(UserView::from(&user)))
+}
+
+/// Takes a user out of a group (CipherTrust Manager's route): 400 if the
+/// user is not in it.
+#[utoipa::path(operation_id = "remove_user_from_group", tag = "users", security(("bearer" = [])),
+    params(("group" = String, Path, description = "admin, CCKM Admins or CCKM Users"),
+           ("id" = String, Path, description = "the user's id")),
+    responses((status = 204, description = "The user is no longer in the group")))]
+#[delete("/api/v1/usermgmt/groups/{group}/users/{id}")]
+pub async fn remove_from_group(
+    state: web::Data<AppState>,
+    _caller: Administrator,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (group, id) = path.into_inner();
+    change_membership(&state, &group, &id, Membership::Remove).await?;
     Ok(HttpResponse::NoContent().finish())
 }

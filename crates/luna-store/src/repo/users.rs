@@ -7,7 +7,7 @@ use crate::db::DbConnection;
 use crate::error::Result;
 use crate::models::UserRow;
 use crate::repo::conflict_on_unique;
-use crate::schema::{refresh_tokens, users};
+use crate::schema::{refresh_tokens, sessions, users};
 use crate::Store;
 
 /// A user as stored: the password only as its hash.
@@ -123,62 +123,152 @@ impl Store {
         })
     }
 
-    /// Sets a user's password hash and revokes every refresh token it holds,
-    /// in one transaction; false if there is no such user.
-    pub fn set_password(&self, id: Uuid, password_hash: &str) -> Result<bool> {
+    /// Sets a user's password hash and ends every session it has (their
+    /// refresh tokens go with them), in one transaction; false if there is
+    /// no such user.
+    pub fn set_password(&self, id: Uuid, password_hash: &str, now: OffsetDateTime) -> Result<bool> {
+        self.change_user(
+            id,
+            (
+                users::password_hash.eq(password_hash),
+                users::updated_at.eq(micros(now)),
+            ),
+        )
+    }
+
+    /// Sets a user's groups (one per line) and ends every session it has, as
+    /// `set_password`: its tokens carry the groups they were issued with.
+    pub fn set_groups(&self, id: Uuid, groups: &[String], now: OffsetDateTime) -> Result<bool> {
+        self.change_user(
+            id,
+            (
+                users::user_groups.eq(groups.join("\n")),
+                users::updated_at.eq(micros(now)),
+            ),
+        )
+    }
+
+    fn change_user<V>(&self, id: Uuid, change: V) -> Result<bool>
+    where
+        V: diesel::AsChangeset<Target = users::table> + Clone,
+        V::Changeset: diesel::query_builder::QueryFragment<crate::db::MultiBackend>,
+    {
         let key = id.to_string();
         self.write(|conn| {
             let updated = diesel::update(users::table.find(&key))
-                .set(users::password_hash.eq(password_hash))
+                .set(change.clone())
                 .execute(conn)?;
-            diesel::delete(refresh_tokens::table.filter(refresh_tokens::user_id.eq(&key))).execute(conn)?;
+            diesel::delete(sessions::table.filter(sessions::user_id.eq(&key))).execute(conn)?;
             Ok(updated == 1)
         })
     }
 
-    /// Deletes a user and its refresh tokens.
+    /// Deletes a user; its sessions and refresh tokens go with it.
     pub fn delete_user(&self, id: Uuid) -> Result<bool> {
         self.write(|conn| Ok(diesel::delete(users::table.find(id.to_string())).execute(conn)? == 1))
     }
 
-    /// Keeps a refresh token by its hash (the token itself is never stored).
-    pub fn insert_refresh_token(
+    /// Opens a session for a user who logged in, with its first refresh
+    /// token (kept by its hash: the token itself is never stored). Sessions
+    /// whose last refresh token has expired are pruned on the way.
+    pub fn open_session(
         &self,
-        token_hash: &str,
         user: Uuid,
+        token_hash: &str,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<()> {
+    ) -> Result<Uuid> {
+        let session = Uuid::new_v4();
+        let id = session.to_string();
         self.write(|conn| {
-            diesel::insert_into(refresh_tokens::table)
+            diesel::delete(sessions::table.filter(sessions::expires_at.lt(micros(now)))).execute(conn)?;
+            diesel::insert_into(sessions::table)
                 .values((
-                    refresh_tokens::token_hash.eq(token_hash),
-                    refresh_tokens::user_id.eq(user.to_string()),
-                    refresh_tokens::expires_at.eq(micros(expires_at)),
-                    refresh_tokens::created_at.eq(micros(now)),
+                    sessions::id.eq(&id),
+                    sessions::user_id.eq(user.to_string()),
+                    sessions::created_at.eq(micros(now)),
+                    sessions::expires_at.eq(micros(expires_at)),
                 ))
                 .execute(conn)?;
-            Ok(())
-        })
+            insert_refresh_token(conn, &id, token_hash, expires_at, now)
+        })?;
+        Ok(session)
     }
 
-    /// Uses up a refresh token: it is deleted, and its user returned if it had
-    /// not expired. A token works once, so a stolen copy races its owner.
-    pub fn take_refresh_token(&self, token_hash: &str, now: OffsetDateTime) -> Result<Option<StoredUser>> {
+    /// Trades a refresh token for the next one in its session: the presented
+    /// token is deleted whatever happens (it works once, so a stolen copy
+    /// races its owner), and if it had not expired and its session is still
+    /// open, `next_hash` is stored in its place. Returns the user and session.
+    pub fn refresh_session(
+        &self,
+        token_hash: &str,
+        next_hash: &str,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<(StoredUser, Uuid)>> {
         self.write(|conn| {
-            let found: Option<(String, i64)> = refresh_tokens::table
-                .find(token_hash)
-                .select((refresh_tokens::user_id, refresh_tokens::expires_at))
+            let found: Option<(String, i64, String)> = refresh_tokens::table
+                .inner_join(sessions::table)
+                .filter(refresh_tokens::token_hash.eq(token_hash))
+                .select((
+                    refresh_tokens::session_id,
+                    refresh_tokens::expires_at,
+                    sessions::user_id,
+                ))
                 .first(conn)
                 .optional()?;
-            let Some((user_id, expires_at)) = found else {
+            let Some((session, token_expires_at, user_id)) = found else {
                 return Ok(None);
             };
             diesel::delete(refresh_tokens::table.find(token_hash)).execute(conn)?;
-            if expires_at <= micros(now) {
+            if token_expires_at <= micros(now) {
                 return Ok(None);
             }
-            user_by(conn, &user_id)
+            let Some(user) = user_by(conn, &user_id)? else {
+                return Ok(None);
+            };
+            diesel::update(sessions::table.find(&session))
+                .set(sessions::expires_at.eq(micros(expires_at)))
+                .execute(conn)?;
+            insert_refresh_token(conn, &session, next_hash, expires_at, now)?;
+            Ok(Some((user, uuid("session id", &session)?)))
         })
     }
+
+    /// The user a session belongs to, if it is open.
+    pub fn session_user(&self, session: Uuid) -> Result<Option<Uuid>> {
+        self.read(|conn| {
+            sessions::table
+                .find(session.to_string())
+                .select(sessions::user_id)
+                .first::<String>(conn)
+                .optional()?
+                .map(|user| uuid("session user id", &user))
+                .transpose()
+        })
+    }
+
+    /// Ends a session (a logout): its refresh tokens go with it, and access
+    /// tokens naming it are refused from then on. False if it was not open.
+    pub fn end_session(&self, session: Uuid) -> Result<bool> {
+        self.write(|conn| Ok(diesel::delete(sessions::table.find(session.to_string())).execute(conn)? == 1))
+    }
+}
+
+fn insert_refresh_token(
+    conn: &mut DbConnection,
+    session: &str,
+    token_hash: &str,
+    expires_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<()> {
+    diesel::insert_into(refresh_tokens::table)
+        .values((
+            refresh_tokens::token_hash.eq(token_hash),
+            refresh_tokens::session_id.eq(session),
+            refresh_tokens::expires_at.eq(micros(expires_at)),
+            refresh_tokens::created_at.eq(micros(now)),
+        ))
+        .execute(conn)?;
+    Ok(())
 }
