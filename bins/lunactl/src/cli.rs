@@ -36,6 +36,8 @@ pub(crate) enum Command {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Ends the saved login on the server and forgets it here.
+    Logout,
     /// The server's health (no login needed).
     Health,
     /// Luna HSM keys: create, list, get, update, replicate, destroy, delete.
@@ -244,6 +246,28 @@ pub(crate) enum UsersCommand {
     },
     Delete {
         id: String,
+    },
+    /// Changes a password. Your own (the logged-in user's, or --username's):
+    /// the current password from LUNACTL_PASSWORD or stdin's first line, the
+    /// new one from LUNACTL_NEW_PASSWORD or the next line. Another user's, by
+    /// an administrator: --id, and only the new password. Either way the
+    /// user's sessions end.
+    Passwd {
+        #[arg(long, conflicts_with = "id")]
+        username: Option<String>,
+        /// The user whose password an administrator resets.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Adds a user to a group (admin, CCKM Admins or CCKM Users); the user's sessions end.
+    AddGroup {
+        id: String,
+        group: String,
+    },
+    /// Takes a user out of a group; the user's sessions end.
+    RemoveGroup {
+        id: String,
+        group: String,
     },
 }
 

@@ -65,12 +65,44 @@ impl Client {
             Some(&json!({"grant_type": "password", "username": username, "password": password})),
             None,
         )?;
-        self.keep(target.ca_file.clone(), &answer)
+        self.keep(target.ca_file.clone(), Some(username.to_owned()), &answer)
+    }
+
+    /// The user of the saved login, if lunactl saved it.
+    pub fn username(&self) -> Option<&str> {
+        self.session.as_ref().and_then(|s| s.username.as_deref())
+    }
+
+    /// Ends the saved login on the server (its refresh token is revoked and
+    /// its access tokens refused) and forgets it here. A session the server
+    /// has already ended is forgotten all the same.
+    pub fn logout(&mut self) -> Result<String> {
+        let Some(session) = self.session.clone() else {
+            bail!("not logged in");
+        };
+        let said = match &session.session_id {
+            Some(id) => {
+                let path = format!("/api/v1/auth/tokens/{id}");
+                match self.bearer().and_then(|bearer| self.send("DELETE", &path, &[], None, Some(&bearer))) {
+                    Ok(_) => format!("logged out of {}\n", session.server),
+                    Err(error) => format!("the server had already ended the session ({error:#}); forgotten here\n"),
+                }
+            }
+            None => "forgotten here; this login was saved without its session id, so the server ends it when it expires\n".to_owned(),
+        };
+        session::forget()?;
+        self.session = None;
+        Ok(said)
     }
 
     /// Saves the tokens of a login or refresh `answer`, with the CA file the
     /// server's certificate is checked against.
-    fn keep(&mut self, ca_file: Option<std::path::PathBuf>, answer: &Value) -> Result<()> {
+    fn keep(
+        &mut self,
+        ca_file: Option<std::path::PathBuf>,
+        username: Option<String>,
+        answer: &Value,
+    ) -> Result<()> {
         let text = |name: &str| {
             answer[name]
                 .as_str()
@@ -80,6 +112,8 @@ impl Client {
         let session = Session {
             server: self.server.clone(),
             ca_file,
+            username,
+            session_id: answer["refresh_token_id"].as_str().map(str::to_owned),
             jwt: text("jwt")?,
             refresh_token: text("refresh_token")?,
             expires_at: now() + answer["duration"].as_u64().unwrap_or(0),
@@ -113,7 +147,7 @@ impl Client {
                 None,
             )
             .context("the login has run out; run lunactl login again")?;
-        self.keep(session.ca_file.clone(), &answer)?;
+        self.keep(session.ca_file.clone(), session.username.clone(), &answer)?;
         Ok(text_of(&answer, "jwt"))
     }
 
@@ -129,8 +163,9 @@ impl Client {
         self.send(method, path, query, body, Some(&bearer))
     }
 
-    pub fn call_open(&mut self, method: &str, path: &str) -> Result<Value> {
-        self.send(method, path, &[], None, None)
+    /// A request without a bearer token (health, a password change).
+    pub fn call_open(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.send(method, path, &[], body, None)
     }
 
     fn send(

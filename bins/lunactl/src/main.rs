@@ -95,8 +95,9 @@ fn run(cli: Cli) -> Result<String> {
                 session::path()?.display()
             ))
         }
+        Command::Logout => client.logout(),
         Command::Health => Ok(output::record(
-            &client.call_open("GET", "/api/v1/healthz")?,
+            &client.call_open("GET", "/api/v1/healthz", None)?,
             format,
         )),
         Command::Keys(command) => keys(&mut client, command, format),
@@ -416,6 +417,48 @@ fn users(client: &mut Client, command: UsersCommand, format: Format) -> Result<S
             delete(client, USERS, &id)?;
             return Ok(format!("user {id} deleted\n"));
         }
+        UsersCommand::Passwd { id: Some(id), .. } => {
+            let password = secret("LUNACTL_NEW_PASSWORD", "the new password")?;
+            client.call(
+                "PATCH",
+                &format!("{USERS}/{id}"),
+                &[],
+                Some(&json!({"password": password})),
+            )?
+        }
+        UsersCommand::Passwd { username, id: None } => {
+            let Some(username) = username.or_else(|| client.username().map(str::to_owned)) else {
+                bail!("whose password? give --username (this login was saved without one)");
+            };
+            let password = secret("LUNACTL_PASSWORD", "current password")?;
+            let new_password = secret("LUNACTL_NEW_PASSWORD", "new password")?;
+            client.call_open(
+                "PATCH",
+                "/api/v1/auth/changepw",
+                Some(&json!({"username": username, "password": password, "new_password": new_password})),
+            )?;
+            return Ok(format!(
+                "the password of {username} is changed and its sessions have ended; run lunactl login again\n"
+            ));
+        }
+        UsersCommand::AddGroup { id, group } => client.call("POST", &group_member(&group, &id), &[], None)?,
+        UsersCommand::RemoveGroup { id, group } => {
+            client.call("DELETE", &group_member(&group, &id), &[], None)?;
+            return Ok(format!("user {id} is no longer in {group}\n"));
+        }
     };
     Ok(output::record(&answer, format))
+}
+
+/// `/api/v1/usermgmt/groups/{group}/users/{id}`, the group name escaped
+/// (`CCKM Admins` has a space).
+fn group_member(group: &str, id: &str) -> String {
+    let group: String = group
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!("/api/v1/usermgmt/groups/{group}/users/{id}")
 }

@@ -15,6 +15,13 @@ pub struct Session {
     pub server: String,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The user logged in (absent in sessions saved by older lunactl).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The server's id of the login session (`refresh_token_id`), which
+    /// `lunactl logout` ends.
+    #[serde(default)]
+    pub session_id: Option<String>,
     pub jwt: String,
     pub refresh_token: String,
     /// Seconds since the Unix epoch after which the jwt is refreshed first.
@@ -82,4 +89,15 @@ pub fn save(session: &Session) -> Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Removes the saved login; no login saved is not an error.
+pub fn forget() -> Result<()> {
+    let path = path()?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }

@@ -579,3 +579,106 @@ fn connections_are_tested_updated_rotated_and_grown_from_the_command_line() {
         gone.stderr
     );
 }
+
+/// `lunactl users passwd` (one's own, and an administrator's reset),
+/// `users add-group`/`remove-group` and `logout`: each ends the sessions it
+/// should, which the next command of the user shows.
+#[test]
+fn passwords_groups_and_logout_from_the_command_line() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let admin = User::new(&server_of(&api));
+    assert!(admin.login(&[]).ok);
+    let created = admin.run_with(
+        &[
+            "users",
+            "create",
+            "--username",
+            "lee",
+            "--group",
+            "CCKM Users",
+            "-o",
+            "json",
+        ],
+        &[("LUNACTL_NEW_PASSWORD", "lees-first-pw")],
+    );
+    let id = created.json()["user_id"].as_str().unwrap().to_owned();
+    let lee = User::new(&server_of(&api));
+    let log_in = |password: &str| {
+        let login = lee.run_with(&["login", "--username", "lee"], &[("LUNACTL_PASSWORD", password)]);
+        assert!(login.ok, "{}", login.stderr);
+    };
+    let ended = |what: &str| {
+        let refused = lee.run(&["keys", "list"]);
+        assert!(!refused.ok, "{what}: lee's session still works");
+        assert!(
+            refused.stderr.contains("session of the bearer token has ended"),
+            "{what}: {}",
+            refused.stderr
+        );
+    };
+    log_in("lees-first-pw");
+    assert!(lee.run(&["keys", "list"]).ok);
+
+    // One's own password: the current one is checked.
+    let passwd = |current: &str, new: &str| {
+        lee.run_with(
+            &["users", "passwd"],
+            &[("LUNACTL_PASSWORD", current), ("LUNACTL_NEW_PASSWORD", new)],
+        )
+    };
+    let wrong = passwd("not-lees-pw", "lees-second-pw");
+    assert!(!wrong.ok && wrong.stderr.contains("401"), "{}", wrong.stderr);
+    let changed = passwd("lees-first-pw", "lees-second-pw");
+    assert!(changed.ok, "{}", changed.stderr);
+    assert!(
+        changed.stdout.contains("run lunactl login again"),
+        "{}",
+        changed.stdout
+    );
+    ended("own password change");
+    log_in("lees-second-pw");
+
+    // An administrator's reset.
+    let reset = admin.run_with(
+        &["users", "passwd", "--id", &id, "-o", "json"],
+        &[("LUNACTL_NEW_PASSWORD", "lees-third-pw")],
+    );
+    assert_eq!(reset.json()["username"], "lee");
+    ended("reset");
+    log_in("lees-third-pw");
+
+    // Groups.
+    let added = admin.run(&["users", "add-group", &id, "CCKM Admins", "-o", "json"]);
+    assert_eq!(
+        added.json()["groups"],
+        serde_json::json!(["CCKM Users", "CCKM Admins"])
+    );
+    ended("group added");
+    log_in("lees-third-pw");
+    let removed = admin.run(&["users", "remove-group", &id, "CCKM Users"]);
+    assert!(removed.ok, "{}", removed.stderr);
+    ended("group removed");
+    log_in("lees-third-pw");
+
+    // Logging out ends the session on the server, not only here.
+    let jwt = lee.session()["jwt"].as_str().unwrap().to_owned();
+    let out = lee.run(&["logout"]);
+    assert!(
+        out.ok && out.stdout.contains("logged out"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!lee.session_path().exists());
+    assert_eq!(api.call("GET", "/cckm/hsm/luna/keys", Some(&jwt), None).0, 401);
+    let again = lee.run(&["logout"]);
+    assert!(
+        !again.ok && again.stderr.contains("not logged in"),
+        "{}",
+        again.stderr
+    );
+    assert!(
+        admin.run(&["keys", "list"]).ok,
+        "the administrator's session is untouched"
+    );
+}
