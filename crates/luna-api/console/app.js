@@ -53,7 +53,7 @@ let session = JSON.parse(sessionStorage.getItem(SESSION) || "null");
 let refreshTimer = null;
 
 function keep(answer, username) {
-  session = { jwt: answer.jwt, refresh: answer.refresh_token, username,
+  session = { jwt: answer.jwt, refresh: answer.refresh_token, id: answer.refresh_token_id, username,
     groups: groupsOf(answer.jwt), expires: Date.now() + answer.duration * 1000 };
   sessionStorage.setItem(SESSION, JSON.stringify(session));
   scheduleRefresh();
@@ -82,6 +82,16 @@ function scheduleRefresh() {
   }, wait);
 }
 
+/** Logs out on the server first (the session's tokens are revoked there), then here. */
+async function logOut() {
+  const ended = session?.id;
+  if (ended) {
+    try { await call("DELETE", `${API}/auth/tokens/${encodeURIComponent(ended)}`); } catch { /* already ended */ }
+  }
+  logout("You are logged out.");
+}
+
+/** Forgets the session here (the server has ended it, or is being told to). */
 function logout(message) {
   clearTimeout(refreshTimer);
   session = null;
@@ -108,7 +118,7 @@ async function call(method, path, body, { open = false, idempotencyKey } = {}) {
     try { answer = await response.json(); } catch { answer = null; }
   }
   if (response.status === 401 && !open) {
-    logout("Your session has expired; log in again.");
+    logout("Your session has ended or expired; log in again.");
     throw new ApiError(401, answer?.message || "not logged in", true);
   }
   if (!response.ok) throw new ApiError(response.status, answer?.message || `${response.status} ${response.statusText}`);
@@ -129,7 +139,7 @@ async function attempt(work, place) {
 
 const pages = {
   keys: keysPage, key: keyPage, partitions: partitionsPage, jobs: jobsPage, connections: connectionsPage,
-  servers: serversPage, users: usersPage, audit: auditPage,
+  servers: serversPage, users: usersPage, audit: auditPage, password: passwordPage,
 };
 
 /** Runs `work` after `ms` if the user is still on the page that asked. */
@@ -151,7 +161,8 @@ function route() {
   nav.replaceChildren(
     ...links.map(([name, title]) => el("a", { href: `#/${name}`, "aria-current": (page || "keys") === name && "page" }, title)),
     el("span", { class: "who" }, `${session.username}${canManage() ? "" : " (read-only)"}`),
-    el("button", { type: "button", onclick: () => logout("") }, "Log out"));
+    el("a", { href: "#/password", id: "my-password", "aria-current": page === "password" && "page" }, "Password"),
+    el("button", { type: "button", id: "log-out", onclick: logOut }, "Log out"));
   nav.hidden = false;
   (pages[page] || keysPage)(arg);
 }
@@ -526,7 +537,53 @@ async function serversPage() {
       } }, "Delete"))))))));
 }
 
+/** Changing one's own password: the current one proves it is you. Every
+ * session of yours ends (other browsers, lunactl, Terraform); this one logs
+ * in again with the new password. */
+function passwordPage() {
+  const error = el("p");
+  const form = el("form", { id: "change-password", "aria-label": "Change my password", onsubmit: async (event) => {
+    event.preventDefault();
+    const [password, newPassword, again] = [form.password.value, form.new_password.value, form.again.value];
+    form.reset();
+    if (newPassword !== again) {
+      error.replaceChildren(el("span", { class: "error", role: "alert" }, "The new password and its repetition differ."));
+      return;
+    }
+    const username = session.username;
+    const changed = await attempt(() => call("PATCH", `${API}/auth/changepw`,
+      { username, password, new_password: newPassword }, { open: true }), error);
+    if (changed === undefined) return;
+    const answer = await attempt(() => call("POST", `${API}/auth/tokens`,
+      { grant_type: "password", username, password: newPassword }, { open: true }), error);
+    if (!answer) return logout("Your password is changed; log in with it.");
+    keep(answer, username);
+    notice("Your password is changed. Your other sessions have ended.");
+    location.hash = "#/keys";
+  } },
+  el("label", {}, "Current password", el("input", { name: "password", type: "password", required: true, autocomplete: "current-password" })),
+  el("label", {}, "New password", el("input", { name: "new_password", type: "password", required: true, minlength: 8, autocomplete: "new-password" })),
+  el("label", {}, "New password again", el("input", { name: "again", type: "password", required: true, minlength: 8, autocomplete: "new-password" })),
+  el("button", { class: "primary", type: "submit" }, "Change my password"));
+  show(el("h2", {}, "Change my password"), form, error);
+}
+
 const GROUPS = ["admin", "CCKM Admins", "CCKM Users"];
+
+/** An administrator sets a user's password (a leaked one); the user's sessions end. */
+function resetForm(u, error) {
+  const form = el("form", { class: "inline reset-password", "aria-label": `Reset the password of ${u.username}`, onsubmit: async (event) => {
+    event.preventDefault();
+    const password = form.password.value;
+    form.reset();
+    if (await attempt(() => call("PATCH", `${API}/usermgmt/users/${u.user_id}`, { password }), error)) {
+      error.replaceChildren(`The password of ${u.username} is reset; their sessions have ended.`);
+    }
+  } },
+  el("input", { name: "password", type: "password", required: true, minlength: 8, autocomplete: "new-password", "aria-label": "New password" }),
+  el("button", { type: "submit" }, "Reset password"));
+  return form;
+}
 
 async function usersPage() {
   const place = el("div");
@@ -547,9 +604,9 @@ async function usersPage() {
   if (!list) return;
   place.replaceChildren(el("table", { id: "users" }, el("thead", {}, el("tr", {}, el("th", {}, "Username"), el("th", {}, "Groups"), el("th", {}, ""))),
     el("tbody", {}, list.resources.map((u) => el("tr", { "data-name": u.username }, el("td", {}, u.username), el("td", {}, (u.groups || []).join(", ")),
-      el("td", {}, u.username === session.username ? null : el("button", { type: "button", class: "danger delete-user", onclick: async () => {
+      el("td", {}, u.username === session.username ? null : [resetForm(u, error), el("button", { type: "button", class: "danger delete-user", onclick: async () => {
         if (await attempt(() => call("DELETE", `${API}/usermgmt/users/${u.user_id}`), error) !== undefined) route();
-      } }, "Delete")))))));
+      } }, "Delete")]))))));
 }
 
 async function auditPage() {

@@ -554,3 +554,75 @@ fn ha_members_are_added_and_removed_from_the_console() {
     browser.wait(&format!("{row} td.members"), |t| !t.contains(&third));
     assert_eq!(members(), 2);
 }
+
+/// An administrator resets a user's password from the users page; the user
+/// changes their own from the Password page (their other sessions end, this
+/// one carries on); Log out ends the session on the server, not only in the
+/// browser.
+#[test]
+fn passwords_are_changed_and_log_out_ends_the_session_on_the_server() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    let (status, _) = api.send(
+        "POST",
+        "/usermgmt/users",
+        &json!({"username": "robin", "password": "robins-first-pw", "groups": ["CCKM Users"]}),
+    );
+    assert_eq!(status, 201);
+    let login = |password: &str| {
+        api.call(
+            "POST",
+            "/auth/tokens",
+            None,
+            Some(&json!({"username": "robin", "password": password}).to_string()),
+        )
+    };
+    let browser = Browser::start();
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+    browser.goto(&format!("{root}/ui/#/users"));
+    let row = "#users tr[data-name=robin]";
+    browser.type_into(
+        &format!("{row} form.reset-password input[name=password]"),
+        "robins-reset-pw",
+    );
+    browser.click(&format!("{row} form.reset-password button"));
+    browser.wait("#main", |t| t.contains("The password of robin is reset"));
+    assert!(!browser.page_text().contains("robins-reset-pw"));
+    assert_eq!(login("robins-first-pw").0, 401);
+    let (status, elsewhere) = login("robins-reset-pw");
+    assert_eq!(status, 200, "{elsewhere}");
+    let elsewhere = elsewhere["jwt"].as_str().unwrap().to_owned();
+    browser.click("#log-out");
+    browser.find("#login");
+
+    // Robin changes their own password.
+    browser.log_in(&root, "robin", "robins-reset-pw");
+    browser.click("#my-password");
+    browser.type_into("#change-password input[name=password]", "robins-reset-pw");
+    browser.type_into("#change-password input[name=new_password]", "robins-own-pw-1");
+    browser.type_into("#change-password input[name=again]", "robins-own-pw-2");
+    browser.click("#change-password button[type=submit]");
+    browser.wait("#main", |t| t.contains("differ"));
+    browser.type_into("#change-password input[name=password]", "robins-reset-pw");
+    browser.type_into("#change-password input[name=new_password]", "robins-own-pw-1");
+    browser.type_into("#change-password input[name=again]", "robins-own-pw-1");
+    browser.click("#change-password button[type=submit]");
+    browser.wait("#notice", |t| t.contains("Your password is changed"));
+    browser.find("#keys");
+    assert_eq!(
+        api.call("GET", "/cckm/hsm/luna/keys", Some(&elsewhere), None).0,
+        401,
+        "robin's other session has ended"
+    );
+    assert_eq!(login("robins-own-pw-1").0, 200);
+    browser.screenshot("password");
+
+    // Log out: the token the browser held is refused by the server.
+    let held = browser.script("return JSON.parse(sessionStorage.getItem('luna-cckm-session')).jwt;");
+    let held = held.as_str().unwrap().to_owned();
+    assert_eq!(api.call("GET", "/cckm/hsm/luna/keys", Some(&held), None).0, 200);
+    browser.click("#log-out");
+    browser.wait("#notice", |t| t.contains("logged out"));
+    browser.find("#login");
+    assert_eq!(api.call("GET", "/cckm/hsm/luna/keys", Some(&held), None).0, 401);
+}
