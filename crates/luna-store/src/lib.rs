@@ -31,7 +31,7 @@ pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
 pub use repo::operations::PartitionRoom;
 pub use repo::partitions::ConnectionChange;
-pub use repo::users::{NewUser, StoredUser};
+pub use repo::users::{NewUser, StoredUser, UserChange};
 
 use db::{ConnectionManager, DbConnection};
 

@@ -15,7 +15,7 @@ use luna_domain::{
     OperationState, Origin, Partition,
 };
 use luna_store::testing::TestDatabase;
-use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError};
+use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError, UserChange};
 use secrecy::{ExposeSecret, SecretString};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -636,6 +636,51 @@ on_both_backends! {
         assert_eq!(store.operation_counts().unwrap(), vec![(OperationState::Succeeded, total as i64)]);
     }
 
+    fn a_refresh_token_works_once_even_when_two_instances_race_for_it(store: &Store, db: &TestDatabase) {
+        let user = store
+            .insert_user(&luna_store::NewUser { username: "racer".into(), password_hash: "h".into(), groups: vec![] }, now())
+            .unwrap();
+        let second = Store::open(&db.url, PinCipher::from_key(&[0x42; 32]), PoolOptions::default()).unwrap();
+        let t = now();
+        let hour = t + Duration::hours(1);
+        for round in 0..40 {
+            let token = format!("race-{round}");
+            let session = store.open_session(&user, &token, hour, t).unwrap().unwrap();
+            // Two refreshes of one token, and (every other round) a logout,
+            // from two instances at once.
+            let barrier = std::sync::Barrier::new(if round % 2 == 0 { 3 } else { 2 });
+            let refreshed = Mutex::new(Vec::new());
+            std::thread::scope(|s| {
+                for (n, instance) in [(0, store), (1, &second)] {
+                    let (token, barrier, refreshed) = (&token, &barrier, &refreshed);
+                    s.spawn(move || {
+                        let next = format!("{token}-next-{n}");
+                        barrier.wait();
+                        if instance.refresh_session(token, &next, hour, t).unwrap().is_some() {
+                            refreshed.lock().unwrap().push(next);
+                        }
+                    });
+                }
+                if round % 2 == 0 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        second.end_session(session).unwrap();
+                    });
+                }
+            });
+            let refreshed = refreshed.into_inner().unwrap();
+            assert!(refreshed.len() <= 1, "round {round}: one token refreshed twice: {refreshed:?}");
+            if round % 2 == 0 {
+                assert_eq!(store.session_user(session).unwrap(), None);
+                for next in &refreshed {
+                    assert!(store.refresh_session(next, "after", hour, t).unwrap().is_none(), "round {round}: ended, yet {next} works");
+                }
+            } else {
+                assert_eq!(refreshed.len(), 1, "round {round}: neither refresh won");
+            }
+        }
+    }
+
     fn a_refresh_write_skips_a_record_changed_since_it_was_read(store: &Store, _db: &TestDatabase) {
         let partition = registered_partition(store, "hsm-refresh-cas");
         let k = key(&partition, "cas", ObjectType::SecretKey, 256);
@@ -1003,7 +1048,7 @@ on_both_backends! {
         assert!(matches!(store.insert_user(&dup, now()), Err(StoreError::Conflict(_))));
         let t = now();
         let hour = t + Duration::hours(1);
-        let session = store.open_session(user.id, "hash-1", hour, t).unwrap();
+        let session = store.open_session(&user, "hash-1", hour, t).unwrap().unwrap();
         assert_eq!(store.session_user(session).unwrap(), Some(user.id));
         let (refreshed, same) = store.refresh_session("hash-1", "hash-2", hour, t).unwrap().unwrap();
         assert_eq!((refreshed.id, same), (user.id, session), "a refresh carries the session on");
@@ -1013,8 +1058,8 @@ on_both_backends! {
 
         // Logging out ends one session, and its refresh tokens with it; the
         // user's other sessions stay open.
-        let console = store.open_session(user.id, "console-1", hour, t).unwrap();
-        let terraform = store.open_session(user.id, "terraform-1", hour, t).unwrap();
+        let console = store.open_session(&user, "console-1", hour, t).unwrap().unwrap();
+        let terraform = store.open_session(&user, "terraform-1", hour, t).unwrap().unwrap();
         assert!(store.end_session(console).unwrap());
         assert!(!store.end_session(console).unwrap(), "ended once");
         assert_eq!(store.session_user(console).unwrap(), None);
@@ -1026,30 +1071,46 @@ on_both_backends! {
         let other = store
             .insert_user(&luna_store::NewUser { username: "bob".into(), password_hash: "h".into(), groups: vec!["CCKM Users".into()] }, now())
             .unwrap();
-        let bobs = store.open_session(other.id, "bob-1", hour, t).unwrap();
-        assert!(store.set_password(user.id, "$argon2id$new", t).unwrap());
+        let bobs = store.open_session(&other, "bob-1", hour, t).unwrap().unwrap();
+        let own = UserChange::OwnPassword { proven: "$argon2id$old", hash: "$argon2id$mine" };
+        assert!(!store.change_user(user.id, &own, t).unwrap(), "the proven password is not the stored one");
+        assert_eq!(store.session_user(terraform).unwrap(), Some(user.id), "a change not made ends nothing");
+        assert!(store.change_user(user.id, &UserChange::Password { hash: "$argon2id$new" }, t).unwrap());
         assert_eq!(store.get_user(user.id).unwrap().unwrap().password_hash, "$argon2id$new");
         assert_eq!(store.session_user(terraform).unwrap(), None, "a password change ends the user's sessions");
         assert!(store.refresh_session("terraform-1", "terraform-2", hour, t).unwrap().is_none());
         assert_eq!(store.session_user(bobs).unwrap(), Some(other.id));
-        assert!(store.set_groups(other.id, &["CCKM Admins".into(), "CCKM Users".into()], t).unwrap());
+        let users_only = ["CCKM Users".to_owned()];
+        let both = ["CCKM Admins".to_owned(), "CCKM Users".to_owned()];
+        assert!(!store.change_user(other.id, &UserChange::Groups { from: &both, to: &users_only }, t).unwrap(), "worked out from groups it no longer has");
+        assert_eq!(store.session_user(bobs).unwrap(), Some(other.id));
+        assert!(store.change_user(other.id, &UserChange::Groups { from: &users_only, to: &both }, t).unwrap());
         assert_eq!(store.session_user(bobs).unwrap(), None, "a group change ends the user's sessions");
-        assert!(!store.set_password(Uuid::new_v4(), "x", t).unwrap(), "no such user");
+        assert!(!store.change_user(Uuid::new_v4(), &UserChange::Password { hash: "x" }, t).unwrap(), "no such user");
+        let own = UserChange::OwnPassword { proven: "$argon2id$new", hash: "$argon2id$mine" };
+        assert!(store.change_user(user.id, &own, t).unwrap(), "proven: changed");
+        assert_eq!(store.get_user(user.id).unwrap().unwrap().password_hash, "$argon2id$mine");
         assert_eq!(store.get_user(other.id).unwrap().unwrap().groups, vec!["CCKM Admins".to_string(), "CCKM Users".to_string()]);
         let listed = store.list_users(None, 0, 10).unwrap();
         assert_eq!(store.list_users(Some("bob"), 0, 10).unwrap().total, 1);
         assert_eq!((listed.total, listed.items.iter().map(|u| u.username.as_str()).collect::<Vec<_>>()), (2, vec!["admin", "bob"]));
 
+        // A login whose password check read the user before a change of it
+        // opens no session (it would outlive the change).
+        assert_eq!(store.open_session(&other, "bob-stale", hour, t).unwrap(), None, "groups changed since");
+        assert_eq!(store.open_session(&user, "admin-stale", hour, t).unwrap(), None, "password changed since");
+        let (user, other) = (store.get_user(user.id).unwrap().unwrap(), store.get_user(other.id).unwrap().unwrap());
+
         // A deleted user's sessions and refresh tokens go with it.
-        let bobs = store.open_session(other.id, "bob-2", hour, t).unwrap();
+        let bobs = store.open_session(&other, "bob-2", hour, t).unwrap().unwrap();
         assert!(store.delete_user(other.id).unwrap());
         assert!(store.get_user(other.id).unwrap().is_none());
         assert_eq!(store.session_user(bobs).unwrap(), None);
         assert!(store.refresh_session("bob-2", "bob-3", hour, t).unwrap().is_none());
 
         // Opening a session prunes those whose last refresh token expired.
-        let stale = store.open_session(user.id, "stale-1", t + Duration::seconds(1), t).unwrap();
-        store.open_session(user.id, "fresh-1", hour, t + Duration::seconds(2)).unwrap();
+        let stale = store.open_session(&user, "stale-1", t + Duration::seconds(1), t).unwrap().unwrap();
+        store.open_session(&user, "fresh-1", hour, t + Duration::seconds(2)).unwrap().unwrap();
         assert_eq!(store.session_user(stale).unwrap(), None, "pruned");
         assert!(!store.delete_user(other.id).unwrap());
     }

@@ -20,6 +20,19 @@ pub struct StoredUser {
     pub created_at: OffsetDateTime,
 }
 
+/// A change of a user; each ends every session the user has.
+#[derive(Debug, Clone, Copy)]
+pub enum UserChange<'a> {
+    /// An administrator sets the password (hash).
+    Password { hash: &'a str },
+    /// The user sets their own, having proven the current one: applied only
+    /// while the stored hash is still `proven` (an administrator's reset in
+    /// between wins).
+    OwnPassword { proven: &'a str, hash: &'a str },
+    /// The groups become `to`, applied only while they are still `from`.
+    Groups { from: &'a [String], to: &'a [String] },
+}
+
 #[derive(Debug, Clone)]
 pub struct NewUser {
     pub username: String,
@@ -123,42 +136,34 @@ impl Store {
         })
     }
 
-    /// Sets a user's password hash and ends every session it has (their
-    /// refresh tokens go with them), in one transaction; false if there is
-    /// no such user.
-    pub fn set_password(&self, id: Uuid, password_hash: &str, now: OffsetDateTime) -> Result<bool> {
-        self.change_user(
-            id,
-            (
-                users::password_hash.eq(password_hash),
-                users::updated_at.eq(micros(now)),
-            ),
-        )
-    }
-
-    /// Sets a user's groups (one per line) and ends every session it has, as
-    /// `set_password`: its tokens carry the groups they were issued with.
-    pub fn set_groups(&self, id: Uuid, groups: &[String], now: OffsetDateTime) -> Result<bool> {
-        self.change_user(
-            id,
-            (
-                users::user_groups.eq(groups.join("\n")),
-                users::updated_at.eq(micros(now)),
-            ),
-        )
-    }
-
-    fn change_user<V>(&self, id: Uuid, change: V) -> Result<bool>
-    where
-        V: diesel::AsChangeset<Target = users::table> + Clone,
-        V::Changeset: diesel::query_builder::QueryFragment<crate::db::MultiBackend>,
-    {
+    /// Changes a user and ends every session it has (their refresh tokens
+    /// go with them), in one transaction. False, with nothing changed, if
+    /// there is no such user, or if what the change was worked out from no
+    /// longer holds (a compare-and-set: two changes racing do not overwrite
+    /// each other unseen).
+    pub fn change_user(&self, id: Uuid, change: &UserChange<'_>, now: OffsetDateTime) -> Result<bool> {
         let key = id.to_string();
+        let stamp = users::updated_at.eq(micros(now));
         self.write(|conn| {
-            let updated = diesel::update(users::table.find(&key))
-                .set(change.clone())
-                .execute(conn)?;
-            diesel::delete(sessions::table.filter(sessions::user_id.eq(&key))).execute(conn)?;
+            let user = users::table.find(&key);
+            let updated = match change {
+                UserChange::Password { hash } => diesel::update(user)
+                    .set((users::password_hash.eq(*hash), stamp))
+                    .execute(conn)?,
+                UserChange::OwnPassword { proven, hash } => {
+                    diesel::update(user.filter(users::password_hash.eq(*proven)))
+                        .set((users::password_hash.eq(*hash), stamp))
+                        .execute(conn)?
+                }
+                UserChange::Groups { from, to } => {
+                    diesel::update(user.filter(users::user_groups.eq(from.join("\n"))))
+                        .set((users::user_groups.eq(to.join("\n")), stamp))
+                        .execute(conn)?
+                }
+            };
+            if updated == 1 {
+                diesel::delete(sessions::table.filter(sessions::user_id.eq(&key))).execute(conn)?;
+            }
             Ok(updated == 1)
         })
     }
@@ -168,31 +173,51 @@ impl Store {
         self.write(|conn| Ok(diesel::delete(users::table.find(id.to_string())).execute(conn)? == 1))
     }
 
-    /// Opens a session for a user who logged in, with its first refresh
-    /// token (kept by its hash: the token itself is never stored). Sessions
-    /// whose last refresh token has expired are pruned on the way.
+    /// Opens a session for a user who logged in, as `user` was read when
+    /// their password was checked, with its first refresh token (kept by its
+    /// hash: the token itself is never stored). `None` if the user's password
+    /// or groups changed since, or the user is gone: a session opened then
+    /// would outlive the change that was to end every session. Sessions whose
+    /// last refresh token has expired are pruned on the way.
     pub fn open_session(
         &self,
-        user: Uuid,
+        user: &StoredUser,
         token_hash: &str,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<Uuid> {
+    ) -> Result<Option<Uuid>> {
         let session = Uuid::new_v4();
         let id = session.to_string();
-        self.write(|conn| {
+        let user_id = user.id.to_string();
+        let groups = user.groups.join("\n");
+        let opened = self.write(|conn| {
+            // Compared and locked in one statement: a change of the user
+            // (`change_user`) either commits first, and this finds nothing,
+            // or waits for this session and then ends it.
+            let unchanged = diesel::update(
+                users::table
+                    .find(&user_id)
+                    .filter(users::password_hash.eq(&user.password_hash))
+                    .filter(users::user_groups.eq(&groups)),
+            )
+            .set(users::password_hash.eq(&user.password_hash))
+            .execute(conn)?;
+            if unchanged == 0 {
+                return Ok(false);
+            }
             diesel::delete(sessions::table.filter(sessions::expires_at.lt(micros(now)))).execute(conn)?;
             diesel::insert_into(sessions::table)
                 .values((
                     sessions::id.eq(&id),
-                    sessions::user_id.eq(user.to_string()),
+                    sessions::user_id.eq(&user_id),
                     sessions::created_at.eq(micros(now)),
                     sessions::expires_at.eq(micros(expires_at)),
                 ))
                 .execute(conn)?;
-            insert_refresh_token(conn, &id, token_hash, expires_at, now)
+            insert_refresh_token(conn, &id, token_hash, expires_at, now)?;
+            Ok(true)
         })?;
-        Ok(session)
+        Ok(opened.then_some(session))
     }
 
     /// Trades a refresh token for the next one in its session: the presented
@@ -220,16 +245,27 @@ impl Store {
             let Some((session, token_expires_at, user_id)) = found else {
                 return Ok(None);
             };
-            diesel::delete(refresh_tokens::table.find(token_hash)).execute(conn)?;
             if token_expires_at <= micros(now) {
+                diesel::delete(refresh_tokens::table.find(token_hash)).execute(conn)?;
+                return Ok(None);
+            }
+            // Rows are locked session first, then token, the order in which
+            // ending a session deletes them (its tokens go by cascade), so a
+            // refresh and a logout racing on PostgreSQL wait for each other
+            // instead of deadlocking. The writes decide, not the read: a
+            // concurrent refresh of the same token, or the session's end, may
+            // have deleted a row since (these statements then wait for that
+            // transaction and find nothing).
+            let open = diesel::update(sessions::table.find(&session))
+                .set(sessions::expires_at.eq(micros(expires_at)))
+                .execute(conn)?;
+            let taken = diesel::delete(refresh_tokens::table.find(token_hash)).execute(conn)?;
+            if open == 0 || taken == 0 {
                 return Ok(None);
             }
             let Some(user) = user_by(conn, &user_id)? else {
                 return Ok(None);
             };
-            diesel::update(sessions::table.find(&session))
-                .set(sessions::expires_at.eq(micros(expires_at)))
-                .execute(conn)?;
             insert_refresh_token(conn, &session, next_hash, expires_at, now)?;
             Ok(Some((user, uuid("session id", &session)?)))
         })
