@@ -179,48 +179,91 @@ pub const SESSION_RECHECK: std::time::Duration = std::time::Duration::from_milli
 /// Past this many remembered sessions, stale ones are swept out.
 const SWEEP_ABOVE: usize = 10_000;
 
-/// What this instance last read of each session an access token named: its
-/// user if it was open, when it was read. Ended sessions never reopen, so a
-/// session read as ended stays ended.
+/// How long this instance remembers that it ended every session of a user,
+/// for readings of them begun before (a reading slower than this is taken
+/// as it is).
+const USER_CHANGE_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What this instance last read of each session an access token named (its
+/// user if it was open, when the reading began), and when it ended every
+/// session of a user. Ended sessions never reopen, so a session read as
+/// ended stays ended.
 #[derive(Debug, Default)]
 pub struct LiveSessions {
-    seen: Mutex<HashMap<Uuid, (Option<Uuid>, Instant)>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    sessions: HashMap<Uuid, (Option<Uuid>, Instant)>,
+    users_changed: HashMap<Uuid, Instant>,
+}
+
+impl Seen {
+    /// Whether a reading begun at `read` that found `user`'s session open
+    /// may predate a change that ended every session of the user here.
+    fn predates_a_change(&self, user: Uuid, read: Instant) -> bool {
+        self.users_changed
+            .get(&user)
+            .is_some_and(|changed| *changed >= read)
+    }
 }
 
 impl LiveSessions {
     /// The session's user as last read, if that was less than
-    /// `SESSION_RECHECK` ago (`Some(None)`: ended).
+    /// `SESSION_RECHECK` ago and before no change of the user made here
+    /// (`Some(None)`: ended).
     fn recent(&self, session: Uuid, now: Instant) -> Option<Option<Uuid>> {
-        self.seen
-            .lock()
-            .get(&session)
-            .filter(|(user, read)| user.is_none() || now.duration_since(*read) < SESSION_RECHECK)
-            .map(|(user, _)| *user)
-    }
-
-    fn remember(&self, session: Uuid, user: Option<Uuid>, now: Instant) {
-        let mut seen = self.seen.lock();
-        if seen.len() >= SWEEP_ABOVE {
-            seen.retain(|_, (_, read)| now.duration_since(*read) < SESSION_RECHECK);
+        let seen = self.seen.lock();
+        match seen.sessions.get(&session) {
+            Some((None, _)) => Some(None),
+            Some((Some(user), read))
+                if now.duration_since(*read) < SESSION_RECHECK && !seen.predates_a_change(*user, *read) =>
+            {
+                Some(Some(*user))
+            }
+            _ => None,
         }
-        seen.insert(session, (user, now));
     }
 
-    /// A session this instance ended: refused here from now on.
+    /// Keeps a reading begun at `read`, and answers what now holds of the
+    /// session (`Some(None)`: ended). `None`, keeping nothing, if the reading
+    /// found the session open but began before this instance ended every
+    /// session of its user: it may have been made before that change
+    /// committed, so it must be made again.
+    fn remember(&self, session: Uuid, user: Option<Uuid>, read: Instant) -> Option<Option<Uuid>> {
+        let mut seen = self.seen.lock();
+        if user.is_some_and(|user| seen.predates_a_change(user, read)) {
+            return None;
+        }
+        if seen.sessions.len() >= SWEEP_ABOVE {
+            seen.sessions
+                .retain(|_, (_, at)| read.duration_since(*at) < SESSION_RECHECK);
+        }
+        if seen.users_changed.len() >= SWEEP_ABOVE {
+            seen.users_changed
+                .retain(|_, at| read.duration_since(*at) < USER_CHANGE_MEMORY);
+        }
+        // Ended here while this reading was on its way: the reading is
+        // older than the end, and an ended session never reopens.
+        if matches!(seen.sessions.get(&session), Some((None, _))) {
+            return Some(None);
+        }
+        seen.sessions.insert(session, (user, read));
+        Some(user)
+    }
+
+    /// A session this instance ended (after its end committed): refused
+    /// here from now on.
     pub fn ended(&self, session: Uuid) {
-        self.remember(session, None, Instant::now());
+        self.seen.lock().sessions.insert(session, (None, Instant::now()));
     }
 
     /// Every session of `user` ended here (a password or group change, the
-    /// user deleted): those this instance remembers are refused from now on.
+    /// user deleted; called after the change committed): any reading of one
+    /// begun before now is made again.
     pub fn ended_all_of(&self, user: Uuid) {
-        let now = Instant::now();
-        for (who, read) in self.seen.lock().values_mut() {
-            if *who == Some(user) {
-                *who = None;
-                *read = now;
-            }
-        }
+        self.seen.lock().users_changed.insert(user, Instant::now());
     }
 }
 
@@ -257,16 +300,19 @@ fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiErr
         let not_valid = || ApiError::Unauthorized("the bearer token is not valid".into());
         let session = Uuid::parse_str(&claims.sid).map_err(|_| not_valid())?;
         let user = Uuid::parse_str(&claims.sub).map_err(|_| not_valid())?;
-        let now = Instant::now();
-        let owner = match state.sessions.recent(session, now) {
-            Some(owner) => owner,
-            None => {
-                let store = state.store.clone();
-                let owner = crate::handlers::blocking(move || Ok(store.session_user(session)?)).await?;
-                state.sessions.remember(session, owner, now);
-                owner
+        let mut owner = state.sessions.recent(session, Instant::now());
+        // A reading that raced a change of the user made here is made again
+        // (three readings at most; a user changed that often is refused).
+        for _ in 0..3 {
+            if owner.is_some() {
+                break;
             }
-        };
+            let read = Instant::now();
+            let store = state.store.clone();
+            let found = crate::handlers::blocking(move || Ok(store.session_user(session)?)).await?;
+            owner = state.sessions.remember(session, found, read);
+        }
+        let owner = owner.flatten();
         if owner != Some(user) {
             return Err(ended());
         }
@@ -367,23 +413,38 @@ mod tests {
         );
         let t = Instant::now();
         assert_eq!(sessions.recent(one, t), None, "never read");
-        sessions.remember(one, Some(user), t);
-        sessions.remember(two, Some(other), t);
+        assert_eq!(sessions.remember(one, Some(user), t), Some(Some(user)));
+        assert_eq!(sessions.remember(two, Some(other), t), Some(Some(other)));
         assert_eq!(sessions.recent(one, t + SESSION_RECHECK / 2), Some(Some(user)));
         assert_eq!(sessions.recent(one, t + SESSION_RECHECK), None, "read again");
+
+        // Every session of `user` ended here: what was read before is read
+        // again, and a reading begun before the change is not kept.
         sessions.ended_all_of(user);
-        assert_eq!(sessions.recent(one, t), Some(None));
+        assert_eq!(sessions.recent(one, t), None);
         assert_eq!(
-            sessions.recent(one, t + SESSION_RECHECK * 100),
+            sessions.remember(one, Some(user), t),
+            None,
+            "began before the change: read again"
+        );
+        let after = Instant::now();
+        assert_eq!(sessions.remember(one, None, after), Some(None));
+        assert_eq!(
+            sessions.recent(one, after + SESSION_RECHECK * 100),
             Some(None),
             "ended for good"
         );
         assert_eq!(
-            sessions.recent(two, t),
+            sessions.remember(two, Some(other), t),
             Some(Some(other)),
-            "another user's session is untouched"
+            "another user's reading is kept"
         );
+        assert_eq!(sessions.recent(two, t), Some(Some(other)));
+
+        // A session ended here stays ended, even against a reading that
+        // was on its way and found it open.
         sessions.ended(two);
+        assert_eq!(sessions.remember(two, Some(other), t), Some(None));
         assert_eq!(sessions.recent(two, t + SESSION_RECHECK * 100), Some(None));
     }
 }

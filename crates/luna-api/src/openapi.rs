@@ -341,6 +341,10 @@ fn add_error_answers(path: &str, method: HttpMethod, operation: &mut Operation) 
             .as_ref()
             .is_some_and(|p| p.iter().any(|p| p.parameter_in == ParameterIn::Query));
     let mutates = !matches!(method, HttpMethod::Get);
+    // Logging in and changing one's password check a password (and are
+    // throttled); logging out is any logged-in user's, on their own session.
+    let checks_a_password = ["/api/v1/auth/tokens", "/api/v1/auth/changepw"].contains(&path);
+    let own_session = path.starts_with("/api/v1/auth/");
     let answers = [
         (
             takes_input,
@@ -348,14 +352,18 @@ fn add_error_answers(path: &str, method: HttpMethod, operation: &mut Operation) 
             "The request is not valid; the message says why",
         ),
         (
-            protected || path == "/api/v1/auth/tokens",
+            protected || checks_a_password,
             "401",
             "No valid bearer token, or the credentials were refused",
         ),
-        (protected, "403", "The caller's groups do not allow this"),
+        (
+            protected && !own_session,
+            "403",
+            "The caller's groups do not allow this",
+        ),
         (path.contains('{'), "404", "No resource has this id"),
         (
-            protected && mutates,
+            protected && mutates && !own_session,
             "409",
             "The resource is busy or in a state that forbids this",
         ),
@@ -365,9 +373,9 @@ fn add_error_answers(path: &str, method: HttpMethod, operation: &mut Operation) 
             "The request body did not arrive in time; the connection is closed",
         ),
         (
-            path == "/api/v1/auth/tokens",
+            checks_a_password,
             "429",
-            "Too many failed logins from this address; Retry-After says when to try again",
+            "Too many failed password checks from this address; Retry-After says when to try again",
         ),
         (true, "500", "The server failed; the message carries no internals"),
         (

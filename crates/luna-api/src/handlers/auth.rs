@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{blocking, not_found, path_id};
+use super::{blocking, not_found};
 use crate::auth::{
     hash_password, new_refresh_token, refresh_token_hash, unknown_user_hash, verify_password, Principal,
     REFRESH_TOKEN_TTL,
@@ -105,7 +105,7 @@ pub async fn token(
     match grant {
         Grant::Password => {
             let attempted = body.username.clone().unwrap_or_default();
-            throttled(&state, &req, &attempted, issue(&state, grant, body)).await
+            throttled(&state, &req, &attempted, "login", issue(&state, grant, body)).await
         }
         Grant::RefreshToken => {
             let answer = issue(&state, grant, body).await;
@@ -120,11 +120,13 @@ pub async fn token(
 /// Runs a password check (`attempt`) under the login throttle: refused 429
 /// without being tried while the (user, client address) must wait; counted
 /// as a failure until it succeeds, so guesses sent in parallel are counted
-/// before any is answered. A wrong password is audited.
+/// before any is answered. A wrong password is audited as `action`, with
+/// the reason (the request's own record, if it has one, is that record).
 async fn throttled<T>(
     state: &AppState,
     req: &HttpRequest,
     attempted: &str,
+    action: &str,
     attempt: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let client = req
@@ -141,12 +143,12 @@ async fn throttled<T>(
     match &answer {
         Ok(_) => state.logins.succeeded(attempted, &client),
         Err(ApiError::Unauthorized(reason)) => {
-            let action = if req.path().ends_with("/changepw") {
-                "changepw"
-            } else {
-                "login"
-            };
             audit_refusal(state, req, attempted, action, reason).await;
+            if let Some(audit) =
+                actix_web::HttpMessage::extensions(req).get::<crate::request_id::RequestAudit>()
+            {
+                audit.written();
+            }
         }
         Err(_) => {}
     }
@@ -202,7 +204,13 @@ async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpRe
                 let username = body.username.unwrap_or_default();
                 let password = body.password.unwrap_or_else(|| SecretString::from(""));
                 let user = checked_user(&store, &username, &password)?;
-                let session = store.open_session(user.id, &next_hash, expires, now)?;
+                let session = store
+                    .open_session(&user, &next_hash, expires, now)?
+                    .ok_or_else(|| {
+                        ApiError::Unauthorized(
+                            "the user's password or groups changed while logging in; log in again".into(),
+                        )
+                    })?;
                 Ok((user, session, now))
             }
             Grant::RefreshToken => {
@@ -236,7 +244,11 @@ pub async fn logout(
     caller: Principal,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let session = path_id("session", &id)?;
+    // Not echoed when it is no id: a refresh token sent here by mistake
+    // would come back in the answer.
+    let session = uuid::Uuid::parse_str(&id).map_err(|_| {
+        ApiError::NotFound("no such session: a session id is the refresh_token_id of a login's answer".into())
+    })?;
     let store = state.store.clone();
     let administrator = caller.may(crate::auth::Role::Administer);
     blocking(move || {
@@ -303,10 +315,21 @@ pub async fn change_password(
     let attempted = username.clone();
     let attempt = blocking(move || {
         let user = checked_user(&store, &username, &password)?;
-        store.set_password(user.id, &hash_password(&new_password)?, luna_store::now())?;
+        let change = luna_store::UserChange::OwnPassword {
+            proven: &user.password_hash,
+            hash: &hash_password(&new_password)?,
+        };
+        if !store.change_user(user.id, &change, luna_store::now())? {
+            // An administrator's reset (or the user's deletion) came between
+            // the check and the change: it wins.
+            return Err(ApiError::Unauthorized(
+                "the password changed (or the user went) while this change was checked; nothing was changed"
+                    .into(),
+            ));
+        }
         Ok(user.id)
     });
-    let user = throttled(&state, &req, &attempted, attempt).await?;
+    let user = throttled(&state, &req, &attempted, "changepw", attempt).await?;
     state.sessions.ended_all_of(user);
     Ok(HttpResponse::NoContent().finish())
 }

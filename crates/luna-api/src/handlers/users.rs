@@ -137,7 +137,10 @@ pub async fn update(
     let password = checked_password("password", body.into_inner().password)?;
     let store = state.store.clone();
     let user = blocking(move || {
-        if !store.set_password(id, &hash_password(&password)?, luna_store::now())? {
+        let change = luna_store::UserChange::Password {
+            hash: &hash_password(&password)?,
+        };
+        if !store.change_user(id, &change, luna_store::now())? {
             return Err(not_found("user", id));
         }
         store.get_user(id)?.ok_or_else(|| not_found("user", id))
@@ -206,6 +209,10 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// How many times a membership change reads the groups again when another
+/// change of them came between its read and its write.
+const MEMBERSHIP_ATTEMPTS: usize = 5;
+
 /// Whether a group membership is being given or taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Membership {
@@ -228,28 +235,39 @@ async fn change_membership(
     let group = group.to_owned();
     let store = state.store.clone();
     let (user, changed) = blocking(move || {
-        let user = store.get_user(id)?.ok_or_else(|| not_found("user", id))?;
-        let member = user.groups.contains(&group);
-        let groups: Vec<String> = match change {
-            Membership::Add if member => return Ok((user, false)),
-            Membership::Add => user.groups.iter().cloned().chain([group]).collect(),
-            Membership::Remove if !member => {
-                return Err(ApiError::BadRequest(format!(
-                    "user {:?} is not in group {group:?}",
-                    user.username
-                )))
+        // Worked out from the groups as read, and applied only while they
+        // still are (`UserChange::Groups`): a concurrent change of them is
+        // read again rather than overwritten.
+        for _ in 0..MEMBERSHIP_ATTEMPTS {
+            let user = store.get_user(id)?.ok_or_else(|| not_found("user", id))?;
+            let member = user.groups.contains(&group);
+            let groups: Vec<String> = match change {
+                Membership::Add if member => return Ok((user, false)),
+                Membership::Add => user.groups.iter().cloned().chain([group.clone()]).collect(),
+                Membership::Remove if !member => {
+                    return Err(ApiError::BadRequest(format!(
+                        "user {:?} is not in group {group:?}",
+                        user.username
+                    )))
+                }
+                Membership::Remove if user.username == "admin" && group == ADMIN_GROUP => {
+                    return Err(ApiError::Conflict(
+                        "the bootstrap admin user stays in the admin group: without it nobody could manage users again".into(),
+                    ))
+                }
+                Membership::Remove => user.groups.iter().filter(|g| **g != group).cloned().collect(),
+            };
+            let groups_change = luna_store::UserChange::Groups {
+                from: &user.groups,
+                to: &groups,
+            };
+            if store.change_user(id, &groups_change, luna_store::now())? {
+                return Ok((StoredUser { groups, ..user }, true));
             }
-            Membership::Remove if user.username == "admin" && group == ADMIN_GROUP => {
-                return Err(ApiError::Conflict(
-                    "the bootstrap admin user stays in the admin group: without it nobody could manage users again".into(),
-                ))
-            }
-            Membership::Remove => user.groups.iter().filter(|g| **g != group).cloned().collect(),
-        };
-        if !store.set_groups(id, &groups, luna_store::now())? {
-            return Err(not_found("user", id));
         }
-        Ok((store.get_user(id)?.ok_or_else(|| not_found("user", id))?, true))
+        Err(ApiError::Conflict(format!(
+            "the groups of user {id} kept changing under this request; send it again"
+        )))
     })
     .await?;
     if changed {
