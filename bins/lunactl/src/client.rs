@@ -13,6 +13,21 @@ use serde_json::{json, Value};
 
 use crate::session::{self, Session};
 
+/// A refusal from the server: its status and its sentence.
+#[derive(Debug)]
+pub struct ServerAnswered {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for ServerAnswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server answered {}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for ServerAnswered {}
+
 /// Where and how to connect, from flags or the saved login.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -85,7 +100,16 @@ impl Client {
                 let path = format!("/api/v1/auth/tokens/{id}");
                 match self.bearer().and_then(|bearer| self.send("DELETE", &path, &[], None, Some(&bearer))) {
                     Ok(_) => format!("logged out of {}\n", session.server),
-                    Err(error) => format!("the server had already ended the session ({error:#}); forgotten here\n"),
+                    // Only the server saying the session is gone lets the
+                    // login go here; anything else (unreachable, a 5xx)
+                    // keeps it, to log out again once the server answers.
+                    Err(error) => match error.downcast_ref::<ServerAnswered>() {
+                        Some(refused) if [401, 404].contains(&refused.status) => format!(
+                            "the server had already ended the session ({}); forgotten here\n",
+                            refused.message
+                        ),
+                        _ => return Err(error.context("could not log out; the login is kept, try again")),
+                    },
                 }
             }
             None => "forgotten here; this login was saved without its session id, so the server ends it when it expires\n".to_owned(),
@@ -196,7 +220,7 @@ impl Client {
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_owned))
                     .unwrap_or(text);
-                bail!("the server answered {status}: {message}");
+                return Err(ServerAnswered { status, message }.into());
             }
             Err(ureq::Error::Transport(transport)) => {
                 bail!("cannot reach {}: {transport}", self.server)

@@ -682,3 +682,18 @@ fn passwords_groups_and_logout_from_the_command_line() {
         "the administrator's session is untouched"
     );
 }
+
+/// A logout the server could not hear keeps the login, to log out again
+/// (forgetting it here would leave the session open on the server for a day).
+#[test]
+fn a_logout_the_server_cannot_hear_keeps_the_login() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let user = User::new(&server_of(&api));
+    assert!(user.login(&[]).ok);
+    let _db = api.stop();
+    let refused = user.run(&["logout"]);
+    assert!(!refused.ok, "{}", refused.stdout);
+    assert!(refused.stderr.contains("the login is kept"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("cannot reach"), "{}", refused.stderr);
+    assert!(user.session_path().exists());
+}

@@ -82,11 +82,26 @@ function scheduleRefresh() {
   }, wait);
 }
 
-/** Logs out on the server first (the session's tokens are revoked there), then here. */
+/** Logs out on the server first (the session's tokens are revoked there), then here.
+ * The session is forgotten here only once the server has ended it (or says it had):
+ * otherwise it would stay open there, out of anyone's reach, until it expires. */
 async function logOut() {
   const ended = session?.id;
   if (ended) {
-    try { await call("DELETE", `${API}/auth/tokens/${encodeURIComponent(ended)}`); } catch { /* already ended */ }
+    try {
+      // An access token about to run out (a laptop that slept) is renewed first.
+      if (session.expires - Date.now() < 30_000) {
+        keep(await call("POST", `${API}/auth/tokens`,
+          { grant_type: "refresh_token", refresh_token: session.refresh }, { open: true }), session.username);
+      }
+      await call("DELETE", `${API}/auth/tokens/${encodeURIComponent(ended)}`);
+    } catch (error) {
+      if (error.handled) return;
+      if (error.status !== 401 && error.status !== 404) {
+        notice(`Could not log out: ${error.message}. You are still logged in; try again.`);
+        return;
+      }
+    }
   }
   logout("You are logged out.");
 }
