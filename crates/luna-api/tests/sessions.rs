@@ -171,15 +171,30 @@ on_both_backends! {
             ("POST", format!("/usermgmt/groups/admin/users/{}", uuid::Uuid::new_v4()), 404, 16, "does not exist"),
             ("POST", "/usermgmt/groups/admin/users/not-an-id".to_owned(), 404, 16, "user not-an-id does not exist"),
             ("DELETE", format!("/usermgmt/groups/CCKM%20Users/users/{id}"), 400, 15, "is not in group"),
-            ("DELETE", format!("/usermgmt/groups/admin/users/{admin}"), 409, 0, "stays in the admin group"),
+            // One's own account is not changed through these routes: a
+            // stolen bearer token must not take it over, nor may an
+            // administrator lock themselves out.
+            ("DELETE", format!("/usermgmt/groups/admin/users/{admin}"), 409, 13, "their own groups"),
+            ("POST", format!("/usermgmt/groups/CCKM%20Users/users/{admin}"), 409, 13, "their own groups"),
+            ("PATCH", format!("/usermgmt/users/{admin}"), 409, 13, "PATCH /api/v1/auth/changepw"),
         ] {
-            let (got, answer) = api.call(method, &path, Some(&api.token), None);
+            let body = (method == "PATCH").then(|| json!({"password": "a-new-password"}).to_string());
+            let (got, answer) = api.call(method, &path, Some(&api.token), body.as_deref());
             assert_eq!(got, status, "{method} {path}: {answer}");
-            if code != 0 {
-                assert_error(got, &answer, status, code);
-            }
+            assert_error(got, &answer, status, code);
             assert!(answer["message"].as_str().unwrap().contains(needle), "{method} {path}: {answer}");
         }
+        // Another administrator cannot take the bootstrap admin out of admin either.
+        let (_, other) = api.send("POST", "/usermgmt/users", &json!({"username": "second-admin", "password": "second-admin-pw", "groups": ["admin"]}));
+        assert!(other["user_id"].is_string(), "{other}");
+        let second = log_in(&api, "second-admin", "second-admin-pw");
+        let (status, answer) = api.call("DELETE", &format!("/usermgmt/groups/admin/users/{admin}"), Some(jwt(&second)), None);
+        assert_error(status, &answer, 409, 13);
+        assert!(answer["message"].as_str().unwrap().contains("stays in the admin group"), "{answer}");
+        log_in(&api, "admin", luna_api::testing::ADMIN_PASSWORD);
+        // A group named twice at creation is one membership.
+        let (status, twice) = api.send("POST", "/usermgmt/users", &json!({"username": "twice", "password": "twice-password", "groups": ["CCKM Users", "admin", "CCKM Users"]}));
+        assert_eq!((status, &twice["groups"]), (201, &json!(["CCKM Users", "admin"])), "{twice}");
         let sams = log_in(&api, "sam", "sams-password");
         let (status, answer) = api.call("POST", &format!("/usermgmt/groups/admin/users/{id}"), Some(jwt(&sams)), None);
         assert_error(status, &answer, 403, 2);

@@ -77,12 +77,16 @@ pub async fn create(
     if let Some(unknown) = body.groups.iter().find_map(|g| unknown_group(g)) {
         return Err(ApiError::BadRequest(unknown));
     }
+    // A group named twice is one membership.
+    let mut groups = body.groups;
+    let mut seen = std::collections::HashSet::new();
+    groups.retain(|g| seen.insert(g.clone()));
     let store = state.store.clone();
     let user = blocking(move || {
         let user = NewUser {
             username,
             password_hash: hash_password(&password)?,
-            groups: body.groups,
+            groups,
         };
         Ok(store.insert_user(&user, luna_store::now())?)
     })
@@ -121,7 +125,9 @@ fn unknown_group(group: &str) -> Option<String> {
 }
 
 /// Sets a user's password (an administrator resets a leaked one); every
-/// session the user has ends in the same transaction.
+/// session the user has ends in the same transaction. Not one's own: that
+/// is `PATCH /api/v1/auth/changepw`, which asks for the current password
+/// (a stolen bearer token must not be enough to take the account over).
 #[utoipa::path(operation_id = "update_user", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "the user's id")),
     request_body = UserPatchBody,
@@ -129,11 +135,16 @@ fn unknown_group(group: &str) -> Option<String> {
 #[patch("/api/v1/usermgmt/users/{id}")]
 pub async fn update(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    caller: Administrator,
     id: web::Path<String>,
     body: web::Json<UserPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("user", &id)?;
+    if caller.0.user_id == id.to_string() {
+        return Err(ApiError::Conflict(
+            "this is your own account: change your password with PATCH /api/v1/auth/changepw, which asks for the current one".into(),
+        ));
+    }
     let password = checked_password("password", body.into_inner().password)?;
     let store = state.store.clone();
     let user = blocking(move || {
@@ -224,6 +235,7 @@ enum Membership {
 /// session the user has (their tokens name the groups they were issued with).
 async fn change_membership(
     state: &AppState,
+    caller: &Administrator,
     group: &str,
     id: &str,
     change: Membership,
@@ -232,6 +244,13 @@ async fn change_membership(
         return Err(ApiError::NotFound(unknown));
     }
     let id = path_id("user", id)?;
+    if caller.0.user_id == id.to_string() {
+        // Taking oneself out of admin would lock one out; another
+        // administrator changes one's groups.
+        return Err(ApiError::Conflict(
+            "an administrator does not change their own groups; another administrator can".into(),
+        ));
+    }
     let group = group.to_owned();
     let store = state.store.clone();
     let (user, changed) = blocking(move || {
@@ -285,11 +304,11 @@ async fn change_membership(
 #[post("/api/v1/usermgmt/groups/{group}/users/{id}")]
 pub async fn add_to_group(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    caller: Administrator,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, id) = path.into_inner();
-    let user = change_membership(&state, &group, &id, Membership::Add).await?;
+    let user = change_membership(&state, &caller, &group, &id, Membership::Add).await?;
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
 
@@ -298,14 +317,15 @@ pub async fn add_to_group(
 #[utoipa::path(operation_id = "remove_user_from_group", tag = "users", security(("bearer" = [])),
     params(("group" = String, Path, description = "admin, CCKM Admins or CCKM Users"),
            ("id" = String, Path, description = "the user's id")),
-    responses((status = 204, description = "The user is no longer in the group")))]
+    responses((status = 204, description = "The user is no longer in the group"),
+              (status = 400, description = "The user is not in the group", body = crate::error::ErrorBody)))]
 #[delete("/api/v1/usermgmt/groups/{group}/users/{id}")]
 pub async fn remove_from_group(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    caller: Administrator,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, id) = path.into_inner();
-    change_membership(&state, &group, &id, Membership::Remove).await?;
+    change_membership(&state, &caller, &group, &id, Membership::Remove).await?;
     Ok(HttpResponse::NoContent().finish())
 }
