@@ -47,22 +47,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// A secret from an environment variable, else the first line of stdin (never a flag,
-/// which `ps` would show).
+/// A secret from an environment variable; else typed at the terminal, not
+/// echoed; else the next line of stdin (a pipe). Never a flag, which `ps`
+/// would show.
 fn secret(variable: &str, what: &str) -> Result<String> {
     if let Ok(value) = std::env::var(variable) {
         return Ok(value);
     }
-    if std::io::stdin().is_terminal() {
-        let _ = write!(std::io::stderr(), "{what}: ");
-        let _ = std::io::stderr().flush();
-    }
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading stdin")?;
-    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    let line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{what}: ")).context("reading from the terminal")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
     if line.is_empty() {
         bail!("no {what}: set {variable} or give it on stdin");
     }

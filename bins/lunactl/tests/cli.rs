@@ -697,3 +697,37 @@ fn a_logout_the_server_cannot_hear_keeps_the_login() {
     assert!(refused.stderr.contains("cannot reach"), "{}", refused.stderr);
     assert!(user.session_path().exists());
 }
+
+/// At a terminal, the password is read without echo (on a pipe, from
+/// stdin's next line, as the other tests do). `script` (util-linux) gives
+/// lunactl a terminal and shows what the terminal showed.
+#[test]
+fn a_password_typed_at_a_terminal_is_not_echoed() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let user = User::new(&server_of(&api));
+    let lunactl = env!("CARGO_BIN_EXE_lunactl");
+    let command = format!("{lunactl} --server {} login --username admin", user.server);
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("XDG_CONFIG_HOME", user.config.path())
+        .env_remove("LUNACTL_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) is installed");
+    // Typed once the prompt is up (script passes its stdin to the terminal).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    use std::io::Write as _;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{ADMIN_PASSWORD}\n").as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("password: "), "the prompt is shown: {shown:?}");
+    assert!(shown.contains("logged in"), "{shown:?}");
+    assert!(
+        !shown.contains(ADMIN_PASSWORD),
+        "the password was echoed: {shown:?}"
+    );
+    drop(stdin);
+}
