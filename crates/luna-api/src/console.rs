@@ -5,7 +5,7 @@
 //! or do is decided by the API, not here.
 
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 
 const INDEX: &str = include_str!("../console/index.html");
 const APP_JS: &str = include_str!("../console/app.js");
@@ -16,27 +16,36 @@ const APP_CSS: &str = include_str!("../console/app.css");
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// The console's routes; `NormalizePath` has already made `/ui/` into `/ui`.
+/// The console's routes (`NormalizePath` has already made `/ui/` into
+/// `/ui`). Not API operations, so not in `server::routes` nor the OpenAPI
+/// document; registered with `service` all the same.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(to_console))
-        .route(
-            "/ui",
-            web::get().to(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/ui/app.js",
-            web::get().to(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/ui/app.css",
-            web::get().to(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        );
+    cfg.service(to_console)
+        .service(index)
+        .service(app_js)
+        .service(app_css);
 }
 
+#[get("/")]
 async fn to_console() -> HttpResponse {
     HttpResponse::Found()
         .insert_header((header::LOCATION, "/ui/"))
         .finish()
+}
+
+#[get("/ui")]
+async fn index() -> HttpResponse {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+#[get("/ui/app.js")]
+async fn app_js() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+#[get("/ui/app.css")]
+async fn app_css() -> HttpResponse {
+    asset("text/css; charset=utf-8", APP_CSS)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {

@@ -159,3 +159,43 @@ fn a_live_server_answers_as_the_document_says() {
     let (status, _) = api.call("PUT", "/no/such/path", Some(&api.token), None);
     assert_eq!(status, 404);
 }
+
+/// Every route is a handler with its method and path written on it,
+/// registered with `service`: a `route`/`resource` registration would make
+/// a path the router knows and its annotation does not (the console's
+/// included, though it is not in the document).
+#[test]
+fn no_route_is_registered_outside_a_handler_annotation() {
+    fn sources(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    assert!(files.len() > 20, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for registration in [
+            ".route(",
+            "web::resource(",
+            "web::route(",
+            "web::get()",
+            "web::post()",
+        ] {
+            assert!(
+                !text.contains(registration),
+                "{} registers a route with {registration}",
+                file.display()
+            );
+        }
+    }
+}
