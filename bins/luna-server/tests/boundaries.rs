@@ -178,3 +178,46 @@ fn the_check_sees_a_forbidden_dependency() {
     });
     assert!(caught.is_err());
 }
+
+/// Every source file is on the code map: named (its path under `src/`, or
+/// its file name) in its crate's section of ARCHITECTURE.md, so a stranger
+/// finds any file in one hop and a new file is placed when it is made.
+#[test]
+fn every_source_file_is_named_in_its_crates_section_of_the_architecture() {
+    let map = std::fs::read_to_string(workspace_root().join("ARCHITECTURE.md")).unwrap();
+    let mut unnamed = Vec::new();
+    for package in metadata().workspace_packages() {
+        let dir = package.manifest_path.parent().unwrap().as_std_path();
+        let relative = dir
+            .strip_prefix(workspace_root().canonicalize().unwrap())
+            .unwrap();
+        let heading = format!("### `{}`", relative.display());
+        let start = map
+            .find(&heading)
+            .unwrap_or_else(|| panic!("ARCHITECTURE.md has no section {heading}"));
+        let section = &map[start + heading.len()..];
+        let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+        let src = dir.join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        for file in files {
+            let path = file.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if !section.contains(&format!("`{path}`")) && !section.contains(&format!("`{name}`")) {
+                unnamed.push(format!("{}/src/{path}", relative.display()));
+            }
+        }
+    }
+    assert!(unnamed.is_empty(), "not on the code map: {unnamed:#?}");
+}
+
+fn sources(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+}
