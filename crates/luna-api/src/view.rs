@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use luna_domain::{Connection, Key, Mechanism, Member, Partition};
 use luna_pkcs11::{Reachability, TokenInfo};
+use luna_store::{AuditRecord, StoredUser};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -569,5 +570,192 @@ mod timestamp_tests {
             .unwrap()
             .assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap());
         assert_eq!(timestamp(in_paris), "2020-12-14T11:10:07Z");
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    user_id: String,
+    username: String,
+    groups: Vec<String>,
+    #[serde(rename = "createdAt")]
+    created_at: String,
+}
+
+impl From<&StoredUser> for UserView {
+    fn from(u: &StoredUser) -> Self {
+        UserView {
+            user_id: u.id.to_string(),
+            username: u.username.clone(),
+            groups: u.groups.clone(),
+            created_at: timestamp(u.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    seq: i64,
+    at: String,
+    username: String,
+    action: String,
+    target: String,
+    outcome: String,
+    request_id: String,
+    client: String,
+    previous_hash: String,
+    hash: String,
+}
+
+impl From<&AuditRecord> for AuditView {
+    fn from(r: &AuditRecord) -> Self {
+        AuditView {
+            seq: r.seq,
+            at: timestamp(r.entry.at),
+            username: r.entry.username.clone(),
+            action: r.entry.action.clone(),
+            target: r.entry.target.clone(),
+            outcome: r.entry.outcome.clone(),
+            request_id: r.entry.request_id.clone(),
+            client: r.entry.client.clone(),
+            previous_hash: r.previous_hash.clone(),
+            hash: r.hash.clone(),
+        }
+    }
+}
+
+/// What a walk of the chain found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChainCheck {
+    intact: bool,
+    /// The first record found wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken_at: Option<i64>,
+    /// Why: a record that does not follow from the one before, records cut
+    /// off the end, or a rewritten trail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl From<luna_store::AuditCheck> for ChainCheck {
+    fn from(check: luna_store::AuditCheck) -> Self {
+        match check {
+            luna_store::AuditCheck::Intact => ChainCheck {
+                intact: true,
+                broken_at: None,
+                reason: None,
+            },
+            luna_store::AuditCheck::Broken { at, why } => ChainCheck {
+                intact: false,
+                broken_at: Some(at),
+                reason: Some(why),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenAnswer {
+    jwt: String,
+    duration: i64,
+    token_type: &'static str,
+    /// The login session's id: the same across its refreshes, and what
+    /// `DELETE /api/v1/auth/tokens/{id}` takes to log it out.
+    refresh_token_id: String,
+    refresh_token: String,
+}
+
+impl TokenAnswer {
+    /// A login's or a refresh's answer.
+    pub fn new(jwt: String, duration: i64, session: Uuid, refresh_token: String) -> TokenAnswer {
+        TokenAnswer {
+            jwt,
+            duration,
+            token_type: "Bearer",
+            refresh_token_id: session.to_string(),
+            refresh_token,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`; `degraded` (200: a token this instance uses is away, and its
+    /// work waits for it; a restart would not help); `unavailable` (503: the
+    /// database does not answer); or `stuck` (503: an operation's token call
+    /// has hung: restart this instance).
+    status: &'static str,
+    /// What is wrong, when something is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    /// The tokens that are away, while `degraded`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unreachable: Vec<UnreachableToken>,
+}
+
+/// A token this instance uses that does not answer now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnreachableToken {
+    partition_label: String,
+    serial_number: String,
+    /// Since when (RFC 3339).
+    since: String,
+    /// Why it was found unreachable.
+    error: String,
+}
+
+impl Health {
+    /// `ok`, or `degraded` naming every token that is away.
+    pub fn of_tokens(watched: &[crate::tokens::WatchedToken]) -> Health {
+        let unreachable: Vec<UnreachableToken> = watched
+            .iter()
+            .filter_map(|token| {
+                let since = token.reachability.away_since?;
+                Some(UnreachableToken {
+                    partition_label: token.partition_label.clone(),
+                    serial_number: token.serial_number.clone(),
+                    since: crate::view::wall_clock(since),
+                    error: token.reachability.last_error.clone().unwrap_or_default(),
+                })
+            })
+            .collect();
+        if unreachable.is_empty() {
+            return Health {
+                status: "ok",
+                detail: None,
+                unreachable,
+            };
+        }
+        let names: Vec<String> = unreachable
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:?} (serial {}) since {}",
+                    t.partition_label, t.serial_number, t.since
+                )
+            })
+            .collect();
+        Health {
+            status: "degraded",
+            detail: Some(format!(
+                "{} unreachable: {}; their work waits for them, and they are looked at every half second",
+                if names.len() == 1 {
+                    "a token is"
+                } else {
+                    "tokens are"
+                },
+                names.join(", ")
+            )),
+            unreachable,
+        }
+    }
+
+    /// 503's body: `status` and what is wrong.
+    pub fn unhealthy(status: &'static str, detail: String) -> Health {
+        Health {
+            status,
+            detail: Some(detail),
+            unreachable: Vec::new(),
+        }
     }
 }

@@ -160,30 +160,63 @@ fn a_live_server_answers_as_the_document_says() {
     assert_eq!(status, 404);
 }
 
-/// Every route is a handler with its method and path written on it,
-/// registered with `service`: a `route`/`resource` registration would make
-/// a path the router knows and its annotation does not (the console's
-/// included, though it is not in the document).
-#[test]
-fn no_route_is_registered_outside_a_handler_annotation() {
-    fn sources(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+fn sources() -> Vec<(std::path::PathBuf, String)> {
+    fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                sources(&path, found);
+                walk(&path, found);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 found.push(path);
             }
         }
     }
     let mut files = Vec::new();
-    sources(
+    walk(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
         &mut files,
     );
     assert!(files.len() > 20, "{files:?}");
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            (f, text)
+        })
+        .collect()
+}
+
+/// Only `view.rs` writes an answer's JSON: elsewhere a `Serialize` derive
+/// is a request body's (it also deserializes; its fingerprint makes an
+/// idempotent create), the error body (`error.rs`) or a token's claims
+/// (`auth.rs`).
+#[test]
+fn every_answer_body_is_written_in_view_rs() {
+    let allowed = ["src/view.rs", "src/error.rs", "src/auth.rs"];
+    for (file, text) in sources() {
+        if allowed.iter().any(|a| file.ends_with(a)) {
+            continue;
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.contains("derive(") && l.contains("Serialize"))
+        {
+            assert!(
+                line.contains("Deserialize"),
+                "{}: an answer body outside view.rs: {line}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Every route is a handler with its method and path written on it,
+/// registered with `service`: a `route`/`resource` registration would make
+/// a path the router knows and its annotation does not (the console's
+/// included, though it is not in the document).
+#[test]
+fn no_route_is_registered_outside_a_handler_annotation() {
+    for (file, text) in sources() {
         for registration in [
             ".route(",
             "web::resource(",

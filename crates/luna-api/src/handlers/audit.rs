@@ -2,48 +2,14 @@
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use luna_domain::query::AuditFilters;
-use luna_store::{AuditCheck, AuditEntry, AuditRecord};
-use serde::Serialize;
-use utoipa::ToSchema;
+use luna_store::AuditEntry;
 
 use super::{blocking, list_query, listing};
 use crate::auth::Administrator;
 use crate::error::ApiError;
 use crate::openapi::ListParams;
 use crate::state::AppState;
-use crate::view::timestamp;
-use crate::view::ListView;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditView {
-    seq: i64,
-    at: String,
-    username: String,
-    action: String,
-    target: String,
-    outcome: String,
-    request_id: String,
-    client: String,
-    previous_hash: String,
-    hash: String,
-}
-
-impl From<&AuditRecord> for AuditView {
-    fn from(r: &AuditRecord) -> Self {
-        AuditView {
-            seq: r.seq,
-            at: timestamp(r.entry.at),
-            username: r.entry.username.clone(),
-            action: r.entry.action.clone(),
-            target: r.entry.target.clone(),
-            outcome: r.entry.outcome.clone(),
-            request_id: r.entry.request_id.clone(),
-            client: r.entry.client.clone(),
-            previous_hash: r.previous_hash.clone(),
-            hash: r.hash.clone(),
-        }
-    }
-}
+use crate::view::{AuditView, ChainCheck, ListView};
 
 /// Lists audit records, oldest first.
 #[utoipa::path(operation_id = "list_audit_records", tag = "audit", security(("bearer" = [])),
@@ -70,19 +36,6 @@ pub async fn list(
     Ok(listing(page, listed, |r| AuditView::from(r)))
 }
 
-/// What a walk of the chain found.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChainCheck {
-    intact: bool,
-    /// The first record found wrong.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    broken_at: Option<i64>,
-    /// Why: a record that does not follow from the one before, records cut
-    /// off the end, or a rewritten trail.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-}
-
 /// Walks the chain: `{"intact": true}`, or where it breaks.
 #[utoipa::path(operation_id = "verify_audit_chain", tag = "audit", security(("bearer" = [])),
     responses((status = 200, description = "Whether every record follows from the one before", body = ChainCheck)))]
@@ -90,18 +43,7 @@ pub struct ChainCheck {
 pub async fn verify(state: web::Data<AppState>, _caller: Administrator) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let check = blocking(move || Ok(store.verify_audit()?)).await?;
-    Ok(HttpResponse::Ok().json(match check {
-        AuditCheck::Intact => ChainCheck {
-            intact: true,
-            broken_at: None,
-            reason: None,
-        },
-        AuditCheck::Broken { at, why } => ChainCheck {
-            intact: false,
-            broken_at: Some(at),
-            reason: Some(why),
-        },
-    }))
+    Ok(HttpResponse::Ok().json(ChainCheck::from(check)))
 }
 
 /// Appends a record; a failure is logged, never the request's undoing.

@@ -4,7 +4,7 @@
 
 use actix_web::{delete, patch, post, web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{blocking, not_found};
@@ -14,6 +14,7 @@ use crate::auth::{
 };
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::view::TokenAnswer;
 
 /// The body as CipherTrust Manager's clients send it. Unknown fields are
 /// ignored (the PowerShell module's `labels`, `renew_refresh_token`: every
@@ -77,17 +78,6 @@ impl TokenBody {
             )),
         }
     }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenAnswer {
-    jwt: String,
-    duration: i64,
-    token_type: &'static str,
-    /// The login session's id: the same across its refreshes, and what
-    /// `DELETE /api/v1/auth/tokens/{id}` takes to log it out.
-    refresh_token_id: String,
-    refresh_token: String,
 }
 
 /// Logs in: a jwt for `Authorization: Bearer`, and a refresh token.
@@ -223,13 +213,12 @@ async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpRe
         }
     })
     .await?;
-    Ok(HttpResponse::Ok().json(TokenAnswer {
-        jwt: state.auth.issue(&user, session, now)?,
-        duration: state.auth.duration,
-        token_type: "Bearer",
-        refresh_token_id: session.to_string(),
+    Ok(HttpResponse::Ok().json(TokenAnswer::new(
+        state.auth.issue(&user, session, now)?,
+        state.auth.duration,
+        session,
         refresh_token,
-    }))
+    )))
 }
 
 /// Logs a session out: its refresh tokens are revoked at once, and access

@@ -6,7 +6,7 @@ use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::query::UserFilters;
 use luna_store::{NewUser, Store, StoredUser};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id};
@@ -14,7 +14,7 @@ use crate::auth::{hash_password, Administrator, ADMIN_GROUP, GROUPS};
 use crate::error::ApiError;
 use crate::openapi::ListParams;
 use crate::state::AppState;
-use crate::view::{timestamp, ListView};
+use crate::view::{ListView, UserView};
 
 /// Passwords shorter than this are refused.
 const MIN_PASSWORD: usize = 8;
@@ -39,26 +39,6 @@ pub struct UserBody {
     #[serde(default)]
     #[schema(schema_with = crate::openapi::group_names_schema)]
     groups: Vec<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserView {
-    user_id: String,
-    username: String,
-    groups: Vec<String>,
-    #[serde(rename = "createdAt")]
-    created_at: String,
-}
-
-impl From<&StoredUser> for UserView {
-    fn from(u: &StoredUser) -> Self {
-        UserView {
-            user_id: u.id.to_string(),
-            username: u.username.clone(),
-            groups: u.groups.clone(),
-            created_at: timestamp(u.created_at),
-        }
-    }
 }
 
 /// Creates a user.
