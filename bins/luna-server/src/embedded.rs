@@ -98,7 +98,7 @@ pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>) -> Result<()>
             description: Some("SoftHSM2 tokens set up by luna-server in its data directory".into()),
             password: Some(pin.clone()),
             so_password: ha.then(|| so_pin.clone()),
-            is_ha_enabled: *ha,
+            ha_enabled: *ha,
             partitions: labels
                 .iter()
                 .map(|l| MemberRequest {

@@ -104,16 +104,22 @@ pub(crate) enum KeysCommand {
         wait: bool,
     },
     /// Forgets the key's records here; its objects stay on the tokens
-    /// (`DELETE /keys/{id}`; `delete` is kept as another name).
-    #[command(alias = "delete")]
+    /// (`DELETE /keys/{id}`).
     Forget {
         id: String,
     },
-    /// Destroys the key's objects on the tokens.
+    /// Destroys the key's objects on the tokens (`POST /{id}/delete`); the
+    /// record then says DELETED.
     Destroy {
         id: String,
         #[arg(long)]
         wait: bool,
+    },
+    /// Not a command: "delete" meant either; it says which to use.
+    #[command(hide = true)]
+    Delete {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
 }
 
@@ -151,11 +157,15 @@ pub(crate) enum PartitionsCommand {
     Get {
         id: String,
     },
-    /// Forgets the partition and its keys here; the tokens are not touched
-    /// (`delete` is kept as another name).
-    #[command(alias = "delete")]
+    /// Forgets the partition and its keys here; the tokens are not touched.
     Forget {
         id: String,
+    },
+    /// Not a command: it says to use forget.
+    #[command(hide = true)]
+    Delete {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
 }
 

@@ -186,6 +186,10 @@ fn keys(client: &mut Client, command: KeysCommand, format: Format) -> Result<Str
             let answer = client.call("POST", &format!("/api/v1/cckm/hsm/luna/{id}/delete"), &[], None)?;
             key_answer(client, answer, wait, format)
         }
+        KeysCommand::Delete { .. } => bail!(
+            "there is no `keys delete`: `lunactl keys forget ID` drops the key's records here and \
+             leaves its objects on the tokens; `lunactl keys destroy ID` destroys its objects on the tokens"
+        ),
     }
 }
 
@@ -288,6 +292,10 @@ fn partitions(client: &mut Client, command: PartitionsCommand, format: Format) -
                 "partition {id}: forgotten here; the tokens are untouched\n"
             ));
         }
+        PartitionsCommand::Delete { .. } => bail!(
+            "there is no `partitions delete`: `lunactl partitions forget ID` forgets the partition \
+             and its keys here; the tokens are not touched"
+        ),
     };
     Ok(output::record(&answer, format))
 }

@@ -205,6 +205,24 @@ fn the_reference_walk_through_with_lunactl() {
     // Destroy on the HSM and wait; then forget the record.
     let destroyed = user.run(&["keys", "destroy", &id, "--wait", "-o", "json"]).json();
     assert_eq!(destroyed["status"], "DELETED");
+    // "delete" would mean either: lunactl says which to use, and does nothing.
+    let ambiguous = user.run(&["keys", "delete", &id]);
+    assert!(!ambiguous.ok);
+    assert!(
+        ambiguous.stderr.contains("keys forget ID") && ambiguous.stderr.contains("keys destroy ID"),
+        "{}",
+        ambiguous.stderr
+    );
+    assert_eq!(
+        user.run(&["keys", "get", &id, "-o", "json"]).json()["status"],
+        "DELETED"
+    );
+    let partitions_delete = user.run(&["partitions", "delete", "anything"]);
+    assert!(
+        !partitions_delete.ok && partitions_delete.stderr.contains("partitions forget ID"),
+        "{}",
+        partitions_delete.stderr
+    );
     let forgotten = user.run(&["keys", "forget", &id]);
     assert!(forgotten.ok, "{}", forgotten.stderr);
 

@@ -51,7 +51,7 @@ fn count(name: &str, default: usize) -> usize {
 
 /// Raw luna-pkcs11 rate on a fresh token of `module`, `threads` at a time.
 fn raw_creates(module: TestModule, n: usize, threads: usize) -> f64 {
-    let token = module.fresh_partition("bench-raw");
+    let token = module.fresh_open_token("bench-raw");
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -401,7 +401,7 @@ fn refresh(n: usize) {
     let partition = api.partition("bench-refresh", 1);
     let label = partition["partition_label"].as_str().unwrap();
     let token = luna_pkcs11::testing::module()
-        .open_partition(
+        .open_token(
             label,
             None,
             secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN),
@@ -508,8 +508,8 @@ fn replication(n: usize) {
             &secrecy::SecretString::from(luna_pkcs11::testing::SO_PIN),
         )
         .unwrap();
-    let a = module.open_partition(&labels[0], None, pin()).unwrap();
-    let b = module.open_partition(&labels[1], None, pin()).unwrap();
+    let a = module.open_token(&labels[0], None, pin()).unwrap();
+    let b = module.open_token(&labels[1], None, pin()).unwrap();
     let keys = fill(&a, n);
     let start = Instant::now();
     for key in &keys {
@@ -522,7 +522,7 @@ fn replication(n: usize) {
     let api = Api::start(TestDatabase::sqlite().unwrap());
     let partition = api.partition_with_domain("bench-sync", 2);
     let first = module
-        .open_partition(
+        .open_token(
             partition["members"][0]["partition_label"].as_str().unwrap(),
             None,
             pin(),

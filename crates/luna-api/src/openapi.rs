@@ -192,7 +192,7 @@ const LINKS: &[(&str, &str, &[&str])] = &[
         &[
             "get_key",
             "update_key",
-            "delete_key",
+            "forget_key",
             "replicate_key",
             "destroy_key",
         ],

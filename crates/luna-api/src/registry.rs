@@ -44,7 +44,7 @@ pub fn register_connection_idempotently(
         });
         tokens.push(token);
     }
-    if spec.is_ha_enabled {
+    if spec.ha_enabled {
         luna_domain::partition::check_distinct_serials(&members)?;
         if let Some(reason) = tokens.iter().find_map(|t| t.cannot_replicate()) {
             return Err(ApiError::BadRequest(format!(
@@ -54,7 +54,7 @@ pub fn register_connection_idempotently(
     }
     for member in &members {
         module
-            .open_partition(
+            .open_token(
                 &member.partition_label,
                 Some(&member.serial_number),
                 spec.password.clone(),
@@ -80,7 +80,7 @@ pub fn register_connection_idempotently(
         id: Uuid::new_v4(),
         name: spec.name,
         description: spec.description,
-        is_ha_enabled: spec.is_ha_enabled,
+        ha_enabled: spec.ha_enabled,
         remap_rsa_mechanisms: spec.remap_rsa_mechanisms,
         server_id: spec.server_id,
         last_check: None,
@@ -107,7 +107,7 @@ pub fn add_member(
     spec: luna_domain::MemberSpec,
     so_pin: Option<&SecretString>,
 ) -> Result<Member, ApiError> {
-    if !connection.is_ha_enabled {
+    if !connection.ha_enabled {
         return Err(ApiError::BadRequest(
             "only an HA connection (is_ha_enabled) takes more partitions".into(),
         ));
@@ -146,7 +146,7 @@ pub fn add_member(
         .connection_pin(connection.id)?
         .ok_or_else(|| ApiError::NotFound(format!("connection {} does not exist", connection.id)))?;
     module
-        .open_partition(&member.partition_label, Some(&member.serial_number), pin)
+        .open_token(&member.partition_label, Some(&member.serial_number), pin)
         .map_err(|source| refused(&member.partition_label, source))?;
     if let Some(so_pin) = so_pin {
         module
@@ -191,7 +191,7 @@ pub fn test_members(module: &Arc<Module>, members: &[Member], pin: &SecretString
                 module.look_for(&member.partition_label, serial);
             }
             let error = module
-                .open_partition(&member.partition_label, serial, pin.clone())
+                .open_token(&member.partition_label, serial, pin.clone())
                 .err()
                 .map(|source| refused(&member.partition_label, source).to_string());
             MemberTest {
@@ -256,7 +256,7 @@ pub fn add_partition(store: &Store, connection: &str) -> Result<Partition, ApiEr
         connection_id: connection.id,
         partition_label: first.partition_label.clone(),
         serial_number: first.serial_number.clone(),
-        ha_enabled: connection.is_ha_enabled,
+        ha_enabled: connection.ha_enabled,
         members: connection.members.clone(),
         created_at: now,
         updated_at: now,

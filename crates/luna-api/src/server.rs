@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::handlers::{audit, auth, health, jobs, keys, partitions, servers, users};
 use crate::runner::{Runner, RunnerSettings};
 use crate::state::AppState;
-use crate::tokens::TokenRegistry;
+use crate::tokens::OpenTokens;
 use crate::view::Tenancy;
 
 /// Request bodies larger than this are refused; the largest real one is a
@@ -212,7 +212,7 @@ const WORKERS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
     let work = Arc::new(Notify::new());
     let metrics = crate::metrics::Metrics::new().map_err(std::io::Error::other)?;
-    let tokens = Arc::new(TokenRegistry::new(
+    let tokens = Arc::new(OpenTokens::new(
         config.module,
         config.store.clone(),
         Arc::clone(&metrics),

@@ -6,13 +6,13 @@ use luna_store::Store;
 use tokio::sync::Notify;
 
 use crate::auth::Auth;
-use crate::tokens::TokenRegistry;
+use crate::tokens::OpenTokens;
 use crate::view::Tenancy;
 
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
-    pub tokens: Arc<TokenRegistry>,
+    pub tokens: Arc<OpenTokens>,
     pub auth: Auth,
     pub tenancy: Tenancy,
     /// Wakes an idle worker as soon as an operation is queued.

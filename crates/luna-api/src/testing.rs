@@ -324,7 +324,7 @@ impl Api {
             .unwrap()
             .unwrap();
         let token = module()
-            .open_partition(
+            .open_token(
                 partition["partition_label"].as_str().unwrap(),
                 None,
                 SecretString::from(USER_PIN),

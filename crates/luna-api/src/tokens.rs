@@ -93,7 +93,7 @@ impl Unavailable {
 }
 
 /// Opens member tokens on demand and keeps them open (sessions pooled inside).
-pub struct TokenRegistry {
+pub struct OpenTokens {
     module: Arc<Module>,
     store: Store,
     metrics: Arc<crate::metrics::Metrics>,
@@ -129,15 +129,15 @@ struct Absent {
     listed_before: bool,
 }
 
-impl std::fmt::Debug for TokenRegistry {
+impl std::fmt::Debug for OpenTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenRegistry")
+        f.debug_struct("OpenTokens")
             .field("module", &self.module.path())
             .finish_non_exhaustive()
     }
 }
 
-impl TokenRegistry {
+impl OpenTokens {
     /// The metrics every token call is timed into (and the calls in flight).
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
@@ -148,8 +148,8 @@ impl TokenRegistry {
         store: Store,
         metrics: Arc<crate::metrics::Metrics>,
         opener: Option<TokenOpener>,
-    ) -> TokenRegistry {
-        TokenRegistry {
+    ) -> OpenTokens {
+        OpenTokens {
             opener,
             module,
             store,
@@ -187,7 +187,7 @@ impl TokenRegistry {
             Some(open) => open(&self.module, member, pin),
             None => self
                 .module
-                .open_partition(&member.partition_label, Some(&member.serial_number), pin)
+                .open_token(&member.partition_label, Some(&member.serial_number), pin)
                 .map(|token| Arc::new(token) as Arc<dyn Token>),
         };
         let token = match opened {

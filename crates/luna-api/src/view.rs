@@ -369,7 +369,7 @@ impl ConnectionView {
             account: tenancy.account.clone(),
             name: c.name.clone(),
             description: c.description.clone(),
-            is_ha_enabled: c.is_ha_enabled,
+            is_ha_enabled: c.ha_enabled,
             remap_rsa_mechanisms: c.remap_rsa_mechanisms,
             server_id: c.server_id.map(|s| s.to_string()),
             last_connection_ok: c.last_check.as_ref().map(|k| k.ok),

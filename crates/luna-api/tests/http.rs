@@ -87,7 +87,7 @@ on_both_backends! {
         let cka_id = uuid::Uuid::parse_str(&id).unwrap();
         for member in partition["members"].as_array().unwrap() {
             let token = luna_pkcs11::testing::module()
-                .open_partition(member["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+                .open_token(member["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
                 .unwrap();
             assert!(token.find_by_id(cka_id.as_bytes()).unwrap().is_empty(), "no object is left on any member");
         }
@@ -445,7 +445,7 @@ on_both_backends! {
         assert!(!text.contains(made["id"].as_str().unwrap()), "no key id in metrics");
         // A failing token call is counted by function and code.
         let token = luna_pkcs11::testing::module()
-            .open_partition(partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+            .open_token(partition["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
             .unwrap();
         let (_, locked) = api.send("POST", KEYS, &json!({"label": "l", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_MODIFIABLE"]}));
         let lid = locked["id"].as_str().unwrap().to_owned();

@@ -17,7 +17,7 @@ const KEYS: &str = "/cckm/hsm/luna/keys";
 fn token_of(partition: &Value, member: usize) -> Pkcs11Token {
     let label = partition["members"][member]["partition_label"].as_str().unwrap();
     module()
-        .open_partition(label, None, SecretString::from(USER_PIN))
+        .open_token(label, None, SecretString::from(USER_PIN))
         .unwrap()
 }
 

@@ -15,7 +15,7 @@ fn request(name: &str, ha: bool, labels: &[&str], pin: &str) -> ConnectionReques
     ConnectionRequest {
         name: Some(name.into()),
         password: Some(SecretString::from(pin)),
-        is_ha_enabled: ha,
+        ha_enabled: ha,
         partitions: labels
             .iter()
             .map(|l| MemberRequest {
@@ -34,7 +34,7 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     let spec = request("ha", true, &[&a, &b], USER_PIN).validate().unwrap();
     let connection = register_connection(store, module(), spec).unwrap();
     let serial_a = module()
-        .open_partition(&a, None, SecretString::from(USER_PIN))
+        .open_token(&a, None, SecretString::from(USER_PIN))
         .unwrap()
         .info()
         .serial_number
@@ -99,7 +99,7 @@ fn callers_racing_to_open_a_token_share_one_instance(db: TestDatabase) {
     let connection = register_connection(&db.store, module(), spec).unwrap();
     let member = &connection.members[0];
     for _ in 0..5 {
-        let tokens = luna_api::tokens::TokenRegistry::new(
+        let tokens = luna_api::tokens::OpenTokens::new(
             std::sync::Arc::clone(module()),
             db.store.clone(),
             luna_api::metrics::Metrics::new().unwrap(),
@@ -171,7 +171,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     assert_eq!(connection.members[0].serial_number, "123");
     let open_a = m
         .module()
-        .open_partition(a, Some("123"), SecretString::from(USER_PIN))
+        .open_token(a, Some("123"), SecretString::from(USER_PIN))
         .unwrap();
     let second = request("ock-b", false, &[b], USER_PIN).validate().unwrap();
     let err = register_connection(store, m.module(), second).unwrap_err();

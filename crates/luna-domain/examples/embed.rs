@@ -154,7 +154,7 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
 
 fn delete_the_key(mut key: Key, at: OffsetDateTime) -> Outcome {
     println!("\n== 3. a key's life: delete from the HSM");
-    key.apply(&KeyEvent::Begin(OperationKind::KeyDelete), at)?;
+    key.apply(&KeyEvent::Begin(OperationKind::KeyDestroy), at)?;
     println!(
         "delete begun: {} {} {}",
         key.lifecycle.status(),

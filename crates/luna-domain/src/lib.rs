@@ -128,7 +128,7 @@
 //! assert_eq!(key.updated_at, made);
 //!
 //! // A delete from the HSM: begun, then done on every member.
-//! key.apply(&KeyEvent::Begin(OperationKind::KeyDelete), made)?;
+//! key.apply(&KeyEvent::Begin(OperationKind::KeyDestroy), made)?;
 //! assert!(key.lifecycle.is_busy());
 //! key.apply(&KeyEvent::Succeeded, made)?;
 //! assert_eq!(key.lifecycle.status(), KeyStatus::Deleted);

@@ -87,7 +87,7 @@ impl OperationPayload {
             OperationPayload::CreateKey { .. } => Some(OperationKind::KeyCreate),
             OperationPayload::UpdateKey { .. } => Some(OperationKind::KeyUpdate),
             OperationPayload::ReplicateKey { .. } => Some(OperationKind::KeyReplicate),
-            OperationPayload::DestroyKey { .. } => Some(OperationKind::KeyDelete),
+            OperationPayload::DestroyKey { .. } => Some(OperationKind::KeyDestroy),
             OperationPayload::RunJob { .. } => None,
         }
     }

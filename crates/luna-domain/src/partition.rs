@@ -36,7 +36,7 @@ pub struct Connection {
     /// Free text; may be empty.
     pub description: String,
     /// Its members form an HA group (keys are cloned to every member).
-    pub is_ha_enabled: bool,
+    pub ha_enabled: bool,
     /// Generate with `CKM_RSA_PKCS_KEY_PAIR_GEN` when a token lacks a Luna RSA mechanism.
     pub remap_rsa_mechanisms: bool,
     /// The registered HSM server its partitions are on, if the client named one.
@@ -153,7 +153,7 @@ pub struct ConnectionRequest {
     /// set up the cloning domain, never stored.
     pub so_password: Option<SecretString>,
     /// Whether the members form an HA group; without it, exactly one member.
-    pub is_ha_enabled: bool,
+    pub ha_enabled: bool,
     /// Whether to remap Luna RSA mechanisms a token lacks; on when absent.
     pub remap_rsa_mechanisms: Option<bool>,
     /// The HSM server its partitions are on (a registered server's id).
@@ -189,7 +189,7 @@ pub struct ConnectionSpec {
     /// The security officer PIN; only ever present for an HA connection.
     pub so_password: Option<SecretString>,
     /// Whether the members form an HA group.
-    pub is_ha_enabled: bool,
+    pub ha_enabled: bool,
     /// The remap policy, defaulted to on.
     pub remap_rsa_mechanisms: bool,
     /// The HSM server its partitions are on, if named.
@@ -285,12 +285,12 @@ impl ConnectionRequest {
             .password
             .filter(|p| !p.expose_secret().is_empty())
             .ok_or_else(|| DomainError::invalid("password (the crypto officer PIN) is required"))?;
-        if self.so_password.is_some() && !self.is_ha_enabled {
+        if self.so_password.is_some() && !self.ha_enabled {
             return Err(DomainError::invalid(
                 "so_password is only used to set up the cloning domain of an HA connection; set is_ha_enabled or leave it out",
             ));
         }
-        match (self.is_ha_enabled, self.partitions.len()) {
+        match (self.ha_enabled, self.partitions.len()) {
             (_, 0) => return Err(DomainError::invalid("partitions must list at least one token")),
             (false, 1) => {}
             (false, n) => {
@@ -330,7 +330,7 @@ impl ConnectionRequest {
             },
             password,
             so_password: self.so_password,
-            is_ha_enabled: self.is_ha_enabled,
+            ha_enabled: self.ha_enabled,
             remap_rsa_mechanisms: self.remap_rsa_mechanisms.unwrap_or(true),
             server_id: self.server_id,
             products: check_products(self.products.unwrap_or_default())?,
@@ -356,7 +356,7 @@ mod tests {
         ConnectionRequest {
             name: Some("hsm-a".into()),
             password: Some(SecretString::from("1234")),
-            is_ha_enabled: ha,
+            ha_enabled: ha,
             partitions: members,
             ..Default::default()
         }

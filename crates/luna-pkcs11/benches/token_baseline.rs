@@ -44,9 +44,7 @@ fn request(mechanism: Mechanism, size: u32) -> GenerateRequest {
 }
 
 fn open(module: &std::sync::Arc<Module>, label: &str) -> Pkcs11Token {
-    module
-        .open_partition(label, None, SecretString::from(PIN))
-        .unwrap()
+    module.open_token(label, None, SecretString::from(PIN)).unwrap()
 }
 
 fn fresh(module: &std::sync::Arc<Module>, label: &str) -> Pkcs11Token {

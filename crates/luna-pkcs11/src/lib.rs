@@ -1,4 +1,4 @@
-//! PKCS#11 partitions on the `cryptoki` crate.
+//! PKCS#11 tokens on the `cryptoki` crate: the service's token boundary.
 //!
 //! The rest of the service sees a token only through [`Token`]. The
 //! implementation, [`Pkcs11Token`], keeps one context per module
@@ -172,7 +172,7 @@ pub struct TransportOffer {
     pub(crate) private: ObjectRef,
 }
 
-/// A partition: one token the service keeps keys in.
+/// A token the service keeps keys in (one member of a CCKM partition).
 pub trait Token: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &TokenInfo;
     /// Whether the token answers, as this process last found it (no call is made).

@@ -1,4 +1,4 @@
-//! One PKCS#11 context per module, shared by every partition in the process.
+//! One PKCS#11 context per module, shared by every token in the process.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -427,8 +427,8 @@ impl Module {
         })
     }
 
-    /// Opens the token as a partition and proves the PIN by logging in.
-    pub fn open_partition(
+    /// Opens the token and proves the PIN by logging in.
+    pub fn open_token(
         self: &Arc<Self>,
         label: &str,
         serial: Option<&str>,

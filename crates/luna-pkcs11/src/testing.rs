@@ -109,14 +109,14 @@ impl TestModule {
         }
     }
 
-    /// A new, empty token opened as a partition with `USER_PIN`.
-    pub fn fresh_partition(self, prefix: &str) -> LeasedPartition {
+    /// A new, empty token, opened with `USER_PIN`.
+    pub fn fresh_open_token(self, prefix: &str) -> OpenTestToken {
         let token = self
             .fresh_tokens(prefix, 1)
             .pop()
             .expect("one token was asked for");
-        LeasedPartition {
-            partition: token.open(),
+        OpenTestToken {
+            opened: token.open(),
             token,
         }
     }
@@ -141,24 +141,23 @@ impl TestToken {
     pub fn open(&self) -> Pkcs11Token {
         self.module
             .module()
-            .open_partition(&self.label, None, SecretString::from(USER_PIN))
+            .open_token(&self.label, None, SecretString::from(USER_PIN))
             .expect("open the test token")
     }
 }
 
-/// A test token opened as a partition; the partition closes before the
-/// token's lease is freed.
+/// A test token, opened; it closes before the token's lease is freed.
 #[derive(Debug)]
-pub struct LeasedPartition {
-    partition: Pkcs11Token,
+pub struct OpenTestToken {
+    opened: Pkcs11Token,
     pub token: TestToken,
 }
 
-impl Deref for LeasedPartition {
+impl Deref for OpenTestToken {
     type Target = Pkcs11Token;
 
     fn deref(&self) -> &Pkcs11Token {
-        &self.partition
+        &self.opened
     }
 }
 
@@ -368,11 +367,11 @@ pub fn fresh_token_label(prefix: &str) -> String {
     label
 }
 
-/// A new, empty SoftHSM2 token opened as a partition.
+/// A new, empty SoftHSM2 token, opened.
 pub fn fresh_token(prefix: &str) -> Pkcs11Token {
     let label = fresh_token_label(prefix);
     module()
-        .open_partition(&label, None, SecretString::from(USER_PIN))
+        .open_token(&label, None, SecretString::from(USER_PIN))
         .expect("open the new token")
 }
 

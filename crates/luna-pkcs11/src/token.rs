@@ -1,4 +1,4 @@
-//! A token opened as a partition: pooled, logged-in sessions and the object calls.
+//! An opened token: pooled, logged-in sessions and the object calls.
 
 use std::num::NonZeroUsize;
 use std::ops::{ControlFlow, Deref};
@@ -28,7 +28,7 @@ use crate::{GenerateRequest, Generated, Portable, ScanOutcome, Token, TokenInfo,
 /// What `scan_with` calls for each batch, on the scan's own session.
 type BatchVisitor<'a> = dyn FnMut(&OnSession<'_>, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
 
-/// A token of a module, used as a partition. Each call takes one session from
+/// A token of a module, opened. Each call takes one session from
 /// the pool, so a worker holds exactly one session at a time.
 ///
 /// A call that fails in a way that may mean the token or its sessions are
@@ -107,7 +107,7 @@ impl Pkcs11Token {
         module.login(&session, &info.label, &info.serial_number, &pin)?;
         let sessions = Arc::new(SessionPool::default());
         module.track(&sessions);
-        let partition = Pkcs11Token {
+        let token = Pkcs11Token {
             slot_generation: AtomicU64::new(module.generation()),
             module: Arc::clone(&module),
             slot: Mutex::new(slot),
@@ -118,8 +118,8 @@ impl Pkcs11Token {
             domain_keys: Mutex::new(std::collections::HashMap::new()),
             health: Health::default(),
         };
-        partition.sessions.put_back(session);
-        Ok(partition)
+        token.sessions.put_back(session);
+        Ok(token)
     }
 
     /// The token's slot in the module's current generation (inside the gate).

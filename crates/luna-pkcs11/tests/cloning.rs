@@ -29,7 +29,7 @@ fn member(label: &str) -> Member {
 
 fn open(label: &str) -> Pkcs11Token {
     module()
-        .open_partition(label, None, SecretString::from(USER_PIN))
+        .open_token(label, None, SecretString::from(USER_PIN))
         .unwrap()
 }
 

@@ -156,7 +156,7 @@ fn opencryptoki_goes_on_without_its_slot_daemon_and_recovers_a_re_initialisation
     let label = daemon.provision("daemon");
     let module = TestModule::OpenCryptoki.module();
     let token = module
-        .open_partition(&label, None, SecretString::from(USER_PIN))
+        .open_token(&label, None, SecretString::from(USER_PIN))
         .unwrap();
     token.generate(&aes("before")).unwrap();
 

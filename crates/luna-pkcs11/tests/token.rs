@@ -53,7 +53,7 @@ fn collect_all(token: &Pkcs11Token) -> Vec<luna_pkcs11::ObjectRef> {
 
 on_every_module! {
 fn token_info_names_the_token_and_its_mechanisms(m: TestModule) {
-    let token = m.fresh_partition("info");
+    let token = m.fresh_open_token("info");
     let info = token.info();
     assert!(info.label.starts_with("info-"));
     assert!(!info.serial_number.is_empty());
@@ -85,7 +85,7 @@ fn token_info_names_the_token_and_its_mechanisms(m: TestModule) {
 }
 
 fn aes_keys_of_every_size_carry_exactly_the_requested_attributes(m: TestModule) {
-    let token = m.fresh_partition("aes");
+    let token = m.fresh_open_token("aes");
     for size in [128, 192, 256] {
         let wanted = attrs(&["CKA_MODIFIABLE", "CKA_SENSITIVE", "CKA_ENCRYPT", "CKA_DECRYPT"]);
         let req = request(Mechanism::AesKeyGen, size, wanted);
@@ -126,7 +126,7 @@ fn aes_keys_of_every_size_carry_exactly_the_requested_attributes(m: TestModule) 
 }
 
 fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped(m: TestModule) {
-    let token = m.fresh_partition("rsa");
+    let token = m.fresh_open_token("rsa");
     let wanted = attrs(&[
         "CKA_MODIFIABLE",
         "CKA_SENSITIVE",
@@ -188,10 +188,10 @@ fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped(m: TestModule) {
 
 fn a_retried_create_finds_the_first_objects_instead_of_making_more(m: TestModule) {
     // A retry of a create that never reached the token makes the key.
-    let fresh = m.fresh_partition("retry-new");
+    let fresh = m.fresh_open_token("retry-new");
     let first_try_lost = request(Mechanism::AesKeyGen, 128, attrs(&[]));
     assert!(fresh.generate(&retried(&first_try_lost)).unwrap().created);
-    let token = m.fresh_partition("retry");
+    let token = m.fresh_open_token("retry");
     for req in [
         request(Mechanism::AesKeyGen, 256, attrs(&["CKA_ENCRYPT"])),
         request(Mechanism::RsaPkcsKeyPairGen, 2048, attrs(&["CKA_SIGN"])),
@@ -208,7 +208,7 @@ fn a_retried_create_finds_the_first_objects_instead_of_making_more(m: TestModule
 /// A crash between the halves of C_GenerateKeyPair leaves one behind: the
 /// retry removes it and makes the pair whole, so exactly one pair remains.
 fn a_retry_that_finds_half_a_pair_makes_it_whole(m: TestModule) {
-    let token = m.fresh_partition("half");
+    let token = m.fresh_open_token("half");
     let req = request(Mechanism::RsaPkcsKeyPairGen, 2048, attrs(&[]));
     let made = token.generate(&req).unwrap();
     token.destroy(made.objects[0].handle).unwrap(); // the private half is lost
@@ -230,7 +230,7 @@ fn a_retry_that_finds_half_a_pair_makes_it_whole(m: TestModule) {
 }
 
 fn two_threads_generate_on_one_token_at_once(m: TestModule) {
-    let token = m.fresh_partition("threads");
+    let token = m.fresh_open_token("threads");
     let per_thread = 100;
     std::thread::scope(|scope| {
         for _ in 0..2 {
@@ -258,7 +258,7 @@ fn two_threads_generate_on_one_token_at_once(m: TestModule) {
 }
 
 fn more_than_a_thousand_objects_enumerate_in_batches_that_can_stop(m: TestModule) {
-    let token = m.fresh_partition("many");
+    let token = m.fresh_open_token("many");
     let total = 1_050;
     for _ in 0..total {
         token
@@ -300,7 +300,7 @@ fn more_than_a_thousand_objects_enumerate_in_batches_that_can_stop(m: TestModule
 /// no deadlock between the scan's shared lock and a writer, and no
 /// CKR_GENERAL_ERROR from SoftHSM2's store.
 fn describing_scans_and_writes_on_one_token_run_side_by_side(m: TestModule) {
-    let token = m.fresh_partition("scan-write");
+    let token = m.fresh_open_token("scan-write");
     for _ in 0..300 {
         token
             .generate(&request(Mechanism::AesKeyGen, 128, attrs(&[])))
@@ -348,7 +348,7 @@ fn describing_scans_and_writes_on_one_token_run_side_by_side(m: TestModule) {
 /// Every PATCH rule of the domain, tried on the token: what the domain refuses,
 /// the token refuses too, and what it allows, the token does.
 fn the_token_enforces_the_attribute_rules_the_domain_predicts(m: TestModule) {
-    let token = m.fresh_partition("rules");
+    let token = m.fresh_open_token("rules");
     let cases: &[(ObjectType, &[&str], &str, bool, bool)] = &[
         // (object, attributes at creation, attribute, new value, allowed)
         (
@@ -477,16 +477,16 @@ fn a_wrong_pin_on_a_token_nobody_is_logged_in_to_fails_in_c_login(m: TestModule)
     let token = m.fresh_tokens("firstpin", 1).pop().unwrap();
     let label = &token.label;
     let err = m.module()
-        .open_partition(label, None, SecretString::from("wrong"))
+        .open_token(label, None, SecretString::from("wrong"))
         .unwrap_err();
     assert_eq!(err.to_string(), "C_Login returned CKR_PIN_INCORRECT");
     assert!(m.module()
-        .open_partition(label, None, SecretString::from(USER_PIN))
+        .open_token(label, None, SecretString::from(USER_PIN))
         .is_ok());
 }
 
 fn destroy_removes_the_object(m: TestModule) {
-    let token = m.fresh_partition("destroy");
+    let token = m.fresh_open_token("destroy");
     let req = request(Mechanism::AesKeyGen, 256, attrs(&[]));
     let made = token.generate(&req).unwrap();
     token.destroy(made.objects[0].handle).unwrap();
@@ -496,10 +496,10 @@ fn destroy_removes_the_object(m: TestModule) {
 }
 
 fn a_wrong_pin_or_label_is_a_typed_error(m: TestModule) {
-    let token = m.fresh_partition("pin");
+    let token = m.fresh_open_token("pin");
     let label = token.info().label.clone();
     let err = m.module()
-        .open_partition(&label, None, SecretString::from("wrong-pin"))
+        .open_token(&label, None, SecretString::from("wrong-pin"))
         .unwrap_err();
     assert!(err.is_pin_incorrect(), "{err}");
     // Logged in, SoftHSM2 answers any PIN CKR_USER_ALREADY_LOGGED_IN and the
@@ -511,22 +511,22 @@ fn a_wrong_pin_or_label_is_a_typed_error(m: TestModule) {
     assert_eq!(err.to_string(), expected);
     // The right PIN still opens it while the application is logged in.
     m.module()
-        .open_partition(&label, None, SecretString::from(USER_PIN))
+        .open_token(&label, None, SecretString::from(USER_PIN))
         .unwrap();
     let missing = unique_label("absent");
     let err = m.module()
-        .open_partition(&missing, None, SecretString::from(USER_PIN))
+        .open_token(&missing, None, SecretString::from(USER_PIN))
         .unwrap_err();
     assert!(matches!(err, TokenError::TokenNotFound { .. }), "{err}");
     let err = m.module()
-        .open_partition(&label, Some("0000"), SecretString::from(USER_PIN))
+        .open_token(&label, Some("0000"), SecretString::from(USER_PIN))
         .unwrap_err();
     assert!(err.to_string().contains("with serial number 0000"), "{err}");
 }
 
 /// pkcs11-tool, an independent PKCS#11 client, sees what the service made.
 fn pkcs11_tool_sees_the_generated_keys(m: TestModule) {
-    let token = m.fresh_partition("tool");
+    let token = m.fresh_open_token("tool");
     let req = GenerateRequest {
         label: "seen-by-pkcs11-tool".into(),
         ..request(Mechanism::AesKeyGen, 256, attrs(&["CKA_ENCRYPT"]))
@@ -603,7 +603,7 @@ fn opencryptoki_shares_one_login_among_its_tokens_and_the_second_is_refused() {
     let first = tokens.pop().unwrap().open();
     let err = m
         .module()
-        .open_partition(&second.label, None, SecretString::from("9999"))
+        .open_token(&second.label, None, SecretString::from("9999"))
         .unwrap_err();
     assert!(matches!(err, TokenError::LoginShared { .. }), "{err}");
     assert!(

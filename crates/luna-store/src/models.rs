@@ -291,7 +291,7 @@ impl ConnectionRow {
             id: uuid("connection id", &self.id)?,
             name: self.name,
             description: self.description,
-            is_ha_enabled: self.is_ha_enabled,
+            ha_enabled: self.is_ha_enabled,
             remap_rsa_mechanisms: self.remap_rsa_mechanisms,
             server_id: self
                 .server_id

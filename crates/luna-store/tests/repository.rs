@@ -81,7 +81,7 @@ fn connection(name: &str, ha: bool, members: usize) -> Connection {
         id: Uuid::new_v4(),
         name: name.into(),
         description: "test".into(),
-        is_ha_enabled: ha,
+        ha_enabled: ha,
         remap_rsa_mechanisms: true,
         server_id: None,
         last_check: None,

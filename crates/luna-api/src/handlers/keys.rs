@@ -285,7 +285,7 @@ pub async fn destroy(
 }
 
 /// `DELETE /api/v1/cckm/hsm/luna/keys/{id}`: forgets the records here only.
-#[utoipa::path(operation_id = "delete_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
+#[utoipa::path(operation_id = "forget_key", tag = "keys", security(("bearer" = [])), params(("id" = String, Path, description = "the key's id")),
     responses((status = 204, description = "The key's records are gone; its objects stay on the tokens")))]
 #[delete("/api/v1/cckm/hsm/luna/keys/{id}")]
 pub async fn forget(

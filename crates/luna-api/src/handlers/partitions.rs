@@ -492,7 +492,7 @@ fn connection_request(body: ConnectionBody) -> ConnectionRequest {
         description: body.description,
         password: body.password,
         so_password: body.so_password,
-        is_ha_enabled: body.is_ha_enabled,
+        ha_enabled: body.is_ha_enabled,
         remap_rsa_mechanisms: body.remap_rsa_mechanisms,
         server_id: body.server_id,
         products: body.products,

@@ -23,7 +23,7 @@ use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::tokens::TokenRegistry;
+use crate::tokens::OpenTokens;
 
 mod failure;
 mod jobs;
@@ -146,7 +146,7 @@ impl Default for RunnerSettings {
 #[derive(Debug)]
 pub struct Runner {
     store: Store,
-    tokens: Arc<TokenRegistry>,
+    tokens: Arc<OpenTokens>,
     work: Arc<Notify>,
     settings: RunnerSettings,
     /// This instance's name in leases.
@@ -291,7 +291,7 @@ struct Attempt {
 impl Runner {
     pub fn new(
         store: Store,
-        tokens: Arc<TokenRegistry>,
+        tokens: Arc<OpenTokens>,
         work: Arc<Notify>,
         settings: RunnerSettings,
     ) -> Arc<Runner> {

@@ -194,7 +194,7 @@ impl KeyLifecycle {
             KeyEvent::Succeeded if self.is_busy() => Ok(KeyLifecycle {
                 status: match self.operation {
                     OperationKind::KeyCreate => KeyStatus::Available,
-                    OperationKind::KeyDelete => KeyStatus::Deleted,
+                    OperationKind::KeyDestroy => KeyStatus::Deleted,
                     OperationKind::KeyUpdate | OperationKind::KeyReplicate => self.status,
                 },
                 operation: self.operation,
@@ -233,7 +233,7 @@ mod tests {
     fn the_key_machine_moves_as_the_reference_describes_and_no_other_way() {
         use KeyStatus::{Available, Deleted, Failed, InProgress as Busy};
         use OperationKind::{
-            KeyCreate as Create, KeyDelete as Delete, KeyReplicate as Replicate, KeyUpdate as Update,
+            KeyCreate as Create, KeyDestroy as Destroy, KeyReplicate as Replicate, KeyUpdate as Update,
         };
         use OperationStatus::{Completed as Done, Failed as Broke, InProgress as Running};
         let life = |status, operation, operation_status, error: Option<&str>| KeyLifecycle {
@@ -285,18 +285,18 @@ mod tests {
             // Delete from HSM, even after a failed PATCH: DELETED, or still AVAILABLE with the reason.
             (
                 life(Available, Update, Broke, Some("x")),
-                KeyEvent::Begin(Delete),
-                life(Available, Delete, Running, None),
+                KeyEvent::Begin(Destroy),
+                life(Available, Destroy, Running, None),
             ),
             (
-                life(Available, Delete, Running, None),
+                life(Available, Destroy, Running, None),
                 KeyEvent::Succeeded,
-                life(Deleted, Delete, Done, None),
+                life(Deleted, Destroy, Done, None),
             ),
             (
-                life(Available, Delete, Running, None),
+                life(Available, Destroy, Running, None),
                 failed(),
-                life(Available, Delete, Broke, Some("CKR_DEVICE_ERROR")),
+                life(Available, Destroy, Broke, Some("CKR_DEVICE_ERROR")),
             ),
             // A refresh finds an idle AVAILABLE key on no member.
             (
@@ -305,9 +305,9 @@ mod tests {
                 life(Deleted, Create, Done, None),
             ),
             (
-                life(Available, Delete, Broke, Some("x")),
+                life(Available, Destroy, Broke, Some("x")),
                 KeyEvent::Vanished,
-                life(Deleted, Delete, Broke, Some("x")),
+                life(Deleted, Destroy, Broke, Some("x")),
             ),
         ];
         for (from, event, to) in &legal {
@@ -316,8 +316,8 @@ mod tests {
         let refused = [
             (life(Busy, Create, Running, None), KeyEvent::Begin(Update)),
             (life(Busy, Create, Running, None), KeyEvent::Vanished),
-            (life(Deleted, Delete, Done, None), KeyEvent::Begin(Update)),
-            (life(Failed, Create, Broke, Some("x")), KeyEvent::Begin(Delete)),
+            (life(Deleted, Destroy, Done, None), KeyEvent::Begin(Update)),
+            (life(Failed, Create, Broke, Some("x")), KeyEvent::Begin(Destroy)),
             (life(Available, Create, Done, None), KeyEvent::Begin(Create)),
             (life(Available, Create, Done, None), KeyEvent::Succeeded),
             (life(Deleted, Create, Done, None), KeyEvent::Vanished),
@@ -330,7 +330,7 @@ mod tests {
             KeyEvent::Begin(Create),
             KeyEvent::Begin(Update),
             KeyEvent::Begin(Replicate),
-            KeyEvent::Begin(Delete),
+            KeyEvent::Begin(Destroy),
             KeyEvent::Succeeded,
             failed(),
             KeyEvent::Vanished,
@@ -404,7 +404,7 @@ mod tests {
             (S::Deleted, K::KeyUpdate, O::InProgress, None),
             (S::Available, K::KeyCreate, O::Completed, Some("x".to_owned())),
             (S::Failed, K::KeyUpdate, O::Failed, Some("x".to_owned())),
-            (S::InProgress, K::KeyDelete, O::InProgress, None),
+            (S::InProgress, K::KeyDestroy, O::InProgress, None),
         ] {
             let err = KeyLifecycle::restore(status, operation, operation_status, error).unwrap_err();
             assert!(err.to_string().starts_with("no key can be"), "{err}");

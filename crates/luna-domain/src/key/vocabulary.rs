@@ -107,8 +107,9 @@ wire_enum! {
         KeyUpdate => "keyupdate",
         /// Copy the key to the HA members that lack it.
         KeyReplicate => "keyreplicate",
-        /// Destroy the object on every member (delete-from-HSM).
-        KeyDelete => "keydelete",
+        /// Destroy the object on every member (the reference's delete-from-HSM;
+        /// its wire name is the reference's).
+        KeyDestroy => "keydelete",
     }
 }
 
@@ -165,7 +166,7 @@ mod tests {
             "completed"
         );
         assert_eq!(
-            OperationStatus::InProgress.wire(OperationKind::KeyDelete),
+            OperationStatus::InProgress.wire(OperationKind::KeyDestroy),
             "in_progress"
         );
     }

@@ -167,7 +167,7 @@ impl Store {
             id: id.clone(),
             name: connection.name.clone(),
             description: connection.description.clone(),
-            is_ha_enabled: connection.is_ha_enabled,
+            is_ha_enabled: connection.ha_enabled,
             remap_rsa_mechanisms: connection.remap_rsa_mechanisms,
             pin_ciphertext: self.pins.seal(pin, &id)?,
             created_at: micros(connection.created_at),
