@@ -34,7 +34,7 @@
 use std::time::{Duration, Instant};
 
 use luna_api::testing::Api;
-use luna_domain::{Algorithm, AttributeSet, Key, KeyEvent, KeyLifecycle, Mechanism, ObjectType, Origin};
+use luna_domain::{AttributeSet, Key, KeyEvent, Mechanism, NewKeySpec};
 use luna_pkcs11::testing::TestModule;
 use luna_pkcs11::{GenerateRequest, Token as _};
 use luna_store::testing::TestDatabase;
@@ -231,45 +231,31 @@ fn latency_bound(mechanism: &str, per_call: Duration, concurrency: usize, n: usi
     );
 }
 
-fn records(partition_id: Uuid, n: usize) -> Vec<Key> {
+/// `n` AES keys made as a create makes them (luna-domain's `new_key`), then
+/// made AVAILABLE as the runner would; a refresh found one in ten gone.
+fn records(partition: &luna_domain::Partition, n: usize) -> Vec<Key> {
     let now = luna_store::now();
     let mut rng = rand::thread_rng();
     (0..n)
         .map(|i| {
             let at = now - time::Duration::milliseconds(i as i64);
-            let mut lifecycle = KeyLifecycle::discovered();
+            let spec = NewKeySpec {
+                label: format!("key-{}", rng.gen_range(0..5000)),
+                size: [128, 192, 256][i % 3],
+                partition_id: partition.id,
+                mechanism: Mechanism::AesKeyGen,
+                attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_PRIVATE", "CKA_ENCRYPT"]).unwrap(),
+            };
+            let mut key = spec.new_key(partition, Uuid::new_v4, at).keys.remove(0);
+            key.generated_with = Some(Mechanism::AesKeyGen);
+            key.sha_256_fingerprint = format!("{:064x}", rng.gen::<u128>());
+            key.replicated = true;
+            key.apply(&KeyEvent::Succeeded, at).expect("a create succeeds");
             if i % 10 == 0 {
-                // A refresh found one key in ten gone.
-                lifecycle = lifecycle
-                    .next(&KeyEvent::Vanished)
+                key.apply(&KeyEvent::Vanished, at)
                     .expect("an idle AVAILABLE key can vanish");
             }
-            Key {
-                id: Uuid::new_v4(),
-                partition_id,
-                partition_label: "bench".into(),
-                label: format!("key-{}", rng.gen_range(0..5000)),
-                lifecycle,
-                algorithm: Some(Algorithm::Aes),
-                object_type: Some(ObjectType::SecretKey),
-                mechanism: Some(Mechanism::AesKeyGen),
-                generated_with: Some(Mechanism::AesKeyGen),
-                size: [128, 192, 256][i % 3],
-                attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_PRIVATE", "CKA_ENCRYPT"]).unwrap(),
-                cka_id: Uuid::new_v4().as_bytes().to_vec(),
-                object_uid: format!("{:032x}04", rng.gen::<u128>()),
-                sha_256_fingerprint: format!("{:064x}", rng.gen::<u128>()),
-                replication_info: Default::default(),
-                replicated: true,
-                byok_key: true,
-                origin: Origin::Cckm,
-                modulus: String::new(),
-                exponent: 0,
-                link_id: None,
-                ha_enabled: false,
-                created_at: at,
-                updated_at: at,
-            }
+            key
         })
         .collect()
 }
@@ -329,8 +315,9 @@ fn reads(name: &str, db: TestDatabase, n_records: usize, requests: usize) {
     let mut api = Api::start(db);
     let partition = api.partition("bench-read", 1);
     let partition_id = Uuid::parse_str(partition["id"].as_str().unwrap()).unwrap();
+    let partition = api.store().get_partition(partition_id).unwrap().unwrap();
     let start = Instant::now();
-    let keys = records(partition_id, n_records);
+    let keys = records(&partition, n_records);
     for chunk in keys.chunks(5000) {
         api.store().insert_keys(chunk).unwrap();
     }

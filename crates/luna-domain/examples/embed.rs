@@ -8,7 +8,6 @@
 // Printing what happens is this program's purpose.
 #![allow(clippy::print_stdout)]
 
-use std::collections::BTreeMap;
 use std::error::Error;
 
 use luna_domain::key::object_uid;
@@ -16,8 +15,7 @@ use luna_domain::query::{list_params, parse_list_query, KeyFilters, ListQuery};
 use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
 use luna_domain::{
     Algorithm, Attribute, CreateKeyRequest, DomainError, Job, JobEvent, JobRequest, JobScope, JobType, Key,
-    KeyEvent, KeyLifecycle, KeyStatus, NewKeySpec, ObjectType, Operation, OperationKind, OperationPayload,
-    Origin,
+    KeyEvent, KeyStatus, KeyToMake, NewKey, NewKeySpec, ObjectType, OperationKind, Partition,
 };
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -83,40 +81,24 @@ fn validate_a_create() -> Outcome<NewKeySpec> {
 /// together, then a worker claims the entry, makes the key and finishes.
 fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     println!("\n== 2. a key's life: create");
-    let id = Uuid::new_v4();
-    let mut key = Key {
-        id,
-        partition_id: spec.partition_id,
+    // The partition as the service's store would give it back.
+    let partition = Partition {
+        id: spec.partition_id,
+        connection_id: Uuid::new_v4(),
         partition_label: "partition-a".into(),
-        label: spec.label.clone(),
-        lifecycle: KeyLifecycle::creating(),
-        algorithm: Some(spec.mechanism.algorithm()),
-        object_type: Some(ObjectType::SecretKey),
-        mechanism: Some(spec.mechanism),
-        generated_with: None,
-        size: spec.size,
-        attributes: spec.attributes.for_object(ObjectType::SecretKey),
-        cka_id: id.as_bytes().to_vec(),
-        object_uid: object_uid(id.as_bytes(), Some(ObjectType::SecretKey)).unwrap_or_default(),
-        sha_256_fingerprint: String::new(),
-        replication_info: BTreeMap::new(),
-        replicated: false,
-        byok_key: true,
-        origin: Origin::Cckm,
-        modulus: String::new(),
-        exponent: 0,
-        link_id: None,
+        serial_number: "1234".into(),
         ha_enabled: false,
+        members: Vec::new(),
         created_at: accepted,
         updated_at: accepted,
     };
-    let mut operation = Operation::queued(
-        Uuid::new_v4(),
-        OperationPayload::CreateKey {
-            key_id: key.id,
-            public_key_id: None,
-        },
-        accepted,
+    // The records and the queue entry a create writes together; the ids are
+    // the caller's.
+    let NewKey { keys, mut operation } = spec.new_key(&partition, Uuid::new_v4, accepted);
+    let mut key = keys.into_iter().next().ok_or("an AES create makes one record")?;
+    println!(
+        "a token is asked to make: {:?}",
+        KeyToMake::of(std::slice::from_ref(&key))?
     );
     println!(
         "accepted: key {} is {} (operation {} {:?}), queue entry {}",

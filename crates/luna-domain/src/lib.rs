@@ -290,8 +290,8 @@ pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};
 pub use job::{Job, JobEvent, JobLifecycle, JobRequest, JobScope, JobStatus, JobType};
 pub use key::{
-    Algorithm, CreateKeyRequest, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, Mechanism, NewKeySpec,
-    ObjectType, OperationKind, OperationStatus, Origin,
+    Algorithm, CreateKeyRequest, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyToMake, KeyVersion, Mechanism,
+    NewKey, NewKeySpec, ObjectType, OperationKind, OperationStatus, Origin,
 };
 pub use operation::{Operation, OperationPayload, OperationState, StoredOperation};
 pub use partition::{

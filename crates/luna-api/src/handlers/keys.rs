@@ -3,9 +3,7 @@
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::query::KeyFilters;
-use luna_domain::{
-    CreateKeyRequest, Key, KeyLifecycle, NewKeySpec, Operation, OperationPayload, Origin, Partition,
-};
+use luna_domain::{CreateKeyRequest, Key, Operation, OperationPayload};
 use luna_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -55,57 +53,6 @@ pub struct UpdateKeyBody {
     attributes: Vec<AttributeChange>,
 }
 
-/// The records of a new key (the secret key, or the private then the public
-/// key) and the operation that will make it. The private record's id is the
-/// objects' `CKA_ID`.
-fn new_key(spec: &NewKeySpec, partition: &Partition) -> (Vec<Key>, Operation) {
-    let now = luna_store::now();
-    let types = spec.mechanism.object_types();
-    let ids: Vec<Uuid> = types.iter().map(|_| Uuid::new_v4()).collect();
-    let keys: Vec<Key> = types
-        .iter()
-        .enumerate()
-        .map(|(i, object_type)| Key {
-            id: ids[i],
-            partition_id: partition.id,
-            partition_label: partition.partition_label.clone(),
-            label: spec.label.clone(),
-            lifecycle: KeyLifecycle::creating(),
-            algorithm: Some(spec.mechanism.algorithm()),
-            object_type: Some(*object_type),
-            mechanism: Some(spec.mechanism),
-            generated_with: None,
-            size: spec.size,
-            attributes: spec.attributes.for_object(*object_type),
-            cka_id: ids[0].as_bytes().to_vec(),
-            object_uid: luna_domain::key::object_uid(ids[0].as_bytes(), Some(*object_type))
-                .unwrap_or_default(),
-            sha_256_fingerprint: String::new(),
-            replication_info: Default::default(),
-            replicated: false,
-            byok_key: true,
-            origin: Origin::Cckm,
-            modulus: String::new(),
-            exponent: 0,
-            // The halves of a pair name each other.
-            link_id: (ids.len() == 2).then(|| ids[1 - i]),
-            ha_enabled: partition.ha_enabled,
-            created_at: now,
-            updated_at: now,
-        })
-        .collect();
-    let mut op = Operation::queued(
-        Uuid::new_v4(),
-        OperationPayload::CreateKey {
-            key_id: ids[0],
-            public_key_id: ids.get(1).copied(),
-        },
-        now,
-    );
-    op.partition_id = Some(partition.id);
-    (keys, op)
-}
-
 /// Creates a key (or an RSA pair) on a partition; the answer comes at once with
 /// status `in_progress`, and the key becomes `AVAILABLE` when the token has made it.
 #[utoipa::path(operation_id = "create_key", tag = "keys", security(("bearer" = [])),
@@ -153,7 +100,10 @@ pub async fn create(
         let partition = store
             .get_partition(spec.partition_id)?
             .ok_or_else(|| not_found("partition", spec.partition_id))?;
-        let (keys, mut op) = new_key(&spec, &partition);
+        let luna_domain::NewKey {
+            keys,
+            operation: mut op,
+        } = spec.new_key(&partition, Uuid::new_v4, luna_store::now());
         if let Some(reserved) = &reserved {
             let now = op.created_at;
             reserved.claim(&mut op, now)?;

@@ -58,17 +58,15 @@ impl Runner {
             .map_err(Failure::store("the connection record could not be read"))?;
         let first = partition.members.first().ok_or("the partition has no members")?;
         let token = self.tokens.member(partition.connection_id, first)?;
-        let spec = &keys[0];
-        let mechanism = spec.mechanism.ok_or("the key record names no mechanism")?;
+        // The records hold what was requested until the token says what it made.
+        let to_make = luna_domain::KeyToMake::of(&keys).map_err(|e| Failure::Final(e.to_string()))?;
         let in_domain = match partition.members.get(1) {
             Some(peer) => token
                 .shares_domain_with(&peer.serial_number)
                 .map_err(Failure::token)?,
             None => false,
         };
-        // The records hold what was requested until the token says what it made.
-        let mut attributes: luna_domain::AttributeSet =
-            keys.iter().flat_map(|k| k.attributes.iter()).collect();
+        let mut attributes = to_make.attributes;
         if in_domain {
             // Within a cloning domain only the domain may wrap the key, so it is
             // made extractable on the token (to clone) whatever the user chose;
@@ -76,10 +74,10 @@ impl Runner {
             attributes.insert(luna_domain::Attribute::Extractable);
         }
         let request = GenerateRequest {
-            cka_id: spec.cka_id.clone(),
-            label: spec.label.clone(),
-            mechanism,
-            size: spec.size,
+            cka_id: to_make.cka_id,
+            label: to_make.label,
+            mechanism: to_make.mechanism,
+            size: to_make.size,
             attributes,
             remap,
             retry: op.tried_before(),

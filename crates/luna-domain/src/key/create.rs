@@ -1,12 +1,15 @@
 //! A create request and its rules: mechanism, size, label, partition and
 //! attributes, each refused with a sentence.
 
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attribute::AttributeSet;
 use crate::error::{DomainError, Result};
+use crate::operation::{Operation, OperationPayload};
+use crate::partition::Partition;
 
-use super::Mechanism;
+use super::{object_uid, Key, KeyLifecycle, Mechanism, Origin};
 
 /// The size a key may have, checked against its mechanism: the size in bits
 /// if its algorithm allows it, else a sentence listing the allowed sizes.
@@ -51,6 +54,120 @@ pub struct NewKeySpec {
     pub mechanism: Mechanism,
     /// As requested; `for_object` gives what each half of an RSA pair gets.
     pub attributes: AttributeSet,
+}
+
+/// A key about to be made: its records (the secret key, or the private
+/// then the public key, which name each other) and the queued operation
+/// that makes them. Written together, they are what the accept promises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewKey {
+    /// The records, `in_progress`/`keycreate`; the first one's id is the
+    /// objects' `CKA_ID`.
+    pub keys: Vec<Key>,
+    /// The `CreateKey` operation, queued on the key's partition.
+    pub operation: Operation,
+}
+
+impl NewKeySpec {
+    /// The key this spec asks for on `partition` (whose id it names), made
+    /// at `now`. The ids come from `new_id`, called once for each record
+    /// and once for the operation: the domain draws none, so the same ids
+    /// give the same key.
+    pub fn new_key(
+        &self,
+        partition: &Partition,
+        mut new_id: impl FnMut() -> Uuid,
+        now: OffsetDateTime,
+    ) -> NewKey {
+        let types = self.mechanism.object_types();
+        let ids: Vec<Uuid> = types.iter().map(|_| new_id()).collect();
+        let keys = types
+            .iter()
+            .zip(&ids)
+            .map(|(object_type, id)| Key {
+                id: *id,
+                partition_id: partition.id,
+                partition_label: partition.partition_label.clone(),
+                label: self.label.clone(),
+                lifecycle: KeyLifecycle::creating(),
+                algorithm: Some(self.mechanism.algorithm()),
+                object_type: Some(*object_type),
+                mechanism: Some(self.mechanism),
+                generated_with: None,
+                size: self.size,
+                attributes: self.attributes.for_object(*object_type),
+                cka_id: ids[0].as_bytes().to_vec(),
+                object_uid: object_uid(ids[0].as_bytes(), Some(*object_type)).unwrap_or_default(),
+                sha_256_fingerprint: String::new(),
+                replication_info: Default::default(),
+                replicated: false,
+                byok_key: true,
+                origin: Origin::Cckm,
+                modulus: String::new(),
+                exponent: 0,
+                // The halves of a pair name each other.
+                link_id: ids.iter().find(|other| *other != id).copied(),
+                ha_enabled: partition.ha_enabled,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        let mut operation = Operation::queued(
+            new_id(),
+            OperationPayload::CreateKey {
+                key_id: ids[0],
+                public_key_id: ids.get(1).copied(),
+            },
+            now,
+        );
+        operation.partition_id = Some(partition.id);
+        NewKey { keys, operation }
+    }
+}
+
+/// What a token is asked to generate for a create's records: the objects'
+/// `CKA_ID`, label, mechanism and size, and the attributes of every half.
+/// A worker reads it off the records the create wrote (handed over by the
+/// accept, or read back from the store), so what is made is what was
+/// promised, whoever runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyToMake {
+    /// Shared by both halves of a pair.
+    pub cka_id: Vec<u8>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// As asked; the token may run its remap target instead.
+    pub mechanism: Mechanism,
+    /// In bits.
+    pub size: u32,
+    /// True on one half or the other.
+    pub attributes: AttributeSet,
+}
+
+impl KeyToMake {
+    /// From a create's records (the secret key, or the private then the
+    /// public key); an error if they are not a create's.
+    pub fn of(keys: &[Key]) -> Result<KeyToMake> {
+        let first = keys
+            .first()
+            .ok_or_else(|| DomainError::invalid("a create has at least one key record"))?;
+        let mechanism = first.mechanism.ok_or_else(|| {
+            DomainError::invalid(format!(
+                "key {} names no mechanism: it was not made by a create",
+                first.id
+            ))
+        })?;
+        if keys.iter().any(|k| k.cka_id != first.cka_id) {
+            return Err(DomainError::invalid("the records of one create share one CKA_ID"));
+        }
+        Ok(KeyToMake {
+            cka_id: first.cka_id.clone(),
+            label: first.label.clone(),
+            mechanism,
+            size: first.size,
+            attributes: keys.iter().flat_map(|k| k.attributes.iter()).collect(),
+        })
+    }
 }
 
 /// Labels are stored in `CKA_LABEL` and shown in lists, so they are kept printable.
@@ -224,5 +341,118 @@ mod tests {
             let err = req.validate().unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} should contain {expected:?}");
         }
+    }
+
+    fn partition(ha: bool) -> Partition {
+        Partition {
+            id: Uuid::from_u128(9),
+            connection_id: Uuid::from_u128(8),
+            partition_label: "p1".into(),
+            serial_number: "1234".into(),
+            ha_enabled: ha,
+            members: Vec::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_pair_is_two_records_naming_each_other_and_one_queued_create() {
+        let spec = request(
+            "CKM_RSA_PKCS_KEY_PAIR_GEN",
+            2048,
+            &["CKA_SIGN", "CKA_VERIFY", "CKA_EXTRACTABLE"],
+        )
+        .validate()
+        .unwrap();
+        let mut next = 0u128;
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let made = spec.new_key(
+            &partition(true),
+            || {
+                next += 1;
+                Uuid::from_u128(next)
+            },
+            now,
+        );
+        let [private, public] = &made.keys[..] else {
+            panic!("{made:?}")
+        };
+        assert_eq!(
+            (private.id, public.id, made.operation.id),
+            (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3))
+        );
+        assert_eq!(
+            (private.link_id, public.link_id),
+            (Some(public.id), Some(private.id))
+        );
+        assert_eq!(
+            (private.object_type, public.object_type),
+            (Some(ObjectType::PrivateKey), Some(ObjectType::PublicKey))
+        );
+        assert_eq!(private.cka_id, public.cka_id);
+        assert_eq!(private.cka_id, private.id.as_bytes().to_vec());
+        assert!(
+            private.attributes.contains(crate::Attribute::Sign)
+                && !private.attributes.contains(crate::Attribute::Verify)
+        );
+        assert!(
+            public.attributes.contains(crate::Attribute::Verify)
+                && !public.attributes.contains(crate::Attribute::Sign)
+        );
+        assert!(made
+            .keys
+            .iter()
+            .all(|k| k.ha_enabled && k.created_at == now && k.partition_label == "p1"));
+        assert_eq!(made.operation.partition_id, Some(Uuid::from_u128(9)));
+        assert_eq!(
+            made.operation.payload,
+            OperationPayload::CreateKey {
+                key_id: private.id,
+                public_key_id: Some(public.id)
+            }
+        );
+        // What the token is asked to make: one CKA_ID, every half's attributes.
+        let to_make = KeyToMake::of(&made.keys).unwrap();
+        assert_eq!(
+            (to_make.mechanism, to_make.size, to_make.label.as_str()),
+            (spec.mechanism, 2048, "hsm-key")
+        );
+        assert_eq!(to_make.cka_id, private.cka_id);
+        assert_eq!(
+            to_make.attributes,
+            private
+                .attributes
+                .iter()
+                .chain(public.attributes.iter())
+                .collect()
+        );
+    }
+
+    #[test]
+    fn an_aes_key_is_one_record_and_records_of_no_create_are_refused() {
+        let spec = request("CKM_AES_KEY_GEN", 256, &["CKA_ENCRYPT"])
+            .validate()
+            .unwrap();
+        let made = spec.new_key(&partition(false), Uuid::new_v4, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(made.keys.len(), 1);
+        assert_eq!(
+            (made.keys[0].link_id, made.keys[0].algorithm),
+            (None, Some(Algorithm::Aes))
+        );
+        assert!(KeyToMake::of(&[]).is_err());
+        let mut found = made.keys[0].clone();
+        found.mechanism = None;
+        assert!(KeyToMake::of(&[found])
+            .unwrap_err()
+            .to_string()
+            .contains("names no mechanism"));
+        let mut other = made.keys.clone();
+        other.push(
+            spec.new_key(&partition(false), Uuid::new_v4, OffsetDateTime::UNIX_EPOCH)
+                .keys
+                .remove(0),
+        );
+        assert!(KeyToMake::of(&other).is_err(), "two creates' records");
     }
 }

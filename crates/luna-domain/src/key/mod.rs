@@ -20,7 +20,9 @@ use uuid::Uuid;
 use crate::attribute::AttributeSet;
 use crate::error::Result;
 
-pub use create::{check_label, check_size, parse_id, CreateKeyRequest, NewKeySpec, MAX_LABEL_CHARS};
+pub use create::{
+    check_label, check_size, parse_id, CreateKeyRequest, KeyToMake, NewKey, NewKeySpec, MAX_LABEL_CHARS,
+};
 pub use lifecycle::{KeyEvent, KeyLifecycle};
 pub use update::{check_update, AttributeChangeRequest};
 pub use vocabulary::{Algorithm, KeyStatus, Mechanism, ObjectType, OperationKind, OperationStatus, Origin};
