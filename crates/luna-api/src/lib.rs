@@ -7,6 +7,7 @@
 //! never on an async worker; every mutating request records its work as a
 //! durable operation in the same transaction as its records, before it answers.
 
+pub mod audit;
 pub mod auth;
 pub mod certificate;
 pub mod console;

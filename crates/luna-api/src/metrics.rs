@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use actix_web::{get, web, HttpResponse};
 use luna_domain::query::{parse_list_query, JobFilters};
 use luna_domain::{JobStatus, JobType};
-use luna_pkcs11::{
-    GenerateRequest, Generated, ObjectDescription, ObjectRef, Portable, Reachability, ScanOutcome, Token,
-    TokenInfo, TransportOffer,
-};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -156,7 +152,8 @@ impl Metrics {
             .map(|(function, since)| (*function, since.elapsed()))
     }
 
-    fn timed<T>(
+    /// Runs a token call, timed, its error counted by code (`tokens::Metered`).
+    pub(crate) fn timed<T>(
         &self,
         function: &'static str,
         call: impl FnOnce() -> luna_pkcs11::Result<T>,
@@ -171,7 +168,7 @@ impl Metrics {
     }
 
     /// Runs a token call, timed and listed in flight on this thread (for the watchdog).
-    fn tracked<T>(&self, function: &'static str, call: impl FnOnce() -> T) -> T {
+    pub(crate) fn tracked<T>(&self, function: &'static str, call: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let thread = std::thread::current().id();
         // A call made inside another (none today) keeps the outer one's start.
@@ -215,101 +212,6 @@ fn catch_up(counter: &IntCounter, total: u64) {
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);
-    }
-}
-
-/// A token whose every call is timed and whose errors are counted.
-#[derive(Debug)]
-pub struct Metered {
-    pub inner: Arc<dyn Token>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Token for Metered {
-    fn info(&self) -> &TokenInfo {
-        self.inner.info()
-    }
-    fn reachability(&self) -> Reachability {
-        self.inner.reachability()
-    }
-    fn probe(&self) -> Reachability {
-        self.metrics.tracked("probe", || self.inner.probe())
-    }
-    fn generate(&self, request: &GenerateRequest) -> luna_pkcs11::Result<Generated> {
-        self.metrics.timed("generate", || self.inner.generate(request))
-    }
-    fn find_by_id(&self, cka_id: &[u8]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
-        self.metrics.timed("find_by_id", || self.inner.find_by_id(cka_id))
-    }
-    fn describe(&self, object: ObjectRef) -> luna_pkcs11::Result<ObjectDescription> {
-        self.metrics.timed("describe", || self.inner.describe(object))
-    }
-    fn describe_many(&self, objects: &[ObjectRef]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
-        self.metrics
-            .timed("describe_many", || self.inner.describe_many(objects))
-    }
-    fn set_attributes(
-        &self,
-        object: ObjectRef,
-        changes: &[(luna_domain::Attribute, bool)],
-    ) -> luna_pkcs11::Result<()> {
-        self.metrics
-            .timed("set_attributes", || self.inner.set_attributes(object, changes))
-    }
-    fn destroy(&self, object: ObjectRef) -> luna_pkcs11::Result<()> {
-        self.metrics.timed("destroy", || self.inner.destroy(object))
-    }
-    fn scan(
-        &self,
-        batch_size: usize,
-        visit: &mut dyn FnMut(&[ObjectRef]) -> std::ops::ControlFlow<()>,
-    ) -> luna_pkcs11::Result<ScanOutcome> {
-        self.metrics.timed("scan", || self.inner.scan(batch_size, visit))
-    }
-    fn scan_described(
-        &self,
-        batch_size: usize,
-        visit: &mut dyn FnMut(Vec<ObjectDescription>) -> std::ops::ControlFlow<()>,
-    ) -> luna_pkcs11::Result<ScanOutcome> {
-        self.metrics
-            .timed("scan_described", || self.inner.scan_described(batch_size, visit))
-    }
-    fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> luna_pkcs11::Result<Portable> {
-        self.metrics
-            .timed("export", || self.inner.export_to(object, target_serial))
-    }
-    fn import_from(
-        &self,
-        portable: &Portable,
-        source_serial: &str,
-    ) -> luna_pkcs11::Result<ObjectDescription> {
-        self.metrics
-            .timed("import", || self.inner.import_from(portable, source_serial))
-    }
-    fn shares_domain_with(&self, peer_serial: &str) -> luna_pkcs11::Result<bool> {
-        self.metrics.timed("shares_domain_with", || {
-            self.inner.shares_domain_with(peer_serial)
-        })
-    }
-    fn offer_transport(&self) -> luna_pkcs11::Result<TransportOffer> {
-        self.metrics
-            .timed("offer_transport", || self.inner.offer_transport())
-    }
-    fn export_for_offer(
-        &self,
-        object: &ObjectDescription,
-        offer: &TransportOffer,
-    ) -> luna_pkcs11::Result<Portable> {
-        self.metrics
-            .timed("export", || self.inner.export_for_offer(object, offer))
-    }
-    fn import_offered(
-        &self,
-        portable: &Portable,
-        offer: &TransportOffer,
-    ) -> luna_pkcs11::Result<ObjectDescription> {
-        self.metrics
-            .timed("import", || self.inner.import_offered(portable, offer))
     }
 }
 

@@ -13,47 +13,12 @@ pub const HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// A mutating request's audit record, for a handler that writes it in the
-/// transaction of its own change (then the middleware does not write it
-/// again): what the middleware knows of the request, and the mark.
-#[derive(Debug, Clone)]
-pub struct RequestAudit {
-    username: String,
-    target: String,
-    request_id: String,
-    client: String,
-    written: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The user a request without a bearer token says it acts for (a
-    /// password change names its user in the body).
-    claimed: std::sync::Arc<std::sync::OnceLock<String>>,
-}
-
-impl RequestAudit {
-    /// The record of the request `action` (`"POST /api/v1/…"`, the route
-    /// as the middleware names it) answered `status`.
-    pub fn entry(&self, action: &str, status: u16) -> luna_store::AuditEntry {
-        luna_store::AuditEntry {
-            at: luna_store::now(),
-            username: match self.claimed.get() {
-                Some(claimed) if self.username == "-" => claimed.clone(),
-                _ => self.username.clone(),
-            },
-            action: action.to_owned(),
-            target: self.target.clone(),
-            outcome: status.to_string(),
-            request_id: self.request_id.clone(),
-            client: self.client.clone(),
-        }
-    }
-
-    /// The request, sent without a bearer token, names the user it acts for.
-    pub fn claimed_by(&self, username: &str) {
-        let _first_claim_wins = self.claimed.set(username.to_owned());
-    }
-
-    /// The handler's transaction that held the record committed.
-    pub fn written(&self) {
-        self.written.store(true, std::sync::atomic::Ordering::SeqCst);
+impl RequestId {
+    /// The id of `req` (`-` outside the middleware, as in a unit test).
+    pub fn of(req: &actix_web::HttpRequest) -> String {
+        actix_web::HttpMessage::extensions(req)
+            .get::<RequestId>()
+            .map_or_else(|| "-".to_owned(), |r| r.0.clone())
     }
 }
 
@@ -79,7 +44,8 @@ pub async fn middleware(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let client = req.connection_info().peer_addr().unwrap_or("-").to_owned();
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
-    // Every mutating request is audited (logins: only failures, by their handler).
+    // Every mutating request is audited (logins: only failures, by their
+    // handler), under the bearer token's user (checked), or `-`.
     let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
     let login = req.method() == actix_web::http::Method::POST && req.path() == "/api/v1/auth/tokens";
     let audited = (!reads.contains(req.method()) && !login).then(|| {
@@ -94,14 +60,7 @@ pub async fn middleware(
                 state.auth.verify(bearer).ok()
             })
             .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
-        RequestAudit {
-            username,
-            target: req.path().to_owned(),
-            request_id: id.clone(),
-            client: client.clone(),
-            written: Default::default(),
-            claimed: Default::default(),
-        }
+        crate::audit::RequestAudit::new(username, req.path(), &id, &client)
     });
     if let Some(audit) = &audited {
         actix_web::HttpMessage::extensions_mut(&req).insert(audit.clone());
@@ -119,10 +78,10 @@ pub async fn middleware(
             status,
             started.elapsed().as_secs_f64(),
         );
-        let unwritten = audited.filter(|a| !a.written.load(std::sync::atomic::Ordering::SeqCst));
+        let unwritten = audited.filter(|a| !a.is_written());
         if let Some(audit) = unwritten {
             let entry = audit.entry(&format!("{} {route}", request.method()), status);
-            crate::handlers::audit::record(state, entry)
+            crate::audit::record(&state.store, entry)
                 .instrument(span.clone())
                 .await;
         }

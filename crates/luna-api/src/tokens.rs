@@ -8,7 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use luna_domain::Member;
-use luna_pkcs11::{Module, Reachability, Token, TokenError, TokenInfo};
+use luna_pkcs11::{
+    GenerateRequest, Generated, Module, ObjectDescription, ObjectRef, Portable, Reachability, ScanOutcome,
+    Token, TokenError, TokenInfo, TransportOffer,
+};
 use luna_store::Store;
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -198,7 +201,7 @@ impl OpenTokens {
             Err(error) => return Err(self.not_opened(key, member, &error)),
         };
         // Every call of the service's on a member token is timed and its errors counted.
-        let token: Arc<dyn Token> = Arc::new(crate::metrics::Metered {
+        let token: Arc<dyn Token> = Arc::new(Metered {
             inner: token,
             metrics: Arc::clone(&self.metrics),
         });
@@ -400,5 +403,100 @@ fn unreachable(member: &Member, error: &TokenError) -> Unavailable {
         transient: error.is_transient(),
         missing_here: matches!(error, TokenError::TokenNotFound { .. }),
         away: None,
+    }
+}
+
+/// A token whose every call is timed and whose errors are counted.
+#[derive(Debug)]
+pub struct Metered {
+    pub inner: Arc<dyn Token>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Token for Metered {
+    fn info(&self) -> &TokenInfo {
+        self.inner.info()
+    }
+    fn reachability(&self) -> Reachability {
+        self.inner.reachability()
+    }
+    fn probe(&self) -> Reachability {
+        self.metrics.tracked("probe", || self.inner.probe())
+    }
+    fn generate(&self, request: &GenerateRequest) -> luna_pkcs11::Result<Generated> {
+        self.metrics.timed("generate", || self.inner.generate(request))
+    }
+    fn find_by_id(&self, cka_id: &[u8]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
+        self.metrics.timed("find_by_id", || self.inner.find_by_id(cka_id))
+    }
+    fn describe(&self, object: ObjectRef) -> luna_pkcs11::Result<ObjectDescription> {
+        self.metrics.timed("describe", || self.inner.describe(object))
+    }
+    fn describe_many(&self, objects: &[ObjectRef]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
+        self.metrics
+            .timed("describe_many", || self.inner.describe_many(objects))
+    }
+    fn set_attributes(
+        &self,
+        object: ObjectRef,
+        changes: &[(luna_domain::Attribute, bool)],
+    ) -> luna_pkcs11::Result<()> {
+        self.metrics
+            .timed("set_attributes", || self.inner.set_attributes(object, changes))
+    }
+    fn destroy(&self, object: ObjectRef) -> luna_pkcs11::Result<()> {
+        self.metrics.timed("destroy", || self.inner.destroy(object))
+    }
+    fn scan(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(&[ObjectRef]) -> std::ops::ControlFlow<()>,
+    ) -> luna_pkcs11::Result<ScanOutcome> {
+        self.metrics.timed("scan", || self.inner.scan(batch_size, visit))
+    }
+    fn scan_described(
+        &self,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<ObjectDescription>) -> std::ops::ControlFlow<()>,
+    ) -> luna_pkcs11::Result<ScanOutcome> {
+        self.metrics
+            .timed("scan_described", || self.inner.scan_described(batch_size, visit))
+    }
+    fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> luna_pkcs11::Result<Portable> {
+        self.metrics
+            .timed("export", || self.inner.export_to(object, target_serial))
+    }
+    fn import_from(
+        &self,
+        portable: &Portable,
+        source_serial: &str,
+    ) -> luna_pkcs11::Result<ObjectDescription> {
+        self.metrics
+            .timed("import", || self.inner.import_from(portable, source_serial))
+    }
+    fn shares_domain_with(&self, peer_serial: &str) -> luna_pkcs11::Result<bool> {
+        self.metrics.timed("shares_domain_with", || {
+            self.inner.shares_domain_with(peer_serial)
+        })
+    }
+    fn offer_transport(&self) -> luna_pkcs11::Result<TransportOffer> {
+        self.metrics
+            .timed("offer_transport", || self.inner.offer_transport())
+    }
+    fn export_for_offer(
+        &self,
+        object: &ObjectDescription,
+        offer: &TransportOffer,
+    ) -> luna_pkcs11::Result<Portable> {
+        self.metrics
+            .timed("export", || self.inner.export_for_offer(object, offer))
+    }
+    fn import_offered(
+        &self,
+        portable: &Portable,
+        offer: &TransportOffer,
+    ) -> luna_pkcs11::Result<ObjectDescription> {
+        self.metrics
+            .timed("import", || self.inner.import_offered(portable, offer))
     }
 }

@@ -232,3 +232,17 @@ fn no_route_is_registered_outside_a_handler_annotation() {
         }
     }
 }
+
+/// The audit module is what the middleware, the handlers and the runner
+/// all call; it uses none of them (nor any other module of the crate), so
+/// none of them forms a cycle through it.
+#[test]
+fn the_audit_module_depends_on_no_other_module_of_the_crate() {
+    let (file, text) = sources()
+        .into_iter()
+        .find(|(f, _)| f.ends_with("src/audit.rs"))
+        .unwrap();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        assert!(!line.contains("crate::"), "{}: {line}", file.display());
+    }
+}

@@ -2,7 +2,6 @@
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use luna_domain::query::AuditFilters;
-use luna_store::AuditEntry;
 
 use super::{blocking, list_query, listing};
 use crate::auth::Administrator;
@@ -44,12 +43,4 @@ pub async fn verify(state: web::Data<AppState>, _caller: Administrator) -> Resul
     let store = state.store.clone();
     let check = blocking(move || Ok(store.verify_audit()?)).await?;
     Ok(HttpResponse::Ok().json(ChainCheck::from(check)))
-}
-
-/// Appends a record; a failure is logged, never the request's undoing.
-pub(crate) async fn record(state: &AppState, entry: AuditEntry) {
-    let store = state.store.clone();
-    if let Err(error) = blocking(move || Ok(store.append_audit(&entry)?)).await {
-        tracing::error!(%error, "an audit record could not be written");
-    }
 }

@@ -13,6 +13,7 @@ use crate::auth::{
     REFRESH_TOKEN_TTL,
 };
 use crate::error::ApiError;
+use crate::request_id::RequestId;
 use crate::state::AppState;
 use crate::view::TokenAnswer;
 
@@ -100,7 +101,8 @@ pub async fn token(
         Grant::RefreshToken => {
             let answer = issue(&state, grant, body).await;
             if let Err(ApiError::Unauthorized(reason)) = &answer {
-                audit_refusal(&state, &req, "-", "login", reason).await;
+                let entry = crate::audit::refusal(&req, &RequestId::of(&req), "-", "login", reason);
+                crate::audit::record(&state.store, entry).await;
             }
             answer
         }
@@ -133,31 +135,15 @@ async fn throttled<T>(
     match &answer {
         Ok(_) => state.logins.succeeded(attempted, &client),
         Err(ApiError::Unauthorized(reason)) => {
-            audit_refusal(state, req, attempted, action, reason).await;
-            if let Some(audit) =
-                actix_web::HttpMessage::extensions(req).get::<crate::request_id::RequestAudit>()
-            {
+            let entry = crate::audit::refusal(req, &RequestId::of(req), attempted, action, reason);
+            crate::audit::record(&state.store, entry).await;
+            if let Some(audit) = crate::audit::RequestAudit::in_request(req) {
                 audit.written();
             }
         }
         Err(_) => {}
     }
     answer
-}
-
-async fn audit_refusal(state: &AppState, req: &HttpRequest, attempted: &str, action: &str, reason: &str) {
-    let entry = luna_store::AuditEntry {
-        at: luna_store::now(),
-        username: attempted.to_owned(),
-        action: action.into(),
-        target: req.path().to_owned(),
-        outcome: format!("401 {reason}"),
-        request_id: actix_web::HttpMessage::extensions(req)
-            .get::<crate::request_id::RequestId>()
-            .map_or_else(|| "-".to_owned(), |r| r.0.clone()),
-        client: req.connection_info().peer_addr().unwrap_or("-").to_owned(),
-    };
-    crate::handlers::audit::record(state, entry).await;
 }
 
 /// The user whose name and password these are; a 401 (logged) otherwise,
@@ -297,7 +283,7 @@ pub async fn change_password(
     })?;
     let new_password = crate::handlers::users::checked_password("new_password", body.new_password)?;
     let password = body.password.unwrap_or_else(|| SecretString::from(""));
-    if let Some(audit) = actix_web::HttpMessage::extensions(&req).get::<crate::request_id::RequestAudit>() {
+    if let Some(audit) = crate::audit::RequestAudit::in_request(&req) {
         audit.claimed_by(&username);
     }
     let store = state.store.clone();

@@ -93,9 +93,7 @@ pub async fn create(
     // This instance runs the create at once if it has room: claimed in the
     // accept's transaction, with the request's audit record.
     let reserved = state.runner.reserve(spec.partition_id);
-    let audit = actix_web::HttpMessage::extensions(&req)
-        .get::<crate::request_id::RequestAudit>()
-        .cloned();
+    let audit = crate::audit::RequestAudit::in_request(&req);
     let (keys, op, reserved) = blocking(move || {
         let partition = store
             .get_partition(spec.partition_id)?

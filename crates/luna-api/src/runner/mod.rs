@@ -708,20 +708,7 @@ impl Runner {
         let mut finished = op;
         finished.finish(result, now)?;
         // Every operation's outcome enters the audit trail, in the same transaction.
-        let entry = luna_store::AuditEntry {
-            at: now,
-            username: "luna-server".into(),
-            action: format!("operation {}", finished.payload.kind_name()),
-            target: finished.payload.target().to_string(),
-            outcome: match &finished.last_error() {
-                Some(reason) if finished.state() == luna_domain::OperationState::Failed => {
-                    format!("failed: {reason}")
-                }
-                _ => "succeeded".into(),
-            },
-            request_id: finished.id.to_string(),
-            client: self.owner.clone(),
-        };
+        let entry = crate::audit::outcome(&finished, &self.owner, now);
         let recorded = self.store.finish_operation(&finished, &lease, &keys, &entry)?;
         Ok(Done::held(recorded, Done::Recorded))
     }
