@@ -122,7 +122,7 @@ pub struct KeyView {
 
 impl KeyView {
     pub fn new(key: &Key, tenancy: &Tenancy) -> KeyView {
-        let life = &key.lifecycle;
+        let life = &key.lifecycle();
         // As the reference shows: algorithm, object type and link are blank until the objects exist.
         let made = life.status() != luna_domain::KeyStatus::InProgress;
         KeyView {
@@ -514,7 +514,7 @@ impl JobView {
         JobView {
             resource: Resource::new("synchronize", job.id, job.created_at, job.updated_at, tenancy),
             completed_at: job.completed_at.map(timestamp),
-            overall_status: job.lifecycle.status().as_str(),
+            overall_status: job.lifecycle().status().as_str(),
             detailed_status: job
                 .detailed_status
                 .iter()
@@ -522,7 +522,7 @@ impl JobView {
                 .collect(),
             cloud: "hsm-luna",
             partitions: job.partitions.iter().map(Uuid::to_string).collect(),
-            abort: job.lifecycle.abort(),
+            abort: job.lifecycle().abort(),
             job_type: job.job_type.as_str(),
         }
     }

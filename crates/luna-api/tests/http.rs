@@ -174,7 +174,7 @@ on_both_backends! {
         let id = uuid::Uuid::parse_str(&id.expect("a worker was seen holding a create")).unwrap();
         let db = api.stop();
         let key = db.store.get_key(id).unwrap().unwrap();
-        assert_eq!(key.lifecycle.status(), luna_domain::KeyStatus::Available, "the create in flight was finished before the stop");
+        assert_eq!(key.lifecycle().status(), luna_domain::KeyStatus::Available, "the create in flight was finished before the stop");
         assert!(db.store.operation_counts().unwrap().iter().all(|(s, _)| *s != luna_domain::OperationState::Running));
     }
 

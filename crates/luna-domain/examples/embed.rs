@@ -103,12 +103,14 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     println!(
         "accepted: key {} is {} (operation {} {:?}), queue entry {}",
         key.object_uid,
-        key.lifecycle.status(),
-        key.lifecycle.operation(),
-        key.lifecycle.operation_status().wire(key.lifecycle.operation()),
+        key.lifecycle().status(),
+        key.lifecycle().operation(),
+        key.lifecycle()
+            .operation_status()
+            .wire(key.lifecycle().operation()),
         operation.state()
     );
-    let busy = refusal(key.lifecycle.next(&KeyEvent::Begin(OperationKind::KeyUpdate)))?;
+    let busy = refusal(key.lifecycle().next(&KeyEvent::Begin(OperationKind::KeyUpdate)))?;
     println!("a PATCH meanwhile is refused (409): {busy}");
 
     let claimed = accepted + Duration::seconds(1);
@@ -124,11 +126,13 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
     operation.finish(Ok(()), done)?;
     println!(
         "made: key is {} (operation_status {:?}), queue entry {}",
-        key.lifecycle.status(),
-        key.lifecycle.operation_status().wire(key.lifecycle.operation()),
+        key.lifecycle().status(),
+        key.lifecycle()
+            .operation_status()
+            .wire(key.lifecycle().operation()),
         operation.state()
     );
-    if key.lifecycle.status() != KeyStatus::Available {
+    if key.lifecycle().status() != KeyStatus::Available {
         return Err("a finished create leaves the key AVAILABLE".into());
     }
     Ok(key)
@@ -139,13 +143,16 @@ fn delete_the_key(mut key: Key, at: OffsetDateTime) -> Outcome {
     key.apply(&KeyEvent::Begin(OperationKind::KeyDestroy), at)?;
     println!(
         "delete begun: {} {} {}",
-        key.lifecycle.status(),
-        key.lifecycle.operation(),
-        key.lifecycle.operation_status()
+        key.lifecycle().status(),
+        key.lifecycle().operation(),
+        key.lifecycle().operation_status()
     );
     key.apply(&KeyEvent::Succeeded, at)?;
-    println!("deleted on every member: {}", key.lifecycle.status());
-    let again = refusal(key.lifecycle.next(&KeyEvent::Begin(OperationKind::KeyReplicate)))?;
+    println!("deleted on every member: {}", key.lifecycle().status());
+    let again = refusal(
+        key.lifecycle()
+            .next(&KeyEvent::Begin(OperationKind::KeyReplicate)),
+    )?;
     println!("replicating it now is refused (409): {again}");
     let illegal = refusal(key.apply(&KeyEvent::Vanished, at))?;
     println!("and so is any move the machine lacks: {illegal}");
@@ -211,7 +218,7 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
     println!(
         "job {} {} over {} partition(s)",
         job.job_type,
-        job.lifecycle.status(),
+        job.lifecycle().status(),
         job.partitions.len()
     );
 
@@ -280,7 +287,7 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
             "update {} {:?}: {}, if still as read at {}",
             key.id,
             key.label,
-            key.lifecycle.status(),
+            key.lifecycle().status(),
             read_at.updated_at
         );
     }
@@ -288,13 +295,13 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
     let deleted = planned
         .updated
         .iter()
-        .any(|(k, _)| k.id == records[0].id && k.lifecycle.status() == KeyStatus::Deleted);
+        .any(|(k, _)| k.id == records[0].id && k.lifecycle().status() == KeyStatus::Deleted);
     if !(linked && deleted) {
         return Err("the plan should insert a linked pair and end the retired key DELETED".into());
     }
 
     job.apply(JobEvent::Complete, now)?;
-    println!("job {} at {:?}", job.lifecycle.status(), job.completed_at);
+    println!("job {} at {:?}", job.lifecycle().status(), job.completed_at);
     println!(
         "cancelling it now is refused (409): {}",
         refusal(job.apply(JobEvent::RequestCancel, now))?

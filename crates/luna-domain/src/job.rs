@@ -199,14 +199,20 @@ impl JobLifecycle {
 /// A refresh or synchronize job: one request, covering one or more partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
+    data: JobData,
+    lifecycle: JobLifecycle,
+}
+
+/// What a job record holds besides its lifecycle, which is private to
+/// [`Job`]: it moves only through [`Job::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobData {
     /// The job's id, the caller's (as every id in this crate).
     pub id: Uuid,
     /// What the job does.
     pub job_type: JobType,
     /// The partitions it covers, resolved from its [`JobScope`].
     pub partitions: Vec<Uuid>,
-    /// Its status and cancel flag.
-    pub lifecycle: JobLifecycle,
     /// Partition id → `in_progress`, `completed`, `cancelled` or a failure sentence.
     pub detailed_status: BTreeMap<Uuid, String>,
     /// When the job was accepted.
@@ -217,6 +223,20 @@ pub struct Job {
     pub completed_at: Option<OffsetDateTime>,
 }
 
+impl std::ops::Deref for Job {
+    type Target = JobData;
+
+    fn deref(&self) -> &JobData {
+        &self.data
+    }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut JobData {
+        &mut self.data
+    }
+}
+
 impl Job {
     /// A job accepted at `now`, with every partition `in_progress`.
     pub fn new(id: Uuid, job_type: JobType, partitions: Vec<Uuid>, now: OffsetDateTime) -> Job {
@@ -225,15 +245,29 @@ impl Job {
             .map(|p| (*p, JobStatus::InProgress.as_str().to_owned()))
             .collect();
         Job {
-            id,
-            job_type,
-            partitions,
+            data: JobData {
+                id,
+                job_type,
+                partitions,
+                detailed_status,
+                created_at: now,
+                updated_at: now,
+                completed_at: None,
+            },
             lifecycle: JobLifecycle::started(),
-            detailed_status,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
         }
+    }
+
+    /// A job read back from storage, its lifecycle restored
+    /// ([`JobLifecycle::restore`]). Afterwards the lifecycle moves only
+    /// through [`Job::apply`].
+    pub fn restored(data: JobData, lifecycle: JobLifecycle) -> Job {
+        Job { data, lifecycle }
+    }
+
+    /// Its status and cancel flag.
+    pub fn lifecycle(&self) -> &JobLifecycle {
+        &self.lifecycle
     }
 
     /// Moves the job's life on at `now`, stamping `updated_at`, and

@@ -67,13 +67,10 @@
 //! refuses what the machine does not allow and leaves the record as it was.
 //!
 //! ```
-//! use std::collections::BTreeMap;
-//!
 //! use time::{Duration, OffsetDateTime};
-//! use luna_domain::key::object_uid;
 //! use luna_domain::{
-//!     CreateKeyRequest, DomainError, Key, KeyEvent, KeyLifecycle, KeyStatus, ObjectType,
-//!     OperationKind, OperationStatus, Origin,
+//!     CreateKeyRequest, DomainError, KeyEvent, KeyStatus, NewKey, OperationKind, OperationStatus,
+//!     Partition,
 //! };
 //! use uuid::Uuid;
 //!
@@ -85,54 +82,43 @@
 //!     attributes: vec!["CKA_ENCRYPT".into()],
 //! }
 //! .validate()?;
-//! let id = Uuid::new_v4();
 //! let accepted = OffsetDateTime::now_utc();
-//! let mut key = Key {
-//!     id,
-//!     partition_id: spec.partition_id,
+//! // The partition as the service's store gives it back.
+//! let partition = Partition {
+//!     id: spec.partition_id,
+//!     connection_id: Uuid::new_v4(),
 //!     partition_label: "partition-a".into(),
-//!     label: spec.label.clone(),
-//!     lifecycle: KeyLifecycle::creating(),
-//!     algorithm: Some(spec.mechanism.algorithm()),
-//!     object_type: Some(ObjectType::SecretKey),
-//!     mechanism: Some(spec.mechanism),
-//!     generated_with: None,
-//!     size: spec.size,
-//!     attributes: spec.attributes.for_object(ObjectType::SecretKey),
-//!     // The record's id is the object's CKA_ID: the object is findable on
-//!     // every member, and its object_uid is known before it exists.
-//!     cka_id: id.as_bytes().to_vec(),
-//!     object_uid: object_uid(id.as_bytes(), Some(ObjectType::SecretKey)).unwrap_or_default(),
-//!     sha_256_fingerprint: String::new(),
-//!     replication_info: BTreeMap::new(),
-//!     replicated: false,
-//!     byok_key: true,
-//!     origin: Origin::Cckm,
-//!     modulus: String::new(),
-//!     exponent: 0,
-//!     link_id: None,
+//!     serial_number: "1234".into(),
 //!     ha_enabled: false,
+//!     members: Vec::new(),
 //!     created_at: accepted,
 //!     updated_at: accepted,
 //! };
-//! assert_eq!(key.lifecycle.status(), KeyStatus::InProgress);
+//! // The record and its queued operation; the ids are the caller's. The
+//! // record's id is the object's CKA_ID: the object is findable on every
+//! // member, and its object_uid is known before it exists.
+//! let NewKey { keys, operation } = spec.new_key(&partition, Uuid::new_v4, accepted);
+//! let mut key = keys.into_iter().next().unwrap();
+//! assert_eq!(key.cka_id, key.id.as_bytes().to_vec());
+//! assert!(!operation.tried_before());
+//! assert_eq!(key.lifecycle().status(), KeyStatus::InProgress);
 //! // While the create runs the key takes no other operation: a 409 to retry later.
-//! let busy = key.lifecycle.next(&KeyEvent::Begin(OperationKind::KeyUpdate)).unwrap_err();
+//! let busy = key.lifecycle().next(&KeyEvent::Begin(OperationKind::KeyUpdate)).unwrap_err();
 //! assert!(matches!(busy, DomainError::Conflict(_)));
 //!
 //! // The runner made the object.
 //! let made = accepted + Duration::seconds(1);
 //! key.apply(&KeyEvent::Succeeded, made)?;
-//! assert_eq!(key.lifecycle.status(), KeyStatus::Available);
-//! assert_eq!(key.lifecycle.operation_status().wire(key.lifecycle.operation()), "created");
+//! assert_eq!(key.lifecycle().status(), KeyStatus::Available);
+//! assert_eq!(key.lifecycle().operation_status().wire(key.lifecycle().operation()), "created");
 //! assert_eq!(key.updated_at, made);
 //!
 //! // A delete from the HSM: begun, then done on every member.
 //! key.apply(&KeyEvent::Begin(OperationKind::KeyDestroy), made)?;
-//! assert!(key.lifecycle.is_busy());
+//! assert!(key.lifecycle().is_busy());
 //! key.apply(&KeyEvent::Succeeded, made)?;
-//! assert_eq!(key.lifecycle.status(), KeyStatus::Deleted);
-//! assert_eq!(key.lifecycle.operation_status(), OperationStatus::Completed);
+//! assert_eq!(key.lifecycle().status(), KeyStatus::Deleted);
+//! assert_eq!(key.lifecycle().operation_status(), OperationStatus::Completed);
 //!
 //! // DELETED is final: the refusal names the state and the event.
 //! let before = key.clone();
@@ -249,7 +235,7 @@
 //! assert_eq!(planned.inserted.len(), 1);
 //! let found = &planned.inserted[0];
 //! assert_eq!((found.id, found.label.as_str()), (Uuid::from_u128(1), "made elsewhere"));
-//! assert_eq!((found.origin, found.lifecycle.status()), (Origin::External, KeyStatus::Available));
+//! assert_eq!((found.origin, found.lifecycle().status()), (Origin::External, KeyStatus::Available));
 //! assert_eq!(found.replication_info["serial-2"], "the key is not on this member");
 //! assert!(!found.replicated);
 //!
@@ -260,7 +246,7 @@
 //! assert_eq!(kept_now.id, records[0].id);
 //! assert!(kept_now.replicated);
 //! assert_eq!(kept_read_at.updated_at, earlier, "written only if still as read");
-//! assert_eq!((gone_now.id, gone_now.lifecycle.status()), (records[1].id, KeyStatus::Deleted));
+//! assert_eq!((gone_now.id, gone_now.lifecycle().status()), (records[1].id, KeyStatus::Deleted));
 //!
 //! // Records the scan cannot vouch for (here: none known before it began)
 //! // are never concluded DELETED: their objects may have been made after
@@ -288,10 +274,10 @@ pub mod server;
 
 pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};
-pub use job::{Job, JobEvent, JobLifecycle, JobRequest, JobScope, JobStatus, JobType};
+pub use job::{Job, JobData, JobEvent, JobLifecycle, JobRequest, JobScope, JobStatus, JobType};
 pub use key::{
-    Algorithm, CreateKeyRequest, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyToMake, KeyVersion, Mechanism,
-    NewKey, NewKeySpec, ObjectType, OperationKind, OperationStatus, Origin,
+    Algorithm, CreateKeyRequest, Key, KeyData, KeyEvent, KeyLifecycle, KeyStatus, KeyToMake, KeyVersion,
+    Mechanism, NewKey, NewKeySpec, ObjectType, OperationKind, OperationStatus, Origin,
 };
 pub use operation::{Operation, OperationPayload, OperationState, StoredOperation};
 pub use partition::{

@@ -19,7 +19,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::attribute::{Attribute, AttributeSet};
-use crate::key::{Algorithm, Key, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, ObjectType, Origin};
+use crate::key::{
+    Algorithm, Key, KeyData, KeyEvent, KeyLifecycle, KeyStatus, KeyVersion, ObjectType, Origin,
+};
 
 /// A key object one member holds, as its token describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +173,7 @@ pub fn plan(
     let mut known: BTreeSet<&str> = BTreeSet::new();
     for record in records {
         known.insert(record.object_uid.as_str());
-        if record.lifecycle.is_busy() || record.lifecycle.status() != KeyStatus::Available {
+        if record.lifecycle().is_busy() || record.lifecycle().status() != KeyStatus::Available {
             continue;
         }
         let holders = found.get(record.object_uid.as_str());
@@ -240,7 +242,7 @@ pub fn plan(
     let mut partners: BTreeMap<(String, ObjectType), Uuid> = BTreeMap::new();
     let live = records
         .iter()
-        .filter(|k| k.lifecycle.status() != KeyStatus::Deleted);
+        .filter(|k| k.lifecycle().status() != KeyStatus::Deleted);
     for k in live.chain(new.iter()) {
         if let (Some(p), Some(t)) = (pair_key(k), k.object_type) {
             partners.entry((p, t)).or_insert(k.id);
@@ -261,7 +263,7 @@ pub fn plan(
     // while the scan went on) are linked now.
     for record in records
         .iter()
-        .filter(|r| r.link_id.is_none() && !r.lifecycle.is_busy())
+        .filter(|r| r.link_id.is_none() && !r.lifecycle().is_busy())
     {
         let Some(link) = partner(record) else { continue };
         match plan.updated.iter_mut().find(|(k, _)| k.id == record.id) {
@@ -287,32 +289,34 @@ fn discovered(
     replicated: bool,
     now: OffsetDateTime,
 ) -> Key {
-    Key {
-        id,
-        partition_id: scope.partition_id,
-        partition_label: scope.partition_label.clone(),
-        label: object.label.clone(),
-        lifecycle: KeyLifecycle::discovered(),
-        algorithm: object.algorithm,
-        object_type: Some(object.object_type),
-        mechanism: None,
-        generated_with: None,
-        size: object.size,
-        attributes: object.attributes,
-        cka_id: object.cka_id.clone(),
-        object_uid: object.object_uid.clone(),
-        sha_256_fingerprint: object.fingerprint.clone(),
-        replication_info,
-        replicated,
-        byok_key: false,
-        origin: Origin::External,
-        modulus: object.modulus.clone(),
-        exponent: object.exponent,
-        link_id: None,
-        ha_enabled: scope.ha_enabled,
-        created_at: now,
-        updated_at: now,
-    }
+    Key::new(
+        KeyData {
+            id,
+            partition_id: scope.partition_id,
+            partition_label: scope.partition_label.clone(),
+            label: object.label.clone(),
+            algorithm: object.algorithm,
+            object_type: Some(object.object_type),
+            mechanism: None,
+            generated_with: None,
+            size: object.size,
+            attributes: object.attributes,
+            cka_id: object.cka_id.clone(),
+            object_uid: object.object_uid.clone(),
+            sha_256_fingerprint: object.fingerprint.clone(),
+            replication_info,
+            replicated,
+            byok_key: false,
+            origin: Origin::External,
+            modulus: object.modulus.clone(),
+            exponent: object.exponent,
+            link_id: None,
+            ha_enabled: scope.ha_enabled,
+            created_at: now,
+            updated_at: now,
+        },
+        KeyLifecycle::discovered(),
+    )
 }
 
 /// The record of an object seen on the first member, written while the
@@ -399,35 +403,37 @@ mod tests {
 
     fn record(scope: &RefreshScope, o: &ObservedObject) -> Key {
         let now = OffsetDateTime::now_utc();
-        Key {
-            id: Uuid::new_v4(),
-            partition_id: scope.partition_id,
-            partition_label: scope.partition_label.clone(),
-            label: o.label.clone(),
-            lifecycle: KeyLifecycle::discovered(),
-            algorithm: o.algorithm,
-            object_type: Some(o.object_type),
-            mechanism: Some(Mechanism::AesKeyGen),
-            generated_with: None,
-            size: o.size,
-            attributes: o.attributes,
-            cka_id: o.cka_id.clone(),
-            object_uid: o.object_uid.clone(),
-            sha_256_fingerprint: o.fingerprint.clone(),
-            replication_info: BTreeMap::from([
-                ("s1".into(), "available".into()),
-                ("s2".into(), "available".into()),
-            ]),
-            replicated: true,
-            byok_key: true,
-            origin: Origin::Cckm,
-            modulus: o.modulus.clone(),
-            exponent: o.exponent,
-            link_id: None,
-            ha_enabled: true,
-            created_at: now,
-            updated_at: now,
-        }
+        Key::new(
+            KeyData {
+                id: Uuid::new_v4(),
+                partition_id: scope.partition_id,
+                partition_label: scope.partition_label.clone(),
+                label: o.label.clone(),
+                algorithm: o.algorithm,
+                object_type: Some(o.object_type),
+                mechanism: Some(Mechanism::AesKeyGen),
+                generated_with: None,
+                size: o.size,
+                attributes: o.attributes,
+                cka_id: o.cka_id.clone(),
+                object_uid: o.object_uid.clone(),
+                sha_256_fingerprint: o.fingerprint.clone(),
+                replication_info: BTreeMap::from([
+                    ("s1".into(), "available".into()),
+                    ("s2".into(), "available".into()),
+                ]),
+                replicated: true,
+                byok_key: true,
+                origin: Origin::Cckm,
+                modulus: o.modulus.clone(),
+                exponent: o.exponent,
+                link_id: None,
+                ha_enabled: true,
+                created_at: now,
+                updated_at: now,
+            },
+            KeyLifecycle::discovered(),
+        )
     }
 
     #[test]
@@ -461,7 +467,7 @@ mod tests {
             "an unchanged record is not written"
         );
         assert_eq!(updated["bb04"].label, "new name");
-        assert_eq!(updated["cc04"].lifecycle.status(), KeyStatus::Deleted);
+        assert_eq!(updated["cc04"].lifecycle().status(), KeyStatus::Deleted);
         assert_eq!(plan.inserted.len(), 2);
         let private = plan
             .inserted
@@ -513,7 +519,7 @@ mod tests {
         let ended: Vec<Uuid> = plan
             .updated
             .iter()
-            .filter(|(k, _)| k.lifecycle.status() == KeyStatus::Deleted)
+            .filter(|(k, _)| k.lifecycle().status() == KeyStatus::Deleted)
             .map(|(k, _)| k.id)
             .collect();
         assert_eq!(ended, [gone.id], "only the unchanged record ends DELETED");
@@ -553,7 +559,7 @@ mod tests {
             )
             .updated[0]
                 .0
-                .lifecycle
+                .lifecycle()
                 .status(),
             KeyStatus::Deleted
         );
@@ -571,7 +577,7 @@ mod tests {
         let plan = plan_now(&s, &records, &seen);
         let (key, _) = &plan.updated[0];
         assert_eq!(
-            key.lifecycle.status(),
+            key.lifecycle().status(),
             KeyStatus::Available,
             "nothing is concluded while a member is unreadable"
         );

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use luna_domain::{
-    AttributeSet, Connection, ConnectionCheck, HsmServer, Job, JobLifecycle, Key, KeyLifecycle, Member,
-    Operation, OperationState, Partition, Product, ServerCertificate, StoredOperation,
+    AttributeSet, Connection, ConnectionCheck, HsmServer, Job, JobData, JobLifecycle, Key, KeyData,
+    KeyLifecycle, Member, Operation, OperationState, Partition, Product, ServerCertificate, StoredOperation,
 };
 use uuid::Uuid;
 
@@ -54,10 +54,10 @@ impl KeyRow {
             partition_id: key.partition_id.to_string(),
             partition_label: key.partition_label.clone(),
             label: key.label.clone(),
-            status: key.lifecycle.status().as_str().into(),
-            operation: key.lifecycle.operation().as_str().into(),
-            operation_status: key.lifecycle.operation_status().as_str().into(),
-            operation_error: key.lifecycle.operation_error().map(str::to_owned),
+            status: key.lifecycle().status().as_str().into(),
+            operation: key.lifecycle().operation().as_str().into(),
+            operation_status: key.lifecycle().operation_status().as_str().into(),
+            operation_error: key.lifecycle().operation_error().map(str::to_owned),
             algorithm: key.algorithm.map(|a| a.as_str().into()),
             object_type: key.object_type.map(|t| t.as_str().into()),
             mechanism: key.mechanism.map(|m| m.as_str().into()),
@@ -84,44 +84,46 @@ impl KeyRow {
 
     pub fn into_domain(self) -> Result<Key> {
         let names: Vec<&str> = self.attributes.split(',').filter(|n| !n.is_empty()).collect();
-        Ok(Key {
-            id: uuid("key id", &self.id)?,
-            partition_id: uuid("key partition_id", &self.partition_id)?,
-            partition_label: self.partition_label,
-            label: self.label,
-            lifecycle: KeyLifecycle::restore(
+        Ok(Key::new(
+            KeyData {
+                id: uuid("key id", &self.id)?,
+                partition_id: uuid("key partition_id", &self.partition_id)?,
+                partition_label: self.partition_label,
+                label: self.label,
+                algorithm: optional_wire("key algorithm", self.algorithm.as_deref())?,
+                object_type: optional_wire("key object_type", self.object_type.as_deref())?,
+                mechanism: optional_wire("key mechanism", self.mechanism.as_deref())?,
+                generated_with: optional_wire("key generated_with", self.generated_with.as_deref())?,
+                size: u32::try_from(self.size).map_err(|e| crate::StoreError::corrupt("key size", e))?,
+                attributes: AttributeSet::parse_names(&names)
+                    .map_err(|e| crate::StoreError::corrupt("key attributes", e))?,
+                cka_id: self.cka_id,
+                object_uid: self.object_uid,
+                sha_256_fingerprint: self.sha_256_fingerprint,
+                replication_info: from_json("key replication_info", &self.replication_info)?,
+                replicated: self.replicated,
+                byok_key: self.byok_key,
+                origin: wire("key origin", &self.origin)?,
+                modulus: self.modulus,
+                exponent: u64::try_from(self.exponent)
+                    .map_err(|e| crate::StoreError::corrupt("key exponent", e))?,
+                link_id: self
+                    .link_id
+                    .as_deref()
+                    .map(|l| uuid("key link_id", l))
+                    .transpose()?,
+                ha_enabled: self.ha_enabled,
+                created_at: from_micros("key created_at", self.created_at)?,
+                updated_at: from_micros("key updated_at", self.updated_at)?,
+            },
+            KeyLifecycle::restore(
                 wire("key status", &self.status)?,
                 wire("key operation", &self.operation)?,
                 wire("key operation_status", &self.operation_status)?,
                 self.operation_error,
             )
             .map_err(|e| crate::StoreError::corrupt("key lifecycle", e))?,
-            algorithm: optional_wire("key algorithm", self.algorithm.as_deref())?,
-            object_type: optional_wire("key object_type", self.object_type.as_deref())?,
-            mechanism: optional_wire("key mechanism", self.mechanism.as_deref())?,
-            generated_with: optional_wire("key generated_with", self.generated_with.as_deref())?,
-            size: u32::try_from(self.size).map_err(|e| crate::StoreError::corrupt("key size", e))?,
-            attributes: AttributeSet::parse_names(&names)
-                .map_err(|e| crate::StoreError::corrupt("key attributes", e))?,
-            cka_id: self.cka_id,
-            object_uid: self.object_uid,
-            sha_256_fingerprint: self.sha_256_fingerprint,
-            replication_info: from_json("key replication_info", &self.replication_info)?,
-            replicated: self.replicated,
-            byok_key: self.byok_key,
-            origin: wire("key origin", &self.origin)?,
-            modulus: self.modulus,
-            exponent: u64::try_from(self.exponent)
-                .map_err(|e| crate::StoreError::corrupt("key exponent", e))?,
-            link_id: self
-                .link_id
-                .as_deref()
-                .map(|l| uuid("key link_id", l))
-                .transpose()?,
-            ha_enabled: self.ha_enabled,
-            created_at: from_micros("key created_at", self.created_at)?,
-            updated_at: from_micros("key updated_at", self.updated_at)?,
-        })
+        ))
     }
 }
 
@@ -212,8 +214,8 @@ impl JobRow {
             id: job.id.to_string(),
             job_type: job.job_type.as_str().into(),
             partitions: to_json("job partitions", &job.partitions)?,
-            overall_status: job.lifecycle.status().as_str().into(),
-            abort_requested: job.lifecycle.abort(),
+            overall_status: job.lifecycle().status().as_str().into(),
+            abort_requested: job.lifecycle().abort(),
             detailed_status: json_map(&detailed),
             created_at: micros(job.created_at),
             updated_at: micros(job.updated_at),
@@ -223,26 +225,28 @@ impl JobRow {
 
     pub fn into_domain(self) -> Result<Job> {
         let detailed: BTreeMap<String, String> = from_json("job detailed_status", &self.detailed_status)?;
-        Ok(Job {
-            id: uuid("job id", &self.id)?,
-            job_type: wire("job type", &self.job_type)?,
-            partitions: from_json::<Vec<Uuid>>("job partitions", &self.partitions)?,
-            lifecycle: JobLifecycle::restore(
+        Ok(Job::restored(
+            JobData {
+                id: uuid("job id", &self.id)?,
+                job_type: wire("job type", &self.job_type)?,
+                partitions: from_json::<Vec<Uuid>>("job partitions", &self.partitions)?,
+                detailed_status: detailed
+                    .into_iter()
+                    .map(|(k, v)| Ok((uuid("job detailed_status", &k)?, v)))
+                    .collect::<Result<_>>()?,
+                created_at: from_micros("job created_at", self.created_at)?,
+                updated_at: from_micros("job updated_at", self.updated_at)?,
+                completed_at: self
+                    .completed_at
+                    .map(|t| from_micros("job completed_at", t))
+                    .transpose()?,
+            },
+            JobLifecycle::restore(
                 wire("job overall_status", &self.overall_status)?,
                 self.abort_requested,
             )
             .map_err(|e| crate::StoreError::corrupt("job lifecycle", e))?,
-            detailed_status: detailed
-                .into_iter()
-                .map(|(k, v)| Ok((uuid("job detailed_status", &k)?, v)))
-                .collect::<Result<_>>()?,
-            created_at: from_micros("job created_at", self.created_at)?,
-            updated_at: from_micros("job updated_at", self.updated_at)?,
-            completed_at: self
-                .completed_at
-                .map(|t| from_micros("job completed_at", t))
-                .transpose()?,
-        })
+        ))
     }
 }
 

@@ -10,9 +10,9 @@ use luna_domain::query::{
     parse_list_query, ConnectionFilters, JobFilters, KeyFilters, ListQuery, PartitionFilters,
 };
 use luna_domain::{
-    Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyEvent, KeyLifecycle,
-    KeyStatus, KeyVersion, Mechanism, Member, ObjectType, Operation, OperationKind, OperationPayload,
-    OperationState, Origin, Partition,
+    Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyData, KeyEvent,
+    KeyLifecycle, KeyStatus, KeyVersion, Mechanism, Member, ObjectType, Operation, OperationKind,
+    OperationPayload, OperationState, Origin, Partition,
 };
 use luna_store::testing::TestDatabase;
 use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError, UserChange};
@@ -126,36 +126,38 @@ fn key(partition: &Partition, label: &str, object_type: ObjectType, size: u32) -
     } else {
         Algorithm::Rsa
     };
-    Key {
-        id: Uuid::new_v4(),
-        partition_id: partition.id,
-        partition_label: partition.partition_label.clone(),
-        label: label.into(),
-        lifecycle: KeyLifecycle::creating(),
-        algorithm: Some(algorithm),
-        object_type: Some(object_type),
-        mechanism: Some(if algorithm == Algorithm::Aes {
-            Mechanism::AesKeyGen
-        } else {
-            Mechanism::RsaX931KeyPairGen
-        }),
-        generated_with: (algorithm == Algorithm::Rsa).then_some(Mechanism::RsaPkcsKeyPairGen),
-        size,
-        attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
-        cka_id: Uuid::new_v4().as_bytes().to_vec(),
-        object_uid: "00".into(),
-        sha_256_fingerprint: format!("{:064x}", rand_u64()),
-        replication_info: BTreeMap::from([("1429964054500".to_string(), "available".to_string())]),
-        replicated: false,
-        byok_key: size.is_multiple_of(3), // a mix: 192 and 3072 only
-        origin: Origin::Cckm,
-        modulus: String::new(),
-        exponent: if algorithm == Algorithm::Rsa { 65537 } else { 0 },
-        link_id: None,
-        ha_enabled: true,
-        created_at: t,
-        updated_at: t,
-    }
+    Key::new(
+        KeyData {
+            id: Uuid::new_v4(),
+            partition_id: partition.id,
+            partition_label: partition.partition_label.clone(),
+            label: label.into(),
+            algorithm: Some(algorithm),
+            object_type: Some(object_type),
+            mechanism: Some(if algorithm == Algorithm::Aes {
+                Mechanism::AesKeyGen
+            } else {
+                Mechanism::RsaX931KeyPairGen
+            }),
+            generated_with: (algorithm == Algorithm::Rsa).then_some(Mechanism::RsaPkcsKeyPairGen),
+            size,
+            attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
+            cka_id: Uuid::new_v4().as_bytes().to_vec(),
+            object_uid: "00".into(),
+            sha_256_fingerprint: format!("{:064x}", rand_u64()),
+            replication_info: BTreeMap::from([("1429964054500".to_string(), "available".to_string())]),
+            replicated: false,
+            byok_key: size.is_multiple_of(3), // a mix: 192 and 3072 only
+            origin: Origin::Cckm,
+            modulus: String::new(),
+            exponent: if algorithm == Algorithm::Rsa { 65537 } else { 0 },
+            link_id: None,
+            ha_enabled: true,
+            created_at: t,
+            updated_at: t,
+        },
+        KeyLifecycle::creating(),
+    )
 }
 
 fn rand_u64() -> u64 {
@@ -341,8 +343,8 @@ on_both_backends! {
         assert!(matches!(store.begin_key_operation(&job), Err(StoreError::Domain(_))));
         let changed = store.begin_key_operation(&update).unwrap().unwrap();
         assert_eq!(changed.len(), 2, "replicate takes both halves");
-        assert!(changed.iter().all(|k| k.lifecycle.operation() == OperationKind::KeyReplicate && k.lifecycle.is_busy()));
-        assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle.operation_status(), luna_domain::OperationStatus::InProgress);
+        assert!(changed.iter().all(|k| k.lifecycle().operation() == OperationKind::KeyReplicate && k.lifecycle().is_busy()));
+        assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle().operation_status(), luna_domain::OperationStatus::InProgress);
         assert!(store.get_operation(update.id).unwrap().is_some());
         // CCKM delete forgets both records, leaving nothing behind.
         let mut done = changed;
@@ -355,7 +357,7 @@ on_both_backends! {
         let patch = Operation::queued(Uuid::new_v4(), OperationPayload::UpdateKey { key_id: public.id, changes: vec![] }, now());
         let one = store.begin_key_operation(&patch).unwrap().unwrap();
         assert_eq!(one.iter().map(|k| k.id).collect::<Vec<_>>(), vec![public.id]);
-        assert!(!store.get_key(private.id).unwrap().unwrap().lifecycle.is_busy());
+        assert!(!store.get_key(private.id).unwrap().unwrap().lifecycle().is_busy());
         let mut updated = one[0].clone();
         let read = KeyVersion::of(&updated);
         updated.apply(&KeyEvent::Succeeded, now()).unwrap();
@@ -370,12 +372,16 @@ on_both_backends! {
     fn objects_recorded_during_a_scan_never_get_a_second_record(store: &Store, _db: &TestDatabase) {
         let partition = registered_partition(store, "hsm-early");
         let other = registered_partition(store, "hsm-other");
-        let named = |p: &Partition, uid: &str| Key { object_uid: uid.into(), ..key(p, uid, ObjectType::SecretKey, 256) };
+        let named = |p: &Partition, uid: &str| {
+            let mut k = key(p, uid, ObjectType::SecretKey, 256);
+            k.object_uid = uid.into();
+            k
+        };
         store.insert_keys(&[named(&partition, "aa04"), named(&other, "cc04")]).unwrap();
         let batch = [named(&partition, "aa04"), named(&partition, "bb04"), named(&partition, "cc04")];
         assert_eq!(store.insert_unrecorded_keys(partition.id, &batch).unwrap(), 2, "bb04 and cc04 (cc04 is another partition's)");
         assert_eq!(store.insert_unrecorded_keys(partition.id, &batch).unwrap(), 0, "all recorded now");
-        let mut uids: Vec<String> = store.keys_of_partition(partition.id).unwrap().into_iter().map(|k| k.object_uid).collect();
+        let mut uids: Vec<String> = store.keys_of_partition(partition.id).unwrap().into_iter().map(|k| k.object_uid.clone()).collect();
         uids.sort();
         assert_eq!(uids, ["aa04", "bb04", "cc04"]);
     }
@@ -383,7 +389,7 @@ on_both_backends! {
     fn two_requests_racing_for_one_key_get_one_operation(store: &Store, _db: &TestDatabase) {
         let partition = registered_partition(store, "hsm-race");
         let mut k = key(&partition, "race", ObjectType::SecretKey, 256);
-        k.lifecycle = KeyLifecycle::discovered();
+        k.apply(&KeyEvent::Succeeded, now()).unwrap();
         store.insert_keys(&[k.clone()]).unwrap();
         let outcomes = Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -413,7 +419,8 @@ on_both_backends! {
             k.created_at = now() + Duration::milliseconds(i64::from(i));
             k.updated_at = now() - Duration::milliseconds(i64::from(i));
             if i % 5 == 0 {
-                k.lifecycle = KeyLifecycle::discovered();
+                let at = k.updated_at;
+                k.apply(&KeyEvent::Succeeded, at).unwrap();
                 k.origin = Origin::External;
                 k.replicated = true;
             }
@@ -434,8 +441,8 @@ on_both_backends! {
             ("byok_key=true".into(), Box::new(|k: &Key| k.byok_key)),
             (format!("partition_id={}", b.id), Box::new(|k: &Key| k.partition_id == b.id)),
             ("partition_label=p0".into(), Box::new(|_: &Key| true)),
-            ("status=AVAILABLE".into(), Box::new(|k: &Key| k.lifecycle.status() == KeyStatus::Available)),
-            ("status=in_progress".into(), Box::new(|k: &Key| k.lifecycle.status() == KeyStatus::InProgress)),
+            ("status=AVAILABLE".into(), Box::new(|k: &Key| k.lifecycle().status() == KeyStatus::Available)),
+            ("status=in_progress".into(), Box::new(|k: &Key| k.lifecycle().status() == KeyStatus::InProgress)),
             ("object_type=secret key".into(), Box::new(|k: &Key| k.object_type == Some(ObjectType::SecretKey))),
             ("origin=external".into(), Box::new(|k: &Key| k.origin == Origin::External)),
             (format!("sha_256_fingerprint={}", target.sha_256_fingerprint), Box::new(|k: &Key| k.id == all[6].id)),
@@ -443,7 +450,7 @@ on_both_backends! {
             (format!("link_id={}", all[0].id), Box::new(|k: &Key| k.link_id == Some(all[0].id))),
             ("replicated=true".into(), Box::new(|k: &Key| k.replicated)),
             ("algorithm=rsa&size=2048&status=in_progress".into(), Box::new(|k: &Key| {
-                k.algorithm == Some(Algorithm::Rsa) && k.size == 2048 && k.lifecycle.status() == KeyStatus::InProgress
+                k.algorithm == Some(Algorithm::Rsa) && k.size == 2048 && k.lifecycle().status() == KeyStatus::InProgress
             })),
         ];
         for (q, predicate) in &checks {
@@ -492,7 +499,7 @@ on_both_backends! {
                     let expected = keys
                         .iter()
                         .filter(|k| partition.is_none_or(|p| k.partition_id == p))
-                        .filter(|k| status.is_none_or(|s| k.lifecycle.status().as_str() == s))
+                        .filter(|k| status.is_none_or(|s| k.lifecycle().status().as_str() == s))
                         .count();
                     let listed = store.list_keys(&query::<KeyFilters>(&text)).unwrap();
                     assert_eq!(listed.total as usize, expected, "{step}: total for {text:?}");
@@ -561,14 +568,14 @@ on_both_backends! {
         for (n, k) in keys.iter_mut().enumerate().filter(|(n, _)| n % 7 == 1) {
             let read = KeyVersion::of(k);
             let when = at(n as u64 * 13 + 2);
-            if k.lifecycle.status() == KeyStatus::Available {
+            if k.lifecycle().status() == KeyStatus::Available {
                 k.updated_at = when;
             } else {
                 k.apply(&KeyEvent::Succeeded, when).unwrap();
             }
             assert!(store.save_key(k, &read).unwrap());
         }
-        let idle = keys.iter().filter(|k| k.lifecycle.status() == KeyStatus::Available);
+        let idle = keys.iter().filter(|k| k.lifecycle().status() == KeyStatus::Available);
         for id in idle.step_by(11).map(|k| k.id).collect::<Vec<_>>() {
             store.forget_key(id).unwrap().unwrap();
         }
@@ -586,7 +593,7 @@ on_both_backends! {
                 let mut expected: Vec<&Key> = keys
                     .iter()
                     .filter(|k| !filter.contains("partition_id") || k.partition_id == a.id)
-                    .filter(|k| !filter.contains("status") || k.lifecycle.status() == KeyStatus::Available)
+                    .filter(|k| !filter.contains("status") || k.lifecycle().status() == KeyStatus::Available)
                     .collect();
                 expected.sort_by_key(|k| (if stamp == "created" { k.created_at } else { k.updated_at }, k.id));
                 if descending {
@@ -865,7 +872,7 @@ on_both_backends! {
         assert!(store.renew_lease(op.id, "crashy", held, t + Duration::seconds(5)).unwrap());
         assert!(!store.give_up_operation(&given_up, "crashy", t, &[failed.clone()]).unwrap());
         assert_eq!(store.get_operation(op.id).unwrap().unwrap().state(), OperationState::Running);
-        assert!(store.get_key(k.id).unwrap().unwrap().lifecycle.is_busy());
+        assert!(store.get_key(k.id).unwrap().unwrap().lifecycle().is_busy());
 
         // Its lease ran out for good: the outcome and the key in one write.
         let later = t + Duration::seconds(6);
@@ -874,8 +881,8 @@ on_both_backends! {
         assert_eq!(stored.state(), OperationState::Failed);
         assert!(stored.last_error().unwrap().contains("given up"));
         let key = store.get_key(k.id).unwrap().unwrap();
-        assert_eq!(key.lifecycle.status(), KeyStatus::Failed, "{key:?}");
-        assert!(!key.lifecycle.is_busy());
+        assert_eq!(key.lifecycle().status(), KeyStatus::Failed, "{key:?}");
+        assert!(!key.lifecycle().is_busy());
         assert!(store.exhausted_operations(later).unwrap().is_empty());
     }
 
@@ -894,7 +901,7 @@ on_both_backends! {
         // A worker that lost the lease writes neither the operation nor the key.
         let records = || store.list_audit(None, Some("operation keycreate"), 0, 10).unwrap().total;
         assert!(!store.finish_operation(&done, "not-w", &[made.clone()], &outcome(&done)).unwrap());
-        assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle.status(), KeyStatus::InProgress);
+        assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle().status(), KeyStatus::InProgress);
         assert_eq!(records(), 0, "nor its audit record");
         assert!(store.finish_operation(&done, "w", &[made.clone()], &outcome(&done)).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
@@ -921,12 +928,12 @@ on_both_backends! {
         let (refresh, op) = job(JobType::Refresh, vec![partition]);
         store.insert_job_with_operation(&refresh, &op).unwrap();
         let mut running = store.get_job(refresh.id).unwrap().unwrap();
-        assert!(store.request_job_cancel(refresh.id, now()).unwrap().unwrap().lifecycle.abort());
+        assert!(store.request_job_cancel(refresh.id, now()).unwrap().unwrap().lifecycle().abort());
         // The runner, still on its copy, records a partition's progress.
         running.detailed_status.insert(partition, "1000 objects read".into());
         assert!(store.save_job(&running).unwrap());
         let stored = store.get_job(refresh.id).unwrap().unwrap();
-        assert!(stored.lifecycle.abort(), "the cancel the user was answered stands");
+        assert!(stored.lifecycle().abort(), "the cancel the user was answered stands");
         assert_eq!(stored.detailed_status[&partition], "1000 objects read");
         assert!(store.job_abort_requested(refresh.id).unwrap());
     }
@@ -944,7 +951,7 @@ on_both_backends! {
         store.insert_job_with_operation(&sync, &op3).unwrap();
         // Cancel: the abort flag is set at once; ending frees the partitions.
         let cancelled = store.request_job_cancel(refresh.id, now()).unwrap().unwrap();
-        assert!(cancelled.lifecycle.abort());
+        assert!(cancelled.lifecycle().abort());
         let mut ended = cancelled;
         ended.detailed_status.insert(p1, "cancelled".into());
         ended.apply(JobEvent::StopCancelled, now()).unwrap();
@@ -961,7 +968,7 @@ on_both_backends! {
         assert_eq!(refreshes.items[0].id, next.id, "newest first");
         let done = store.list_jobs(JobType::Refresh, &query::<JobFilters>("overall_status=cancelled")).unwrap();
         assert_eq!(done.items.iter().map(|j| j.id).collect::<Vec<_>>(), vec![refresh.id]);
-        assert_eq!(done.items[0].lifecycle.status(), JobStatus::Cancelled);
+        assert_eq!(done.items[0].lifecycle().status(), JobStatus::Cancelled);
         assert!(done.items[0].completed_at.is_some());
         let syncs = store.list_jobs(JobType::HaSynchronize, &query::<JobFilters>(&format!("id={}", sync.id))).unwrap();
         assert_eq!(syncs.total, 1);

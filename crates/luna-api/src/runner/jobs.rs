@@ -67,7 +67,7 @@ impl Runner {
             .get_job(job_id)
             .map_err(read)?
             .ok_or("the job no longer exists")?;
-        if job.lifecycle.status() != JobStatus::InProgress {
+        if job.lifecycle().status() != JobStatus::InProgress {
             return Ok(());
         }
         self.sees_every_token(&job)?;
@@ -176,7 +176,7 @@ impl Runner {
         let Some(mut job) = self.store.get_job(job_id)? else {
             return Ok(());
         };
-        if job.lifecycle.status() != JobStatus::InProgress {
+        if job.lifecycle().status() != JobStatus::InProgress {
             return Ok(());
         }
         for state in job.detailed_status.values_mut() {
@@ -420,18 +420,18 @@ impl Runner {
         // another process was writing as it read the token (two instances on
         // one SoftHSM2 token did); looked up by its CKA_ID, it is found.
         planned.updated.retain(|(key, _)| {
-            key.lifecycle.status() != KeyStatus::Deleted || !self.still_held(partition, key)
+            key.lifecycle().status() != KeyStatus::Deleted || !self.still_held(partition, key)
         });
         // And only from tokens the module still lists (a store gone away
         // answers a lookup with nothing, too).
         let vanishing = planned
             .updated
             .iter()
-            .any(|(k, _)| k.lifecycle.status() == KeyStatus::Deleted);
+            .any(|(k, _)| k.lifecycle().status() == KeyStatus::Deleted);
         if vanishing && !self.every_member_answers(partition) {
             planned
                 .updated
-                .retain(|(k, _)| k.lifecycle.status() != KeyStatus::Deleted);
+                .retain(|(k, _)| k.lifecycle().status() != KeyStatus::Deleted);
         }
         self.store
             .apply_refresh(&planned.inserted, &planned.updated)

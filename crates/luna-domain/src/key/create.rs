@@ -9,7 +9,7 @@ use crate::error::{DomainError, Result};
 use crate::operation::{Operation, OperationPayload};
 use crate::partition::Partition;
 
-use super::{object_uid, Key, KeyLifecycle, Mechanism, Origin};
+use super::{object_uid, Key, KeyData, KeyLifecycle, Mechanism, Origin};
 
 /// The size a key may have, checked against its mechanism: the size in bits
 /// if its algorithm allows it, else a sentence listing the allowed sizes.
@@ -84,32 +84,36 @@ impl NewKeySpec {
         let keys = types
             .iter()
             .zip(&ids)
-            .map(|(object_type, id)| Key {
-                id: *id,
-                partition_id: partition.id,
-                partition_label: partition.partition_label.clone(),
-                label: self.label.clone(),
-                lifecycle: KeyLifecycle::creating(),
-                algorithm: Some(self.mechanism.algorithm()),
-                object_type: Some(*object_type),
-                mechanism: Some(self.mechanism),
-                generated_with: None,
-                size: self.size,
-                attributes: self.attributes.for_object(*object_type),
-                cka_id: ids[0].as_bytes().to_vec(),
-                object_uid: object_uid(ids[0].as_bytes(), Some(*object_type)).unwrap_or_default(),
-                sha_256_fingerprint: String::new(),
-                replication_info: Default::default(),
-                replicated: false,
-                byok_key: true,
-                origin: Origin::Cckm,
-                modulus: String::new(),
-                exponent: 0,
-                // The halves of a pair name each other.
-                link_id: ids.iter().find(|other| *other != id).copied(),
-                ha_enabled: partition.ha_enabled,
-                created_at: now,
-                updated_at: now,
+            .map(|(object_type, id)| {
+                Key::new(
+                    KeyData {
+                        id: *id,
+                        partition_id: partition.id,
+                        partition_label: partition.partition_label.clone(),
+                        label: self.label.clone(),
+                        algorithm: Some(self.mechanism.algorithm()),
+                        object_type: Some(*object_type),
+                        mechanism: Some(self.mechanism),
+                        generated_with: None,
+                        size: self.size,
+                        attributes: self.attributes.for_object(*object_type),
+                        cka_id: ids[0].as_bytes().to_vec(),
+                        object_uid: object_uid(ids[0].as_bytes(), Some(*object_type)).unwrap_or_default(),
+                        sha_256_fingerprint: String::new(),
+                        replication_info: Default::default(),
+                        replicated: false,
+                        byok_key: true,
+                        origin: Origin::Cckm,
+                        modulus: String::new(),
+                        exponent: 0,
+                        // The halves of a pair name each other.
+                        link_id: ids.iter().find(|other| *other != id).copied(),
+                        ha_enabled: partition.ha_enabled,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                    KeyLifecycle::creating(),
+                )
             })
             .collect();
         let mut operation = Operation::queued(

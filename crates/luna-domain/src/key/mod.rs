@@ -68,9 +68,19 @@ impl KeyVersion {
     }
 }
 
-/// The record of one PKCS#11 key object (one half of an RSA pair, or an AES key).
+/// The record of one PKCS#11 key object (one half of an RSA pair, or an
+/// AES key): its data ([`KeyData`], read and written through `Deref`) and
+/// its lifecycle, which is private: it moves only through [`Key::apply`],
+/// and no code can set a whole lifecycle over a record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Key {
+    data: KeyData,
+    pub(crate) lifecycle: KeyLifecycle,
+}
+
+/// What a key record holds besides its lifecycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyData {
     /// The record's id. A key made here has the secret or private record's
     /// id as its objects' `CKA_ID`, on both halves of a pair.
     pub id: Uuid,
@@ -80,8 +90,6 @@ pub struct Key {
     pub partition_label: String,
     /// The object's `CKA_LABEL`.
     pub label: String,
-    /// Status and last operation; changed only through [`Key::apply`].
-    pub lifecycle: KeyLifecycle,
     /// Unknown until the object exists (the reference reports `""`).
     pub algorithm: Option<Algorithm>,
     /// The object's class; unknown, like `algorithm`, until it exists.
@@ -127,7 +135,34 @@ pub struct Key {
     pub updated_at: OffsetDateTime,
 }
 
+impl std::ops::Deref for Key {
+    type Target = KeyData;
+
+    fn deref(&self) -> &KeyData {
+        &self.data
+    }
+}
+
+impl std::ops::DerefMut for Key {
+    fn deref_mut(&mut self) -> &mut KeyData {
+        &mut self.data
+    }
+}
+
 impl Key {
+    /// A record with its data and lifecycle: one a create or a refresh
+    /// begins ([`KeyLifecycle::creating`], [`KeyLifecycle::discovered`]), or
+    /// one read back from storage ([`KeyLifecycle::restore`]). Afterwards
+    /// the lifecycle moves only through [`Key::apply`].
+    pub fn new(data: KeyData, lifecycle: KeyLifecycle) -> Key {
+        Key { data, lifecycle }
+    }
+
+    /// Status and last operation.
+    pub fn lifecycle(&self) -> &KeyLifecycle {
+        &self.lifecycle
+    }
+
     /// Moves the record's life on, stamping `updated_at` with `now`. A
     /// refused event leaves the record as it was.
     pub fn apply(&mut self, event: &KeyEvent, now: OffsetDateTime) -> Result<()> {

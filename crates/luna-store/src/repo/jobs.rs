@@ -51,7 +51,7 @@ fn save(conn: &mut DbConnection, job: &Job, expected: JobStatus) -> Result<bool>
             .set(jobs::abort_requested.eq(true))
             .execute(conn)?;
     }
-    if job.lifecycle.status() != JobStatus::InProgress {
+    if job.lifecycle().status() != JobStatus::InProgress {
         diesel::delete(running_jobs::table.filter(running_jobs::job_id.eq(&row.id))).execute(conn)?;
     }
     Ok(updated == 1)

@@ -242,10 +242,10 @@ impl Store {
             let Some(key) = load(conn, id)? else {
                 return Ok(None);
             };
-            if key.lifecycle.is_busy() {
+            if key.lifecycle().is_busy() {
                 return Err(StoreError::Conflict(format!(
                     "the key has a {} operation in progress; wait for it to end",
-                    key.lifecycle.operation()
+                    key.lifecycle().operation()
                 )));
             }
             let ids: Vec<String> = std::iter::once(key.id)
