@@ -28,7 +28,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use luna_store::Store;
 
 const ISSUER: &str = "luna-cckm";
 const SIGNING_KEY_LEN: usize = 64;
@@ -294,13 +294,13 @@ impl FromRequest for Principal {
 fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiError>> {
     let checked = bearer_claims(req);
     async move {
-        let (state, claims) = checked?;
+        let (gate, claims) = checked?;
         let ended =
             || ApiError::Unauthorized("the session of the bearer token has ended; log in again".into());
         let not_valid = || ApiError::Unauthorized("the bearer token is not valid".into());
         let session = Uuid::parse_str(&claims.sid).map_err(|_| not_valid())?;
         let user = Uuid::parse_str(&claims.sub).map_err(|_| not_valid())?;
-        let mut owner = state.sessions.recent(session, Instant::now());
+        let mut owner = gate.sessions.recent(session, Instant::now());
         // A reading that raced a change of the user made here is made again
         // (three readings at most; a user changed that often is refused).
         for _ in 0..3 {
@@ -308,9 +308,9 @@ fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiErr
                 break;
             }
             let read = Instant::now();
-            let store = state.store.clone();
-            let found = crate::handlers::blocking(move || Ok(store.session_user(session)?)).await?;
-            owner = state.sessions.remember(session, found, read);
+            let store = Store::clone(&gate.store);
+            let found = web::block(move || store.session_user(session)).await??;
+            owner = gate.sessions.remember(session, found, read);
         }
         let owner = owner.flatten();
         if owner != Some(user) {
@@ -325,11 +325,31 @@ fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiErr
     }
 }
 
-fn bearer_claims(req: &HttpRequest) -> Result<(web::Data<AppState>, Claims), ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| ApiError::Internal("application state is missing".into()))?;
+/// What checking a bearer token takes, from the application's data (the
+/// server registers each): the signing key, the session cache and the store
+/// sessions are read from.
+struct Gate {
+    auth: web::Data<Auth>,
+    sessions: web::Data<LiveSessions>,
+    store: web::Data<Store>,
+}
+
+impl Gate {
+    fn of(req: &HttpRequest) -> Result<Gate, ApiError> {
+        let missing = || ApiError::Internal("the auth check's application data is missing".into());
+        Ok(Gate {
+            auth: req.app_data::<web::Data<Auth>>().cloned().ok_or_else(missing)?,
+            sessions: req
+                .app_data::<web::Data<LiveSessions>>()
+                .cloned()
+                .ok_or_else(missing)?,
+            store: req.app_data::<web::Data<Store>>().cloned().ok_or_else(missing)?,
+        })
+    }
+}
+
+fn bearer_claims(req: &HttpRequest) -> Result<(Gate, Claims), ApiError> {
+    let gate = Gate::of(req)?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -343,8 +363,8 @@ fn bearer_claims(req: &HttpRequest) -> Result<(web::Data<AppState>, Claims), Api
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer <token>".into()))?;
-    let claims = state.auth.verify(token)?;
-    Ok((state, claims))
+    let claims = gate.auth.verify(token)?;
+    Ok((gate, claims))
 }
 
 #[cfg(test)]

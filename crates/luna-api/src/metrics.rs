@@ -1,22 +1,20 @@
-//! `GET /metrics` in Prometheus' text format: requests by route and status
-//! with latency histograms, token calls by function with latency and errors,
-//! operations by kind and state, and the progress of running jobs.
+//! The figures `GET /metrics` serves (its handler: `handlers::health`) in
+//! Prometheus' text format: requests by route and status with latency
+//! histograms, token calls by function with latency and errors, operations
+//! by kind and state, and the progress of running jobs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use actix_web::{get, web, HttpResponse};
-use luna_domain::query::{parse_list_query, JobFilters};
-use luna_domain::{JobStatus, JobType};
+use luna_domain::{Job, JobStatus, JobType, OperationState};
+use luna_pkcs11::Reachability;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ApiError;
-use crate::handlers::blocking;
-use crate::state::AppState;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -190,20 +188,68 @@ impl Metrics {
         result
     }
 
-    /// Sets the token gauges and counters from what the registry sees now.
-    fn observe_tokens(&self, watched: &[crate::tokens::WatchedToken], reinitialisations: u64) {
+    /// Sets the token gauges and counters from what the open tokens say now:
+    /// (partition label, serial number, reachability) each.
+    pub(crate) fn observe_tokens<'a>(
+        &self,
+        tokens: impl IntoIterator<Item = (&'a str, &'a str, &'a Reachability)>,
+        reinitialisations: u64,
+    ) {
         self.token_reachable.reset();
-        for token in watched {
-            let labels = [token.partition_label.as_str(), token.serial_number.as_str()];
+        for (label, serial, reachability) in tokens {
+            let labels = [label, serial];
             self.token_reachable
                 .with_label_values(&labels)
-                .set(i64::from(token.reachability.is_reachable()));
+                .set(i64::from(reachability.is_reachable()));
             catch_up(
                 &self.token_recoveries.with_label_values(&labels),
-                token.reachability.recoveries,
+                reachability.recoveries,
             );
         }
         catch_up(&self.module_reinitialisations, reinitialisations);
+    }
+
+    /// Sets the queue's gauges (operations by kind and state) and the
+    /// running jobs' progress (partitions done and pending, by job type).
+    pub(crate) fn observe_work(
+        &self,
+        operations: &[(String, OperationState, i64)],
+        running: &[(JobType, Vec<Job>)],
+    ) {
+        self.operations.reset();
+        for (kind, op_state, n) in operations {
+            self.operations
+                .with_label_values(&[kind.as_str(), op_state.as_str()])
+                .set(*n);
+        }
+        self.jobs.reset();
+        for (job_type, jobs) in running {
+            let (mut done, mut pending) = (0, 0);
+            for job in jobs {
+                for state in job.detailed_status.values() {
+                    if state == JobStatus::InProgress.as_str() {
+                        pending += 1;
+                    } else {
+                        done += 1;
+                    }
+                }
+            }
+            self.jobs
+                .with_label_values(&[job_type.as_str(), "done"])
+                .set(done);
+            self.jobs
+                .with_label_values(&[job_type.as_str(), "pending"])
+                .set(pending);
+        }
+    }
+
+    /// Everything in Prometheus' text format.
+    pub(crate) fn render(&self) -> Result<Vec<u8>, ApiError> {
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+        Ok(text)
     }
 }
 
@@ -213,65 +259,6 @@ fn catch_up(counter: &IntCounter, total: u64) {
     if total > seen {
         counter.inc_by(total - seen);
     }
-}
-
-/// `GET /metrics`: no token (scrapers keep none); operational figures only,
-/// never a key id, label or value.
-#[utoipa::path(tag = "service",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-#[get("/metrics")]
-pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let (operations, running) = blocking(move || {
-        let operations = store.operation_counts_by_kind()?;
-        let query = parse_list_query::<JobFilters>(&[
-            ("overall_status".into(), JobStatus::InProgress.as_str().into()),
-            ("limit".into(), "1000".into()),
-        ])?;
-        let mut running = Vec::new();
-        for job_type in JobType::ALL {
-            running.push((*job_type, store.list_jobs(*job_type, &query)?.items));
-        }
-        Ok((operations, running))
-    })
-    .await?;
-    let metrics = &state.metrics;
-    metrics.observe_tokens(&state.tokens.watched(), state.tokens.module().reinitialisations());
-    metrics.operations.reset();
-    for (kind, op_state, n) in operations {
-        metrics
-            .operations
-            .with_label_values(&[kind.as_str(), op_state.as_str()])
-            .set(n);
-    }
-    metrics.jobs.reset();
-    for (job_type, jobs) in running {
-        let (mut done, mut pending) = (0, 0);
-        for job in &jobs {
-            for state in job.detailed_status.values() {
-                if state == JobStatus::InProgress.as_str() {
-                    pending += 1;
-                } else {
-                    done += 1;
-                }
-            }
-        }
-        metrics
-            .jobs
-            .with_label_values(&[job_type.as_str(), "done"])
-            .set(done);
-        metrics
-            .jobs
-            .with_label_values(&[job_type.as_str(), "pending"])
-            .set(pending);
-    }
-    let mut text = Vec::new();
-    TextEncoder::new()
-        .encode(&metrics.registry.gather(), &mut text)
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(text))
 }
 
 #[cfg(test)]

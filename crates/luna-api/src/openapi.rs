@@ -6,9 +6,7 @@
 //! handler, so that no handler can forget one: what can answer 400, 401, 403,
 //! 404, 408, 409, 429, 500 and 503 follows from the operation's shape (see `Conventions`).
 
-use std::sync::LazyLock;
-
-use actix_web::{get, App, HttpResponse};
+use actix_web::App;
 use luna_domain::attribute::Attribute;
 use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::{list_params, Filters, ParamKind};
@@ -19,6 +17,7 @@ use utoipa::openapi::{
     Array, ArrayBuilder, ContentBuilder, Object, ObjectBuilder, Ref, ResponseBuilder, Type,
 };
 use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::error::ErrorBody;
@@ -27,8 +26,8 @@ use crate::view;
 /// The security scheme every protected operation names.
 pub const BEARER: &str = "bearer";
 
-/// What the document says besides its operations, which come from
-/// `server::routes` (see `openapi`).
+/// What the document says besides its operations, which come from the
+/// routes it is made of (see `openapi`).
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -47,18 +46,6 @@ pub const BEARER: &str = "bearer";
     )
 )]
 pub struct ApiDoc;
-
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| document_json().to_string());
-
-/// This document.
-#[utoipa::path(tag = "service",
-    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json")))]
-#[get("/api/v1/openapi.json")]
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(DOCUMENT.as_str())
-}
 
 /// The query parameters of a list of `F`, from the same facts that parse them.
 #[derive(Debug)]
@@ -261,22 +248,22 @@ impl Modify for Conventions {
     }
 }
 
-/// The document: `ApiDoc`, every operation `server::routes` registers (the
-/// router's own list, collected as it registers them) and the error
-/// answers by rule.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The document of `routes` (the server's: `server::routes`): `ApiDoc`,
+/// every operation they register (the router's own list, collected as it
+/// registers them) and the error answers by rule.
+pub fn openapi(routes: fn(&mut ServiceConfig)) -> utoipa::openapi::OpenApi {
     let (_, mut openapi) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
-        .configure(crate::server::routes)
+        .configure(routes)
         .split_for_parts();
     Conventions.modify(&mut openapi);
     openapi
 }
 
 /// Each documented path with its methods, upper case (`GET`).
-pub(crate) fn operations() -> Vec<(String, Vec<String>)> {
-    openapi()
+pub(crate) fn operations(document: utoipa::openapi::OpenApi) -> Vec<(String, Vec<String>)> {
+    document
         .paths
         .paths
         .into_iter()
@@ -300,8 +287,8 @@ pub(crate) fn operations() -> Vec<(String, Vec<String>)> {
 /// The document as JSON, with `LINKS` added to each maker's 201 answer.
 /// (Added to the JSON because utoipa 5.5 writes a link's `operationId` as
 /// `operation_id`, which no OpenAPI tool reads.)
-pub fn document_json() -> Value {
-    let mut doc = serde_json::to_value(openapi()).unwrap_or(Value::Null);
+pub fn to_json(document: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(document).unwrap_or(Value::Null);
     let Some(paths) = doc["paths"].as_object_mut() else {
         return doc;
     };

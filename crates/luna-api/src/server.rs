@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 
 use actix_web::dev::{ResourceDef, Server};
 use actix_web::error::JsonPayloadError;
-use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{get, middleware, web, App, HttpRequest, HttpResponse, HttpServer};
 use luna_pkcs11::Module;
 use luna_store::{NewUser, Store};
 use rand::distributions::{Alphanumeric, DistString};
@@ -27,14 +27,31 @@ use crate::view::Tenancy;
 /// connection with a handful of members.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// The OpenAPI document of `routes`, as JSON.
+pub fn document_json() -> serde_json::Value {
+    crate::openapi::to_json(crate::openapi::openapi(routes))
+}
+
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| document_json().to_string());
+
+/// This document.
+#[utoipa::path(tag = "service",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json")))]
+#[get("/api/v1/openapi.json")]
+async fn document() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOCUMENT.as_str())
+}
+
 /// Every operation, each once: a handler's `#[get("…")]` (or post, …) routes
 /// it, its `#[utoipa::path]` documents it, and registering it here does both,
-/// so the router and the OpenAPI document (`openapi::openapi`, built from this
+/// so the router and the OpenAPI document (`document_json`, built from this
 /// same function) cannot differ. Register only with `service`: utoipa's
 /// `route` would serve a path the document lacks.
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(crate::metrics::scrape)
-        .service(crate::openapi::document)
+    cfg.service(health::scrape)
+        .service(document)
         .service(health::healthz)
         .service(auth::token)
         .service(auth::logout)
@@ -114,7 +131,7 @@ fn path_config() -> web::PathConfig {
 /// anything else a 404. What is known is what the document lists.
 async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     static PATHS: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
-        crate::openapi::operations()
+        crate::openapi::operations(crate::openapi::openapi(routes))
             .into_iter()
             .map(|(path, methods)| (ResourceDef::new(path), methods))
             .collect()
@@ -229,19 +246,24 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
     let state = web::Data::new(AppState {
         store: config.store,
         tokens,
-        auth: config.auth,
+        auth: web::Data::new(config.auth),
         tenancy: config.tenancy,
         work,
         metrics,
         logins: crate::throttle::LoginThrottle::default(),
-        sessions: crate::auth::LiveSessions::default(),
+        sessions: web::Data::new(crate::auth::LiveSessions::default()),
         stuck: runner.stuck_operations(),
         runner: Arc::clone(&runner),
     });
     let request_deadline = config.request_deadline;
+    // What the auth check reads, apart from the rest of the state.
+    let store_data = web::Data::new(state.store.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(state.auth.clone())
+            .app_data(state.sessions.clone())
+            .app_data(store_data.clone())
             .app_data(json_config())
             .app_data(path_config())
             .wrap(middleware::Compress::default())

@@ -13,7 +13,8 @@ use crate::view::Tenancy;
 pub struct AppState {
     pub store: Store,
     pub tokens: Arc<OpenTokens>,
-    pub auth: Auth,
+    /// Registered as application data too: the auth check reads it.
+    pub auth: actix_web::web::Data<Auth>,
     pub tenancy: Tenancy,
     /// Wakes an idle worker as soon as an operation is queued.
     pub work: Arc<Notify>,
@@ -21,7 +22,7 @@ pub struct AppState {
     /// Failed logins, per user and client address (see `throttle`).
     pub logins: crate::throttle::LoginThrottle,
     /// What this instance last read of the login sessions tokens name.
-    pub sessions: crate::auth::LiveSessions,
+    pub sessions: actix_web::web::Data<crate::auth::LiveSessions>,
     /// Operations whose token work hangs; the health check reports them.
     pub stuck: Arc<crate::runner::StuckOperations>,
     /// The operation runner: a create claims its operation for this

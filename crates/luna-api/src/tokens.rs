@@ -49,7 +49,7 @@ pub struct WatchedToken {
 }
 
 /// Opens a member's token with its PIN, in place of the module's own
-/// `open_partition`: tests and benchmarks stand a token in (a latency-bound
+/// `open_token`: tests and benchmarks stand a token in (a latency-bound
 /// one, say). The server uses none.
 pub type TokenOpener =
     Arc<dyn Fn(&Module, &Member, SecretString) -> luna_pkcs11::Result<Arc<dyn Token>> + Send + Sync>;

@@ -356,7 +356,7 @@ on_both_backends! {
         // are named for: users, connections and the audit trail are the admin
         // group's; reading keys, partitions and jobs every CCKM group's;
         // changing them the admin and CCKM Admins groups'.
-        let doc = luna_api::openapi::document_json();
+        let doc = luna_api::server::document_json();
         let mut walked = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {

