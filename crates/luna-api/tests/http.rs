@@ -229,6 +229,12 @@ on_both_backends! {
             ("POST", "/cckm/hsm/luna/add-partition".into(), Some(json!({"connection": "nobody"}).to_string()), Some("application/json"), 404, "no connection"),
             // The contract's sizes are numbers; a quoted one is refused, not read.
             ("POST", KEYS.into(), Some(json!({"label": "s", "size": "256", "partition_id": kid, "mechanism": "CKM_AES_KEY_GEN"}).to_string()), Some("application/json"), 400, "invalid type: string \"256\""),
+            // A body is an object: serde would read a struct from an array of
+            // its fields in order (a synchronize job was started from `[[], true]`).
+            ("POST", "/cckm/hsm/luna/synchronize".into(), Some("[[], true]".into()), Some("application/json"), 400, "expected a map"),
+            ("POST", "/cckm/hsm/luna/refresh".into(), Some("[[], true]".into()), Some("application/json"), 400, "expected a map"),
+            ("POST", KEYS.into(), Some(json!(["k", 256, pid, "CKM_AES_KEY_GEN", []]).to_string()), Some("application/json"), 400, "expected a map"),
+            ("POST", "/usermgmt/users".into(), Some(json!(["someone", "long-password", []]).to_string()), Some("application/json"), 400, "expected a map"),
         ];
         for (method, path, body, content_type, expected, needle) in cases {
             let auth = format!("Bearer {}", api.token);

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{blocking, not_found};
+use super::{blocking, not_found, JsonObject};
 use crate::auth::{
     hash_password, new_refresh_token, refresh_token_hash, unknown_user_hash, verify_password, Principal,
     REFRESH_TOKEN_TTL,
@@ -89,7 +89,7 @@ impl TokenBody {
 pub async fn token(
     state: web::Data<AppState>,
     req: actix_web::HttpRequest,
-    body: web::Json<TokenBody>,
+    body: JsonObject<TokenBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let grant = body.grant()?;
@@ -267,7 +267,7 @@ pub struct ChangePasswordBody {
 pub async fn change_password(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<ChangePasswordBody>,
+    body: JsonObject<ChangePasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     match body.auth_domain.as_deref() {

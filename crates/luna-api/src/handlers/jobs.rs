@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{blocking, idempotent_request, list_query, listing, not_found, path_id, replayed};
+use super::{blocking, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject};
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -32,7 +32,7 @@ async fn start_job(
     job_type: JobType,
     caller: Manager,
     req: HttpRequest,
-    body: web::Json<JobBody>,
+    body: JsonObject<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let route = format!("POST {}", req.path());
@@ -153,7 +153,7 @@ macro_rules! job_endpoints {
             state: web::Data<AppState>,
             caller: Manager,
             req: HttpRequest,
-            body: web::Json<JobBody>,
+            body: JsonObject<JobBody>,
         ) -> Result<HttpResponse, ApiError> {
             start_job(state, $job_type, caller, req, body).await
         }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed};
+use super::{
+    blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject,
+};
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -66,7 +68,7 @@ pub async fn create(
     state: web::Data<AppState>,
     caller: Manager,
     req: HttpRequest,
-    body: web::Json<CreateKeyBody>,
+    body: JsonObject<CreateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let request = idempotent_request(&req, &caller.0.username, KEYS_ROUTE, &body)?;
@@ -183,7 +185,7 @@ pub async fn update(
     state: web::Data<AppState>,
     _caller: Manager,
     id: web::Path<String>,
-    body: web::Json<UpdateKeyBody>,
+    body: JsonObject<UpdateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
     let key = fetch(&state.store, "key", id, Store::get_key).await?;

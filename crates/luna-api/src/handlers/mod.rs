@@ -123,3 +123,40 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     actix_web::web::block(work).await?
 }
+
+/// A JSON request body, which must be an object. Read as `web::Json` would
+/// (its limit and error sentences), but through a JSON object first: serde
+/// also reads a struct from an array of its fields in order, and a job body
+/// sent as `[[], true]` was accepted so.
+#[derive(Debug)]
+pub(crate) struct JsonObject<T>(T);
+
+impl<T> JsonObject<T> {
+    pub(crate) fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for JsonObject<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for JsonObject<T> {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &actix_web::HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let object =
+            actix_web::web::Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, payload);
+        Box::pin(async move {
+            let object = object.await?.into_inner();
+            serde_json::from_value(serde_json::Value::Object(object))
+                .map(JsonObject)
+                .map_err(|e| ApiError::BadRequest(format!("the request body is not valid: {e}")).into())
+        })
+    }
+}

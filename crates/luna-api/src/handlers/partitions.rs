@@ -12,7 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed};
+use super::{
+    blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject,
+};
 use crate::auth::{Administrator, Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -79,7 +81,7 @@ pub async fn create_connection(
     state: web::Data<AppState>,
     caller: Administrator,
     req: HttpRequest,
-    body: web::Json<ConnectionBody>,
+    body: JsonObject<ConnectionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let request = idempotent_request(&req, &caller.0.username, CONNECTIONS_ROUTE, &body)?;
@@ -167,7 +169,7 @@ pub async fn delete_connection(
 pub async fn add_partition(
     state: web::Data<AppState>,
     _caller: Manager,
-    body: web::Json<AddPartitionBody>,
+    body: JsonObject<AddPartitionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let connection = body.into_inner().connection;
@@ -270,7 +272,7 @@ pub async fn update_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
     id: web::Path<String>,
-    body: web::Json<ConnectionPatchBody>,
+    body: JsonObject<ConnectionPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
     let mut body = body.into_inner();
@@ -355,7 +357,7 @@ pub async fn add_connection_member(
     state: web::Data<AppState>,
     _caller: Administrator,
     id: web::Path<String>,
-    body: web::Json<NewMemberBody>,
+    body: JsonObject<NewMemberBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
     let body = body.into_inner();
@@ -459,7 +461,7 @@ pub async fn test_connection(
 pub async fn test_unsaved_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
-    body: web::Json<ConnectionBody>,
+    body: JsonObject<ConnectionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let mut body = body.into_inner();
     body.name.get_or_insert_with(|| "connection-test".to_owned());

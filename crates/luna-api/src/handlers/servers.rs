@@ -10,7 +10,7 @@ use luna_store::Store;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
 use crate::auth::Administrator;
 use crate::certificate::read_server_certificate;
 use crate::error::ApiError;
@@ -43,7 +43,7 @@ pub struct ServerBody {
 pub async fn create_server(
     state: web::Data<AppState>,
     _caller: Administrator,
-    body: web::Json<ServerBody>,
+    body: JsonObject<ServerBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let certificate = read_server_certificate(body.hsm_certificate.as_deref().unwrap_or_default())?;

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id};
+use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
 use crate::auth::{hash_password, Administrator, ADMIN_GROUP, GROUPS};
 use crate::error::ApiError;
 use crate::openapi::ListParams;
@@ -49,7 +49,7 @@ pub struct UserBody {
 pub async fn create(
     state: web::Data<AppState>,
     _caller: Administrator,
-    body: web::Json<UserBody>,
+    body: JsonObject<UserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let username = luna_domain::key::check_label("username", body.username.as_deref().unwrap_or(""))?;
@@ -117,7 +117,7 @@ pub async fn update(
     state: web::Data<AppState>,
     caller: Administrator,
     id: web::Path<String>,
-    body: web::Json<UserPatchBody>,
+    body: JsonObject<UserPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("user", &id)?;
     if caller.0.user_id == id.to_string() {
