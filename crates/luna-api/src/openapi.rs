@@ -7,15 +7,11 @@
 //! 404, 408, 409, 429, 500 and 503 follows from the operation's shape (see `Conventions`).
 
 use actix_web::App;
-use luna_domain::attribute::Attribute;
-use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::{list_params, Filters, ParamKind};
 use serde_json::{json, Value};
 use utoipa::openapi::path::{HttpMethod, Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{
-    Array, ArrayBuilder, ContentBuilder, Object, ObjectBuilder, Ref, ResponseBuilder, Type,
-};
+use utoipa::openapi::{ContentBuilder, Object, ObjectBuilder, Ref, ResponseBuilder, Type};
 use utoipa::{IntoParams, Modify, OpenApi};
 use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
@@ -117,48 +113,6 @@ pub fn label_schema() -> Object {
         .pattern(Some(
             r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
         ))
-        .build()
-}
-
-pub fn mechanism_schema() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(Mechanism::ALL.iter().map(|m| m.as_str())))
-        .build()
-}
-
-/// Every size some mechanism takes; which ones a mechanism takes is in the
-/// 400 that refuses the others.
-pub fn key_size_schema() -> Object {
-    let mut sizes: Vec<u32> = Algorithm::ALL
-        .iter()
-        .flat_map(|a| a.allowed_sizes().iter().copied())
-        .collect();
-    sizes.sort_unstable();
-    ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .enum_values(Some(sizes))
-        .build()
-}
-
-pub fn attribute_names_schema() -> Array {
-    ArrayBuilder::new()
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(Attribute::REQUESTABLE.iter().map(|a| a.as_str()))),
-        )
-        .unique_items(true)
-        .build()
-}
-
-pub fn group_names_schema() -> Array {
-    ArrayBuilder::new()
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(crate::auth::GROUPS.iter().copied())),
-        )
         .build()
 }
 

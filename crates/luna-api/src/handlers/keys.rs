@@ -1,11 +1,14 @@
 //! The seven key endpoints of the reference.
 
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
+use luna_domain::attribute::Attribute;
 use luna_domain::key::{check_update, AttributeChangeRequest};
+use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::KeyFilters;
 use luna_domain::{CreateKeyRequest, Key, Operation, OperationPayload};
 use luna_store::Store;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{Array, ArrayBuilder, Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -28,16 +31,50 @@ const KEYS_ROUTE: &str = "POST /api/v1/cckm/hsm/luna/keys";
 pub struct CreateKeyBody {
     #[schema(required = true, schema_with = crate::openapi::label_schema)]
     label: Option<String>,
-    #[schema(required = true, schema_with = crate::openapi::key_size_schema)]
+    #[schema(required = true, schema_with = key_size_schema)]
     size: Option<i64>,
     #[schema(required = true, format = Uuid)]
     partition_id: Option<String>,
-    #[schema(required = true, schema_with = crate::openapi::mechanism_schema)]
+    #[schema(required = true, schema_with = mechanism_schema)]
     mechanism: Option<String>,
     /// PKCS#11 attribute names such as CKA_ENCRYPT; each one listed is set true.
     #[serde(default)]
-    #[schema(schema_with = crate::openapi::attribute_names_schema)]
+    #[schema(schema_with = attribute_names_schema)]
     attributes: Vec<String>,
+}
+
+/// The create body's `mechanism`: one of the mechanisms luna-domain knows.
+fn mechanism_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Mechanism::ALL.iter().map(|m| m.as_str())))
+        .build()
+}
+
+/// Every size some mechanism takes (the create body's `size`); which ones a mechanism takes is in the
+/// 400 that refuses the others.
+fn key_size_schema() -> Object {
+    let mut sizes: Vec<u32> = Algorithm::ALL
+        .iter()
+        .flat_map(|a| a.allowed_sizes().iter().copied())
+        .collect();
+    sizes.sort_unstable();
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .enum_values(Some(sizes))
+        .build()
+}
+
+/// The create body's `attributes`: requestable attribute names, each once.
+fn attribute_names_schema() -> Array {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(Attribute::REQUESTABLE.iter().map(|a| a.as_str()))),
+        )
+        .unique_items(true)
+        .build()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -7,6 +7,7 @@ use luna_domain::query::UserFilters;
 use luna_store::{NewUser, Store, StoredUser};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use utoipa::openapi::{Array, ArrayBuilder, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
@@ -28,6 +29,17 @@ pub(crate) fn password_schema() -> utoipa::openapi::Object {
         .build()
 }
 
+/// A user's `groups`: CipherTrust's three.
+fn group_names_schema() -> Array {
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(GROUPS.iter().copied())),
+        )
+        .build()
+}
+
 /// A new user; `groups` from admin, CCKM Admins, CCKM Users.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +49,7 @@ pub struct UserBody {
     #[schema(required = true, schema_with = password_schema)]
     password: Option<SecretString>,
     #[serde(default)]
-    #[schema(schema_with = crate::openapi::group_names_schema)]
+    #[schema(schema_with = group_names_schema)]
     groups: Vec<String>,
 }
 
