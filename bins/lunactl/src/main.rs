@@ -70,6 +70,20 @@ fn secret(variable: &str, what: &str) -> Result<String> {
     Ok(line)
 }
 
+/// A new secret, as `secret` reads one; typed at a terminal, it is asked
+/// twice (it is not echoed, so a typo would set a secret nobody knows).
+fn new_secret(variable: &str, what: &str) -> Result<String> {
+    let first = secret(variable, what)?;
+    if std::env::var(variable).is_err() && std::io::stdin().is_terminal() {
+        let again =
+            rpassword::prompt_password(format!("{what}, again: ")).context("reading from the terminal")?;
+        if again != first {
+            bail!("the two entries of the {what} differ; nothing was changed");
+        }
+    }
+    Ok(first)
+}
+
 fn run(cli: Cli) -> Result<String> {
     let saved = session::load()?;
     let target = Target {
@@ -363,7 +377,7 @@ fn connections(client: &mut Client, command: ConnectionsCommand, format: Format)
                 body["description"] = json!(description);
             }
             if rotate_pin {
-                body["password"] = json!(secret("LUNACTL_PIN", "the partitions' new PIN")?);
+                body["password"] = json!(new_secret("LUNACTL_PIN", "the partitions' new PIN")?);
             }
             client.call("PATCH", &format!("{CONNECTIONS}/{}", id), &[], Some(&body))?
         }
@@ -412,7 +426,7 @@ fn servers(client: &mut Client, command: ServersCommand, format: Format) -> Resu
 fn users(client: &mut Client, command: UsersCommand, format: Format) -> Result<String> {
     let answer = match command {
         UsersCommand::Create { username, groups } => {
-            let password = secret("LUNACTL_NEW_PASSWORD", "the new user's password")?;
+            let password = new_secret("LUNACTL_NEW_PASSWORD", "the new user's password")?;
             client.call(
                 "POST",
                 USERS,
@@ -427,7 +441,7 @@ fn users(client: &mut Client, command: UsersCommand, format: Format) -> Result<S
             return Ok(format!("user {id} deleted\n"));
         }
         UsersCommand::Passwd { id: Some(id), .. } => {
-            let password = secret("LUNACTL_NEW_PASSWORD", "the new password")?;
+            let password = new_secret("LUNACTL_NEW_PASSWORD", "the new password")?;
             client.call(
                 "PATCH",
                 &format!("{USERS}/{id}"),
@@ -440,7 +454,7 @@ fn users(client: &mut Client, command: UsersCommand, format: Format) -> Result<S
                 bail!("whose password? give --username (this login was saved without one)");
             };
             let password = secret("LUNACTL_PASSWORD", "current password")?;
-            let new_password = secret("LUNACTL_NEW_PASSWORD", "new password")?;
+            let new_password = new_secret("LUNACTL_NEW_PASSWORD", "new password")?;
             client.call_open(
                 "PATCH",
                 "/api/v1/auth/changepw",

@@ -716,36 +716,84 @@ fn a_logout_the_server_cannot_hear_keeps_the_login() {
     assert!(user.session_path().exists());
 }
 
-/// At a terminal, the password is read without echo (on a pipe, from
-/// stdin's next line, as the other tests do). `script` (util-linux) gives
-/// lunactl a terminal and shows what the terminal showed.
-#[test]
-fn a_password_typed_at_a_terminal_is_not_echoed() {
-    let api = Api::start(TestDatabase::sqlite().unwrap());
-    let user = User::new(&server_of(&api));
+/// lunactl run on a real pseudo-terminal (`script`, util-linux, gives it
+/// one): each line of `typed` is typed once `script` has shown the prompt
+/// before it; returns whether it succeeded and everything the terminal
+/// showed.
+fn at_a_terminal(user: &User, args: &str, typed: &[(&str, &str)]) -> (bool, String) {
+    use std::io::{Read as _, Write as _};
     let lunactl = env!("CARGO_BIN_EXE_lunactl");
-    let command = format!("{lunactl} --server {} login --username admin", user.server);
+    let command = format!("{lunactl} --server {} {args}", user.server);
     let mut child = Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .env("XDG_CONFIG_HOME", user.config.path())
         .env_remove("LUNACTL_PASSWORD")
+        .env_remove("LUNACTL_NEW_PASSWORD")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("script (util-linux) is installed");
-    // Typed once the prompt is up (script passes its stdin to the terminal).
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    use std::io::Write as _;
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(format!("{ADMIN_PASSWORD}\n").as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let shown = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{shown}");
-    assert!(shown.contains("password: "), "the prompt is shown: {shown:?}");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut shown = Vec::new();
+    let mut byte = [0u8; 1];
+    for (prompt, line) in typed {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !String::from_utf8_lossy(&shown).ends_with(prompt) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no prompt {prompt:?}: {:?}",
+                String::from_utf8_lossy(&shown)
+            );
+            if stdout.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            shown.push(byte[0]);
+        }
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    stdout.read_to_end(&mut shown).unwrap();
+    drop(stdin);
+    let ok = child.wait().unwrap().success();
+    (ok, String::from_utf8_lossy(&shown).into_owned())
+}
+
+/// At a terminal, a password is read without echo (on a pipe, from stdin's
+/// next line, as the other tests do), and a new one is asked twice.
+#[test]
+fn a_password_typed_at_a_terminal_is_not_echoed() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let user = User::new(&server_of(&api));
+    let (ok, shown) = at_a_terminal(&user, "login --username admin", &[("password: ", ADMIN_PASSWORD)]);
+    assert!(ok, "{shown}");
     assert!(shown.contains("logged in"), "{shown:?}");
     assert!(
         !shown.contains(ADMIN_PASSWORD),
         "the password was echoed: {shown:?}"
     );
-    drop(stdin);
+
+    // A new user's password, twice; a mismatch changes nothing.
+    let create = "users create --username typist --group CCKM\\ Users";
+    let (ok, shown) = at_a_terminal(
+        &user,
+        create,
+        &[
+            ("the new user's password: ", "typed-password-1"),
+            ("the new user's password, again: ", "typed-password-2"),
+        ],
+    );
+    assert!(!ok && shown.contains("differ"), "{shown}");
+    assert_eq!(api.get("/usermgmt/users?username=typist").1["total"], 0);
+    let (ok, shown) = at_a_terminal(
+        &user,
+        create,
+        &[
+            ("the new user's password: ", "typed-password-1"),
+            ("the new user's password, again: ", "typed-password-1"),
+        ],
+    );
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("typed-password-1"), "echoed: {shown:?}");
+    assert_eq!(api.get("/usermgmt/users?username=typist").1["total"], 1);
 }

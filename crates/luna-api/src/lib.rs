@@ -1,5 +1,5 @@
 //! The edge of luna-cckm: HTTP handlers, auth, the error→HTTP mapping, the
-//! views (JSON), the token registry and the durable operation runner.
+//! views (JSON), the open tokens and the durable operation runner.
 //!
 //! Invariants: this is the only crate that knows HTTP and JSON; it reaches
 //! tokens only through `luna_pkcs11::Token` and data only through

@@ -103,7 +103,7 @@ impl Api {
     }
 
     /// A second server instance on this one's database (its own store, pool,
-    /// token registry and runner), as several instances share one database.
+    /// open tokens and runner), as several instances share one database.
     pub fn beside(&self, settings: RunnerSettings) -> Api {
         let store = self
             .db

@@ -528,51 +528,6 @@ impl JobView {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod timestamp_tests {
-    use time::{Date, Month, UtcOffset};
-
-    use super::timestamp;
-
-    #[test]
-    fn timestamps_are_spelled_as_the_reference_spells_them() {
-        let day = |d: u8| Date::from_calendar_date(2020, Month::December, d).unwrap();
-        // Strings copied from the reference's examples.
-        let cases = [
-            (
-                day(14).with_hms_micro(11, 0, 22, 540_490).unwrap(),
-                "2020-12-14T11:00:22.54049Z",
-            ),
-            (
-                day(14).with_hms_micro(10, 55, 12, 86_341).unwrap(),
-                "2020-12-14T10:55:12.086341Z",
-            ),
-            (
-                day(14).with_hms_nano(10, 55, 12, 86_341_444).unwrap(),
-                "2020-12-14T10:55:12.086341444Z",
-            ),
-            (
-                day(15).with_hms_micro(6, 20, 15, 158_024).unwrap(),
-                "2020-12-15T06:20:15.158024Z",
-            ),
-        ];
-        for (at, spelled) in cases {
-            assert_eq!(timestamp(at.assume_utc()), spelled);
-        }
-        // Whole seconds carry no fraction; another offset is written in UTC.
-        assert_eq!(
-            timestamp(day(14).with_hms(11, 10, 7).unwrap().assume_utc()),
-            "2020-12-14T11:10:07Z"
-        );
-        let in_paris = day(14)
-            .with_hms(12, 10, 7)
-            .unwrap()
-            .assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap());
-        assert_eq!(timestamp(in_paris), "2020-12-14T11:10:07Z");
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
     user_id: String,
@@ -714,7 +669,7 @@ impl Health {
                 Some(UnreachableToken {
                     partition_label: token.partition_label.clone(),
                     serial_number: token.serial_number.clone(),
-                    since: crate::view::wall_clock(since),
+                    since: wall_clock(since),
                     error: token.reachability.last_error.clone().unwrap_or_default(),
                 })
             })
@@ -757,5 +712,50 @@ impl Health {
             detail: Some(detail),
             unreachable: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod timestamp_tests {
+    use time::{Date, Month, UtcOffset};
+
+    use super::timestamp;
+
+    #[test]
+    fn timestamps_are_spelled_as_the_reference_spells_them() {
+        let day = |d: u8| Date::from_calendar_date(2020, Month::December, d).unwrap();
+        // Strings copied from the reference's examples.
+        let cases = [
+            (
+                day(14).with_hms_micro(11, 0, 22, 540_490).unwrap(),
+                "2020-12-14T11:00:22.54049Z",
+            ),
+            (
+                day(14).with_hms_micro(10, 55, 12, 86_341).unwrap(),
+                "2020-12-14T10:55:12.086341Z",
+            ),
+            (
+                day(14).with_hms_nano(10, 55, 12, 86_341_444).unwrap(),
+                "2020-12-14T10:55:12.086341444Z",
+            ),
+            (
+                day(15).with_hms_micro(6, 20, 15, 158_024).unwrap(),
+                "2020-12-15T06:20:15.158024Z",
+            ),
+        ];
+        for (at, spelled) in cases {
+            assert_eq!(timestamp(at.assume_utc()), spelled);
+        }
+        // Whole seconds carry no fraction; another offset is written in UTC.
+        assert_eq!(
+            timestamp(day(14).with_hms(11, 10, 7).unwrap().assume_utc()),
+            "2020-12-14T11:10:07Z"
+        );
+        let in_paris = day(14)
+            .with_hms(12, 10, 7)
+            .unwrap()
+            .assume_offset(UtcOffset::from_hms(1, 0, 0).unwrap());
+        assert_eq!(timestamp(in_paris), "2020-12-14T11:10:07Z");
     }
 }

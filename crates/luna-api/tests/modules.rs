@@ -64,6 +64,13 @@ fn every_answer_body_is_written_in_view_rs() {
 fn no_route_is_registered_outside_a_handler_annotation() {
     for (file, text) in sources() {
         for registration in [
+            "web::put()",
+            "web::patch()",
+            "web::delete()",
+            "web::method(",
+            "web::scope(",
+            "web::Resource::new(",
+            "actix_web::Resource::new(",
             ".route(",
             "web::resource(",
             "web::route(",
@@ -93,8 +100,9 @@ fn the_audit_module_depends_on_no_other_module_of_the_crate() {
     }
 }
 
-/// The top-level modules each module of the crate names (`crate::x`, in
-/// `use crate::{…}` lists too), tests left out.
+/// The top-level modules each module of the crate names: every
+/// `crate::x` path, and the first names in `use crate::{x, y::{…}}` lists
+/// however nested, in the whole file but for its `#[cfg(test)]` modules.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -109,34 +117,95 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         if module == "lib" || module == "testing" {
             continue;
         }
-        let code = text.split("#[cfg(test)]").next().unwrap();
+        let code = without_test_modules(&text);
         let mut named = BTreeSet::new();
         for (at, _) in code.match_indices("crate::") {
             let rest = &code[at + "crate::".len()..];
-            if let Some(list) = rest.strip_prefix('{') {
-                let list = &list[..list.find('}').unwrap_or(list.len())];
-                named.extend(list.split(',').filter_map(|item| {
-                    let name: String = item
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                        .collect();
-                    (!name.is_empty()).then_some(name)
-                }));
-            } else {
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    named.insert(name);
-                }
+            match rest.strip_prefix('{') {
+                Some(list) => named.extend(first_names_in_group(list)),
+                None => named.extend(identifier(rest)),
             }
         }
         named.remove(&module);
         graph.entry(module).or_default().extend(named);
     }
     graph
+}
+
+/// A leading identifier (any case: `crate::ApiError` names a re-export of lib.rs).
+fn identifier(text: &str) -> Option<String> {
+    let name: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The names at the top level of a `{…}` group (`text` starts after its
+/// `{`): `a, b::{c, d}, e` gives a, b, e.
+fn first_names_in_group(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let (mut depth, mut expecting) = (0, true);
+    for (at, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => expecting = true,
+            c if expecting && depth == 0 && !c.is_whitespace() => {
+                names.extend(identifier(&text[at..]));
+                expecting = false;
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// The file without its `#[cfg(test)] mod … { … }` blocks, wherever they are.
+fn without_test_modules(text: &str) -> String {
+    let mut kept = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        kept.push_str(&rest[..at]);
+        let after = &rest[at..];
+        let Some(open) = after.find('{') else { break };
+        let mut depth = 0;
+        let mut end = after.len();
+        for (i, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
+#[test]
+fn the_graph_reader_sees_nested_groups_and_skips_test_modules() {
+    assert_eq!(
+        first_names_in_group("a, b::{c, d::{e}}, Error}"),
+        ["a", "b", "Error"]
+    );
+    let text = "use crate::x;\n#[cfg(test)]\nmod tests { use crate::y; fn f() { crate::z(); } }\nfn g() { crate::w::h(); }";
+    let code = without_test_modules(text);
+    assert!(
+        code.contains("crate::x")
+            && code.contains("crate::w")
+            && !code.contains("crate::y")
+            && !code.contains("crate::z"),
+        "{code}"
+    );
 }
 
 /// The module graph has no cycle: each module can be read knowing only

@@ -161,7 +161,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
     assert!(
         err.to_string().starts_with(&format!(
-            "partition {a:?} (IBM Corp. IBM SoftTok) lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD"
+            "token {a:?} (IBM Corp. IBM SoftTok) lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD"
         )),
         "{err}"
     );

@@ -565,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn only_replicate_and_delete_take_the_linked_half() {
+    fn only_replicate_and_destroy_take_the_linked_half() {
         let (key, public, job) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let cases = [
             (

@@ -101,7 +101,7 @@ impl TokenInfo {
         let missing = self.missing_for_replication();
         (!missing.is_empty()).then(|| {
             format!(
-                "partition {:?} ({} {}) lacks {}, which HA members need to replicate keys (the cloning \
+                "token {:?} ({} {}) lacks {}, which HA members need to replicate keys (the cloning \
                  domain and the transfer of extractable keys both agree a key by ECDH and wrap with AES \
                  key wrap)",
                 self.label,
@@ -199,7 +199,7 @@ pub trait Token: Send + Sync + std::fmt::Debug {
         visit: &mut dyn FnMut(&[ObjectRef]) -> ControlFlow<()>,
     ) -> Result<ScanOutcome>;
     /// `scan`, with each batch described on the scan's own session. The
-    /// visitor must not call back into this partition (use this instead of
+    /// visitor must not call back into this token (use this instead of
     /// `describe_many` inside a `scan` visitor).
     fn scan_described(
         &self,

@@ -96,7 +96,7 @@ impl ObjectDescription {
         hex::encode(&self.modulus)
     }
 
-    /// A stable name for the object on its partition: its `CKA_ID` in hex
+    /// A stable name for the object on its token: its `CKA_ID` in hex
     /// followed by its class as two hex digits (so the halves of a pair
     /// differ); without a `CKA_ID`, `fp-` and its fingerprint.
     pub fn object_uid(&self) -> String {

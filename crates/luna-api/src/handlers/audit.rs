@@ -10,7 +10,7 @@ use crate::openapi::ListParams;
 use crate::state::AppState;
 use crate::view::{AuditView, ChainCheck, ListView};
 
-/// Lists audit records, oldest first.
+/// Lists audit records, newest first.
 #[utoipa::path(operation_id = "list_audit_records", tag = "audit", security(("bearer" = [])),
     params(ListParams<AuditFilters>),
     responses((status = 200, description = "A page of audit records", body = ListView<AuditView>)))]

@@ -140,7 +140,7 @@ pub async fn create(
         let luna_domain::NewKey {
             keys,
             operation: mut op,
-        } = spec.new_key(&partition, Uuid::new_v4, luna_store::now());
+        } = spec.new_key(&partition, Uuid::new_v4, luna_store::now())?;
         if let Some(reserved) = &reserved {
             let now = op.created_at;
             reserved.claim(&mut op, now)?;

@@ -1,5 +1,5 @@
 //! The key operations a worker runs: create (and spread to the HA members),
-//! update, replicate and delete, each on the partition's member tokens.
+//! update, replicate and destroy, each on the partition's member tokens.
 
 use std::sync::Arc;
 

@@ -69,16 +69,22 @@ pub struct NewKey {
 }
 
 impl NewKeySpec {
-    /// The key this spec asks for on `partition` (whose id it names), made
-    /// at `now`. The ids come from `new_id`, called once for each record
-    /// and once for the operation: the domain draws none, so the same ids
-    /// give the same key.
+    /// The key this spec asks for on `partition`, the one it names (as the
+    /// caller read it: an error if it is another), made at `now`. The ids
+    /// come from `new_id`, called once for each record and once for the
+    /// operation: the domain draws none, so the same ids give the same key.
     pub fn new_key(
         &self,
         partition: &Partition,
         mut new_id: impl FnMut() -> Uuid,
         now: OffsetDateTime,
-    ) -> NewKey {
+    ) -> Result<NewKey> {
+        if partition.id != self.partition_id {
+            return Err(DomainError::invalid(format!(
+                "the key is asked for on partition {}, not {}",
+                self.partition_id, partition.id
+            )));
+        }
         let types = self.mechanism.object_types();
         let ids: Vec<Uuid> = types.iter().map(|_| new_id()).collect();
         let keys = types
@@ -125,7 +131,7 @@ impl NewKeySpec {
             now,
         );
         operation.partition_id = Some(partition.id);
-        NewKey { keys, operation }
+        Ok(NewKey { keys, operation })
     }
 }
 
@@ -349,7 +355,7 @@ mod tests {
 
     fn partition(ha: bool) -> Partition {
         Partition {
-            id: Uuid::from_u128(9),
+            id: Uuid::parse_str("fe192148-82eb-403f-96b2-125bf28d3824").unwrap(),
             connection_id: Uuid::from_u128(8),
             partition_label: "p1".into(),
             serial_number: "1234".into(),
@@ -371,14 +377,16 @@ mod tests {
         .unwrap();
         let mut next = 0u128;
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
-        let made = spec.new_key(
-            &partition(true),
-            || {
-                next += 1;
-                Uuid::from_u128(next)
-            },
-            now,
-        );
+        let made = spec
+            .new_key(
+                &partition(true),
+                || {
+                    next += 1;
+                    Uuid::from_u128(next)
+                },
+                now,
+            )
+            .unwrap();
         let [private, public] = &made.keys[..] else {
             panic!("{made:?}")
         };
@@ -408,7 +416,7 @@ mod tests {
             .keys
             .iter()
             .all(|k| k.ha_enabled && k.created_at == now && k.partition_label == "p1"));
-        assert_eq!(made.operation.partition_id, Some(Uuid::from_u128(9)));
+        assert_eq!(made.operation.partition_id, Some(spec.partition_id));
         assert_eq!(
             made.operation.payload,
             OperationPayload::CreateKey {
@@ -438,7 +446,16 @@ mod tests {
         let spec = request("CKM_AES_KEY_GEN", 256, &["CKA_ENCRYPT"])
             .validate()
             .unwrap();
-        let made = spec.new_key(&partition(false), Uuid::new_v4, OffsetDateTime::UNIX_EPOCH);
+        let made = spec
+            .new_key(&partition(false), Uuid::new_v4, OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        let mut elsewhere = partition(false);
+        elsewhere.id = Uuid::from_u128(9);
+        assert!(spec
+            .new_key(&elsewhere, Uuid::new_v4, OffsetDateTime::UNIX_EPOCH)
+            .unwrap_err()
+            .to_string()
+            .contains("is asked for on partition"));
         assert_eq!(made.keys.len(), 1);
         assert_eq!(
             (made.keys[0].link_id, made.keys[0].algorithm),
@@ -454,6 +471,7 @@ mod tests {
         let mut other = made.keys.clone();
         other.push(
             spec.new_key(&partition(false), Uuid::new_v4, OffsetDateTime::UNIX_EPOCH)
+                .unwrap()
                 .keys
                 .remove(0),
         );
