@@ -40,7 +40,7 @@ pub(crate) enum Command {
     Logout,
     /// The server's health (no login needed).
     Health,
-    /// Luna HSM keys: create, list, get, update, replicate, destroy, delete.
+    /// Luna HSM keys: create, list, get, update, replicate, destroy, forget.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Refresh jobs: read what the tokens hold into CCKM.
