@@ -10,9 +10,9 @@ use luna_domain::query::{
     parse_list_query, ConnectionFilters, JobFilters, KeyFilters, ListQuery, PartitionFilters,
 };
 use luna_domain::{
-    Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyData, KeyEvent,
-    KeyLifecycle, KeyStatus, KeyVersion, Mechanism, Member, ObjectType, Operation, OperationKind,
-    OperationPayload, OperationState, Origin, Partition,
+    Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyEvent, KeyStatus,
+    KeyVersion, Mechanism, Member, ObjectType, Operation, OperationKind, OperationPayload, OperationState,
+    Origin, Partition,
 };
 use luna_store::testing::TestDatabase;
 use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError, UserChange};
@@ -119,45 +119,43 @@ fn registered_partition(store: &Store, name: &str) -> Partition {
     partition
 }
 
+/// One record made as a create makes it (`NewKeySpec::new_key`), then given
+/// the values the list tests filter and sort on; a pair's half stands alone
+/// (no `link_id`) until `rsa_pair` links two.
 fn key(partition: &Partition, label: &str, object_type: ObjectType, size: u32) -> Key {
-    let t = now();
-    let algorithm = if object_type == ObjectType::SecretKey {
-        Algorithm::Aes
+    let mechanism = if object_type == ObjectType::SecretKey {
+        Mechanism::AesKeyGen
     } else {
-        Algorithm::Rsa
+        Mechanism::RsaX931KeyPairGen
     };
-    Key::new(
-        KeyData {
-            id: Uuid::new_v4(),
-            partition_id: partition.id,
-            partition_label: partition.partition_label.clone(),
-            label: label.into(),
-            algorithm: Some(algorithm),
-            object_type: Some(object_type),
-            mechanism: Some(if algorithm == Algorithm::Aes {
-                Mechanism::AesKeyGen
-            } else {
-                Mechanism::RsaX931KeyPairGen
-            }),
-            generated_with: (algorithm == Algorithm::Rsa).then_some(Mechanism::RsaPkcsKeyPairGen),
-            size,
-            attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
-            cka_id: Uuid::new_v4().as_bytes().to_vec(),
-            object_uid: "00".into(),
-            sha_256_fingerprint: format!("{:064x}", rand_u64()),
-            replication_info: BTreeMap::from([("1429964054500".to_string(), "available".to_string())]),
-            replicated: false,
-            byok_key: size.is_multiple_of(3), // a mix: 192 and 3072 only
-            origin: Origin::Cckm,
-            modulus: String::new(),
-            exponent: if algorithm == Algorithm::Rsa { 65537 } else { 0 },
-            link_id: None,
-            ha_enabled: true,
-            created_at: t,
-            updated_at: t,
-        },
-        KeyLifecycle::creating(),
-    )
+    let spec = luna_domain::NewKeySpec {
+        label: label.into(),
+        size,
+        partition_id: partition.id,
+        mechanism,
+        attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
+    };
+    let made = spec.new_key(partition, Uuid::new_v4, now()).unwrap();
+    let mut key = made
+        .keys
+        .into_iter()
+        .find(|k| k.object_type == Some(object_type))
+        .unwrap();
+    key.generated_with = (mechanism != Mechanism::AesKeyGen).then_some(Mechanism::RsaPkcsKeyPairGen);
+    key.attributes = AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap();
+    key.cka_id = Uuid::new_v4().as_bytes().to_vec();
+    key.object_uid = "00".into();
+    key.sha_256_fingerprint = format!("{:064x}", rand_u64());
+    key.replication_info = BTreeMap::from([("1429964054500".to_string(), "available".to_string())]);
+    key.byok_key = size.is_multiple_of(3); // a mix: 192 and 3072 only
+    key.exponent = if mechanism == Mechanism::AesKeyGen {
+        0
+    } else {
+        65537
+    };
+    key.link_id = None;
+    key.ha_enabled = true;
+    key
 }
 
 fn rand_u64() -> u64 {
