@@ -13,17 +13,17 @@ use time::OffsetDateTime;
 
 /// A mutating request's audit record, for a handler that writes it in the
 /// transaction of its own change (then the middleware does not write it
-/// again): what the middleware knows of the request, and the mark.
+/// again): what the middleware knows of the request, the user it acts for
+/// once that is known, and the mark. Clones share the user and the mark.
 #[derive(Debug, Clone)]
 pub struct RequestAudit {
-    username: String,
+    /// Set by the auth check that admits the caller, or by a password
+    /// change for the user its body names; `-` while unknown.
+    username: std::sync::Arc<std::sync::OnceLock<String>>,
     target: String,
     request_id: String,
     client: String,
     written: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The user a request without a bearer token says it acts for (a
-    /// password change names its user in the body).
-    claimed: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl RequestAudit {
@@ -32,10 +32,7 @@ impl RequestAudit {
     pub fn entry(&self, action: &str, status: u16) -> luna_store::AuditEntry {
         luna_store::AuditEntry {
             at: luna_store::now(),
-            username: match self.claimed.get() {
-                Some(claimed) if self.username == "-" => claimed.clone(),
-                _ => self.username.clone(),
-            },
+            username: self.username.get().map_or("-", String::as_str).to_owned(),
             action: action.to_owned(),
             target: self.target.clone(),
             outcome: status.to_string(),
@@ -44,9 +41,10 @@ impl RequestAudit {
         }
     }
 
-    /// The request, sent without a bearer token, names the user it acts for.
-    pub fn claimed_by(&self, username: &str) {
-        let _first_claim_wins = self.claimed.set(username.to_owned());
+    /// The request acts for `username`: its bearer token's user, or the
+    /// user a password change names.
+    pub fn acted_for(&self, username: &str) {
+        let _first_one_wins = self.username.set(username.to_owned());
     }
 
     /// The handler's transaction that held the record committed.
@@ -56,16 +54,14 @@ impl RequestAudit {
 }
 
 impl RequestAudit {
-    /// The record of a request of `username` (`-` when it has no valid
-    /// bearer token) to `target`.
-    pub(crate) fn new(username: String, target: &str, request_id: &str, client: &str) -> RequestAudit {
+    /// The record of a request to `target`, its user not known yet.
+    pub(crate) fn new(target: &str, request_id: &str, client: &str) -> RequestAudit {
         RequestAudit {
-            username,
+            username: Default::default(),
             target: target.to_owned(),
             request_id: request_id.to_owned(),
             client: client.to_owned(),
             written: Default::default(),
-            claimed: Default::default(),
         }
     }
 

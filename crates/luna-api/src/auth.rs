@@ -293,6 +293,7 @@ impl FromRequest for Principal {
 /// unless read less than `SESSION_RECHECK` ago.
 fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiError>> {
     let checked = bearer_claims(req);
+    let audit = crate::audit::RequestAudit::in_request(req);
     async move {
         let (gate, claims) = checked?;
         let ended =
@@ -315,6 +316,9 @@ fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiErr
         let owner = owner.flatten();
         if owner != Some(user) {
             return Err(ended());
+        }
+        if let Some(audit) = audit {
+            audit.acted_for(&claims.preferred_username);
         }
         Ok(Principal {
             user_id: claims.sub,

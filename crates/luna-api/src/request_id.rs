@@ -45,23 +45,11 @@ pub async fn middleware(
     let client = req.connection_info().peer_addr().unwrap_or("-").to_owned();
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
     // Every mutating request is audited (logins: only failures, by their
-    // handler), under the bearer token's user (checked), or `-`.
+    // handler), under the user the auth check admits (`-` if none does).
     let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
     let login = req.method() == actix_web::http::Method::POST && req.path() == "/api/v1/auth/tokens";
-    let audited = (!reads.contains(req.method()) && !login).then(|| {
-        let username = req
-            .app_data::<actix_web::web::Data<crate::state::AppState>>()
-            .and_then(|state| {
-                let bearer = req
-                    .headers()
-                    .get(actix_web::http::header::AUTHORIZATION)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.strip_prefix("Bearer "))?;
-                state.auth.verify(bearer).ok()
-            })
-            .map_or_else(|| "-".to_owned(), |c| c.preferred_username);
-        crate::audit::RequestAudit::new(username, req.path(), &id, &client)
-    });
+    let audited = (!reads.contains(req.method()) && !login)
+        .then(|| crate::audit::RequestAudit::new(req.path(), &id, &client));
     if let Some(audit) = &audited {
         actix_web::HttpMessage::extensions_mut(&req).insert(audit.clone());
     }

@@ -284,7 +284,7 @@ pub async fn change_password(
     let new_password = crate::handlers::users::checked_password("new_password", body.new_password)?;
     let password = body.password.unwrap_or_else(|| SecretString::from(""));
     if let Some(audit) = crate::audit::RequestAudit::in_request(&req) {
-        audit.claimed_by(&username);
+        audit.acted_for(&username);
     }
     let store = state.store.clone();
     let attempted = username.clone();
