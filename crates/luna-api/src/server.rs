@@ -29,9 +29,11 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// The OpenAPI document of `routes`, as JSON.
 pub fn document_json() -> serde_json::Value {
-    crate::openapi::to_json(crate::openapi::openapi(routes))
+    crate::openapi::to_json(API.clone())
 }
 
+/// The document, made once: served as text, and read for the 405s.
+static API: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| crate::openapi::openapi(routes));
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| document_json().to_string());
 
 /// This document.
@@ -131,7 +133,7 @@ fn path_config() -> web::PathConfig {
 /// anything else a 404. What is known is what the document lists.
 async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     static PATHS: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
-        crate::openapi::operations(crate::openapi::openapi(routes))
+        crate::openapi::operations(API.clone())
             .into_iter()
             .map(|(path, methods)| (ResourceDef::new(path), methods))
             .collect()
