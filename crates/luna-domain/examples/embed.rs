@@ -288,7 +288,7 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
             key.id,
             key.label,
             key.lifecycle().status(),
-            read_at.updated_at
+            read_at.updated_at()
         );
     }
     let linked = planned.inserted.len() == 2 && planned.inserted.iter().all(|k| k.link_id.is_some());

@@ -1,7 +1,13 @@
 //! One Diesel codebase for SQLite and PostgreSQL: the backend is picked from
 //! the URL, each backend has its own embedded migrations.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use diesel::connection::InstrumentationEvent;
+use diesel::RunQueryDsl as _;
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -86,35 +92,141 @@ pub fn create_private_file(target: &str) -> Result<()> {
 }
 
 /// Opens connections of the URL's backend (the derived `establish` would try
-/// every backend in turn, and SQLite accepts any string as a file name).
+/// every backend in turn, and SQLite accepts any string as a file name), and
+/// counts the statements they send.
 #[derive(Debug)]
 pub struct ConnectionManager {
     backend: Backend,
     target: String,
+    statements: Arc<StatementLog>,
+}
+
+/// The statements a store's connections sent: how many, and (for tests)
+/// their text while a test records them.
+#[derive(Debug, Default)]
+pub struct StatementLog {
+    sent: AtomicU64,
+    #[cfg(feature = "testing")]
+    pub(crate) recorded: parking_lot::Mutex<Option<Vec<String>>>,
+}
+
+impl StatementLog {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, query: &dyn std::fmt::Display) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "testing")]
+        if let Some(texts) = self.recorded.lock().as_mut() {
+            let text = query.to_string();
+            // A statement's text, without the binds diesel's display adds.
+            texts.push(text.split(" -- binds:").next().unwrap_or_default().to_owned());
+        }
+        #[cfg(not(feature = "testing"))]
+        let _ = query;
+    }
 }
 
 impl ConnectionManager {
-    pub fn new(backend: Backend, target: String) -> Self {
-        ConnectionManager { backend, target }
+    pub fn new(backend: Backend, target: String, statements: Arc<StatementLog>) -> Self {
+        ConnectionManager {
+            backend,
+            target,
+            statements,
+        }
     }
 
     pub fn connect(&self) -> Result<DbConnection> {
+        let sent = Arc::clone(&self.statements);
         Ok(match self.backend {
             Backend::Sqlite => {
                 let mut conn = SqliteConnection::establish(&self.target)?;
-                // WAL lets readers run beside the writer; FULL syncs the log at
-                // every commit, so an answered write survives a power cut (NORMAL
-                // survives a crash only; group commit makes the sync cheap); the
-                // busy timeout covers another process (a CLI, a backup) holding
-                // the write lock briefly.
+                // WAL lets readers run beside the writer. NORMAL does not sync
+                // the log at each commit: the group commit syncs it itself
+                // after each commit that must be on disk (`WalFile`), and
+                // leaves the others (operations' outcomes) to the next sync or
+                // checkpoint. The busy timeout covers another process (a CLI,
+                // a backup) holding the write lock briefly.
                 conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )?;
+                conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    if let InstrumentationEvent::StartQuery { query, .. } = event {
+                        sent.note(query);
+                    }
+                });
                 DbConnection::Sqlite(conn)
             }
-            Backend::Postgres => DbConnection::Postgres(PgConnection::establish(&self.target)?),
+            Backend::Postgres => {
+                let mut conn = PgConnection::establish(&self.target)?;
+                // A statement prepared for the first time is a round trip of its own.
+                conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
+                    InstrumentationEvent::StartQuery { query, .. } => sent.note(query),
+                    InstrumentationEvent::CacheQuery { sql, .. } => sent.note(&sql),
+                    _ => {}
+                });
+                DbConnection::Postgres(conn)
+            }
         })
+    }
+}
+
+/// SQLite's write-ahead log, which a commit that must be on disk syncs
+/// (the connections commit with `synchronous = NORMAL`). Opened by path at
+/// each sync: SQLite deletes the log when its last connection closes and
+/// makes a new one, and a handle kept open would sync the old one. The
+/// directory is synced too the first time a log file is seen, so that its
+/// name survives a power cut (what SQLite's own first sync of a new log does).
+#[derive(Debug)]
+pub struct WalFile {
+    path: PathBuf,
+    dir: PathBuf,
+    /// The inode of the log last synced with its directory.
+    synced: parking_lot::Mutex<Option<u64>>,
+}
+
+impl WalFile {
+    /// The log of the SQLite database `conn` is open on (none on PostgreSQL,
+    /// or for a database with no file).
+    pub fn of(conn: &mut DbConnection) -> Result<Option<WalFile>> {
+        #[derive(diesel::QueryableByName)]
+        struct File {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            file: String,
+        }
+        let DbConnection::Sqlite(lite) = conn else {
+            return Ok(None);
+        };
+        let main: File = diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .get_result(lite)?;
+        if main.file.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(format!("{}-wal", main.file));
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+        Ok(Some(WalFile {
+            path,
+            dir,
+            synced: parking_lot::Mutex::new(None),
+        }))
+    }
+
+    /// Syncs what the log holds (every commit so far) to disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let log = std::fs::File::open(&self.path)?;
+        log.sync_data()?;
+        let inode = log.metadata()?.ino();
+        let mut synced = self.synced.lock();
+        if *synced != Some(inode) {
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            *synced = Some(inode);
+        }
+        Ok(())
     }
 }
 

@@ -45,6 +45,10 @@ pub enum StoreError {
     /// commit; the write did not happen.
     #[error("the write's transaction did not commit: {reason}")]
     Commit { reason: String, unavailable: bool },
+    /// The write committed, but what had to follow its commit did not
+    /// (moving the audit checkpoint, syncing the log to disk).
+    #[error("the write committed, but {reason}")]
+    AfterCommit { reason: String },
     #[error("a stored PIN could not be decrypted: the data directory's key is not the one it was sealed with, or the row was altered")]
     PinDecrypt,
 }
@@ -65,6 +69,7 @@ impl StoreError {
                     | Query::BrokenTransactionManager
             ),
             StoreError::UnsupportedUrl
+            | StoreError::AfterCommit { .. }
             | StoreError::Migration(_)
             | StoreError::Conflict(_)
             | StoreError::IdempotencyKeyTaken
@@ -73,6 +78,22 @@ impl StoreError {
             | StoreError::KeyFile { .. }
             | StoreError::DatabaseFile { .. }
             | StoreError::PinDecrypt => false,
+        }
+    }
+
+    /// Whether the database chose this write as the victim of a deadlock or
+    /// a serialization failure: it says nothing of the write, which may
+    /// simply run again. (diesel names PostgreSQL's 40001 but not 40P01,
+    /// whose primary message is read instead: the server's messages are
+    /// English unless it was configured otherwise.)
+    pub(crate) fn is_retryable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as Query};
+        match self {
+            StoreError::Query(Query::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => true,
+            StoreError::Query(Query::DatabaseError(DatabaseErrorKind::Unknown, info)) => {
+                info.message() == "deadlock detected"
+            }
+            _ => false,
         }
     }
 

@@ -1,47 +1,150 @@
 //! Group commit: the write transactions of this process share commits.
 //!
-//! With `synchronous = FULL` (SQLite) or the default `synchronous_commit`
-//! (PostgreSQL), a commit waits for the disk; one per accepted request, per
-//! claim and per outcome made the database the service's bottleneck on a
-//! fast token. Here the writes that arrive together run in one transaction,
-//! each in a savepoint of its own (one that fails is rolled back alone, and
-//! only its caller sees the error), and every caller is answered only after
-//! that transaction committed: what a `201` promises is on disk.
+//! A commit that waits for the disk costs more than the writes it ends; one
+//! per accepted request and per outcome made the database the service's
+//! bottleneck on a fast token. Here the writes that arrive together run in
+//! one transaction, and every caller is answered only after that transaction
+//! committed. What each write leaves to its batch ([`Pending`]: the key-count
+//! changes it made, the audit records it appends) is summed and written once,
+//! just before the commit (`Batches::close`): the rows every write would
+//! otherwise touch (a partition's counts, the audit trail's head) are written
+//! once a batch, and held only through its commit.
 //!
 //! No thread and no timer: the first writer that finds no batch open becomes
-//! its leader (takes a connection, begins the transaction); writers that
-//! arrive meanwhile, and those that waited for the previous batch to commit,
-//! join it and run their work on its connection, one at a time; the leader
-//! commits once every writer that was waiting has joined. Under no load a
-//! write is one transaction, as before; under load a batch holds everyone
-//! who arrived while the last commit was going to disk.
+//! its leader (takes a connection, begins the transaction, runs its own work:
+//! if that fails, the whole transaction is rolled back, as nobody has joined
+//! yet); writers that arrive meanwhile, and those that waited for the
+//! previous batch to commit, join it and run their work on its connection,
+//! one at a time, each in a savepoint of its own (one that fails is rolled
+//! back alone, and only its caller sees the error); the leader commits once
+//! every writer that was waiting has joined. Under no load a write is one
+//! transaction with no savepoint; under load a batch holds everyone who
+//! arrived while the last commit was going to disk.
+//!
+//! A write that fails in a way that says nothing of the write itself (a
+//! PostgreSQL deadlock or serialization failure, in which the database chose
+//! it as the victim) is run again, here, a few times before its caller hears
+//! of it: the caller would only send it again.
+//!
+//! A batch's commit waits for the disk if any of its writes needs it
+//! ([`Durability::Synced`]); a batch of deferred writes only (operations'
+//! outcomes) commits without waiting, and reaches the disk with the next
+//! synced commit or checkpoint.
 //!
 //! One batch at a time per process: on SQLite there is one writer anyway,
 //! and on PostgreSQL a batch's statements run on one connection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use diesel::connection::TransactionManager;
 use diesel::r2d2::PooledConnection;
 use diesel::Connection as _;
 use parking_lot::{Condvar, Mutex};
 
+use crate::counts::CountDeltas;
 use crate::db::{ConnectionManager, DbConnection};
 use crate::error::{Result, StoreError};
+use crate::repo::audit::AuditEntry;
 
 /// At most this many writes share one commit, so that a batch's last
 /// writer does not wait behind an unbounded number of others.
 const MOST_PER_BATCH: usize = 256;
 
-type Pooled = PooledConnection<ConnectionManager>;
+/// How many times a write the database chose as a deadlock's or a
+/// serialization failure's victim is run again before its caller hears of it.
+const RETRIES: usize = 8;
+
+pub(crate) type Pooled = PooledConnection<ConnectionManager>;
+
+/// Whether a write's commit must be on disk before the write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    /// Visible at once, on disk with the next synced commit or checkpoint:
+    /// a power cut may lose it. Only for what the service does again after a
+    /// restart: an operation's outcome (its attempt runs again, once its
+    /// lease has run out, and finds its objects by `CKA_ID`), a lease's
+    /// renewal, a retry's delay.
+    Deferred,
+    /// On disk before the write returns: what a `201` promises.
+    Synced,
+}
+
+/// What a write leaves to be written once for its whole batch, just before
+/// the commit: the key-count changes it made and the audit records it appends.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub counts: CountDeltas,
+    pub audit: Vec<AuditEntry>,
+    /// Partitions the write deleted (their counts went with them, by
+    /// cascade): earlier writes' deltas for them are dropped.
+    pub forgotten_partitions: Vec<String>,
+}
+
+impl Pending {
+    /// Adds a later write's leftovers to these (a batch's, in write order).
+    fn absorb(&mut self, later: Pending) {
+        for partition in &later.forgotten_partitions {
+            self.counts.forget_partition(partition);
+        }
+        self.counts.merge(later.counts);
+        self.audit.extend(later.audit);
+    }
+}
+
+/// The store's side of a batch: opening its transaction, and writing what
+/// its writes left and committing.
+pub(crate) trait Batches {
+    /// What a committed batch hands to `closed`.
+    type Closed;
+
+    /// A connection with a transaction begun, for a batch whose first write
+    /// wants `durability`.
+    fn open(&self, durability: Durability) -> Result<Pooled>;
+
+    /// Writes `pending` and commits (on disk if `durability` is `Synced`;
+    /// `begun` is what `open` was asked for); rolls back if either fails.
+    fn close(
+        &self,
+        conn: &mut DbConnection,
+        pending: Pending,
+        begun: Durability,
+        durability: Durability,
+    ) -> Result<Self::Closed>;
+
+    /// After a commit: what must follow it (the audit checkpoint moved).
+    fn closed(&self, closed: Self::Closed) -> Result<()>;
+}
+
+/// Counters of this process's writes, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Writes committed.
+    pub writes: u64,
+    /// Commits they took (several writes share one under load).
+    pub commits: u64,
+    /// Commits that waited for the disk.
+    pub synced_commits: u64,
+    /// Time from each batch's begin to the end of its commit, summed: the
+    /// serial database time of this process's writes.
+    pub batch_nanos: u64,
+    /// The part of it spent writing what the writes left and committing.
+    pub commit_nanos: u64,
+    /// Writes run again after a deadlock or serialization failure.
+    pub retried: u64,
+}
 
 #[derive(Default)]
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
     changed: Condvar,
-    /// Writes done, and the commits they took (for metrics and tests).
-    writes: std::sync::atomic::AtomicU64,
-    commits: std::sync::atomic::AtomicU64,
+    writes: AtomicU64,
+    commits: AtomicU64,
+    synced_commits: AtomicU64,
+    batch_nanos: AtomicU64,
+    commit_nanos: AtomicU64,
+    retried: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -59,7 +162,7 @@ struct State {
     next_batch: u64,
     /// How committed batches ended, until each member has read it:
     /// (members still to read it, the failure if the commit failed).
-    ended: HashMap<u64, (usize, Option<CommitFailure>)>,
+    ended: HashMap<u64, (usize, Option<BatchFailure>)>,
 }
 
 #[derive(Default)]
@@ -67,7 +170,8 @@ enum Phase {
     /// No batch: the next writer leads one.
     #[default]
     Idle,
-    /// A leader is taking a connection and beginning the transaction.
+    /// A leader is taking a connection, beginning the transaction and
+    /// running its own work.
     Forming,
     /// The batch's transaction is open; writers join it.
     Open(Box<Batch>),
@@ -79,30 +183,69 @@ struct Batch {
     id: u64,
     conn: Pooled,
     members: usize,
+    pending: Pending,
+    begun: Durability,
+    durability: Durability,
 }
 
-/// Why a batch's commit failed, for each member that did not lead it.
+/// Why a batch failed, for each member that did not lead it.
 #[derive(Debug, Clone)]
-struct CommitFailure {
+struct BatchFailure {
     reason: String,
     unavailable: bool,
+    /// The commit happened; what had to follow it did not.
+    after_commit: bool,
+}
+
+impl BatchFailure {
+    fn of(error: &StoreError) -> BatchFailure {
+        match error {
+            StoreError::AfterCommit { reason } => BatchFailure {
+                reason: reason.clone(),
+                unavailable: false,
+                after_commit: true,
+            },
+            other => BatchFailure {
+                reason: other.to_string(),
+                unavailable: other.is_unavailable(),
+                after_commit: false,
+            },
+        }
+    }
+
+    fn into_error(self) -> StoreError {
+        if self.after_commit {
+            StoreError::AfterCommit { reason: self.reason }
+        } else {
+            StoreError::Commit {
+                reason: self.reason,
+                unavailable: self.unavailable,
+            }
+        }
+    }
 }
 
 impl GroupCommit {
-    /// Writes so far, and the commits they shared.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.writes.load(Relaxed), self.commits.load(Relaxed))
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            writes: self.writes.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+            synced_commits: self.synced_commits.load(Relaxed),
+            batch_nanos: self.batch_nanos.load(Relaxed),
+            commit_nanos: self.commit_nanos.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+        }
     }
 
     /// Runs `work` in a transaction shared with the writes that arrive with
-    /// it, and returns once that transaction committed. `connect` gives a
-    /// connection and `begin` begins its transaction (the leader's part).
-    pub(crate) fn write<T>(
+    /// it, and returns once that transaction committed (on disk, if
+    /// `durability` asks). `work` may run more than once (see `RETRIES`);
+    /// only the run that committed counts.
+    pub(crate) fn write<B: Batches, T>(
         &self,
-        connect: impl FnOnce() -> Result<Pooled>,
-        begin: impl FnOnce(&mut DbConnection) -> Result<()>,
-        work: impl FnOnce(&mut DbConnection) -> Result<T>,
+        batches: &B,
+        durability: Durability,
+        mut work: impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
     ) -> Result<T> {
         let mut state = self.state.lock();
         loop {
@@ -110,12 +253,18 @@ impl GroupCommit {
                 Phase::Idle => {
                     state.phase = Phase::Forming;
                     drop(state);
-                    return self.lead(connect, begin, work);
+                    return self.lead(batches, durability, work);
                 }
                 Phase::Open(batch) if batch.members < MOST_PER_BATCH => {
                     batch.members += 1;
                     let id = batch.id;
-                    let done = in_savepoint(&mut batch.conn, work);
+                    let done = self
+                        .in_savepoint(&mut batch.conn, &mut work)
+                        .map(|(value, pending)| {
+                            batch.pending.absorb(pending);
+                            batch.durability = batch.durability.max(durability);
+                            value
+                        });
                     self.changed.notify_all();
                     return self.await_commit(state, id, done);
                 }
@@ -128,18 +277,38 @@ impl GroupCommit {
         }
     }
 
-    fn lead<T>(
+    fn lead<B: Batches, T>(
         &self,
-        connect: impl FnOnce() -> Result<Pooled>,
-        begin: impl FnOnce(&mut DbConnection) -> Result<()>,
-        work: impl FnOnce(&mut DbConnection) -> Result<T>,
+        batches: &B,
+        durability: Durability,
+        mut work: impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
     ) -> Result<T> {
-        let opened = connect().and_then(|mut conn| begin(&mut conn).map(|()| conn));
-        let (conn, done) = match opened {
-            Ok(mut conn) => {
-                let done = in_savepoint(&mut conn, work);
-                (conn, done)
+        let began = Instant::now();
+        let mut attempt = 0;
+        // Nobody joins before the leader's work is done: if it fails, the
+        // transaction holds nothing else and is rolled back whole.
+        let led = loop {
+            let opened = batches.open(durability);
+            let mut conn = match opened {
+                Ok(conn) => conn,
+                Err(error) => break Err(error),
+            };
+            let mut pending = Pending::default();
+            match work(&mut conn, &mut pending) {
+                Ok(value) => break Ok((conn, value, pending)),
+                Err(error) => {
+                    rollback(&mut conn);
+                    if error.is_retryable() && attempt < RETRIES {
+                        attempt += 1;
+                        self.retried.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    break Err(error);
+                }
             }
+        };
+        let (conn, value, pending) = match led {
+            Ok(led) => led,
             Err(error) => {
                 // The waiting writers try for themselves (one leads next).
                 self.state.lock().phase = Phase::Idle;
@@ -150,7 +319,14 @@ impl GroupCommit {
         let mut state = self.state.lock();
         let id = state.next_batch;
         state.next_batch += 1;
-        state.phase = Phase::Open(Box::new(Batch { id, conn, members: 1 }));
+        state.phase = Phase::Open(Box::new(Batch {
+            id,
+            conn,
+            members: 1,
+            pending,
+            begun: durability,
+            durability,
+        }));
         self.changed.notify_all();
         // Every writer that was waiting joins before the commit.
         while state.waiting > 0 && matches!(&state.phase, Phase::Open(b) if b.members < MOST_PER_BATCH) {
@@ -161,27 +337,61 @@ impl GroupCommit {
         };
         drop(state);
         let Batch {
-            mut conn, members, ..
+            mut conn,
+            members,
+            pending,
+            begun,
+            durability,
+            ..
         } = *batch;
-        let committed = commit(&mut conn);
+        let closing = Instant::now();
+        let closed = batches.close(&mut conn, pending, begun, durability);
         drop(conn);
-        if committed.is_ok() {
-            use std::sync::atomic::Ordering::Relaxed;
+        if matches!(&closed, Ok(_) | Err(StoreError::AfterCommit { .. })) {
             self.writes.fetch_add(members as u64, Relaxed);
             self.commits.fetch_add(1, Relaxed);
+            if durability == Durability::Synced {
+                self.synced_commits.fetch_add(1, Relaxed);
+            }
+            self.commit_nanos.fetch_add(nanos(closing), Relaxed);
+            self.batch_nanos.fetch_add(nanos(began), Relaxed);
         }
+        let failure = closed
+            .and_then(|closed| batches.closed(closed))
+            .err()
+            .map(|error| BatchFailure::of(&error));
         let mut state = self.state.lock();
-        let failure = committed.as_ref().err().map(|error| CommitFailure {
-            reason: error.to_string(),
-            unavailable: error.is_unavailable(),
-        });
         if members > 1 {
-            state.ended.insert(id, (members - 1, failure));
+            state.ended.insert(id, (members - 1, failure.clone()));
         }
         state.phase = Phase::Idle;
         self.changed.notify_all();
         drop(state);
-        committed.and(done)
+        match failure {
+            None => Ok(value),
+            Some(failure) => Err(failure.into_error()),
+        }
+    }
+
+    /// Runs a joining writer's `work` in a savepoint, rolled back alone if it
+    /// fails, and again (in a new one) if the database chose it as a victim.
+    fn in_savepoint<T>(
+        &self,
+        conn: &mut DbConnection,
+        work: &mut impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
+    ) -> Result<(T, Pending)> {
+        let mut attempt = 0;
+        loop {
+            let mut pending = Pending::default();
+            match conn.transaction(|c| work(c, &mut pending)) {
+                Ok(value) => return Ok((value, pending)),
+                Err(error) if error.is_retryable() && attempt < RETRIES => {
+                    attempt += 1;
+                    self.retried.fetch_add(1, Relaxed);
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// A member's wait for its batch's commit; its work's outcome if the commit held.
@@ -200,9 +410,9 @@ impl GroupCommit {
                 }
                 return match failure {
                     None => done,
-                    Some(CommitFailure { reason, unavailable }) => {
-                        Err(StoreError::Commit { reason, unavailable })
-                    }
+                    // A write that failed alone keeps its own error.
+                    Some(_) if done.is_err() => done,
+                    Some(failure) => Err(failure.into_error()),
                 };
             }
             self.changed.wait(&mut state);
@@ -210,19 +420,24 @@ impl GroupCommit {
     }
 }
 
-/// Runs `work` in a savepoint: rolled back alone if it fails.
-fn in_savepoint<T>(conn: &mut DbConnection, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
-    conn.transaction(work)
+fn nanos(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Commits the batch's transaction; rolls it back if that fails (a failed
-/// rollback breaks the connection, which the pool then discards).
-fn commit(conn: &mut DbConnection) -> Result<()> {
+/// Rolls back the connection's transaction (a failed rollback breaks the
+/// connection, which the pool then discards).
+pub(crate) fn rollback(conn: &mut DbConnection) {
+    type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
+    let _ = Transactions::rollback_transaction(conn);
+}
+
+/// Commits the connection's transaction; rolls it back if that fails.
+pub(crate) fn commit(conn: &mut DbConnection) -> Result<()> {
     type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
     match Transactions::commit_transaction(conn) {
         Ok(()) => Ok(()),
         Err(error) => {
-            let _ = Transactions::rollback_transaction(conn);
+            rollback(conn);
             Err(error.into())
         }
     }

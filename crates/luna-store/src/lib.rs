@@ -8,6 +8,7 @@
 //! sealed (see [`PinCipher`]).
 
 mod codec;
+mod counts;
 mod db;
 mod error;
 mod group;
@@ -27,6 +28,7 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 pub use codec::now;
 pub use db::{Backend, PoolOptions};
 pub use error::{Result, StoreError};
+pub use group::{Durability, WriteStats};
 pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
 pub use repo::operations::PartitionRoom;
@@ -34,6 +36,7 @@ pub use repo::partitions::ConnectionChange;
 pub use repo::users::{NewUser, StoredUser, UserChange};
 
 use db::{ConnectionManager, DbConnection};
+use group::{Batches, Pending, Pooled};
 
 /// A page of a list and the number of rows that match the filters.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +55,12 @@ pub struct Store {
     pins: Arc<PinCipher>,
     /// Where the audit trail's head is kept outside the database, if anywhere.
     audit_checkpoint: Option<Arc<AuditCheckpoint>>,
+    /// The trail's head as this process last committed or read it.
+    audit_head: Arc<repo::audit::AuditHead>,
+    /// SQLite's write-ahead log, synced after each synced commit.
+    wal: Option<Arc<db::WalFile>>,
+    /// Statements sent to the database by this store's connections.
+    statements: Arc<db::StatementLog>,
     /// Set when the last attempt to get a connection failed: the database is
     /// away, and later attempts wait briefly instead of the full timeout, so
     /// a request needing several queries still answers in about one.
@@ -76,18 +85,29 @@ impl Store {
         if backend == Backend::Sqlite {
             db::create_private_file(&target)?;
         }
-        let manager = ConnectionManager::new(backend, target);
+        let statements = Arc::new(db::StatementLog::default());
+        let manager = ConnectionManager::new(backend, target, Arc::clone(&statements));
         // Migrate on one connection before the pool opens more.
-        db::run_migrations(&mut manager.connect()?)?;
+        let mut first = manager.connect()?;
+        db::run_migrations(&mut first)?;
+        let wal = db::WalFile::of(&mut first)?.map(Arc::new);
         let pool = diesel::r2d2::Pool::builder()
             .max_size(options.max_connections)
             .connection_timeout(options.connect_timeout)
+            // A connection is checked by the query it is taken for: a ping
+            // on every checkout was a round trip per use. One that broke is
+            // dropped on its return (`has_broken`) and its query's error
+            // says the database is away.
+            .test_on_check_out(false)
             .build(manager)?;
         Ok(Store {
             pool,
             backend,
             writes: Arc::default(),
             audit_checkpoint: None,
+            audit_head: Arc::default(),
+            wal,
+            statements,
             pins: Arc::new(pins),
             unreachable: Arc::default(),
         })
@@ -104,10 +124,18 @@ impl Store {
         self.backend
     }
 
-    /// Writes committed by this process so far, and how many commits they
-    /// took (several writes share one under load: group commit).
-    pub fn write_counts(&self) -> (u64, u64) {
-        self.writes.counts()
+    /// This process's writes so far: how many, the commits they took
+    /// (several writes share one under load: group commit), and the time
+    /// spent in them.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writes.stats()
+    }
+
+    /// Statements this store's connections sent to the database so far
+    /// (each a round trip; on PostgreSQL a statement prepared for the first
+    /// time on a connection counts twice).
+    pub fn statements_sent(&self) -> u64 {
+        self.statements.sent()
     }
 
     /// Answers when the database does (for health checks).
@@ -162,25 +190,116 @@ impl Store {
     }
 
     /// Runs `work` in one transaction, shared with the writes of this
-    /// process that arrive with it (`group`: each in a savepoint, answered
-    /// once the shared transaction committed). On SQLite the transaction
-    /// takes the write lock up front (`BEGIN IMMEDIATE`, waiting out the busy
-    /// timeout): a deferred one that later writes gets SQLITE_BUSY at once
-    /// when another connection, in this process or another, wrote meanwhile.
-    fn write<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
-        type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
-        self.writes.write(
-            || self.connection(),
-            |conn| {
-                match conn {
-                    DbConnection::Sqlite(lite) => {
-                        AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?
-                    }
-                    DbConnection::Postgres(_) => Transactions::begin_transaction(conn)?,
+    /// process that arrive with it, and returns once it committed to disk
+    /// (see `write_with`).
+    fn write<T>(&self, mut work: impl FnMut(&mut DbConnection) -> Result<T>) -> Result<T> {
+        self.write_with(Durability::Synced, |conn, _| work(conn))
+    }
+
+    /// Runs `work` in one transaction, shared with the writes of this
+    /// process that arrive with it (`group`: answered once the shared
+    /// transaction committed, on disk if `durability` asks), with what it
+    /// leaves to its batch (`Pending`: key-count changes, audit records).
+    /// `work` may run again if the database chose it as a deadlock's victim.
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        work: impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
+    ) -> Result<T> {
+        self.writes.write(self, durability, work)
+    }
+}
+
+/// A committed batch's new audit head, for the checkpoint and the cache.
+pub(crate) struct Committed {
+    audit_head: Option<(i64, String)>,
+}
+
+impl Batches for Store {
+    type Closed = Committed;
+
+    /// On SQLite the transaction takes the write lock up front (`BEGIN
+    /// IMMEDIATE`, waiting out the busy timeout): a deferred one that later
+    /// writes gets SQLITE_BUSY at once when another connection, in this
+    /// process or another, wrote meanwhile. On PostgreSQL a batch begun for
+    /// a deferred write commits without waiting for the disk unless a
+    /// synced write joins it.
+    fn open(&self, durability: Durability) -> Result<Pooled> {
+        let mut conn = self.connection()?;
+        match &mut *conn {
+            DbConnection::Sqlite(lite) => {
+                AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?
+            }
+            DbConnection::Postgres(pg) => AnsiTransactionManager::begin_transaction_sql(
+                pg,
+                match durability {
+                    Durability::Synced => "BEGIN",
+                    Durability::Deferred => "BEGIN; SET LOCAL synchronous_commit TO off",
+                },
+            )?,
+        }
+        Ok(conn)
+    }
+
+    /// Writes the batch's count changes, then its audit records (always in
+    /// this order, so that instances take the rows in one order), and
+    /// commits. SQLite's connections commit without syncing (`synchronous =
+    /// NORMAL`): a synced batch then syncs the log itself, so that a batch of
+    /// outcomes costs no wait for the disk.
+    fn close(
+        &self,
+        conn: &mut DbConnection,
+        pending: Pending,
+        begun: Durability,
+        durability: Durability,
+    ) -> Result<Committed> {
+        let written = (|| {
+            pending.counts.write(conn)?;
+            let audit_head = if pending.audit.is_empty() {
+                None
+            } else {
+                let key = self.pins.audit_key();
+                Some(repo::audit::append_in(
+                    conn,
+                    key,
+                    &self.audit_head,
+                    &pending.audit,
+                )?)
+            };
+            if let DbConnection::Postgres(pg) = &mut *conn {
+                if begun == Durability::Deferred && durability == Durability::Synced {
+                    diesel::connection::SimpleConnection::batch_execute(
+                        pg,
+                        "SET LOCAL synchronous_commit TO DEFAULT",
+                    )?;
                 }
-                Ok(())
-            },
-            work,
-        )
+            }
+            Ok(audit_head)
+        })();
+        let audit_head = match written {
+            Ok(head) => head,
+            Err(error) => {
+                group::rollback(conn);
+                return Err(error);
+            }
+        };
+        group::commit(conn)?;
+        if let (Some(wal), Durability::Synced) = (&self.wal, durability) {
+            wal.sync().map_err(|e| StoreError::AfterCommit {
+                reason: format!("its log could not be synced to disk: {e}"),
+            })?;
+        }
+        Ok(Committed { audit_head })
+    }
+
+    fn closed(&self, committed: Committed) -> Result<()> {
+        let Some((seq, hash)) = committed.audit_head else {
+            return Ok(());
+        };
+        *self.audit_head.lock() = Some((seq, hash.clone()));
+        self.checkpoint_audit(seq, &hash)
+            .map_err(|e| StoreError::AfterCommit {
+                reason: format!("the audit checkpoint could not be moved: {e}"),
+            })
     }
 }

@@ -15,7 +15,7 @@ use crate::schema::{
     connection_members, connections, hsm_servers, jobs, keys, operations, partitions, users,
 };
 
-#[derive(Debug, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = keys)]
 pub struct KeyRow {
     pub id: String,
@@ -127,7 +127,82 @@ impl KeyRow {
     }
 }
 
-#[derive(Debug, Queryable, Selectable, Insertable)]
+/// The columns of a key row an update changes, and only those: SQLite
+/// rewrites the entries of every index on a column a statement sets, changed
+/// or not. `None` leaves a column as it is; `Some(None)` sets a nullable one
+/// to NULL (an `operation_error` cleared when an operation begins). A key
+/// never moves to another partition and keeps its id and creation time.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = keys)]
+pub struct KeyChange {
+    pub partition_label: Option<String>,
+    pub label: Option<String>,
+    pub status: Option<String>,
+    pub operation: Option<String>,
+    pub operation_status: Option<String>,
+    pub operation_error: Option<Option<String>>,
+    pub algorithm: Option<Option<String>>,
+    pub object_type: Option<Option<String>>,
+    pub mechanism: Option<Option<String>>,
+    pub generated_with: Option<Option<String>>,
+    pub size: Option<i32>,
+    pub attributes: Option<String>,
+    pub cka_id: Option<Vec<u8>>,
+    pub object_uid: Option<String>,
+    pub sha_256_fingerprint: Option<String>,
+    pub replication_info: Option<String>,
+    pub replicated: Option<bool>,
+    pub byok_key: Option<bool>,
+    pub origin: Option<String>,
+    pub modulus: Option<String>,
+    pub exponent: Option<i64>,
+    pub link_id: Option<Option<String>>,
+    pub ha_enabled: Option<bool>,
+    pub updated_at: Option<i64>,
+}
+
+impl KeyChange {
+    /// What turns `before` into `after`; `None` if nothing does.
+    pub fn between(before: &KeyRow, after: &KeyRow) -> Option<KeyChange> {
+        macro_rules! columns {
+            ($($column:ident),+) => {{
+                let change = KeyChange {
+                    $($column: (before.$column != after.$column).then(|| after.$column.clone()),)+
+                };
+                let any = false $(|| change.$column.is_some())+;
+                any.then_some(change)
+            }};
+        }
+        columns!(
+            partition_label,
+            label,
+            status,
+            operation,
+            operation_status,
+            operation_error,
+            algorithm,
+            object_type,
+            mechanism,
+            generated_with,
+            size,
+            attributes,
+            cka_id,
+            object_uid,
+            sha_256_fingerprint,
+            replication_info,
+            replicated,
+            byok_key,
+            origin,
+            modulus,
+            exponent,
+            link_id,
+            ha_enabled,
+            updated_at
+        )
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = operations)]
 pub struct OperationRow {
     pub id: String,

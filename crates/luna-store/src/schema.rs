@@ -108,7 +108,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Kept by triggers (migration 3); read-only here.
+    /// Written only by `counts.rs`, once per transaction that writes keys.
     key_counts (partition_id, status) {
         partition_id -> Text,
         status -> Text,
@@ -117,7 +117,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Kept by triggers (migration 8); read-only here. `field` 0 counts
+    /// Written only by `counts.rs`, once per transaction that writes keys. `field` 0 counts
     /// `created_at`, 1 `updated_at`; `bucket` is the timestamp shifted right
     /// by the level's bits.
     key_time_counts (field, level, bucket, partition_id, status) {

@@ -70,6 +70,77 @@ impl Store {
     }
 }
 
+/// One row of a count table: its key as text, and its count.
+#[derive(diesel::QueryableByName, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CountRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    what: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// The counts made again from the keys, as migration 14 makes them.
+const RECOUNTED: &str = "\
+    SELECT 'total ' || partition_id || ' ' || status AS what, COUNT(*) AS n FROM keys GROUP BY partition_id, status \
+    UNION ALL SELECT 'bucket ' || field || ' ' || level || ' ' || bucket || ' ' || partition_id || ' ' || status, \
+        SUM(n) FROM ( \
+        SELECT 0 AS field, 0 AS level, created_at >> 20 AS bucket, partition_id, status, 1 AS n FROM keys \
+        UNION ALL SELECT 0, 1, created_at >> 28, partition_id, status, 1 FROM keys \
+        UNION ALL SELECT 0, 2, created_at >> 36, partition_id, status, 1 FROM keys \
+        UNION ALL SELECT 1, 0, updated_at >> 20, partition_id, status, 1 FROM keys \
+        UNION ALL SELECT 1, 1, updated_at >> 28, partition_id, status, 1 FROM keys \
+        UNION ALL SELECT 1, 2, updated_at >> 36, partition_id, status, 1 FROM keys) AS each_key \
+        GROUP BY field, level, bucket, partition_id, status";
+
+/// The count tables as stored: `key_counts` without its zero rows (it keeps
+/// them), `key_time_counts` whole (it must keep none).
+const STORED: &str = "\
+    SELECT 'total ' || partition_id || ' ' || status AS what, n FROM key_counts WHERE n <> 0 \
+    UNION ALL SELECT 'bucket ' || field || ' ' || level || ' ' || bucket || ' ' || partition_id || ' ' || status, n \
+        FROM key_time_counts";
+
+impl Store {
+    /// Runs `work`, and the text of every statement this store's
+    /// connections sent meanwhile (other threads' too).
+    pub fn record_statements<T>(&self, work: impl FnOnce() -> T) -> (T, Vec<String>) {
+        *self.statements.recorded.lock() = Some(Vec::new());
+        let value = work();
+        let texts = self.statements.recorded.lock().take().unwrap_or_default();
+        (value, texts)
+    }
+
+    /// How the stored key counts differ from the counts made again from the
+    /// keys: one line per row that differs (none: they are exact).
+    pub fn count_drift(&self) -> Result<Vec<String>> {
+        use diesel::RunQueryDsl as _;
+        let (mut recounted, mut stored) = self.read(|conn| {
+            Ok(crate::db::per_backend!(conn, |c| (
+                diesel::sql_query(RECOUNTED).load::<CountRow>(c)?,
+                diesel::sql_query(STORED).load::<CountRow>(c)?,
+            )))
+        })?;
+        recounted.sort();
+        stored.sort();
+        let recounted: std::collections::BTreeMap<_, _> =
+            recounted.into_iter().map(|r| (r.what, r.n)).collect();
+        let stored: std::collections::BTreeMap<_, _> = stored.into_iter().map(|r| (r.what, r.n)).collect();
+        Ok(recounted
+            .keys()
+            .chain(stored.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|row| recounted.get(*row) != stored.get(*row))
+            .map(|row| {
+                format!(
+                    "{row}: stored {:?}, counted {:?}",
+                    stored.get(row),
+                    recounted.get(row)
+                )
+            })
+            .collect())
+    }
+}
+
 impl TestDatabase {
     /// Another store on the same database, as a second server instance has.
     pub fn second_store(&self) -> Result<Store> {

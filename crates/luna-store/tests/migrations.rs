@@ -12,6 +12,8 @@ const WRITTEN_PER_DIALECT: &[&str] = &[
     "2026-11-28-000003_key_counts",
     "2026-12-06-000008_key_time_counts",
     "2026-12-06-000009_key_time_counts_by_key",
+    // SQLite rebuilds the audit table to key it by its rowid.
+    "2026-12-07-000014_lean_writes",
 ];
 
 /// Type names that differ, PostgreSQL's → SQLite's.

@@ -25,12 +25,23 @@ macro_rules! on_both_backends {
     ($(fn $name:ident($store:ident: &Store, $db:ident: &TestDatabase) $body:block)+) => {
         $(fn $name($store: &Store, $db: &TestDatabase) $body)+
         mod sqlite {
-            $(#[test] fn $name() { let db = luna_store::testing::TestDatabase::sqlite().unwrap(); super::$name(&db.store, &db); })+
+            $(#[test] fn $name() { let db = luna_store::testing::TestDatabase::sqlite().unwrap(); super::$name(&db.store, &db); super::counts_are_exact(&db); })+
         }
         mod postgres {
-            $(#[test] fn $name() { let db = luna_store::testing::TestDatabase::postgres().unwrap(); super::$name(&db.store, &db); })+
+            $(#[test] fn $name() { let db = luna_store::testing::TestDatabase::postgres().unwrap(); super::$name(&db.store, &db); super::counts_are_exact(&db); })+
         }
     };
+}
+
+/// After every test: the key counts the writes kept are the counts made again
+/// from the keys, row for row.
+fn counts_are_exact(db: &TestDatabase) {
+    let drift = db.store.count_drift().unwrap();
+    assert!(
+        drift.is_empty(),
+        "the stored key counts differ from the keys:\n{}",
+        drift.join("\n")
+    );
 }
 
 /// Runs SQL on the test's database behind the store's back (to corrupt a row).
@@ -407,6 +418,9 @@ on_both_backends! {
         let a = registered_partition(store, "hsm-list-a");
         let b = registered_partition(store, "hsm-list-b");
         let mut all = Vec::new();
+        // One instant for every key, so that the order of the timestamps is
+        // the order of `i` however slowly the loop runs.
+        let t0 = now();
         for i in 0..24u32 {
             let partition = if i % 3 == 0 { &b } else { &a };
             let mut k = if i % 4 == 0 {
@@ -414,8 +428,8 @@ on_both_backends! {
             } else {
                 key(partition, &format!("label-{}", i % 5), ObjectType::PrivateKey, [2048, 3072, 4096][(i % 3) as usize])
             };
-            k.created_at = now() + Duration::milliseconds(i64::from(i));
-            k.updated_at = now() - Duration::milliseconds(i64::from(i));
+            k.created_at = t0 + Duration::milliseconds(i64::from(i));
+            k.updated_at = t0 - Duration::milliseconds(i64::from(i));
             if i % 5 == 0 {
                 let at = k.updated_at;
                 k.apply(&KeyEvent::Succeeded, at).unwrap();
@@ -725,24 +739,47 @@ on_both_backends! {
         assert!(store.claim_next_operation("other", retry_at, Duration::seconds(30)).unwrap().is_some(), "retried on time");
     }
 
-    // Every pooled connection commits to disk before a write returns: an
-    // answered write survives a power cut, not only a crash (SQLite
-    // `synchronous = FULL`, 2; PostgreSQL's default `synchronous_commit`).
-    fn every_pooled_connection_commits_to_disk(store: &Store, _db: &TestDatabase) {
+    // A synced write is on disk before it returns (an answered create
+    // survives a power cut, not only a crash); a deferred one (an
+    // operation's outcome, a lease's renewal) takes no sync of its own.
+    // SQLite's connections commit with `synchronous = NORMAL` (1) and the
+    // group commit syncs the log after each synced batch; PostgreSQL's keep
+    // the server's `synchronous_commit` and turn it off for a deferred batch
+    // only (`deferred_commits_do_not_wait_for_the_disk_on_postgresql`).
+    fn synced_writes_reach_the_disk_before_they_return_and_deferred_ones_take_no_sync(store: &Store, _db: &TestDatabase) {
         let settings = store.commit_durability_of_every_connection().unwrap();
         assert_eq!(settings.len(), 4, "every connection of the pool was asked");
-        let durable = match store.backend() {
-            luna_store::Backend::Sqlite => "2",
+        let expected = match store.backend() {
+            luna_store::Backend::Sqlite => "1",
             luna_store::Backend::Postgres => "on",
         };
-        assert!(settings.iter().all(|s| s == durable), "{settings:?}");
+        assert!(settings.iter().all(|s| s == expected), "{settings:?}");
+        let partition = registered_partition(store, "hsm-sync");
+        let k = key(&partition, "sync", ObjectType::SecretKey, 256);
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &create_op(&k)).unwrap();
+        let t = now();
+        let claimed = store.claim_next_operation("w", t, Duration::seconds(30)).unwrap().unwrap();
+        let mut held = claimed.lease_expires_at().unwrap();
+        let before = store.write_stats();
+        for _ in 0..3 {
+            let until = held + Duration::seconds(1);
+            assert!(store.renew_lease(claimed.id, "w", held, until).unwrap());
+            held = until;
+        }
+        let deferred = store.write_stats();
+        assert_eq!(deferred.commits - before.commits, 3);
+        assert_eq!(deferred.synced_commits, before.synced_commits, "deferred writes alone take no sync");
+        store.append_audit(&outcome(&claimed)).unwrap();
+        let synced = store.write_stats();
+        assert_eq!(synced.synced_commits, deferred.synced_commits + 1);
+        assert!(synced.batch_nanos > before.batch_nanos && synced.commit_nanos > before.commit_nanos);
     }
 
     fn writes_that_arrive_together_share_commits_and_one_that_fails_fails_alone(store: &Store, _db: &TestDatabase) {
         use luna_store::NewUser;
         let user = |name: &str| NewUser { username: name.to_owned(), password_hash: "x".into(), groups: vec![] };
         store.insert_user(&user("taken"), now()).unwrap();
-        let (writes_before, commits_before) = store.write_counts();
+        let before = store.write_stats();
         let threads = 24;
         let start = std::sync::Barrier::new(threads);
         let outcomes: Vec<(usize, bool)> = std::thread::scope(|s| {
@@ -766,8 +803,8 @@ on_both_backends! {
         assert_eq!(outcomes.iter().filter(|(_, ok)| !ok).count(), 1, "only the colliding write failed");
         let listed = store.list_users(None, 0, 1000).unwrap();
         assert_eq!(listed.total as usize, 1 + threads * 4 - 1, "every other write committed");
-        let (writes, commits) = store.write_counts();
-        let (writes, commits) = (writes - writes_before, commits - commits_before);
+        let after = store.write_stats();
+        let (writes, commits) = (after.writes - before.writes, after.commits - before.commits);
         assert_eq!(writes as usize, threads * 4, "the failed write too ran in a committed batch, rolled back to its savepoint");
         assert!(commits < writes, "writes that arrived together shared commits: {writes} writes, {commits} commits");
     }
@@ -861,8 +898,10 @@ on_both_backends! {
         let exhausted = store.exhausted_operations(t).unwrap();
         assert_eq!(exhausted.iter().map(|o| o.id).collect::<Vec<_>>(), [op.id]);
         let given_up = exhausted[0].given_up(t).unwrap();
-        let mut failed = store.get_key(k.id).unwrap().unwrap();
+        let read = store.get_key(k.id).unwrap().unwrap();
+        let mut failed = read.clone();
         failed.apply(&KeyEvent::Failed(given_up.last_error().unwrap().to_owned()), t).unwrap();
+        let failed = (failed, KeyVersion::of(&read));
 
         // The dead worker came back and renewed its lease: nothing is given up,
         // neither the operation nor its key.
@@ -894,6 +933,7 @@ on_both_backends! {
         let mut made = k.clone();
         made.apply(&KeyEvent::Succeeded, now()).unwrap();
         made.modulus = "ab".into();
+        let made = (made, KeyVersion::of(&k));
         let mut done = claimed.clone();
         done.finish(Ok(()), now()).unwrap();
         // A worker that lost the lease writes neither the operation nor the key.
@@ -902,8 +942,64 @@ on_both_backends! {
         assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle().status(), KeyStatus::InProgress);
         assert_eq!(records(), 0, "nor its audit record");
         assert!(store.finish_operation(&done, "w", &[made.clone()], &outcome(&done)).unwrap());
-        assert_eq!(store.get_key(k.id).unwrap().unwrap(), made);
+        assert_eq!(store.get_key(k.id).unwrap().unwrap(), made.0);
         assert_eq!(records(), 1, "the outcome and its audit record commit together");
+    }
+
+    fn an_outcome_is_written_only_over_the_key_its_operation_read(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-cas");
+        let k = key(&partition, "cas", ObjectType::SecretKey, 256);
+        let op = create_op(&k);
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
+        // Someone else wrote the record after the operation read it.
+        let mut meddled = k.clone();
+        meddled.label = "meddled".into();
+        meddled.updated_at = now() + Duration::milliseconds(1);
+        assert!(store.save_key(&meddled, &KeyVersion::of(&k)).unwrap());
+        let mut made = k.clone();
+        made.apply(&KeyEvent::Succeeded, now() + Duration::milliseconds(2)).unwrap();
+        let mut done = claimed.clone();
+        done.finish(Ok(()), now()).unwrap();
+        let written = store.finish_operation(&done, "w", &[(made, KeyVersion::of(&k))], &outcome(&done));
+        assert!(matches!(written, Err(StoreError::Conflict(_))), "{written:?}");
+        assert_eq!(store.get_key(k.id).unwrap().unwrap(), meddled, "the later write stands");
+        assert_eq!(store.get_operation(op.id).unwrap().unwrap().state(), OperationState::Running, "nothing of the outcome was written");
+        assert_eq!(store.list_audit(None, Some("operation keycreate"), 0, 10).unwrap().total, 0);
+    }
+
+    fn an_operation_begun_after_one_that_failed_clears_its_error(store: &Store, _db: &TestDatabase) {
+        let partition = registered_partition(store, "hsm-error");
+        let k = key(&partition, "error", ObjectType::SecretKey, 256);
+        let op = create_op(&k);
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
+        let mut made = k.clone();
+        made.apply(&KeyEvent::Succeeded, now()).unwrap();
+        let mut done = claimed.clone();
+        done.finish(Ok(()), now()).unwrap();
+        assert!(store.finish_operation(&done, "w", &[(made.clone(), KeyVersion::of(&k))], &outcome(&done)).unwrap());
+        // A replicate that failed leaves its error on the record...
+        let replicate = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: k.id }, now());
+        store.begin_key_operation(&replicate).unwrap().unwrap();
+        let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
+        let read = store.get_key(k.id).unwrap().unwrap();
+        let mut failed = read.clone();
+        failed.apply(&KeyEvent::Failed("the second member is away".into()), now()).unwrap();
+        let mut done = claimed.clone();
+        done.finish(Err("the second member is away".into()), now()).unwrap();
+        assert!(store.finish_operation(&done, "w", &[(failed, KeyVersion::of(&read))], &outcome(&done)).unwrap());
+        assert!(store.get_key(k.id).unwrap().unwrap().lifecycle().operation_error().is_some());
+        // ...and the next operation begins with none: the record reads back.
+        let update = Operation::queued(
+            Uuid::new_v4(),
+            OperationPayload::UpdateKey { key_id: k.id, changes: vec![(luna_domain::Attribute::Sign, true)] },
+            now(),
+        );
+        store.begin_key_operation(&update).unwrap().unwrap();
+        let busy = store.get_key(k.id).unwrap().unwrap();
+        assert!(busy.lifecycle().is_busy());
+        assert_eq!(busy.lifecycle().operation_error(), None);
     }
 
     fn an_unreadable_operation_is_set_aside_and_the_queue_goes_on(store: &Store, db: &TestDatabase) {
@@ -970,6 +1066,84 @@ on_both_backends! {
         assert!(done.items[0].completed_at.is_some());
         let syncs = store.list_jobs(JobType::HaSynchronize, &query::<JobFilters>(&format!("id={}", sync.id))).unwrap();
         assert_eq!(syncs.total, 1);
+    }
+
+    // Two instances append at once, each chaining to the head it last
+    // committed without reading it: an append that finds its number taken
+    // reads the head and chains again, so the trail stays one chain.
+    fn two_instances_appending_at_once_keep_one_chain(store: &Store, db: &TestDatabase) {
+        let other = db.second_store().unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let instance = if t % 2 == 0 { store } else { &other };
+                s.spawn(move || {
+                    for n in 0..25 {
+                        let entry = luna_store::AuditEntry {
+                            at: now(),
+                            username: format!("user{t}"),
+                            action: "keys.create".into(),
+                            target: n.to_string(),
+                            outcome: "201".into(),
+                            request_id: "r".into(),
+                            client: "c".into(),
+                        };
+                        instance.append_audit(&entry).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact);
+        let all = store.list_audit(None, None, 0, 200).unwrap();
+        assert_eq!(all.total, 100, "every record kept, none twice");
+        assert_eq!(all.items.first().map(|r| r.seq), Some(100));
+    }
+
+    // Migration 14 makes `seq` SQLite's rowid (a new table): every record
+    // and its chain survive it, and its reversal.
+    fn the_audit_trail_keeps_every_record_and_its_chain_through_migration_14(store: &Store, db: &TestDatabase) {
+        use diesel::Connection as _;
+        use diesel_migrations::{FileBasedMigrations, MigrationHarness as _};
+        let entry = |n: usize| luna_store::AuditEntry {
+            at: now(),
+            username: "admin".into(),
+            action: "keys.create".into(),
+            target: n.to_string(),
+            outcome: "201".into(),
+            request_id: "r".into(),
+            client: "c".into(),
+        };
+        for n in 0..5 {
+            store.append_audit(&entry(n)).unwrap();
+        }
+        let tree = |backend: &str| {
+            FileBasedMigrations::from_path(format!("{}/../../migrations/{backend}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        };
+        let back_and_forth = |revert: bool| match db.url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                if revert {
+                    conn.revert_last_migration(tree("sqlite")).unwrap();
+                } else {
+                    conn.run_pending_migrations(tree("sqlite")).unwrap();
+                }
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+                if revert {
+                    conn.revert_last_migration(tree("postgres")).unwrap();
+                } else {
+                    conn.run_pending_migrations(tree("postgres")).unwrap();
+                }
+            }
+        };
+        back_and_forth(true);
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "after reverting migration 14");
+        assert_eq!(store.list_audit(None, None, 0, 10).unwrap().total, 5);
+        back_and_forth(false);
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "after migration 14 again");
+        store.append_audit(&entry(5)).unwrap();
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact);
+        assert_eq!(store.list_audit(None, None, 0, 10).unwrap().items[0].seq, 6);
     }
 
     fn the_audit_chain_holds_under_concurrent_appends_and_shows_tampering(store: &Store, db: &TestDatabase) {
@@ -1153,4 +1327,55 @@ fn a_new_sqlite_database_and_its_journal_are_the_owners_only() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{path}");
     }
+}
+
+/// A deferred batch on PostgreSQL commits without waiting for its WAL to be
+/// flushed, and a synced one waits: read from the server's own positions
+/// (its flush LSN against its insert LSN) right after each write, on a
+/// private server where nothing else writes.
+#[test]
+fn deferred_commits_do_not_wait_for_the_disk_on_postgresql() {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    #[derive(diesel::QueryableByName)]
+    struct Flushed {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        flushed: bool,
+    }
+    let server = luna_store::testing::PrivatePostgres::start();
+    let store = Store::open(&server.url, PinCipher::from_key(&[7; 32]), PoolOptions::default()).unwrap();
+    let mut watcher = diesel::PgConnection::establish(&server.url).unwrap();
+    let mut flushed = || -> bool {
+        diesel::sql_query("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() AS flushed")
+            .get_result::<Flushed>(&mut watcher)
+            .unwrap()
+            .flushed
+    };
+    let partition = registered_partition(&store, "hsm-wal");
+    let k = key(&partition, "wal", ObjectType::SecretKey, 256);
+    store
+        .insert_keys_with_operation(std::slice::from_ref(&k), &create_op(&k))
+        .unwrap();
+    let claimed = store
+        .claim_next_operation("w", now(), Duration::seconds(30))
+        .unwrap()
+        .unwrap();
+    let mut held = claimed.lease_expires_at().unwrap();
+    let (mut synced_flushed, mut deferred_unflushed) = (0, 0);
+    for _ in 0..10 {
+        store.append_audit(&outcome(&claimed)).unwrap();
+        synced_flushed += usize::from(flushed());
+        let until = held + Duration::seconds(1);
+        assert!(store.renew_lease(claimed.id, "w", held, until).unwrap());
+        held = until;
+        deferred_unflushed += usize::from(!flushed());
+    }
+    assert_eq!(
+        synced_flushed, 10,
+        "a synced write's commit is flushed when it returns"
+    );
+    // The WAL writer flushes on its own every 200 ms: most, not all, are seen unflushed.
+    assert!(
+        deferred_unflushed >= 5,
+        "{deferred_unflushed} of 10 deferred commits seen unflushed"
+    );
 }

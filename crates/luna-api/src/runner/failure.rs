@@ -2,12 +2,14 @@
 
 use std::time::SystemTime;
 
-use luna_domain::Key;
+use luna_domain::{Key, KeyVersion};
 
 use crate::tokens::Unavailable;
 
 /// What an operation's work left: the key records to write, or why it failed.
-pub(super) type Outcome = Result<Vec<Key>, Failure>;
+/// An operation's key records as it leaves them, each with the version the
+/// operation read it at (the outcome is written as a compare-and-set on it).
+pub(super) type Outcome = Result<Vec<(Key, KeyVersion)>, Failure>;
 
 /// Why an operation's attempt did not succeed. A transient failure (the
 /// device failed, the token is away) is tried again later, within a bounded

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use luna_domain::{Key, Member, Operation, Partition};
+use luna_domain::{Key, KeyVersion, Member, Operation, Partition};
 use luna_pkcs11::{GenerateRequest, ObjectDescription};
 use luna_store::Store;
 use uuid::Uuid;
@@ -54,6 +54,7 @@ impl Runner {
             }
             _ => self.load(&ids)?,
         };
+        let read: Vec<KeyVersion> = keys.iter().map(KeyVersion::of).collect();
         let remap = crate::registry::remaps_rsa_mechanisms(&self.store, partition.connection_id)
             .map_err(Failure::store("the connection record could not be read"))?;
         let first = partition.members.first().ok_or("the partition has no members")?;
@@ -109,7 +110,7 @@ impl Runner {
             key.replicated = info.values().all(|s| s == AVAILABLE);
             key.replication_info = info.clone();
         }
-        Ok(keys)
+        Ok(keys.into_iter().zip(read).collect())
     }
 
     /// Clones `objects` from `source` (on member `from`) to every other
@@ -169,6 +170,7 @@ impl Runner {
 
     pub(super) fn update(&self, key_id: Uuid, changes: &[(luna_domain::Attribute, bool)]) -> Outcome {
         let (mut keys, partition) = self.load(&[key_id])?;
+        let read = KeyVersion::of(&keys[0]);
         let key = &mut keys[0];
         let mut described = None;
         for member in &partition.members {
@@ -196,11 +198,12 @@ impl Runner {
                 key.attributes.set(*attribute, *value);
             }
         }
-        Ok(keys)
+        Ok(keys.into_iter().map(|key| (key, read.clone())).collect())
     }
 
     pub(super) fn replicate(&self, key_id: Uuid) -> Outcome {
         let (mut keys, partition) = self.load(&linked(&self.store, key_id)?)?;
+        let read: Vec<KeyVersion> = keys.iter().map(KeyVersion::of).collect();
         // Find a member that holds every half, and what each member holds.
         let mut holder: Option<(&Member, Arc<dyn luna_pkcs11::Token>, Vec<ObjectDescription>)> = None;
         let mut lacking = Vec::new();
@@ -245,7 +248,7 @@ impl Runner {
             key.replicated = everywhere;
         }
         if everywhere {
-            Ok(keys)
+            Ok(keys.into_iter().zip(read).collect())
         } else {
             let reasons: Vec<String> = info
                 .iter()
@@ -279,7 +282,10 @@ impl Runner {
             }
         }
         if failures.is_empty() {
-            Ok(keys)
+            Ok(keys
+                .into_iter()
+                .map(|key| (key.clone(), KeyVersion::of(&key)))
+                .collect())
         } else {
             Err(Failure::all(failures))
         }

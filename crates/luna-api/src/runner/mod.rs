@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use luna_domain::{Key, KeyEvent, Operation, OperationPayload};
+use luna_domain::{Key, KeyEvent, KeyVersion, Operation, OperationPayload};
 use luna_store::Store;
 use parking_lot::Mutex;
 use time::{Duration, OffsetDateTime};
@@ -693,7 +693,7 @@ impl Runner {
         };
         let (result, keys) = match outcome {
             Ok(mut keys) => {
-                for key in &mut keys {
+                for (key, _) in &mut keys {
                     key.apply(&KeyEvent::Succeeded, now)?;
                 }
                 (Ok(()), keys)
@@ -715,13 +715,14 @@ impl Runner {
 
     /// Ends what a failed operation began: fails its job, and returns its
     /// keys (with a pair's linked half when the operation took it too) in
-    /// their failed state, for the caller to write.
+    /// their failed state, each with the version it was read at, for the
+    /// caller to write.
     fn end_failed(
         &self,
         payload: &OperationPayload,
         reason: &str,
         now: OffsetDateTime,
-    ) -> luna_store::Result<Vec<Key>> {
+    ) -> luna_store::Result<Vec<(Key, KeyVersion)>> {
         if let OperationPayload::RunJob { job_id } = payload {
             self.fail_job(*job_id, reason)?;
         }
@@ -737,7 +738,13 @@ impl Runner {
             }
         }
         // A key no longer busy (forgotten and re-found, say) is left as it is.
-        keys.retain_mut(|key| key.apply(&KeyEvent::Failed(reason.to_owned()), now).is_ok());
-        Ok(keys)
+        Ok(keys
+            .into_iter()
+            .filter_map(|mut key| {
+                let read = KeyVersion::of(&key);
+                key.apply(&KeyEvent::Failed(reason.to_owned()), now).ok()?;
+                Some((key, read))
+            })
+            .collect())
     }
 }

@@ -49,22 +49,31 @@ pub fn object_uid(cka_id: &[u8], object_type: Option<ObjectType>) -> Option<Stri
 /// A key record as it was read: a write made from it is a compare-and-set on
 /// this, so that it cannot overwrite a change that landed meanwhile (every
 /// write moves `updated_at`; the lifecycle is compared too, in case two land
-/// within one microsecond).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// within one microsecond), and it writes only what differs from it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyVersion {
-    /// The lifecycle as read.
-    pub lifecycle: KeyLifecycle,
-    /// `updated_at` as read.
-    pub updated_at: OffsetDateTime,
+    read: Key,
 }
 
 impl KeyVersion {
     /// The version `key` is at, to write it back only if it still is.
     pub fn of(key: &Key) -> KeyVersion {
-        KeyVersion {
-            lifecycle: key.lifecycle.clone(),
-            updated_at: key.updated_at,
-        }
+        KeyVersion { read: key.clone() }
+    }
+
+    /// The record as it was read.
+    pub fn record(&self) -> &Key {
+        &self.read
+    }
+
+    /// The lifecycle as read.
+    pub fn lifecycle(&self) -> &KeyLifecycle {
+        &self.read.lifecycle
+    }
+
+    /// `updated_at` as read.
+    pub fn updated_at(&self) -> OffsetDateTime {
+        self.read.updated_at
     }
 }
 

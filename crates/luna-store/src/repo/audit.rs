@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::codec::{from_micros, micros};
-use crate::db::DbConnection;
+use crate::db::{per_backend, DbConnection};
 use crate::error::{Result, StoreError};
+use crate::group::Durability;
 use crate::schema::audit_records;
 use crate::{Listed, Store};
 
@@ -60,8 +60,6 @@ pub struct AuditRecord {
 
 /// The hash of the first record's predecessor.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// Serialises appends on PostgreSQL, where several servers may write.
-const AUDIT_LOCK: i64 = 0x6c75_6e61_6175_6469;
 
 /// HMAC-SHA256, under the audit key, of the previous hash and every field,
 /// each length-prefixed.
@@ -196,34 +194,84 @@ impl AuditRow {
     }
 }
 
-/// Appends `entry` chained to the last record, in the caller's transaction
-/// (so an outcome and its record commit together); the caller moves the
-/// checkpoint once it committed (`checkpoint_audit`).
-pub(crate) fn append_in(conn: &mut DbConnection, key: &[u8; 32], entry: &AuditEntry) -> Result<AuditRecord> {
-    if let DbConnection::Postgres(pg) = conn {
-        pg.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})"))?;
+/// The last record of the trail as this process last committed or read it
+/// (sequence number and hash): the next append chains to it without reading
+/// it, and finds out when another instance appended meanwhile.
+pub(crate) type AuditHead = Mutex<Option<(i64, String)>>;
+
+/// A batch's records, chained and ready to insert.
+fn chained(key: &[u8; 32], head: &(i64, String), entries: &[AuditEntry]) -> Vec<AuditRow> {
+    let (mut seq, mut previous) = head.clone();
+    entries
+        .iter()
+        .map(|entry| {
+            seq += 1;
+            let at = micros(entry.at);
+            let hash = chain_hash(key, &previous, seq, at, entry);
+            AuditRow {
+                seq,
+                at,
+                username: entry.username.clone(),
+                action: entry.action.clone(),
+                target: entry.target.clone(),
+                outcome: entry.outcome.clone(),
+                request_id: entry.request_id.clone(),
+                client: entry.client.clone(),
+                previous_hash: std::mem::replace(&mut previous, hash.clone()),
+                hash,
+            }
+        })
+        .collect()
+}
+
+/// Appends a batch's `entries`, chained to the trail's last record, in the
+/// caller's transaction (so each record commits with the change it tells
+/// of); returns the new head, for the caller to keep (`head`) and move the
+/// checkpoint to once the transaction committed.
+///
+/// No lock and, usually, no read: the first record is inserted as the
+/// successor of the head this process knows, and a record already holding
+/// that number (another instance appended since; PostgreSQL makes the insert
+/// wait for that instance's transaction) turns the insert into nothing, so
+/// the head is read and the records chained again. Whoever inserted the
+/// first record after the head holds the trail until it commits: every
+/// other appender's first insert waits for it. The rest follow in one insert.
+pub(crate) fn append_in(
+    conn: &mut DbConnection,
+    key: &[u8; 32],
+    head: &AuditHead,
+    entries: &[AuditEntry],
+) -> Result<(i64, String)> {
+    let mut known = head.lock().clone();
+    // Each turn another appender committed records: bounded for safety only.
+    for _ in 0..1000 {
+        let from = match known.take() {
+            Some(head) => head,
+            None => last(conn)?.unwrap_or_else(|| (0, GENESIS.to_owned())),
+        };
+        let rows = chained(key, &from, entries);
+        let Some((first, rest)) = rows.split_first() else {
+            return Ok(from);
+        };
+        let inserted = per_backend!(conn, |c| diesel::insert_into(audit_records::table)
+            .values(first)
+            .on_conflict(audit_records::seq)
+            .do_nothing()
+            .execute(c))?;
+        if inserted == 0 {
+            continue;
+        }
+        for chunk in rest.chunks(500) {
+            per_backend!(conn, |c| diesel::insert_into(audit_records::table)
+                .values(chunk)
+                .execute(c))?;
+        }
+        let last = rows.last().map_or(from, |row| (row.seq, row.hash.clone()));
+        return Ok(last);
     }
-    let (seq, previous) = match last(conn)? {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_owned()),
-    };
-    let at = micros(entry.at);
-    let row = AuditRow {
-        seq,
-        at,
-        username: entry.username.clone(),
-        action: entry.action.clone(),
-        target: entry.target.clone(),
-        outcome: entry.outcome.clone(),
-        request_id: entry.request_id.clone(),
-        client: entry.client.clone(),
-        hash: chain_hash(key, &previous, seq, at, entry),
-        previous_hash: previous,
-    };
-    diesel::insert_into(audit_records::table)
-        .values(&row)
-        .execute(conn)?;
-    row.into_record()
+    Err(StoreError::Conflict(
+        "the audit trail kept moving under this append; try again".into(),
+    ))
 }
 
 fn last(conn: &mut DbConnection) -> Result<Option<(i64, String)>> {
@@ -235,18 +283,19 @@ fn last(conn: &mut DbConnection) -> Result<Option<(i64, String)>> {
 }
 
 impl Store {
-    /// Appends a record chained to the last one, then moves the checkpoint to it.
-    pub fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
-        let key = *self.pins.audit_key();
-        let record = self.write(|conn| append_in(conn, &key, entry))?;
-        self.checkpoint_audit(&record)?;
-        Ok(record)
+    /// Appends a record chained to the last one (committed, on disk, before
+    /// this returns), then moves the checkpoint to it.
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        self.write_with(Durability::Synced, |_, pending| {
+            pending.audit.push(entry.clone());
+            Ok(())
+        })
     }
 
-    /// Moves the checkpoint to `record`, once its transaction committed.
-    pub(crate) fn checkpoint_audit(&self, record: &AuditRecord) -> Result<()> {
+    /// Moves the checkpoint to the head a batch left, once it committed.
+    pub(crate) fn checkpoint_audit(&self, seq: i64, hash: &str) -> Result<()> {
         match &self.audit_checkpoint {
-            Some(checkpoint) => checkpoint.record(record.seq, &record.hash),
+            Some(checkpoint) => checkpoint.record(seq, hash),
             None => Ok(()),
         }
     }

@@ -1,5 +1,5 @@
 //! Deep pages of key lists in timestamp order, found from the bucket counts
-//! the triggers of migration 8 keep, instead of walking the skipped rows.
+//! of migration 8 (kept by the code that writes keys, `counts.rs`), instead of walking the skipped rows.
 //!
 //! A list sorted by `createdAt` or `updatedAt` (or in the default order,
 //! newest created first), filtered by nothing but partition and status, asks
@@ -15,17 +15,13 @@
 use diesel::prelude::*;
 use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
 
+use crate::counts::{CREATED, LEVEL_SHIFTS, UPDATED};
 use crate::db::DbConnection;
 use crate::error::Result;
 use crate::schema::key_time_counts;
 
 /// Below this `skip`, an OFFSET is cheaper than summing counts.
 pub(crate) const SEEK_FROM: i64 = 1000;
-
-/// How many bits each level's buckets shift a timestamp (in microseconds)
-/// right by, finest first; migration 8's `key_time_levels` holds the same.
-/// Each level's bucket holds 2^8 of the next finer level's.
-const LEVEL_SHIFTS: [u32; 3] = [20, 28, 36];
 
 /// The timestamp a list is ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +34,8 @@ impl Stamp {
     /// `key_time_counts.field`.
     fn field(self) -> i16 {
         match self {
-            Stamp::Created => 0,
-            Stamp::Updated => 1,
+            Stamp::Created => CREATED,
+            Stamp::Updated => UPDATED,
         }
     }
 }
@@ -53,7 +49,7 @@ pub(crate) struct TimeOrder {
 }
 
 /// True when the filters are only partition and status (or fewer): the
-/// scopes the trigger-kept counts are kept for.
+/// scopes the counts are kept for.
 pub(crate) fn counted_scope(f: &KeyFilters) -> bool {
     KeyFilters {
         partition_id: f.partition_id,

@@ -4,10 +4,10 @@ use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
 use luna_domain::{Key, KeyEvent, KeyVersion, Operation};
 use uuid::Uuid;
 
-use crate::codec::micros;
-use crate::db::{per_backend, MultiBackend};
+use crate::db::{per_backend, DbConnection, MultiBackend};
 use crate::error::{Result, StoreError};
-use crate::models::{KeyRow, OperationRow};
+use crate::group::{Durability, Pending};
+use crate::models::{KeyChange, KeyRow, OperationRow};
 use crate::repo::key_pages::{counted_scope, seek, time_order, Stamp, SEEK_FROM};
 use crate::repo::order_by;
 use crate::schema::{key_counts, keys, operations};
@@ -96,7 +96,7 @@ fn sorted(
 /// The number of keys that match, from the trigger-kept counts when the
 /// filters are only partition and status (the lists clients page through
 /// most), else by counting.
-fn total(conn: &mut crate::db::DbConnection, f: &KeyFilters) -> Result<i64> {
+fn total(conn: &mut DbConnection, f: &KeyFilters) -> Result<i64> {
     if !counted_scope(f) {
         return Ok(filtered(f).count().get_result(conn)?);
     }
@@ -115,7 +115,7 @@ fn into_keys(rows: Vec<KeyRow>) -> Result<Vec<Key>> {
     rows.into_iter().map(KeyRow::into_domain).collect()
 }
 
-fn load(conn: &mut crate::db::DbConnection, id: Uuid) -> Result<Option<Key>> {
+pub(crate) fn load(conn: &mut DbConnection, id: Uuid) -> Result<Option<Key>> {
     keys::table
         .find(id.to_string())
         .select(KeyRow::as_select())
@@ -125,18 +125,46 @@ fn load(conn: &mut crate::db::DbConnection, id: Uuid) -> Result<Option<Key>> {
         .transpose()
 }
 
-/// Writes a key's new lifecycle only if nobody changed it since `before` was
-/// read: the atomic half of "a second mutation while busy is a 409".
-fn save_if_unchanged(conn: &mut crate::db::DbConnection, key: &Key, before: &KeyVersion) -> Result<bool> {
-    let row = KeyRow::from_domain(key);
-    let updated = diesel::update(keys::table.find(&row.id))
-        .filter(keys::updated_at.eq(micros(before.updated_at)))
-        .filter(keys::status.eq(before.lifecycle.status().as_str()))
-        .filter(keys::operation.eq(before.lifecycle.operation().as_str()))
-        .filter(keys::operation_status.eq(before.lifecycle.operation_status().as_str()))
-        .set(&row)
-        .execute(conn)?;
-    Ok(updated == 1)
+/// Inserts key records and notes them in the batch's counts; returns how many.
+pub(crate) fn insert_rows(conn: &mut DbConnection, rows: &[KeyRow], pending: &mut Pending) -> Result<usize> {
+    let mut inserted = 0;
+    // Chunks keep each statement under SQLite's bound-parameter limit.
+    for chunk in rows.chunks(500) {
+        inserted += per_backend!(conn, |c| diesel::insert_into(keys::table)
+            .values(chunk)
+            .execute(c))?;
+    }
+    for row in rows {
+        pending.counts.inserted(row.into());
+    }
+    Ok(inserted)
+}
+
+/// Writes `after` over the key record `read` was read as, only if the record
+/// still is as read (a compare-and-set on its `updated_at` and lifecycle),
+/// and sets only the columns that differ. False if it changed meanwhile, or
+/// is gone: no write overwrites one it did not see.
+pub(crate) fn update_if_unchanged(
+    conn: &mut DbConnection,
+    read: &Key,
+    after: &Key,
+    pending: &mut Pending,
+) -> Result<bool> {
+    let (before, now) = (KeyRow::from_domain(read), KeyRow::from_domain(after));
+    let as_read = keys::table
+        .find(&before.id)
+        .filter(keys::updated_at.eq(before.updated_at))
+        .filter(keys::status.eq(&before.status))
+        .filter(keys::operation.eq(&before.operation))
+        .filter(keys::operation_status.eq(&before.operation_status));
+    let written = match KeyChange::between(&before, &now) {
+        Some(change) => diesel::update(as_read).set(&change).execute(conn)? == 1,
+        None => as_read.count().get_result::<i64>(conn)? == 1,
+    };
+    if written {
+        pending.counts.changed((&before).into(), (&now).into());
+    }
+    Ok(written)
 }
 
 impl Store {
@@ -159,23 +187,15 @@ impl Store {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
         let mut op = OperationRow::from_domain(operation)?;
         op.partition_id = new_keys.first().map(|k| k.partition_id.to_string());
-        let audit_key = *self.pins.audit_key();
-        let record = self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             if let (Some(request), Some(first)) = (request, new_keys.first()) {
                 crate::repo::idempotency::remember(conn, request, first.id)?;
             }
-            per_backend!(conn, |c| diesel::insert_into(keys::table)
-                .values(&rows)
-                .execute(c))?;
+            insert_rows(conn, &rows, pending)?;
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
-            audit
-                .map(|entry| crate::repo::audit::append_in(conn, &audit_key, entry))
-                .transpose()
-        })?;
-        if let Some(record) = record {
-            self.checkpoint_audit(&record)?;
-        }
-        Ok(())
+            pending.audit.extend(audit.cloned());
+            Ok(())
+        })
     }
 
     pub fn get_key(&self, id: Uuid) -> Result<Option<Key>> {
@@ -193,14 +213,12 @@ impl Store {
             ))));
         };
         let id = operation.payload.target();
-        let mut op = OperationRow::from_domain(operation)?;
+        let op = OperationRow::from_domain(operation)?;
         let now = operation.created_at;
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let Some(first) = load(conn, id)? else {
                 return Ok(None);
             };
-            // The work touches the key's partition's tokens.
-            op.partition_id = Some(first.partition_id.to_string());
             let mut ids = vec![first.id];
             if operation.payload.includes_link() {
                 ids.extend(first.link_id);
@@ -208,21 +226,28 @@ impl Store {
             let mut changed = Vec::with_capacity(ids.len());
             for key_id in ids {
                 // A dangling link (its half was forgotten here) is skipped, not fatal.
-                let Some(mut key) = load(conn, key_id)? else {
+                let Some(read) = (if key_id == first.id {
+                    Some(first.clone())
+                } else {
+                    load(conn, key_id)?
+                }) else {
                     continue;
                 };
-                let before = KeyVersion::of(&key);
+                let mut key = read.clone();
                 key.apply(&KeyEvent::Begin(kind), now).map_err(|e| match e {
                     luna_domain::DomainError::Conflict(m) => StoreError::Conflict(m),
                     other => StoreError::Domain(other),
                 })?;
-                if !save_if_unchanged(conn, &key, &before)? {
+                if !update_if_unchanged(conn, &read, &key, pending)? {
                     return Err(StoreError::Conflict(format!(
                         "key {key_id} changed while the request was handled; try again"
                     )));
                 }
                 changed.push(key);
             }
+            // The work touches the key's partition's tokens.
+            let mut op = op.clone();
+            op.partition_id = Some(first.partition_id.to_string());
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
             Ok(Some(changed))
         })
@@ -232,13 +257,15 @@ impl Store {
     /// a compare-and-set, false if the record changed meanwhile (or is gone),
     /// so no write overwrites one it did not see.
     pub fn save_key(&self, key: &Key, read: &KeyVersion) -> Result<bool> {
-        self.write(|conn| save_if_unchanged(conn, key, read))
+        self.write_with(Durability::Synced, |conn, pending| {
+            update_if_unchanged(conn, read.record(), key, pending)
+        })
     }
 
     /// Forgets a key record and its linked record here (the objects stay on the
     /// token). Refused while an operation runs on it.
     pub fn forget_key(&self, id: Uuid) -> Result<Option<Vec<Uuid>>> {
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let Some(key) = load(conn, id)? else {
                 return Ok(None);
             };
@@ -248,11 +275,17 @@ impl Store {
                     key.lifecycle().operation()
                 )));
             }
-            let ids: Vec<String> = std::iter::once(key.id)
-                .chain(key.link_id)
-                .map(|i| i.to_string())
+            let link = key.link_id.map(|l| load(conn, l)).transpose()?.flatten();
+            let forgotten: Vec<KeyRow> = std::iter::once(&key)
+                .chain(link.as_ref())
+                .map(KeyRow::from_domain)
                 .collect();
+            let ids: Vec<&str> = forgotten.iter().map(|row| row.id.as_str()).collect();
             diesel::delete(keys::table.filter(keys::id.eq_any(&ids))).execute(conn)?;
+            for row in &forgotten {
+                pending.counts.deleted(row.into());
+            }
+            // A dangling link (its half was forgotten before) is answered as asked.
             Ok(Some(std::iter::once(key.id).chain(key.link_id).collect()))
         })
     }
@@ -317,15 +350,11 @@ impl Store {
     /// operation that started meanwhile wins). Returns how many were skipped.
     pub fn apply_refresh(&self, inserted: &[Key], updated: &[(Key, KeyVersion)]) -> Result<usize> {
         let rows: Vec<KeyRow> = inserted.iter().map(KeyRow::from_domain).collect();
-        self.write(|conn| {
-            for chunk in rows.chunks(500) {
-                per_backend!(conn, |c| diesel::insert_into(keys::table)
-                    .values(chunk)
-                    .execute(c))?;
-            }
+        self.write_with(Durability::Synced, |conn, pending| {
+            insert_rows(conn, &rows, pending)?;
             let mut skipped = 0;
-            for (key, before) in updated {
-                if !save_if_unchanged(conn, key, before)? {
+            for (key, read) in updated {
+                if !update_if_unchanged(conn, read.record(), key, pending)? {
                     skipped += 1;
                 }
             }
@@ -338,7 +367,7 @@ impl Store {
     /// records objects while its scan goes on; a create accepted since it
     /// read the records has its own record, and gets no second one.
     pub fn insert_unrecorded_keys(&self, partition_id: Uuid, new_keys: &[Key]) -> Result<usize> {
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let mut inserted = 0;
             // Chunks keep each statement under SQLite's bound-parameter limit.
             for chunk in new_keys.chunks(500) {
@@ -354,12 +383,7 @@ impl Store {
                     .filter(|k| k.partition_id == partition_id && !recorded.contains(&k.object_uid))
                     .map(KeyRow::from_domain)
                     .collect();
-                if rows.is_empty() {
-                    continue;
-                }
-                inserted += per_backend!(conn, |c| diesel::insert_into(keys::table)
-                    .values(&rows)
-                    .execute(c))?;
+                inserted += insert_rows(conn, &rows, pending)?;
             }
             Ok(inserted)
         })
@@ -368,14 +392,8 @@ impl Store {
     /// Inserts many key records in one transaction (benchmarks and refresh).
     pub fn insert_keys(&self, new_keys: &[Key]) -> Result<()> {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
-        self.write(|conn| {
-            // Chunks keep each statement under SQLite's bound-parameter limit.
-            for chunk in rows.chunks(500) {
-                per_backend!(conn, |c| diesel::insert_into(keys::table)
-                    .values(chunk)
-                    .execute(c))?;
-            }
-            Ok(())
+        self.write_with(Durability::Synced, |conn, pending| {
+            insert_rows(conn, &rows, pending).map(drop)
         })
     }
 }

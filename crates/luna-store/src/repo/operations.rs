@@ -2,15 +2,17 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 use luna_domain::operation::MAX_ATTEMPTS;
-use luna_domain::{Key, Operation, OperationState};
+use luna_domain::{Key, KeyVersion, Operation, OperationState};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::codec::micros;
 use crate::db::DbConnection;
 use crate::error::{Result, StoreError};
-use crate::models::{KeyRow, OperationRow};
-use crate::schema::{keys, operations};
+use crate::group::{Durability, Pending};
+use crate::models::OperationRow;
+use crate::repo::keys::update_if_unchanged;
+use crate::schema::operations;
 use crate::Store;
 
 /// Operations a worker may take, not out of attempts and not of a partition
@@ -113,13 +115,18 @@ const ANY_LEASE: i64 = i64::MAX;
 /// Writes a finished operation and its key records, in the caller's
 /// transaction, only while it is running under `owner`'s lease and that
 /// lease ends by `lease_ends_by` (µs; `ANY_LEASE` for a worker finishing its
-/// own). One compare-and-set: whatever committed meanwhile wins.
+/// own). One compare-and-set: whatever committed meanwhile wins. Each key
+/// record is written as a compare-and-set on the version the operation read
+/// (`update_if_unchanged`): a record changed under the operation is a
+/// conflict, and nothing is written (the operation is then attempted again,
+/// and at last given up from the record as it is).
 fn finish_with_keys(
     conn: &mut DbConnection,
     op: &Operation,
     owner: &str,
     lease_ends_by: i64,
-    keys_after: &[KeyRow],
+    keys_after: &[(Key, KeyVersion)],
+    pending: &mut Pending,
 ) -> Result<bool> {
     let updated = diesel::update(operations::table.find(op.id.to_string()))
         .filter(operations::state.eq(OperationState::Running.as_str()))
@@ -136,8 +143,13 @@ fn finish_with_keys(
     if updated != 1 {
         return Ok(false);
     }
-    for row in keys_after {
-        diesel::update(keys::table.find(&row.id)).set(row).execute(conn)?;
+    for (key, read) in keys_after {
+        if !update_if_unchanged(conn, read.record(), key, pending)? {
+            return Err(StoreError::Conflict(format!(
+                "key {} changed since operation {} read it; its outcome was not written",
+                key.id, op.id
+            )));
+        }
     }
     Ok(true)
 }
@@ -251,7 +263,8 @@ impl Store {
     /// set) to `until`; false if the lease changed meanwhile. A compare-and-set
     /// on the lease's end, not only its owner: the worker itself may have put
     /// the operation back for a retry (`retry_operation_later`), and a renewal
-    /// that lands after that must not undo the retry's delay.
+    /// that lands after that must not undo the retry's delay. Not synced on
+    /// its own: one lost to a power cut only lets the lease run out sooner.
     pub fn renew_lease(
         &self,
         id: Uuid,
@@ -259,7 +272,7 @@ impl Store {
         held: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool> {
-        self.write(|conn| {
+        self.write_with(Durability::Deferred, |conn, _| {
             let updated = diesel::update(operations::table.find(id.to_string()))
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::lease_owner.eq(owner))
@@ -273,9 +286,11 @@ impl Store {
     /// Puts back an operation whose attempt failed in a way that may pass
     /// (`Operation::retry_later`, `pass_on` or `park` applied), only if
     /// `owner` still holds it: its lease runs out at the retry time, when any
-    /// worker may take it (a parked one's lease is the token's).
+    /// worker may take it (a parked one's lease is the token's). Not synced
+    /// on its own: lost to a power cut, the attempt's lease runs out and the
+    /// operation is attempted again.
     pub fn retry_operation_later(&self, op: &Operation, owner: &str) -> Result<bool> {
-        self.write(|conn| {
+        self.write_with(Durability::Deferred, |conn, _| {
             let updated = diesel::update(operations::table.find(op.id.to_string()))
                 .filter(operations::state.eq(OperationState::Running.as_str()))
                 .filter(operations::lease_owner.eq(owner))
@@ -313,24 +328,19 @@ impl Store {
         &self,
         op: &Operation,
         owner: &str,
-        changed_keys: &[Key],
+        changed_keys: &[(Key, KeyVersion)],
         audit: &crate::AuditEntry,
     ) -> Result<bool> {
-        let rows: Vec<KeyRow> = changed_keys.iter().map(KeyRow::from_domain).collect();
-        let key = *self.pins.audit_key();
-        let recorded = self.write(|conn| {
-            if !finish_with_keys(conn, op, owner, ANY_LEASE, &rows)? {
-                return Ok(None);
+        // Not synced on its own: after a power cut that loses it, the
+        // operation is attempted again once its lease has run out, and finds
+        // what the token made by `CKA_ID` (docs/reliability.md).
+        self.write_with(Durability::Deferred, |conn, pending| {
+            let finished = finish_with_keys(conn, op, owner, ANY_LEASE, changed_keys, pending)?;
+            if finished {
+                pending.audit.push(audit.clone());
             }
-            crate::repo::audit::append_in(conn, &key, audit).map(Some)
-        })?;
-        match recorded {
-            Some(record) => {
-                self.checkpoint_audit(&record)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+            Ok(finished)
+        })
     }
 
     /// Operations whose worker died too often (every attempt spent, the
@@ -360,12 +370,13 @@ impl Store {
         given_up: &Operation,
         owner: &str,
         now: OffsetDateTime,
-        failed_keys: &[Key],
+        failed_keys: &[(Key, KeyVersion)],
     ) -> Result<bool> {
-        let rows: Vec<KeyRow> = failed_keys.iter().map(KeyRow::from_domain).collect();
         // Still the dead worker's, its lease still run out: a renewal
         // committed meanwhile wins.
-        self.write(|conn| finish_with_keys(conn, given_up, owner, micros(now), &rows))
+        self.write_with(Durability::Deferred, |conn, pending| {
+            finish_with_keys(conn, given_up, owner, micros(now), failed_keys, pending)
+        })
     }
 
     /// How many operations there are, by kind and state (for metrics).

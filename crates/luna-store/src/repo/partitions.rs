@@ -522,8 +522,11 @@ impl Store {
     /// would otherwise make objects on a token that no record names.
     pub fn forget_partition(&self, id: Uuid) -> Result<bool> {
         let key = id.to_string();
-        self.write(|conn| {
+        self.write_with(crate::Durability::Synced, |conn, pending| {
             require_partition_idle(conn, &key)?;
+            // Its keys and their counts go by cascade; the counts this
+            // transaction's earlier writes changed are not written back.
+            pending.forgotten_partitions.push(key.clone());
             Ok(diesel::delete(partitions::table.find(&key)).execute(conn)? == 1)
         })
     }
