@@ -24,6 +24,38 @@ fn reference_create(partition_id: &Value) -> Value {
 }
 
 on_both_backends! {
+    // Keys and operations get time-ordered ids (UUID version 7): a new record
+    // goes to the end of the primary key and of every index led by the id,
+    // not to a random page of each. The wire still carries UUIDs, and a key's
+    // objects carry its id as their CKA_ID.
+    fn keys_and_operations_get_time_ordered_ids(db: TestDatabase) {
+        let api = Api::start(db);
+        let partition = api.partition("ordered", 1);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let (status, created) = api.send("POST", KEYS, &json!({"label": format!("ordered-{n}"), "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}));
+            assert_eq!(status, 201, "{created}");
+            let id = uuid::Uuid::parse_str(created["id"].as_str().unwrap()).unwrap();
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            ids.push(id);
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "made in order, ordered: {ids:?}");
+        let token = luna_pkcs11::testing::module()
+            .open_token(partition["members"][0]["partition_label"].as_str().unwrap(), None, secrecy::SecretString::from(luna_pkcs11::testing::USER_PIN))
+            .unwrap();
+        for id in &ids {
+            assert_eq!(api.settled(&id.to_string())["status"], "AVAILABLE");
+            assert_eq!(token.find_by_id(id.as_bytes()).unwrap().len(), 1, "its object's CKA_ID is its id");
+        }
+        // An operation's outcome record names the operation in request_id.
+        let (_, outcomes) = api.get("/audit/records?action=operation%20keycreate&limit=10");
+        let operations: Vec<uuid::Uuid> = outcomes["resources"].as_array().unwrap().iter()
+            .map(|r| uuid::Uuid::parse_str(r["request_id"].as_str().unwrap()).unwrap())
+            .collect();
+        assert_eq!(operations.len(), 3, "{outcomes}");
+        assert!(operations.iter().all(|op| op.get_version_num() == 7), "{operations:?}");
+    }
+
     fn the_reference_walk_through_answers_as_the_reference_does(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition_with_domain("walk", 2);

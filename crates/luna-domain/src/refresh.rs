@@ -130,8 +130,9 @@ pub struct RefreshPlan {
 /// may have made its object after the scan went by.
 ///
 /// `new_id` names each record the plan inserts: ids are the caller's, so
-/// that this crate draws no randomness and a test can predict them (a
-/// service passes `Uuid::new_v4`).
+/// that this crate draws no randomness and a test can predict them (the
+/// service passes `Uuid::now_v7`: ids in time order, so that new records go
+/// to the end of the primary key instead of a random page of it).
 pub fn plan(
     scope: &RefreshScope,
     before: &BeforeScan,

@@ -63,8 +63,8 @@ async fn start_job(
             }
         };
         let now = luna_store::now();
-        let job = Job::new(Uuid::new_v4(), job_type, partitions, now);
-        let op = Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: job.id }, now);
+        let job = Job::new(Uuid::now_v7(), job_type, partitions, now);
+        let op = Operation::queued(Uuid::now_v7(), OperationPayload::RunJob { job_id: job.id }, now);
         store.insert_job_idempotently(&job, &op, request.as_ref())?;
         Ok(job)
     })

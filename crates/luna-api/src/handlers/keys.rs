@@ -140,7 +140,7 @@ pub async fn create(
         let luna_domain::NewKey {
             keys,
             operation: mut op,
-        } = spec.new_key(&partition, Uuid::new_v4, luna_store::now())?;
+        } = spec.new_key(&partition, Uuid::now_v7, luna_store::now())?;
         if let Some(reserved) = &reserved {
             let now = op.created_at;
             reserved.claim(&mut op, now)?;
@@ -201,7 +201,7 @@ pub async fn get(
 async fn begin(state: &AppState, payload: OperationPayload) -> Result<Vec<Key>, ApiError> {
     let store = state.store.clone();
     let id = payload.target();
-    let op = Operation::queued(Uuid::new_v4(), payload, luna_store::now());
+    let op = Operation::queued(Uuid::now_v7(), payload, luna_store::now());
     let keys = blocking(move || {
         store
             .begin_key_operation(&op)?

@@ -358,7 +358,7 @@ impl Runner {
                             .iter()
                             .filter_map(observed)
                             .filter(|o| !known.contains(&o.object_uid))
-                            .map(|o| first_sight(&scope, &o, Uuid::new_v4(), now))
+                            .map(|o| first_sight(&scope, &o, Uuid::now_v7(), now))
                             .collect();
                         if !fresh.is_empty() {
                             let _ = early.send(fresh);
@@ -415,7 +415,7 @@ impl Runner {
             .store
             .keys_of_partition(partition.id)
             .map_err(|e| format!("the key records could not be read: {e}"))?;
-        let mut planned = plan(&scope, before, &records, views, luna_store::now(), Uuid::new_v4);
+        let mut planned = plan(&scope, before, &records, views, luna_store::now(), Uuid::now_v7);
         // A second look before a key ends DELETED: a scan can miss an object
         // another process was writing as it read the token (two instances on
         // one SoftHSM2 token did); looked up by its CKA_ID, it is found.

@@ -72,7 +72,9 @@ impl NewKeySpec {
     /// The key this spec asks for on `partition`, the one it names (as the
     /// caller read it: an error if it is another), made at `now`. The ids
     /// come from `new_id`, called once for each record and once for the
-    /// operation: the domain draws none, so the same ids give the same key.
+    /// operation: the domain draws none, so the same ids give the same key
+    /// (the service passes `Uuid::now_v7`: time-ordered ids, so that new
+    /// records go to the end of every index led by the id).
     pub fn new_key(
         &self,
         partition: &Partition,
