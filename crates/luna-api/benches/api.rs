@@ -49,34 +49,6 @@ fn count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Raw luna-pkcs11 rate on a fresh token of `module`, `threads` at a time.
-fn raw_creates(module: TestModule, n: usize, threads: usize) -> f64 {
-    let token = module.fresh_open_token("bench-raw");
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let token = &token;
-            s.spawn(move || {
-                for _ in 0..(n / threads + usize::from(t < n % threads)) {
-                    token
-                        .generate(&GenerateRequest {
-                            cka_id: Uuid::new_v4().as_bytes().to_vec(),
-                            label: "bench".into(),
-                            mechanism: Mechanism::AesKeyGen,
-                            size: 256,
-                            attributes: AttributeSet::parse_names(&["CKA_ENCRYPT", "CKA_DECRYPT"]).unwrap(),
-                            remap: true,
-                            retry: false,
-                            wrap_with_trusted: false,
-                        })
-                        .unwrap();
-                }
-            });
-        }
-    });
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
 /// What `n` creates through the API did: keys/s until every one was
 /// AVAILABLE, and how long each POST took to be answered.
 struct CreateRun {
@@ -158,7 +130,7 @@ fn creates(module: TestModule, database: &str, n: usize) {
         .ok()
         .and_then(|c| c.parse().ok());
     for concurrency in [1, 2, 8, 32].into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
-        let raw = raw_creates(module, n, concurrency);
+        let raw = module.raw_aes_creates(n, concurrency);
         // A token of its own for each run (openCryptoki lends one at a
         // time), held until the server that uses it has stopped.
         let token = module.fresh_tokens("bench-api", 1).pop().unwrap();

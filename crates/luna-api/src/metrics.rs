@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use luna_domain::{Job, JobStatus, JobType, OperationState};
 use luna_pkcs11::Reachability;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::ApiError;
@@ -27,6 +28,10 @@ pub struct Metrics {
     token_reachable: IntGaugeVec,
     token_recoveries: IntCounterVec,
     module_reinitialisations: IntCounter,
+    /// This instance's database writes (luna-store's group commit).
+    db_writes: IntCounterVec,
+    db_seconds: CounterVec,
+    db_statements: IntCounter,
     /// The token call each thread is in, and since when: the runner's
     /// watchdog asks how long the call on an operation's thread has run.
     in_flight: parking_lot::Mutex<HashMap<ThreadId, (&'static str, Instant)>>,
@@ -122,8 +127,41 @@ impl Metrics {
                 "Times the PKCS#11 module was finalised and initialised again to recover a token",
             )?,
         )?;
+        let db_writes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "luna_db_writes_total",
+                    "Database writes by what became of them: committed, the commits they shared \
+                     (synced or not), those run again after a deadlock, and batches rolled back \
+                     because one of their writes failed",
+                ),
+                &["counted"],
+            )?,
+        )?;
+        let db_seconds = register(
+            &registry,
+            CounterVec::new(
+                Opts::new(
+                    "luna_db_write_seconds_total",
+                    "Serial database time of this instance's writes: inside its batches (begin to \
+                     the end of the commit), and the part spent writing counts and audit and committing",
+                ),
+                &["span"],
+            )?,
+        )?;
+        let db_statements = register(
+            &registry,
+            IntCounter::new(
+                "luna_db_statements_total",
+                "Statements this instance sent to the database (each a round trip)",
+            )?,
+        )?;
         Ok(Arc::new(Metrics {
             registry,
+            db_writes,
+            db_seconds,
+            db_statements,
             requests,
             token_calls,
             token_errors,
@@ -207,6 +245,27 @@ impl Metrics {
             );
         }
         catch_up(&self.module_reinitialisations, reinitialisations);
+    }
+
+    /// Brings the database counters up to what the store counted.
+    pub(crate) fn observe_database(&self, writes: &luna_store::WriteStats, statements: u64) {
+        for (counted, total) in [
+            ("committed", writes.writes),
+            ("commits", writes.commits),
+            ("synced_commits", writes.synced_commits),
+            ("retried", writes.retried),
+            ("rolled_back_batches", writes.rolled_back),
+        ] {
+            catch_up(&self.db_writes.with_label_values(&[counted]), total);
+        }
+        for (span, nanos) in [("batch", writes.batch_nanos), ("commit", writes.commit_nanos)] {
+            let counter = self.db_seconds.with_label_values(&[span]);
+            let total = nanos as f64 / 1e9;
+            if total > counter.get() {
+                counter.inc_by(total - counter.get());
+            }
+        }
+        catch_up(&self.db_statements, statements);
     }
 
     /// Sets the queue's gauges (operations by kind and state) and the

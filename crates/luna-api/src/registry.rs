@@ -228,15 +228,6 @@ fn refused(label: &str, source: TokenError) -> ApiError {
     ApiError::TokenRefused { message, source }
 }
 
-/// Whether creates on the connection's partition may remap a Luna RSA
-/// mechanism the token lacks (on when the connection is gone: nothing to
-/// refuse with).
-pub fn remaps_rsa_mechanisms(store: &Store, connection: Uuid) -> Result<bool, luna_store::StoreError> {
-    Ok(store
-        .get_connection(connection)?
-        .is_none_or(|c| c.remap_rsa_mechanisms))
-}
-
 /// Registers a connection's token set as one partition (an HA group when the
 /// connection is HA). `connection` is a name or an id.
 pub fn add_partition(store: &Store, connection: &str) -> Result<Partition, ApiError> {
@@ -257,6 +248,7 @@ pub fn add_partition(store: &Store, connection: &str) -> Result<Partition, ApiEr
         partition_label: first.partition_label.clone(),
         serial_number: first.serial_number.clone(),
         ha_enabled: connection.ha_enabled,
+        remap_rsa_mechanisms: connection.remap_rsa_mechanisms,
         members: connection.members.clone(),
         created_at: now,
         updated_at: now,

@@ -88,6 +88,7 @@ fn run_the_create(spec: &NewKeySpec, accepted: OffsetDateTime) -> Outcome<Key> {
         partition_label: "partition-a".into(),
         serial_number: "1234".into(),
         ha_enabled: false,
+        remap_rsa_mechanisms: true,
         members: Vec::new(),
         created_at: accepted,
         updated_at: accepted,

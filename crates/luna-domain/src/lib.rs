@@ -90,6 +90,7 @@
 //!     partition_label: "partition-a".into(),
 //!     serial_number: "1234".into(),
 //!     ha_enabled: false,
+//!     remap_rsa_mechanisms: true,
 //!     members: Vec::new(),
 //!     created_at: accepted,
 //!     updated_at: accepted,
@@ -245,7 +246,7 @@
 //! };
 //! assert_eq!(kept_now.id, records[0].id);
 //! assert!(kept_now.replicated);
-//! assert_eq!(kept_read_at.updated_at, earlier, "written only if still as read");
+//! assert_eq!(kept_read_at.updated_at(), earlier, "written only if still as read");
 //! assert_eq!((gone_now.id, gone_now.lifecycle().status()), (records[1].id, KeyStatus::Deleted));
 //!
 //! // Records the scan cannot vouch for (here: none known before it began)

@@ -121,6 +121,10 @@ pub struct Partition {
     pub serial_number: String,
     /// Its members form an HA group.
     pub ha_enabled: bool,
+    /// Whether an RSA mechanism a member lacks is replaced by one it has
+    /// (the connection's policy, read with the partition: a key's work needs
+    /// both).
+    pub remap_rsa_mechanisms: bool,
     /// The connection's members, first one first.
     pub members: Vec<Member>,
     /// When it was registered.

@@ -122,6 +122,44 @@ impl TestModule {
     }
 }
 
+impl TestModule {
+    /// The raw rate of AES-256 creates through luna-pkcs11, `n` keys made
+    /// by `threads` threads on a fresh token of this module: the figure the
+    /// API benchmarks hold the service against.
+    pub fn raw_aes_creates(self, n: usize, threads: usize) -> f64 {
+        let token = self.fresh_open_token("bench-raw");
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let token = &token;
+                s.spawn(move || {
+                    for _ in 0..(n / threads + usize::from(t < n % threads)) {
+                        crate::Token::generate(
+                            &**token,
+                            &crate::GenerateRequest {
+                                cka_id: uuid::Uuid::now_v7().as_bytes().to_vec(),
+                                label: "bench".into(),
+                                mechanism: luna_domain::Mechanism::AesKeyGen,
+                                size: 256,
+                                attributes: luna_domain::AttributeSet::parse_names(&[
+                                    "CKA_ENCRYPT",
+                                    "CKA_DECRYPT",
+                                ])
+                                .expect("known attribute names"),
+                                remap: true,
+                                retry: false,
+                                wrap_with_trusted: false,
+                            },
+                        )
+                        .expect("the raw token makes a key");
+                    }
+                });
+            }
+        });
+        n as f64 / start.elapsed().as_secs_f64()
+    }
+}
+
 impl std::fmt::Display for TestModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

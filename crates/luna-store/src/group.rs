@@ -15,11 +15,16 @@
 //! if that fails, the whole transaction is rolled back, as nobody has joined
 //! yet); writers that arrive meanwhile, and those that waited for the
 //! previous batch to commit, join it and run their work on its connection,
-//! one at a time, each in a savepoint of its own (one that fails is rolled
-//! back alone, and only its caller sees the error); the leader commits once
-//! every writer that was waiting has joined. Under no load a write is one
-//! transaction with no savepoint; under load a batch holds everyone who
-//! arrived while the last commit was going to disk.
+//! one at a time; the leader commits once every writer that was waiting has
+//! joined. Under load a batch holds everyone who arrived while the last
+//! commit was going to disk.
+//!
+//! No savepoints: on PostgreSQL each is two round trips per write, more than
+//! the write itself. A write that fails (which is rare: a conflict, a taken
+//! name) may have written part of its work, and on PostgreSQL its error has
+//! aborted the transaction; the batch is then rolled back whole and takes no
+//! more writes, the failed write's caller gets its error, and every other
+//! write of the batch runs again in the next one.
 //!
 //! A write that fails in a way that says nothing of the write itself (a
 //! PostgreSQL deadlock or serialization failure, in which the database chose
@@ -40,7 +45,6 @@ use std::time::Instant;
 
 use diesel::connection::TransactionManager;
 use diesel::r2d2::PooledConnection;
-use diesel::Connection as _;
 use parking_lot::{Condvar, Mutex};
 
 use crate::counts::CountDeltas;
@@ -133,6 +137,9 @@ pub struct WriteStats {
     pub commit_nanos: u64,
     /// Writes run again after a deadlock or serialization failure.
     pub retried: u64,
+    /// Batches rolled back because one of their writes failed (the others
+    /// ran again in the next).
+    pub rolled_back: u64,
 }
 
 #[derive(Default)]
@@ -145,6 +152,7 @@ pub(crate) struct GroupCommit {
     batch_nanos: AtomicU64,
     commit_nanos: AtomicU64,
     retried: AtomicU64,
+    rolled_back: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -160,9 +168,9 @@ struct State {
     /// committing): the leader commits only once they have all joined.
     waiting: usize,
     next_batch: u64,
-    /// How committed batches ended, until each member has read it:
-    /// (members still to read it, the failure if the commit failed).
-    ended: HashMap<u64, (usize, Option<BatchFailure>)>,
+    /// How batches ended, until each member has read it: (members still
+    /// to read it, how it ended).
+    ended: HashMap<u64, (usize, Ended)>,
 }
 
 #[derive(Default)]
@@ -183,9 +191,23 @@ struct Batch {
     id: u64,
     conn: Pooled,
     members: usize,
+    /// A write that joined failed: the batch is rolled back, and takes no
+    /// more writes.
+    failed: bool,
     pending: Pending,
     begun: Durability,
     durability: Durability,
+}
+
+/// How a batch ended, for each member that did not lead it.
+#[derive(Debug, Clone)]
+enum Ended {
+    Committed,
+    /// Its commit, or what had to follow it, failed.
+    Failed(BatchFailure),
+    /// One of its writes failed: nothing of it was written, and the others
+    /// run again.
+    RolledBack,
 }
 
 /// Why a batch failed, for each member that did not lead it.
@@ -234,12 +256,14 @@ impl GroupCommit {
             batch_nanos: self.batch_nanos.load(Relaxed),
             commit_nanos: self.commit_nanos.load(Relaxed),
             retried: self.retried.load(Relaxed),
+            rolled_back: self.rolled_back.load(Relaxed),
         }
     }
 
     /// Runs `work` in a transaction shared with the writes that arrive with
     /// it, and returns once that transaction committed (on disk, if
-    /// `durability` asks). `work` may run more than once (see `RETRIES`);
+    /// `durability` asks). `work` may run more than once (another write of
+    /// its batch failed, or the database chose it as a deadlock's victim);
     /// only the run that committed counts.
     pub(crate) fn write<B: Batches, T>(
         &self,
@@ -247,26 +271,47 @@ impl GroupCommit {
         durability: Durability,
         mut work: impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
     ) -> Result<T> {
+        let mut victim = 0;
         let mut state = self.state.lock();
         loop {
             match &mut state.phase {
                 Phase::Idle => {
                     state.phase = Phase::Forming;
                     drop(state);
-                    return self.lead(batches, durability, work);
+                    match self.lead(batches, durability, &mut work) {
+                        Led::Ended(result) => return result,
+                        Led::RolledBack => {}
+                    }
+                    state = self.state.lock();
                 }
-                Phase::Open(batch) if batch.members < MOST_PER_BATCH => {
+                Phase::Open(batch) if !batch.failed && batch.members < MOST_PER_BATCH => {
                     batch.members += 1;
                     let id = batch.id;
-                    let done = self
-                        .in_savepoint(&mut batch.conn, &mut work)
-                        .map(|(value, pending)| {
+                    let mut pending = Pending::default();
+                    let done = work(&mut batch.conn, &mut pending);
+                    match &done {
+                        Ok(_) => {
                             batch.pending.absorb(pending);
                             batch.durability = batch.durability.max(durability);
-                            value
-                        });
+                        }
+                        // What it wrote cannot be undone alone: the batch is
+                        // rolled back, and its other writes run again.
+                        Err(_) => batch.failed = true,
+                    }
                     self.changed.notify_all();
-                    return self.await_commit(state, id, done);
+                    let ended;
+                    (state, ended) = self.await_end(state, id);
+                    match (ended, done) {
+                        (Ended::Committed, done) => return done,
+                        (Ended::Failed(_), Err(own)) => return Err(own),
+                        (Ended::Failed(failure), Ok(_)) => return Err(failure.into_error()),
+                        (Ended::RolledBack, Ok(_)) => {}
+                        (Ended::RolledBack, Err(own)) if own.is_retryable() && victim < RETRIES => {
+                            victim += 1;
+                            self.retried.fetch_add(1, Relaxed);
+                        }
+                        (Ended::RolledBack, Err(own)) => return Err(own),
+                    }
                 }
                 Phase::Forming | Phase::Open(_) | Phase::Committing => {
                     state.waiting += 1;
@@ -277,14 +322,16 @@ impl GroupCommit {
         }
     }
 
+    /// Leads a batch: begins it with `work`, lets the waiting writers join,
+    /// and commits (or rolls back, if one of them failed).
     fn lead<B: Batches, T>(
         &self,
         batches: &B,
         durability: Durability,
-        mut work: impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
-    ) -> Result<T> {
+        work: &mut impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
+    ) -> Led<T> {
         let began = Instant::now();
-        let mut attempt = 0;
+        let mut victim = 0;
         // Nobody joins before the leader's work is done: if it fails, the
         // transaction holds nothing else and is rolled back whole.
         let led = loop {
@@ -298,8 +345,8 @@ impl GroupCommit {
                 Ok(value) => break Ok((conn, value, pending)),
                 Err(error) => {
                     rollback(&mut conn);
-                    if error.is_retryable() && attempt < RETRIES {
-                        attempt += 1;
+                    if error.is_retryable() && victim < RETRIES {
+                        victim += 1;
                         self.retried.fetch_add(1, Relaxed);
                         continue;
                     }
@@ -313,7 +360,7 @@ impl GroupCommit {
                 // The waiting writers try for themselves (one leads next).
                 self.state.lock().phase = Phase::Idle;
                 self.changed.notify_all();
-                return Err(error);
+                return Led::Ended(Err(error));
             }
         };
         let mut state = self.state.lock();
@@ -323,13 +370,16 @@ impl GroupCommit {
             id,
             conn,
             members: 1,
+            failed: false,
             pending,
             begun: durability,
             durability,
         }));
         self.changed.notify_all();
         // Every writer that was waiting joins before the commit.
-        while state.waiting > 0 && matches!(&state.phase, Phase::Open(b) if b.members < MOST_PER_BATCH) {
+        while state.waiting > 0
+            && matches!(&state.phase, Phase::Open(b) if !b.failed && b.members < MOST_PER_BATCH)
+        {
             self.changed.wait(&mut state);
         }
         let Phase::Open(batch) = std::mem::replace(&mut state.phase, Phase::Committing) else {
@@ -339,85 +389,74 @@ impl GroupCommit {
         let Batch {
             mut conn,
             members,
+            failed,
             pending,
             begun,
             durability,
             ..
         } = *batch;
-        let closing = Instant::now();
-        let closed = batches.close(&mut conn, pending, begun, durability);
-        drop(conn);
-        if matches!(&closed, Ok(_) | Err(StoreError::AfterCommit { .. })) {
-            self.writes.fetch_add(members as u64, Relaxed);
-            self.commits.fetch_add(1, Relaxed);
-            if durability == Durability::Synced {
-                self.synced_commits.fetch_add(1, Relaxed);
+        let ended = if failed {
+            rollback(&mut conn);
+            self.rolled_back.fetch_add(1, Relaxed);
+            Ended::RolledBack
+        } else {
+            let closing = Instant::now();
+            let closed = batches.close(&mut conn, pending, begun, durability);
+            if matches!(&closed, Ok(_) | Err(StoreError::AfterCommit { .. })) {
+                self.writes.fetch_add(members as u64, Relaxed);
+                self.commits.fetch_add(1, Relaxed);
+                if durability == Durability::Synced {
+                    self.synced_commits.fetch_add(1, Relaxed);
+                }
+                self.commit_nanos.fetch_add(nanos(closing), Relaxed);
+                self.batch_nanos.fetch_add(nanos(began), Relaxed);
             }
-            self.commit_nanos.fetch_add(nanos(closing), Relaxed);
-            self.batch_nanos.fetch_add(nanos(began), Relaxed);
-        }
-        let failure = closed
-            .and_then(|closed| batches.closed(closed))
-            .err()
-            .map(|error| BatchFailure::of(&error));
+            match closed.and_then(|closed| batches.closed(closed)) {
+                Ok(()) => Ended::Committed,
+                Err(error) => Ended::Failed(BatchFailure::of(&error)),
+            }
+        };
+        drop(conn);
         let mut state = self.state.lock();
         if members > 1 {
-            state.ended.insert(id, (members - 1, failure.clone()));
+            state.ended.insert(id, (members - 1, ended.clone()));
         }
         state.phase = Phase::Idle;
         self.changed.notify_all();
         drop(state);
-        match failure {
-            None => Ok(value),
-            Some(failure) => Err(failure.into_error()),
+        match ended {
+            Ended::Committed => Led::Ended(Ok(value)),
+            Ended::Failed(failure) => Led::Ended(Err(failure.into_error())),
+            Ended::RolledBack => Led::RolledBack,
         }
     }
 
-    /// Runs a joining writer's `work` in a savepoint, rolled back alone if it
-    /// fails, and again (in a new one) if the database chose it as a victim.
-    fn in_savepoint<T>(
+    /// A member's wait for its batch to end, and how it ended.
+    fn await_end<'a>(
         &self,
-        conn: &mut DbConnection,
-        work: &mut impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
-    ) -> Result<(T, Pending)> {
-        let mut attempt = 0;
-        loop {
-            let mut pending = Pending::default();
-            match conn.transaction(|c| work(c, &mut pending)) {
-                Ok(value) => return Ok((value, pending)),
-                Err(error) if error.is_retryable() && attempt < RETRIES => {
-                    attempt += 1;
-                    self.retried.fetch_add(1, Relaxed);
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    /// A member's wait for its batch's commit; its work's outcome if the commit held.
-    fn await_commit<T>(
-        &self,
-        mut state: parking_lot::MutexGuard<'_, State>,
+        mut state: parking_lot::MutexGuard<'a, State>,
         id: u64,
-        done: Result<T>,
-    ) -> Result<T> {
+    ) -> (parking_lot::MutexGuard<'a, State>, Ended) {
         loop {
-            if let Some((left, failure)) = state.ended.get_mut(&id) {
+            if let Some((left, ended)) = state.ended.get_mut(&id) {
                 *left -= 1;
-                let failure = failure.clone();
+                let ended = ended.clone();
                 if *left == 0 {
                     state.ended.remove(&id);
                 }
-                return match failure {
-                    None => done,
-                    // A write that failed alone keeps its own error.
-                    Some(_) if done.is_err() => done,
-                    Some(failure) => Err(failure.into_error()),
-                };
+                return (state, ended);
             }
             self.changed.wait(&mut state);
         }
     }
+}
+
+/// What became of a batch its leader led.
+enum Led<T> {
+    /// It committed (the leader's outcome), or its commit failed.
+    Ended(Result<T>),
+    /// A write that joined it failed: rolled back, the leader's work to run again.
+    RolledBack,
 }
 
 fn nanos(since: Instant) -> u64 {

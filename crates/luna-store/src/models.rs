@@ -424,13 +424,15 @@ impl PartitionRow {
         }
     }
 
-    pub fn into_domain(self, members: Vec<Member>) -> Result<Partition> {
+    /// The partition, given its connection's remap policy and members.
+    pub fn into_domain(self, remap_rsa_mechanisms: bool, members: Vec<Member>) -> Result<Partition> {
         Ok(Partition {
             id: uuid("partition id", &self.id)?,
             connection_id: uuid("partition connection_id", &self.connection_id)?,
             partition_label: self.partition_label,
             serial_number: self.serial_number,
             ha_enabled: self.ha_enabled,
+            remap_rsa_mechanisms,
             members,
             created_at: from_micros("partition created_at", self.created_at)?,
             updated_at: from_micros("partition updated_at", self.updated_at)?,

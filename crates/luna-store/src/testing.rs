@@ -17,6 +17,14 @@ pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 pub struct TestDatabase {
     pub store: Store,
     pub url: String,
+    _scratch: ScratchDatabase,
+}
+
+/// A new, empty database of a test's own (no schema yet), dropped when this
+/// is: for a test that opens it itself, or runs another version's server on it.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    pub url: String,
     cleanup: Cleanup,
 }
 
@@ -148,33 +156,49 @@ impl TestDatabase {
     }
 
     pub fn sqlite() -> Result<TestDatabase> {
+        TestDatabase::opened(ScratchDatabase::sqlite()?)
+    }
+
+    pub fn postgres() -> Result<TestDatabase> {
+        TestDatabase::opened(ScratchDatabase::postgres()?)
+    }
+
+    fn opened(scratch: ScratchDatabase) -> Result<TestDatabase> {
+        Ok(TestDatabase {
+            store: Store::open(&scratch.url, test_cipher(), small_pool())?,
+            url: scratch.url.clone(),
+            _scratch: scratch,
+        })
+    }
+}
+
+impl ScratchDatabase {
+    /// A file in a new temporary directory.
+    pub fn sqlite() -> Result<ScratchDatabase> {
         let dir = tempfile::tempdir().map_err(|source| crate::StoreError::KeyFile {
             path: std::env::temp_dir(),
             source,
         })?;
-        let url = format!("sqlite://{}", dir.path().join("luna.db").display());
-        Ok(TestDatabase {
-            store: Store::open(&url, test_cipher(), small_pool())?,
-            url,
+        Ok(ScratchDatabase {
+            url: format!("sqlite://{}", dir.path().join("luna.db").display()),
             cleanup: Cleanup::Sqlite(dir),
         })
     }
 
-    pub fn postgres() -> Result<TestDatabase> {
+    /// A new database on the server `LUNA_TEST_POSTGRES` names.
+    pub fn postgres() -> Result<ScratchDatabase> {
         let server = std::env::var("LUNA_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.into());
         let name = format!("luna_test_{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::establish(&format!("{server}/postgres"))?;
         admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-        let url = format!("{server}/{name}");
-        Ok(TestDatabase {
-            store: Store::open(&url, test_cipher(), small_pool())?,
-            url,
+        Ok(ScratchDatabase {
+            url: format!("{server}/{name}"),
             cleanup: Cleanup::Postgres { server, name },
         })
     }
 }
 
-impl Drop for TestDatabase {
+impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         if let Cleanup::Postgres { server, name } = &self.cleanup {
             // FORCE ends the pool's connections; a failure only leaves a stray database.

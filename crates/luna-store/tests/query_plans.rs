@@ -80,6 +80,7 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
         partition_label: "plans".into(),
         serial_number: "1".into(),
         ha_enabled: false,
+        remap_rsa_mechanisms: true,
         members: connection.members.clone(),
         created_at: t,
         updated_at: t,

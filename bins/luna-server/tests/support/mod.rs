@@ -40,7 +40,26 @@ impl Server {
         level: &str,
         log: Stdio,
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_luna-server"))
+        Server::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_luna-server")),
+            data,
+            args,
+            env,
+            level,
+            log,
+        )
+    }
+
+    /// `start_in_env` of another build's binary (a benchmark's baseline).
+    pub fn start_binary(
+        binary: &Path,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        level: &str,
+        log: Stdio,
+    ) -> Server {
+        let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(args)
@@ -80,6 +99,11 @@ impl Server {
             }
             banner.push(line);
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn admin_password_shown(&self) -> Option<String> {

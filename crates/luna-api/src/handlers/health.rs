@@ -82,6 +82,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         state.tokens.module().reinitialisations(),
     );
     metrics.observe_work(&operations, &running);
+    metrics.observe_database(&state.store.write_stats(), state.store.statements_sent());
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render()?))

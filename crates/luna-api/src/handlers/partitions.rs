@@ -206,11 +206,10 @@ pub async fn get_partition(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;
     let partition = fetch(&state.store, "partition", id, Store::get_partition).await?;
-    let store = state.store.clone();
     let tokens = Arc::clone(&state.tokens);
     let tenancy = state.tenancy.clone();
     let view = blocking(move || {
-        let remap = registry::remaps_rsa_mechanisms(&store, partition.connection_id)?;
+        let remap = partition.remap_rsa_mechanisms;
         let mut view = PartitionView::new(&partition, &tenancy);
         for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
             let (info, reachability) = tokens.describe(partition.connection_id, member);

@@ -55,8 +55,7 @@ impl Runner {
             _ => self.load(&ids)?,
         };
         let read: Vec<KeyVersion> = keys.iter().map(KeyVersion::of).collect();
-        let remap = crate::registry::remaps_rsa_mechanisms(&self.store, partition.connection_id)
-            .map_err(Failure::store("the connection record could not be read"))?;
+        let remap = partition.remap_rsa_mechanisms;
         let first = partition.members.first().ok_or("the partition has no members")?;
         let token = self.tokens.member(partition.connection_id, first)?;
         // The records hold what was requested until the token says what it made.

@@ -362,6 +362,7 @@ mod tests {
             partition_label: "p1".into(),
             serial_number: "1234".into(),
             ha_enabled: ha,
+            remap_rsa_mechanisms: true,
             members: Vec::new(),
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,

@@ -34,7 +34,7 @@ pub struct AuditEntry {
     pub client: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = audit_records)]
 struct AuditRow {
     seq: i64,
@@ -176,6 +176,36 @@ impl AuditCheckpoint {
 }
 
 impl AuditRow {
+    /// The row as column values (what a multi-row upsert takes on SQLite).
+    #[allow(clippy::type_complexity)]
+    fn columns(
+        &self,
+    ) -> (
+        diesel::dsl::Eq<audit_records::seq, i64>,
+        diesel::dsl::Eq<audit_records::at, i64>,
+        diesel::dsl::Eq<audit_records::username, &str>,
+        diesel::dsl::Eq<audit_records::action, &str>,
+        diesel::dsl::Eq<audit_records::target, &str>,
+        diesel::dsl::Eq<audit_records::outcome, &str>,
+        diesel::dsl::Eq<audit_records::request_id, &str>,
+        diesel::dsl::Eq<audit_records::client, &str>,
+        diesel::dsl::Eq<audit_records::previous_hash, &str>,
+        diesel::dsl::Eq<audit_records::hash, &str>,
+    ) {
+        (
+            audit_records::seq.eq(self.seq),
+            audit_records::at.eq(self.at),
+            audit_records::username.eq(self.username.as_str()),
+            audit_records::action.eq(self.action.as_str()),
+            audit_records::target.eq(self.target.as_str()),
+            audit_records::outcome.eq(self.outcome.as_str()),
+            audit_records::request_id.eq(self.request_id.as_str()),
+            audit_records::client.eq(self.client.as_str()),
+            audit_records::previous_hash.eq(self.previous_hash.as_str()),
+            audit_records::hash.eq(self.hash.as_str()),
+        )
+    }
+
     fn into_record(self) -> Result<AuditRecord> {
         Ok(AuditRecord {
             seq: self.seq,
@@ -229,13 +259,14 @@ fn chained(key: &[u8; 32], head: &(i64, String), entries: &[AuditEntry]) -> Vec<
 /// of); returns the new head, for the caller to keep (`head`) and move the
 /// checkpoint to once the transaction committed.
 ///
-/// No lock and, usually, no read: the first record is inserted as the
-/// successor of the head this process knows, and a record already holding
-/// that number (another instance appended since; PostgreSQL makes the insert
-/// wait for that instance's transaction) turns the insert into nothing, so
-/// the head is read and the records chained again. Whoever inserted the
-/// first record after the head holds the trail until it commits: every
-/// other appender's first insert waits for it. The rest follow in one insert.
+/// No lock and, usually, no read: one insert chains the records to the head
+/// this process knows. A record already holding one of their numbers
+/// (another instance appended since; PostgreSQL makes the insert wait for
+/// that instance's transaction to end) is left as it is by the insert; the
+/// records of this batch that were written are then taken back, the head is
+/// read, and the records chained again. Whoever inserted the record after
+/// the head holds the trail until it commits: every other appender's insert
+/// waits for it.
 pub(crate) fn append_in(
     conn: &mut DbConnection,
     key: &[u8; 32],
@@ -250,24 +281,33 @@ pub(crate) fn append_in(
             None => last(conn)?.unwrap_or_else(|| (0, GENESIS.to_owned())),
         };
         let rows = chained(key, &from, entries);
-        let Some((first, rest)) = rows.split_first() else {
+        let Some(newest) = rows.last().map(|row| (row.seq, row.hash.clone())) else {
             return Ok(from);
         };
-        let inserted = per_backend!(conn, |c| diesel::insert_into(audit_records::table)
-            .values(first)
-            .on_conflict(audit_records::seq)
-            .do_nothing()
-            .execute(c))?;
-        if inserted == 0 {
-            continue;
-        }
-        for chunk in rest.chunks(500) {
-            per_backend!(conn, |c| diesel::insert_into(audit_records::table)
-                .values(chunk)
+        // Chunks keep each statement under SQLite's bound-parameter limit.
+        let mut inserted = 0;
+        for chunk in rows.chunks(1000) {
+            let values: Vec<_> = chunk.iter().map(AuditRow::columns).collect();
+            inserted += per_backend!(conn, |c| diesel::insert_into(audit_records::table)
+                .values(&values)
+                .on_conflict(audit_records::seq)
+                .do_nothing()
                 .execute(c))?;
         }
-        let last = rows.last().map_or(from, |row| (row.seq, row.hash.clone()));
-        return Ok(last);
+        if inserted == rows.len() {
+            return Ok(newest);
+        }
+        if inserted > 0 {
+            // Found by number (the primary key), told from the other
+            // instance's records by their hashes.
+            let ours: Vec<&str> = rows.iter().map(|row| row.hash.as_str()).collect();
+            diesel::delete(
+                audit_records::table
+                    .filter(audit_records::seq.between(from.0 + 1, newest.0))
+                    .filter(audit_records::hash.eq_any(ours)),
+            )
+            .execute(conn)?;
+        }
     }
     Err(StoreError::Conflict(
         "the audit trail kept moving under this append; try again".into(),

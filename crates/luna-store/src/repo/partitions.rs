@@ -16,49 +16,55 @@ use crate::repo::{conflict_on_unique, order_by};
 use crate::schema::{connection_members, connections, operations, partitions, running_jobs};
 use crate::{Listed, Store};
 
-/// The members of these connections, each list in position order, read in
-/// one query: a page of connections or partitions costs two queries, not one
-/// per row.
-fn members_of(conn: &mut DbConnection, connection_ids: &[&str]) -> Result<HashMap<String, Vec<Member>>> {
-    let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+/// The members of these connections, each list in position order, and
+/// each connection's remap policy, read in one query: a page of connections
+/// or partitions costs two queries, not one per row.
+fn members_of(
+    conn: &mut DbConnection,
+    connection_ids: &[&str],
+) -> Result<HashMap<String, (bool, Vec<Member>)>> {
+    let mut members: HashMap<String, (bool, Vec<Member>)> = HashMap::new();
     if connection_ids.is_empty() {
         return Ok(members);
     }
-    let rows: Vec<MemberRow> = connection_members::table
+    let rows: Vec<(MemberRow, bool)> = connection_members::table
+        .inner_join(connections::table)
         .filter(connection_members::connection_id.eq_any(connection_ids))
         .order((connection_members::connection_id, connection_members::position))
-        .select(MemberRow::as_select())
+        .select((MemberRow::as_select(), connections::remap_rsa_mechanisms))
         .load(conn)?;
-    for row in rows {
-        members
+    for (row, remap) in rows {
+        let (_, of_connection) = members
             .entry(row.connection_id.clone())
-            .or_default()
-            .push(row.into_domain());
+            .or_insert_with(|| (remap, Vec::new()));
+        of_connection.push(row.into_domain());
     }
     Ok(members)
 }
 
 /// Domain values from rows that each name a connection, given that
-/// connection's members. Connection ids are unique among connections, and a
-/// connection backs at most one partition, so each member list is taken once.
+/// connection's remap policy and members. Connection ids are unique among
+/// connections, and a connection backs at most one partition, so each
+/// member list is taken once.
 fn with_members<R, T>(
     conn: &mut DbConnection,
     rows: Vec<R>,
     connection_id: fn(&R) -> &str,
-    build: fn(R, Vec<Member>) -> Result<T>,
+    build: fn(R, bool, Vec<Member>) -> Result<T>,
 ) -> Result<Vec<T>> {
     let ids: Vec<&str> = rows.iter().map(connection_id).collect();
     let mut members = members_of(conn, &ids)?;
     rows.into_iter()
         .map(|row| {
-            let of_row = members.remove(connection_id(&row)).unwrap_or_default();
-            build(row, of_row)
+            let (remap, of_row) = members.remove(connection_id(&row)).unwrap_or_default();
+            build(row, remap, of_row)
         })
         .collect()
 }
 
 fn connections_from(conn: &mut DbConnection, rows: Vec<ConnectionRow>) -> Result<Vec<Connection>> {
-    with_members(conn, rows, |r| &r.id, ConnectionRow::into_domain)
+    // A connection row holds its own remap policy.
+    with_members(conn, rows, |r| &r.id, |row, _, members| row.into_domain(members))
 }
 
 fn partitions_from(conn: &mut DbConnection, rows: Vec<PartitionRow>) -> Result<Vec<Partition>> {
@@ -466,14 +472,29 @@ impl Store {
         })
     }
 
+    /// One partition, with its connection's remap policy and members, in
+    /// one query (every create reads its partition).
     pub fn get_partition(&self, id: Uuid) -> Result<Option<Partition>> {
         self.read(|conn| {
-            let row = partitions::table
-                .find(id.to_string())
-                .select(PartitionRow::as_select())
-                .first(conn)
-                .optional()?;
-            Ok(partitions_from(conn, row.into_iter().collect())?.pop())
+            let rows: Vec<(PartitionRow, bool, MemberRow)> = partitions::table
+                .inner_join(connections::table.inner_join(connection_members::table))
+                .filter(partitions::id.eq(id.to_string()))
+                .order(connection_members::position)
+                .select((
+                    PartitionRow::as_select(),
+                    connections::remap_rsa_mechanisms,
+                    MemberRow::as_select(),
+                ))
+                .load(conn)?;
+            let mut rows = rows.into_iter();
+            let Some((row, remap, first)) = rows.next() else {
+                return Ok(None);
+            };
+            let members = std::iter::once(first)
+                .chain(rows.map(|(_, _, member)| member))
+                .map(MemberRow::into_domain)
+                .collect();
+            row.into_domain(remap, members).map(Some)
         })
     }
 
