@@ -42,6 +42,10 @@ chaos:
     cargo build --release -p luna-server
     cargo run --release -p luna-server --example chaos
 
-# The API against the raw token (creates) and against its healthz (reads over 1,000,000 records).
+# Creates through real servers, this build beside main at a4771b1 (built once
+# under target/bench-base) and the raw token; then, in process: a latency-bound
+# token, two instances on one PostgreSQL, reads over 1,000,000 records,
+# refresh and replication. Run on a quiet machine (`ps` first).
 bench-api:
+    cargo bench -p luna-server --bench creates
     cargo bench -p luna-api --bench api

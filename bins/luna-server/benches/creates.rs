@@ -16,6 +16,11 @@
 //! commit's batches and commits) and statements sent per key (each a round
 //! trip on PostgreSQL).
 //!
+//! `LUNA_BENCH_PROFILE_DIR` names a directory where `perf record` keeps a
+//! profile of this build's server for each row (`perf report -i …`), and
+//! `LUNA_BENCH_THIS_BINARY` another build of it to run (one built with
+//! `RUSTFLAGS="-C force-frame-pointers=yes"` gives call graphs).
+//!
 //! `LUNA_BENCH_CREATES_ON` limits the rows (a comma list such as
 //! `openCryptoki/SQLite`), `LUNA_BENCH_CONCURRENCY` the concurrency, and
 //! `LUNA_BENCH_CREATES` the keys per run (2,000 on openCryptoki, whose soft
@@ -186,7 +191,15 @@ fn module_path(module: TestModule) -> PathBuf {
 
 /// `n` creates posted by `clients` through the server `binary` until every
 /// key is AVAILABLE, on a fresh token of `module` and a fresh database.
-fn server_run(binary: &Path, module: TestModule, postgres: bool, n: usize, clients: usize) -> Run {
+/// With `profile`, `perf record` samples the server process meanwhile into that file.
+fn server_run(
+    binary: &Path,
+    module: TestModule,
+    postgres: bool,
+    n: usize,
+    clients: usize,
+    profile: Option<&Path>,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let (label, env, _token) = token_for_server(module, dir.path());
     let scratch = postgres.then(|| ScratchDatabase::postgres().unwrap());
@@ -232,13 +245,23 @@ fn server_run(binary: &Path, module: TestModule, postgres: bool, n: usize, clien
     let auth = format!("Bearer {token}");
     let database_before = database_figures(&base);
     let cpu_before = cpu_of(server.pid());
+    let profile = profile.map(|path| {
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+            .arg(path)
+            .args(["-p", &server.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf (linux-perf) is installed")
+    });
     let start = Instant::now();
     let mut posts: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|t| {
                 let (url, auth, body) = (&url, &auth, &body);
                 s.spawn(move || {
-                    let agent = ureq::AgentBuilder::new().build();
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
                     (0..(n / clients + usize::from(t < n % clients)))
                         .map(|_| {
                             let began = Instant::now();
@@ -258,11 +281,27 @@ fn server_run(binary: &Path, module: TestModule, postgres: bool, n: usize, clien
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let pending = format!("{base}/cckm/hsm/luna/keys?partition_id={partition_id}&status=in_progress&limit=1");
-    while call("GET", &pending, Some(&token), None).1["total"] != 0 {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let (status, page) = call("GET", &pending, Some(&token), None);
+        assert_eq!(status, 200, "{page}");
+        if page["total"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keys still in progress after 4 minutes: {page}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = start.elapsed();
     let cpu = cpu_of(server.pid()) - cpu_before;
+    if let Some(mut perf) = profile {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     let database_after = database_figures(&base);
     let available = format!("{base}/cckm/hsm/luna/keys?partition_id={partition_id}&status=AVAILABLE&limit=1");
     assert_eq!(
@@ -317,7 +356,9 @@ fn print_run(name: &str, run: &Run, raw: f64, main: Option<&Run>, n: usize) {
 
 fn main() {
     let (commit, base) = base_binary();
-    let this = PathBuf::from(env!("CARGO_BIN_EXE_luna-server"));
+    // Another build of this code (one with frame pointers, for a profile's call graph).
+    let this = std::env::var_os("LUNA_BENCH_THIS_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_luna-server")), PathBuf::from);
     println!(
         "luna-server creates, this build against main at {commit} ({} cores)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -326,6 +367,7 @@ fn main() {
     let concurrency: Option<usize> = std::env::var("LUNA_BENCH_CONCURRENCY")
         .ok()
         .and_then(|c| c.parse().ok());
+    let profiles = std::env::var_os("LUNA_BENCH_PROFILE_DIR").map(PathBuf::from);
     for module in TestModule::ALL {
         let n = count(
             "LUNA_BENCH_CREATES",
@@ -342,9 +384,12 @@ fn main() {
             for clients in [1, 8].into_iter().filter(|c| concurrency.is_none_or(|o| o == *c)) {
                 let raw = module.raw_aes_creates(n, clients);
                 println!("  {name}, concurrency {clients}, {n} AES-256 creates until AVAILABLE (raw token {raw:.1} keys/s):");
-                let main_run = server_run(&base, module, postgres, n, clients);
+                let main_run = server_run(&base, module, postgres, n, clients, None);
                 print_run(&format!("main {commit}"), &main_run, raw, None, n);
-                let this_run = server_run(&this, module, postgres, n, clients);
+                let profile = profiles
+                    .as_ref()
+                    .map(|dir| dir.join(format!("{module}-{database}-c{clients}.perf.data")));
+                let this_run = server_run(&this, module, postgres, n, clients, profile.as_deref());
                 print_run("this build", &this_run, raw, Some(&main_run), n);
             }
         }

@@ -101,6 +101,8 @@ fn serve(settings: &Settings) -> Result<()> {
             lease: time::Duration::seconds(i64::from(settings.operation_lease_secs)),
             stuck_after: std::time::Duration::from_secs(u64::from(settings.stuck_after_secs)),
             token_outage: std::time::Duration::from_secs(u64::from(settings.token_outage_secs)),
+            queue_per_partition: settings.queue_per_partition as usize,
+            queue_total: settings.queue_total as usize,
             ..RunnerSettings::default()
         },
         tls,

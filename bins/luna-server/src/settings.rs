@@ -71,6 +71,14 @@ pub struct Settings {
     /// and resume by themselves when it is back.
     #[arg(long, env = "LUNA_TOKEN_OUTAGE_SECS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=604800))]
     pub token_outage_secs: u32,
+    /// The most key operations one partition may have waiting for its
+    /// tokens; past it, creates are refused (429, with Retry-After from the
+    /// rate the queue drains at) until it drains. Nothing accepted is dropped.
+    #[arg(long, env = "LUNA_QUEUE_PER_PARTITION", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub queue_per_partition: u32,
+    /// The most key operations waiting across every partition.
+    #[arg(long, env = "LUNA_QUEUE_TOTAL", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub queue_total: u32,
     /// Lifetime of bearer tokens, in seconds.
     #[arg(long, env = "LUNA_TOKEN_DURATION", default_value_t = 300, value_parser = clap::value_parser!(u32).range(30..=86400))]
     pub token_duration: u32,

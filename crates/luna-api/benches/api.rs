@@ -1,43 +1,46 @@
-//! The API held against the raw token and against its own healthz, in one run.
-//! `just bench-api`, or `cargo bench -p luna-api --bench api`.
+//! The API held against its token and against its own healthz, in one run.
+//! `just bench-api` (beside luna-server's `creates`, which holds real server
+//! processes against the raw token and against main), or
+//! `cargo bench -p luna-api --bench api`.
 //!
-//! 1. Creates: N AES-256 keys through HTTP (concurrency 1, 2, 8 and 32, until
-//!    all are AVAILABLE) and the same N straight through luna-pkcs11 on an
-//!    identical fresh token, on SoftHSM2 and openCryptoki, SQLite and
-//!    PostgreSQL; keys/s, the ratio API/raw, and POST p50/p99. Then creates on
-//!    a latency-bound token (`LatencyToken`: 2 ms an AES key, 200 ms an RSA
-//!    pair, any number at once) against the ceiling `concurrency / per call`.
-//! 2. Reads over 1,000,000 key records, on SQLite and PostgreSQL: GET by id,
+//! 1. Creates on a latency-bound token (`LatencyToken`: 2 ms an AES key,
+//!    200 ms an RSA pair, any number at once, no CPU), against the ceiling
+//!    `concurrency / per call`; for each row the server's CPU per create (the
+//!    process's user and system time less the clients' threads'), its serial
+//!    database time per create (inside the group commit's batches) and the
+//!    statements it sent per create.
+//! 2. Two instances on one PostgreSQL database, creates into ONE partition
+//!    through both, beside one instance taking them all, in the same run:
+//!    keys/s, answers of 5xx, deadlocks PostgreSQL saw (and the writes run
+//!    again for them), and how often a session waited on a lock (sampled from
+//!    `pg_stat_activity` every 10 ms).
+//! 3. Reads over 1,000,000 key records, on SQLite and PostgreSQL: GET by id,
 //!    a filtered list sorted by `-updatedAt` skipping up to 10,000, and the
 //!    same skipping up to 100,000, at concurrency 8, beside healthz; req/s and
 //!    p50/p99 (targets: p99 < 10 ms for each).
-//!
-//! 3. Refresh of a partition of 10,000 objects against the raw cost of
-//!    enumerating and describing the same objects (target ≤ 1.5 × raw).
-//!
-//! 4. Replication of 1,000 AES keys to a second member by a synchronize job,
+//! 4. Refresh of a partition of 10,000 objects against the raw cost of
+//!    enumerating and describing the same objects (target ≤ 1.3 × raw).
+//! 5. Replication of 1,000 AES keys to a second member by a synchronize job,
 //!    beside raw export + import (wrap + unwrap) between two other members.
 //!
-//! Sections: LUNA_BENCH_SECTIONS, a comma list of creates, latency, reads,
-//! refresh, replication (all by default).
+//! Sections: LUNA_BENCH_SECTIONS, a comma list of latency, instances, reads,
+//! refresh, replication (all by default). LUNA_BENCH_READS_ON limits the
+//! reads to `SQLite` or `PostgreSQL`.
 //!
-//! LUNA_BENCH_CREATES_ON limits the creates to some module/database pairs
-//! (a comma list, e.g. `openCryptoki/SQLite`); LUNA_BENCH_READS_ON the reads
-//! to `SQLite` or `PostgreSQL`.
-//!
-//! Sizes: LUNA_BENCH_CREATES (300), LUNA_BENCH_RECORDS (1000000),
+//! Sizes: LUNA_BENCH_SHARED_CREATES (10000), LUNA_BENCH_RECORDS (1000000),
 //! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000),
-//! LUNA_BENCH_REPLICATED (1000); LUNA_BENCH_CONCURRENCY runs the creates at
-//! one concurrency alone.
+//! LUNA_BENCH_REPLICATED (1000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use luna_api::runner::RunnerSettings;
 use luna_api::testing::Api;
 use luna_domain::{AttributeSet, Key, KeyEvent, Mechanism, NewKeySpec};
-use luna_pkcs11::testing::TestModule;
 use luna_pkcs11::{GenerateRequest, Token as _};
-use luna_store::testing::TestDatabase;
+use luna_store::testing::{PostgresActivity, TestDatabase};
 use rand::Rng;
 use serde_json::json;
 use uuid::Uuid;
@@ -49,57 +52,102 @@ fn count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// User and system CPU time, from a `stat` file of `/proc` (this process's,
+/// or one thread's).
+fn cpu_in(stat: &str) -> Duration {
+    let text = std::fs::read_to_string(stat).unwrap();
+    let fields: Vec<&str> = text.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux's USER_HZ, which `/proc` counts in.
+    Duration::from_millis(ticks * 10)
+}
+
 /// What `n` creates through the API did: keys/s until every one was
-/// AVAILABLE, and how long each POST took to be answered.
+/// AVAILABLE, how long each POST took to be answered, how many were 5xx,
+/// and the CPU the server's threads used (the process's, less the clients').
 struct CreateRun {
     keys_per_second: f64,
     post_p50: Duration,
     post_p99: Duration,
+    server_errors: usize,
+    server_cpu: Duration,
 }
 
-/// POSTs `n` creates of `body` from `clients` keep-alive clients (threads of
-/// this process, in Rust: the client is not the bottleneck), then waits until
-/// none of the partition's keys is in progress; every one must be AVAILABLE.
-fn api_creates(
-    api: &Api,
-    partition_id: &str,
-    body: &serde_json::Value,
-    n: usize,
-    clients: usize,
-) -> CreateRun {
-    let url = format!("{}/cckm/hsm/luna/keys", api.base);
-    let auth = format!("Bearer {}", api.token);
+/// POSTs `n` creates from `clients` keep-alive clients (threads of this
+/// process, in Rust: the client is not the bottleneck), spread over
+/// `targets` (instances, each with its partition id and the body to post),
+/// then waits until none of the keys is in progress; every one must be
+/// AVAILABLE. A 5xx is counted and the create sent again (with its
+/// Idempotency-Key), as a client would.
+fn api_creates(targets: &[(&Api, serde_json::Value)], n: usize, clients: usize) -> CreateRun {
+    let server_errors = AtomicUsize::new(0);
+    let cpu_before = cpu_in("/proc/self/stat");
     let start = Instant::now();
-    let mut posts: Vec<Duration> = std::thread::scope(|s| {
+    let (mut posts, client_cpu): (Vec<Duration>, Duration) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|t| {
-                let (url, auth) = (&url, &auth);
+                let server_errors = &server_errors;
+                let (api, body) = &targets[t % targets.len()];
                 s.spawn(move || {
+                    let url = format!("{}/cckm/hsm/luna/keys", api.base);
+                    let auth = format!("Bearer {}", api.token);
                     let agent = ureq::AgentBuilder::new().build();
-                    (0..(n / clients + usize::from(t < n % clients)))
-                        .map(|_| {
+                    let posts: Vec<Duration> = (0..(n / clients + usize::from(t < n % clients)))
+                        .map(|i| {
                             let began = Instant::now();
-                            let answer = agent
-                                .post(url)
-                                .set("Authorization", auth)
-                                .send_json(body.clone())
-                                .unwrap();
-                            assert_eq!(answer.status(), 201);
-                            let _ = answer.into_string().unwrap();
+                            let key = format!("bench-{t}-{i}");
+                            loop {
+                                let answer = agent
+                                    .post(&url)
+                                    .set("Authorization", &auth)
+                                    .set("Idempotency-Key", &key)
+                                    .send_json(body.clone());
+                                match answer {
+                                    Ok(answer) => {
+                                        assert_eq!(answer.status(), 201);
+                                        let _ = answer.into_string().unwrap();
+                                        break;
+                                    }
+                                    Err(ureq::Error::Status(status, _)) if status >= 500 => {
+                                        server_errors.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(other) => panic!("a create failed: {other}"),
+                                }
+                            }
                             began.elapsed()
                         })
-                        .collect::<Vec<_>>()
+                        .collect();
+                    (posts, cpu_in("/proc/thread-self/stat"))
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        let mut all = Vec::new();
+        let mut cpu = Duration::ZERO;
+        for handle in handles {
+            let (posts, used) = handle.join().unwrap();
+            all.extend(posts);
+            cpu += used;
+        }
+        (all, cpu)
     });
-    let pending = format!("/cckm/hsm/luna/keys?partition_id={partition_id}&status=in_progress&limit=1");
-    while api.get(&pending).1["total"] != 0 {
-        std::thread::sleep(Duration::from_millis(5));
+    let poller_before = cpu_in("/proc/thread-self/stat");
+    let pending = |api: &Api, body: &serde_json::Value| {
+        let partition = body["partition_id"].as_str().unwrap();
+        api.get(&format!(
+            "/cckm/hsm/luna/keys?partition_id={partition}&status=in_progress&limit=1"
+        ))
+        .1["total"]
+            != 0
+    };
+    while targets.iter().any(|(api, body)| pending(api, body)) {
+        std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = start.elapsed();
-    let available = format!("/cckm/hsm/luna/keys?partition_id={partition_id}&status=AVAILABLE&limit=1");
+    let client_cpu = client_cpu + (cpu_in("/proc/thread-self/stat") - poller_before);
+    let server_cpu = (cpu_in("/proc/self/stat") - cpu_before).saturating_sub(client_cpu);
+    let (api, body) = &targets[0];
+    let partition = body["partition_id"].as_str().unwrap();
+    let available = format!("/cckm/hsm/luna/keys?partition_id={partition}&status=AVAILABLE&limit=1");
     // An RSA create makes two records, the private and the public key.
     let records = if body["mechanism"] == "CKM_AES_KEY_GEN" {
         n
@@ -117,89 +165,112 @@ fn api_creates(
         keys_per_second: n as f64 / elapsed.as_secs_f64(),
         post_p50: at(0.50),
         post_p99: at(0.99),
-    }
-}
-
-/// Creates through the API against the raw token, on `module` and one
-/// database, at each concurrency (client threads for the API, token threads
-/// for the raw rate).
-fn creates(module: TestModule, database: &str, n: usize) {
-    println!("creates of {n} AES-256 keys on {module}, {database}, until AVAILABLE:");
-    // LUNA_BENCH_CONCURRENCY: one concurrency alone (for a profile of it).
-    let only: Option<usize> = std::env::var("LUNA_BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|c| c.parse().ok());
-    for concurrency in [1, 2, 8, 32].into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
-        let raw = module.raw_aes_creates(n, concurrency);
-        // A token of its own for each run (openCryptoki lends one at a
-        // time), held until the server that uses it has stopped.
-        let token = module.fresh_tokens("bench-api", 1).pop().unwrap();
-        let db = match database {
-            "SQLite" => TestDatabase::sqlite(),
-            _ => TestDatabase::postgres(),
-        }
-        .unwrap();
-        let api = Api::start_opening(db, module.module(), server_runner(), None);
-        let partition = api.register(
-            &format!("bench-api-{concurrency}"),
-            std::slice::from_ref(&token.label),
-            false,
-        );
-        let body = json!({"label": "bench", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN", "attributes": ["CKA_ENCRYPT", "CKA_DECRYPT"]});
-        let run = api_creates(&api, partition["id"].as_str().unwrap(), &body, n, concurrency);
-        drop(api);
-        println!(
-            "  concurrency {concurrency:>2}: API {:>7.1} keys/s   raw token {raw:>7.1} keys/s   API/raw {:.2}   POST p50 {:>6.2} ms  p99 {:>6.2} ms",
-            run.keys_per_second,
-            run.keys_per_second / raw,
-            run.post_p50.as_secs_f64() * 1000.0,
-            run.post_p99.as_secs_f64() * 1000.0,
-        );
+        server_errors: server_errors.into_inner(),
+        server_cpu,
     }
 }
 
 /// The runner as the server runs it (its defaults), for the create benchmarks.
-fn server_runner() -> luna_api::runner::RunnerSettings {
-    luna_api::runner::RunnerSettings::default()
+fn server_runner() -> RunnerSettings {
+    RunnerSettings::default()
 }
 
-/// Creates on a token that only takes time (`LatencyToken`: a fixed sleep
-/// per call, any number at once, as a network HSM's independent sessions),
-/// so that what the runner does with a parallel token shows on two cores:
-/// throughput against what `per_call` allows `concurrency` calls at once.
-fn latency_bound(mechanism: &str, per_call: Duration, concurrency: usize, n: usize) {
-    let module = luna_pkcs11::testing::module();
-    let db = TestDatabase::sqlite().unwrap();
-    let opener: luna_api::tokens::TokenOpener = std::sync::Arc::new(move |module, member, _pin| {
+/// Opens every member as a token that only takes time (`LatencyToken`: a
+/// fixed sleep per call, any number at once, as a network HSM's independent
+/// sessions; no CPU).
+fn latency_tokens() -> luna_api::tokens::TokenOpener {
+    Arc::new(move |module, member, _pin| {
         let info = module.describe_token(&member.partition_label, Some(&member.serial_number))?;
-        Ok(std::sync::Arc::new(luna_pkcs11::LatencyToken::new(
+        Ok(Arc::new(luna_pkcs11::LatencyToken::new(
             info,
             Duration::from_millis(2),
             Duration::from_millis(200),
         )))
-    });
-    let runner = luna_api::runner::RunnerSettings {
+    })
+}
+
+/// The database's share of `n` creates: (serial write time, statements).
+fn database_share(api: &Api, before: (luna_store::WriteStats, u64), n: usize) -> (Duration, f64) {
+    let (stats, statements) = (api.store().write_stats(), api.store().statements_sent());
+    (
+        Duration::from_nanos((stats.batch_nanos - before.0.batch_nanos) / n as u64),
+        (statements - before.1) as f64 / n as f64,
+    )
+}
+
+/// Creates on a latency-bound token, so that what the runner does with a
+/// parallel token shows on two cores: throughput against what `per_call`
+/// allows `concurrency` calls at once, and what a create costs the server.
+fn latency_bound(mechanism: &str, per_call: Duration, concurrency: usize, n: usize) {
+    let module = luna_pkcs11::testing::module();
+    let db = TestDatabase::sqlite().unwrap();
+    let runner = RunnerSettings {
         token_concurrency: concurrency,
         ..server_runner()
     };
-    let api = Api::start_opening(db, module, runner, Some(opener));
+    let api = Api::start_opening(db, module, runner, Some(latency_tokens()));
     let partition = api.partition("bench-latency", 1);
     let size = if mechanism == "CKM_AES_KEY_GEN" { 256 } else { 2048 };
     let body =
         json!({"label": "bench", "size": size, "partition_id": partition["id"], "mechanism": mechanism});
-    let run = api_creates(
-        &api,
-        partition["id"].as_str().unwrap(),
-        &body,
-        n,
-        concurrency.max(2),
-    );
+    let before = (api.store().write_stats(), api.store().statements_sent());
+    let run = api_creates(&[(&api, body)], n, concurrency.max(2));
+    let (database, statements) = database_share(&api, before, n);
     let ceiling = concurrency as f64 / per_call.as_secs_f64();
     println!(
-        "  {mechanism} ({} ms a call), {concurrency:>2} at once: {:>7.1} keys/s   ceiling {ceiling:>7.1}   ratio {:.2}",
+        "  {mechanism} ({} ms a call), {concurrency:>2} at once: {:>7.1} keys/s   ceiling {ceiling:>7.1}   ratio {:.2}   \
+         CPU {:.3} ms/create   database {:.3} ms/create, {statements:.1} statements/create",
         per_call.as_millis(),
         run.keys_per_second,
-        run.keys_per_second / ceiling
+        run.keys_per_second / ceiling,
+        run.server_cpu.as_secs_f64() * 1000.0 / n as f64,
+        database.as_secs_f64() * 1000.0,
+    );
+}
+
+/// `n` creates into one partition on PostgreSQL through `instances`
+/// instances sharing the database (8 clients spread over them).
+fn shared_partition(instances: usize, n: usize) {
+    let db = TestDatabase::postgres().unwrap();
+    let url = db.url.clone();
+    let module = luna_pkcs11::testing::module();
+    let first = Api::start_opening(db, module, server_runner(), Some(latency_tokens()));
+    let partition = first.partition("bench-shared", 1);
+    let others: Vec<Api> = (1..instances)
+        .map(|_| first.beside_opening(server_runner(), Some(latency_tokens())))
+        .collect();
+    let body = json!({"label": "bench", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"});
+    let targets: Vec<(&Api, serde_json::Value)> = std::iter::once(&first)
+        .chain(&others)
+        .map(|api| (api, body.clone()))
+        .collect();
+    let (deadlocks_before, retried_before) = (
+        PostgresActivity::deadlocks(&url),
+        targets
+            .iter()
+            .map(|(api, _)| api.store().write_stats().retried)
+            .sum::<u64>(),
+    );
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (run, (waited, samples)) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| PostgresActivity::sample_lock_waits(&url, &running));
+        let run = api_creates(&targets, n, 8);
+        running.store(false, Ordering::Relaxed);
+        (run, sampler.join().unwrap())
+    });
+    let retried = targets
+        .iter()
+        .map(|(api, _)| api.store().write_stats().retried)
+        .sum::<u64>()
+        - retried_before;
+    println!(
+        "  {instances} instance(s): {:>7.1} keys/s   POST p50 {:>6.2} ms  p99 {:>6.2} ms   5xx {}   \
+         deadlocks {} (writes run again: {retried})   a session waiting on a lock in {waited} of {samples} samples",
+        run.keys_per_second,
+        run.post_p50.as_secs_f64() * 1000.0,
+        run.post_p99.as_secs_f64() * 1000.0,
+        run.server_errors,
+        PostgresActivity::deadlocks(&url) - deadlocks_before,
     );
 }
 
@@ -417,7 +488,7 @@ fn refresh(n: usize) {
         n
     );
     println!(
-        "  refresh job {:.2} s   raw enumerate + describe {:.2} s   ratio {:.2} (target <= 1.50)",
+        "  refresh job {:.2} s   raw enumerate + describe {:.2} s   ratio {:.2} (target <= 1.30)",
         through_api.as_secs_f64(),
         raw.as_secs_f64(),
         through_api.as_secs_f64() / raw.as_secs_f64()
@@ -513,7 +584,6 @@ fn replication(n: usize) {
 }
 
 fn main() {
-    let creates_n = count("LUNA_BENCH_CREATES", 300);
     let n_records = count("LUNA_BENCH_RECORDS", 1_000_000);
     let requests = count("LUNA_BENCH_REQUESTS", 4000);
     println!(
@@ -523,16 +593,6 @@ fn main() {
 
     let sections = std::env::var("LUNA_BENCH_SECTIONS").unwrap_or_default();
     let run = |section: &str| sections.is_empty() || sections.split(',').any(|s| s == section);
-    // LUNA_BENCH_CREATES_ON: a comma list of module/database to run, e.g. openCryptoki/SQLite.
-    let only = std::env::var("LUNA_BENCH_CREATES_ON").unwrap_or_default();
-    for module in TestModule::ALL.into_iter().filter(|_| run("creates")) {
-        for database in ["SQLite", "PostgreSQL"] {
-            let name = format!("{module}/{database}");
-            if only.is_empty() || only.split(',').any(|o| o == name) {
-                creates(module, database, creates_n);
-            }
-        }
-    }
     if run("latency") {
         println!("a latency-bound token (2 ms an AES key, 200 ms an RSA pair, any number at once), SQLite:");
         for concurrency in [1, 2, 4, 8, 16] {
@@ -544,8 +604,14 @@ fn main() {
             );
         }
         for concurrency in [1, 8] {
-            latency_bound("CKM_AES_KEY_GEN", Duration::from_millis(2), concurrency, 500);
+            latency_bound("CKM_AES_KEY_GEN", Duration::from_millis(2), concurrency, 2000);
         }
+    }
+    if run("instances") {
+        let n = count("LUNA_BENCH_SHARED_CREATES", 10_000);
+        println!("{n} AES creates into one partition on PostgreSQL, latency-bound token (2 ms), 8 clients:");
+        shared_partition(1, n);
+        shared_partition(2, n);
     }
 
     // LUNA_BENCH_READS_ON: SQLite or PostgreSQL alone.

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// Too many failed logins from this address; `retry_after` in seconds.
     #[error("too many failed logins; try again in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
+    /// A create past the bound on the work waiting for tokens (a partition's
+    /// or all of it); `retry_after` in seconds, from the rate it drains at.
+    #[error("{message}")]
+    QueueFull { message: String, retry_after: u64 },
     /// A token refused something the user asked for (wrong PIN, missing token).
     #[error("{message}")]
     TokenRefused {
@@ -82,6 +86,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::runner::QueueFull> for ApiError {
+    fn from(full: crate::runner::QueueFull) -> Self {
+        ApiError::QueueFull {
+            message: full.message,
+            retry_after: full.retry_after_secs,
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(error: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(error.to_string())
@@ -117,7 +130,9 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 13, "NCERRConflict"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, 15, "NCERRNotImplemented"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 15, "NCERRRequestTimeout"),
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, 1, "NCERRTooManyRequests"),
+            ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, 1, "NCERRTooManyRequests")
+            }
             ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 14, "NCERRInternalServerError")
             }
@@ -169,7 +184,7 @@ impl ResponseError for ApiError {
         if let ApiError::DatabaseUnavailable(_) = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, RETRY_AFTER_SECS));
         }
-        if let ApiError::TooManyRequests { retry_after } = self {
+        if let ApiError::TooManyRequests { retry_after } | ApiError::QueueFull { retry_after, .. } = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after.to_string()));
         }
         response.json(self.body())

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use luna_domain::{Job, JobStatus, JobType, OperationState};
 use luna_pkcs11::Reachability;
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::ApiError;
@@ -32,6 +32,10 @@ pub struct Metrics {
     db_writes: IntCounterVec,
     db_seconds: CounterVec,
     db_statements: IntCounter,
+    /// The work waiting for each partition's tokens.
+    queue_depth: IntGaugeVec,
+    queue_drain: GaugeVec,
+    queue_limit: IntGaugeVec,
     /// The token call each thread is in, and since when: the runner's
     /// watchdog asks how long the call on an operation's thread has run.
     in_flight: parking_lot::Mutex<HashMap<ThreadId, (&'static str, Instant)>>,
@@ -157,8 +161,41 @@ impl Metrics {
                 "Statements this instance sent to the database (each a round trip)",
             )?,
         )?;
+        let queue_depth = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "luna_queue_depth",
+                    "Key operations waiting for a partition's tokens (queued, running or parked)",
+                ),
+                &["partition_id"],
+            )?,
+        )?;
+        let queue_drain = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "luna_queue_drain_per_second",
+                    "Key operations leaving a partition's queue per second, lately (every instance's work)",
+                ),
+                &["partition_id"],
+            )?,
+        )?;
+        let queue_limit = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "luna_queue_limit",
+                    "The depth past which creates are refused: per partition, and in all",
+                ),
+                &["scope"],
+            )?,
+        )?;
         Ok(Arc::new(Metrics {
             registry,
+            queue_depth,
+            queue_drain,
+            queue_limit,
             db_writes,
             db_seconds,
             db_statements,
@@ -266,6 +303,27 @@ impl Metrics {
             }
         }
         catch_up(&self.db_statements, statements);
+    }
+
+    /// Sets the gauges of the work waiting for each partition's tokens.
+    pub(crate) fn observe_queues(
+        &self,
+        queues: &[(uuid::Uuid, crate::runner::QueueState)],
+        total_limit: i64,
+    ) {
+        self.queue_depth.reset();
+        self.queue_drain.reset();
+        for (partition, queue) in queues {
+            let partition = partition.to_string();
+            self.queue_depth.with_label_values(&[&partition]).set(queue.depth);
+            self.queue_drain
+                .with_label_values(&[&partition])
+                .set(queue.drain_per_second);
+            self.queue_limit
+                .with_label_values(&["partition"])
+                .set(queue.limit);
+        }
+        self.queue_limit.with_label_values(&["total"]).set(total_limit);
     }
 
     /// Sets the queue's gauges (operations by kind and state) and the

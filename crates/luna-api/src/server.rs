@@ -52,7 +52,17 @@ async fn document() -> HttpResponse {
 /// same function) cannot differ. Register only with `service`: utoipa's
 /// `route` would serve a path the document lacks.
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(health::scrape)
+    // actix tries the routes in this order, a pattern match each (a regex
+    // for a path with a parameter): the key routes, which carry nearly every
+    // request, come first.
+    cfg.service(keys::create)
+        .service(keys::get)
+        .service(keys::list)
+        .service(keys::update)
+        .service(keys::forget)
+        .service(keys::replicate)
+        .service(keys::destroy)
+        .service(health::scrape)
         .service(document)
         .service(health::healthz)
         .service(auth::token)
@@ -88,13 +98,6 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(partitions::create_stc_partition)
         .service(partitions::get_stc_partition)
         .service(partitions::delete_stc_partition)
-        .service(keys::create)
-        .service(keys::list)
-        .service(keys::get)
-        .service(keys::update)
-        .service(keys::forget)
-        .service(keys::replicate)
-        .service(keys::destroy)
         .service(jobs::start_refresh)
         .service(jobs::list_refresh)
         .service(jobs::get_refresh)

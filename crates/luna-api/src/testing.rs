@@ -59,6 +59,7 @@ pub fn runner_settings(workers: usize) -> RunnerSettings {
         stuck_after: Duration::from_secs(60),
         token_outage: Duration::from_secs(60),
         after_scan: None,
+        ..RunnerSettings::default()
     }
 }
 
@@ -105,13 +106,22 @@ impl Api {
     /// A second server instance on this one's database (its own store, pool,
     /// open tokens and runner), as several instances share one database.
     pub fn beside(&self, settings: RunnerSettings) -> Api {
+        self.beside_opening(settings, None)
+    }
+
+    /// `beside`, its member tokens opened by `opener` (a stand-in token).
+    pub fn beside_opening(
+        &self,
+        settings: RunnerSettings,
+        opener: Option<crate::tokens::TokenOpener>,
+    ) -> Api {
         let store = self
             .db
             .as_ref()
             .expect("the first instance holds the database")
             .second_store()
             .unwrap();
-        Api::launch(store, None, module(), settings, None)
+        Api::launch(store, None, module(), settings, opener)
     }
 
     fn launch(

@@ -345,7 +345,8 @@ impl OpenTokens {
                     if me.module.look_for(&label, &key.1) {
                         me.absent.lock().remove(&key);
                         me.release_parked(&luna_pkcs11::token_name(&label, &key.1));
-                        work.notify_waiters();
+                        // A permit if the dispatcher is not waiting now: it looks next time.
+                        work.notify_one();
                     }
                     me.probing.lock().remove(&key);
                 });
@@ -367,7 +368,8 @@ impl OpenTokens {
                     let now = token.probe();
                     if now.recoveries > before.recoveries {
                         me.release_parked(&token.info().name());
-                        work.notify_waiters();
+                        // A permit if the dispatcher is not waiting now: it looks next time.
+                        work.notify_one();
                     }
                     me.probing.lock().remove(&key);
                 });

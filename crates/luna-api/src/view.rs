@@ -1,6 +1,7 @@
 //! The JSON bodies, with the reference's field names and types. Only this
 //! module knows how a domain record looks on the wire.
 
+use crate::runner::QueueState;
 use std::collections::BTreeMap;
 
 use luna_domain::{Connection, Key, Mechanism, Member, Partition};
@@ -308,14 +309,38 @@ pub struct PartitionView {
     /// token answers (one partition's answer only, when its token is reachable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mechanisms: Option<Vec<MechanismView>>,
+    /// The work waiting for its tokens.
+    pub queue: QueueView,
     #[serde(rename = "createdAt")]
     pub created_at: String,
     #[serde(rename = "updatedAt")]
     pub updated_at: String,
 }
 
+/// The work waiting for a partition's tokens (this project's addition).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueView {
+    /// Key operations queued, running or waiting for a token that is away.
+    pub depth: i64,
+    /// Operations leaving the queue per second, lately (every instance's work).
+    pub drain_per_second: f64,
+    /// Past this depth, creates are refused (429) until it drains.
+    pub limit: i64,
+}
+
+impl From<&QueueState> for QueueView {
+    fn from(queue: &QueueState) -> QueueView {
+        QueueView {
+            depth: queue.depth,
+            // Tenths: a rate read over a few seconds says no more.
+            drain_per_second: (queue.drain_per_second * 10.0).round() / 10.0,
+            limit: queue.limit,
+        }
+    }
+}
+
 impl PartitionView {
-    pub fn new(p: &Partition, tenancy: &Tenancy) -> PartitionView {
+    pub fn new(p: &Partition, tenancy: &Tenancy, queue: &QueueState) -> PartitionView {
         PartitionView {
             id: p.id.to_string(),
             uri: format!("kylo:kylo:cckm:luna-partitions:{}", p.id),
@@ -326,6 +351,7 @@ impl PartitionView {
             ha_enabled: p.ha_enabled,
             members: p.members.iter().map(MemberView::from).collect(),
             mechanisms: None,
+            queue: QueueView::from(queue),
             created_at: timestamp(p.created_at),
             updated_at: timestamp(p.updated_at),
         }

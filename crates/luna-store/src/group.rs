@@ -145,7 +145,14 @@ pub struct WriteStats {
 #[derive(Default)]
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
-    changed: Condvar,
+    /// A batch opened, or the last one ended: the writers waiting for one
+    /// look again (each wakes only for what it waits for: a commit's worth
+    /// of wake-ups was a good part of the context switches per create).
+    opened: Condvar,
+    /// A writer joined the open batch: its leader looks whether all have.
+    joined: Condvar,
+    /// A batch ended: its members read how.
+    ended: Condvar,
     writes: AtomicU64,
     commits: AtomicU64,
     synced_commits: AtomicU64,
@@ -298,7 +305,7 @@ impl GroupCommit {
                         // rolled back, and its other writes run again.
                         Err(_) => batch.failed = true,
                     }
-                    self.changed.notify_all();
+                    self.joined.notify_one();
                     let ended;
                     (state, ended) = self.await_end(state, id);
                     match (ended, done) {
@@ -315,7 +322,7 @@ impl GroupCommit {
                 }
                 Phase::Forming | Phase::Open(_) | Phase::Committing => {
                     state.waiting += 1;
-                    self.changed.wait(&mut state);
+                    self.opened.wait(&mut state);
                     state.waiting -= 1;
                 }
             }
@@ -359,7 +366,7 @@ impl GroupCommit {
             Err(error) => {
                 // The waiting writers try for themselves (one leads next).
                 self.state.lock().phase = Phase::Idle;
-                self.changed.notify_all();
+                self.opened.notify_all();
                 return Led::Ended(Err(error));
             }
         };
@@ -375,12 +382,12 @@ impl GroupCommit {
             begun: durability,
             durability,
         }));
-        self.changed.notify_all();
+        self.opened.notify_all();
         // Every writer that was waiting joins before the commit.
         while state.waiting > 0
             && matches!(&state.phase, Phase::Open(b) if !b.failed && b.members < MOST_PER_BATCH)
         {
-            self.changed.wait(&mut state);
+            self.joined.wait(&mut state);
         }
         let Phase::Open(batch) = std::mem::replace(&mut state.phase, Phase::Committing) else {
             unreachable!("only the leader ends its batch");
@@ -422,7 +429,8 @@ impl GroupCommit {
             state.ended.insert(id, (members - 1, ended.clone()));
         }
         state.phase = Phase::Idle;
-        self.changed.notify_all();
+        self.opened.notify_all();
+        self.ended.notify_all();
         drop(state);
         match ended {
             Ended::Committed => Led::Ended(Ok(value)),
@@ -446,7 +454,7 @@ impl GroupCommit {
                 }
                 return (state, ended);
             }
-            self.changed.wait(&mut state);
+            self.ended.wait(&mut state);
         }
     }
 }

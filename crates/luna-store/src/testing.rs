@@ -327,3 +327,49 @@ impl Drop for PrivatePostgres {
             .output();
     }
 }
+
+/// What PostgreSQL's statistics say of a database's contention, for benchmarks.
+#[derive(Debug)]
+pub struct PostgresActivity;
+
+impl PostgresActivity {
+    /// Deadlocks the server detected in the database at `url` so far.
+    pub fn deadlocks(url: &str) -> i64 {
+        use diesel::RunQueryDsl as _;
+        #[derive(diesel::QueryableByName)]
+        struct Deadlocks {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            deadlocks: i64,
+        }
+        let mut conn = PgConnection::establish(url).expect("connect to the benchmark's database");
+        diesel::sql_query("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            .get_result::<Deadlocks>(&mut conn)
+            .expect("pg_stat_database")
+            .deadlocks
+    }
+
+    /// Samples `pg_stat_activity` every 10 ms while `running`: (samples in
+    /// which a session of the database waited on a lock, samples).
+    pub fn sample_lock_waits(url: &str, running: &std::sync::atomic::AtomicBool) -> (usize, usize) {
+        use diesel::RunQueryDsl as _;
+        #[derive(diesel::QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            waiting: i64,
+        }
+        let mut conn = PgConnection::establish(url).expect("connect to the benchmark's database");
+        let (mut waited, mut samples) = (0, 0);
+        while running.load(std::sync::atomic::Ordering::Relaxed) {
+            let now: Waiting = diesel::sql_query(
+                "SELECT count(*) AS waiting FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .get_result(&mut conn)
+            .expect("pg_stat_activity");
+            samples += 1;
+            waited += usize::from(now.waiting > 0);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        (waited, samples)
+    }
+}

@@ -99,7 +99,8 @@ pub struct UpdateKeyBody {
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, description = "Sent again with the same key and body, the create answers what the first made (201, Idempotent-Replayed: true); with another body, 409")),
     responses(
         (status = 201, description = "The key's record; the token is making it", body = KeyView),
-        (status = 404, description = "No partition has this partition_id", body = ErrorBody)))]
+        (status = 404, description = "No partition has this partition_id", body = ErrorBody),
+        (status = 429, description = "The partition's queue of work, or the service's, is full (--queue-per-partition, --queue-total); Retry-After says when to try again, from the rate it drains at", body = ErrorBody)))]
 #[post("/api/v1/cckm/hsm/luna/keys")]
 pub async fn create(
     state: web::Data<AppState>,
@@ -128,6 +129,8 @@ pub async fn create(
         attributes: body.attributes,
     }
     .validate()?;
+    // Within the bound on the work waiting for this partition's tokens.
+    let admitted = state.runner.backlog().admit(spec.partition_id)?;
     let store = state.store.clone();
     // This instance runs the create at once if it has room: claimed in the
     // accept's transaction, with the request's audit record.
@@ -153,6 +156,7 @@ pub async fn create(
         Ok((keys, op, reserved.map(|r| (r, partition))))
     })
     .await?;
+    admitted.kept();
     match reserved {
         Some((reserved, partition)) => reserved.hand(
             op,

@@ -174,7 +174,8 @@ pub async fn add_partition(
     let store = state.store.clone();
     let connection = body.into_inner().connection;
     let partition = blocking(move || registry::add_partition(&store, &connection)).await?;
-    Ok(HttpResponse::Created().json(PartitionView::new(&partition, &state.tenancy)))
+    let queue = state.runner.backlog().state_of(partition.id);
+    Ok(HttpResponse::Created().json(PartitionView::new(&partition, &state.tenancy, &queue)))
 }
 
 /// Lists partitions.
@@ -191,7 +192,10 @@ pub async fn list_partitions(
     let page = query.page;
     let store = state.store.clone();
     let listed = blocking(move || Ok(store.list_partitions(&query)?)).await?;
-    Ok(listing(page, listed, |p| PartitionView::new(p, &state.tenancy)))
+    let backlog = state.runner.backlog();
+    Ok(listing(page, listed, |p| {
+        PartitionView::new(p, &state.tenancy, &backlog.state_of(p.id))
+    }))
 }
 
 /// One partition, with what its member tokens say of themselves, whether
@@ -208,9 +212,10 @@ pub async fn get_partition(
     let partition = fetch(&state.store, "partition", id, Store::get_partition).await?;
     let tokens = Arc::clone(&state.tokens);
     let tenancy = state.tenancy.clone();
+    let queue = state.runner.backlog().state_of(partition.id);
     let view = blocking(move || {
         let remap = partition.remap_rsa_mechanisms;
-        let mut view = PartitionView::new(&partition, &tenancy);
+        let mut view = PartitionView::new(&partition, &tenancy, &queue);
         for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
             let (info, reachability) = tokens.describe(partition.connection_id, member);
             let info = info.as_ref().map_err(|u| u.reason.as_str());

@@ -25,11 +25,13 @@ use uuid::Uuid;
 
 use crate::tokens::OpenTokens;
 
+mod backlog;
 mod failure;
 mod jobs;
 mod keys;
 mod transfer;
 
+pub use backlog::{Admitted, Backlog, QueueFull, QueueState};
 use failure::Failure;
 
 /// What became of a claimed operation.
@@ -109,6 +111,11 @@ pub struct RunnerSettings {
     /// records: tests land a write in that window on purpose. `None` in the
     /// server.
     pub after_scan: Option<AfterScan>,
+    /// The most key operations one partition may have waiting before its
+    /// creates are refused (429): past it, keys would wait ever longer.
+    pub queue_per_partition: usize,
+    /// The most key operations waiting across every partition.
+    pub queue_total: usize,
 }
 
 /// The longest an operation stays parked before a worker looks at its token
@@ -139,6 +146,8 @@ impl Default for RunnerSettings {
             stuck_after: StdDuration::from_secs(120),
             token_outage: StdDuration::from_secs(600),
             after_scan: None,
+            queue_per_partition: 10_000,
+            queue_total: 100_000,
         }
     }
 }
@@ -165,10 +174,21 @@ pub struct Runner {
     ended: Notify,
     /// No claim before then: an operation was passed on (see `jittered`).
     pause_until: Mutex<Option<Instant>>,
+    /// Whether the queue may hold work for this instance to claim: set when
+    /// an operation is queued without being handed over, by the slow poll
+    /// (another instance's work, a lease run out), after a claim that filled
+    /// what it could, and while a partition is full (its queue was not
+    /// looked at); cleared by a look that found nothing. An
+    /// operation's end looks at the queue only while it is set: most creates
+    /// are handed to a worker as they are accepted, and a look per create
+    /// cost the database two reads.
+    maybe_queued: AtomicBool,
     /// Operations a request claimed for this instance as it accepted them
     /// (`reserve`), with the records it wrote, on their way to the dispatcher.
     handed: tokio::sync::mpsc::UnboundedSender<(Operation, Accepted)>,
     handed_to: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Operation, Accepted)>>>,
+    /// The bound on the work waiting for tokens, which creates are admitted under.
+    backlog: Arc<Backlog>,
 }
 
 /// The records a create's request wrote in the transaction that claimed its
@@ -296,6 +316,7 @@ impl Runner {
         settings: RunnerSettings,
     ) -> Arc<Runner> {
         let (handed, handed_to) = tokio::sync::mpsc::unbounded_channel();
+        let backlog = Backlog::new(settings.queue_per_partition, settings.queue_total);
         Arc::new(Runner {
             store,
             tokens,
@@ -309,9 +330,16 @@ impl Runner {
             running: std::sync::atomic::AtomicUsize::new(0),
             ended: Notify::new(),
             pause_until: Mutex::new(None),
+            maybe_queued: AtomicBool::new(true),
             handed,
             handed_to: Mutex::new(Some(handed_to)),
+            backlog,
         })
+    }
+
+    /// The bound creates are admitted under, and what the queue holds.
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
     }
 
     /// What the health check reads.
@@ -319,18 +347,36 @@ impl Runner {
         Arc::clone(&self.stuck)
     }
 
-    /// Starts the dispatcher on the current runtime (none with no workers).
+    /// Starts, on the current runtime, the reading of the queue's depth and
+    /// the dispatcher (none with no workers).
     pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        if self.settings.workers == 0 {
-            return Vec::new();
+        let mut tasks = vec![tokio::spawn(Arc::clone(self).read_backlog())];
+        if self.settings.workers > 0 {
+            tasks.push(tokio::spawn(Arc::clone(self).dispatch()));
         }
-        vec![tokio::spawn(Arc::clone(self).dispatch())]
+        tasks
     }
 
     /// Stops claiming; the operations in flight finish, then the dispatcher ends.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_waiters();
+    }
+
+    /// Reads the queue's depth every `backlog::READ_EVERY`, until stopped.
+    async fn read_backlog(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            let me = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || me.backlog.read(&me.store)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "reading the queue's depth failed"),
+                Err(error) => tracing::warn!(%error, "reading the queue's depth failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backlog::READ_EVERY) => {}
+                _ = self.stop.notified() => {}
+            }
+        }
     }
 
     /// Room for one operation of `partition`, if this instance runs
@@ -418,7 +464,10 @@ impl Runner {
                 let running = self.running.load(Ordering::SeqCst);
                 (self.settings.workers.saturating_sub(running), room)
             };
-            let claimed = if free == 0 {
+            // A look that skips a full partition says nothing of its queue:
+            // the end of one of its operations looks again.
+            let some_partition_full = room.in_flight.values().any(|n| *n >= room.per_partition);
+            let claimed = if free == 0 || !self.maybe_queued.swap(false, Ordering::SeqCst) {
                 Ok(Ok(Vec::new()))
             } else {
                 let me = Arc::clone(&self);
@@ -437,6 +486,8 @@ impl Runner {
             };
             match claimed {
                 Ok(Ok(ops)) if !ops.is_empty() => {
+                    // There may be more than one claim takes.
+                    self.maybe_queued.store(true, Ordering::SeqCst);
                     for op in ops {
                         *self.in_flight.lock().entry(op.partition_id).or_default() += 1;
                         self.running.fetch_add(1, Ordering::SeqCst);
@@ -444,16 +495,23 @@ impl Runner {
                     }
                 }
                 Ok(Ok(_)) => {
+                    if some_partition_full {
+                        self.maybe_queued.store(true, Ordering::SeqCst);
+                    }
                     tokio::select! {
                         Some((op, accepted)) = handed.recv() => self.launch(&mut tasks, op, Some(accepted)),
-                        _ = self.work.notified() => {}
+                        _ = self.work.notified() => self.maybe_queued.store(true, Ordering::SeqCst),
                         _ = self.ended.notified() => {}
                         _ = self.stop.notified() => {}
-                        _ = tokio::time::sleep(jittered(self.settings.poll, 0.5..1.5)) => self.settle_exhausted().await,
+                        _ = tokio::time::sleep(jittered(self.settings.poll, 0.5..1.5)) => {
+                            self.maybe_queued.store(true, Ordering::SeqCst);
+                            self.settle_exhausted().await;
+                        }
                     }
                 }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "claiming operations failed");
+                    self.maybe_queued.store(true, Ordering::SeqCst);
                     tokio::time::sleep(self.settings.poll).await;
                 }
                 Err(error) => tracing::error!(%error, "the claiming task failed"),

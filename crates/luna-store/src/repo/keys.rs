@@ -4,7 +4,7 @@ use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
 use luna_domain::{Key, KeyEvent, KeyVersion, Operation};
 use uuid::Uuid;
 
-use crate::db::{per_backend, DbConnection, MultiBackend};
+use crate::db::{DbConnection, MultiBackend};
 use crate::error::{Result, StoreError};
 use crate::group::{Durability, Pending};
 use crate::models::{KeyChange, KeyRow, OperationRow};
@@ -128,11 +128,22 @@ pub(crate) fn load(conn: &mut DbConnection, id: Uuid) -> Result<Option<Key>> {
 /// Inserts key records and notes them in the batch's counts; returns how many.
 pub(crate) fn insert_rows(conn: &mut DbConnection, rows: &[KeyRow], pending: &mut Pending) -> Result<usize> {
     let mut inserted = 0;
-    // Chunks keep each statement under SQLite's bound-parameter limit.
-    for chunk in rows.chunks(500) {
-        inserted += per_backend!(conn, |c| diesel::insert_into(keys::table)
-            .values(chunk)
-            .execute(c))?;
+    match conn {
+        // A row with a NULL column cannot be one VALUES list among others on
+        // SQLite (diesel would insert them one by one, in a savepoint of its
+        // own): one statement per row, prepared once, in the caller's
+        // transaction.
+        DbConnection::Sqlite(lite) => {
+            for row in rows {
+                inserted += diesel::insert_into(keys::table).values(row).execute(lite)?;
+            }
+        }
+        // One statement per 500 rows (under the bound-parameter limit).
+        DbConnection::Postgres(pg) => {
+            for chunk in rows.chunks(500) {
+                inserted += diesel::insert_into(keys::table).values(chunk).execute(pg)?;
+            }
+        }
     }
     for row in rows {
         pending.counts.inserted(row.into());

@@ -70,6 +70,24 @@ fn oldest_claimable(
     })
 }
 
+/// Whether any operation is there for a worker to take at `now`, read
+/// without a lock or a write transaction: most of a runner's looks find
+/// nothing (a create is handed to a worker as it is accepted), and a write
+/// transaction per look cost a commit, and on SQLite a sync, each.
+fn anything_claimable(conn: &mut DbConnection, now_us: i64, full_partitions: &[String]) -> Result<bool> {
+    let queued = claimable!(OperationState::Queued, full_partitions)
+        .first::<(String, i64)>(conn)
+        .optional()?;
+    if queued.is_some() {
+        return Ok(true);
+    }
+    let lapsed = claimable!(OperationState::Running, full_partitions)
+        .filter(operations::lease_expires_at.le(now_us))
+        .first::<(String, i64)>(conn)
+        .optional()?;
+    Ok(lapsed.is_some())
+}
+
 fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
     operations::table
         .find(id)
@@ -78,6 +96,14 @@ fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
         .optional()?
         .map(OperationRow::into_domain)
         .transpose()
+}
+
+/// Counts by partition id, as read.
+fn by_partition(rows: Vec<(Option<String>, i64)>) -> Result<HashMap<Uuid, i64>> {
+    rows.into_iter()
+        .filter_map(|(partition, n)| partition.map(|p| (p, n)))
+        .map(|(partition, n)| Ok((crate::codec::uuid("operation partition_id", &partition)?, n)))
+        .collect()
 }
 
 /// How many unreadable rows one claim sets aside before it gives up for this poll.
@@ -201,6 +227,15 @@ impl Store {
         room: &PartitionRoom,
     ) -> Result<Vec<Operation>> {
         let now_us = micros(now);
+        let full_now: Vec<String> = room
+            .in_flight
+            .iter()
+            .filter(|(_, n)| **n >= room.per_partition)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        if !self.read(|conn| anything_claimable(conn, now_us, &full_now))? {
+            return Ok(Vec::new());
+        }
         self.write(|conn| {
             let mut in_flight = room.in_flight.clone();
             let full = |in_flight: &HashMap<Uuid, usize>| -> Vec<String> {
@@ -376,6 +411,47 @@ impl Store {
         // committed meanwhile wins.
         self.write_with(Durability::Deferred, |conn, pending| {
             finish_with_keys(conn, given_up, owner, micros(now), failed_keys, pending)
+        })
+    }
+
+    /// The key operations not finished (queued, running, parked), by
+    /// partition: the queue each partition's tokens have before them.
+    /// Read through the claim index (state, then creation), one entry per
+    /// operation waiting.
+    pub fn queued_key_operations(&self) -> Result<HashMap<Uuid, i64>> {
+        let unfinished = [OperationState::Queued.as_str(), OperationState::Running.as_str()];
+        self.read(|conn| {
+            let rows: Vec<(Option<String>, i64)> = operations::table
+                .filter(operations::state.eq_any(unfinished))
+                .filter(operations::partition_id.is_not_null())
+                .group_by(operations::partition_id)
+                .select((operations::partition_id, diesel::dsl::count_star()))
+                .load(conn)?;
+            by_partition(rows)
+        })
+    }
+
+    /// The key operations queued at `since` or later, whatever became of
+    /// them since, by partition (with `queued_key_operations` read twice,
+    /// how many left the queue in between).
+    pub fn key_operations_queued_since(&self, since: OffsetDateTime) -> Result<HashMap<Uuid, i64>> {
+        let states = [
+            OperationState::Queued,
+            OperationState::Running,
+            OperationState::Succeeded,
+            OperationState::Failed,
+        ]
+        .map(OperationState::as_str);
+        let since = micros(since);
+        self.read(|conn| {
+            let rows: Vec<(Option<String>, i64)> = operations::table
+                .filter(operations::state.eq_any(states))
+                .filter(operations::created_at.ge(since))
+                .filter(operations::partition_id.is_not_null())
+                .group_by(operations::partition_id)
+                .select((operations::partition_id, diesel::dsl::count_star()))
+                .load(conn)?;
+            by_partition(rows)
         })
     }
 
