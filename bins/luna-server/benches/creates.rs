@@ -129,7 +129,10 @@ fn clock_ticks_per_second() -> f64 {
 /// main's): serial write time, writes and commits, statements.
 #[derive(Debug, Default, Clone, Copy)]
 struct Database {
-    batch_seconds: f64,
+    /// The writes' work and their commits: serial database time.
+    serial_seconds: f64,
+    /// The batches' turns, waits for writers to join included.
+    turn_seconds: f64,
     writes: f64,
     commits: f64,
     statements: f64,
@@ -148,7 +151,9 @@ fn database_figures(base: &str) -> Option<Database> {
             .and_then(|v| v.parse().ok())
     };
     Some(Database {
-        batch_seconds: value("luna_db_write_seconds_total{span=\"batch\"}")?,
+        serial_seconds: value("luna_db_write_seconds_total{span=\"work\"}")?
+            + value("luna_db_write_seconds_total{span=\"commit\"}")?,
+        turn_seconds: value("luna_db_write_seconds_total{span=\"batch\"}")?,
         writes: value("luna_db_writes_total{counted=\"committed\"}")?,
         commits: value("luna_db_writes_total{counted=\"commits\"}")?,
         statements: value("luna_db_statements_total")?,
@@ -318,7 +323,8 @@ fn server_run(
         post_p99: at(0.99),
         cpu_per_key: cpu / n as u32,
         database: database_before.zip(database_after).map(|(b, a)| Database {
-            batch_seconds: a.batch_seconds - b.batch_seconds,
+            serial_seconds: a.serial_seconds - b.serial_seconds,
+            turn_seconds: a.turn_seconds - b.turn_seconds,
             writes: a.writes - b.writes,
             commits: a.commits - b.commits,
             statements: a.statements - b.statements,
@@ -344,9 +350,10 @@ fn print_run(name: &str, run: &Run, raw: f64, main: Option<&Run>, n: usize) {
     );
     if let Some(db) = run.database {
         println!(
-            "    {:<14} database {:>5.3} ms/key in {:.0} commits ({:.1} writes a commit), {:.1} statements/key",
+            "    {:<14} database {:>5.3} ms/key (turns {:.3}) in {:.0} commits ({:.1} writes a commit), {:.1} statements/key",
             "",
-            db.batch_seconds * 1000.0 / n as f64,
+            db.serial_seconds * 1000.0 / n as f64,
+            db.turn_seconds * 1000.0 / n as f64,
             db.commits,
             db.writes / db.commits.max(1.0),
             db.statements / n as f64,
@@ -382,8 +389,13 @@ fn main() {
                 continue;
             }
             for clients in [1, 8].into_iter().filter(|c| concurrency.is_none_or(|o| o == *c)) {
+                let cpu_before = cpu_of(std::process::id());
                 let raw = module.raw_aes_creates(n, clients);
-                println!("  {name}, concurrency {clients}, {n} AES-256 creates until AVAILABLE (raw token {raw:.1} keys/s):");
+                let raw_cpu = (cpu_of(std::process::id()) - cpu_before) / n as u32;
+                println!(
+                    "  {name}, concurrency {clients}, {n} AES-256 creates until AVAILABLE (raw token {raw:.1} keys/s, CPU {:.2} ms/key):",
+                    ms(raw_cpu)
+                );
                 let main_run = server_run(&base, module, postgres, n, clients, None);
                 print_run(&format!("main {commit}"), &main_run, raw, None, n);
                 let profile = profiles

@@ -193,7 +193,9 @@ fn latency_tokens() -> luna_api::tokens::TokenOpener {
 fn database_share(api: &Api, before: (luna_store::WriteStats, u64), n: usize) -> (Duration, f64) {
     let (stats, statements) = (api.store().write_stats(), api.store().statements_sent());
     (
-        Duration::from_nanos((stats.batch_nanos - before.0.batch_nanos) / n as u64),
+        Duration::from_nanos(
+            (stats.work_nanos + stats.commit_nanos - before.0.work_nanos - before.0.commit_nanos) / n as u64,
+        ),
         (statements - before.1) as f64 / n as f64,
     )
 }

@@ -148,8 +148,9 @@ impl Metrics {
             CounterVec::new(
                 Opts::new(
                     "luna_db_write_seconds_total",
-                    "Serial database time of this instance's writes: inside its batches (begin to \
-                     the end of the commit), and the part spent writing counts and audit and committing",
+                    "Time of this instance's writes: its batches' turns (begin to the end of the \
+                     commit, waits for writers to join included), and within them the serial database \
+                     time: the writes' work, and writing counts and audit and committing",
                 ),
                 &["span"],
             )?,
@@ -295,7 +296,11 @@ impl Metrics {
         ] {
             catch_up(&self.db_writes.with_label_values(&[counted]), total);
         }
-        for (span, nanos) in [("batch", writes.batch_nanos), ("commit", writes.commit_nanos)] {
+        for (span, nanos) in [
+            ("batch", writes.batch_nanos),
+            ("work", writes.work_nanos),
+            ("commit", writes.commit_nanos),
+        ] {
             let counter = self.db_seconds.with_label_values(&[span]);
             let total = nanos as f64 / 1e9;
             if total > counter.get() {

@@ -107,8 +107,8 @@ pub(crate) trait Batches {
     /// wants `durability`.
     fn open(&self, durability: Durability) -> Result<Pooled>;
 
-    /// Writes `pending` and commits (on disk if `durability` is `Synced`;
-    /// `begun` is what `open` was asked for); rolls back if either fails.
+    /// Writes `pending` and commits (`begun` is what `open` was asked for);
+    /// rolls back if either fails. Runs in the batches' turn.
     fn close(
         &self,
         conn: &mut DbConnection,
@@ -117,7 +117,9 @@ pub(crate) trait Batches {
         durability: Durability,
     ) -> Result<Self::Closed>;
 
-    /// After a commit: what must follow it (the audit checkpoint moved).
+    /// After a commit, outside the batches' turn (the next batch may run
+    /// meanwhile), before its writers are answered: what must follow it
+    /// (the commit synced to disk if it must be, the audit checkpoint moved).
     fn closed(&self, closed: Self::Closed) -> Result<()>;
 }
 
@@ -131,9 +133,14 @@ pub struct WriteStats {
     /// Commits that waited for the disk.
     pub synced_commits: u64,
     /// Time from each batch's begin to the end of its commit, summed: the
-    /// serial database time of this process's writes.
+    /// time the batches held the database's turn, waits for writers to join
+    /// included (a synced batch's sync to disk follows, outside it).
     pub batch_nanos: u64,
-    /// The part of it spent writing what the writes left and committing.
+    /// Time the writes' work ran, summed (in the batches' turn, one after
+    /// another): with `commit_nanos`, the serial database time of this
+    /// process's writes.
+    pub work_nanos: u64,
+    /// Time spent writing what the writes left (counts, audit) and committing.
     pub commit_nanos: u64,
     /// Writes run again after a deadlock or serialization failure.
     pub retried: u64,
@@ -157,6 +164,7 @@ pub(crate) struct GroupCommit {
     commits: AtomicU64,
     synced_commits: AtomicU64,
     batch_nanos: AtomicU64,
+    work_nanos: AtomicU64,
     commit_nanos: AtomicU64,
     retried: AtomicU64,
     rolled_back: AtomicU64,
@@ -261,6 +269,7 @@ impl GroupCommit {
             commits: self.commits.load(Relaxed),
             synced_commits: self.synced_commits.load(Relaxed),
             batch_nanos: self.batch_nanos.load(Relaxed),
+            work_nanos: self.work_nanos.load(Relaxed),
             commit_nanos: self.commit_nanos.load(Relaxed),
             retried: self.retried.load(Relaxed),
             rolled_back: self.rolled_back.load(Relaxed),
@@ -295,7 +304,9 @@ impl GroupCommit {
                     batch.members += 1;
                     let id = batch.id;
                     let mut pending = Pending::default();
+                    let working = Instant::now();
                     let done = work(&mut batch.conn, &mut pending);
+                    self.work_nanos.fetch_add(nanos(working), Relaxed);
                     match &done {
                         Ok(_) => {
                             batch.pending.absorb(pending);
@@ -348,7 +359,10 @@ impl GroupCommit {
                 Err(error) => break Err(error),
             };
             let mut pending = Pending::default();
-            match work(&mut conn, &mut pending) {
+            let working = Instant::now();
+            let done = work(&mut conn, &mut pending);
+            self.work_nanos.fetch_add(nanos(working), Relaxed);
+            match done {
                 Ok(value) => break Ok((conn, value, pending)),
                 Err(error) => {
                     rollback(&mut conn);
@@ -402,14 +416,14 @@ impl GroupCommit {
             durability,
             ..
         } = *batch;
-        let ended = if failed {
+        let closed = if failed {
             rollback(&mut conn);
             self.rolled_back.fetch_add(1, Relaxed);
-            Ended::RolledBack
+            None
         } else {
             let closing = Instant::now();
             let closed = batches.close(&mut conn, pending, begun, durability);
-            if matches!(&closed, Ok(_) | Err(StoreError::AfterCommit { .. })) {
+            if closed.is_ok() {
                 self.writes.fetch_add(members as u64, Relaxed);
                 self.commits.fetch_add(1, Relaxed);
                 if durability == Durability::Synced {
@@ -418,18 +432,27 @@ impl GroupCommit {
                 self.commit_nanos.fetch_add(nanos(closing), Relaxed);
                 self.batch_nanos.fetch_add(nanos(began), Relaxed);
             }
-            match closed.and_then(|closed| batches.closed(closed)) {
-                Ok(()) => Ended::Committed,
-                Err(error) => Ended::Failed(BatchFailure::of(&error)),
-            }
+            Some(closed)
         };
         drop(conn);
+        // The next batch may begin: what follows a commit (its sync to disk,
+        // the audit checkpoint) takes no turn of the database's.
+        {
+            let mut state = self.state.lock();
+            state.phase = Phase::Idle;
+            self.opened.notify_all();
+        }
+        let ended = match closed {
+            None => Ended::RolledBack,
+            Some(closed) => match closed.and_then(|closed| batches.closed(closed)) {
+                Ok(()) => Ended::Committed,
+                Err(error) => Ended::Failed(BatchFailure::of(&error)),
+            },
+        };
         let mut state = self.state.lock();
         if members > 1 {
             state.ended.insert(id, (members - 1, ended.clone()));
         }
-        state.phase = Phase::Idle;
-        self.opened.notify_all();
         self.ended.notify_all();
         drop(state);
         match ended {

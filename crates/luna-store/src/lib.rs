@@ -210,9 +210,11 @@ impl Store {
     }
 }
 
-/// A committed batch's new audit head, for the checkpoint and the cache.
+/// What follows a batch's commit: whether it must be synced, and the audit
+/// trail's head as of the commit (for the checkpoint, once on disk).
 pub(crate) struct Committed {
-    audit_head: Option<(i64, String)>,
+    synced: bool,
+    on_disk_head: Option<(i64, String)>,
 }
 
 impl Batches for Store {
@@ -284,19 +286,34 @@ impl Batches for Store {
             }
         };
         group::commit(conn)?;
-        if let (Some(wal), Durability::Synced) = (&self.wal, durability) {
+        // The next batch chains to this head (it may begin before `closed`).
+        let mut head = self.audit_head.lock();
+        if audit_head.is_some() {
+            head.clone_from(&audit_head);
+        }
+        Ok(Committed {
+            synced: durability == Durability::Synced,
+            on_disk_head: head.clone(),
+        })
+    }
+
+    /// Syncs a synced batch's commit (SQLite), then moves the audit
+    /// checkpoint to the head as of that commit: only to records on disk
+    /// (a deferred batch's are, once a synced commit after them is), so that
+    /// a power cut never leaves the checkpoint naming a record the database
+    /// lost (which `verify` would call a truncation).
+    fn closed(&self, committed: Committed) -> Result<()> {
+        if !committed.synced {
+            return Ok(());
+        }
+        if let Some(wal) = &self.wal {
             wal.sync().map_err(|e| StoreError::AfterCommit {
                 reason: format!("its log could not be synced to disk: {e}"),
             })?;
         }
-        Ok(Committed { audit_head })
-    }
-
-    fn closed(&self, committed: Committed) -> Result<()> {
-        let Some((seq, hash)) = committed.audit_head else {
+        let Some((seq, hash)) = committed.on_disk_head else {
             return Ok(());
         };
-        *self.audit_head.lock() = Some((seq, hash.clone()));
         self.checkpoint_audit(seq, &hash)
             .map_err(|e| StoreError::AfterCommit {
                 reason: format!("the audit checkpoint could not be moved: {e}"),

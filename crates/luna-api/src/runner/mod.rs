@@ -62,6 +62,15 @@ const PASS_ON_DELAY: Duration = Duration::seconds(1);
 /// The most operations one claim takes (one transaction).
 const CLAIM_AT_MOST: usize = 16;
 
+/// A create accepted while its partition's tokens are all busy is claimed
+/// for this instance as long as no more than this many times
+/// `token_concurrency` of the partition's operations are here (at the
+/// tokens, or waiting for a turn), and the instance keeps the room of a
+/// partition's turns for the others: the next turn is then this instance's
+/// without a claim's transaction. Past it, creates are queued for any
+/// instance to claim.
+const WAITING_TURNS: usize = 2;
+
 /// `poll` times a random factor from `range`. Workers that poll in step stay
 /// in step: `just chaos` saw a blind instance take an operation back at the
 /// moment its pass-on delay ran out, cycle after cycle, always just before
@@ -170,6 +179,8 @@ pub struct Runner {
     in_flight: Mutex<HashMap<Option<Uuid>, usize>>,
     /// Operations running in this instance, from claim to recorded outcome.
     running: std::sync::atomic::AtomicUsize,
+    /// Each partition's turns at its tokens (`token_concurrency` of them).
+    turns: Mutex<HashMap<Uuid, Arc<tokio::sync::Semaphore>>>,
     /// Told when an operation ends (room for the next).
     ended: Notify,
     /// No claim before then: an operation was passed on (see `jittered`).
@@ -177,8 +188,9 @@ pub struct Runner {
     /// Whether the queue may hold work for this instance to claim: set when
     /// an operation is queued without being handed over, by the slow poll
     /// (another instance's work, a lease run out), after a claim that filled
-    /// what it could, and while a partition is full (its queue was not
-    /// looked at); cleared by a look that found nothing. An
+    /// what it could, and while a partition is full and its queue deeper than
+    /// what runs here (its queue was not looked at); cleared by a look that
+    /// found nothing. An
     /// operation's end looks at the queue only while it is set: most creates
     /// are handed to a worker as they are accepted, and a look per create
     /// cost the database two reads.
@@ -245,11 +257,15 @@ struct Slot {
     runner: Arc<Runner>,
     partition: Option<Uuid>,
     token_work_over: AtomicBool,
+    /// The turn at its partition's tokens, from when the operation got it
+    /// until its token work ended.
+    turn: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Slot {
     fn token_work_ended(&self) {
         if !self.token_work_over.swap(true, Ordering::SeqCst) {
+            self.turn.lock().take();
             self.runner.token_work_ended(self.partition);
         }
     }
@@ -328,6 +344,7 @@ impl Runner {
             stuck: Arc::default(),
             in_flight: Mutex::new(HashMap::new()),
             running: std::sync::atomic::AtomicUsize::new(0),
+            turns: Mutex::default(),
             ended: Notify::new(),
             pause_until: Mutex::new(None),
             maybe_queued: AtomicBool::new(true),
@@ -379,6 +396,19 @@ impl Runner {
         }
     }
 
+    /// The turns at `partition`'s tokens: `token_concurrency` operations at
+    /// their token work at once (none for a job's, which takes its own).
+    fn turns_of(&self, partition: Option<Uuid>) -> Option<Arc<tokio::sync::Semaphore>> {
+        let partition = partition?;
+        let mut turns = self.turns.lock();
+        let turns = turns.entry(partition).or_insert_with(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                self.settings.token_concurrency.max(1),
+            ))
+        });
+        Some(Arc::clone(turns))
+    }
+
     /// Room for one operation of `partition`, if this instance runs
     /// operations, is not stopping, and has room (`workers`, `token_concurrency`).
     pub fn reserve(self: &Arc<Self>, partition: Uuid) -> Option<Reserved> {
@@ -387,8 +417,16 @@ impl Runner {
         }
         let mut in_flight = self.in_flight.lock();
         let here = in_flight.entry(Some(partition)).or_default();
-        if self.running.load(Ordering::SeqCst) >= self.settings.workers
-            || *here >= self.settings.token_concurrency.max(1)
+        let (running, turns) = (
+            self.running.load(Ordering::SeqCst),
+            self.settings.token_concurrency.max(1),
+        );
+        // One that would wait for a turn leaves the room of a whole
+        // partition's turns to the others.
+        let waits = *here >= turns;
+        if running >= self.settings.workers
+            || *here >= WAITING_TURNS * turns
+            || (waits && running + turns >= self.settings.workers)
         {
             return None;
         }
@@ -427,6 +465,7 @@ impl Runner {
             runner: Arc::clone(self),
             partition: op.partition_id,
             token_work_over: AtomicBool::new(false),
+            turn: Mutex::new(None),
         };
         tasks.spawn(Arc::clone(self).run(op, accepted, slot));
     }
@@ -465,8 +504,13 @@ impl Runner {
                 (self.settings.workers.saturating_sub(running), room)
             };
             // A look that skips a full partition says nothing of its queue:
-            // the end of one of its operations looks again.
-            let some_partition_full = room.in_flight.values().any(|n| *n >= room.per_partition);
+            // the end of one of its operations looks again, while the queue
+            // holds more of it than this instance runs (the depth read a
+            // moment ago, and what this instance accepted since).
+            let some_partition_full = room.in_flight.iter().any(|(partition, n)| {
+                *n >= room.per_partition
+                    && self.backlog.state_of(*partition).depth > i64::try_from(*n).unwrap_or(i64::MAX)
+            });
             let claimed = if free == 0 || !self.maybe_queued.swap(false, Ordering::SeqCst) {
                 Ok(Ok(Vec::new()))
             } else {
@@ -535,6 +579,14 @@ impl Runner {
             };
             tokio::spawn(Arc::clone(&self).renew(attempt, held))
         });
+        // A create accepted here while its partition's tokens were all busy
+        // waits here for its turn (its lease renewed meanwhile) instead of in
+        // the queue, whence a claim would take it.
+        if let Some(turns) = self.turns_of(slot.partition) {
+            if let Ok(turn) = turns.acquire_owned().await {
+                *slot.turn.lock() = Some(turn);
+            }
+        }
         let me = Arc::clone(&self);
         let finished = tokio::task::spawn_blocking(move || {
             let _ = thread.set(std::thread::current().id());
