@@ -366,20 +366,31 @@ async function partitionsPage() {
     if (!list) return;
     const details = await Promise.all(list.resources.map((p) => call("GET", `${PARTITIONS}/${p.id}`).catch(() => p)));
     place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "partitions" },
-      el("thead", {}, el("tr", {}, ["Partition", "HA", "Members (serial · label · host · token)", "What a create runs here", "Id"]
-        .map((h, i) => el("th", { class: i === 4 ? "wide" : null }, h)))),
+      el("thead", {}, el("tr", {}, ["Partition", "HA", "Members (serial · label · host · token)", "What a create runs here",
+        "Work waiting", "Id"]
+        .map((h, i) => el("th", { class: i === 5 ? "wide" : null }, h)))),
       el("tbody", {}, details.map((p) => el("tr", {},
         el("td", {}, p.partition_label),
         el("td", {}, p.ha_enabled ? "yes" : "no"),
         el("td", {}, (p.members || []).map(memberLine)),
         el("td", {}, (p.mechanisms || []).map((m) => el("div", {}, m.refused ? `${m.mechanism}: refused (${m.refused})`
           : m.remapped ? `${m.mechanism} → ${m.generated_with}` : m.mechanism))),
+        el("td", { class: "queue" }, queueLine(p.queue)),
         el("td", { class: "wide" }, p.id)))))));
-    // While a token is away, the page follows it until it is back.
+    // While a token is away, or work waits, the page follows it.
     const away = details.some((p) => (p.members || []).some((m) => m.token && !m.token.reachable));
-    if (away) later(visit, 2000, load);
+    const waiting = details.some((p) => p.queue && p.queue.depth > 0);
+    if (away || waiting) later(visit, 2000, load);
   };
   await load();
+}
+
+/** The work waiting for a partition's tokens: how much, how fast it leaves, and the bound. */
+function queueLine(queue) {
+  if (!queue) return "";
+  const line = el("div", {}, `${queue.depth} of ${queue.limit} · leaving at ${queue.drain_per_second}/s`);
+  if (queue.depth >= queue.limit) line.append(" ", el("span", { class: "badge full" }, "full: creates refused"));
+  return line;
 }
 
 /** One member: who it is, and whether its token answers (since when not, and why). */

@@ -86,15 +86,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<crate::runner::QueueFull> for ApiError {
-    fn from(full: crate::runner::QueueFull) -> Self {
-        ApiError::QueueFull {
-            message: full.message,
-            retry_after: full.retry_after_secs,
-        }
-    }
-}
-
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(error: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(error.to_string())

@@ -310,24 +310,24 @@ impl Metrics {
         catch_up(&self.db_statements, statements);
     }
 
-    /// Sets the gauges of the work waiting for each partition's tokens.
+    /// Sets the gauges of the work waiting for each partition's tokens:
+    /// (partition, depth, drain per second) each, and the bounds.
     pub(crate) fn observe_queues(
         &self,
-        queues: &[(uuid::Uuid, crate::runner::QueueState)],
+        queues: impl IntoIterator<Item = (uuid::Uuid, i64, f64)>,
+        per_partition_limit: i64,
         total_limit: i64,
     ) {
         self.queue_depth.reset();
         self.queue_drain.reset();
-        for (partition, queue) in queues {
+        for (partition, depth, drain) in queues {
             let partition = partition.to_string();
-            self.queue_depth.with_label_values(&[&partition]).set(queue.depth);
-            self.queue_drain
-                .with_label_values(&[&partition])
-                .set(queue.drain_per_second);
-            self.queue_limit
-                .with_label_values(&["partition"])
-                .set(queue.limit);
+            self.queue_depth.with_label_values(&[&partition]).set(depth);
+            self.queue_drain.with_label_values(&[&partition]).set(drain);
         }
+        self.queue_limit
+            .with_label_values(&["partition"])
+            .set(per_partition_limit);
         self.queue_limit.with_label_values(&["total"]).set(total_limit);
     }
 

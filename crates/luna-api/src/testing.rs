@@ -58,7 +58,6 @@ pub fn runner_settings(workers: usize) -> RunnerSettings {
         pass_on_for: time::Duration::seconds(1),
         stuck_after: Duration::from_secs(60),
         token_outage: Duration::from_secs(60),
-        after_scan: None,
         ..RunnerSettings::default()
     }
 }
@@ -99,8 +98,8 @@ impl Api {
 
     /// A server on a store the test opened itself (a private PostgreSQL server,
     /// say); the test keeps what it needs to clean up.
-    pub fn start_on_store(store: luna_store::Store, workers: usize) -> Api {
-        Api::launch(store, None, module(), runner_settings(workers), None)
+    pub fn start_on_store(store: luna_store::Store, runner: RunnerSettings) -> Api {
+        Api::launch(store, None, module(), runner, None)
     }
 
     /// A second server instance on this one's database (its own store, pool,

@@ -626,3 +626,33 @@ fn passwords_are_changed_and_log_out_ends_the_session_on_the_server() {
     browser.find("#login");
     assert_eq!(api.call("GET", "/cckm/hsm/luna/keys", Some(&held), None).0, 401);
 }
+
+/// The partitions page shows the work waiting for each partition's tokens,
+/// and a queue at its bound as full (its creates refused until it drains).
+#[test]
+fn the_partitions_page_shows_the_work_waiting_and_a_full_queue() {
+    // No workers: what is accepted waits.
+    let api = Api::start_with_settings(
+        TestDatabase::sqlite().unwrap(),
+        luna_api::runner::RunnerSettings {
+            queue_per_partition: 2,
+            ..luna_api::testing::runner_settings(0)
+        },
+    );
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    let partition = api.partition("console-queue", 1);
+    for _ in 0..2 {
+        let (status, created) = api.send(
+            "POST",
+            "/cckm/hsm/luna/keys",
+            &json!({"label": "waiting", "size": 256, "partition_id": partition["id"], "mechanism": "CKM_AES_KEY_GEN"}),
+        );
+        assert_eq!(status, 201, "{created}");
+    }
+    let browser = Browser::start();
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+    browser.goto(&format!("{root}/ui/#/partitions"));
+    browser.wait("#partitions tbody", |t| {
+        t.contains("2 of 2 · leaving at 0/s") && t.contains("full: creates refused")
+    });
+}

@@ -105,7 +105,7 @@ fn a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted(
         }
     };
     let b = a.beside(luna_api::runner::RunnerSettings {
-        after_scan: Some(luna_api::runner::AfterScan(std::sync::Arc::new(hook))),
+        after_scan: Some(luna_api::runner::Hook(std::sync::Arc::new(hook))),
         ..luna_api::testing::runner_settings(2)
     });
     let job = start(&a, "refresh", json!({"partitions": [pid]}));

@@ -36,7 +36,7 @@ fn request(api: &Api, method: &str, path: &str, body: Option<&Value>) -> (u16, O
 fn while_the_database_is_away_requests_answer_503_at_once_and_nothing_accepted_is_lost() {
     let pg = PrivatePostgres::start();
     let store = Store::open(&pg.url, PinCipher::from_key(&[0x42; 32]), PoolOptions::default()).unwrap();
-    let api = Api::start_on_store(store, 2);
+    let api = Api::start_on_store(store, luna_api::testing::runner_settings(2));
     let partition = api.partition("outage", 1);
     let create = json!({"label": "before", "size": 2048, "partition_id": partition["id"], "mechanism": "CKM_RSA_PKCS_KEY_PAIR_GEN"});
     let (status, _, created) = request(&api, "POST", KEYS, Some(&create));

@@ -149,10 +149,15 @@ impl Store {
     }
 }
 
+/// A store on `url` with the tests' PIN key (a copy of a test's database, say).
+pub fn open_store(url: &str) -> Result<Store> {
+    Store::open(url, test_cipher(), small_pool())
+}
+
 impl TestDatabase {
     /// Another store on the same database, as a second server instance has.
     pub fn second_store(&self) -> Result<Store> {
-        Store::open(&self.url, test_cipher(), small_pool())
+        open_store(&self.url)
     }
 
     pub fn sqlite() -> Result<TestDatabase> {

@@ -84,7 +84,14 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     metrics.observe_work(&operations, &running);
     metrics.observe_database(&state.store.write_stats(), state.store.statements_sent());
     let backlog = state.runner.backlog();
-    metrics.observe_queues(&backlog.states(), backlog.total_limit());
+    metrics.observe_queues(
+        backlog
+            .states()
+            .into_iter()
+            .map(|(p, q)| (p, q.depth, q.drain_per_second)),
+        backlog.partition_limit(),
+        backlog.total_limit(),
+    );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render()?))

@@ -130,7 +130,14 @@ pub async fn create(
     }
     .validate()?;
     // Within the bound on the work waiting for this partition's tokens.
-    let admitted = state.runner.backlog().admit(spec.partition_id)?;
+    let admitted = state
+        .runner
+        .backlog()
+        .admit(spec.partition_id)
+        .map_err(|full| ApiError::QueueFull {
+            message: full.message,
+            retry_after: full.retry_after_secs,
+        })?;
     let store = state.store.clone();
     // This instance runs the create at once if it has room: claimed in the
     // accept's transaction, with the request's audit record.

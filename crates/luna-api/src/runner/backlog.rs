@@ -176,6 +176,11 @@ impl Backlog {
         })
     }
 
+    /// The bound on one partition's queue.
+    pub fn partition_limit(&self) -> i64 {
+        self.per_partition
+    }
+
     /// The bound on all partitions' queues together.
     pub fn total_limit(&self) -> i64 {
         self.total

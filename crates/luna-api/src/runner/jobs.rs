@@ -10,7 +10,7 @@ use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
 
 use super::transfer::TransferRefused;
-use super::{AfterScan, Failure, Runner};
+use super::{Failure, Hook, Runner};
 
 /// Objects described per `C_GetAttributeValue` round of a scan.
 const BATCH: usize = 256;
@@ -225,7 +225,7 @@ impl Runner {
                 Err(away) => return PartitionOutcome::Waiting(away),
             }
         }
-        if let Some(AfterScan(hook)) = &self.settings.after_scan {
+        if let Some(Hook(hook)) = &self.settings.after_scan {
             hook();
         }
         let views: Vec<MemberView> = surveyed

@@ -119,7 +119,11 @@ pub struct RunnerSettings {
     /// Called by a job between its scan of a partition and its reading of the
     /// records: tests land a write in that window on purpose. `None` in the
     /// server.
-    pub after_scan: Option<AfterScan>,
+    pub after_scan: Option<Hook>,
+    /// Called by an operation between its token work and the write of its
+    /// outcome: tests copy the database there, as a power cut would leave
+    /// it. `None` in the server.
+    pub before_outcome: Option<Hook>,
     /// The most key operations one partition may have waiting before its
     /// creates are refused (429): past it, keys would wait ever longer.
     pub queue_per_partition: usize,
@@ -132,13 +136,13 @@ pub struct RunnerSettings {
 /// and this bounds the wait when no instance that parked it is left to.
 const PARKED_AT_MOST: StdDuration = StdDuration::from_secs(30);
 
-/// See `RunnerSettings::after_scan`.
+/// A test's hook into the runner (`RunnerSettings::after_scan`, `before_outcome`).
 #[derive(Clone)]
-pub struct AfterScan(pub Arc<dyn Fn() + Send + Sync>);
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
 
-impl std::fmt::Debug for AfterScan {
+impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AfterScan")
+        f.write_str("Hook")
     }
 }
 
@@ -155,6 +159,7 @@ impl Default for RunnerSettings {
             stuck_after: StdDuration::from_secs(120),
             token_outage: StdDuration::from_secs(600),
             after_scan: None,
+            before_outcome: None,
             queue_per_partition: 10_000,
             queue_total: 100_000,
         }
@@ -815,6 +820,9 @@ impl Runner {
                 (Err(reason), keys)
             }
         };
+        if let Some(Hook(hook)) = &self.settings.before_outcome {
+            hook();
+        }
         let mut finished = op;
         finished.finish(result, now)?;
         // Every operation's outcome enters the audit trail, in the same transaction.
