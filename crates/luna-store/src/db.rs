@@ -179,12 +179,17 @@ impl ConnectionManager {
 /// makes a new one, and a handle kept open would sync the old one. The
 /// directory is synced too the first time a log file is seen, so that its
 /// name survives a power cut (what SQLite's own first sync of a new log does).
+/// One sync at a time, covering every commit made before it began: a commit
+/// that one covered needs none of its own.
 #[derive(Debug)]
 pub struct WalFile {
     path: PathBuf,
     dir: PathBuf,
-    /// The inode of the log last synced with its directory.
-    synced: parking_lot::Mutex<Option<u64>>,
+    /// Commits made so far (each numbered as it is made).
+    committed: AtomicU64,
+    /// The commits synced so far, and the inode of the log last synced with
+    /// its directory; held while a sync runs.
+    synced: parking_lot::Mutex<(u64, Option<u64>)>,
 }
 
 impl WalFile {
@@ -211,21 +216,34 @@ impl WalFile {
         Ok(Some(WalFile {
             path,
             dir,
-            synced: parking_lot::Mutex::new(None),
+            committed: AtomicU64::new(0),
+            synced: parking_lot::Mutex::new((0, None)),
         }))
     }
 
-    /// Syncs what the log holds (every commit so far) to disk.
-    pub fn sync(&self) -> std::io::Result<()> {
+    /// Numbers a commit just made (in the batches' turn): what `sync_through` takes.
+    pub fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Returns once commit `commit` (a number from `committed`) is on disk:
+    /// at once if a sync that began after it was made has ended, else after
+    /// a sync of everything the log holds.
+    pub fn sync_through(&self, commit: u64) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
+        let mut synced = self.synced.lock();
+        if synced.0 >= commit {
+            return Ok(());
+        }
+        let through = self.committed.load(Ordering::SeqCst);
         let log = std::fs::File::open(&self.path)?;
         log.sync_data()?;
         let inode = log.metadata()?.ino();
-        let mut synced = self.synced.lock();
-        if *synced != Some(inode) {
+        if synced.1 != Some(inode) {
             std::fs::File::open(&self.dir)?.sync_all()?;
-            *synced = Some(inode);
+            synced.1 = Some(inode);
         }
+        synced.0 = through;
         Ok(())
     }
 }

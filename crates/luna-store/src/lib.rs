@@ -214,6 +214,8 @@ impl Store {
 /// trail's head as of the commit (for the checkpoint, once on disk).
 pub(crate) struct Committed {
     synced: bool,
+    /// Its number among SQLite's commits, which the log's syncs count.
+    commit: Option<u64>,
     on_disk_head: Option<(i64, String)>,
 }
 
@@ -286,6 +288,7 @@ impl Batches for Store {
             }
         };
         group::commit(conn)?;
+        let commit = self.wal.as_ref().map(|wal| wal.committed());
         // The next batch chains to this head (it may begin before `closed`).
         let mut head = self.audit_head.lock();
         if audit_head.is_some() {
@@ -293,6 +296,7 @@ impl Batches for Store {
         }
         Ok(Committed {
             synced: durability == Durability::Synced,
+            commit,
             on_disk_head: head.clone(),
         })
     }
@@ -306,8 +310,8 @@ impl Batches for Store {
         if !committed.synced {
             return Ok(());
         }
-        if let Some(wal) = &self.wal {
-            wal.sync().map_err(|e| StoreError::AfterCommit {
+        if let (Some(wal), Some(commit)) = (&self.wal, committed.commit) {
+            wal.sync_through(commit).map_err(|e| StoreError::AfterCommit {
                 reason: format!("its log could not be synced to disk: {e}"),
             })?;
         }

@@ -908,7 +908,7 @@ on_both_backends! {
         // neither the operation nor its key.
         let held = store.get_operation(op.id).unwrap().unwrap().lease_expires_at().unwrap();
         assert!(store.renew_lease(op.id, "crashy", held, t + Duration::seconds(5)).unwrap());
-        assert!(!store.give_up_operation(&given_up, "crashy", t, &[failed.clone()]).unwrap());
+        assert!(!store.give_up_operation(&given_up, "crashy", t, std::slice::from_ref(&failed)).unwrap());
         assert_eq!(store.get_operation(op.id).unwrap().unwrap().state(), OperationState::Running);
         assert!(store.get_key(k.id).unwrap().unwrap().lifecycle().is_busy());
 
@@ -939,10 +939,10 @@ on_both_backends! {
         done.finish(Ok(()), now()).unwrap();
         // A worker that lost the lease writes neither the operation nor the key.
         let records = || store.list_audit(None, Some("operation keycreate"), 0, 10).unwrap().total;
-        assert!(!store.finish_operation(&done, "not-w", &[made.clone()], &outcome(&done)).unwrap());
+        assert!(!store.finish_operation(&done, "not-w", std::slice::from_ref(&made), &outcome(&done)).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle().status(), KeyStatus::InProgress);
         assert_eq!(records(), 0, "nor its audit record");
-        assert!(store.finish_operation(&done, "w", &[made.clone()], &outcome(&done)).unwrap());
+        assert!(store.finish_operation(&done, "w", std::slice::from_ref(&made), &outcome(&done)).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), made.0);
         assert_eq!(records(), 1, "the outcome and its audit record commit together");
     }
