@@ -106,6 +106,8 @@ pub struct ConnectionManager {
 #[derive(Debug, Default)]
 pub struct StatementLog {
     sent: AtomicU64,
+    /// Connections opened so far.
+    opened: AtomicU64,
     #[cfg(feature = "testing")]
     pub(crate) recorded: parking_lot::Mutex<Option<Vec<String>>>,
 }
@@ -113,6 +115,12 @@ pub struct StatementLog {
 impl StatementLog {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened so far: a new one may reach a database that is
+    /// not the one the last connections saw (restarted, failed over).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::SeqCst)
     }
 
     fn note(&self, query: &dyn std::fmt::Display) {
@@ -138,6 +146,7 @@ impl ConnectionManager {
     }
 
     pub fn connect(&self) -> Result<DbConnection> {
+        self.statements.opened.fetch_add(1, Ordering::SeqCst);
         let sent = Arc::clone(&self.statements);
         Ok(match self.backend {
             Backend::Sqlite => {
@@ -187,9 +196,21 @@ pub struct WalFile {
     dir: PathBuf,
     /// Commits made so far (each numbered as it is made).
     committed: AtomicU64,
-    /// The commits synced so far, and the inode of the log last synced with
-    /// its directory; held while a sync runs.
-    synced: parking_lot::Mutex<(u64, Option<u64>)>,
+    /// What the syncs did; held while a sync runs.
+    synced: parking_lot::Mutex<Synced>,
+}
+
+#[derive(Debug, Default)]
+struct Synced {
+    /// Commits on disk so far.
+    through: u64,
+    /// The log file last synced with its directory (inode and creation
+    /// time: a new log may get a deleted one's inode number).
+    file: Option<(u64, Option<std::time::SystemTime>)>,
+    /// A sync failed: Linux may have dropped the pages it could not write,
+    /// so no later sync can say what is on disk (as PostgreSQL, the store
+    /// stops promising: every synced write fails until a restart).
+    failed: bool,
 }
 
 impl WalFile {
@@ -217,7 +238,7 @@ impl WalFile {
             path,
             dir,
             committed: AtomicU64::new(0),
-            synced: parking_lot::Mutex::new((0, None)),
+            synced: parking_lot::Mutex::default(),
         }))
     }
 
@@ -232,19 +253,39 @@ impl WalFile {
     pub fn sync_through(&self, commit: u64) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
         let mut synced = self.synced.lock();
-        if synced.0 >= commit {
+        if synced.failed {
+            return Err(std::io::Error::other(
+                "an earlier sync of the database's log failed; restart the server",
+            ));
+        }
+        if synced.through >= commit {
             return Ok(());
         }
         let through = self.committed.load(Ordering::SeqCst);
-        let log = std::fs::File::open(&self.path)?;
-        log.sync_data()?;
-        let inode = log.metadata()?.ino();
-        if synced.1 != Some(inode) {
-            std::fs::File::open(&self.dir)?.sync_all()?;
-            synced.1 = Some(inode);
+        let log = match std::fs::File::open(&self.path) {
+            Ok(log) => log,
+            // SQLite removes the log once its last connection closed and a
+            // checkpoint had copied it into the database, synced.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                synced.through = through;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let written = log.sync_data().and_then(|()| {
+            let meta = log.metadata()?;
+            let file = (meta.ino(), meta.created().ok());
+            if synced.file != Some(file) {
+                std::fs::File::open(&self.dir)?.sync_all()?;
+                synced.file = Some(file);
+            }
+            Ok(())
+        });
+        match written {
+            Ok(()) => synced.through = through,
+            Err(_) => synced.failed = true,
         }
-        synced.0 = through;
-        Ok(())
+        written
     }
 }
 

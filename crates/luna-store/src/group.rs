@@ -60,6 +60,14 @@ const MOST_PER_BATCH: usize = 256;
 /// serialization failure's victim is run again before its caller hears of it.
 const RETRIES: usize = 8;
 
+/// A write rolled back this many times for other writes' failures leads a
+/// batch of its own: however often others fail, it commits.
+const ALONE_AFTER: usize = 2;
+
+/// Past this many roll-backs (its own batch's close chosen as a deadlock's
+/// victim each time) a write gives up, as a database that cannot commit.
+const MOST_RERUNS: usize = 32;
+
 pub(crate) type Pooled = PooledConnection<ConnectionManager>;
 
 /// Whether a write's commit must be on disk before the write returns.
@@ -209,9 +217,18 @@ struct Batch {
     /// A write that joined failed: the batch is rolled back, and takes no
     /// more writes.
     failed: bool,
+    /// Its leader's write leads alone (it was rolled back for others' failures).
+    alone: bool,
     pending: Pending,
     begun: Durability,
     durability: Durability,
+}
+
+impl Batch {
+    /// Whether a writer may join it.
+    fn takes_more(&self) -> bool {
+        !self.failed && !self.alone && self.members < MOST_PER_BATCH
+    }
 }
 
 /// How a batch ended, for each member that did not lead it.
@@ -288,19 +305,29 @@ impl GroupCommit {
         mut work: impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
     ) -> Result<T> {
         let mut victim = 0;
+        // Rolled back because another write failed: past `ALONE_AFTER`, this
+        // write leads a batch of its own, which no failure but its own can end.
+        let mut rolled_back = 0;
         let mut state = self.state.lock();
         loop {
+            if rolled_back > MOST_RERUNS {
+                return Err(StoreError::Commit {
+                    reason: format!("its batch was rolled back {rolled_back} times"),
+                    unavailable: true,
+                });
+            }
+            let alone = rolled_back >= ALONE_AFTER;
             match &mut state.phase {
                 Phase::Idle => {
                     state.phase = Phase::Forming;
                     drop(state);
-                    match self.lead(batches, durability, &mut work) {
+                    match self.lead(batches, durability, alone, &mut work) {
                         Led::Ended(result) => return result,
-                        Led::RolledBack => {}
+                        Led::RolledBack => rolled_back += 1,
                     }
                     state = self.state.lock();
                 }
-                Phase::Open(batch) if !batch.failed && batch.members < MOST_PER_BATCH => {
+                Phase::Open(batch) if batch.takes_more() && !alone => {
                     batch.members += 1;
                     let id = batch.id;
                     let mut pending = Pending::default();
@@ -323,7 +350,7 @@ impl GroupCommit {
                         (Ended::Committed, done) => return done,
                         (Ended::Failed(_), Err(own)) => return Err(own),
                         (Ended::Failed(failure), Ok(_)) => return Err(failure.into_error()),
-                        (Ended::RolledBack, Ok(_)) => {}
+                        (Ended::RolledBack, Ok(_)) => rolled_back += 1,
                         (Ended::RolledBack, Err(own)) if own.is_retryable() && victim < RETRIES => {
                             victim += 1;
                             self.retried.fetch_add(1, Relaxed);
@@ -346,6 +373,7 @@ impl GroupCommit {
         &self,
         batches: &B,
         durability: Durability,
+        alone: bool,
         work: &mut impl FnMut(&mut DbConnection, &mut Pending) -> Result<T>,
     ) -> Led<T> {
         let began = Instant::now();
@@ -392,15 +420,14 @@ impl GroupCommit {
             conn,
             members: 1,
             failed: false,
+            alone,
             pending,
             begun: durability,
             durability,
         }));
         self.opened.notify_all();
         // Every writer that was waiting joins before the commit.
-        while state.waiting > 0
-            && matches!(&state.phase, Phase::Open(b) if !b.failed && b.members < MOST_PER_BATCH)
-        {
+        while state.waiting > 0 && matches!(&state.phase, Phase::Open(b) if b.takes_more()) {
             self.joined.wait(&mut state);
         }
         let Phase::Open(batch) = std::mem::replace(&mut state.phase, Phase::Committing) else {
@@ -444,6 +471,12 @@ impl GroupCommit {
         }
         let ended = match closed {
             None => Ended::RolledBack,
+            // The database chose the batch's close (its counts, its audit
+            // records) as a deadlock's victim: every write runs again.
+            Some(Err(error)) if error.is_retryable() => {
+                self.retried.fetch_add(1, Relaxed);
+                Ended::RolledBack
+            }
             Some(closed) => match closed.and_then(|closed| batches.closed(closed)) {
                 Ok(()) => Ended::Committed,
                 Err(error) => Ended::Failed(BatchFailure::of(&error)),

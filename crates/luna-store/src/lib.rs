@@ -257,6 +257,9 @@ impl Batches for Store {
         begun: Durability,
         durability: Durability,
     ) -> Result<Committed> {
+        // Read before any statement of the batch's close: a connection
+        // opened after this is not one the head was checked on.
+        let connections_opened = self.statements.connections_opened();
         let written = (|| {
             pending.counts.write(conn)?;
             let audit_head = if pending.audit.is_empty() {
@@ -267,6 +270,7 @@ impl Batches for Store {
                     conn,
                     key,
                     &self.audit_head,
+                    connections_opened,
                     &pending.audit,
                 )?)
             };
@@ -291,21 +295,29 @@ impl Batches for Store {
         let commit = self.wal.as_ref().map(|wal| wal.committed());
         // The next batch chains to this head (it may begin before `closed`).
         let mut head = self.audit_head.lock();
-        if audit_head.is_some() {
-            head.clone_from(&audit_head);
+        if let Some((seq, hash)) = &audit_head {
+            *head = Some(repo::audit::KnownHead {
+                seq: *seq,
+                hash: hash.clone(),
+                connections_opened,
+            });
         }
+        // A synced batch that appended records is on disk with everything
+        // committed before it (on PostgreSQL a transaction that wrote nothing
+        // flushes nothing): the checkpoint may move to them.
+        let synced = durability == Durability::Synced;
         Ok(Committed {
-            synced: durability == Durability::Synced,
+            synced,
             commit,
-            on_disk_head: head.clone(),
+            on_disk_head: audit_head.filter(|_| synced),
         })
     }
 
     /// Syncs a synced batch's commit (SQLite), then moves the audit
-    /// checkpoint to the head as of that commit: only to records on disk
-    /// (a deferred batch's are, once a synced commit after them is), so that
-    /// a power cut never leaves the checkpoint naming a record the database
-    /// lost (which `verify` would call a truncation).
+    /// checkpoint to the records it appended: only to records on disk (a
+    /// deferred batch's are behind them), so that a power cut never leaves
+    /// the checkpoint naming a record the database lost (which `verify`
+    /// would call a truncation).
     fn closed(&self, committed: Committed) -> Result<()> {
         if !committed.synced {
             return Ok(());

@@ -2,14 +2,16 @@
 //!
 //! A dispatcher claims operations from the store, several in one
 //! transaction, as long as the instance has room (`RunnerSettings::workers`
-//! in flight at most, and `token_concurrency` of one partition: one slow
-//! token never holds the room of another); each runs as a task of its own,
-//! its token calls on the blocking pool (never on an async worker thread),
-//! and writes its outcome, its key records and its audit record in one
-//! transaction, only while it holds the lease (outcomes that end together
-//! share a commit: luna-store's group commit). The dispatcher sleeps until a
-//! request queues work (`AppState::work`), an operation ends, or a slow poll
-//! finds work another instance queued or a dead worker left behind.
+//! in flight at most, and `token_concurrency` of one partition at its token
+//! calls, as many again waiting for a turn: one slow token never holds the
+//! room of another); each runs as a task of its own, its token calls on the
+//! blocking pool (never on an async worker thread), and writes its outcome,
+//! its key records and its audit record in one transaction, only while it
+//! holds the lease (outcomes that end together share a commit: luna-store's
+//! group commit). The dispatcher sleeps until a request queues work
+//! (`AppState::work`), an operation ends (and the queue may hold work:
+//! `maybe_queued`), or a slow poll finds work another instance queued or a
+//! dead worker left behind.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,13 +64,10 @@ const PASS_ON_DELAY: Duration = Duration::seconds(1);
 /// The most operations one claim takes (one transaction).
 const CLAIM_AT_MOST: usize = 16;
 
-/// A create accepted while its partition's tokens are all busy is claimed
-/// for this instance as long as no more than this many times
-/// `token_concurrency` of the partition's operations are here (at the
-/// tokens, or waiting for a turn), and the instance keeps the room of a
-/// partition's turns for the others: the next turn is then this instance's
-/// without a claim's transaction. Past it, creates are queued for any
-/// instance to claim.
+/// An instance takes (accepts or claims) up to this many times
+/// `token_concurrency` of one partition's operations: the ones past
+/// `token_concurrency` wait here for a turn at the tokens, so that the next
+/// turn is taken without a claim's transaction (see `partition_room`).
 const WAITING_TURNS: usize = 2;
 
 /// `poll` times a random factor from `range`. Workers that poll in step stay
@@ -193,9 +192,8 @@ pub struct Runner {
     /// Whether the queue may hold work for this instance to claim: set when
     /// an operation is queued without being handed over, by the slow poll
     /// (another instance's work, a lease run out), after a claim that filled
-    /// what it could, and while a partition is full and its queue deeper than
-    /// what runs here (its queue was not looked at); cleared by a look that
-    /// found nothing. An
+    /// what it could, and while a partition is full (its queue was not looked
+    /// at); cleared by a look that found nothing. An
     /// operation's end looks at the queue only while it is set: most creates
     /// are handed to a worker as they are accepted, and a look per create
     /// cost the database two reads.
@@ -401,6 +399,21 @@ impl Runner {
         }
     }
 
+    /// How many operations of one partition this instance takes (accepted
+    /// or claimed), with `running` in all: `token_concurrency` at the tokens,
+    /// and as many again waiting for a turn, as long as the instance keeps
+    /// the room of a partition's turns for the others. Claims and creates
+    /// share the bound and the turns, so a partition's queued work (a PATCH,
+    /// a retry) is not left behind its newer creates.
+    fn partition_room(&self, running: usize) -> usize {
+        let turns = self.settings.token_concurrency.max(1);
+        if running + turns < self.settings.workers {
+            WAITING_TURNS * turns
+        } else {
+            turns
+        }
+    }
+
     /// The turns at `partition`'s tokens: `token_concurrency` operations at
     /// their token work at once (none for a job's, which takes its own).
     fn turns_of(&self, partition: Option<Uuid>) -> Option<Arc<tokio::sync::Semaphore>> {
@@ -422,17 +435,8 @@ impl Runner {
         }
         let mut in_flight = self.in_flight.lock();
         let here = in_flight.entry(Some(partition)).or_default();
-        let (running, turns) = (
-            self.running.load(Ordering::SeqCst),
-            self.settings.token_concurrency.max(1),
-        );
-        // One that would wait for a turn leaves the room of a whole
-        // partition's turns to the others.
-        let waits = *here >= turns;
-        if running >= self.settings.workers
-            || *here >= WAITING_TURNS * turns
-            || (waits && running + turns >= self.settings.workers)
-        {
+        let running = self.running.load(Ordering::SeqCst);
+        if running >= self.settings.workers || *here >= self.partition_room(running) {
             return None;
         }
         *here += 1;
@@ -501,21 +505,16 @@ impl Runner {
             }
             let (free, room) = {
                 let in_flight = self.in_flight.lock();
+                let running = self.running.load(Ordering::SeqCst);
                 let room = luna_store::PartitionRoom {
                     in_flight: in_flight.iter().filter_map(|(p, n)| p.map(|p| (p, *n))).collect(),
-                    per_partition: self.settings.token_concurrency.max(1),
+                    per_partition: self.partition_room(running),
                 };
-                let running = self.running.load(Ordering::SeqCst);
                 (self.settings.workers.saturating_sub(running), room)
             };
             // A look that skips a full partition says nothing of its queue:
-            // the end of one of its operations looks again, while the queue
-            // holds more of it than this instance runs (the depth read a
-            // moment ago, and what this instance accepted since).
-            let some_partition_full = room.in_flight.iter().any(|(partition, n)| {
-                *n >= room.per_partition
-                    && self.backlog.state_of(*partition).depth > i64::try_from(*n).unwrap_or(i64::MAX)
-            });
+            // the end of one of its operations looks again.
+            let some_partition_full = room.in_flight.values().any(|n| *n >= room.per_partition);
             let claimed = if free == 0 || !self.maybe_queued.swap(false, Ordering::SeqCst) {
                 Ok(Ok(Vec::new()))
             } else {
@@ -563,7 +562,10 @@ impl Runner {
                     self.maybe_queued.store(true, Ordering::SeqCst);
                     tokio::time::sleep(self.settings.poll).await;
                 }
-                Err(error) => tracing::error!(%error, "the claiming task failed"),
+                Err(error) => {
+                    tracing::error!(%error, "the claiming task failed");
+                    self.maybe_queued.store(true, Ordering::SeqCst);
+                }
             }
         }
         while tasks.join_next().await.is_some() {}
@@ -575,7 +577,30 @@ impl Runner {
         let started = Instant::now();
         // The thread the attempt's token calls run on, for the watchdog.
         let thread = Arc::new(std::sync::OnceLock::new());
-        let renewer = op.lease_expires_at().map(|held| {
+        let mut held = op.lease_expires_at();
+        // An operation accepted or claimed here while its partition's tokens
+        // were all busy waits here for its turn, its lease not renewed (a
+        // token call that hangs must not keep it here for ever: its lease
+        // runs out and another instance may take it). Its turn come, it goes
+        // on only if its lease is still its own.
+        if let Some(turns) = self.turns_of(slot.partition) {
+            let turn = match Arc::clone(&turns).try_acquire_owned() {
+                Ok(turn) => Some(turn),
+                Err(_) => {
+                    let turn = turns.acquire_owned().await.ok();
+                    match self.keep_lease(id, &lease, held).await {
+                        Some(until) => held = Some(until),
+                        None => {
+                            tracing::warn!(operation = %id, "the lease ran out while the operation waited for its turn; another worker may take it");
+                            return;
+                        }
+                    }
+                    turn
+                }
+            };
+            *slot.turn.lock() = turn;
+        }
+        let renewer = held.map(|held| {
             let attempt = Attempt {
                 operation: id,
                 kind: op.payload.kind_name(),
@@ -584,14 +609,6 @@ impl Runner {
             };
             tokio::spawn(Arc::clone(&self).renew(attempt, held))
         });
-        // A create accepted here while its partition's tokens were all busy
-        // waits here for its turn (its lease renewed meanwhile) instead of in
-        // the queue, whence a claim would take it.
-        if let Some(turns) = self.turns_of(slot.partition) {
-            if let Ok(turn) = turns.acquire_owned().await {
-                *slot.turn.lock() = Some(turn);
-            }
-        }
         let me = Arc::clone(&self);
         let finished = tokio::task::spawn_blocking(move || {
             let _ = thread.set(std::thread::current().id());
@@ -622,6 +639,23 @@ impl Runner {
             }
             Err(error) => tracing::error!(operation = %id, %error, "an operation's task failed"),
         }
+    }
+
+    /// Renews a lease that ends at `held` for a full lease from now, if it is
+    /// still `lease`'s: the new end, or `None` if another worker took it (or
+    /// the database could not say).
+    async fn keep_lease(
+        self: &Arc<Self>,
+        id: Uuid,
+        lease: &str,
+        held: Option<OffsetDateTime>,
+    ) -> Option<OffsetDateTime> {
+        let held = held?;
+        let until = luna_store::now() + self.settings.lease;
+        let (me, lease) = (Arc::clone(self), lease.to_owned());
+        let renewed =
+            tokio::task::spawn_blocking(move || me.store.renew_lease(id, &lease, held, until)).await;
+        matches!(renewed, Ok(Ok(true))).then_some(until)
     }
 
     /// Keeps the attempt's lease, which ends at `held`, while the token works

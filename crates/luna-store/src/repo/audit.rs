@@ -225,9 +225,21 @@ impl AuditRow {
 }
 
 /// The last record of the trail as this process last committed or read it
-/// (sequence number and hash): the next append chains to it without reading
-/// it, and finds out when another instance appended meanwhile.
-pub(crate) type AuditHead = Mutex<Option<(i64, String)>>;
+/// (sequence number and hash), and how many connections the store had
+/// opened then: the next append chains to it without reading it, and finds
+/// out when another instance appended meanwhile. It is trusted only while
+/// no connection has been opened since: a database that lost commits (a
+/// PostgreSQL server that crashed with deferred commits in flight, a
+/// failover) is reached through new connections, and a head it no longer
+/// holds would leave a gap in the chain.
+pub(crate) type AuditHead = Mutex<Option<KnownHead>>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct KnownHead {
+    pub seq: i64,
+    pub hash: String,
+    pub connections_opened: u64,
+}
 
 /// A batch's records, chained and ready to insert.
 fn chained(key: &[u8; 32], head: &(i64, String), entries: &[AuditEntry]) -> Vec<AuditRow> {
@@ -271,9 +283,14 @@ pub(crate) fn append_in(
     conn: &mut DbConnection,
     key: &[u8; 32],
     head: &AuditHead,
+    connections_opened: u64,
     entries: &[AuditEntry],
 ) -> Result<(i64, String)> {
-    let mut known = head.lock().clone();
+    let mut known = head
+        .lock()
+        .clone()
+        .filter(|h| h.connections_opened == connections_opened)
+        .map(|h| (h.seq, h.hash));
     // Each turn another appender committed records: bounded for safety only.
     for _ in 0..1000 {
         let from = match known.take() {

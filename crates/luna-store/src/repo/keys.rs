@@ -178,6 +178,15 @@ pub(crate) fn update_if_unchanged(
     Ok(written)
 }
 
+/// Why an operation cannot begin on a key: a conflict (busy, not AVAILABLE)
+/// or a move the key's machine lacks.
+fn begin_refused(error: luna_domain::DomainError) -> StoreError {
+    match error {
+        luna_domain::DomainError::Conflict(m) => StoreError::Conflict(m),
+        other => StoreError::Domain(other),
+    }
+}
+
 impl Store {
     /// Records new keys and the operation that will make them, atomically:
     /// once this returns, the request cannot be lost.
@@ -226,6 +235,21 @@ impl Store {
         let id = operation.payload.target();
         let op = OperationRow::from_domain(operation)?;
         let now = operation.created_at;
+        // What refuses most such requests (no such key, a busy one) is found
+        // by a read first: a write that fails rolls back the writes that
+        // share its batch, which then run again.
+        let Some(first) = self.read(|conn| load(conn, id))? else {
+            return Ok(None);
+        };
+        let linked = match first.link_id.filter(|_| operation.payload.includes_link()) {
+            Some(link) => self.read(|conn| load(conn, link))?,
+            None => None,
+        };
+        for key in std::iter::once(&first).chain(linked.as_ref()) {
+            key.clone()
+                .apply(&KeyEvent::Begin(kind), now)
+                .map_err(begin_refused)?;
+        }
         self.write_with(Durability::Synced, |conn, pending| {
             let Some(first) = load(conn, id)? else {
                 return Ok(None);
@@ -245,10 +269,7 @@ impl Store {
                     continue;
                 };
                 let mut key = read.clone();
-                key.apply(&KeyEvent::Begin(kind), now).map_err(|e| match e {
-                    luna_domain::DomainError::Conflict(m) => StoreError::Conflict(m),
-                    other => StoreError::Domain(other),
-                })?;
+                key.apply(&KeyEvent::Begin(kind), now).map_err(begin_refused)?;
                 if !update_if_unchanged(conn, &read, &key, pending)? {
                     return Err(StoreError::Conflict(format!(
                         "key {key_id} changed while the request was handled; try again"
@@ -276,6 +297,17 @@ impl Store {
     /// Forgets a key record and its linked record here (the objects stay on the
     /// token). Refused while an operation runs on it.
     pub fn forget_key(&self, id: Uuid) -> Result<Option<Vec<Uuid>>> {
+        // A busy key, or none, is found by a read first (see `begin_key_operation`).
+        match self.read(|conn| load(conn, id))? {
+            None => return Ok(None),
+            Some(key) if key.lifecycle().is_busy() => {
+                return Err(StoreError::Conflict(format!(
+                    "the key has a {} operation in progress; wait for it to end",
+                    key.lifecycle().operation()
+                )))
+            }
+            Some(_) => {}
+        }
         self.write_with(Durability::Synced, |conn, pending| {
             let Some(key) = load(conn, id)? else {
                 return Ok(None);
@@ -287,14 +319,28 @@ impl Store {
                 )));
             }
             let link = key.link_id.map(|l| load(conn, l)).transpose()?.flatten();
-            let forgotten: Vec<KeyRow> = std::iter::once(&key)
+            for row in std::iter::once(&key)
                 .chain(link.as_ref())
                 .map(KeyRow::from_domain)
-                .collect();
-            let ids: Vec<&str> = forgotten.iter().map(|row| row.id.as_str()).collect();
-            diesel::delete(keys::table.filter(keys::id.eq_any(&ids))).execute(conn)?;
-            for row in &forgotten {
-                pending.counts.deleted(row.into());
+            {
+                // Deleted only as read (on PostgreSQL another instance may
+                // change it between the read and the delete): the counts
+                // take off what was deleted.
+                let deleted = diesel::delete(
+                    keys::table
+                        .find(&row.id)
+                        .filter(keys::updated_at.eq(row.updated_at))
+                        .filter(keys::status.eq(&row.status))
+                        .filter(keys::operation_status.eq(&row.operation_status)),
+                )
+                .execute(conn)?;
+                if deleted != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "key {} changed while the request was handled; try again",
+                        row.id
+                    )));
+                }
+                pending.counts.deleted((&row).into());
             }
             // A dangling link (its half was forgotten before) is answered as asked.
             Ok(Some(std::iter::once(key.id).chain(key.link_id).collect()))

@@ -37,55 +37,51 @@ macro_rules! claimable {
     };
 }
 
-/// The first row of a `claimable!` query; on PostgreSQL locked, skipping rows
-/// another instance's claim holds. SQLite has no row locks; this process's
-/// one writer and the claim's compare-and-set make the claim atomic.
-macro_rules! first_claimable {
-    ($conn:expr, $query:expr) => {
-        match $conn {
-            DbConnection::Postgres(pg) => $query
-                .for_update()
-                .skip_locked()
-                .first::<(String, i64)>(pg)
-                .optional()?,
-            DbConnection::Sqlite(lite) => $query.first::<(String, i64)>(lite).optional()?,
-        }
-    };
-}
-
-/// The id of the oldest operation a worker may take at `now` (see `claimable!`).
-fn oldest_claimable(
+/// Up to `most` operations a worker may take at `now`, oldest first (see
+/// `claimable!`), read outside any write transaction: most of a runner's
+/// looks find nothing (a create is handed to a worker as it is accepted),
+/// and a look that skips a full partition reads that partition's queued
+/// operations ahead of the first it may take, which must not hold the
+/// write lock. The claim then takes these by their ids.
+fn claim_candidates(
     conn: &mut DbConnection,
     now_us: i64,
     full_partitions: &[String],
-) -> Result<Option<String>> {
-    let queued = first_claimable!(conn, claimable!(OperationState::Queued, full_partitions));
-    let lapsed = first_claimable!(
-        conn,
-        claimable!(OperationState::Running, full_partitions).filter(operations::lease_expires_at.le(now_us))
+    most: usize,
+) -> Result<Vec<String>> {
+    let most = i64::try_from(most).unwrap_or(i64::MAX);
+    let mut candidates: Vec<(String, i64)> = claimable!(OperationState::Queued, full_partitions)
+        .limit(most)
+        .load(conn)?;
+    candidates.extend(
+        claimable!(OperationState::Running, full_partitions)
+            .filter(operations::lease_expires_at.le(now_us))
+            .limit(most)
+            .load::<(String, i64)>(conn)?,
     );
-    Ok(match (queued, lapsed) {
-        (Some(q), Some(l)) => Some(if (l.1, &l.0) < (q.1, &q.0) { l.0 } else { q.0 }),
-        (q, l) => q.or(l).map(|(id, _)| id),
-    })
+    candidates.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    Ok(candidates
+        .into_iter()
+        .take(usize::try_from(most).unwrap_or(usize::MAX))
+        .map(|(id, _)| id)
+        .collect())
 }
 
-/// Whether any operation is there for a worker to take at `now`, read
-/// without a lock or a write transaction: most of a runner's looks find
-/// nothing (a create is handed to a worker as it is accepted), and a write
-/// transaction per look cost a commit, and on SQLite a sync, each.
-fn anything_claimable(conn: &mut DbConnection, now_us: i64, full_partitions: &[String]) -> Result<bool> {
-    let queued = claimable!(OperationState::Queued, full_partitions)
-        .first::<(String, i64)>(conn)
-        .optional()?;
-    if queued.is_some() {
-        return Ok(true);
-    }
-    let lapsed = claimable!(OperationState::Running, full_partitions)
-        .filter(operations::lease_expires_at.le(now_us))
-        .first::<(String, i64)>(conn)
-        .optional()?;
-    Ok(lapsed.is_some())
+/// Locks a claim's candidate on PostgreSQL, skipping it if another
+/// instance's claim holds it (false). SQLite has no row locks: this
+/// process's one writer and the claim's compare-and-set make the claim atomic.
+fn lock_candidate(conn: &mut DbConnection, id: &str) -> Result<bool> {
+    Ok(match conn {
+        DbConnection::Postgres(pg) => operations::table
+            .find(id)
+            .select(operations::id)
+            .for_update()
+            .skip_locked()
+            .first::<String>(pg)
+            .optional()?
+            .is_some(),
+        DbConnection::Sqlite(_) => true,
+    })
 }
 
 fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
@@ -233,42 +229,44 @@ impl Store {
             .filter(|(_, n)| **n >= room.per_partition)
             .map(|(p, _)| p.to_string())
             .collect();
-        if !self.read(|conn| anything_claimable(conn, now_us, &full_now))? {
+        // More than it may take: others' claims and unreadable rows are skipped.
+        let most = leases.len() + CORRUPT_ROWS_SET_ASIDE_PER_CLAIM;
+        let candidates = self.read(|conn| claim_candidates(conn, now_us, &full_now, most))?;
+        if candidates.is_empty() {
             return Ok(Vec::new());
         }
         self.write(|conn| {
             let mut in_flight = room.in_flight.clone();
-            let full = |in_flight: &HashMap<Uuid, usize>| -> Vec<String> {
-                in_flight
-                    .iter()
-                    .filter(|(_, n)| **n >= room.per_partition)
-                    .map(|(p, _)| p.to_string())
-                    .collect()
-            };
             let mut claimed = Vec::with_capacity(leases.len());
+            let mut owners = leases.iter();
             let mut set_aside = 0;
-            for owner in leases {
+            for id in &candidates {
+                if !lock_candidate(conn, id)? {
+                    continue;
+                }
                 // A row that does not restore is set aside, not retried: left in
                 // place it would be the oldest candidate for ever and stop the queue.
-                let op = loop {
-                    let Some(id) = oldest_claimable(conn, now_us, &full(&in_flight))? else {
-                        break None;
-                    };
-                    match load(conn, &id) {
-                        Ok(Some(op)) => break Some(op),
-                        Ok(None) => break None,
-                        Err(corrupt @ StoreError::Corrupt { .. })
-                            if set_aside < CORRUPT_ROWS_SET_ASIDE_PER_CLAIM =>
-                        {
+                let mut op = match load(conn, id) {
+                    Ok(Some(op)) => op,
+                    Ok(None) => continue,
+                    Err(corrupt @ StoreError::Corrupt { .. }) => {
+                        if set_aside < CORRUPT_ROWS_SET_ASIDE_PER_CLAIM {
                             set_aside += 1;
-                            set_aside_row(conn, &id, &corrupt, now_us)?;
+                            set_aside_row(conn, id, &corrupt, now_us)?;
                         }
-                        // Enough set aside for one claim: the rest wait for the next.
-                        Err(StoreError::Corrupt { .. }) => break None,
-                        Err(other) => return Err(other),
+                        continue;
                     }
+                    Err(other) => return Err(other),
                 };
-                let Some(mut op) = op else { break };
+                // Another claim or a finish may have come since it was read,
+                // and a partition may be full now.
+                let full = op
+                    .partition_id
+                    .is_some_and(|p| in_flight.get(&p).is_some_and(|n| *n >= room.per_partition));
+                if full || op.attempts() >= MAX_ATTEMPTS || !op.is_claimable(now) {
+                    continue;
+                }
+                let Some(owner) = owners.next() else { break };
                 let before = (op.state(), op.attempts());
                 op.claim(owner, now, now + lease)?;
                 let updated = diesel::update(operations::table.find(op.id.to_string()))
@@ -283,7 +281,7 @@ impl Store {
                     ))
                     .execute(conn)?;
                 if updated != 1 {
-                    break;
+                    continue;
                 }
                 if let Some(partition) = op.partition_id {
                     *in_flight.entry(partition).or_default() += 1;
