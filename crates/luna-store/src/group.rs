@@ -358,6 +358,11 @@ impl GroupCommit {
                         (Ended::RolledBack, Err(own)) => return Err(own),
                     }
                 }
+                // A write that leads alone joins no batch: the leader does
+                // not wait for it.
+                Phase::Forming | Phase::Open(_) | Phase::Committing if alone => {
+                    self.opened.wait(&mut state);
+                }
                 Phase::Forming | Phase::Open(_) | Phase::Committing => {
                     state.waiting += 1;
                     self.opened.wait(&mut state);

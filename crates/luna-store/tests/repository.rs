@@ -810,6 +810,33 @@ on_both_backends! {
         assert!(commits < writes, "writes that arrived together shared commits: {writes} writes, {commits} commits");
     }
 
+    // Writes that fail in nearly every batch (a taken name, sent again and
+    // again) roll back the others' batches; a write rolled back twice leads
+    // a batch of its own, so every other write still commits.
+    fn writes_among_ones_that_keep_failing_still_commit(store: &Store, _db: &TestDatabase) {
+        use luna_store::NewUser;
+        let user = |name: &str| NewUser { username: name.to_owned(), password_hash: "x".into(), groups: vec![] };
+        store.insert_user(&user("taken"), now()).unwrap();
+        let committed = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..12 {
+                let (committed, user) = (&committed, &user);
+                s.spawn(move || {
+                    for n in 0..10 {
+                        if t % 2 == 0 {
+                            assert!(store.insert_user(&user("taken"), now()).is_err());
+                        } else {
+                            store.insert_user(&user(&format!("user-{t}-{n}")), now()).unwrap();
+                            committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(committed.into_inner(), 60);
+        assert_eq!(store.list_users(None, 0, 1000).unwrap().total, 61);
+    }
+
     fn a_claim_takes_several_operations_in_one_go_but_no_more_of_a_partition_than_it_has_room_for(store: &Store, _db: &TestDatabase) {
         let (p1, p2) = (Uuid::new_v4(), Uuid::new_v4());
         let t0 = now();
