@@ -9,16 +9,16 @@
 //! until the one holding position `skip`; then its at most 256 children
 //! (about 4.5 min), then theirs (about 1 s). What is left is an index seek to
 //! the start of that 1-second bucket and an OFFSET of the rows before the
-//! page within it. The three levels are summed in one statement (one round
-//! trip on PostgreSQL, where each was one). Counts and rows are read in one
-//! snapshot, so the page is exactly the one an OFFSET would give.
+//! page within it. Counts and rows are read in one snapshot, so the page is
+//! exactly the one an OFFSET would give.
 
 use diesel::prelude::*;
 use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};
 
 use crate::counts::{CREATED, LEVEL_SHIFTS, UPDATED};
-use crate::db::{per_backend, DbConnection};
+use crate::db::DbConnection;
 use crate::error::Result;
+use crate::schema::key_time_counts;
 
 /// Below this `skip`, an OFFSET is cheaper than summing counts.
 pub(crate) const SEEK_FROM: i64 = 1000;
@@ -104,114 +104,62 @@ pub(crate) struct Placed {
     pub start: Option<(i64, i64)>,
 }
 
-/// Places the page that skips `skip` rows of a list in `order`: one query
-/// (a round trip on PostgreSQL), summing the counts level by level in SQL.
-/// Each level's counts are summed in the list's order to the bucket that
-/// holds position `skip`, and the next level is read within that bucket
-/// alone, so the query reads a few hundred rows however deep the page is.
+/// Places the page that skips `skip` rows of a list in `order`.
 pub(crate) fn seek(conn: &mut DbConnection, f: &KeyFilters, order: TimeOrder, skip: i64) -> Result<Placed> {
-    #[derive(diesel::QueryableByName)]
-    struct Seek {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        total: i64,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-        bucket: Option<i64>,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-        before: Option<i64>,
+    let mut total = None;
+    let mut remaining = skip;
+    // The range of buckets, at the level being summed, inside the bucket
+    // found at the level above; everything at the top.
+    let mut range: Option<(i64, i64)> = None;
+    let mut found = 0;
+    for level in (0..LEVEL_SHIFTS.len()).rev() {
+        let mut q = key_time_counts::table
+            .select((key_time_counts::bucket, key_time_counts::n))
+            .filter(key_time_counts::field.eq(order.stamp.field()))
+            .filter(key_time_counts::level.eq(level as i16))
+            .filter(key_time_counts::n.gt(0))
+            .into_boxed();
+        if let Some((low, high)) = range {
+            q = q.filter(key_time_counts::bucket.between(low, high));
+        }
+        if let Some(v) = f.partition_id {
+            q = q.filter(key_time_counts::partition_id.eq(v.to_string()));
+        }
+        if let Some(v) = f.status {
+            q = q.filter(key_time_counts::status.eq(v.as_str()));
+        }
+        q = match order.direction {
+            Direction::Ascending => q.order(key_time_counts::bucket.asc()),
+            Direction::Descending => q.order(key_time_counts::bucket.desc()),
+        };
+        // Without a partition or status filter a bucket has a row per
+        // (partition, status); they come together, in bucket order.
+        let counts: Vec<(i64, i64)> = q.load(conn)?;
+        let total = *total.get_or_insert_with(|| counts.iter().map(|&(_, n)| n).sum());
+        let mut holding = None;
+        for rows in counts.chunk_by(|a, b| a.0 == b.0) {
+            let n: i64 = rows.iter().map(|&(_, n)| n).sum();
+            if remaining < n {
+                holding = Some(rows[0].0);
+                break;
+            }
+            remaining -= n;
+        }
+        let Some(bucket) = holding else {
+            return Ok(Placed { total, start: None });
+        };
+        found = bucket;
+        if level > 0 {
+            let bits = LEVEL_SHIFTS[level] - LEVEL_SHIFTS[level - 1];
+            range = Some((bucket << bits, ((bucket + 1) << bits) - 1));
+        }
     }
-    let sql = seek_sql(conn, f, order);
-    let partition = f.partition_id.map(|p| p.to_string());
-    let status = f.status.map(|s| s.as_str());
-    let found: Seek = per_backend!(conn, |c| {
-        let mut query = diesel::sql_query(&sql)
-            .into_boxed()
-            .bind::<diesel::sql_types::SmallInt, _>(order.stamp.field())
-            .bind::<diesel::sql_types::BigInt, _>(skip);
-        if let Some(p) = &partition {
-            query = query.bind::<diesel::sql_types::Text, _>(p.clone());
-        }
-        if let Some(s) = status {
-            query = query.bind::<diesel::sql_types::Text, _>(s);
-        }
-        query.get_result(c)?
-    });
-    let start = match (found.bucket, found.before) {
-        (Some(bucket), Some(before)) => {
-            let bound = match order.direction {
-                Direction::Descending => (bucket + 1) << LEVEL_SHIFTS[0],
-                Direction::Ascending => bucket << LEVEL_SHIFTS[0],
-            };
-            Some((bound, skip - before))
-        }
-        _ => None,
+    let bound = match order.direction {
+        Direction::Descending => (found + 1) << LEVEL_SHIFTS[0],
+        Direction::Ascending => found << LEVEL_SHIFTS[0],
     };
     Ok(Placed {
-        total: found.total,
-        start,
+        total: total.unwrap_or(0),
+        start: Some((bound, remaining)),
     })
-}
-
-/// The one statement `seek` sends: for each level, coarsest first, the
-/// counts of the buckets inside the one the level above found (all of them
-/// at the top), summed in the list's order (a window), and the bucket where
-/// the running sum passes `skip`. Parameters: the field, `skip`, then the
-/// partition and the status when the filters name them. `SUM` is cast back
-/// to BIGINT (PostgreSQL's is NUMERIC).
-fn seek_sql(conn: &DbConnection, f: &KeyFilters, order: TimeOrder) -> String {
-    let param = |n: usize| match conn {
-        DbConnection::Sqlite(_) => format!("?{n}"),
-        DbConnection::Postgres(_) => format!("${n}"),
-    };
-    let (field, skip) = (param(1), param(2));
-    let mut next = 3;
-    let mut filters = String::new();
-    if f.partition_id.is_some() {
-        filters.push_str(&format!(" AND k.partition_id = {}", param(next)));
-        next += 1;
-    }
-    if f.status.is_some() {
-        filters.push_str(&format!(" AND k.status = {}", param(next)));
-    }
-    let dir = match order.direction {
-        Direction::Ascending => "ASC",
-        Direction::Descending => "DESC",
-    };
-    let top = LEVEL_SHIFTS.len() - 1;
-    let mut sql = String::from("WITH ");
-    for level in (0..LEVEL_SHIFTS.len()).rev() {
-        let (inside, before) = if level == top {
-            (String::new(), "0".to_owned())
-        } else {
-            let bits = LEVEL_SHIFTS[level + 1] - LEVEL_SHIFTS[level];
-            (
-                format!(
-                    ", f{up} WHERE k.bucket BETWEEN f{up}.bucket * {width} AND f{up}.bucket * {width} + {last} AND",
-                    up = level + 1,
-                    width = 1i64 << bits,
-                    last = (1i64 << bits) - 1
-                ),
-                format!("f{}.before", level + 1),
-            )
-        };
-        let from_above = if level == top {
-            String::new()
-        } else {
-            format!(", f{}", level + 1)
-        };
-        sql.push_str(&format!(
-            "l{level} AS (SELECT k.bucket, CAST(SUM(k.n) AS BIGINT) AS n FROM key_time_counts k{inside}{where_} \
-             k.field = {field} AND k.level = {level} AND k.n > 0{filters} GROUP BY k.bucket), \
-             r{level} AS (SELECT bucket, n, CAST(SUM(n) OVER (ORDER BY bucket {dir}) AS BIGINT) - n AS before FROM l{level}), \
-             f{level} AS (SELECT r{level}.bucket, {before} + r{level}.before AS before FROM r{level}{from_above} \
-             WHERE {before} + r{level}.before + r{level}.n > {skip} ORDER BY r{level}.bucket {dir} LIMIT 1), ",
-            where_ = if level == top { " WHERE" } else { "" },
-        ));
-    }
-    let top_level = top;
-    sql.truncate(sql.len() - 2);
-    sql.push_str(&format!(
-        " SELECT (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM l{top_level}) AS total, \
-         f0.bucket AS bucket, f0.before AS before FROM (SELECT 1 AS one) AS one LEFT JOIN f0 ON 1 = 1"
-    ));
-    sql
 }
