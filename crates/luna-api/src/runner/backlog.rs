@@ -65,6 +65,8 @@ struct Counts {
     read: HashMap<Uuid, i64>,
     /// Creates this instance accepted since the last reading began.
     accepted: HashMap<Uuid, i64>,
+    /// Key operations this instance finished since the last reading began.
+    finished: HashMap<Uuid, i64>,
     /// Creates admitted and not yet committed (or given back).
     admitting: HashMap<Uuid, i64>,
     /// Operations leaving the queue per second, by partition.
@@ -75,10 +77,8 @@ struct Counts {
 
 impl Counts {
     fn depth(&self, partition: &Uuid) -> i64 {
-        [&self.read, &self.accepted, &self.admitting]
-            .iter()
-            .map(|counts| counts.get(partition).copied().unwrap_or(0))
-            .sum()
+        let count = |counts: &HashMap<Uuid, i64>| counts.get(partition).copied().unwrap_or(0);
+        (count(&self.read) + count(&self.accepted) + count(&self.admitting) - count(&self.finished)).max(0)
     }
 
     fn total_depth(&self) -> i64 {
@@ -186,6 +186,11 @@ impl Backlog {
         self.total
     }
 
+    /// This instance finished (wrote the outcome of) a key operation of `partition`.
+    pub fn finished(&self, partition: Uuid) {
+        *self.counts.lock().finished.entry(partition).or_default() += 1;
+    }
+
     /// What the queue holds for `partition` now.
     pub fn state_of(&self, partition: Uuid) -> QueueState {
         let counts = self.counts.lock();
@@ -200,7 +205,14 @@ impl Backlog {
     pub fn states(&self) -> Vec<(Uuid, QueueState)> {
         let partitions: Vec<Uuid> = {
             let counts = self.counts.lock();
-            let mut all: Vec<Uuid> = counts.read.keys().chain(counts.drain.keys()).copied().collect();
+            let mut all: Vec<Uuid> = counts
+                .read
+                .keys()
+                .chain(counts.accepted.keys())
+                .chain(counts.admitting.keys())
+                .chain(counts.drain.keys())
+                .copied()
+                .collect();
             all.sort();
             all.dedup();
             all
@@ -212,9 +224,9 @@ impl Backlog {
     /// reading before.
     pub fn read(&self, store: &Store) -> luna_store::Result<()> {
         let began = (luna_store::now(), Instant::now());
-        let (previous, accepted_before) = {
+        let (previous, accepted_before, finished_before) = {
             let counts = self.counts.lock();
-            (counts.read_at, counts.accepted.clone())
+            (counts.read_at, counts.accepted.clone(), counts.finished.clone())
         };
         let depths = store.queued_key_operations()?;
         let queued_since = match previous {
@@ -224,7 +236,15 @@ impl Backlog {
         let mut counts = self.counts.lock();
         if let Some((_, then)) = previous {
             let seconds = began.1.duration_since(then).as_secs_f64().max(0.001);
-            let mut partitions: Vec<Uuid> = counts.read.keys().chain(depths.keys()).copied().collect();
+            // A partition whose work came and went between two readings is
+            // only in what was queued since.
+            let mut partitions: Vec<Uuid> = counts
+                .read
+                .keys()
+                .chain(depths.keys())
+                .chain(queued_since.keys())
+                .copied()
+                .collect();
             partitions.sort();
             partitions.dedup();
             for partition in partitions {
@@ -240,13 +260,19 @@ impl Backlog {
                 .drain
                 .retain(|p, rate| depths.contains_key(p) || *rate >= 0.01);
         }
-        // What was accepted before this reading began is in it.
-        for (partition, n) in accepted_before {
-            if let Some(since) = counts.accepted.get_mut(&partition) {
-                *since -= n;
+        // What was accepted or finished before this reading began is in it.
+        let counts = &mut *counts;
+        for (local, before) in [
+            (&mut counts.accepted, accepted_before),
+            (&mut counts.finished, finished_before),
+        ] {
+            for (partition, n) in before {
+                if let Some(since) = local.get_mut(&partition) {
+                    *since -= n;
+                }
             }
+            local.retain(|_, n| *n > 0);
         }
-        counts.accepted.retain(|_, n| *n > 0);
         counts.read = depths;
         counts.read_at = Some(began);
         Ok(())

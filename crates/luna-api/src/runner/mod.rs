@@ -9,9 +9,9 @@
 //! its key records and its audit record in one transaction, only while it
 //! holds the lease (outcomes that end together share a commit: luna-store's
 //! group commit). The dispatcher sleeps until a request queues work
-//! (`AppState::work`), an operation ends (and the queue may hold work:
-//! `maybe_queued`), or a slow poll finds work another instance queued or a
-//! dead worker left behind.
+//! (`AppState::work`), an operation ends (and the queue may hold work a
+//! partition has room for: `worth_looking`), or a slow poll finds work
+//! another instance queued or a dead worker left behind.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,15 +189,16 @@ pub struct Runner {
     ended: Notify,
     /// No claim before then: an operation was passed on (see `jittered`).
     pause_until: Mutex<Option<Instant>>,
-    /// Whether the queue may hold work for this instance to claim: set when
-    /// an operation is queued without being handed over, by the slow poll
-    /// (another instance's work, a lease run out), after a claim that filled
-    /// what it could, and while a partition is full (its queue was not looked
-    /// at); cleared by a look that found nothing. An
-    /// operation's end looks at the queue only while it is set: most creates
-    /// are handed to a worker as they are accepted, and a look per create
-    /// cost the database two reads.
-    maybe_queued: AtomicBool,
+    /// Whether the next pass looks at the queue whatever the backlog says:
+    /// set when an operation is queued here without being handed over, by
+    /// the slow poll (another instance's work, a job, a lease run out), and
+    /// after a claim that filled what it could; cleared by a look. Otherwise
+    /// a pass looks only when the backlog says a partition with room has
+    /// work this instance does not run (`worth_looking`): most creates are
+    /// handed to a worker as they are accepted, a look per create cost the
+    /// database two reads, and a look that skips a full partition reads its
+    /// queue.
+    must_look: AtomicBool,
     /// Operations a request claimed for this instance as it accepted them
     /// (`reserve`), with the records it wrote, on their way to the dispatcher.
     handed: tokio::sync::mpsc::UnboundedSender<(Operation, Accepted)>,
@@ -350,7 +351,7 @@ impl Runner {
             turns: Mutex::default(),
             ended: Notify::new(),
             pause_until: Mutex::new(None),
-            maybe_queued: AtomicBool::new(true),
+            must_look: AtomicBool::new(true),
             handed,
             handed_to: Mutex::new(Some(handed_to)),
             backlog,
@@ -397,6 +398,16 @@ impl Runner {
                 _ = self.stop.notified() => {}
             }
         }
+    }
+
+    /// Whether a partition with room here has more key operations waiting
+    /// (every instance's, as the backlog last read them, with what this
+    /// instance accepted and finished since) than this instance runs of it.
+    fn worth_looking(&self, room: &luna_store::PartitionRoom) -> bool {
+        self.backlog.states().iter().any(|(partition, queue)| {
+            let here = room.in_flight.get(partition).copied().unwrap_or(0);
+            here < room.per_partition && queue.depth > i64::try_from(here).unwrap_or(i64::MAX)
+        })
     }
 
     /// How many operations of one partition this instance takes (accepted
@@ -512,10 +523,9 @@ impl Runner {
                 };
                 (self.settings.workers.saturating_sub(running), room)
             };
-            // A look that skips a full partition says nothing of its queue:
-            // the end of one of its operations looks again.
-            let some_partition_full = room.in_flight.values().any(|n| *n >= room.per_partition);
-            let claimed = if free == 0 || !self.maybe_queued.swap(false, Ordering::SeqCst) {
+            let look =
+                free > 0 && (self.must_look.swap(false, Ordering::SeqCst) || self.worth_looking(&room));
+            let claimed = if !look {
                 Ok(Ok(Vec::new()))
             } else {
                 let me = Arc::clone(&self);
@@ -535,7 +545,7 @@ impl Runner {
             match claimed {
                 Ok(Ok(ops)) if !ops.is_empty() => {
                     // There may be more than one claim takes.
-                    self.maybe_queued.store(true, Ordering::SeqCst);
+                    self.must_look.store(true, Ordering::SeqCst);
                     for op in ops {
                         *self.in_flight.lock().entry(op.partition_id).or_default() += 1;
                         self.running.fetch_add(1, Ordering::SeqCst);
@@ -543,28 +553,25 @@ impl Runner {
                     }
                 }
                 Ok(Ok(_)) => {
-                    if some_partition_full {
-                        self.maybe_queued.store(true, Ordering::SeqCst);
-                    }
                     tokio::select! {
                         Some((op, accepted)) = handed.recv() => self.launch(&mut tasks, op, Some(accepted)),
-                        _ = self.work.notified() => self.maybe_queued.store(true, Ordering::SeqCst),
+                        _ = self.work.notified() => self.must_look.store(true, Ordering::SeqCst),
                         _ = self.ended.notified() => {}
                         _ = self.stop.notified() => {}
                         _ = tokio::time::sleep(jittered(self.settings.poll, 0.5..1.5)) => {
-                            self.maybe_queued.store(true, Ordering::SeqCst);
+                            self.must_look.store(true, Ordering::SeqCst);
                             self.settle_exhausted().await;
                         }
                     }
                 }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "claiming operations failed");
-                    self.maybe_queued.store(true, Ordering::SeqCst);
+                    self.must_look.store(true, Ordering::SeqCst);
                     tokio::time::sleep(self.settings.poll).await;
                 }
                 Err(error) => {
                     tracing::error!(%error, "the claiming task failed");
-                    self.maybe_queued.store(true, Ordering::SeqCst);
+                    self.must_look.store(true, Ordering::SeqCst);
                 }
             }
         }
@@ -862,6 +869,11 @@ impl Runner {
         // Every operation's outcome enters the audit trail, in the same transaction.
         let entry = crate::audit::outcome(&finished, &self.owner, now);
         let recorded = self.store.finish_operation(&finished, &lease, &keys, &entry)?;
+        if recorded {
+            if let Some(partition) = finished.partition_id {
+                self.backlog.finished(partition);
+            }
+        }
         Ok(Done::held(recorded, Done::Recorded))
     }
 
