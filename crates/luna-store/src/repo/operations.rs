@@ -25,7 +25,7 @@ use crate::Store;
 macro_rules! claimable {
     ($state:expr, $full_partitions:expr) => {
         operations::table
-            .select((operations::id, operations::created_at))
+            .select((operations::id, operations::created_at, operations::partition_id))
             .filter(operations::state.eq($state.as_str()))
             .filter(operations::attempts.lt(MAX_ATTEMPTS as i32))
             .filter(
@@ -48,22 +48,23 @@ fn claim_candidates(
     now_us: i64,
     full_partitions: &[String],
     most: usize,
-) -> Result<Vec<String>> {
+) -> Result<Vec<(String, Option<String>)>> {
     let most = i64::try_from(most).unwrap_or(i64::MAX);
-    let mut candidates: Vec<(String, i64)> = claimable!(OperationState::Queued, full_partitions)
-        .limit(most)
-        .load(conn)?;
+    let mut candidates: Vec<(String, i64, Option<String>)> =
+        claimable!(OperationState::Queued, full_partitions)
+            .limit(most)
+            .load(conn)?;
     candidates.extend(
         claimable!(OperationState::Running, full_partitions)
             .filter(operations::lease_expires_at.le(now_us))
             .limit(most)
-            .load::<(String, i64)>(conn)?,
+            .load::<(String, i64, Option<String>)>(conn)?,
     );
     candidates.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     Ok(candidates
         .into_iter()
         .take(usize::try_from(most).unwrap_or(usize::MAX))
-        .map(|(id, _)| id)
+        .map(|(id, _, partition)| (id, partition))
         .collect())
 }
 
@@ -240,8 +241,16 @@ impl Store {
             let mut claimed = Vec::with_capacity(leases.len());
             let mut owners = leases.iter();
             let mut set_aside = 0;
-            for id in &candidates {
-                if !lock_candidate(conn, id)? {
+            for (id, partition) in &candidates {
+                if claimed.len() == leases.len() {
+                    break;
+                }
+                // A partition filled by this claim's earlier takes: not read.
+                let partition_full = partition
+                    .as_deref()
+                    .and_then(|p| Uuid::parse_str(p).ok())
+                    .is_some_and(|p| in_flight.get(&p).is_some_and(|n| *n >= room.per_partition));
+                if partition_full || !lock_candidate(conn, id)? {
                     continue;
                 }
                 // A row that does not restore is set aside, not retried: left in
