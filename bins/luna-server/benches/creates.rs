@@ -8,8 +8,10 @@
 //! the client is not the bottleneck): the raw rate of AES-256 creates
 //! straight through luna-pkcs11 on a fresh token, then each server on a fresh
 //! token and a fresh database, `n` creates posted until every key is
-//! AVAILABLE. Printed for each server: keys/s and the ratio to the raw token
-//! (and to main), POST p50/p99, the server process's CPU per key made (user
+//! AVAILABLE; main, this build, this build again, main again (each follows
+//! the other once), then the means (keys/s, the ratios to the raw token and
+//! to main, CPU). Printed for each server run: keys/s and the ratio to the
+//! raw token, POST p50/p99, the server process's CPU per key made (user
 //! and system time from `/proc`, over the keys; the clients are another
 //! process's threads, the token's own work is the server's), and for this
 //! build, from its `/metrics`: serial database time per key (inside the group
@@ -336,12 +338,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn print_run(name: &str, run: &Run, raw: f64, main: Option<&Run>, n: usize) {
-    let versus_main = main.map_or(String::new(), |m| {
-        format!("  {:.2} × main", run.keys_per_second / m.keys_per_second)
-    });
+/// The two builds' means over their runs: keys/s, the ratio to main and to
+/// the raw token, CPU per key.
+fn print_means(this: &[&Run], main: &[&Run], raw: f64) {
+    let mean =
+        |runs: &[&Run], of: fn(&Run) -> f64| runs.iter().map(|r| of(r)).sum::<f64>() / runs.len() as f64;
+    let rate = |r: &Run| r.keys_per_second;
+    let cpu = |r: &Run| ms(r.cpu_per_key);
     println!(
-        "    {name:<14} {:>7.1} keys/s  {:>4.2} × raw{versus_main}   POST p50 {:>6.2} ms  p99 {:>6.2} ms   CPU {:>5.2} ms/key",
+        "    {:<14} {:>7.1} keys/s  {:>4.2} × raw  {:.2} × main ({:.1} keys/s)   CPU {:.2} ms/key (main {:.2})",
+        "mean",
+        mean(this, rate),
+        mean(this, rate) / raw,
+        mean(this, rate) / mean(main, rate),
+        mean(main, rate),
+        mean(this, cpu),
+        mean(main, cpu),
+    );
+}
+
+fn print_run(name: &str, run: &Run, raw: f64, n: usize) {
+    println!(
+        "    {name:<14} {:>7.1} keys/s  {:>4.2} × raw   POST p50 {:>6.2} ms  p99 {:>6.2} ms   CPU {:>5.2} ms/key",
         run.keys_per_second,
         run.keys_per_second / raw,
         ms(run.post_p50),
@@ -396,13 +414,25 @@ fn main() {
                     "  {name}, concurrency {clients}, {n} AES-256 creates until AVAILABLE (raw token {raw:.1} keys/s, CPU {:.2} ms/key):",
                     ms(raw_cpu)
                 );
-                let main_run = server_run(&base, module, postgres, n, clients, None);
-                print_run(&format!("main {commit}"), &main_run, raw, None, n);
+                // main, this, this, main: each build follows the other once.
+                // What a run leaves behind weighs on the next one (openCryptoki
+                // makes a file per object, and ext4 skips the inodes of files
+                // deleted in the last seconds when it makes new ones: a tenth
+                // of the server's samples in a profile), so a fixed order
+                // favoured whichever build went first.
+                let main_name = format!("main {commit}");
+                let main_first = server_run(&base, module, postgres, n, clients, None);
+                print_run(&main_name, &main_first, raw, n);
                 let profile = profiles
                     .as_ref()
                     .map(|dir| dir.join(format!("{module}-{database}-c{clients}.perf.data")));
-                let this_run = server_run(&this, module, postgres, n, clients, profile.as_deref());
-                print_run("this build", &this_run, raw, Some(&main_run), n);
+                let this_first = server_run(&this, module, postgres, n, clients, profile.as_deref());
+                print_run("this build", &this_first, raw, n);
+                let this_second = server_run(&this, module, postgres, n, clients, None);
+                print_run("this build", &this_second, raw, n);
+                let main_second = server_run(&base, module, postgres, n, clients, None);
+                print_run(&main_name, &main_second, raw, n);
+                print_means(&[&this_first, &this_second], &[&main_first, &main_second], raw);
             }
         }
     }
