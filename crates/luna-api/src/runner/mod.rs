@@ -525,6 +525,7 @@ impl Runner {
             };
             let look =
                 free > 0 && (self.must_look.swap(false, Ordering::SeqCst) || self.worth_looking(&room));
+            let asked = free.min(CLAIM_AT_MOST);
             let claimed = if !look {
                 Ok(Ok(Vec::new()))
             } else {
@@ -534,7 +535,7 @@ impl Runner {
                     // hangs and its lease runs out, this same instance may take
                     // the operation again, and the hung attempt must then be
                     // unable to write over it when it returns.
-                    let leases: Vec<String> = (0..free.min(CLAIM_AT_MOST))
+                    let leases: Vec<String> = (0..asked)
                         .map(|_| format!("{}:{}", me.owner, Uuid::new_v4().simple()))
                         .collect();
                     me.store
@@ -544,8 +545,15 @@ impl Runner {
             };
             match claimed {
                 Ok(Ok(ops)) if !ops.is_empty() => {
-                    // There may be more than one claim takes.
-                    self.must_look.store(true, Ordering::SeqCst);
+                    // A claim that took all it asked for may have left more
+                    // behind. One that took fewer left nothing it could take
+                    // (its partitions full, or no more work): looking again
+                    // at once read the queue for nothing, two looks of three
+                    // on a token slower than its clients (an operation's end
+                    // looks again when the backlog says it is worth it).
+                    if ops.len() == asked {
+                        self.must_look.store(true, Ordering::SeqCst);
+                    }
                     for op in ops {
                         *self.in_flight.lock().entry(op.partition_id).or_default() += 1;
                         self.running.fetch_add(1, Ordering::SeqCst);
