@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::codec::micros;
-use crate::db::DbConnection;
+use crate::db::{per_backend, DbConnection};
 use crate::error::{Result, StoreError};
 use crate::group::{Durability, Pending};
 use crate::models::OperationRow;
@@ -50,16 +50,18 @@ fn claim_candidates(
     most: usize,
 ) -> Result<Vec<(String, Option<String>)>> {
     let most = i64::try_from(most).unwrap_or(i64::MAX);
-    let mut candidates: Vec<(String, i64, Option<String>)> =
+    // Two index-ordered reads (queued; running with their lease or retry
+    // time passed) in one statement: one round trip on PostgreSQL.
+    let mut candidates: Vec<(String, i64, Option<String>)> = per_backend!(conn, |c| {
         claimable!(OperationState::Queued, full_partitions)
             .limit(most)
-            .load(conn)?;
-    candidates.extend(
-        claimable!(OperationState::Running, full_partitions)
-            .filter(operations::lease_expires_at.le(now_us))
-            .limit(most)
-            .load::<(String, i64, Option<String>)>(conn)?,
-    );
+            .union_all(
+                claimable!(OperationState::Running, full_partitions)
+                    .filter(operations::lease_expires_at.le(now_us))
+                    .limit(most),
+            )
+            .load(c)
+    })?;
     candidates.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     Ok(candidates
         .into_iter()
@@ -68,21 +70,23 @@ fn claim_candidates(
         .collect())
 }
 
-/// Locks a claim's candidate on PostgreSQL, skipping it if another
-/// instance's claim holds it (false). SQLite has no row locks: this
-/// process's one writer and the claim's compare-and-set make the claim atomic.
-fn lock_candidate(conn: &mut DbConnection, id: &str) -> Result<bool> {
-    Ok(match conn {
-        DbConnection::Postgres(pg) => operations::table
-            .find(id)
-            .select(operations::id)
-            .for_update()
-            .skip_locked()
-            .first::<String>(pg)
-            .optional()?
-            .is_some(),
-        DbConnection::Sqlite(_) => true,
-    })
+/// A claim's candidate, locked on PostgreSQL and read in the same statement;
+/// `None` if another instance's claim holds it (skipped, not waited for) or
+/// it is gone. SQLite has no row locks: this process's one writer and the
+/// claim's compare-and-set make the claim atomic.
+fn lock_and_load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
+    let DbConnection::Postgres(pg) = conn else {
+        return load(conn, id);
+    };
+    operations::table
+        .find(id)
+        .select(OperationRow::as_select())
+        .for_update()
+        .skip_locked()
+        .first(pg)
+        .optional()?
+        .map(OperationRow::into_domain)
+        .transpose()
 }
 
 fn load(conn: &mut DbConnection, id: &str) -> Result<Option<Operation>> {
@@ -250,12 +254,12 @@ impl Store {
                     .as_deref()
                     .and_then(|p| Uuid::parse_str(p).ok())
                     .is_some_and(|p| in_flight.get(&p).is_some_and(|n| *n >= room.per_partition));
-                if partition_full || !lock_candidate(conn, id)? {
+                if partition_full {
                     continue;
                 }
                 // A row that does not restore is set aside, not retried: left in
                 // place it would be the oldest candidate for ever and stop the queue.
-                let mut op = match load(conn, id) {
+                let mut op = match lock_and_load(conn, id) {
                     Ok(Some(op)) => op,
                     Ok(None) => continue,
                     Err(corrupt @ StoreError::Corrupt { .. }) => {
