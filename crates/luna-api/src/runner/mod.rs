@@ -597,17 +597,24 @@ impl Runner {
         // were all busy waits here for its turn, its lease not renewed (a
         // token call that hangs must not keep it here for ever: its lease
         // runs out and another instance may take it). Its turn come, it goes
-        // on only if its lease is still its own.
+        // on only if its lease is still its own: certainly so while two
+        // thirds of it are left (a claim takes queued operations and lapsed
+        // leases only; the renewer keeps it from there as it keeps a fresh
+        // one's), and past that only once renewed.
         if let Some(turns) = self.turns_of(slot.partition) {
             let turn = match Arc::clone(&turns).try_acquire_owned() {
                 Ok(turn) => Some(turn),
                 Err(_) => {
                     let turn = turns.acquire_owned().await.ok();
-                    match self.keep_lease(id, &lease, held).await {
-                        Some(until) => held = Some(until),
-                        None => {
-                            tracing::warn!(operation = %id, "the lease ran out while the operation waited for its turn; another worker may take it");
-                            return;
+                    let fresh =
+                        held.is_some_and(|until| until - luna_store::now() >= self.settings.lease * 2 / 3);
+                    if !fresh {
+                        match self.keep_lease(id, &lease, held).await {
+                            Some(until) => held = Some(until),
+                            None => {
+                                tracing::warn!(operation = %id, "the lease ran out while the operation waited for its turn; another worker may take it");
+                                return;
+                            }
                         }
                     }
                     turn
