@@ -111,17 +111,16 @@ pub(crate) trait Batches {
     /// What a committed batch hands to `closed`.
     type Closed;
 
-    /// A connection with a transaction begun, for a batch whose first write
-    /// wants `durability`.
-    fn open(&self, durability: Durability) -> Result<Pooled>;
+    /// A connection with a transaction begun, for a batch.
+    fn open(&self) -> Result<Pooled>;
 
-    /// Writes `pending` and commits (`begun` is what `open` was asked for);
-    /// rolls back if either fails. Runs in the batches' turn.
+    /// Writes `pending` and commits as `durability` (what the batch's
+    /// writes want, known only once they have joined); rolls back if either
+    /// fails. Runs in the batches' turn.
     fn close(
         &self,
         conn: &mut DbConnection,
         pending: Pending,
-        begun: Durability,
         durability: Durability,
     ) -> Result<Self::Closed>;
 
@@ -220,7 +219,6 @@ struct Batch {
     /// Its leader's write leads alone (it was rolled back for others' failures).
     alone: bool,
     pending: Pending,
-    begun: Durability,
     durability: Durability,
 }
 
@@ -386,7 +384,7 @@ impl GroupCommit {
         // Nobody joins before the leader's work is done: if it fails, the
         // transaction holds nothing else and is rolled back whole.
         let led = loop {
-            let opened = batches.open(durability);
+            let opened = batches.open();
             let mut conn = match opened {
                 Ok(conn) => conn,
                 Err(error) => break Err(error),
@@ -427,7 +425,6 @@ impl GroupCommit {
             failed: false,
             alone,
             pending,
-            begun: durability,
             durability,
         }));
         self.opened.notify_all();
@@ -444,7 +441,6 @@ impl GroupCommit {
             members,
             failed,
             pending,
-            begun,
             durability,
             ..
         } = *batch;
@@ -454,7 +450,7 @@ impl GroupCommit {
             None
         } else {
             let closing = Instant::now();
-            let closed = batches.close(&mut conn, pending, begun, durability);
+            let closed = batches.close(&mut conn, pending, durability);
             if closed.is_ok() {
                 self.writes.fetch_add(members as u64, Relaxed);
                 self.commits.fetch_add(1, Relaxed);
