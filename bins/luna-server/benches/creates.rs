@@ -417,8 +417,8 @@ fn main() {
                 // main, this, this, main: each build follows the other once.
                 // What a run leaves behind weighs on the next one (openCryptoki
                 // makes a file per object, and ext4 skips the inodes of files
-                // deleted in the last seconds when it makes new ones: a tenth
-                // of the server's samples in a profile), so a fixed order
+                // deleted in the last seconds when it makes new ones: about a
+                // fifth of the server's samples in a profile), so a fixed order
                 // favoured whichever build went first.
                 let main_name = format!("main {commit}");
                 let main_first = server_run(&base, module, postgres, n, clients, None);
