@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use luna_api::audit::by_the_service;
 use luna_api::registry::{add_partition, register_connection};
 use luna_domain::partition::MemberRequest;
 use luna_domain::query::parse_list_query;
@@ -68,7 +69,7 @@ pub fn describe_module(module: &Module) -> Result<Vec<String>> {
 
 /// Creates and registers the demo tokens on a fresh data directory; leaves an
 /// already set-up one as it is.
-pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>) -> Result<()> {
+pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>, instance: &str) -> Result<()> {
     let registered = store.list_connections(&parse_list_query(&[])?)?.total;
     if registered > 0 {
         return Ok(());
@@ -109,8 +110,13 @@ pub fn ensure_demo_partitions(store: &Store, module: &Arc<Module>) -> Result<()>
                 .collect(),
             ..Default::default()
         };
-        register_connection(store, module, request.validate()?)?;
-        add_partition(store, name)?;
+        let connection = by_the_service(instance, "set up demo connection", "connection");
+        register_connection(store, module, request.validate()?, &connection)?;
+        add_partition(
+            store,
+            name,
+            &by_the_service(instance, "set up demo partition", "partition"),
+        )?;
     }
     Ok(())
 }

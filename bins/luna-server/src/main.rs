@@ -42,10 +42,13 @@ fn serve(settings: &Settings) -> Result<()> {
         )
     })?;
     if demo_tokens {
-        embedded::ensure_demo_partitions(&store, &module).context("setting up the demo partitions")?;
+        embedded::ensure_demo_partitions(&store, &module, &settings.instance())
+            .context("setting up the demo partitions")?;
     }
+    let instance = settings.instance();
     let generated = bootstrap_admin(
         &store,
+        &instance,
         settings.admin_password.as_ref(),
         &data.join("admin-password"),
     )?;
@@ -92,6 +95,7 @@ fn serve(settings: &Settings) -> Result<()> {
 
     let config = Config {
         store,
+        instance,
         module,
         auth,
         tenancy: Tenancy::default(),

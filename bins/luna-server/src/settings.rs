@@ -82,9 +82,35 @@ pub struct Settings {
     /// Lifetime of bearer tokens, in seconds.
     #[arg(long, env = "LUNA_TOKEN_DURATION", default_value_t = 300, value_parser = clap::value_parser!(u32).range(30..=86400))]
     pub token_duration: u32,
+    /// This instance's name, in its audit records (default: the host's name
+    /// and the port it listens on). 1 to 64 letters, digits, `.`, `-`,
+    /// `_` and `:`.
+    #[arg(long, env = "LUNA_INSTANCE_NAME", value_parser = instance_name)]
+    pub instance_name: Option<String>,
+}
+
+fn instance_name(name: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_:".contains(c);
+    if (1..=64).contains(&name.len()) && name.chars().all(allowed) {
+        Ok(name.to_owned())
+    } else {
+        Err("1 to 64 letters, digits, '.', '-', '_' and ':'".into())
+    }
 }
 
 impl Settings {
+    /// The instance's name: as given, or the host's name and the listen port.
+    pub fn instance(&self) -> String {
+        self.instance_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "luna-server".into());
+            format!("{host}:{}", self.listen.port())
+        })
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

@@ -284,6 +284,16 @@ pub(crate) enum UsersCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
     List(ListArgs<AuditFilters>),
+    /// Prints the newest records, oldest first, then each new one as it is
+    /// written, until interrupted (one line each; `-o json`: JSON Lines).
+    Tail {
+        /// How many of the existing records to print first.
+        #[arg(long, short = 'n', default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        lines: u32,
+        /// How often to look for new records, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        interval_ms: u64,
+    },
     /// Checks that every record follows from the one before.
     Verify,
 }

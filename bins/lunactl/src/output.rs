@@ -49,8 +49,30 @@ impl Kind {
             Kind::Server => &["id", "hostname", "channel", "products", "createdAt"],
             Kind::Connection => &["id", "name", "is_ha_enabled", "partitions", "createdAt"],
             Kind::User => &["user_id", "username", "groups", "createdAt"],
-            Kind::Audit => &["seq", "at", "username", "action", "target", "outcome"],
+            Kind::Audit => &[
+                "seq",
+                "at",
+                "username",
+                "action",
+                "resource_type",
+                "resource_id",
+                "outcome",
+            ],
         }
+    }
+}
+
+/// One record on one line: its columns separated by two spaces, or its JSON
+/// (JSON Lines, for a pipe into a log shipper).
+pub fn line(value: &Value, kind: Kind, format: Format) -> String {
+    match format {
+        Format::Json => value.to_string(),
+        Format::Table => kind
+            .columns()
+            .iter()
+            .map(|column| cell(&value[*column]))
+            .collect::<Vec<_>>()
+            .join("  "),
     }
 }
 

@@ -340,6 +340,7 @@ fn an_expired_login_is_refreshed_and_a_revoked_one_says_to_log_in() {
 fn start_https(db: &TestDatabase, dir: &Path) -> String {
     bootstrap_admin(
         &db.store,
+        luna_api::testing::TEST_INSTANCE,
         Some(&SecretString::from(ADMIN_PASSWORD)),
         &dir.join("pw"),
     )
@@ -347,6 +348,7 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     luna_api::tls::ensure_self_signed(&cert, &key).unwrap();
     let config = Config {
+        instance: luna_api::testing::TEST_INSTANCE.into(),
         store: db.store.clone(),
         module: luna_pkcs11::testing::module().clone(),
         auth: Auth::new(&SIGNING_KEY, 300),
@@ -796,4 +798,65 @@ fn a_password_typed_at_a_terminal_is_not_echoed() {
     assert!(ok, "{shown}");
     assert!(!shown.contains("typed-password-1"), "echoed: {shown:?}");
     assert_eq!(api.get("/usermgmt/users?username=typist").1["total"], 1);
+}
+
+#[test]
+fn audit_tail_prints_the_last_records_then_follows_new_ones_as_json_lines() {
+    use std::io::BufRead as _;
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let admin = User::new(&server_of(&api));
+    assert!(admin.login(&[]).ok);
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_lunactl"))
+        .args([
+            "--server",
+            &admin.server,
+            "audit",
+            "tail",
+            "-n",
+            "1",
+            "--interval-ms",
+            "100",
+            "-o",
+            "json",
+        ])
+        .env("XDG_CONFIG_HOME", admin.config.path())
+        .env_remove("LUNACTL_SERVER")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let last = next();
+    assert_eq!(
+        last["action"], "POST /api/v1/auth/tokens",
+        "the newest existing record: {last}"
+    );
+    // More records than one page holds arrive between two looks: every one
+    // is printed, once, in order.
+    for n in 0..600 {
+        let (status, _) = api.call("GET", "/audit/records", Some("not-a-token"), None);
+        assert_eq!(status, 401, "record {n}");
+    }
+    let (status, user) = api.send(
+        "POST",
+        "/usermgmt/users",
+        &serde_json::json!({"username": "tailed", "password": "a-long-password"}),
+    );
+    assert_eq!(status, 201, "{user}");
+    let mut seq = last["seq"].as_i64().unwrap();
+    loop {
+        let record = next();
+        assert_eq!(
+            record["seq"].as_i64().unwrap(),
+            seq + 1,
+            "no gap, no repeat: {record}"
+        );
+        seq += 1;
+        if record["resource_id"] == user["user_id"] {
+            assert_eq!(record["action"], "POST /api/v1/usermgmt/users");
+            break;
+        }
+    }
+    tail.kill().unwrap();
+    tail.wait().unwrap();
 }

@@ -165,7 +165,8 @@ function later(visit, ms, work) {
 function route() {
   clearTimeout(route.poll);
   route.visit = {};
-  const [page, arg] = location.hash.replace(/^#\/?/, "").split("/");
+  // A page's query (`#/audit?username=…`) is its own to read.
+  const [page, arg] = location.hash.replace(/^#\/?/, "").split("?")[0].split("/");
   const nav = document.getElementById("nav");
   if (!session) {
     nav.hidden = true;
@@ -636,21 +637,41 @@ async function usersPage() {
 }
 
 async function auditPage() {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const fields = [["username", "User"], ["action", "Action"], ["resource_type", "Resource type"], ["resource_id", "Resource id"]];
+  // Times are picked in the browser's zone and sent as UTC instants.
+  const times = [["since", "Since"], ["until", "Until"]];
+  const local = (instant) => {
+    if (!instant) return "";
+    const at = new Date(instant);
+    return new Date(at.getTime() - at.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  };
+  const filters = el("form", { class: "inline", id: "audit-filters", "aria-label": "Filter audit records", onsubmit: (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    for (const [name] of fields) if (filters[name].value.trim()) query.set(name, filters[name].value.trim());
+    for (const [name] of times) if (filters[name].value) query.set(name, new Date(filters[name].value).toISOString());
+    location.hash = `#/audit?${query}`;
+  } },
+  fields.map(([name, label]) => el("label", {}, label, el("input", { name, value: params.get(name) || "" }))),
+  times.map(([name, label]) => el("label", {}, label, el("input", { name, type: "datetime-local", value: local(params.get(name)) }))),
+  el("button", { type: "submit" }, "Apply"));
   const place = el("div");
   const state = el("p", { id: "audit-state" });
-  show(el("h2", {}, "Audit trail"), state, place);
+  show(el("h2", {}, "Audit trail"), state, filters, place);
   const verified = await attempt(() => call("GET", `${API}/audit/verify`), state);
   if (verified) state.replaceChildren(verified.intact ? badge("available") : badge("failed"), verified.intact ? " intact" : ` broken at record ${verified.broken_at}: ${verified.reason || ""}`);
-  // The API lists oldest first: ask for the last page, show it newest first.
-  const count = await attempt(() => call("GET", `${API}/audit/records?limit=1`), place);
-  if (!count) return;
-  const list = await attempt(() => call("GET", `${API}/audit/records?limit=50&skip=${Math.max(0, count.total - 50)}`), place);
+  // Newest first, as the API lists them.
+  const query = new URLSearchParams(params);
+  query.set("limit", PAGE);
+  const list = await attempt(() => call("GET", `${API}/audit/records?${query}`), place);
   if (!list) return;
-  list.resources.reverse();
-  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "audit" },
-    el("thead", {}, el("tr", {}, ["At", "User", "Action", "Target", "Outcome"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, list.resources.map((r) => el("tr", {}, el("td", {}, r.at), el("td", {}, r.username), el("td", {}, r.action),
-      el("td", {}, r.target), el("td", {}, r.outcome)))))));
+  place.replaceChildren(el("p", { id: "audit-count" }, `${list.total} records${list.total > list.resources.length ? `, the newest ${list.resources.length} shown` : ""}`),
+    el("div", { class: "table-wrap" }, el("table", { id: "audit" },
+      el("thead", {}, el("tr", {}, ["#", "At", "User", "Action", "Resource", "Outcome", "Source", "Instance"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, list.resources.map((r) => el("tr", { "data-seq": r.seq }, el("td", {}, r.seq), el("td", {}, r.at), el("td", {}, r.username),
+        el("td", {}, r.action), el("td", {}, [r.resource_type, r.resource_id].filter(Boolean).join(" ")), el("td", {}, r.outcome),
+        el("td", {}, r.source), el("td", {}, r.instance)))))));
 }
 
 window.addEventListener("hashchange", route);

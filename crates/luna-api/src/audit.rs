@@ -1,121 +1,260 @@
 //! The audit trail as luna-api writes it: one place for every record it
-//! makes. A mutating request's record (`RequestAudit`: made by the
-//! request-id middleware, written by it after the answer, or by a handler in
-//! its own transaction), a refused password check's (`refusal`: failed
-//! logins and `changepw`s, with the reason) and an operation's outcome
-//! (`outcome`, written with the outcome by the runner). The store chains
-//! and checkpoints them (`luna_store::Store::append_audit`).
+//! makes (record format 3, docs/audit.md).
+//!
+//! A change writes its record in its own transaction: the handler takes the
+//! request's [`Audit`], hands `audit.change(status)` to the store method that
+//! makes the change (which writes it only if the change happens), and says
+//! `written()` once that committed. If the record cannot be written, the
+//! change is not made and the client is answered 503. What is not a change
+//! (a refusal: 400, 401, 403, 404, 409, 429; a request that changed
+//! nothing) is recorded by the request-id middleware after the answer, as
+//! is a 401 or 403 to any request, reads included. An operation's outcome
+//! is recorded by the runner with the outcome, under the user who asked for
+//! it (`outcome`). The store chains and checkpoints them
+//! (`luna_store::Store::append_audit`).
 
-use actix_web::{HttpMessage, HttpRequest};
-use luna_domain::Operation;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use luna_domain::{Operation, Requester};
 use luna_store::{AuditEntry, Store};
 use time::OffsetDateTime;
 
-/// A mutating request's audit record, for a handler that writes it in the
-/// transaction of its own change (then the middleware does not write it
-/// again): what the middleware knows of the request, the user it acts for
-/// once that is known, and the mark. Clones share the user and the mark.
+/// What the request-id middleware knows of a request for its audit record,
+/// and the user it acts for once the auth check knows. Clones share the user
+/// and whether the record was written.
 #[derive(Debug, Clone)]
-pub struct RequestAudit {
-    /// Set by the auth check that admits the caller, or by a password
-    /// change for the user its body names; `-` while unknown.
-    username: std::sync::Arc<std::sync::OnceLock<String>>,
-    target: String,
+pub(crate) struct RequestAudit {
+    /// (id, name), set by the auth check that admits the caller, or by a
+    /// password check for the name it was tried with.
+    user: Arc<OnceLock<(String, String)>>,
     request_id: String,
-    client: String,
-    written: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    source: String,
+    instance: String,
+    written: Arc<AtomicBool>,
 }
 
 impl RequestAudit {
-    /// The record of the request `action` (`"POST /api/v1/…"`, the route
-    /// as the middleware names it) answered `status`.
-    pub fn entry(&self, action: &str, status: u16) -> luna_store::AuditEntry {
-        luna_store::AuditEntry {
-            at: luna_store::now(),
-            username: self.username.get().map_or("-", String::as_str).to_owned(),
-            action: action.to_owned(),
-            target: self.target.clone(),
-            outcome: status.to_string(),
-            request_id: self.request_id.clone(),
-            client: self.client.clone(),
-        }
-    }
-
-    /// The request acts for `username`: its bearer token's user, or the
-    /// user a password change names.
-    pub fn acted_for(&self, username: &str) {
-        let _first_one_wins = self.username.set(username.to_owned());
-    }
-
-    /// The handler's transaction that held the record committed.
-    pub fn written(&self) {
-        self.written.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl RequestAudit {
-    /// The record of a request to `target`, its user not known yet.
-    pub(crate) fn new(target: &str, request_id: &str, client: &str) -> RequestAudit {
+    pub(crate) fn new(request_id: &str, source: &str, instance: &str) -> RequestAudit {
         RequestAudit {
-            username: Default::default(),
-            target: target.to_owned(),
+            user: Arc::default(),
             request_id: request_id.to_owned(),
-            client: client.to_owned(),
-            written: Default::default(),
+            source: source.to_owned(),
+            instance: instance.to_owned(),
+            written: Arc::default(),
         }
     }
 
-    /// The request's record, for a handler that writes it itself.
-    pub(crate) fn in_request(req: &HttpRequest) -> Option<RequestAudit> {
-        req.extensions().get::<RequestAudit>().cloned()
+    /// The request's, as the middleware made it (one made here for a
+    /// request that did not pass it: a unit test's).
+    pub(crate) fn of(req: &HttpRequest) -> RequestAudit {
+        if let Some(audit) = req.extensions().get::<RequestAudit>() {
+            return audit.clone();
+        }
+        let source = req.connection_info().peer_addr().unwrap_or("-").to_owned();
+        let audit = RequestAudit::new("-", &source, "-");
+        req.extensions_mut().insert(audit.clone());
+        audit
     }
 
-    /// Whether a handler wrote the record (then the middleware does not).
+    /// The request acts for this user: its bearer token's, or the one a
+    /// password was checked for. The first one set stays.
+    pub(crate) fn acted_for(&self, user_id: &str, username: &str) {
+        let _first_one_wins = self.user.set((user_id.to_owned(), username.to_owned()));
+    }
+
+    /// The record of `req` answered `outcome`.
+    pub(crate) fn entry(&self, req: &HttpRequest, outcome: String) -> AuditEntry {
+        let (action, resource_type, resource_id) = described(req);
+        let (user_id, username) = self
+            .user
+            .get()
+            .map_or(("", "-"), |(id, name)| (id.as_str(), name.as_str()));
+        AuditEntry {
+            at: luna_store::now(),
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+            action,
+            resource_type: resource_type.to_owned(),
+            resource_id,
+            outcome,
+            request_id: self.request_id.clone(),
+            source: self.source.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+
+    /// Who asked, for an operation the request queues.
+    pub(crate) fn requester(&self) -> Requester {
+        let (user_id, username) = self.user.get().cloned().unwrap_or_default();
+        Requester {
+            user_id,
+            username,
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    pub(crate) fn mark_written(&self) {
+        self.written.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the request's record was written (then the middleware does not).
     pub(crate) fn is_written(&self) -> bool {
-        self.written.load(std::sync::atomic::Ordering::SeqCst)
+        self.written.load(Ordering::SeqCst)
     }
 }
 
-/// A refused password check (a login, a `changepw`) of request
-/// `request_id`: the name it was tried for, `action`, and why.
-pub(crate) fn refusal(
-    req: &HttpRequest,
-    request_id: &str,
-    attempted: &str,
-    action: &str,
-    reason: &str,
-) -> AuditEntry {
-    AuditEntry {
-        at: luna_store::now(),
-        username: attempted.to_owned(),
-        action: action.into(),
-        target: req.path().to_owned(),
-        outcome: format!("401 {reason}"),
-        request_id: request_id.to_owned(),
-        client: req.connection_info().peer_addr().unwrap_or("-").to_owned(),
+/// A handler's hold on its request's audit record, for the change it makes.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    request: RequestAudit,
+    req: HttpRequest,
+}
+
+impl Audit {
+    /// The record of this request's change, to be answered `status`: for the
+    /// store to write in the change's own transaction.
+    pub fn change(&self, status: u16) -> AuditEntry {
+        self.request.entry(&self.req, status.to_string())
+    }
+
+    /// Who asked, for an operation the change queues.
+    pub fn requester(&self) -> Requester {
+        self.request.requester()
+    }
+
+    /// The change committed with its record: the middleware writes none.
+    pub fn written(&self) {
+        self.request.mark_written();
     }
 }
 
-/// A finished operation's outcome, as the instance `owner` ran it.
-pub(crate) fn outcome(finished: &Operation, owner: &str, now: OffsetDateTime) -> AuditEntry {
+impl FromRequest for Audit {
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Audit, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(Ok(Audit {
+            request: RequestAudit::of(req),
+            req: req.clone(),
+        }))
+    }
+}
+
+/// What a request is, for its record: the action (method and route), and
+/// the type and id of the resource it is about (the route's parameters,
+/// joined by `/`, in the order the route names them).
+fn described(req: &HttpRequest) -> (String, &'static str, String) {
+    let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let action = format!("{} {route}", req.method());
+    let id = req
+        .match_info()
+        .iter()
+        .map(|(_, value)| value)
+        .collect::<Vec<_>>()
+        .join("/");
+    (action, resource_type(&route), id)
+}
+
+/// The kind of resource a route is about, by its path (most specific first).
+fn resource_type(route: &str) -> &'static str {
+    const KINDS: &[(&str, &str)] = &[
+        ("/api/v1/auth/tokens", "session"),
+        ("/api/v1/auth/changepw", "user"),
+        ("/api/v1/usermgmt/users", "user"),
+        ("/api/v1/usermgmt/groups/", "group_membership"),
+        (
+            "/api/v1/connectionmgmt/services/luna-network/connections/{id}/partitions",
+            "connection_member",
+        ),
+        (
+            "/api/v1/connectionmgmt/services/luna-network/connection",
+            "connection",
+        ),
+        (
+            "/api/v1/connectionmgmt/services/luna-network/stc-partitions",
+            "stc_partition",
+        ),
+        (
+            "/api/v1/connectionmgmt/services/luna-network/servers",
+            "hsm_server",
+        ),
+        ("/api/v1/cckm/hsm/luna/keys", "key"),
+        ("/api/v1/cckm/hsm/luna/add-partition", "partition"),
+        ("/api/v1/cckm/hsm/luna/partitions", "partition"),
+        ("/api/v1/cckm/hsm/luna/refresh", "refresh_job"),
+        ("/api/v1/cckm/hsm/luna/synchronize", "synchronize_job"),
+        ("/api/v1/cckm/hsm/luna/{id}/delete", "key"),
+        ("/api/v1/audit/", "audit_trail"),
+    ];
+    KINDS
+        .iter()
+        .find(|(prefix, _)| route.starts_with(prefix))
+        .map_or("", |(_, kind)| kind)
+}
+
+/// A refused password check (a login, a `changepw`): the name it was tried
+/// for, and why.
+pub(crate) fn refusal(req: &HttpRequest, attempted: &str, reason: &str) -> AuditEntry {
+    let audit = RequestAudit::of(req);
+    audit.acted_for("", attempted);
+    audit.entry(req, format!("401 {reason}"))
+}
+
+/// A finished operation's outcome, as instance `instance` ran it, under the
+/// user who asked for it (the service itself, `luna-server`, for work
+/// nobody asked for).
+pub(crate) fn outcome(finished: &Operation, instance: &str, now: OffsetDateTime) -> AuditEntry {
+    let requester = finished.requested_by.clone().unwrap_or_else(|| Requester {
+        user_id: String::new(),
+        username: "luna-server".into(),
+        request_id: String::new(),
+    });
     AuditEntry {
         at: now,
-        username: "luna-server".into(),
+        user_id: requester.user_id,
+        username: requester.username,
         action: format!("operation {}", finished.payload.kind_name()),
-        target: finished.payload.target().to_string(),
+        resource_type: if finished.payload.key_operation().is_some() {
+            "key"
+        } else {
+            "job"
+        }
+        .into(),
+        resource_id: finished.payload.target().to_string(),
         outcome: match &finished.last_error() {
             Some(reason) if finished.state() == luna_domain::OperationState::Failed => {
                 format!("failed: {reason}")
             }
             _ => "succeeded".into(),
         },
-        request_id: finished.id.to_string(),
-        client: owner.to_owned(),
+        request_id: requester.request_id,
+        source: String::new(),
+        instance: instance.to_owned(),
     }
 }
 
-/// Appends a record outside a handler's own transaction; a failure is
-/// logged, never the request's undoing.
+/// The record of a change the service makes of itself at `instance` (the
+/// bootstrap admin, the embedded default's demo partition): user
+/// `luna-server`, no request.
+pub fn by_the_service(instance: &str, action: &str, resource_type: &str) -> AuditEntry {
+    AuditEntry {
+        at: luna_store::now(),
+        user_id: String::new(),
+        username: "luna-server".into(),
+        action: action.to_owned(),
+        resource_type: resource_type.to_owned(),
+        resource_id: String::new(),
+        outcome: "succeeded".into(),
+        request_id: String::new(),
+        source: String::new(),
+        instance: instance.to_owned(),
+    }
+}
+
+/// Appends a record that belongs to no change (a refusal, an answer that
+/// changed nothing); a failure is logged, as the answer has gone.
 pub(crate) async fn record(store: &Store, entry: AuditEntry) {
     let store = store.clone();
     match actix_web::web::block(move || store.append_audit(&entry)).await {

@@ -293,7 +293,7 @@ impl FromRequest for Principal {
 /// unless read less than `SESSION_RECHECK` ago.
 fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiError>> {
     let checked = bearer_claims(req);
-    let audit = crate::audit::RequestAudit::in_request(req);
+    let audit = crate::audit::RequestAudit::of(req);
     async move {
         let (gate, claims) = checked?;
         let ended =
@@ -317,9 +317,7 @@ fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiErr
         if owner != Some(user) {
             return Err(ended());
         }
-        if let Some(audit) = audit {
-            audit.acted_for(&claims.preferred_username);
-        }
+        audit.acted_for(&claims.sub, &claims.preferred_username);
         Ok(Principal {
             user_id: claims.sub,
             username: claims.preferred_username,

@@ -54,6 +54,10 @@ pub enum ApiError {
     /// The database cannot be reached now; the client may try again.
     #[error("the database cannot be reached now; try again in a few seconds")]
     DatabaseUnavailable(#[source] StoreError),
+    /// The change's audit record could not be written, so the change was not
+    /// made (no change without its record).
+    #[error("the change was not made: its audit record could not be written; try again in a few seconds")]
+    AuditUnavailable(#[source] StoreError),
     #[error("a token failed")]
     Token(#[source] TokenError),
     /// A worker thread or task ended without an answer.
@@ -80,6 +84,7 @@ impl From<StoreError> for ApiError {
                     .into(),
             ),
             StoreError::Domain(domain) => domain.into(),
+            audit @ StoreError::AuditUnwritten { .. } => ApiError::AuditUnavailable(audit),
             other if other.is_unavailable() => ApiError::DatabaseUnavailable(other),
             other => ApiError::Store(other),
         }
@@ -127,7 +132,7 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Token(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 14, "NCERRInternalServerError")
             }
-            ApiError::DatabaseUnavailable(_) => {
+            ApiError::DatabaseUnavailable(_) | ApiError::AuditUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 14, "NCERRServiceUnavailable")
             }
         }
@@ -135,7 +140,8 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         let (status, code, name) = self.parts();
-        // A 503 says only that the database is away: no internals.
+        // A 503 says only that the database is away, or that the audit
+        // record could not be written: no internals.
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             INTERNAL_MESSAGE.to_owned()
         } else {
@@ -172,7 +178,7 @@ impl ResponseError for ApiError {
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
             response.insert_header((actix_web::http::header::ALLOW, allowed.as_str()));
         }
-        if let ApiError::DatabaseUnavailable(_) = self {
+        if let ApiError::DatabaseUnavailable(_) | ApiError::AuditUnavailable(_) = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, RETRY_AFTER_SECS));
         }
         if let ApiError::TooManyRequests { retry_after } | ApiError::QueueFull { retry_after, .. } = self {

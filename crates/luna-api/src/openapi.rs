@@ -63,6 +63,9 @@ impl<F: Filters> IntoParams for ListParams<F> {
     }
 }
 
+/// RFC 3339 instants with a day of month every month has.
+const TIMESTAMP_PATTERN: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-9]|2[0-3]):[0-5][0-9])$";
+
 fn param_schema(kind: &ParamKind) -> utoipa::openapi::Schema {
     let object = ObjectBuilder::new();
     let object = match kind {
@@ -93,6 +96,10 @@ fn param_schema(kind: &ParamKind) -> utoipa::openapi::Schema {
                 .into();
         }
         ParamKind::Boolean => object.schema_type(Type::Boolean),
+        // RFC 3339 as `time` parses it, which a pattern says more exactly
+        // than the `date-time` format (whose leap seconds and lower-case
+        // separators it does not take).
+        ParamKind::Timestamp => object.schema_type(Type::String).pattern(Some(TIMESTAMP_PATTERN)),
         ParamKind::OneOf(values) => object
             .schema_type(Type::String)
             .enum_values(Some(values.iter().copied())),

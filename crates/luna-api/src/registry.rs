@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use luna_domain::{Connection, ConnectionSpec, Member, Partition};
 use luna_pkcs11::{Module, TokenError};
-use luna_store::Store;
+use luna_store::{AuditEntry, Store};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -15,12 +15,14 @@ use crate::error::ApiError;
 /// failed. Serial numbers left out are filled in from the tokens. The members
 /// of an HA group must be able to replicate (each has the mechanisms, and no
 /// two share a serial number), which is judged before any PIN is tried.
+/// `audit` is written with the connection.
 pub fn register_connection(
     store: &Store,
     module: &Arc<Module>,
     spec: ConnectionSpec,
+    audit: &AuditEntry,
 ) -> Result<Connection, ApiError> {
-    register_connection_idempotently(store, module, spec, None)
+    register_connection_idempotently(store, module, spec, None, audit)
 }
 
 /// `register_connection`, recording with the connection that `request` (a
@@ -30,6 +32,7 @@ pub fn register_connection_idempotently(
     module: &Arc<Module>,
     spec: ConnectionSpec,
     request: Option<&luna_domain::idempotency::IdempotentRequest>,
+    audit: &AuditEntry,
 ) -> Result<Connection, ApiError> {
     let mut members = Vec::with_capacity(spec.members.len());
     let mut tokens = Vec::with_capacity(spec.members.len());
@@ -90,7 +93,7 @@ pub fn register_connection_idempotently(
         created_at: now,
         updated_at: now,
     };
-    store.insert_connection(&connection, &spec.password, request)?;
+    store.insert_connection(&connection, &spec.password, request, audit)?;
     tracing::info!(connection = %connection.id, name = %connection.name, members = connection.members.len(), "connection registered");
     Ok(connection)
 }
@@ -99,13 +102,14 @@ pub fn register_connection_idempotently(
 /// of a serial number no member has, and take the connection's PIN; with
 /// `so_pin`, the cloning domain is established again across every member,
 /// the new one included. The members' existing keys are not copied here
-/// (a synchronize job does that).
+/// (a synchronize job does that). `audit` is written with the member.
 pub fn add_member(
     store: &Store,
     module: &Arc<Module>,
     connection: &Connection,
     spec: luna_domain::MemberSpec,
     so_pin: Option<&SecretString>,
+    audit: &AuditEntry,
 ) -> Result<Member, ApiError> {
     if !connection.ha_enabled {
         return Err(ApiError::BadRequest(
@@ -158,7 +162,7 @@ pub fn add_member(
                 source,
             })?;
     }
-    if !store.add_connection_member(connection.id, &member, luna_store::now())? {
+    if !store.add_connection_member(connection.id, &member, luna_store::now(), audit)? {
         return Err(ApiError::NotFound(format!(
             "connection {} does not exist",
             connection.id
@@ -229,8 +233,9 @@ fn refused(label: &str, source: TokenError) -> ApiError {
 }
 
 /// Registers a connection's token set as one partition (an HA group when the
-/// connection is HA). `connection` is a name or an id.
-pub fn add_partition(store: &Store, connection: &str) -> Result<Partition, ApiError> {
+/// connection is HA), and writes `audit` about it. `connection` is a name
+/// or an id.
+pub fn add_partition(store: &Store, connection: &str, audit: &AuditEntry) -> Result<Partition, ApiError> {
     let found = match Uuid::parse_str(connection) {
         Ok(id) => store.get_connection(id)?,
         Err(_) => store.connection_by_name(connection)?,
@@ -253,7 +258,7 @@ pub fn add_partition(store: &Store, connection: &str) -> Result<Partition, ApiEr
         created_at: now,
         updated_at: now,
     };
-    store.insert_partition(&partition)?;
+    store.insert_partition(&partition, audit)?;
     tracing::info!(partition = %partition.id, connection = %connection.id, "partition added");
     Ok(partition)
 }

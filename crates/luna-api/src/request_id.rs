@@ -44,15 +44,21 @@ pub async fn middleware(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let client = req.connection_info().peer_addr().unwrap_or("-").to_owned();
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(id.clone()));
-    // Every mutating request is audited (logins: only failures, by their
-    // handler), under the user the auth check admits (`-` if none does).
-    let reads = [actix_web::http::Method::GET, actix_web::http::Method::HEAD];
-    let login = req.method() == actix_web::http::Method::POST && req.path() == "/api/v1/auth/tokens";
-    let audited = (!reads.contains(req.method()) && !login)
-        .then(|| crate::audit::RequestAudit::new(req.path(), &id, &client));
-    if let Some(audit) = &audited {
-        actix_web::HttpMessage::extensions_mut(&req).insert(audit.clone());
-    }
+    // Every request that would change something is audited, and every one
+    // refused for who sent it (401, 403), under the user the auth check
+    // admits (`-` if none does). A change writes its record itself, in its
+    // own transaction; what is left for here changed nothing.
+    let reads = [
+        actix_web::http::Method::GET,
+        actix_web::http::Method::HEAD,
+        actix_web::http::Method::OPTIONS,
+    ];
+    let mutating = !reads.contains(req.method());
+    let instance = req
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
+        .map_or("-", |state| state.instance.as_str());
+    let audit = crate::audit::RequestAudit::new(&id, &client, instance);
+    actix_web::HttpMessage::extensions_mut(&req).insert(audit.clone());
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
@@ -66,9 +72,9 @@ pub async fn middleware(
             status,
             started.elapsed().as_secs_f64(),
         );
-        let unwritten = audited.filter(|a| !a.is_written());
-        if let Some(audit) = unwritten {
-            let entry = audit.entry(&format!("{} {route}", request.method()), status);
+        let refused_access = status == 401 || status == 403;
+        if (mutating || refused_access) && !audit.is_written() {
+            let entry = audit.entry(&request, status.to_string());
             crate::audit::record(&state.store, entry)
                 .instrument(span.clone())
                 .await;

@@ -163,6 +163,8 @@ async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 /// What the server needs; built by `luna-server` or by a test.
 pub struct Config {
     pub store: Store,
+    /// This instance's name, in its audit records and forwarding leases.
+    pub instance: String,
     pub module: Arc<Module>,
     pub auth: Auth,
     pub tenancy: Tenancy,
@@ -245,11 +247,13 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         Arc::clone(&tokens),
         Arc::clone(&work),
         config.runner,
+        &config.instance,
     );
     // Looks at the tokens in use for as long as the runtime runs.
     tokio::spawn(Arc::clone(&tokens).watch(Arc::clone(&work), TOKEN_WATCH_TICK));
     let state = web::Data::new(AppState {
         store: config.store,
+        instance: config.instance,
         tokens,
         auth: web::Data::new(config.auth),
         tenancy: config.tenancy,
@@ -312,9 +316,10 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
 
 /// Creates the `admin` user on first start: with the given password, or a
 /// generated one that is written once to `password_file` (mode 0600) and
-/// returned for the caller to show once.
+/// returned for the caller to show once. Audited as instance `instance`'s.
 pub fn bootstrap_admin(
     store: &Store,
+    instance: &str,
     password: Option<&SecretString>,
     password_file: &Path,
 ) -> Result<Option<SecretString>, ApiError> {
@@ -333,7 +338,8 @@ pub fn bootstrap_admin(
         password_hash: hash_password(&password)?,
         groups: vec!["admin".into()],
     };
-    store.insert_user(&user, luna_store::now())?;
+    let audit = crate::audit::by_the_service(instance, "bootstrap admin", "user");
+    store.insert_user(&user, luna_store::now(), &audit)?;
     if !generated {
         return Ok(None);
     }

@@ -12,6 +12,8 @@ use crate::view::Tenancy;
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
+    /// This instance's name, in its audit records.
+    pub instance: String,
     pub tokens: Arc<OpenTokens>,
     /// Registered as application data too: the auth check reads it.
     pub auth: actix_web::web::Data<Auth>,

@@ -31,6 +31,8 @@ pub const SIGNING_KEY: [u8; 64] = [0x5a; 64];
 /// Test servers' request deadline: short, for the slow-body test.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// The instance name of the servers tests start.
+pub const TEST_INSTANCE: &str = "test-instance";
 
 #[derive(Debug)]
 pub struct Api {
@@ -137,12 +139,14 @@ impl Api {
             .unwrap();
         bootstrap_admin(
             &store,
+            TEST_INSTANCE,
             Some(&SecretString::from(ADMIN_PASSWORD)),
             &dir.path().join("pw"),
         )
         .unwrap();
         let config = Config {
             store: store.clone(),
+            instance: TEST_INSTANCE.into(),
             module: Arc::clone(module),
             auth: Auth::new(&SIGNING_KEY, 300),
             tenancy: Tenancy::default(),
@@ -355,6 +359,19 @@ impl Drop for Api {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// An HSM's server certificate, PEM, as an operator exports it from the HSM.
+pub fn hsm_certificate(host: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, host);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Thales");
+    params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
 }
 
 /// A reference example, from testdata/reference.

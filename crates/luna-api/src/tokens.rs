@@ -227,7 +227,7 @@ impl OpenTokens {
                 at: luna_store::now(),
                 error: Some(unavailable.reason.clone()),
             };
-            if let Err(error) = self.store.record_connection_check(key.0, &check) {
+            if let Err(error) = self.store.record_connection_check(key.0, &check, None) {
                 tracing::warn!(connection = %key.0, %error, "the connection's failed login could not be recorded");
             }
             return unavailable;

@@ -574,16 +574,40 @@ impl From<&StoredUser> for UserView {
     }
 }
 
+/// An audit record as the API, the console and every forwarding sink show
+/// it (docs/audit.md): the same fields, the same names, versioned by `format`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditView {
+    /// The record's format: 3 for every field below; 2 for records written
+    /// before user ids, resource types and instances were kept (those are
+    /// empty).
+    format: i32,
+    /// Its place in the trail: 1, 2, 3, … with no gap. A receiver drops a
+    /// record whose `seq` it has had (forwarding is at least once).
     seq: i64,
+    /// When it happened (RFC 3339, UTC).
     at: String,
+    /// Who: the user's id (empty if nobody was admitted) and name (`-` then,
+    /// or the name a failed login tried; `luna-server` for the service's own).
+    user_id: String,
     username: String,
+    /// What: `METHOD route` for a request, `operation <kind>` for an
+    /// operation's outcome.
     action: String,
-    target: String,
+    /// What about: `key`, `user`, `session`, `connection`, `partition`, …
+    resource_type: String,
+    /// Its id (or the route's parameters, joined by `/`).
+    resource_id: String,
+    /// The status answered (with the reason of a refused login), or an
+    /// operation's `succeeded` / `failed: reason`.
     outcome: String,
+    /// The request's `X-Request-Id` (an outcome's: the request that asked for it).
     request_id: String,
-    client: String,
+    /// The client's address.
+    source: String,
+    /// The instance that wrote it.
+    instance: String,
+    /// The chain: the previous record's hash and this one's (HMAC-SHA256 hex).
     previous_hash: String,
     hash: String,
 }
@@ -591,14 +615,18 @@ pub struct AuditView {
 impl From<&AuditRecord> for AuditView {
     fn from(r: &AuditRecord) -> Self {
         AuditView {
+            format: r.format,
             seq: r.seq,
             at: timestamp(r.entry.at),
+            user_id: r.entry.user_id.clone(),
             username: r.entry.username.clone(),
             action: r.entry.action.clone(),
-            target: r.entry.target.clone(),
+            resource_type: r.entry.resource_type.clone(),
+            resource_id: r.entry.resource_id.clone(),
             outcome: r.entry.outcome.clone(),
             request_id: r.entry.request_id.clone(),
-            client: r.entry.client.clone(),
+            source: r.entry.source.clone(),
+            instance: r.entry.instance.clone(),
             previous_hash: r.previous_hash.clone(),
             hash: r.hash.clone(),
         }

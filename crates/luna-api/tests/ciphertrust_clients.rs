@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine as _;
-use luna_api::testing::{assert_error, Api, ADMIN_PASSWORD};
+use luna_api::testing::{assert_error, hsm_certificate, Api, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 
 fn login(api: &Api, body: &Value) -> (u16, Value) {
@@ -194,19 +194,6 @@ fn stc_partitions_are_a_clear_501() {
             "{answer}"
         );
     }
-}
-
-/// An HSM's server certificate, PEM, as an operator exports it from the HSM.
-fn hsm_certificate(host: &str) -> String {
-    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, host);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "Thales");
-    params
-        .self_signed(&rcgen::KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
 }
 
 /// Every client registers the HSM first. The PowerShell module's

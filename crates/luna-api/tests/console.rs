@@ -659,3 +659,42 @@ fn the_partitions_page_shows_the_work_waiting_and_a_full_queue() {
         t.contains("2 of 2 · leaving at 0/s") && t.contains("full: creates refused")
     });
 }
+
+#[test]
+fn the_audit_page_filters_by_user_action_resource_and_time() {
+    let api = Api::start(TestDatabase::sqlite().unwrap());
+    let root = api.base.trim_end_matches("/api/v1").to_owned();
+    let (status, user) = api.send(
+        "POST",
+        "/usermgmt/users",
+        &json!({"username": "audited-user", "password": "a-long-password", "groups": ["CCKM Users"]}),
+    );
+    assert_eq!(status, 201, "{user}");
+    let user_id = user["user_id"].as_str().unwrap().to_owned();
+    let browser = Browser::start();
+    browser.log_in(&root, "admin", ADMIN_PASSWORD);
+    browser.goto(&format!("{root}/ui/#/audit"));
+    browser.wait("#audit-state", |t| t.contains("intact"));
+    // Newest first: the console's own login is the newest record.
+    browser.wait("#audit tbody tr:first-child", |t| {
+        t.contains("POST /api/v1/auth/tokens")
+    });
+    browser.type_into("#audit-filters input[name=resource_id]", &user_id);
+    browser.type_into("#audit-filters input[name=username]", "admin");
+    browser.click("#audit-filters button[type=submit]");
+    browser.wait("#audit-count", |t| t.starts_with("1 records"));
+    let row = browser.find("#audit tbody tr");
+    let text = browser.text(&row);
+    assert!(
+        text.contains("POST /api/v1/usermgmt/users") && text.contains("201"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("user {user_id}")) && text.contains("test-instance"),
+        "{text}"
+    );
+    // A window that ended before anything happened shows nothing.
+    browser.goto(&format!("{root}/ui/#/audit?until=2000-01-01T00:00:00.000Z"));
+    browser.wait("#audit-count", |t| t.starts_with("0 records"));
+    assert_eq!(browser.count("#audit tbody tr"), 0);
+}

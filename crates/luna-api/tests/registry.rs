@@ -8,6 +8,7 @@ use luna_domain::partition::MemberRequest;
 use luna_domain::ConnectionRequest;
 use luna_pkcs11::testing::{fresh_token_label, module, unique_label, TestModule, USER_PIN};
 use luna_pkcs11::Token as _;
+use luna_store::testing::test_audit;
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
 
@@ -32,7 +33,7 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     let store = &db.store;
     let (a, b) = (fresh_token_label("reg-a"), fresh_token_label("reg-b"));
     let spec = request("ha", true, &[&a, &b], USER_PIN).validate().unwrap();
-    let connection = register_connection(store, module(), spec).unwrap();
+    let connection = register_connection(store, module(), spec, &test_audit()).unwrap();
     let serial_a = module()
         .open_token(&a, None, SecretString::from(USER_PIN))
         .unwrap()
@@ -45,7 +46,7 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     );
     assert_eq!(store.connection_pin(connection.id).unwrap().map(|_| ()), Some(()));
 
-    let partition = add_partition(store, "ha").unwrap();
+    let partition = add_partition(store, "ha", &test_audit()).unwrap();
     assert!(partition.ha_enabled);
     assert_eq!(
         (partition.partition_label.as_str(), partition.members.len()),
@@ -53,13 +54,16 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     );
     assert_eq!(store.get_partition(partition.id).unwrap().unwrap(), partition);
     assert!(matches!(
-        add_partition(store, &connection.id.to_string()),
+        add_partition(store, &connection.id.to_string(), &test_audit()),
         Err(ApiError::Conflict(_))
     ));
-    assert!(matches!(add_partition(store, "nope"), Err(ApiError::NotFound(_))));
+    assert!(matches!(
+        add_partition(store, "nope", &test_audit()),
+        Err(ApiError::NotFound(_))
+    ));
 
     let wrong = request("wrong", false, &[&a], "not-the-pin").validate().unwrap();
-    let err = register_connection(store, module(), wrong).unwrap_err();
+    let err = register_connection(store, module(), wrong, &test_audit()).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("the password does not log in to partition {a:?}")
@@ -68,7 +72,7 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     let missing = request("missing", false, &[&absent], USER_PIN)
         .validate()
         .unwrap();
-    let err = register_connection(store, module(), missing).unwrap_err();
+    let err = register_connection(store, module(), missing, &test_audit()).unwrap_err();
     assert!(
         err.to_string()
             .starts_with(&format!("no token labelled {absent:?}")),
@@ -76,7 +80,7 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     );
     let taken = request("ha", false, &[&a], USER_PIN).validate().unwrap();
     assert!(matches!(
-        register_connection(store, module(), taken),
+        register_connection(store, module(), taken, &test_audit()),
         Err(ApiError::Conflict(_))
     ));
 }
@@ -96,7 +100,7 @@ fn postgres_registers_an_ha_pair_and_refuses_bad_tokens() {
 fn callers_racing_to_open_a_token_share_one_instance(db: TestDatabase) {
     let label = fresh_token_label("race");
     let spec = request("race", false, &[&label], USER_PIN).validate().unwrap();
-    let connection = register_connection(&db.store, module(), spec).unwrap();
+    let connection = register_connection(&db.store, module(), spec, &test_audit()).unwrap();
     let member = &connection.members[0];
     for _ in 0..5 {
         let tokens = luna_api::tokens::OpenTokens::new(
@@ -148,7 +152,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     let (a, b) = (tokens[0].label.as_str(), tokens[1].label.as_str());
 
     let group = request("ock-ha", true, &[a, b], USER_PIN).validate().unwrap();
-    let err = register_connection(store, m.module(), group).unwrap_err();
+    let err = register_connection(store, m.module(), group, &test_audit()).unwrap_err();
     assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
     assert!(
         err.to_string().starts_with(&format!(
@@ -157,7 +161,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
         "{err}"
     );
     let alone = request("ock-ha", true, &[a], USER_PIN).validate().unwrap();
-    let err = register_connection(store, m.module(), alone).unwrap_err();
+    let err = register_connection(store, m.module(), alone, &test_audit()).unwrap_err();
     assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
     assert!(
         err.to_string().starts_with(&format!(
@@ -167,14 +171,14 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     );
 
     let single = request("ock-a", false, &[a], USER_PIN).validate().unwrap();
-    let connection = register_connection(store, m.module(), single).unwrap();
+    let connection = register_connection(store, m.module(), single, &test_audit()).unwrap();
     assert_eq!(connection.members[0].serial_number, "123");
     let open_a = m
         .module()
         .open_token(a, Some("123"), SecretString::from(USER_PIN))
         .unwrap();
     let second = request("ock-b", false, &[b], USER_PIN).validate().unwrap();
-    let err = register_connection(store, m.module(), second).unwrap_err();
+    let err = register_connection(store, m.module(), second, &test_audit()).unwrap_err();
     assert!(matches!(err, ApiError::TokenRefused { .. }), "{err}");
     assert!(
         err.to_string().contains("shares one login among its tokens"),
@@ -182,7 +186,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     );
     drop(open_a);
     let second = request("ock-b", false, &[b], USER_PIN).validate().unwrap();
-    let connection = register_connection(store, m.module(), second).unwrap();
+    let connection = register_connection(store, m.module(), second, &test_audit()).unwrap();
     assert_eq!(
         (
             connection.members[0].partition_label.as_str(),

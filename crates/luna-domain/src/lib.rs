@@ -280,7 +280,7 @@ pub use key::{
     Algorithm, CreateKeyRequest, Key, KeyData, KeyEvent, KeyLifecycle, KeyStatus, KeyToMake, KeyVersion,
     Mechanism, NewKey, NewKeySpec, ObjectType, OperationKind, OperationStatus, Origin,
 };
-pub use operation::{Operation, OperationPayload, OperationState, StoredOperation};
+pub use operation::{Operation, OperationPayload, OperationState, Requester, StoredOperation};
 pub use partition::{
     Connection, ConnectionCheck, ConnectionRequest, ConnectionSpec, Member, MemberSpec, Partition,
 };

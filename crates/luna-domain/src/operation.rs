@@ -152,6 +152,20 @@ pub struct Operation {
     /// recorded it with the key (none for a job): runners hold at most so
     /// many operations of one partition at once.
     pub partition_id: Option<Uuid>,
+    /// Who asked for the work (none for work the service began itself): its
+    /// outcome's audit record names them, not the instance that ran it.
+    pub requested_by: Option<Requester>,
+}
+
+/// The user whose request an operation carries out, and that request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// The user's id (as its bearer token named it).
+    pub user_id: String,
+    /// The user's name.
+    pub username: String,
+    /// The `X-Request-Id` of the request that was accepted.
+    pub request_id: String,
 }
 
 /// An operation as storage keeps it, every field open, for
@@ -178,6 +192,8 @@ pub struct StoredOperation {
     pub updated_at: OffsetDateTime,
     /// See [`Operation::partition_id`].
     pub partition_id: Option<Uuid>,
+    /// See [`Operation::requested_by`].
+    pub requested_by: Option<Requester>,
 }
 
 impl Operation {
@@ -248,6 +264,7 @@ impl Operation {
             created_at: stored.created_at,
             updated_at: stored.updated_at,
             partition_id: stored.partition_id,
+            requested_by: stored.requested_by,
         })
     }
 
@@ -264,7 +281,14 @@ impl Operation {
             created_at: now,
             updated_at: now,
             partition_id: None,
+            requested_by: None,
         }
+    }
+
+    /// This operation, carried out for `requester`.
+    pub fn requested_by(mut self, requester: Requester) -> Operation {
+        self.requested_by = Some(requester);
+        self
     }
 
     /// Whether a worker may take this operation at `now`: it is queued, or its
@@ -412,6 +436,7 @@ mod tests {
             created_at: op.created_at,
             updated_at: op.updated_at,
             partition_id: op.partition_id,
+            requested_by: op.requested_by.clone(),
         }
     }
 

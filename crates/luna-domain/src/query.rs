@@ -90,6 +90,8 @@ pub enum ParamKind {
     },
     /// `true` or `false`.
     Boolean,
+    /// An instant, RFC 3339 (`2026-12-07T10:00:00Z`).
+    Timestamp,
     /// One of these exact strings.
     OneOf(Vec<&'static str>),
     /// A comma list of these field names, each optionally prefixed by `-`
@@ -108,6 +110,7 @@ impl ParamKind {
                 format!("a whole number from 1 to {max}, or {LIMIT_ALL} for the largest page ({max})")
             }
             ParamKind::Boolean => "true or false".into(),
+            ParamKind::Timestamp => "an RFC 3339 instant, such as 2026-12-07T10:00:00Z".into(),
             ParamKind::OneOf(values) => format!("one of: {}", values.join(", ")),
             ParamKind::SortFields(fields) => format!(
                 "a comma list of fields, each prefixed by - for descending order; fields: {}",
@@ -141,6 +144,12 @@ impl ParamValue for u32 {
             min: 0,
             max: i64::from(u32::MAX),
         }
+    }
+}
+
+impl ParamValue for time::OffsetDateTime {
+    fn kind() -> ParamKind {
+        ParamKind::Timestamp
     }
 }
 
@@ -318,6 +327,14 @@ fn text(_: &str, value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
+fn instant(name: &str, value: &str) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        DomainError::invalid(format!(
+            "{name} must be an RFC 3339 instant, such as 2026-12-07T10:00:00Z; {value:?} is not one"
+        ))
+    })
+}
+
 fn id(name: &str, value: &str) -> Result<Uuid> {
     parse_id(name, value)
 }
@@ -466,12 +483,20 @@ wire_enum! {
 }
 
 filters! {
-    /// The filters of the audit list; exact matches.
+    /// The filters of the audit list; exact matches but for the times.
     pub struct AuditFilters sorted by AuditSortField {
-        /// Only what this user did.
+        /// Only what this user did (or a failed login tried).
         username: String = text,
-        /// Only records of this action.
+        /// Only records of this action (`POST /api/v1/usermgmt/users`).
         action: String = text,
+        /// Only records about this kind of resource (`key`, `user`, …).
+        resource_type: String = text,
+        /// Only records about this resource (its id, or name).
+        resource_id: String = text,
+        /// Only records written at or after this instant.
+        since: time::OffsetDateTime = instant,
+        /// Only records written before this instant.
+        until: time::OffsetDateTime = instant,
     }
 }
 
@@ -538,6 +563,7 @@ mod tests {
             ParamKind::WholeNumber { max, .. } => max.to_string(),
             ParamKind::PageSize { .. } => LIMIT_ALL.into(),
             ParamKind::Boolean => "false".into(),
+            ParamKind::Timestamp => "2026-12-07T10:00:00.5+01:00".into(),
             ParamKind::OneOf(values) => values[values.len() - 1].to_owned(),
             ParamKind::SortFields(fields) => format!("-{},{}", fields[0], fields[fields.len() - 1]),
         }

@@ -45,6 +45,10 @@ pub enum StoreError {
     /// commit; the write did not happen.
     #[error("the write's transaction did not commit: {reason}")]
     Commit { reason: String, unavailable: bool },
+    /// The audit records of the write's transaction could not be written:
+    /// nothing of it was (no change without its record).
+    #[error("the change's audit record could not be written, so the change was not made: {reason}")]
+    AuditUnwritten { reason: String },
     /// The write committed, but what had to follow its commit did not
     /// (moving the audit checkpoint, syncing the log to disk).
     #[error("the write committed, but {reason}")]
@@ -70,6 +74,7 @@ impl StoreError {
             ),
             StoreError::UnsupportedUrl
             | StoreError::AfterCommit { .. }
+            | StoreError::AuditUnwritten { .. }
             | StoreError::Migration(_)
             | StoreError::Conflict(_)
             | StoreError::IdempotencyKeyTaken

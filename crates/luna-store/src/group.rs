@@ -242,37 +242,36 @@ enum Ended {
 
 /// Why a batch failed, for each member that did not lead it.
 #[derive(Debug, Clone)]
-struct BatchFailure {
-    reason: String,
-    unavailable: bool,
+enum BatchFailure {
+    /// Its commit failed (the database may be away).
+    Commit { reason: String, unavailable: bool },
+    /// Its audit records could not be written; it was rolled back.
+    Audit { reason: String },
     /// The commit happened; what had to follow it did not.
-    after_commit: bool,
+    AfterCommit { reason: String },
 }
 
 impl BatchFailure {
     fn of(error: &StoreError) -> BatchFailure {
         match error {
-            StoreError::AfterCommit { reason } => BatchFailure {
+            StoreError::AfterCommit { reason } => BatchFailure::AfterCommit {
                 reason: reason.clone(),
-                unavailable: false,
-                after_commit: true,
             },
-            other => BatchFailure {
+            StoreError::AuditUnwritten { reason } => BatchFailure::Audit {
+                reason: reason.clone(),
+            },
+            other => BatchFailure::Commit {
                 reason: other.to_string(),
                 unavailable: other.is_unavailable(),
-                after_commit: false,
             },
         }
     }
 
     fn into_error(self) -> StoreError {
-        if self.after_commit {
-            StoreError::AfterCommit { reason: self.reason }
-        } else {
-            StoreError::Commit {
-                reason: self.reason,
-                unavailable: self.unavailable,
-            }
+        match self {
+            BatchFailure::Commit { reason, unavailable } => StoreError::Commit { reason, unavailable },
+            BatchFailure::Audit { reason } => StoreError::AuditUnwritten { reason },
+            BatchFailure::AfterCommit { reason } => StoreError::AfterCommit { reason },
         }
     }
 }

@@ -252,13 +252,16 @@ impl Batches for Store {
                 None
             } else {
                 let key = self.pins.audit_key();
-                Some(repo::audit::append_in(
-                    conn,
-                    key,
-                    &self.audit_head,
-                    connections_opened,
-                    &pending.audit,
-                )?)
+                let appended =
+                    repo::audit::append_in(conn, key, &self.audit_head, connections_opened, &pending.audit);
+                // A deadlock's victim runs again; any other failure ends the
+                // batch, whose changes must not commit without their records.
+                Some(appended.map_err(|error| match error {
+                    retryable if retryable.is_retryable() => retryable,
+                    other => StoreError::AuditUnwritten {
+                        reason: error_chain(&other),
+                    },
+                })?)
             };
             // On PostgreSQL a batch of deferred writes only commits without
             // waiting for the disk. Said at the end, once the batch's writes
@@ -326,4 +329,16 @@ impl Batches for Store {
                 reason: format!("the audit checkpoint could not be moved: {e}"),
             })
     }
+}
+
+/// An error and its sources, for a reason kept as text (logged, never answered).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -217,6 +217,9 @@ pub struct OperationRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub partition_id: Option<String>,
+    pub requested_by_id: Option<String>,
+    pub requested_by: Option<String>,
+    pub request_id: Option<String>,
 }
 
 impl OperationRow {
@@ -236,6 +239,9 @@ impl OperationRow {
             created_at: micros(op.created_at),
             updated_at: micros(op.updated_at),
             partition_id: op.partition_id.map(|id| id.to_string()),
+            requested_by_id: op.requested_by.as_ref().map(|r| r.user_id.clone()),
+            requested_by: op.requested_by.as_ref().map(|r| r.username.clone()),
+            request_id: op.requested_by.as_ref().map(|r| r.request_id.clone()),
         })
     }
 
@@ -259,6 +265,20 @@ impl OperationRow {
                 .as_deref()
                 .map(|id| uuid("operation partition_id", id))
                 .transpose()?,
+            requested_by: match (self.requested_by_id, self.requested_by, self.request_id) {
+                (Some(user_id), Some(username), Some(request_id)) => Some(luna_domain::Requester {
+                    user_id,
+                    username,
+                    request_id,
+                }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(crate::StoreError::corrupt(
+                        "operation requested_by",
+                        "its user id, name and request id are not all set or all unset",
+                    ))
+                }
+            },
         })
         .map_err(|e| crate::StoreError::corrupt("operation", e))
     }

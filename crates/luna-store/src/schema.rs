@@ -98,12 +98,25 @@ diesel::table! {
         at -> BigInt,
         username -> Text,
         action -> Text,
-        target -> Text,
+        resource_id -> Text,
         outcome -> Text,
         request_id -> Text,
-        client -> Text,
+        source -> Text,
         previous_hash -> Text,
         hash -> Text,
+        format -> Integer,
+        user_id -> Text,
+        resource_type -> Text,
+        instance -> Text,
+    }
+}
+
+diesel::table! {
+    audit_sinks (name) {
+        name -> Text,
+        delivered_seq -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
     }
 }
 
@@ -144,6 +157,9 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         partition_id -> Nullable<Text>,
+        requested_by_id -> Nullable<Text>,
+        requested_by -> Nullable<Text>,
+        request_id -> Nullable<Text>,
     }
 }
 
@@ -219,6 +235,7 @@ diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_records,
+    audit_sinks,
     connections,
     connection_members,
     hsm_servers,

@@ -149,6 +149,81 @@ impl Store {
     }
 }
 
+/// Runs `sql` on the database at `url` over a connection of its own (a
+/// trigger a test installs, say).
+pub fn run_sql(url: &str, sql: &str) -> Result<()> {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::Connection as _;
+    match url.strip_prefix("sqlite://") {
+        Some(path) => diesel::SqliteConnection::establish(path)?.batch_execute(sql)?,
+        None => diesel::PgConnection::establish(url)?.batch_execute(sql)?,
+    }
+    Ok(())
+}
+
+/// The text column `value` of every row `sql` selects on the database at
+/// `url` (`SELECT id AS value FROM operations`, say).
+pub fn select_texts(url: &str, sql: &str) -> Result<Vec<String>> {
+    use diesel::Connection as _;
+    use diesel::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Text {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let rows: Vec<Text> = match url.strip_prefix("sqlite://") {
+        Some(path) => diesel::sql_query(sql).load(&mut diesel::SqliteConnection::establish(path)?)?,
+        None => diesel::sql_query(sql).load(&mut diesel::PgConnection::establish(url)?)?,
+    };
+    Ok(rows.into_iter().map(|row| row.value).collect())
+}
+
+/// The audit record of a change a test makes (as a request's would be).
+pub fn test_audit() -> crate::AuditEntry {
+    crate::AuditEntry {
+        at: crate::now(),
+        user_id: "00000000-0000-0000-0000-000000000001".into(),
+        username: "tester".into(),
+        action: "POST /test".into(),
+        resource_type: "test".into(),
+        resource_id: String::new(),
+        outcome: "200".into(),
+        request_id: "test-request".into(),
+        source: "127.0.0.1".into(),
+        instance: "test-instance".into(),
+    }
+}
+
+/// `INSERT`s of a trail of `n` records as versions before migration 15
+/// wrote them (format 2, columns `target` and `client`), chained under the
+/// tests' PIN key: what a database upgraded by migration 15 holds.
+pub fn format_2_trail(n: i64) -> Vec<String> {
+    let key = *test_cipher().audit_key();
+    let mut previous = "0".repeat(64);
+    (1..=n)
+        .map(|seq| {
+            let entry = crate::AuditEntry {
+                username: "admin".into(),
+                action: "POST /api/v1/cckm/hsm/luna/keys".into(),
+                resource_id: format!("key-{seq}"),
+                outcome: "201".into(),
+                request_id: format!("request-{seq}"),
+                source: "127.0.0.1".into(),
+                ..test_audit()
+            };
+            let at = 1_765_000_000_000_000 + seq;
+            let hash = crate::repo::audit::chain_hash(&key, &previous, seq, at, crate::repo::audit::Format::V2, &entry);
+            let sql = format!(
+                "INSERT INTO audit_records (seq, at, username, action, target, outcome, request_id, client, previous_hash, hash) \
+                 VALUES ({seq}, {at}, '{}', '{}', '{}', '{}', '{}', '{}', '{previous}', '{hash}')",
+                entry.username, entry.action, entry.resource_id, entry.outcome, entry.request_id, entry.source
+            );
+            previous = hash;
+            sql
+        })
+        .collect()
+}
+
 /// A store on `url` with the tests' PIN key (a copy of a test's database, say).
 pub fn open_store(url: &str) -> Result<Store> {
     Store::open(url, test_cipher(), small_pool())

@@ -16,7 +16,7 @@ use luna_domain::{
     AttributeSet, Connection, Key, KeyEvent, KeyVersion, Mechanism, Member, NewKeySpec, Operation,
     OperationPayload,
 };
-use luna_store::testing::TestDatabase;
+use luna_store::testing::{test_audit, TestDatabase};
 use luna_store::{now, AuditEntry};
 use secrecy::SecretString;
 use time::Duration;
@@ -31,13 +31,8 @@ struct Step {
 
 fn audit(action: &str) -> AuditEntry {
     AuditEntry {
-        at: now(),
-        username: "admin".into(),
         action: action.into(),
-        target: "-".into(),
-        outcome: "201".into(),
-        request_id: "r".into(),
-        client: "c".into(),
+        ..test_audit()
     }
 }
 
@@ -72,7 +67,7 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
         updated_at: t,
     };
     store
-        .insert_connection(&connection, &SecretString::from("1234"), None)
+        .insert_connection(&connection, &SecretString::from("1234"), None, &test_audit())
         .unwrap();
     let partition = luna_domain::Partition {
         id: Uuid::now_v7(),
@@ -85,7 +80,7 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
         created_at: t,
         updated_at: t,
     };
-    store.insert_partition(&partition).unwrap();
+    store.insert_partition(&partition, &test_audit()).unwrap();
     let new_key = |i: usize| {
         let spec = NewKeySpec {
             label: format!("key-{i}"),
@@ -110,7 +105,7 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
         let made = new_key(existing);
         let key = made.keys[0].clone();
         store
-            .insert_keys_idempotently(&made.keys, &made.operation, None, Some(&audit("create")))
+            .insert_keys_idempotently(&made.keys, &made.operation, None, &audit("create"))
             .unwrap();
         let claimed = store
             .claim_next_operation("w", now(), Duration::seconds(30))
@@ -141,7 +136,10 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
             },
             now(),
         );
-        store.begin_key_operation(&update).unwrap().unwrap();
+        store
+            .begin_key_operation(&update, &test_audit())
+            .unwrap()
+            .unwrap();
         let mut claimed = store
             .claim_next_operation("w", now(), Duration::seconds(30))
             .unwrap()
@@ -165,7 +163,7 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
         store
             .insert_unrecorded_keys(partition.id, &[new_key(existing + 2).keys.remove(0)])
             .unwrap();
-        store.forget_key(filler[1].id).unwrap().unwrap();
+        store.forget_key(filler[1].id, &test_audit()).unwrap().unwrap();
         store.append_audit(&audit("request")).unwrap();
         assert!(busy.lifecycle().is_busy());
     });

@@ -7,14 +7,14 @@ use std::sync::Mutex;
 
 use luna_domain::operation::MAX_ATTEMPTS;
 use luna_domain::query::{
-    parse_list_query, ConnectionFilters, JobFilters, KeyFilters, ListQuery, PartitionFilters,
+    parse_list_query, AuditFilters, ConnectionFilters, JobFilters, KeyFilters, ListQuery, PartitionFilters,
 };
 use luna_domain::{
     Algorithm, AttributeSet, Connection, Job, JobEvent, JobStatus, JobType, Key, KeyEvent, KeyStatus,
     KeyVersion, Mechanism, Member, ObjectType, Operation, OperationKind, OperationPayload, OperationState,
     Origin, Partition,
 };
-use luna_store::testing::TestDatabase;
+use luna_store::testing::{test_audit, TestDatabase};
 use luna_store::{now, AuditCheck, PinCipher, PoolOptions, Store, StoreError, UserChange};
 use secrecy::{ExposeSecret, SecretString};
 use time::{Duration, OffsetDateTime};
@@ -62,13 +62,11 @@ fn raw_sql(db: &TestDatabase, sql: &str) {
 /// The audit record of an operation's outcome, as the runner writes it.
 fn outcome(op: &Operation) -> luna_store::AuditEntry {
     luna_store::AuditEntry {
-        at: now(),
         username: "luna-server".into(),
         action: format!("operation {}", op.payload.kind_name()),
-        target: op.payload.target().to_string(),
+        resource_id: op.payload.target().to_string(),
         outcome: "succeeded".into(),
-        request_id: op.id.to_string(),
-        client: "test".into(),
+        ..test_audit()
     }
 }
 
@@ -113,7 +111,7 @@ fn connection(name: &str, ha: bool, members: usize) -> Connection {
 fn registered_partition(store: &Store, name: &str) -> Partition {
     let conn = connection(name, true, 2);
     store
-        .insert_connection(&conn, &SecretString::from("1234"), None)
+        .insert_connection(&conn, &SecretString::from("1234"), None, &test_audit())
         .unwrap();
     let t = now();
     let partition = Partition {
@@ -127,7 +125,7 @@ fn registered_partition(store: &Store, name: &str) -> Partition {
         created_at: t,
         updated_at: t,
     };
-    store.insert_partition(&partition).unwrap();
+    store.insert_partition(&partition, &test_audit()).unwrap();
     partition
 }
 
@@ -212,14 +210,14 @@ on_both_backends! {
 
     fn connections_keep_members_in_order_and_the_pin_sealed(store: &Store, db: &TestDatabase) {
         let conn = connection("hsm-a", true, 3);
-        store.insert_connection(&conn, &SecretString::from("s3cret-pin"), None).unwrap();
+        store.insert_connection(&conn, &SecretString::from("s3cret-pin"), None, &test_audit()).unwrap();
         assert_eq!(store.get_connection(conn.id).unwrap().unwrap(), conn);
         assert_eq!(store.connection_by_name("hsm-a").unwrap().unwrap().id, conn.id);
         assert_eq!(store.connection_pin(conn.id).unwrap().unwrap().expose_secret(), "s3cret-pin");
         // A store opened with another data-dir key cannot unseal it.
         let other = Store::open(&db.url, PinCipher::from_key(&[1; 32]), PoolOptions::default()).unwrap();
         assert!(matches!(other.connection_pin(conn.id), Err(StoreError::PinDecrypt)));
-        let again = store.insert_connection(&connection("hsm-a", false, 1), &SecretString::from("x"), None).unwrap_err();
+        let again = store.insert_connection(&connection("hsm-a", false, 1), &SecretString::from("x"), None, &test_audit()).unwrap_err();
         assert_eq!(again.to_string(), "a connection named \"hsm-a\" already exists");
         assert!(store.get_connection(Uuid::new_v4()).unwrap().is_none());
         assert!(store.connection_pin(Uuid::new_v4()).unwrap().is_none());
@@ -244,10 +242,10 @@ on_both_backends! {
             updated_at: now(),
         };
         let first = server("192.168.100.70");
-        store.insert_server(&first).unwrap();
-        store.insert_server(&server("hsm-b.example")).unwrap();
+        store.insert_server(&first, &test_audit()).unwrap();
+        store.insert_server(&server("hsm-b.example"), &test_audit()).unwrap();
         assert_eq!(store.get_server(first.id).unwrap().unwrap(), first);
-        let taken = store.insert_server(&server("192.168.100.70")).unwrap_err();
+        let taken = store.insert_server(&server("192.168.100.70"), &test_audit()).unwrap_err();
         assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
         let listed = store.list_servers(&query("host=192.168.100.70")).unwrap();
         assert_eq!((listed.total, listed.items[0].id), (1, first.id));
@@ -255,7 +253,7 @@ on_both_backends! {
         assert_eq!((sorted.total, sorted.items[0].hostname.as_str()), (2, "hsm-b.example"));
         let mut only_cckm = server("hsm-c.example");
         only_cckm.products = vec![luna_domain::Product::Cckm];
-        store.insert_server(&only_cckm).unwrap();
+        store.insert_server(&only_cckm, &test_audit()).unwrap();
         for (q, total) in [("products=hsm_anchored_domain", 2), ("products=cckm", 3), ("channel=NTLS", 3), ("channel=STC", 0)] {
             assert_eq!(store.list_servers(&query(q)).unwrap().total, total, "{q}");
         }
@@ -263,26 +261,26 @@ on_both_backends! {
         // A connection may name a registered server, not another.
         let mut named = connection("on-server", false, 1);
         named.server_id = Some(first.id);
-        store.insert_connection(&named, &SecretString::from("pin"), None).unwrap();
+        store.insert_connection(&named, &SecretString::from("pin"), None, &test_audit()).unwrap();
         assert_eq!(store.get_connection(named.id).unwrap().unwrap().server_id, Some(first.id));
         let mut dangling = connection("nowhere", false, 1);
         dangling.server_id = Some(Uuid::new_v4());
-        let refused = store.insert_connection(&dangling, &SecretString::from("pin"), None).unwrap_err();
+        let refused = store.insert_connection(&dangling, &SecretString::from("pin"), None, &test_audit()).unwrap_err();
         assert!(refused.to_string().contains("names no registered HSM server"), "{refused}");
         // The server stays while a connection names it.
-        let used = store.delete_server(first.id).unwrap_err();
+        let used = store.delete_server(first.id, &test_audit()).unwrap_err();
         assert!(matches!(&used, StoreError::Conflict(m) if m.contains("on-server")), "{used}");
-        assert!(store.delete_connection(named.id).unwrap());
-        assert!(store.delete_server(first.id).unwrap());
+        assert!(store.delete_connection(named.id, &test_audit()).unwrap());
+        assert!(store.delete_server(first.id, &test_audit()).unwrap());
         assert!(store.get_server(first.id).unwrap().is_none());
-        assert!(!store.delete_server(first.id).unwrap());
+        assert!(!store.delete_server(first.id, &test_audit()).unwrap());
     }
 
     fn connection_lists_filter_sort_and_count(store: &Store, _db: &TestDatabase) {
         let mut inserted = Vec::new();
         for (name, ha, members) in [("c", true, 3), ("a", false, 1), ("b", true, 2)] {
             let conn = connection(name, ha, members);
-            store.insert_connection(&conn, &SecretString::from("1"), None).unwrap();
+            store.insert_connection(&conn, &SecretString::from("1"), None, &test_audit()).unwrap();
             inserted.push(conn);
         }
         let all = store.list_connections(&query::<ConnectionFilters>("sort=name")).unwrap();
@@ -305,41 +303,41 @@ on_both_backends! {
         assert_eq!(found.members.len(), 2);
         assert_eq!(found, partition);
         let twice = Partition { id: Uuid::new_v4(), ..partition.clone() };
-        assert!(matches!(store.insert_partition(&twice), Err(StoreError::Conflict(_))));
-        let err = store.delete_connection(partition.connection_id).unwrap_err();
+        assert!(matches!(store.insert_partition(&twice, &test_audit()), Err(StoreError::Conflict(_))));
+        let err = store.delete_connection(partition.connection_id, &test_audit()).unwrap_err();
         assert!(err.to_string().contains("used by a partition"), "{err}");
         let listed = store.list_partitions(&query::<PartitionFilters>("ha_enabled=true&partition_label=p0")).unwrap();
         assert_eq!(listed.total, 1);
         assert_eq!(store.list_partitions(&query::<PartitionFilters>("ha_enabled=false")).unwrap().total, 0);
         // Deleting the partition forgets its keys here, then frees the connection.
         let (private, public) = rsa_pair(&partition, "k");
-        store.insert_keys_with_operation(&[private.clone(), public], &create_op(&private)).unwrap();
+        store.insert_keys_with_operation(&[private.clone(), public], &create_op(&private), &test_audit()).unwrap();
         // Not while its create is in flight: its outcome would make objects no record names.
-        let busy = store.forget_partition(partition.id).unwrap_err();
+        let busy = store.forget_partition(partition.id, &test_audit()).unwrap_err();
         assert!(matches!(&busy, StoreError::Conflict(m) if m.contains("in progress")), "{busy}");
         let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
         let mut done = claimed.clone();
         done.finish(Err("the token refused".into()), now()).unwrap();
         assert!(store.finish_operation(&done, "w", &[], &outcome(&done)).unwrap());
-        assert!(store.forget_partition(partition.id).unwrap());
+        assert!(store.forget_partition(partition.id, &test_audit()).unwrap());
         assert!(store.get_key(private.id).unwrap().is_none());
-        assert!(store.delete_connection(partition.connection_id).unwrap());
-        assert!(!store.forget_partition(partition.id).unwrap());
+        assert!(store.delete_connection(partition.connection_id, &test_audit()).unwrap());
+        assert!(!store.forget_partition(partition.id, &test_audit()).unwrap());
     }
 
     fn keys_round_trip_and_a_busy_key_refuses_a_second_operation(store: &Store, _db: &TestDatabase) {
         let partition = registered_partition(store, "hsm-k");
         let (private, public) = rsa_pair(&partition, "hsm-key");
-        store.insert_keys_with_operation(&[private.clone(), public.clone()], &create_op(&private)).unwrap();
+        store.insert_keys_with_operation(&[private.clone(), public.clone()], &create_op(&private), &test_audit()).unwrap();
         assert_eq!(store.get_key(private.id).unwrap().unwrap(), private);
         let same_id = store.keys_of_partition(partition.id).unwrap().into_iter().filter(|k| k.cka_id == private.cka_id);
         assert_eq!(same_id.count(), 2, "both halves carry the pair's CKA_ID");
         // The create is still running: no other operation may start.
         let update = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: private.id }, now());
-        let err = store.begin_key_operation(&update).unwrap_err();
+        let err = store.begin_key_operation(&update, &test_audit()).unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert!(store.get_operation(update.id).unwrap().is_none(), "a refused request queues nothing");
-        assert!(store.forget_key(private.id).is_err());
+        assert!(store.forget_key(private.id, &test_audit()).is_err());
         // The create ends; now an update starts on both halves at once.
         for mut k in [private.clone(), public.clone()] {
             let read = KeyVersion::of(&k);
@@ -348,10 +346,10 @@ on_both_backends! {
             assert!(!store.save_key(&k, &read).unwrap(), "a second write from the same read is refused");
         }
         let unknown = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: Uuid::new_v4() }, now());
-        assert!(store.begin_key_operation(&unknown).unwrap().is_none());
+        assert!(store.begin_key_operation(&unknown, &test_audit()).unwrap().is_none());
         let job = Operation::queued(Uuid::new_v4(), OperationPayload::RunJob { job_id: Uuid::new_v4() }, now());
-        assert!(matches!(store.begin_key_operation(&job), Err(StoreError::Domain(_))));
-        let changed = store.begin_key_operation(&update).unwrap().unwrap();
+        assert!(matches!(store.begin_key_operation(&job, &test_audit()), Err(StoreError::Domain(_))));
+        let changed = store.begin_key_operation(&update, &test_audit()).unwrap().unwrap();
         assert_eq!(changed.len(), 2, "replicate takes both halves");
         assert!(changed.iter().all(|k| k.lifecycle().operation() == OperationKind::KeyReplicate && k.lifecycle().is_busy()));
         assert_eq!(store.get_key(public.id).unwrap().unwrap().lifecycle().operation_status(), luna_domain::OperationStatus::InProgress);
@@ -365,16 +363,16 @@ on_both_backends! {
         }
         // An update takes only the key it names.
         let patch = Operation::queued(Uuid::new_v4(), OperationPayload::UpdateKey { key_id: public.id, changes: vec![] }, now());
-        let one = store.begin_key_operation(&patch).unwrap().unwrap();
+        let one = store.begin_key_operation(&patch, &test_audit()).unwrap().unwrap();
         assert_eq!(one.iter().map(|k| k.id).collect::<Vec<_>>(), vec![public.id]);
         assert!(!store.get_key(private.id).unwrap().unwrap().lifecycle().is_busy());
         let mut updated = one[0].clone();
         let read = KeyVersion::of(&updated);
         updated.apply(&KeyEvent::Succeeded, now()).unwrap();
         assert!(store.save_key(&updated, &read).unwrap());
-        assert_eq!(store.forget_key(private.id).unwrap().unwrap().len(), 2);
+        assert_eq!(store.forget_key(private.id, &test_audit()).unwrap().unwrap().len(), 2);
         assert!(store.get_key(public.id).unwrap().is_none());
-        assert!(store.forget_key(private.id).unwrap().is_none());
+        assert!(store.forget_key(private.id, &test_audit()).unwrap().is_none());
     }
 
     // What a refresh records while it scans: only objects no record of the
@@ -406,7 +404,7 @@ on_both_backends! {
             for _ in 0..4 {
                 s.spawn(|| {
                     let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: k.id }, now());
-                    let result = store.begin_key_operation(&op);
+                    let result = store.begin_key_operation(&op, &test_audit());
                     outcomes.lock().unwrap().push(result.is_ok());
                 });
             }
@@ -534,16 +532,16 @@ on_both_backends! {
         }
         check(&keys, "created");
         let op = Operation::queued(Uuid::new_v4(), OperationPayload::DestroyKey { key_id: keys[1].id }, now());
-        store.begin_key_operation(&op).unwrap().unwrap();
+        store.begin_key_operation(&op, &test_audit()).unwrap().unwrap();
         keys[1] = store.get_key(keys[1].id).unwrap().unwrap();
         let read = KeyVersion::of(&keys[1]);
         keys[1].apply(&KeyEvent::Succeeded, now()).unwrap();
         assert!(store.save_key(&keys[1], &read).unwrap());
         check(&keys, "one deleted from the HSM");
-        store.forget_key(keys[2].id).unwrap().unwrap();
+        store.forget_key(keys[2].id, &test_audit()).unwrap().unwrap();
         keys.remove(2);
         check(&keys, "one forgotten");
-        store.forget_partition(b.id).unwrap();
+        store.forget_partition(b.id, &test_audit()).unwrap();
         keys.retain(|k| k.partition_id != b.id);
         check(&keys, "a partition deleted");
     }
@@ -590,7 +588,7 @@ on_both_backends! {
         }
         let idle = keys.iter().filter(|k| k.lifecycle().status() == KeyStatus::Available);
         for id in idle.step_by(11).map(|k| k.id).collect::<Vec<_>>() {
-            store.forget_key(id).unwrap().unwrap();
+            store.forget_key(id, &test_audit()).unwrap().unwrap();
         }
         keys.retain(|k| store.get_key(k.id).unwrap().is_some());
 
@@ -658,14 +656,14 @@ on_both_backends! {
 
     fn a_refresh_token_works_once_even_when_two_instances_race_for_it(store: &Store, db: &TestDatabase) {
         let user = store
-            .insert_user(&luna_store::NewUser { username: "racer".into(), password_hash: "h".into(), groups: vec![] }, now())
+            .insert_user(&luna_store::NewUser { username: "racer".into(), password_hash: "h".into(), groups: vec![] }, now(), &test_audit())
             .unwrap();
         let second = Store::open(&db.url, PinCipher::from_key(&[0x42; 32]), PoolOptions::default()).unwrap();
         let t = now();
         let hour = t + Duration::hours(1);
         for round in 0..40 {
             let token = format!("race-{round}");
-            let session = store.open_session(&user, &token, hour, t).unwrap().unwrap();
+            let session = store.open_session(&user, &token, hour, t, &test_audit()).unwrap().unwrap();
             // Two refreshes of one token, and (every other round) a logout,
             // from two instances at once.
             let barrier = std::sync::Barrier::new(if round % 2 == 0 { 3 } else { 2 });
@@ -676,7 +674,7 @@ on_both_backends! {
                     s.spawn(move || {
                         let next = format!("{token}-next-{n}");
                         barrier.wait();
-                        if instance.refresh_session(token, &next, hour, t).unwrap().is_some() {
+                        if instance.refresh_session(token, &next, hour, t, &test_audit()).unwrap().is_some() {
                             refreshed.lock().unwrap().push(next);
                         }
                     });
@@ -684,7 +682,7 @@ on_both_backends! {
                 if round % 2 == 0 {
                     s.spawn(|| {
                         barrier.wait();
-                        second.end_session(session).unwrap();
+                        second.end_session(session, &test_audit()).unwrap();
                     });
                 }
             });
@@ -693,7 +691,7 @@ on_both_backends! {
             if round % 2 == 0 {
                 assert_eq!(store.session_user(session).unwrap(), None);
                 for next in &refreshed {
-                    assert!(store.refresh_session(next, "after", hour, t).unwrap().is_none(), "round {round}: ended, yet {next} works");
+                    assert!(store.refresh_session(next, "after", hour, t, &test_audit()).unwrap().is_none(), "round {round}: ended, yet {next} works");
                 }
             } else {
                 assert_eq!(refreshed.len(), 1, "round {round}: neither refresh won");
@@ -757,7 +755,7 @@ on_both_backends! {
         assert!(settings.iter().all(|s| s == expected), "{settings:?}");
         let partition = registered_partition(store, "hsm-sync");
         let k = key(&partition, "sync", ObjectType::SecretKey, 256);
-        store.insert_keys_with_operation(std::slice::from_ref(&k), &create_op(&k)).unwrap();
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &create_op(&k), &test_audit()).unwrap();
         let t = now();
         let claimed = store.claim_next_operation("w", t, Duration::seconds(30)).unwrap().unwrap();
         let mut held = claimed.lease_expires_at().unwrap();
@@ -779,7 +777,7 @@ on_both_backends! {
     fn writes_that_arrive_together_share_commits_and_one_that_fails_fails_alone(store: &Store, _db: &TestDatabase) {
         use luna_store::NewUser;
         let user = |name: &str| NewUser { username: name.to_owned(), password_hash: "x".into(), groups: vec![] };
-        store.insert_user(&user("taken"), now()).unwrap();
+        store.insert_user(&user("taken"), now(), &test_audit()).unwrap();
         let before = store.write_stats();
         let threads = 24;
         let start = std::sync::Barrier::new(threads);
@@ -793,7 +791,7 @@ on_both_backends! {
                             .map(|n| {
                                 // Thread 0's third write collides with a taken name.
                                 let name = if (t, n) == (0, 2) { "taken".to_owned() } else { format!("user-{t}-{n}") };
-                                (t, store.insert_user(&user(&name), now()).is_ok())
+                                (t, store.insert_user(&user(&name), now(), &test_audit()).is_ok())
                             })
                             .collect::<Vec<_>>()
                     })
@@ -816,7 +814,7 @@ on_both_backends! {
     fn writes_among_ones_that_keep_failing_still_commit(store: &Store, _db: &TestDatabase) {
         use luna_store::NewUser;
         let user = |name: &str| NewUser { username: name.to_owned(), password_hash: "x".into(), groups: vec![] };
-        store.insert_user(&user("taken"), now()).unwrap();
+        store.insert_user(&user("taken"), now(), &test_audit()).unwrap();
         let committed = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for t in 0..12 {
@@ -824,9 +822,9 @@ on_both_backends! {
                 s.spawn(move || {
                     for n in 0..10 {
                         if t % 2 == 0 {
-                            assert!(store.insert_user(&user("taken"), now()).is_err());
+                            assert!(store.insert_user(&user("taken"), now(), &test_audit()).is_err());
                         } else {
-                            store.insert_user(&user(&format!("user-{t}-{n}")), now()).unwrap();
+                            store.insert_user(&user(&format!("user-{t}-{n}")), now(), &test_audit()).unwrap();
                             committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
@@ -915,7 +913,7 @@ on_both_backends! {
         let partition = registered_partition(store, "hsm-exhausted");
         let k = key(&partition, "exhausted", ObjectType::SecretKey, 256);
         let op = create_op(&k);
-        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op, &test_audit()).unwrap();
         let mut t = now();
         for attempt in 1..=MAX_ATTEMPTS {
             let claimed = store.claim_next_operation("crashy", t, Duration::seconds(1)).unwrap().unwrap();
@@ -955,7 +953,7 @@ on_both_backends! {
         let partition = registered_partition(store, "hsm-fin");
         let k = key(&partition, "fin", ObjectType::SecretKey, 256);
         let op = create_op(&k);
-        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op, &test_audit()).unwrap();
         let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
         assert_eq!(claimed.id, op.id);
         let mut made = k.clone();
@@ -965,7 +963,7 @@ on_both_backends! {
         let mut done = claimed.clone();
         done.finish(Ok(()), now()).unwrap();
         // A worker that lost the lease writes neither the operation nor the key.
-        let records = || store.list_audit(None, Some("operation keycreate"), 0, 10).unwrap().total;
+        let records = || store.list_audit(&AuditFilters { action: Some("operation keycreate".into()), ..Default::default() }, 0, 10).unwrap().total;
         assert!(!store.finish_operation(&done, "not-w", std::slice::from_ref(&made), &outcome(&done)).unwrap());
         assert_eq!(store.get_key(k.id).unwrap().unwrap().lifecycle().status(), KeyStatus::InProgress);
         assert_eq!(records(), 0, "nor its audit record");
@@ -978,7 +976,7 @@ on_both_backends! {
         let partition = registered_partition(store, "hsm-cas");
         let k = key(&partition, "cas", ObjectType::SecretKey, 256);
         let op = create_op(&k);
-        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op, &test_audit()).unwrap();
         let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
         // Someone else wrote the record after the operation read it.
         let mut meddled = k.clone();
@@ -993,14 +991,14 @@ on_both_backends! {
         assert!(matches!(written, Err(StoreError::Conflict(_))), "{written:?}");
         assert_eq!(store.get_key(k.id).unwrap().unwrap(), meddled, "the later write stands");
         assert_eq!(store.get_operation(op.id).unwrap().unwrap().state(), OperationState::Running, "nothing of the outcome was written");
-        assert_eq!(store.list_audit(None, Some("operation keycreate"), 0, 10).unwrap().total, 0);
+        assert_eq!(store.list_audit(&AuditFilters { action: Some("operation keycreate".into()), ..Default::default() }, 0, 10).unwrap().total, 0);
     }
 
     fn an_operation_begun_after_one_that_failed_clears_its_error(store: &Store, _db: &TestDatabase) {
         let partition = registered_partition(store, "hsm-error");
         let k = key(&partition, "error", ObjectType::SecretKey, 256);
         let op = create_op(&k);
-        store.insert_keys_with_operation(std::slice::from_ref(&k), &op).unwrap();
+        store.insert_keys_with_operation(std::slice::from_ref(&k), &op, &test_audit()).unwrap();
         let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
         let mut made = k.clone();
         made.apply(&KeyEvent::Succeeded, now()).unwrap();
@@ -1009,7 +1007,7 @@ on_both_backends! {
         assert!(store.finish_operation(&done, "w", &[(made.clone(), KeyVersion::of(&k))], &outcome(&done)).unwrap());
         // A replicate that failed leaves its error on the record...
         let replicate = Operation::queued(Uuid::new_v4(), OperationPayload::ReplicateKey { key_id: k.id }, now());
-        store.begin_key_operation(&replicate).unwrap().unwrap();
+        store.begin_key_operation(&replicate, &test_audit()).unwrap().unwrap();
         let claimed = store.claim_next_operation("w", now(), Duration::seconds(30)).unwrap().unwrap();
         let read = store.get_key(k.id).unwrap().unwrap();
         let mut failed = read.clone();
@@ -1024,7 +1022,7 @@ on_both_backends! {
             OperationPayload::UpdateKey { key_id: k.id, changes: vec![(luna_domain::Attribute::Sign, true)] },
             now(),
         );
-        store.begin_key_operation(&update).unwrap().unwrap();
+        store.begin_key_operation(&update, &test_audit()).unwrap().unwrap();
         let busy = store.get_key(k.id).unwrap().unwrap();
         assert!(busy.lifecycle().is_busy());
         assert_eq!(busy.lifecycle().operation_error(), None);
@@ -1048,9 +1046,9 @@ on_both_backends! {
     fn a_cancel_survives_progress_saved_from_a_copy_read_before_it(store: &Store, _db: &TestDatabase) {
         let partition = Uuid::new_v4();
         let (refresh, op) = job(JobType::Refresh, vec![partition]);
-        store.insert_job_with_operation(&refresh, &op).unwrap();
+        store.insert_job_with_operation(&refresh, &op, &test_audit()).unwrap();
         let mut running = store.get_job(refresh.id).unwrap().unwrap();
-        assert!(store.request_job_cancel(refresh.id, now()).unwrap().unwrap().lifecycle().abort());
+        assert!(store.request_job_cancel(refresh.id, now(), &test_audit()).unwrap().unwrap().lifecycle().abort());
         // The runner, still on its copy, records a partition's progress.
         running.detailed_status.insert(partition, "1000 objects read".into());
         assert!(store.save_job(&running).unwrap());
@@ -1064,26 +1062,26 @@ on_both_backends! {
         let p1 = Uuid::new_v4();
         let p2 = Uuid::new_v4();
         let (refresh, op) = job(JobType::Refresh, vec![p1, p2]);
-        store.insert_job_with_operation(&refresh, &op).unwrap();
+        store.insert_job_with_operation(&refresh, &op, &test_audit()).unwrap();
         let (again, op2) = job(JobType::Refresh, vec![p2]);
-        let err = store.insert_job_with_operation(&again, &op2).unwrap_err();
+        let err = store.insert_job_with_operation(&again, &op2, &test_audit()).unwrap_err();
         assert_eq!(err.to_string(), format!("a refresh job is already in progress on partition {p2}"));
         assert!(store.get_job(again.id).unwrap().is_none(), "the refused job left nothing");
         let (sync, op3) = job(JobType::HaSynchronize, vec![p2]);
-        store.insert_job_with_operation(&sync, &op3).unwrap();
+        store.insert_job_with_operation(&sync, &op3, &test_audit()).unwrap();
         // Cancel: the abort flag is set at once; ending frees the partitions.
-        let cancelled = store.request_job_cancel(refresh.id, now()).unwrap().unwrap();
+        let cancelled = store.request_job_cancel(refresh.id, now(), &test_audit()).unwrap().unwrap();
         assert!(cancelled.lifecycle().abort());
         let mut ended = cancelled;
         ended.detailed_status.insert(p1, "cancelled".into());
         ended.apply(JobEvent::StopCancelled, now()).unwrap();
         assert!(store.save_job(&ended).unwrap());
         assert_eq!(store.get_job(refresh.id).unwrap().unwrap(), ended);
-        let err = store.request_job_cancel(refresh.id, now()).unwrap_err();
+        let err = store.request_job_cancel(refresh.id, now(), &test_audit()).unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "cancelling an ended job: {err}");
-        assert!(store.request_job_cancel(Uuid::new_v4(), now()).unwrap().is_none());
+        assert!(store.request_job_cancel(Uuid::new_v4(), now(), &test_audit()).unwrap().is_none());
         let (next, op4) = job(JobType::Refresh, vec![p2]);
-        store.insert_job_with_operation(&next, &op4).unwrap();
+        store.insert_job_with_operation(&next, &op4, &test_audit()).unwrap();
         // Lists: by type, status filter and order.
         let refreshes = store.list_jobs(JobType::Refresh, &query::<JobFilters>("")).unwrap();
         assert_eq!(refreshes.total, 2);
@@ -1107,13 +1105,10 @@ on_both_backends! {
                 s.spawn(move || {
                     for n in 0..25 {
                         let entry = luna_store::AuditEntry {
-                            at: now(),
                             username: format!("user{t}"),
                             action: "keys.create".into(),
-                            target: n.to_string(),
-                            outcome: "201".into(),
-                            request_id: "r".into(),
-                            client: "c".into(),
+                            resource_id: n.to_string(),
+                            ..test_audit()
                         };
                         instance.append_audit(&entry).unwrap();
                     }
@@ -1121,68 +1116,59 @@ on_both_backends! {
             }
         });
         assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact);
-        let all = store.list_audit(None, None, 0, 200).unwrap();
+        let all = store.list_audit(&AuditFilters::default(), 0, 200).unwrap();
         assert_eq!(all.total, 100, "every record kept, none twice");
         assert_eq!(all.items.first().map(|r| r.seq), Some(100));
     }
 
-    // Migration 14 makes `seq` SQLite's rowid (a new table): every record
-    // and its chain survive it, and its reversal.
-    fn the_audit_trail_keeps_every_record_and_its_chain_through_migration_14(store: &Store, db: &TestDatabase) {
+    // Migration 14 makes `seq` SQLite's rowid (a new table), migration 15
+    // adds the fields of format 3: every record written before survives
+    // both, and its reversal, and its chain still verifies beside records
+    // written after.
+    fn the_audit_trail_keeps_every_record_and_its_chain_through_migrations_14_and_15(store: &Store, db: &TestDatabase) {
+        use diesel::connection::SimpleConnection as _;
         use diesel::Connection as _;
         use diesel_migrations::{FileBasedMigrations, MigrationHarness as _};
-        let entry = |n: usize| luna_store::AuditEntry {
-            at: now(),
-            username: "admin".into(),
-            action: "keys.create".into(),
-            target: n.to_string(),
-            outcome: "201".into(),
-            request_id: "r".into(),
-            client: "c".into(),
-        };
-        for n in 0..5 {
-            store.append_audit(&entry(n)).unwrap();
-        }
         let tree = |backend: &str| {
             FileBasedMigrations::from_path(format!("{}/../../migrations/{backend}", env!("CARGO_MANIFEST_DIR"))).unwrap()
         };
-        let back_and_forth = |revert: bool| match db.url.strip_prefix("sqlite://") {
+        // Reverts the last `revert` migrations, runs `sql`, then runs every pending one.
+        let migrate = |revert: usize, sql: &[String]| match db.url.strip_prefix("sqlite://") {
             Some(path) => {
                 let mut conn = diesel::SqliteConnection::establish(path).unwrap();
-                if revert {
-                    conn.revert_last_migration(tree("sqlite")).unwrap();
-                } else {
-                    conn.run_pending_migrations(tree("sqlite")).unwrap();
-                }
+                (0..revert).for_each(|_| drop(conn.revert_last_migration(tree("sqlite")).unwrap()));
+                sql.iter().for_each(|s| conn.batch_execute(s).unwrap());
+                conn.run_pending_migrations(tree("sqlite")).unwrap();
             }
             None => {
                 let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
-                if revert {
-                    conn.revert_last_migration(tree("postgres")).unwrap();
-                } else {
-                    conn.run_pending_migrations(tree("postgres")).unwrap();
-                }
+                (0..revert).for_each(|_| drop(conn.revert_last_migration(tree("postgres")).unwrap()));
+                sql.iter().for_each(|s| conn.batch_execute(s).unwrap());
+                conn.run_pending_migrations(tree("postgres")).unwrap();
             }
         };
-        back_and_forth(true);
-        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "after reverting migration 14");
-        assert_eq!(store.list_audit(None, None, 0, 10).unwrap().total, 5);
-        back_and_forth(false);
-        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "after migration 14 again");
-        store.append_audit(&entry(5)).unwrap();
-        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact);
-        assert_eq!(store.list_audit(None, None, 0, 10).unwrap().items[0].seq, 6);
+        // Five records as migration 14's schema held them, then 15 again.
+        migrate(1, &luna_store::testing::format_2_trail(5));
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "format 2 records after migration 15");
+        let kept = store.list_audit(&AuditFilters::default(), 0, 10).unwrap();
+        assert_eq!(kept.total, 5);
+        assert!(kept.items.iter().all(|r| r.format == 2 && r.entry.user_id.is_empty()));
+        assert_eq!(kept.items[0].entry.resource_id, "key-5", "target is the resource id");
+        // Back through 14 and forth again: the rowid table keeps them all.
+        migrate(2, &[]);
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "after migrations 14 and 15 again");
+        store.append_audit(&test_audit()).unwrap();
+        assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "a format 3 record chained to format 2 ones");
+        let newest = store.list_audit(&AuditFilters::default(), 0, 10).unwrap().items.remove(0);
+        assert_eq!((newest.seq, newest.format), (6, 3));
+        assert_eq!(newest.entry.instance, "test-instance");
     }
 
     fn the_audit_chain_holds_under_concurrent_appends_and_shows_tampering(store: &Store, db: &TestDatabase) {
         let entry = |user: &str, action: &str| luna_store::AuditEntry {
-            at: now(),
             username: user.into(),
             action: action.into(),
-            target: "t".into(),
-            outcome: "200".into(),
-            request_id: "r".into(),
-            client: "127.0.0.1".into(),
+            ..test_audit()
         };
         // The server's store keeps the head in a file outside the database.
         let dir = tempfile::tempdir().unwrap();
@@ -1198,12 +1184,12 @@ on_both_backends! {
             }
         });
         assert_eq!(server.verify_audit().unwrap(), AuditCheck::Intact, "40 concurrent appends, one unbroken chain");
-        let all = store.list_audit(None, None, 0, 100).unwrap();
+        let all = store.list_audit(&AuditFilters::default(), 0, 100).unwrap();
         assert_eq!(all.total, 40);
         assert_eq!(all.items[0].seq, 40, "newest first");
         assert_eq!(all.items[0].previous_hash, all.items[1].hash);
         assert_eq!(std::fs::read_to_string(dir.path().join("audit.head")).unwrap(), format!("{:020} {}\n", 40, all.items[0].hash));
-        assert_eq!(store.list_audit(Some("user2"), Some("keys.create"), 0, 100).unwrap().total, 10);
+        assert_eq!(store.list_audit(&AuditFilters { username: Some("user2".into()), action: Some("keys.create".into()), ..Default::default() }, 0, 100).unwrap().total, 10);
         // Tampering, as someone with database access (not the data directory) would.
         let raw = |sql: &str| {
             use diesel::connection::SimpleConnection;
@@ -1247,55 +1233,55 @@ on_both_backends! {
 
     fn users_and_sessions(store: &Store, _db: &TestDatabase) {
         let user = store
-            .insert_user(&luna_store::NewUser { username: "admin".into(), password_hash: "$argon2id$…".into(), groups: vec!["admin".into()] }, now())
+            .insert_user(&luna_store::NewUser { username: "admin".into(), password_hash: "$argon2id$…".into(), groups: vec!["admin".into()] }, now(), &test_audit())
             .unwrap();
         assert_eq!(store.user_by_name("admin").unwrap().unwrap(), user);
         assert!(store.user_by_name("nobody").unwrap().is_none());
         let dup = luna_store::NewUser { username: "admin".into(), password_hash: "x".into(), groups: vec![] };
-        assert!(matches!(store.insert_user(&dup, now()), Err(StoreError::Conflict(_))));
+        assert!(matches!(store.insert_user(&dup, now(), &test_audit()), Err(StoreError::Conflict(_))));
         let t = now();
         let hour = t + Duration::hours(1);
-        let session = store.open_session(&user, "hash-1", hour, t).unwrap().unwrap();
+        let session = store.open_session(&user, "hash-1", hour, t, &test_audit()).unwrap().unwrap();
         assert_eq!(store.session_user(session).unwrap(), Some(user.id));
-        let (refreshed, same) = store.refresh_session("hash-1", "hash-2", hour, t).unwrap().unwrap();
+        let (refreshed, same) = store.refresh_session("hash-1", "hash-2", hour, t, &test_audit()).unwrap().unwrap();
         assert_eq!((refreshed.id, same), (user.id, session), "a refresh carries the session on");
-        assert!(store.refresh_session("hash-1", "hash-x", hour, t).unwrap().is_none(), "a refresh token works once");
-        assert!(store.refresh_session("hash-2", "hash-3", hour, t + Duration::hours(2)).unwrap().is_none(), "expired");
-        assert!(store.refresh_session("hash-3", "hash-4", hour, t).unwrap().is_none(), "an expired token has no successor");
+        assert!(store.refresh_session("hash-1", "hash-x", hour, t, &test_audit()).unwrap().is_none(), "a refresh token works once");
+        assert!(store.refresh_session("hash-2", "hash-3", hour, t + Duration::hours(2), &test_audit()).unwrap().is_none(), "expired");
+        assert!(store.refresh_session("hash-3", "hash-4", hour, t, &test_audit()).unwrap().is_none(), "an expired token has no successor");
 
         // Logging out ends one session, and its refresh tokens with it; the
         // user's other sessions stay open.
-        let console = store.open_session(&user, "console-1", hour, t).unwrap().unwrap();
-        let terraform = store.open_session(&user, "terraform-1", hour, t).unwrap().unwrap();
-        assert!(store.end_session(console).unwrap());
-        assert!(!store.end_session(console).unwrap(), "ended once");
+        let console = store.open_session(&user, "console-1", hour, t, &test_audit()).unwrap().unwrap();
+        let terraform = store.open_session(&user, "terraform-1", hour, t, &test_audit()).unwrap().unwrap();
+        assert!(store.end_session(console, &test_audit()).unwrap());
+        assert!(!store.end_session(console, &test_audit()).unwrap(), "ended once");
         assert_eq!(store.session_user(console).unwrap(), None);
-        assert!(store.refresh_session("console-1", "console-2", hour, t).unwrap().is_none());
+        assert!(store.refresh_session("console-1", "console-2", hour, t, &test_audit()).unwrap().is_none());
         assert_eq!(store.session_user(terraform).unwrap(), Some(user.id));
 
         // A password or group change ends every session of that user, and
         // only of that user.
         let other = store
-            .insert_user(&luna_store::NewUser { username: "bob".into(), password_hash: "h".into(), groups: vec!["CCKM Users".into()] }, now())
+            .insert_user(&luna_store::NewUser { username: "bob".into(), password_hash: "h".into(), groups: vec!["CCKM Users".into()] }, now(), &test_audit())
             .unwrap();
-        let bobs = store.open_session(&other, "bob-1", hour, t).unwrap().unwrap();
+        let bobs = store.open_session(&other, "bob-1", hour, t, &test_audit()).unwrap().unwrap();
         let own = UserChange::OwnPassword { proven: "$argon2id$old", hash: "$argon2id$mine" };
-        assert!(!store.change_user(user.id, &own, t).unwrap(), "the proven password is not the stored one");
+        assert!(!store.change_user(user.id, &own, t, &test_audit()).unwrap(), "the proven password is not the stored one");
         assert_eq!(store.session_user(terraform).unwrap(), Some(user.id), "a change not made ends nothing");
-        assert!(store.change_user(user.id, &UserChange::Password { hash: "$argon2id$new" }, t).unwrap());
+        assert!(store.change_user(user.id, &UserChange::Password { hash: "$argon2id$new" }, t, &test_audit()).unwrap());
         assert_eq!(store.get_user(user.id).unwrap().unwrap().password_hash, "$argon2id$new");
         assert_eq!(store.session_user(terraform).unwrap(), None, "a password change ends the user's sessions");
-        assert!(store.refresh_session("terraform-1", "terraform-2", hour, t).unwrap().is_none());
+        assert!(store.refresh_session("terraform-1", "terraform-2", hour, t, &test_audit()).unwrap().is_none());
         assert_eq!(store.session_user(bobs).unwrap(), Some(other.id));
         let users_only = ["CCKM Users".to_owned()];
         let both = ["CCKM Admins".to_owned(), "CCKM Users".to_owned()];
-        assert!(!store.change_user(other.id, &UserChange::Groups { from: &both, to: &users_only }, t).unwrap(), "worked out from groups it no longer has");
+        assert!(!store.change_user(other.id, &UserChange::Groups { from: &both, to: &users_only }, t, &test_audit()).unwrap(), "worked out from groups it no longer has");
         assert_eq!(store.session_user(bobs).unwrap(), Some(other.id));
-        assert!(store.change_user(other.id, &UserChange::Groups { from: &users_only, to: &both }, t).unwrap());
+        assert!(store.change_user(other.id, &UserChange::Groups { from: &users_only, to: &both }, t, &test_audit()).unwrap());
         assert_eq!(store.session_user(bobs).unwrap(), None, "a group change ends the user's sessions");
-        assert!(!store.change_user(Uuid::new_v4(), &UserChange::Password { hash: "x" }, t).unwrap(), "no such user");
+        assert!(!store.change_user(Uuid::new_v4(), &UserChange::Password { hash: "x" }, t, &test_audit()).unwrap(), "no such user");
         let own = UserChange::OwnPassword { proven: "$argon2id$new", hash: "$argon2id$mine" };
-        assert!(store.change_user(user.id, &own, t).unwrap(), "proven: changed");
+        assert!(store.change_user(user.id, &own, t, &test_audit()).unwrap(), "proven: changed");
         assert_eq!(store.get_user(user.id).unwrap().unwrap().password_hash, "$argon2id$mine");
         assert_eq!(store.get_user(other.id).unwrap().unwrap().groups, vec!["CCKM Admins".to_string(), "CCKM Users".to_string()]);
         let listed = store.list_users(None, 0, 10).unwrap();
@@ -1304,22 +1290,22 @@ on_both_backends! {
 
         // A login whose password check read the user before a change of it
         // opens no session (it would outlive the change).
-        assert_eq!(store.open_session(&other, "bob-stale", hour, t).unwrap(), None, "groups changed since");
-        assert_eq!(store.open_session(&user, "admin-stale", hour, t).unwrap(), None, "password changed since");
+        assert_eq!(store.open_session(&other, "bob-stale", hour, t, &test_audit()).unwrap(), None, "groups changed since");
+        assert_eq!(store.open_session(&user, "admin-stale", hour, t, &test_audit()).unwrap(), None, "password changed since");
         let (user, other) = (store.get_user(user.id).unwrap().unwrap(), store.get_user(other.id).unwrap().unwrap());
 
         // A deleted user's sessions and refresh tokens go with it.
-        let bobs = store.open_session(&other, "bob-2", hour, t).unwrap().unwrap();
-        assert!(store.delete_user(other.id).unwrap());
+        let bobs = store.open_session(&other, "bob-2", hour, t, &test_audit()).unwrap().unwrap();
+        assert!(store.delete_user(other.id, &test_audit()).unwrap());
         assert!(store.get_user(other.id).unwrap().is_none());
         assert_eq!(store.session_user(bobs).unwrap(), None);
-        assert!(store.refresh_session("bob-2", "bob-3", hour, t).unwrap().is_none());
+        assert!(store.refresh_session("bob-2", "bob-3", hour, t, &test_audit()).unwrap().is_none());
 
         // Opening a session prunes those whose last refresh token expired.
-        let stale = store.open_session(&user, "stale-1", t + Duration::seconds(1), t).unwrap().unwrap();
-        store.open_session(&user, "fresh-1", hour, t + Duration::seconds(2)).unwrap().unwrap();
+        let stale = store.open_session(&user, "stale-1", t + Duration::seconds(1), t, &test_audit()).unwrap().unwrap();
+        store.open_session(&user, "fresh-1", hour, t + Duration::seconds(2), &test_audit()).unwrap().unwrap();
         assert_eq!(store.session_user(stale).unwrap(), None, "pruned");
-        assert!(!store.delete_user(other.id).unwrap());
+        assert!(!store.delete_user(other.id, &test_audit()).unwrap());
     }
 }
 
@@ -1338,17 +1324,7 @@ fn urls_pick_the_backend_and_bad_ones_are_refused() {
 fn a_new_sqlite_database_and_its_journal_are_the_owners_only() {
     use std::os::unix::fs::PermissionsExt;
     let db = TestDatabase::sqlite().unwrap();
-    db.store
-        .append_audit(&luna_store::AuditEntry {
-            at: now(),
-            username: "test".into(),
-            action: "write".into(),
-            target: "something".into(),
-            outcome: "succeeded".into(),
-            request_id: "r".into(),
-            client: "c".into(),
-        })
-        .unwrap();
+    db.store.append_audit(&test_audit()).unwrap();
     let file = db.url.strip_prefix("sqlite://").unwrap();
     for suffix in ["", "-wal", "-shm"] {
         let path = format!("{file}{suffix}");
@@ -1381,7 +1357,7 @@ fn deferred_commits_do_not_wait_for_the_disk_on_postgresql() {
     let partition = registered_partition(&store, "hsm-wal");
     let k = key(&partition, "wal", ObjectType::SecretKey, 256);
     store
-        .insert_keys_with_operation(std::slice::from_ref(&k), &create_op(&k))
+        .insert_keys_with_operation(std::slice::from_ref(&k), &create_op(&k), &test_audit())
         .unwrap();
     let claimed = store
         .claim_next_operation("w", now(), Duration::seconds(30))
@@ -1452,7 +1428,7 @@ fn a_deadlock_between_instances_is_run_again_and_never_reaches_the_caller() {
                             now(),
                         );
                         start.wait();
-                        match store.begin_key_operation(&op) {
+                        match store.begin_key_operation(&op, &test_audit()) {
                             Ok(began) => Ok(began.is_some()),
                             Err(StoreError::Conflict(_)) => Ok(false),
                             Err(other) => Err(other.to_string()),

@@ -23,15 +23,7 @@ pub async fn list(
     let query = list_query::<AuditFilters>(req.query_string())?;
     let page = query.page;
     let store = state.store.clone();
-    let listed = blocking(move || {
-        Ok(store.list_audit(
-            query.filters.username.as_deref(),
-            query.filters.action.as_deref(),
-            page.skip,
-            page.limit,
-        )?)
-    })
-    .await?;
+    let listed = blocking(move || Ok(store.list_audit(&query.filters, page.skip, page.limit)?)).await?;
     Ok(listing(page, listed, |r| AuditView::from(r)))
 }
 

@@ -8,12 +8,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{blocking, not_found, JsonObject};
+use crate::audit::Audit;
 use crate::auth::{
     hash_password, new_refresh_token, refresh_token_hash, unknown_user_hash, verify_password, Principal,
     REFRESH_TOKEN_TTL,
 };
 use crate::error::ApiError;
-use crate::request_id::RequestId;
 use crate::state::AppState;
 use crate::view::TokenAnswer;
 
@@ -89,6 +89,7 @@ impl TokenBody {
 pub async fn token(
     state: web::Data<AppState>,
     req: actix_web::HttpRequest,
+    audit: Audit,
     body: JsonObject<TokenBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -96,29 +97,35 @@ pub async fn token(
     match grant {
         Grant::Password => {
             let attempted = body.username.clone().unwrap_or_default();
-            throttled(&state, &req, &attempted, "login", issue(&state, grant, body)).await
+            throttled(&state, &req, &attempted, issue(&state, &audit, grant, body)).await
         }
         Grant::RefreshToken => {
-            let answer = issue(&state, grant, body).await;
+            let answer = issue(&state, &audit, grant, body).await;
             if let Err(ApiError::Unauthorized(reason)) = &answer {
-                let entry = crate::audit::refusal(&req, &RequestId::of(&req), "-", "login", reason);
-                crate::audit::record(&state.store, entry).await;
+                refused(&state, &req, "-", reason).await;
             }
             answer
         }
     }
 }
 
+/// Records a refused password or refresh token (tried for `attempted`),
+/// with the reason, as the request's record.
+async fn refused(state: &AppState, req: &HttpRequest, attempted: &str, reason: &str) {
+    let entry = crate::audit::refusal(req, attempted, reason);
+    crate::audit::record(&state.store, entry).await;
+    crate::audit::RequestAudit::of(req).mark_written();
+}
+
 /// Runs a password check (`attempt`) under the login throttle: refused 429
 /// without being tried while the (user, client address) must wait; counted
 /// as a failure until it succeeds, so guesses sent in parallel are counted
-/// before any is answered. A wrong password is audited as `action`, with
-/// the reason (the request's own record, if it has one, is that record).
+/// before any is answered. A wrong password is audited, with the reason, as
+/// the request's record.
 async fn throttled<T>(
     state: &AppState,
     req: &HttpRequest,
     attempted: &str,
-    action: &str,
     attempt: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let client = req
@@ -134,13 +141,7 @@ async fn throttled<T>(
     let answer = attempt.await;
     match &answer {
         Ok(_) => state.logins.succeeded(attempted, &client),
-        Err(ApiError::Unauthorized(reason)) => {
-            let entry = crate::audit::refusal(req, &RequestId::of(req), attempted, action, reason);
-            crate::audit::record(&state.store, entry).await;
-            if let Some(audit) = crate::audit::RequestAudit::in_request(req) {
-                audit.written();
-            }
-        }
+        Err(ApiError::Unauthorized(reason)) => refused(state, req, attempted, reason).await,
         Err(_) => {}
     }
     answer
@@ -169,8 +170,16 @@ fn checked_user(
     }
 }
 
-async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpResponse, ApiError> {
+/// A login's or a refresh's new tokens; the session opened or moved on is
+/// audited with it.
+async fn issue(
+    state: &AppState,
+    audit: &Audit,
+    grant: Grant,
+    body: TokenBody,
+) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
+    let record = audit.change(200);
     let (refresh_token, next_hash) = new_refresh_token();
     let (user, session, now) = blocking(move || {
         let now = luna_store::now();
@@ -180,8 +189,9 @@ async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpRe
                 let username = body.username.unwrap_or_default();
                 let password = body.password.unwrap_or_else(|| SecretString::from(""));
                 let user = checked_user(&store, &username, &password)?;
+                let record = record.by(&user.id.to_string(), &user.username);
                 let session = store
-                    .open_session(&user, &next_hash, expires, now)?
+                    .open_session(&user, &next_hash, expires, now, &record)?
                     .ok_or_else(|| {
                         ApiError::Unauthorized(
                             "the user's password or groups changed while logging in; log in again".into(),
@@ -192,13 +202,14 @@ async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpRe
             Grant::RefreshToken => {
                 let presented = refresh_token_hash(&body.refresh_token.unwrap_or_default());
                 let (user, session) = store
-                    .refresh_session(&presented, &next_hash, expires, now)?
+                    .refresh_session(&presented, &next_hash, expires, now, &record)?
                     .ok_or_else(|| ApiError::Unauthorized("the refresh token is not valid".into()))?;
                 Ok((user, session, now))
             }
         }
     })
     .await?;
+    audit.written();
     Ok(HttpResponse::Ok().json(TokenAnswer::new(
         state.auth.issue(&user, session, now)?,
         state.auth.duration,
@@ -217,6 +228,7 @@ async fn issue(state: &AppState, grant: Grant, body: TokenBody) -> Result<HttpRe
 pub async fn logout(
     state: web::Data<AppState>,
     caller: Principal,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     // Not echoed when it is no id: a refresh token sent here by mistake
@@ -226,18 +238,21 @@ pub async fn logout(
     })?;
     let store = state.store.clone();
     let administrator = caller.may(crate::auth::Role::Administer);
-    blocking(move || {
+    let record = audit.change(204);
+    let ended = blocking(move || {
         // Another user's session is "not found" to a non-administrator:
         // session ids are not to be probed.
         match store.session_user(session)? {
             Some(owner) if administrator || owner.to_string() == caller.user_id => {
-                store.end_session(session)?;
-                Ok(())
+                Ok(store.end_session(session, &record)?)
             }
             _ => Err(not_found("session", session)),
         }
     })
     .await?;
+    if ended {
+        audit.written();
+    }
     state.sessions.ended(session);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -267,6 +282,7 @@ pub struct ChangePasswordBody {
 pub async fn change_password(
     state: web::Data<AppState>,
     req: HttpRequest,
+    audit: Audit,
     body: JsonObject<ChangePasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -283,18 +299,17 @@ pub async fn change_password(
     })?;
     let new_password = crate::handlers::users::checked_password("new_password", body.new_password)?;
     let password = body.password.unwrap_or_else(|| SecretString::from(""));
-    if let Some(audit) = crate::audit::RequestAudit::in_request(&req) {
-        audit.acted_for(&username);
-    }
     let store = state.store.clone();
     let attempted = username.clone();
+    let record = audit.change(204);
     let attempt = blocking(move || {
         let user = checked_user(&store, &username, &password)?;
         let change = luna_store::UserChange::OwnPassword {
             proven: &user.password_hash,
             hash: &hash_password(&new_password)?,
         };
-        if !store.change_user(user.id, &change, luna_store::now())? {
+        let record = record.by(&user.id.to_string(), &user.username);
+        if !store.change_user(user.id, &change, luna_store::now(), &record)? {
             // An administrator's reset (or the user's deletion) came between
             // the check and the change: it wins.
             return Err(ApiError::Unauthorized(
@@ -304,7 +319,8 @@ pub async fn change_password(
         }
         Ok(user.id)
     });
-    let user = throttled(&state, &req, &attempted, "changepw", attempt).await?;
+    let user = throttled(&state, &req, &attempted, attempt).await?;
+    audit.written();
     state.sessions.ended_all_of(user);
     Ok(HttpResponse::NoContent().finish())
 }

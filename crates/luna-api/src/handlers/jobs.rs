@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{blocking, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject};
+use crate::audit::Audit;
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -32,6 +33,7 @@ async fn start_job(
     job_type: JobType,
     caller: Manager,
     req: HttpRequest,
+    audit: Audit,
     body: JsonObject<JobBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -50,6 +52,7 @@ async fn start_job(
     }
     .validate()?;
     let store = state.store.clone();
+    let (record, requester) = (audit.change(201), audit.requester());
     let job = blocking(move || {
         let partitions: Vec<Uuid> = match scope {
             JobScope::All => store.all_partitions()?.into_iter().map(|p| p.id).collect(),
@@ -64,11 +67,13 @@ async fn start_job(
         };
         let now = luna_store::now();
         let job = Job::new(Uuid::now_v7(), job_type, partitions, now);
-        let op = Operation::queued(Uuid::now_v7(), OperationPayload::RunJob { job_id: job.id }, now);
-        store.insert_job_idempotently(&job, &op, request.as_ref())?;
+        let op = Operation::queued(Uuid::now_v7(), OperationPayload::RunJob { job_id: job.id }, now)
+            .requested_by(requester);
+        store.insert_job_idempotently(&job, &op, request.as_ref(), &record)?;
         Ok(job)
     })
     .await?;
+    audit.written();
     state.work.notify_one();
     Ok(HttpResponse::Created().json(JobView::new(&job, &state.tenancy)))
 }
@@ -119,17 +124,20 @@ async fn cancel_job(
     state: web::Data<AppState>,
     job_type: JobType,
     _caller: Manager,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(what(job_type), &id)?;
     let store = state.store.clone();
+    let record = audit.change(200);
     let job = blocking(move || {
         job_of_type(&store, id, job_type)?;
         store
-            .request_job_cancel(id, luna_store::now())?
+            .request_job_cancel(id, luna_store::now(), &record)?
             .ok_or_else(|| not_found(what(job_type), id))
     })
     .await?;
+    audit.written();
     Ok(HttpResponse::Ok().json(JobView::new(&job, &state.tenancy)))
 }
 
@@ -153,9 +161,10 @@ macro_rules! job_endpoints {
             state: web::Data<AppState>,
             caller: Manager,
             req: HttpRequest,
+            audit: Audit,
             body: JsonObject<JobBody>,
         ) -> Result<HttpResponse, ApiError> {
-            start_job(state, $job_type, caller, req, body).await
+            start_job(state, $job_type, caller, req, audit, body).await
         }
 
         #[doc = concat!("Lists ", $noun, " jobs.")]
@@ -190,9 +199,10 @@ macro_rules! job_endpoints {
         pub async fn $cancel(
             state: web::Data<AppState>,
             caller: Manager,
+            audit: Audit,
             id: web::Path<String>,
         ) -> Result<HttpResponse, ApiError> {
-            cancel_job(state, $job_type, caller, id).await
+            cancel_job(state, $job_type, caller, audit, id).await
         }
     };
 }

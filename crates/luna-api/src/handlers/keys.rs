@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::{
     blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject,
 };
+use crate::audit::Audit;
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -106,6 +107,7 @@ pub async fn create(
     state: web::Data<AppState>,
     caller: Manager,
     req: HttpRequest,
+    audit: Audit,
     body: JsonObject<CreateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -142,27 +144,23 @@ pub async fn create(
     // This instance runs the create at once if it has room: claimed in the
     // accept's transaction, with the request's audit record.
     let reserved = state.runner.reserve(spec.partition_id);
-    let audit = crate::audit::RequestAudit::in_request(&req);
+    let (record, requester) = (audit.change(201), audit.requester());
     let (keys, op, reserved) = blocking(move || {
         let partition = store
             .get_partition(spec.partition_id)?
             .ok_or_else(|| not_found("partition", spec.partition_id))?;
-        let luna_domain::NewKey {
-            keys,
-            operation: mut op,
-        } = spec.new_key(&partition, Uuid::now_v7, luna_store::now())?;
+        let luna_domain::NewKey { keys, operation: op } =
+            spec.new_key(&partition, Uuid::now_v7, luna_store::now())?;
+        let mut op = op.requested_by(requester);
         if let Some(reserved) = &reserved {
             let now = op.created_at;
             reserved.claim(&mut op, now)?;
         }
-        let entry = audit.as_ref().map(|a| a.entry(KEYS_ROUTE, 201));
-        store.insert_keys_idempotently(&keys, &op, request.as_ref(), entry.as_ref())?;
-        if let Some(audit) = &audit {
-            audit.written();
-        }
+        store.insert_keys_idempotently(&keys, &op, request.as_ref(), &record)?;
         Ok((keys, op, reserved.map(|r| (r, partition))))
     })
     .await?;
+    audit.written();
     admitted.kept();
     match reserved {
         Some((reserved, partition)) => reserved.hand(
@@ -207,18 +205,21 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(KeyView::new(&key, &state.tenancy)))
 }
 
-/// Starts an operation on the key the payload names; 404 if it does not
-/// exist, 409 if it is busy.
-async fn begin(state: &AppState, payload: OperationPayload) -> Result<Vec<Key>, ApiError> {
+/// Starts an operation on the key the payload names, for the request
+/// `audit` is of (answered 200 when it begins); 404 if it does not exist,
+/// 409 if it is busy.
+async fn begin(state: &AppState, audit: &Audit, payload: OperationPayload) -> Result<Vec<Key>, ApiError> {
     let store = state.store.clone();
     let id = payload.target();
-    let op = Operation::queued(Uuid::now_v7(), payload, luna_store::now());
+    let op = Operation::queued(Uuid::now_v7(), payload, luna_store::now()).requested_by(audit.requester());
+    let record = audit.change(200);
     let keys = blocking(move || {
         store
-            .begin_key_operation(&op)?
+            .begin_key_operation(&op, &record)?
             .ok_or_else(|| not_found("key", id))
     })
     .await?;
+    audit.written();
     state.work.notify_one();
     Ok(keys)
 }
@@ -232,6 +233,7 @@ async fn begin(state: &AppState, payload: OperationPayload) -> Result<Vec<Key>, 
 pub async fn update(
     state: web::Data<AppState>,
     _caller: Manager,
+    audit: Audit,
     id: web::Path<String>,
     body: JsonObject<UpdateKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -250,7 +252,12 @@ pub async fn update(
         ApiError::Conflict("the key's object type is not known yet; wait for its creation to end".into())
     })?;
     let changes = check_update(object_type, key.attributes, &requested)?;
-    let keys = begin(&state, OperationPayload::UpdateKey { key_id: id, changes }).await?;
+    let keys = begin(
+        &state,
+        &audit,
+        OperationPayload::UpdateKey { key_id: id, changes },
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
 }
 
@@ -261,10 +268,11 @@ pub async fn update(
 pub async fn replicate(
     state: web::Data<AppState>,
     _caller: Manager,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
-    let keys = begin(&state, OperationPayload::ReplicateKey { key_id: id }).await?;
+    let keys = begin(&state, &audit, OperationPayload::ReplicateKey { key_id: id }).await?;
     Ok(HttpResponse::Ok().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
 }
 
@@ -275,10 +283,11 @@ pub async fn replicate(
 pub async fn destroy(
     state: web::Data<AppState>,
     _caller: Manager,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
-    let keys = begin(&state, OperationPayload::DestroyKey { key_id: id }).await?;
+    let keys = begin(&state, &audit, OperationPayload::DestroyKey { key_id: id }).await?;
     Ok(HttpResponse::Ok().json(KeyView::new(&keys[0], &state.tenancy)))
 }
 
@@ -289,10 +298,13 @@ pub async fn destroy(
 pub async fn forget(
     state: web::Data<AppState>,
     _caller: Manager,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("key", &id)?;
     let store = state.store.clone();
-    blocking(move || store.forget_key(id)?.ok_or_else(|| not_found("key", id))).await?;
+    let record = audit.change(204);
+    blocking(move || store.forget_key(id, &record)?.ok_or_else(|| not_found("key", id))).await?;
+    audit.written();
     Ok(HttpResponse::NoContent().finish())
 }

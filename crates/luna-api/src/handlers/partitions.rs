@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use super::{
     blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject,
 };
+use crate::audit::Audit;
 use crate::auth::{Administrator, Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
@@ -81,6 +82,7 @@ pub async fn create_connection(
     state: web::Data<AppState>,
     caller: Administrator,
     req: HttpRequest,
+    audit: Audit,
     body: JsonObject<ConnectionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -97,6 +99,7 @@ pub async fn create_connection(
     let spec = connection_request(body).validate()?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
+    let record = audit.change(201);
     let connection = blocking(move || {
         // Before any PIN is tried: each failed try counts toward the HSM's lockout.
         if let Some(server) = spec.server_id {
@@ -104,9 +107,10 @@ pub async fn create_connection(
                 return Err(luna_domain::server::no_such_server(server).into());
             }
         }
-        registry::register_connection_idempotently(&store, tokens.module(), spec, request.as_ref())
+        registry::register_connection_idempotently(&store, tokens.module(), spec, request.as_ref(), &record)
     })
     .await?;
+    audit.written();
     Ok(HttpResponse::Created().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
@@ -148,13 +152,16 @@ pub async fn get_connection(
 pub async fn delete_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
     let store = state.store.clone();
-    if !blocking(move || Ok(store.delete_connection(id)?)).await? {
+    let record = audit.change(204);
+    if !blocking(move || Ok(store.delete_connection(id, &record)?)).await? {
         return Err(not_found("connection", id));
     }
+    audit.written();
     state.tokens.forget_connection(id);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -169,11 +176,14 @@ pub async fn delete_connection(
 pub async fn add_partition(
     state: web::Data<AppState>,
     _caller: Manager,
+    audit: Audit,
     body: JsonObject<AddPartitionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let connection = body.into_inner().connection;
-    let partition = blocking(move || registry::add_partition(&store, &connection)).await?;
+    let record = audit.change(201);
+    let partition = blocking(move || registry::add_partition(&store, &connection, &record)).await?;
+    audit.written();
     let queue = state.runner.backlog().state_of(partition.id);
     Ok(HttpResponse::Created().json(PartitionView::new(&partition, &state.tenancy, &queue)))
 }
@@ -238,13 +248,16 @@ pub async fn get_partition(
 pub async fn forget_partition(
     state: web::Data<AppState>,
     _caller: Manager,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("partition", &id)?;
     let store = state.store.clone();
-    if !blocking(move || Ok(store.forget_partition(id)?)).await? {
+    let record = audit.change(204);
+    if !blocking(move || Ok(store.forget_partition(id, &record)?)).await? {
         return Err(not_found("partition", id));
     }
+    audit.written();
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -275,6 +288,7 @@ pub struct ConnectionPatchBody {
 pub async fn update_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
     body: JsonObject<ConnectionPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -298,6 +312,7 @@ pub async fn update_connection(
     }
     let store = state.store.clone();
     let tokens = state.tokens.clone();
+    let record = audit.change(200);
     let connection = blocking(move || {
         let connection = store
             .get_connection(id)?
@@ -321,18 +336,20 @@ pub async fn update_connection(
             products: products.as_deref(),
             meta: meta.as_deref(),
         };
-        if !store.update_connection(id, &change, body.password.as_ref(), luna_store::now())? {
+        if !store.update_connection(id, &change, body.password.as_ref(), luna_store::now(), &record)? {
             return Err(not_found("connection", id));
         }
         if let Some(check) = &check {
-            // The new PIN logged in to every member: a test that worked.
-            store.record_connection_check(id, check)?;
+            // The new PIN logged in to every member: a test that worked
+            // (part of the change recorded above).
+            store.record_connection_check(id, check, None)?;
         }
         store
             .get_connection(id)?
             .ok_or_else(|| not_found("connection", id))
     })
     .await?;
+    audit.written();
     Ok(HttpResponse::Ok().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
@@ -360,6 +377,7 @@ pub struct NewMemberBody {
 pub async fn add_connection_member(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
     body: JsonObject<NewMemberBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -373,6 +391,7 @@ pub async fn add_connection_member(
     .validate("")?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
+    let record = audit.change(201);
     let connection = blocking(move || {
         let connection = store
             .get_connection(id)?
@@ -383,6 +402,7 @@ pub async fn add_connection_member(
             &connection,
             spec,
             body.so_password.as_ref(),
+            &record,
         )?;
         // Tokens are opened again with the members as they are now.
         tokens.forget_connection(id);
@@ -391,6 +411,7 @@ pub async fn add_connection_member(
             .ok_or_else(|| not_found("connection", id))
     })
     .await?;
+    audit.written();
     Ok(HttpResponse::Created().json(ConnectionView::new(&connection, &state.tenancy)))
 }
 
@@ -404,14 +425,16 @@ pub async fn add_connection_member(
 pub async fn remove_connection_member(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, serial) = path.into_inner();
     let id = path_id("connection", &id)?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
+    let record = audit.change(204);
     blocking(
-        move || match store.remove_connection_member(id, &serial, luna_store::now())? {
+        move || match store.remove_connection_member(id, &serial, luna_store::now(), &record)? {
             None => Err(not_found("connection", id)),
             Some(false) => Err(ApiError::NotFound(format!(
                 "connection {id} has no partition with serial number {serial:?}"
@@ -423,6 +446,7 @@ pub async fn remove_connection_member(
         },
     )
     .await?;
+    audit.written();
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -434,11 +458,13 @@ pub async fn remove_connection_member(
 pub async fn test_connection(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("connection", &id)?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
+    let record = audit.change(200);
     let view = blocking(move || {
         let connection = store
             .get_connection(id)?
@@ -448,11 +474,16 @@ pub async fn test_connection(
             .ok_or_else(|| not_found("connection", id))?;
         let tests = registry::test_members(tokens.module(), &connection.members, &pin);
         let check = registry::check_of(&tests, luna_store::now());
-        // Deleted meanwhile: the answer still says what the test found.
-        store.record_connection_check(id, &check)?;
-        Ok(ConnectionTestView::new(&tests, &check))
+        // Deleted meanwhile: the answer still says what the test found
+        // (and the middleware records a request that changed nothing).
+        let recorded = store.record_connection_check(id, &check, Some(&record))?;
+        Ok((recorded, ConnectionTestView::new(&tests, &check)))
     })
     .await?;
+    let (recorded, view) = view;
+    if recorded {
+        audit.written();
+    }
     Ok(HttpResponse::Ok().json(view))
 }
 

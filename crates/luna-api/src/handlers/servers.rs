@@ -11,6 +11,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
+use crate::audit::Audit;
 use crate::auth::Administrator;
 use crate::certificate::read_server_certificate;
 use crate::error::ApiError;
@@ -43,6 +44,7 @@ pub struct ServerBody {
 pub async fn create_server(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     body: JsonObject<ServerBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -61,7 +63,9 @@ pub async fn create_server(
     .validate(uuid::Uuid::new_v4(), certificate, luna_store::now())?;
     let store = state.store.clone();
     let stored = server.clone();
-    blocking(move || Ok(store.insert_server(&stored)?)).await?;
+    let record = audit.change(201);
+    blocking(move || Ok(store.insert_server(&stored, &record)?)).await?;
+    audit.written();
     Ok(HttpResponse::Created().json(ServerView::new(&server, &state.tenancy)))
 }
 
@@ -103,12 +107,15 @@ pub async fn get_server(
 pub async fn delete_server(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("server", &id)?;
     let store = state.store.clone();
-    if !blocking(move || Ok(store.delete_server(id)?)).await? {
+    let record = audit.change(204);
+    if !blocking(move || Ok(store.delete_server(id, &record)?)).await? {
         return Err(not_found("server", id));
     }
+    audit.written();
     Ok(HttpResponse::NoContent().finish())
 }

@@ -11,6 +11,7 @@ use utoipa::openapi::{Array, ArrayBuilder, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
+use crate::audit::Audit;
 use crate::auth::{hash_password, Administrator, ADMIN_GROUP, GROUPS};
 use crate::error::ApiError;
 use crate::openapi::ListParams;
@@ -61,6 +62,7 @@ pub struct UserBody {
 pub async fn create(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     body: JsonObject<UserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -74,15 +76,17 @@ pub async fn create(
     let mut seen = std::collections::HashSet::new();
     groups.retain(|g| seen.insert(g.clone()));
     let store = state.store.clone();
+    let record = audit.change(201);
     let user = blocking(move || {
         let user = NewUser {
             username,
             password_hash: hash_password(&password)?,
             groups,
         };
-        Ok(store.insert_user(&user, luna_store::now())?)
+        Ok(store.insert_user(&user, luna_store::now(), &record)?)
     })
     .await?;
+    audit.written();
     Ok(HttpResponse::Created().json(UserView::from(&user)))
 }
 
@@ -128,6 +132,7 @@ fn unknown_group(group: &str) -> Option<String> {
 pub async fn update(
     state: web::Data<AppState>,
     caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
     body: JsonObject<UserPatchBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -139,16 +144,18 @@ pub async fn update(
     }
     let password = checked_password("password", body.into_inner().password)?;
     let store = state.store.clone();
+    let record = audit.change(200);
     let user = blocking(move || {
         let change = luna_store::UserChange::Password {
             hash: &hash_password(&password)?,
         };
-        if !store.change_user(id, &change, luna_store::now())? {
+        if !store.change_user(id, &change, luna_store::now(), &record)? {
             return Err(not_found("user", id));
         }
         store.get_user(id)?.ok_or_else(|| not_found("user", id))
     })
     .await?;
+    audit.written();
     state.sessions.ended_all_of(id);
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
@@ -193,10 +200,12 @@ pub async fn get(
 pub async fn delete(
     state: web::Data<AppState>,
     _caller: Administrator,
+    audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("user", &id)?;
     let store = state.store.clone();
+    let record = audit.change(204);
     blocking(move || {
         let user = store.get_user(id)?.ok_or_else(|| not_found("user", id))?;
         if user.username == "admin" {
@@ -204,10 +213,13 @@ pub async fn delete(
                 "the bootstrap admin user cannot be deleted".into(),
             ));
         }
-        store.delete_user(id)?;
+        if !store.delete_user(id, &record)? {
+            return Err(not_found("user", id));
+        }
         Ok(())
     })
     .await?;
+    audit.written();
     state.sessions.ended_all_of(id);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -228,6 +240,7 @@ enum Membership {
 async fn change_membership(
     state: &AppState,
     caller: &Administrator,
+    audit: &Audit,
     group: &str,
     id: &str,
     change: Membership,
@@ -245,6 +258,10 @@ async fn change_membership(
     }
     let group = group.to_owned();
     let store = state.store.clone();
+    let record = audit.change(match change {
+        Membership::Add => 200,
+        Membership::Remove => 204,
+    });
     let (user, changed) = blocking(move || {
         // Worked out from the groups as read, and applied only while they
         // still are (`UserChange::Groups`): a concurrent change of them is
@@ -272,7 +289,7 @@ async fn change_membership(
                 from: &user.groups,
                 to: &groups,
             };
-            if store.change_user(id, &groups_change, luna_store::now())? {
+            if store.change_user(id, &groups_change, luna_store::now(), &record)? {
                 return Ok((StoredUser { groups, ..user }, true));
             }
         }
@@ -282,6 +299,7 @@ async fn change_membership(
     })
     .await?;
     if changed {
+        audit.written();
         state.sessions.ended_all_of(user.id);
     }
     Ok(user)
@@ -297,10 +315,11 @@ async fn change_membership(
 pub async fn add_to_group(
     state: web::Data<AppState>,
     caller: Administrator,
+    audit: Audit,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, id) = path.into_inner();
-    let user = change_membership(&state, &caller, &group, &id, Membership::Add).await?;
+    let user = change_membership(&state, &caller, &audit, &group, &id, Membership::Add).await?;
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }
 
@@ -315,9 +334,10 @@ pub async fn add_to_group(
 pub async fn remove_from_group(
     state: web::Data<AppState>,
     caller: Administrator,
+    audit: Audit,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (group, id) = path.into_inner();
-    change_membership(&state, &caller, &group, &id, Membership::Remove).await?;
+    change_membership(&state, &caller, &audit, &group, &id, Membership::Remove).await?;
     Ok(HttpResponse::NoContent().finish())
 }

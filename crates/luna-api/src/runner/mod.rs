@@ -171,8 +171,10 @@ pub struct Runner {
     tokens: Arc<OpenTokens>,
     work: Arc<Notify>,
     settings: RunnerSettings,
-    /// This instance's name in leases.
+    /// This runner's name in leases (unique per process).
     owner: String,
+    /// The instance's name, in the audit records of outcomes.
+    instance: String,
     stopping: AtomicBool,
     stop: Notify,
     stuck: Arc<StuckOperations>,
@@ -329,11 +331,13 @@ struct Attempt {
 }
 
 impl Runner {
+    /// A runner of instance `instance` (named in its outcomes' audit records).
     pub fn new(
         store: Store,
         tokens: Arc<OpenTokens>,
         work: Arc<Notify>,
         settings: RunnerSettings,
+        instance: &str,
     ) -> Arc<Runner> {
         let (handed, handed_to) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Backlog::new(settings.queue_per_partition, settings.queue_total);
@@ -343,6 +347,7 @@ impl Runner {
             work,
             settings,
             owner: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            instance: instance.to_owned(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             stuck: Arc::default(),
@@ -882,7 +887,7 @@ impl Runner {
         let mut finished = op;
         finished.finish(result, now)?;
         // Every operation's outcome enters the audit trail, in the same transaction.
-        let entry = crate::audit::outcome(&finished, &self.owner, now);
+        let entry = crate::audit::outcome(&finished, &self.instance, now);
         let recorded = self.store.finish_operation(&finished, &lease, &keys, &entry)?;
         if recorded {
             if let Some(partition) = finished.partition_id {

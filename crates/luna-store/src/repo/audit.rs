@@ -20,19 +20,58 @@ use crate::error::{Result, StoreError};
 use crate::group::Durability;
 use crate::schema::audit_records;
 use crate::{Listed, Store};
+use luna_domain::query::AuditFilters;
 
-/// What happened, before it is chained.
+/// What happened, before it is chained (record format 3, docs/audit.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: OffsetDateTime,
+    /// Who: the user's id (empty when nobody was admitted: a failed login,
+    /// a request without a valid token) and name (`-` then, or the name a
+    /// failed login tried).
+    pub user_id: String,
     pub username: String,
+    /// What: the request's method and route (`POST /api/v1/usermgmt/users`),
+    /// or `operation <kind>` for an operation's outcome.
     pub action: String,
-    /// The ids the action was about (comma separated), or the path.
-    pub target: String,
+    /// What it was about: `key`, `user`, `connection`, …, and its id (or
+    /// name, for what is named rather than numbered).
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The HTTP status answered, or an operation's `succeeded` / `failed: …`.
     pub outcome: String,
+    /// The request's `X-Request-Id` (for an outcome: the request that asked for it).
     pub request_id: String,
-    pub client: String,
+    /// The client's address.
+    pub source: String,
+    /// The instance that wrote the record.
+    pub instance: String,
 }
+
+impl AuditEntry {
+    /// This record, about resource `id` (what the change it records made).
+    pub fn about(&self, id: &str) -> AuditEntry {
+        AuditEntry {
+            resource_id: id.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// This record, by the user `user_id` named `username` (one the change
+    /// itself found: the owner of a refreshed session).
+    pub fn by(&self, user_id: &str, username: &str) -> AuditEntry {
+        AuditEntry {
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The format of the records this version writes: the fields above, each in
+/// the chain's hash. Format 2 (before migration 15) had no user id, resource
+/// type or instance.
+pub const AUDIT_FORMAT: i32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = audit_records)]
@@ -41,18 +80,24 @@ struct AuditRow {
     at: i64,
     username: String,
     action: String,
-    target: String,
+    resource_id: String,
     outcome: String,
     request_id: String,
-    client: String,
+    source: String,
     previous_hash: String,
     hash: String,
+    format: i32,
+    user_id: String,
+    resource_type: String,
+    instance: String,
 }
 
 /// A stored record with its place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     pub seq: i64,
+    /// The record's format (2 or 3): which fields its hash covers.
+    pub format: i32,
     pub entry: AuditEntry,
     pub previous_hash: String,
     pub hash: String,
@@ -61,24 +106,58 @@ pub struct AuditRecord {
 /// The hash of the first record's predecessor.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// HMAC-SHA256, under the audit key, of the previous hash and every field,
-/// each length-prefixed.
-fn chain_hash(key: &[u8; 32], previous: &str, seq: i64, at: i64, e: &AuditEntry) -> String {
+/// The record formats this version reads: which fields a record's hash covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Before migration 15: no user id, resource type or instance.
+    V2,
+    /// Every field of [`AuditEntry`].
+    V3,
+}
+
+impl Format {
+    fn of(stored: i32) -> Option<Format> {
+        match stored {
+            2 => Some(Format::V2),
+            AUDIT_FORMAT => Some(Format::V3),
+            _ => None,
+        }
+    }
+}
+
+/// HMAC-SHA256, under the audit key, of the previous hash and every field
+/// of a record of `format`, each length-prefixed.
+pub(crate) fn chain_hash(
+    key: &[u8; 32],
+    previous: &str,
+    seq: i64,
+    at: i64,
+    format: Format,
+    e: &AuditEntry,
+) -> String {
     let Ok(mut hash) = Hmac::<Sha256>::new_from_slice(key) else {
         unreachable!("HMAC takes a key of any length")
     };
-    hash.update(b"luna-cckm/audit/v2");
-    for part in [
+    let (seq, at) = (seq.to_string(), at.to_string());
+    let mut parts = vec![
         previous,
-        &seq.to_string(),
-        &at.to_string(),
+        &seq,
+        &at,
         &e.username,
         &e.action,
-        &e.target,
+        &e.resource_id,
         &e.outcome,
         &e.request_id,
-        &e.client,
-    ] {
+        &e.source,
+    ];
+    match format {
+        Format::V2 => hash.update(b"luna-cckm/audit/v2"),
+        Format::V3 => {
+            hash.update(b"luna-cckm/audit/v3");
+            parts.extend([e.user_id.as_str(), &e.resource_type, &e.instance]);
+        }
+    }
+    for part in parts {
         hash.update(&(part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
@@ -185,38 +264,50 @@ impl AuditRow {
         diesel::dsl::Eq<audit_records::at, i64>,
         diesel::dsl::Eq<audit_records::username, &str>,
         diesel::dsl::Eq<audit_records::action, &str>,
-        diesel::dsl::Eq<audit_records::target, &str>,
+        diesel::dsl::Eq<audit_records::resource_id, &str>,
         diesel::dsl::Eq<audit_records::outcome, &str>,
         diesel::dsl::Eq<audit_records::request_id, &str>,
-        diesel::dsl::Eq<audit_records::client, &str>,
+        diesel::dsl::Eq<audit_records::source, &str>,
         diesel::dsl::Eq<audit_records::previous_hash, &str>,
         diesel::dsl::Eq<audit_records::hash, &str>,
+        diesel::dsl::Eq<audit_records::format, i32>,
+        diesel::dsl::Eq<audit_records::user_id, &str>,
+        diesel::dsl::Eq<audit_records::resource_type, &str>,
+        diesel::dsl::Eq<audit_records::instance, &str>,
     ) {
         (
             audit_records::seq.eq(self.seq),
             audit_records::at.eq(self.at),
             audit_records::username.eq(self.username.as_str()),
             audit_records::action.eq(self.action.as_str()),
-            audit_records::target.eq(self.target.as_str()),
+            audit_records::resource_id.eq(self.resource_id.as_str()),
             audit_records::outcome.eq(self.outcome.as_str()),
             audit_records::request_id.eq(self.request_id.as_str()),
-            audit_records::client.eq(self.client.as_str()),
+            audit_records::source.eq(self.source.as_str()),
             audit_records::previous_hash.eq(self.previous_hash.as_str()),
             audit_records::hash.eq(self.hash.as_str()),
+            audit_records::format.eq(self.format),
+            audit_records::user_id.eq(self.user_id.as_str()),
+            audit_records::resource_type.eq(self.resource_type.as_str()),
+            audit_records::instance.eq(self.instance.as_str()),
         )
     }
 
     fn into_record(self) -> Result<AuditRecord> {
         Ok(AuditRecord {
             seq: self.seq,
+            format: self.format,
             entry: AuditEntry {
                 at: from_micros("audit record at", self.at)?,
+                user_id: self.user_id,
                 username: self.username,
                 action: self.action,
-                target: self.target,
+                resource_type: self.resource_type,
+                resource_id: self.resource_id,
                 outcome: self.outcome,
                 request_id: self.request_id,
-                client: self.client,
+                source: self.source,
+                instance: self.instance,
             },
             previous_hash: self.previous_hash,
             hash: self.hash,
@@ -249,18 +340,22 @@ fn chained(key: &[u8; 32], head: &(i64, String), entries: &[AuditEntry]) -> Vec<
         .map(|entry| {
             seq += 1;
             let at = micros(entry.at);
-            let hash = chain_hash(key, &previous, seq, at, entry);
+            let hash = chain_hash(key, &previous, seq, at, Format::V3, entry);
             AuditRow {
                 seq,
                 at,
                 username: entry.username.clone(),
                 action: entry.action.clone(),
-                target: entry.target.clone(),
+                resource_id: entry.resource_id.clone(),
                 outcome: entry.outcome.clone(),
                 request_id: entry.request_id.clone(),
-                client: entry.client.clone(),
+                source: entry.source.clone(),
                 previous_hash: std::mem::replace(&mut previous, hash.clone()),
                 hash,
+                format: AUDIT_FORMAT,
+                user_id: entry.user_id.clone(),
+                resource_type: entry.resource_type.clone(),
+                instance: entry.instance.clone(),
             }
         })
         .collect()
@@ -357,25 +452,31 @@ impl Store {
         }
     }
 
-    /// Records, newest first, optionally one user's or one action's.
-    pub fn list_audit(
-        &self,
-        username: Option<&str>,
-        action: Option<&str>,
-        skip: i64,
-        limit: i64,
-    ) -> Result<Listed<AuditRecord>> {
+    /// Records, newest first, that match every filter given.
+    pub fn list_audit(&self, filters: &AuditFilters, skip: i64, limit: i64) -> Result<Listed<AuditRecord>> {
         let filtered = || {
             let mut q = audit_records::table.into_boxed::<crate::db::MultiBackend>();
-            if let Some(u) = username {
-                q = q.filter(audit_records::username.eq(u.to_owned()));
+            if let Some(u) = &filters.username {
+                q = q.filter(audit_records::username.eq(u.clone()));
             }
-            if let Some(a) = action {
-                q = q.filter(audit_records::action.eq(a.to_owned()));
+            if let Some(a) = &filters.action {
+                q = q.filter(audit_records::action.eq(a.clone()));
+            }
+            if let Some(t) = &filters.resource_type {
+                q = q.filter(audit_records::resource_type.eq(t.clone()));
+            }
+            if let Some(id) = &filters.resource_id {
+                q = q.filter(audit_records::resource_id.eq(id.clone()));
+            }
+            if let Some(since) = filters.since {
+                q = q.filter(audit_records::at.ge(micros(since)));
+            }
+            if let Some(until) = filters.until {
+                q = q.filter(audit_records::at.lt(micros(until)));
             }
             q
         };
-        self.read(|conn| {
+        self.read_snapshot(|conn| {
             let total: i64 = filtered().count().get_result(conn)?;
             let items = filtered()
                 .order(audit_records::seq.desc())
@@ -390,6 +491,27 @@ impl Store {
         })
     }
 
+    /// The records after `after` in the order they were written, at most
+    /// `limit` (what a forwarder sends next).
+    pub fn audit_records_after(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+        self.read(|conn| {
+            audit_records::table
+                .filter(audit_records::seq.gt(after))
+                .order(audit_records::seq.asc())
+                .limit(limit)
+                .select(AuditRow::as_select())
+                .load(conn)?
+                .into_iter()
+                .map(AuditRow::into_record)
+                .collect()
+        })
+    }
+
+    /// The trail's last sequence number (0 while it is empty).
+    pub fn last_audit_seq(&self) -> Result<i64> {
+        self.read(|conn| Ok(last(conn)?.map_or(0, |(seq, _)| seq)))
+    }
+
     /// Walks the whole chain, then holds its end to the checkpoint.
     pub fn verify_audit(&self) -> Result<AuditCheck> {
         let key = *self.pins.audit_key();
@@ -402,8 +524,12 @@ impl Store {
         let mut previous = GENESIS.to_owned();
         for (index, row) in rows.iter().enumerate() {
             let record = row.clone().into_record()?;
-            let expected = chain_hash(&key, &previous, row.seq, row.at, &record.entry);
-            if row.seq != index as i64 + 1 || row.previous_hash != previous || row.hash != expected {
+            let expected = Format::of(row.format)
+                .map(|format| chain_hash(&key, &previous, row.seq, row.at, format, &record.entry));
+            if row.seq != index as i64 + 1
+                || row.previous_hash != previous
+                || expected.as_deref() != Some(row.hash.as_str())
+            {
                 return Ok(AuditCheck::Broken {
                     at: row.seq,
                     why: format!(

@@ -8,7 +8,7 @@ use crate::error::{Result, StoreError};
 use crate::models::{JobRow, OperationRow};
 use crate::repo::{conflict_on_unique, order_by};
 use crate::schema::{jobs, operations, running_jobs};
-use crate::{Listed, Store};
+use crate::{AuditEntry, Durability, Listed, Store};
 
 fn filtered(job_type: JobType, f: &JobFilters) -> jobs::BoxedQuery<'static, MultiBackend> {
     let mut q = jobs::table
@@ -58,10 +58,16 @@ fn save(conn: &mut DbConnection, job: &Job, expected: JobStatus) -> Result<bool>
 }
 
 impl Store {
-    /// Records a job and the operation that runs it. A job of the same type
-    /// already running on one of its partitions makes this a conflict.
-    pub fn insert_job_with_operation(&self, job: &Job, operation: &Operation) -> Result<()> {
-        self.insert_job_idempotently(job, operation, None)
+    /// Records a job and the operation that runs it, and `audit` about it. A
+    /// job of the same type already running on one of its partitions makes
+    /// this a conflict.
+    pub fn insert_job_with_operation(
+        &self,
+        job: &Job,
+        operation: &Operation,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.insert_job_idempotently(job, operation, None, audit)
     }
 
     /// `insert_job_with_operation`, recording in the same transaction that
@@ -71,10 +77,11 @@ impl Store {
         job: &Job,
         operation: &Operation,
         request: Option<&luna_domain::idempotency::IdempotentRequest>,
+        audit: &AuditEntry,
     ) -> Result<()> {
         let row = JobRow::from_domain(job)?;
         let op = OperationRow::from_domain(operation)?;
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             if let Some(request) = request {
                 crate::repo::idempotency::remember(conn, request, job.id)?;
             }
@@ -95,6 +102,7 @@ impl Store {
                     }))?;
             }
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
+            pending.audit.push(audit.about(&row.id));
             Ok(())
         })
     }
@@ -131,9 +139,15 @@ impl Store {
         })
     }
 
-    /// Sets the job's abort flag. `None` if there is no such job; a conflict if it has ended.
-    pub fn request_job_cancel(&self, id: Uuid, now: time::OffsetDateTime) -> Result<Option<Job>> {
-        self.write(|conn| {
+    /// Sets the job's abort flag, and writes `audit`. `None` if there is no
+    /// such job; a conflict if it has ended.
+    pub fn request_job_cancel(
+        &self,
+        id: Uuid,
+        now: time::OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<Option<Job>> {
+        self.write_with(Durability::Synced, |conn, pending| {
             let Some(mut job) = load(conn, id)? else {
                 return Ok(None);
             };
@@ -146,6 +160,7 @@ impl Store {
                     "the job ended while the request was handled".into(),
                 ));
             }
+            pending.audit.push(audit.clone());
             Ok(Some(job))
         })
     }

@@ -11,7 +11,7 @@ use crate::models::{KeyChange, KeyRow, OperationRow};
 use crate::repo::key_pages::{counted_scope, seek, time_order, Stamp, SEEK_FROM};
 use crate::repo::order_by;
 use crate::schema::{key_counts, keys, operations};
-use crate::{Listed, Store};
+use crate::{AuditEntry, Listed, Store};
 
 fn filtered(f: &KeyFilters) -> keys::BoxedQuery<'static, MultiBackend> {
     let mut q = keys::table.into_boxed();
@@ -188,21 +188,26 @@ fn begin_refused(error: luna_domain::DomainError) -> StoreError {
 }
 
 impl Store {
-    /// Records new keys and the operation that will make them, atomically:
-    /// once this returns, the request cannot be lost.
-    pub fn insert_keys_with_operation(&self, new_keys: &[Key], operation: &Operation) -> Result<()> {
-        self.insert_keys_idempotently(new_keys, operation, None, None)
+    /// Records new keys and the operation that will make them, and `audit`
+    /// about the first, atomically: once this returns, the request cannot be
+    /// lost.
+    pub fn insert_keys_with_operation(
+        &self,
+        new_keys: &[Key],
+        operation: &Operation,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        self.insert_keys_idempotently(new_keys, operation, None, audit)
     }
 
     /// `insert_keys_with_operation`, recording in the same transaction that
-    /// `request` (a create under an `Idempotency-Key`) made the first key,
-    /// and the request's `audit` record.
+    /// `request` (a create under an `Idempotency-Key`) made the first key.
     pub fn insert_keys_idempotently(
         &self,
         new_keys: &[Key],
         operation: &Operation,
         request: Option<&IdempotentRequest>,
-        audit: Option<&crate::AuditEntry>,
+        audit: &AuditEntry,
     ) -> Result<()> {
         let rows: Vec<KeyRow> = new_keys.iter().map(KeyRow::from_domain).collect();
         let mut op = OperationRow::from_domain(operation)?;
@@ -213,7 +218,9 @@ impl Store {
             }
             insert_rows(conn, &rows, pending)?;
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
-            pending.audit.extend(audit.cloned());
+            if let Some(first) = new_keys.first() {
+                pending.audit.push(audit.about(&first.id.to_string()));
+            }
             Ok(())
         })
     }
@@ -223,9 +230,10 @@ impl Store {
     }
 
     /// Starts `kind` on a key (and its linked half when the operation
-    /// includes it) and queues `operation`, in one transaction. `None` if there is no such key;
-    /// a key that is busy, or not AVAILABLE, is a conflict.
-    pub fn begin_key_operation(&self, operation: &Operation) -> Result<Option<Vec<Key>>> {
+    /// includes it) and queues `operation`, with `audit`, in one
+    /// transaction. `None` if there is no such key; a key that is busy, or
+    /// not AVAILABLE, is a conflict.
+    pub fn begin_key_operation(&self, operation: &Operation, audit: &AuditEntry) -> Result<Option<Vec<Key>>> {
         let Some(kind) = operation.payload.key_operation() else {
             return Err(StoreError::Domain(luna_domain::DomainError::Invalid(format!(
                 "operation {} runs a job; it does not begin on a key",
@@ -281,6 +289,7 @@ impl Store {
             let mut op = op.clone();
             op.partition_id = Some(first.partition_id.to_string());
             diesel::insert_into(operations::table).values(&op).execute(conn)?;
+            pending.audit.push(audit.clone());
             Ok(Some(changed))
         })
     }
@@ -295,8 +304,8 @@ impl Store {
     }
 
     /// Forgets a key record and its linked record here (the objects stay on the
-    /// token). Refused while an operation runs on it.
-    pub fn forget_key(&self, id: Uuid) -> Result<Option<Vec<Uuid>>> {
+    /// token), and writes `audit`. Refused while an operation runs on it.
+    pub fn forget_key(&self, id: Uuid, audit: &AuditEntry) -> Result<Option<Vec<Uuid>>> {
         // A busy key, or none, is found by a read first (see `begin_key_operation`).
         match self.read(|conn| load(conn, id))? {
             None => return Ok(None),
@@ -342,6 +351,7 @@ impl Store {
                 }
                 pending.counts.deleted((&row).into());
             }
+            pending.audit.push(audit.clone());
             // A dangling link (its half was forgotten before) is answered as asked.
             Ok(Some(std::iter::once(key.id).chain(key.link_id).collect()))
         })

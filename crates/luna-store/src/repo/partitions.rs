@@ -14,7 +14,7 @@ use crate::error::{Result, StoreError};
 use crate::models::{ConnectionRow, MemberRow, PartitionRow};
 use crate::repo::{conflict_on_unique, order_by};
 use crate::schema::{connection_members, connections, operations, partitions, running_jobs};
-use crate::{Listed, Store};
+use crate::{AuditEntry, Durability, Listed, Store};
 
 /// The members of these connections, each list in position order, and
 /// each connection's remap policy, read in one query: a page of connections
@@ -159,14 +159,15 @@ fn require_partition_idle(conn: &mut DbConnection, partition: &str) -> Result<()
 }
 
 impl Store {
-    /// Stores a connection with its PIN sealed. A taken name is a conflict.
-    /// Stores a connection and its sealed PIN; with `request` (a create under
-    /// an `Idempotency-Key`), records in the same transaction that it made it.
+    /// Stores a connection and its sealed PIN, and `audit` about it; with
+    /// `request` (a create under an `Idempotency-Key`), records in the same
+    /// transaction that it made it. A taken name is a conflict.
     pub fn insert_connection(
         &self,
         connection: &Connection,
         pin: &SecretString,
         request: Option<&luna_domain::idempotency::IdempotentRequest>,
+        audit: &AuditEntry,
     ) -> Result<()> {
         let id = connection.id.to_string();
         let row = ConnectionRow {
@@ -197,7 +198,7 @@ impl Store {
                 serial_number: m.serial_number.clone(),
             })
             .collect();
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             if let Some(request) = request {
                 crate::repo::idempotency::remember(conn, request, connection.id)?;
             }
@@ -223,6 +224,7 @@ impl Store {
             per_backend!(conn, |c| diesel::insert_into(connection_members::table)
                 .values(&members)
                 .execute(c))?;
+            pending.audit.push(audit.about(&id));
             Ok(())
         })
     }
@@ -310,13 +312,14 @@ impl Store {
     }
 
     /// Changes a connection's description and/or PIN (sealed again, bound to
-    /// its id) at `now`; false if it is gone.
+    /// its id) at `now`, and writes `audit`; false if it is gone.
     pub fn update_connection(
         &self,
         id: Uuid,
         change: &ConnectionChange<'_>,
         pin: Option<&SecretString>,
         now: time::OffsetDateTime,
+        audit: &AuditEntry,
     ) -> Result<bool> {
         let key = id.to_string();
         let update = ConnectionUpdate {
@@ -327,25 +330,31 @@ impl Store {
             updated_at: micros(now),
         };
         // One statement: the fields left `None` are not set.
-        self.write(|conn| {
-            Ok(diesel::update(connections::table.find(&key))
+        self.write_with(Durability::Synced, |conn, pending| {
+            let updated = diesel::update(connections::table.find(&key))
                 .set(&update)
                 .execute(conn)?
-                == 1)
+                == 1;
+            if updated {
+                pending.audit.push(audit.clone());
+            }
+            Ok(updated)
         })
     }
 
-    /// Adds a member (an HA partition) to a connection at `now`; false if the
-    /// connection is gone. A conflict while its partition has work in
-    /// flight, or when a member has that serial number already.
+    /// Adds a member (an HA partition) to a connection at `now`, and writes
+    /// `audit`; false if the connection is gone. A conflict while its
+    /// partition has work in flight, or when a member has that serial number
+    /// already.
     pub fn add_connection_member(
         &self,
         id: Uuid,
         member: &Member,
         now: time::OffsetDateTime,
+        audit: &AuditEntry,
     ) -> Result<bool> {
         let key = id.to_string();
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let exists: i64 = connections::table.find(&key).count().get_result(conn)?;
             if exists == 0 {
                 return Ok(false);
@@ -374,21 +383,24 @@ impl Store {
             diesel::update(connections::table.find(&key))
                 .set(connections::updated_at.eq(micros(now)))
                 .execute(conn)?;
+            pending.audit.push(audit.clone());
             Ok(true)
         })
     }
 
-    /// Removes the member with `serial` from a connection at `now`: `None` if
-    /// the connection is gone, `Some(false)` if it has no such member. A
-    /// conflict while its partition has work in flight, or for its last member.
+    /// Removes the member with `serial` from a connection at `now`, and
+    /// writes `audit`: `None` if the connection is gone, `Some(false)` if it
+    /// has no such member. A conflict while its partition has work in
+    /// flight, or for its last member.
     pub fn remove_connection_member(
         &self,
         id: Uuid,
         serial: &str,
         now: time::OffsetDateTime,
+        audit: &AuditEntry,
     ) -> Result<Option<bool>> {
         let key = id.to_string();
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let exists: i64 = connections::table.find(&key).count().get_result(conn)?;
             if exists == 0 {
                 return Ok(None);
@@ -414,15 +426,23 @@ impl Store {
             diesel::update(connections::table.find(&key))
                 .set(connections::updated_at.eq(micros(now)))
                 .execute(conn)?;
+            pending.audit.push(audit.clone());
             Ok(Some(true))
         })
     }
 
     /// Records how a test of the connection ended, unless a later test's
     /// outcome is there already; false if it is gone (or a later one is).
-    pub fn record_connection_check(&self, id: Uuid, check: &luna_domain::ConnectionCheck) -> Result<bool> {
+    /// `audit`, for a test a user asked for, is written with it (the service's
+    /// own checks are not audited: they change what is known, not what is).
+    pub fn record_connection_check(
+        &self,
+        id: Uuid,
+        check: &luna_domain::ConnectionCheck,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool> {
         let id = id.to_string();
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             // Tests that end out of order: the latest one's outcome stays.
             let at = micros(check.at);
             let updated = diesel::update(connections::table.find(&id))
@@ -437,14 +457,18 @@ impl Store {
                     connections::last_connection_error.eq(check.error.as_deref()),
                 ))
                 .execute(conn)?;
+            if updated == 1 {
+                pending.audit.extend(audit.cloned());
+            }
             Ok(updated == 1)
         })
     }
 
-    /// Deletes a connection; a conflict while a partition uses it.
-    pub fn delete_connection(&self, id: Uuid) -> Result<bool> {
+    /// Deletes a connection, and writes `audit`; a conflict while a
+    /// partition uses it.
+    pub fn delete_connection(&self, id: Uuid, audit: &AuditEntry) -> Result<bool> {
         let id = id.to_string();
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let used: i64 = partitions::table
                 .filter(partitions::connection_id.eq(&id))
                 .count()
@@ -454,20 +478,26 @@ impl Store {
                     "the connection is used by a partition; delete the partition first".into(),
                 ));
             }
-            Ok(diesel::delete(connections::table.find(&id)).execute(conn)? == 1)
+            let deleted = diesel::delete(connections::table.find(&id)).execute(conn)? == 1;
+            if deleted {
+                pending.audit.push(audit.clone());
+            }
+            Ok(deleted)
         })
     }
 
-    /// Registers a connection's tokens as a partition; one partition per connection.
-    pub fn insert_partition(&self, partition: &Partition) -> Result<()> {
+    /// Registers a connection's tokens as a partition, and writes `audit`
+    /// about it; one partition per connection.
+    pub fn insert_partition(&self, partition: &Partition, audit: &AuditEntry) -> Result<()> {
         let row = PartitionRow::from_domain(partition);
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             diesel::insert_into(partitions::table)
                 .values(&row)
                 .execute(conn)
                 .map_err(conflict_on_unique(|| {
                     "the connection is already registered as a partition".into()
                 }))?;
+            pending.audit.push(audit.about(&row.id));
             Ok(())
         })
     }
@@ -537,18 +567,22 @@ impl Store {
         })
     }
 
-    /// Removes a partition and its key records here; the tokens are not touched.
     /// Forgets a partition and its key records (the tokens keep their
-    /// objects); a conflict while it has work in flight, whose outcome
-    /// would otherwise make objects on a token that no record names.
-    pub fn forget_partition(&self, id: Uuid) -> Result<bool> {
+    /// objects), and writes `audit`; a conflict while it has work in flight,
+    /// whose outcome would otherwise make objects on a token that no record
+    /// names.
+    pub fn forget_partition(&self, id: Uuid, audit: &AuditEntry) -> Result<bool> {
         let key = id.to_string();
-        self.write_with(crate::Durability::Synced, |conn, pending| {
+        self.write_with(Durability::Synced, |conn, pending| {
             require_partition_idle(conn, &key)?;
             // Its keys and their counts go by cascade; the counts this
             // transaction's earlier writes changed are not written back.
             pending.forgotten_partitions.push(key.clone());
-            Ok(diesel::delete(partitions::table.find(&key)).execute(conn)? == 1)
+            let forgotten = diesel::delete(partitions::table.find(&key)).execute(conn)? == 1;
+            if forgotten {
+                pending.audit.push(audit.clone());
+            }
+            Ok(forgotten)
         })
     }
 }

@@ -10,7 +10,7 @@ use crate::error::{Result, StoreError};
 use crate::models::ServerRow;
 use crate::repo::{conflict_on_reference, conflict_on_unique, order_by};
 use crate::schema::{connections, hsm_servers};
-use crate::{Listed, Store};
+use crate::{AuditEntry, Durability, Listed, Store};
 
 fn filtered(f: &ServerFilters) -> hsm_servers::BoxedQuery<'static, MultiBackend> {
     let mut q = hsm_servers::table.into_boxed();
@@ -49,10 +49,11 @@ pub(crate) fn require_server(conn: &mut DbConnection, id: &str) -> Result<()> {
 }
 
 impl Store {
-    /// Registers an HSM server; a hostname registered already is a conflict.
-    pub fn insert_server(&self, server: &HsmServer) -> Result<()> {
+    /// Registers an HSM server, and writes `audit` about it; a hostname
+    /// registered already is a conflict.
+    pub fn insert_server(&self, server: &HsmServer, audit: &AuditEntry) -> Result<()> {
         let row = ServerRow::from_domain(server);
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             diesel::insert_into(hsm_servers::table)
                 .values(&row)
                 .execute(conn)
@@ -62,6 +63,7 @@ impl Store {
                         row.hostname
                     )
                 }))?;
+            pending.audit.push(audit.about(&row.id));
             Ok(())
         })
     }
@@ -106,10 +108,11 @@ impl Store {
         })
     }
 
-    /// Deletes a server; a conflict while a connection names it.
-    pub fn delete_server(&self, id: Uuid) -> Result<bool> {
+    /// Deletes a server, and writes `audit`; a conflict while a connection
+    /// names it.
+    pub fn delete_server(&self, id: Uuid, audit: &AuditEntry) -> Result<bool> {
         let id = id.to_string();
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let users: Vec<String> = connections::table
                 .filter(connections::server_id.eq(&id))
                 .select(connections::name)
@@ -126,6 +129,9 @@ impl Store {
                 .map_err(conflict_on_reference(|| {
                     "a connection named the HSM server meanwhile; delete or change it first".into()
                 }))?;
+            if deleted == 1 {
+                pending.audit.push(audit.clone());
+            }
             Ok(deleted == 1)
         })
     }

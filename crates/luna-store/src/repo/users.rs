@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::models::UserRow;
 use crate::repo::conflict_on_unique;
 use crate::schema::{refresh_tokens, sessions, users};
-use crate::Store;
+use crate::{AuditEntry, Durability, Store};
 
 /// A user as stored: the password only as its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +68,9 @@ fn user_by(conn: &mut DbConnection, id: &str) -> Result<Option<StoredUser>> {
 }
 
 impl Store {
-    /// Adds a user; a taken name is a conflict. Group names are one per line.
-    pub fn insert_user(&self, user: &NewUser, now: OffsetDateTime) -> Result<StoredUser> {
+    /// Adds a user, and `audit` about it; a taken name is a conflict. Group
+    /// names are one per line.
+    pub fn insert_user(&self, user: &NewUser, now: OffsetDateTime, audit: &AuditEntry) -> Result<StoredUser> {
         let row = UserRow {
             id: Uuid::new_v4().to_string(),
             username: user.username.clone(),
@@ -78,13 +79,14 @@ impl Store {
             created_at: micros(now),
             updated_at: micros(now),
         };
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             diesel::insert_into(users::table)
                 .values(&row)
                 .execute(conn)
                 .map_err(conflict_on_unique(|| {
                     format!("a user named {:?} already exists", row.username)
                 }))?;
+            pending.audit.push(audit.about(&row.id));
             Ok(())
         })?;
         row.into_stored()
@@ -140,11 +142,17 @@ impl Store {
     /// go with them), in one transaction. False, with nothing changed, if
     /// there is no such user, or if what the change was worked out from no
     /// longer holds (a compare-and-set: two changes racing do not overwrite
-    /// each other unseen).
-    pub fn change_user(&self, id: Uuid, change: &UserChange<'_>, now: OffsetDateTime) -> Result<bool> {
+    /// each other unseen). `audit` is written with a change.
+    pub fn change_user(
+        &self,
+        id: Uuid,
+        change: &UserChange<'_>,
+        now: OffsetDateTime,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
         let key = id.to_string();
         let stamp = users::updated_at.eq(micros(now));
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let user = users::table.find(&key);
             let updated = match change {
                 UserChange::Password { hash } => diesel::update(user)
@@ -163,14 +171,22 @@ impl Store {
             };
             if updated == 1 {
                 diesel::delete(sessions::table.filter(sessions::user_id.eq(&key))).execute(conn)?;
+                pending.audit.push(audit.clone());
             }
             Ok(updated == 1)
         })
     }
 
-    /// Deletes a user; its sessions and refresh tokens go with it.
-    pub fn delete_user(&self, id: Uuid) -> Result<bool> {
-        self.write(|conn| Ok(diesel::delete(users::table.find(id.to_string())).execute(conn)? == 1))
+    /// Deletes a user, and writes `audit`; its sessions and refresh tokens
+    /// go with it. False if there was none.
+    pub fn delete_user(&self, id: Uuid, audit: &AuditEntry) -> Result<bool> {
+        self.write_with(Durability::Synced, |conn, pending| {
+            let deleted = diesel::delete(users::table.find(id.to_string())).execute(conn)? == 1;
+            if deleted {
+                pending.audit.push(audit.clone());
+            }
+            Ok(deleted)
+        })
     }
 
     /// Opens a session for a user who logged in, as `user` was read when
@@ -178,19 +194,21 @@ impl Store {
     /// hash: the token itself is never stored). `None` if the user's password
     /// or groups changed since, or the user is gone: a session opened then
     /// would outlive the change that was to end every session. Sessions whose
-    /// last refresh token has expired are pruned on the way.
+    /// last refresh token has expired are pruned on the way. `audit` (the
+    /// login) is written with the session, about it.
     pub fn open_session(
         &self,
         user: &StoredUser,
         token_hash: &str,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        audit: &AuditEntry,
     ) -> Result<Option<Uuid>> {
         let session = Uuid::new_v4();
         let id = session.to_string();
         let user_id = user.id.to_string();
         let groups = user.groups.join("\n");
-        let opened = self.write(|conn| {
+        let opened = self.write_with(Durability::Synced, |conn, pending| {
             // Compared and locked in one statement: a change of the user
             // (`change_user`) either commits first, and this finds nothing,
             // or waits for this session and then ends it.
@@ -215,6 +233,7 @@ impl Store {
                 ))
                 .execute(conn)?;
             insert_refresh_token(conn, &id, token_hash, expires_at, now)?;
+            pending.audit.push(audit.about(&id));
             Ok(true)
         })?;
         Ok(opened.then_some(session))
@@ -224,14 +243,17 @@ impl Store {
     /// token is deleted whatever happens (it works once, so a stolen copy
     /// races its owner), and if it had not expired and its session is still
     /// open, `next_hash` is stored in its place. Returns the user and session.
+    /// `audit` is written with a refresh that succeeds, by the session's
+    /// user, about the session.
     pub fn refresh_session(
         &self,
         token_hash: &str,
         next_hash: &str,
         expires_at: OffsetDateTime,
         now: OffsetDateTime,
+        audit: &AuditEntry,
     ) -> Result<Option<(StoredUser, Uuid)>> {
-        self.write(|conn| {
+        self.write_with(Durability::Synced, |conn, pending| {
             let found: Option<(String, i64, String)> = refresh_tokens::table
                 .inner_join(sessions::table)
                 .filter(refresh_tokens::token_hash.eq(token_hash))
@@ -267,6 +289,9 @@ impl Store {
                 return Ok(None);
             };
             insert_refresh_token(conn, &session, next_hash, expires_at, now)?;
+            pending
+                .audit
+                .push(audit.by(&user.id.to_string(), &user.username).about(&session));
             Ok(Some((user, uuid("session id", &session)?)))
         })
     }
@@ -285,9 +310,16 @@ impl Store {
     }
 
     /// Ends a session (a logout): its refresh tokens go with it, and access
-    /// tokens naming it are refused from then on. False if it was not open.
-    pub fn end_session(&self, session: Uuid) -> Result<bool> {
-        self.write(|conn| Ok(diesel::delete(sessions::table.find(session.to_string())).execute(conn)? == 1))
+    /// tokens naming it are refused from then on, and `audit` is written.
+    /// False if it was not open.
+    pub fn end_session(&self, session: Uuid, audit: &AuditEntry) -> Result<bool> {
+        self.write_with(Durability::Synced, |conn, pending| {
+            let ended = diesel::delete(sessions::table.find(session.to_string())).execute(conn)? == 1;
+            if ended {
+                pending.audit.push(audit.clone());
+            }
+            Ok(ended)
+        })
     }
 }
 

@@ -1,0 +1,11 @@
+DROP TABLE audit_sinks;
+ALTER TABLE operations DROP COLUMN request_id;
+ALTER TABLE operations DROP COLUMN requested_by;
+ALTER TABLE operations DROP COLUMN requested_by_id;
+DROP INDEX audit_records_resource;
+ALTER TABLE audit_records DROP COLUMN instance;
+ALTER TABLE audit_records DROP COLUMN resource_type;
+ALTER TABLE audit_records DROP COLUMN user_id;
+ALTER TABLE audit_records DROP COLUMN format;
+ALTER TABLE audit_records RENAME COLUMN source TO client;
+ALTER TABLE audit_records RENAME COLUMN resource_id TO target;
