@@ -267,8 +267,12 @@ fn audit_tail(
     loop {
         for record in audit_records_after(client, after)? {
             // A reader that has gone (a closed pipe) ends the tail.
-            writeln!(std::io::stdout(), "{}", output::line(&record, Kind::Audit, format))
-                .context("writing to standard output")?;
+            writeln!(
+                std::io::stdout(),
+                "{}",
+                output::line(&record, Kind::Audit, format)
+            )
+            .context("writing to standard output")?;
             after = record["seq"].as_i64().unwrap_or(after);
         }
         std::thread::sleep(interval);

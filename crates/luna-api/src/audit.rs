@@ -144,14 +144,20 @@ impl FromRequest for Audit {
 
 /// What a request is, for its record: the action (method and route), and
 /// the type and id of the resource it is about (the route's parameters,
-/// joined by `/`, in the order the route names them).
+/// joined by `/`, in the order the route names them). Nothing a client put
+/// in a path enters the trail unchecked: a path no route matches is
+/// `(no route)`, and an `{id}` that is not a UUID is `-` (a refresh token
+/// sent to the logout route by mistake, say).
 fn described(req: &HttpRequest) -> (String, &'static str, String) {
-    let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let route = req.match_pattern().unwrap_or_else(|| "(no route)".to_owned());
     let action = format!("{} {route}", req.method());
     let id = req
         .match_info()
         .iter()
-        .map(|(_, value)| value)
+        .map(|(name, value)| match name {
+            "id" if uuid::Uuid::parse_str(value).is_err() => "-",
+            _ => value,
+        })
         .collect::<Vec<_>>()
         .join("/");
     (action, resource_type(&route), id)

@@ -181,5 +181,15 @@ on_both_backends! {
         let (status, bad) = api.get("/audit/records?since=yesterday");
         assert_eq!(status, 400, "{bad}");
         assert!(!trail.to_string().contains(ADMIN_PASSWORD) && !trail.to_string().contains(&api.token));
+        // A refresh token sent to the logout route by mistake, and a path no
+        // route has, stay out of the trail.
+        let (status, _) = api.call("DELETE", "/auth/tokens/a-refresh-token-sent-by-mistake", Some(&api.token), None);
+        assert_eq!(status, 404);
+        let (status, _) = api.call("POST", "/no-such/secret-in-a-path", None, None);
+        assert_eq!(status, 404);
+        let (_, everything) = api.get("/audit/records?limit=1000");
+        let everything = everything.to_string();
+        assert!(!everything.contains("a-refresh-token-sent-by-mistake") && !everything.contains("secret-in-a-path"), "{everything}");
+        assert!(everything.contains("DELETE /api/v1/auth/tokens/{id}") && everything.contains("POST (no route)"), "{everything}");
     }
 }
