@@ -335,14 +335,12 @@ pub async fn update_connection(
             description: body.description.as_deref(),
             products: products.as_deref(),
             meta: meta.as_deref(),
+            // The new PIN logged in to every member: a test that worked,
+            // kept with the change and its record.
+            check: check.as_ref(),
         };
         if !store.update_connection(id, &change, body.password.as_ref(), luna_store::now(), &record)? {
             return Err(not_found("connection", id));
-        }
-        if let Some(check) = &check {
-            // The new PIN logged in to every member: a test that worked
-            // (part of the change recorded above).
-            store.record_connection_check(id, check, None)?;
         }
         store
             .get_connection(id)?

@@ -103,6 +103,9 @@ pub struct ConnectionChange<'a> {
     pub products: Option<&'a [String]>,
     /// JSON text.
     pub meta: Option<&'a str>,
+    /// A test the change made (a new PIN logging in to every member), kept
+    /// as the connection's last one in the same transaction.
+    pub check: Option<&'a luna_domain::ConnectionCheck>,
 }
 
 /// A connection's row as a PATCH changes it (`None`: left as it is).
@@ -156,6 +159,26 @@ fn require_partition_idle(conn: &mut DbConnection, partition: &str) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// Keeps `check` as connection `id`'s last test, unless a later test's
+/// outcome is there already (tests that end out of order: the latest one's
+/// stays); false if it is not kept.
+fn keep_check(conn: &mut DbConnection, id: &str, check: &luna_domain::ConnectionCheck) -> Result<bool> {
+    let at = micros(check.at);
+    let updated = diesel::update(connections::table.find(id))
+        .filter(
+            connections::last_connection_at
+                .is_null()
+                .or(connections::last_connection_at.le(at)),
+        )
+        .set((
+            connections::last_connection_ok.eq(Some(check.ok)),
+            connections::last_connection_at.eq(Some(at)),
+            connections::last_connection_error.eq(check.error.as_deref()),
+        ))
+        .execute(conn)?;
+    Ok(updated == 1)
 }
 
 impl Store {
@@ -336,6 +359,9 @@ impl Store {
                 .execute(conn)?
                 == 1;
             if updated {
+                if let Some(check) = change.check {
+                    keep_check(conn, &key, check)?;
+                }
                 pending.audit.push(audit.clone());
             }
             Ok(updated)
@@ -443,24 +469,11 @@ impl Store {
     ) -> Result<bool> {
         let id = id.to_string();
         self.write_with(Durability::Synced, |conn, pending| {
-            // Tests that end out of order: the latest one's outcome stays.
-            let at = micros(check.at);
-            let updated = diesel::update(connections::table.find(&id))
-                .filter(
-                    connections::last_connection_at
-                        .is_null()
-                        .or(connections::last_connection_at.le(at)),
-                )
-                .set((
-                    connections::last_connection_ok.eq(Some(check.ok)),
-                    connections::last_connection_at.eq(Some(at)),
-                    connections::last_connection_error.eq(check.error.as_deref()),
-                ))
-                .execute(conn)?;
-            if updated == 1 {
+            let kept = keep_check(conn, &id, check)?;
+            if kept {
                 pending.audit.extend(audit.cloned());
             }
-            Ok(updated == 1)
+            Ok(kept)
         })
     }
 
