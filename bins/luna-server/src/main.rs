@@ -25,6 +25,13 @@ fn main() -> Result<()> {
 
 #[allow(clippy::print_stdout)] // telling the operator what was set up is this command's output
 fn serve(settings: &Settings) -> Result<()> {
+    // Settings that can be wrong are checked before anything is set up.
+    let audit_sinks = settings
+        .audit_forward
+        .iter()
+        .map(|url| luna_api::forward::Sink::parse(url, settings.audit_forward_ca.as_deref()))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("--audit-forward {e}"))?;
     let data = &settings.data_dir;
     embedded::create_data_dir(data)?;
     // SoftHSM2 reads its configuration at C_Initialize: open the module first.
@@ -77,6 +84,10 @@ fn serve(settings: &Settings) -> Result<()> {
     println!("luna-server {}", env!("CARGO_PKG_VERSION"));
     println!("data directory: {}", data.display());
     println!("database:       {:?}", store.backend());
+    println!("instance:       {instance}");
+    for sink in &audit_sinks {
+        println!("audit to:       {}", sink.name);
+    }
     for line in embedded::describe_module(&module).context("reading the PKCS#11 module's tokens")? {
         println!("{line}");
     }
@@ -113,6 +124,9 @@ fn serve(settings: &Settings) -> Result<()> {
         http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         request_deadline: std::time::Duration::from_secs(15),
         token_opener: None,
+        audit_sinks,
+        forward: luna_api::forward::ForwardSettings::default(),
+        audit_lag_bound: settings.audit_forward_lag_bound,
     };
     actix_web::rt::System::new().block_on(async move { start(config, listener)?.run().await })?;
     tracing::info!("stopped");

@@ -87,6 +87,18 @@ pub struct Settings {
     /// `_` and `:`.
     #[arg(long, env = "LUNA_INSTANCE_NAME", value_parser = instance_name)]
     pub instance_name: Option<String>,
+    /// Forwards the audit trail, every record at least once and in order:
+    /// `syslog+tcp://host:port`, `syslog+tls://host:port` (RFC 5424, octet
+    /// counted) or `file:///path` (JSON Lines). Repeat for several sinks
+    /// (in the variable, comma separated).
+    #[arg(long, env = "LUNA_AUDIT_FORWARD", value_delimiter = ',')]
+    pub audit_forward: Vec<String>,
+    /// The CA certificates (PEM) a `syslog+tls://` receiver is checked against.
+    #[arg(long, env = "LUNA_AUDIT_FORWARD_CA")]
+    pub audit_forward_ca: Option<PathBuf>,
+    /// `healthz` says `degraded` while a sink is more records behind than this.
+    #[arg(long, env = "LUNA_AUDIT_FORWARD_LAG_BOUND", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub audit_forward_lag_bound: i64,
 }
 
 fn instance_name(name: &str) -> Result<String, String> {

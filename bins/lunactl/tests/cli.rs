@@ -357,6 +357,9 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
         tls: Some(luna_api::tls::server_config(&cert, &key).unwrap()),
         http_workers: 1,
         request_deadline: luna_api::testing::REQUEST_DEADLINE,
+        audit_sinks: Vec::new(),
+        forward: Default::default(),
+        audit_lag_bound: 10_000,
         token_opener: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

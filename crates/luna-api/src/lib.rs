@@ -12,6 +12,7 @@ pub mod auth;
 pub mod certificate;
 pub mod console;
 pub mod error;
+pub mod forward;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;

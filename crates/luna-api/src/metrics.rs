@@ -36,6 +36,10 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     queue_drain: GaugeVec,
     queue_limit: IntGaugeVec,
+    /// Audit forwarding, by sink: records sent, failures, records behind.
+    audit_forwarded: IntCounterVec,
+    audit_forward_failures: IntCounterVec,
+    audit_forward_lag: IntGaugeVec,
     /// The token call each thread is in, and since when: the runner's
     /// watchdog asks how long the call on an operation's thread has run.
     in_flight: parking_lot::Mutex<HashMap<ThreadId, (&'static str, Instant)>>,
@@ -192,8 +196,41 @@ impl Metrics {
                 &["scope"],
             )?,
         )?;
+        let audit_forwarded = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "luna_audit_forwarded_total",
+                    "Audit records this instance sent to each sink (a record sent again counts again)",
+                ),
+                &["sink"],
+            )?,
+        )?;
+        let audit_forward_failures = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "luna_audit_forward_failures_total",
+                    "Failed attempts of this instance to forward to each sink (the receiver away, say)",
+                ),
+                &["sink"],
+            )?,
+        )?;
+        let audit_forward_lag = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "luna_audit_forward_lag",
+                    "Audit records not yet delivered to each sink (by whichever instance forwards to it)",
+                ),
+                &["sink"],
+            )?,
+        )?;
         Ok(Arc::new(Metrics {
             registry,
+            audit_forwarded,
+            audit_forward_failures,
+            audit_forward_lag,
             queue_depth,
             queue_drain,
             queue_limit,
@@ -308,6 +345,23 @@ impl Metrics {
             }
         }
         catch_up(&self.db_statements, statements);
+    }
+
+    pub(crate) fn audit_forwarded(&self, sink: &str, records: usize) {
+        self.audit_forwarded
+            .with_label_values(&[sink])
+            .inc_by(records as u64);
+    }
+
+    pub(crate) fn audit_forward_failed(&self, sink: &str) {
+        self.audit_forward_failures.with_label_values(&[sink]).inc();
+    }
+
+    /// Sets each sink's lag: (sink, records behind).
+    pub(crate) fn observe_audit_lag(&self, lags: &[(String, i64)]) {
+        for (sink, lag) in lags {
+            self.audit_forward_lag.with_label_values(&[sink]).set(*lag);
+        }
     }
 
     /// Sets the gauges of the work waiting for each partition's tokens:

@@ -174,6 +174,12 @@ pub struct Config {
     /// A request not answered within this (its body trickled in, say) ends
     /// 408 and its connection closes: no client holds a socket for ever.
     pub request_deadline: std::time::Duration,
+    /// Where the audit trail is forwarded (none: it stays in the database),
+    /// and how.
+    pub audit_sinks: Vec<crate::forward::Sink>,
+    pub forward: crate::forward::ForwardSettings,
+    /// `healthz` says `degraded` while a sink is more records behind than this.
+    pub audit_lag_bound: i64,
     /// Tests and benchmarks only: opens member tokens in place of the module.
     pub token_opener: Option<crate::tokens::TokenOpener>,
 }
@@ -194,6 +200,7 @@ impl std::fmt::Debug for Config {
 pub struct Running {
     pub server: Server,
     pub runner: Arc<Runner>,
+    forwarders: crate::forward::Forwarders,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -211,6 +218,8 @@ impl Running {
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.runner.stop();
+        let forwarders = self.forwarders;
+        let _ = actix_web::web::block(move || forwarders.stop()).await;
         let deadline = tokio::time::Instant::now() + WORKERS_STOP_WITHIN;
         for worker in self.workers {
             if tokio::time::timeout_at(deadline, worker).await.is_err() {
@@ -251,9 +260,18 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
     );
     // Looks at the tokens in use for as long as the runtime runs.
     tokio::spawn(Arc::clone(&tokens).watch(Arc::clone(&work), TOKEN_WATCH_TICK));
+    let forwarders = crate::forward::Forwarders::start(
+        &config.store,
+        &config.audit_sinks,
+        &config.instance,
+        &config.forward,
+        &metrics,
+    )?;
     let state = web::Data::new(AppState {
         store: config.store,
         instance: config.instance,
+        audit_sinks: config.audit_sinks.iter().map(|s| s.name.clone()).collect(),
+        audit_lag_bound: config.audit_lag_bound,
         tokens,
         auth: web::Data::new(config.auth),
         tenancy: config.tenancy,
@@ -310,6 +328,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
     Ok(Running {
         server,
         runner,
+        forwarders,
         workers,
     })
 }

@@ -14,6 +14,10 @@ pub struct AppState {
     pub store: Store,
     /// This instance's name, in its audit records.
     pub instance: String,
+    /// The names of the sinks the audit trail is forwarded to, and the lag
+    /// past which `healthz` says `degraded`.
+    pub audit_sinks: Vec<String>,
+    pub audit_lag_bound: i64,
     pub tokens: Arc<OpenTokens>,
     /// Registered as application data too: the auth check reads it.
     pub auth: actix_web::web::Data<Auth>,

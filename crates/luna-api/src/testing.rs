@@ -77,13 +77,20 @@ impl Api {
     /// A server whose runner has these settings.
     pub fn start_with_settings(db: TestDatabase, runner: RunnerSettings) -> Api {
         let store = db.store.clone();
-        Api::launch(store, Some(db), module(), runner, None)
+        Api::launch(store, Some(db), module(), runner, None, Vec::new())
     }
 
     /// A server on another PKCS#11 module (`TestModule::module`).
     pub fn start_on(db: TestDatabase, module: &Arc<Module>, workers: usize) -> Api {
         let store = db.store.clone();
-        Api::launch(store, Some(db), module, runner_settings(workers), None)
+        Api::launch(
+            store,
+            Some(db),
+            module,
+            runner_settings(workers),
+            None,
+            Vec::new(),
+        )
     }
 
     /// A server on `module` with these runner settings, whose member tokens
@@ -95,13 +102,13 @@ impl Api {
         opener: Option<crate::tokens::TokenOpener>,
     ) -> Api {
         let store = db.store.clone();
-        Api::launch(store, Some(db), module, runner, opener)
+        Api::launch(store, Some(db), module, runner, opener, Vec::new())
     }
 
     /// A server on a store the test opened itself (a private PostgreSQL server,
     /// say); the test keeps what it needs to clean up.
     pub fn start_on_store(store: luna_store::Store, runner: RunnerSettings) -> Api {
-        Api::launch(store, None, module(), runner, None)
+        Api::launch(store, None, module(), runner, None, Vec::new())
     }
 
     /// A second server instance on this one's database (its own store, pool,
@@ -116,13 +123,35 @@ impl Api {
         settings: RunnerSettings,
         opener: Option<crate::tokens::TokenOpener>,
     ) -> Api {
-        let store = self
-            .db
+        Api::launch(self.second_store(), None, module(), settings, opener, Vec::new())
+    }
+
+    /// A server forwarding its audit trail to `sinks` (short leases and
+    /// settling, for tests).
+    pub fn start_forwarding(db: TestDatabase, sinks: Vec<crate::forward::Sink>) -> Api {
+        let store = db.store.clone();
+        Api::launch(store, Some(db), module(), runner_settings(2), None, sinks)
+    }
+
+    /// A second instance on this one's database, forwarding to `sinks`.
+    pub fn beside_forwarding(&self, sinks: Vec<crate::forward::Sink>) -> Api {
+        Api::launch(
+            self.second_store(),
+            None,
+            module(),
+            runner_settings(2),
+            None,
+            sinks,
+        )
+    }
+
+    /// Another store on this server's database (a second instance's).
+    fn second_store(&self) -> luna_store::Store {
+        self.db
             .as_ref()
             .expect("the first instance holds the database")
             .second_store()
-            .unwrap();
-        Api::launch(store, None, module(), settings, opener)
+            .unwrap()
     }
 
     fn launch(
@@ -131,6 +160,7 @@ impl Api {
         module: &Arc<Module>,
         runner: RunnerSettings,
         token_opener: Option<crate::tokens::TokenOpener>,
+        audit_sinks: Vec<crate::forward::Sink>,
     ) -> Api {
         let dir = tempfile::tempdir().unwrap();
         // The audit trail's head, kept outside the database as the server keeps it.
@@ -155,6 +185,15 @@ impl Api {
             http_workers: 2,
             request_deadline: REQUEST_DEADLINE,
             token_opener,
+            audit_sinks,
+            forward: crate::forward::ForwardSettings {
+                settle: Duration::from_millis(500),
+                poll: Duration::from_millis(50),
+                retry: Duration::from_millis(200),
+                lease: Duration::from_secs(3),
+                ..Default::default()
+            },
+            audit_lag_bound: 50,
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}/api/v1", listener.local_addr().unwrap());

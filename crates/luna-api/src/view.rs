@@ -690,7 +690,8 @@ impl TokenAnswer {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`; `degraded` (200: a token this instance uses is away, and its
-    /// work waits for it; a restart would not help); `unavailable` (503: the
+    /// work waits for it, or an audit sink is behind; a restart would not
+    /// help); `unavailable` (503: the
     /// database does not answer); or `stuck` (503: an operation's token call
     /// has hung: restart this instance).
     status: &'static str,
@@ -700,6 +701,18 @@ pub struct Health {
     /// The tokens that are away, while `degraded`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     unreachable: Vec<UnreachableToken>,
+    /// The audit sinks further behind than `--audit-forward-lag-bound`
+    /// records, while `degraded`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    audit_lagging: Vec<LaggingSink>,
+}
+
+/// An audit sink that is behind.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LaggingSink {
+    sink: String,
+    /// Records not yet delivered to it.
+    lag: i64,
 }
 
 /// A token this instance uses that does not answer now.
@@ -733,6 +746,7 @@ impl Health {
                 status: "ok",
                 detail: None,
                 unreachable,
+                audit_lagging: Vec::new(),
             };
         }
         let names: Vec<String> = unreachable
@@ -756,7 +770,38 @@ impl Health {
                 names.join(", ")
             )),
             unreachable,
+            audit_lagging: Vec::new(),
         }
+    }
+
+    /// This health, `degraded` too if a sink in `lags` is more than `bound`
+    /// records behind.
+    pub fn with_audit_lags(mut self, lags: &[(String, i64)], bound: i64) -> Health {
+        self.audit_lagging = lags
+            .iter()
+            .filter(|(_, lag)| *lag > bound)
+            .map(|(sink, lag)| LaggingSink {
+                sink: sink.clone(),
+                lag: *lag,
+            })
+            .collect();
+        if !self.audit_lagging.is_empty() {
+            let behind: Vec<String> = self
+                .audit_lagging
+                .iter()
+                .map(|s| format!("{} is {} records behind", s.sink, s.lag))
+                .collect();
+            let lagging = format!(
+                "audit forwarding: {} (more than {bound}); records wait in the database, none is lost",
+                behind.join(", ")
+            );
+            self.status = "degraded";
+            self.detail = Some(match self.detail.take() {
+                Some(tokens) => format!("{tokens}; {lagging}"),
+                None => lagging,
+            });
+        }
+        self
     }
 
     /// 503's body: `status` and what is wrong.
@@ -765,6 +810,7 @@ impl Health {
             status,
             detail: Some(detail),
             unreachable: Vec::new(),
+            audit_lagging: Vec::new(),
         }
     }
 }

@@ -12,7 +12,8 @@ use crate::view::Health;
 
 /// `GET /api/v1/healthz`: 200 while the database answers and no token call
 /// hangs (`degraded` while a token is away: the instance recovers it by
-/// itself); no token needed. A supervisor restarts an instance that answers
+/// itself; or while an audit sink is further behind than the bound); no
+/// token needed. A supervisor restarts an instance that answers
 /// `stuck`: a PKCS#11 call cannot be cancelled from inside the process.
 #[utoipa::path(tag = "service",
     responses(
@@ -31,8 +32,15 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
         );
     }
     let store = state.store.clone();
-    match blocking(move || Ok(store.ping()?)).await {
-        Ok(()) => HttpResponse::Ok().json(Health::of_tokens(&state.tokens.watched())),
+    let sinks = state.audit_sinks.clone();
+    match blocking(move || {
+        store.ping()?;
+        Ok(crate::forward::lags(&store, &sinks)?)
+    })
+    .await
+    {
+        Ok(lags) => HttpResponse::Ok()
+            .json(Health::of_tokens(&state.tokens.watched()).with_audit_lags(&lags, state.audit_lag_bound)),
         Err(error) => {
             tracing::warn!(%error, "health check: the database does not answer");
             unhealthy("unavailable", "the database does not answer".into())
@@ -56,7 +64,8 @@ fn unhealthy(status: &'static str, detail: String) -> HttpResponse {
 #[get("/metrics")]
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let (operations, running) = blocking(move || {
+    let sinks = state.audit_sinks.clone();
+    let (operations, running, lags) = blocking(move || {
         let operations = store.operation_counts_by_kind()?;
         let query = parse_list_query::<JobFilters>(&[
             ("overall_status".into(), JobStatus::InProgress.as_str().into()),
@@ -66,7 +75,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         for job_type in JobType::ALL {
             running.push((*job_type, store.list_jobs(*job_type, &query)?.items));
         }
-        Ok((operations, running))
+        Ok((operations, running, crate::forward::lags(&store, &sinks)?))
     })
     .await?;
     let metrics = &state.metrics;
@@ -82,6 +91,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         state.tokens.module().reinitialisations(),
     );
     metrics.observe_work(&operations, &running);
+    metrics.observe_audit_lag(&lags);
     metrics.observe_database(&state.store.write_stats(), state.store.statements_sent());
     let backlog = state.runner.backlog();
     metrics.observe_queues(
