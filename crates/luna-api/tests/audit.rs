@@ -142,6 +142,54 @@ on_both_backends! {
         assert_eq!(api.get("/audit/verify").1, json!({"intact": true}));
     }
 
+    // The rest of the kinds of change, on a server that runs no operation
+    // (a job stays in progress to be cancelled).
+    fn the_other_changes_are_refused_503_and_not_made_when_their_audit_record_cannot_be_written(db: TestDatabase) {
+        let url = db.url.clone();
+        let api = Api::start_with(db, 0);
+        let partition = api.partition_with_domain("audited-ha", 2);
+        let partition_id = partition["id"].as_str().unwrap().to_owned();
+        let connection_id = partition["connection_id"].as_str().unwrap().to_owned();
+        let members = format!("{CONNECTIONS}/{connection_id}/partitions");
+        // The job on a partition of its own: one in progress holds its partition's members still.
+        let single = api.partition("audited-job", 1);
+        let (_, job) = api.send("POST", "/cckm/hsm/luna/refresh", &json!({"partitions": [single["id"]]}));
+        let job_id = job["id"].as_str().unwrap().to_owned();
+        let (status, server) = api.send("POST", SERVERS, &json!({"hostname": "hsm.example", "hsm_certificate": hsm_certificate("hsm.example")}));
+        assert_eq!(status, 201, "{server}");
+        let (_, user) = api.send("POST", "/usermgmt/users", &json!({"username": "kim", "password": "kims-password", "groups": ["CCKM Users"]}));
+        let user_id = user["user_id"].as_str().unwrap().to_owned();
+        let (_, kim) = log_in(&api, "kim", "kims-password");
+        let serial = partition["members"][1]["serial_number"].as_str().unwrap().to_owned();
+
+        refuse_audit_inserts(&url);
+        let changes: Vec<(&str, (u16, Value))> = vec![
+            ("server delete", api.call("DELETE", &format!("{SERVERS}/{}", server["id"].as_str().unwrap()), Some(&api.token), None)),
+            ("group remove", api.call("DELETE", &format!("/usermgmt/groups/CCKM%20Users/users/{user_id}"), Some(&api.token), None)),
+            ("member add", api.send("POST", &members, &json!({"hostname": "hsm3", "partition_label": fresh_token_label("audited-ha-2")}))),
+            ("member remove", api.call("DELETE", &format!("{members}/{serial}"), Some(&api.token), None)),
+            ("PIN change", api.send("PATCH", &format!("{CONNECTIONS}/{connection_id}"), &json!({"password": USER_PIN}))),
+            ("job cancel", api.post_empty(&format!("/cckm/hsm/luna/refresh/{job_id}/cancel"))),
+            ("synchronize start", api.send("POST", "/cckm/hsm/luna/synchronize", &json!({"partitions": [partition_id]}))),
+            ("token refresh", api.call("POST", "/auth/tokens", None, Some(&json!({"grant_type": "refresh_token", "refresh_token": kim["refresh_token"]}).to_string()))),
+        ];
+        for (what, answer) in changes {
+            assert_refused_for_audit(what, answer);
+        }
+
+        allow_audit_inserts(&url);
+        assert_eq!(total(&api, SERVERS), 1, "the server stays");
+        assert_eq!(api.get(&format!("/usermgmt/users/{user_id}")).1["groups"], json!(["CCKM Users"]));
+        let (_, connection) = api.get(&format!("{CONNECTIONS}/{connection_id}"));
+        assert_eq!(connection["partitions"].as_array().unwrap().len(), 2, "no member added or removed: {connection}");
+        let (_, job) = api.get(&format!("/cckm/hsm/luna/refresh/{job_id}"));
+        assert_eq!(job["abort"], false, "{job}");
+        assert_eq!(total(&api, "/cckm/hsm/luna/synchronize"), 0);
+        let refreshed = api.call("POST", "/auth/tokens", None, Some(&json!({"grant_type": "refresh_token", "refresh_token": kim["refresh_token"]}).to_string()));
+        assert_eq!(refreshed.0, 200, "the refresh token was not used up: {}", refreshed.1);
+        assert_eq!(api.get("/audit/verify").1, json!({"intact": true}));
+    }
+
     fn records_say_who_did_what_to_which_resource_from_where_and_outcomes_name_who_asked(db: TestDatabase) {
         let api = Api::start(db);
         let partition = api.partition("who", 1);
