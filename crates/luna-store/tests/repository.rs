@@ -933,13 +933,17 @@ on_both_backends! {
         // neither the operation nor its key.
         let held = store.get_operation(op.id).unwrap().unwrap().lease_expires_at().unwrap();
         assert!(store.renew_lease(op.id, "crashy", held, t + Duration::seconds(5)).unwrap());
-        assert!(!store.give_up_operation(&given_up, "crashy", t, std::slice::from_ref(&failed)).unwrap());
+        let records = || store.list_audit(&AuditFilters { resource_id: Some(k.id.to_string()), ..Default::default() }, 0, 10).unwrap().total;
+        let before = records();
+        assert!(!store.give_up_operation(&given_up, "crashy", t, std::slice::from_ref(&failed), &outcome(&given_up)).unwrap());
+        assert_eq!(records(), before, "no outcome record for what was not given up");
         assert_eq!(store.get_operation(op.id).unwrap().unwrap().state(), OperationState::Running);
         assert!(store.get_key(k.id).unwrap().unwrap().lifecycle().is_busy());
 
         // Its lease ran out for good: the outcome and the key in one write.
         let later = t + Duration::seconds(6);
-        assert!(store.give_up_operation(&given_up, "crashy", later, &[failed]).unwrap());
+        assert!(store.give_up_operation(&given_up, "crashy", later, &[failed], &outcome(&given_up)).unwrap());
+        assert_eq!(records(), before + 1, "the outcome is in the trail, written with it");
         let stored = store.get_operation(op.id).unwrap().unwrap();
         assert_eq!(stored.state(), OperationState::Failed);
         assert!(stored.last_error().unwrap().contains("given up"));

@@ -763,7 +763,11 @@ impl Runner {
                 let reason = given_up.last_error().unwrap_or_default().to_owned();
                 let keys = me.end_failed(&given_up.payload, &reason, now)?;
                 let owner = op.lease_owner().unwrap_or_default();
-                if me.store.give_up_operation(&given_up, owner, now, &keys)? {
+                let outcome = crate::audit::outcome(&given_up, &me.instance, now);
+                if me
+                    .store
+                    .give_up_operation(&given_up, owner, now, &keys, &outcome)?
+                {
                     tracing::warn!(operation = %op.id, %reason, "operation given up");
                 }
             }

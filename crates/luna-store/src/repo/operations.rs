@@ -409,19 +409,25 @@ impl Store {
     /// Ends an exhausted operation (`given_up`: `Operation::given_up` of what
     /// `exhausted_operations` read, whose lease `owner` held) and writes its
     /// keys in their failed state, in one transaction, only if its lease is
-    /// still run out (no worker renewed it meanwhile). Returns whether it was
-    /// written. A crash can no longer fall between the two.
+    /// still run out (no worker renewed it meanwhile), with its outcome's
+    /// `audit` record. Returns whether it was written. A crash can no longer
+    /// fall between the two.
     pub fn give_up_operation(
         &self,
         given_up: &Operation,
         owner: &str,
         now: OffsetDateTime,
         failed_keys: &[(Key, KeyVersion)],
+        audit: &crate::AuditEntry,
     ) -> Result<bool> {
         // Still the dead worker's, its lease still run out: a renewal
         // committed meanwhile wins.
         self.write_with(Durability::Deferred, |conn, pending| {
-            finish_with_keys(conn, given_up, owner, micros(now), failed_keys, pending)
+            let given = finish_with_keys(conn, given_up, owner, micros(now), failed_keys, pending)?;
+            if given {
+                pending.audit.push(audit.clone());
+            }
+            Ok(given)
         })
     }
 
