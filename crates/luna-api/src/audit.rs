@@ -260,10 +260,11 @@ pub fn by_the_service(instance: &str, action: &str, resource_type: &str) -> Audi
 }
 
 /// Appends a record that belongs to no change (a refusal, an answer that
-/// changed nothing); a failure is logged, as the answer has gone.
+/// changed nothing), not synced on its own (docs/reliability.md); a failure
+/// is logged, as the answer has gone.
 pub(crate) async fn record(store: &Store, entry: AuditEntry) {
     let store = store.clone();
-    match actix_web::web::block(move || store.append_audit(&entry)).await {
+    match actix_web::web::block(move || store.append_audit_deferred(&entry)).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::error!(%error, "an audit record could not be written"),
         Err(error) => tracing::error!(%error, "an audit record could not be written"),

@@ -138,6 +138,12 @@ impl ApiError {
         }
     }
 
+    /// Whether the request's change committed (with its audit record)
+    /// before this error: what had to follow the commit failed.
+    pub fn committed(&self) -> bool {
+        matches!(self, ApiError::Store(StoreError::AfterCommit { .. }))
+    }
+
     pub fn body(&self) -> ErrorBody {
         let (status, code, name) = self.parts();
         // A 503 says only that the database is away, or that the audit
@@ -191,6 +197,24 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failure_after_the_commit_says_the_change_was_made() {
+        let after = StoreError::AfterCommit {
+            reason: "its log could not be synced to disk".into(),
+        };
+        assert!(ApiError::from(after).committed());
+        let before = StoreError::Commit {
+            reason: "the database went away".into(),
+            unavailable: true,
+        };
+        assert!(!ApiError::from(before).committed());
+        let audit = StoreError::AuditUnwritten {
+            reason: "refused".into(),
+        };
+        assert!(!ApiError::from(audit).committed());
+        assert!(!ApiError::Conflict("busy".into()).committed());
+    }
 
     #[test]
     fn error_bodies_follow_the_contract_and_5xx_say_nothing_internal() {

@@ -73,7 +73,14 @@ pub async fn middleware(
             started.elapsed().as_secs_f64(),
         );
         let refused_access = status == 401 || status == 403;
-        if (mutating || refused_access) && !audit.is_written() {
+        // A change that committed with its record and then failed (its log
+        // not synced, say) is in the trail already, as the change it was.
+        let committed = response
+            .response()
+            .error()
+            .and_then(|e| e.as_error::<crate::error::ApiError>())
+            .is_some_and(crate::error::ApiError::committed);
+        if (mutating || refused_access) && !audit.is_written() && !committed {
             let entry = audit.entry(&request, status.to_string());
             crate::audit::record(&state.store, entry)
                 .instrument(span.clone())

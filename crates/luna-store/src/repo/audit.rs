@@ -438,7 +438,18 @@ impl Store {
     /// Appends a record chained to the last one (committed, on disk, before
     /// this returns), then moves the checkpoint to it.
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
-        self.write_with(Durability::Synced, |_, pending| {
+        self.append_audit_as(entry, Durability::Synced)
+    }
+
+    /// Appends a record that belongs to no change, already answered (a
+    /// refusal): on disk with the next synced commit, so that a client
+    /// sending refused requests cannot make the server sync for each.
+    pub fn append_audit_deferred(&self, entry: &AuditEntry) -> Result<()> {
+        self.append_audit_as(entry, Durability::Deferred)
+    }
+
+    fn append_audit_as(&self, entry: &AuditEntry, durability: Durability) -> Result<()> {
+        self.write_with(durability, |_, pending| {
             pending.audit.push(entry.clone());
             Ok(())
         })
