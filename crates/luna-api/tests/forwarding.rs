@@ -167,8 +167,8 @@ fn trail(api: &Api) -> BTreeMap<i64, Value> {
 }
 
 /// Waits until every record of the trail arrived (`received` says what did),
-/// and returns how many arrived more than once.
-fn all_arrive(api: &Api, received: impl Fn() -> Vec<(i64, Value)>) -> usize {
+/// and returns those that arrived more than once.
+fn all_arrive(api: &Api, received: impl Fn() -> Vec<(i64, Value)>) -> Vec<i64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let expected = trail(api);
@@ -181,7 +181,11 @@ fn all_arrive(api: &Api, received: impl Fn() -> Vec<(i64, Value)>) -> usize {
             for (seq, record) in &got {
                 assert_eq!(&expected[seq], record, "record {seq} arrived as the API shows it");
             }
-            return seen.values().filter(|n| **n > 1).count();
+            return seen
+                .into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(seq, _)| seq)
+                .collect();
         }
         assert!(
             Instant::now() < deadline,
@@ -216,16 +220,30 @@ fn rsyslog_receives_every_record_over_tcp_even_when_stopped_30_s_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut rsyslog = Rsyslog::start(dir.path(), None);
     let sink = Sink::parse(&format!("syslog+tcp://127.0.0.1:{}", rsyslog.port), None).unwrap();
-    let api = Api::start_forwarding(TestDatabase::sqlite().unwrap(), vec![sink]);
+    let db = TestDatabase::sqlite().unwrap();
+    let cursor = {
+        let url = db.url.clone();
+        move || -> i64 {
+            luna_store::testing::select_texts(
+                &url,
+                "SELECT CAST(delivered_seq AS TEXT) AS value FROM audit_sinks",
+            )
+            .unwrap()[0]
+                .parse()
+                .unwrap()
+        }
+    };
+    let api = Api::start_forwarding(db, vec![sink]);
     some_changes(&api, 5);
     assert_eq!(
         all_arrive(&api, || rsyslog.received()),
-        0,
+        Vec::<i64>::new(),
         "nothing sent twice while the receiver was up"
     );
 
     // Stopped while records keep coming, for 30 s, then started again.
     let load = std::sync::atomic::AtomicBool::new(true);
+    let passed = std::cell::Cell::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             // Refusals: a record each, at the rate a client can send them.
@@ -236,6 +254,7 @@ fn rsyslog_receives_every_record_over_tcp_even_when_stopped_30_s_under_load() {
             }
         });
         std::thread::sleep(Duration::from_millis(300));
+        passed.set(cursor());
         rsyslog.stop();
         std::thread::sleep(Duration::from_secs(30));
         let (_, health) = api.get("/healthz");
@@ -245,6 +264,11 @@ fn rsyslog_receives_every_record_over_tcp_even_when_stopped_30_s_under_load() {
         load.store(false, std::sync::atomic::Ordering::SeqCst);
     });
     let duplicates = all_arrive(&api, || rsyslog.received());
+    assert!(
+        duplicates.iter().all(|seq| *seq > passed.get()),
+        "only records the cursor had not passed ({}) arrive twice: {duplicates:?}",
+        passed.get()
+    );
     let metrics = ureq::get(&format!("{}/metrics", api.base.trim_end_matches("/api/v1")))
         .call()
         .unwrap()
@@ -262,7 +286,12 @@ fn rsyslog_receives_every_record_over_tcp_even_when_stopped_30_s_under_load() {
     );
     let text = std::fs::read_to_string(dir.path().join("received.log")).unwrap();
     no_secrets(&text, &api);
-    eprintln!("records: {}, arrived twice: {duplicates}", trail(&api).len());
+    eprintln!(
+        "records: {}, arrived twice: {}, the cursor at the stop: {}",
+        trail(&api).len(),
+        duplicates.len(),
+        passed.get()
+    );
 }
 
 #[test]
@@ -308,7 +337,7 @@ fn rsyslog_receives_every_record_over_tls_checked_against_the_configured_ca() {
         vec![Sink::parse(&url, Some(&ca_file)).unwrap()],
     );
     some_changes(&api, 10);
-    assert_eq!(all_arrive(&api, || rsyslog.received()), 0);
+    assert_eq!(all_arrive(&api, || rsyslog.received()), Vec::<i64>::new());
     no_secrets(
         &std::fs::read_to_string(dir.path().join("received.log")).unwrap(),
         &api,
@@ -344,11 +373,11 @@ on_both_backends! {
         some_changes(&api, 5);
         some_changes(&second, 5);
         let files = [rotated.clone(), path.clone()];
-        assert_eq!(all_arrive(&api, || lines_of(&files)), 0, "each record once between the two instances");
+        assert_eq!(all_arrive(&api, || lines_of(&files)), Vec::<i64>::new(), "each record once between the two instances");
         // Rotated as logrotate does (moved away); the forwarder opens a new file.
         std::fs::rename(&path, &rotated).unwrap();
         some_changes(&api, 5);
-        assert_eq!(all_arrive(&api, || lines_of(&files)), 0);
+        assert_eq!(all_arrive(&api, || lines_of(&files)), Vec::<i64>::new());
         let got = lines_of(&files);
         assert!(got.windows(2).all(|w| w[0].0 + 1 == w[1].0), "in order, no gap: {:?}", got.iter().map(|g| g.0).collect::<Vec<_>>());
         assert!(std::fs::metadata(&path).unwrap().len() > 0, "the new file has the records after the rotation");
@@ -359,6 +388,6 @@ on_both_backends! {
         // once the lease has run out, and sends nothing twice.
         drop(second);
         some_changes(&api, 5);
-        assert_eq!(all_arrive(&api, || lines_of(&files)), 0, "the hand-over repeats nothing");
+        assert_eq!(all_arrive(&api, || lines_of(&files)), Vec::<i64>::new(), "the hand-over repeats nothing");
     }
 }
