@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use luna_api::audit::by_the_service;
-use luna_api::registry::{add_partition, register_connection};
 use luna_domain::partition::MemberRequest;
 use luna_domain::query::parse_list_query;
 use luna_domain::{ConnectionRequest, Partition};
 use luna_pkcs11::softhsm::SoftHsmHome;
 use luna_pkcs11::Module;
+use luna_runner::audit::by_the_service;
+use luna_runner::registry::{add_partition, register_connection};
 use luna_store::Store;
 use rand::distributions::{Alphanumeric, DistString};
 use secrecy::SecretString;

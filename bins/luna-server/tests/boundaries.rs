@@ -73,6 +73,7 @@ fn every_member_of_the_workspace_is_held_by_these_rules() {
         "luna-domain",
         "luna-pkcs11",
         "luna-store",
+        "luna-runner",
         "luna-api",
         "luna-server",
         "lunactl",
@@ -105,7 +106,18 @@ fn dependencies_point_inward() {
         &["luna-pkcs11", "luna-api", "actix", "cryptoki", "tokio"],
         "the store knows no tokens or HTTP",
     );
-    for krate in ["luna-domain", "luna-pkcs11", "luna-store", "luna-api"] {
+    assert_none_of(
+        "luna-runner",
+        &["luna-api", "diesel", "cryptoki", "serde_json"],
+        "the runner reaches tokens through luna-pkcs11 and data through luna-store, and speaks no JSON",
+    );
+    for krate in [
+        "luna-domain",
+        "luna-pkcs11",
+        "luna-store",
+        "luna-runner",
+        "luna-api",
+    ] {
         assert_none_of(
             krate,
             &["anyhow"],
@@ -120,9 +132,22 @@ fn dependencies_point_inward() {
     // lunactl speaks to the server over HTTP only.
     assert_none_of(
         "lunactl",
-        &["luna-pkcs11", "luna-store", "luna-api"],
+        &["luna-pkcs11", "luna-store", "luna-runner", "luna-api"],
         "lunactl uses the public API",
     );
+}
+
+/// Only luna-api knows HTTP: every other library, the runner included
+/// (another CCKM service embeds it without a web framework), takes none.
+#[test]
+fn only_luna_api_knows_http() {
+    for krate in ["luna-domain", "luna-pkcs11", "luna-store", "luna-runner"] {
+        assert_none_of(
+            krate,
+            &["actix", "utoipa", "hyper", "http", "ureq", "rustls"],
+            "only luna-api knows HTTP",
+        );
+    }
 }
 
 /// Instants are `time`'s in every crate: chrono is nowhere in the resolved
@@ -235,4 +260,64 @@ fn sources(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
             found.push(path);
         }
     }
+}
+
+/// Every Rust file of the workspace: each member's `src/`, `tests/`,
+/// `benches/` and `examples/`.
+fn every_rust_file() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for package in metadata().workspace_packages() {
+        let dir = package.manifest_path.parent().unwrap().as_std_path();
+        for part in ["src", "tests", "benches", "examples"] {
+            if dir.join(part).is_dir() {
+                sources(&dir.join(part), &mut files);
+            }
+        }
+    }
+    assert!(files.len() > 100, "the sources were not found: {}", files.len());
+    files
+}
+
+/// Every module opens with a `//!` header saying its one job, so a reader
+/// knows what a file is for before reading it.
+#[test]
+fn every_module_says_its_one_job() {
+    let mut silent = Vec::new();
+    for package in metadata().workspace_packages() {
+        let mut files = Vec::new();
+        sources(
+            &package.manifest_path.parent().unwrap().as_std_path().join("src"),
+            &mut files,
+        );
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            if !text.trim_start().starts_with("//!") {
+                silent.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(silent.is_empty(), "no `//!` header: {silent:#?}");
+}
+
+/// The lines of a Rust file that hold code: not blank, not a comment.
+fn code_lines(text: &str) -> usize {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("//"))
+        .count()
+}
+
+/// No file past one job: every Rust file, tests included, holds at most 500
+/// lines of code.
+#[test]
+fn every_source_file_holds_at_most_500_lines_of_code() {
+    let long: Vec<String> = every_rust_file()
+        .into_iter()
+        .filter_map(|file| {
+            let lines = code_lines(&std::fs::read_to_string(&file).unwrap());
+            (lines > 500).then(|| format!("{}: {lines}", file.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "files past 500 lines of code: {long:#?}");
+    assert_eq!(code_lines("// a comment\n\n  fn f() {}\n   //! doc\n"), 1);
 }

@@ -36,10 +36,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use luna_api::runner::RunnerSettings;
 use luna_api::testing::Api;
 use luna_domain::{AttributeSet, Key, KeyEvent, Mechanism, NewKeySpec};
 use luna_pkcs11::{GenerateRequest, Token as _};
+use luna_runner::RunnerSettings;
 use luna_store::testing::{PostgresActivity, TestDatabase};
 use rand::Rng;
 use serde_json::json;
@@ -178,7 +178,7 @@ fn server_runner() -> RunnerSettings {
 /// Opens every member as a token that only takes time (`LatencyToken`: a
 /// fixed sleep per call, any number at once, as a network HSM's independent
 /// sessions; no CPU).
-fn latency_tokens() -> luna_api::tokens::TokenOpener {
+fn latency_tokens() -> luna_runner::tokens::TokenOpener {
     Arc::new(move |module, member, _pin| {
         let info = module.describe_token(&member.partition_label, Some(&member.serial_number))?;
         Ok(Arc::new(luna_pkcs11::LatencyToken::new(

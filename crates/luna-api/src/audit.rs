@@ -10,16 +10,15 @@
 //! nothing) is recorded by the request-id middleware after the answer, as
 //! is a 401 or 403 to any request, reads included. An operation's outcome
 //! is recorded by the runner with the outcome, under the user who asked for
-//! it (`outcome`). The store chains and checkpoints them
+//! it (`luna_runner::audit::outcome`). The store chains and checkpoints them
 //! (`luna_store::Store::append_audit`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use luna_domain::{Operation, Requester};
+use luna_domain::Requester;
 use luna_store::{AuditEntry, Store};
-use time::OffsetDateTime;
 
 /// What the request-id middleware knows of a request for its audit record,
 /// and the user it acts for once the auth check knows. Clones share the user
@@ -206,57 +205,6 @@ pub(crate) fn refusal(req: &HttpRequest, attempted: &str, reason: &str) -> Audit
     let audit = RequestAudit::of(req);
     audit.acted_for("", attempted);
     audit.entry(req, format!("401 {reason}"))
-}
-
-/// A finished operation's outcome, as instance `instance` ran it, under the
-/// user who asked for it (the service itself, `luna-server`, for work
-/// nobody asked for).
-pub(crate) fn outcome(finished: &Operation, instance: &str, now: OffsetDateTime) -> AuditEntry {
-    let requester = finished.requested_by.clone().unwrap_or_else(|| Requester {
-        user_id: String::new(),
-        username: "luna-server".into(),
-        request_id: String::new(),
-    });
-    AuditEntry {
-        at: now,
-        user_id: requester.user_id,
-        username: requester.username,
-        action: format!("operation {}", finished.payload.kind_name()),
-        resource_type: if finished.payload.key_operation().is_some() {
-            "key"
-        } else {
-            "job"
-        }
-        .into(),
-        resource_id: finished.payload.target().to_string(),
-        outcome: match &finished.last_error() {
-            Some(reason) if finished.state() == luna_domain::OperationState::Failed => {
-                format!("failed: {reason}")
-            }
-            _ => "succeeded".into(),
-        },
-        request_id: requester.request_id,
-        source: String::new(),
-        instance: instance.to_owned(),
-    }
-}
-
-/// The record of a change the service makes of itself at `instance` (the
-/// bootstrap admin, the embedded default's demo partition): user
-/// `luna-server`, no request.
-pub fn by_the_service(instance: &str, action: &str, resource_type: &str) -> AuditEntry {
-    AuditEntry {
-        at: luna_store::now(),
-        user_id: String::new(),
-        username: "luna-server".into(),
-        action: action.to_owned(),
-        resource_type: resource_type.to_owned(),
-        resource_id: String::new(),
-        outcome: "succeeded".into(),
-        request_id: String::new(),
-        source: String::new(),
-        instance: instance.to_owned(),
-    }
 }
 
 /// Appends a record that belongs to no change (a refusal, an answer that

@@ -1,7 +1,12 @@
+//! The error→HTTP mapping: `ApiError`, everything a request can end in, and
+//! the status, contract error body and headers each is answered with. A 500
+//! tells the client nothing of its cause; a server error's causes go to the log.
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use luna_domain::DomainError;
 use luna_pkcs11::TokenError;
+use luna_runner::RunnerError;
 use luna_store::StoreError;
 use serde::Serialize;
 use thiserror::Error;
@@ -87,6 +92,19 @@ impl From<StoreError> for ApiError {
             audit @ StoreError::AuditUnwritten { .. } => ApiError::AuditUnavailable(audit),
             other if other.is_unavailable() => ApiError::DatabaseUnavailable(other),
             other => ApiError::Store(other),
+        }
+    }
+}
+
+impl From<RunnerError> for ApiError {
+    fn from(error: RunnerError) -> Self {
+        match error {
+            RunnerError::Invalid(message) => ApiError::BadRequest(message),
+            RunnerError::NotFound(message) => ApiError::NotFound(message),
+            RunnerError::Conflict(message) => ApiError::Conflict(message),
+            RunnerError::TokenRefused { message, source } => ApiError::TokenRefused { message, source },
+            RunnerError::Store(store) => store.into(),
+            RunnerError::Metrics(message) => ApiError::Internal(message),
         }
     }
 }

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use luna_store::{AuditRecord, Store};
 
-use crate::metrics::Metrics;
 use crate::view::AuditView;
+use luna_runner::metrics::Metrics;
 
 /// Where records go.
 #[derive(Debug, Clone)]

@@ -18,10 +18,10 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
 use crate::handlers::{audit, auth, health, jobs, keys, partitions, servers, users};
-use crate::runner::{Runner, RunnerSettings};
 use crate::state::AppState;
-use crate::tokens::OpenTokens;
 use crate::view::Tenancy;
+use luna_runner::tokens::OpenTokens;
+use luna_runner::{Runner, RunnerSettings};
 
 /// Request bodies larger than this are refused; the largest real one is a
 /// connection with a handful of members.
@@ -181,7 +181,7 @@ pub struct Config {
     /// `healthz` says `degraded` while a sink is more records behind than this.
     pub audit_lag_bound: i64,
     /// Tests and benchmarks only: opens member tokens in place of the module.
-    pub token_opener: Option<crate::tokens::TokenOpener>,
+    pub token_opener: Option<luna_runner::tokens::TokenOpener>,
 }
 
 impl std::fmt::Debug for Config {
@@ -244,7 +244,7 @@ const WORKERS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(
 /// Starts the runner and the server on `listener`. Call inside an actix system.
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
     let work = Arc::new(Notify::new());
-    let metrics = crate::metrics::Metrics::new().map_err(std::io::Error::other)?;
+    let metrics = luna_runner::metrics::Metrics::new().map_err(std::io::Error::other)?;
     let tokens = Arc::new(OpenTokens::new(
         config.module,
         config.store.clone(),
@@ -357,7 +357,7 @@ pub fn bootstrap_admin(
         password_hash: hash_password(&password)?,
         groups: vec!["admin".into()],
     };
-    let audit = crate::audit::by_the_service(instance, "bootstrap admin", "user");
+    let audit = luna_runner::audit::by_the_service(instance, "bootstrap admin", "user");
     store.insert_user(&user, luna_store::now(), &audit)?;
     if !generated {
         return Ok(None);

@@ -6,8 +6,8 @@ use luna_store::Store;
 use tokio::sync::Notify;
 
 use crate::auth::Auth;
-use crate::tokens::OpenTokens;
 use crate::view::Tenancy;
+use luna_runner::tokens::OpenTokens;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -24,14 +24,14 @@ pub struct AppState {
     pub tenancy: Tenancy,
     /// Wakes an idle worker as soon as an operation is queued.
     pub work: Arc<Notify>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<luna_runner::metrics::Metrics>,
     /// Failed logins, per user and client address (see `throttle`).
     pub logins: crate::throttle::LoginThrottle,
     /// What this instance last read of the login sessions tokens name.
     pub sessions: actix_web::web::Data<crate::auth::LiveSessions>,
     /// Operations whose token work hangs; the health check reports them.
-    pub stuck: Arc<crate::runner::StuckOperations>,
+    pub stuck: Arc<luna_runner::StuckOperations>,
     /// The operation runner: a create claims its operation for this
     /// instance as it is accepted, when there is room (`Runner::reserve`).
-    pub runner: Arc<crate::runner::Runner>,
+    pub runner: Arc<luna_runner::Runner>,
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Auth;
-use crate::runner::RunnerSettings;
 use crate::server::{bootstrap_admin, start, Config};
 use crate::view::Tenancy;
 use luna_pkcs11::testing::{fresh_token_label, module, USER_PIN};
 use luna_pkcs11::Module;
+use luna_runner::RunnerSettings;
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -99,7 +99,7 @@ impl Api {
         db: TestDatabase,
         module: &Arc<Module>,
         runner: RunnerSettings,
-        opener: Option<crate::tokens::TokenOpener>,
+        opener: Option<luna_runner::tokens::TokenOpener>,
     ) -> Api {
         let store = db.store.clone();
         Api::launch(store, Some(db), module, runner, opener, Vec::new())
@@ -121,7 +121,7 @@ impl Api {
     pub fn beside_opening(
         &self,
         settings: RunnerSettings,
-        opener: Option<crate::tokens::TokenOpener>,
+        opener: Option<luna_runner::tokens::TokenOpener>,
     ) -> Api {
         Api::launch(self.second_store(), None, module(), settings, opener, Vec::new())
     }
@@ -159,7 +159,7 @@ impl Api {
         db: Option<TestDatabase>,
         module: &Arc<Module>,
         runner: RunnerSettings,
-        token_opener: Option<crate::tokens::TokenOpener>,
+        token_opener: Option<luna_runner::tokens::TokenOpener>,
         audit_sinks: Vec<crate::forward::Sink>,
     ) -> Api {
         let dir = tempfile::tempdir().unwrap();

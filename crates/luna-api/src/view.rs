@@ -1,7 +1,7 @@
 //! The JSON bodies, with the reference's field names and types. Only this
 //! module knows how a domain record looks on the wire.
 
-use crate::runner::QueueState;
+use luna_runner::QueueState;
 use std::collections::BTreeMap;
 
 use luna_domain::{Connection, Key, Mechanism, Member, Partition};
@@ -432,7 +432,7 @@ pub struct ConnectionTestView {
 
 impl ConnectionTestView {
     pub fn new(
-        tests: &[crate::registry::MemberTest],
+        tests: &[luna_runner::registry::MemberTest],
         check: &luna_domain::ConnectionCheck,
     ) -> ConnectionTestView {
         ConnectionTestView {
@@ -728,7 +728,7 @@ pub struct UnreachableToken {
 
 impl Health {
     /// `ok`, or `degraded` naming every token that is away.
-    pub fn of_tokens(watched: &[crate::tokens::WatchedToken]) -> Health {
+    pub fn of_tokens(watched: &[luna_runner::tokens::WatchedToken]) -> Health {
         let unreachable: Vec<UnreachableToken> = watched
             .iter()
             .filter_map(|token| {

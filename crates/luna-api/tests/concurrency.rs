@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use luna_api::runner::RunnerSettings;
 use luna_api::testing::{runner_settings, Api};
 use luna_pkcs11::testing::module;
+use luna_runner::RunnerSettings;
 use luna_store::testing::TestDatabase;
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ const KEYS: &str = "/cckm/hsm/luna/keys";
 /// A server whose member tokens take `slow` per RSA pair on partitions
 /// labelled `slow-*`, and 10 ms elsewhere.
 fn server(runner: RunnerSettings, slow: Duration) -> Api {
-    let opener: luna_api::tokens::TokenOpener = Arc::new(move |module, member, _pin| {
+    let opener: luna_runner::tokens::TokenOpener = Arc::new(move |module, member, _pin| {
         let info = module.describe_token(&member.partition_label, Some(&member.serial_number))?;
         let rsa = if member.partition_label.starts_with("slow") {
             slow

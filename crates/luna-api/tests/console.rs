@@ -637,7 +637,7 @@ fn the_partitions_page_shows_the_work_waiting_and_a_full_queue() {
     // No workers: what is accepted waits.
     let api = Api::start_with_settings(
         TestDatabase::sqlite().unwrap(),
-        luna_api::runner::RunnerSettings {
+        luna_runner::RunnerSettings {
             queue_per_partition: 2,
             ..luna_api::testing::runner_settings(0)
         },

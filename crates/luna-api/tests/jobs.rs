@@ -104,8 +104,8 @@ fn a_create_that_ends_between_a_refresh_scan_and_its_plan_is_not_deleted(
             *created = Some(id);
         }
     };
-    let b = a.beside(luna_api::runner::RunnerSettings {
-        after_scan: Some(luna_api::runner::Hook(std::sync::Arc::new(hook))),
+    let b = a.beside(luna_runner::RunnerSettings {
+        after_scan: Some(luna_runner::Hook(std::sync::Arc::new(hook))),
         ..luna_api::testing::runner_settings(2)
     });
     let job = start(&a, "refresh", json!({"partitions": [pid]}));

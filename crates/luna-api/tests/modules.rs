@@ -86,8 +86,7 @@ fn no_route_is_registered_outside_a_handler_annotation() {
     }
 }
 
-/// The audit module is what the middleware, the handlers and the runner
-/// all call; it uses none of them (nor any other module of the crate), so
+/// The audit module is what the middleware and the handlers both call; it uses none of them (nor any other module of the crate), so
 /// none of them forms a cycle through it.
 #[test]
 fn the_audit_module_depends_on_no_other_module_of_the_crate() {
@@ -208,9 +207,8 @@ fn the_graph_reader_sees_nested_groups_and_skips_test_modules() {
     );
 }
 
-/// The module graph has no cycle: each module can be read knowing only
-/// those below it (handlers above the state, the state above the runner,
-/// the tokens and the auth check; audit, errors and views at the bottom).
+/// The module graph has no cycle, so each module can be read knowing only
+/// those it uses. (This checks for cycles only, not a given layering.)
 #[test]
 fn the_modules_of_the_crate_form_no_cycle() {
     let graph = module_graph();

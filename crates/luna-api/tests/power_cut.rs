@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use luna_api::runner::{Hook, RunnerSettings};
 use luna_api::testing::{runner_settings, Api};
 use luna_pkcs11::Token as _;
+use luna_runner::{Hook, RunnerSettings};
 use luna_store::testing::TestDatabase;
 use serde_json::json;
 

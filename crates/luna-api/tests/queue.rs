@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use luna_api::on_both_backends;
-use luna_api::runner::RunnerSettings;
 use luna_api::testing::{assert_error, runner_settings, Api};
+use luna_runner::RunnerSettings;
 use serde_json::{json, Value};
 
 const KEYS: &str = "/cckm/hsm/luna/keys";

@@ -1,3 +1,7 @@
+//! `TokenError`, the crate's one error enum, and what callers may ask of a
+//! failure; the cryptoki error behind a failed call stays inside the crate
+//! (`Pkcs11Failure`).
+
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -11,7 +15,7 @@ pub enum TokenError {
     LoadModule {
         path: PathBuf,
         #[source]
-        source: CryptokiError,
+        source: Pkcs11Failure,
     },
     /// A PKCS#11 call returned an error. `code` is the `CKR_…` name.
     #[error("{function} returned {code}")]
@@ -19,7 +23,7 @@ pub enum TokenError {
         function: String,
         code: String,
         #[source]
-        source: CryptokiError,
+        source: Pkcs11Failure,
     },
     #[error("no token labelled {label:?}{} is present in the PKCS#11 module", serial.as_ref().map(|s| format!(" with serial number {s}")).unwrap_or_default())]
     TokenNotFound { label: String, serial: Option<String> },
@@ -69,6 +73,13 @@ pub enum TokenError {
     StaleHandle { handle: u64 },
 }
 
+/// What the PKCS#11 library (or the binding to it) said, as a source for
+/// `TokenError`: it prints, and callers ask `TokenError` what it means; the
+/// binding's own type stays inside this crate.
+#[derive(Debug, Error)]
+#[error(transparent)]
+pub struct Pkcs11Failure(pub(crate) CryptokiError);
+
 impl TokenError {
     /// Whether the token refused the PIN: the operator gave a wrong one.
     pub fn is_pin_incorrect(&self) -> bool {
@@ -79,7 +90,7 @@ impl TokenError {
     pub(crate) fn rv(&self) -> Option<RvError> {
         match self {
             TokenError::Call {
-                source: CryptokiError::Pkcs11(rv, _),
+                source: Pkcs11Failure(CryptokiError::Pkcs11(rv, _)),
                 ..
             } => Some(*rv),
             TokenError::PinIncorrect { .. } => Some(RvError::PinIncorrect),
@@ -223,7 +234,7 @@ pub(crate) fn call(function: &'static str) -> impl FnOnce(CryptokiError) -> Toke
         TokenError::Call {
             function,
             code,
-            source,
+            source: Pkcs11Failure(source),
         }
     }
 }

@@ -15,6 +15,7 @@ mod latency;
 mod mechanisms;
 mod module;
 mod object;
+mod observed;
 mod pool;
 pub mod softhsm;
 mod templates;
@@ -28,13 +29,14 @@ use std::ops::ControlFlow;
 use luna_domain::{Attribute, AttributeSet, Mechanism};
 
 pub use domain::{domain_key_id, DOMAIN_KEY_LABEL};
-pub use error::{Result, TokenError};
+pub use error::{Pkcs11Failure, Result, TokenError};
 pub use health::Reachability;
 #[cfg(feature = "testing")]
 pub use latency::LatencyToken;
 pub use mechanisms::REPLICATION_MECHANISMS;
 pub use module::{LibraryInfo, Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};
+pub use observed::{CallObserver, Observed};
 pub use token::Pkcs11Token;
 
 /// What a token says of itself.

@@ -142,7 +142,7 @@ impl Module {
         }
         let load_error = |source| TokenError::LoadModule {
             path: path.to_path_buf(),
-            source,
+            source: crate::error::Pkcs11Failure(source),
         };
         let context = Pkcs11::new(&key).map_err(load_error)?;
         match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {

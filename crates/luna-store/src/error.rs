@@ -1,3 +1,7 @@
+//! `StoreError`, the crate's one error enum, and what callers may ask of a
+//! failure: whether the database could not be reached (`is_unavailable`),
+//! and, inside the crate, whether a write may simply run again (`is_retryable`).
+
 use std::path::PathBuf;
 
 use luna_domain::DomainError;

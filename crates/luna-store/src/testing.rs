@@ -1,8 +1,12 @@
-#![allow(clippy::expect_used)] // a harness that cannot start should fail loudly
+//! Databases for tests (feature `testing`): each test's own, on SQLite or
+//! PostgreSQL (or on a PostgreSQL server of its own, to stop and start), and
+//! what tests do to them past the `Store` API.
+//!
 //! Each test gets a database of its own, so tests run in parallel: a SQLite
 //! file in a temporary directory, or a new database on the PostgreSQL server
 //! named by `LUNA_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`),
 //! dropped when the test ends.
+#![allow(clippy::expect_used)] // a harness that cannot start should fail loudly
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;

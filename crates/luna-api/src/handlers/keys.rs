@@ -165,7 +165,7 @@ pub async fn create(
     match reserved {
         Some((reserved, partition)) => reserved.hand(
             op,
-            crate::runner::Accepted {
+            luna_runner::Accepted {
                 keys: keys.clone(),
                 partition,
             },

@@ -19,11 +19,12 @@ use crate::audit::Audit;
 use crate::auth::{Administrator, Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi::ListParams;
-use crate::registry;
 use crate::state::AppState;
 use crate::view::{
     ConnectionTestView, ConnectionView, ListView, MechanismView, MemberTokenView, PartitionView,
 };
+use luna_runner::registry;
+use luna_runner::Failure;
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -107,7 +108,13 @@ pub async fn create_connection(
                 return Err(luna_domain::server::no_such_server(server).into());
             }
         }
-        registry::register_connection_idempotently(&store, tokens.module(), spec, request.as_ref(), &record)
+        Ok(registry::register_connection_idempotently(
+            &store,
+            tokens.module(),
+            spec,
+            request.as_ref(),
+            &record,
+        )?)
     })
     .await?;
     audit.written();
@@ -182,7 +189,7 @@ pub async fn add_partition(
     let store = state.store.clone();
     let connection = body.into_inner().connection;
     let record = audit.change(201);
-    let partition = blocking(move || registry::add_partition(&store, &connection, &record)).await?;
+    let partition = blocking(move || Ok(registry::add_partition(&store, &connection, &record)?)).await?;
     audit.written();
     let queue = state.runner.backlog().state_of(partition.id);
     Ok(HttpResponse::Created().json(PartitionView::new(&partition, &state.tenancy, &queue)))
@@ -228,7 +235,7 @@ pub async fn get_partition(
         let mut view = PartitionView::new(&partition, &tenancy, &queue);
         for (index, (member, member_view)) in partition.members.iter().zip(&mut view.members).enumerate() {
             let (info, reachability) = tokens.describe(partition.connection_id, member);
-            let info = info.as_ref().map_err(|u| u.reason.as_str());
+            let info = info.as_ref().map_err(Failure::reason);
             // Creates run on the first member.
             if index == 0 {
                 view.mechanisms = info.ok().map(|info| MechanismView::plan(info, remap));

@@ -1,3 +1,7 @@
+//! Refresh and ha_synchronize jobs (`jobs`), each stored with the operation
+//! that runs it; `running_jobs` allows one job of a type in progress per
+//! partition, and a job's end frees its partitions.
+
 use diesel::prelude::*;
 use luna_domain::query::{Direction, JobFilters, JobSortField, ListQuery};
 use luna_domain::{DomainError, Job, JobEvent, JobStatus, JobType, Operation};

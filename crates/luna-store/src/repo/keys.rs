@@ -1,3 +1,7 @@
+//! Key records (`keys`): stored with the operation that will make or change
+//! them, listed, and written back only over the version they were read as (a
+//! compare-and-set), so that no write overwrites a change it did not see.
+
 use diesel::prelude::*;
 use luna_domain::idempotency::IdempotentRequest;
 use luna_domain::query::{Direction, KeyFilters, KeySortField, ListQuery};

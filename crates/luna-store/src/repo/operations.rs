@@ -1,3 +1,9 @@
+//! The durable operation queue (`operations`): workers claim entries under
+//! leases, and each write that follows (renewal, retry, finish, giving up)
+//! holds only while the lease is as the writer last saw it, so two workers
+//! never both take or finish one. It also counts the entries, by partition
+//! and by kind.
+
 use std::collections::HashMap;
 
 use diesel::prelude::*;

@@ -1,3 +1,8 @@
+//! Connections (`connections`, `connection_members`: their members, sealed
+//! PIN and last test) and the partitions registered from them (`partitions`).
+//! A change under a partition's feet (its members, its forgetting) is refused
+//! while it has work in flight.
+
 use std::collections::HashMap;
 
 use diesel::prelude::*;

@@ -1,3 +1,7 @@
+//! Users (`users`) and their login sessions (`sessions`, `refresh_tokens`):
+//! passwords and refresh tokens are kept only as hashes, and any change of a
+//! user ends every session it has.
+
 use diesel::prelude::*;
 use time::OffsetDateTime;
 use uuid::Uuid;

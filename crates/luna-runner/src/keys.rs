@@ -8,16 +8,16 @@ use luna_pkcs11::{GenerateRequest, ObjectDescription};
 use luna_store::Store;
 use uuid::Uuid;
 
-use super::failure::{Failure, Outcome};
-use super::transfer::{transfer, TransferRefused};
-use super::{Accepted, Runner};
+use crate::failure::{Failure, Outcome};
+use crate::runner::{Accepted, Runner};
+use crate::transfer::{transfer, TransferRefused};
 
 /// A member token and the key's object on it.
-pub(super) type Found = (Arc<dyn luna_pkcs11::Token>, ObjectDescription);
+pub(crate) type Found = (Arc<dyn luna_pkcs11::Token>, ObjectDescription);
 
 impl Runner {
     /// The key records an operation acts on, and their partition.
-    pub(super) fn load(&self, ids: &[Uuid]) -> Result<(Vec<Key>, Partition), Failure> {
+    pub(crate) fn load(&self, ids: &[Uuid]) -> Result<(Vec<Key>, Partition), Failure> {
         let mut keys = Vec::with_capacity(ids.len());
         for id in ids {
             let key = self
@@ -39,7 +39,7 @@ impl Runner {
         Ok((keys, partition))
     }
 
-    pub(super) fn create(
+    pub(crate) fn create(
         &self,
         op: &Operation,
         key_id: Uuid,
@@ -115,7 +115,7 @@ impl Runner {
     /// Clones `objects` from `source` (on member `from`) to every other
     /// member; returns each member's state. A retry first looks for copies an
     /// earlier attempt made.
-    pub(super) fn spread(
+    pub(crate) fn spread(
         &self,
         partition: &Partition,
         from: &Member,
@@ -138,7 +138,7 @@ impl Runner {
         Ok(info)
     }
 
-    pub(super) fn clone_to(
+    pub(crate) fn clone_to(
         &self,
         partition: &Partition,
         member: &Member,
@@ -167,7 +167,7 @@ impl Runner {
         Ok(())
     }
 
-    pub(super) fn update(&self, key_id: Uuid, changes: &[(luna_domain::Attribute, bool)]) -> Outcome {
+    pub(crate) fn update(&self, key_id: Uuid, changes: &[(luna_domain::Attribute, bool)]) -> Outcome {
         let (mut keys, partition) = self.load(&[key_id])?;
         let read = KeyVersion::of(&keys[0]);
         let key = &mut keys[0];
@@ -200,7 +200,7 @@ impl Runner {
         Ok(keys.into_iter().map(|key| (key, read.clone())).collect())
     }
 
-    pub(super) fn replicate(&self, key_id: Uuid) -> Outcome {
+    pub(crate) fn replicate(&self, key_id: Uuid) -> Outcome {
         let (mut keys, partition) = self.load(&linked(&self.store, key_id)?)?;
         let read: Vec<KeyVersion> = keys.iter().map(KeyVersion::of).collect();
         // Find a member that holds every half, and what each member holds.
@@ -211,7 +211,7 @@ impl Runner {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
                 Err(unavailable) => {
-                    info.insert(member.serial_number.clone(), unavailable.reason);
+                    info.insert(member.serial_number.clone(), unavailable.reason().to_owned());
                     continue;
                 }
             };
@@ -258,14 +258,14 @@ impl Runner {
         }
     }
 
-    pub(super) fn destroy(&self, key_id: Uuid) -> Outcome {
+    pub(crate) fn destroy(&self, key_id: Uuid) -> Outcome {
         let (keys, partition) = self.load(&linked(&self.store, key_id)?)?;
         let mut failures = Vec::new();
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
                 Err(unavailable) => {
-                    failures.push(unavailable.into());
+                    failures.push(unavailable);
                     continue;
                 }
             };
@@ -291,7 +291,7 @@ impl Runner {
     }
 
     /// The key's object on one member, or `None` if the member does not hold it.
-    pub(super) fn find_on(
+    pub(crate) fn find_on(
         &self,
         partition: &Partition,
         member: &Member,
@@ -307,7 +307,7 @@ impl Runner {
 }
 
 /// A key's id and its linked half's, for operations that act on both.
-pub(super) fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, Failure> {
+pub(crate) fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, Failure> {
     let key = store
         .get_key(key_id)
         .map_err(Failure::store("the key record could not be read"))?
@@ -316,7 +316,7 @@ pub(super) fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, Failure> 
 }
 
 /// Copies what the token says of an object into its record.
-pub(super) fn describe_into(key: &mut Key, object: &ObjectDescription) {
+pub(crate) fn describe_into(key: &mut Key, object: &ObjectDescription) {
     // On the token a CKA_WRAP_WITH_TRUSTED key is extractable so the cloning
     // domain can copy it; the record keeps CKA_EXTRACTABLE as the user set it.
     let extractable = key.attributes.contains(luna_domain::Attribute::Extractable);
@@ -350,4 +350,4 @@ fn cloned_state(member: &Member, cloned: Result<(), TransferRefused>) -> Result<
 }
 
 /// A member's state in `replication_info` when it holds the key.
-pub(super) const AVAILABLE: &str = "available";
+pub(crate) const AVAILABLE: &str = "available";

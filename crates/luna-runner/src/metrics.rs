@@ -9,13 +9,13 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use luna_domain::{Job, JobStatus, JobType, OperationState};
-use luna_pkcs11::Reachability;
+use luna_pkcs11::{CallObserver, Reachability, TokenError};
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::error::ApiError;
+use crate::error::RunnerError;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -263,47 +263,9 @@ impl Metrics {
             .map(|(function, since)| (*function, since.elapsed()))
     }
 
-    /// Runs a token call, timed, its error counted by code (`tokens::Metered`).
-    pub(crate) fn timed<T>(
-        &self,
-        function: &'static str,
-        call: impl FnOnce() -> luna_pkcs11::Result<T>,
-    ) -> luna_pkcs11::Result<T> {
-        let result = self.tracked(function, call);
-        if let Err(error) = &result {
-            self.token_errors
-                .with_label_values(&[function, error.code()])
-                .inc();
-        }
-        result
-    }
-
-    /// Runs a token call, timed and listed in flight on this thread (for the watchdog).
-    pub(crate) fn tracked<T>(&self, function: &'static str, call: impl FnOnce() -> T) -> T {
-        let started = Instant::now();
-        let thread = std::thread::current().id();
-        // A call made inside another (none today) keeps the outer one's start.
-        let outermost = {
-            let mut calls = self.in_flight.lock();
-            let free = !calls.contains_key(&thread);
-            if free {
-                calls.insert(thread, (function, started));
-            }
-            free
-        };
-        let result = call();
-        if outermost {
-            self.in_flight.lock().remove(&thread);
-        }
-        self.token_calls
-            .with_label_values(&[function])
-            .observe(started.elapsed().as_secs_f64());
-        result
-    }
-
     /// Sets the token gauges and counters from what the open tokens say now:
     /// (partition label, serial number, reachability) each.
-    pub(crate) fn observe_tokens<'a>(
+    pub fn observe_tokens<'a>(
         &self,
         tokens: impl IntoIterator<Item = (&'a str, &'a str, &'a Reachability)>,
         reinitialisations: u64,
@@ -323,7 +285,7 @@ impl Metrics {
     }
 
     /// Brings the database counters up to what the store counted.
-    pub(crate) fn observe_database(&self, writes: &luna_store::WriteStats, statements: u64) {
+    pub fn observe_database(&self, writes: &luna_store::WriteStats, statements: u64) {
         for (counted, total) in [
             ("committed", writes.writes),
             ("commits", writes.commits),
@@ -347,18 +309,18 @@ impl Metrics {
         catch_up(&self.db_statements, statements);
     }
 
-    pub(crate) fn audit_forwarded(&self, sink: &str, records: usize) {
+    pub fn audit_forwarded(&self, sink: &str, records: usize) {
         self.audit_forwarded
             .with_label_values(&[sink])
             .inc_by(records as u64);
     }
 
-    pub(crate) fn audit_forward_failed(&self, sink: &str) {
+    pub fn audit_forward_failed(&self, sink: &str) {
         self.audit_forward_failures.with_label_values(&[sink]).inc();
     }
 
     /// Sets each sink's lag: (sink, records behind).
-    pub(crate) fn observe_audit_lag(&self, lags: &[(String, i64)]) {
+    pub fn observe_audit_lag(&self, lags: &[(String, i64)]) {
         for (sink, lag) in lags {
             self.audit_forward_lag.with_label_values(&[sink]).set(*lag);
         }
@@ -366,7 +328,7 @@ impl Metrics {
 
     /// Sets the gauges of the work waiting for each partition's tokens:
     /// (partition, depth, drain per second) each, and the bounds.
-    pub(crate) fn observe_queues(
+    pub fn observe_queues(
         &self,
         queues: impl IntoIterator<Item = (uuid::Uuid, i64, f64)>,
         per_partition_limit: i64,
@@ -387,7 +349,7 @@ impl Metrics {
 
     /// Sets the queue's gauges (operations by kind and state) and the
     /// running jobs' progress (partitions done and pending, by job type).
-    pub(crate) fn observe_work(
+    pub fn observe_work(
         &self,
         operations: &[(String, OperationState, i64)],
         running: &[(JobType, Vec<Job>)],
@@ -420,11 +382,11 @@ impl Metrics {
     }
 
     /// Everything in Prometheus' text format.
-    pub(crate) fn render(&self) -> Result<Vec<u8>, ApiError> {
+    pub fn render(&self) -> Result<Vec<u8>, RunnerError> {
         let mut text = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut text)
-            .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+            .map_err(|e| RunnerError::Metrics(e.to_string()))?;
         Ok(text)
     }
 }
@@ -434,6 +396,36 @@ fn catch_up(counter: &IntCounter, total: u64) {
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);
+    }
+}
+
+/// Every call on an open token is timed into `luna_token_call_seconds`, its
+/// error counted by code, and listed in flight on its thread for the
+/// runner's watchdog (`call_in_flight`).
+impl CallObserver for Metrics {
+    fn started(&self, function: &'static str) {
+        // A call made inside another (none today) keeps the outer one's start.
+        self.in_flight
+            .lock()
+            .entry(std::thread::current().id())
+            .or_insert((function, Instant::now()));
+    }
+
+    fn ended(&self, function: &'static str, elapsed: Duration, error: Option<&TokenError>) {
+        let thread = std::thread::current().id();
+        let mut calls = self.in_flight.lock();
+        if calls.get(&thread).is_some_and(|(outer, _)| *outer == function) {
+            calls.remove(&thread);
+        }
+        drop(calls);
+        self.token_calls
+            .with_label_values(&[function])
+            .observe(elapsed.as_secs_f64());
+        if let Some(error) = error {
+            self.token_errors
+                .with_label_values(&[function, error.code()])
+                .inc();
+        }
     }
 }
 

@@ -8,35 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use luna_domain::Member;
-use luna_pkcs11::{
-    GenerateRequest, Generated, Module, ObjectDescription, ObjectRef, Portable, Reachability, ScanOutcome,
-    Token, TokenError, TokenInfo, TransportOffer,
-};
+use luna_pkcs11::{Module, Observed, Reachability, Token, TokenError, TokenInfo};
 use luna_store::Store;
 use secrecy::SecretString;
 use uuid::Uuid;
 
-/// Why a member's token cannot be used now: a sentence for
-/// `replication_info` and `operation_error`, and whether it may pass (the
-/// token is away, the device failed) or will not (a wrong PIN).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unavailable {
-    pub reason: String,
-    pub transient: bool,
-    /// This instance's module does not list the token (another instance's
-    /// may: started after the token was made, say).
-    pub missing_here: bool,
-    /// The token answered here before and is away now, since then: its work
-    /// waits for it (`RunnerSettings::token_outage`).
-    pub away: Option<Away>,
-}
-
-/// A token known to be away: since when, and the name its parked work is held under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Away {
-    pub since: SystemTime,
-    pub token: String,
-}
+use crate::failure::Failure;
 
 /// One token this instance uses, as the health check, the metrics and the
 /// partition's page show it.
@@ -58,40 +35,19 @@ pub type TokenOpener =
 /// not is looked at every tick).
 const LIVENESS_EVERY: Duration = Duration::from_secs(5);
 
-impl std::fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl Unavailable {
-    fn lasting(reason: String) -> Unavailable {
-        Unavailable {
-            reason,
-            transient: false,
-            missing_here: false,
-            away: None,
-        }
-    }
-
-    /// A token that is away now, as its reachability says.
-    fn away(member: &Member, token: &dyn Token, since: SystemTime) -> Unavailable {
-        let now = token.reachability();
-        Unavailable {
-            reason: format!(
-                "partition {:?} (serial {}) has been unreachable for {} s: {}",
-                member.partition_label,
-                member.serial_number,
-                since.elapsed().map_or(0, |d| d.as_secs()),
-                now.last_error.unwrap_or_default()
-            ),
-            transient: true,
-            missing_here: false,
-            away: Some(Away {
-                since,
-                token: token.info().name(),
-            }),
-        }
+/// The member's token is away now, as its reachability says: its work waits.
+fn away(member: &Member, token: &dyn Token, since: SystemTime) -> Failure {
+    let now = token.reachability();
+    Failure::Away {
+        reason: format!(
+            "partition {:?} (serial {}) has been unreachable for {} s: {}",
+            member.partition_label,
+            member.serial_number,
+            since.elapsed().map_or(0, |d| d.as_secs()),
+            now.last_error.unwrap_or_default()
+        ),
+        token: token.info().name(),
+        since,
     }
 }
 
@@ -168,24 +124,21 @@ impl OpenTokens {
     }
 
     /// The member's token, opened with the connection's PIN; not while it is
-    /// known to be away (its work waits: `Unavailable::away`).
-    pub fn member(&self, connection: Uuid, member: &Member) -> Result<Arc<dyn Token>, Unavailable> {
+    /// known to be away (its work waits: `Failure::Away`).
+    pub fn member(&self, connection: Uuid, member: &Member) -> Result<Arc<dyn Token>, Failure> {
         let key = (connection, member.serial_number.clone());
         let open = self.open.lock().get(&key).cloned();
         if let Some(open) = open {
             return match open.reachability().away_since {
-                Some(since) => Err(Unavailable::away(member, open.as_ref(), since)),
+                Some(since) => Err(away(member, open.as_ref(), since)),
                 None => Ok(open),
             };
         }
         let pin = self
             .store
             .connection_pin(connection)
-            .map_err(|e| Unavailable {
-                transient: e.is_unavailable(),
-                ..Unavailable::lasting(format!("the connection's PIN could not be read: {e}"))
-            })?
-            .ok_or_else(|| Unavailable::lasting("the partition's connection no longer exists".to_owned()))?;
+            .map_err(Failure::store("the connection's PIN could not be read"))?
+            .ok_or_else(|| Failure::Final("the partition's connection no longer exists".to_owned()))?;
         let opened = match &self.opener {
             Some(open) => open(&self.module, member, pin),
             None => self
@@ -201,10 +154,7 @@ impl OpenTokens {
             Err(error) => return Err(self.not_opened(key, member, &error)),
         };
         // Every call of the service's on a member token is timed and its errors counted.
-        let token: Arc<dyn Token> = Arc::new(Metered {
-            inner: token,
-            metrics: Arc::clone(&self.metrics),
-        });
+        let token: Arc<dyn Token> = Arc::new(Observed::new(token, Arc::clone(&self.metrics) as _));
         // Callers that missed the cache together each opened the token; all
         // use the first one kept, so one instance (and, on SoftHSM2, its one
         // write lock) serves every call on the token. Two instances would let
@@ -215,8 +165,8 @@ impl OpenTokens {
 
     /// Why the member's token could not be opened; one that may come back
     /// is remembered for the watcher, and one the module listed before is away.
-    fn not_opened(&self, key: (Uuid, String), member: &Member, error: &TokenError) -> Unavailable {
-        let mut unavailable = unreachable(member, error);
+    fn not_opened(&self, key: (Uuid, String), member: &Member, error: &TokenError) -> Failure {
+        let unavailable = unreachable(member, error);
         if !error.is_transient() {
             // A failure that will not pass (a PIN the token refuses, say) is
             // the connection's state until a test says otherwise; one that may
@@ -225,7 +175,7 @@ impl OpenTokens {
             let check = luna_domain::ConnectionCheck {
                 ok: false,
                 at: luna_store::now(),
-                error: Some(unavailable.reason.clone()),
+                error: Some(unavailable.reason().to_owned()),
             };
             if let Err(error) = self.store.record_connection_check(key.0, &check, None) {
                 tracing::warn!(connection = %key.0, %error, "the connection's failed login could not be recorded");
@@ -244,11 +194,11 @@ impl OpenTokens {
         });
         entry.error = error.to_string();
         if entry.listed_before {
-            unavailable.missing_here = false;
-            unavailable.away = Some(Away {
-                since: entry.since,
+            return Failure::Away {
+                reason: unavailable.reason().to_owned(),
                 token: luna_pkcs11::token_name(&member.partition_label, &member.serial_number),
-            });
+                since: entry.since,
+            };
         }
         unavailable
     }
@@ -261,7 +211,7 @@ impl OpenTokens {
         &self,
         connection: Uuid,
         member: &Member,
-    ) -> (Result<TokenInfo, Unavailable>, Option<Reachability>) {
+    ) -> (Result<TokenInfo, Failure>, Option<Reachability>) {
         let key = (connection, member.serial_number.clone());
         let open = self.open.lock().get(&key).cloned();
         if let Some(open) = open {
@@ -396,109 +346,11 @@ impl OpenTokens {
     }
 }
 
-fn unreachable(member: &Member, error: &TokenError) -> Unavailable {
-    Unavailable {
-        reason: format!(
-            "partition {:?} (serial {}) is not reachable: {error}",
-            member.partition_label, member.serial_number
-        ),
-        transient: error.is_transient(),
-        missing_here: matches!(error, TokenError::TokenNotFound { .. }),
-        away: None,
-    }
-}
-
-/// A token whose every call is timed and whose errors are counted.
-#[derive(Debug)]
-pub struct Metered {
-    pub inner: Arc<dyn Token>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl Token for Metered {
-    fn info(&self) -> &TokenInfo {
-        self.inner.info()
-    }
-    fn reachability(&self) -> Reachability {
-        self.inner.reachability()
-    }
-    fn probe(&self) -> Reachability {
-        self.metrics.tracked("probe", || self.inner.probe())
-    }
-    fn generate(&self, request: &GenerateRequest) -> luna_pkcs11::Result<Generated> {
-        self.metrics.timed("generate", || self.inner.generate(request))
-    }
-    fn find_by_id(&self, cka_id: &[u8]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
-        self.metrics.timed("find_by_id", || self.inner.find_by_id(cka_id))
-    }
-    fn describe(&self, object: ObjectRef) -> luna_pkcs11::Result<ObjectDescription> {
-        self.metrics.timed("describe", || self.inner.describe(object))
-    }
-    fn describe_many(&self, objects: &[ObjectRef]) -> luna_pkcs11::Result<Vec<ObjectDescription>> {
-        self.metrics
-            .timed("describe_many", || self.inner.describe_many(objects))
-    }
-    fn set_attributes(
-        &self,
-        object: ObjectRef,
-        changes: &[(luna_domain::Attribute, bool)],
-    ) -> luna_pkcs11::Result<()> {
-        self.metrics
-            .timed("set_attributes", || self.inner.set_attributes(object, changes))
-    }
-    fn destroy(&self, object: ObjectRef) -> luna_pkcs11::Result<()> {
-        self.metrics.timed("destroy", || self.inner.destroy(object))
-    }
-    fn scan(
-        &self,
-        batch_size: usize,
-        visit: &mut dyn FnMut(&[ObjectRef]) -> std::ops::ControlFlow<()>,
-    ) -> luna_pkcs11::Result<ScanOutcome> {
-        self.metrics.timed("scan", || self.inner.scan(batch_size, visit))
-    }
-    fn scan_described(
-        &self,
-        batch_size: usize,
-        visit: &mut dyn FnMut(Vec<ObjectDescription>) -> std::ops::ControlFlow<()>,
-    ) -> luna_pkcs11::Result<ScanOutcome> {
-        self.metrics
-            .timed("scan_described", || self.inner.scan_described(batch_size, visit))
-    }
-    fn export_to(&self, object: &ObjectDescription, target_serial: &str) -> luna_pkcs11::Result<Portable> {
-        self.metrics
-            .timed("export", || self.inner.export_to(object, target_serial))
-    }
-    fn import_from(
-        &self,
-        portable: &Portable,
-        source_serial: &str,
-    ) -> luna_pkcs11::Result<ObjectDescription> {
-        self.metrics
-            .timed("import", || self.inner.import_from(portable, source_serial))
-    }
-    fn shares_domain_with(&self, peer_serial: &str) -> luna_pkcs11::Result<bool> {
-        self.metrics.timed("shares_domain_with", || {
-            self.inner.shares_domain_with(peer_serial)
-        })
-    }
-    fn offer_transport(&self) -> luna_pkcs11::Result<TransportOffer> {
-        self.metrics
-            .timed("offer_transport", || self.inner.offer_transport())
-    }
-    fn export_for_offer(
-        &self,
-        object: &ObjectDescription,
-        offer: &TransportOffer,
-    ) -> luna_pkcs11::Result<Portable> {
-        self.metrics
-            .timed("export", || self.inner.export_for_offer(object, offer))
-    }
-    fn import_offered(
-        &self,
-        portable: &Portable,
-        offer: &TransportOffer,
-    ) -> luna_pkcs11::Result<ObjectDescription> {
-        self.metrics
-            .timed("import", || self.inner.import_offered(portable, offer))
-    }
+/// Why the member's token could not be opened or described, naming it.
+fn unreachable(member: &Member, error: &TokenError) -> Failure {
+    let reason = format!(
+        "partition {:?} (serial {}) is not reachable: {error}",
+        member.partition_label, member.serial_number
+    );
+    Failure::of(error, reason)
 }

@@ -9,8 +9,9 @@ use luna_domain::{Job, JobEvent, JobStatus, JobType, Key, KeyStatus, Partition};
 use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
 
-use super::transfer::TransferRefused;
-use super::{Failure, Hook, Runner};
+use crate::failure::Failure;
+use crate::runner::{Hook, Runner};
+use crate::transfer::TransferRefused;
 
 /// Objects described per `C_GetAttributeValue` round of a scan.
 const BATCH: usize = 256;
@@ -60,7 +61,7 @@ fn observed(d: &ObjectDescription) -> Option<ObservedObject> {
 impl Runner {
     /// Runs (or, after a crash, resumes) a job to its end. The job's own status
     /// says how it went; the operation fails only if the job cannot be run at all.
-    pub(super) fn run_job(&self, job_id: Uuid) -> Result<(), Failure> {
+    pub(crate) fn run_job(&self, job_id: Uuid) -> Result<(), Failure> {
         let read = Failure::store("the job record could not be read or written");
         let mut job = self
             .store
@@ -162,7 +163,7 @@ impl Runner {
 
     /// Ends a job whose operation could not run (or was given up): every
     /// partition not yet done carries the reason. Nothing is left in progress.
-    pub(super) fn fail_job(&self, job_id: Uuid, reason: &str) -> luna_store::Result<()> {
+    pub(crate) fn fail_job(&self, job_id: Uuid, reason: &str) -> luna_store::Result<()> {
         self.end_job(job_id, JobEvent::Fail, reason)
     }
 
@@ -279,7 +280,7 @@ impl Runner {
                         .map_err(TransferRefused::from)
                         .and_then(|source| {
                             let target = self.tokens.member(partition.connection_id, member)?;
-                            super::transfer::transfer(
+                            crate::transfer::transfer(
                                 source.as_ref(),
                                 &holder.serial_number,
                                 target.as_ref(),
@@ -322,9 +323,9 @@ impl Runner {
         for (m, member) in partition.members.iter().enumerate() {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
-                Err(unavailable) if unavailable.away.is_some() => return Err(unavailable.into()),
+                Err(away @ Failure::Away { .. }) => return Err(away),
                 Err(unavailable) => {
-                    views.push(Err(unavailable.reason));
+                    views.push(Err(unavailable.reason().to_owned()));
                     continue;
                 }
             };

@@ -8,7 +8,7 @@ use luna_store::{AuditEntry, Store};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::RunnerError;
 
 /// Registers a connection: every listed token must be present in the module
 /// and the PIN must log in to each, else the request names the token that
@@ -21,7 +21,7 @@ pub fn register_connection(
     module: &Arc<Module>,
     spec: ConnectionSpec,
     audit: &AuditEntry,
-) -> Result<Connection, ApiError> {
+) -> Result<Connection, RunnerError> {
     register_connection_idempotently(store, module, spec, None, audit)
 }
 
@@ -33,7 +33,7 @@ pub fn register_connection_idempotently(
     spec: ConnectionSpec,
     request: Option<&luna_domain::idempotency::IdempotentRequest>,
     audit: &AuditEntry,
-) -> Result<Connection, ApiError> {
+) -> Result<Connection, RunnerError> {
     let mut members = Vec::with_capacity(spec.members.len());
     let mut tokens = Vec::with_capacity(spec.members.len());
     for member in &spec.members {
@@ -50,7 +50,7 @@ pub fn register_connection_idempotently(
     if spec.ha_enabled {
         luna_domain::partition::check_distinct_serials(&members)?;
         if let Some(reason) = tokens.iter().find_map(|t| t.cannot_replicate()) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RunnerError::Invalid(format!(
                 "{reason}; its tokens can each be registered without is_ha_enabled, their keys not replicated"
             )));
         }
@@ -74,7 +74,7 @@ pub fn register_connection_idempotently(
                 } else {
                     format!("the cloning domain could not be established: {source}")
                 };
-                ApiError::TokenRefused { message, source }
+                RunnerError::TokenRefused { message, source }
             })?;
         tracing::info!(members = members.len(), "cloning domain established");
     }
@@ -110,14 +110,14 @@ pub fn add_member(
     spec: luna_domain::MemberSpec,
     so_pin: Option<&SecretString>,
     audit: &AuditEntry,
-) -> Result<Member, ApiError> {
+) -> Result<Member, RunnerError> {
     if !connection.ha_enabled {
-        return Err(ApiError::BadRequest(
+        return Err(RunnerError::Invalid(
             "only an HA connection (is_ha_enabled) takes more partitions".into(),
         ));
     }
     if connection.members.len() >= luna_domain::partition::MAX_MEMBERS {
-        return Err(ApiError::BadRequest(format!(
+        return Err(RunnerError::Invalid(format!(
             "an HA connection has at most {} partitions",
             luna_domain::partition::MAX_MEMBERS
         )));
@@ -126,7 +126,7 @@ pub fn add_member(
         .describe_token(&spec.partition_label, spec.serial_number.as_deref())
         .map_err(|source| refused(&spec.partition_label, source))?;
     if let Some(reason) = token.cannot_replicate() {
-        return Err(ApiError::BadRequest(reason));
+        return Err(RunnerError::Invalid(reason));
     }
     let member = Member {
         hostname: spec.hostname,
@@ -138,7 +138,7 @@ pub fn add_member(
         .iter()
         .find(|m| m.serial_number == member.serial_number)
     {
-        return Err(ApiError::Conflict(format!(
+        return Err(RunnerError::Conflict(format!(
             "the connection has partition {:?} (serial number {}) already",
             same.partition_label, same.serial_number
         )));
@@ -148,14 +148,14 @@ pub fn add_member(
     luna_domain::partition::check_distinct_serials(&members)?;
     let pin = store
         .connection_pin(connection.id)?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {} does not exist", connection.id)))?;
+        .ok_or_else(|| RunnerError::NotFound(format!("connection {} does not exist", connection.id)))?;
     module
         .open_token(&member.partition_label, Some(&member.serial_number), pin)
         .map_err(|source| refused(&member.partition_label, source))?;
     if let Some(so_pin) = so_pin {
         module
             .establish_cloning_domain(&members, so_pin)
-            .map_err(|source| ApiError::TokenRefused {
+            .map_err(|source| RunnerError::TokenRefused {
                 message: format!(
                     "the cloning domain could not be established with the new partition: {source}"
                 ),
@@ -163,7 +163,7 @@ pub fn add_member(
             })?;
     }
     if !store.add_connection_member(connection.id, &member, luna_store::now(), audit)? {
-        return Err(ApiError::NotFound(format!(
+        return Err(RunnerError::NotFound(format!(
             "connection {} does not exist",
             connection.id
         )));
@@ -221,7 +221,7 @@ pub fn check_of(tests: &[MemberTest], at: time::OffsetDateTime) -> luna_domain::
     }
 }
 
-fn refused(label: &str, source: TokenError) -> ApiError {
+fn refused(label: &str, source: TokenError) -> RunnerError {
     let message = match &source {
         TokenError::TokenNotFound { .. } | TokenError::AmbiguousToken { .. } => source.to_string(),
         _ if source.is_pin_incorrect() => {
@@ -229,23 +229,23 @@ fn refused(label: &str, source: TokenError) -> ApiError {
         }
         _ => format!("partition {label:?} could not be opened: {source}"),
     };
-    ApiError::TokenRefused { message, source }
+    RunnerError::TokenRefused { message, source }
 }
 
 /// Registers a connection's token set as one partition (an HA group when the
 /// connection is HA), and writes `audit` about it. `connection` is a name
 /// or an id.
-pub fn add_partition(store: &Store, connection: &str, audit: &AuditEntry) -> Result<Partition, ApiError> {
+pub fn add_partition(store: &Store, connection: &str, audit: &AuditEntry) -> Result<Partition, RunnerError> {
     let found = match Uuid::parse_str(connection) {
         Ok(id) => store.get_connection(id)?,
         Err(_) => store.connection_by_name(connection)?,
     };
     let connection = found
-        .ok_or_else(|| ApiError::NotFound(format!("no connection is named or numbered {connection:?}")))?;
+        .ok_or_else(|| RunnerError::NotFound(format!("no connection is named or numbered {connection:?}")))?;
     let first = connection
         .members
         .first()
-        .ok_or_else(|| ApiError::BadRequest("the connection lists no partitions".into()))?;
+        .ok_or_else(|| RunnerError::Invalid("the connection lists no partitions".into()))?;
     let now = luna_store::now();
     let partition = Partition {
         id: Uuid::new_v4(),

@@ -4,18 +4,16 @@ use std::time::SystemTime;
 
 use luna_domain::{Key, KeyVersion};
 
-use crate::tokens::Unavailable;
-
 /// What an operation's work left: the key records to write, or why it failed.
 /// An operation's key records as it leaves them, each with the version the
 /// operation read it at (the outcome is written as a compare-and-set on it).
-pub(super) type Outcome = Result<Vec<(Key, KeyVersion)>, Failure>;
+pub(crate) type Outcome = Result<Vec<(Key, KeyVersion)>, Failure>;
 
 /// Why an operation's attempt did not succeed. A transient failure (the
 /// device failed, the token is away) is tried again later, within a bounded
 /// budget (`Operation::retry_delay`); a final one ends the operation.
 #[derive(Debug)]
-pub(super) enum Failure {
+pub enum Failure {
     Final(String),
     Transient(String),
     /// This instance's module does not list a token the work needs; another
@@ -36,7 +34,7 @@ pub(super) enum Failure {
 impl Failure {
     /// A database error: transient when the database cannot be reached now
     /// (or the pool was busy), else final; `what` says what was being read.
-    pub(super) fn store(what: &'static str) -> impl Fn(luna_store::StoreError) -> Failure + Copy {
+    pub(crate) fn store(what: &'static str) -> impl Fn(luna_store::StoreError) -> Failure + Copy {
         move |error| {
             let reason = format!("{what}: {error}");
             if error.is_unavailable() {
@@ -47,24 +45,31 @@ impl Failure {
         }
     }
 
-    pub(super) fn token(error: luna_pkcs11::TokenError) -> Failure {
+    /// A token error, by what it means for the work: a token away (wait for
+    /// it), a re-initialisation under the work (start again), a token this
+    /// instance's module does not list (another instance's may), a failure
+    /// that may pass, or one that will not.
+    pub(crate) fn token(error: luna_pkcs11::TokenError) -> Failure {
+        Failure::of(&error, error.to_string())
+    }
+
+    /// `token`, said as `reason`. The one classification of a token error.
+    pub(crate) fn of(error: &luna_pkcs11::TokenError, reason: String) -> Failure {
         if let Some((token, since)) = error.unreachable() {
-            Failure::Away {
-                reason: error.to_string(),
-                token,
-                since,
-            }
+            Failure::Away { reason, token, since }
         } else if error.is_interrupted() {
-            Failure::Interrupted(error.to_string())
+            Failure::Interrupted(reason)
+        } else if matches!(error, luna_pkcs11::TokenError::TokenNotFound { .. }) {
+            Failure::NotHere(reason)
         } else if error.is_transient() {
-            Failure::Transient(error.to_string())
+            Failure::Transient(reason)
         } else {
-            Failure::Final(error.to_string())
+            Failure::Final(reason)
         }
     }
 
     /// The same failure, naming the member it happened on.
-    pub(super) fn on(self, member: &str) -> Failure {
+    pub(crate) fn on(self, member: &str) -> Failure {
         match self {
             Failure::Final(reason) => Failure::Final(format!("{member}: {reason}")),
             Failure::Transient(reason) => Failure::Transient(format!("{member}: {reason}")),
@@ -78,7 +83,7 @@ impl Failure {
         }
     }
 
-    pub(super) fn reason(&self) -> &str {
+    pub fn reason(&self) -> &str {
         match self {
             Failure::Final(reason)
             | Failure::Transient(reason)
@@ -90,7 +95,7 @@ impl Failure {
 
     /// Several failures as one: final if any is; else waiting for a token if
     /// any token is away (the first one named); else transient.
-    pub(super) fn all(failures: Vec<Failure>) -> Failure {
+    pub(crate) fn all(failures: Vec<Failure>) -> Failure {
         let reason = failures
             .iter()
             .map(Failure::reason)
@@ -121,20 +126,8 @@ impl From<&str> for Failure {
     }
 }
 
-impl From<Unavailable> for Failure {
-    fn from(unavailable: Unavailable) -> Failure {
-        if let Some(away) = unavailable.away {
-            Failure::Away {
-                reason: unavailable.reason,
-                token: away.token,
-                since: away.since,
-            }
-        } else if unavailable.missing_here {
-            Failure::NotHere(unavailable.reason)
-        } else if unavailable.transient {
-            Failure::Transient(unavailable.reason)
-        } else {
-            Failure::Final(unavailable.reason)
-        }
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
     }
 }

@@ -2,12 +2,12 @@
 //! SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use luna_api::registry::{add_partition, register_connection};
-use luna_api::ApiError;
 use luna_domain::partition::MemberRequest;
 use luna_domain::ConnectionRequest;
 use luna_pkcs11::testing::{fresh_token_label, module, unique_label, TestModule, USER_PIN};
 use luna_pkcs11::Token as _;
+use luna_runner::registry::{add_partition, register_connection};
+use luna_runner::RunnerError;
 use luna_store::testing::test_audit;
 use luna_store::testing::TestDatabase;
 use secrecy::SecretString;
@@ -55,11 +55,11 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     assert_eq!(store.get_partition(partition.id).unwrap().unwrap(), partition);
     assert!(matches!(
         add_partition(store, &connection.id.to_string(), &test_audit()),
-        Err(ApiError::Conflict(_))
+        Err(RunnerError::Conflict(_))
     ));
     assert!(matches!(
         add_partition(store, "nope", &test_audit()),
-        Err(ApiError::NotFound(_))
+        Err(RunnerError::NotFound(_))
     ));
 
     let wrong = request("wrong", false, &[&a], "not-the-pin").validate().unwrap();
@@ -81,7 +81,7 @@ fn registers_an_ha_pair_and_refuses_bad_tokens(db: TestDatabase) {
     let taken = request("ha", false, &[&a], USER_PIN).validate().unwrap();
     assert!(matches!(
         register_connection(store, module(), taken, &test_audit()),
-        Err(ApiError::Conflict(_))
+        Err(RunnerError::Conflict(_))
     ));
 }
 
@@ -103,10 +103,10 @@ fn callers_racing_to_open_a_token_share_one_instance(db: TestDatabase) {
     let connection = register_connection(&db.store, module(), spec, &test_audit()).unwrap();
     let member = &connection.members[0];
     for _ in 0..5 {
-        let tokens = luna_api::tokens::OpenTokens::new(
+        let tokens = luna_runner::OpenTokens::new(
             std::sync::Arc::clone(module()),
             db.store.clone(),
-            luna_api::metrics::Metrics::new().unwrap(),
+            luna_runner::Metrics::new().unwrap(),
             None,
         );
         let start = std::sync::Barrier::new(4);
@@ -153,7 +153,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
 
     let group = request("ock-ha", true, &[a, b], USER_PIN).validate().unwrap();
     let err = register_connection(store, m.module(), group, &test_audit()).unwrap_err();
-    assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+    assert!(matches!(err, RunnerError::Invalid(_)), "{err}");
     assert!(
         err.to_string().starts_with(&format!(
             "partitions {a:?} and {b:?} both report serial number \"123\""
@@ -162,7 +162,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
     );
     let alone = request("ock-ha", true, &[a], USER_PIN).validate().unwrap();
     let err = register_connection(store, m.module(), alone, &test_audit()).unwrap_err();
-    assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+    assert!(matches!(err, RunnerError::Invalid(_)), "{err}");
     assert!(
         err.to_string().starts_with(&format!(
             "token {a:?} (IBM Corp. IBM SoftTok) lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDH1_DERIVE, CKM_AES_KEY_WRAP_PAD"
@@ -179,7 +179,7 @@ fn registers_opencryptoki_tokens_alone_never_as_a_group(db: TestDatabase) {
         .unwrap();
     let second = request("ock-b", false, &[b], USER_PIN).validate().unwrap();
     let err = register_connection(store, m.module(), second, &test_audit()).unwrap_err();
-    assert!(matches!(err, ApiError::TokenRefused { .. }), "{err}");
+    assert!(matches!(err, RunnerError::TokenRefused { .. }), "{err}");
     assert!(
         err.to_string().contains("shares one login among its tokens"),
         "{err}"

@@ -5,7 +5,7 @@ use luna_pkcs11::ObjectDescription;
 /// Why a key object did not reach a member: the member's state in
 /// `replication_info`, or a synchronize job's problem, says it as a sentence.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum TransferRefused {
+pub(crate) enum TransferRefused {
     /// This instance cannot reach the member's token.
     #[error("{0}")]
     Unreachable(String),
@@ -24,9 +24,9 @@ pub(super) enum TransferRefused {
     Token(#[from] luna_pkcs11::TokenError),
 }
 
-impl From<crate::tokens::Unavailable> for TransferRefused {
-    fn from(unavailable: crate::tokens::Unavailable) -> TransferRefused {
-        TransferRefused::Unreachable(unavailable.reason)
+impl From<crate::failure::Failure> for TransferRefused {
+    fn from(unreachable: crate::failure::Failure) -> TransferRefused {
+        TransferRefused::Unreachable(unreachable.reason().to_owned())
     }
 }
 
@@ -34,7 +34,7 @@ impl From<crate::tokens::Unavailable> for TransferRefused {
 /// cloning domain under the pair's trusted key; without one, an extractable
 /// key under a key the two members agree for this transfer; a public key as
 /// its public attributes. Says why when none applies.
-pub(super) fn transfer(
+pub(crate) fn transfer(
     source: &dyn luna_pkcs11::Token,
     source_serial: &str,
     target: &dyn luna_pkcs11::Token,
