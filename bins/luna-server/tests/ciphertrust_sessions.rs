@@ -1,6 +1,6 @@
 //! Whole sessions of CipherTrust Manager's clients against the real binary,
 //! each request shaped as the client's public code sends it (see
-//! `crates/luna-api/tests/ciphertrust_clients.rs` for the sources), on a
+//! `crates/luna-api/tests/ciphertrust_clients/` for the sources), on a
 //! SoftHSM2 token the operator made with `softhsm2-util`, checked on the
 //! token with `pkcs11-tool`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

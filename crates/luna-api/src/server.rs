@@ -17,7 +17,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, health, jobs, keys, partitions, servers, users};
+use crate::handlers::{audit, auth, connections, health, jobs, keys, partitions, servers, users};
 use crate::state::AppState;
 use crate::view::Tenancy;
 use luna_runner::tokens::OpenTokens;
@@ -77,15 +77,15 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(users::delete)
         .service(users::add_to_group)
         .service(users::remove_from_group)
-        .service(partitions::create_connection)
-        .service(partitions::list_connections)
-        .service(partitions::get_connection)
-        .service(partitions::delete_connection)
-        .service(partitions::update_connection)
-        .service(partitions::add_connection_member)
-        .service(partitions::remove_connection_member)
-        .service(partitions::test_connection)
-        .service(partitions::test_unsaved_connection)
+        .service(connections::create_connection)
+        .service(connections::list_connections)
+        .service(connections::get_connection)
+        .service(connections::delete_connection)
+        .service(connections::update_connection)
+        .service(connections::add_connection_member)
+        .service(connections::remove_connection_member)
+        .service(connections::test_connection)
+        .service(connections::test_unsaved_connection)
         .service(partitions::add_partition)
         .service(partitions::list_partitions)
         .service(partitions::get_partition)
@@ -94,10 +94,10 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(servers::list_servers)
         .service(servers::get_server)
         .service(servers::delete_server)
-        .service(partitions::list_stc_partitions)
-        .service(partitions::create_stc_partition)
-        .service(partitions::get_stc_partition)
-        .service(partitions::delete_stc_partition)
+        .service(connections::list_stc_partitions)
+        .service(connections::create_stc_partition)
+        .service(connections::get_stc_partition)
+        .service(connections::delete_stc_partition)
         .service(jobs::start_refresh)
         .service(jobs::list_refresh)
         .service(jobs::get_refresh)

@@ -31,8 +31,8 @@ pub use error::{Result, StoreError};
 pub use group::{Durability, WriteStats};
 pub use pin::{load_or_create_key_file, PinCipher};
 pub use repo::audit::{AuditCheck, AuditCheckpoint, AuditEntry, AuditRecord};
+pub use repo::connections::ConnectionChange;
 pub use repo::operations::PartitionRoom;
-pub use repo::partitions::ConnectionChange;
 pub use repo::users::{NewUser, StoredUser, UserChange};
 
 use db::{ConnectionManager, DbConnection};

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod connections;
 pub mod health;
 pub mod jobs;
 pub mod keys;

@@ -1,6 +1,8 @@
 //! Repositories: one module per aggregate, each an `impl Store` block.
 
 pub mod audit;
+pub mod audit_sinks;
+pub mod connections;
 pub mod idempotency;
 pub mod jobs;
 mod key_pages;

@@ -1,0 +1,36 @@
+//! Refresh and synchronize jobs, as the API shows them.
+
+use super::*;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub resource: Resource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub overall_status: &'static str,
+    pub detailed_status: BTreeMap<String, String>,
+    pub cloud: &'static str,
+    pub partitions: Vec<String>,
+    pub abort: bool,
+    pub job_type: &'static str,
+}
+
+impl JobView {
+    pub fn new(job: &luna_domain::Job, tenancy: &Tenancy) -> JobView {
+        JobView {
+            resource: Resource::new("synchronize", job.id, job.created_at, job.updated_at, tenancy),
+            completed_at: job.completed_at.map(timestamp),
+            overall_status: job.lifecycle().status().as_str(),
+            detailed_status: job
+                .detailed_status
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            cloud: "hsm-luna",
+            partitions: job.partitions.iter().map(Uuid::to_string).collect(),
+            abort: job.lifecycle().abort(),
+            job_type: job.job_type.as_str(),
+        }
+    }
+}
