@@ -220,14 +220,12 @@ fn server_run(
         args.extend(["--database-url", scratch.url.as_str()]);
     }
     let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    let server = Server::start_binary(
-        binary,
-        &dir.path().join("data"),
-        &args,
-        &env,
-        "error",
-        Stdio::null(),
-    );
+    let server = Server::launch(&dir.path().join("data"))
+        .binary(binary)
+        .args(&args)
+        .env(&env)
+        .log("error", Stdio::null())
+        .start();
     let base = server.base.clone();
     let token = login(&base, &server.admin_password_shown().unwrap());
     let (status, body) = call(

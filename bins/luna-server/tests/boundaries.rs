@@ -321,3 +321,25 @@ fn every_source_file_holds_at_most_500_lines_of_code() {
     assert!(long.is_empty(), "files past 500 lines of code: {long:#?}");
     assert_eq!(code_lines("// a comment\n\n  fn f() {}\n   //! doc\n"), 1);
 }
+
+/// Tests, benchmarks and the chaos run start `luna-server` one way
+/// (`tests/support`'s `Launch`): only that file waits for the binary's
+/// "listening on" line.
+#[test]
+fn servers_start_through_one_helper() {
+    let waiting: Vec<String> = every_rust_file()
+        .into_iter()
+        .filter(|file| !file.components().any(|c| c.as_os_str() == "src"))
+        .filter(|file| {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .contains("strip_prefix(\"listening on \")")
+        })
+        .map(|file| file.display().to_string())
+        .collect();
+    assert_eq!(waiting.len(), 1, "{waiting:#?}");
+    assert!(
+        waiting[0].ends_with("bins/luna-server/tests/support/mod.rs"),
+        "{waiting:#?}"
+    );
+}

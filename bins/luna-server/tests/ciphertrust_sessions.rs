@@ -30,11 +30,10 @@ impl Operator {
         let dir = tempfile::tempdir().unwrap();
         let conf = softhsm2_operator_tokens(&dir.path().join("operator-softhsm"), labels, SO_PIN, USER_PIN);
         let module = luna_pkcs11::softhsm::find_module().unwrap();
-        let server = Server::start_with_env(
-            &dir.path().join("data"),
-            &["--insecure-http", "--pkcs11-module", module.to_str().unwrap()],
-            &[("SOFTHSM2_CONF", conf.as_path())],
-        );
+        let server = Server::launch(&dir.path().join("data"))
+            .args(&["--insecure-http", "--pkcs11-module", module.to_str().unwrap()])
+            .env(&[("SOFTHSM2_CONF", conf.as_path())])
+            .start();
         Operator {
             _dir: dir,
             conf,

@@ -188,7 +188,10 @@ fn no_password_pin_or_token_reaches_the_log() {
     let data = dir.path().join("data");
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let server = Server::start_logging(&data, &["--insecure-http"], "trace", log.into());
+    let server = Server::launch(&data)
+        .args(&["--insecure-http"])
+        .log("trace", log.into())
+        .start();
     let password = server.admin_password_shown().unwrap();
     let (_, tokens) = call(
         "POST",
@@ -284,13 +287,11 @@ fn client_values_cannot_forge_log_lines_in_text_or_json() {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let server = Server::start_in_env(
-            &dir.path().join("data"),
-            &["--insecure-http"],
-            &[("LUNA_LOG_FORMAT", Path::new(format))],
-            "info",
-            log.into(),
-        );
+        let server = Server::launch(&dir.path().join("data"))
+            .args(&["--insecure-http"])
+            .env(&[("LUNA_LOG_FORMAT", Path::new(format))])
+            .log("info", log.into())
+            .start();
         for username in hostile {
             let (status, _) = call(
                 "POST",

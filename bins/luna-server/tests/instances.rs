@@ -44,13 +44,11 @@ fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let b_log = dir.path().join("b.log");
 
-    let b = Server::start_in_env(
-        &data_b,
-        &argv(&args("1")),
-        &env,
-        "info",
-        std::fs::File::create(&b_log).unwrap().into(),
-    );
+    let b = Server::launch(&data_b)
+        .args(&argv(&args("1")))
+        .env(&env)
+        .log("info", std::fs::File::create(&b_log).unwrap().into())
+        .start();
     // Instances on one database share the PIN sealing key and the JWT key.
     std::fs::create_dir_all(&data_a).unwrap();
     for key in ["pin.key", "jwt.key"] {
@@ -74,7 +72,7 @@ fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
     assert!(output.success());
 
     // A sees the token: it registers it, then stops, so that B alone runs work.
-    let a = Server::start_with_env(&data_a, &argv(&args("1")), &env);
+    let a = Server::launch(&data_a).args(&argv(&args("1"))).env(&env).start();
     let token = login(&a.base, ADMIN);
     let (status, connection) = call(
         "POST",
@@ -117,7 +115,7 @@ fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
     );
     b.stop();
 
-    let a = Server::start_with_env(&data_a, &argv(&args("1")), &env);
+    let a = Server::launch(&data_a).args(&argv(&args("1"))).env(&env).start();
     let deadline = Instant::now() + Duration::from_secs(60);
     let key = loop {
         let (_, key) = call(

@@ -34,11 +34,10 @@ fn softhsm2_tokens_made_with_softhsm2_util_outside_the_data_dir_are_served() {
     );
     let env = [("SOFTHSM2_CONF", conf.as_path())];
     let module = luna_pkcs11::softhsm::find_module().unwrap();
-    let server = Server::start_with_env(
-        &data,
-        &["--insecure-http", "--pkcs11-module", module.to_str().unwrap()],
-        &env,
-    );
+    let server = Server::launch(&data)
+        .args(&["--insecure-http", "--pkcs11-module", module.to_str().unwrap()])
+        .env(&env)
+        .start();
     let banner = server.banner.join("\n");
     let canonical = module.canonicalize().unwrap();
     assert!(
@@ -232,7 +231,7 @@ fn opencryptoki_tokens_made_with_pkcs11_tool_are_served_end_to_end() {
         );
         assert_eq!(key["replication_info"], json!({"123": "available"}), "{key}");
     }
-    assert_eq!(rsa["generation_mechanism"], "CKM_RSA_PKCS_KEY_PAIR_GEN", "{rsa}");
+    assert_eq!(rsa["generated_with"], "CKM_RSA_PKCS_KEY_PAIR_GEN", "{rsa}");
     assert_eq!(rsa["modulus"].as_str().unwrap().len(), 512, "{rsa}");
     let listing = pkcs11_objects(module, labels[0], USER_PIN, &[]);
     assert!(

@@ -217,7 +217,7 @@ fn softhsm_server(data: &Path, token: &OperatorToken, extra: &[&str]) -> Server 
     let module = luna_pkcs11::softhsm::find_module().unwrap();
     let mut args = vec!["--insecure-http", "--pkcs11-module", module.to_str().unwrap()];
     args.extend_from_slice(extra);
-    Server::start_with_env(data, &args, &token.env())
+    Server::launch(data).args(&args).env(&token.env()).start()
 }
 
 /// Before: every one of 30 creates sent during a 10 s outage ended FAILED
@@ -249,7 +249,8 @@ fn creates_sent_while_the_token_is_away_end_available_and_health_says_so_meanwhi
     let unreachable = &health["unreachable"][0];
     assert_eq!(unreachable["partition_label"], token.label, "{health}");
     assert!(
-        unreachable["since"].is_string() && unreachable["error"].as_str().unwrap().contains(token.label),
+        unreachable["unreachable_since"].is_string()
+            && unreachable["error"].as_str().unwrap().contains(token.label),
         "{health}"
     );
     let member = client.member_token(&partition);
@@ -431,13 +432,16 @@ fn of_two_instances_the_one_that_saw_the_outage_recovers_without_a_restart() {
         "admin-of-both",
     ];
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Server::start_with_env(&data_a, &args, &token.env());
+    let a = Server::launch(&data_a).args(&args).env(&token.env()).start();
     // Instances on one database share the PIN sealing key and the JWT key.
     std::fs::create_dir_all(&data_b).unwrap();
     for key in ["pin.key", "jwt.key"] {
         std::fs::copy(data_a.join(key), data_b.join(key)).unwrap();
     }
-    let b = Server::start_with_env(&data_b, &args, &[("SOFTHSM2_CONF", blind.as_path())]);
+    let b = Server::launch(&data_b)
+        .args(&args)
+        .env(&[("SOFTHSM2_CONF", blind.as_path())])
+        .start();
     let (client_a, client_b) = (Client::of(&a, "admin-of-both"), Client::of(&b, "admin-of-both"));
     let partition = client_a.partition(token.label);
     let first = client_a.create(&partition, "before");

@@ -178,7 +178,7 @@ pub(crate) enum ConnectionsCommand {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
-        /// A partition: LABEL:SERIAL or LABEL:SERIAL@HOST; repeat for HA members.
+        /// A member token: LABEL:SERIAL or LABEL:SERIAL@HOST; repeat for an HA group.
         #[arg(long = "member", required = true)]
         members: Vec<String>,
         #[arg(long)]
@@ -206,13 +206,13 @@ pub(crate) enum ConnectionsCommand {
         #[arg(long)]
         rotate_pin: bool,
     },
-    /// Adds a partition to an HA connection: LABEL:SERIAL or LABEL:SERIAL@HOST;
+    /// Adds a member token to an HA connection: LABEL:SERIAL or LABEL:SERIAL@HOST;
     /// the cloning domain's SO PIN from LUNACTL_SO_PIN.
     AddMember {
         id: String,
         member: String,
     },
-    /// Removes the partition with this serial number from a connection.
+    /// Removes the member token with this serial number from a connection.
     RemoveMember {
         id: String,
         serial: String,

@@ -312,7 +312,7 @@ async function keyPage(id) {
   if (!key) return;
   const error = el("p");
   const fields = ["id", "label", "status", "operation", "operation_status", "operation_error", "algorithm", "object_type",
-    "size", "mechanism", "generation_mechanism", "partition_label", "partition_id", "object_uid", "link_id", "sha_256_fingerprint",
+    "size", "mechanism", "generated_with", "partition_label", "partition_id", "object_uid", "link_id", "sha_256_fingerprint",
     "replicated", "ha_enabled", "origin", "byok_key", "modulus", "exponent", "createdAt", "updatedAt"];
   const list = el("dl", { class: "fields", id: "key-fields" }, fields.flatMap((f) => [el("dt", {}, f),
     el("dd", { "data-field": f }, ["status", "operation_status"].includes(f) ? badge(key[f]) : String(key[f] ?? ""))]));
@@ -333,8 +333,8 @@ async function keyPage(id) {
     } }, "Replicate"),
     el("button", { type: "button", class: "danger", id: "destroy", disabled: key.status !== "AVAILABLE", onclick: () => confirmByLabel(key, "Delete from HSM",
       "destroys the key's objects on every member", () => call("POST", `${API}/cckm/hsm/luna/${key.id}/delete`), error) }, "Delete from HSM…"),
-    el("button", { type: "button", class: "danger", id: "forget", onclick: () => confirmByLabel(key, "Remove from the service",
-      "forgets the key here; its objects stay on the tokens", async () => { await call("DELETE", `${KEYS}/${key.id}`); location.hash = "#/keys"; return true; }, error) }, "Remove…"))
+    el("button", { type: "button", class: "danger", id: "forget", onclick: () => confirmByLabel(key, "Forget in the service",
+      "forgets the key here; its objects stay on the tokens", async () => { await call("DELETE", `${KEYS}/${key.id}`); location.hash = "#/keys"; return true; }, error) }, "Forget…"))
     : null;
   place.replaceChildren(el("h2", {}, key.label), list, toggles, el("h3", {}, "Replication"), replication, actions, error);
   if (key.status === "in_progress" || key.operation_status === "in_progress") later(visit, 1000, route);
@@ -466,7 +466,7 @@ async function connectionsPage() {
   el("h3", {}, "Register a connection"),
   el("div", { class: "inline" },
     el("label", {}, "Name", el("input", { name: "name", required: true })),
-    el("label", {}, "Partition labels (comma-separated)", el("input", { name: "members", required: true })),
+    el("label", {}, "Member token labels (comma-separated)", el("input", { name: "members", required: true })),
     el("label", {}, "Host", el("input", { name: "hostname", placeholder: "localhost" })),
     el("label", {}, "Crypto officer PIN", el("input", { name: "password", type: "password", autocomplete: "new-password", required: true })),
     el("label", {}, "Security officer PIN (cloning domain)", el("input", { name: "so_password", type: "password", autocomplete: "new-password" })),

@@ -330,16 +330,16 @@ fn principal(req: &HttpRequest) -> impl Future<Output = Result<Principal, ApiErr
 /// What checking a bearer token takes, from the application's data (the
 /// server registers each): the signing key, the session cache and the store
 /// sessions are read from.
-struct Gate {
+struct TokenCheck {
     auth: web::Data<Auth>,
     sessions: web::Data<LiveSessions>,
     store: web::Data<Store>,
 }
 
-impl Gate {
-    fn of(req: &HttpRequest) -> Result<Gate, ApiError> {
+impl TokenCheck {
+    fn of(req: &HttpRequest) -> Result<TokenCheck, ApiError> {
         let missing = || ApiError::Internal("the auth check's application data is missing".into());
-        Ok(Gate {
+        Ok(TokenCheck {
             auth: req.app_data::<web::Data<Auth>>().cloned().ok_or_else(missing)?,
             sessions: req
                 .app_data::<web::Data<LiveSessions>>()
@@ -350,8 +350,8 @@ impl Gate {
     }
 }
 
-fn bearer_claims(req: &HttpRequest) -> Result<(Gate, Claims), ApiError> {
-    let gate = Gate::of(req)?;
+fn bearer_claims(req: &HttpRequest) -> Result<(TokenCheck, Claims), ApiError> {
+    let gate = TokenCheck::of(req)?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

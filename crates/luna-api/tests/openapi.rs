@@ -27,6 +27,36 @@ fn operations(doc: &Value) -> Vec<(String, String, Value)> {
     found
 }
 
+/// The create body the document describes (`CreateKeyBody`) is the one the
+/// handler reads (luna-domain's `CreateKeyRequest`): the same fields, and the
+/// same required ones.
+#[test]
+fn the_create_body_is_documented_as_read() {
+    let doc = document();
+    let schema = &doc["components"]["schemas"]["CreateKeyBody"];
+    let documented: BTreeSet<String> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let read = serde_json::to_value(luna_domain::CreateKeyRequest::default()).unwrap();
+    let read: BTreeSet<String> = read.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(documented, read);
+    let required: BTreeSet<String> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    let optional: BTreeSet<String> = ["attributes".to_owned()].into();
+    assert_eq!(
+        required,
+        &read - &optional,
+        "every field but attributes is required"
+    );
+}
+
 #[test]
 fn operation_ids_are_unique_and_every_link_names_one() {
     let doc = document();

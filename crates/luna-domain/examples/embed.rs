@@ -12,7 +12,7 @@ use std::error::Error;
 
 use luna_domain::key::object_uid;
 use luna_domain::query::{list_params, parse_list_query, KeyFilters, ListQuery};
-use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
+use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberScan, ObservedObject, RefreshScope};
 use luna_domain::{
     Algorithm, Attribute, CreateKeyRequest, DomainError, Job, JobEvent, JobRequest, JobScope, JobType, Key,
     KeyEvent, KeyStatus, KeyToMake, NewKey, NewKeySpec, ObjectType, OperationKind, Partition,
@@ -264,11 +264,11 @@ fn refresh_a_partition(started: OffsetDateTime) -> Outcome {
     )];
     let before = BeforeScan::of(&records, started, Duration::seconds(60));
     let seen = [
-        MemberView::Read(vec![
+        MemberScan::Read(vec![
             rsa_half(ObjectType::PrivateKey, "made with another tool"),
             rsa_half(ObjectType::PublicKey, "made with another tool"),
         ]),
-        MemberView::Read(vec![]),
+        MemberScan::Read(vec![]),
     ];
     let now = started + Duration::seconds(3);
     let planned = plan(&scope, &before, &records, &seen, now, Uuid::new_v4);

@@ -1,7 +1,7 @@
 //! Refresh and ha_synchronize jobs: request rules and life.
 //!
 //! A job works partition by partition, member by member, in batches; a
-//! cancel is a flag (`abort`) it looks at between batches, so cancelling is
+//! cancel is a flag (`cancel_requested`) it looks at between batches, so cancelling is
 //! two steps: [`JobEvent::RequestCancel`], then [`JobEvent::StopCancelled`]
 //! when the job notices.
 
@@ -105,7 +105,7 @@ pub enum JobEvent {
     Complete,
     /// At least one partition failed (the reasons are in `detailed_status`).
     Fail,
-    /// The job saw the abort flag and stopped.
+    /// The job saw its cancel requested and stopped.
     StopCancelled,
 }
 
@@ -115,7 +115,7 @@ pub enum JobEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobLifecycle {
     status: JobStatus,
-    abort: bool,
+    cancel_requested: bool,
 }
 
 impl JobLifecycle {
@@ -123,7 +123,7 @@ impl JobLifecycle {
     pub fn started() -> Self {
         JobLifecycle {
             status: JobStatus::InProgress,
-            abort: false,
+            cancel_requested: false,
         }
     }
 
@@ -133,8 +133,8 @@ impl JobLifecycle {
     }
 
     /// A cancel was asked for; the job stops at its next batch.
-    pub fn abort(self) -> bool {
-        self.abort
+    pub fn cancel_requested(self) -> bool {
+        self.cancel_requested
     }
 
     /// A lifecycle as storage kept it, if [`next`] can reach it from
@@ -142,8 +142,11 @@ impl JobLifecycle {
     ///
     /// [`next`]: JobLifecycle::next
     /// [`started`]: JobLifecycle::started
-    pub fn restore(status: JobStatus, abort: bool) -> Result<JobLifecycle> {
-        let stored = JobLifecycle { status, abort };
+    pub fn restore(status: JobStatus, cancel_requested: bool) -> Result<JobLifecycle> {
+        let stored = JobLifecycle {
+            status,
+            cancel_requested,
+        };
         // Worked out once: every job row read goes through here.
         static REACHABLE: std::sync::LazyLock<Vec<JobLifecycle>> = std::sync::LazyLock::new(|| {
             let events = [
@@ -159,7 +162,11 @@ impl JobLifecycle {
         } else {
             Err(DomainError::invalid(format!(
                 "no job can be {status} with a cancel {}",
-                if abort { "asked for" } else { "not asked for" }
+                if cancel_requested {
+                    "asked for"
+                } else {
+                    "not asked for"
+                }
             )))
         }
     }
@@ -171,7 +178,10 @@ impl JobLifecycle {
     pub fn next(self, event: JobEvent) -> Result<JobLifecycle> {
         use JobStatus::*;
         match (self.status, event) {
-            (InProgress, JobEvent::RequestCancel) => Ok(JobLifecycle { abort: true, ..self }),
+            (InProgress, JobEvent::RequestCancel) => Ok(JobLifecycle {
+                cancel_requested: true,
+                ..self
+            }),
             (InProgress, JobEvent::Complete) => Ok(JobLifecycle {
                 status: Completed,
                 ..self
@@ -180,7 +190,7 @@ impl JobLifecycle {
                 status: Failed,
                 ..self
             }),
-            (InProgress, JobEvent::StopCancelled) if self.abort => Ok(JobLifecycle {
+            (InProgress, JobEvent::StopCancelled) if self.cancel_requested => Ok(JobLifecycle {
                 status: Cancelled,
                 ..self
             }),
@@ -189,7 +199,7 @@ impl JobLifecycle {
             ))),
             (status, event) => Err(DomainError::IllegalTransition {
                 machine: "job",
-                from: format!("{status} (abort {})", self.abort),
+                from: format!("{status} (cancel_requested {})", self.cancel_requested),
                 event: format!("{event:?}"),
             }),
         }
@@ -316,14 +326,17 @@ mod tests {
     fn job_lifecycle_transition_table() {
         use JobEvent as E;
         use JobStatus as S;
-        let l = |status, abort| JobLifecycle { status, abort };
+        let l = |status, cancel_requested| JobLifecycle {
+            status,
+            cancel_requested,
+        };
         // (from, event, expected next or None)
         let table: Vec<(JobLifecycle, E, Option<JobLifecycle>)> = S::ALL
             .iter()
-            .flat_map(|&s| [false, true].map(|abort| l(s, abort)))
+            .flat_map(|&s| [false, true].map(|cancel_requested| l(s, cancel_requested)))
             .flat_map(|from| {
                 [E::RequestCancel, E::Complete, E::Fail, E::StopCancelled].map(|event| {
-                    let expected = match (from.status, event, from.abort) {
+                    let expected = match (from.status, event, from.cancel_requested) {
                         (S::InProgress, E::RequestCancel, _) => Some(l(S::InProgress, true)),
                         (S::InProgress, E::Complete, a) => Some(l(S::Completed, a)),
                         (S::InProgress, E::Fail, a) => Some(l(S::Failed, a)),

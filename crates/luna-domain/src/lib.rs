@@ -185,7 +185,7 @@
 //! ```
 //! use time::{Duration, OffsetDateTime};
 //! use luna_domain::key::object_uid;
-//! use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
+//! use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberScan, ObservedObject, RefreshScope};
 //! use luna_domain::{Algorithm, Attribute, KeyStatus, ObjectType, Origin};
 //! use uuid::Uuid;
 //!
@@ -221,8 +221,8 @@
 //!
 //! // The first member holds `kept` and an object nobody recorded; the second only `kept`.
 //! let seen = [
-//!     MemberView::Read(vec![kept.clone(), outside.clone()]),
-//!     MemberView::Read(vec![kept.clone()]),
+//!     MemberScan::Read(vec![kept.clone(), outside.clone()]),
+//!     MemberScan::Read(vec![kept.clone()]),
 //! ];
 //! let mut next = 0u128;
 //! let new_id = || {

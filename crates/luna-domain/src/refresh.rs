@@ -2,7 +2,7 @@
 //!
 //! Pure: the caller enumerates the tokens and stores the result. A refresh
 //! reads the records ([`BeforeScan::of`]), scans every member into a
-//! [`MemberView`], reads the records again and asks [`plan`] what to write:
+//! [`MemberScan`], reads the records again and asks [`plan`] what to write:
 //! records to insert for objects made outside the service, and records to
 //! update, each with the [`KeyVersion`] it was read at, so that the write is
 //! a compare-and-set that loses to any change made meanwhile.
@@ -54,12 +54,12 @@ pub struct ObservedObject {
 
 /// What one member said: the objects it holds, or why it could not be read.
 #[derive(Debug, Clone)]
-pub enum MemberView {
+pub enum MemberScan {
     /// Every key object the member holds.
     Read(Vec<ObservedObject>),
     /// Why the member could not be read; this becomes the member's entry in
     /// `replication_info`, and stops the plan from concluding `DELETED`.
-    Unreachable(String),
+    Away(String),
 }
 
 /// The partition facts a refresh needs.
@@ -137,14 +137,14 @@ pub fn plan(
     scope: &RefreshScope,
     before: &BeforeScan,
     records: &[Key],
-    seen: &[MemberView],
+    seen: &[MemberScan],
     now: OffsetDateTime,
     mut new_id: impl FnMut() -> Uuid,
 ) -> RefreshPlan {
     // object_uid → (member index → object)
     let mut found: BTreeMap<&str, BTreeMap<usize, &ObservedObject>> = BTreeMap::new();
     for (m, view) in seen.iter().enumerate() {
-        if let MemberView::Read(objects) = view {
+        if let MemberScan::Read(objects) = view {
             for object in objects {
                 found
                     .entry(object.object_uid.as_str())
@@ -153,7 +153,7 @@ pub fn plan(
             }
         }
     }
-    let any_unreachable = seen.iter().any(|v| matches!(v, MemberView::Unreachable(_)));
+    let any_unreachable = seen.iter().any(|v| matches!(v, MemberScan::Away(_)));
     let replication =
         |holders: Option<&BTreeMap<usize, &ObservedObject>>| -> (BTreeMap<String, String>, bool) {
             let mut info = BTreeMap::new();
@@ -161,7 +161,7 @@ pub fn plan(
             for (m, serial) in scope.members.iter().enumerate() {
                 let state = match (&seen.get(m), holders.and_then(|h| h.get(&m))) {
                     (_, Some(_)) => "available".to_owned(),
-                    (Some(MemberView::Unreachable(reason)), None) => reason.clone(),
+                    (Some(MemberScan::Away(reason)), None) => reason.clone(),
                     _ => "the key is not on this member".to_owned(),
                 };
                 everywhere &= state == "available";

@@ -60,7 +60,7 @@ pub enum TokenError {
     /// could not reach it either): it is not called until a look finds it
     /// back (`Token::probe`), so that work waits for it.
     #[error("token {label:?} (serial {serial}) has been unreachable for {away_secs} s: {cause}")]
-    Unreachable {
+    Away {
         label: String,
         serial: String,
         since: SystemTime,
@@ -112,7 +112,7 @@ impl TokenError {
             TokenError::NoFreeSlot => "no_free_slot",
             TokenError::MechanismUnsupported { .. } => "mechanism_unsupported",
             TokenError::MalformedObject { .. } => "malformed_object",
-            TokenError::Unreachable { .. } => "token_unreachable",
+            TokenError::Away { .. } => "token_unreachable",
             TokenError::StaleHandle { .. } => "stale_handle",
         }
     }
@@ -123,9 +123,9 @@ impl TokenError {
     /// transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            TokenError::TokenNotFound { .. }
-            | TokenError::Unreachable { .. }
-            | TokenError::StaleHandle { .. } => true,
+            TokenError::TokenNotFound { .. } | TokenError::Away { .. } | TokenError::StaleHandle { .. } => {
+                true
+            }
             TokenError::Call { .. } => matches!(
                 self.rv(),
                 Some(
@@ -157,9 +157,9 @@ impl TokenError {
 
     /// Which token is away (`token_name`) and since when, if this error
     /// says one is: the caller's work should wait for it rather than fail.
-    pub fn unreachable(&self) -> Option<(String, SystemTime)> {
+    pub fn away(&self) -> Option<(String, SystemTime)> {
         match self {
-            TokenError::Unreachable {
+            TokenError::Away {
                 label, serial, since, ..
             } => Some((crate::token_name(label, serial), *since)),
             _ => None,

@@ -97,7 +97,7 @@ impl Token for LatencyToken {
             .lock()
             .insert(request.cka_id.clone(), objects.clone());
         Ok(Generated {
-            mechanism_used: request.mechanism,
+            generated_with: request.mechanism,
             objects,
             created: true,
         })

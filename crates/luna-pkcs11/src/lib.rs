@@ -69,7 +69,7 @@ impl TokenInfo {
 
     /// The mechanism a create of `requested` runs on this token: itself, or
     /// with `remap` the standard one a Luna-specific RSA mechanism maps to.
-    pub fn generation_mechanism(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
+    pub fn generated_with(&self, requested: Mechanism, remap: bool) -> Result<Mechanism> {
         if self.supports(requested) {
             return Ok(requested);
         }
@@ -139,7 +139,7 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
     /// The mechanism that ran (after any remap).
-    pub mechanism_used: Mechanism,
+    pub generated_with: Mechanism,
     /// The secret key, or the private key then the public key.
     pub objects: Vec<ObjectDescription>,
     /// False when a retry found the objects already there.
@@ -238,8 +238,7 @@ mod tests {
             mechanisms,
         };
         let none = token(Vec::new());
-        let sentence =
-            |m: Mechanism, remap: bool| none.generation_mechanism(m, remap).unwrap_err().to_string();
+        let sentence = |m: Mechanism, remap: bool| none.generated_with(m, remap).unwrap_err().to_string();
         assert_eq!(
             sentence(Mechanism::RsaX931KeyPairGen, false),
             r#"token "t" does not support CKM_RSA_X9_31_KEY_PAIR_GEN, and mechanism remapping is off"#
@@ -254,7 +253,7 @@ mod tests {
         );
         let rsa = token(vec![mechanisms::mechanism_code(Mechanism::RsaPkcsKeyPairGen)]);
         assert_eq!(
-            rsa.generation_mechanism(Mechanism::RsaFips1863PrimeKeyPairGen, true)
+            rsa.generated_with(Mechanism::RsaFips1863PrimeKeyPairGen, true)
                 .unwrap(),
             Mechanism::RsaPkcsKeyPairGen
         );

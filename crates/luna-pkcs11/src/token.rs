@@ -38,7 +38,7 @@ type BatchVisitor<'a> = dyn FnMut(&OnSession<'_>, &[ObjectRef]) -> Result<Contro
 /// checks the token with a fresh session and login: if it answers, the call's
 /// error stands (and a call refused for its session, or a read, runs once
 /// more); if not, the token is away, and later calls fail at once with
-/// `TokenError::Unreachable` until a look (`Token::probe`, or a call every
+/// `TokenError::Away` until a look (`Token::probe`, or a call every
 /// `PROBE_AWAY_EVERY`) finds it back. When looks keep failing, the module is
 /// re-initialised (`Module::reinitialise_if_due`): SoftHSM2 keeps a token
 /// whose store went away invalid until `C_Initialize` runs again.
@@ -272,20 +272,20 @@ impl Token for Pkcs11Token {
     }
 
     fn generate(&self, request: &GenerateRequest) -> Result<Generated> {
-        let mechanism_used = self.info.generation_mechanism(request.mechanism, request.remap)?;
+        let generated_with = self.info.generated_with(request.mechanism, request.remap)?;
         let algorithm = request.mechanism.algorithm();
         let expected = request.mechanism.object_types();
         self.writing(|session| {
             if request.retry {
                 if let Some(existing) = Self::existing(session, &request.cka_id, expected)? {
                     return Ok(Generated {
-                        mechanism_used,
+                        generated_with,
                         objects: existing,
                         created: false,
                     });
                 }
             }
-            let mechanism = mechanisms::ck_mechanism(mechanism_used);
+            let mechanism = mechanisms::ck_mechanism(generated_with);
             let objects = match algorithm {
                 Algorithm::Aes => {
                     let template = templates::secret_key_template(request);
@@ -306,7 +306,7 @@ impl Token for Pkcs11Token {
                 }
             };
             Ok(Generated {
-                mechanism_used,
+                generated_with,
                 objects,
                 created: true,
             })

@@ -53,9 +53,7 @@ fn a_softhsm2_token_whose_store_goes_away_and_comes_back_is_recovered_in_process
 
     let away = TakenAway::take(&token.info().label);
     let error = token.generate(&aes("during")).unwrap_err();
-    let (name, since) = error
-        .unreachable()
-        .unwrap_or_else(|| panic!("not called away: {error}"));
+    let (name, since) = error.away().unwrap_or_else(|| panic!("not called away: {error}"));
     assert_eq!(name, token.info().name());
     let during = token.reachability();
     assert_eq!(
@@ -69,7 +67,7 @@ fn a_softhsm2_token_whose_store_goes_away_and_comes_back_is_recovered_in_process
     );
     // Known away: calls fail at once instead of reaching the module.
     let started = Instant::now();
-    assert!(token.find_by_id(b"x").unwrap_err().unreachable().is_some());
+    assert!(token.find_by_id(b"x").unwrap_err().away().is_some());
     assert!(
         started.elapsed() < Duration::from_millis(100),
         "{:?}",
@@ -168,7 +166,7 @@ fn opencryptoki_goes_on_without_its_slot_daemon_and_recovers_a_re_initialisation
     // But a re-initialisation now fails, and leaves every call failing…
     assert!(module.reinitialise().is_err(), "C_Initialize needs the daemon");
     let error = token.generate(&aes("uninitialised")).unwrap_err();
-    assert!(error.unreachable().is_some(), "{error}");
+    assert!(error.away().is_some(), "{error}");
     assert!(token
         .reachability()
         .last_error

@@ -55,7 +55,7 @@ impl Failure {
 
     /// `token`, said as `reason`. The one classification of a token error.
     pub(crate) fn of(error: &luna_pkcs11::TokenError, reason: String) -> Failure {
-        if let Some((token, since)) = error.unreachable() {
+        if let Some((token, since)) = error.away() {
             Failure::Away { reason, token, since }
         } else if error.is_interrupted() {
             Failure::Interrupted(reason)

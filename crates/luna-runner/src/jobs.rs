@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberView, ObservedObject, RefreshScope};
+use luna_domain::refresh::{first_sight, plan, BeforeScan, MemberScan, ObservedObject, RefreshScope};
 use luna_domain::{Job, JobEvent, JobStatus, JobType, Key, KeyStatus, Partition};
 use luna_pkcs11::ObjectDescription;
 use uuid::Uuid;
@@ -229,11 +229,11 @@ impl Runner {
         if let Some(Hook(hook)) = &self.settings.after_scan {
             hook();
         }
-        let views: Vec<MemberView> = surveyed
+        let views: Vec<MemberScan> = surveyed
             .iter()
             .map(|s| match s {
-                Ok(objects) => MemberView::Read(objects.iter().filter_map(observed).collect()),
-                Err(reason) => MemberView::Unreachable(reason.clone()),
+                Ok(objects) => MemberScan::Read(objects.iter().filter_map(observed).collect()),
+                Err(reason) => MemberScan::Away(reason.clone()),
             })
             .collect();
         if let Err(reason) = self.reconcile(&partition, &before, &views) {
@@ -382,7 +382,7 @@ impl Runner {
                 return Ok(None);
             }
             let scanned = match scanned {
-                Err(e) if e.unreachable().is_some() || e.is_interrupted() => return Err(Failure::token(e)),
+                Err(e) if e.away().is_some() || e.is_interrupted() => return Err(Failure::token(e)),
                 scanned => scanned,
             };
             // A token whose store went away can still answer a scan, with
@@ -409,7 +409,7 @@ impl Runner {
         &self,
         partition: &Partition,
         before: &BeforeScan,
-        views: &[MemberView],
+        views: &[MemberScan],
     ) -> Result<(), String> {
         let scope = refresh_scope(partition);
         let records = self

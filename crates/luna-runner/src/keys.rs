@@ -96,7 +96,7 @@ impl Runner {
                     )
                 })?;
             describe_into(key, object);
-            key.generated_with = Some(generated.mechanism_used);
+            key.generated_with = Some(generated.generated_with);
         }
         let info = self.spread(
             &partition,

@@ -29,5 +29,6 @@ pub use dispatch::StuckOperations;
 pub use error::RunnerError;
 pub use failure::Failure;
 pub use metrics::Metrics;
+pub use room::Admission;
 pub use runner::{Accepted, Hook, Reserved, Runner, RunnerSettings};
 pub use tokens::{OpenTokens, TokenOpener, WatchedToken};

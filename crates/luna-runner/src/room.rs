@@ -8,7 +8,17 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::backlog::{Admitted, QueueFull};
 use crate::runner::{Reserved, Runner, WAITING_TURNS};
+
+/// A create let in: counted in the bound on the work waiting for tokens
+/// (`admitted`, kept once its records are written), and the room to run it
+/// in this instance at once, if there is any (`reserved`).
+#[derive(Debug)]
+pub struct Admission {
+    pub admitted: Admitted,
+    pub reserved: Option<Reserved>,
+}
 
 /// An operation's place in the counts, from its claim to its recorded
 /// outcome; its partition's room is given back once, when its token work
@@ -77,9 +87,20 @@ impl Runner {
         Some(Arc::clone(turns))
     }
 
+    /// Lets a create on `partition` in, within the bound on the work waiting
+    /// for tokens (else which queue is full and when to try again), with this
+    /// instance's room to run it at once if it has any.
+    pub fn admit(self: &Arc<Self>, partition: Uuid) -> Result<Admission, QueueFull> {
+        let admitted = self.backlog.admit(partition)?;
+        Ok(Admission {
+            admitted,
+            reserved: self.reserve(partition),
+        })
+    }
+
     /// Room for one operation of `partition`, if this instance runs
     /// operations, is not stopping, and has room (`workers`, `token_concurrency`).
-    pub fn reserve(self: &Arc<Self>, partition: Uuid) -> Option<Reserved> {
+    fn reserve(self: &Arc<Self>, partition: Uuid) -> Option<Reserved> {
         if self.settings.workers == 0 || self.stopping.load(Ordering::SeqCst) {
             return None;
         }

@@ -59,13 +59,13 @@ pub struct OpenTokens {
     open: Mutex<HashMap<(Uuid, String), Arc<dyn Token>>>,
     /// Members whose token could not be opened for a reason that may pass
     /// (not listed now, not answering): the watcher looks for them.
-    absent: Mutex<HashMap<(Uuid, String), Absent>>,
+    unopened: Mutex<HashMap<(Uuid, String), Unopened>>,
     /// Tokens the watcher is looking at now (a look that hangs is not started again).
     probing: Mutex<HashSet<(Uuid, String)>>,
     opener: Option<TokenOpener>,
 }
 
-impl Absent {
+impl Unopened {
     /// As an open token's would read: away since the first failed open.
     fn reachability(&self) -> Reachability {
         Reachability {
@@ -79,7 +79,7 @@ impl Absent {
 
 /// A member's token that could not be opened for now.
 #[derive(Debug, Clone)]
-struct Absent {
+struct Unopened {
     label: String,
     since: SystemTime,
     error: String,
@@ -114,7 +114,7 @@ impl OpenTokens {
             store,
             metrics,
             open: Mutex::new(HashMap::new()),
-            absent: Mutex::new(HashMap::new()),
+            unopened: Mutex::new(HashMap::new()),
             probing: Mutex::new(HashSet::new()),
         }
     }
@@ -148,7 +148,7 @@ impl OpenTokens {
         };
         let token = match opened {
             Ok(token) => {
-                self.absent.lock().remove(&key);
+                self.unopened.lock().remove(&key);
                 token
             }
             Err(error) => return Err(self.not_opened(key, member, &error)),
@@ -185,8 +185,8 @@ impl OpenTokens {
         let listed_before = self
             .module
             .has_listed(&member.partition_label, &member.serial_number);
-        let mut absent = self.absent.lock();
-        let entry = absent.entry(key).or_insert_with(|| Absent {
+        let mut unopened = self.unopened.lock();
+        let entry = unopened.entry(key).or_insert_with(|| Unopened {
             label: member.partition_label.clone(),
             since: SystemTime::now(),
             error: error.to_string(),
@@ -222,11 +222,11 @@ impl OpenTokens {
             .describe_token(&member.partition_label, Some(&member.serial_number))
             .map_err(|e| unreachable(member, &e));
         let away = self
-            .absent
+            .unopened
             .lock()
             .get(&key)
-            .filter(|absent| absent.listed_before)
-            .map(Absent::reachability);
+            .filter(|unopened| unopened.listed_before)
+            .map(Unopened::reachability);
         (described, away)
     }
 
@@ -252,15 +252,15 @@ impl OpenTokens {
             })
             .collect();
         watched.extend(
-            self.absent
+            self.unopened
                 .lock()
                 .iter()
-                .filter(|(_, absent)| absent.listed_before)
-                .map(|((connection, serial_number), absent)| WatchedToken {
+                .filter(|(_, unopened)| unopened.listed_before)
+                .map(|((connection, serial_number), unopened)| WatchedToken {
                     connection: *connection,
-                    partition_label: absent.label.clone(),
+                    partition_label: unopened.label.clone(),
                     serial_number: serial_number.clone(),
-                    reachability: absent.reachability(),
+                    reachability: unopened.reachability(),
                 }),
         );
         watched.sort_by(|a, b| {
@@ -280,20 +280,20 @@ impl OpenTokens {
             tokio::time::sleep(tick).await;
             let open = self.open_tokens();
             last_look.retain(|key, _| open.iter().any(|(k, _)| k == key));
-            let absent: Vec<((Uuid, String), String)> = self
-                .absent
+            let unopened: Vec<((Uuid, String), String)> = self
+                .unopened
                 .lock()
                 .iter()
-                .map(|(key, absent)| (key.clone(), absent.label.clone()))
+                .map(|(key, unopened)| (key.clone(), unopened.label.clone()))
                 .collect();
-            for (key, label) in absent {
+            for (key, label) in unopened {
                 if !self.probing.lock().insert(key.clone()) {
                     continue;
                 }
                 let (me, work) = (Arc::clone(&self), Arc::clone(&work));
                 tokio::task::spawn_blocking(move || {
                     if me.module.look_for(&label, &key.1) {
-                        me.absent.lock().remove(&key);
+                        me.unopened.lock().remove(&key);
                         me.release_parked(&luna_pkcs11::token_name(&label, &key.1));
                         // A permit if the dispatcher is not waiting now: it looks next time.
                         work.notify_one();
@@ -342,7 +342,7 @@ impl OpenTokens {
     /// Closes the tokens of a deleted connection.
     pub fn forget_connection(&self, connection: Uuid) {
         self.open.lock().retain(|(c, _), _| *c != connection);
-        self.absent.lock().retain(|(c, _), _| *c != connection);
+        self.unopened.lock().retain(|(c, _), _| *c != connection);
     }
 }
 

@@ -7,48 +7,35 @@ pub(crate) struct Instance {
     pub(crate) data: PathBuf,
     pub(crate) args: Vec<String>,
     pub(crate) env: Vec<(String, PathBuf)>,
-    pub(crate) child: Option<Child>,
+    pub(crate) server: Option<Server>,
     pub(crate) base: Arc<Mutex<String>>,
 }
 
 impl Instance {
+    /// Starts the release build, as the tests start theirs (`support::Launch`).
     pub(crate) fn start(&mut self) {
-        let mut child = Command::new(server_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&self.data)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_path())))
-            .env("LUNA_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start luna-server");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().expect("luna-server started").unwrap();
-            if let Some(url) = line.strip_prefix("listening on ") {
-                break format!("{url}/api/v1");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        *self.base.lock().unwrap() = base;
-        self.child = Some(child);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &Path)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_path())).collect();
+        let server = Server::launch(&self.data)
+            .binary(&server_binary())
+            .args(&args)
+            .env(&env)
+            .log("error", Stdio::null())
+            .start();
+        *self.base.lock().unwrap() = server.base.clone();
+        self.server = Some(server);
     }
 
     pub(crate) fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(server) = self.server.take() {
+            server.kill_9();
         }
     }
 
+    /// SIGTERM; a graceful stop must exit 0.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
+        if let Some(server) = self.server.take() {
+            server.stop();
         }
     }
 }

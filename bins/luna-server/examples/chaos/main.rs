@@ -23,9 +23,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +33,10 @@ use luna_store::testing::PrivatePostgres;
 use serde_json::{json, Value};
 
 mod instances;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 use instances::*;
+use support::Server;
 
 const ADMIN: &str = "chaos-admin-password";
 const USER_PIN: &str = "chaos-1234";
@@ -101,7 +103,7 @@ fn main() {
             data: dir.path().join(name),
             args: args.clone(),
             env: vec![("SOFTHSM2_CONF".to_owned(), softhsm)],
-            child: None,
+            server: None,
             base: Arc::new(Mutex::new(String::new())),
         })
         .collect();

@@ -16,61 +16,58 @@ pub struct Server {
     pub banner: Vec<String>,
 }
 
-impl Server {
-    /// Starts `luna-server serve --data-dir DATA ARGS…` and waits until it listens.
-    pub fn start(data: &Path, args: &[&str]) -> Server {
-        Server::start_logging(data, args, "warn", Stdio::inherit())
+/// How a test (or the chaos run) starts `luna-server serve`: the one way
+/// every one does. This build's binary unless told another, a data
+/// directory, flags, environment variables (none of the caller's `LUNA_*`
+/// settings or `SOFTHSM2_CONF` leak in), and the log's level and where it goes
+/// (`warn`, to the test's stderr, unless told).
+pub struct Launch {
+    binary: PathBuf,
+    data: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
+    level: String,
+    log: Stdio,
+}
+
+impl Launch {
+    pub fn args(mut self, args: &[&str]) -> Launch {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
     }
 
-    /// The same, with the log at `level` going to `log`.
-    pub fn start_logging(data: &Path, args: &[&str], level: &str, log: Stdio) -> Server {
-        Server::start_in_env(data, args, &[], level, log)
+    pub fn env(mut self, env: &[(&str, &Path)]) -> Launch {
+        self.env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.to_path_buf())));
+        self
     }
 
-    /// `start`, with these environment variables set (a module's own configuration).
-    pub fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
-        Server::start_in_env(data, args, env, "warn", Stdio::inherit())
+    pub fn log(mut self, level: &str, to: Stdio) -> Launch {
+        self.level = level.to_owned();
+        self.log = to;
+        self
     }
 
-    /// `start`, with environment variables set and the log at `level` going to `log`.
-    pub fn start_in_env(
-        data: &Path,
-        args: &[&str],
-        env: &[(&str, &Path)],
-        level: &str,
-        log: Stdio,
-    ) -> Server {
-        Server::start_binary(
-            Path::new(env!("CARGO_BIN_EXE_luna-server")),
-            data,
-            args,
-            env,
-            level,
-            log,
-        )
+    /// Another build's binary (a benchmark's baseline, chaos's release build).
+    pub fn binary(mut self, binary: &Path) -> Launch {
+        self.binary = binary.to_path_buf();
+        self
     }
 
-    /// `start_in_env` of another build's binary (a benchmark's baseline).
-    pub fn start_binary(
-        binary: &Path,
-        data: &Path,
-        args: &[&str],
-        env: &[(&str, &Path)],
-        level: &str,
-        log: Stdio,
-    ) -> Server {
-        let mut child = Command::new(binary)
+    /// Starts the server and waits (up to a minute) until it listens.
+    pub fn start(self) -> Server {
+        let mut child = Command::new(&self.binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(args)
+            .arg(&self.data)
+            .args(&self.args)
             .env_remove("LUNA_DATABASE_URL")
             .env_remove("LUNA_PKCS11_MODULE")
             .env_remove("LUNA_ADMIN_PASSWORD")
             .env_remove("SOFTHSM2_CONF")
-            .envs(env.iter().copied())
-            .env("LUNA_LOG", level)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_path())))
+            .env("LUNA_LOG", &self.level)
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(self.log)
             .spawn()
             .expect("start luna-server");
         let stdout = child.stdout.take().unwrap();
@@ -99,6 +96,26 @@ impl Server {
             }
             banner.push(line);
         }
+    }
+}
+
+impl Server {
+    /// A start of `luna-server serve --data-dir DATA`, to be told more.
+    pub fn launch(data: &Path) -> Launch {
+        Launch {
+            // Set for tests and benchmarks; an example (chaos) names its binary.
+            binary: PathBuf::from(option_env!("CARGO_BIN_EXE_luna-server").unwrap_or("luna-server")),
+            data: data.to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+            level: "warn".to_owned(),
+            log: Stdio::inherit(),
+        }
+    }
+
+    /// `luna-server serve --data-dir DATA ARGS…`, listening.
+    pub fn start(data: &Path, args: &[&str]) -> Server {
+        Server::launch(data).args(args).start()
     }
 
     /// The server's process id.

@@ -3,7 +3,7 @@
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use luna_domain::query::AuditFilters;
 
-use super::{blocking, list_query, listing};
+use super::{blocking, list_page};
 use crate::auth::Administrator;
 use crate::error::ApiError;
 use crate::openapi::ListParams;
@@ -20,11 +20,13 @@ pub async fn list(
     _caller: Administrator,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = list_query::<AuditFilters>(req.query_string())?;
-    let page = query.page;
-    let store = state.store.clone();
-    let listed = blocking(move || Ok(store.list_audit(&query.filters, page.skip, page.limit)?)).await?;
-    Ok(listing(page, listed, |r| AuditView::from(r)))
+    list_page::<AuditFilters, _, _>(
+        &state.store,
+        &req,
+        |s, q| s.list_audit(&q.filters, q.page.skip, q.page.limit),
+        |r| AuditView::from(r),
+    )
+    .await
 }
 
 /// Walks the chain: `{"intact": true}`, or where it breaks.

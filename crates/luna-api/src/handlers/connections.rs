@@ -11,9 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{
-    blocking, fetch, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject,
-};
+use super::{blocking, fetch, idempotent_request, list_page, not_found, path_id, replayed, JsonObject};
 use crate::audit::Audit;
 use crate::auth::Administrator;
 use crate::error::{ApiError, ErrorBody};
@@ -120,11 +118,13 @@ pub async fn list_connections(
     _caller: Administrator,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = list_query::<ConnectionFilters>(req.query_string())?;
-    let page = query.page;
-    let store = state.store.clone();
-    let listed = blocking(move || Ok(store.list_connections(&query)?)).await?;
-    Ok(listing(page, listed, |c| ConnectionView::new(c, &state.tenancy)))
+    list_page::<ConnectionFilters, _, _>(
+        &state.store,
+        &req,
+        |s, q| s.list_connections(q),
+        |c| ConnectionView::new(c, &state.tenancy),
+    )
+    .await
 }
 
 /// One connection.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{blocking, idempotent_request, list_query, listing, not_found, path_id, replayed, JsonObject};
+use super::{blocking, idempotent_request, list_page, not_found, path_id, replayed, JsonObject};
 use crate::audit::Audit;
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
@@ -84,11 +84,13 @@ async fn list_jobs(
     _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = list_query::<JobFilters>(req.query_string())?;
-    let page = query.page;
-    let store = state.store.clone();
-    let listed = blocking(move || Ok(store.list_jobs(job_type, &query)?)).await?;
-    Ok(listing(page, listed, |j| JobView::new(j, &state.tenancy)))
+    list_page::<JobFilters, _, _>(
+        &state.store,
+        &req,
+        move |s, q| s.list_jobs(job_type, q),
+        |j| JobView::new(j, &state.tenancy),
+    )
+    .await
 }
 
 fn what(job_type: JobType) -> &'static str {

@@ -92,8 +92,32 @@ pub(crate) fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
     ApiError::NotFound(format!("{what} {id} does not exist"))
 }
 
+/// Every list endpoint's one shape: the query string read as a list query
+/// of `F`'s filters, one page read from the store off the async workers,
+/// and each record shown as its view, with the page and the total.
+pub(crate) async fn list_page<F, T, V>(
+    store: &luna_store::Store,
+    req: &actix_web::HttpRequest,
+    read: impl FnOnce(&luna_store::Store, &ListQuery<F>) -> luna_store::Result<luna_store::Listed<T>>
+        + Send
+        + 'static,
+    view: impl Fn(&T) -> V,
+) -> Result<actix_web::HttpResponse, ApiError>
+where
+    F: Filters + Send + 'static,
+    ListQuery<F>: Send,
+    T: Send + 'static,
+    V: serde::Serialize,
+{
+    let query = list_query::<F>(req.query_string())?;
+    let page = query.page;
+    let store = store.clone();
+    let listed = blocking(move || Ok(read(&store, &query)?)).await?;
+    Ok(listing(page, listed, view))
+}
+
 /// The contract's list answer: a page of views and the total.
-pub(crate) fn listing<T, V: serde::Serialize>(
+fn listing<T, V: serde::Serialize>(
     page: luna_domain::query::Page,
     listed: luna_store::Listed<T>,
     view: impl Fn(&T) -> V,

@@ -10,7 +10,7 @@ use luna_store::Store;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
+use super::{blocking, fetch, list_page, not_found, path_id, JsonObject};
 use crate::audit::Audit;
 use crate::auth::{Manager, Reader};
 use crate::error::{ApiError, ErrorBody};
@@ -59,14 +59,14 @@ pub async fn list_partitions(
     _caller: Reader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = list_query::<PartitionFilters>(req.query_string())?;
-    let page = query.page;
-    let store = state.store.clone();
-    let listed = blocking(move || Ok(store.list_partitions(&query)?)).await?;
     let backlog = state.runner.backlog();
-    Ok(listing(page, listed, |p| {
-        PartitionView::new(p, &state.tenancy, &backlog.state_of(p.id))
-    }))
+    list_page::<PartitionFilters, _, _>(
+        &state.store,
+        &req,
+        |s, q| s.list_partitions(q),
+        |p| PartitionView::new(p, &state.tenancy, &backlog.state_of(p.id)),
+    )
+    .await
 }
 
 /// One partition, with what its member tokens say of themselves, whether

@@ -10,7 +10,7 @@ use luna_store::Store;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
+use super::{blocking, fetch, list_page, not_found, path_id, JsonObject};
 use crate::audit::Audit;
 use crate::auth::Administrator;
 use crate::certificate::read_server_certificate;
@@ -79,11 +79,13 @@ pub async fn list_servers(
     _caller: Administrator,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = list_query::<ServerFilters>(req.query_string())?;
-    let page = query.page;
-    let store = state.store.clone();
-    let listed = blocking(move || Ok(store.list_servers(&query)?)).await?;
-    Ok(listing(page, listed, |s| ServerView::new(s, &state.tenancy)))
+    list_page::<ServerFilters, _, _>(
+        &state.store,
+        &req,
+        |s, q| s.list_servers(q),
+        |s| ServerView::new(s, &state.tenancy),
+    )
+    .await
 }
 
 /// One HSM server.

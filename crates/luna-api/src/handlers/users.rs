@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::openapi::{Array, ArrayBuilder, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
-use super::{blocking, fetch, list_query, listing, not_found, path_id, JsonObject};
+use super::{blocking, fetch, list_page, not_found, path_id, JsonObject};
 use crate::audit::Audit;
 use crate::auth::{hash_password, Administrator, ADMIN_GROUP, GROUPS};
 use crate::error::ApiError;
@@ -170,13 +170,13 @@ pub async fn list(
     _caller: Administrator,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = list_query::<UserFilters>(req.query_string())?;
-    let page = query.page;
-    let store = state.store.clone();
-    let listed =
-        blocking(move || Ok(store.list_users(query.filters.username.as_deref(), page.skip, page.limit)?))
-            .await?;
-    Ok(listing(page, listed, |u| UserView::from(u)))
+    list_page::<UserFilters, _, _>(
+        &state.store,
+        &req,
+        |s, q| s.list_users(q.filters.username.as_deref(), q.page.skip, q.page.limit),
+        |u| UserView::from(u),
+    )
+    .await
 }
 
 /// One user.

@@ -36,7 +36,7 @@ pub struct UnreachableToken {
     partition_label: String,
     serial_number: String,
     /// Since when (RFC 3339).
-    since: String,
+    unreachable_since: String,
     /// Why it was found unreachable.
     error: String,
 }
@@ -51,7 +51,7 @@ impl Health {
                 Some(UnreachableToken {
                     partition_label: token.partition_label.clone(),
                     serial_number: token.serial_number.clone(),
-                    since: wall_clock(since),
+                    unreachable_since: wall_clock(since),
                     error: token.reachability.last_error.clone().unwrap_or_default(),
                 })
             })
@@ -69,7 +69,7 @@ impl Health {
             .map(|t| {
                 format!(
                     "{:?} (serial {}) since {}",
-                    t.partition_label, t.serial_number, t.since
+                    t.partition_label, t.serial_number, t.unreachable_since
                 )
             })
             .collect();

@@ -29,7 +29,7 @@ impl JobView {
                 .collect(),
             cloud: "hsm-luna",
             partitions: job.partitions.iter().map(Uuid::to_string).collect(),
-            abort: job.lifecycle().abort(),
+            abort: job.lifecycle().cancel_requested(),
             job_type: job.job_type.as_str(),
         }
     }

@@ -18,7 +18,7 @@ pub struct KeyView {
     pub mechanism: &'static str,
     /// The mechanism the token ran, when a remap replaced the requested one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation_mechanism: Option<&'static str>,
+    pub generated_with: Option<&'static str>,
     pub size: u32,
     pub label: String,
     pub attributes: Vec<&'static str>,
@@ -54,7 +54,7 @@ impl KeyView {
             algorithm: key.algorithm.filter(|_| made).map_or("", |a| a.as_str()),
             object_type: key.object_type.filter(|_| made).map_or("", |t| t.as_str()),
             mechanism: key.mechanism.map_or("", |m| m.as_str()),
-            generation_mechanism: key.generated_with.map(|m| m.as_str()),
+            generated_with: key.generated_with.map(|m| m.as_str()),
             size: key.size,
             label: key.label.clone(),
             attributes: key.attributes.names(),

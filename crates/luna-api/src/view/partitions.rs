@@ -107,7 +107,7 @@ impl MechanismView {
     pub fn plan(token: &TokenInfo, remap: bool) -> Vec<MechanismView> {
         Mechanism::ALL
             .iter()
-            .map(|&requested| match token.generation_mechanism(requested, remap) {
+            .map(|&requested| match token.generated_with(requested, remap) {
                 Ok(used) => MechanismView {
                     mechanism: requested.to_string(),
                     generated_with: Some(used.to_string()),

@@ -104,7 +104,7 @@ fn the_console_walks_the_reference_flow_in_a_real_browser() {
         "no element was made from the label"
     );
     assert_eq!(browser.alert(), None);
-    // Remove it from the service, confirmed by typing that label.
+    // Forget it in the service, confirmed by typing that label.
     browser.goto(&format!("{root}/ui/#/key/{}", made["id"].as_str().unwrap()));
     browser.click("#forget");
     browser.type_into("dialog input[name=confirm]", markup);

@@ -59,7 +59,7 @@ on_both_backends! {
         assert_shaped_like(&key, &example, "get");
         assert_same_values(&key, &example, &["status", "operation", "operation_status", "algorithm", "object_type", "exponent", "origin", "mechanism", "size", "label", "account", "application", "devAccount", "byok_key", "ha_enabled"]);
         assert_eq!(key["attributes"], json!(["CKA_TOKEN", "CKA_PRIVATE", "CKA_MODIFIABLE", "CKA_SENSITIVE", "CKA_EXTRACTABLE"]));
-        assert_eq!(key["generation_mechanism"], "CKM_RSA_PKCS_KEY_PAIR_GEN", "SoftHSM2 lacks X9.31: remapped");
+        assert_eq!(key["generated_with"], "CKM_RSA_PKCS_KEY_PAIR_GEN", "SoftHSM2 lacks X9.31: remapped");
         assert_eq!(key["modulus"].as_str().unwrap().len(), 512);
         assert_eq!(key["sha_256_fingerprint"].as_str().unwrap().len(), 64);
         assert_eq!(key["link_id"], public_id);

@@ -24,8 +24,11 @@ pub fn check_size(mechanism: Mechanism, size: i64) -> Result<u32> {
     }
 }
 
-/// A create request as it arrives, before any rule is checked.
-#[derive(Debug, Clone, Default)]
+/// A create request as it arrives, before any rule is checked: the API's
+/// body itself (an unknown field is refused; `Serialize` gives the body's
+/// digest for an idempotent create).
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Required: the key's `CKA_LABEL` (see [`check_label`]).
     pub label: Option<String>,
@@ -38,6 +41,7 @@ pub struct CreateKeyRequest {
     pub mechanism: Option<String>,
     /// [`Attribute`](crate::attribute::Attribute) wire names to set true; everything else that applies is
     /// set false.
+    #[serde(default)]
     pub attributes: Vec<String>,
 }
 

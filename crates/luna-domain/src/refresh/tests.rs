@@ -4,7 +4,7 @@ use super::*;
 use crate::key::{Mechanism, OperationKind};
 
 /// The plan of a scan that began now, judging every record (no settle time).
-fn plan_now(s: &RefreshScope, records: &[Key], seen: &[MemberView]) -> RefreshPlan {
+fn plan_now(s: &RefreshScope, records: &[Key], seen: &[MemberScan]) -> RefreshPlan {
     let now = OffsetDateTime::now_utc();
     plan(
         s,
@@ -100,13 +100,13 @@ fn outside_objects_appear_changes_are_picked_up_and_gone_objects_end_deleted() {
     let outside_private = object("dd03", ObjectType::PrivateKey, b"\xdd", "outside");
     let outside_public = object("dd02", ObjectType::PublicKey, b"\xdd", "outside");
     let seen = vec![
-        MemberView::Read(vec![
+        MemberScan::Read(vec![
             kept.clone(),
             renamed_now.clone(),
             outside_private.clone(),
             outside_public.clone(),
         ]),
-        MemberView::Read(vec![kept.clone(), renamed_now]),
+        MemberScan::Read(vec![kept.clone(), renamed_now]),
     ];
     let plan = plan_now(&s, &records, &seen);
     let updated: BTreeMap<&str, &Key> = plan
@@ -159,7 +159,7 @@ fn a_record_changed_since_the_scan_began_is_never_concluded_deleted() {
     );
     finished.updated_at += time::Duration::milliseconds(3);
     let records = vec![gone.clone(), finished.clone(), made_during.clone()];
-    let seen = vec![MemberView::Read(vec![]), MemberView::Read(vec![])];
+    let seen = vec![MemberScan::Read(vec![]), MemberScan::Read(vec![])];
     let plan = plan(
         &s,
         &before,
@@ -223,8 +223,8 @@ fn an_unreachable_member_stops_deletion_and_says_why() {
     let a = object("aa04", ObjectType::SecretKey, b"\xaa", "a");
     let records = vec![record(&s, &a)];
     let seen = vec![
-        MemberView::Read(vec![]),
-        MemberView::Unreachable("member s2 is down".into()),
+        MemberScan::Read(vec![]),
+        MemberScan::Away("member s2 is down".into()),
     ];
     let plan = plan_now(&s, &records, &seen);
     let (key, _) = &plan.updated[0];
@@ -251,8 +251,8 @@ fn a_wrap_with_trusted_key_keeps_the_extractable_the_user_set() {
         &s,
         &records,
         &[
-            MemberView::Read(vec![on_token.clone()]),
-            MemberView::Read(vec![on_token]),
+            MemberScan::Read(vec![on_token.clone()]),
+            MemberScan::Read(vec![on_token]),
         ],
     );
     let (key, _) = &plan.updated[0];
@@ -274,7 +274,7 @@ fn busy_records_are_left_to_their_operation() {
     let plan = plan_now(
         &s,
         &records,
-        &[MemberView::Read(vec![]), MemberView::Read(vec![])],
+        &[MemberScan::Read(vec![]), MemberScan::Read(vec![])],
     );
     assert!(plan.updated.is_empty() && plan.inserted.is_empty());
 }
@@ -292,8 +292,8 @@ fn halves_recorded_apart_are_linked_by_the_next_plan() {
         .iter()
         .all(|r| r.link_id.is_none() && r.replication_info["s2"].contains("not read yet")));
     let seen = [
-        MemberView::Read(vec![private.clone(), public.clone()]),
-        MemberView::Read(vec![private, public]),
+        MemberScan::Read(vec![private.clone(), public.clone()]),
+        MemberScan::Read(vec![private, public]),
     ];
     let plan = plan_now(&s, &records, &seen);
     assert!(plan.inserted.is_empty());
@@ -315,7 +315,7 @@ fn objects_without_cka_id_pair_by_modulus() {
         &s,
         &BeforeScan::default(),
         &[],
-        &[MemberView::Read(vec![private, public]), MemberView::Read(vec![])],
+        &[MemberScan::Read(vec![private, public]), MemberScan::Read(vec![])],
         OffsetDateTime::now_utc(),
         Uuid::new_v4,
     );

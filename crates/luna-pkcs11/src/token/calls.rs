@@ -116,7 +116,7 @@ impl Pkcs11Token {
         if self.health.away_and_not_due()
             || (!self.health.snapshot().is_reachable() && !self.probe().is_reachable())
         {
-            return Err(self.unreachable());
+            return Err(self.away_error());
         }
         Ok(())
     }
@@ -171,13 +171,13 @@ impl Pkcs11Token {
                 "the token is unreachable; its work waits for it");
         }
         self.health.went_away(why);
-        self.unreachable()
+        self.away_error()
     }
 
-    pub(super) fn unreachable(&self) -> TokenError {
+    pub(super) fn away_error(&self) -> TokenError {
         let now = self.health.snapshot();
         let since = now.away_since.unwrap_or_else(SystemTime::now);
-        TokenError::Unreachable {
+        TokenError::Away {
             label: self.info.label.clone(),
             serial: self.info.serial_number.clone(),
             since,

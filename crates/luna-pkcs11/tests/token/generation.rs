@@ -14,10 +14,10 @@ fn token_info_names_the_token_and_its_mechanisms(m: TestModule) {
     assert!(!info.supports(Mechanism::RsaX931KeyPairGen));
     assert!(!info.supports(Mechanism::RsaFips1863PrimeKeyPairGen));
     assert_eq!(
-        info.generation_mechanism(Mechanism::RsaX931KeyPairGen, true).unwrap(),
+        info.generated_with(Mechanism::RsaX931KeyPairGen, true).unwrap(),
         Mechanism::RsaPkcsKeyPairGen
     );
-    assert!(info.generation_mechanism(Mechanism::RsaX931KeyPairGen, false).is_err());
+    assert!(info.generated_with(Mechanism::RsaX931KeyPairGen, false).is_err());
     // openCryptoki's soft token has no elliptic curves, so no replication.
     let missing: &[&str] = match m {
         TestModule::SoftHsm2 => &[],
@@ -42,7 +42,7 @@ fn aes_keys_of_every_size_carry_exactly_the_requested_attributes(m: TestModule) 
         let req = request(Mechanism::AesKeyGen, size, wanted);
         let made = token.generate(&req).unwrap();
         assert!(made.created);
-        assert_eq!(made.mechanism_used, Mechanism::AesKeyGen);
+        assert_eq!(made.generated_with, Mechanism::AesKeyGen);
         let [key] = made.objects.as_slice() else {
             panic!("one object")
         };
@@ -93,7 +93,7 @@ fn rsa_pairs_split_attributes_and_luna_mechanisms_are_remapped(m: TestModule) {
         let req = request(mechanism, size, wanted);
         let made = token.generate(&req).unwrap();
         assert_eq!(
-            made.mechanism_used,
+            made.generated_with,
             Mechanism::RsaPkcsKeyPairGen,
             "{mechanism} remapped"
         );

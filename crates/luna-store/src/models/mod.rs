@@ -127,7 +127,7 @@ impl JobRow {
             job_type: job.job_type.as_str().into(),
             partitions: to_json("job partitions", &job.partitions)?,
             overall_status: job.lifecycle().status().as_str().into(),
-            abort_requested: job.lifecycle().abort(),
+            abort_requested: job.lifecycle().cancel_requested(),
             detailed_status: json_map(&detailed),
             created_at: micros(job.created_at),
             updated_at: micros(job.updated_at),

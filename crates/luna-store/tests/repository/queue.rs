@@ -220,12 +220,12 @@ on_both_backends! {
         let (refresh, op) = job(JobType::Refresh, vec![partition]);
         store.insert_job_with_operation(&refresh, &op, &test_audit()).unwrap();
         let mut running = store.get_job(refresh.id).unwrap().unwrap();
-        assert!(store.request_job_cancel(refresh.id, now(), &test_audit()).unwrap().unwrap().lifecycle().abort());
+        assert!(store.request_job_cancel(refresh.id, now(), &test_audit()).unwrap().unwrap().lifecycle().cancel_requested());
         // The runner, still on its copy, records a partition's progress.
         running.detailed_status.insert(partition, "1000 objects read".into());
         assert!(store.save_job(&running).unwrap());
         let stored = store.get_job(refresh.id).unwrap().unwrap();
-        assert!(stored.lifecycle().abort(), "the cancel the user was answered stands");
+        assert!(stored.lifecycle().cancel_requested(), "the cancel the user was answered stands");
         assert_eq!(stored.detailed_status[&partition], "1000 objects read");
         assert!(store.job_abort_requested(refresh.id).unwrap());
     }
@@ -243,7 +243,7 @@ on_both_backends! {
         store.insert_job_with_operation(&sync, &op3, &test_audit()).unwrap();
         // Cancel: the abort flag is set at once; ending frees the partitions.
         let cancelled = store.request_job_cancel(refresh.id, now(), &test_audit()).unwrap().unwrap();
-        assert!(cancelled.lifecycle().abort());
+        assert!(cancelled.lifecycle().cancel_requested());
         let mut ended = cancelled;
         ended.detailed_status.insert(p1, "cancelled".into());
         ended.apply(JobEvent::StopCancelled, now()).unwrap();
