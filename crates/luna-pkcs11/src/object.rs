@@ -265,6 +265,26 @@ mod tests {
         assert_eq!(as_boolean(&CkAttribute::Label(b"x".to_vec())), None);
     }
 
+    /// A description reads public attributes only: no attribute that holds
+    /// key material (a secret key's value, a private key's parts) is asked for.
+    #[test]
+    fn a_description_reads_no_secret_value() {
+        let secret = [
+            AttributeType::Value,
+            AttributeType::PrivateExponent,
+            AttributeType::Prime1,
+            AttributeType::Prime2,
+            AttributeType::Exponent1,
+            AttributeType::Exponent2,
+            AttributeType::Coefficient,
+            AttributeType::Prime,
+            AttributeType::Base,
+        ];
+        for attribute in secret {
+            assert!(!DESCRIBED.contains(&attribute), "{attribute:?} is read");
+        }
+    }
+
     #[test]
     fn fingerprints_separate_classes_and_field_boundaries() {
         let private = fingerprint(Some(3), Some(0), b"id", b"mod", b"\x01\x00\x01", b"");

@@ -150,6 +150,11 @@ fn at_a_terminal(user: &User, args: &str, typed: &[(&str, &str)]) -> (bool, Stri
             }
             shown.push(byte[0]);
         }
+        // rpassword writes the prompt, then turns the terminal's echo off: a
+        // reply typed within that instant is echoed by the terminal itself.
+        // A person answers a prompt after reading it; so does the test (a
+        // loaded machine once showed the reply of one typed at once).
+        std::thread::sleep(std::time::Duration::from_millis(300));
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
         stdin.flush().unwrap();
     }
