@@ -278,24 +278,21 @@ fn every_rust_file() -> Vec<std::path::PathBuf> {
     files
 }
 
-/// Every module opens with a `//!` header saying its one job, so a reader
-/// knows what a file is for before reading it.
+/// Every module, in `src/`, `tests/`, `benches/` and `examples/`, opens
+/// with a `//!` header saying its one job, so a reader knows what a file is
+/// for before reading it.
 #[test]
 fn every_module_says_its_one_job() {
-    let mut silent = Vec::new();
-    for package in metadata().workspace_packages() {
-        let mut files = Vec::new();
-        sources(
-            &package.manifest_path.parent().unwrap().as_std_path().join("src"),
-            &mut files,
-        );
-        for file in files {
-            let text = std::fs::read_to_string(&file).unwrap();
-            if !text.trim_start().starts_with("//!") {
-                silent.push(file.display().to_string());
-            }
-        }
-    }
+    let silent: Vec<String> = every_rust_file()
+        .into_iter()
+        .filter(|file| {
+            !std::fs::read_to_string(file)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
+        .map(|file| file.display().to_string())
+        .collect();
     assert!(silent.is_empty(), "no `//!` header: {silent:#?}");
 }
 

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use luna_store::{AuditRecord, Store};
 
+use crate::metrics::EdgeMetrics;
 use crate::view::AuditView;
-use luna_runner::metrics::Metrics;
 
 /// Where records go.
 #[derive(Debug, Clone)]
@@ -177,7 +177,7 @@ impl Forwarders {
         sinks: &[Sink],
         instance: &str,
         settings: &ForwardSettings,
-        metrics: &Arc<Metrics>,
+        metrics: &Arc<EdgeMetrics>,
     ) -> std::io::Result<Forwarders> {
         let forwarders = Forwarders::default();
         for sink in sinks {
@@ -232,7 +232,7 @@ struct Forwarder {
     owner: String,
     host: String,
     settings: ForwardSettings,
-    metrics: Arc<Metrics>,
+    metrics: Arc<EdgeMetrics>,
     stopping: Arc<AtomicBool>,
 }
 

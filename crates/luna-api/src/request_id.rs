@@ -66,7 +66,7 @@ pub async fn middleware(
     if let Some(state) = request.app_data::<actix_web::web::Data<crate::state::AppState>>() {
         let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
         let status = response.status().as_u16();
-        state.metrics.observe_request(
+        state.edge_metrics.observe_request(
             &route,
             request.method().as_str(),
             status,

@@ -235,7 +235,7 @@ impl Running {
 }
 
 /// How often the tokens in use are looked at: a token that is away at
-/// every tick, the others less often (`tokens::LIVENESS_EVERY`).
+/// every tick, the others less often (every 5 s: luna-runner `tokens.rs`).
 const TOKEN_WATCH_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long a stop waits for the workers' token calls.
@@ -245,6 +245,7 @@ const WORKERS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
     let work = Arc::new(Notify::new());
     let metrics = luna_runner::metrics::Metrics::new().map_err(std::io::Error::other)?;
+    let edge_metrics = crate::metrics::EdgeMetrics::new(metrics.registry()).map_err(std::io::Error::other)?;
     let tokens = Arc::new(OpenTokens::new(
         config.module,
         config.store.clone(),
@@ -265,7 +266,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         &config.audit_sinks,
         &config.instance,
         &config.forward,
-        &metrics,
+        &edge_metrics,
     )?;
     let state = web::Data::new(AppState {
         store: config.store,
@@ -277,6 +278,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         tenancy: config.tenancy,
         work,
         metrics,
+        edge_metrics,
         logins: crate::throttle::LoginThrottle::default(),
         sessions: web::Data::new(crate::auth::LiveSessions::default()),
         stuck: runner.stuck_operations(),

@@ -24,7 +24,10 @@ pub struct AppState {
     pub tenancy: Tenancy,
     /// Wakes an idle worker as soon as an operation is queued.
     pub work: Arc<Notify>,
+    /// The instance's figures (the runner's, in whose registry the edge's are too).
     pub metrics: Arc<luna_runner::metrics::Metrics>,
+    /// The requests' and audit forwarding's figures.
+    pub edge_metrics: Arc<crate::metrics::EdgeMetrics>,
     /// Failed logins, per user and client address (see `throttle`).
     pub logins: crate::throttle::LoginThrottle,
     /// What this instance last read of the login sessions tokens name.
@@ -32,6 +35,6 @@ pub struct AppState {
     /// Operations whose token work hangs; the health check reports them.
     pub stuck: Arc<luna_runner::StuckOperations>,
     /// The operation runner: a create claims its operation for this
-    /// instance as it is accepted, when there is room (`Runner::reserve`).
+    /// instance as it is accepted, when there is room (`Runner::admit`).
     pub runner: Arc<luna_runner::Runner>,
 }

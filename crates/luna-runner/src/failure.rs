@@ -46,21 +46,19 @@ impl Failure {
     }
 
     /// A token error, by what it means for the work: a token away (wait for
-    /// it), a re-initialisation under the work (start again), a token this
-    /// instance's module does not list (another instance's may), a failure
-    /// that may pass, or one that will not.
+    /// it), a re-initialisation under the work (start again), a failure that
+    /// may pass, or one that will not.
     pub(crate) fn token(error: luna_pkcs11::TokenError) -> Failure {
         Failure::of(&error, error.to_string())
     }
 
-    /// `token`, said as `reason`. The one classification of a token error.
+    /// `token`, said as `reason`: the one reading of a token error for the
+    /// work (opening a token adds one case: `tokens.rs` `open_failure`).
     pub(crate) fn of(error: &luna_pkcs11::TokenError, reason: String) -> Failure {
         if let Some((token, since)) = error.away() {
             Failure::Away { reason, token, since }
         } else if error.is_interrupted() {
             Failure::Interrupted(reason)
-        } else if matches!(error, luna_pkcs11::TokenError::TokenNotFound { .. }) {
-            Failure::NotHere(reason)
         } else if error.is_transient() {
             Failure::Transient(reason)
         } else {

@@ -324,8 +324,8 @@ impl Runner {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
                 Err(away @ Failure::Away { .. }) => return Err(away),
-                Err(unavailable) => {
-                    views.push(Err(unavailable.reason().to_owned()));
+                Err(failure) => {
+                    views.push(Err(failure.reason().to_owned()));
                     continue;
                 }
             };

@@ -210,8 +210,8 @@ impl Runner {
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
-                Err(unavailable) => {
-                    info.insert(member.serial_number.clone(), unavailable.reason().to_owned());
+                Err(failure) => {
+                    info.insert(member.serial_number.clone(), failure.reason().to_owned());
                     continue;
                 }
             };
@@ -264,8 +264,8 @@ impl Runner {
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
-                Err(unavailable) => {
-                    failures.push(unavailable);
+                Err(failure) => {
+                    failures.push(failure);
                     continue;
                 }
             };

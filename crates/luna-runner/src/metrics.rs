@@ -1,7 +1,9 @@
-//! The figures `GET /metrics` serves (its handler: `handlers::health`) in
-//! Prometheus' text format: requests by route and status with latency
-//! histograms, token calls by function with latency and errors, operations
-//! by kind and state, and the progress of running jobs.
+//! The instance's figures in Prometheus' text format, as `GET /metrics`
+//! serves them (luna-api `handlers/health.rs`): token calls by function with
+//! latency and errors, tokens' reachability, operations by kind and state,
+//! the progress of running jobs, the database's writes, each partition's
+//! queue. luna-api registers its own (requests, audit forwarding) in the
+//! same registry.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +22,6 @@ use crate::error::RunnerError;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: HistogramVec,
     token_calls: HistogramVec,
     token_errors: IntCounterVec,
     operations: IntGaugeVec,
@@ -36,10 +37,6 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     queue_drain: GaugeVec,
     queue_limit: IntGaugeVec,
-    /// Audit forwarding, by sink: records sent, failures, records behind.
-    audit_forwarded: IntCounterVec,
-    audit_forward_failures: IntCounterVec,
-    audit_forward_lag: IntGaugeVec,
     /// The token call each thread is in, and since when: the runner's
     /// watchdog asks how long the call on an operation's thread has run.
     in_flight: parking_lot::Mutex<HashMap<ThreadId, (&'static str, Instant)>>,
@@ -56,19 +53,6 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
 impl Metrics {
     pub fn new() -> Result<Arc<Metrics>, prometheus::Error> {
         let registry = Registry::new();
-        let requests = register(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "luna_http_request_duration_seconds",
-                    "HTTP requests by route, method and status",
-                )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]),
-                &["route", "method", "status"],
-            )?,
-        )?;
         let token_calls = register(
             &registry,
             HistogramVec::new(
@@ -196,48 +180,14 @@ impl Metrics {
                 &["scope"],
             )?,
         )?;
-        let audit_forwarded = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "luna_audit_forwarded_total",
-                    "Audit records this instance sent to each sink (a record sent again counts again)",
-                ),
-                &["sink"],
-            )?,
-        )?;
-        let audit_forward_failures = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "luna_audit_forward_failures_total",
-                    "Failed attempts of this instance to forward to each sink (the receiver away, say)",
-                ),
-                &["sink"],
-            )?,
-        )?;
-        let audit_forward_lag = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "luna_audit_forward_lag",
-                    "Audit records not yet delivered to each sink (by whichever instance forwards to it)",
-                ),
-                &["sink"],
-            )?,
-        )?;
         Ok(Arc::new(Metrics {
             registry,
-            audit_forwarded,
-            audit_forward_failures,
-            audit_forward_lag,
             queue_depth,
             queue_drain,
             queue_limit,
             db_writes,
             db_seconds,
             db_statements,
-            requests,
             token_calls,
             token_errors,
             operations,
@@ -249,14 +199,14 @@ impl Metrics {
         }))
     }
 
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        self.requests
-            .with_label_values(&[route, method, &status.to_string()])
-            .observe(seconds);
+    /// The registry every figure of the instance is registered in (luna-api
+    /// adds its requests' and audit forwarding's), which `render` encodes.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The token call `thread` is in, and how long it has run.
-    pub fn call_in_flight(&self, thread: ThreadId) -> Option<(&'static str, Duration)> {
+    pub(crate) fn call_in_flight(&self, thread: ThreadId) -> Option<(&'static str, Duration)> {
         self.in_flight
             .lock()
             .get(&thread)
@@ -307,23 +257,6 @@ impl Metrics {
             }
         }
         catch_up(&self.db_statements, statements);
-    }
-
-    pub fn audit_forwarded(&self, sink: &str, records: usize) {
-        self.audit_forwarded
-            .with_label_values(&[sink])
-            .inc_by(records as u64);
-    }
-
-    pub fn audit_forward_failed(&self, sink: &str) {
-        self.audit_forward_failures.with_label_values(&[sink]).inc();
-    }
-
-    /// Sets each sink's lag: (sink, records behind).
-    pub fn observe_audit_lag(&self, lags: &[(String, i64)]) {
-        for (sink, lag) in lags {
-            self.audit_forward_lag.with_label_values(&[sink]).set(*lag);
-        }
     }
 
     /// Sets the gauges of the work waiting for each partition's tokens:
@@ -399,7 +332,7 @@ fn catch_up(counter: &IntCounter, total: u64) {
     }
 }
 
-/// Every call on an open token is timed into `luna_token_call_seconds`, its
+/// Every call on an open token is timed into `luna_token_call_duration_seconds`, its
 /// error counted by code, and listed in flight on its thread for the
 /// runner's watchdog (`call_in_flight`).
 impl CallObserver for Metrics {
@@ -434,7 +367,7 @@ mod tests {
     #[test]
     fn metrics_are_defined() {
         let metrics = super::Metrics::new().unwrap();
-        metrics.observe_request("/api/v1/healthz", "GET", 200, 0.001);
+        metrics.observe_database(&luna_store::WriteStats::default(), 3);
         let names: Vec<String> = metrics
             .registry
             .gather()
@@ -442,7 +375,7 @@ mod tests {
             .map(|f| f.name().to_owned())
             .collect();
         assert!(
-            names.contains(&"luna_http_request_duration_seconds".to_owned()),
+            names.contains(&"luna_db_statements_total".to_owned()),
             "{names:?}"
         );
     }

@@ -98,7 +98,7 @@ impl std::fmt::Debug for OpenTokens {
 
 impl OpenTokens {
     /// The metrics every token call is timed into (and the calls in flight).
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
     }
 
@@ -166,7 +166,7 @@ impl OpenTokens {
     /// Why the member's token could not be opened; one that may come back
     /// is remembered for the watcher, and one the module listed before is away.
     fn not_opened(&self, key: (Uuid, String), member: &Member, error: &TokenError) -> Failure {
-        let unavailable = unreachable(member, error);
+        let failure = open_failure(member, error);
         if !error.is_transient() {
             // A failure that will not pass (a PIN the token refuses, say) is
             // the connection's state until a test says otherwise; one that may
@@ -175,12 +175,12 @@ impl OpenTokens {
             let check = luna_domain::ConnectionCheck {
                 ok: false,
                 at: luna_store::now(),
-                error: Some(unavailable.reason().to_owned()),
+                error: Some(failure.reason().to_owned()),
             };
             if let Err(error) = self.store.record_connection_check(key.0, &check, None) {
                 tracing::warn!(connection = %key.0, %error, "the connection's failed login could not be recorded");
             }
-            return unavailable;
+            return failure;
         }
         let listed_before = self
             .module
@@ -195,12 +195,12 @@ impl OpenTokens {
         entry.error = error.to_string();
         if entry.listed_before {
             return Failure::Away {
-                reason: unavailable.reason().to_owned(),
+                reason: failure.reason().to_owned(),
                 token: luna_pkcs11::token_name(&member.partition_label, &member.serial_number),
                 since: entry.since,
             };
         }
-        unavailable
+        failure
     }
 
     /// What the member's token says of itself and which mechanisms it has,
@@ -220,7 +220,7 @@ impl OpenTokens {
         let described = self
             .module
             .describe_token(&member.partition_label, Some(&member.serial_number))
-            .map_err(|e| unreachable(member, &e));
+            .map_err(|e| open_failure(member, &e));
         let away = self
             .unopened
             .lock()
@@ -346,11 +346,18 @@ impl OpenTokens {
     }
 }
 
-/// Why the member's token could not be opened or described, naming it.
-fn unreachable(member: &Member, error: &TokenError) -> Failure {
+/// Why the member's token could not be opened or described, naming it: a
+/// token this instance's module does not list is not here (another
+/// instance's module may list it: `Failure::NotHere`); any other error reads
+/// as the work's would (`Failure::of`).
+fn open_failure(member: &Member, error: &TokenError) -> Failure {
     let reason = format!(
         "partition {:?} (serial {}) is not reachable: {error}",
         member.partition_label, member.serial_number
     );
-    Failure::of(error, reason)
+    if matches!(error, TokenError::TokenNotFound { .. }) {
+        Failure::NotHere(reason)
+    } else {
+        Failure::of(error, reason)
+    }
 }

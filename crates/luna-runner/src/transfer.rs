@@ -6,9 +6,10 @@ use luna_pkcs11::ObjectDescription;
 /// `replication_info`, or a synchronize job's problem, says it as a sentence.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TransferRefused {
-    /// This instance cannot reach the member's token.
+    /// This instance could not have the member's token (away, not listed
+    /// here, its PIN refused).
     #[error("{0}")]
-    Unreachable(String),
+    NoToken(String),
     /// A member's module lacks a mechanism replication needs.
     #[error("{0}")]
     Unreplicable(String),
@@ -25,8 +26,8 @@ pub(crate) enum TransferRefused {
 }
 
 impl From<crate::failure::Failure> for TransferRefused {
-    fn from(unreachable: crate::failure::Failure) -> TransferRefused {
-        TransferRefused::Unreachable(unreachable.reason().to_owned())
+    fn from(failure: crate::failure::Failure) -> TransferRefused {
+        TransferRefused::NoToken(failure.reason().to_owned())
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         state.tokens.module().reinitialisations(),
     );
     metrics.observe_work(&operations, &running);
-    metrics.observe_audit_lag(&lags);
+    state.edge_metrics.observe_audit_lag(&lags);
     metrics.observe_database(&state.store.write_stats(), state.store.statements_sent());
     let backlog = state.runner.backlog();
     metrics.observe_queues(
