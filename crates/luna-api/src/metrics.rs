@@ -108,11 +108,12 @@ mod tests {
         let runner = luna_runner::Metrics::new().unwrap();
         let edge = super::EdgeMetrics::new(runner.registry()).unwrap();
         edge.observe_request("/api/v1/healthz", "GET", 200, 0.001);
+        runner.observe_database(&luna_store::WriteStats::default(), 3);
         let text = String::from_utf8(runner.render().unwrap()).unwrap();
         assert!(
             text.contains("luna_http_request_duration_seconds_bucket"),
             "{text}"
         );
-        assert!(text.contains("luna_token_call_duration_seconds"), "{text}");
+        assert!(text.contains("luna_db_statements_total 3"), "{text}");
     }
 }
