@@ -7,6 +7,13 @@
 //! The `testing` feature's module is outside the rule: it hands tests a raw
 //! cryptoki session on purpose (`raw_user_session`, what another program on
 //! the token would do), and the server never enables it.
+//!
+//! It reads sources, not the compiler's view of the API (rustdoc's JSON
+//! needs a nightly toolchain): it does not see a trait impl's associated
+//! types, an inherent impl's generics or `pub const`s, a type's generic
+//! bounds, names a file takes from its parent by `use super::*`, glob
+//! imports from cryptoki, or items a macro makes. None of those carries a
+//! cryptoki type today.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
