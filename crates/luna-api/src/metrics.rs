@@ -1,11 +1,11 @@
 //! The figures of the HTTP edge, registered in the instance's registry
-//! (`luna_runner::Metrics::registry`) beside the runner's: requests by route,
+//! (`luna_runner::Metrics::register`) beside the runner's: requests by route,
 //! method and status with latency histograms, and audit forwarding by sink
 //! (records sent, failures, records behind).
 
 use std::sync::Arc;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
 #[derive(Debug)]
 pub struct EdgeMetrics {
@@ -15,60 +15,40 @@ pub struct EdgeMetrics {
     audit_forward_lag: IntGaugeVec,
 }
 
-fn register<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> Result<M, prometheus::Error> {
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
-}
-
 impl EdgeMetrics {
-    /// The edge's figures, registered in `registry`.
-    pub fn new(registry: &Registry) -> Result<Arc<EdgeMetrics>, prometheus::Error> {
-        let requests = register(
-            registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "luna_http_request_duration_seconds",
-                    "HTTP requests by route, method and status",
-                )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]),
-                &["route", "method", "status"],
-            )?,
-        )?;
-        let audit_forwarded = register(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "luna_audit_forwarded_total",
-                    "Audit records this instance sent to each sink (a record sent again counts again)",
-                ),
-                &["sink"],
-            )?,
-        )?;
-        let audit_forward_failures = register(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "luna_audit_forward_failures_total",
-                    "Failed attempts of this instance to forward to each sink (the receiver away, say)",
-                ),
-                &["sink"],
-            )?,
-        )?;
-        let audit_forward_lag = register(
-            registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "luna_audit_forward_lag",
-                    "Audit records not yet delivered to each sink (by whichever instance forwards to it)",
-                ),
-                &["sink"],
-            )?,
-        )?;
+    /// The edge's figures, registered beside the runner's `metrics`.
+    pub fn new(metrics: &luna_runner::Metrics) -> Result<Arc<EdgeMetrics>, prometheus::Error> {
+        let requests = metrics.register(HistogramVec::new(
+            HistogramOpts::new(
+                "luna_http_request_duration_seconds",
+                "HTTP requests by route, method and status",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["route", "method", "status"],
+        )?)?;
+        let audit_forwarded = metrics.register(IntCounterVec::new(
+            Opts::new(
+                "luna_audit_forwarded_total",
+                "Audit records this instance sent to each sink (a record sent again counts again)",
+            ),
+            &["sink"],
+        )?)?;
+        let audit_forward_failures = metrics.register(IntCounterVec::new(
+            Opts::new(
+                "luna_audit_forward_failures_total",
+                "Failed attempts of this instance to forward to each sink (the receiver away, say)",
+            ),
+            &["sink"],
+        )?)?;
+        let audit_forward_lag = metrics.register(IntGaugeVec::new(
+            Opts::new(
+                "luna_audit_forward_lag",
+                "Audit records not yet delivered to each sink (by whichever instance forwards to it)",
+            ),
+            &["sink"],
+        )?)?;
         Ok(Arc::new(EdgeMetrics {
             requests,
             audit_forwarded,
@@ -106,7 +86,7 @@ mod tests {
     #[test]
     fn the_edges_figures_are_rendered_with_the_runners() {
         let runner = luna_runner::Metrics::new().unwrap();
-        let edge = super::EdgeMetrics::new(runner.registry()).unwrap();
+        let edge = super::EdgeMetrics::new(&runner).unwrap();
         edge.observe_request("/api/v1/healthz", "GET", 200, 0.001);
         runner.observe_database(&luna_store::WriteStats::default(), 3);
         let text = String::from_utf8(runner.render().unwrap()).unwrap();

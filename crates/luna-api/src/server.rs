@@ -245,7 +245,7 @@ const WORKERS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> {
     let work = Arc::new(Notify::new());
     let metrics = luna_runner::metrics::Metrics::new().map_err(std::io::Error::other)?;
-    let edge_metrics = crate::metrics::EdgeMetrics::new(metrics.registry()).map_err(std::io::Error::other)?;
+    let edge_metrics = crate::metrics::EdgeMetrics::new(&metrics).map_err(std::io::Error::other)?;
     let tokens = Arc::new(OpenTokens::new(
         config.module,
         config.store.clone(),

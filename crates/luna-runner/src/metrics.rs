@@ -199,10 +199,13 @@ impl Metrics {
         }))
     }
 
-    /// The registry every figure of the instance is registered in (luna-api
-    /// adds its requests' and audit forwarding's), which `render` encodes.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// Registers another layer's figure (luna-api's requests and audit
+    /// forwarding) beside the runner's, so that `render` encodes it too.
+    pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: M,
+    ) -> Result<M, prometheus::Error> {
+        register(&self.registry, metric)
     }
 
     /// The token call `thread` is in, and how long it has run.
