@@ -2,7 +2,7 @@
 //! the URL, each backend has its own embedded migrations.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +108,8 @@ pub struct StatementLog {
     sent: AtomicU64,
     /// Connections opened so far.
     opened: AtomicU64,
+    /// Connections found closed by the database so far.
+    closings: AtomicU64,
     #[cfg(feature = "testing")]
     pub(crate) recorded: parking_lot::Mutex<Option<Vec<String>>>,
 }
@@ -121,6 +123,12 @@ impl StatementLog {
     /// not the one the last connections saw (restarted, failed over).
     pub fn connections_opened(&self) -> u64 {
         self.opened.load(Ordering::SeqCst)
+    }
+
+    /// Connections found closed by the database so far: when this moves,
+    /// the others may be closed too (a restart closes them all).
+    pub fn closings(&self) -> u64 {
+        self.closings.load(Ordering::SeqCst)
     }
 
     fn note(&self, query: &dyn std::fmt::Display) {
@@ -145,10 +153,11 @@ impl ConnectionManager {
         }
     }
 
-    pub fn connect(&self) -> Result<DbConnection> {
+    pub fn connect(&self) -> Result<PooledDb> {
         self.statements.opened.fetch_add(1, Ordering::SeqCst);
-        let sent = Arc::clone(&self.statements);
-        Ok(match self.backend {
+        let closed = Arc::new(AtomicBool::new(false));
+        let known_open_at = self.statements.closings();
+        let conn = match self.backend {
             Backend::Sqlite => {
                 let mut conn = SqliteConnection::establish(&self.target)?;
                 // WAL lets readers run beside the writer. NORMAL does not sync
@@ -161,24 +170,87 @@ impl ConnectionManager {
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )?;
-                conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-                    if let InstrumentationEvent::StartQuery { query, .. } = event {
-                        sent.note(query);
-                    }
-                });
+                conn.set_instrumentation(self.watch(&closed, false));
                 DbConnection::Sqlite(conn)
             }
             Backend::Postgres => {
                 let mut conn = PgConnection::establish(&self.target)?;
-                // A statement prepared for the first time is a round trip of its own.
-                conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
-                    InstrumentationEvent::StartQuery { query, .. } => sent.note(query),
-                    InstrumentationEvent::CacheQuery { sql, .. } => sent.note(&sql),
-                    _ => {}
-                });
+                conn.set_instrumentation(self.watch(&closed, true));
                 DbConnection::Postgres(conn)
             }
+        };
+        Ok(PooledDb {
+            conn,
+            closed,
+            known_open_at,
         })
+    }
+
+    /// What a connection reports of each statement: that it was sent (and,
+    /// if `prepares_are_sent`, that it was prepared: PostgreSQL's first
+    /// preparation of a statement is a round trip of its own, SQLite's is
+    /// not), and that the database closed the connection under it.
+    fn watch(
+        &self,
+        closed: &Arc<AtomicBool>,
+        prepares_are_sent: bool,
+    ) -> impl FnMut(InstrumentationEvent<'_>) + Send + 'static {
+        let log = Arc::clone(&self.statements);
+        let closed = Arc::clone(closed);
+        move |event: InstrumentationEvent<'_>| match event {
+            InstrumentationEvent::StartQuery { query, .. } => log.note(query),
+            InstrumentationEvent::CacheQuery { sql, .. } if prepares_are_sent => log.note(&sql),
+            InstrumentationEvent::FinishQuery {
+                error: Some(error), ..
+            } if crate::error::is_closed_connection(error) && !closed.swap(true, Ordering::SeqCst) => {
+                log.closings.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A pooled connection, and whether the database closed it under a
+/// statement. Diesel counts a connection broken only when it was left in a
+/// transaction, so one whose server went away between transactions would
+/// go back to the pool and fail every statement after the database came
+/// back; this one is dropped on its return instead (`has_broken`).
+pub struct PooledDb {
+    conn: DbConnection,
+    closed: Arc<AtomicBool>,
+    /// `StatementLog::closings` when this connection was last known open.
+    known_open_at: u64,
+}
+
+impl PooledDb {
+    /// Whether the database closed this connection under a statement.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// `StatementLog::closings` when this connection was last known open:
+    /// if connections were found closed since, this one may be too.
+    pub fn known_open_at(&self) -> u64 {
+        self.known_open_at
+    }
+
+    /// Records that the connection answered when `closings` connections had
+    /// been found closed.
+    pub fn answered_at(&mut self, closings: u64) {
+        self.known_open_at = closings;
+    }
+}
+
+impl std::ops::Deref for PooledDb {
+    type Target = DbConnection;
+    fn deref(&self) -> &DbConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PooledDb {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.conn
     }
 }
 
@@ -290,19 +362,19 @@ impl WalFile {
 }
 
 impl diesel::r2d2::ManageConnection for ConnectionManager {
-    type Connection = DbConnection;
+    type Connection = PooledDb;
     type Error = StoreError;
 
-    fn connect(&self) -> Result<DbConnection> {
+    fn connect(&self) -> Result<PooledDb> {
         ConnectionManager::connect(self)
     }
 
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<()> {
+    fn is_valid(&self, conn: &mut PooledDb) -> Result<()> {
         conn.ping().map_err(StoreError::Query)
     }
 
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.is_broken()
+    fn has_broken(&self, conn: &mut PooledDb) -> bool {
+        conn.is_closed() || conn.is_broken()
     }
 }
 

@@ -66,16 +66,13 @@ impl StoreError {
     /// or the connection closed under the query): it may answer again soon,
     /// unlike a query or a rule that failed.
     pub fn is_unavailable(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error as Query};
+        use diesel::result::Error as Query;
         match self {
             StoreError::Pool(_) | StoreError::Connect(_) => true,
             StoreError::Commit { unavailable, .. } => *unavailable,
-            StoreError::Query(error) => matches!(
-                error,
-                Query::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
-                    | Query::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)
-                    | Query::BrokenTransactionManager
-            ),
+            StoreError::Query(error) => {
+                is_closed_connection(error) || matches!(error, Query::BrokenTransactionManager)
+            }
             StoreError::UnsupportedUrl
             | StoreError::AfterCommit { .. }
             | StoreError::AuditUnwritten { .. }
@@ -106,12 +103,28 @@ impl StoreError {
         }
     }
 
+    /// Whether the database closed the connection under the statement that
+    /// failed (it was not run, or its transaction ended uncommitted).
+    pub(crate) fn is_closed_connection(&self) -> bool {
+        matches!(self, StoreError::Query(error) if is_closed_connection(error))
+    }
+
     pub(crate) fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> Self {
         StoreError::Corrupt {
             what,
             detail: detail.to_string(),
         }
     }
+}
+
+/// The socket was closed under the statement, or found closed before it.
+pub(crate) fn is_closed_connection(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as Query};
+    matches!(
+        error,
+        Query::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            | Query::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)
+    )
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -382,10 +382,18 @@ impl GroupCommit {
         let mut victim = 0;
         // Nobody joins before the leader's work is done: if it fails, the
         // transaction holds nothing else and is rolled back whole.
+        // A connection the database had closed (a restart between two
+        // writes) is met once at most: nothing was committed on it, and the
+        // next is checked first (`Store::connection`).
+        let mut met_closed = false;
         let led = loop {
             let opened = batches.open();
             let mut conn = match opened {
                 Ok(conn) => conn,
+                Err(error) if error.is_closed_connection() && !met_closed => {
+                    met_closed = true;
+                    continue;
+                }
                 Err(error) => break Err(error),
             };
             let mut pending = Pending::default();
@@ -396,6 +404,10 @@ impl GroupCommit {
                 Ok(value) => break Ok((conn, value, pending)),
                 Err(error) => {
                     rollback(&mut conn);
+                    if error.is_closed_connection() && !met_closed {
+                        met_closed = true;
+                        continue;
+                    }
                     if error.is_retryable() && victim < RETRIES {
                         victim += 1;
                         self.retried.fetch_add(1, Relaxed);

@@ -144,9 +144,32 @@ impl Store {
         conn.ping().map(drop).map_err(StoreError::Query)
     }
 
+    /// A pooled connection known to be open. One that has not answered
+    /// since another was found closed may be closed too (a restarted
+    /// database closes them all): it is pinged first, and dropped if it was.
+    fn connection(&self) -> Result<group::Pooled> {
+        let mut dropped = 0;
+        loop {
+            let mut conn = self.checkout()?;
+            let closings = self.statements.closings();
+            if conn.known_open_at() == closings {
+                return Ok(conn);
+            }
+            match conn.ping() {
+                Ok(_) => {
+                    conn.answered_at(closings);
+                    return Ok(conn);
+                }
+                // Dropped on its return; the pool holds at most max_size.
+                Err(_) if conn.is_closed() && dropped < self.pool.max_size() => dropped += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
     /// A pooled connection: the pool's whole timeout while the database
     /// answers, a short wait once it has not (until it answers again).
-    fn connection(&self) -> Result<diesel::r2d2::PooledConnection<ConnectionManager>> {
+    fn checkout(&self) -> Result<group::Pooled> {
         use std::sync::atomic::Ordering;
         let got = if self.unreachable.load(Ordering::Relaxed) {
             self.pool.get_timeout(WAIT_WHILE_UNREACHABLE)
@@ -162,31 +185,40 @@ impl Store {
         Ok(got?)
     }
 
-    fn read<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
+    /// Runs `work` on a connection; once more on another if the database had
+    /// closed the first under it (reads change nothing, so may run again).
+    fn read<T>(&self, mut work: impl FnMut(&mut DbConnection) -> Result<T>) -> Result<T> {
         let mut conn = self.connection()?;
-        work(&mut conn)
+        match work(&mut conn) {
+            Err(error) if error.is_closed_connection() => {
+                drop(conn);
+                let mut another = self.connection()?;
+                work(&mut another)
+            }
+            done => done,
+        }
     }
 
     /// Runs `work`'s reads in one snapshot: PostgreSQL's default isolation
     /// gives each statement its own, so counts and the rows they place could
     /// disagree. A read-only transaction, begun in one round trip.
-    fn read_snapshot<T>(&self, work: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
-        type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
-        let mut pooled = self.connection()?;
-        let conn: &mut DbConnection = &mut pooled;
-        match conn {
-            DbConnection::Sqlite(lite) => AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN")?,
-            DbConnection::Postgres(pg) => AnsiTransactionManager::begin_transaction_sql(
-                pg,
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-            )?,
-        }
-        let read = work(conn);
-        // Nothing was written: a rollback ends it as well as a commit would.
-        let ended = Transactions::rollback_transaction(conn);
-        let value = read?;
-        ended?;
-        Ok(value)
+    fn read_snapshot<T>(&self, mut work: impl FnMut(&mut DbConnection) -> Result<T>) -> Result<T> {
+        self.read(|conn| {
+            type Transactions = <DbConnection as diesel::Connection>::TransactionManager;
+            match &mut *conn {
+                DbConnection::Sqlite(lite) => AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN")?,
+                DbConnection::Postgres(pg) => AnsiTransactionManager::begin_transaction_sql(
+                    pg,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                )?,
+            }
+            let read = work(conn);
+            // Nothing was written: a rollback ends it as well as a commit would.
+            let ended = Transactions::rollback_transaction(conn);
+            let value = read?;
+            ended?;
+            Ok(value)
+        })
     }
 
     /// Runs `work` in one transaction, shared with the writes of this
@@ -228,7 +260,7 @@ impl Batches for Store {
     /// process or another, wrote meanwhile.
     fn open(&self) -> Result<Pooled> {
         let mut conn = self.connection()?;
-        match &mut *conn {
+        match &mut **conn {
             DbConnection::Sqlite(lite) => {
                 AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?
             }

@@ -66,7 +66,7 @@ impl Store {
         }
         let mut settings = Vec::new();
         for conn in &mut held {
-            let setting: Setting = match &mut **conn {
+            let setting: Setting = match &mut ***conn {
                 crate::db::DbConnection::Sqlite(lite) => {
                     diesel::sql_query("SELECT CAST(synchronous AS TEXT) AS value FROM pragma_synchronous")
                         .get_result(lite)?

@@ -366,11 +366,12 @@ impl Store {
     /// instead of walking the skipped rows (`repo/key_pages.rs`),
     /// the counts and the rows read in one snapshot.
     pub fn list_keys(&self, query: &ListQuery<KeyFilters>) -> Result<Listed<Key>> {
-        let page = sorted(filtered(&query.filters), query).limit(query.page.limit);
+        // Built inside each read: a read may run again on another connection.
+        let page = || sorted(filtered(&query.filters), query).limit(query.page.limit);
         let Some(order) = time_order(query).filter(|_| query.page.skip >= SEEK_FROM) else {
             return self.read(|conn| {
                 let total = total(conn, &query.filters)?;
-                let items = page
+                let items = page()
                     .offset(query.page.skip)
                     .select(KeyRow::as_select())
                     .load(conn)?;
@@ -389,10 +390,10 @@ impl Store {
                 });
             };
             let page = match (order.stamp, order.direction) {
-                (Stamp::Created, Direction::Descending) => page.filter(keys::created_at.lt(bound)),
-                (Stamp::Created, Direction::Ascending) => page.filter(keys::created_at.ge(bound)),
-                (Stamp::Updated, Direction::Descending) => page.filter(keys::updated_at.lt(bound)),
-                (Stamp::Updated, Direction::Ascending) => page.filter(keys::updated_at.ge(bound)),
+                (Stamp::Created, Direction::Descending) => page().filter(keys::created_at.lt(bound)),
+                (Stamp::Created, Direction::Ascending) => page().filter(keys::created_at.ge(bound)),
+                (Stamp::Updated, Direction::Descending) => page().filter(keys::updated_at.lt(bound)),
+                (Stamp::Updated, Direction::Ascending) => page().filter(keys::updated_at.ge(bound)),
             };
             let items = page
                 .offset(skip_from_bound)

@@ -1,4 +1,4 @@
-//! The audit chain under concurrent appends, users and sessions, and what differs by backend: URLs, file modes, deferred commits, deadlocks.
+//! The audit chain under concurrent appends, users and sessions, and what differs by backend: URLs, file modes, deferred commits, deadlocks, connections the server closed.
 
 use super::*;
 
@@ -297,5 +297,71 @@ fn a_deadlock_between_instances_is_run_again_and_never_reaches_the_caller() {
         u64::try_from(seen).unwrap(),
         "every deadlock's victim was run again"
     );
+    counts_are_exact(&db);
+}
+
+/// PostgreSQL closes every connection when it restarts (or an administrator
+/// ends them). Diesel keeps such a connection in the pool unless it was left
+/// in a transaction, so each would fail the next statement sent on it; the
+/// store drops them, and a read or a write that meets one runs again on
+/// another: no caller hears of connections closed while they sat idle.
+#[test]
+fn connections_closed_while_idle_are_dropped_and_no_caller_hears_of_them() {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    #[derive(diesel::QueryableByName)]
+    struct Others {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        others: i64,
+    }
+    let db = TestDatabase::postgres().unwrap();
+    let store = &db.store;
+    let partition = registered_partition(store, "hsm-closed");
+    let close_every_idle_connection = || {
+        // Every pooled connection opened and idle, then ended by the server.
+        store.commit_durability_of_every_connection().unwrap();
+        let mut admin = diesel::PgConnection::establish(&db.url).unwrap();
+        let others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        diesel::sql_query(format!("SELECT pg_terminate_backend(pid) {others}"))
+            .execute(&mut admin)
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while diesel::sql_query(format!("SELECT COUNT(*) AS others {others}"))
+            .get_result::<Others>(&mut admin)
+            .unwrap()
+            .others
+            > 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not end the connections"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    close_every_idle_connection();
+    let first = key(&partition, "after-read", ObjectType::SecretKey, 256);
+    assert_eq!(
+        store.get_key(first.id).unwrap(),
+        None,
+        "a read on a closed connection runs again"
+    );
+    for n in 0..8 {
+        store
+            .get_partition(partition.id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("read {n}"));
+    }
+    store
+        .insert_keys_with_operation(std::slice::from_ref(&first), &create_op(&first), &test_audit())
+        .unwrap();
+
+    close_every_idle_connection();
+    let second = key(&partition, "after-write", ObjectType::SecretKey, 256);
+    store
+        .insert_keys_with_operation(std::slice::from_ref(&second), &create_op(&second), &test_audit())
+        .expect("a write on a closed connection runs again");
+    let listed = store.list_keys(&query("sort=createdAt")).unwrap();
+    assert_eq!(listed.total, 2, "each key once");
     counts_are_exact(&db);
 }
