@@ -5,13 +5,15 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 serve *ARGS:
     cargo run --release -p luna-server -- serve --data-dir ./data {{ARGS}}
 
-# Every test: formatting, lints, and each crate's tests (real SoftHSM2 and openCryptoki tokens, SQLite and PostgreSQL).
+# Every test: formatting, lints, and each crate's tests (real SoftHSM2 and openCryptoki tokens, SQLite and PostgreSQL),
+# run by cargo-nextest several at once (.config/nextest.toml), then the doctests.
 test:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo machete
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
-    cargo test --workspace
+    cargo nextest run --workspace
+    cargo test --workspace --doc
     scripts/schemathesis
 
 # schemathesis against a live server on the embedded default, every check.
