@@ -98,7 +98,7 @@
 //! // The record and its queued operation; the ids are the caller's. The
 //! // record's id is the object's CKA_ID: the object is findable on every
 //! // member, and its object_uid is known before it exists.
-//! let NewKey { keys, operation } = spec.new_key(&partition, Uuid::new_v4, accepted)?;
+//! let NewKey { keys, operation } = spec.new_key(&partition, Uuid::new_v4, accepted);
 //! let mut key = keys.into_iter().next().unwrap();
 //! assert_eq!(key.cka_id, key.id.as_bytes().to_vec());
 //! assert!(!operation.tried_before());

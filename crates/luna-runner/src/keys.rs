@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use luna_domain::{Key, KeyVersion, Member, Operation, Partition};
 use luna_pkcs11::{GenerateRequest, ObjectDescription};
-use luna_store::Store;
 use uuid::Uuid;
 
 use crate::failure::{Failure, Outcome};
@@ -18,15 +17,30 @@ pub(crate) type Found = (Arc<dyn luna_pkcs11::Token>, ObjectDescription);
 impl Runner {
     /// The key records an operation acts on, and their partition.
     pub(crate) fn load(&self, ids: &[Uuid]) -> Result<(Vec<Key>, Partition), Failure> {
-        let mut keys = Vec::with_capacity(ids.len());
-        for id in ids {
-            let key = self
-                .store
-                .get_key(*id)
-                .map_err(Failure::store("the key record could not be read"))?
-                .ok_or_else(|| format!("key {id} no longer exists here"))?;
-            keys.push(key);
-        }
+        let keys = ids
+            .iter()
+            .map(|id| self.read_key(*id))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_partition(keys)
+    }
+
+    /// A key's record and its linked half's (an operation on a pair acts
+    /// on both), and their partition: each record read once.
+    pub(crate) fn load_linked(&self, key_id: Uuid) -> Result<(Vec<Key>, Partition), Failure> {
+        let key = self.read_key(key_id)?;
+        let link = key.link_id.map(|id| self.read_key(id)).transpose()?;
+        self.with_partition(std::iter::once(key).chain(link).collect())
+    }
+
+    fn read_key(&self, id: Uuid) -> Result<Key, Failure> {
+        Ok(self
+            .store
+            .get_key(id)
+            .map_err(Failure::store("the key record could not be read"))?
+            .ok_or_else(|| format!("key {id} no longer exists here"))?)
+    }
+
+    fn with_partition(&self, keys: Vec<Key>) -> Result<(Vec<Key>, Partition), Failure> {
         let partition_id = keys
             .first()
             .map(|k| k.partition_id)
@@ -201,7 +215,7 @@ impl Runner {
     }
 
     pub(crate) fn replicate(&self, key_id: Uuid) -> Outcome {
-        let (mut keys, partition) = self.load(&linked(&self.store, key_id)?)?;
+        let (mut keys, partition) = self.load_linked(key_id)?;
         let read: Vec<KeyVersion> = keys.iter().map(KeyVersion::of).collect();
         // Find a member that holds every half, and what each member holds.
         let mut holder: Option<(&Member, Arc<dyn luna_pkcs11::Token>, Vec<ObjectDescription>)> = None;
@@ -259,7 +273,7 @@ impl Runner {
     }
 
     pub(crate) fn destroy(&self, key_id: Uuid) -> Outcome {
-        let (keys, partition) = self.load(&linked(&self.store, key_id)?)?;
+        let (keys, partition) = self.load_linked(key_id)?;
         let mut failures = Vec::new();
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
@@ -304,15 +318,6 @@ impl Runner {
             .find(|d| d.object_type == key.object_type)
             .map(|d| (token, d)))
     }
-}
-
-/// A key's id and its linked half's, for operations that act on both.
-pub(crate) fn linked(store: &Store, key_id: Uuid) -> Result<Vec<Uuid>, Failure> {
-    let key = store
-        .get_key(key_id)
-        .map_err(Failure::store("the key record could not be read"))?
-        .ok_or_else(|| format!("key {key_id} no longer exists here"))?;
-    Ok(std::iter::once(key.id).chain(key.link_id).collect())
 }
 
 /// Copies what the token says of an object into its record.

@@ -9,6 +9,7 @@
 //! Another CCKM service embeds it with luna-domain, luna-pkcs11 and
 //! luna-store and without actix: luna-api is its HTTP edge.
 
+mod accept;
 mod attempt;
 pub mod audit;
 mod backlog;
@@ -30,5 +31,5 @@ pub use error::RunnerError;
 pub use failure::Failure;
 pub use metrics::Metrics;
 pub use room::Admission;
-pub use runner::{Accepted, Hook, Reserved, Runner, RunnerSettings};
+pub use runner::{Hook, Runner, RunnerSettings};
 pub use tokens::{OpenTokens, TokenOpener, WatchedToken};

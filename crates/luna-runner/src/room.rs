@@ -16,8 +16,8 @@ use crate::runner::{Reserved, Runner, WAITING_TURNS};
 /// in this instance at once, if there is any (`reserved`).
 #[derive(Debug)]
 pub struct Admission {
-    pub admitted: Admitted,
-    pub reserved: Option<Reserved>,
+    pub(crate) admitted: Admitted,
+    pub(crate) reserved: Option<Reserved>,
 }
 
 /// An operation's place in the counts, from its claim to its recorded

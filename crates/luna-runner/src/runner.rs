@@ -21,7 +21,7 @@ use std::time::{Duration as StdDuration, Instant};
 use luna_domain::{Key, Operation};
 use luna_store::Store;
 use parking_lot::Mutex;
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -187,7 +187,7 @@ pub struct Runner {
 /// partition is neither forgotten nor given other members while it has an
 /// operation in flight (`Store::forget_partition`, HA member changes).
 #[derive(Debug)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub keys: Vec<Key>,
     pub partition: luna_domain::Partition,
 }
@@ -197,7 +197,7 @@ pub struct Accepted {
 /// transaction, no wait for a poll) and hands it over once committed.
 /// Dropped without `hand`, the room is given back.
 #[derive(Debug)]
-pub struct Reserved {
+pub(crate) struct Reserved {
     pub(crate) runner: Arc<Runner>,
     pub(crate) partition: Option<Uuid>,
     pub(crate) lease: String,
@@ -205,15 +205,15 @@ pub struct Reserved {
 }
 
 impl Reserved {
-    /// Claims `op` for this instance, as the dispatcher would.
-    pub fn claim(&self, op: &mut Operation, now: OffsetDateTime) -> luna_domain::Result<()> {
+    /// Claims `op` for this instance as of its creation, as the dispatcher would.
+    pub(crate) fn claim(&self, op: &mut Operation) -> luna_domain::Result<()> {
+        let now = op.created_at;
         op.claim(&self.lease, now, now + self.runner.settings.lease)
     }
 
     /// Runs `op` (claimed with `claim`, and committed with `accepted`), in
     /// the room held for it.
-    pub fn hand(mut self, mut op: Operation, accepted: Accepted) {
-        op.partition_id = self.partition;
+    pub(crate) fn hand(mut self, op: Operation, accepted: Accepted) {
         self.handed = self.runner.handed.send((op, accepted)).is_ok();
     }
 }

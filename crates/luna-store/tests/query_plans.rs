@@ -90,7 +90,6 @@ fn write_path_statements(db: &TestDatabase, existing: usize) -> Vec<String> {
             attributes: AttributeSet::parse_names(&["CKA_ENCRYPT"]).unwrap(),
         };
         spec.new_key(&partition, Uuid::now_v7, t - Duration::seconds(i as i64))
-            .unwrap()
     };
     let filler: Vec<Key> = (0..existing)
         .map(|i| {

@@ -17,11 +17,7 @@ pub(crate) fn records(partition: &luna_domain::Partition, n: usize) -> Vec<Key> 
                 mechanism: Mechanism::AesKeyGen,
                 attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_PRIVATE", "CKA_ENCRYPT"]).unwrap(),
             };
-            let mut key = spec
-                .new_key(partition, Uuid::new_v4, at)
-                .expect("the partition the spec names")
-                .keys
-                .remove(0);
+            let mut key = spec.new_key(partition, Uuid::new_v4, at).keys.remove(0);
             key.generated_with = Some(Mechanism::AesKeyGen);
             key.sha_256_fingerprint = format!("{:064x}", rng.gen::<u128>());
             key.replicated = true;

@@ -1,12 +1,13 @@
 //! The seven key endpoints of the reference.
 
+use std::sync::Arc;
+
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::attribute::Attribute;
 use luna_domain::key::{check_update, AttributeChangeRequest};
 use luna_domain::key::{Algorithm, Mechanism};
 use luna_domain::query::KeyFilters;
 use luna_domain::{CreateKeyRequest, Key, Operation, OperationPayload};
-use luna_runner::Admission;
 use luna_store::Store;
 use serde::Deserialize;
 use utoipa::openapi::{Array, ArrayBuilder, Object, ObjectBuilder, Type};
@@ -126,46 +127,22 @@ pub async fn create(
         return Ok(first);
     }
     let spec = body.validate()?;
-    // Within the bound on the work waiting for this partition's tokens; run
-    // here at once if this instance has room: claimed in the accept's
-    // transaction, with the request's audit record.
-    let Admission { admitted, reserved } =
-        state
-            .runner
-            .admit(spec.partition_id)
-            .map_err(|full| ApiError::QueueFull {
-                message: full.message,
-                retry_after: full.retry_after_secs,
-            })?;
-    let store = state.store.clone();
+    // Within the bound on the work waiting for this partition's tokens, and
+    // run here at once if this instance has room (claimed in the accept's
+    // transaction, with the request's audit record).
+    let admission = state
+        .runner
+        .admit(spec.partition_id)
+        .map_err(|full| ApiError::QueueFull {
+            message: full.message,
+            retry_after: full.retry_after_secs,
+        })?;
+    let runner = Arc::clone(&state.runner);
     let (record, requester) = (audit.change(201), audit.requester());
-    let (keys, op, reserved) = blocking(move || {
-        let partition = store
-            .get_partition(spec.partition_id)?
-            .ok_or_else(|| not_found("partition", spec.partition_id))?;
-        let luna_domain::NewKey { keys, operation: op } =
-            spec.new_key(&partition, Uuid::now_v7, luna_store::now())?;
-        let mut op = op.requested_by(requester);
-        if let Some(reserved) = &reserved {
-            let now = op.created_at;
-            reserved.claim(&mut op, now)?;
-        }
-        store.insert_keys_idempotently(&keys, &op, request.as_ref(), &record)?;
-        Ok((keys, op, reserved.map(|r| (r, partition))))
-    })
-    .await?;
+    let keys =
+        blocking(move || Ok(runner.accept_create(admission, &spec, requester, request.as_ref(), &record)?))
+            .await?;
     audit.written();
-    admitted.kept();
-    match reserved {
-        Some((reserved, partition)) => reserved.hand(
-            op,
-            luna_runner::Accepted {
-                keys: keys.clone(),
-                partition,
-            },
-        ),
-        None => state.work.notify_one(),
-    }
     Ok(HttpResponse::Created().json(KeyView::with_link(&keys[0], keys.get(1), &state.tenancy)))
 }
 

@@ -145,7 +145,7 @@ fn key(partition: &Partition, label: &str, object_type: ObjectType, size: u32) -
         mechanism,
         attributes: AttributeSet::parse_names(&["CKA_TOKEN", "CKA_SIGN"]).unwrap(),
     };
-    let made = spec.new_key(partition, Uuid::new_v4, now()).unwrap();
+    let made = spec.new_key(partition, Uuid::new_v4, now());
     let mut key = made
         .keys
         .into_iter()
