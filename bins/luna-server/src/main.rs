@@ -5,6 +5,7 @@ mod logging;
 mod settings;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -104,6 +105,7 @@ fn serve(settings: &Settings) -> Result<()> {
     }
     println!("listening on {scheme}://{}", listener.local_addr()?);
 
+    let in_use = Arc::clone(&module);
     let config = Config {
         store,
         instance,
@@ -129,6 +131,7 @@ fn serve(settings: &Settings) -> Result<()> {
         audit_lag_bound: settings.audit_forward_lag_bound,
     };
     actix_web::rt::System::new().block_on(async move { start(config, listener)?.run().await })?;
+    in_use.finalize_for_exit();
     tracing::info!("stopped");
     Ok(())
 }

@@ -38,8 +38,12 @@ impl Gate {
         std::ptr::from_ref(self) as usize
     }
 
+    /// Whether this thread is inside the gate. A thread whose locals are
+    /// gone (the main thread in an exit handler) is inside nothing.
     fn held_by_this_thread(&self) -> bool {
-        INSIDE.with(|inside| inside.borrow().contains(&self.address()))
+        INSIDE
+            .try_with(|inside| inside.borrow().contains(&self.address()))
+            .unwrap_or(false)
     }
 
     /// Enters for one call; waits while the module is being re-initialised.

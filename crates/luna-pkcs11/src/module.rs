@@ -238,6 +238,25 @@ impl Module {
         }
     }
 
+    /// Ends this process's use of the module before it exits: once no call
+    /// is in flight (waiting at most `DRAIN_WITHIN`), every session is
+    /// closed and `C_Finalize` runs; the gate stays closed, so a later call
+    /// waits instead of reaching a finalized library. SoftHSM2 frees its
+    /// state in C++ destructors as the process exits, and over a library
+    /// never finalized they can free twice and abort the exiting process
+    /// (softhsm/SoftHSMv2#635). Nothing is done if calls did not end in time:
+    /// finalizing under a call would be worse.
+    pub fn finalize_for_exit(&self) {
+        let Some(closed) = self.gate.close(DRAIN_WITHIN) else {
+            return;
+        };
+        for pool in self.pools.lock().iter().filter_map(Weak::upgrade) {
+            pool.close_all();
+        }
+        let _ = self.context.clone().finalize();
+        std::mem::forget(closed);
+    }
+
     /// Re-initialises the module if one is due (see `REINIT_BACKOFF`);
     /// true if it ran and the module is initialised again.
     pub(crate) fn reinitialise_if_due(&self) -> bool {

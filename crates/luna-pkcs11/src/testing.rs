@@ -199,8 +199,9 @@ impl Deref for OpenTestToken {
     }
 }
 
+static HOME: OnceLock<SoftHsmHome> = OnceLock::new();
+
 pub fn home() -> &'static SoftHsmHome {
-    static HOME: OnceLock<SoftHsmHome> = OnceLock::new();
     HOME.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("luna-softhsm-")
@@ -208,8 +209,28 @@ pub fn home() -> &'static SoftHsmHome {
             .expect("a temporary directory for SoftHSM2 tokens")
             .keep();
         let module = std::env::var_os("LUNA_TEST_SOFTHSM_MODULE").map(PathBuf::from);
-        SoftHsmHome::open(&dir, module.as_deref()).expect("SoftHSM2 (package softhsm2) is installed")
+        let home =
+            SoftHsmHome::open(&dir, module.as_deref()).expect("SoftHSM2 (package softhsm2) is installed");
+        finalize_at_exit();
+        home
     })
+}
+
+/// Has the home's module finalized as the test process exits. SoftHSM2's
+/// exit-time C++ destructors, over a library never finalized, can free
+/// twice and abort a process whose tests had passed (softhsm/SoftHSMv2#635);
+/// cargo-nextest, which runs each test in a process of its own, met it.
+/// Registered after the library was loaded, so it runs before the library's
+/// destructors (exit handlers run in the reverse of their registration).
+fn finalize_at_exit() {
+    extern "C" fn finalize() {
+        if let Some(home) = HOME.get() {
+            home.module().finalize_for_exit();
+        }
+    }
+    // A plain function holding no state of its own, registered once.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::atexit(finalize) };
 }
 
 /// The SoftHSM2 module of this test process.
