@@ -378,20 +378,59 @@ impl diesel::r2d2::ManageConnection for ConnectionManager {
     }
 }
 
+/// Brings the schema up to date, then refuses a database that a newer
+/// luna-server migrated: an instance on a schema it does not know would
+/// fail requests on columns it lacks and skip the rules the newer one keeps
+/// (an older instance kept honouring revoked sessions so).
 pub fn run_migrations(conn: &mut DbConnection) -> Result<()> {
     match conn {
         DbConnection::Sqlite(lite) => {
             lite.run_pending_migrations(SQLITE_MIGRATIONS)
                 .map_err(StoreError::Migration)?;
+            refuse_newer_schema(lite, &SQLITE_MIGRATIONS)?;
         }
         DbConnection::Postgres(pg) => {
             pg.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
-            let outcome = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop);
+            let outcome = pg
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(drop)
+                .map_err(StoreError::Migration)
+                .and_then(|()| refuse_newer_schema(pg, &POSTGRES_MIGRATIONS));
             pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))?;
-            outcome.map_err(StoreError::Migration)?;
+            outcome?;
         }
     }
     Ok(())
+}
+
+/// `StoreError::NewerSchema` if the database holds a migration this build
+/// does not know.
+fn refuse_newer_schema<DB: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<DB>,
+    known: &EmbeddedMigrations,
+) -> Result<()>
+where
+    EmbeddedMigrations: diesel::migration::MigrationSource<DB>,
+{
+    let known: Vec<String> = diesel::migration::MigrationSource::<DB>::migrations(known)
+        .map_err(StoreError::Migration)?
+        .iter()
+        .map(|migration| migration.name().version().to_string())
+        .collect();
+    let newest_unknown = conn
+        .applied_migrations()
+        .map_err(StoreError::Migration)?
+        .iter()
+        .map(ToString::to_string)
+        .filter(|version| !known.contains(version))
+        .max();
+    match newest_unknown {
+        Some(database) => Err(StoreError::NewerSchema {
+            database,
+            known: known.into_iter().max().unwrap_or_default(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Pool settings. SQLite has one writer at a time whatever the pool size.

@@ -21,6 +21,9 @@ pub enum StoreError {
     Migration(#[source] BoxError),
     #[error("a database query failed")]
     Query(#[from] diesel::result::Error),
+    /// A newer luna-server migrated the database past what this one knows.
+    #[error("the database's schema is at version {database}, newer than this luna-server knows (up to {known}): a newer release migrated it; run that release (or a later one) on every instance sharing the database")]
+    NewerSchema { database: String, known: String },
     /// The caller's `Idempotency-Key` was taken by a create that committed
     /// meanwhile: look it up and answer with what it made.
     #[error("the Idempotency-Key was used by another request at the same moment")]
@@ -77,6 +80,7 @@ impl StoreError {
             | StoreError::AfterCommit { .. }
             | StoreError::AuditUnwritten { .. }
             | StoreError::Migration(_)
+            | StoreError::NewerSchema { .. }
             | StoreError::Conflict(_)
             | StoreError::IdempotencyKeyTaken
             | StoreError::Domain(_)

@@ -1,4 +1,4 @@
-//! The audit chain under concurrent appends, users and sessions, and what differs by backend: URLs, file modes, deferred commits, deadlocks, connections the server closed.
+//! The audit chain under concurrent appends, users and sessions, and what differs by backend: URLs, file modes, deferred commits, deadlocks, connections the server closed, a schema newer than the build.
 
 use super::*;
 
@@ -145,6 +145,25 @@ on_both_backends! {
         store.open_session(&user, "fresh-1", hour, t + Duration::seconds(2), &test_audit()).unwrap().unwrap();
         assert_eq!(store.session_user(stale).unwrap(), None, "pruned");
         assert!(!store.delete_user(other.id, &test_audit()).unwrap());
+    }
+
+    // An instance refuses, in one sentence naming both versions, a database
+    // a newer release migrated past what it knows (a rolling upgrade's older
+    // instance would otherwise come up healthy and fail requests).
+    fn a_database_migrated_by_a_newer_release_is_refused_naming_both_versions(_store: &Store, db: &TestDatabase) {
+        raw_sql(db, "INSERT INTO __diesel_schema_migrations (version) VALUES ('20990101000099')");
+        let refused = db.second_store().unwrap_err();
+        assert!(matches!(refused, luna_store::StoreError::NewerSchema { .. }), "{refused:?}");
+        let sentence = refused.to_string();
+        assert!(sentence.contains("version 20990101000099"), "{sentence}");
+        let known = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/sqlite"))
+            .unwrap()
+            .filter_map(|entry| entry.unwrap().file_name().to_str().and_then(|n| n.get(..17)).map(|v| v.replace('-', "")))
+            .max()
+            .unwrap();
+        assert!(sentence.contains(&format!("up to {known}")), "{sentence}");
+        raw_sql(db, "DELETE FROM __diesel_schema_migrations WHERE version = '20990101000099'");
+        db.second_store().expect("the same database, at a version it knows");
     }
 }
 
