@@ -1,27 +1,64 @@
 //! `luna-server serve`: read settings, set up the data directory, wire the layers, start.
 
+mod config;
 mod embedded;
 mod logging;
+mod secrets;
 mod settings;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use luna_api::auth::Auth;
 use luna_api::server::{bootstrap_admin, start, Config};
 use luna_api::view::Tenancy;
 use luna_runner::RunnerSettings;
 use luna_store::{PinCipher, PoolOptions, Store};
 use secrecy::ExposeSecret;
-use settings::{Cli, Command, Settings};
+use settings::{Command, Settings};
 
 fn main() -> Result<()> {
     logging::init()?;
-    match Cli::parse().command {
+    let (cli, report) = config::parse()?;
+    match cli.command {
         Command::Serve(settings) => serve(&settings),
+        Command::CheckConfig(settings) => check_config(&settings, &report),
     }
+}
+
+/// Prints each setting as the config file would hold it, with where it
+/// came from; a secret is never printed. The secret files and sinks are
+/// checked as `serve` checks them.
+#[allow(clippy::print_stdout)] // the settings are this command's output
+fn check_config(settings: &Settings, report: &config::Report) -> Result<()> {
+    settings.admin_password()?;
+    settings.database_url()?;
+    if let Some(key) = &settings.tls_key {
+        secrets::check_private("the TLS key", key)?;
+    }
+    for url in &settings.audit_forward {
+        luna_api::forward::Sink::parse(url, settings.audit_forward_ca.as_deref())
+            .map_err(|e| anyhow::anyhow!("--audit-forward {e}"))?;
+    }
+    for (name, values, source) in report {
+        let shown: Vec<String> = values
+            .iter()
+            .map(|value| match name.as_str() {
+                "admin_password" => "(redacted)".to_owned(),
+                "database_url" => secrets::redact_url_password(value),
+                _ => value.clone(),
+            })
+            .map(|value| format!("{value:?}"))
+            .collect();
+        let value = match shown.as_slice() {
+            [] => "(unset)".to_owned(),
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        println!("{name} = {value}  # {source}");
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)] // telling the operator what was set up is this command's output
@@ -33,13 +70,17 @@ fn serve(settings: &Settings) -> Result<()> {
         .map(|url| luna_api::forward::Sink::parse(url, settings.audit_forward_ca.as_deref()))
         .collect::<Result<Vec<_>, String>>()
         .map_err(|e| anyhow::anyhow!("--audit-forward {e}"))?;
+    let admin_password = settings.admin_password()?;
+    let url = settings.database_url()?;
+    if let Some(key) = &settings.tls_key {
+        secrets::check_private("the TLS key", key)?;
+    }
     let data = &settings.data_dir;
     embedded::create_data_dir(data)?;
     // SoftHSM2 reads its configuration at C_Initialize: open the module first.
     let (module, demo_tokens) = embedded::open_module(data, settings.pkcs11_module.as_deref())?;
     let pins = PinCipher::load_or_create(&data.join("pin.key"))?;
-    let url = settings.database_url();
-    let store = Store::open(&url, pins, PoolOptions::default())
+    let store = Store::open(url.expose_secret(), pins, PoolOptions::default())
         .context("opening the database")?
         .with_audit_checkpoint(&data.join("audit.head"))
         .context("reading the audit trail's checkpoint")?;
@@ -57,7 +98,7 @@ fn serve(settings: &Settings) -> Result<()> {
     let generated = bootstrap_admin(
         &store,
         &instance,
-        settings.admin_password.as_ref(),
+        admin_password.as_ref(),
         &data.join("admin-password"),
     )?;
     let auth = Auth::from_key_file(&data.join("jwt.key"), i64::from(settings.token_duration))?;

@@ -21,10 +21,17 @@ pub struct Cli {
 pub enum Command {
     /// Set up the data directory (on first start) and serve the API.
     Serve(Settings),
+    /// Print the settings `serve` would run with and where each came from
+    /// (flag, environment, config file line, default), secrets redacted.
+    CheckConfig(Settings),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Settings {
+    /// A TOML file of these settings, each by its flag's name with `_` for
+    /// `-` (`token_concurrency = 8`); flags and variables win over it.
+    #[arg(long, env = "LUNA_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "LUNA_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -38,11 +45,23 @@ pub struct Settings {
     /// with demo tokens set up in the data directory.
     #[arg(long, env = "LUNA_PKCS11_MODULE")]
     pub pkcs11_module: Option<PathBuf>,
-    /// Password of the bootstrap `admin` user; default: generated on first start.
+    /// Password of the bootstrap `admin` user; default: generated on first
+    /// start. Prefer `--admin-password-file`: a flag shows in `ps`, a
+    /// variable in `/proc/*/environ`.
     #[arg(long, env = "LUNA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<SecretString>,
+    /// A file holding the bootstrap `admin` user's password, on one line;
+    /// only its owner may read it.
+    #[arg(long, env = "LUNA_ADMIN_PASSWORD_FILE", conflicts_with = "admin_password")]
+    pub admin_password_file: Option<PathBuf>,
+    /// A file holding the password of the user `--database-url` names
+    /// (PostgreSQL), on one line; only its owner may read it.
+    #[arg(long, env = "LUNA_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+    /// The server's certificate chain (PEM); default: self-signed for localhost.
     #[arg(long, env = "LUNA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); only its owner may read it.
     #[arg(long, env = "LUNA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP instead of HTTPS.
@@ -123,9 +142,27 @@ impl Settings {
         })
     }
 
-    pub fn database_url(&self) -> String {
-        self.database_url
+    /// The database URL, with the password file's password in it if one is given.
+    pub fn database_url(&self) -> anyhow::Result<SecretString> {
+        let url = self
+            .database_url
             .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("luna.db").display()))
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("luna.db").display()));
+        match &self.database_password_file {
+            Some(path) => {
+                let password = crate::secrets::read_secret_file("the database password file", path)?;
+                crate::secrets::with_password(&url, &password)
+            }
+            None => Ok(SecretString::from(url)),
+        }
+    }
+
+    /// The bootstrap admin's password, if one is given (else one is generated).
+    pub fn admin_password(&self) -> anyhow::Result<Option<SecretString>> {
+        match (&self.admin_password, &self.admin_password_file) {
+            (Some(password), _) => Ok(Some(password.clone())),
+            (None, Some(path)) => crate::secrets::read_secret_file("the admin password file", path).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 }
