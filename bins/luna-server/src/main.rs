@@ -3,6 +3,7 @@
 mod config;
 mod embedded;
 mod logging;
+mod notify;
 mod secrets;
 mod settings;
 
@@ -147,6 +148,7 @@ fn serve(settings: &Settings) -> Result<()> {
     println!("listening on {scheme}://{}", listener.local_addr()?);
 
     let in_use = Arc::clone(&module);
+    let store_for_health = store.clone();
     let config = Config {
         store,
         instance,
@@ -171,7 +173,20 @@ fn serve(settings: &Settings) -> Result<()> {
         forward: luna_api::forward::ForwardSettings::default(),
         audit_lag_bound: settings.audit_forward_lag_bound,
     };
-    actix_web::rt::System::new().block_on(async move { start(config, listener)?.run().await })?;
+    let supervisor = notify::Supervisor::from_env().map(Arc::new);
+    let watched = store_for_health;
+    let told = supervisor.clone();
+    actix_web::rt::System::new().block_on(async move {
+        let running = start(config, listener)?;
+        if let Some(supervisor) = told {
+            supervisor.tell("READY=1");
+            supervisor.watch(watched, running.runner.stuck_operations());
+        }
+        running.run().await
+    })?;
+    if let Some(supervisor) = &supervisor {
+        supervisor.tell("STOPPING=1");
+    }
     in_use.finalize_for_exit();
     tracing::info!("stopped");
     Ok(())
