@@ -39,8 +39,13 @@ impl std::fmt::Display for Source {
 /// environment > file > default), and each setting with its source.
 pub fn parse() -> Result<(Cli, Report)> {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let first = Cli::command().get_matches_from(&args);
+    // A first look, for the command, the file and what flags and variables
+    // set; the rules (a flag that requires another, which the file may give)
+    // are checked once, with the file's settings in.
+    let first = Cli::command().ignore_errors(true).get_matches_from(&args);
     let Some((name, sub)) = first.subcommand() else {
+        // No command (or --help, --version): clap says what to do.
+        Cli::command().get_matches_from(&args);
         bail!("a command is required");
     };
     let mut from_file = BTreeMap::new();
@@ -53,9 +58,7 @@ pub fn parse() -> Result<(Cli, Report)> {
             from_file.insert(id, line);
         }
     }
-    let matches = Cli::command()
-        .try_get_matches_from(&args)
-        .map_err(|e| anyhow!("{e}"))?;
+    let matches = Cli::command().get_matches_from(&args);
     let cli = Cli::from_arg_matches(&matches).map_err(|e| anyhow!("{e}"))?;
     let sub = matches
         .subcommand_matches(name)
@@ -71,9 +74,18 @@ fn file_settings(
     path: &Path,
     text: &str,
 ) -> Result<Vec<(String, usize, Vec<OsString>)>> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow!("the config file {} is not TOML: {e}", path.display()))?;
+    // The parser's message only: its full text quotes the line, which may
+    // hold a secret.
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map_or(1, |at| text[..at.start.min(text.len())].matches('\n').count() + 1);
+        anyhow!(
+            "the config file {} is not TOML: line {line}: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
     let command = Cli::command();
     let command = command
         .find_subcommand(name)
@@ -86,11 +98,22 @@ fn file_settings(
             .get_arguments()
             .find(|a| a.get_id() == key.as_str() && key != "config")
             .ok_or_else(|| anyhow!("{} is not a setting of luna-server {name}", at()))?;
-        if matches!(
-            given.value_source(key),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        let set_above = |id: &str| {
+            matches!(
+                given.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        // A flag or variable wins over the file, also where it gives the
+        // setting's alternative (a password, or the file that holds it).
+        let alternative_set = ALTERNATIVES
+            .iter()
+            .any(|(a, b)| (key == a && set_above(b)) || (key == b && set_above(a)));
+        if set_above(key) || alternative_set {
             continue;
+        }
+        if holds_secret(key, value) {
+            crate::secrets::check_private("the config file (it holds a secret)", path)?;
         }
         let flag = format!("--{}", arg.get_long().unwrap_or(key));
         let texts: Vec<String> = match (arg.get_action(), value) {
@@ -149,6 +172,20 @@ fn first_line(error: &str) -> String {
         .replace(" for '--value <value>'", "")
 }
 
+/// Settings of which one may be given: a flag or variable that sets either
+/// wins over the file's value of the other.
+const ALTERNATIVES: [(&str, &str); 1] = [("admin_password", "admin_password_file")];
+
+/// Whether the value is a secret: the admin password, or a database URL
+/// with a password in it.
+fn holds_secret(key: &str, value: &toml::Value) -> bool {
+    match (key, value.as_str()) {
+        ("admin_password", _) => true,
+        ("database_url", Some(url)) => crate::secrets::redact_url_password(url) != url,
+        _ => false,
+    }
+}
+
 fn is_number(arg: &clap::Arg) -> bool {
     let id = arg.get_value_parser().type_id();
     [TypeId::of::<u16>(), TypeId::of::<u32>(), TypeId::of::<i64>()]
@@ -173,13 +210,16 @@ fn expected(arg: &clap::Arg) -> &'static str {
     }
 }
 
-/// The line of `key = …` in the file (1 if it cannot be told).
+/// The line of `key = …` (or `"key" = …`) in the file (1 if it cannot be told).
 fn line_of(text: &str, key: &str) -> usize {
+    let quoted = format!("\"{key}\"");
     text.lines()
         .position(|line| {
-            line.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            let line = line.trim_start();
+            [key, quoted.as_str()].iter().any(|name| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
         })
         .map_or(1, |at| at + 1)
 }

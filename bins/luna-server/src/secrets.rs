@@ -70,20 +70,36 @@ pub fn with_password(url: &str, password: &SecretString) -> Result<SecretString>
     )))
 }
 
-/// The URL with any password in it replaced, for showing.
+/// The URL with any password in it replaced, for showing: the user part's
+/// (up to the last `@`, whatever the password holds: a `/`, a `?`) and a
+/// `password=` parameter's. Where the URL is unclear more is hidden, never less.
 pub fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_parameters(url);
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user, host)) if user.contains(':') => {
-            let name = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{name}:(redacted)@{host}{tail}")
-        }
-        _ => url.to_owned(),
+    let rest = match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{user}:(redacted)@{}", &rest[at + 1..]),
+            None => rest.to_owned(),
+        },
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{}", redact_parameters(&rest))
+}
+
+/// `password=…` parameters (a URL's query, libpq's key=value) hidden.
+fn redact_parameters(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password=") {
+        let value = at + "password=".len();
+        shown.push_str(&rest[..value]);
+        shown.push_str("(redacted)");
+        let end = rest[value..].find(['&', ' ']).map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
     }
+    shown.push_str(rest);
+    shown
 }
 
 #[cfg(test)]
@@ -110,6 +126,14 @@ mod tests {
         assert_eq!(
             redact_url_password("postgres://luna@db/x"),
             "postgres://luna@db/x"
+        );
+        assert_eq!(
+            redact_url_password("postgres://luna:pa/ss?w#rd@db/x?sslmode=require&password=two"),
+            "postgres://luna:(redacted)@db/x?sslmode=require&password=(redacted)"
+        );
+        assert_eq!(
+            redact_url_password("postgres://luna@db/x?password=p"),
+            "postgres://luna@db/x?password=(redacted)"
         );
     }
 

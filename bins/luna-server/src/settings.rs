@@ -39,7 +39,7 @@ pub struct Settings {
     #[arg(long, env = "LUNA_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data-dir>/luna.db`.
-    #[arg(long, env = "LUNA_DATABASE_URL")]
+    #[arg(long, env = "LUNA_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The PKCS#11 module; default: SoftHSM2 from the usual library folders,
     /// with demo tokens set up in the data directory.

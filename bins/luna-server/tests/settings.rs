@@ -107,6 +107,64 @@ fn a_config_file_with_an_unknown_key_or_a_wrong_type_is_refused_naming_the_key_a
     }
 }
 
+/// A flag or variable wins over the file also where it gives a setting's
+/// partner (the file's `tls_key` completes `LUNA_TLS_CERT`; `LUNA_ADMIN_PASSWORD`
+/// outranks the file's `admin_password_file`); a file that holds a secret must
+/// be its owner's alone, and a file that is no TOML is refused without
+/// quoting its lines (one may hold a secret).
+#[test]
+fn the_file_completes_and_yields_to_the_environment_and_keeps_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "tls_key = \"/nowhere/key.pem\"\nadmin_password_file = \"/nowhere/password\"\n",
+    )
+    .unwrap();
+    let output = luna_server(
+        &["check-config", "--config", config.to_str().unwrap()],
+        &[
+            ("LUNA_TLS_CERT", "/nowhere/cert.pem"),
+            ("LUNA_ADMIN_PASSWORD", "from-the-environment-1"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The key file is checked as serve checks it: it does not exist here.
+    assert!(
+        stderr.contains("reading the TLS key /nowhere/key.pem"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        !stderr.contains("required") && !stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
+
+    private_file(&config, "admin_password = \"in-the-file-12345\"\n");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = luna_server(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("the config file (it holds a secret)") && stderr.contains("mode 0644"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = luna_server(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("in-the-file-12345"));
+
+    private_file(&config, "workers = 4\nadmin_password = \"broken-secret-9876\n");
+    let output = luna_server(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not TOML: line 2"), "{stderr}");
+    assert!(!stderr.contains("broken-secret-9876"), "{stderr}");
+}
+
 /// The admin password read from a file only its owner may read (no secret
 /// on a command line or in an environment), named in the config file; one
 /// open to others is refused, saying so, before anything is set up.

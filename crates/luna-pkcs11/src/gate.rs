@@ -57,7 +57,8 @@ impl Gate {
         } else {
             self.state.lock().in_flight += 1;
         }
-        INSIDE.with(|inside| inside.borrow_mut().push(self.address()));
+        // A thread whose locals are gone (an exit handler) keeps no record.
+        let _ = INSIDE.try_with(|inside| inside.borrow_mut().push(self.address()));
         Entered { gate: self }
     }
 
@@ -95,7 +96,7 @@ pub(crate) struct Entered<'a> {
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
         let address = self.gate.address();
-        INSIDE.with(|inside| {
+        let _ = INSIDE.try_with(|inside| {
             let mut inside = inside.borrow_mut();
             if let Some(at) = inside.iter().rposition(|a| *a == address) {
                 inside.remove(at);

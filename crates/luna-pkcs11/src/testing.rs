@@ -216,7 +216,8 @@ pub fn home() -> &'static SoftHsmHome {
     })
 }
 
-/// Has the home's module finalized as the test process exits. SoftHSM2's
+/// Has the home's module finalized, and the home removed, as the test
+/// process exits. SoftHSM2's
 /// exit-time C++ destructors, over a library never finalized, can free
 /// twice and abort a process whose tests had passed (softhsm/SoftHSMv2#635);
 /// cargo-nextest, which runs each test in a process of its own, met it.
@@ -226,6 +227,9 @@ fn finalize_at_exit() {
     extern "C" fn finalize() {
         if let Some(home) = HOME.get() {
             home.module().finalize_for_exit();
+            // Each test process has a home of its own (one per test under
+            // cargo-nextest): none is left behind in the temporary directory.
+            let _ = std::fs::remove_dir_all(home.dir());
         }
     }
     // A plain function holding no state of its own, registered once.

@@ -396,8 +396,11 @@ pub fn run_migrations(conn: &mut DbConnection) -> Result<()> {
                 .map(drop)
                 .map_err(StoreError::Migration)
                 .and_then(|()| refuse_newer_schema(pg, &POSTGRES_MIGRATIONS));
-            pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))?;
+            // The migration's own error first: an unlock after a failed
+            // statement may fail too (the connection, closed, drops the lock).
+            let unlocked = pg.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
             outcome?;
+            unlocked?;
         }
     }
     Ok(())
