@@ -139,11 +139,18 @@ fn serve(settings: &Settings) -> Result<()> {
         println!("  {}", embedded::describe(&partition));
     }
     if let Some(password) = generated {
-        println!(
-            "admin password: {} (shown once; also in {})",
-            password.expose_secret(),
-            data.join("admin-password").display()
-        );
+        let kept = data.join("admin-password");
+        // Shown on a terminal only: a service's output is kept (the journal,
+        // a container's log), and a secret must not be.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "admin password: {} (shown once; also in {})",
+                password.expose_secret(),
+                kept.display()
+            );
+        } else {
+            println!("admin password: generated, kept in {} (0600)", kept.display());
+        }
     }
     println!("listening on {scheme}://{}", listener.local_addr()?);
 

@@ -16,7 +16,12 @@ fn a_fresh_data_dir_gets_demo_partitions_once_and_serves_them() {
     let first = Server::start(&data, &["--insecure-http"]);
     let password = first
         .admin_password_shown()
-        .expect("a generated admin password is shown once");
+        .expect("a generated admin password is kept");
+    assert!(
+        !first.banner.iter().any(|line| line.contains(&password)),
+        "a secret in output that is no terminal (a journal keeps it): {:?}",
+        first.banner
+    );
     assert_eq!(
         std::fs::read_to_string(data.join("admin-password"))
             .unwrap()

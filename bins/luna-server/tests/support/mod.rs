@@ -126,11 +126,15 @@ impl Server {
         self.child.id()
     }
 
+    /// The admin password generated at this start: not shown (the output
+    /// is no terminal), but the banner says which file keeps it.
     pub fn admin_password_shown(&self) -> Option<String> {
-        self.banner
+        let kept = self
+            .banner
             .iter()
-            .find_map(|l| l.strip_prefix("admin password: "))
-            .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+            .find_map(|l| l.strip_prefix("admin password: generated, kept in "))?;
+        let path = kept.strip_suffix(" (0600)").unwrap_or(kept);
+        Some(std::fs::read_to_string(path).unwrap().trim_end().to_owned())
     }
 
     pub fn partition_id(&self, kind: &str) -> String {
