@@ -15,10 +15,19 @@ test:
     cargo nextest run --workspace
     cargo test --workspace --doc
     scripts/schemathesis
+    scripts/package-test
 
 # schemathesis against a live server on the embedded default, every check.
 schemathesis:
     scripts/schemathesis
+
+# The Debian package (release build): target/debian/luna-cckm_VERSION_ARCH.deb.
+deb:
+    scripts/build-deb
+
+# The Debian package installed, served, upgraded, removed and purged on this machine (root).
+package-test:
+    scripts/package-test
 
 # One crate's tests on their own, e.g. `just test-crate luna-store`.
 test-crate CRATE:
