@@ -103,7 +103,7 @@ fn serve(settings: &Settings) -> Result<()> {
         &data.join("admin-password"),
     )?;
     let auth = Auth::from_key_file(&data.join("jwt.key"), i64::from(settings.token_duration))?;
-    let tls = if settings.insecure_http {
+    let served_cert = if settings.insecure_http {
         None
     } else {
         let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
@@ -116,13 +116,13 @@ fn serve(settings: &Settings) -> Result<()> {
             }
         };
         Some(
-            luna_api::tls::server_config(&cert, &key)
+            luna_api::tls::ServerCert::load(&cert, &key)
                 .with_context(|| format!("loading {}", cert.display()))?,
         )
     };
     let listener =
         TcpListener::bind(settings.listen).with_context(|| format!("listening on {}", settings.listen))?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if served_cert.is_some() { "https" } else { "http" };
 
     println!("luna-server {}", env!("CARGO_PKG_VERSION"));
     println!("data directory: {}", data.display());
@@ -172,7 +172,10 @@ fn serve(settings: &Settings) -> Result<()> {
             queue_total: settings.queue_total as usize,
             ..RunnerSettings::default()
         },
-        tls,
+        tls: served_cert
+            .as_ref()
+            .map(|cert| cert.server_config())
+            .transpose()?,
         http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         request_deadline: std::time::Duration::from_secs(15),
         token_opener: None,
@@ -184,6 +187,7 @@ fn serve(settings: &Settings) -> Result<()> {
     let watched = store_for_health;
     let told = supervisor.clone();
     actix_web::rt::System::new().block_on(async move {
+        actix_web::rt::spawn(reload_on_hangup(served_cert));
         let running = start(config, listener)?;
         if let Some(supervisor) = told {
             supervisor.tell("READY=1");
@@ -197,4 +201,28 @@ fn serve(settings: &Settings) -> Result<()> {
     in_use.finalize_for_exit();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On each SIGHUP, reads the TLS certificate and key again: new connections
+/// get the new pair, those already up keep theirs. A pair that does not load
+/// leaves the one in use. Without TLS there is nothing to read, and SIGHUP
+/// no longer stops the server (its default).
+async fn reload_on_hangup(served: Option<Arc<luna_api::tls::ServerCert>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "SIGHUP cannot be listened for: the TLS certificate is read at start only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match served.as_deref().map(luna_api::tls::ServerCert::reload) {
+            Some(Ok(())) => tracing::info!("SIGHUP: the TLS certificate and key were read again"),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "SIGHUP: the TLS certificate and key could not be read; the pair in use stays")
+            }
+            None => tracing::info!("SIGHUP: plain HTTP, no certificate to read again"),
+        }
+    }
 }

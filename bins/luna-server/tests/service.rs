@@ -1,5 +1,6 @@
 //! luna-server under a `Type=notify` supervisor, as systemd runs it: ready
-//! once listening, the watchdog fed only while healthy, stopping.
+//! once listening, the watchdog fed only while healthy, stopping; SIGHUP
+//! reading the TLS certificate again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -82,4 +83,90 @@ fn the_supervisor_hears_ready_the_watchdog_only_while_the_database_answers_and_s
         hears(&socket, "STOPPING=1", Duration::from_secs(5)),
         "told it is stopping"
     );
+}
+
+/// The SHA-256 fingerprint of the certificate a server at `port` presents,
+/// read by openssl (an independent client).
+fn served_fingerprint(port: &str) -> String {
+    let shown = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&shown.stdout).trim().to_owned()
+}
+
+fn file_fingerprint(cert: &Path) -> String {
+    let shown = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&shown.stdout).trim().to_owned()
+}
+
+fn hang_up(server: &Server) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// SIGHUP reads the certificate and key again: the next handshake presents
+/// the new certificate, a pair that does not fit together leaves the one in
+/// use, and the server keeps serving throughout.
+#[test]
+fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_pair_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    luna_api::tls::ensure_self_signed(&cert, &key).unwrap();
+    let renewed = tempfile::tempdir().unwrap();
+    let (new_cert, new_key) = (renewed.path().join("cert.pem"), renewed.path().join("key.pem"));
+    luna_api::tls::ensure_self_signed(&new_cert, &new_key).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = server
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let first = file_fingerprint(&cert);
+    assert_eq!(served_fingerprint(&port), first);
+
+    // Half renewed (the new certificate, the old key): refused, the old pair stays.
+    std::fs::copy(&new_cert, &cert).unwrap();
+    hang_up(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        served_fingerprint(&port),
+        first,
+        "a pair that does not fit is not served"
+    );
+
+    std::fs::copy(&new_key, &key).unwrap();
+    hang_up(&server);
+    let renewed_print = file_fingerprint(&new_cert);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_fingerprint(&port) != renewed_print {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
 }

@@ -1,9 +1,15 @@
 //! The server's certificate: the configured one, or a self-signed pair
-//! generated into the data directory on first start.
+//! generated into the data directory on first start; read again on demand.
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
@@ -29,8 +35,59 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> io::Result<()> {
     fs::write(cert, generated.cert.pem())
 }
 
-/// A rustls server configuration from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> io::Result<rustls::ServerConfig> {
+/// The server's certificate and key, from PEM files, read again on demand
+/// (luna-server does so on SIGHUP): new handshakes take the new pair, and
+/// connections already up keep theirs, so nothing is dropped. A pair that
+/// does not load leaves the one in use.
+#[derive(Debug)]
+pub struct ServerCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// Reads the pair; an error names the file and what is wrong with it.
+    pub fn load(cert: &Path, key: &Path) -> io::Result<Arc<ServerCert>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = RwLock::new(Arc::new(read_pair(cert, key, &provider)?));
+        Ok(Arc::new(ServerCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            current,
+        }))
+    }
+
+    /// Reads the files again and, if they load and fit together, serves
+    /// them from the next handshake on.
+    pub fn reload(&self) -> io::Result<()> {
+        let pair = read_pair(&self.cert, &self.key, &self.provider)?;
+        *self.current.write() = Arc::new(pair);
+        Ok(())
+    }
+
+    /// A rustls configuration that serves this certificate as it is at each handshake.
+    pub fn server_config(self: &Arc<Self>) -> io::Result<rustls::ServerConfig> {
+        Ok(
+            rustls::ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| invalid(e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>),
+        )
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read()))
+    }
+}
+
+/// The chain and key from PEM files, checked to fit together.
+fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> io::Result<CertifiedKey> {
     use rustls::pki_types::pem::{self, PemObject as _};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     fn unreadable(path: &Path, error: pem::Error) -> io::Error {
@@ -45,12 +102,11 @@ pub fn server_config(cert: &Path, key: &Path) -> io::Result<rustls::ServerConfig
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| unreadable(cert, e))?;
+    if certs.is_empty() {
+        return Err(invalid(format!("{} holds no certificate", cert.display())));
+    }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| unreadable(key, e))?;
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+    CertifiedKey::from_der(certs, key, provider)
         .map_err(|e| invalid(format!("the certificate and key do not fit together: {e}")))
 }
 
@@ -64,15 +120,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         ensure_self_signed(&cert, &key).unwrap();
-        assert!(server_config(&cert, &key).is_ok());
+        assert!(ServerCert::load(&cert, &key).unwrap().server_config().is_ok());
         // The certificate given as the key: a sentence naming the file.
-        let error = server_config(&cert, &cert).unwrap_err();
+        let error = ServerCert::load(&cert, &cert).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(
             error.to_string().contains("cert.pem holds no PEM item"),
             "{error}"
         );
-        let missing = server_config(&dir.path().join("absent.pem"), &key).unwrap_err();
+        let missing = ServerCert::load(&dir.path().join("absent.pem"), &key).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_reload_serves_the_new_pair_and_a_pair_that_does_not_fit_leaves_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        ensure_self_signed(&cert, &key).unwrap();
+        let served = ServerCert::load(&cert, &key).unwrap();
+        let before = served.current.read().cert.clone();
+        let other = tempfile::tempdir().unwrap();
+        let (new_cert, new_key) = (other.path().join("cert.pem"), other.path().join("key.pem"));
+        ensure_self_signed(&new_cert, &new_key).unwrap();
+        // The new certificate with the old key: refused, the old pair stays.
+        fs::copy(&new_cert, &cert).unwrap();
+        let refused = served.reload().unwrap_err();
+        assert!(refused.to_string().contains("do not fit together"), "{refused}");
+        assert_eq!(served.current.read().cert, before);
+        fs::copy(&new_key, &key).unwrap();
+        served.reload().unwrap();
+        assert_ne!(served.current.read().cert, before);
     }
 }

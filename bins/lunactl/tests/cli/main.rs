@@ -98,7 +98,12 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
         auth: Auth::new(&SIGNING_KEY, 300),
         tenancy: Tenancy::default(),
         runner: luna_api::testing::runner_settings(1),
-        tls: Some(luna_api::tls::server_config(&cert, &key).unwrap()),
+        tls: Some(
+            luna_api::tls::ServerCert::load(&cert, &key)
+                .unwrap()
+                .server_config()
+                .unwrap(),
+        ),
         http_workers: 1,
         request_deadline: luna_api::testing::REQUEST_DEADLINE,
         audit_sinks: Vec::new(),
