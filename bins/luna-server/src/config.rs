@@ -50,7 +50,8 @@ pub fn parse() -> Result<(Cli, Report)> {
     };
     let mut from_file = BTreeMap::new();
     let mut args = args;
-    if let Some(path) = sub.get_one::<std::path::PathBuf>("config") {
+    // `restore` takes no config file.
+    if let Some(path) = sub.try_get_one::<std::path::PathBuf>("config").ok().flatten() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
         for (id, line, values) in file_settings(name, sub, path, &text)? {

@@ -1,5 +1,6 @@
 //! `luna-server serve`: read settings, set up the data directory, wire the layers, start.
 
+mod backup;
 mod config;
 mod embedded;
 mod logging;
@@ -25,6 +26,25 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(settings) => serve(&settings),
         Command::CheckConfig(settings) => check_config(&settings, &report),
+        Command::Backup(args) => {
+            let passphrase = args.passphrase.read(true)?;
+            let data = &args.settings.data_dir;
+            if !data.join("pin.key").is_file() {
+                anyhow::bail!(
+                    "{} holds no pin.key: it is not a luna-server data directory",
+                    data.display()
+                );
+            }
+            let pins = PinCipher::load_or_create(&data.join("pin.key"))?;
+            let url = args.settings.database_url()?;
+            let store = Store::open(url.expose_secret(), pins, PoolOptions::default())
+                .context("opening the database")?;
+            backup::backup(&store, data, &args.to, &passphrase)
+        }
+        Command::Restore(args) => {
+            let passphrase = args.passphrase.read(false)?;
+            backup::restore(&args.from, &args.data_dir, &passphrase)
+        }
     }
 }
 

@@ -24,6 +24,59 @@ pub enum Command {
     /// Print the settings `serve` would run with and where each came from
     /// (flag, environment, config file line, default), secrets redacted.
     CheckConfig(Settings),
+    /// Copy the data directory's database (consistently, while the server
+    /// runs) and keys into one file encrypted under a passphrase.
+    Backup(BackupArgs),
+    /// Write a backup into a new data directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub settings: Settings,
+    /// The backup file to write (mode 0600; an existing file is not replaced).
+    #[arg(long)]
+    pub to: PathBuf,
+    #[command(flatten)]
+    pub passphrase: Passphrase,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file to read.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The new data directory (absent or empty).
+    #[arg(long, env = "LUNA_DATA_DIR")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub passphrase: Passphrase,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Passphrase {
+    /// A file holding the backup's passphrase on one line (only its owner
+    /// may read it); default: asked on the terminal.
+    #[arg(long, env = "LUNA_BACKUP_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Passphrase {
+    /// From the file, or from the terminal (twice, when `confirm`).
+    pub fn read(&self, confirm: bool) -> anyhow::Result<SecretString> {
+        if let Some(path) = &self.passphrase_file {
+            return crate::secrets::read_secret_file("the passphrase file", path);
+        }
+        let first = rpassword::prompt_password("backup passphrase: ")?;
+        if confirm && rpassword::prompt_password("again: ")? != first {
+            anyhow::bail!("the two passphrases differ");
+        }
+        if first.is_empty() {
+            anyhow::bail!("the passphrase must not be empty");
+        }
+        Ok(SecretString::from(first))
+    }
 }
 
 #[derive(Debug, clap::Args)]

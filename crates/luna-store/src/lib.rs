@@ -138,6 +138,28 @@ impl Store {
         self.statements.sent()
     }
 
+    /// A consistent copy of a SQLite database into the new file `to`, taken
+    /// in one read transaction while writes go on (`VACUUM INTO`). A
+    /// PostgreSQL database is copied by its own tools (`pg_dump`): `None`.
+    pub fn copy_sqlite_into(&self, to: &std::path::Path) -> Result<Option<()>> {
+        use diesel::RunQueryDsl as _;
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let target = to.to_str().ok_or_else(|| StoreError::DatabaseFile {
+            path: to.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is not UTF-8"),
+        })?;
+        let mut conn = self.checkout()?;
+        match &mut **conn {
+            DbConnection::Sqlite(lite) => diesel::sql_query("VACUUM INTO ?")
+                .bind::<diesel::sql_types::Text, _>(target)
+                .execute(lite)?,
+            DbConnection::Postgres(_) => return Ok(None),
+        };
+        Ok(Some(()))
+    }
+
     /// Answers when the database does (for health checks).
     pub fn ping(&self) -> Result<()> {
         let mut conn = self.connection()?;
