@@ -16,6 +16,7 @@ test:
     cargo test --workspace --doc
     scripts/schemathesis
     scripts/package-test
+    scripts/container-test
 
 # schemathesis against a live server on the embedded default, every check.
 schemathesis:
@@ -28,6 +29,14 @@ deb:
 # The Debian package installed, served, upgraded, removed and purged on this machine (root).
 package-test:
     scripts/package-test
+
+# The container image (release build, no registry): luna-cckm:VERSION in podman's store.
+image:
+    scripts/build-image
+
+# The image started non-root on a volume, a key created, the container replaced, the key kept.
+container-test:
+    scripts/container-test
 
 # One crate's tests on their own, e.g. `just test-crate luna-store`.
 test-crate CRATE:
