@@ -107,6 +107,64 @@ fn file_fingerprint(cert: &Path) -> String {
     String::from_utf8_lossy(&shown.stdout).trim().to_owned()
 }
 
+/// A TLS connection kept open (openssl's client), for requests sent on it one after another.
+struct LiveConnection {
+    client: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LiveConnection {
+    fn open(port: &str) -> LiveConnection {
+        use std::io::BufRead as _;
+        let mut client = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = client.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LiveConnection { client, lines }
+    }
+
+    /// The status line of a health check sent on this connection.
+    fn health(&mut self) -> String {
+        use std::io::Write as _;
+        let stdin = self.client.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"GET /api/v1/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                // A body ends without a newline: the next status line follows it on its line.
+                Ok(line) if line.contains("HTTP/1.1 ") => {
+                    return line[line.find("HTTP/1.1 ").unwrap_or(0)..].trim().to_owned()
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        "no answer".to_owned()
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        let _ = self.client.kill();
+        let _ = self.client.wait();
+    }
+}
+
 fn hang_up(server: &Server) {
     let sent = std::process::Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
@@ -117,7 +175,7 @@ fn hang_up(server: &Server) {
 
 /// SIGHUP reads the certificate and key again: the next handshake presents
 /// the new certificate, a pair that does not fit together leaves the one in
-/// use, and the server keeps serving throughout.
+/// use, and a connection made before the reload goes on serving.
 #[test]
 fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_pair_is_broken() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,6 +204,8 @@ fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_pair_i
         .to_owned();
     let first = file_fingerprint(&cert);
     assert_eq!(served_fingerprint(&port), first);
+    let mut live = LiveConnection::open(&port);
+    assert_eq!(live.health(), "HTTP/1.1 200 OK");
 
     // Half renewed (the new certificate, the old key): refused, the old pair stays.
     std::fs::copy(&new_cert, &cert).unwrap();
@@ -168,5 +228,11 @@ fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_pair_i
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        live.health(),
+        "HTTP/1.1 200 OK",
+        "the connection from before the reload still serves"
+    );
+    drop(live);
     server.stop();
 }
