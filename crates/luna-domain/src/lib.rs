@@ -271,6 +271,7 @@ pub mod operation;
 pub mod partition;
 pub mod query;
 pub mod refresh;
+pub mod schedule;
 pub mod server;
 
 pub use attribute::{Attribute, AttributeSet};
