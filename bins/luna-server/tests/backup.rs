@@ -165,3 +165,75 @@ fn a_backup_taken_under_creates_restores_every_key_accepted_before_it_began() {
     );
     restored.stop();
 }
+
+/// `luna-server ARGS` on a pseudo-terminal (util-linux's `script`), typing
+/// each reply once its prompt is shown; whether it succeeded, and the screen.
+fn typed_at_a_terminal(args: &str, replies: &[(&str, &str)]) -> (bool, String) {
+    use std::io::{Read as _, Write as _};
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_luna-server")),
+            "/dev/null",
+        ])
+        .env_remove("LUNA_BACKUP_PASSPHRASE_FILE")
+        .env_remove("LUNA_DATA_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut keys, mut screen) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut shown = String::new();
+    for (prompt, reply) in replies {
+        let mut byte = [0u8; 1];
+        while !shown.ends_with(prompt) && screen.read(&mut byte).unwrap() == 1 {
+            shown.push(char::from(byte[0]));
+        }
+        // The prompt is written before the terminal's echo is turned off.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        keys.write_all(format!("{reply}\n").as_bytes()).unwrap();
+    }
+    let mut rest = String::new();
+    screen.read_to_string(&mut rest).unwrap();
+    drop(keys);
+    (child.wait().unwrap().success(), shown + &rest)
+}
+
+/// The passphrase asked on the terminal: twice for a backup (two that differ
+/// are refused), once for a restore; never echoed.
+#[test]
+fn the_passphrase_is_asked_on_the_terminal_twice_for_a_backup_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--insecure-http"]);
+    assert_eq!(call("GET", &format!("{}/healthz", server.base), None, None).0, 200);
+    server.stop();
+    let file = dir.path().join("luna.backup");
+    let backup = format!("backup --data-dir {} --to {}", data.display(), file.display());
+    let (ok, screen) = typed_at_a_terminal(
+        &backup,
+        &[
+            ("backup passphrase: ", "first-phrase-1"),
+            ("again: ", "other-phrase-2"),
+        ],
+    );
+    assert!(!ok && screen.contains("the two passphrases differ"), "{screen}");
+    assert!(!file.exists());
+    let (ok, screen) = typed_at_a_terminal(
+        &backup,
+        &[
+            ("backup passphrase: ", "typed-phrase-3"),
+            ("again: ", "typed-phrase-3"),
+        ],
+    );
+    assert!(ok, "{screen}");
+    assert!(!screen.contains("typed-phrase-3"), "echoed: {screen}");
+    let restore = format!(
+        "restore --from {} --data-dir {}",
+        file.display(),
+        dir.path().join("restored").display()
+    );
+    let (ok, screen) = typed_at_a_terminal(&restore, &[("backup passphrase: ", "typed-phrase-3")]);
+    assert!(ok, "{screen}");
+    assert!(dir.path().join("restored/luna.db").is_file());
+}
