@@ -206,7 +206,10 @@ fn the_passphrase_is_asked_on_the_terminal_twice_for_a_backup_and_never_shown() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--insecure-http"]);
-    assert_eq!(call("GET", &format!("{}/healthz", server.base), None, None).0, 200);
+    assert_eq!(
+        call("GET", &format!("{}/healthz", server.base), None, None).0,
+        200
+    );
     server.stop();
     let file = dir.path().join("luna.backup");
     let backup = format!("backup --data-dir {} --to {}", data.display(), file.display());

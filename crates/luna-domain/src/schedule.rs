@@ -161,6 +161,77 @@ impl CronSchedule {
     }
 }
 
+/// When a schedule may fire: its `run_at`, within `start_date` and
+/// `end_date` (either may be open), unless `disabled`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timetable {
+    /// When it fires.
+    pub run_at: CronSchedule,
+    /// No firing before this.
+    pub start: Option<OffsetDateTime>,
+    /// No firing after this.
+    pub end: Option<OffsetDateTime>,
+    /// A disabled schedule never fires, and shows no next firing.
+    pub disabled: bool,
+}
+
+impl Timetable {
+    /// Checks a timetable as it arrives: `run_at`, and dates in RFC 3339
+    /// with the end after the start.
+    pub fn parse(run_at: &str, start: Option<&str>, end: Option<&str>, disabled: bool) -> Result<Timetable> {
+        let date = |field: &str, text: Option<&str>| {
+            text.map(|text| {
+                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
+                    DomainError::invalid(format!(
+                        "{field} {text:?} is not an RFC 3339 date and time (for instance \"2027-01-31T02:00:00Z\")"
+                    ))
+                })
+            })
+            .transpose()
+        };
+        let (start, end) = (date("start_date", start)?, date("end_date", end)?);
+        if let (Some(start), Some(end)) = (start, end) {
+            if end <= start {
+                return Err(DomainError::invalid("end_date must be after start_date"));
+            }
+        }
+        Ok(Timetable {
+            run_at: CronSchedule::parse(run_at)?,
+            start,
+            end,
+            disabled,
+        })
+    }
+
+    /// The next firing after `now`, if the timetable has one.
+    pub fn next_after(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        if self.disabled {
+            return None;
+        }
+        // The first firing may be the start's own minute.
+        let from = match self.start {
+            Some(start) if start > now => start - Duration::minutes(1),
+            _ => now,
+        };
+        self.run_at
+            .next_after(from)
+            .filter(|at| self.end.is_none_or(|end| *at <= end))
+    }
+
+    /// The firing to run now, if one fell due after `since` (the last
+    /// firing run, or when the schedule was made) and by `now`. Firings
+    /// missed while no instance ran give one run, the latest.
+    pub fn due(&self, since: OffsetDateTime, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let mut due = None;
+        let mut at = since;
+        while let Some(next) = self.next_after(at).filter(|next| *next <= now) {
+            due = Some(next);
+            at = next;
+        }
+        due
+    }
+}
+
 /// One field's values as a bit set; a refusal names the field.
 fn parse_field(text: &str, rule: &Field) -> Result<u64> {
     let refuse = |what: &str| {

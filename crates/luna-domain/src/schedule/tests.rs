@@ -71,3 +71,68 @@ fn expressions_that_cannot_be_run_are_refused_naming_the_field() {
         assert!(refused.contains(said), "{expr:?}: {refused}");
     }
 }
+
+#[test]
+fn a_timetable_fires_within_its_dates_once_for_every_firing_missed_and_never_when_disabled() {
+    let table = Timetable::parse(
+        "0 2 * * *",
+        Some("2026-12-10T00:00:00Z"),
+        Some("2026-12-12T02:00:00Z"),
+        false,
+    )
+    .unwrap();
+    let friday = at(2026, 12, 4, 10, 0, 0);
+    assert_eq!(
+        table.next_after(friday),
+        Some(at(2026, 12, 10, 2, 0, 0)),
+        "not before the start"
+    );
+    assert_eq!(
+        table.next_after(at(2026, 12, 11, 3, 0, 0)),
+        Some(at(2026, 12, 12, 2, 0, 0)),
+        "the end's own minute"
+    );
+    assert_eq!(
+        table.next_after(at(2026, 12, 12, 2, 0, 0)),
+        None,
+        "nothing after the end"
+    );
+    // Three firings missed while no instance ran: one run, the latest.
+    assert_eq!(
+        table.due(friday, at(2026, 12, 12, 9, 0, 0)),
+        Some(at(2026, 12, 12, 2, 0, 0))
+    );
+    assert_eq!(
+        table.due(at(2026, 12, 12, 2, 0, 0), at(2026, 12, 12, 9, 0, 0)),
+        None,
+        "already run"
+    );
+    assert_eq!(table.due(friday, at(2026, 12, 10, 1, 59, 59)), None, "not yet");
+    let disabled = Timetable {
+        disabled: true,
+        ..table
+    };
+    assert_eq!(
+        (
+            disabled.next_after(friday),
+            disabled.due(friday, at(2027, 1, 1, 0, 0, 0))
+        ),
+        (None, None)
+    );
+}
+
+#[test]
+fn dates_must_be_rfc_3339_and_the_end_after_the_start() {
+    let refused = |start: Option<&str>, end: Option<&str>| {
+        Timetable::parse("* * * * *", start, end, false)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(refused(Some("2026-12-10"), None).contains("start_date \"2026-12-10\" is not an RFC 3339"));
+    assert!(refused(None, Some("tomorrow")).contains("end_date \"tomorrow\" is not an RFC 3339"));
+    assert!(
+        refused(Some("2026-12-10T00:00:00Z"), Some("2026-12-09T00:00:00Z"))
+            .contains("end_date must be after start_date")
+    );
+    assert!(Timetable::parse("* * * * *", Some("2026-12-10T00:00:00+01:00"), None, false).is_ok());
+}
