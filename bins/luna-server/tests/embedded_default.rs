@@ -117,15 +117,7 @@ fn https_is_the_default_with_a_generated_certificate() {
     let data = dir.path().join("data");
     let server = Server::start(&data, &[]);
     assert!(server.base.starts_with("https://"), "{}", server.base);
-    let port = server
-        .base
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = server.port();
     let output = Command::new("curl")
         .args(["-sS", "--cacert"])
         .arg(data.join("tls-cert.pem"))

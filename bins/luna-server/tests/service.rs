@@ -11,40 +11,27 @@ use std::time::{Duration, Instant};
 
 use support::Server;
 
+/// The next state the supervisor's socket receives before `deadline`.
+fn next_state(socket: &UnixDatagram, deadline: Instant) -> Option<String> {
+    let left = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())?;
+    socket.set_read_timeout(Some(left)).unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// The states received within `within`, in order.
 fn heard(socket: &UnixDatagram, within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
-    let mut states = Vec::new();
-    let mut buf = [0u8; 256];
-    while let Some(left) = deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-    {
-        socket.set_read_timeout(Some(left)).unwrap();
-        match socket.recv(&mut buf) {
-            Ok(n) => states.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) => break,
-        }
-    }
-    states
+    std::iter::from_fn(|| next_state(socket, deadline)).collect()
 }
 
 /// Whether `state` is heard within `within` (what comes before it is read).
 fn hears(socket: &UnixDatagram, state: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    let mut buf = [0u8; 256];
-    while let Some(left) = deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-    {
-        socket.set_read_timeout(Some(left)).unwrap();
-        match socket.recv(&mut buf) {
-            Ok(n) if &buf[..n] == state.as_bytes() => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
+    std::iter::from_fn(|| next_state(socket, deadline)).any(|heard| heard == state)
 }
 
 #[test]
@@ -193,15 +180,7 @@ fn sighup_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_pair_i
             key.to_str().unwrap(),
         ],
     );
-    let port = server
-        .base
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = server.port();
     let first = file_fingerprint(&cert);
     assert_eq!(served_fingerprint(&port), first);
     let mut live = LiveConnection::open(&port);

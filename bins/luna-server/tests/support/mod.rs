@@ -122,6 +122,12 @@ impl Server {
     }
 
     /// The server's process id.
+    /// The port it listens on.
+    pub fn port(&self) -> String {
+        let after_host = self.base.rsplit(':').next().unwrap_or_default();
+        after_host.split('/').next().unwrap_or_default().to_owned()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
