@@ -231,6 +231,17 @@ pub struct JobData {
     pub updated_at: OffsetDateTime,
     /// When the job reached a final status; `None` while `in_progress`.
     pub completed_at: Option<OffsetDateTime>,
+    /// The schedule whose firing started it (`None`: a user did).
+    pub scheduled_by: Option<ScheduledBy>,
+}
+
+/// The schedule that started a job: its id, and its name then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledBy {
+    /// The schedule's id.
+    pub id: Uuid,
+    /// Its name when it fired.
+    pub name: String,
 }
 
 impl std::ops::Deref for Job {
@@ -263,6 +274,7 @@ impl Job {
                 created_at: now,
                 updated_at: now,
                 completed_at: None,
+                scheduled_by: None,
             },
             lifecycle: JobLifecycle::started(),
         }

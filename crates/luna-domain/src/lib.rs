@@ -276,7 +276,7 @@ pub mod server;
 
 pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};
-pub use job::{Job, JobData, JobEvent, JobLifecycle, JobRequest, JobScope, JobStatus, JobType};
+pub use job::{Job, JobData, JobEvent, JobLifecycle, JobRequest, JobScope, JobStatus, JobType, ScheduledBy};
 pub use key::{
     Algorithm, CreateKeyRequest, Key, KeyData, KeyEvent, KeyLifecycle, KeyStatus, KeyToMake, KeyVersion,
     Mechanism, NewKey, NewKeySpec, ObjectType, OperationKind, OperationStatus, Origin,

@@ -551,5 +551,32 @@ filters! {
     }
 }
 
+wire_enum! {
+    /// Fields a schedule list can be sorted by.
+    pub enum ScheduleSortField ("sort field") {
+        /// When the schedule was made.
+        CreatedAt => "createdAt",
+        /// When it last changed.
+        UpdatedAt => "updatedAt",
+        /// Its name.
+        Name => "name",
+    }
+}
+
+filters! {
+    /// The filters of the schedule list (CipherTrust's job-config filters
+    /// this service's schedules have); exact matches.
+    pub struct ScheduleFilters sorted by ScheduleSortField {
+        /// Only the schedule with this id.
+        id: Uuid = id,
+        /// Only the schedule with this name.
+        name: String = text,
+        /// Only schedules of this operation (every one here is `cckm_synchronization`).
+        operation: String = text,
+        /// Only disabled (`true`) or enabled (`false`) schedules.
+        disabled: bool = parse_bool,
+    }
+}
+
 #[cfg(test)]
 mod tests;

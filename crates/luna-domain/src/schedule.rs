@@ -4,7 +4,11 @@
 //! case), read in UTC. As cron does, a day is taken when either day field
 //! matches if both are restricted, and when both match otherwise.
 
+pub mod job_config;
+
 use time::{Date, Duration, OffsetDateTime, Time};
+
+pub use job_config::{Firing, LastRun, RunOutcome, Schedule, ScheduleRequest, SynchronizationParams};
 
 use crate::error::{DomainError, Result};
 

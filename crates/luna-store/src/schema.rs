@@ -174,6 +174,30 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         completed_at -> Nullable<BigInt>,
+        schedule_id -> Nullable<Text>,
+        schedule_name -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    schedules (id) {
+        id -> Text,
+        name -> Text,
+        description -> Text,
+        run_at -> Text,
+        start_date -> Nullable<BigInt>,
+        end_date -> Nullable<BigInt>,
+        disabled -> Bool,
+        run_on -> Text,
+        job_type -> Text,
+        partitions -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        fired_through -> BigInt,
+        next_run_at -> Nullable<BigInt>,
+        last_run_at -> Nullable<BigInt>,
+        last_job_id -> Nullable<Text>,
+        last_outcome -> Nullable<Text>,
     }
 }
 
@@ -246,6 +270,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     operations,
     jobs,
     running_jobs,
+    schedules,
     users,
     refresh_tokens,
     sessions,

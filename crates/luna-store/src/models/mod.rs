@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use luna_domain::{
     AttributeSet, Connection, ConnectionCheck, HsmServer, Job, JobData, JobLifecycle, Key, KeyData,
-    KeyLifecycle, Member, Operation, OperationState, Partition, Product, ServerCertificate, StoredOperation,
+    KeyLifecycle, Member, Operation, OperationState, Partition, Product, ScheduledBy, ServerCertificate,
+    StoredOperation,
 };
 use uuid::Uuid;
 
@@ -16,8 +17,10 @@ use crate::schema::{
 };
 
 mod key_rows;
+mod schedule_rows;
 
 pub use key_rows::{KeyChange, KeyRow};
+pub use schedule_rows::{FiringRow, ScheduleRow};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = operations)]
@@ -113,6 +116,8 @@ pub struct JobRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub completed_at: Option<i64>,
+    pub schedule_id: Option<String>,
+    pub schedule_name: Option<String>,
 }
 
 impl JobRow {
@@ -132,6 +137,8 @@ impl JobRow {
             created_at: micros(job.created_at),
             updated_at: micros(job.updated_at),
             completed_at: job.completed_at.map(micros),
+            schedule_id: job.scheduled_by.as_ref().map(|s| s.id.to_string()),
+            schedule_name: job.scheduled_by.as_ref().map(|s| s.name.clone()),
         })
     }
 
@@ -152,6 +159,13 @@ impl JobRow {
                     .completed_at
                     .map(|t| from_micros("job completed_at", t))
                     .transpose()?,
+                scheduled_by: match (self.schedule_id, self.schedule_name) {
+                    (Some(id), Some(name)) => Some(ScheduledBy {
+                        id: uuid("job schedule_id", &id)?,
+                        name,
+                    }),
+                    _ => None,
+                },
             },
             JobLifecycle::restore(
                 wire("job overall_status", &self.overall_status)?,

@@ -9,6 +9,7 @@ mod key_pages;
 pub mod keys;
 pub mod operations;
 pub mod partitions;
+pub mod schedules;
 pub mod servers;
 pub mod users;
 

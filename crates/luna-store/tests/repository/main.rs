@@ -202,5 +202,6 @@ fn job(job_type: JobType, partitions: Vec<Uuid>) -> (Job, Operation) {
 
 mod queue;
 mod records;
+mod schedules;
 mod trail_and_backends;
 mod writes;

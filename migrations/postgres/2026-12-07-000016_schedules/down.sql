@@ -1,0 +1,3 @@
+ALTER TABLE jobs DROP COLUMN schedule_name;
+ALTER TABLE jobs DROP COLUMN schedule_id;
+DROP TABLE schedules;
