@@ -35,6 +35,7 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "keys", description = "Luna HSM keys"),
         (name = "jobs", description = "Refresh and synchronize jobs"),
+        (name = "schedules", description = "Refresh and synchronize on a timetable: CipherTrust's scheduler job configs"),
         (name = "partitions", description = "Luna partitions and network connections"),
         (name = "users", description = "Users and their groups"),
         (name = "audit", description = "The hash-chained audit trail"),

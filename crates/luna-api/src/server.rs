@@ -17,7 +17,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, connections, health, jobs, keys, partitions, servers, users};
+use crate::handlers::{audit, auth, connections, health, jobs, keys, partitions, schedules, servers, users};
 use crate::state::AppState;
 use crate::view::Tenancy;
 use luna_runner::tokens::OpenTokens;
@@ -105,7 +105,12 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(jobs::start_synchronize)
         .service(jobs::list_synchronize)
         .service(jobs::get_synchronize)
-        .service(jobs::cancel_synchronize);
+        .service(jobs::cancel_synchronize)
+        .service(schedules::create_schedule)
+        .service(schedules::list_schedules)
+        .service(schedules::get_schedule)
+        .service(schedules::update_schedule)
+        .service(schedules::delete_schedule);
 }
 
 /// Every malformed body becomes a 400 with a sentence.

@@ -43,6 +43,7 @@ pub struct Api {
     /// Taken by `stop`; present for the server's whole life.
     db: Option<TestDatabase>,
     store: luna_store::Store,
+    runner: Arc<luna_runner::Runner>,
     /// The instance's own files (the audit checkpoint), for its whole life.
     _data: tempfile::TempDir,
 }
@@ -201,11 +202,12 @@ impl Api {
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let running = start(config, listener).unwrap();
-                tx.send(running.server.handle()).unwrap();
+                tx.send((running.server.handle(), Arc::clone(&running.runner)))
+                    .unwrap();
                 running.run().await.unwrap();
             })
         });
-        let handle = rx.recv().unwrap();
+        let (handle, runner) = rx.recv().unwrap();
         let mut api = Api {
             base,
             token: String::new(),
@@ -213,6 +215,7 @@ impl Api {
             thread: Some(thread),
             db,
             store,
+            runner,
             _data: dir,
         };
         api.log_in();
@@ -391,6 +394,11 @@ impl Api {
 
     pub fn store(&self) -> &luna_store::Store {
         &self.store
+    }
+
+    /// The server's runner: tests fire schedules through it at times of their choosing.
+    pub fn runner(&self) -> &luna_runner::Runner {
+        &self.runner
     }
 }
 

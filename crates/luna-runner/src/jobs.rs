@@ -114,7 +114,11 @@ impl Runner {
             luna_store::now(),
         )
         .map_err(|e| e.to_string())?;
-        self.store.save_job(&job).map_err(read)?;
+        if self.store.save_job(&job).map_err(read)? && failed {
+            if let Some(schedule) = &job.scheduled_by {
+                self.tokens.metrics().schedule_fired(&schedule.name, "job_failed");
+            }
+        }
         Ok(())
     }
 

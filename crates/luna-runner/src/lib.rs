@@ -3,7 +3,8 @@
 //! watchdog; `room`: how much an instance runs; `attempt`: one attempt and
 //! its outcome; `keys`, `jobs`, `transfer`; `backlog`; `failure`), the member
 //! tokens an instance holds open and their metering (`tokens`, `metrics`),
-//! registering connections and partitions (`registry`), and the audit
+//! registering connections and partitions (`registry`), firing schedules
+//! (`schedules`), and the audit
 //! records the service makes of its own accord (`audit`).
 //!
 //! Another CCKM service embeds it with luna-domain, luna-pkcs11 and
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod registry;
 mod room;
 pub mod runner;
+mod schedules;
 pub mod tokens;
 mod transfer;
 

@@ -26,6 +26,8 @@ pub struct Metrics {
     token_errors: IntCounterVec,
     operations: IntGaugeVec,
     jobs: IntGaugeVec,
+    /// This instance's schedule firings, by schedule name and outcome.
+    schedule_firings: IntCounterVec,
     token_reachable: IntGaugeVec,
     token_recoveries: IntCounterVec,
     module_reinitialisations: IntCounter,
@@ -89,6 +91,16 @@ impl Metrics {
                     "Partitions of running jobs, done or pending, by job type",
                 ),
                 &["job_type", "progress"],
+            )?,
+        )?;
+        let schedule_firings = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "luna_schedule_firings_total",
+                    "Schedule firings this instance handled, by schedule and outcome: started, skipped, failed (no job started) and job_failed (a job it started ended failed)",
+                ),
+                &["schedule", "outcome"],
             )?,
         )?;
         let token_labels = ["partition_label", "serial_number"];
@@ -192,6 +204,7 @@ impl Metrics {
             token_errors,
             operations,
             jobs,
+            schedule_firings,
             token_reachable,
             token_recoveries,
             module_reinitialisations,
@@ -315,6 +328,13 @@ impl Metrics {
                 .with_label_values(&[job_type.as_str(), "pending"])
                 .set(pending);
         }
+    }
+
+    /// Counts one firing of schedule `schedule` with `outcome`.
+    pub(crate) fn schedule_fired(&self, schedule: &str, outcome: &str) {
+        self.schedule_firings
+            .with_label_values(&[schedule, outcome])
+            .inc();
     }
 
     /// Everything in Prometheus' text format.

@@ -178,6 +178,8 @@ pub struct Runner {
     pub(crate) handed_to: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Operation, Accepted)>>>,
     /// The bound on the work waiting for tokens, which creates are admitted under.
     pub(crate) backlog: Arc<Backlog>,
+    /// Told when a schedule is made or changed here (`schedules_changed`).
+    pub(crate) schedules_changed: Notify,
 }
 
 /// The records a create's request wrote in the transaction that claimed its
@@ -257,6 +259,7 @@ impl Runner {
             handed,
             handed_to: Mutex::new(Some(handed_to)),
             backlog,
+            schedules_changed: Notify::new(),
         })
     }
 
@@ -273,7 +276,10 @@ impl Runner {
     /// Starts, on the current runtime, the reading of the queue's depth and
     /// the dispatcher (none with no workers).
     pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(Arc::clone(self).read_backlog())];
+        let mut tasks = vec![
+            tokio::spawn(Arc::clone(self).read_backlog()),
+            tokio::spawn(Arc::clone(self).fire_schedules()),
+        ];
         if self.settings.workers > 0 {
             tasks.push(tokio::spawn(Arc::clone(self).dispatch()));
         }

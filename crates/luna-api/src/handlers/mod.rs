@@ -8,6 +8,7 @@ pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod partitions;
+pub mod schedules;
 pub mod servers;
 pub mod users;
 

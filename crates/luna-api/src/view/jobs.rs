@@ -14,6 +14,13 @@ pub struct JobView {
     pub partitions: Vec<String>,
     pub abort: bool,
     pub job_type: &'static str,
+    /// The schedule (CipherTrust's job config) whose firing started the
+    /// job; absent when a user started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_config_id: Option<String>,
+    /// That schedule's name when it fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_config_name: Option<String>,
 }
 
 impl JobView {
@@ -31,6 +38,8 @@ impl JobView {
             partitions: job.partitions.iter().map(Uuid::to_string).collect(),
             abort: job.lifecycle().cancel_requested(),
             job_type: job.job_type.as_str(),
+            job_config_id: job.scheduled_by.as_ref().map(|s| s.id.to_string()),
+            job_config_name: job.scheduled_by.as_ref().map(|s| s.name.clone()),
         }
     }
 }

@@ -90,6 +90,7 @@ mod health;
 mod jobs;
 mod keys;
 mod partitions;
+mod schedules;
 mod servers;
 
 pub use accounts::*;
@@ -97,6 +98,7 @@ pub use health::*;
 pub use jobs::*;
 pub use keys::*;
 pub use partitions::*;
+pub use schedules::*;
 pub use servers::*;
 
 /// The contract's list envelope.
