@@ -152,3 +152,136 @@ fn wait_for_line(log: &Path, needle: &str) {
 fn argv(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// Two instances on one PostgreSQL database and a one-minute schedule: the
+/// next minute's firing starts one job, by one of them, which names the
+/// schedule; the trail and the two instances' metrics say so once.
+#[test]
+fn a_one_minute_schedule_fires_once_across_two_instances() {
+    let db = luna_store::testing::TestDatabase::postgres().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = luna_pkcs11::softhsm::write_config(&dir.path().join("softhsm")).unwrap();
+    let env = [("SOFTHSM2_CONF", conf.as_path())];
+    let module = luna_pkcs11::softhsm::find_module().unwrap();
+    let start = |name: &str| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        if name == "b" {
+            // Instances on one database share the PIN sealing key and the JWT key.
+            for key in ["pin.key", "jwt.key"] {
+                std::fs::copy(dir.path().join("a").join(key), data.join(key)).unwrap();
+            }
+        }
+        Server::launch(&data)
+            .args(&[
+                "--insecure-http",
+                "--pkcs11-module",
+                module.to_str().unwrap(),
+                "--database-url",
+                &db.url,
+                "--admin-password",
+                ADMIN,
+                "--instance-name",
+                name,
+            ])
+            .env(&env)
+            .start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    let token = login(&a.base, ADMIN);
+    let (status, schedule) = call(
+        "POST",
+        &format!("{}/scheduler/job-configs", a.base),
+        Some(&token),
+        Some(
+            &json!({"name": "every-minute", "operation": "cckm_synchronization", "run_at": "* * * * *",
+            "cckm_synchronization_params": {"cloud_name": "luna", "synchronize_all": true}}),
+        ),
+    );
+    assert_eq!(status, 201, "{schedule}");
+    let id = schedule["id"].as_str().unwrap().to_owned();
+    let first = schedule["next_run_at"].as_str().unwrap().to_owned();
+
+    // Read on B: the firing is the database's, whichever instance handled it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let fired = loop {
+        let (_, shown) = call(
+            "GET",
+            &format!("{}/scheduler/job-configs/{id}", b.base),
+            Some(&token),
+            None,
+        );
+        if shown["last_run"].is_object() {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "no firing within 90 s: {shown}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(fired["last_run"]["at"], json!(first), "{fired}");
+    let job_id = fired["last_run"]["job_id"].as_str().unwrap().to_owned();
+    // No partition is registered: the job has nothing to do, and completes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let (_, job) = call(
+            "GET",
+            &format!("{}/cckm/hsm/luna/refresh/{job_id}", a.base),
+            Some(&token),
+            None,
+        );
+        if job["overall_status"] != "in_progress" || Instant::now() > deadline {
+            break job;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["overall_status"], "completed", "{job}");
+    assert_eq!(job["job_config_id"], json!(id), "{job}");
+    // Stop it before the next minute, then count what this one did.
+    let (status, _) = call(
+        "PATCH",
+        &format!("{}/scheduler/job-configs/{id}", b.base),
+        Some(&token),
+        Some(&json!({"disabled": true})),
+    );
+    assert_eq!(status, 200);
+    let (_, trail) = call(
+        "GET",
+        &format!("{}/audit/records?action=schedule%20fired", a.base),
+        Some(&token),
+        None,
+    );
+    let firings = trail["resources"].as_array().unwrap();
+    assert!(!firings.is_empty(), "{trail}");
+    let at_first: Vec<_> = firings
+        .iter()
+        .filter(|r| r["outcome"] == json!(format!("started refresh job {job_id}")))
+        .collect();
+    assert_eq!(
+        at_first.len(),
+        1,
+        "one record of the firing, by one instance: {trail}"
+    );
+    let started: u64 = [&a, &b]
+        .iter()
+        .map(|server| {
+            let root = server.base.trim_end_matches("/api/v1");
+            let text = ureq::get(&format!("{root}/metrics"))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap();
+            text.lines()
+                .find(|l| {
+                    l.starts_with(r#"luna_schedule_firings_total{outcome="started",schedule="every-minute"}"#)
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        started,
+        firings.len() as u64,
+        "each firing counted by the instance that handled it"
+    );
+    a.stop();
+    b.stop();
+}

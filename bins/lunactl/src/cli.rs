@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use luna_domain::query::{
-    AuditFilters, ConnectionFilters, JobFilters, KeyFilters, PartitionFilters, ServerFilters, UserFilters,
+    AuditFilters, ConnectionFilters, JobFilters, KeyFilters, PartitionFilters, ScheduleFilters,
+    ServerFilters, UserFilters,
 };
 
 use crate::list_args::ListArgs;
@@ -49,6 +50,9 @@ pub(crate) enum Command {
     /// Synchronize jobs: copy keys between the members of HA partitions.
     #[command(subcommand)]
     Synchronize(JobCommand),
+    /// Refresh and synchronize on a timetable (CipherTrust's scheduler job configs).
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// CCKM partitions.
     #[command(subcommand)]
     Partitions(PartitionsCommand),
@@ -235,6 +239,73 @@ pub(crate) enum ServersCommand {
     Get {
         id: String,
     },
+    Delete {
+        id: String,
+    },
+}
+
+/// What a schedule does and when: the fields `create` needs and `update` may change.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ScheduleFields {
+    /// Five-field cron, read in UTC: minute hour day-of-month month day-of-week ("0 2 * * sat").
+    #[arg(long)]
+    pub(crate) run_at: Option<String>,
+    /// A partition id each firing covers; repeat for more.
+    #[arg(long = "partition", conflicts_with = "all")]
+    pub(crate) partitions: Vec<String>,
+    /// Every partition registered when it fires.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// refresh (the default) or ha_synchronize.
+    #[arg(long)]
+    pub(crate) job_type: Option<String>,
+    /// RFC 3339: no firing before it ("" clears it).
+    #[arg(long)]
+    pub(crate) start_date: Option<String>,
+    /// RFC 3339: no firing after it ("" clears it).
+    #[arg(long)]
+    pub(crate) end_date: Option<String>,
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    /// any (the default), or the --instance name of the one server that fires it.
+    #[arg(long)]
+    pub(crate) run_on: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SchedulesCommand {
+    /// Makes a schedule: its name, --run-at, and --all or --partition.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: ScheduleFields,
+        /// Made disabled: it fires once enabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    List(ListArgs<ScheduleFilters>),
+    /// A schedule, with its next run and its last run's outcome.
+    Get {
+        id: String,
+    },
+    /// Changes the fields given; a new timetable counts firings from now.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        fields: ScheduleFields,
+    },
+    /// Stops its firings until enabled.
+    Disable {
+        id: String,
+    },
+    /// Lets it fire again, from now on.
+    Enable {
+        id: String,
+    },
+    /// Deletes it; the jobs it started stay.
     Delete {
         id: String,
     },

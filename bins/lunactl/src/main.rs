@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod list_args;
 mod output;
+mod schedules;
 mod session;
 mod wait;
 
@@ -121,6 +122,7 @@ fn run(cli: Cli) -> Result<String> {
         Command::Synchronize(command) => {
             job(&mut client, "/api/v1/cckm/hsm/luna/synchronize", command, format)
         }
+        Command::Schedules(command) => schedules::run(&mut client, command, format),
         Command::Partitions(command) => partitions(&mut client, command, format),
         Command::Servers(command) => servers(&mut client, command, format),
         Command::Connections(command) => connections(&mut client, command, format),

@@ -18,6 +18,7 @@ pub enum Kind {
     Job,
     Partition,
     Server,
+    Schedule,
     Connection,
     User,
     Audit,
@@ -48,6 +49,15 @@ impl Kind {
             Kind::Partition => &["id", "partition_label", "serial_number", "ha_enabled", "members"],
             Kind::Server => &["id", "hostname", "channel", "products", "createdAt"],
             Kind::Connection => &["id", "name", "is_ha_enabled", "partitions", "createdAt"],
+            Kind::Schedule => &[
+                "id",
+                "name",
+                "run_at",
+                "disabled",
+                "job_config_params.job_type",
+                "next_run_at",
+                "last_run.outcome",
+            ],
             Kind::User => &["user_id", "username", "groups", "createdAt"],
             Kind::Audit => &[
                 "seq",
@@ -70,10 +80,15 @@ pub fn line(value: &Value, kind: Kind, format: Format) -> String {
         Format::Table => kind
             .columns()
             .iter()
-            .map(|column| cell(&value[*column]))
+            .map(|column| cell(field(value, column)))
             .collect::<Vec<_>>()
             .join("  "),
     }
+}
+
+/// A column's value: a field, or a field of a field (`last_run.outcome`).
+fn field<'a>(value: &'a Value, column: &str) -> &'a Value {
+    column.split('.').fold(value, |at, name| &at[name])
 }
 
 fn cell(value: &Value) -> String {
@@ -103,7 +118,7 @@ pub fn list(value: &Value, kind: Kind, format: Format) -> String {
         .map(|items| {
             items
                 .iter()
-                .map(|item| columns.iter().map(|c| cell(&item[*c])).collect())
+                .map(|item| columns.iter().map(|c| cell(field(item, c))).collect())
                 .collect()
         })
         .unwrap_or_default();

@@ -7,6 +7,7 @@ const KEYS = `${API}/cckm/hsm/luna/keys`;
 const PARTITIONS = `${API}/cckm/hsm/luna/partitions`;
 const CONNECTIONS = `${API}/connectionmgmt/services/luna-network/connections`;
 const SERVERS = `${API}/connectionmgmt/services/luna-network/servers`;
+const SCHEDULES = `${API}/scheduler/job-configs`;
 const SESSION = "luna-cckm-session";
 const PAGE = 20;
 const SIZES = { AES: [128, 192, 256], RSA: [2048, 3072, 4096] };
@@ -154,7 +155,7 @@ async function attempt(work, place) {
 
 const pages = {
   keys: keysPage, key: keyPage, partitions: partitionsPage, jobs: jobsPage, connections: connectionsPage,
-  servers: serversPage, users: usersPage, audit: auditPage, password: passwordPage,
+  servers: serversPage, schedules: schedulesPage, users: usersPage, audit: auditPage, password: passwordPage,
 };
 
 /** Runs `work` after `ms` if the user is still on the page that asked. */
@@ -172,7 +173,7 @@ function route() {
     nav.hidden = true;
     return loginPage();
   }
-  const links = [["keys", "Keys"], ["partitions", "Partitions"], ["jobs", "Jobs"]]
+  const links = [["keys", "Keys"], ["partitions", "Partitions"], ["jobs", "Jobs"], ["schedules", "Schedules"]]
     .concat(isAdmin() ? [["servers", "HSM servers"], ["connections", "Connections"], ["users", "Users"], ["audit", "Audit"]] : []);
   nav.replaceChildren(
     ...links.map(([name, title]) => el("a", { href: `#/${name}`, "aria-current": (page || "keys") === name && "page" }, title)),
@@ -562,6 +563,60 @@ async function serversPage() {
       el("td", {}, el("button", { type: "button", class: "danger delete-server", onclick: async () => {
         if (await attempt(() => call("DELETE", `${SERVERS}/${s.id}`), error) !== undefined) route();
       } }, "Delete"))))))));
+}
+
+/** What a schedule's last firing did: the job's status now, or why it started none. */
+function lastRun(run) {
+  if (!run) return "never run";
+  const what = run.job_id ? `${run.outcome} (job ${run.job_id})` : `${run.outcome}: ${run.reason}`;
+  return `${run.at}: ${what}`;
+}
+
+/** Schedules: a refresh or ha_synchronize on a cron timetable, in UTC
+ * (CipherTrust's scheduler job configs). Everyone reads; those who may
+ * start jobs make, disable, enable and delete. */
+async function schedulesPage() {
+  const place = el("div");
+  const error = el("p");
+  const form = el("form", { id: "new-schedule", "aria-label": "Make a schedule", onsubmit: async (event) => {
+    event.preventDefault();
+    const partitions = form.partitions.value.split(/[\s,]+/).filter(Boolean);
+    const body = { name: form.name.value, operation: "cckm_synchronization", run_at: form.run_at.value,
+      description: form.description.value,
+      cckm_synchronization_params: { cloud_name: "luna", job_type: form.job_type.value,
+        ...(partitions.length ? { partitions } : { synchronize_all: true }) } };
+    if (await attempt(() => call("POST", SCHEDULES, body), error)) route();
+  } },
+  el("h3", {}, "Make a schedule"),
+  el("div", { class: "inline" },
+    el("label", {}, "Name", el("input", { name: "name", required: true })),
+    el("label", {}, "Runs at (cron, UTC)", el("input", { name: "run_at", required: true, placeholder: "0 2 * * sat" })),
+    el("label", {}, "Job", el("select", { name: "job_type" },
+      el("option", { value: "refresh" }, "refresh"), el("option", { value: "ha_synchronize" }, "ha_synchronize"))),
+    el("label", {}, "Partition ids (none: every partition)", el("input", { name: "partitions" })),
+    el("label", {}, "Description", el("input", { name: "description" })),
+    el("button", { class: "primary", type: "submit" }, "Make")),
+  error);
+  show(el("h2", {}, "Schedules"), place, canManage() ? form : error);
+  const list = await attempt(() => call("GET", `${SCHEDULES}?limit=100&sort=name`), place);
+  if (!list) return;
+  const change = (s, body) => async () => {
+    if (await attempt(() => call("PATCH", `${SCHEDULES}/${s.id}`, body), error)) route();
+  };
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "schedules" },
+    el("thead", {}, el("tr", {}, ["Name", "Runs at (UTC)", "Job", "Next run", "Last run", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, list.resources.map((s) => el("tr", { "data-name": s.name },
+      el("td", {}, s.name),
+      el("td", {}, s.run_at),
+      el("td", {}, `${s.job_config_params.job_type} of ${s.job_config_params.partitions ? s.job_config_params.partitions.join(", ") : "every partition"}`),
+      el("td", { class: "next-run" }, s.disabled ? "disabled" : (s.next_run_at || "none")),
+      el("td", { class: "last-run" }, lastRun(s.last_run)),
+      el("td", {}, canManage() && [
+        el("button", { type: "button", class: "toggle-schedule", onclick: change(s, { disabled: !s.disabled }) },
+          s.disabled ? "Enable" : "Disable"),
+        el("button", { type: "button", class: "danger delete-schedule", onclick: async () => {
+          if (await attempt(() => call("DELETE", `${SCHEDULES}/${s.id}`), error) !== undefined) route();
+        } }, "Delete")])))))));
 }
 
 /** Changing one's own password: the current one proves it is you. Every

@@ -65,8 +65,14 @@ on_both_backends! {
         assert_eq!(listed["resources"][0], made);
         assert_eq!(api.get(&format!("{CONFIGS}?operation=cckm_key_rotation")).1["total"], 0);
 
-        // A change as the provider sends one: empty name and operation kept.
-        let (status, changed) = api.send("PATCH", &format!("{CONFIGS}/{id}"), &json!({"name": "", "operation": "", "disabled": true, "description": "off for now"}));
+        // A change as the provider (1.0.1) sends one: every field, the name,
+        // operation and cloud_name empty, unset dates as Go's zero time.
+        let (status, changed) = api.send("PATCH", &format!("{CONFIGS}/{id}"), &json!({
+            "name": "", "operation": "", "description": "off for now", "run_at": "0 2 * * SAT", "run_on": "",
+            "disabled": true, "start_date": "0001-01-01T00:00:00Z", "end_date": "0001-01-01T00:00:00Z",
+            "database_backup_params": null, "cckm_key_rotation_params": null,
+            "cckm_synchronization_params": {"cloud_name": "", "kms": null, "oci_vaults": null, "synchronize_all": null}
+        }));
         assert_eq!(status, 200, "{changed}");
         assert_eq!((changed["name"].as_str(), changed["disabled"].as_bool(), changed["next_run_at"].clone()), (Some("nightly"), Some(true), Value::Null));
         let start = OffsetDateTime::now_utc() + time::Duration::days(30);

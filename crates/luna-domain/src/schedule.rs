@@ -212,13 +212,22 @@ impl Timetable {
         if self.disabled {
             return None;
         }
-        // The first firing may be the start's own minute.
+        // The first firing is the first minute at or after the start: the
+        // start's own minute only if the start is on the minute.
         let from = match self.start {
-            Some(start) if start > now => start - Duration::minutes(1),
+            Some(start) if start > now => {
+                let on_the_minute = start.second() == 0 && start.nanosecond() == 0;
+                if on_the_minute {
+                    start - Duration::minutes(1)
+                } else {
+                    start
+                }
+            }
             _ => now,
         };
         self.run_at
             .next_after(from)
+            .filter(|at| self.start.is_none_or(|start| *at >= start))
             .filter(|at| self.end.is_none_or(|end| *at <= end))
     }
 
@@ -228,7 +237,8 @@ impl Timetable {
     pub fn due(&self, since: OffsetDateTime, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let mut due = None;
         let mut at = since;
-        while let Some(next) = self.next_after(at).filter(|next| *next <= now) {
+        // Each firing is strictly after the one before: the walk ends.
+        while let Some(next) = self.next_after(at).filter(|next| *next > at && *next <= now) {
             due = Some(next);
             at = next;
         }

@@ -33,7 +33,8 @@ fn outcome_name(outcome: &RunOutcome) -> &'static str {
 impl Runner {
     /// Handles every firing due at `now` that this instance runs (`run_on`),
     /// and returns what each one this instance handled did; firings another
-    /// instance handled first are not among them.
+    /// instance handled first, and those the database failed (tried again
+    /// at the next look), are not among them.
     pub fn fire_due_schedules(&self, now: OffsetDateTime) -> Result<Vec<(Schedule, LastRun)>, RunnerError> {
         let mut handled = Vec::new();
         for schedule in self
@@ -45,12 +46,21 @@ impl Runner {
                 continue;
             };
             let audit = crate::audit::by_the_service(&self.instance, "schedule fired", "schedule");
-            let Some(run) = self
+            let run = match self
                 .store
                 .fire_schedule(&schedule, firing, Uuid::now_v7(), &audit)
-                .map_err(RunnerError::Store)?
-            else {
-                continue;
+            {
+                Ok(Some(run)) => run,
+                // Another instance handled it, or a change moved its timetable.
+                Ok(None) => continue,
+                // The firing stays due (its compare-and-set was rolled back
+                // with the rest): the next look handles it. A job started
+                // meanwhile on one of its partitions lands here, and the
+                // next look records the firing skipped.
+                Err(error) => {
+                    tracing::warn!(schedule = %schedule.name, %error, "a schedule's firing could not be handled; it is tried again");
+                    continue;
+                }
             };
             self.tokens
                 .metrics()

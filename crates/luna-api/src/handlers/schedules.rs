@@ -1,7 +1,7 @@
 //! Schedules (`/api/v1/scheduler/job-configs`), in CipherTrust's scheduler's
 //! shape (its Terraform provider's `ciphertrust_scheduler`): each starts a
-//! Luna refresh or ha_synchronize job on a cron timetable. Admins write,
-//! CCKM users read.
+//! Luna refresh or ha_synchronize job on a cron timetable. Those who may
+//! start jobs (the admin and CCKM Admins groups) write; CCKM users read.
 
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use luna_domain::query::ScheduleFilters;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{blocking, list_page, not_found, path_id, JsonObject};
 use crate::audit::Audit;
-use crate::auth::{Administrator, Reader};
+use crate::auth::{Manager, Reader};
 use crate::error::ApiError;
 use crate::openapi::ListParams;
 use crate::state::AppState;
@@ -163,7 +163,7 @@ fn answer(state: &AppState, shown: &(Schedule, Option<JobStatus>)) -> ScheduleVi
 #[post("/api/v1/scheduler/job-configs")]
 pub async fn create_schedule(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    _caller: Manager,
     audit: Audit,
     body: JsonObject<ScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -238,7 +238,7 @@ pub async fn get_schedule(
 #[patch("/api/v1/scheduler/job-configs/{id}")]
 pub async fn update_schedule(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    _caller: Manager,
     audit: Audit,
     id: web::Path<String>,
     body: JsonObject<ScheduleBody>,
@@ -266,7 +266,7 @@ pub async fn update_schedule(
 #[delete("/api/v1/scheduler/job-configs/{id}")]
 pub async fn delete_schedule(
     state: web::Data<AppState>,
-    _caller: Administrator,
+    _caller: Manager,
     audit: Audit,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

@@ -212,3 +212,4 @@ impl Drop for Browser {
 
 mod flows;
 mod pages;
+mod schedules;

@@ -121,6 +121,28 @@ fn a_timetable_fires_within_its_dates_once_for_every_firing_missed_and_never_whe
     );
 }
 
+/// A start within a minute: the first firing is the next minute the
+/// expression names, never the start's own minute before it (once, that
+/// minute was named again and again, and `due` walked forever).
+#[test]
+fn a_start_off_the_minute_is_never_fired_before_and_the_walk_of_missed_firings_ends() {
+    let start = "2026-12-10T10:30:45.5Z";
+    let table = Timetable::parse("*/5 * * * *", Some(start), None, false).unwrap();
+    let before = at(2026, 12, 4, 10, 0, 0);
+    assert_eq!(table.next_after(before), Some(at(2026, 12, 10, 10, 35, 0)));
+    let on_the_minute = Timetable::parse("*/5 * * * *", Some("2026-12-10T10:30:00Z"), None, false).unwrap();
+    assert_eq!(
+        on_the_minute.next_after(before),
+        Some(at(2026, 12, 10, 10, 30, 0)),
+        "the start's own minute"
+    );
+    assert_eq!(
+        table.due(before, at(2026, 12, 10, 10, 52, 0)),
+        Some(at(2026, 12, 10, 10, 50, 0))
+    );
+    assert_eq!(table.due(before, at(2026, 12, 10, 10, 34, 59)), None);
+}
+
 #[test]
 fn dates_must_be_rfc_3339_and_the_end_after_the_start() {
     let refused = |start: Option<&str>, end: Option<&str>| {

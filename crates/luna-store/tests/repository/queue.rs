@@ -319,15 +319,20 @@ on_both_backends! {
                 conn.run_pending_migrations(tree("postgres")).unwrap();
             }
         };
+        // How many migrations, from `first` on, to revert (later ones too).
+        let from = |first: &str| {
+            let dir = format!("{}/../../migrations/sqlite", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().as_ref() >= first).count()
+        };
         // Five records as migration 14's schema held them, then 15 again.
-        migrate(1, &luna_store::testing::format_2_trail(5));
+        migrate(from("2026-12-07-000015"), &luna_store::testing::format_2_trail(5));
         assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "format 2 records after migration 15");
         let kept = store.list_audit(&AuditFilters::default(), 0, 10).unwrap();
         assert_eq!(kept.total, 5);
         assert!(kept.items.iter().all(|r| r.format == 2 && r.entry.user_id.is_empty()));
         assert_eq!(kept.items[0].entry.resource_id, "key-5", "target is the resource id");
         // Back through 14 and forth again: the rowid table keeps them all.
-        migrate(2, &[]);
+        migrate(from("2026-12-07-000014"), &[]);
         assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "after migrations 14 and 15 again");
         store.append_audit(&test_audit()).unwrap();
         assert_eq!(store.verify_audit().unwrap(), AuditCheck::Intact, "a format 3 record chained to format 2 ones");
