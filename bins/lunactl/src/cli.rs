@@ -267,7 +267,7 @@ pub(crate) struct ScheduleFields {
     pub(crate) end_date: Option<String>,
     #[arg(long)]
     pub(crate) description: Option<String>,
-    /// any (the default), or the --instance name of the one server that fires it.
+    /// any (the default), or the --instance-name of the one server that fires it.
     #[arg(long)]
     pub(crate) run_on: Option<String>,
 }

@@ -121,6 +121,8 @@ on_both_backends! {
         let (status, _) = api.get(&format!("{CONFIGS}?sort=size"));
         assert_eq!(status, 400);
 
+        let (status, body) = api.send("POST", CONFIGS, &terraform_create("a", "* * * * *", json!({"cloud_name": "luna", "partitions": [uuid::Uuid::new_v4()]})));
+        assert_error(status, &body, 404, 16);
         let (status, made) = api.send("POST", CONFIGS, &terraform_create("weekly", "0 2 * * sat", all.clone()));
         assert_eq!(status, 201, "{made}");
         let id = made["id"].as_str().unwrap();

@@ -26,6 +26,9 @@ pub struct CronSchedule {
     weekdays_restricted: bool,
 }
 
+/// The longest `run_at` read: a cron expression is a few dozen characters.
+const MAX_RUN_AT_CHARS: usize = 100;
+
 /// How far ahead a firing is looked for: past it, an expression that names
 /// no date that exists (`0 0 30 2 *`) is refused as never firing.
 const LOOK_AHEAD_DAYS: i64 = 366 * 8;
@@ -87,6 +90,11 @@ const FIELDS: [Field; 5] = [
 impl CronSchedule {
     /// Checks `run_at`; a refusal names the field and what it allows.
     pub fn parse(text: &str) -> Result<CronSchedule> {
+        if text.chars().count() > MAX_RUN_AT_CHARS {
+            return Err(DomainError::invalid(format!(
+                "run_at is longer than {MAX_RUN_AT_CHARS} characters"
+            )));
+        }
         let fields: Vec<&str> = text.split_whitespace().collect();
         if fields.len() != 5 {
             return Err(DomainError::invalid(format!(
@@ -106,8 +114,9 @@ impl CronSchedule {
             days: u32::try_from(sets[2]).unwrap_or(u32::MAX),
             months: u16::try_from(sets[3]).unwrap_or(u16::MAX),
             weekdays: u8::try_from(weekdays).unwrap_or(u8::MAX),
-            days_restricted: fields[2] != "*",
-            weekdays_restricted: fields[4] != "*",
+            // As cron reads it: a field that begins with `*` (`*/2` too) is not a restriction.
+            days_restricted: !fields[2].starts_with('*'),
+            weekdays_restricted: !fields[4].starts_with('*'),
         };
         let epoch = OffsetDateTime::UNIX_EPOCH;
         if schedule.next_after(epoch).is_none() {
@@ -138,8 +147,13 @@ impl CronSchedule {
     /// The first firing strictly after `after` (to the minute, in UTC), if
     /// any within the look-ahead.
     pub fn next_after(&self, after: OffsetDateTime) -> Option<OffsetDateTime> {
-        let after = after.to_offset(time::UtcOffset::UTC);
-        let from = after.replace_second(0).ok()?.replace_nanosecond(0).ok()? + Duration::minutes(1);
+        let after = after.checked_to_offset(time::UtcOffset::UTC)?;
+        let from = after
+            .replace_second(0)
+            .ok()?
+            .replace_nanosecond(0)
+            .ok()?
+            .checked_add(Duration::minutes(1))?;
         let mut date = from.date();
         for day in 0..LOOK_AHEAD_DAYS {
             if self.takes_day(date) {
@@ -165,6 +179,10 @@ impl CronSchedule {
     }
 }
 
+/// The years a `start_date` or `end_date` may fall in: every firing and
+/// its arithmetic then stays within what `time` holds.
+const YEARS: std::ops::RangeInclusive<i32> = 1970..=9998;
+
 /// When a schedule may fire: its `run_at`, within `start_date` and
 /// `end_date` (either may be open), unless `disabled`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,11 +203,25 @@ impl Timetable {
     pub fn parse(run_at: &str, start: Option<&str>, end: Option<&str>, disabled: bool) -> Result<Timetable> {
         let date = |field: &str, text: Option<&str>| {
             text.map(|text| {
-                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
-                    DomainError::invalid(format!(
-                        "{field} {text:?} is not an RFC 3339 date and time (for instance \"2027-01-31T02:00:00Z\")"
-                    ))
-                })
+                OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .and_then(|at| at.checked_to_offset(time::UtcOffset::UTC))
+                    .ok_or_else(|| {
+                        DomainError::invalid(format!(
+                            "{field} {text:?} is not an RFC 3339 date and time (for instance \"2027-01-31T02:00:00Z\")"
+                        ))
+                    })
+                    .and_then(|at| {
+                        if YEARS.contains(&at.year()) {
+                            Ok(at)
+                        } else {
+                            Err(DomainError::invalid(format!(
+                                "{field} must fall in the years {} to {}",
+                                YEARS.start(),
+                                YEARS.end()
+                            )))
+                        }
+                    })
             })
             .transpose()
         };
@@ -218,7 +250,7 @@ impl Timetable {
             Some(start) if start > now => {
                 let on_the_minute = start.second() == 0 && start.nanosecond() == 0;
                 if on_the_minute {
-                    start - Duration::minutes(1)
+                    start.checked_sub(Duration::minutes(1))?
                 } else {
                     start
                 }
@@ -235,14 +267,33 @@ impl Timetable {
     /// firing run, or when the schedule was made) and by `now`. Firings
     /// missed while no instance ran give one run, the latest.
     pub fn due(&self, since: OffsetDateTime, now: OffsetDateTime) -> Option<OffsetDateTime> {
-        let mut due = None;
-        let mut at = since;
+        // Nothing fires after the end: the windows below count back from it.
+        let now = self.end.map_or(now, |end| now.min(end));
+        // The latest firing in (since, now] is the latest in the shortest
+        // window back from `now` that holds one: a walk over a few firings,
+        // not over every minute of a long downtime.
+        [
+            Duration::hours(1),
+            Duration::days(1),
+            Duration::days(32),
+            Duration::days(367),
+        ]
+        .into_iter()
+        .map(|window| now.checked_sub(window).map_or(since, |from| from.max(since)))
+        .chain([since])
+        .find_map(|from| self.latest_between(from, now))
+    }
+
+    /// The latest firing after `from` and by `now`, walking firing by firing.
+    fn latest_between(&self, from: OffsetDateTime, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let mut latest = None;
+        let mut at = from;
         // Each firing is strictly after the one before: the walk ends.
         while let Some(next) = self.next_after(at).filter(|next| *next > at && *next <= now) {
-            due = Some(next);
+            latest = Some(next);
             at = next;
         }
-        due
+        latest
     }
 }
 
@@ -281,17 +332,18 @@ fn parse_field(text: &str, rule: &Field) -> Result<u64> {
                 None => {
                     let v = value(range, rule).ok_or_else(|| refuse("is not understood"))?;
                     // `a/n` runs from a to the end of the range, as cron reads it.
-                    (v, if step > 1 { rule.high } else { v })
+                    (v, if part.contains('/') { rule.high } else { v })
                 }
             }
         };
         if low > high {
             return Err(refuse("has a range that runs backwards"));
         }
-        let mut v = low;
-        while v <= high {
-            set |= 1 << v;
-            v += step;
+        // A step past the range (`1/4294967295`) ends the walk, not the process.
+        let mut v = Some(low);
+        while let Some(at) = v.filter(|at| *at <= high) {
+            set |= 1 << at;
+            v = at.checked_add(step);
         }
     }
     Ok(set)
@@ -306,8 +358,14 @@ fn value(text: &str, rule: &Field) -> Option<u32> {
         .position(|n| *n == lower)
         .and_then(|at| u32::try_from(at).ok())
         .map(|at| at + rule.names_from);
+    let number = || {
+        text.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| text.parse().ok())
+            .flatten()
+    };
     named
-        .or_else(|| text.parse().ok())
+        .or_else(number)
         .filter(|v| (rule.low..=rule.high).contains(v))
 }
 

@@ -18,8 +18,9 @@ use crate::runner::Runner;
 /// are seen within it.
 const LOOK_AT_LEAST_EVERY: StdDuration = StdDuration::from_secs(15);
 
-/// The most schedules handled in one look (more wait for the next, at once).
-const FIRE_AT_MOST: i64 = 100;
+/// The most schedules handled in one look; after a full one, the next look
+/// is at once.
+const FIRE_AT_MOST: usize = 100;
 
 /// The name a firing's outcome is counted under in the metrics.
 fn outcome_name(outcome: &RunOutcome) -> &'static str {
@@ -31,27 +32,37 @@ fn outcome_name(outcome: &RunOutcome) -> &'static str {
 }
 
 impl Runner {
-    /// Handles every firing due at `now` that this instance runs (`run_on`),
+    /// Handles the firings due at `now` that this instance runs (`run_on`),
     /// and returns what each one this instance handled did; firings another
     /// instance handled first, and those the database failed (tried again
-    /// at the next look), are not among them.
+    /// at the next look), are not among them. At most `FIRE_AT_MOST`.
     pub fn fire_due_schedules(&self, now: OffsetDateTime) -> Result<Vec<(Schedule, LastRun)>, RunnerError> {
-        let mut handled = Vec::new();
-        for schedule in self
+        self.fire_page(now).map(|(handled, _)| handled)
+    }
+
+    /// `fire_due_schedules`, and whether the page of due schedules was full
+    /// (more may be due: the loop looks again at once).
+    fn fire_page(&self, now: OffsetDateTime) -> Result<(Vec<(Schedule, LastRun)>, bool), RunnerError> {
+        let due = self
             .store
-            .due_schedules(now, FIRE_AT_MOST)
-            .map_err(RunnerError::Store)?
-        {
-            let Some(firing) = schedule.due(now).filter(|_| schedule.runs_on(&self.instance)) else {
+            .due_schedules(now, &self.instance, FIRE_AT_MOST as i64)
+            .map_err(RunnerError::Store)?;
+        let full = due.len() == FIRE_AT_MOST;
+        let mut handled = Vec::new();
+        for schedule in due {
+            let Some(firing) = schedule.due(now) else {
                 continue;
             };
             let audit = crate::audit::by_the_service(&self.instance, "schedule fired", "schedule");
-            let run = match self
-                .store
-                .fire_schedule(&schedule, firing, Uuid::now_v7(), &audit)
-            {
+            let run = match self.store.fire_schedule(
+                &schedule,
+                firing,
+                Uuid::now_v7(),
+                luna_store::now(),
+                &audit,
+            ) {
                 Ok(Some(run)) => run,
-                // Another instance handled it, or a change moved its timetable.
+                // Another instance handled it, or a change came first.
                 Ok(None) => continue,
                 // The firing stays due (its compare-and-set was rolled back
                 // with the rest): the next look handles it. A job started
@@ -77,7 +88,7 @@ impl Runner {
             }
             handled.push((schedule, run));
         }
-        Ok(handled)
+        Ok((handled, full))
     }
 
     /// Wakes the scheduler loop: a schedule was made or changed here.
@@ -88,14 +99,24 @@ impl Runner {
     /// Fires schedules as they fall due, until stopped.
     pub(crate) async fn fire_schedules(self: Arc<Self>) {
         while !self.stopping.load(Ordering::SeqCst) {
+            // Listening before the look: a stop asked during it ends the wait.
+            let stopped = self.stop.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
             let me = Arc::clone(&self);
-            let next = tokio::task::spawn_blocking(move || {
-                me.fire_due_schedules(luna_store::now())?;
-                me.store.next_schedule_run().map_err(RunnerError::Store)
+            let looked = tokio::task::spawn_blocking(move || {
+                let (_, full) = me.fire_page(luna_store::now())?;
+                let next = me
+                    .store
+                    .next_schedule_run(&me.instance)
+                    .map_err(RunnerError::Store)?;
+                Ok::<_, RunnerError>((full, next))
             })
             .await;
-            let wait = match next {
-                Ok(Ok(next)) => next
+            let wait = match looked {
+                Ok(Ok((true, _))) => StdDuration::ZERO,
+                // Past (a firing the database failed): the next look in full.
+                Ok(Ok((false, next))) => next
                     .map(|at| at - luna_store::now())
                     .and_then(|wait| StdDuration::try_from(wait).ok())
                     .map_or(LOOK_AT_LEAST_EVERY, |wait| wait.min(LOOK_AT_LEAST_EVERY)),
@@ -111,7 +132,7 @@ impl Runner {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.schedules_changed.notified() => {}
-                _ = self.stop.notified() => {}
+                _ = &mut stopped => {}
             }
         }
     }

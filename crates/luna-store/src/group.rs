@@ -276,6 +276,16 @@ impl BatchFailure {
     }
 }
 
+/// Sets the phase back to `Idle` if the leader's work unwinds (see `lead`).
+struct FormingUntilOpen<'a>(&'a GroupCommit);
+
+impl Drop for FormingUntilOpen<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().phase = Phase::Idle;
+        self.0.opened.notify_all();
+    }
+}
+
 impl GroupCommit {
     pub(crate) fn stats(&self) -> WriteStats {
         WriteStats {
@@ -386,6 +396,11 @@ impl GroupCommit {
         // writes) is met once at most: nothing was committed on it, and the
         // next is checked first (`Store::connection`).
         let mut met_closed = false;
+        // A leader whose work panics (a bug: work refuses bad input with an
+        // error) must not leave the phase `Forming`, where every later write
+        // of the process would wait for it. Its connection, dropped while
+        // panicking, is not given back to the pool (diesel's r2d2 manager).
+        let forming = FormingUntilOpen(self);
         let led = loop {
             let opened = batches.open();
             let mut conn = match opened {
@@ -417,6 +432,7 @@ impl GroupCommit {
                 }
             }
         };
+        std::mem::forget(forming);
         let (conn, value, pending) = match led {
             Ok(led) => led,
             Err(error) => {

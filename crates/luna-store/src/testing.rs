@@ -121,6 +121,16 @@ impl Store {
         (value, texts)
     }
 
+    /// A write whose work panics midway, as a bug would make one: the
+    /// panic reaches the caller; the group commit must go on for the rest.
+    pub fn write_that_panics(&self) {
+        let _: Result<()> = self.write(|conn| {
+            use diesel::RunQueryDsl as _;
+            diesel::sql_query("DELETE FROM schedules").execute(conn)?;
+            panic!("a write's work panicked");
+        });
+    }
+
     /// How the stored key counts differ from the counts made again from the
     /// keys: one line per row that differs (none: they are exact).
     pub fn count_drift(&self) -> Result<Vec<String>> {

@@ -53,7 +53,7 @@ pub struct ScheduleBody {
     /// Five fields, read in UTC: minute hour day-of-month month day-of-week.
     #[schema(example = "0 2 * * sat")]
     run_at: Option<String>,
-    /// `any` (when absent), or the `--instance` name of the one instance that fires it.
+    /// `any` (when absent), or the `--instance-name` of the one instance that fires it.
     run_on: Option<String>,
     disabled: Option<bool>,
     /// RFC 3339; empty or `0001-01-01T00:00:00Z` for none.
@@ -152,6 +152,22 @@ fn with_job_statuses(
         .collect())
 }
 
+/// A partition a request names that does not exist is a 404, as for a job
+/// started at once (ids that are no UUIDs are the create's or change's 400).
+fn named_partitions_exist(store: &Store, request: &ScheduleRequest) -> Result<(), ApiError> {
+    let named = request.params.as_ref().and_then(|p| p.partitions.as_ref());
+    for id in named
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.parse::<Uuid>().ok())
+    {
+        store
+            .get_partition(id)?
+            .ok_or_else(|| not_found("partition", id))?;
+    }
+    Ok(())
+}
+
 fn answer(state: &AppState, shown: &(Schedule, Option<JobStatus>)) -> ScheduleView {
     ScheduleView::new(&shown.0, shown.1, &state.tenancy)
 }
@@ -167,14 +183,16 @@ pub async fn create_schedule(
     audit: Audit,
     body: JsonObject<ScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let schedule = body
-        .into_inner()
-        .into_request()?
-        .create(Uuid::now_v7(), luna_store::now())?;
+    let request = body.into_inner().into_request()?;
+    let schedule = request.clone().create(Uuid::now_v7(), luna_store::now())?;
     let store = state.store.clone();
     let stored = schedule.clone();
     let record = audit.change(201);
-    blocking(move || Ok(store.insert_schedule(&stored, &record)?)).await?;
+    blocking(move || {
+        named_partitions_exist(&store, &request)?;
+        Ok(store.insert_schedule(&stored, &record)?)
+    })
+    .await?;
     audit.written();
     state.runner.schedules_changed();
     Ok(HttpResponse::Created().json(ScheduleView::new(&schedule, None, &state.tenancy)))
@@ -248,6 +266,7 @@ pub async fn update_schedule(
     let store = state.store.clone();
     let record = audit.change(200);
     blocking(move || {
+        named_partitions_exist(&store, &request)?;
         let change = |stored: &Schedule| request.clone().change(stored, luna_store::now());
         store
             .update_schedule(id, change, &record)?

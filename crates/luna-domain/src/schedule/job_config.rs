@@ -49,7 +49,7 @@ pub struct Schedule {
     pub description: String,
     /// When it fires.
     pub timetable: Timetable,
-    /// `any`, or the `--instance` name of the one instance that fires it.
+    /// `any`, or the `--instance-name` of the one instance that fires it.
     pub run_on: String,
     /// The job each firing starts.
     pub job_type: JobType,
@@ -202,8 +202,21 @@ impl ScheduleRequest {
         Ok(())
     }
 
+    /// `any`, or a name an instance can have (`--instance-name`: 1 to 64
+    /// letters, digits, `.`, `-`, `_` and `:`).
     fn run_on(&self) -> Result<Option<String>> {
-        given(&self.run_on).map(|r| check_label("run_on", r)).transpose()
+        given(&self.run_on)
+            .map(|name| {
+                let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_:".contains(c);
+                if (1..=64).contains(&name.len()) && name.chars().all(allowed) {
+                    Ok(name.to_owned())
+                } else {
+                    Err(DomainError::invalid(format!(
+                        "run_on {name:?} is neither \"{RUN_ON_ANY}\" nor an instance's name (1 to 64 letters, digits, '.', '-', '_' and ':')"
+                    )))
+                }
+            })
+            .transpose()
     }
 
     /// A new schedule `id`, made at `now`, once every field is checked.
@@ -287,7 +300,9 @@ impl ScheduleRequest {
             self.disabled.unwrap_or(timetable.disabled),
         )?;
         if changed.timetable != *timetable {
-            changed.fired_through = now;
+            // Never back: an instance whose clock is behind must not open
+            // firings another already handled.
+            changed.fired_through = now.max(schedule.fired_through);
         }
         if changed != *schedule {
             changed.updated_at = now;

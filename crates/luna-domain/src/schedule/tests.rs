@@ -143,6 +143,35 @@ fn a_start_off_the_minute_is_never_fired_before_and_the_walk_of_missed_firings_e
     assert_eq!(table.due(before, at(2026, 12, 10, 10, 34, 59)), None);
 }
 
+/// Years without an instance: the one run due is the latest minute, found
+/// from a window back from now, not by walking every minute missed.
+#[test]
+fn after_years_down_the_run_due_is_the_latest_firing() {
+    let every_minute = Timetable::parse("* * * * *", None, None, false).unwrap();
+    let now = at(2031, 6, 1, 12, 34, 56);
+    assert_eq!(
+        every_minute.due(at(2026, 1, 1, 0, 0, 0), now),
+        Some(at(2031, 6, 1, 12, 34, 0))
+    );
+    let yearly = Timetable::parse("0 0 29 2 *", None, None, false).unwrap();
+    assert_eq!(
+        yearly.due(at(2021, 1, 1, 0, 0, 0), now),
+        Some(at(2028, 2, 29, 0, 0, 0)),
+        "a leap day, three years back"
+    );
+    assert_eq!(yearly.due(at(2028, 2, 29, 0, 0, 0), now), None);
+}
+
+#[test]
+fn a_step_past_the_range_takes_the_first_value_alone() {
+    let every_hour_at_one = CronSchedule::parse("1-59/4294967295 * * * *").unwrap();
+    let from = at(2026, 12, 4, 10, 30, 0);
+    assert_eq!(
+        every_hour_at_one.next_after(from),
+        Some(at(2026, 12, 4, 11, 1, 0))
+    );
+}
+
 #[test]
 fn dates_must_be_rfc_3339_and_the_end_after_the_start() {
     let refused = |start: Option<&str>, end: Option<&str>| {

@@ -50,12 +50,21 @@ fn name_taken(name: &str) -> impl FnOnce() -> String + '_ {
     move || format!("a schedule named {name:?} exists already")
 }
 
-/// The job a firing of `schedule` starts, or why it starts none.
+/// The schedules instance `instance` fires: `run_on` any, or it.
+fn fired_by(instance: &str) -> schedules::BoxedQuery<'static, MultiBackend> {
+    schedules::table.into_boxed().filter(
+        schedules::run_on
+            .eq(luna_domain::schedule::job_config::RUN_ON_ANY)
+            .or(schedules::run_on.eq(instance.to_owned())),
+    )
+}
+
+/// The job a firing of `schedule` starts (made at `now`), or why it starts none.
 fn firing_job(
     conn: &mut DbConnection,
     schedule: &Schedule,
     job_id: Uuid,
-    at: OffsetDateTime,
+    now: OffsetDateTime,
 ) -> Result<RunOutcome> {
     if let Some(LastRun {
         outcome: RunOutcome::Started(previous),
@@ -106,7 +115,7 @@ fn firing_job(
         .iter()
         .map(|id| crate::codec::uuid("partition id", id))
         .collect::<Result<Vec<_>>>()?;
-    let mut job = Job::new(job_id, schedule.job_type, partition_ids, at);
+    let mut job = Job::new(job_id, schedule.job_type, partition_ids, now);
     job.scheduled_by = Some(schedule.scheduled_by());
     let row = JobRow::from_domain(&job)?;
     diesel::insert_into(jobs::table).values(&row).execute(conn)?;
@@ -121,7 +130,7 @@ fn firing_job(
             ))
             .execute(conn)?;
     }
-    let op = Operation::queued(Uuid::now_v7(), OperationPayload::RunJob { job_id }, at);
+    let op = Operation::queued(Uuid::now_v7(), OperationPayload::RunJob { job_id }, now);
     diesel::insert_into(operations::table)
         .values(&OperationRow::from_domain(&op)?)
         .execute(conn)?;
@@ -193,25 +202,42 @@ impl Store {
             };
             let changed = change(&stored)?;
             let row = ScheduleRow::from_domain(&changed)?;
-            let updated = diesel::update(schedules::table.find(&id))
-                .filter(schedules::updated_at.eq(micros(stored.updated_at)))
-                .filter(schedules::fired_through.eq(micros(stored.fired_through)))
+            let unchanged_since_read = || {
+                schedules::table
+                    .find(&id)
+                    .filter(schedules::updated_at.eq(micros(stored.updated_at)))
+            };
+            let mut updated = 1;
+            if changed.fired_through != stored.fired_through {
+                // A new timetable: a firing that landed meanwhile was
+                // handled under the old one, and this change, read before
+                // it, is refused rather than undo it.
+                updated = diesel::update(
+                    unchanged_since_read().filter(schedules::fired_through.eq(micros(stored.fired_through))),
+                )
                 .set((
-                    schedules::name.eq(&row.name),
-                    schedules::description.eq(&row.description),
-                    schedules::run_at.eq(&row.run_at),
-                    schedules::start_date.eq(row.start_date),
-                    schedules::end_date.eq(row.end_date),
-                    schedules::disabled.eq(row.disabled),
-                    schedules::run_on.eq(&row.run_on),
-                    schedules::job_type.eq(&row.job_type),
-                    schedules::partitions.eq(&row.partitions),
-                    schedules::updated_at.eq(row.updated_at),
                     schedules::fired_through.eq(row.fired_through),
                     schedules::next_run_at.eq(row.next_run_at),
                 ))
-                .execute(conn)
-                .map_err(conflict_on_unique(name_taken(&row.name)))?;
+                .execute(conn)?;
+            }
+            if updated == 1 {
+                updated = diesel::update(unchanged_since_read())
+                    .set((
+                        schedules::name.eq(&row.name),
+                        schedules::description.eq(&row.description),
+                        schedules::run_at.eq(&row.run_at),
+                        schedules::start_date.eq(row.start_date),
+                        schedules::end_date.eq(row.end_date),
+                        schedules::disabled.eq(row.disabled),
+                        schedules::run_on.eq(&row.run_on),
+                        schedules::job_type.eq(&row.job_type),
+                        schedules::partitions.eq(&row.partitions),
+                        schedules::updated_at.eq(row.updated_at),
+                    ))
+                    .execute(conn)
+                    .map_err(conflict_on_unique(name_taken(&row.name)))?;
+            }
             if updated == 0 {
                 return Err(StoreError::Conflict(
                     "the schedule changed or fired while this change was made; read it and try again".into(),
@@ -234,11 +260,11 @@ impl Store {
         })
     }
 
-    /// Up to `limit` schedules with a firing not yet handled by `now`, the
-    /// most overdue first.
-    pub fn due_schedules(&self, now: OffsetDateTime, limit: i64) -> Result<Vec<Schedule>> {
+    /// Up to `limit` of the schedules instance `instance` fires with a
+    /// firing not yet handled by `now`, the most overdue first.
+    pub fn due_schedules(&self, now: OffsetDateTime, instance: &str, limit: i64) -> Result<Vec<Schedule>> {
         self.read(|conn| {
-            schedules::table
+            fired_by(instance)
                 .filter(schedules::next_run_at.le(micros(now)))
                 .order((schedules::next_run_at.asc(), schedules::id.asc()))
                 .limit(limit)
@@ -250,10 +276,11 @@ impl Store {
         })
     }
 
-    /// When the next firing not yet handled falls, across every schedule.
-    pub fn next_schedule_run(&self) -> Result<Option<OffsetDateTime>> {
+    /// When the next firing not yet handled falls, across the schedules
+    /// instance `instance` fires.
+    pub fn next_schedule_run(&self, instance: &str) -> Result<Option<OffsetDateTime>> {
         self.read(|conn| {
-            let next: Option<i64> = schedules::table
+            let next: Option<i64> = fired_by(instance)
                 .select(diesel::dsl::min(schedules::next_run_at))
                 .first(conn)?;
             next.map(|t| crate::codec::from_micros("schedule next_run_at", t))
@@ -263,14 +290,17 @@ impl Store {
 
     /// Handles `firing` of `schedule` (as read): starts its job `job_id`
     /// (with the operation that runs it), or records why none was started,
-    /// and writes `audit` with the outcome. `None` if the schedule is gone,
-    /// or another instance (or a change) handled its firings meanwhile:
-    /// the compare-and-set of `fired_through` makes one alone succeed.
+    /// and writes `audit` with the outcome; the job is made at `now`. `None`
+    /// if the schedule is gone or changed, or another instance handled the
+    /// firing meanwhile: the compare-and-set of `fired_through` (and of
+    /// `updated_at`: no job from settings since changed) makes one alone
+    /// succeed.
     pub fn fire_schedule(
         &self,
         schedule: &Schedule,
         firing: Firing,
         job_id: Uuid,
+        now: OffsetDateTime,
         audit: &AuditEntry,
     ) -> Result<Option<LastRun>> {
         let id = schedule.id.to_string();
@@ -280,6 +310,7 @@ impl Store {
             // `fired_through` moved.
             let claimed = diesel::update(schedules::table.find(&id))
                 .filter(schedules::fired_through.eq(micros(schedule.fired_through)))
+                .filter(schedules::updated_at.eq(micros(schedule.updated_at)))
                 .set(schedules::fired_through.eq(micros(firing.at)))
                 .execute(conn)?;
             if claimed == 0 {
@@ -287,7 +318,7 @@ impl Store {
             }
             let run = LastRun {
                 at: firing.at,
-                outcome: firing_job(conn, schedule, job_id, firing.at)?,
+                outcome: firing_job(conn, schedule, job_id, now)?,
             };
             diesel::update(schedules::table.find(&id))
                 .set(FiringRow::new(firing.at, firing.next, &run))

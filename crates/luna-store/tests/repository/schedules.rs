@@ -25,12 +25,12 @@ fn schedule(name: &str, run_at: &str, partitions: &[Uuid], at: OffsetDateTime) -
     .unwrap()
 }
 
-/// Fires `schedule` (as stored now) at `now` on `store`, if it is due.
-fn fire(store: &Store, id: Uuid, now: OffsetDateTime) -> Option<RunOutcome> {
+/// Fires the schedule (as stored now) at `at` on `store`, if it is due then.
+fn fire(store: &Store, id: Uuid, at: OffsetDateTime) -> Option<RunOutcome> {
     let stored = store.get_schedule(id).unwrap().unwrap();
-    let firing = stored.due(now)?;
+    let firing = stored.due(at)?;
     store
-        .fire_schedule(&stored, firing, Uuid::new_v4(), &test_audit())
+        .fire_schedule(&stored, firing, Uuid::new_v4(), now(), &test_audit())
         .unwrap()
         .map(|run| run.outcome)
 }
@@ -63,8 +63,8 @@ on_both_backends! {
         assert!(matches!(store.update_schedule(weekly.id, rename, &test_audit()), Err(StoreError::Conflict(_))));
         assert_eq!(store.update_schedule(Uuid::new_v4(), disable, &test_audit()).unwrap(), None);
         // Nothing is due: neither is disabled... nor at 02:00 yet, at the earliest.
-        assert!(store.due_schedules(t0, 10).unwrap().is_empty());
-        assert_eq!(store.next_schedule_run().unwrap(), nightly.next_run_at());
+        assert!(store.due_schedules(t0, "an-instance", 10).unwrap().is_empty());
+        assert_eq!(store.next_schedule_run("an-instance").unwrap(), nightly.next_run_at());
 
         assert!(store.delete_schedule(weekly.id, &test_audit()).unwrap());
         assert!(!store.delete_schedule(weekly.id, &test_audit()).unwrap());
@@ -125,6 +125,62 @@ on_both_backends! {
         assert!(why.contains("no longer exists"), "{why}");
     }
 
+    // A change that lands between an instance's read and its firing wins:
+    // the firing starts nothing from the old settings, and the next look
+    // fires the new ones. A change of the description after a firing is no
+    // conflict; a schedule pinned to another instance is not this one's.
+    fn a_firing_never_starts_a_job_from_settings_changed_since_it_read_them(store: &Store, _db: &TestDatabase) {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_796_000_000).unwrap();
+        let first = registered_partition(store, "hsm-first");
+        let second = registered_partition(store, "hsm-second");
+        let s = schedule("moving", "*/5 * * * *", &[first.id], t0);
+        store.insert_schedule(&s, &test_audit()).unwrap();
+        let at = t0 + Duration::minutes(2);
+        let read = store.due_schedules(at, "a", 10).unwrap().remove(0);
+        let move_to_second = |stored: &Schedule| {
+            ScheduleRequest {
+                params: Some(SynchronizationParams { partitions: Some(vec![second.id.to_string()]), ..SynchronizationParams::default() }),
+                ..ScheduleRequest::default()
+            }
+            .change(stored, t0 + Duration::minutes(1))
+        };
+        store.update_schedule(s.id, move_to_second, &test_audit()).unwrap().unwrap();
+        let stale = store.fire_schedule(&read, read.due(at).unwrap(), Uuid::new_v4(), now(), &test_audit()).unwrap();
+        assert_eq!(stale, None, "read before the change: no job from the old partitions");
+        let Some(RunOutcome::Started(job)) = fire(store, s.id, at) else { panic!("the next look fires") };
+        assert_eq!(store.get_job(job).unwrap().unwrap().partitions, vec![second.id]);
+
+        let describe = |stored: &Schedule| ScheduleRequest { description: Some("moved".into()), ..ScheduleRequest::default() }.change(stored, now());
+        assert!(store.update_schedule(s.id, describe, &test_audit()).unwrap().is_some(), "after a firing, a description is no conflict");
+
+        let pinned = ScheduleRequest { run_on: Some("b".into()), ..ScheduleRequest::default() };
+        store.update_schedule(s.id, |stored: &Schedule| pinned.clone().change(stored, now()), &test_audit()).unwrap();
+        let later = t0 + Duration::hours(1);
+        assert!(store.due_schedules(later, "a", 10).unwrap().is_empty(), "pinned to b");
+        assert_eq!(store.due_schedules(later, "b", 10).unwrap().len(), 1);
+        assert_eq!(store.next_schedule_run("a").unwrap(), None);
+    }
+
+    // A write whose work panics (a bug) leaves no batch half-formed: the
+    // next write of the process goes through, and the panicked one's
+    // change is not kept.
+    fn a_write_that_panics_does_not_hold_up_the_writes_after_it(store: &Store, _db: &TestDatabase) {
+        let kept = schedule("kept", "0 2 * * *", &[], now());
+        store.insert_schedule(&kept, &test_audit()).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write_that_panics()));
+        assert!(panicked.is_err());
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = store.clone();
+        // Detached: a write held up forever fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            let next = schedule("next", "0 3 * * *", &[], now());
+            let _ = done.send(writer.insert_schedule(&next, &test_audit()));
+        });
+        let written = finished.recv_timeout(std::time::Duration::from_secs(20)).expect("the write after a panic went through");
+        written.unwrap();
+        assert!(store.get_schedule(kept.id).unwrap().is_some(), "the panicked write's delete was rolled back");
+    }
+
     fn each_firing_is_handled_by_one_instance_alone(store: &Store, db: &TestDatabase) {
         let other = db.second_store().unwrap();
         let t0 = OffsetDateTime::from_unix_timestamp(1_796_000_000).unwrap();
@@ -145,13 +201,13 @@ on_both_backends! {
                     .map(|instance| {
                         let both_read = &both_read;
                         s.spawn(move || {
-                            let due = instance.due_schedules(at, 100).unwrap();
+                            let due = instance.due_schedules(at, "an-instance", 100).unwrap();
                             both_read.wait();
                             due.iter()
                                 .filter_map(|schedule| {
                                     let firing = schedule.due(at).unwrap();
                                     instance
-                                        .fire_schedule(schedule, firing, Uuid::new_v4(), &test_audit())
+                                        .fire_schedule(schedule, firing, Uuid::new_v4(), now(), &test_audit())
                                         .unwrap()
                                         .map(|_| schedule.id)
                                 })

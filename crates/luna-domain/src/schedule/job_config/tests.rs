@@ -218,6 +218,48 @@ fn every_bad_field_is_refused_with_a_sentence_naming_it() {
             },
             "description has more than",
         ),
+        (
+            ScheduleRequest {
+                run_on: Some("node 2".into()),
+                ..request()
+            },
+            "run_on \"node 2\" is neither",
+        ),
+        (
+            ScheduleRequest {
+                run_at: Some(format!("0 2 * * {}", "1,".repeat(60))),
+                ..request()
+            },
+            "longer than 100",
+        ),
+        (
+            ScheduleRequest {
+                run_at: Some("+5 * * * *".into()),
+                ..request()
+            },
+            "minute field",
+        ),
+        (
+            ScheduleRequest {
+                start_date: Some("9999-12-31T23:59:30Z".into()),
+                ..request()
+            },
+            "years 1970 to 9998",
+        ),
+        (
+            ScheduleRequest {
+                end_date: Some("9999-12-31T23:00:00-05:00".into()),
+                ..request()
+            },
+            "end_date",
+        ),
+        (
+            ScheduleRequest {
+                start_date: Some("1969-12-31T23:00:00Z".into()),
+                ..request()
+            },
+            "years 1970 to 9998",
+        ),
     ];
     for (bad, needle) in cases {
         let said = refusal(bad);
