@@ -27,19 +27,9 @@ fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
     let env = [("SOFTHSM2_CONF", conf.as_path())];
     let module = luna_pkcs11::softhsm::find_module().unwrap();
     let args = |workers: &str| -> Vec<String> {
-        [
-            "--insecure-http",
-            "--pkcs11-module",
-            module.to_str().unwrap(),
-            "--database-url",
-            &db.url,
-            "--admin-password",
-            ADMIN,
-            "--workers",
-            workers,
-        ]
-        .map(str::to_owned)
-        .to_vec()
+        let mut args = on_one_database(&module, &db.url);
+        args.extend(["--workers".to_owned(), workers.to_owned()]);
+        args
     };
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let b_log = dir.path().join("b.log");
@@ -49,11 +39,7 @@ fn an_instance_blind_to_a_token_leaves_its_work_to_one_that_sees_it() {
         .env(&env)
         .log("info", std::fs::File::create(&b_log).unwrap().into())
         .start();
-    // Instances on one database share the PIN sealing key and the JWT key.
-    std::fs::create_dir_all(&data_a).unwrap();
-    for key in ["pin.key", "jwt.key"] {
-        std::fs::copy(data_b.join(key), data_a.join(key)).unwrap();
-    }
+    share_keys(&data_b, &data_a);
     let output = Command::new("softhsm2-util")
         .args([
             "--init-token",
@@ -149,6 +135,29 @@ fn wait_for_line(log: &Path, needle: &str) {
     }
 }
 
+/// The flags of an instance on the database `url`, with the module `module`.
+fn on_one_database(module: &Path, url: &str) -> Vec<String> {
+    [
+        "--insecure-http",
+        "--pkcs11-module",
+        module.to_str().unwrap(),
+        "--database-url",
+        url,
+        "--admin-password",
+        ADMIN,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Instances on one database share the PIN sealing key and the JWT key.
+fn share_keys(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for key in ["pin.key", "jwt.key"] {
+        std::fs::copy(from.join(key), to.join(key)).unwrap();
+    }
+}
+
 fn argv(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -165,27 +174,12 @@ fn a_one_minute_schedule_fires_once_across_two_instances() {
     let module = luna_pkcs11::softhsm::find_module().unwrap();
     let start = |name: &str| {
         let data = dir.path().join(name);
-        std::fs::create_dir_all(&data).unwrap();
         if name == "b" {
-            // Instances on one database share the PIN sealing key and the JWT key.
-            for key in ["pin.key", "jwt.key"] {
-                std::fs::copy(dir.path().join("a").join(key), data.join(key)).unwrap();
-            }
+            share_keys(&dir.path().join("a"), &data);
         }
-        Server::launch(&data)
-            .args(&[
-                "--insecure-http",
-                "--pkcs11-module",
-                module.to_str().unwrap(),
-                "--database-url",
-                &db.url,
-                "--admin-password",
-                ADMIN,
-                "--instance-name",
-                name,
-            ])
-            .env(&env)
-            .start()
+        let mut args = on_one_database(&module, &db.url);
+        args.extend(["--instance-name".to_owned(), name.to_owned()]);
+        Server::launch(&data).args(&argv(&args)).env(&env).start()
     };
     let (a, b) = (start("a"), start("b"));
     let token = login(&a.base, ADMIN);
