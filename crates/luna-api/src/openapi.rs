@@ -168,6 +168,11 @@ const LINKS: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("create_server", "id", &["get_server", "delete_server"]),
+    (
+        "create_schedule",
+        "id",
+        &["get_schedule", "update_schedule", "delete_schedule"],
+    ),
     ("add_partition", "id", &["get_partition", "forget_partition"]),
     ("start_refresh", "id", &["get_refresh", "cancel_refresh"]),
     (
