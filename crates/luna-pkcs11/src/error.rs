@@ -71,6 +71,14 @@ pub enum TokenError {
     /// renumbers handles: the object must be looked up again.
     #[error("object handle {handle} dates from before the PKCS#11 module was re-initialised; look the object up again")]
     StaleHandle { handle: u64 },
+    /// The key's attributes do not allow the call (`CKR_KEY_FUNCTION_NOT_PERMITTED`:
+    /// no `CKA_ENCRYPT` for `C_Encrypt`, no `CKA_DECRYPT` for `C_Decrypt`).
+    #[error("the key (object {handle}) may not be used for {function}")]
+    KeyUseNotPermitted { handle: u64, function: &'static str },
+    /// What was to be decrypted does not authenticate under the key: the
+    /// ciphertext, IV, tag or additional data is not what was encrypted.
+    #[error("the ciphertext does not authenticate under the key")]
+    NotAuthentic,
 }
 
 /// What the PKCS#11 library (or the binding to it) said, as a source for
@@ -114,6 +122,8 @@ impl TokenError {
             TokenError::MalformedObject { .. } => "malformed_object",
             TokenError::Away { .. } => "token_unreachable",
             TokenError::StaleHandle { .. } => "stale_handle",
+            TokenError::KeyUseNotPermitted { .. } => "CKR_KEY_FUNCTION_NOT_PERMITTED",
+            TokenError::NotAuthentic => "not_authentic",
         }
     }
 
@@ -151,7 +161,9 @@ impl TokenError {
             | TokenError::NoCloningDomain { .. }
             | TokenError::NoFreeSlot
             | TokenError::MechanismUnsupported { .. }
-            | TokenError::MalformedObject { .. } => false,
+            | TokenError::MalformedObject { .. }
+            | TokenError::KeyUseNotPermitted { .. }
+            | TokenError::NotAuthentic => false,
         }
     }
 

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 
 use crate::object::{fingerprint, ObjectDescription, ObjectRef};
 use crate::{
-    GenerateRequest, Generated, Portable, Reachability, Result, ScanOutcome, Token, TokenError, TokenInfo,
-    TransportOffer,
+    GcmSealed, GenerateRequest, Generated, Portable, Reachability, Result, ScanOutcome, Token, TokenError,
+    TokenInfo, TransportOffer,
 };
 
 /// See the module's page.
@@ -127,6 +127,14 @@ impl Token for LatencyToken {
 
     fn set_attributes(&self, _object: ObjectRef, _changes: &[(Attribute, bool)]) -> Result<()> {
         Err(self.refused("C_SetAttributeValue"))
+    }
+
+    fn encrypt_gcm(&self, _key: ObjectRef, _aad: &[u8], _plaintext: &[u8]) -> Result<GcmSealed> {
+        Err(self.refused("C_Encrypt"))
+    }
+
+    fn decrypt_gcm(&self, _key: ObjectRef, _aad: &[u8], _sealed: &GcmSealed) -> Result<Vec<u8>> {
+        Err(self.refused("C_Decrypt"))
     }
 
     fn destroy(&self, object: ObjectRef) -> Result<()> {

@@ -37,7 +37,7 @@ pub use mechanisms::REPLICATION_MECHANISMS;
 pub use module::{LibraryInfo, Module, TokenSummary};
 pub use object::{fingerprint, ObjectDescription, ObjectRef};
 pub use observed::{CallObserver, Observed};
-pub use token::Pkcs11Token;
+pub use token::{GcmSealed, Pkcs11Token, GCM_IV_BYTES, GCM_TAG_BYTES};
 
 /// What a token says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +193,14 @@ pub trait Token: Send + Sync + std::fmt::Debug {
     fn describe_many(&self, objects: &[ObjectRef]) -> Result<Vec<ObjectDescription>>;
     fn set_attributes(&self, object: ObjectRef, changes: &[(Attribute, bool)]) -> Result<()>;
     fn destroy(&self, object: ObjectRef) -> Result<()>;
+    /// Encrypts `plaintext` with AES-GCM under the secret key `key`: a
+    /// 12-byte IV the token draws, a 16-byte tag over `aad` and the
+    /// ciphertext. A key without `CKA_ENCRYPT` is `KeyUseNotPermitted`.
+    fn encrypt_gcm(&self, key: ObjectRef, aad: &[u8], plaintext: &[u8]) -> Result<GcmSealed>;
+    /// Decrypts what `encrypt_gcm` made. What does not authenticate (the
+    /// ciphertext, IV, tag or `aad` changed) is `NotAuthentic`; a key
+    /// without `CKA_DECRYPT` is `KeyUseNotPermitted`.
+    fn decrypt_gcm(&self, key: ObjectRef, aad: &[u8], sealed: &GcmSealed) -> Result<Vec<u8>>;
     /// Enumerates every token object in batches of `batch_size`; `visit`
     /// returns `Break` to stop between batches (refresh and cancel use this).
     fn scan(

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use luna_domain::Attribute;
 
 use crate::{
-    GenerateRequest, Generated, ObjectDescription, ObjectRef, Portable, Reachability, Result, ScanOutcome,
-    Token, TokenError, TokenInfo, TransportOffer,
+    GcmSealed, GenerateRequest, Generated, ObjectDescription, ObjectRef, Portable, Reachability, Result,
+    ScanOutcome, Token, TokenError, TokenInfo, TransportOffer,
 };
 
 /// Told of every call an `Observed` token makes, by the name of its `Token`
@@ -80,6 +80,12 @@ impl Token for Observed {
     }
     fn destroy(&self, object: ObjectRef) -> Result<()> {
         self.call("destroy", |t| t.destroy(object))
+    }
+    fn encrypt_gcm(&self, key: ObjectRef, aad: &[u8], plaintext: &[u8]) -> Result<GcmSealed> {
+        self.call("encrypt", |t| t.encrypt_gcm(key, aad, plaintext))
+    }
+    fn decrypt_gcm(&self, key: ObjectRef, aad: &[u8], sealed: &GcmSealed) -> Result<Vec<u8>> {
+        self.call("decrypt", |t| t.decrypt_gcm(key, aad, sealed))
     }
     fn scan(
         &self,

@@ -26,6 +26,9 @@ use crate::{mechanisms, templates};
 use crate::{GenerateRequest, Generated, Portable, ScanOutcome, Token, TokenInfo, TransportOffer};
 
 mod calls;
+mod gcm;
+
+pub use gcm::{GcmSealed, GCM_IV_BYTES, GCM_TAG_BYTES};
 
 /// What `scan_with` calls for each batch, on the scan's own session.
 type BatchVisitor<'a> = dyn FnMut(&OnSession<'_>, &[ObjectRef]) -> Result<ControlFlow<()>> + 'a;
@@ -337,6 +340,14 @@ impl Token for Pkcs11Token {
                 .update_attributes(session.current(object)?.handle(), &template)
                 .map_err(call("C_SetAttributeValue"))
         })
+    }
+
+    fn encrypt_gcm(&self, key: ObjectRef, aad: &[u8], plaintext: &[u8]) -> Result<GcmSealed> {
+        self.with_session(|session| gcm::encrypt(&self.info.label, session, key, aad, plaintext))
+    }
+
+    fn decrypt_gcm(&self, key: ObjectRef, aad: &[u8], sealed: &GcmSealed) -> Result<Vec<u8>> {
+        self.with_session(|session| gcm::decrypt(&self.info.label, session, key, aad, sealed))
     }
 
     fn destroy(&self, object: ObjectRef) -> Result<()> {

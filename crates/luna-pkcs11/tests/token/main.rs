@@ -51,5 +51,6 @@ fn collect_all(token: &Pkcs11Token) -> Vec<luna_pkcs11::ObjectRef> {
     all
 }
 
+mod gcm;
 mod generation;
 mod rules_and_sessions;
