@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod request_id;
 pub mod server;
+pub mod sigv4;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

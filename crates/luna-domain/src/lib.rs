@@ -273,6 +273,7 @@ pub mod query;
 pub mod refresh;
 pub mod schedule;
 pub mod server;
+pub mod xks;
 
 pub use attribute::{Attribute, AttributeSet};
 pub use error::{DomainError, Result};

@@ -3,7 +3,7 @@
 //! `cargo bench -p luna-pkcs11 --bench token_baseline`.
 //!
 //! Sizes: LUNA_BENCH_AES (default 500), LUNA_BENCH_RSA (16), LUNA_BENCH_OBJECTS (10000),
-//! LUNA_BENCH_MEMORY_KEYS (5000).
+//! LUNA_BENCH_MEMORY_KEYS (5000), LUNA_BENCH_GCM (2000 AES-GCM calls).
 //! SoftHSM2 fills a token slowly (every call walks the token's objects), so the
 //! big token is built once and kept under `target/tmp/bench-softhsm/`; later
 //! runs copy it. Delete that folder to rebuild it.
@@ -165,6 +165,28 @@ fn main() {
         &ratio(rsa2t, rsa1),
     );
 
+    // AES-GCM through a token key, as an external key store's encrypts and
+    // decrypts run (a 32-byte data key under 64 bytes of additional data):
+    // the raw rate the XKS proxy (issue 30) is to be held against.
+    let gcm = count("LUNA_BENCH_GCM", 2000);
+    let key = one.generate(&request(Mechanism::AesKeyGen, 256)).unwrap().objects[0].handle;
+    for threads in [1, 8] {
+        let (encrypts, p50, p99) = gcm_calls(&one, key, threads, gcm, false);
+        line(
+            &format!("AES-GCM encrypts, {threads} thread(s) (n={gcm})"),
+            encrypts,
+            "calls/s",
+            &format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        );
+        let (decrypts, p50, p99) = gcm_calls(&one, key, threads, gcm, true);
+        line(
+            &format!("AES-GCM decrypts, {threads} thread(s) (n={gcm})"),
+            decrypts,
+            "calls/s",
+            &format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        );
+    }
+
     let big = if cached {
         open(module, &big_label)
     } else {
@@ -263,6 +285,46 @@ fn main() {
         "bytes",
         "",
     );
+}
+
+/// `n` AES-GCM encrypts (or decrypts of one sealed value) over `threads`
+/// threads: calls/s, and the p50 and p99 of one call, in ms.
+fn gcm_calls(
+    token: &Pkcs11Token,
+    key: ObjectRef,
+    threads: usize,
+    n: usize,
+    decrypt: bool,
+) -> (f64, f64, f64) {
+    let (data_key, aad) = ([7u8; 32], [9u8; 64]);
+    let sealed = token.encrypt_gcm(key, &aad, &data_key).unwrap();
+    let start = Instant::now();
+    let mut took: Vec<Duration> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let sealed = &sealed;
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|_| {
+                            let call = Instant::now();
+                            if decrypt {
+                                token.decrypt_gcm(key, &aad, sealed).unwrap();
+                            } else {
+                                token.encrypt_gcm(key, &aad, &data_key).unwrap();
+                            }
+                            call.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    let rate = per_second(n, start.elapsed());
+    took.sort_unstable();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)].as_secs_f64() * 1e3;
+    (rate, at(0.5), at(0.99))
 }
 
 /// This process's resident set (VmRSS), in bytes.
