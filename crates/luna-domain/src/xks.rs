@@ -4,7 +4,10 @@
 //! hold, the sizes of what is encrypted and decrypted, the additional data
 //! the token authenticates, and which keys answer as external keys and for
 //! what. No JSON, no base64, no HTTP: the edge decodes, this decides.
-//! (Issue 30's first pieces: the keystores and the routes are to come.)
+//! Keystores and their credentials: `keystore`. (Issue 30, in progress: the
+//! routes are to come.)
+
+pub mod keystore;
 
 use crate::attribute::Attribute;
 use crate::key::{Algorithm, Key, KeyStatus, ObjectType};

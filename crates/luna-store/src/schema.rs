@@ -180,6 +180,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    xks_keystores (id) {
+        id -> Text,
+        name -> Text,
+        uri_path_prefix -> Text,
+        region -> Text,
+        partition_id -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    xks_credentials (access_key_id) {
+        access_key_id -> Text,
+        keystore_id -> Text,
+        secret_ciphertext -> Binary,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     schedules (id) {
         id -> Text,
         name -> Text,
@@ -254,6 +276,7 @@ diesel::joinable!(partitions -> connections (connection_id));
 diesel::joinable!(connections -> hsm_servers (server_id));
 diesel::joinable!(keys -> partitions (partition_id));
 diesel::joinable!(running_jobs -> jobs (job_id));
+diesel::joinable!(xks_credentials -> xks_keystores (keystore_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 
@@ -271,6 +294,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     running_jobs,
     schedules,
+    xks_credentials,
+    xks_keystores,
     users,
     refresh_tokens,
     sessions,

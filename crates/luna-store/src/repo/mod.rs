@@ -12,6 +12,7 @@ pub mod partitions;
 pub mod schedules;
 pub mod servers;
 pub mod users;
+pub mod xks;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 

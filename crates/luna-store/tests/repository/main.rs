@@ -205,3 +205,4 @@ mod records;
 mod schedules;
 mod trail_and_backends;
 mod writes;
+mod xks;

@@ -1,0 +1,2 @@
+DROP TABLE xks_credentials;
+DROP TABLE xks_keystores;
