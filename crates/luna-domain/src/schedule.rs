@@ -231,12 +231,28 @@ impl Timetable {
                 return Err(DomainError::invalid("end_date must be after start_date"));
             }
         }
-        Ok(Timetable {
+        let timetable = Timetable {
             run_at: CronSchedule::parse(run_at)?,
             start,
             end,
             disabled,
-        })
+        };
+        // One that can never fire is refused, as an expression naming no
+        // date is: an operator would wait for it in vain.
+        let from = start.unwrap_or(OffsetDateTime::UNIX_EPOCH) - Duration::minutes(1);
+        if !disabled
+            && (Timetable {
+                disabled: false,
+                ..timetable.clone()
+            })
+            .next_after(from)
+            .is_none()
+        {
+            return Err(DomainError::invalid(format!(
+                "run_at {run_at:?} names no minute between start_date and end_date: it would never run"
+            )));
+        }
+        Ok(timetable)
     }
 
     /// The next firing after `now`, if the timetable has one.
@@ -261,6 +277,7 @@ impl Timetable {
             .next_after(from)
             .filter(|at| self.start.is_none_or(|start| *at >= start))
             .filter(|at| self.end.is_none_or(|end| *at <= end))
+            .filter(|at| YEARS.contains(&at.year()))
     }
 
     /// The firing to run now, if one fell due after `since` (the last

@@ -207,6 +207,10 @@ impl ScheduleRequest {
     fn run_on(&self) -> Result<Option<String>> {
         given(&self.run_on)
             .map(|name| {
+                // `ANY` is `any`, not an instance that would never come.
+                if name.eq_ignore_ascii_case(RUN_ON_ANY) {
+                    return Ok(RUN_ON_ANY.to_owned());
+                }
                 let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_:".contains(c);
                 if (1..=64).contains(&name.len()) && name.chars().all(allowed) {
                     Ok(name.to_owned())

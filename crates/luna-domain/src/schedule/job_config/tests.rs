@@ -58,6 +58,16 @@ fn a_create_takes_ciphertrusts_fields_and_defaults_the_rest() {
         ..request()
     };
     let schedule = terraform.create(Uuid::nil(), now()).unwrap();
+    let shouted = ScheduleRequest {
+        run_on: Some("ANY".into()),
+        ..request()
+    }
+    .create(Uuid::nil(), now())
+    .unwrap();
+    assert_eq!(
+        shouted.run_on, RUN_ON_ANY,
+        "ANY is any, not an instance that never comes"
+    );
     assert_eq!((schedule.timetable.start, schedule.timetable.end), (None, None));
     assert_eq!(schedule.job_type, JobType::HaSynchronize);
     assert_eq!(
@@ -259,6 +269,23 @@ fn every_bad_field_is_refused_with_a_sentence_naming_it() {
                 ..request()
             },
             "years 1970 to 9998",
+        ),
+        (
+            ScheduleRequest {
+                run_at: Some("0 2 * * sat".into()),
+                start_date: Some("2027-01-01T00:00:00Z".into()),
+                end_date: Some("2027-01-01T00:30:00Z".into()),
+                ..request()
+            },
+            "names no minute between start_date and end_date",
+        ),
+        (
+            ScheduleRequest {
+                run_at: Some("0 0 29 2 *".into()),
+                start_date: Some("9998-03-01T00:00:00Z".into()),
+                ..request()
+            },
+            "it would never run",
         ),
     ];
     for (bad, needle) in cases {
