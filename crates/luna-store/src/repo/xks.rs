@@ -16,39 +16,45 @@ use crate::repo::conflict_on_unique;
 use crate::schema::{xks_credentials, xks_keystores};
 use crate::{AuditEntry, Durability, Store};
 
-type KeystoreRow = (String, String, String, String, String, i64, i64);
 type CredentialRow = (String, i64, Option<i64>);
 
-const KEYSTORE_COLUMNS: (
-    xks_keystores::id,
-    xks_keystores::name,
-    xks_keystores::uri_path_prefix,
-    xks_keystores::region,
-    xks_keystores::partition_id,
-    xks_keystores::created_at,
-    xks_keystores::updated_at,
-) = (
-    xks_keystores::id,
-    xks_keystores::name,
-    xks_keystores::uri_path_prefix,
-    xks_keystores::region,
-    xks_keystores::partition_id,
-    xks_keystores::created_at,
-    xks_keystores::updated_at,
-);
+/// A keystore's row, read and written whole.
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = xks_keystores)]
+struct KeystoreRow {
+    id: String,
+    name: String,
+    uri_path_prefix: String,
+    region: String,
+    partition_id: String,
+    created_at: i64,
+    updated_at: i64,
+}
 
-fn keystore(
-    (id, name, uri_path_prefix, region, partition_id, created_at, updated_at): KeystoreRow,
-) -> Result<Keystore> {
-    Ok(Keystore {
-        id: uuid("keystore id", &id)?,
-        name,
-        uri_path_prefix,
-        region,
-        partition_id: uuid("keystore partition_id", &partition_id)?,
-        created_at: from_micros("keystore created_at", created_at)?,
-        updated_at: from_micros("keystore updated_at", updated_at)?,
-    })
+impl KeystoreRow {
+    fn from_domain(keystore: &Keystore) -> KeystoreRow {
+        KeystoreRow {
+            id: keystore.id.to_string(),
+            name: keystore.name.clone(),
+            uri_path_prefix: keystore.uri_path_prefix.clone(),
+            region: keystore.region.clone(),
+            partition_id: keystore.partition_id.to_string(),
+            created_at: micros(keystore.created_at),
+            updated_at: micros(keystore.updated_at),
+        }
+    }
+
+    fn into_domain(self) -> Result<Keystore> {
+        Ok(Keystore {
+            id: uuid("keystore id", &self.id)?,
+            name: self.name,
+            uri_path_prefix: self.uri_path_prefix,
+            region: self.region,
+            partition_id: uuid("keystore partition_id", &self.partition_id)?,
+            created_at: from_micros("keystore created_at", self.created_at)?,
+            updated_at: from_micros("keystore updated_at", self.updated_at)?,
+        })
+    }
 }
 
 fn credential((access_key_id, created_at, expires_at): CredentialRow) -> Result<Credential> {
@@ -91,18 +97,10 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<()> {
         let sealed = self.pins.seal(secret, &first.access_key_id)?;
-        let id = keystore.id.to_string();
+        let row = KeystoreRow::from_domain(keystore);
         self.write_with(Durability::Synced, |conn, pending| {
             diesel::insert_into(xks_keystores::table)
-                .values((
-                    xks_keystores::id.eq(&id),
-                    xks_keystores::name.eq(&keystore.name),
-                    xks_keystores::uri_path_prefix.eq(&keystore.uri_path_prefix),
-                    xks_keystores::region.eq(&keystore.region),
-                    xks_keystores::partition_id.eq(keystore.partition_id.to_string()),
-                    xks_keystores::created_at.eq(micros(keystore.created_at)),
-                    xks_keystores::updated_at.eq(micros(keystore.updated_at)),
-                ))
+                .values(&row)
                 .execute(conn)
                 .map_err(conflict_on_unique(|| {
                     format!(
@@ -110,8 +108,8 @@ impl Store {
                         keystore.name, keystore.uri_path_prefix
                     )
                 }))?;
-            insert_credential(conn, &id, first, &sealed)?;
-            pending.audit.push(audit.about(&id));
+            insert_credential(conn, &row.id, first, &sealed)?;
+            pending.audit.push(audit.about(&row.id));
             Ok(())
         })
     }
@@ -122,13 +120,13 @@ impl Store {
         self.read(|conn| {
             let Some(row) = xks_keystores::table
                 .find(&id)
-                .select(KEYSTORE_COLUMNS)
-                .first::<KeystoreRow>(conn)
+                .select(KeystoreRow::as_select())
+                .first(conn)
                 .optional()?
             else {
                 return Ok(None);
             };
-            Ok(Some((keystore(row)?, credentials_of(conn, &id)?)))
+            Ok(Some((row.into_domain()?, credentials_of(conn, &id)?)))
         })
     }
 
@@ -137,10 +135,10 @@ impl Store {
         self.read(|conn| {
             xks_keystores::table
                 .order((xks_keystores::created_at.asc(), xks_keystores::id.asc()))
-                .select(KEYSTORE_COLUMNS)
-                .load::<KeystoreRow>(conn)?
+                .select(KeystoreRow::as_select())
+                .load(conn)?
                 .into_iter()
-                .map(keystore)
+                .map(KeystoreRow::into_domain)
                 .collect()
         })
     }
@@ -150,10 +148,10 @@ impl Store {
         self.read(|conn| {
             xks_keystores::table
                 .filter(xks_keystores::uri_path_prefix.eq(uri_path_prefix))
-                .select(KEYSTORE_COLUMNS)
-                .first::<KeystoreRow>(conn)
+                .select(KeystoreRow::as_select())
+                .first(conn)
                 .optional()?
-                .map(keystore)
+                .map(KeystoreRow::into_domain)
                 .transpose()
         })
     }
