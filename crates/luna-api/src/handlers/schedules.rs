@@ -121,18 +121,21 @@ impl ScheduleBody {
     }
 }
 
-/// The status of the job each schedule's last run started, where it did.
+/// The job a schedule's last run started, if it started one.
+fn started_job(schedule: &Schedule) -> Option<Uuid> {
+    match schedule.last_run.as_ref().map(|r| &r.outcome) {
+        Some(RunOutcome::Started(job)) => Some(*job),
+        _ => None,
+    }
+}
+
+/// The status of the job each schedule's last run started, where it did
+/// (one query for them all).
 fn with_job_statuses(
     store: &Store,
     schedules: Vec<Schedule>,
 ) -> luna_store::Result<Vec<(Schedule, Option<JobStatus>)>> {
-    let started: Vec<Uuid> = schedules
-        .iter()
-        .filter_map(|s| match s.last_run.as_ref().map(|r| &r.outcome) {
-            Some(RunOutcome::Started(job)) => Some(*job),
-            _ => None,
-        })
-        .collect();
+    let started: Vec<Uuid> = schedules.iter().filter_map(started_job).collect();
     let statuses = if started.is_empty() {
         Vec::new()
     } else {
@@ -141,12 +144,8 @@ fn with_job_statuses(
     Ok(schedules
         .into_iter()
         .map(|s| {
-            let status = match s.last_run.as_ref().map(|r| &r.outcome) {
-                Some(RunOutcome::Started(job)) => {
-                    statuses.iter().find(|(id, _)| id == job).map(|(_, st)| *st)
-                }
-                _ => None,
-            };
+            let status =
+                started_job(&s).and_then(|job| statuses.iter().find(|(id, _)| *id == job).map(|(_, st)| *st));
             (s, status)
         })
         .collect())
@@ -225,13 +224,13 @@ pub async fn list_schedules(
 }
 
 /// Reads one schedule with its latest run's job status.
-async fn read_one(state: &AppState, id: Uuid) -> Result<(Schedule, Option<JobStatus>), ApiError> {
-    let store = state.store.clone();
-    blocking(move || {
-        let schedule = store.get_schedule(id)?.ok_or_else(|| not_found("schedule", id))?;
-        Ok(with_job_statuses(&store, vec![schedule])?.remove(0))
-    })
-    .await
+/// One schedule with its last run's job status.
+fn with_job_status(store: &Store, schedule: Schedule) -> luna_store::Result<(Schedule, Option<JobStatus>)> {
+    let status = match started_job(&schedule) {
+        Some(job) => store.job_statuses(&[job])?.first().map(|(_, status)| *status),
+        None => None,
+    };
+    Ok((schedule, status))
 }
 
 /// One schedule, with its next firing and its latest run.
@@ -244,7 +243,12 @@ pub async fn get_schedule(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("schedule", &id)?;
-    let shown = read_one(&state, id).await?;
+    let store = state.store.clone();
+    let shown = blocking(move || {
+        let schedule = store.get_schedule(id)?.ok_or_else(|| not_found("schedule", id))?;
+        Ok(with_job_status(&store, schedule)?)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(answer(&state, &shown)))
 }
 
@@ -265,17 +269,18 @@ pub async fn update_schedule(
     let request = body.into_inner().into_request()?;
     let store = state.store.clone();
     let record = audit.change(200);
-    blocking(move || {
+    // The schedule as changed (the store's own read), not read again.
+    let shown = blocking(move || {
         named_partitions_exist(&store, &request)?;
         let change = |stored: &Schedule| request.clone().change(stored, luna_store::now());
-        store
+        let changed = store
             .update_schedule(id, change, &record)?
-            .ok_or_else(|| not_found("schedule", id))
+            .ok_or_else(|| not_found("schedule", id))?;
+        Ok(with_job_status(&store, changed)?)
     })
     .await?;
     audit.written();
     state.runner.schedules_changed();
-    let shown = read_one(&state, id).await?;
     Ok(HttpResponse::Ok().json(answer(&state, &shown)))
 }
 
