@@ -11,6 +11,8 @@ use super::*;
 pub const GCM_IV_BYTES: usize = 12;
 /// The tag a GCM encryption answers, in bytes.
 pub const GCM_TAG_BYTES: usize = 16;
+/// The same, in bits, as `CK_GCM_PARAMS` takes it.
+const TAG_BITS: u64 = GCM_TAG_BYTES as u64 * 8;
 
 /// What an AES-GCM encryption made.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,8 +66,7 @@ pub(super) fn encrypt(
         .generate_random_vec(GCM_IV_BYTES as u32)
         .map_err(call("C_GenerateRandom"))?;
     let drawn = iv.clone();
-    let params =
-        GcmParams::new(&mut iv, aad, (GCM_TAG_BYTES as u64 * 8).into()).map_err(call("C_EncryptInit"))?;
+    let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(call("C_EncryptInit"))?;
     let mut sealed = session
         .encrypt(&CkMechanism::AesGcm(params), handle, plaintext)
         .map_err(refusal(token, "C_Encrypt", key))?;
@@ -97,8 +98,7 @@ pub(super) fn decrypt(
 ) -> Result<Vec<u8>> {
     let handle = session.current(key)?.handle();
     let mut iv = sealed.iv.clone();
-    let params =
-        GcmParams::new(&mut iv, aad, (GCM_TAG_BYTES as u64 * 8).into()).map_err(call("C_DecryptInit"))?;
+    let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(call("C_DecryptInit"))?;
     let mut input = Vec::with_capacity(sealed.ciphertext.len() + sealed.tag.len());
     input.extend_from_slice(&sealed.ciphertext);
     input.extend_from_slice(&sealed.tag);
