@@ -1,7 +1,8 @@
 //! Firing schedules: each instance looks for firings due, and handles each
 //! through luna-store's compare-and-set, so one instance alone starts its
 //! job (or records it skipped or failed). The loop sleeps until the next
-//! firing any schedule has, or until a change to the schedules wakes it.
+//! firing of the schedules this instance fires (`run_on`), 15 s at most, or
+//! until a change to the schedules here wakes it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -113,17 +114,17 @@ impl Runner {
                 Ok::<_, RunnerError>((full, next))
             })
             .await;
+            let looked = match looked {
+                Ok(result) => result.map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
             let wait = match looked {
-                Ok(Ok((true, _))) => StdDuration::ZERO,
+                Ok((true, _)) => StdDuration::ZERO,
                 // Past (a firing the database failed): the next look in full.
-                Ok(Ok((false, next))) => next
+                Ok((false, next)) => next
                     .map(|at| at - luna_store::now())
                     .and_then(|wait| StdDuration::try_from(wait).ok())
                     .map_or(LOOK_AT_LEAST_EVERY, |wait| wait.min(LOOK_AT_LEAST_EVERY)),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "firing schedules failed; trying again");
-                    LOOK_AT_LEAST_EVERY
-                }
                 Err(error) => {
                     tracing::warn!(%error, "firing schedules failed; trying again");
                     LOOK_AT_LEAST_EVERY
