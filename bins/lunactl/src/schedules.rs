@@ -51,6 +51,11 @@ pub(crate) fn run(client: &mut Client, command: SchedulesCommand, format: Format
             fields,
             disabled,
         } => {
+            if !fields.all && fields.partitions.is_empty() {
+                anyhow::bail!(
+                    "give --all (every partition when it fires) or --partition ID (repeat for more)"
+                );
+            }
             let mut body = body(fields);
             body.insert("name".into(), json!(name));
             body.insert("operation".into(), json!("cckm_synchronization"));

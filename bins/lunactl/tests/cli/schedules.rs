@@ -90,7 +90,10 @@ fn schedules_are_made_listed_changed_disabled_and_deleted() {
     );
     let neither = user.run(&["schedules", "create", "--name", "bad", "--run-at", "0 2 * * *"]);
     assert!(
-        !neither.ok && neither.stderr.contains("cckm_synchronization_params is needed"),
+        !neither.ok
+            && neither
+                .stderr
+                .contains("give --all (every partition when it fires) or --partition ID"),
         "{}",
         neither.stderr
     );
