@@ -117,6 +117,12 @@ pub struct Settings {
     /// The certificate's private key (PEM); only its owner may read it.
     #[arg(long, env = "LUNA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that AWS KMS's client certificates chain to:
+    /// XKS proxy calls are then taken only over mutual TLS. Other clients
+    /// connect without a certificate as before; one that presents a
+    /// certificate not from these CAs fails the handshake.
+    #[arg(long, env = "LUNA_XKS_CLIENT_CA", conflicts_with = "insecure_http")]
+    pub xks_client_ca: Option<PathBuf>,
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long, env = "LUNA_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     pub insecure_http: bool,

@@ -192,6 +192,7 @@ fn resource_type(route: &str) -> &'static str {
         ("/api/v1/cckm/hsm/luna/synchronize", "synchronize_job"),
         ("/api/v1/cckm/hsm/luna/{id}/delete", "key"),
         ("/api/v1/audit/", "audit_trail"),
+        ("/api/v1/xks/keystores", "xks_keystore"),
     ];
     KINDS
         .iter()

@@ -27,5 +27,6 @@ pub mod testing;
 pub mod throttle;
 pub mod tls;
 pub mod view;
+pub mod xks;
 
 pub use error::ApiError;

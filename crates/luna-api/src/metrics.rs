@@ -10,6 +10,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 #[derive(Debug)]
 pub struct EdgeMetrics {
     requests: HistogramVec,
+    xks_calls: HistogramVec,
     audit_forwarded: IntCounterVec,
     audit_forward_failures: IntCounterVec,
     audit_forward_lag: IntGaugeVec,
@@ -27,6 +28,16 @@ impl EdgeMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             &["route", "method", "status"],
+        )?)?;
+        let xks_calls = metrics.register(HistogramVec::new(
+            HistogramOpts::new(
+                "luna_xks_call_duration_seconds",
+                "XKS proxy calls by keystore, call (GetHealthStatus, GetKeyMetadata, Encrypt, Decrypt) and outcome (ok, or the spec's errorName)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["keystore", "call", "outcome"],
         )?)?;
         let audit_forwarded = metrics.register(IntCounterVec::new(
             Opts::new(
@@ -51,6 +62,7 @@ impl EdgeMetrics {
         )?)?;
         Ok(Arc::new(EdgeMetrics {
             requests,
+            xks_calls,
             audit_forwarded,
             audit_forward_failures,
             audit_forward_lag,
@@ -60,6 +72,12 @@ impl EdgeMetrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .with_label_values(&[route, method, &status.to_string()])
+            .observe(seconds);
+    }
+
+    pub fn observe_xks(&self, keystore: &str, call: &str, outcome: &str, seconds: f64) {
+        self.xks_calls
+            .with_label_values(&[keystore, call, outcome])
             .observe(seconds);
     }
 

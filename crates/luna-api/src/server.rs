@@ -17,7 +17,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::{hash_password, Auth};
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, connections, health, jobs, keys, partitions, schedules, servers, users};
+use crate::handlers::{
+    audit, auth, connections, health, jobs, keys, keystores, partitions, schedules, servers, users,
+};
 use crate::state::AppState;
 use crate::view::Tenancy;
 use luna_runner::tokens::OpenTokens;
@@ -110,7 +112,12 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(schedules::list_schedules)
         .service(schedules::get_schedule)
         .service(schedules::update_schedule)
-        .service(schedules::delete_schedule);
+        .service(schedules::delete_schedule)
+        .service(keystores::create_keystore)
+        .service(keystores::list_keystores)
+        .service(keystores::get_keystore)
+        .service(keystores::rotate_credential)
+        .service(keystores::delete_keystore);
 }
 
 /// Every malformed body becomes a 400 with a sentence.
@@ -175,6 +182,9 @@ pub struct Config {
     pub tenancy: Tenancy,
     pub runner: RunnerSettings,
     pub tls: Option<rustls::ServerConfig>,
+    /// `tls` asks clients for certificates (`--xks-client-ca`): XKS calls
+    /// without one are refused.
+    pub xks_mutual_tls: bool,
     pub http_workers: usize,
     /// A request not answered within this (its body trickled in, say) ends
     /// 408 and its connection closes: no client holds a socket for ever.
@@ -288,6 +298,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         sessions: web::Data::new(crate::auth::LiveSessions::default()),
         stuck: runner.stuck_operations(),
         runner: Arc::clone(&runner),
+        xks_handles: Arc::default(),
+        xks_mutual_tls: config.xks_mutual_tls,
     });
     let request_deadline = config.request_deadline;
     // What the auth check reads, apart from the rest of the state.
@@ -320,8 +332,23 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
             .wrap(middleware::NormalizePath::trim())
             .configure(|cfg| routes(&mut ServiceConfig::new(cfg)))
+            // The XKS proxy API: its own routes, errors and authentication,
+            // outside the document.
+            .service(crate::xks::health)
+            .service(crate::xks::key_call)
+            .service(crate::xks::not_post)
             .configure(crate::console::routes)
             .default_service(web::to(no_route))
+    })
+    // A connection whose client certificate the TLS layer checked is marked
+    // so (its XKS calls are let through when mutual TLS is on).
+    .on_connect(|connection, data| {
+        type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+        if let Some(tls) = connection.downcast_ref::<Tls>() {
+            if tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                data.insert(crate::state::ClientCertified);
+            }
+        }
     })
     .workers(config.http_workers.max(1))
     // Lets requests in flight finish on shutdown.

@@ -9,6 +9,18 @@ use crate::auth::Auth;
 use crate::view::Tenancy;
 use luna_runner::tokens::OpenTokens;
 
+/// Object handles of external keys, by key and member serial number: an
+/// XKS call finds its key's object once, not at every call. A handle that
+/// fails is looked up again (the module re-initialised, the key replaced).
+#[derive(Debug, Default)]
+pub struct KeyHandles(
+    pub parking_lot::Mutex<std::collections::HashMap<(uuid::Uuid, String), luna_pkcs11::ObjectRef>>,
+);
+
+/// Marks a connection whose client certificate the TLS layer checked.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertified;
+
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
@@ -37,4 +49,8 @@ pub struct AppState {
     /// The operation runner: a create claims its operation for this
     /// instance as it is accepted, when there is room (`Runner::admit`).
     pub runner: Arc<luna_runner::Runner>,
+    /// The object handles of the external keys XKS calls used.
+    pub xks_handles: Arc<KeyHandles>,
+    /// XKS calls must come over a connection with a client certificate.
+    pub xks_mutual_tls: bool,
 }

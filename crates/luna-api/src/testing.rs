@@ -183,6 +183,7 @@ impl Api {
             tenancy: Tenancy::default(),
             runner,
             tls: None,
+            xks_mutual_tls: false,
             http_workers: 2,
             request_deadline: REQUEST_DEADLINE,
             token_opener,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 fn invalid(message: String) -> io::Error {
@@ -68,21 +69,100 @@ impl ServerCert {
         Ok(())
     }
 
-    /// A rustls configuration that serves this certificate as it is at each handshake.
-    pub fn server_config(self: &Arc<Self>) -> io::Result<rustls::ServerConfig> {
-        Ok(
-            rustls::ServerConfig::builder_with_provider(Arc::clone(&self.provider))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| invalid(e.to_string()))?
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>),
-        )
+    /// A rustls configuration that serves this certificate as it is at each
+    /// handshake. With `client_ca` (PEM), a client certificate is asked for:
+    /// one that does not chain to those CAs ends the handshake; a client
+    /// that sends none is let in (the CCKM API's clients), and XKS calls
+    /// refuse it (luna-api `xks`).
+    pub fn server_config(self: &Arc<Self>, client_ca: Option<&Path>) -> io::Result<rustls::ServerConfig> {
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => builder.with_client_cert_verifier(client_verifier(path, &self.provider)?),
+        };
+        Ok(builder.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>))
     }
 }
 
 impl ResolvesServerCert for ServerCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current.read()))
+    }
+}
+
+/// Checks client certificates against the CAs in `path`, letting in a
+/// client that sends none.
+fn client_verifier(path: &Path, provider: &Arc<CryptoProvider>) -> io::Result<Arc<dyn ClientCertVerifier>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(invalid(format!("{} holds no CA certificate", path.display())));
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    Ok(Arc::new(HandshakeFailure(verifier)))
+}
+
+/// A client certificate refused ends the handshake with a
+/// `handshake_failure` alert, whatever was wrong with it (unknown issuer,
+/// expired): the alert AWS's XKS test client expects, and one that tells a
+/// prober nothing.
+#[derive(Debug)]
+struct HandshakeFailure(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for HandshakeFailure {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| rustls::Error::General(format!("client certificate refused: {e}")))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 
@@ -120,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         ensure_self_signed(&cert, &key).unwrap();
-        assert!(ServerCert::load(&cert, &key).unwrap().server_config().is_ok());
+        assert!(ServerCert::load(&cert, &key).unwrap().server_config(None).is_ok());
         // The certificate given as the key: a sentence naming the file.
         let error = ServerCert::load(&cert, &cert).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);

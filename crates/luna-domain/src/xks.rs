@@ -416,5 +416,21 @@ impl ExternalKey {
     }
 }
 
+impl ExternalKey {
+    /// Whether an Encrypt may answer `ciphertextDataIntegrityValue`: the
+    /// proxy vouches for the ciphertext only once it has decrypted it
+    /// (the spec's advice), so the key must allow DECRYPT too.
+    pub fn allows_integrity_value(&self) -> Result<(), XksError> {
+        if self.key_usage.contains(&"DECRYPT") {
+            Ok(())
+        } else {
+            Err(XksError::new(
+                XksErrorName::InvalidKeyUsage,
+                "ciphertextDataIntegrityValue is given only for what the proxy has decrypted again, and the key does not allow DECRYPT (CKA_DECRYPT is false)",
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

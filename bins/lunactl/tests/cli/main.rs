@@ -101,9 +101,10 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
         tls: Some(
             luna_api::tls::ServerCert::load(&cert, &key)
                 .unwrap()
-                .server_config()
+                .server_config(None)
                 .unwrap(),
         ),
+        xks_mutual_tls: false,
         http_workers: 1,
         request_deadline: luna_api::testing::REQUEST_DEADLINE,
         audit_sinks: Vec::new(),

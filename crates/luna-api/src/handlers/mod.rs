@@ -7,6 +7,7 @@ pub mod connections;
 pub mod health;
 pub mod jobs;
 pub mod keys;
+pub mod keystores;
 pub mod partitions;
 pub mod schedules;
 pub mod servers;

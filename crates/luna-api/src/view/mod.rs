@@ -89,17 +89,21 @@ mod accounts;
 mod health;
 mod jobs;
 mod keys;
+mod keystores;
 mod partitions;
 mod schedules;
 mod servers;
+mod xks;
 
 pub use accounts::*;
 pub use health::*;
 pub use jobs::*;
 pub use keys::*;
+pub use keystores::*;
 pub use partitions::*;
 pub use schedules::*;
 pub use servers::*;
+pub use xks::*;
 
 /// The contract's list envelope.
 #[derive(Debug, Serialize, ToSchema)]

@@ -371,7 +371,8 @@ on_both_backends! {
         use luna_api::auth::Role::{Administer, Manage, Read};
         let callers = [("admin", &api.token, [true, true, true]), ("CCKM Admins", &manager, [true, true, false]), ("CCKM Users", &reader, [true, false, false]), ("no group", &outsider, [false, false, false])];
         // Every protected operation of the document, with the role the groups
-        // are named for: users, connections and the audit trail are the admin
+        // are named for: users, connections, the audit trail and XKS
+        // keystores (whose credentials open every external key) are the admin
         // group's; reading keys, partitions and jobs every CCKM group's;
         // changing them the admin and CCKM Admins groups'.
         let doc = luna_api::server::document_json();
@@ -385,7 +386,7 @@ on_both_backends! {
                 // Logging out is every logged-in user's (their own sessions).
                 let role = if path.starts_with("/auth/") {
                     None
-                } else if ["/usermgmt/", "/connectionmgmt/", "/audit/"].iter().any(|p| path.starts_with(p)) {
+                } else if ["/usermgmt/", "/connectionmgmt/", "/audit/", "/xks/"].iter().any(|p| path.starts_with(p)) {
                     Some(Administer)
                 } else if method == "get" {
                     Some(Read)

@@ -144,6 +144,19 @@ impl Credential {
     }
 }
 
+/// The overlap a rotation asks for, in hours ([`DEFAULT_OVERLAP`] when
+/// absent; at most [`MAX_OVERLAP`]).
+pub fn overlap_of(hours: Option<u32>) -> Result<Duration> {
+    let overlap = hours.map_or(DEFAULT_OVERLAP, |h| Duration::hours(i64::from(h)));
+    if overlap > MAX_OVERLAP {
+        return Err(DomainError::invalid(format!(
+            "overlap_hours must be at most {}",
+            MAX_OVERLAP.whole_hours()
+        )));
+    }
+    Ok(overlap)
+}
+
 /// When the credentials of a keystore that are still valid stop being
 /// taken, once a new one is made at `now`: after `overlap` (at most
 /// [`MAX_OVERLAP`]), or sooner if they were to expire sooner. Only the

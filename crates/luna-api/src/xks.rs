@@ -1,0 +1,699 @@
+//! The AWS KMS external key store proxy API, version 1
+//! (`aws/aws-kms-xksproxy-api-spec`): `POST /{uri_path_prefix}/kms/xks/v1/`
+//! `health` and `keys/{externalKeyId}/{metadata,encrypt,decrypt}`, each signed
+//! with SigV4 by a keystore's credential, answered in the spec's JSON and
+//! error names (not the CCKM API's: these routes are outside its document).
+//! The rules are luna-domain `xks`'s; the cipher is the token's AES-GCM
+//! through the keystore's partition (any reachable member of an HA group).
+//! Every call is audited (who from the spec's `requestMetadata`, never
+//! plaintext) and timed in `/metrics`.
+
+mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{post, route, web, HttpRequest, HttpResponse};
+use luna_domain::xks::keystore::Keystore;
+use luna_domain::xks::{
+    gcm_aad, integrity_input, ExternalKey, RequestMetadata, XksCall, XksError, XksErrorName,
+    CIPHERTEXT_METADATA_V1,
+};
+use luna_domain::{Key, Partition};
+use luna_pkcs11::{GcmSealed, ObjectRef, Token, TokenError};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::audit::RequestAudit;
+use crate::sigv4::{self, ArrivedRequest};
+use crate::state::{AppState, ClientCertified, KeyHandles};
+use crate::view::{
+    EkmMemberView, XksAnswer, XksDecryptedView, XksEncryptedView, XksErrorView, XksHealthView,
+    XksKeyMetadataView,
+};
+
+/// The service name KMS signs its calls to a proxy with.
+pub const SIGV4_SERVICE: &str = "kms-xks-proxy";
+
+/// The largest body taken: the spec's largest plaintext and additional
+/// data, base64, with room for the metadata.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a token call may take before the call is answered as the
+/// spec's retryable `DependencyTimeoutException` (KMS itself gives up after
+/// 250 ms): a token that hangs never holds the caller.
+const TOKEN_DEADLINE: Duration = Duration::from_secs(2);
+
+// The routes' prefix is `{prefix}`: empty, or segments of the spec's
+// characters, each followed by `/`.
+
+/// GetHealthStatus.
+#[post("/{prefix:(?:[A-Za-z0-9_/-]+/)?}kms/xks/v1/health")]
+pub async fn health(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    serve(state, req, payload, XksCall::GetHealthStatus).await
+}
+
+/// GetKeyMetadata, Encrypt and Decrypt.
+#[post("/{prefix:(?:[A-Za-z0-9_/-]+/)?}kms/xks/v1/keys/{key_id}/{call:metadata|encrypt|decrypt}")]
+pub async fn key_call(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let call = match req.match_info().get("call") {
+        Some("metadata") => XksCall::GetKeyMetadata,
+        Some("encrypt") => XksCall::Encrypt,
+        _ => XksCall::Decrypt,
+    };
+    serve(state, req, payload, call).await
+}
+
+/// The API is POST only.
+#[route(
+    "/{prefix:(?:[A-Za-z0-9_/-]+/)?}kms/xks/v1/{call:health|keys/[^/]+/(?:metadata|encrypt|decrypt)}",
+    method = "GET",
+    method = "HEAD",
+    method = "PUT",
+    method = "PATCH",
+    method = "DELETE",
+    method = "OPTIONS"
+)]
+pub async fn not_post(req: HttpRequest) -> HttpResponse {
+    let error = XksError::new(
+        XksErrorName::Validation,
+        format!(
+            "{} is not taken here; the XKS proxy API is POST only",
+            req.method()
+        ),
+    );
+    HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "POST"))
+        .json(XksErrorView::new(&error))
+}
+
+/// A refusal in the spec's shape, with its status.
+fn refusal(error: &XksError) -> HttpResponse {
+    HttpResponse::build(
+        StatusCode::from_u16(error.name.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    )
+    .json(XksErrorView::new(error))
+}
+
+/// Who called, as far as the call got to know: for its audit record and
+/// its figures.
+#[derive(Default)]
+struct Identified {
+    keystore: Option<Keystore>,
+    /// The credential the signature was checked with.
+    access_key_id: String,
+    metadata: RequestMetadata,
+    /// The key the path names, once the caller is known.
+    key_id: Option<String>,
+}
+
+/// One call and who made it.
+struct Called {
+    call: XksCall,
+    identified: Identified,
+}
+
+fn call_name(call: XksCall) -> &'static str {
+    match call {
+        XksCall::GetHealthStatus => "GetHealthStatus",
+        XksCall::GetKeyMetadata => "GetKeyMetadata",
+        XksCall::Encrypt => "Encrypt",
+        XksCall::Decrypt => "Decrypt",
+    }
+}
+
+/// One call: answered, audited and counted, whatever its outcome.
+async fn serve(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    call: XksCall,
+) -> HttpResponse {
+    let started = Instant::now();
+    let mut called = Called {
+        call,
+        identified: Identified::default(),
+    };
+    let answered = answer(&state, &req, payload, &mut called).await;
+    let outcome = match &answered {
+        Ok(_) => "ok",
+        Err(error) => error.name.as_str(),
+    };
+    state.edge_metrics.observe_xks(
+        called
+            .identified
+            .keystore
+            .as_ref()
+            .map_or("-", |k| k.name.as_str()),
+        call_name(call),
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
+    let status = match &answered {
+        Ok(_) => 200,
+        Err(error) => error.name.status(),
+    };
+    audit(&state, &req, &called, status, outcome).await;
+    match answered {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(error) => {
+            if error.name == XksErrorName::Internal {
+                tracing::error!(message = %error.message, call = call_name(call), "an XKS call failed");
+            }
+            refusal(&error)
+        }
+    }
+}
+
+/// The call's audit record, written with the next synced commit (as every
+/// refusal's is): the keystore's credential as the user id, the AWS
+/// principal as the name, KMS's request id as the request's (so that the
+/// trail meets CloudTrail's), the key, and the outcome with its error name.
+async fn audit(state: &AppState, req: &HttpRequest, called: &Called, status: u16, outcome: &str) {
+    let request = RequestAudit::of(req);
+    let mut entry = request.entry(req, status.to_string());
+    request.mark_written();
+    let called_by = &called.identified;
+    entry.user_id = called_by.access_key_id.clone();
+    entry.username = called_by
+        .metadata
+        .aws_principal_arn
+        .clone()
+        .unwrap_or_else(|| "-".to_owned());
+    entry.action = format!("xks {}", call_name(called.call));
+    (entry.resource_type, entry.resource_id) = match (&called_by.key_id, &called_by.keystore) {
+        (Some(key), _) => ("key".to_owned(), key.clone()),
+        (None, Some(keystore)) => ("xks_keystore".to_owned(), keystore.id.to_string()),
+        (None, None) => ("xks_keystore".to_owned(), "-".to_owned()),
+    };
+    if outcome != "ok" {
+        entry.outcome = format!("{status} {outcome}");
+    }
+    if let Some(id) = called_by
+        .metadata
+        .kms_request_id
+        .as_deref()
+        .filter(|id| plain_id(id))
+    {
+        entry.request_id = id.to_owned();
+    }
+    crate::audit::record(&state.store, entry).await;
+}
+
+/// KMS's request ids and external key ids are plain (UUIDs, the spec's
+/// characters): what a client put in a body or path enters the trail only
+/// if it is (a request id that is not keeps the request's own).
+fn plain_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// The call, up to the body of its answer.
+async fn answer(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    called: &mut Called,
+) -> Result<XksAnswer, XksError> {
+    if state.xks_mutual_tls && req.conn_data::<ClientCertified>().is_none() {
+        return Err(XksError::new(
+            XksErrorName::AuthenticationFailed,
+            "this proxy takes XKS calls only over mutual TLS: the connection must present a client certificate",
+        ));
+    }
+    let body = match payload.to_bytes_limited(BODY_LIMIT).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return Err(XksError::new(
+                XksErrorName::Validation,
+                format!("the request body is larger than {} KiB", BODY_LIMIT / 1024),
+            ))
+        }
+        Err(error) => {
+            return Err(XksError::new(
+                XksErrorName::Validation,
+                format!("the request body could not be read: {error}"),
+            ))
+        }
+    };
+    let prefix = req
+        .match_info()
+        .get("prefix")
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
+    let key_id = req.match_info().get("key_id").map(str::to_owned);
+    let arrived = Arrived::of(req, body.to_vec());
+    let store = state.store.clone();
+    let call = called.call;
+    let (identified, checked) = web::block(move || {
+        let mut identified = Identified::default();
+        let checked = authenticated(&store, &prefix, &arrived, key_id, call, &mut identified);
+        (identified, checked)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let error = XksError::new(XksErrorName::Internal, "the call could not be run");
+        (Identified::default(), Err(error))
+    });
+    called.identified = identified;
+    let Checked { body, target } = checked?;
+    let Some(keystore) = called.identified.keystore.clone() else {
+        return Err(XksError::new(
+            XksErrorName::Internal,
+            "the call lost its key store",
+        ));
+    };
+    let Some((key, external, partition)) = target else {
+        return Ok(XksAnswer::Health(health_body(state, &keystore).await));
+    };
+    match call {
+        XksCall::GetKeyMetadata | XksCall::GetHealthStatus => {
+            Ok(XksAnswer::KeyMetadata(XksKeyMetadataView::new(&external)))
+        }
+        XksCall::Encrypt => encrypt(state, key, &external, partition, &body).await,
+        XksCall::Decrypt => decrypt(state, key, partition, &body).await,
+    }
+}
+
+/// The parts of a request SigV4 signs, copied for the blocking pool.
+struct Arrived {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Arrived {
+    fn of(req: &HttpRequest, body: Vec<u8>) -> Arrived {
+        Arrived {
+            method: req.method().to_string(),
+            // As the client sent it: NormalizePath may have merged slashes
+            // the client signed.
+            path: req.uri().path().to_owned(),
+            query: req.query_string().to_owned(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        }
+    }
+}
+
+/// A call whose keystore, signature, metadata and key are good.
+struct Checked {
+    body: Vec<u8>,
+    /// The key, what it may do, and its partition (none for health).
+    target: Option<(Key, ExternalKey, Partition)>,
+}
+
+/// The keystore at `prefix`, the signature checked against its valid
+/// credentials, the metadata the call needs, and the key it names in the
+/// keystore's partition: each refusal the spec's, in the spec's order.
+/// What is known of the caller on the way is left in `identified`, for the
+/// call's audit record, whatever the outcome.
+fn authenticated(
+    store: &luna_store::Store,
+    prefix: &str,
+    arrived: &Arrived,
+    key_id: Option<String>,
+    call: XksCall,
+    identified: &mut Identified,
+) -> Result<Checked, XksError> {
+    let unavailable = |error: luna_store::StoreError| {
+        tracing::error!(%error, "an XKS call could not read the database");
+        XksError::new(
+            XksErrorName::DependencyTimeout,
+            "the service's database did not answer; try again",
+        )
+    };
+    let keystore = store.keystore_at(prefix).map_err(unavailable)?.ok_or_else(|| {
+        XksError::new(
+            XksErrorName::InvalidUriPath,
+            format!("no external key store is served at /{prefix}"),
+        )
+    })?;
+    identified.keystore = Some(keystore.clone());
+    let now = luna_store::now();
+    let request = ArrivedRequest {
+        method: &arrived.method,
+        path: &arrived.path,
+        query: &arrived.query,
+        headers: &arrived.headers,
+        body: &arrived.body,
+    };
+    let mut read_failed = None;
+    let verified = sigv4::verify(
+        &request,
+        &keystore.region,
+        SIGV4_SERVICE,
+        now,
+        |access_key_id| match store.credential_secret(keystore.id, access_key_id, now) {
+            Ok(secret) => secret.into_iter().collect(),
+            Err(error) => {
+                read_failed = Some(error);
+                Vec::new()
+            }
+        },
+    );
+    if let Some(error) = read_failed {
+        return Err(unavailable(error));
+    }
+    identified.access_key_id =
+        verified.map_err(|refused| XksError::new(XksErrorName::AuthenticationFailed, refused.to_string()))?;
+    let metadata = wire::metadata(&arrived.body)?;
+    metadata.check(call)?;
+    identified.metadata = metadata;
+    identified.key_id = key_id.clone().filter(|id| plain_id(id));
+    let target = match key_id {
+        None => None,
+        Some(key_id) => Some(external_key(store, &keystore, &key_id).map_err(|e| match e {
+            Lookup::Refused(error) => error,
+            Lookup::Store(error) => unavailable(error),
+        })?),
+    };
+    if let Some((_, external, _)) = &target {
+        external.allows(call)?;
+    }
+    Ok(Checked {
+        body: arrived.body.clone(),
+        target,
+    })
+}
+
+enum Lookup {
+    Refused(XksError),
+    Store(luna_store::StoreError),
+}
+
+impl From<luna_store::StoreError> for Lookup {
+    fn from(error: luna_store::StoreError) -> Lookup {
+        Lookup::Store(error)
+    }
+}
+
+/// The key `key_id` names, if it is an external key of the keystore's
+/// partition: a key of another partition, forgotten by the service or
+/// destroyed, is not found.
+fn external_key(
+    store: &luna_store::Store,
+    keystore: &Keystore,
+    key_id: &str,
+) -> Result<(Key, ExternalKey, Partition), Lookup> {
+    let not_found = || {
+        Lookup::Refused(XksError::new(
+            XksErrorName::KeyNotFound,
+            format!("no external key {key_id:?} is in this key store's partition"),
+        ))
+    };
+    let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
+    let key = store.get_key(id)?.ok_or_else(not_found)?;
+    if key.partition_id != keystore.partition_id {
+        return Err(not_found());
+    }
+    let external = ExternalKey::of(&key).map_err(Lookup::Refused)?;
+    let partition = store.get_partition(keystore.partition_id)?.ok_or_else(|| {
+        Lookup::Refused(XksError::new(
+            XksErrorName::KeyNotFound,
+            "the key store's partition is no longer registered with the service",
+        ))
+    })?;
+    Ok((key, external, partition))
+}
+
+/// A token's refusal as the spec names it; a token away, or not answering
+/// in time, is the retryable `DependencyTimeoutException`.
+fn token_refusal(error: &TokenError) -> XksError {
+    match error {
+        TokenError::KeyUseNotPermitted { function, .. } => XksError::new(
+            XksErrorName::InvalidKeyUsage,
+            format!("the HSM does not allow the key to be used for {function}"),
+        ),
+        TokenError::NotAuthentic => XksError::new(
+            XksErrorName::InvalidCiphertext,
+            "the ciphertext, its IV, tag, metadata or additional data is not what was encrypted",
+        ),
+        TokenError::MechanismUnsupported { .. } => XksError::new(
+            XksErrorName::UnsupportedOperation,
+            "the HSM partition has no AES-GCM (CKM_AES_GCM)",
+        ),
+        other if other.is_transient() => XksError::new(
+            XksErrorName::DependencyTimeout,
+            "the HSM partition did not answer; try again",
+        ),
+        other => XksError::new(
+            XksErrorName::Internal,
+            format!("the HSM refused the call ({})", other.code()),
+        ),
+    }
+}
+
+/// Runs `work` with the key's object on the first member of the partition
+/// that answers: a member away is passed over, so an HA group answers
+/// while any member does. Bounded by `TOKEN_DEADLINE`.
+async fn on_token<T: Send + 'static>(
+    state: &web::Data<AppState>,
+    key: Key,
+    partition: Partition,
+    work: impl Fn(&dyn Token, ObjectRef) -> luna_pkcs11::Result<T> + Send + 'static,
+) -> Result<T, XksError> {
+    let tokens = Arc::clone(&state.tokens);
+    let handles = state.xks_handles.clone();
+    let run = web::block(move || on_members(&tokens, &handles, &key, &partition, &work));
+    match tokio::time::timeout(TOKEN_DEADLINE, run).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(_)) => Err(XksError::new(XksErrorName::Internal, "the call could not be run")),
+        Err(_) => Err(XksError::new(
+            XksErrorName::DependencyTimeout,
+            format!(
+                "the HSM partition did not answer within {} s; try again",
+                TOKEN_DEADLINE.as_secs()
+            ),
+        )),
+    }
+}
+
+fn on_members<T>(
+    tokens: &luna_runner::OpenTokens,
+    handles: &KeyHandles,
+    key: &Key,
+    partition: &Partition,
+    work: &dyn Fn(&dyn Token, ObjectRef) -> luna_pkcs11::Result<T>,
+) -> Result<T, XksError> {
+    // Why a member could not be asked (away, failing): then a key no member
+    // answered for may yet be on it, and the call is to be retried.
+    let mut unasked = None;
+    for member in &partition.members {
+        let token = match tokens.member(partition.connection_id, member) {
+            Ok(token) => token,
+            Err(failure) => {
+                tracing::debug!(
+                    reason = failure.reason(),
+                    "an XKS call passed over a partition member"
+                );
+                unasked = Some(XksError::new(
+                    XksErrorName::DependencyTimeout,
+                    "a member of the HSM partition is unreachable; try again",
+                ));
+                continue;
+            }
+        };
+        let cached = (key.id, member.serial_number.clone());
+        let mut held = handles.0.lock().get(&cached).copied();
+        let attempted = attempt(token.as_ref(), key, &mut held, work);
+        match held {
+            Some(handle) => handles.0.lock().insert(cached, handle),
+            None => handles.0.lock().remove(&cached),
+        };
+        match attempted {
+            Attempt::Done(answer) => return answer,
+            Attempt::NotHeld => {}
+            Attempt::Failed(error) => unasked = Some(token_refusal(&error)),
+        }
+    }
+    Err(unasked.unwrap_or_else(|| {
+        XksError::new(
+            XksErrorName::KeyNotFound,
+            "the key is no longer on the HSM partition",
+        )
+    }))
+}
+
+/// What one member did with the call.
+enum Attempt<T> {
+    /// The answer, or a refusal the key or the data decide (the same on
+    /// any member).
+    Done(Result<T, XksError>),
+    /// The member does not hold the key.
+    NotHeld,
+    /// The member failed; another may answer.
+    Failed(TokenError),
+}
+
+/// Whether a token's refusal is the key's or the data's, not the token's.
+fn decisive(error: &TokenError) -> bool {
+    matches!(
+        error,
+        TokenError::KeyUseNotPermitted { .. }
+            | TokenError::NotAuthentic
+            | TokenError::MechanismUnsupported { .. }
+    )
+}
+
+/// The call on one member: with the handle `held` from before, and, if that
+/// fails for any reason but the key's or the data's, with the key found
+/// again. `held` is left as the handle to keep.
+fn attempt<T>(
+    token: &dyn Token,
+    key: &Key,
+    held: &mut Option<ObjectRef>,
+    work: &dyn Fn(&dyn Token, ObjectRef) -> luna_pkcs11::Result<T>,
+) -> Attempt<T> {
+    if let Some(handle) = *held {
+        match work(token, handle) {
+            Ok(done) => return Attempt::Done(Ok(done)),
+            Err(error) if decisive(&error) => return Attempt::Done(Err(token_refusal(&error))),
+            Err(_) => *held = None,
+        }
+    }
+    let found = match token.find_by_id(&key.cka_id) {
+        Ok(found) => found.into_iter().find(|d| d.object_type == key.object_type),
+        Err(error) => return Attempt::Failed(error),
+    };
+    let Some(found) = found else {
+        return Attempt::NotHeld;
+    };
+    *held = Some(found.handle);
+    match work(token, found.handle) {
+        Ok(done) => Attempt::Done(Ok(done)),
+        Err(error) if decisive(&error) => Attempt::Done(Err(token_refusal(&error))),
+        Err(error) => {
+            *held = None;
+            Attempt::Failed(error)
+        }
+    }
+}
+
+/// Encrypts under the key: the token draws the IV; the tag authenticates
+/// the request's additional data and this proxy's ciphertext metadata.
+async fn encrypt(
+    state: &web::Data<AppState>,
+    key: Key,
+    external: &ExternalKey,
+    partition: Partition,
+    body: &[u8],
+) -> Result<XksAnswer, XksError> {
+    let request = wire::encrypt_request(body)?;
+    let with_integrity = request.check()?;
+    if with_integrity {
+        external.allows_integrity_value()?;
+    }
+    let aad = gcm_aad(&request.aad, CIPHERTEXT_METADATA_V1);
+    let plaintext = request.plaintext;
+    let sealed = on_token(state, key, partition, move |token, handle| {
+        let sealed = token.encrypt_gcm(handle, &aad, &plaintext)?;
+        // A round trip that fails (which no token should allow) is this
+        // proxy's error, not the caller's: an internal one.
+        if with_integrity && token.decrypt_gcm(handle, &aad, &sealed).ok().as_ref() != Some(&plaintext) {
+            return Err(TokenError::MalformedObject {
+                handle: 0,
+                attribute: "AES-GCM output",
+                problem: "the ciphertext the token made does not decrypt to the plaintext".to_owned(),
+            });
+        }
+        Ok(sealed)
+    })
+    .await?;
+    let integrity_value = with_integrity.then(|| {
+        Sha256::digest(integrity_input(
+            &request.aad,
+            CIPHERTEXT_METADATA_V1,
+            &sealed.iv,
+            &sealed.ciphertext,
+            &sealed.tag,
+        ))
+    });
+    Ok(XksAnswer::Encrypted(XksEncryptedView::new(
+        &sealed.iv,
+        &sealed.ciphertext,
+        &sealed.tag,
+        CIPHERTEXT_METADATA_V1,
+        integrity_value.as_deref(),
+    )))
+}
+
+/// Decrypts under the key; what does not authenticate is the spec's
+/// `InvalidCiphertextException`.
+async fn decrypt(
+    state: &web::Data<AppState>,
+    key: Key,
+    partition: Partition,
+    body: &[u8],
+) -> Result<XksAnswer, XksError> {
+    let request = wire::decrypt_request(body)?;
+    request.check()?;
+    let aad = gcm_aad(&request.aad, &request.metadata);
+    let sealed = GcmSealed {
+        iv: request.iv,
+        ciphertext: request.ciphertext,
+        tag: request.tag,
+    };
+    let plaintext = on_token(state, key, partition, move |token, handle| {
+        token.decrypt_gcm(handle, &aad, &sealed)
+    })
+    .await?;
+    Ok(XksAnswer::Decrypted(XksDecryptedView::new(&plaintext)))
+}
+
+/// The proxy and the partition's members as the spec's health answer:
+/// each member `ACTIVE`, or `UNAVAILABLE` while it is away.
+async fn health_body(state: &web::Data<AppState>, keystore: &Keystore) -> XksHealthView {
+    let store = state.store.clone();
+    let tokens = Arc::clone(&state.tokens);
+    let partition_id = keystore.partition_id;
+    let described = web::block(move || {
+        let Ok(Some(partition)) = store.get_partition(partition_id) else {
+            return Vec::new();
+        };
+        partition
+            .members
+            .iter()
+            .map(|member| {
+                let (info, away) = tokens.describe(partition.connection_id, member);
+                let active = info.is_ok() && away.is_none_or(|r| r.away_since.is_none());
+                (member.serial_number.clone(), info.ok(), active)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let ekm_vendor = described
+        .iter()
+        .find_map(|(_, info, _)| info.as_ref().map(|i| i.manufacturer.clone()))
+        .unwrap_or_default();
+    XksHealthView {
+        xks_proxy_fleet_size: 1,
+        xks_proxy_vendor: "luna-cckm",
+        xks_proxy_model: concat!("luna-cckm ", env!("CARGO_PKG_VERSION")),
+        ekm_vendor,
+        ekm_fleet_details: described
+            .into_iter()
+            .map(|(id, info, active)| EkmMemberView {
+                id,
+                model: info.map(|i| i.model).unwrap_or_default(),
+                health_status: if active { "ACTIVE" } else { "UNAVAILABLE" },
+            })
+            .collect(),
+    }
+}
