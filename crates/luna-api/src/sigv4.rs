@@ -146,7 +146,10 @@ pub fn verify(
 ) -> Result<String, Refusal> {
     let authorization = header(request.headers, "authorization").ok_or(Refusal::Missing("Authorization"))?;
     let auth = parse_authorization(&authorization)?;
-    let amz_date = header(request.headers, "x-amz-date").ok_or(Refusal::Missing("X-Amz-Date"))?;
+    // The first, if it came more than once (curl repeats one it was given).
+    let amz_date = header(request.headers, "x-amz-date")
+        .and_then(|dates| dates.split(',').next().map(str::to_owned))
+        .ok_or(Refusal::Missing("X-Amz-Date"))?;
     let dated = amz_date_time(&amz_date).ok_or_else(|| Refusal::BadDate(amz_date.clone()))?;
     if (dated - now).abs() > CLOCK_SKEW {
         return Err(Refusal::Stale(amz_date));
