@@ -502,10 +502,7 @@ fn on_members<T>(
                     reason = failure.reason(),
                     "an XKS call passed over a partition member"
                 );
-                unasked = Some(XksError::new(
-                    XksErrorName::DependencyTimeout,
-                    "a member of the HSM partition is unreachable; try again",
-                ));
+                unasked = Some(member_away());
                 continue;
             }
         };
@@ -518,6 +515,10 @@ fn on_members<T>(
         };
         match attempted {
             Attempt::Done(answer) => return answer,
+            // A token whose store went away can still answer a search, with
+            // nothing found (SoftHSM2 does): not found counts only if the
+            // token answers a look after it.
+            Attempt::NotHeld if !token.probe().is_reachable() => unasked = Some(member_away()),
             Attempt::NotHeld => {}
             Attempt::Failed(error) => unasked = Some(token_refusal(&error)),
         }
@@ -528,6 +529,13 @@ fn on_members<T>(
             "the key is no longer on the HSM partition",
         )
     }))
+}
+
+fn member_away() -> XksError {
+    XksError::new(
+        XksErrorName::DependencyTimeout,
+        "a member of the HSM partition is unreachable; try again",
+    )
 }
 
 /// What one member did with the call.
