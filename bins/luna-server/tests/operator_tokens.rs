@@ -9,6 +9,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use luna_api::testing::{xks_metadata, Signer, XksCaller};
 use serde_json::{json, Value};
 use support::{call, login, pkcs11_objects, run, settled, softhsm2_operator_tokens, Server};
 
@@ -293,6 +294,44 @@ fn opencryptoki_tokens_made_with_pkcs11_tool_are_served_end_to_end() {
         "{patched}"
     );
     assert!(aes_usage().contains("encrypt, decrypt"), "{}", aes_usage());
+
+    // As an XKS proxy's external key: described, but openCryptoki 3.8's soft
+    // token has no AES-GCM, which the spec's unsupported operation says to
+    // curl and to botocore alike.
+    let (status, keystore) = post(
+        base,
+        &token,
+        "/xks/keystores",
+        &json!({"name": "ock", "uri_path_prefix": "ock", "region": "us-east-1", "partition_id": pid}),
+    );
+    assert_eq!(status, 201, "{keystore}");
+    let caller = XksCaller::of(base.trim_end_matches("/api/v1"), &keystore);
+    for signer in [Signer::Curl, Signer::Botocore] {
+        let (status, described) = caller.call(
+            signer,
+            &format!("keys/{aes_id}/metadata"),
+            &json!({"requestMetadata": xks_metadata("DescribeKey")}),
+        );
+        assert_eq!(
+            (status, &described["keyUsage"]),
+            (200, &json!(["ENCRYPT", "DECRYPT"])),
+            "{described}"
+        );
+        let (status, refused) = caller.call(
+            signer,
+            &format!("keys/{aes_id}/encrypt"),
+            &json!({"requestMetadata": xks_metadata("Encrypt"), "plaintext": "cGxhaW50ZXh0", "encryptionAlgorithm": "AES_GCM"}),
+        );
+        assert_eq!(
+            (status, refused["errorName"].as_str()),
+            (501, Some("UnsupportedOperationException")),
+            "{refused}"
+        );
+        assert!(
+            refused["errorMessage"].as_str().unwrap().contains("CKM_AES_GCM"),
+            "{refused}"
+        );
+    }
 
     // A key made outside the service is found by a refresh.
     run(Command::new("pkcs11-tool").arg("--module").arg(module).args([
