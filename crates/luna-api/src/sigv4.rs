@@ -133,6 +133,103 @@ fn keyed(key: &[u8], data: &[u8]) -> Result<HmacSha256, Refusal> {
     Ok(mac)
 }
 
+/// What is signed: the request made canonical (its signed headers, already
+/// lower-cased and trimmed, in the order signed), hashed, under the date and
+/// scope. The path as sent: the XKS API's paths hold unreserved characters
+/// and slashes only, which URI encoding leaves as they are. (A path needing
+/// encoding would not match, and no keystore or key would answer it.)
+fn string_to_sign(
+    request: &ArrivedRequest<'_>,
+    signed_headers: &[(String, String)],
+    amz_date: &str,
+    scope: &str,
+) -> String {
+    let canonical_headers: String = signed_headers
+        .iter()
+        .map(|(name, value)| format!("{name}:{value}\n"))
+        .collect();
+    let names: Vec<&str> = signed_headers.iter().map(|(name, _)| name.as_str()).collect();
+    let canonical_request = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
+        request.method,
+        request.path,
+        canonical_query(request.query),
+        canonical_headers,
+        names.join(";"),
+        hex::encode(Sha256::digest(request.body)),
+    );
+    format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    )
+}
+
+/// The HMAC of `string_to_sign` under the key derived from `secret` for
+/// the day, region and service.
+fn signed(
+    secret: &SecretString,
+    day: &str,
+    region: &str,
+    service: &str,
+    string_to_sign: &str,
+) -> Result<HmacSha256, Refusal> {
+    let mut signing = format!("AWS4{}", secret.expose_secret()).into_bytes();
+    for part in [day, region, service, "aws4_request"] {
+        signing = keyed(&signing, part.as_bytes())?.finalize().into_bytes().to_vec();
+    }
+    keyed(&signing, string_to_sign.as_bytes())
+}
+
+/// The `X-Amz-Date` and `Authorization` headers that sign a POST of `body`
+/// to `path` on `host` (with `Content-Type: application/json`) at `now`:
+/// a caller's side, for the benchmark's client (tests sign with curl and
+/// botocore, which are not this code).
+pub fn sign(
+    path: &str,
+    host: &str,
+    body: &[u8],
+    (access_key_id, secret): (&str, &SecretString),
+    (region, service): (&str, &str),
+    now: OffsetDateTime,
+) -> [(String, String); 2] {
+    let amz_date = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let day = &amz_date[..8];
+    let scope = format!("{day}/{region}/{service}/aws4_request");
+    let signed_headers = [
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("host".to_owned(), host.to_owned()),
+        ("x-amz-date".to_owned(), amz_date.clone()),
+    ];
+    let request = ArrivedRequest {
+        method: "POST",
+        path,
+        query: "",
+        headers: &[],
+        body,
+    };
+    let to_sign = string_to_sign(&request, &signed_headers, &amz_date, &scope);
+    let signature = signed(secret, day, region, service, &to_sign)
+        .map(|mac| hex::encode(mac.finalize().into_bytes()))
+        .unwrap_or_default();
+    [
+        ("X-Amz-Date".to_owned(), amz_date),
+        (
+            "Authorization".to_owned(),
+            format!(
+                "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders=content-type;host;x-amz-date, Signature={signature}"
+            ),
+        ),
+    ]
+}
+
 /// Checks `request`'s signature against the secrets `secrets_of` gives for
 /// the access key id it names (several while a credential is rotated), as
 /// of `now`, for `region` and `service`. The access key id it was signed
@@ -165,38 +262,19 @@ pub fn verify(
     if scope != expected {
         return Err(Refusal::WrongScope { scope, expected });
     }
-    let mut canonical_headers = String::new();
+    let mut canonical_headers = Vec::new();
     for name in &auth.signed_headers {
         let value = header(request.headers, name).ok_or(Refusal::Missing("signed"))?;
-        canonical_headers.push_str(&format!("{name}:{value}\n"));
+        canonical_headers.push(((*name).to_owned(), value));
     }
-    // The path as sent: the XKS API's paths hold unreserved characters and
-    // slashes only, which URI encoding leaves as they are. (A path needing
-    // encoding would not match, and no keystore or key would answer it.)
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        request.method,
-        request.path,
-        canonical_query(request.query),
-        canonical_headers,
-        auth.signed_headers.join(";"),
-        hex::encode(Sha256::digest(request.body)),
-    );
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
-    );
+    let string_to_sign = string_to_sign(request, &canonical_headers, &amz_date, &scope);
     let presented = hex::decode(auth.signature).map_err(|_| Refusal::Mismatch)?;
     let secrets = secrets_of(auth.access_key_id);
     if secrets.is_empty() {
         return Err(Refusal::UnknownAccessKey);
     }
     for secret in &secrets {
-        let mut signing = format!("AWS4{}", secret.expose_secret()).into_bytes();
-        for part in [auth.date, auth.region, auth.service, "aws4_request"] {
-            signing = keyed(&signing, part.as_bytes())?.finalize().into_bytes().to_vec();
-        }
-        if keyed(&signing, string_to_sign.as_bytes())?
+        if signed(secret, auth.date, auth.region, auth.service, &string_to_sign)?
             .verify_slice(&presented)
             .is_ok()
         {

@@ -22,14 +22,16 @@
 //!    enumerating and describing the same objects (target ≤ 1.3 × raw).
 //! 5. Replication of 1,000 AES keys to a second member by a synchronize job,
 //!    beside raw export + import (wrap + unwrap) between two other members.
+//! 6. The XKS proxy's encrypts and decrypts beside the same AES-GCM calls
+//!    on the same open token, at concurrency 1 and 8 (target ≥ 0.7 × raw).
 //!
 //! Sections: LUNA_BENCH_SECTIONS, a comma list of latency, instances, reads,
-//! refresh, replication (all by default). LUNA_BENCH_READS_ON limits the
+//! refresh, replication, xks (all by default). LUNA_BENCH_READS_ON limits the
 //! reads to `SQLite` or `PostgreSQL`.
 //!
 //! Sizes: LUNA_BENCH_SHARED_CREATES (10000), LUNA_BENCH_RECORDS (1000000),
 //! LUNA_BENCH_REQUESTS (4000), LUNA_BENCH_REFRESH_OBJECTS (10000),
-//! LUNA_BENCH_REPLICATED (1000).
+//! LUNA_BENCH_REPLICATED (1000), LUNA_BENCH_XKS_CALLS (20000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,7 +48,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod reads;
+mod xks;
 use reads::*;
+use xks::*;
 
 fn count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -483,5 +487,8 @@ fn main() {
     }
     if run("replication") {
         replication(count("LUNA_BENCH_REPLICATED", 1000));
+    }
+    if run("xks") {
+        xks(count("LUNA_BENCH_XKS_CALLS", 20_000));
     }
 }

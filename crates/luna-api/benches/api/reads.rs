@@ -32,9 +32,9 @@ pub(crate) fn records(partition: &luna_domain::Partition, n: usize) -> Vec<Key> 
 }
 
 pub(crate) struct Latencies {
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
+    pub(crate) per_second: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
 }
 
 /// `total` GETs from 8 keep-alive clients; `path` picks each request's path.
@@ -43,37 +43,13 @@ pub(crate) fn load(
     total: usize,
     path: &(dyn Fn(&mut rand::rngs::ThreadRng) -> String + Sync),
 ) -> Latencies {
-    let clients = 8;
-    let start = Instant::now();
-    let mut all: Vec<Duration> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                s.spawn(|| {
-                    let agent = ureq::AgentBuilder::new().build();
-                    let mut rng = rand::thread_rng();
-                    let auth = format!("Bearer {}", api.token);
-                    (0..total / clients)
-                        .map(|_| {
-                            let url = format!("{}{}", api.base, path(&mut rng));
-                            let began = Instant::now();
-                            let response = agent.get(&url).set("Authorization", &auth).call().unwrap();
-                            let _ = response.into_string().unwrap();
-                            began.elapsed()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    let elapsed = start.elapsed();
-    all.sort();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    Latencies {
-        per_second: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(8).build();
+    let auth = format!("Bearer {}", api.token);
+    timed(8, total, &|| {
+        let url = format!("{}{}", api.base, path(&mut rand::thread_rng()));
+        let response = agent.get(&url).set("Authorization", &auth).call().unwrap();
+        let _ = response.into_string().unwrap();
+    })
 }
 
 pub(crate) fn row(what: &str, l: &Latencies) {

@@ -228,3 +228,23 @@ fn a_request_curl_signed_is_taken_and_any_change_to_it_is_refused() {
     )
     .is_err());
 }
+
+/// The benchmark's signer makes, for the same request at the same second,
+/// the very headers curl made (and the verifier takes them).
+#[test]
+fn sign_makes_the_signature_curl_makes() {
+    let body = r#"{"requestMetadata":{"kmsOperation":"Encrypt"}}"#;
+    let captured = signed_by_curl("/example/kms/xks/v1/keys/k/encrypt", body);
+    let host = header(&captured.headers, "host").unwrap();
+    let secret = SecretString::from(SECRET);
+    let [date, authorization] = sign(
+        &captured.path,
+        &host,
+        body.as_bytes(),
+        (ACCESS_KEY_ID, &secret),
+        (REGION, SERVICE),
+        captured.date(),
+    );
+    assert_eq!(Some(date.1), header(&captured.headers, "x-amz-date"));
+    assert_eq!(Some(authorization.1), header(&captured.headers, "authorization"));
+}
