@@ -16,6 +16,7 @@ pub mod console;
 pub mod error;
 pub mod forward;
 pub mod handlers;
+pub mod lookups;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;

@@ -51,6 +51,8 @@ pub struct AppState {
     pub runner: Arc<luna_runner::Runner>,
     /// The object handles of the external keys XKS calls used.
     pub xks_handles: Arc<KeyHandles>,
+    /// What XKS calls read of the database, kept for a second.
+    pub xks_lookups: Arc<crate::lookups::XksLookups>,
     /// XKS calls must come over a connection with a client certificate.
     pub xks_mutual_tls: bool,
 }

@@ -10,6 +10,7 @@
 
 mod wire;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +23,13 @@ use luna_domain::xks::{
 };
 use luna_domain::{Key, Partition};
 use luna_pkcs11::{GcmSealed, ObjectRef, Token, TokenError};
+use luna_store::AuditEntry;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::audit::RequestAudit;
+use crate::lookups::XksLookups;
 use crate::sigv4::{self, ArrivedRequest};
 use crate::state::{AppState, ClientCertified, KeyHandles};
 use crate::view::{
@@ -98,7 +102,7 @@ fn refusal(error: &XksError) -> HttpResponse {
 
 /// Who called, as far as the call got to know: for its audit record and
 /// its figures.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Identified {
     keystore: Option<Keystore>,
     /// The credential the signature was checked with.
@@ -106,12 +110,6 @@ struct Identified {
     metadata: RequestMetadata,
     /// The key the path names, once the caller is known.
     key_id: Option<String>,
-}
-
-/// One call and who made it.
-struct Called {
-    call: XksCall,
-    identified: Identified,
 }
 
 fn call_name(call: XksCall) -> &'static str {
@@ -123,7 +121,29 @@ fn call_name(call: XksCall) -> &'static str {
     }
 }
 
-/// One call: answered, audited and counted, whatever its outcome.
+/// What a call needs off the async workers, shared with the handler.
+struct Work {
+    store: luna_store::Store,
+    tokens: Arc<luna_runner::OpenTokens>,
+    handles: Arc<KeyHandles>,
+    lookups: Arc<XksLookups>,
+    call: XksCall,
+    prefix: String,
+    key_id: Option<String>,
+    arrived: Arrived,
+    /// Filled in as the call learns who made it.
+    identified: Arc<Mutex<Identified>>,
+    /// The call's audit record, but for who and how it ended.
+    record: AuditEntry,
+    /// Set by whichever writes the record: the work, or the handler that
+    /// stopped waiting for it.
+    recorded: Arc<AtomicBool>,
+}
+
+/// One call: answered, audited and counted, whatever its outcome. The
+/// lookups, the signature, the token call and the audit record run in one
+/// stay on the blocking pool (each hop between threads costs more than a
+/// token's AES-GCM), bounded by `TOKEN_DEADLINE`.
 async fn serve(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -131,30 +151,62 @@ async fn serve(
     call: XksCall,
 ) -> HttpResponse {
     let started = Instant::now();
-    let mut called = Called {
-        call,
-        identified: Identified::default(),
+    let identified = Arc::new(Mutex::new(Identified::default()));
+    let recorded = Arc::new(AtomicBool::new(false));
+    let request = RequestAudit::of(&req);
+    request.mark_written();
+    let record = request.entry(&req, String::new());
+    let answered = match arrived(&state, &req, payload).await {
+        Err(error) => Err(error),
+        Ok(arrived) => {
+            let work = Work {
+                store: state.store.clone(),
+                tokens: Arc::clone(&state.tokens),
+                handles: Arc::clone(&state.xks_handles),
+                lookups: Arc::clone(&state.xks_lookups),
+                call,
+                prefix: req
+                    .match_info()
+                    .get("prefix")
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
+                    .to_owned(),
+                key_id: req.match_info().get("key_id").map(str::to_owned),
+                arrived,
+                identified: Arc::clone(&identified),
+                record: record.clone(),
+                recorded: Arc::clone(&recorded),
+            };
+            match tokio::time::timeout(TOKEN_DEADLINE, web::block(move || work.run())).await {
+                Ok(Ok(answered)) => answered,
+                Ok(Err(_)) => Err(XksError::new(XksErrorName::Internal, "the call could not be run")),
+                Err(_) => Err(XksError::new(
+                    XksErrorName::DependencyTimeout,
+                    format!(
+                        "the HSM partition did not answer within {} s; try again",
+                        TOKEN_DEADLINE.as_secs()
+                    ),
+                )),
+            }
+        }
     };
-    let answered = answer(&state, &req, payload, &mut called).await;
     let outcome = match &answered {
         Ok(_) => "ok",
         Err(error) => error.name.as_str(),
     };
+    let keystore = identified.lock().keystore.as_ref().map(|k| k.name.clone());
     state.edge_metrics.observe_xks(
-        called
-            .identified
-            .keystore
-            .as_ref()
-            .map_or("-", |k| k.name.as_str()),
+        keystore.as_deref().unwrap_or("-"),
         call_name(call),
         outcome,
         started.elapsed().as_secs_f64(),
     );
-    let status = match &answered {
-        Ok(_) => 200,
-        Err(error) => error.name.status(),
-    };
-    audit(&state, &req, &called, status, outcome).await;
+    // What the work did not record (it never ran, or it is still waiting
+    // on the token) is recorded here, as answered.
+    if !recorded.swap(true, Ordering::SeqCst) {
+        let entry = audited(record, call, &identified.lock(), &answered);
+        crate::audit::record(&state.store, entry).await;
+    }
     match answered {
         Ok(body) => HttpResponse::Ok().json(body),
         Err(error) => {
@@ -166,58 +218,9 @@ async fn serve(
     }
 }
 
-/// The call's audit record, written with the next synced commit (as every
-/// refusal's is): the keystore's credential as the user id, the AWS
-/// principal as the name, KMS's request id as the request's (so that the
-/// trail meets CloudTrail's), the key, and the outcome with its error name.
-async fn audit(state: &AppState, req: &HttpRequest, called: &Called, status: u16, outcome: &str) {
-    let request = RequestAudit::of(req);
-    let mut entry = request.entry(req, status.to_string());
-    request.mark_written();
-    let called_by = &called.identified;
-    entry.user_id = called_by.access_key_id.clone();
-    entry.username = called_by
-        .metadata
-        .aws_principal_arn
-        .clone()
-        .unwrap_or_else(|| "-".to_owned());
-    entry.action = format!("xks {}", call_name(called.call));
-    (entry.resource_type, entry.resource_id) = match (&called_by.key_id, &called_by.keystore) {
-        (Some(key), _) => ("key".to_owned(), key.clone()),
-        (None, Some(keystore)) => ("xks_keystore".to_owned(), keystore.id.to_string()),
-        (None, None) => ("xks_keystore".to_owned(), "-".to_owned()),
-    };
-    if outcome != "ok" {
-        entry.outcome = format!("{status} {outcome}");
-    }
-    if let Some(id) = called_by
-        .metadata
-        .kms_request_id
-        .as_deref()
-        .filter(|id| plain_id(id))
-    {
-        entry.request_id = id.to_owned();
-    }
-    crate::audit::record(&state.store, entry).await;
-}
-
-/// KMS's request ids and external key ids are plain (UUIDs, the spec's
-/// characters): what a client put in a body or path enters the trail only
-/// if it is (a request id that is not keeps the request's own).
-fn plain_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-/// The call, up to the body of its answer.
-async fn answer(
-    state: &web::Data<AppState>,
-    req: &HttpRequest,
-    payload: web::Payload,
-    called: &mut Called,
-) -> Result<XksAnswer, XksError> {
+/// The body and what SigV4 signs of the request, once mutual TLS (when on)
+/// is known to be there.
+async fn arrived(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<Arrived, XksError> {
     if state.xks_mutual_tls && req.conn_data::<ClientCertified>().is_none() {
         return Err(XksError::new(
             XksErrorName::AuthenticationFailed,
@@ -239,44 +242,54 @@ async fn answer(
             ))
         }
     };
-    let prefix = req
-        .match_info()
-        .get("prefix")
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_owned();
-    let key_id = req.match_info().get("key_id").map(str::to_owned);
-    let arrived = Arrived::of(req, body.to_vec());
-    let store = state.store.clone();
-    let call = called.call;
-    let (identified, checked) = web::block(move || {
-        let mut identified = Identified::default();
-        let checked = authenticated(&store, &prefix, &arrived, key_id, call, &mut identified);
-        (identified, checked)
-    })
-    .await
-    .unwrap_or_else(|_| {
-        let error = XksError::new(XksErrorName::Internal, "the call could not be run");
-        (Identified::default(), Err(error))
-    });
-    called.identified = identified;
-    let Checked { body, target } = checked?;
-    let Some(keystore) = called.identified.keystore.clone() else {
-        return Err(XksError::new(
-            XksErrorName::Internal,
-            "the call lost its key store",
-        ));
+    Ok(Arrived::of(req, body.to_vec()))
+}
+
+/// The call's audit record: the keystore's credential as the user id, the
+/// AWS principal as the name, KMS's request id as the request's (so that
+/// the trail meets CloudTrail's), the key, and the outcome with its error
+/// name. Never the call's data.
+fn audited(
+    mut entry: AuditEntry,
+    call: XksCall,
+    called_by: &Identified,
+    answered: &Result<XksAnswer, XksError>,
+) -> AuditEntry {
+    entry.user_id = called_by.access_key_id.clone();
+    entry.username = called_by
+        .metadata
+        .aws_principal_arn
+        .clone()
+        .unwrap_or_else(|| "-".to_owned());
+    entry.action = format!("xks {}", call_name(call));
+    (entry.resource_type, entry.resource_id) = match (&called_by.key_id, &called_by.keystore) {
+        (Some(key), _) => ("key".to_owned(), key.clone()),
+        (None, Some(keystore)) => ("xks_keystore".to_owned(), keystore.id.to_string()),
+        (None, None) => ("xks_keystore".to_owned(), "-".to_owned()),
     };
-    let Some((key, external, partition)) = target else {
-        return Ok(XksAnswer::Health(health_body(state, &keystore).await));
+    entry.outcome = match answered {
+        Ok(_) => "200".to_owned(),
+        Err(error) => format!("{} {}", error.name.status(), error.name.as_str()),
     };
-    match call {
-        XksCall::GetKeyMetadata | XksCall::GetHealthStatus => {
-            Ok(XksAnswer::KeyMetadata(XksKeyMetadataView::new(&external)))
-        }
-        XksCall::Encrypt => encrypt(state, key, &external, partition, &body).await,
-        XksCall::Decrypt => decrypt(state, key, partition, &body).await,
+    if let Some(id) = called_by
+        .metadata
+        .kms_request_id
+        .as_deref()
+        .filter(|id| plain_id(id))
+    {
+        entry.request_id = id.to_owned();
     }
+    entry
+}
+
+/// KMS's request ids and external key ids are plain (UUIDs, the spec's
+/// characters): what a client put in a body or path enters the trail only
+/// if it is (a request id that is not keeps the request's own).
+fn plain_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The parts of a request SigV4 signs, copied for the blocking pool.
@@ -311,125 +324,232 @@ impl Arrived {
     }
 }
 
-/// A call whose keystore, signature, metadata and key are good.
-struct Checked {
-    body: Vec<u8>,
-    /// The key, what it may do, and its partition (none for health).
-    target: Option<(Key, ExternalKey, Partition)>,
+fn unavailable(error: &luna_store::StoreError) -> XksError {
+    tracing::error!(%error, "an XKS call could not read the database");
+    XksError::new(
+        XksErrorName::DependencyTimeout,
+        "the service's database did not answer; try again",
+    )
 }
 
-/// The keystore at `prefix`, the signature checked against its valid
-/// credentials, the metadata the call needs, and the key it names in the
-/// keystore's partition: each refusal the spec's, in the spec's order.
-/// What is known of the caller on the way is left in `identified`, for the
-/// call's audit record, whatever the outcome.
-fn authenticated(
-    store: &luna_store::Store,
-    prefix: &str,
-    arrived: &Arrived,
-    key_id: Option<String>,
-    call: XksCall,
-    identified: &mut Identified,
-) -> Result<Checked, XksError> {
-    let unavailable = |error: luna_store::StoreError| {
-        tracing::error!(%error, "an XKS call could not read the database");
-        XksError::new(
-            XksErrorName::DependencyTimeout,
-            "the service's database did not answer; try again",
-        )
-    };
-    let keystore = store.keystore_at(prefix).map_err(unavailable)?.ok_or_else(|| {
-        XksError::new(
-            XksErrorName::InvalidUriPath,
-            format!("no external key store is served at /{prefix}"),
-        )
-    })?;
-    identified.keystore = Some(keystore.clone());
-    let now = luna_store::now();
-    let request = ArrivedRequest {
-        method: &arrived.method,
-        path: &arrived.path,
-        query: &arrived.query,
-        headers: &arrived.headers,
-        body: &arrived.body,
-    };
-    let mut read_failed = None;
-    let verified = sigv4::verify(
-        &request,
-        &keystore.region,
-        SIGV4_SERVICE,
-        now,
-        |access_key_id| match store.credential_secret(keystore.id, access_key_id, now) {
-            Ok(secret) => secret.into_iter().collect(),
-            Err(error) => {
-                read_failed = Some(error);
-                Vec::new()
+impl Work {
+    /// The call, then its audit record (unless the handler stopped waiting
+    /// and wrote it).
+    fn run(self) -> Result<XksAnswer, XksError> {
+        let answered = self.answer();
+        if !self.recorded.swap(true, Ordering::SeqCst) {
+            let entry = audited(self.record.clone(), self.call, &self.identified.lock(), &answered);
+            if let Err(error) = self.store.append_audit_deferred(&entry) {
+                tracing::error!(%error, "an audit record could not be written");
             }
-        },
-    );
-    if let Some(error) = read_failed {
-        return Err(unavailable(error));
+        }
+        answered
     }
-    identified.access_key_id =
-        verified.map_err(|refused| XksError::new(XksErrorName::AuthenticationFailed, refused.to_string()))?;
-    let metadata = wire::metadata(&arrived.body)?;
-    metadata.check(call)?;
-    identified.metadata = metadata;
-    identified.key_id = key_id.clone().filter(|id| plain_id(id));
-    let target = match key_id {
-        None => None,
-        Some(key_id) => Some(external_key(store, &keystore, &key_id).map_err(|e| match e {
-            Lookup::Refused(error) => error,
-            Lookup::Store(error) => unavailable(error),
-        })?),
-    };
-    if let Some((_, external, _)) = &target {
-        external.allows(call)?;
-    }
-    Ok(Checked {
-        body: arrived.body.clone(),
-        target,
-    })
-}
 
-enum Lookup {
-    Refused(XksError),
-    Store(luna_store::StoreError),
-}
-
-impl From<luna_store::StoreError> for Lookup {
-    fn from(error: luna_store::StoreError) -> Lookup {
-        Lookup::Store(error)
+    /// The keystore at the path, the signature checked against its valid
+    /// credentials, the metadata the call needs, and the key it names in
+    /// the keystore's partition (each refusal the spec's, in the spec's
+    /// order); then the call.
+    fn answer(&self) -> Result<XksAnswer, XksError> {
+        let keystore = self
+            .lookups
+            .keystore(&self.prefix, || self.store.keystore_at(&self.prefix))
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| {
+                XksError::new(
+                    XksErrorName::InvalidUriPath,
+                    format!("no external key store is served at /{}", self.prefix),
+                )
+            })?;
+        self.identified.lock().keystore = Some(keystore.clone());
+        let now = luna_store::now();
+        let request = ArrivedRequest {
+            method: &self.arrived.method,
+            path: &self.arrived.path,
+            query: &self.arrived.query,
+            headers: &self.arrived.headers,
+            body: &self.arrived.body,
+        };
+        let mut read_failed = None;
+        let verified = sigv4::verify(&request, &keystore.region, SIGV4_SERVICE, now, |access_key_id| {
+            let read = || self.store.credential_secret(keystore.id, access_key_id, now);
+            match self.lookups.secret(keystore.id, access_key_id, read) {
+                Ok(secret) => secret.into_iter().collect(),
+                Err(error) => {
+                    read_failed = Some(error);
+                    Vec::new()
+                }
+            }
+        });
+        if let Some(error) = read_failed {
+            return Err(unavailable(&error));
+        }
+        let access_key_id = verified
+            .map_err(|refused| XksError::new(XksErrorName::AuthenticationFailed, refused.to_string()))?;
+        self.identified.lock().access_key_id = access_key_id;
+        let body = &self.arrived.body;
+        let metadata = wire::metadata(body)?;
+        metadata.check(self.call)?;
+        {
+            let mut identified = self.identified.lock();
+            identified.metadata = metadata;
+            identified.key_id = self.key_id.clone().filter(|id| plain_id(id));
+        }
+        let Some(key_id) = &self.key_id else {
+            return Ok(XksAnswer::Health(self.health(&keystore)));
+        };
+        let (key, external, partition) = self.external_key(&keystore, key_id)?;
+        external.allows(self.call)?;
+        match self.call {
+            XksCall::GetKeyMetadata | XksCall::GetHealthStatus => {
+                Ok(XksAnswer::KeyMetadata(XksKeyMetadataView::new(&external)))
+            }
+            XksCall::Encrypt => self.encrypt(&key, &external, &partition, body),
+            XksCall::Decrypt => self.decrypt(&key, &partition, body),
+        }
     }
-}
 
-/// The key `key_id` names, if it is an external key of the keystore's
-/// partition: a key of another partition, forgotten by the service or
-/// destroyed, is not found.
-fn external_key(
-    store: &luna_store::Store,
-    keystore: &Keystore,
-    key_id: &str,
-) -> Result<(Key, ExternalKey, Partition), Lookup> {
-    let not_found = || {
-        Lookup::Refused(XksError::new(
-            XksErrorName::KeyNotFound,
-            format!("no external key {key_id:?} is in this key store's partition"),
-        ))
-    };
-    let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
-    let key = store.get_key(id)?.ok_or_else(not_found)?;
-    if key.partition_id != keystore.partition_id {
-        return Err(not_found());
+    /// The key `key_id` names, if it is an external key of the keystore's
+    /// partition: a key of another partition, forgotten by the service or
+    /// destroyed, is not found.
+    fn external_key(
+        &self,
+        keystore: &Keystore,
+        key_id: &str,
+    ) -> Result<(Key, ExternalKey, Partition), XksError> {
+        let not_found = || {
+            XksError::new(
+                XksErrorName::KeyNotFound,
+                format!("no external key {key_id:?} is in this key store's partition"),
+            )
+        };
+        let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
+        let key = self
+            .lookups
+            .key(id, || self.store.get_key(id))
+            .map_err(|e| unavailable(&e))?
+            .filter(|key| key.partition_id == keystore.partition_id)
+            .ok_or_else(not_found)?;
+        let external = ExternalKey::of(&key)?;
+        let partition = self
+            .lookups
+            .partition(keystore.partition_id, || {
+                self.store.get_partition(keystore.partition_id)
+            })
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| {
+                XksError::new(
+                    XksErrorName::KeyNotFound,
+                    "the key store's partition is no longer registered with the service",
+                )
+            })?;
+        Ok((key, external, partition))
     }
-    let external = ExternalKey::of(&key).map_err(Lookup::Refused)?;
-    let partition = store.get_partition(keystore.partition_id)?.ok_or_else(|| {
-        Lookup::Refused(XksError::new(
-            XksErrorName::KeyNotFound,
-            "the key store's partition is no longer registered with the service",
-        ))
-    })?;
-    Ok((key, external, partition))
+
+    /// Encrypts under the key: the token draws the IV; the tag
+    /// authenticates the request's additional data and this proxy's
+    /// ciphertext metadata. An integrity value is given for what decrypts
+    /// again.
+    fn encrypt(
+        &self,
+        key: &Key,
+        external: &ExternalKey,
+        partition: &Partition,
+        body: &[u8],
+    ) -> Result<XksAnswer, XksError> {
+        let request = wire::encrypt_request(body)?;
+        let with_integrity = request.check()?;
+        if with_integrity {
+            external.allows_integrity_value()?;
+        }
+        let aad = gcm_aad(&request.aad, CIPHERTEXT_METADATA_V1);
+        let sealed = on_members(&self.tokens, &self.handles, key, partition, &|token, handle| {
+            let sealed = token.encrypt_gcm(handle, &aad, &request.plaintext)?;
+            // A round trip that fails (which no token should allow) is this
+            // proxy's error, not the caller's: an internal one.
+            if with_integrity
+                && token.decrypt_gcm(handle, &aad, &sealed).ok().as_ref() != Some(&request.plaintext)
+            {
+                return Err(TokenError::MalformedObject {
+                    handle: 0,
+                    attribute: "AES-GCM output",
+                    problem: "the ciphertext the token made does not decrypt to the plaintext".to_owned(),
+                });
+            }
+            Ok(sealed)
+        })?;
+        let integrity_value = with_integrity.then(|| {
+            Sha256::digest(integrity_input(
+                &request.aad,
+                CIPHERTEXT_METADATA_V1,
+                &sealed.iv,
+                &sealed.ciphertext,
+                &sealed.tag,
+            ))
+        });
+        Ok(XksAnswer::Encrypted(XksEncryptedView::new(
+            &sealed.iv,
+            &sealed.ciphertext,
+            &sealed.tag,
+            CIPHERTEXT_METADATA_V1,
+            integrity_value.as_deref(),
+        )))
+    }
+
+    /// Decrypts under the key; what does not authenticate is the spec's
+    /// `InvalidCiphertextException`.
+    fn decrypt(&self, key: &Key, partition: &Partition, body: &[u8]) -> Result<XksAnswer, XksError> {
+        let request = wire::decrypt_request(body)?;
+        request.check()?;
+        let aad = gcm_aad(&request.aad, &request.metadata);
+        let sealed = GcmSealed {
+            iv: request.iv,
+            ciphertext: request.ciphertext,
+            tag: request.tag,
+        };
+        let plaintext = on_members(&self.tokens, &self.handles, key, partition, &|token, handle| {
+            token.decrypt_gcm(handle, &aad, &sealed)
+        })?;
+        Ok(XksAnswer::Decrypted(XksDecryptedView::new(&plaintext)))
+    }
+
+    /// The proxy and the partition's members as the spec's health answer:
+    /// each member `ACTIVE`, or `UNAVAILABLE` while it is away.
+    fn health(&self, keystore: &Keystore) -> XksHealthView {
+        let partition = self.lookups.partition(keystore.partition_id, || {
+            self.store.get_partition(keystore.partition_id)
+        });
+        let described: Vec<(String, Option<luna_pkcs11::TokenInfo>, bool)> = match partition {
+            Ok(Some(partition)) => partition
+                .members
+                .iter()
+                .map(|member| {
+                    let (info, away) = self.tokens.describe(partition.connection_id, member);
+                    let active = info.is_ok() && away.is_none_or(|r| r.away_since.is_none());
+                    (member.serial_number.clone(), info.ok(), active)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let ekm_vendor = described
+            .iter()
+            .find_map(|(_, info, _)| info.as_ref().map(|i| i.manufacturer.clone()))
+            .unwrap_or_default();
+        XksHealthView {
+            xks_proxy_fleet_size: 1,
+            xks_proxy_vendor: "luna-cckm",
+            xks_proxy_model: concat!("luna-cckm ", env!("CARGO_PKG_VERSION")),
+            ekm_vendor,
+            ekm_fleet_details: described
+                .into_iter()
+                .map(|(id, info, active)| EkmMemberView {
+                    id,
+                    model: info.map(|i| i.model).unwrap_or_default(),
+                    health_status: if active { "ACTIVE" } else { "UNAVAILABLE" },
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A token's refusal as the spec names it; a token away, or not answering
@@ -461,29 +581,7 @@ fn token_refusal(error: &TokenError) -> XksError {
 
 /// Runs `work` with the key's object on the first member of the partition
 /// that answers: a member away is passed over, so an HA group answers
-/// while any member does. Bounded by `TOKEN_DEADLINE`.
-async fn on_token<T: Send + 'static>(
-    state: &web::Data<AppState>,
-    key: Key,
-    partition: Partition,
-    work: impl Fn(&dyn Token, ObjectRef) -> luna_pkcs11::Result<T> + Send + 'static,
-) -> Result<T, XksError> {
-    let tokens = Arc::clone(&state.tokens);
-    let handles = state.xks_handles.clone();
-    let run = web::block(move || on_members(&tokens, &handles, &key, &partition, &work));
-    match tokio::time::timeout(TOKEN_DEADLINE, run).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(_)) => Err(XksError::new(XksErrorName::Internal, "the call could not be run")),
-        Err(_) => Err(XksError::new(
-            XksErrorName::DependencyTimeout,
-            format!(
-                "the HSM partition did not answer within {} s; try again",
-                TOKEN_DEADLINE.as_secs()
-            ),
-        )),
-    }
-}
-
+/// while any member does.
 fn on_members<T>(
     tokens: &luna_runner::OpenTokens,
     handles: &KeyHandles,
@@ -590,118 +688,5 @@ fn attempt<T>(
             *held = None;
             Attempt::Failed(error)
         }
-    }
-}
-
-/// Encrypts under the key: the token draws the IV; the tag authenticates
-/// the request's additional data and this proxy's ciphertext metadata.
-async fn encrypt(
-    state: &web::Data<AppState>,
-    key: Key,
-    external: &ExternalKey,
-    partition: Partition,
-    body: &[u8],
-) -> Result<XksAnswer, XksError> {
-    let request = wire::encrypt_request(body)?;
-    let with_integrity = request.check()?;
-    if with_integrity {
-        external.allows_integrity_value()?;
-    }
-    let aad = gcm_aad(&request.aad, CIPHERTEXT_METADATA_V1);
-    let plaintext = request.plaintext;
-    let sealed = on_token(state, key, partition, move |token, handle| {
-        let sealed = token.encrypt_gcm(handle, &aad, &plaintext)?;
-        // A round trip that fails (which no token should allow) is this
-        // proxy's error, not the caller's: an internal one.
-        if with_integrity && token.decrypt_gcm(handle, &aad, &sealed).ok().as_ref() != Some(&plaintext) {
-            return Err(TokenError::MalformedObject {
-                handle: 0,
-                attribute: "AES-GCM output",
-                problem: "the ciphertext the token made does not decrypt to the plaintext".to_owned(),
-            });
-        }
-        Ok(sealed)
-    })
-    .await?;
-    let integrity_value = with_integrity.then(|| {
-        Sha256::digest(integrity_input(
-            &request.aad,
-            CIPHERTEXT_METADATA_V1,
-            &sealed.iv,
-            &sealed.ciphertext,
-            &sealed.tag,
-        ))
-    });
-    Ok(XksAnswer::Encrypted(XksEncryptedView::new(
-        &sealed.iv,
-        &sealed.ciphertext,
-        &sealed.tag,
-        CIPHERTEXT_METADATA_V1,
-        integrity_value.as_deref(),
-    )))
-}
-
-/// Decrypts under the key; what does not authenticate is the spec's
-/// `InvalidCiphertextException`.
-async fn decrypt(
-    state: &web::Data<AppState>,
-    key: Key,
-    partition: Partition,
-    body: &[u8],
-) -> Result<XksAnswer, XksError> {
-    let request = wire::decrypt_request(body)?;
-    request.check()?;
-    let aad = gcm_aad(&request.aad, &request.metadata);
-    let sealed = GcmSealed {
-        iv: request.iv,
-        ciphertext: request.ciphertext,
-        tag: request.tag,
-    };
-    let plaintext = on_token(state, key, partition, move |token, handle| {
-        token.decrypt_gcm(handle, &aad, &sealed)
-    })
-    .await?;
-    Ok(XksAnswer::Decrypted(XksDecryptedView::new(&plaintext)))
-}
-
-/// The proxy and the partition's members as the spec's health answer:
-/// each member `ACTIVE`, or `UNAVAILABLE` while it is away.
-async fn health_body(state: &web::Data<AppState>, keystore: &Keystore) -> XksHealthView {
-    let store = state.store.clone();
-    let tokens = Arc::clone(&state.tokens);
-    let partition_id = keystore.partition_id;
-    let described = web::block(move || {
-        let Ok(Some(partition)) = store.get_partition(partition_id) else {
-            return Vec::new();
-        };
-        partition
-            .members
-            .iter()
-            .map(|member| {
-                let (info, away) = tokens.describe(partition.connection_id, member);
-                let active = info.is_ok() && away.is_none_or(|r| r.away_since.is_none());
-                (member.serial_number.clone(), info.ok(), active)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
-    let ekm_vendor = described
-        .iter()
-        .find_map(|(_, info, _)| info.as_ref().map(|i| i.manufacturer.clone()))
-        .unwrap_or_default();
-    XksHealthView {
-        xks_proxy_fleet_size: 1,
-        xks_proxy_vendor: "luna-cckm",
-        xks_proxy_model: concat!("luna-cckm ", env!("CARGO_PKG_VERSION")),
-        ekm_vendor,
-        ekm_fleet_details: described
-            .into_iter()
-            .map(|(id, info, active)| EkmMemberView {
-                id,
-                model: info.map(|i| i.model).unwrap_or_default(),
-                health_status: if active { "ACTIVE" } else { "UNAVAILABLE" },
-            })
-            .collect(),
     }
 }

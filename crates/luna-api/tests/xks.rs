@@ -274,7 +274,7 @@ on_both_backends! {
         }
 
         // A request dated more than five minutes either side of the server's clock.
-        let format = time::format_description::parse("[year][month][day]T[hour][minute][second]Z").unwrap();
+        let format = time::format_description::parse_borrowed::<2>("[year][month][day]T[hour][minute][second]Z").unwrap();
         for skew in [time::Duration::minutes(-10), time::Duration::minutes(10)] {
             let date = (time::OffsetDateTime::now_utc() + skew).format(&format).unwrap();
             let answer = caller.call_dated(Signer::Curl, "health", &health(), Some(&date));

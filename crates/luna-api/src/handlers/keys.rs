@@ -279,5 +279,6 @@ pub async fn forget(
     let record = audit.change(204);
     blocking(move || store.forget_key(id, &record)?.ok_or_else(|| not_found("key", id))).await?;
     audit.written();
+    state.xks_lookups.clear();
     Ok(HttpResponse::NoContent().finish())
 }

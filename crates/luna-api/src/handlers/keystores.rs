@@ -173,6 +173,7 @@ pub async fn rotate_credential(
     })
     .await?;
     audit.written();
+    state.xks_lookups.clear();
     let mut view = KeystoreView::new(&keystore, &credentials, luna_store::now(), &state.tenancy);
     view.new_credential = Some(NewCredentialView::new(&credential, &secret));
     Ok(HttpResponse::Created().json(view))
@@ -196,5 +197,6 @@ pub async fn delete_keystore(
         return Err(not_found("keystore", id));
     }
     audit.written();
+    state.xks_lookups.clear();
     Ok(HttpResponse::NoContent().finish())
 }

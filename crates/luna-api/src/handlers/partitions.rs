@@ -119,5 +119,6 @@ pub async fn forget_partition(
         return Err(not_found("partition", id));
     }
     audit.written();
+    state.xks_lookups.clear();
     Ok(HttpResponse::NoContent().finish())
 }
