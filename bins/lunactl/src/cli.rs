@@ -53,6 +53,9 @@ pub(crate) enum Command {
     /// Refresh and synchronize on a timetable (CipherTrust's scheduler job configs).
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// AWS KMS external key stores served by this XKS proxy, and their credentials (admin only).
+    #[command(subcommand)]
+    Keystores(KeystoresCommand),
     /// CCKM partitions.
     #[command(subcommand)]
     Partitions(PartitionsCommand),
@@ -309,6 +312,37 @@ pub(crate) enum SchedulesCommand {
     Delete {
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeystoresCommand {
+    /// Makes a keystore and its first credential, whose secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The path before /kms/xks/v1/ that AWS KMS is given ("" for the host's root).
+        #[arg(long)]
+        uri_path_prefix: String,
+        /// The AWS region of the KMS that calls it (us-east-1).
+        #[arg(long)]
+        region: String,
+        /// The partition whose AES-256 keys are its external keys.
+        #[arg(long)]
+        partition: String,
+    },
+    /// Every keystore and its credentials (never their secrets).
+    List,
+    /// One keystore and its credentials.
+    Get { id: String },
+    /// A new credential (its secret printed once); the newest before it stays valid for the overlap.
+    Rotate {
+        id: String,
+        /// Hours the previous credential stays valid (24 when not given, at most 720).
+        #[arg(long)]
+        overlap_hours: Option<u32>,
+    },
+    /// Deletes the keystore: AWS KMS's calls to its path are refused from now on.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]

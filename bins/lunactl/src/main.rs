@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod client;
+mod keystores;
 mod list_args;
 mod output;
 mod schedules;
@@ -123,6 +124,7 @@ fn run(cli: Cli) -> Result<String> {
             job(&mut client, "/api/v1/cckm/hsm/luna/synchronize", command, format)
         }
         Command::Schedules(command) => schedules::run(&mut client, command, format),
+        Command::Keystores(command) => keystores::run(&mut client, command, format),
         Command::Partitions(command) => partitions(&mut client, command, format),
         Command::Servers(command) => servers(&mut client, command, format),
         Command::Connections(command) => connections(&mut client, command, format),

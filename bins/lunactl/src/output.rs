@@ -19,6 +19,7 @@ pub enum Kind {
     Partition,
     Server,
     Schedule,
+    Keystore,
     Connection,
     User,
     Audit,
@@ -58,6 +59,7 @@ impl Kind {
                 "next_run_at",
                 "last_run.outcome",
             ],
+            Kind::Keystore => &["id", "name", "uri_path", "region", "partition_id", "credentials"],
             Kind::User => &["user_id", "username", "groups", "createdAt"],
             Kind::Audit => &[
                 "seq",
@@ -98,7 +100,10 @@ fn cell(value: &Value) -> String {
         Value::Array(items) => items
             .iter()
             .map(|item| match item {
-                Value::Object(o) => o.get("partition_label").map_or_else(|| item.to_string(), cell),
+                Value::Object(o) => o
+                    .get("partition_label")
+                    .or_else(|| o.get("access_key_id"))
+                    .map_or_else(|| item.to_string(), cell),
                 other => cell(other),
             })
             .collect::<Vec<_>>()

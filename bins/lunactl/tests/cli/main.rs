@@ -172,4 +172,5 @@ fn at_a_terminal(user: &User, args: &str, typed: &[(&str, &str)]) -> (bool, Stri
 
 mod accounts_and_connections;
 mod keys_and_logins;
+mod keystores;
 mod schedules;
