@@ -8,6 +8,7 @@ const PARTITIONS = `${API}/cckm/hsm/luna/partitions`;
 const CONNECTIONS = `${API}/connectionmgmt/services/luna-network/connections`;
 const SERVERS = `${API}/connectionmgmt/services/luna-network/servers`;
 const SCHEDULES = `${API}/scheduler/job-configs`;
+const KEYSTORES = `${API}/xks/keystores`;
 const SESSION = "luna-cckm-session";
 const PAGE = 20;
 const SIZES = { AES: [128, 192, 256], RSA: [2048, 3072, 4096] };
@@ -156,6 +157,7 @@ async function attempt(work, place) {
 const pages = {
   keys: keysPage, key: keyPage, partitions: partitionsPage, jobs: jobsPage, connections: connectionsPage,
   servers: serversPage, schedules: schedulesPage, users: usersPage, audit: auditPage, password: passwordPage,
+  keystores: keystoresPage,
 };
 
 /** Runs `work` after `ms` if the user is still on the page that asked. */
@@ -174,7 +176,8 @@ function route() {
     return loginPage();
   }
   const links = [["keys", "Keys"], ["partitions", "Partitions"], ["jobs", "Jobs"], ["schedules", "Schedules"]]
-    .concat(isAdmin() ? [["servers", "HSM servers"], ["connections", "Connections"], ["users", "Users"], ["audit", "Audit"]] : []);
+    .concat(isAdmin() ? [["servers", "HSM servers"], ["connections", "Connections"], ["keystores", "XKS keystores"],
+      ["users", "Users"], ["audit", "Audit"]] : []);
   nav.replaceChildren(
     ...links.map(([name, title]) => el("a", { href: `#/${name}`, "aria-current": (page || "keys") === name && "page" }, title)),
     el("span", { class: "who" }, `${session.username}${canManage() ? "" : " (read-only)"}`),
@@ -617,6 +620,56 @@ async function schedulesPage() {
         el("button", { type: "button", class: "danger delete-schedule", onclick: async () => {
           if (await attempt(() => call("DELETE", `${SCHEDULES}/${s.id}`), error) !== undefined) route();
         } }, "Delete")])))))));
+}
+
+/** A credential just made: its secret, shown this once. */
+function newCredential(keystore) {
+  const c = keystore.new_credential;
+  return el("div", { id: "new-credential", role: "status" },
+    el("h3", {}, `New credential of ${keystore.name}`),
+    el("p", {}, "The secret access key is shown this once: give it and the access key id to AWS KMS as the external key store's proxy authentication credential."),
+    el("dl", {}, el("dt", {}, "Access key id"), el("dd", { class: "access-key-id" }, c.access_key_id),
+      el("dt", {}, "Secret access key"), el("dd", { class: "secret" }, c.secret_access_key)));
+}
+
+/** AWS KMS external key stores served by this XKS proxy (the admin group's):
+ * where KMS calls, the region it signs for, the partition whose AES-256 keys
+ * are the external keys, and the SigV4 credentials, rotated with an overlap. */
+async function keystoresPage(_, made) {
+  const place = el("div");
+  const error = el("p");
+  const form = el("form", { id: "new-keystore", "aria-label": "Make a keystore", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { name: form.name.value, uri_path_prefix: form.prefix.value, region: form.region.value,
+      partition_id: form.partition.value };
+    const keystore = await attempt(() => call("POST", KEYSTORES, body), error);
+    if (keystore) keystoresPage(undefined, keystore);
+  } },
+  el("h3", {}, "Make a keystore"),
+  el("div", { class: "inline" },
+    el("label", {}, "Name", el("input", { name: "name", required: true })),
+    el("label", {}, "URI path prefix", el("input", { name: "prefix", placeholder: "example/prefix" })),
+    el("label", {}, "AWS region", el("input", { name: "region", required: true, placeholder: "us-east-1" })),
+    el("label", {}, "Partition id", el("input", { name: "partition", required: true })),
+    el("button", { class: "primary", type: "submit" }, "Make")),
+  error);
+  show(el("h2", {}, "XKS keystores"), ...(made ? [newCredential(made)] : []), place, form);
+  const list = await attempt(() => call("GET", KEYSTORES), place);
+  if (!list) return;
+  place.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "keystores" },
+    el("thead", {}, el("tr", {}, ["Name", "URI path", "Region", "Partition", "Credentials", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, list.resources.map((k) => el("tr", { "data-name": k.name },
+      el("td", {}, k.name), el("td", {}, k.uri_path), el("td", {}, k.region), el("td", {}, k.partition_id),
+      el("td", { class: "credentials" }, k.credentials.map((c) =>
+        `${c.access_key_id} (${c.valid ? (c.expires_at ? `valid until ${c.expires_at}` : "valid") : "expired"})`).join(", ")),
+      el("td", {},
+        el("button", { type: "button", class: "rotate-keystore", onclick: async () => {
+          const rotated = await attempt(() => call("POST", `${KEYSTORES}/${k.id}/credentials`, {}), error);
+          if (rotated) keystoresPage(undefined, rotated);
+        } }, "Rotate"),
+        el("button", { type: "button", class: "danger delete-keystore", onclick: async () => {
+          if (await attempt(() => call("DELETE", `${KEYSTORES}/${k.id}`), error) !== undefined) route();
+        } }, "Delete"))))))));
 }
 
 /** Changing one's own password: the current one proves it is you. Every

@@ -211,5 +211,6 @@ impl Drop for Browser {
 }
 
 mod flows;
+mod keystores;
 mod pages;
 mod schedules;
