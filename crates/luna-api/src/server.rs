@@ -288,7 +288,6 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         instance: config.instance,
         audit_sinks: config.audit_sinks.iter().map(|s| s.name.clone()).collect(),
         audit_lag_bound: config.audit_lag_bound,
-        tokens,
         auth: web::Data::new(config.auth),
         tenancy: config.tenancy,
         work,
@@ -298,7 +297,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         sessions: web::Data::new(crate::auth::LiveSessions::default()),
         stuck: runner.stuck_operations(),
         runner: Arc::clone(&runner),
-        xks_handles: Arc::default(),
+        external_keys: Arc::new(luna_runner::ExternalKeys::new(Arc::clone(&tokens))),
+        tokens,
         xks_lookups: Arc::default(),
         xks_mutual_tls: config.xks_mutual_tls,
     });

@@ -49,8 +49,8 @@ pub struct AppState {
     /// The operation runner: a create claims its operation for this
     /// instance as it is accepted, when there is room (`Runner::admit`).
     pub runner: Arc<luna_runner::Runner>,
-    /// The object handles of the external keys XKS calls used.
-    pub xks_handles: Arc<KeyHandles>,
+    /// The tokens as XKS calls use them (the external keys' handles kept).
+    pub external_keys: Arc<luna_runner::ExternalKeys>,
     /// What XKS calls read of the database, kept for a second.
     pub xks_lookups: Arc<crate::lookups::XksLookups>,
     /// XKS calls must come over a connection with a client certificate.

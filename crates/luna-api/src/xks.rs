@@ -4,7 +4,8 @@
 //! with SigV4 by a keystore's credential, answered in the spec's JSON and
 //! error names (not the CCKM API's: these routes are outside its document).
 //! The rules are luna-domain `xks`'s; the cipher is the token's AES-GCM
-//! through the keystore's partition (any reachable member of an HA group).
+//! through the keystore's partition (luna-runner `ExternalKeys`: any
+//! reachable member of an HA group).
 //! Every call is audited (who from the spec's `requestMetadata`, never
 //! plaintext) and timed in `/metrics`.
 
@@ -22,7 +23,8 @@ use luna_domain::xks::{
     CIPHERTEXT_METADATA_V1,
 };
 use luna_domain::{Key, Partition};
-use luna_pkcs11::{GcmSealed, ObjectRef, Token, TokenError};
+use luna_pkcs11::GcmSealed;
+use luna_runner::ExternalKeys;
 use luna_store::AuditEntry;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -31,7 +33,7 @@ use uuid::Uuid;
 use crate::audit::RequestAudit;
 use crate::lookups::XksLookups;
 use crate::sigv4::{self, ArrivedRequest};
-use crate::state::{AppState, ClientCertified, KeyHandles};
+use crate::state::{AppState, ClientCertified};
 use crate::view::{
     EkmMemberView, XksAnswer, XksDecryptedView, XksEncryptedView, XksErrorView, XksHealthView,
     XksKeyMetadataView,
@@ -125,7 +127,7 @@ fn call_name(call: XksCall) -> &'static str {
 struct Work {
     store: luna_store::Store,
     tokens: Arc<luna_runner::OpenTokens>,
-    handles: Arc<KeyHandles>,
+    external_keys: Arc<ExternalKeys>,
     lookups: Arc<XksLookups>,
     call: XksCall,
     prefix: String,
@@ -162,7 +164,7 @@ async fn serve(
             let work = Work {
                 store: state.store.clone(),
                 tokens: Arc::clone(&state.tokens),
-                handles: Arc::clone(&state.xks_handles),
+                external_keys: Arc::clone(&state.external_keys),
                 lookups: Arc::clone(&state.xks_lookups),
                 call,
                 prefix: req
@@ -463,21 +465,9 @@ impl Work {
             external.allows_integrity_value()?;
         }
         let aad = gcm_aad(&request.aad, CIPHERTEXT_METADATA_V1);
-        let sealed = on_members(&self.tokens, &self.handles, key, partition, &|token, handle| {
-            let sealed = token.encrypt_gcm(handle, &aad, &request.plaintext)?;
-            // A round trip that fails (which no token should allow) is this
-            // proxy's error, not the caller's: an internal one.
-            if with_integrity
-                && token.decrypt_gcm(handle, &aad, &sealed).ok().as_ref() != Some(&request.plaintext)
-            {
-                return Err(TokenError::MalformedObject {
-                    handle: 0,
-                    attribute: "AES-GCM output",
-                    problem: "the ciphertext the token made does not decrypt to the plaintext".to_owned(),
-                });
-            }
-            Ok(sealed)
-        })?;
+        let sealed = self
+            .external_keys
+            .encrypt(key, partition, &aad, &request.plaintext, with_integrity)?;
         let integrity_value = with_integrity.then(|| {
             Sha256::digest(integrity_input(
                 &request.aad,
@@ -507,9 +497,7 @@ impl Work {
             ciphertext: request.ciphertext,
             tag: request.tag,
         };
-        let plaintext = on_members(&self.tokens, &self.handles, key, partition, &|token, handle| {
-            token.decrypt_gcm(handle, &aad, &sealed)
-        })?;
+        let plaintext = self.external_keys.decrypt(key, partition, &aad, &sealed)?;
         Ok(XksAnswer::Decrypted(XksDecryptedView::new(&plaintext)))
     }
 
@@ -548,145 +536,6 @@ impl Work {
                     health_status: if active { "ACTIVE" } else { "UNAVAILABLE" },
                 })
                 .collect(),
-        }
-    }
-}
-
-/// A token's refusal as the spec names it; a token away, or not answering
-/// in time, is the retryable `DependencyTimeoutException`.
-fn token_refusal(error: &TokenError) -> XksError {
-    match error {
-        TokenError::KeyUseNotPermitted { function, .. } => XksError::new(
-            XksErrorName::InvalidKeyUsage,
-            format!("the HSM does not allow the key to be used for {function}"),
-        ),
-        TokenError::NotAuthentic => XksError::new(
-            XksErrorName::InvalidCiphertext,
-            "the ciphertext, its IV, tag, metadata or additional data is not what was encrypted",
-        ),
-        TokenError::MechanismUnsupported { .. } => XksError::new(
-            XksErrorName::UnsupportedOperation,
-            "the HSM partition has no AES-GCM (CKM_AES_GCM)",
-        ),
-        other if other.is_transient() => XksError::new(
-            XksErrorName::DependencyTimeout,
-            "the HSM partition did not answer; try again",
-        ),
-        other => XksError::new(
-            XksErrorName::Internal,
-            format!("the HSM refused the call ({})", other.code()),
-        ),
-    }
-}
-
-/// Runs `work` with the key's object on the first member of the partition
-/// that answers: a member away is passed over, so an HA group answers
-/// while any member does.
-fn on_members<T>(
-    tokens: &luna_runner::OpenTokens,
-    handles: &KeyHandles,
-    key: &Key,
-    partition: &Partition,
-    work: &dyn Fn(&dyn Token, ObjectRef) -> luna_pkcs11::Result<T>,
-) -> Result<T, XksError> {
-    // Why a member could not be asked (away, failing): then a key no member
-    // answered for may yet be on it, and the call is to be retried.
-    let mut unasked = None;
-    for member in &partition.members {
-        let token = match tokens.member(partition.connection_id, member) {
-            Ok(token) => token,
-            Err(failure) => {
-                tracing::debug!(
-                    reason = failure.reason(),
-                    "an XKS call passed over a partition member"
-                );
-                unasked = Some(member_away());
-                continue;
-            }
-        };
-        let cached = (key.id, member.serial_number.clone());
-        let mut held = handles.0.lock().get(&cached).copied();
-        let attempted = attempt(token.as_ref(), key, &mut held, work);
-        match held {
-            Some(handle) => handles.0.lock().insert(cached, handle),
-            None => handles.0.lock().remove(&cached),
-        };
-        match attempted {
-            Attempt::Done(answer) => return answer,
-            // A token whose store went away can still answer a search, with
-            // nothing found (SoftHSM2 does): not found counts only if the
-            // token answers a look after it.
-            Attempt::NotHeld if !token.probe().is_reachable() => unasked = Some(member_away()),
-            Attempt::NotHeld => {}
-            Attempt::Failed(error) => unasked = Some(token_refusal(&error)),
-        }
-    }
-    Err(unasked.unwrap_or_else(|| {
-        XksError::new(
-            XksErrorName::KeyNotFound,
-            "the key is no longer on the HSM partition",
-        )
-    }))
-}
-
-fn member_away() -> XksError {
-    XksError::new(
-        XksErrorName::DependencyTimeout,
-        "a member of the HSM partition is unreachable; try again",
-    )
-}
-
-/// What one member did with the call.
-enum Attempt<T> {
-    /// The answer, or a refusal the key or the data decide (the same on
-    /// any member).
-    Done(Result<T, XksError>),
-    /// The member does not hold the key.
-    NotHeld,
-    /// The member failed; another may answer.
-    Failed(TokenError),
-}
-
-/// Whether a token's refusal is the key's or the data's, not the token's.
-fn decisive(error: &TokenError) -> bool {
-    matches!(
-        error,
-        TokenError::KeyUseNotPermitted { .. }
-            | TokenError::NotAuthentic
-            | TokenError::MechanismUnsupported { .. }
-    )
-}
-
-/// The call on one member: with the handle `held` from before, and, if that
-/// fails for any reason but the key's or the data's, with the key found
-/// again. `held` is left as the handle to keep.
-fn attempt<T>(
-    token: &dyn Token,
-    key: &Key,
-    held: &mut Option<ObjectRef>,
-    work: &dyn Fn(&dyn Token, ObjectRef) -> luna_pkcs11::Result<T>,
-) -> Attempt<T> {
-    if let Some(handle) = *held {
-        match work(token, handle) {
-            Ok(done) => return Attempt::Done(Ok(done)),
-            Err(error) if decisive(&error) => return Attempt::Done(Err(token_refusal(&error))),
-            Err(_) => *held = None,
-        }
-    }
-    let found = match token.find_by_id(&key.cka_id) {
-        Ok(found) => found.into_iter().find(|d| d.object_type == key.object_type),
-        Err(error) => return Attempt::Failed(error),
-    };
-    let Some(found) = found else {
-        return Attempt::NotHeld;
-    };
-    *held = Some(found.handle);
-    match work(token, found.handle) {
-        Ok(done) => Attempt::Done(Ok(done)),
-        Err(error) if decisive(&error) => Attempt::Done(Err(token_refusal(&error))),
-        Err(error) => {
-            *held = None;
-            Attempt::Failed(error)
         }
     }
 }

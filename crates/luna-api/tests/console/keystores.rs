@@ -18,7 +18,10 @@ fn keystores_are_made_rotated_and_deleted_from_the_console_and_their_secret_show
     browser.type_into("#new-keystore input[name=name]", "payments");
     browser.type_into("#new-keystore input[name=prefix]", "pay ments");
     browser.type_into("#new-keystore input[name=region]", "us-east-1");
-    browser.type_into("#new-keystore input[name=partition]", partition["id"].as_str().unwrap());
+    browser.type_into(
+        "#new-keystore input[name=partition]",
+        partition["id"].as_str().unwrap(),
+    );
     browser.click("#new-keystore button[type=submit]");
     browser.wait("#new-keystore [role=alert]", |t| t.contains("uri_path_prefix"));
 
@@ -49,8 +52,14 @@ fn keystores_are_made_rotated_and_deleted_from_the_console_and_their_secret_show
     browser.click(&format!("{row} button.rotate-keystore"));
     let rotated = browser.text(&browser.wait("#new-credential dd.secret", |t| t.len() == 48 && t != secret));
     assert_ne!(rotated, secret);
-    browser.wait(&format!("{row} td.credentials"), |t| t.matches("valid").count() == 2);
-    assert_eq!(caller.call(Signer::Curl, "health", &health).0, 200, "the old one still works for the overlap");
+    browser.wait(&format!("{row} td.credentials"), |t| {
+        t.matches("valid").count() == 2
+    });
+    assert_eq!(
+        caller.call(Signer::Curl, "health", &health).0,
+        200,
+        "the old one still works for the overlap"
+    );
 
     browser.click(&format!("{row} button.delete-keystore"));
     browser.wait("#keystores tbody", |t| !t.contains("payments"));
