@@ -197,7 +197,10 @@ fn serve(settings: &Settings) -> Result<()> {
             .map(|cert| cert.server_config(settings.xks_client_ca.as_deref()))
             .transpose()
             .context("setting up TLS")?,
-        xks_mutual_tls: settings.xks_client_ca.is_some(),
+        xks_client_subject: settings
+            .xks_client_ca
+            .as_ref()
+            .map(|_| settings.xks_client_subject.clone()),
         http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         request_deadline: std::time::Duration::from_secs(15),
         token_opener: None,

@@ -123,6 +123,15 @@ pub struct Settings {
     /// certificate not from these CAs fails the handshake.
     #[arg(long, env = "LUNA_XKS_CLIENT_CA", conflicts_with = "insecure_http")]
     pub xks_client_ca: Option<PathBuf>,
+    /// The common name an XKS call's client certificate must carry, with
+    /// mutual TLS on; `{region}` stands for the keystore's region. The
+    /// default is the name AWS KMS's certificates carry.
+    #[arg(
+        long,
+        env = "LUNA_XKS_CLIENT_SUBJECT",
+        default_value = "cks.kms.{region}.amazonaws.com"
+    )]
+    pub xks_client_subject: String,
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long, env = "LUNA_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
     pub insecure_http: bool,

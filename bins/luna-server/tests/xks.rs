@@ -2,9 +2,10 @@
 //! operator sets it up: a server certificate and a client CA made with
 //! openssl, `--xks-client-ca`, the demo partition's key. Every call is
 //! signed by curl (`--aws-sigv4`) and by botocore, each presenting the
-//! client certificate; a call without one is refused, a certificate from
-//! another CA fails the handshake, and the CCKM API still takes clients
-//! without certificates.
+//! client certificate (issued to the name AWS KMS's carry); a call without
+//! one, or with one issued to another name, is refused; a certificate from
+//! another CA fails the handshake; the CCKM API still takes clients without
+//! certificates.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -23,9 +24,10 @@ fn openssl(dir: &Path, args: &[&str]) {
     run(Command::new("openssl").current_dir(dir).args(args));
 }
 
-/// A key and a certificate named `name`, signed by `ca` (self-signed if
-/// none), with the extensions `extensions` (an openssl config section).
-fn certificate(dir: &Path, name: &str, ca: Option<&str>, extensions: &str) {
+/// A key and a certificate named `name` (files `name.key`, `name.pem`),
+/// issued to `CN=common_name`, signed by `ca` (self-signed if none), with
+/// the extensions `extensions` (an openssl config section).
+fn certificate_for(dir: &Path, name: &str, common_name: &str, ca: Option<&str>, extensions: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
     let key = format!("{name}.key");
     openssl(
@@ -40,7 +42,7 @@ fn certificate(dir: &Path, name: &str, ca: Option<&str>, extensions: &str) {
             &key,
         ],
     );
-    let subject = format!("/CN={name}");
+    let subject = format!("/CN={common_name}");
     match ca {
         None => openssl(
             dir,
@@ -92,6 +94,10 @@ fn certificate(dir: &Path, name: &str, ca: Option<&str>, extensions: &str) {
     }
 }
 
+fn certificate(dir: &Path, name: &str, ca: Option<&str>, extensions: &str) {
+    certificate_for(dir, name, name, ca, extensions);
+}
+
 /// A JSON call to the CCKM API over HTTPS, with curl (trusting `ca`).
 fn cckm(base: &str, ca: &Path, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
     let mut curl = Command::new("curl");
@@ -135,7 +141,22 @@ fn xks_calls_over_mutual_tls_are_answered_to_curl_and_botocore_and_refused_witho
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     );
     certificate(&pki, "kms-ca", None, "");
-    certificate(&pki, "kms", Some("kms-ca"), "extendedKeyUsage=clientAuth\n");
+    // As AWS KMS's certificates are named, for the keystore's region; and
+    // one of the same CA issued to another name.
+    certificate_for(
+        &pki,
+        "kms",
+        "cks.kms.us-east-2.amazonaws.com",
+        Some("kms-ca"),
+        "extendedKeyUsage=clientAuth\n",
+    );
+    certificate_for(
+        &pki,
+        "other-region",
+        "cks.kms.eu-west-1.amazonaws.com",
+        Some("kms-ca"),
+        "extendedKeyUsage=clientAuth\n",
+    );
     certificate(&pki, "stranger-ca", None, "");
     certificate(
         &pki,
@@ -265,6 +286,33 @@ fn xks_calls_over_mutual_tls_are_answered_to_curl_and_botocore_and_refused_witho
     );
     assert!(
         refused["errorMessage"].as_str().unwrap().contains("mutual TLS"),
+        "{refused}"
+    );
+
+    // The right CA, the wrong name: refused (KMS's CAs are public ones).
+    let misnamed = XksCaller {
+        tls: Some(ClientTls {
+            cert: at("other-region.pem"),
+            key: at("other-region.key"),
+            server_ca: ca.clone(),
+        }),
+        ..caller.clone()
+    };
+    let (status, refused) = misnamed.call(
+        Signer::Curl,
+        "health",
+        &json!({"requestMetadata": xks_metadata("KmsHealthCheck")}),
+    );
+    assert_eq!(
+        (status, refused["errorName"].as_str()),
+        (401, Some("AuthenticationFailedException")),
+        "{refused}"
+    );
+    assert!(
+        refused["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("cks.kms.us-east-2.amazonaws.com"),
         "{refused}"
     );
 

@@ -44,6 +44,32 @@ pub fn read_server_certificate(pem: &str) -> Result<ServerCertificate, ApiError>
     })
 }
 
+/// The common names (`CN=`) of a certificate's subject, from its DER; none
+/// if it does not parse (the TLS layer has checked it already).
+pub fn common_names(der: &[u8]) -> Vec<String> {
+    use x509_cert::der::Decode;
+    let Ok(certificate) = x509_cert::Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    certificate
+        .tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|attribute| attribute.oid == x509_cert::der::oid::db::rfc4519::CN)
+        .filter_map(|attribute| {
+            x509_cert::der::asn1::Utf8StringRef::try_from(&attribute.value)
+                .map(|s| s.as_str().to_owned())
+                .or_else(|_| {
+                    x509_cert::der::asn1::PrintableStringRef::try_from(&attribute.value)
+                        .map(|s| s.as_str().to_owned())
+                })
+                .ok()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +84,8 @@ mod tests {
         let made = params.self_signed(&key).unwrap();
         let read = read_server_certificate(&made.pem()).unwrap();
         assert_eq!(read.subject, "CN=hsm1.example");
+        assert_eq!(common_names(made.der()), ["hsm1.example"]);
+        assert!(common_names(b"not a certificate").is_empty());
         assert_eq!(read.issuer, "CN=hsm1.example");
         assert_eq!(read.sha256_fingerprint, hex::encode(Sha256::digest(made.der())));
         assert!(read.not_after > read.not_before);

@@ -3,8 +3,9 @@
 //! calls a proxy for every encrypt and decrypt, and each call would
 //! otherwise read four rows and open a sealed secret. A change made through
 //! this instance (a key forgotten, a keystore deleted or rotated) clears
-//! them at once; one made through another instance reaches this one's
-//! calls within `FOR`.
+//! them at once (a read begun before the clear is not kept); one made
+//! through another instance reaches this one's calls within `FOR`, and a
+//! credential is taken until `FOR` past its end.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -23,36 +24,63 @@ pub const FOR: Duration = Duration::from_secs(1);
 /// the caller's, and a caller sending new ones must not grow it for ever.
 const MOST_ENTRIES: usize = 10_000;
 
-/// One kind of lookup: its answers (found or not) and when each was read.
+/// One kind of lookup: its answers and when each was read, and how many
+/// times it was cleared (a read begun before a clear is not kept after it).
 #[derive(Debug)]
-struct Table<K, V>(Mutex<HashMap<K, (Instant, V)>>);
+struct Table<K, V> {
+    answers: Mutex<Answers<K, V>>,
+}
+
+/// The clears so far, and each answer with when it was read.
+type Answers<K, V> = (u64, HashMap<K, (Instant, V)>);
 
 impl<K, V> Default for Table<K, V> {
     fn default() -> Self {
-        Table(Mutex::new(HashMap::new()))
+        Table {
+            answers: Mutex::new((0, HashMap::new())),
+        }
     }
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> Table<K, V> {
-    /// The answer for `key` read within `FOR`, or `read`'s, kept.
-    fn get_or_read<E>(&self, key: &K, read: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
-        if let Some((at, value)) = self.0.lock().get(key) {
-            if at.elapsed() < FOR {
-                return Ok(value.clone());
+    /// The answer for `key` read within `FOR`, or `read`'s, kept if `keep`
+    /// says so and no clear came while it was read.
+    fn get_or_read<E>(
+        &self,
+        key: &K,
+        keep: impl Fn(&V) -> bool,
+        read: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E> {
+        let cleared = {
+            let answers = self.answers.lock();
+            if let Some((at, value)) = answers.1.get(key) {
+                if at.elapsed() < FOR {
+                    return Ok(value.clone());
+                }
             }
-        }
+            answers.0
+        };
         let value = read()?;
-        let mut table = self.0.lock();
-        if table.len() >= MOST_ENTRIES {
-            table.clear();
+        let mut answers = self.answers.lock();
+        if answers.0 == cleared && keep(&value) {
+            if answers.1.len() >= MOST_ENTRIES {
+                answers.1.clear();
+            }
+            answers.1.insert(key.clone(), (Instant::now(), value.clone()));
         }
-        table.insert(key.clone(), (Instant::now(), value.clone()));
         Ok(value)
     }
 
     fn clear(&self) {
-        self.0.lock().clear();
+        let mut answers = self.answers.lock();
+        answers.0 += 1;
+        answers.1.clear();
     }
+}
+
+/// Any answer is kept, found or not.
+fn always<V>(_: &V) -> bool {
+    true
 }
 
 /// The four lookups.
@@ -71,10 +99,11 @@ impl XksLookups {
         prefix: &str,
         read: impl FnOnce() -> Result<Option<Keystore>, E>,
     ) -> Result<Option<Keystore>, E> {
-        self.keystores.get_or_read(&prefix.to_owned(), read)
+        self.keystores.get_or_read(&prefix.to_owned(), always, read)
     }
 
-    /// The secret of a keystore's credential, if it is valid.
+    /// The secret of a keystore's credential, if it is valid. Only a secret
+    /// found is kept: access key ids are the caller's to make up.
     pub fn secret<E>(
         &self,
         keystore: Uuid,
@@ -82,12 +111,12 @@ impl XksLookups {
         read: impl FnOnce() -> Result<Option<SecretString>, E>,
     ) -> Result<Option<SecretString>, E> {
         self.secrets
-            .get_or_read(&(keystore, access_key_id.to_owned()), read)
+            .get_or_read(&(keystore, access_key_id.to_owned()), Option::is_some, read)
     }
 
     /// The key `id`.
     pub fn key<E>(&self, id: Uuid, read: impl FnOnce() -> Result<Option<Key>, E>) -> Result<Option<Key>, E> {
-        self.keys.get_or_read(&id, read)
+        self.keys.get_or_read(&id, always, read)
     }
 
     /// The partition `id`.
@@ -96,7 +125,7 @@ impl XksLookups {
         id: Uuid,
         read: impl FnOnce() -> Result<Option<Partition>, E>,
     ) -> Result<Option<Partition>, E> {
-        self.partitions.get_or_read(&id, read)
+        self.partitions.get_or_read(&id, always, read)
     }
 
     /// Forgets everything read: something changed through this instance.

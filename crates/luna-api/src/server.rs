@@ -183,8 +183,9 @@ pub struct Config {
     pub runner: RunnerSettings,
     pub tls: Option<rustls::ServerConfig>,
     /// `tls` asks clients for certificates (`--xks-client-ca`): XKS calls
-    /// without one are refused.
-    pub xks_mutual_tls: bool,
+    /// are taken only with one issued to this name (`{region}` is the
+    /// keystore's; `--xks-client-subject`).
+    pub xks_client_subject: Option<String>,
     pub http_workers: usize,
     /// A request not answered within this (its body trickled in, say) ends
     /// 408 and its connection closes: no client holds a socket for ever.
@@ -300,7 +301,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
         external_keys: Arc::new(luna_runner::ExternalKeys::new(Arc::clone(&tokens))),
         tokens,
         xks_lookups: Arc::default(),
-        xks_mutual_tls: config.xks_mutual_tls,
+        xks_client_subject: config.xks_client_subject,
+        xks_calls_in_flight: Default::default(),
     });
     let request_deadline = config.request_deadline;
     // What the auth check reads, apart from the rest of the state.
@@ -332,6 +334,12 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .wrap(middleware::from_fn(crate::request_id::middleware))
             // `/auth/tokens/` (as CipherTrust clients send it) is `/auth/tokens`.
             .wrap(middleware::NormalizePath::trim())
+            // Outside NormalizePath: the path as sent, which SigV4 signed.
+            .wrap_fn(|req, service| {
+                let raw = crate::state::RawPath(req.path().to_owned());
+                actix_web::HttpMessage::extensions_mut(&req).insert(raw);
+                actix_web::dev::Service::call(service, req)
+            })
             // The XKS proxy API: its own routes, errors and authentication,
             // outside the document. First: where a keystore is served, KMS
             // calls it for every encrypt and decrypt, far more often than
@@ -349,8 +357,10 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
     .on_connect(|connection, data| {
         type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
         if let Some(tls) = connection.downcast_ref::<Tls>() {
-            if tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) {
-                data.insert(crate::state::ClientCertified);
+            if let Some(certificate) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                data.insert(crate::state::ClientCertified {
+                    common_names: crate::certificate::common_names(certificate),
+                });
             }
         }
     })

@@ -3,7 +3,7 @@
 //! secret of the access key id the `Authorization` header names, the
 //! signature compared in constant time, and the request's date held within
 //! five minutes of the server's clock. An AWS KMS external key store signs
-//! every call so (service `kms-xks-proxy`); issue 30's routes will check
+//! every call so (service `kms-xks-proxy`); the XKS routes (luna-api `xks`) check
 //! them here.
 
 use hmac::{Hmac, Mac};
@@ -231,7 +231,7 @@ pub fn sign(
 }
 
 /// Checks `request`'s signature against the secrets `secrets_of` gives for
-/// the access key id it names (several while a credential is rotated), as
+/// the access key id it names (one per access key id: a rotation makes a new id), as
 /// of `now`, for `region` and `service`. The access key id it was signed
 /// with, if good.
 pub fn verify(

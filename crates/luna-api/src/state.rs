@@ -9,17 +9,17 @@ use crate::auth::Auth;
 use crate::view::Tenancy;
 use luna_runner::tokens::OpenTokens;
 
-/// Object handles of external keys, by key and member serial number: an
-/// XKS call finds its key's object once, not at every call. A handle that
-/// fails is looked up again (the module re-initialised, the key replaced).
-#[derive(Debug, Default)]
-pub struct KeyHandles(
-    pub parking_lot::Mutex<std::collections::HashMap<(uuid::Uuid, String), luna_pkcs11::ObjectRef>>,
-);
+/// Marks a connection whose client certificate the TLS layer checked, with
+/// the common names of its subject (what an XKS keystore's name is held to).
+#[derive(Debug, Clone)]
+pub struct ClientCertified {
+    pub common_names: Vec<String>,
+}
 
-/// Marks a connection whose client certificate the TLS layer checked.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientCertified;
+/// A request's path as the client sent it, before `NormalizePath`: what a
+/// SigV4 signature covers.
+#[derive(Debug, Clone)]
+pub struct RawPath(pub String);
 
 #[derive(Debug)]
 pub struct AppState {
@@ -53,6 +53,9 @@ pub struct AppState {
     pub external_keys: Arc<luna_runner::ExternalKeys>,
     /// What XKS calls read of the database, kept for a second.
     pub xks_lookups: Arc<crate::lookups::XksLookups>,
-    /// XKS calls must come over a connection with a client certificate.
-    pub xks_mutual_tls: bool,
+    /// With mutual TLS for XKS calls: the name their client certificate must
+    /// carry (`{region}` is the keystore's).
+    pub xks_client_subject: Option<String>,
+    /// XKS calls in flight on this instance.
+    pub xks_calls_in_flight: std::sync::atomic::AtomicUsize,
 }

@@ -10,34 +10,23 @@
 //! plaintext) and timed in `/metrics`.
 
 mod wire;
+mod work;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{post, route, web, HttpRequest, HttpResponse};
+use actix_web::{post, route, web, HttpMessage, HttpRequest, HttpResponse};
 use luna_domain::xks::keystore::Keystore;
-use luna_domain::xks::{
-    gcm_aad, integrity_input, ExternalKey, RequestMetadata, XksCall, XksError, XksErrorName,
-    CIPHERTEXT_METADATA_V1,
-};
-use luna_domain::{Key, Partition};
-use luna_pkcs11::GcmSealed;
-use luna_runner::ExternalKeys;
+use luna_domain::xks::{RequestMetadata, XksCall, XksError, XksErrorName};
 use luna_store::AuditEntry;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::audit::RequestAudit;
-use crate::lookups::XksLookups;
-use crate::sigv4::{self, ArrivedRequest};
-use crate::state::{AppState, ClientCertified};
-use crate::view::{
-    EkmMemberView, XksAnswer, XksDecryptedView, XksEncryptedView, XksErrorView, XksHealthView,
-    XksKeyMetadataView,
-};
+use crate::state::{AppState, ClientCertified, RawPath};
+use crate::view::{XksAnswer, XksErrorView};
+use work::Work;
 
 /// The service name KMS signs its calls to a proxy with.
 pub const SIGV4_SERVICE: &str = "kms-xks-proxy";
@@ -50,6 +39,31 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// spec's retryable `DependencyTimeoutException` (KMS itself gives up after
 /// 250 ms): a token that hangs never holds the caller.
 const TOKEN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// XKS calls in flight at once on an instance; past them a call is the
+/// spec's `ThrottlingException` (429, which KMS retries): calls held up by
+/// a token that hangs cannot take the whole blocking pool, which the CCKM
+/// API's requests share.
+const MOST_IN_FLIGHT: usize = 64;
+
+/// Counts a call in flight while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Option<InFlight<'a>> {
+        if count.fetch_add(1, Ordering::SeqCst) >= MOST_IN_FLIGHT {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(InFlight(count))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 // The routes' prefix is `{prefix}`: empty, or segments of the spec's
 // characters, each followed by `/`.
@@ -123,25 +137,6 @@ fn call_name(call: XksCall) -> &'static str {
     }
 }
 
-/// What a call needs off the async workers, shared with the handler.
-struct Work {
-    store: luna_store::Store,
-    tokens: Arc<luna_runner::OpenTokens>,
-    external_keys: Arc<ExternalKeys>,
-    lookups: Arc<XksLookups>,
-    call: XksCall,
-    prefix: String,
-    key_id: Option<String>,
-    arrived: Arrived,
-    /// Filled in as the call learns who made it.
-    identified: Arc<Mutex<Identified>>,
-    /// The call's audit record, but for who and how it ended.
-    record: AuditEntry,
-    /// Set by whichever writes the record: the work, or the handler that
-    /// stopped waiting for it.
-    recorded: Arc<AtomicBool>,
-}
-
 /// One call: answered, audited and counted, whatever its outcome. The
 /// lookups, the signature, the token call and the audit record run in one
 /// stay on the blocking pool (each hop between threads costs more than a
@@ -154,43 +149,36 @@ async fn serve(
 ) -> HttpResponse {
     let started = Instant::now();
     let identified = Arc::new(Mutex::new(Identified::default()));
+    // Set by whichever is to write the call's record: the work, or this
+    // handler once it stops waiting (then the work, if it has not begun,
+    // does nothing).
     let recorded = Arc::new(AtomicBool::new(false));
     let request = RequestAudit::of(&req);
     request.mark_written();
     let record = request.entry(&req, String::new());
-    let answered = match arrived(&state, &req, payload).await {
-        Err(error) => Err(error),
-        Ok(arrived) => {
-            let work = Work {
-                store: state.store.clone(),
-                tokens: Arc::clone(&state.tokens),
-                external_keys: Arc::clone(&state.external_keys),
-                lookups: Arc::clone(&state.xks_lookups),
-                call,
-                prefix: req
-                    .match_info()
-                    .get("prefix")
-                    .unwrap_or_default()
-                    .trim_end_matches('/')
-                    .to_owned(),
-                key_id: req.match_info().get("key_id").map(str::to_owned),
-                arrived,
-                identified: Arc::clone(&identified),
-                record: record.clone(),
-                recorded: Arc::clone(&recorded),
-            };
-            match tokio::time::timeout(TOKEN_DEADLINE, web::block(move || work.run())).await {
-                Ok(Ok(answered)) => answered,
-                Ok(Err(_)) => Err(XksError::new(XksErrorName::Internal, "the call could not be run")),
-                Err(_) => Err(XksError::new(
-                    XksErrorName::DependencyTimeout,
-                    format!(
-                        "the HSM partition did not answer within {} s; try again",
-                        TOKEN_DEADLINE.as_secs()
-                    ),
-                )),
+    let (answered, record_here) = match InFlight::enter(&state.xks_calls_in_flight) {
+        None => (
+            Err(XksError::new(
+                XksErrorName::Throttling,
+                format!("{MOST_IN_FLIGHT} XKS calls are in flight on this instance; try again"),
+            )),
+            true,
+        ),
+        Some(_in_flight) => match arrived(&state, &req, payload).await {
+            Err(error) => (Err(error), true),
+            Ok(arrived) => {
+                let work = Work::new(
+                    &state,
+                    &req,
+                    call,
+                    arrived,
+                    &identified,
+                    record.clone(),
+                    &recorded,
+                );
+                run_bounded(work, &recorded).await
             }
-        }
+        },
     };
     let outcome = match &answered {
         Ok(_) => "ok",
@@ -203,13 +191,13 @@ async fn serve(
         outcome,
         started.elapsed().as_secs_f64(),
     );
-    // What the work did not record (it never ran, or it is still waiting
-    // on the token) is recorded here, as answered.
-    if !recorded.swap(true, Ordering::SeqCst) {
+    // What the work did not record (it never ran, or it had not begun when
+    // this handler stopped waiting) is recorded here, as answered.
+    if record_here {
         let entry = audited(record, call, &identified.lock(), &answered);
         crate::audit::record(&state.store, entry).await;
     }
-    match answered {
+    let mut answer = match answered {
         Ok(body) => HttpResponse::Ok().json(body),
         Err(error) => {
             if error.name == XksErrorName::Internal {
@@ -217,13 +205,47 @@ async fn serve(
             }
             refusal(&error)
         }
+    };
+    // A plaintext or a key's answer is no cache's to keep.
+    answer.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    answer
+}
+
+/// The work, waited for `TOKEN_DEADLINE` at most: past it the call is
+/// `DependencyTimeoutException`, unless the work is already writing its
+/// record, whose answer is then the one given (the trail and the answer
+/// never differ). Whether the handler is to write the call's record.
+async fn run_bounded(work: Work, recorded: &AtomicBool) -> (Result<XksAnswer, XksError>, bool) {
+    let mut running = actix_web::rt::task::spawn_blocking(move || work.run());
+    let not_run = || XksError::new(XksErrorName::Internal, "the call could not be run");
+    match tokio::time::timeout(TOKEN_DEADLINE, &mut running).await {
+        Ok(Ok(answered)) => (answered, false),
+        // It panicked: recorded only if it got that far.
+        Ok(Err(_)) => (Err(not_run()), !recorded.swap(true, Ordering::SeqCst)),
+        Err(_) if recorded.swap(true, Ordering::SeqCst) => {
+            (running.await.unwrap_or_else(|_| Err(not_run())), false)
+        }
+        // Claimed: the work, when it gets to run, answers nobody and records nothing.
+        Err(_) => (
+            Err(XksError::new(
+                XksErrorName::DependencyTimeout,
+                format!(
+                    "the HSM partition did not answer within {} s; try again",
+                    TOKEN_DEADLINE.as_secs()
+                ),
+            )),
+            true,
+        ),
     }
 }
 
 /// The body and what SigV4 signs of the request, once mutual TLS (when on)
 /// is known to be there.
 async fn arrived(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<Arrived, XksError> {
-    if state.xks_mutual_tls && req.conn_data::<ClientCertified>().is_none() {
+    if state.xks_client_subject.is_some() && req.conn_data::<ClientCertified>().is_none() {
         return Err(XksError::new(
             XksErrorName::AuthenticationFailed,
             "this proxy takes XKS calls only over mutual TLS: the connection must present a client certificate",
@@ -307,9 +329,13 @@ impl Arrived {
     fn of(req: &HttpRequest, body: Vec<u8>) -> Arrived {
         Arrived {
             method: req.method().to_string(),
-            // As the client sent it: NormalizePath may have merged slashes
-            // the client signed.
-            path: req.uri().path().to_owned(),
+            // As the client sent it, which is what it signed: NormalizePath
+            // merges slashes (an empty prefix makes `//kms/…` of AWS's test
+            // client's paths) and drops a trailing one.
+            path: req
+                .extensions()
+                .get::<RawPath>()
+                .map_or_else(|| req.uri().path().to_owned(), |raw| raw.0.clone()),
             query: req.query_string().to_owned(),
             headers: req
                 .headers()
@@ -322,220 +348,6 @@ impl Arrived {
                 })
                 .collect(),
             body,
-        }
-    }
-}
-
-fn unavailable(error: &luna_store::StoreError) -> XksError {
-    tracing::error!(%error, "an XKS call could not read the database");
-    XksError::new(
-        XksErrorName::DependencyTimeout,
-        "the service's database did not answer; try again",
-    )
-}
-
-impl Work {
-    /// The call, then its audit record (unless the handler stopped waiting
-    /// and wrote it).
-    fn run(self) -> Result<XksAnswer, XksError> {
-        let answered = self.answer();
-        if !self.recorded.swap(true, Ordering::SeqCst) {
-            let entry = audited(self.record.clone(), self.call, &self.identified.lock(), &answered);
-            if let Err(error) = self.store.append_audit_deferred(&entry) {
-                tracing::error!(%error, "an audit record could not be written");
-            }
-        }
-        answered
-    }
-
-    /// The keystore at the path, the signature checked against its valid
-    /// credentials, the metadata the call needs, and the key it names in
-    /// the keystore's partition (each refusal the spec's, in the spec's
-    /// order); then the call.
-    fn answer(&self) -> Result<XksAnswer, XksError> {
-        let keystore = self
-            .lookups
-            .keystore(&self.prefix, || self.store.keystore_at(&self.prefix))
-            .map_err(|e| unavailable(&e))?
-            .ok_or_else(|| {
-                XksError::new(
-                    XksErrorName::InvalidUriPath,
-                    format!("no external key store is served at /{}", self.prefix),
-                )
-            })?;
-        self.identified.lock().keystore = Some(keystore.clone());
-        let now = luna_store::now();
-        let request = ArrivedRequest {
-            method: &self.arrived.method,
-            path: &self.arrived.path,
-            query: &self.arrived.query,
-            headers: &self.arrived.headers,
-            body: &self.arrived.body,
-        };
-        let mut read_failed = None;
-        let verified = sigv4::verify(&request, &keystore.region, SIGV4_SERVICE, now, |access_key_id| {
-            let read = || self.store.credential_secret(keystore.id, access_key_id, now);
-            match self.lookups.secret(keystore.id, access_key_id, read) {
-                Ok(secret) => secret.into_iter().collect(),
-                Err(error) => {
-                    read_failed = Some(error);
-                    Vec::new()
-                }
-            }
-        });
-        if let Some(error) = read_failed {
-            return Err(unavailable(&error));
-        }
-        let access_key_id = verified
-            .map_err(|refused| XksError::new(XksErrorName::AuthenticationFailed, refused.to_string()))?;
-        self.identified.lock().access_key_id = access_key_id;
-        let body = &self.arrived.body;
-        let metadata = wire::metadata(body)?;
-        metadata.check(self.call)?;
-        {
-            let mut identified = self.identified.lock();
-            identified.metadata = metadata;
-            identified.key_id = self.key_id.clone().filter(|id| plain_id(id));
-        }
-        let Some(key_id) = &self.key_id else {
-            return Ok(XksAnswer::Health(self.health(&keystore)));
-        };
-        let (key, external, partition) = self.external_key(&keystore, key_id)?;
-        external.allows(self.call)?;
-        match self.call {
-            XksCall::GetKeyMetadata | XksCall::GetHealthStatus => {
-                Ok(XksAnswer::KeyMetadata(XksKeyMetadataView::new(&external)))
-            }
-            XksCall::Encrypt => self.encrypt(&key, &external, &partition, body),
-            XksCall::Decrypt => self.decrypt(&key, &partition, body),
-        }
-    }
-
-    /// The key `key_id` names, if it is an external key of the keystore's
-    /// partition: a key of another partition, forgotten by the service or
-    /// destroyed, is not found.
-    fn external_key(
-        &self,
-        keystore: &Keystore,
-        key_id: &str,
-    ) -> Result<(Key, ExternalKey, Partition), XksError> {
-        let not_found = || {
-            XksError::new(
-                XksErrorName::KeyNotFound,
-                format!("no external key {key_id:?} is in this key store's partition"),
-            )
-        };
-        let id = Uuid::parse_str(key_id).map_err(|_| not_found())?;
-        let key = self
-            .lookups
-            .key(id, || self.store.get_key(id))
-            .map_err(|e| unavailable(&e))?
-            .filter(|key| key.partition_id == keystore.partition_id)
-            .ok_or_else(not_found)?;
-        let external = ExternalKey::of(&key)?;
-        let partition = self
-            .lookups
-            .partition(keystore.partition_id, || {
-                self.store.get_partition(keystore.partition_id)
-            })
-            .map_err(|e| unavailable(&e))?
-            .ok_or_else(|| {
-                XksError::new(
-                    XksErrorName::KeyNotFound,
-                    "the key store's partition is no longer registered with the service",
-                )
-            })?;
-        Ok((key, external, partition))
-    }
-
-    /// Encrypts under the key: the token draws the IV; the tag
-    /// authenticates the request's additional data and this proxy's
-    /// ciphertext metadata. An integrity value is given for what decrypts
-    /// again.
-    fn encrypt(
-        &self,
-        key: &Key,
-        external: &ExternalKey,
-        partition: &Partition,
-        body: &[u8],
-    ) -> Result<XksAnswer, XksError> {
-        let request = wire::encrypt_request(body)?;
-        let with_integrity = request.check()?;
-        if with_integrity {
-            external.allows_integrity_value()?;
-        }
-        let aad = gcm_aad(&request.aad, CIPHERTEXT_METADATA_V1);
-        let sealed = self
-            .external_keys
-            .encrypt(key, partition, &aad, &request.plaintext, with_integrity)?;
-        let integrity_value = with_integrity.then(|| {
-            Sha256::digest(integrity_input(
-                &request.aad,
-                CIPHERTEXT_METADATA_V1,
-                &sealed.iv,
-                &sealed.ciphertext,
-                &sealed.tag,
-            ))
-        });
-        Ok(XksAnswer::Encrypted(XksEncryptedView::new(
-            &sealed.iv,
-            &sealed.ciphertext,
-            &sealed.tag,
-            CIPHERTEXT_METADATA_V1,
-            integrity_value.as_deref(),
-        )))
-    }
-
-    /// Decrypts under the key; what does not authenticate is the spec's
-    /// `InvalidCiphertextException`.
-    fn decrypt(&self, key: &Key, partition: &Partition, body: &[u8]) -> Result<XksAnswer, XksError> {
-        let request = wire::decrypt_request(body)?;
-        request.check()?;
-        let aad = gcm_aad(&request.aad, &request.metadata);
-        let sealed = GcmSealed {
-            iv: request.iv,
-            ciphertext: request.ciphertext,
-            tag: request.tag,
-        };
-        let plaintext = self.external_keys.decrypt(key, partition, &aad, &sealed)?;
-        Ok(XksAnswer::Decrypted(XksDecryptedView::new(&plaintext)))
-    }
-
-    /// The proxy and the partition's members as the spec's health answer:
-    /// each member `ACTIVE`, or `UNAVAILABLE` while it is away.
-    fn health(&self, keystore: &Keystore) -> XksHealthView {
-        let partition = self.lookups.partition(keystore.partition_id, || {
-            self.store.get_partition(keystore.partition_id)
-        });
-        let described: Vec<(String, Option<luna_pkcs11::TokenInfo>, bool)> = match partition {
-            Ok(Some(partition)) => partition
-                .members
-                .iter()
-                .map(|member| {
-                    let (info, away) = self.tokens.describe(partition.connection_id, member);
-                    let active = info.is_ok() && away.is_none_or(|r| r.away_since.is_none());
-                    (member.serial_number.clone(), info.ok(), active)
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let ekm_vendor = described
-            .iter()
-            .find_map(|(_, info, _)| info.as_ref().map(|i| i.manufacturer.clone()))
-            .unwrap_or_default();
-        XksHealthView {
-            xks_proxy_fleet_size: 1,
-            xks_proxy_vendor: "luna-cckm",
-            xks_proxy_model: concat!("luna-cckm ", env!("CARGO_PKG_VERSION")),
-            ekm_vendor,
-            ekm_fleet_details: described
-                .into_iter()
-                .map(|(id, info, active)| EkmMemberView {
-                    id,
-                    model: info.map(|i| i.model).unwrap_or_default(),
-                    health_status: if active { "ACTIVE" } else { "UNAVAILABLE" },
-                })
-                .collect(),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! hold, the sizes of what is encrypted and decrypted, the additional data
 //! the token authenticates, and which keys answer as external keys and for
 //! what. No JSON, no base64, no HTTP: the edge decodes, this decides.
-//! Keystores and their credentials: `keystore`. (Issue 30, in progress: the
-//! routes are to come.)
+//! Keystores and their credentials: `keystore`. The routes are luna-api's
+//! `xks` (docs/xks.md).
 
 pub mod keystore;
 
@@ -397,6 +397,20 @@ impl ExternalKey {
         })
     }
 
+    /// Whether an Encrypt may answer `ciphertextDataIntegrityValue`: the
+    /// proxy vouches for the ciphertext only once it has decrypted it
+    /// (the spec's advice), so the key must allow DECRYPT too.
+    pub fn allows_integrity_value(&self) -> Result<(), XksError> {
+        if self.key_usage.contains(&"DECRYPT") {
+            Ok(())
+        } else {
+            Err(XksError::new(
+                XksErrorName::InvalidKeyUsage,
+                "ciphertextDataIntegrityValue is given only for what the proxy has decrypted again, and the key does not allow DECRYPT (CKA_DECRYPT is false)",
+            ))
+        }
+    }
+
     /// Whether the key may be used for `call`: encrypt needs `CKA_ENCRYPT`,
     /// decrypt `CKA_DECRYPT` (the token holds the key to the same).
     pub fn allows(&self, call: XksCall) -> Result<(), XksError> {
@@ -411,22 +425,6 @@ impl ExternalKey {
             Err(XksError::new(
                 XksErrorName::InvalidKeyUsage,
                 format!("the key does not allow {needed} ({attribute} is false)"),
-            ))
-        }
-    }
-}
-
-impl ExternalKey {
-    /// Whether an Encrypt may answer `ciphertextDataIntegrityValue`: the
-    /// proxy vouches for the ciphertext only once it has decrypted it
-    /// (the spec's advice), so the key must allow DECRYPT too.
-    pub fn allows_integrity_value(&self) -> Result<(), XksError> {
-        if self.key_usage.contains(&"DECRYPT") {
-            Ok(())
-        } else {
-            Err(XksError::new(
-                XksErrorName::InvalidKeyUsage,
-                "ciphertextDataIntegrityValue is given only for what the proxy has decrypted again, and the key does not allow DECRYPT (CKA_DECRYPT is false)",
             ))
         }
     }

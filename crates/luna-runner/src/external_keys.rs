@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use crate::tokens::OpenTokens;
+use crate::Failure;
 
 /// The partitions' tokens, and the object handle of each external key on
 /// each member (by key and member serial number). A handle that fails is
@@ -46,7 +47,9 @@ impl ExternalKeys {
     ) -> Result<GcmSealed, XksError> {
         self.on_members(key, partition, &|token, handle| {
             let sealed = token.encrypt_gcm(handle, aad, plaintext)?;
-            if round_trip && token.decrypt_gcm(handle, aad, &sealed).ok().as_deref() != Some(plaintext) {
+            // The key's refusal to decrypt (CKA_DECRYPT taken away on the
+            // token) is answered as such; the token's own failure as one.
+            if round_trip && token.decrypt_gcm(handle, aad, &sealed)? != plaintext {
                 return Err(TokenError::MalformedObject {
                     handle: 0,
                     attribute: "AES-GCM output",
@@ -85,6 +88,16 @@ impl ExternalKeys {
         for member in &partition.members {
             let token = match self.tokens.member(partition.connection_id, member) {
                 Ok(token) => token,
+                // Retrying will not help (the connection gone, its PIN
+                // refused): the operator's to mend, and logged for them.
+                Err(Failure::Final(reason)) => {
+                    tracing::error!(%reason, member = %member.serial_number, "an XKS call cannot use a partition member");
+                    unasked = Some(XksError::new(
+                        XksErrorName::Internal,
+                        "a member of the HSM partition cannot be used",
+                    ));
+                    continue;
+                }
                 Err(failure) => {
                     tracing::debug!(
                         reason = failure.reason(),
@@ -140,10 +153,11 @@ fn token_refusal(error: &TokenError) -> XksError {
             XksErrorName::DependencyTimeout,
             "the HSM partition did not answer; try again",
         ),
-        other => XksError::new(
-            XksErrorName::Internal,
-            format!("the HSM refused the call ({})", other.code()),
-        ),
+        // What the token said is logged, not answered.
+        other => {
+            tracing::error!(error = %other, "an XKS call's token call failed");
+            XksError::new(XksErrorName::Internal, "the HSM refused the call")
+        }
     }
 }
 

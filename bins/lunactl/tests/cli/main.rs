@@ -104,7 +104,7 @@ fn start_https(db: &TestDatabase, dir: &Path) -> String {
                 .server_config(None)
                 .unwrap(),
         ),
-        xks_mutual_tls: false,
+        xks_client_subject: None,
         http_workers: 1,
         request_deadline: luna_api::testing::REQUEST_DEADLINE,
         audit_sinks: Vec::new(),

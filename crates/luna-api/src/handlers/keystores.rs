@@ -46,6 +46,13 @@ pub struct RotationBody {
     overlap_hours: Option<u32>,
 }
 
+/// An answer carrying a credential's secret: no cache keeps it.
+fn with_secret(mut answer: actix_web::HttpResponseBuilder, view: KeystoreView) -> HttpResponse {
+    answer
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(view)
+}
+
 /// A fresh credential and its secret, from the system's random source.
 fn new_credential() -> (Credential, SecretString) {
     let mut random = [0u8; CREDENTIAL_RANDOM_BYTES];
@@ -88,9 +95,11 @@ pub async fn create_keystore(
     })
     .await?;
     audit.written();
+    // A call that found no keystore at this path must not be kept.
+    state.xks_lookups.clear();
     let mut view = KeystoreView::new(&keystore, std::slice::from_ref(&credential), now, &state.tenancy);
     view.new_credential = Some(NewCredentialView::new(&credential, &secret));
-    Ok(HttpResponse::Created().json(view))
+    Ok(with_secret(HttpResponse::Created(), view))
 }
 
 /// Every keystore (a deployment has a few), with its credentials.
@@ -176,7 +185,7 @@ pub async fn rotate_credential(
     state.xks_lookups.clear();
     let mut view = KeystoreView::new(&keystore, &credentials, luna_store::now(), &state.tenancy);
     view.new_credential = Some(NewCredentialView::new(&credential, &secret));
-    Ok(HttpResponse::Created().json(view))
+    Ok(with_secret(HttpResponse::Created(), view))
 }
 
 /// Deletes a keystore and its credentials: AWS KMS's calls to its path are
