@@ -84,14 +84,40 @@ impl Signed {
     }
 }
 
-pub(crate) fn xks(n: usize) {
+/// A token as slow as a network HSM: each AES-GCM call waits `per_call`
+/// (not on the CPU) before SoftHSM2 does it; calls wait side by side, as
+/// a network HSM's do.
+#[derive(Debug)]
+struct NetworkLatency {
+    per_call: Duration,
+}
+
+impl luna_pkcs11::CallObserver for NetworkLatency {
+    fn started(&self, function: &'static str) {
+        if function == "encrypt" || function == "decrypt" {
+            std::thread::sleep(self.per_call);
+        }
+    }
+
+    fn ended(&self, _: &'static str, _: Duration, _: Option<&luna_pkcs11::TokenError>) {}
+}
+
+/// The proxy against its token, on SoftHSM2 as it is (`per_call` none) or
+/// slowed to a network HSM's pace.
+pub(crate) fn xks(n: usize, per_call: Option<Duration>) {
     // The server's member token, kept for the raw calls: the same open token.
     let opened: Arc<OnceLock<Arc<dyn Token>>> = Arc::default();
     let kept = Arc::clone(&opened);
     let opener: luna_runner::tokens::TokenOpener = Arc::new(move |_, member, pin| {
         let module = luna_pkcs11::testing::module();
-        let token: Arc<dyn Token> =
+        let mut token: Arc<dyn Token> =
             Arc::new(module.open_token(&member.partition_label, Some(&member.serial_number), pin)?);
+        if let Some(per_call) = per_call {
+            token = Arc::new(luna_pkcs11::Observed::new(
+                token,
+                Arc::new(NetworkLatency { per_call }),
+            ));
+        }
         Ok(Arc::clone(kept.get_or_init(|| token)))
     });
     let api = Api::start_opening(
@@ -149,7 +175,13 @@ pub(crate) fn xks(n: usize) {
         .build();
     assert!(encrypt.send(&agent).contains("\"ciphertext\""));
     assert!(decrypt.send(&agent).contains(&STANDARD.encode(data_key)));
-    println!("XKS proxy on SoftHSM2 (SQLite; each call audited), against the same token through luna-pkcs11; n={n}:");
+    match per_call {
+        None => println!("XKS proxy on SoftHSM2 (SQLite; each call audited), against the same token through luna-pkcs11; n={n}:"),
+        Some(per_call) => println!(
+            "XKS proxy on SoftHSM2 slowed to a network HSM's {} ms an AES-GCM call, against the same token; n={n}:",
+            per_call.as_secs_f64() * 1000.0
+        ),
+    }
     for clients in [1, 8] {
         // What any request costs here, client included: a GET on the
         // encrypt path, refused at once (405: no lookup, no token, no record).

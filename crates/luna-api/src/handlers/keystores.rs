@@ -43,6 +43,7 @@ pub struct KeystoreBody {
 pub struct RotationBody {
     /// How long the credential that was newest stays valid beside the new
     /// one (24 when absent, at most 720); any older one ends now.
+    #[schema(minimum = 0, maximum = 720)]
     overlap_hours: Option<u32>,
 }
 
