@@ -348,6 +348,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<Running> 
             .service(crate::xks::key_call)
             .service(crate::xks::health)
             .service(crate::xks::not_post)
+            .service(crate::xks::no_such_call)
             .configure(|cfg| routes(&mut ServiceConfig::new(cfg)))
             .configure(crate::console::routes)
             .default_service(web::to(no_route))

@@ -108,6 +108,26 @@ pub async fn not_post(req: HttpRequest) -> HttpResponse {
         .json(XksErrorView::new(&error))
 }
 
+/// Any other path under the API's root: no such call here, in the spec's
+/// error shape (a CCKM 404 would not be read by KMS).
+#[route(
+    "/{prefix:(?:[A-Za-z0-9_/-]+/)?}kms/xks/{rest:.*}",
+    method = "POST",
+    method = "GET",
+    method = "HEAD",
+    method = "PUT",
+    method = "PATCH",
+    method = "DELETE",
+    method = "OPTIONS"
+)]
+pub async fn no_such_call() -> HttpResponse {
+    let error = XksError::new(
+        XksErrorName::InvalidUriPath,
+        "no XKS proxy call is served at this path: the calls are POST .../kms/xks/v1/health and .../kms/xks/v1/keys/{externalKeyId}/metadata, encrypt or decrypt",
+    );
+    refusal(&error)
+}
+
 /// A refusal in the spec's shape, with its status.
 fn refusal(error: &XksError) -> HttpResponse {
     HttpResponse::build(
@@ -156,17 +176,19 @@ async fn serve(
     let request = RequestAudit::of(&req);
     request.mark_written();
     let record = request.entry(&req, String::new());
-    let (answered, record_here) = match InFlight::enter(&state.xks_calls_in_flight) {
-        None => (
-            Err(XksError::new(
-                XksErrorName::Throttling,
-                format!("{MOST_IN_FLIGHT} XKS calls are in flight on this instance; try again"),
-            )),
-            true,
-        ),
-        Some(_in_flight) => match arrived(&state, &req, payload).await {
-            Err(error) => (Err(error), true),
-            Ok(arrived) => {
+    // A slot is taken once the body is in: a client that trickles its body
+    // (or sends none) holds no slot meanwhile.
+    let (answered, record_here) = match arrived(&state, &req, payload).await {
+        Err(error) => (Err(error), true),
+        Ok(arrived) => match InFlight::enter(&state.xks_calls_in_flight) {
+            None => (
+                Err(XksError::new(
+                    XksErrorName::Throttling,
+                    format!("{MOST_IN_FLIGHT} XKS calls are in flight on this instance; try again"),
+                )),
+                true,
+            ),
+            Some(_in_flight) => {
                 let work = Work::new(
                     &state,
                     &req,
@@ -280,11 +302,15 @@ fn audited(
     answered: &Result<XksAnswer, XksError>,
 ) -> AuditEntry {
     entry.user_id = called_by.access_key_id.clone();
-    entry.username = called_by
-        .metadata
-        .aws_principal_arn
-        .clone()
-        .unwrap_or_else(|| "-".to_owned());
+    // The caller's text: its control characters do not reach the trail.
+    entry.username = called_by.metadata.aws_principal_arn.as_deref().map_or_else(
+        || "-".to_owned(),
+        |arn| {
+            arn.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        },
+    );
     entry.action = format!("xks {}", call_name(call));
     (entry.resource_type, entry.resource_id) = match (&called_by.key_id, &called_by.keystore) {
         (Some(key), _) => ("key".to_owned(), key.clone()),

@@ -282,6 +282,11 @@ on_both_backends! {
             assert!(answer.1["errorMessage"].as_str().unwrap().contains("five minutes"), "{}", answer.1);
         }
 
+        // Paths under the API that name no call: the spec's 404.
+        for call in [format!("keys/{impotent}/sign"), format!("keys/{impotent}"), "keys//metadata".to_owned(), "health/extra".to_owned()] {
+            assert_xks_error(&caller.call(Signer::Curl, &call, &health()), 404, "InvalidUriPathException");
+        }
+
         // POST only.
         let refused = match ureq::get(&format!("{}{}/health", root(&api), caller.uri_path)).call() {
             Err(ureq::Error::Status(status, answer)) => (status, answer.into_json::<Value>().unwrap()),
@@ -299,12 +304,13 @@ on_both_backends! {
 
         // Every call is in the trail under the AWS principal and KMS's
         // request id, never with its data; and counted by outcome.
-        let body = encrypt(plaintext, None, false);
+        let mut body = encrypt(plaintext, None, false);
+        body["requestMetadata"]["awsPrincipalArn"] = "arn:aws:iam::123456789012:user/Alice\n\u{1b}[31m".into();
         let request_id = body["requestMetadata"]["kmsRequestId"].as_str().unwrap().to_owned();
         assert_eq!(caller.call(Signer::Curl, &format!("keys/{impotent}/encrypt"), &body).0, 400);
         let (_, trail) = api.get(&format!("/audit/records?resource_id={impotent}&action=xks%20Encrypt&limit=100"));
         let record = trail["resources"].as_array().unwrap().iter().find(|r| r["request_id"] == request_id.as_str()).unwrap_or_else(|| panic!("{trail}"));
-        assert_eq!(record["username"], "arn:aws:iam::123456789012:user/Alice", "{record}");
+        assert_eq!(record["username"], "arn:aws:iam::123456789012:user/Alice??[31m", "control characters do not reach the trail: {record}");
         assert_eq!(record["resource_id"], impotent.as_str(), "{record}");
         assert_eq!(record["outcome"], "400 InvalidKeyUsageException", "{record}");
         assert_eq!(record["user_id"], caller.access_key_id.as_str(), "{record}");

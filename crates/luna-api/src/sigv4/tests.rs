@@ -248,3 +248,37 @@ fn sign_makes_the_signature_curl_makes() {
     assert_eq!(Some(date.1), header(&captured.headers, "x-amz-date"));
     assert_eq!(Some(authorization.1), header(&captured.headers, "authorization"));
 }
+
+/// An `Authorization` naming a part twice (another credential first) is
+/// malformed, whichever of them is right.
+#[test]
+fn a_part_named_twice_is_malformed() {
+    let body = r#"{"requestMetadata":{}}"#;
+    let captured = signed_by_curl("/kms/xks/v1/health", body);
+    let authorization = header(&captured.headers, "authorization").unwrap();
+    let doubled = authorization.replacen(
+        "Credential=",
+        "Credential=AAAAAAAAAAAAAAAAAAAAAAAA/20200101/us-east-1/kms-xks-proxy/aws4_request, Credential=",
+        1,
+    );
+    let headers: Vec<(String, String)> = captured
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                if n.eq_ignore_ascii_case("authorization") {
+                    doubled.clone()
+                } else {
+                    v.clone()
+                },
+            )
+        })
+        .collect();
+    let request = ArrivedRequest {
+        headers: &headers,
+        ..captured.request()
+    };
+    let refused = verify(&request, REGION, SERVICE, captured.date(), |_| secret(SECRET));
+    assert_eq!(refused, Err(Refusal::Malformed));
+}
