@@ -24,6 +24,7 @@ use luna_store::AuditEntry;
 use parking_lot::Mutex;
 
 use crate::audit::RequestAudit;
+use crate::request_id::acceptable;
 use crate::state::{AppState, ClientCertified, RawPath};
 use crate::view::{XksAnswer, XksErrorView};
 use work::Work;
@@ -321,25 +322,17 @@ fn audited(
         Ok(_) => "200".to_owned(),
         Err(error) => format!("{} {}", error.name.status(), error.name.as_str()),
     };
+    // Kept only if it is as plain as an `X-Request-Id` must be: what a client
+    // put in a body enters the trail only so.
     if let Some(id) = called_by
         .metadata
         .kms_request_id
         .as_deref()
-        .filter(|id| plain_id(id))
+        .filter(|id| acceptable(id))
     {
         entry.request_id = id.to_owned();
     }
     entry
-}
-
-/// KMS's request ids and external key ids are plain (UUIDs, the spec's
-/// characters): what a client put in a body or path enters the trail only
-/// if it is (a request id that is not keeps the request's own).
-fn plain_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The parts of a request SigV4 signs, copied for the blocking pool.

@@ -18,8 +18,9 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{audited, plain_id, wire, Arrived, Identified, SIGV4_SERVICE};
+use super::{audited, wire, Arrived, Identified, SIGV4_SERVICE};
 use crate::lookups::XksLookups;
+use crate::request_id::acceptable;
 use crate::sigv4::{self, ArrivedRequest};
 use crate::state::{AppState, ClientCertified};
 use crate::view::{
@@ -185,7 +186,7 @@ impl Work {
         {
             let mut identified = self.identified.lock();
             identified.metadata = metadata;
-            identified.key_id = self.key_id.clone().filter(|id| plain_id(id));
+            identified.key_id = self.key_id.clone().filter(|id| acceptable(id));
         }
         let Some(key_id) = &self.key_id else {
             return Ok(XksAnswer::Health(self.health(&keystore)?));
