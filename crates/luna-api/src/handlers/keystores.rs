@@ -112,16 +112,7 @@ pub async fn list_keystores(
     _caller: Administrator,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let all = blocking(move || {
-        let mut all = Vec::new();
-        for keystore in store.all_keystores()? {
-            if let Some(found) = store.get_keystore(keystore.id)? {
-                all.push(found);
-            }
-        }
-        Ok(all)
-    })
-    .await?;
+    let all = blocking(move || Ok(store.all_keystores()?)).await?;
     let now = luna_store::now();
     let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
     Ok(HttpResponse::Ok().json(ListView {

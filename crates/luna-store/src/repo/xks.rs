@@ -130,15 +130,38 @@ impl Store {
         })
     }
 
-    /// Every keystore, oldest first (a deployment has a few).
-    pub fn all_keystores(&self) -> Result<Vec<Keystore>> {
+    /// Every keystore with its credentials (their secrets stay sealed),
+    /// oldest first: two statements, whatever the number of keystores.
+    pub fn all_keystores(&self) -> Result<Vec<(Keystore, Vec<Credential>)>> {
         self.read(|conn| {
-            xks_keystores::table
+            let keystores = xks_keystores::table
                 .order((xks_keystores::created_at.asc(), xks_keystores::id.asc()))
                 .select(KeystoreRow::as_select())
-                .load(conn)?
+                .load(conn)?;
+            let mut credentials: Vec<(String, CredentialRow)> = xks_credentials::table
+                .order((
+                    xks_credentials::keystore_id.asc(),
+                    xks_credentials::created_at.asc(),
+                    xks_credentials::access_key_id.asc(),
+                ))
+                .select((
+                    xks_credentials::keystore_id,
+                    (
+                        xks_credentials::access_key_id,
+                        xks_credentials::created_at,
+                        xks_credentials::expires_at,
+                    ),
+                ))
+                .load(conn)?;
+            keystores
                 .into_iter()
-                .map(KeystoreRow::into_domain)
+                .map(|row| {
+                    let of_this = credentials
+                        .extract_if(.., |(keystore_id, _)| *keystore_id == row.id)
+                        .map(|(_, c)| credential(c))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((row.into_domain()?, of_this))
+                })
                 .collect()
         })
     }

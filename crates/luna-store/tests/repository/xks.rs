@@ -56,6 +56,22 @@ on_both_backends! {
         assert!(store.credential_secret(keystore.id, &first.access_key_id, t2).unwrap().is_none(), "the oldest ended at once");
         assert!(!store.rotate_credential(Uuid::new_v4(), &third, &third_secret, Duration::hours(1), &test_audit()).unwrap());
 
+        // Listed with their own credentials each, as read one by one.
+        let second_store = KeystoreRequest {
+            name: Some("aws-dev".into()),
+            uri_path_prefix: Some("dev".into()),
+            region: Some("us-east-1".into()),
+            partition_id: Some(partition.id.to_string()),
+        }
+        .create(Uuid::new_v4(), t2)
+        .unwrap();
+        let (dev, dev_secret) = new_credential(t2);
+        store.insert_keystore(&second_store, &dev, &dev_secret, &test_audit()).unwrap();
+        let listed = store.all_keystores().unwrap();
+        assert_eq!(listed, vec![store.get_keystore(keystore.id).unwrap().unwrap(), store.get_keystore(second_store.id).unwrap().unwrap()]);
+        assert_eq!((listed[0].1.len(), listed[1].1.len()), (3, 1));
+        assert!(store.delete_keystore(second_store.id, &test_audit()).unwrap());
+
         assert!(store.delete_keystore(keystore.id, &test_audit()).unwrap());
         assert_eq!(store.get_keystore(keystore.id).unwrap(), None);
         assert!(store.credential_secret(keystore.id, &third.access_key_id, t2).unwrap().is_none());
