@@ -268,52 +268,43 @@ fn xks_calls_over_mutual_tls_are_answered_to_curl_and_botocore_and_refused_witho
         );
     }
 
+    // A health call by `who` is refused 401, saying `why`.
+    let refused_saying = |who: &XksCaller, why: &str| {
+        let (status, refused) = who.call(
+            Signer::Curl,
+            "health",
+            &json!({"requestMetadata": xks_metadata("KmsHealthCheck")}),
+        );
+        assert_eq!(
+            (status, refused["errorName"].as_str()),
+            (401, Some("AuthenticationFailedException")),
+            "{refused}"
+        );
+        assert!(
+            refused["errorMessage"].as_str().unwrap().contains(why),
+            "{refused}"
+        );
+    };
     // No client certificate: the TLS layer lets the connection in (the
     // CCKM API's clients have none), the proxy refuses the call.
-    let without = XksCaller {
-        tls: None,
-        ..caller.clone()
-    };
-    let (status, refused) = without.call(
-        Signer::Curl,
-        "health",
-        &json!({"requestMetadata": xks_metadata("KmsHealthCheck")}),
+    refused_saying(
+        &XksCaller {
+            tls: None,
+            ..caller.clone()
+        },
+        "mutual TLS",
     );
-    assert_eq!(
-        (status, refused["errorName"].as_str()),
-        (401, Some("AuthenticationFailedException")),
-        "{refused}"
-    );
-    assert!(
-        refused["errorMessage"].as_str().unwrap().contains("mutual TLS"),
-        "{refused}"
-    );
-
     // The right CA, the wrong name: refused (KMS's CAs are public ones).
-    let misnamed = XksCaller {
-        tls: Some(ClientTls {
-            cert: at("other-region.pem"),
-            key: at("other-region.key"),
-            server_ca: ca.clone(),
-        }),
-        ..caller.clone()
-    };
-    let (status, refused) = misnamed.call(
-        Signer::Curl,
-        "health",
-        &json!({"requestMetadata": xks_metadata("KmsHealthCheck")}),
-    );
-    assert_eq!(
-        (status, refused["errorName"].as_str()),
-        (401, Some("AuthenticationFailedException")),
-        "{refused}"
-    );
-    assert!(
-        refused["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("cks.kms.us-east-2.amazonaws.com"),
-        "{refused}"
+    refused_saying(
+        &XksCaller {
+            tls: Some(ClientTls {
+                cert: at("other-region.pem"),
+                key: at("other-region.key"),
+                server_ca: ca.clone(),
+            }),
+            ..caller.clone()
+        },
+        "cks.kms.us-east-2.amazonaws.com",
     );
 
     // A certificate from another CA, or self-signed: the handshake fails,

@@ -289,7 +289,7 @@ async fn arrived(state: &AppState, req: &HttpRequest, payload: web::Payload) -> 
             ))
         }
     };
-    Ok(Arrived::of(req, body.to_vec()))
+    Ok(Arrived::of(req, body))
 }
 
 /// The call's audit record: the keystore's credential as the user id, the
@@ -341,11 +341,11 @@ struct Arrived {
     path: String,
     query: String,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    body: web::Bytes,
 }
 
 impl Arrived {
-    fn of(req: &HttpRequest, body: Vec<u8>) -> Arrived {
+    fn of(req: &HttpRequest, body: web::Bytes) -> Arrived {
         Arrived {
             method: req.method().to_string(),
             // As the client sent it, which is what it signed: NormalizePath

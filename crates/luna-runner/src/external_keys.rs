@@ -108,12 +108,16 @@ impl ExternalKeys {
                 }
             };
             let cached = (key.id, member.serial_number.clone());
-            let mut held = self.handles.lock().get(&cached).copied();
+            let before = self.handles.lock().get(&cached).copied();
+            let mut held = before;
             let attempted = attempt(token.as_ref(), key, &mut held, work);
-            match held {
-                Some(handle) => self.handles.lock().insert(cached, handle),
-                None => self.handles.lock().remove(&cached),
-            };
+            // Written back only when it changed: most calls use the handle kept.
+            if held != before {
+                match held {
+                    Some(handle) => self.handles.lock().insert(cached, handle),
+                    None => self.handles.lock().remove(&cached),
+                };
+            }
             match attempted {
                 Attempt::Done(answer) => return answer,
                 // A token whose store went away can still answer a search,

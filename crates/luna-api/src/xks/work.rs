@@ -224,19 +224,22 @@ impl Work {
             .filter(|key| key.partition_id == keystore.partition_id)
             .ok_or_else(not_found)?;
         let external = ExternalKey::of(&key)?;
-        let partition = self
-            .lookups
+        let partition = self.partition(keystore)?.ok_or_else(|| {
+            XksError::new(
+                XksErrorName::KeyNotFound,
+                "the key store's partition is no longer registered with the service",
+            )
+        })?;
+        Ok((key, external, partition))
+    }
+
+    /// The keystore's partition, if it is still registered.
+    fn partition(&self, keystore: &Keystore) -> Result<Option<Partition>, XksError> {
+        self.lookups
             .partition(keystore.partition_id, || {
                 self.store.get_partition(keystore.partition_id)
             })
-            .map_err(|e| unavailable(&e))?
-            .ok_or_else(|| {
-                XksError::new(
-                    XksErrorName::KeyNotFound,
-                    "the key store's partition is no longer registered with the service",
-                )
-            })?;
-        Ok((key, external, partition))
+            .map_err(|e| unavailable(&e))
     }
 
     /// Encrypts under the key: the token draws the IV; the tag
@@ -295,19 +298,13 @@ impl Work {
     /// The proxy and the partition's members as the spec's health answer:
     /// each member `ACTIVE`, or `UNAVAILABLE` while it is away.
     fn health(&self, keystore: &Keystore) -> Result<XksHealthView, XksError> {
-        let partition = self
-            .lookups
-            .partition(keystore.partition_id, || {
-                self.store.get_partition(keystore.partition_id)
-            })
-            .map_err(|e| unavailable(&e))?
-            .ok_or_else(|| {
-                tracing::error!(keystore = %keystore.id, "a keystore's partition is no longer registered");
-                XksError::new(
-                    XksErrorName::Internal,
-                    "the key store has no partition to answer for",
-                )
-            })?;
+        let partition = self.partition(keystore)?.ok_or_else(|| {
+            tracing::error!(keystore = %keystore.id, "a keystore's partition is no longer registered");
+            XksError::new(
+                XksErrorName::Internal,
+                "the key store has no partition to answer for",
+            )
+        })?;
         let described: Vec<(String, Option<luna_pkcs11::TokenInfo>, bool)> = partition
             .members
             .iter()
